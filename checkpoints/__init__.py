@@ -1,0 +1,1 @@
+"""Checkpointer factory (sqlite | postgres | memory) and the session index that lives beside it."""

@@ -1,0 +1,195 @@
+"""The session index: one row per thread (tenant, team, title, created and updated times), beside the checkpoints."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlite_utils
+
+TITLE_LENGTH = 60
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    thread_id: str
+    tenant: str
+    team: str
+    title: str
+    created_at: str
+    updated_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def title_from(text: str) -> str:
+    """A session title from the first message: its first line, cut to a readable length."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "\u2026"
+
+
+class SessionIndex(Protocol):
+    def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord: ...
+    def get(self, thread_id: str) -> SessionRecord | None: ...
+    def list(self, tenant: str, team: str | None = None, limit: int = 50,
+             before: tuple[str, str] | None = None) -> list[SessionRecord]: ...
+    def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
+    def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
+    def delete(self, thread_id: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+class SqliteSessionIndex:
+    """Session index in a SQLite file (the checkpoint database) via sqlite-utils."""
+
+    def __init__(self, path: Path | str | None):
+        conn = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=5.0)
+        if path:
+            conn.execute("PRAGMA journal_mode = WAL")
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.Lock()
+        table = self.db["sessions"]
+        if not table.exists():
+            table.create(  # type: ignore[union-attr]
+                {"thread_id": str, "tenant": str, "team": str, "title": str, "created_at": str, "updated_at": str},
+                pk="thread_id",
+                not_null={"tenant", "team", "created_at", "updated_at"},
+            )
+            table.create_index(["tenant", "updated_at", "thread_id"], if_not_exists=True)  # type: ignore[union-attr]
+
+    @classmethod
+    def in_memory(cls) -> SqliteSessionIndex:
+        return cls(None)
+
+    def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord:
+        stamp = now()
+        row = {"thread_id": thread_id, "tenant": tenant, "team": team, "title": title_from(title),
+               "created_at": stamp, "updated_at": stamp}
+        with self._lock:
+            self.db["sessions"].insert(row)  # type: ignore[union-attr]
+        return SessionRecord(**row)
+
+    def get(self, thread_id: str) -> SessionRecord | None:
+        with self._lock:
+            rows = list(self.db["sessions"].rows_where("thread_id = ?", [thread_id]))  # type: ignore[union-attr]
+        return SessionRecord(**rows[0]) if rows else None
+
+    def list(self, tenant: str, team: str | None = None, limit: int = 50,
+             before: tuple[str, str] | None = None) -> list[SessionRecord]:
+        where, args = "tenant = ?", [tenant]
+        if team:
+            where += " and team = ?"
+            args.append(team)
+        if before:
+            where += " and (updated_at < ? or (updated_at = ? and thread_id < ?))"
+            args += [before[0], before[0], before[1]]
+        with self._lock:
+            rows = self.db["sessions"].rows_where(  # type: ignore[union-attr]
+                where, args, order_by="updated_at desc, thread_id desc", limit=limit
+            )
+            return [SessionRecord(**r) for r in rows]
+
+    def touch(self, thread_id: str, title_if_empty: str = "") -> None:
+        with self._lock:
+            self.db.execute(
+                "update sessions set updated_at = ?, title = case when title = '' then ? else title end "
+                "where thread_id = ?",
+                [now(), title_from(title_if_empty), thread_id],
+            )
+            self.db.conn.commit()
+
+    def rename(self, thread_id: str, title: str) -> SessionRecord | None:
+        with self._lock:
+            self.db.execute("update sessions set title = ?, updated_at = ? where thread_id = ?",
+                            [title, now(), thread_id])
+            self.db.conn.commit()
+        return self.get(thread_id)
+
+    def delete(self, thread_id: str) -> bool:
+        with self._lock:
+            cursor = self.db.execute("delete from sessions where thread_id = ?", [thread_id])
+            self.db.conn.commit()
+            return cursor.rowcount > 0
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+
+class PostgresSessionIndex:
+    """Session index in Postgres, shared by several server replicas."""
+
+    def __init__(self, url: str):
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        self.pool = ConnectionPool(url, min_size=1, max_size=4, open=True,
+                                   kwargs={"autocommit": True, "row_factory": dict_row})
+        with self.pool.connection() as conn:
+            conn.execute(
+                "create table if not exists teamgraph_sessions ("
+                " thread_id text primary key, tenant text not null, team text not null, title text not null default '',"
+                " created_at text not null, updated_at text not null)"
+            )
+            conn.execute(
+                "create index if not exists teamgraph_sessions_tenant_updated"
+                " on teamgraph_sessions (tenant, updated_at desc, thread_id desc)"
+            )
+
+    def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
+        with self.pool.connection() as conn:
+            return conn.execute(sql, args).fetchone()  # type: ignore[return-value]
+
+    def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord:
+        stamp = now()
+        row = self._one(
+            "insert into teamgraph_sessions values (%s, %s, %s, %s, %s, %s) returning *",
+            [thread_id, tenant, team, title_from(title), stamp, stamp],
+        )
+        assert row is not None
+        return SessionRecord(**row)
+
+    def get(self, thread_id: str) -> SessionRecord | None:
+        row = self._one("select * from teamgraph_sessions where thread_id = %s", [thread_id])
+        return SessionRecord(**row) if row else None
+
+    def list(self, tenant: str, team: str | None = None, limit: int = 50,
+             before: tuple[str, str] | None = None) -> list[SessionRecord]:
+        sql, args = "select * from teamgraph_sessions where tenant = %s", [tenant]
+        if team:
+            sql += " and team = %s"
+            args.append(team)
+        if before:
+            sql += " and (updated_at, thread_id) < (%s, %s)"
+            args += list(before)
+        sql += " order by updated_at desc, thread_id desc limit %s"
+        with self.pool.connection() as conn:
+            return [SessionRecord(**r) for r in conn.execute(sql, [*args, limit]).fetchall()]  # type: ignore[arg-type]
+
+    def touch(self, thread_id: str, title_if_empty: str = "") -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "update teamgraph_sessions set updated_at = %s,"
+                " title = case when title = '' then %s else title end where thread_id = %s",
+                [now(), title_from(title_if_empty), thread_id],
+            )
+
+    def rename(self, thread_id: str, title: str) -> SessionRecord | None:
+        row = self._one("update teamgraph_sessions set title = %s, updated_at = %s where thread_id = %s returning *",
+                        [title, now(), thread_id])
+        return SessionRecord(**row) if row else None
+
+    def delete(self, thread_id: str) -> bool:
+        with self.pool.connection() as conn:
+            return conn.execute("delete from teamgraph_sessions where thread_id = %s", [thread_id]).rowcount > 0
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,66 @@
+"""The `veneo_chat` team: the responder drafts, the safety reviewer approves, rewrites or blocks."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from langchain_core.messages import AnyMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
+from typing_extensions import NotRequired, TypedDict
+
+from nodes.chat_summary import chat_summarizer, is_summarize_request
+from nodes.configuration import Configuration
+from nodes.memory_keeper import memory_keeper
+from nodes.primary_responder import last_user_message, primary_responder
+from nodes.safety_reviewer import input_refusal, safety_reviewer
+
+TEAM = "veneo_chat"
+
+
+class InputState(TypedDict):
+    """What a client sends: the next user message (`/summarize` asks for a summary)."""
+
+    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]
+
+
+class ChatState(InputState):
+    summary: NotRequired[str]
+    draft: NotRequired[dict[str, Any] | None]
+    review_decisions: NotRequired[list[dict[str, Any]]]
+    decisions_archived: NotRequired[int]
+    archived: NotRequired[int]
+
+
+def route_message(state: ChatState, config: RunnableConfig) -> Literal["summarizer", "safety_reviewer", "primary_responder"]:
+    messages = state.get("messages", [])
+    if messages and is_summarize_request(messages[-1]):
+        return "summarizer"
+    if input_refusal(last_user_message(state), Configuration.from_runnable_config(config)):
+        return "safety_reviewer"  # refused by the rules: no draft is written
+    return "primary_responder"
+
+
+def build_graph(
+    checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None
+) -> CompiledStateGraph:
+    builder = StateGraph(ChatState, input_schema=InputState)
+    builder.add_node("primary_responder", primary_responder)
+    builder.add_node("safety_reviewer", safety_reviewer)
+    builder.add_node("summarizer", chat_summarizer)
+    builder.add_node("memory_keeper", memory_keeper)
+
+    builder.add_conditional_edges(START, route_message)
+    builder.add_edge("primary_responder", "safety_reviewer")
+    builder.add_edge("safety_reviewer", "memory_keeper")
+    builder.add_edge("summarizer", "memory_keeper")
+    builder.add_edge("memory_keeper", END)
+    compiled = builder.compile(checkpointer=checkpointer, store=store, name=TEAM)
+    return compiled.with_config({"configurable": {"team": TEAM}, "tags": [f"team:{TEAM}"]})
+
+
+graph = build_graph()

@@ -1,0 +1,1 @@
+"""Node functions: pure (state, config) -> partial update, one module per node."""

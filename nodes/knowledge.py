@@ -1,0 +1,63 @@
+"""A tenant's knowledge file, indexed in SQLite FTS5 (via sqlite-utils) for the offline responder."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import sqlite_utils
+
+from nodes.text_features import content_words
+
+
+@dataclass(frozen=True)
+class KnowledgeHit:
+    title: str
+    body: str
+    rank: float
+
+
+def parse_sections(text: str) -> list[tuple[str, str]]:
+    """Markdown `## Heading` sections as (title, body); text before the first heading is skipped."""
+    sections = []
+    for chunk in re.split(r"^##\s+", text, flags=re.M)[1:]:
+        title, _, body = chunk.partition("\n")
+        body = " ".join(body.split())
+        if title.strip() and body:
+            sections.append((title.strip(), body))
+    return sections
+
+
+class KnowledgeBase:
+    """Ranks sections against a question with FTS5's bm25; no match means the answer is not known."""
+
+    def __init__(self, sections: list[tuple[str, str]]):
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
+        self._db = sqlite_utils.Database(conn)
+        self._lock = threading.Lock()
+        table = self._db["knowledge"]
+        table.insert_all([{"title": t, "body": b} for t, b in sections], pk="id")  # type: ignore[union-attr]
+        table.enable_fts(["title", "body"], tokenize="porter")  # type: ignore[union-attr]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> KnowledgeBase:
+        return _load(str(Path(path).resolve()), Path(path).stat().st_mtime_ns)
+
+    def search(self, question: str, limit: int = 2) -> list[KnowledgeHit]:
+        terms = sorted(set(content_words(question)) - {"veneo"})
+        if not terms:
+            return []
+        query = " OR ".join('"' + t.replace('"', "") + '"' for t in terms)
+        with self._lock:
+            rows = list(self._db["knowledge"].search(query, limit=limit, columns=["title", "body"], include_rank=True))  # type: ignore[union-attr]
+        return [KnowledgeHit(r["title"], r["body"], r["rank"]) for r in rows]
+
+
+@lru_cache(maxsize=16)
+def _load(path: str, mtime_ns: int) -> KnowledgeBase:
+    # keyed by modification time, so an edited knowledge file is re-indexed on the next turn
+    return KnowledgeBase(parse_sections(Path(path).read_text(encoding="utf-8")))

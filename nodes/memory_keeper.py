@@ -1,0 +1,73 @@
+"""memory_keeper: keeps checkpointed state bounded by moving older messages to the transcript archive.
+
+LangGraph re-serializes a channel's whole value when it changes (SQLite stores the whole checkpoint), so an
+ever-growing `messages` list makes every turn cost more than the last. Once state holds more than
+`memory.max_messages` messages, the oldest are written to the LangGraph store under the thread's transcript
+namespace, folded into the rolling summary (chat), and removed from state; a turn's cost stays flat and the
+full transcript is the archive followed by the messages still in state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage, message_to_dict, messages_from_dict
+from langchain_core.runnables import RunnableConfig
+from langgraph.store.base import BaseStore
+
+from nodes.chat_summary import fold_into_summary
+from nodes.configuration import Configuration
+
+TRANSCRIPT_NAMESPACE = "transcripts"
+
+
+def transcript_namespace(thread_id: str) -> tuple[str, ...]:
+    return (TRANSCRIPT_NAMESPACE, thread_id)
+
+
+async def memory_keeper(state: dict[str, Any], config: RunnableConfig, *, store: BaseStore | None = None) -> dict[str, Any]:
+    """Trim state to `keep_messages` once it holds more than `max_messages`; no store, no trimming (nothing is lost)."""
+    conf = Configuration.from_runnable_config(config)
+    memory = conf.params.memory
+    messages: list[AnyMessage] = state.get("messages", [])
+    if store is None or conf.thread_id is None or len(messages) <= memory.max_messages:
+        return {}
+    overflow = messages[: len(messages) - memory.keep_messages]
+    start = state.get("archived", 0)
+    namespace = transcript_namespace(conf.thread_id)
+    for offset, message in enumerate(overflow):
+        # keys follow the archive position, so re-running a turn rewrites the same entries
+        await store.aput(namespace, f"{start + offset:09d}", {"message": message_to_dict(message)}, index=False)
+    update: dict[str, Any] = {
+        "archived": start + len(overflow),
+        "messages": [RemoveMessage(id=m.id) for m in overflow if m.id],
+    }
+    if memory.rolling_summary:
+        update["summary"] = await fold_into_summary(state.get("summary", ""), overflow, conf, config)
+    return update
+
+
+async def read_archive(store: BaseStore, thread_id: str) -> list[BaseMessage]:
+    """Archived messages of a thread, oldest first."""
+    items = []
+    offset = 0
+    while True:
+        page = await store.asearch(transcript_namespace(thread_id), limit=500, offset=offset)
+        items.extend(page)
+        if len(page) < 500:
+            break
+        offset += 500
+    items.sort(key=lambda item: item.key)
+    return messages_from_dict([item.value["message"] for item in items])
+
+
+async def delete_archive(store: BaseStore, thread_id: str) -> int:
+    """Remove a thread's archived transcript; returns how many entries were removed."""
+    removed = 0
+    while True:
+        page = await store.asearch(transcript_namespace(thread_id), limit=500)
+        if not page:
+            return removed
+        for item in page:
+            await store.adelete(item.namespace, item.key)
+        removed += len(page)

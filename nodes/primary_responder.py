@@ -1,0 +1,71 @@
+"""primary_responder: drafts the reply with the persona's prompt and bounded memory (offline: the knowledge file)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+
+from nodes.chat_summary import is_summarize_request
+from nodes.configuration import Configuration
+from nodes.knowledge import KnowledgeBase, KnowledgeHit
+from nodes.model_calls import ask_text, describe_failure, render
+
+if TYPE_CHECKING:
+    from graphs.veneo_chat import ChatState
+
+NODE = "primary_responder"
+_GREETING = re.compile(r"^\s*(hi|hello|hey|good (morning|afternoon|evening)|thanks?|thank you)\b[\s!.,]*$", re.I)
+DEFAULT_NOT_FOUND = "I don't know the answer to that from what I have available."
+
+
+def last_user_message(state: ChatState) -> str:
+    for message in reversed(state.get("messages", [])):
+        if isinstance(message, HumanMessage) and not is_summarize_request(message):
+            return str(message.content).strip()
+    return ""
+
+
+def _knowledge(conf: Configuration, question: str) -> list[KnowledgeHit]:
+    path = conf.run.knowledge_path
+    return KnowledgeBase.from_file(path).search(question) if path else []
+
+
+def offline_draft(question: str, hits: list[KnowledgeHit], not_found: str) -> dict[str, Any]:
+    """Answer from the best knowledge section, or say plainly that the answer is not known."""
+    if _GREETING.match(question):
+        return {"text": "Hello! How can I help you today?", "produced_by": "offline:greeting"}
+    if not hits:
+        return {"text": not_found.strip(), "produced_by": "offline:not_found"}
+    best = hits[0]
+    return {
+        "text": f"{best.body}\n\n(Answered from Veneo's knowledge base: {best.title}.)",
+        "produced_by": "offline:knowledge_base",
+        "knowledge_section": best.title,
+    }
+
+
+async def primary_responder(state: ChatState, config: RunnableConfig) -> dict[str, Any]:
+    """Draft a reply; the safety reviewer decides what the user sees."""
+    conf = Configuration.from_runnable_config(config)
+    persona = conf.persona(NODE)
+    question = last_user_message(state)
+    hits = _knowledge(conf, question)
+    model = conf.model(NODE)
+    note = None
+    if model is not None:
+        knowledge = "\n".join(f"[{h.title}] {h.body}" for h in hits) or "(nothing relevant found)"
+        system = SystemMessage(render(persona.prompts.get("system", ""), summary=state.get("summary") or "(none)",
+                                      knowledge=knowledge))
+        history = [m for m in state.get("messages", []) if not is_summarize_request(m)]
+        try:
+            reply = await ask_text(model, [system, *history], persona, config)
+            return {"draft": {"text": str(reply.content).strip(), "produced_by": conf.model_label(NODE)}}
+        except Exception as exc:  # the knowledge base still answers when the model is down
+            note = f"model unavailable: {describe_failure(exc)}"
+    draft = offline_draft(question, hits, persona.prompts.get("not_found", DEFAULT_NOT_FOUND))
+    if note:
+        draft["note"] = note
+    return {"draft": draft}

@@ -1,0 +1,1 @@
+"""Persona bundles: YAML agents, teams and tenants, their schema, loader and AgentFactory."""

@@ -1,0 +1,221 @@
+"""Load and validate a persona bundle directory; every problem is reported as file:line: field: reason."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from personas.schema import KIND_MODELS, AgentPersona, TeamBundle, TenantBundle
+
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a bundle file."""
+
+    file: str
+    line: int | None
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field or '(file)'}: {self.reason}"
+
+
+class BundleError(Exception):
+    """The bundle directory is invalid; nothing from it was loaded."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("invalid persona bundles:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Bundles:
+    """A fully validated bundle directory."""
+
+    root: Path
+    agents: dict[str, AgentPersona]
+    teams: dict[str, TeamBundle]
+    tenants: dict[str, TenantBundle]
+    sources: dict[tuple[str, str], Path] = field(default_factory=dict, compare=False)
+
+    def knowledge_path(self, tenant_id: str) -> Path | None:
+        tenant = self.tenants[tenant_id]
+        return (self.root / tenant.knowledge) if tenant.knowledge else None
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """Line (1-based) of the YAML node at a pydantic error location, or of its nearest existing parent."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == str(part):
+                    child = value_node
+                    line = key_node.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _validation_problems(rel: str, err: ValidationError, node: yaml.Node | None, prefix=()) -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+        full = (*prefix, *loc)
+        problems.append(Problem(rel, _line_of(node, full), _field_path(full), e["msg"]))
+    return problems
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge override into a copy of base; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str] | None = None) -> Bundles:
+    """Validate every YAML file under root/{agents,teams,tenants}; raise BundleError listing all problems."""
+    root = Path(root).resolve()
+    problems: list[Problem] = []
+    parsed: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_MODELS}
+    nodes: dict[tuple[str, str], yaml.Node | None] = {}
+    sources: dict[tuple[str, str], Path] = {}
+
+    if not root.is_dir():
+        raise BundleError([Problem(str(root), None, "", "bundle directory does not exist")])
+
+    for kind, model in KIND_MODELS.items():
+        for path in sorted((root / kind).glob("*.y*ml")):
+            rel = str(path.relative_to(root.parent)) if root.parent in path.parents else str(path)
+            try:
+                text = path.read_text(encoding="utf-8")
+                node = yaml.compose(text)
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                problems.append(
+                    Problem(rel, mark.line + 1 if mark else None, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")
+                )
+                continue
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(Problem(rel, None, "", f"cannot read file: {exc}"))
+                continue
+            if not isinstance(data, dict):
+                problems.append(Problem(rel, 1, "", f"expected a mapping of fields, got {type(data).__name__}"))
+                continue
+            try:
+                obj = model.model_validate(data)
+            except ValidationError as exc:
+                problems.extend(_validation_problems(rel, exc, node))
+                continue
+            obj_id = obj.id  # type: ignore[attr-defined]
+            if obj_id in parsed[kind]:
+                other = sources[(kind, obj_id)]
+                problems.append(Problem(rel, _line_of(node, ("id",)), "id", f"duplicate id {obj_id!r} (also in {other.name})"))
+                continue
+            if path.stem != obj_id:
+                problems.append(
+                    Problem(rel, _line_of(node, ("id",)), "id", f"id {obj_id!r} must match the file name {path.stem!r}")
+                )
+                continue
+            parsed[kind][obj_id] = obj
+            nodes[(kind, obj_id)] = node
+            sources[(kind, obj_id)] = path
+
+    agents: dict[str, AgentPersona] = parsed["agents"]  # type: ignore[assignment]
+    teams: dict[str, TeamBundle] = parsed["teams"]  # type: ignore[assignment]
+    tenants: dict[str, TenantBundle] = parsed["tenants"]  # type: ignore[assignment]
+
+    def rel_of(kind: str, obj_id: str) -> str:
+        return str(sources[(kind, obj_id)].relative_to(root.parent))
+
+    for team in teams.values():
+        node = nodes[("teams", team.id)]
+        if known_graphs is not None and team.graph not in known_graphs:
+            problems.append(
+                Problem(rel_of("teams", team.id), _line_of(node, ("graph",)), "graph",
+                        f"unknown graph {team.graph!r}; known: {', '.join(sorted(known_graphs))}")
+            )
+        for node_name, persona_id in team.nodes.items():
+            if persona_id not in agents:
+                problems.append(
+                    Problem(rel_of("teams", team.id), _line_of(node, ("nodes", node_name)), f"nodes.{node_name}",
+                            f"unknown agent persona {persona_id!r}")
+                )
+
+    for tenant in tenants.values():
+        node = nodes[("tenants", tenant.id)]
+        rel = rel_of("tenants", tenant.id)
+        for i, team_id in enumerate(tenant.enabled_teams):
+            if team_id not in teams:
+                problems.append(Problem(rel, _line_of(node, ("enabled_teams", i)), f"enabled_teams[{i}]", f"unknown team {team_id!r}"))
+        if tenant.knowledge and not (root / tenant.knowledge).is_file():
+            problems.append(Problem(rel, _line_of(node, ("knowledge",)), "knowledge", f"file not found: {tenant.knowledge}"))
+        for agent_id, override in tenant.overrides.agents.items():
+            loc = ("overrides", "agents", agent_id)
+            if agent_id not in agents:
+                problems.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown agent persona {agent_id!r}"))
+                continue
+            merged = deep_merge(agents[agent_id].model_dump(exclude_unset=True), override)
+            try:
+                AgentPersona.model_validate(merged)
+            except ValidationError as exc:
+                problems.extend(_validation_problems(rel, exc, node, prefix=loc))
+        for team_id, override in tenant.overrides.teams.items():
+            loc = ("overrides", "teams", team_id)
+            if team_id not in teams:
+                problems.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown team {team_id!r}"))
+                continue
+            merged = deep_merge(teams[team_id].model_dump(exclude_unset=True), override)
+            try:
+                TeamBundle.model_validate(merged)
+            except ValidationError as exc:
+                problems.extend(_validation_problems(rel, exc, node, prefix=loc))
+            if merged.get("nodes", {}) != teams[team_id].nodes:
+                for node_name, persona_id in merged.get("nodes", {}).items():
+                    if persona_id not in agents:
+                        problems.append(Problem(rel, _line_of(node, (*loc, "nodes", node_name)),
+                                                f"{_field_path(loc)}.nodes.{node_name}", f"unknown agent persona {persona_id!r}"))
+
+    if not tenants and not problems:
+        problems.append(Problem(str(root), None, "tenants", "no tenant bundles found"))
+    if problems:
+        raise BundleError(problems)
+    return Bundles(root=root, agents=agents, teams=teams, tenants=tenants, sources=sources)
+
+
+@lru_cache(maxsize=8)
+def load_bundles_cached(root: str) -> Bundles:
+    """Load once per process per directory (graphs loaded by `langgraph dev` resolve through this)."""
+    from graphs.registry import GRAPH_MODULES
+
+    return load_bundles(root, known_graphs=set(GRAPH_MODULES))

@@ -1,0 +1,106 @@
+"""AgentTeamResolver: (tenant, requested team, session metadata) -> the team's run config, or a clear refusal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from personas.loader import Bundles, deep_merge
+from personas.schema import AgentPersona, TeamBundle
+
+
+class TeamResolutionError(Exception):
+    """The caller may not use the requested team; `status` is the HTTP status a server should answer."""
+
+    status = 400
+    code = "team_error"
+
+    def __init__(self, message: str, *, tenant: str, team: str | None):
+        super().__init__(message)
+        self.tenant = tenant
+        self.team = team
+
+
+class UnknownTenant(TeamResolutionError):
+    status = 404
+    code = "tenant_not_found"
+
+
+class UnknownTeam(TeamResolutionError):
+    status = 404
+    code = "team_not_found"
+
+
+class TeamNotEnabled(TeamResolutionError):
+    status = 403
+    code = "team_not_enabled"
+
+
+class TeamRunConfig(BaseModel):
+    """Everything a team's nodes may vary on, for one tenant: tenant overrides already applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    team: TeamBundle
+    agents: dict[str, AgentPersona]  # node name -> persona
+    knowledge_path: str | None = None
+
+    def persona(self, node: str) -> AgentPersona:
+        try:
+            return self.agents[node]
+        except KeyError:
+            raise KeyError(f"team {self.team.id!r} maps no persona to node {node!r}") from None
+
+
+class AgentTeamResolver:
+    """Decides which team serves a request and builds its TeamRunConfig (cached per tenant and team)."""
+
+    def __init__(self, bundles: Bundles):
+        self.bundles = bundles
+        self._cache: dict[tuple[str, str], TeamRunConfig] = {}
+
+    def resolve(self, tenant_id: str, requested_team: str | None = None, session: dict[str, Any] | None = None) -> TeamRunConfig:
+        """A session keeps the team it was created with; otherwise the requested team, else the tenant's default."""
+        tenant = self.bundles.tenants.get(tenant_id)
+        if tenant is None:
+            raise UnknownTenant(f"unknown tenant {tenant_id!r}", tenant=tenant_id, team=requested_team)
+        session_team = (session or {}).get("team")
+        if session_team and requested_team and session_team != requested_team:
+            raise TeamResolutionError(
+                f"session belongs to team {session_team!r}, not {requested_team!r}", tenant=tenant_id, team=requested_team
+            )
+        team_id = session_team or requested_team or tenant.default_team
+        if team_id not in self.bundles.teams:
+            raise UnknownTeam(
+                f"unknown team {team_id!r}; teams for tenant {tenant_id!r}: {', '.join(tenant.enabled_teams)}",
+                tenant=tenant_id,
+                team=team_id,
+            )
+        if team_id not in tenant.enabled_teams:
+            raise TeamNotEnabled(
+                f"team {team_id!r} is not enabled for tenant {tenant_id!r}; enabled: {', '.join(tenant.enabled_teams)}",
+                tenant=tenant_id,
+                team=team_id,
+            )
+        key = (tenant_id, team_id)
+        if key not in self._cache:
+            self._cache[key] = self._build(tenant_id, team_id)
+        return self._cache[key]
+
+    def _build(self, tenant_id: str, team_id: str) -> TeamRunConfig:
+        tenant = self.bundles.tenants[tenant_id]
+        team = self.bundles.teams[team_id]
+        if team_id in tenant.overrides.teams:
+            team = TeamBundle.model_validate(deep_merge(team.model_dump(exclude_unset=True), tenant.overrides.teams[team_id]))
+        agents: dict[str, AgentPersona] = {}
+        for node, persona_id in team.nodes.items():
+            persona = self.bundles.agents[persona_id]
+            if persona_id in tenant.overrides.agents:
+                persona = AgentPersona.model_validate(
+                    deep_merge(persona.model_dump(exclude_unset=True), tenant.overrides.agents[persona_id])
+                )
+            agents[node] = persona
+        knowledge = self.bundles.knowledge_path(tenant_id)
+        return TeamRunConfig(tenant=tenant_id, team=team, agents=agents, knowledge_path=str(knowledge) if knowledge else None)

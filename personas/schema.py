@@ -1,0 +1,187 @@
+"""Pydantic models for the persona bundles (agents, teams, tenants); the JSON Schema comes from here."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Provider = Literal["auto", "openai", "offline"]
+StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
+
+
+class StrictModel(BaseModel):
+    """Base for bundle models: unknown keys are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(StrictModel):
+    """Which chat model a persona uses and how it is called."""
+
+    provider: Provider = Field(
+        "auto",
+        description="openai (any OpenAI-compatible server), offline (deterministic path), "
+        "or auto: openai when an API key or base URL is configured, else offline.",
+    )
+    name: str = Field("gpt-4o-mini", min_length=1)
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    max_tokens: int = Field(800, ge=1, le=32768)
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    max_retries: int = Field(1, ge=0, le=10)
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 for Ollama."
+    )
+    structured_output: StructuredOutputMethod = Field(
+        "json_schema",
+        description="How structured answers are requested; function_calling suits servers without JSON-schema support.",
+    )
+
+
+class DisallowedTopic(StrictModel):
+    """A topic the safety reviewer refuses, recognised by keywords."""
+
+    name: Identifier
+    keywords: list[str] = Field(min_length=1)
+    refusal: str | None = None
+
+
+class SafetySettings(StrictModel):
+    """What the safety reviewer checks and how it answers."""
+
+    check_prompt_injection: bool = True
+    redact_pii: bool = True
+    pii_kinds: list[Literal["email", "phone", "card"]] = ["email", "phone", "card"]
+    pii_allow: list[str] = Field(default_factory=list, description="Contact details that may appear, e.g. a support address.")
+    disallowed_topics: list[DisallowedTopic] = []
+    refusal_message: str = "Sorry, I can't help with that request."
+    llm_review: bool = Field(True, description="Run an LLM review after the rule layer when a model is configured.")
+    stream_drafts: bool = Field(
+        False, description="Show the responder's draft tokens before review (off: users only see reviewed text)."
+    )
+
+
+class AgentPersona(StrictModel):
+    """One agent: its role, model, prompts, safety settings and tools."""
+
+    id: Identifier
+    role: str = Field(min_length=1)
+    description: str = ""
+    model: ModelSettings = ModelSettings()
+    prompts: dict[str, str] = Field(
+        default_factory=dict, description="Prompt templates by name (system, ...), str.format placeholders."
+    )
+    safety: SafetySettings = SafetySettings()
+    tools: list[str] = []
+
+
+class RubricCriterion(StrictModel):
+    """One criterion the evaluator scores from 1 to 5."""
+
+    name: Identifier
+    description: str = Field(min_length=1)
+    weight: float = Field(1.0, gt=0, le=10)
+
+
+class MemorySettings(StrictModel):
+    """How much conversation a team keeps in its checkpointed state (and shows the model)."""
+
+    max_messages: int = Field(
+        20, ge=4, le=2000, description="Budget: once state holds more messages, older ones are trimmed."
+    )
+    keep_messages: int = Field(8, ge=2, le=2000, description="Messages kept after a trim; the rest move to the archive.")
+    rolling_summary: bool = Field(True, description="Fold trimmed messages into a rolling summary the model sees.")
+
+    @model_validator(mode="after")
+    def _keep_below_budget(self) -> MemorySettings:
+        if self.keep_messages >= self.max_messages:
+            raise ValueError("keep_messages must be smaller than max_messages")
+        return self
+
+
+class TeamParams(StrictModel):
+    """Team parameters: interview size and rubric, chat memory."""
+
+    num_questions: int = Field(5, ge=1, le=30)
+    question_mix: list[Literal["behavioral", "technical", "situational"]] = ["behavioral", "technical", "situational"]
+    rubric: list[RubricCriterion] = []
+    memory: MemorySettings = MemorySettings()
+
+
+class TeamBundle(StrictModel):
+    """A team: which persona plays each node, and its parameters."""
+
+    id: Identifier
+    description: str = ""
+    graph: Identifier = Field(description="Graph module under graphs/ that implements this team.")
+    nodes: dict[Identifier, Identifier] = Field(description="node name -> agent persona id")
+    params: TeamParams = TeamParams()
+
+
+class ApiKey(StrictModel):
+    """A tenant API key: stored as a sha256 hash, or read from a named environment variable."""
+
+    id: Identifier
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    role: Literal["user", "admin"] = "user"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        if (self.sha256 is None) == (self.env is None):
+            raise ValueError("give exactly one of sha256 (hex digest of the key) or env (variable holding the key)")
+        return self
+
+    @staticmethod
+    def digest(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+
+class TenantOverrides(StrictModel):
+    """Per-tenant changes to persona and team parameters, deep-merged then re-validated."""
+
+    agents: dict[Identifier, dict[str, Any]] = {}
+    teams: dict[Identifier, dict[str, Any]] = {}
+
+
+class TenantBundle(StrictModel):
+    """A tenant: enabled teams (feature flags), default team, overrides, keys, knowledge file."""
+
+    id: Identifier
+    name: str = ""
+    enabled_teams: list[Identifier] = Field(min_length=1)
+    default_team: Identifier
+    overrides: TenantOverrides = TenantOverrides()
+    api_keys: list[ApiKey] = []
+    knowledge: str | None = Field(None, description="Knowledge file, relative to the bundle directory.")
+
+    @field_validator("enabled_teams")
+    @classmethod
+    def _unique(cls, teams: list[str]) -> list[str]:
+        if len(set(teams)) != len(teams):
+            raise ValueError("team listed twice")
+        return teams
+
+    @model_validator(mode="after")
+    def _default_enabled(self) -> TenantBundle:
+        if self.default_team not in self.enabled_teams:
+            raise ValueError(f"default_team {self.default_team!r} is not in enabled_teams")
+        return self
+
+
+KIND_MODELS: dict[str, type[StrictModel]] = {
+    "agents": AgentPersona,
+    "teams": TeamBundle,
+    "tenants": TenantBundle,
+}
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of every bundle kind, keyed by the directory that holds that kind."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Teamgraph persona bundles",
+        "kinds": {kind: model.model_json_schema() for kind, model in KIND_MODELS.items()},
+    }
