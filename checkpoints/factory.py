@@ -90,7 +90,10 @@ async def _postgres(url: str) -> AsyncIterator[Persistence]:
     from psycopg_pool import AsyncConnectionPool
 
     pool = AsyncConnectionPool(
-        url, min_size=1, max_size=10, open=False,
+        url,
+        min_size=1,
+        max_size=10,
+        open=False,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     )
     await pool.open(wait=True, timeout=10)

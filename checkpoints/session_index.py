@@ -40,8 +40,9 @@ def title_from(text: str) -> str:
 class SessionIndex(Protocol):
     def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord: ...
     def get(self, thread_id: str) -> SessionRecord | None: ...
-    def list(self, tenant: str, team: str | None = None, limit: int = 50,
-             before: tuple[str, str] | None = None) -> list[SessionRecord]: ...
+    def list(
+        self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
+    ) -> list[SessionRecord]: ...
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
     def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
     def delete(self, thread_id: str) -> bool: ...
@@ -72,8 +73,14 @@ class SqliteSessionIndex:
 
     def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord:
         stamp = now()
-        row = {"thread_id": thread_id, "tenant": tenant, "team": team, "title": title_from(title),
-               "created_at": stamp, "updated_at": stamp}
+        row = {
+            "thread_id": thread_id,
+            "tenant": tenant,
+            "team": team,
+            "title": title_from(title),
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
         with self._lock:
             self.db["sessions"].insert(row)  # type: ignore[union-attr]
         return SessionRecord(**row)
@@ -83,8 +90,9 @@ class SqliteSessionIndex:
             rows = list(self.db["sessions"].rows_where("thread_id = ?", [thread_id]))  # type: ignore[union-attr]
         return SessionRecord(**rows[0]) if rows else None
 
-    def list(self, tenant: str, team: str | None = None, limit: int = 50,
-             before: tuple[str, str] | None = None) -> list[SessionRecord]:
+    def list(
+        self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
+    ) -> list[SessionRecord]:
         where, args = "tenant = ?", [tenant]
         if team:
             where += " and team = ?"
@@ -109,8 +117,9 @@ class SqliteSessionIndex:
 
     def rename(self, thread_id: str, title: str) -> SessionRecord | None:
         with self._lock:
-            self.db.execute("update sessions set title = ?, updated_at = ? where thread_id = ?",
-                            [title, now(), thread_id])
+            self.db.execute(
+                "update sessions set title = ?, updated_at = ? where thread_id = ?", [title, now(), thread_id]
+            )
             self.db.conn.commit()
         return self.get(thread_id)
 
@@ -131,8 +140,9 @@ class PostgresSessionIndex:
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
-        self.pool = ConnectionPool(url, min_size=1, max_size=4, open=True,
-                                   kwargs={"autocommit": True, "row_factory": dict_row})
+        self.pool = ConnectionPool(
+            url, min_size=1, max_size=4, open=True, kwargs={"autocommit": True, "row_factory": dict_row}
+        )
         with self.pool.connection() as conn:
             conn.execute(
                 "create table if not exists teamgraph_sessions ("
@@ -161,8 +171,9 @@ class PostgresSessionIndex:
         row = self._one("select * from teamgraph_sessions where thread_id = %s", [thread_id])
         return SessionRecord(**row) if row else None
 
-    def list(self, tenant: str, team: str | None = None, limit: int = 50,
-             before: tuple[str, str] | None = None) -> list[SessionRecord]:
+    def list(
+        self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
+    ) -> list[SessionRecord]:
         sql, args = "select * from teamgraph_sessions where tenant = %s", [tenant]
         if team:
             sql += " and team = %s"
@@ -183,8 +194,10 @@ class PostgresSessionIndex:
             )
 
     def rename(self, thread_id: str, title: str) -> SessionRecord | None:
-        row = self._one("update teamgraph_sessions set title = %s, updated_at = %s where thread_id = %s returning *",
-                        [title, now(), thread_id])
+        row = self._one(
+            "update teamgraph_sessions set title = %s, updated_at = %s where thread_id = %s returning *",
+            [title, now(), thread_id],
+        )
         return SessionRecord(**row) if row else None
 
     def delete(self, thread_id: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage, HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -10,7 +10,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from nodes.evaluator import evaluator
 from nodes.fallback_scorer import fallback_scorer
@@ -64,9 +64,7 @@ def route_after_scoring(state: InterviewState) -> Literal["ask_next_question", "
     return "ask_next_question" if state.get("current", 0) + 1 < len(state["questions"]) else "summarizer"
 
 
-def build_graph(
-    checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None
-) -> CompiledStateGraph:
+def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None) -> CompiledStateGraph:
     builder = StateGraph(InterviewState, input_schema=InputState)
     builder.add_node("question_generator", question_generator)
     builder.add_node("evaluator", evaluator)

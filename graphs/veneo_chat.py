@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langchain_core.runnables import RunnableConfig
@@ -11,7 +11,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from nodes.chat_summary import chat_summarizer, is_summarize_request
 from nodes.configuration import Configuration
@@ -36,7 +36,9 @@ class ChatState(InputState):
     archived: NotRequired[int]
 
 
-def route_message(state: ChatState, config: RunnableConfig) -> Literal["summarizer", "safety_reviewer", "primary_responder"]:
+def route_message(
+    state: ChatState, config: RunnableConfig
+) -> Literal["summarizer", "safety_reviewer", "primary_responder"]:
     messages = state.get("messages", [])
     if messages and is_summarize_request(messages[-1]):
         return "summarizer"
@@ -45,9 +47,7 @@ def route_message(state: ChatState, config: RunnableConfig) -> Literal["summariz
     return "primary_responder"
 
 
-def build_graph(
-    checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None
-) -> CompiledStateGraph:
+def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None) -> CompiledStateGraph:
     builder = StateGraph(ChatState, input_schema=InputState)
     builder.add_node("primary_responder", primary_responder)
     builder.add_node("safety_reviewer", safety_reviewer)

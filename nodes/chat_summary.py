@@ -58,7 +58,9 @@ def extractive_summary(previous: str, messages: list[BaseMessage]) -> str:
     return "\n".join(lines[-20:])
 
 
-async def fold_into_summary(previous: str, messages: list[BaseMessage], conf: Configuration, config: RunnableConfig) -> str:
+async def fold_into_summary(
+    previous: str, messages: list[BaseMessage], conf: Configuration, config: RunnableConfig
+) -> str:
     """The rolling summary extended with `messages` (model when configured, extractive otherwise)."""
     model = conf.model(NODE)
     if model is not None:
@@ -90,6 +92,11 @@ async def chat_summarizer(state: ChatState, config: RunnableConfig) -> dict[str,
     if not text:
         text = extractive_summary(previous, messages) or "We haven't talked about anything yet."
     return {
-        "messages": [AIMessage("Summary of our conversation so far:\n" + text, name=NODE,
-                               response_metadata={"kind": "summary", "produced_by": produced_by})]
+        "messages": [
+            AIMessage(
+                "Summary of our conversation so far:\n" + text,
+                name=NODE,
+                response_metadata={"kind": "summary", "produced_by": produced_by},
+            )
+        ]
     }

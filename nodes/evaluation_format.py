@@ -30,6 +30,9 @@ def evaluation_message(evaluation: dict[str, Any], node: str) -> AIMessage:
     return AIMessage(
         "\n".join(lines),
         name=node,
-        response_metadata={"kind": "evaluation", "question_index": evaluation["question_index"],
-                           "produced_by": evaluation["scored_by"]},
+        response_metadata={
+            "kind": "evaluation",
+            "question_index": evaluation["question_index"],
+            "produced_by": evaluation["scored_by"],
+        },
     )

@@ -31,7 +31,7 @@ class EvaluationOutput(BaseModel):
 
 
 async def evaluator(state: InterviewState, config: RunnableConfig) -> dict[str, Any]:
-    """On any model failure (error, timeout, invalid output) it records why and the graph routes to the fallback scorer."""
+    """Score with the model; on any failure (error, timeout, invalid output) record why for the fallback scorer."""
     conf = Configuration.from_runnable_config(config)
     model = conf.model(NODE)
     if model is None:

@@ -18,14 +18,64 @@ if TYPE_CHECKING:
 NODE = "fallback_scorer"
 
 _STAR_CUES = {
-    "situation": ("when i", "at my", "in my previous", "in my last", "situation", "context", "we had", "our team", "there was"),
-    "task": ("my task", "i was responsible", "responsible for", "the goal", "needed to", "had to", "my role", "challenge"),
-    "action": ("i built", "i led", "i decided", "i implemented", "i designed", "i wrote", "i organized", "i analyzed",
-               "i created", "i proposed", "i introduced", "i set up", "i worked", "i talked", "i used", "i started"),
-    "result": ("as a result", "resulted", "reduced", "increased", "improved", "saved", "achieved", "led to",
-               "grew", "cut", "delivered", "launched", "outcome"),
+    "situation": (
+        "when i",
+        "at my",
+        "in my previous",
+        "in my last",
+        "situation",
+        "context",
+        "we had",
+        "our team",
+        "there was",
+    ),
+    "task": (
+        "my task",
+        "i was responsible",
+        "responsible for",
+        "the goal",
+        "needed to",
+        "had to",
+        "my role",
+        "challenge",
+    ),
+    "action": (
+        "i built",
+        "i led",
+        "i decided",
+        "i implemented",
+        "i designed",
+        "i wrote",
+        "i organized",
+        "i analyzed",
+        "i created",
+        "i proposed",
+        "i introduced",
+        "i set up",
+        "i worked",
+        "i talked",
+        "i used",
+        "i started",
+    ),
+    "result": (
+        "as a result",
+        "resulted",
+        "reduced",
+        "increased",
+        "improved",
+        "saved",
+        "achieved",
+        "led to",
+        "grew",
+        "cut",
+        "delivered",
+        "launched",
+        "outcome",
+    ),
 }
-_NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)?\s*(?:%|percent|x\b|k\b|ms\b|hours?|days?|weeks?|users?|customers?)?|[$€£]\s?\d+")
+_NUMBER_RE = re.compile(
+    r"\d+(?:[.,]\d+)?\s*(?:%|percent|x\b|k\b|ms\b|hours?|days?|weeks?|users?|customers?)?|[$€£]\s?\d+"
+)
 _RESULT_VERBS = ("reduced", "increased", "improved", "saved", "cut", "grew", "raised", "lowered", "doubled", "halved")
 
 
@@ -91,14 +141,18 @@ _IMPROVEMENTS = {
 }
 
 
-def score_answer(question: dict[str, Any], answer: str, job_description: str, rubric: list[RubricCriterion]) -> dict[str, Any]:
+def score_answer(
+    question: dict[str, Any], answer: str, job_description: str, rubric: list[RubricCriterion]
+) -> dict[str, Any]:
     """Score `answer` on every rubric criterion (1-5) from its text alone; same input, same scores."""
     f = answer_features(question["text"], answer, job_description)
     scores = {c.name: _criterion_score(c.name, f) for c in rubric}
     total_weight = sum(c.weight for c in rubric)
     overall = round(sum(scores[c.name] * c.weight for c in rubric) / total_weight, 1)
     strengths = [_STRENGTHS.get(name, f"Good {name.replace('_', ' ')}.") for name, s in scores.items() if s >= 4]
-    improvements = [_IMPROVEMENTS.get(name, f"Work on {name.replace('_', ' ')}.") for name, s in scores.items() if s <= 2]
+    improvements = [
+        _IMPROVEMENTS.get(name, f"Work on {name.replace('_', ' ')}.") for name, s in scores.items() if s <= 2
+    ]
     if not strengths:
         best = max(scores, key=lambda k: scores[k])
         strengths = [f"Your {best.replace('_', ' ')} was the strongest part of this answer."]

@@ -50,8 +50,15 @@ async def interview_summarizer(state: InterviewState, config: RunnableConfig) ->
     """Summarise the interview once all questions are answered (repeated on request afterwards)."""
     if state.get("summary"):
         summary = state["summary"]
-        return {"messages": [AIMessage("The interview is complete. " + summary["narrative"], name=NODE,
-                                       response_metadata={"kind": "summary", "produced_by": summary["written_by"]})]}
+        return {
+            "messages": [
+                AIMessage(
+                    "The interview is complete. " + summary["narrative"],
+                    name=NODE,
+                    response_metadata={"kind": "summary", "produced_by": summary["written_by"]},
+                )
+            ]
+        }
     conf = Configuration.from_runnable_config(config)
     stats = summarize_evaluations(state.get("evaluations", []))
     narrative, written_by = _plain_narrative(stats), "template"
@@ -60,8 +67,13 @@ async def interview_summarizer(state: InterviewState, config: RunnableConfig) ->
         persona = conf.persona(NODE)
         try:
             prompt = persona_messages(
-                persona, role=state.get("role", "the role"), averages=stats["averages"], overall=stats["overall"],
-                strongest=stats["strongest"], weakest=stats["weakest"], improvements="; ".join(stats["next_steps"]),
+                persona,
+                role=state.get("role", "the role"),
+                averages=stats["averages"],
+                overall=stats["overall"],
+                strongest=stats["strongest"],
+                weakest=stats["weakest"],
+                improvements="; ".join(stats["next_steps"]),
             )
             narrative = str((await ask_text(model, prompt, persona, config)).content).strip()
             written_by = conf.model_label(NODE)
@@ -71,6 +83,11 @@ async def interview_summarizer(state: InterviewState, config: RunnableConfig) ->
     return {
         "summary": summary,
         "phase": "done",
-        "messages": [AIMessage("Interview complete. " + narrative, name=NODE,
-                               response_metadata={"kind": "summary", "produced_by": written_by})],
+        "messages": [
+            AIMessage(
+                "Interview complete. " + narrative,
+                name=NODE,
+                response_metadata={"kind": "summary", "produced_by": written_by},
+            )
+        ],
     }

@@ -13,6 +13,7 @@ from typing import Any
 
 from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage, message_to_dict, messages_from_dict
 from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
 from nodes.chat_summary import fold_into_summary
@@ -25,10 +26,11 @@ def transcript_namespace(thread_id: str) -> tuple[str, ...]:
     return (TRANSCRIPT_NAMESPACE, thread_id)
 
 
-async def memory_keeper(state: dict[str, Any], config: RunnableConfig, *, store: BaseStore | None = None) -> dict[str, Any]:
+async def memory_keeper(state: dict[str, Any], config: RunnableConfig, runtime: Runtime) -> dict[str, Any]:
     """Trim state to `keep_messages` once it holds more than `max_messages`; no store, no trimming (nothing is lost)."""
     conf = Configuration.from_runnable_config(config)
     memory = conf.params.memory
+    store = runtime.store
     messages: list[AnyMessage] = state.get("messages", [])
     if store is None or conf.thread_id is None or len(messages) <= memory.max_messages:
         return {}

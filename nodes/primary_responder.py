@@ -57,8 +57,9 @@ async def primary_responder(state: ChatState, config: RunnableConfig) -> dict[st
     note = None
     if model is not None:
         knowledge = "\n".join(f"[{h.title}] {h.body}" for h in hits) or "(nothing relevant found)"
-        system = SystemMessage(render(persona.prompts.get("system", ""), summary=state.get("summary") or "(none)",
-                                      knowledge=knowledge))
+        system = SystemMessage(
+            render(persona.prompts.get("system", ""), summary=state.get("summary") or "(none)", knowledge=knowledge)
+        )
         history = [m for m in state.get("messages", []) if not is_summarize_request(m)]
         try:
             reply = await ask_text(model, [system, *history], persona, config)

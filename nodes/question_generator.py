@@ -51,24 +51,56 @@ def infer_role(state: InterviewState) -> str:
 _TEMPLATES: dict[str, list[tuple[str, str, str]]] = {
     # (template using {topic} and {role}, difficulty, what {topic} is: "task" or "skill")
     "behavioral": [
-        ("Tell me about a time you had to {topic}. What was the situation, what did you do, and what was the result?", "medium", "task"),
-        ("Describe a project where {topic} was central to your work. What was your role and what did you achieve?", "medium", "skill"),
-        ("Tell me about a time something went wrong while you were working with {topic}. How did you handle it?", "hard", "skill"),
+        (
+            "Tell me about a time you had to {topic}. "
+            "What was the situation, what did you do, and what was the result?",
+            "medium",
+            "task",
+        ),
+        (
+            "Describe a project where {topic} was central to your work. What was your role and what did you achieve?",
+            "medium",
+            "skill",
+        ),
+        (
+            "Tell me about a time something went wrong while you were working with {topic}. How did you handle it?",
+            "hard",
+            "skill",
+        ),
     ],
     "technical": [
-        ("How have you used {topic} in a real project, and what trade-offs did you weigh along the way?", "medium", "skill"),
-        ("Walk me through how you would diagnose a performance problem in a system that relies on {topic}.", "hard", "skill"),
+        (
+            "How have you used {topic} in a real project, and what trade-offs did you weigh along the way?",
+            "medium",
+            "skill",
+        ),
+        (
+            "Walk me through how you would diagnose a performance problem in a system that relies on {topic}.",
+            "hard",
+            "skill",
+        ),
         ("What would you check first when reviewing someone else's work in {topic}, and why?", "easy", "skill"),
     ],
     "situational": [
-        ("Imagine you join us as {role} and are asked to {topic}. How would you approach your first two weeks?", "medium", "task"),
-        ("Suppose a deadline is at risk because of a problem with {topic}. What would you do, and who would you involve?", "medium", "skill"),
+        (
+            "Imagine you join us as {role} and are asked to {topic}. How would you approach your first two weeks?",
+            "medium",
+            "task",
+        ),
+        (
+            "Suppose a deadline is at risk because of a problem with {topic}. "
+            "What would you do, and who would you involve?",
+            "medium",
+            "skill",
+        ),
         ("If a stakeholder disagreed with your approach to {topic}, how would you resolve it?", "hard", "skill"),
     ],
 }
 
 
-def generate_template_questions(resume: str, job_description: str, role: str, count: int, mix: list[str]) -> list[dict[str, Any]]:
+def generate_template_questions(
+    resume: str, job_description: str, role: str, count: int, mix: list[str]
+) -> list[dict[str, Any]]:
     """Deterministic questions: skills found in both documents first, then the JD's tasks, filled into templates."""
     jd_skills, resume_skills = find_skills(job_description), find_skills(resume)
     in_resume = {s.lower() for s in resume_skills}
@@ -110,7 +142,9 @@ async def question_generator(state: InterviewState, config: RunnableConfig) -> d
     resume = (state.get("resume") or "").strip() or first_user_text(state)
     if not resume:
         return {
-            "messages": [AIMessage("Please send your resume (and the job description, if you have one) to start.", name=NODE)],
+            "messages": [
+                AIMessage("Please send your resume (and the job description, if you have one) to start.", name=NODE)
+            ],
             "phase": "setup",
         }
     job_description = (state.get("job_description") or "").strip()
@@ -124,8 +158,12 @@ async def question_generator(state: InterviewState, config: RunnableConfig) -> d
     if model is not None:
         try:
             prompt = persona_messages(
-                persona, role=role, num_questions=params.num_questions, question_mix=", ".join(params.question_mix),
-                resume=resume, job_description=job_description or "(none given)",
+                persona,
+                role=role,
+                num_questions=params.num_questions,
+                question_mix=", ".join(params.question_mix),
+                resume=resume,
+                job_description=job_description or "(none given)",
             )
             result = await ask_structured(model, QuestionSet, prompt, persona, config)
             questions = [q.model_dump() for q in result.questions[: params.num_questions]]
@@ -133,7 +171,9 @@ async def question_generator(state: InterviewState, config: RunnableConfig) -> d
         except Exception as exc:  # any model failure falls back to the deterministic generator
             note = f"model unavailable ({describe_failure(exc)}); questions from templates"
     if questions is None:
-        questions = generate_template_questions(resume, job_description, role, params.num_questions, list(params.question_mix))
+        questions = generate_template_questions(
+            resume, job_description, role, params.num_questions, list(params.question_mix)
+        )
     intro = AIMessage(
         f"Let's practise for {role}. I'll ask {len(questions)} questions one at a time; answer each as you would in "
         "the interview." + (f" ({note})" if note else ""),

@@ -41,19 +41,31 @@ async def safety_reviewer(state: ChatState, config: RunnableConfig) -> dict[str,
     if rules.action != "block" and model is not None:
         try:
             prompt = persona_messages(
-                persona, user_message=user_message, draft=text,
+                persona,
+                user_message=user_message,
+                draft=text,
                 disallowed_topics=", ".join(t.name for t in settings.disallowed_topics) or "(none)",
             )
             review = await ask_structured(model, ReviewOutput, prompt, persona, config)
             label = conf.model_label(NODE)
             if review.action == "block":
-                decision = {"action": "block", "category": review.category, "reason": review.reason, "reviewed_by": label}
+                decision = {
+                    "action": "block",
+                    "category": review.category,
+                    "reason": review.reason,
+                    "reviewed_by": label,
+                }
                 text = settings.refusal_message
             elif review.action == "rewrite" and review.rewritten_reply:
                 # the rule layer's redaction still applies to whatever the model rewrote
                 redacted = review_draft(user_message, review.rewritten_reply, settings)
                 text = redacted.text or review.rewritten_reply
-                decision = {"action": "rewrite", "category": review.category, "reason": review.reason, "reviewed_by": label}
+                decision = {
+                    "action": "rewrite",
+                    "category": review.category,
+                    "reason": review.reason,
+                    "reviewed_by": label,
+                }
             else:
                 decision["reviewed_by"] = f"rules+{label}"
         except Exception as exc:  # the rule decision stands; say that the LLM review did not happen

@@ -16,7 +16,9 @@ _INJECTION = re.compile(
     re.I,
 )
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"(?<![\w])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{3,4}[\s.-]?\d{3,4}(?:[\s.-]?\d{2,4})?(?![\w])")
+_PHONE = re.compile(
+    r"(?<![\w])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{3,4}[\s.-]?\d{3,4}(?:[\s.-]?\d{2,4})?(?![\w])"
+)
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 
 
@@ -41,14 +43,22 @@ def _luhn_ok(number: str) -> bool:
 def check_user_message(message: str, settings: SafetySettings) -> RuleDecision | None:
     """A refusal decision when the user's message must not be answered, else None."""
     if settings.check_prompt_injection and _INJECTION.search(message):
-        return RuleDecision("block", "prompt_injection", "the message tries to override the assistant's instructions",
-                            settings.refusal_message)
+        return RuleDecision(
+            "block",
+            "prompt_injection",
+            "the message tries to override the assistant's instructions",
+            settings.refusal_message,
+        )
     lowered = message.lower()
     for topic in settings.disallowed_topics:
         for keyword in topic.keywords:
             if re.search(r"(?<!\w)" + re.escape(keyword.lower()) + r"(?!\w)", lowered):
-                return RuleDecision("block", "disallowed_topic", f"topic {topic.name!r} is not allowed (matched {keyword!r})",
-                                    (topic.refusal or settings.refusal_message).strip())
+                return RuleDecision(
+                    "block",
+                    "disallowed_topic",
+                    f"topic {topic.name!r} is not allowed (matched {keyword!r})",
+                    (topic.refusal or settings.refusal_message).strip(),
+                )
     return None
 
 
@@ -57,25 +67,31 @@ def redact_pii(text: str, settings: SafetySettings) -> tuple[str, list[str]]:
     found: list[str] = []
     allowed = {a.lower() for a in settings.pii_allow}
     if "email" in settings.pii_kinds:
+
         def email(m: re.Match[str]) -> str:
             if m.group(0).lower() in allowed:
                 return m.group(0)
             found.append("email")
             return "[email removed]"
+
         text = _EMAIL.sub(email, text)
     if "card" in settings.pii_kinds:
+
         def card(m: re.Match[str]) -> str:
             if _luhn_ok(m.group(0)):
                 found.append("card")
                 return "[card number removed]"
             return m.group(0)
+
         text = _CARD.sub(card, text)
     if "phone" in settings.pii_kinds:
+
         def phone(m: re.Match[str]) -> str:
             if sum(c.isdigit() for c in m.group(0)) >= 7:
                 found.append("phone")
                 return "[phone removed]"
             return m.group(0)
+
         text = _PHONE.sub(phone, text)
     return text, sorted(set(found))
 

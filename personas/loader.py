@@ -140,7 +140,9 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             obj_id = obj.id  # type: ignore[attr-defined]
             if obj_id in parsed[kind]:
                 other = sources[(kind, obj_id)]
-                problems.append(Problem(rel, _line_of(node, ("id",)), "id", f"duplicate id {obj_id!r} (also in {other.name})"))
+                problems.append(
+                    Problem(rel, _line_of(node, ("id",)), "id", f"duplicate id {obj_id!r} (also in {other.name})")
+                )
                 continue
             if path.stem != obj_id:
                 problems.append(
@@ -162,14 +164,22 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
         node = nodes[("teams", team.id)]
         if known_graphs is not None and team.graph not in known_graphs:
             problems.append(
-                Problem(rel_of("teams", team.id), _line_of(node, ("graph",)), "graph",
-                        f"unknown graph {team.graph!r}; known: {', '.join(sorted(known_graphs))}")
+                Problem(
+                    rel_of("teams", team.id),
+                    _line_of(node, ("graph",)),
+                    "graph",
+                    f"unknown graph {team.graph!r}; known: {', '.join(sorted(known_graphs))}",
+                )
             )
         for node_name, persona_id in team.nodes.items():
             if persona_id not in agents:
                 problems.append(
-                    Problem(rel_of("teams", team.id), _line_of(node, ("nodes", node_name)), f"nodes.{node_name}",
-                            f"unknown agent persona {persona_id!r}")
+                    Problem(
+                        rel_of("teams", team.id),
+                        _line_of(node, ("nodes", node_name)),
+                        f"nodes.{node_name}",
+                        f"unknown agent persona {persona_id!r}",
+                    )
                 )
 
     for tenant in tenants.values():
@@ -177,13 +187,21 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
         rel = rel_of("tenants", tenant.id)
         for i, team_id in enumerate(tenant.enabled_teams):
             if team_id not in teams:
-                problems.append(Problem(rel, _line_of(node, ("enabled_teams", i)), f"enabled_teams[{i}]", f"unknown team {team_id!r}"))
+                problems.append(
+                    Problem(
+                        rel, _line_of(node, ("enabled_teams", i)), f"enabled_teams[{i}]", f"unknown team {team_id!r}"
+                    )
+                )
         if tenant.knowledge and not (root / tenant.knowledge).is_file():
-            problems.append(Problem(rel, _line_of(node, ("knowledge",)), "knowledge", f"file not found: {tenant.knowledge}"))
+            problems.append(
+                Problem(rel, _line_of(node, ("knowledge",)), "knowledge", f"file not found: {tenant.knowledge}")
+            )
         for agent_id, override in tenant.overrides.agents.items():
             loc = ("overrides", "agents", agent_id)
             if agent_id not in agents:
-                problems.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown agent persona {agent_id!r}"))
+                problems.append(
+                    Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown agent persona {agent_id!r}")
+                )
                 continue
             merged = deep_merge(agents[agent_id].model_dump(exclude_unset=True), override)
             try:
@@ -203,8 +221,14 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             if merged.get("nodes", {}) != teams[team_id].nodes:
                 for node_name, persona_id in merged.get("nodes", {}).items():
                     if persona_id not in agents:
-                        problems.append(Problem(rel, _line_of(node, (*loc, "nodes", node_name)),
-                                                f"{_field_path(loc)}.nodes.{node_name}", f"unknown agent persona {persona_id!r}"))
+                        problems.append(
+                            Problem(
+                                rel,
+                                _line_of(node, (*loc, "nodes", node_name)),
+                                f"{_field_path(loc)}.nodes.{node_name}",
+                                f"unknown agent persona {persona_id!r}",
+                            )
+                        )
 
     if not tenants and not problems:
         problems.append(Problem(str(root), None, "tenants", "no tenant bundles found"))

@@ -61,7 +61,9 @@ class AgentTeamResolver:
         self.bundles = bundles
         self._cache: dict[tuple[str, str], TeamRunConfig] = {}
 
-    def resolve(self, tenant_id: str, requested_team: str | None = None, session: dict[str, Any] | None = None) -> TeamRunConfig:
+    def resolve(
+        self, tenant_id: str, requested_team: str | None = None, session: dict[str, Any] | None = None
+    ) -> TeamRunConfig:
         """A session keeps the team it was created with; otherwise the requested team, else the tenant's default."""
         tenant = self.bundles.tenants.get(tenant_id)
         if tenant is None:
@@ -69,7 +71,9 @@ class AgentTeamResolver:
         session_team = (session or {}).get("team")
         if session_team and requested_team and session_team != requested_team:
             raise TeamResolutionError(
-                f"session belongs to team {session_team!r}, not {requested_team!r}", tenant=tenant_id, team=requested_team
+                f"session belongs to team {session_team!r}, not {requested_team!r}",
+                tenant=tenant_id,
+                team=requested_team,
             )
         team_id = session_team or requested_team or tenant.default_team
         if team_id not in self.bundles.teams:
@@ -93,7 +97,9 @@ class AgentTeamResolver:
         tenant = self.bundles.tenants[tenant_id]
         team = self.bundles.teams[team_id]
         if team_id in tenant.overrides.teams:
-            team = TeamBundle.model_validate(deep_merge(team.model_dump(exclude_unset=True), tenant.overrides.teams[team_id]))
+            team = TeamBundle.model_validate(
+                deep_merge(team.model_dump(exclude_unset=True), tenant.overrides.teams[team_id])
+            )
         agents: dict[str, AgentPersona] = {}
         for node, persona_id in team.nodes.items():
             persona = self.bundles.agents[persona_id]
@@ -103,4 +109,6 @@ class AgentTeamResolver:
                 )
             agents[node] = persona
         knowledge = self.bundles.knowledge_path(tenant_id)
-        return TeamRunConfig(tenant=tenant_id, team=team, agents=agents, knowledge_path=str(knowledge) if knowledge else None)
+        return TeamRunConfig(
+            tenant=tenant_id, team=team, agents=agents, knowledge_path=str(knowledge) if knowledge else None
+        )

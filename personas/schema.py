@@ -54,7 +54,9 @@ class SafetySettings(StrictModel):
     check_prompt_injection: bool = True
     redact_pii: bool = True
     pii_kinds: list[Literal["email", "phone", "card"]] = ["email", "phone", "card"]
-    pii_allow: list[str] = Field(default_factory=list, description="Contact details that may appear, e.g. a support address.")
+    pii_allow: list[str] = Field(
+        default_factory=list, description="Contact details that may appear, e.g. a support address."
+    )
     disallowed_topics: list[DisallowedTopic] = []
     refusal_message: str = "Sorry, I can't help with that request."
     llm_review: bool = Field(True, description="Run an LLM review after the rule layer when a model is configured.")
@@ -91,7 +93,9 @@ class MemorySettings(StrictModel):
     max_messages: int = Field(
         20, ge=4, le=2000, description="Budget: once state holds more messages, older ones are trimmed."
     )
-    keep_messages: int = Field(8, ge=2, le=2000, description="Messages kept after a trim; the rest move to the archive.")
+    keep_messages: int = Field(
+        8, ge=2, le=2000, description="Messages kept after a trim; the rest move to the archive."
+    )
     rolling_summary: bool = Field(True, description="Fold trimmed messages into a rolling summary the model sees.")
 
     @model_validator(mode="after")

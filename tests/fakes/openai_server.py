@@ -166,9 +166,7 @@ def _split_fixed(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
-def _tool_call(
-    name: str, arguments: dict[str, Any] | str, id_: str | None = None
-) -> _FunctionCall:
+def _tool_call(name: str, arguments: dict[str, Any] | str, id_: str | None = None) -> _FunctionCall:
     args = arguments if isinstance(arguments, str) else json.dumps(arguments)
     return _FunctionCall(id=id_ or _new_id("call_"), name=name, arguments=args)
 
@@ -186,33 +184,25 @@ def _chosen_tool_name(body: dict[str, Any]) -> str | None:
     return str((first.get("function") or {}).get("name") or first.get("name") or "tool")
 
 
-def _completion_for(
-    behaviour: Reply | Structured | ToolCall, body: dict[str, Any]
-) -> _Completion:
+def _completion_for(behaviour: Reply | Structured | ToolCall, body: dict[str, Any]) -> _Completion:
     match behaviour:
         case Reply(content=content):
             return _Completion(content=content)
         case ToolCall(name=name, arguments=arguments, id=id_):
-            return _Completion(
-                content=None, tool_calls=(_tool_call(name, arguments, id_),)
-            )
+            return _Completion(content=None, tool_calls=(_tool_call(name, arguments, id_),))
         case Structured(data=data):
             response_format = body.get("response_format") or {}
             if response_format.get("type") in ("json_schema", "json_object"):
                 return _Completion(content=json.dumps(data))
             tool_name = _chosen_tool_name(body)
             if tool_name is not None:
-                return _Completion(
-                    content=None, tool_calls=(_tool_call(tool_name, data),)
-                )
+                return _Completion(content=None, tool_calls=(_tool_call(tool_name, data),))
             return _Completion(content=json.dumps(data))
 
 
 def _usage(body: dict[str, Any], completion: _Completion) -> dict[str, int]:
     prompt = _rough_tokens(json.dumps(body.get("messages", [])))
-    produced = (completion.content or "") + "".join(
-        c.name + c.arguments for c in completion.tool_calls
-    )
+    produced = (completion.content or "") + "".join(c.name + c.arguments for c in completion.tool_calls)
     completion_tokens = _rough_tokens(produced)
     return {
         "prompt_tokens": prompt,
@@ -286,14 +276,10 @@ class _ResponseWriter:
         }
 
     def chunks(self) -> Iterator[dict[str, Any]]:
-        include_usage = bool(
-            (self.body.get("stream_options") or {}).get("include_usage")
-        )
+        include_usage = bool((self.body.get("stream_options") or {}).get("include_usage"))
         completion = self.completion
 
-        def chunk(
-            delta: dict[str, Any], finish_reason: str | None = None
-        ) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
             data: dict[str, Any] = {
                 "id": self.id,
                 "object": "chat.completion.chunk",
@@ -330,13 +316,7 @@ class _ResponseWriter:
                     }
                 )
                 for piece in _split_fixed(call.arguments, _ARGUMENT_CHUNK_SIZE):
-                    yield chunk(
-                        {
-                            "tool_calls": [
-                                {"index": index, "function": {"arguments": piece}}
-                            ]
-                        }
-                    )
+                    yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
         else:
             yield chunk({"role": "assistant", "content": "", "refusal": None})
             for piece in _split_words(completion.content or ""):
@@ -403,9 +383,7 @@ class FakeOpenAIServer:
             timeout_graceful_shutdown=2,
         )
         server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, name="fake-openai-server", daemon=True
-        )
+        thread = threading.Thread(target=server.run, name="fake-openai-server", daemon=True)
         self._server, self._thread = server, thread
         thread.start()
 
@@ -416,9 +394,7 @@ class FakeOpenAIServer:
                 raise RuntimeError("FakeOpenAIServer failed to start")
             time.sleep(0.005)
         self._port = int(server.servers[0].sockets[0].getsockname()[1])
-        with socket.create_connection(
-            (_HOST, self._port), timeout=self._startup_timeout
-        ):
+        with socket.create_connection((_HOST, self._port), timeout=self._startup_timeout):
             pass
         atexit.register(self.stop)
         return self
@@ -517,16 +493,12 @@ class FakeOpenAIServer:
         try:
             body = await request.json()
         except ValueError:
-            return _error_response(
-                Error(400, "We could not parse the JSON body of your request.")
-            )
+            return _error_response(Error(400, "We could not parse the JSON body of your request."))
         if not isinstance(body, dict):
             return _error_response(Error(400, "Request body must be a JSON object."))
         return await self._respond(request, body, self._next_behaviour(body))
 
-    async def _respond(
-        self, request: Request, body: dict[str, Any], behaviour: Behaviour
-    ) -> Response:
+    async def _respond(self, request: Request, body: dict[str, Any], behaviour: Behaviour) -> Response:
         match behaviour:
             case Slow(seconds=seconds, then=then):
                 if not await self._wait(request, seconds):
@@ -553,9 +525,7 @@ class FakeOpenAIServer:
         while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
             await asyncio.sleep(min(_POLL_INTERVAL, remaining))
             server = self._server
-            if (
-                server is not None and server.should_exit
-            ) or await request.is_disconnected():
+            if (server is not None and server.should_exit) or await request.is_disconnected():
                 return False
         return True
 

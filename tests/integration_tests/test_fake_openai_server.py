@@ -154,9 +154,7 @@ def test_streamed_tool_call(server: FakeOpenAIServer) -> None:
         merged = chunk if merged is None else merged + chunk
 
     assert merged is not None
-    assert merged.tool_calls == [
-        {"name": "get_weather", "args": args, "id": "call_123", "type": "tool_call"}
-    ]
+    assert merged.tool_calls == [{"name": "get_weather", "args": args, "id": "call_123", "type": "tool_call"}]
     assert merged.response_metadata["finish_reason"] == "tool_calls"
     assert server.last_request["tools"][0]["function"]["name"] == "get_weather"
 

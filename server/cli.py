@@ -1,0 +1,225 @@
+"""The `teamgraph` command line: interview and chat in the terminal, sessions, persona bundles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
+from personas.resolver import TeamResolutionError
+from personas.schema import json_schema
+from server.engine import Engine, SessionNotFound
+from server.settings import Settings
+
+app = typer.Typer(help="Teamgraph: several LLM agent teams side by side.", no_args_is_help=True)
+sessions_app = typer.Typer(help="Stored sessions (threads).", no_args_is_help=True)
+personas_app = typer.Typer(help="Persona bundles: validate them, print their JSON Schema.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+app.add_typer(personas_app, name="personas")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SessionOpt = Annotated[str | None, typer.Option("--session", help="Continue a stored session (its id).")]
+TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant id (from personas/tenants/).")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(message, err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+def read_document(path: Path) -> str:
+    """Text of a resume or job description file (txt or md)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise fail(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise fail(f"{path}: not a UTF-8 text file (use .txt or .md)") from None
+
+
+def _ask(prompt: str) -> str | None:
+    """One line from the user; None at end of input."""
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
+
+
+async def _print_turn(engine: Engine, session: Any, turn_input: dict[str, Any]) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    streaming_node = None
+    async for event in engine.stream_turn(session, turn_input, final_state=state):
+        if event.kind == "token":
+            if streaming_node is None:
+                typer.echo("")
+            streaming_node = event.node
+            typer.echo(event.text, nl=False)
+        elif event.node == streaming_node:
+            typer.echo("\n")  # already shown token by token
+            streaming_node = None
+        else:
+            typer.echo(f"\n{event.text}")
+    return state
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except (TeamResolutionError, SessionNotFound) as exc:
+        raise fail(str(exc)) from None
+    except BundleError as exc:
+        raise fail(str(exc), 2) from None
+
+
+async def _interview(
+    resume: Path | None, jd: Path | None, role: str | None, tenant: str, session_id: str | None
+) -> None:
+    async with Engine.open(Settings()) as engine:
+        if session_id:
+            session = engine.get_session(tenant, session_id)
+            state = await engine.state(session)
+            if state.get("phase") == "asking":
+                q = state["questions"][state["current"]]
+                typer.echo(f"Continuing session {session.thread_id}.\nQuestion {state['current'] + 1}: {q['text']}")
+        else:
+            if resume is None:
+                raise fail("--resume FILE is required to start an interview (or --session ID to continue one)")
+            session = await engine.create_session(tenant, "interview")
+            first: dict[str, Any] = {
+                "resume": read_document(resume),
+                "messages": [{"role": "user", "content": "Start"}],
+            }
+            if jd:
+                first["job_description"] = read_document(jd)
+            if role:
+                first["role"] = role
+            typer.echo(f"Session {session.thread_id} (continue later with --session {session.thread_id})")
+            state = await _print_turn(engine, session, first)
+        while state.get("phase") != "done":
+            answer = _ask("\nYour answer> ")
+            if answer is None:
+                typer.echo(f"\nPaused. Continue with: teamgraph interview --session {session.thread_id}")
+                return
+            state = await _print_turn(engine, session, {"messages": [{"role": "user", "content": answer}]})
+
+
+@app.command()
+def interview(
+    resume: Annotated[Path | None, typer.Option("--resume", help="Resume file (.txt or .md).")] = None,
+    jd: Annotated[Path | None, typer.Option("--jd", help="Job description file (.txt or .md).")] = None,
+    role: Annotated[str | None, typer.Option("--role", help="Role title (default: the JD's first line).")] = None,
+    tenant: TenantOpt = "demo",
+    session: SessionOpt = None,
+) -> None:
+    """A mock interview in the terminal: questions, your typed answers, scores and feedback, a summary."""
+    _run(_interview(resume, jd, role, tenant, session))
+
+
+async def _chat(tenant: str, session_id: str | None) -> None:
+    async with Engine.open(Settings()) as engine:
+        if session_id:
+            session = engine.get_session(tenant, session_id)
+        else:
+            session = await engine.create_session(tenant, "veneo_chat")
+        typer.echo(f"Session {session.thread_id}. Type a message; /summarize for a summary; Ctrl-D to leave.")
+        while True:
+            text = _ask("\nYou> ")
+            if text is None:
+                typer.echo(f"\nBye. Continue with: teamgraph chat --tenant {tenant} --session {session.thread_id}")
+                return
+            if text.strip():
+                await _print_turn(engine, session, {"messages": [{"role": "user", "content": text}]})
+
+
+@app.command()
+def chat(tenant: TenantOpt = "veneo", session: SessionOpt = None) -> None:
+    """An interactive chat with the tenant's chat team (replies pass the safety reviewer)."""
+    _run(_chat(tenant, session))
+
+
+@app.command()
+def demo() -> None:
+    """The offline demo: a mock interview on the example resume and job description, then the Veneo chat."""
+    typer.secho("== Mock interview (tenant demo) ==", bold=True)
+    _run(_interview(EXAMPLES / "resume.md", EXAMPLES / "job_description.md", None, "demo", None))
+    typer.secho("\n== Veneo chat (tenant veneo) ==", bold=True)
+    _run(_chat("veneo", None))
+
+
+async def _sessions(action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None) -> None:
+    async with Engine.open(Settings()) as engine:
+        if action == "list":
+            for s in engine.sessions.list(tenant, team, limit=200):
+                typer.echo(f"{s.thread_id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
+            return
+        assert thread_id is not None
+        session = engine.get_session(tenant, thread_id)
+        if action == "show":
+            typer.echo(
+                f"{session.thread_id}  team={session.team}  title={session.title!r}  created={session.created_at}"
+            )
+            for m in await engine.transcript(session):
+                who = "you" if m.type == "human" else (m.name or "assistant")
+                typer.echo(f"\n[{who}] {m.content}")
+        elif action == "rename":
+            engine.sessions.rename(thread_id, title or "")
+            typer.echo(f"renamed {thread_id}")
+        elif action == "delete":
+            await engine.delete_session(session)
+            typer.echo(f"deleted {thread_id}")
+
+
+@sessions_app.command("list")
+def sessions_list(tenant: TenantOpt = "demo", team: Annotated[str | None, typer.Option()] = None) -> None:
+    """Sessions of a tenant, newest first."""
+    _run(_sessions("list", tenant, team, None, None))
+
+
+@sessions_app.command("show")
+def sessions_show(session_id: str, tenant: TenantOpt = "demo") -> None:
+    """A session's whole transcript."""
+    _run(_sessions("show", tenant, None, session_id, None))
+
+
+@sessions_app.command("rename")
+def sessions_rename(session_id: str, title: str, tenant: TenantOpt = "demo") -> None:
+    """Give a session a new title."""
+    _run(_sessions("rename", tenant, None, session_id, title))
+
+
+@sessions_app.command("delete")
+def sessions_delete(session_id: str, tenant: TenantOpt = "demo") -> None:
+    """Delete a session: its checkpoints, archived transcript and index entry."""
+    _run(_sessions("delete", tenant, None, session_id, None))
+
+
+@personas_app.command("validate")
+def personas_validate(
+    path: Annotated[
+        Path, typer.Argument(help="Bundle directory (holding agents/, teams/, tenants/).")
+    ] = DEFAULT_BUNDLE_DIR,
+) -> None:
+    """Check every bundle file; print each problem as file:line: field: reason and exit 1 if any."""
+    from graphs.registry import GRAPH_MODULES
+
+    try:
+        bundles = load_bundles(path, known_graphs=set(GRAPH_MODULES))
+    except BundleError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        raise fail(f"{len(exc.problems)} problem(s) in {path}") from None
+    typer.echo(
+        f"ok: {len(bundles.agents)} agents, {len(bundles.teams)} teams, {len(bundles.tenants)} tenants in {path}"
+    )
+
+
+@personas_app.command("schema")
+def personas_schema() -> None:
+    """Print the JSON Schema of agent, team and tenant bundles."""
+    json.dump(json_schema(), sys.stdout, indent=2)
+    typer.echo("")

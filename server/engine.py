@@ -1,0 +1,181 @@
+"""The engine: bundles + persistence + compiled teams; creates sessions, runs turns, reads transcripts.
+
+The CLI and the HTTP server both go through it, so run configs are built in exactly one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, RemoveMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+
+from checkpoints.factory import Persistence, build_persistence
+from checkpoints.session_index import SessionRecord
+from graphs.registry import GRAPH_MODULES, graph_builder
+from nodes.memory_keeper import delete_archive, read_archive
+from personas.factory import AgentFactory
+from personas.loader import Bundles, load_bundles
+from personas.resolver import AgentTeamResolver, TeamRunConfig
+from server.settings import Settings
+
+
+class SessionNotFound(LookupError):
+    """No such session for this tenant (another tenant's session is reported the same way)."""
+
+    status = 404
+    code = "session_not_found"
+
+    def __init__(self, thread_id: str):
+        super().__init__(f"no session {thread_id!r}")
+        self.thread_id = thread_id
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    """What a turn produces, in order: `token`s while a model streams, then each finished `message`."""
+
+    kind: str  # "token" | "message"
+    node: str
+    text: str
+    message: AIMessage | None = None
+
+
+class Engine:
+    def __init__(self, bundles: Bundles, persistence: Persistence, agent_factory: AgentFactory):
+        self.bundles = bundles
+        self.persistence = persistence
+        self.sessions = persistence.sessions
+        self.agent_factory = agent_factory
+        self.resolver = AgentTeamResolver(bundles)
+        self._graphs: dict[str, CompiledStateGraph] = {}
+        self._thread_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings, agent_factory: AgentFactory | None = None) -> AsyncIterator[Engine]:
+        """Validate the bundles first (a bad bundle stops start-up), then open the database."""
+        bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+        factory = agent_factory or AgentFactory(
+            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+            base_url=settings.model_base_url,
+        )
+        async with build_persistence(settings.checkpoint_url) as persistence:
+            yield cls(bundles, persistence, factory)
+
+    def graph(self, team: str) -> CompiledStateGraph:
+        """The team's graph compiled with this engine's checkpointer and store (once per team)."""
+        if team not in self._graphs:
+            builder = graph_builder(self.bundles.teams[team].graph)
+            self._graphs[team] = builder(self.persistence.checkpointer, self.persistence.store)
+        return self._graphs[team]
+
+    def run_config(self, session: SessionRecord, run: TeamRunConfig | None = None) -> RunnableConfig:
+        """The one place a run config is built: tenant-controlled values come from the bundles only."""
+        run = run or self.resolver.resolve(session.tenant, session.team, session.to_dict())
+        personas = {node: p.id for node, p in run.agents.items()}
+        return {
+            "configurable": {
+                "thread_id": session.thread_id,
+                "tenant": session.tenant,
+                "team": session.team,
+                "team_run_config": run,
+                "agent_factory": self.agent_factory,
+            },
+            "metadata": {
+                "tenant": session.tenant,
+                "team": session.team,
+                "thread_id": session.thread_id,
+                "personas": personas,
+                "models": {node: self.agent_factory.model_label(p) for node, p in run.agents.items()},
+            },
+            "tags": [f"team:{session.team}", f"tenant:{session.tenant}"],
+            "run_name": f"team.{session.team}",
+        }
+
+    async def create_session(self, tenant: str, team: str | None = None, title: str = "") -> SessionRecord:
+        run = self.resolver.resolve(tenant, team)
+        return self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title)
+
+    def get_session(self, tenant: str, thread_id: str) -> SessionRecord:
+        record = self.sessions.get(thread_id)
+        if record is None or record.tenant != tenant:
+            raise SessionNotFound(thread_id)
+        return record
+
+    def _lock(self, thread_id: str) -> asyncio.Lock:
+        return self._thread_locks.setdefault(thread_id, asyncio.Lock())
+
+    async def run_turn(self, session: SessionRecord, turn_input: dict[str, Any]) -> dict[str, Any]:
+        """Run one turn to completion and return the team's state."""
+        result: dict[str, Any] = {}
+        async for _ in self.stream_turn(session, turn_input, final_state=result):
+            pass
+        return result
+
+    async def stream_turn(
+        self, session: SessionRecord, turn_input: dict[str, Any], *, final_state: dict[str, Any] | None = None
+    ) -> AsyncIterator[TurnEvent]:
+        """Run one turn, yielding model tokens (where the persona allows streaming) and each new reply."""
+        run = self.resolver.resolve(session.tenant, session.team, session.to_dict())
+        config = self.run_config(session, run)
+        streamed_nodes = {"summarizer"}
+        if "safety_reviewer" in run.agents and run.agents["safety_reviewer"].safety.stream_drafts:
+            streamed_nodes.add("primary_responder")
+        graph = self.graph(session.team)
+        async with self._lock(session.thread_id):
+            async for mode, payload in graph.astream(turn_input, config, stream_mode=["messages", "updates"]):
+                if mode == "messages":
+                    chunk, meta = payload
+                    node = meta.get("langgraph_node", "")
+                    if isinstance(chunk, AIMessageChunk) and node in streamed_nodes and chunk.content:
+                        yield TurnEvent("token", node, str(chunk.content))
+                elif mode == "updates":
+                    for node, update in payload.items():
+                        for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
+                            if isinstance(message, AIMessage) and not isinstance(message, RemoveMessage):
+                                yield TurnEvent("message", node, str(message.content), message)
+            self.sessions.touch(session.thread_id, _title_hint(turn_input))
+            if final_state is not None:
+                final_state.update((await graph.aget_state(config)).values)
+
+    async def state(self, session: SessionRecord) -> dict[str, Any]:
+        snapshot = await self.graph(session.team).aget_state(self.run_config(session))
+        return dict(snapshot.values)
+
+    async def transcript(self, session: SessionRecord) -> list[BaseMessage]:
+        """Every message of the session: the archive of trimmed messages, then those still in state."""
+        archived = await read_archive(self.persistence.store, session.thread_id)
+        current = (await self.state(session)).get("messages", [])
+        return [*archived, *current]
+
+    async def delete_session(self, session: SessionRecord) -> None:
+        """Remove the session's checkpoints, archived transcript and index row."""
+        async with self._lock(session.thread_id):
+            await self.persistence.checkpointer.adelete_thread(session.thread_id)
+            await delete_archive(self.persistence.store, session.thread_id)
+            self.sessions.delete(session.thread_id)
+        self._thread_locks.pop(session.thread_id, None)
+
+
+def _title_hint(turn_input: dict[str, Any]) -> str:
+    """The first user text of a turn (the session title when it has none yet)."""
+    if turn_input.get("role"):
+        return f"Interview: {turn_input['role']}"
+    if turn_input.get("job_description"):
+        return f"Interview: {turn_input['job_description'].strip()}"
+    if turn_input.get("resume"):
+        return f"Interview: {turn_input['resume'].strip()}"
+    for message in turn_input.get("messages", []):
+        content = message.content if isinstance(message, HumanMessage) else (message or {}).get("content", "")
+        if isinstance(message, dict) and message.get("role") not in (None, "user", "human"):
+            continue
+        if str(content).strip():
+            return str(content)
+    return ""

@@ -1,0 +1,34 @@
+"""The one Settings object: environment variables with the TEAMGRAPH_ prefix, or a .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from personas.loader import DEFAULT_BUNDLE_DIR
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TEAMGRAPH_", env_file=".env", extra="ignore")
+
+    checkpoint_url: str = Field(
+        "sqlite:///./data/teamgraph.db",
+        description="sqlite:///path (embedded default), postgresql://... (shared by replicas) or memory://",
+    )
+    personas_dir: Path = Field(DEFAULT_BUNDLE_DIR, description="Directory holding agents/, teams/, tenants/.")
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("TEAMGRAPH_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    model_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("TEAMGRAPH_MODEL_BASE_URL", "OPENAI_BASE_URL"),
+        description="OpenAI-compatible endpoint used by every persona without its own base_url.",
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
