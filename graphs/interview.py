@@ -12,6 +12,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from typing_extensions import TypedDict
 
+from nodes.configuration import warm_defaults
 from nodes.evaluator import evaluator
 from nodes.fallback_scorer import fallback_scorer
 from nodes.interview_flow import ask_next_question, reask
@@ -72,7 +73,8 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStor
     builder.add_node("ask_next_question", ask_next_question)
     builder.add_node("reask", reask)
     builder.add_node("summarizer", interview_summarizer)
-    builder.add_node("memory_keeper", memory_keeper)
+    # (state, config, runtime) is a valid node signature that add_node's overloads do not spell out
+    builder.add_node("memory_keeper", memory_keeper)  # type: ignore[arg-type]
 
     builder.add_conditional_edges(START, route_turn)
     builder.add_edge("question_generator", "memory_keeper")
@@ -86,4 +88,6 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStor
     return compiled.with_config({"configurable": {"team": TEAM}, "tags": [f"team:{TEAM}"]})
 
 
+# `langgraph dev` / Studio import this module: validate the bundles here, where blocking I/O is allowed
+warm_defaults()
 graph = build_graph()

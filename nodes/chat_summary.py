@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -21,7 +22,7 @@ def is_summarize_request(message: BaseMessage | None) -> bool:
     return isinstance(message, HumanMessage) and str(message.content).strip().lower() == SUMMARIZE_COMMAND
 
 
-def _transcript(messages: list[BaseMessage]) -> str:
+def _transcript(messages: Sequence[BaseMessage]) -> str:
     lines = []
     for m in messages:
         if is_summarize_request(m):
@@ -31,7 +32,7 @@ def _transcript(messages: list[BaseMessage]) -> str:
     return "\n".join(lines)
 
 
-def extractive_summary(previous: str, messages: list[BaseMessage]) -> str:
+def extractive_summary(previous: str, messages: Sequence[BaseMessage]) -> str:
     """Offline summary: one line per question the user asked and what answered it."""
     lines = [line for line in previous.splitlines() if line.strip()]
     pending: str | None = None
@@ -59,7 +60,7 @@ def extractive_summary(previous: str, messages: list[BaseMessage]) -> str:
 
 
 async def fold_into_summary(
-    previous: str, messages: list[BaseMessage], conf: Configuration, config: RunnableConfig
+    previous: str, messages: Sequence[BaseMessage], conf: Configuration, config: RunnableConfig
 ) -> str:
     """The rolling summary extended with `messages` (model when configured, extractive otherwise)."""
     model = conf.model(NODE)

@@ -42,6 +42,14 @@ def _fallback_run_config(configurable: dict[str, Any], metadata: dict[str, Any])
     return resolver.resolve(tenant, team)
 
 
+def warm_defaults() -> None:
+    """Load the default bundles and provider settings now (at graph import), not inside a running node."""
+    _fallback_factory()
+    root = str(DEFAULT_BUNDLE_DIR)
+    if root not in _default_resolvers:
+        _default_resolvers[root] = AgentTeamResolver(load_bundles_cached(root))
+
+
 @dataclass(frozen=True)
 class Configuration:
     """Tenant, team, personas and parameters for one run, as built by the server from the bundles."""

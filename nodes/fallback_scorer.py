@@ -112,7 +112,7 @@ def _criterion_score(name: str, f: dict[str, float]) -> int:
     if name == "relevance":
         return min(_band(f["overlap"], (1, 2, 4, 7)), length + 1)
     if name == "structure":
-        return min(1 + f["star"] + (1 if f["words"] >= 60 else 0), 5)
+        return min(1 + int(f["star"]) + (1 if f["words"] >= 60 else 0), 5)
     if name == "specificity":
         return min(_band(f["specific_terms"], (2, 4, 7, 11)), length + 1)
     if name == "impact":
@@ -161,7 +161,7 @@ def score_answer(
         improvements = [_IMPROVEMENTS.get(worst, f"Keep building your {worst.replace('_', ' ')}.")]
     topic = question.get("skill") or "this"
     example = (
-        f"Situation: In my last role our team needed to improve how we handled {topic}. "
+        f"Situation: In my last role we faced exactly this ({topic}). "
         f"Task: I was responsible for the plan and its delivery. "
         f"Action: I analysed the problem, proposed two options with their trade-offs, and implemented the better one "
         f"with the team, checking progress weekly. "

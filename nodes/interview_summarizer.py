@@ -48,8 +48,8 @@ def _plain_narrative(stats: dict[str, Any]) -> str:
 
 async def interview_summarizer(state: InterviewState, config: RunnableConfig) -> dict[str, Any]:
     """Summarise the interview once all questions are answered (repeated on request afterwards)."""
-    if state.get("summary"):
-        summary = state["summary"]
+    summary = state.get("summary")
+    if summary:
         return {
             "messages": [
                 AIMessage(

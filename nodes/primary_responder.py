@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +29,12 @@ def last_user_message(state: ChatState) -> str:
     return ""
 
 
-def _knowledge(conf: Configuration, question: str) -> list[KnowledgeHit]:
+async def _knowledge(conf: Configuration, question: str) -> list[KnowledgeHit]:
     path = conf.run.knowledge_path
-    return KnowledgeBase.from_file(path).search(question) if path else []
+    if not path:
+        return []
+    # SQLite and file I/O are blocking: keep them off the event loop that serves other sessions
+    return await asyncio.to_thread(lambda: KnowledgeBase.from_file(path).search(question))
 
 
 def offline_draft(question: str, hits: list[KnowledgeHit], not_found: str) -> dict[str, Any]:
@@ -52,7 +56,7 @@ async def primary_responder(state: ChatState, config: RunnableConfig) -> dict[st
     conf = Configuration.from_runnable_config(config)
     persona = conf.persona(NODE)
     question = last_user_message(state)
-    hits = _knowledge(conf, question)
+    hits = await _knowledge(conf, question)
     model = conf.model(NODE)
     note = None
     if model is not None:

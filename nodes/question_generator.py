@@ -98,6 +98,11 @@ _TEMPLATES: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
+_PAST_TASK_TEMPLATE = (
+    "Walk me through the time you {topic}. What was the situation, what did you do, and what was the result?"
+)
+
+
 def generate_template_questions(
     resume: str, job_description: str, role: str, count: int, mix: list[str]
 ) -> list[dict[str, Any]]:
@@ -106,19 +111,27 @@ def generate_template_questions(
     in_resume = {s.lower() for s in resume_skills}
     skills = [s for s in jd_skills if s.lower() in in_resume] + [s for s in jd_skills if s.lower() not in in_resume]
     skills += [s for s in resume_skills if s.lower() not in {k.lower() for k in skills}]
-    tasks = responsibilities(job_description) or responsibilities(resume)
+    jd_tasks = responsibilities(job_description)
+    # resume bullets are past tense ("built ..."), JD bullets imperative ("design ..."): they need other wording
+    tasks, past_tense = (jd_tasks, False) if jd_tasks else (responsibilities(resume), True)
     skills = skills or ["your main area of expertise"]
-    tasks = tasks or [f"deliver the most important outcome of your last role as {role}"]
     used_skills = used_tasks = 0
     questions = []
     for i in range(count):
         qtype = mix[i % len(mix)]
         variants = _TEMPLATES[qtype]
         template, difficulty, kind = variants[(i // len(mix)) % len(variants)]
-        if kind == "task":
+        if kind == "task" and tasks and past_tense:
+            if qtype == "behavioral":
+                template = _PAST_TASK_TEMPLATE
+            else:
+                template, difficulty, kind = variants[1]
+        if kind == "task" and tasks:
             topic = tasks[used_tasks % len(tasks)]
             used_tasks += 1
         else:
+            if kind == "task":
+                template, difficulty, kind = variants[1]
             topic = skills[used_skills % len(skills)]
             used_skills += 1
         questions.append(

@@ -35,7 +35,12 @@ async def safety_reviewer(state: ChatState, config: RunnableConfig) -> dict[str,
     user_message = last_user_message(state)
     draft = state.get("draft") or {"text": "", "produced_by": "none"}
     rules = review_draft(user_message, draft["text"], settings)
-    decision = {"action": rules.action, "category": rules.category, "reason": rules.reason, "reviewed_by": "rules"}
+    decision: dict[str, Any] = {
+        "action": rules.action,
+        "category": rules.category,
+        "reason": rules.reason,
+        "reviewed_by": "rules",
+    }
     text = rules.text or ""
     model = conf.model(NODE) if settings.llm_review else None
     if rules.action != "block" and model is not None:

@@ -10,7 +10,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
@@ -132,12 +132,12 @@ class Engine:
         async with self._lock(session.thread_id):
             async for mode, payload in graph.astream(turn_input, config, stream_mode=["messages", "updates"]):
                 if mode == "messages":
-                    chunk, meta = payload
+                    chunk, meta = cast(tuple[Any, dict[str, Any]], payload)
                     node = meta.get("langgraph_node", "")
                     if isinstance(chunk, AIMessageChunk) and node in streamed_nodes and chunk.content:
                         yield TurnEvent("token", node, str(chunk.content))
                 elif mode == "updates":
-                    for node, update in payload.items():
+                    for node, update in cast(dict[str, Any], payload).items():
                         for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
                             if isinstance(message, AIMessage) and not isinstance(message, RemoveMessage):
                                 yield TurnEvent("message", node, str(message.content), message)

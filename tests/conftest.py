@@ -41,8 +41,13 @@ def resolver(bundles: Any) -> AgentTeamResolver:
     return AgentTeamResolver(bundles)
 
 
-def run_config(resolver: AgentTeamResolver, tenant: str, team: str, factory: AgentFactory | None = None,
-               thread_id: str | None = None) -> dict[str, Any]:
+def run_config(
+    resolver: AgentTeamResolver,
+    tenant: str,
+    team: str,
+    factory: AgentFactory | None = None,
+    thread_id: str | None = None,
+) -> dict[str, Any]:
     """A run config as the engine builds it, for calling nodes and graphs directly."""
     return {
         "configurable": {
@@ -60,7 +65,9 @@ def make_settings(tmp_path: Path, url: str | None = None) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def open_engine(url: str, factory: AgentFactory | None = None, tmp_path: Path | None = None) -> AsyncIterator[Engine]:
+async def open_engine(
+    url: str, factory: AgentFactory | None = None, tmp_path: Path | None = None
+) -> AsyncIterator[Engine]:
     settings = Settings(_env_file=None, checkpoint_url=url)  # type: ignore[call-arg]
     async with Engine.open(settings, agent_factory=factory or FakeAgentFactory()) as engine:
         yield engine

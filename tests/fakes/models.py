@@ -33,7 +33,9 @@ class FailingChatModel(GenericFakeChatModel):
         if error is not None:
             self.error = error
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
         raise self.error
 
     async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
