@@ -29,7 +29,7 @@ class InputState(TypedDict):
 
 
 class ChatState(InputState):
-    summary: NotRequired[str]
+    rolling_summary: NotRequired[str]
     draft: NotRequired[dict[str, Any] | None]
     review_decisions: NotRequired[list[dict[str, Any]]]
     decisions_archived: NotRequired[int]

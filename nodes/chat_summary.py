@@ -78,7 +78,7 @@ async def chat_summarizer(state: ChatState, config: RunnableConfig) -> dict[str,
     """Answer a /summarize request with a summary of the whole conversation so far."""
     conf = Configuration.from_runnable_config(config)
     messages = [m for m in state.get("messages", []) if not is_summarize_request(m)]
-    previous = state.get("summary", "")
+    previous = state.get("rolling_summary", "")
     model = conf.model(NODE)
     produced_by = "offline:extractive"
     text = ""

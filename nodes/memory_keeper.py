@@ -45,7 +45,7 @@ async def memory_keeper(state: dict[str, Any], config: RunnableConfig, runtime: 
         "messages": [RemoveMessage(id=m.id) for m in overflow if m.id],
     }
     if memory.rolling_summary:
-        update["summary"] = await fold_into_summary(state.get("summary", ""), overflow, conf, config)
+        update["rolling_summary"] = await fold_into_summary(state.get("rolling_summary", ""), overflow, conf, config)
     return update
 
 

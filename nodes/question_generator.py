@@ -32,7 +32,7 @@ class QuestionSet(BaseModel):
 
 def first_user_text(state: InterviewState) -> str:
     for message in state.get("messages", []):
-        if isinstance(message, HumanMessage):
+        if isinstance(message, HumanMessage) and str(message.content).strip():
             return str(message.content).strip()
     return ""
 

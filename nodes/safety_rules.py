@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from personas.schema import SafetySettings
 
 _INJECTION = re.compile(
-    r"ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) (?:instructions|prompts?|rules)"
+    r"ignore (?:all |any |your |my |these |those )?(?:the )?(?:previous|prior|above|earlier) (?:instructions|prompts?|rules)"
     r"|disregard (?:all |any |your )?(?:previous |prior )?(?:instructions|rules|guidelines)"
     r"|(?:reveal|show|print|repeat|tell me) (?:me )?(?:your|the) (?:system )?(?:prompt|instructions)"
-    r"|you are now (?:in )?(?:developer|dan|jailbreak)|developer mode|\bjailbreak\b|\bDAN\b"
+    r"|you are now (?:in )?(?:developer|dan|jailbreak)|developer mode|\bjailbreak\b|(?-i:\bDAN\b)"
     r"|pretend (?:that )?you have no (?:rules|restrictions)",
     re.I,
 )
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(
-    r"(?<![\w])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{3,4}[\s.-]?\d{3,4}(?:[\s.-]?\d{2,4})?(?![\w])"
+    r"(?<![\w])(?<!\d[\s.-])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{3,4}[\s.-]?\d{3,4}(?:[\s.-]?\d{2,4})?(?![\w])(?![\s.-]\d)"
 )
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 
@@ -52,7 +52,7 @@ def check_user_message(message: str, settings: SafetySettings) -> RuleDecision |
     lowered = message.lower()
     for topic in settings.disallowed_topics:
         for keyword in topic.keywords:
-            if re.search(r"(?<!\w)" + re.escape(keyword.lower()) + r"(?!\w)", lowered):
+            if re.search(r"(?<!\w)" + re.escape(keyword.lower()) + r"(?:s|es)?(?!\w)", lowered):
                 return RuleDecision(
                     "block",
                     "disallowed_topic",
