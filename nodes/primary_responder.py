@@ -62,7 +62,11 @@ async def primary_responder(state: ChatState, config: RunnableConfig) -> dict[st
     if model is not None:
         knowledge = "\n".join(f"[{h.title}] {h.body}" for h in hits) or "(nothing relevant found)"
         system = SystemMessage(
-            render(persona.prompts.get("system", ""), summary=state.get("rolling_summary") or "(none)", knowledge=knowledge)
+            render(
+                persona.prompts.get("system", ""),
+                summary=state.get("rolling_summary") or "(none)",
+                knowledge=knowledge,
+            )
         )
         history = [m for m in state.get("messages", []) if not is_summarize_request(m)]
         try:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from personas.schema import SafetySettings
 
 _INJECTION = re.compile(
-    r"ignore (?:all |any |your |my |these |those )?(?:the )?(?:previous|prior|above|earlier) (?:instructions|prompts?|rules)"
+    r"ignore (?:all |any |your |my |these |those )?(?:the )?"
+    r"(?:previous|prior|above|earlier) (?:instructions|prompts?|rules)"
     r"|disregard (?:all |any |your )?(?:previous |prior )?(?:instructions|rules|guidelines)"
     r"|(?:reveal|show|print|repeat|tell me) (?:me )?(?:your|the) (?:system )?(?:prompt|instructions)"
     r"|you are now (?:in )?(?:developer|dan|jailbreak)|developer mode|\bjailbreak\b|(?-i:\bDAN\b)"
