@@ -28,7 +28,7 @@ class Persistence:
 
 def sqlite_path(url: str) -> Path:
     """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db` -> Path."""
-    path = url[len("sqlite:///") :]
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
     if not path:
         raise CheckpointURLError(f"{url!r}: give a file, e.g. sqlite:///./data/teamgraph.db")
     return Path(path)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 NODE = "summarizer"
 SUMMARIZE_COMMAND = "/summarize"
+SUMMARY_LINES = 12  # the offline rolling summary stays this short, so state stays bounded
 
 
 def is_summarize_request(message: BaseMessage | None) -> bool:
@@ -56,7 +57,7 @@ def extractive_summary(previous: str, messages: Sequence[BaseMessage]) -> str:
             pending = None
     if pending is not None:
         lines.append(f"- Asked: {pending} (no reply yet)")
-    return "\n".join(lines[-20:])
+    return "\n".join(lines[-SUMMARY_LINES:])
 
 
 async def fold_into_summary(

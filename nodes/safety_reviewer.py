@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from graphs.veneo_chat import ChatState
 
 NODE = "safety_reviewer"
-MAX_DECISIONS_IN_STATE = 50
 
 
 class ReviewOutput(BaseModel):
@@ -81,11 +80,14 @@ async def safety_reviewer(state: ChatState, config: RunnableConfig) -> dict[str,
         "produced_by": draft["produced_by"] if decision["action"] != "block" else "safety_reviewer",
         "review_action": decision["action"],
         "review_category": decision["category"],
+        # the whole decision travels with the reply, so the archived transcript keeps every decision
+        "review": decision,
     }
     if draft.get("knowledge_section") and decision["action"] != "block":
         meta["knowledge_section"] = draft["knowledge_section"]
+    # state keeps as many recent decisions as the memory budget keeps messages; older ones live in the transcript
     decisions = [*state.get("review_decisions", []), decision]
-    overflow = max(0, len(decisions) - MAX_DECISIONS_IN_STATE)
+    overflow = max(0, len(decisions) - conf.params.memory.keep_messages)
     return {
         "messages": [AIMessage(text, name="assistant", response_metadata=meta)],
         "review_decisions": decisions[overflow:],

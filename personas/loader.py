@@ -109,6 +109,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
     parsed: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_MODELS}
     nodes: dict[tuple[str, str], yaml.Node | None] = {}
     sources: dict[tuple[str, str], Path] = {}
+    broken: dict[str, set[str]] = {kind: set() for kind in KIND_MODELS}  # files that failed: not "unknown" elsewhere
 
     if not root.is_dir():
         raise BundleError([Problem(str(root), None, "", "bundle directory does not exist")])
@@ -116,6 +117,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
     for kind, model in KIND_MODELS.items():
         for path in sorted((root / kind).glob("*.y*ml")):
             rel = str(path.relative_to(root.parent)) if root.parent in path.parents else str(path)
+            broken[kind].add(path.stem)  # until it validates
             try:
                 text = path.read_text(encoding="utf-8")
                 node = yaml.compose(text)
@@ -150,6 +152,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
                 )
                 continue
             parsed[kind][obj_id] = obj
+            broken[kind].discard(path.stem)
             nodes[(kind, obj_id)] = node
             sources[(kind, obj_id)] = path
 
@@ -172,7 +175,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
                 )
             )
         for node_name, persona_id in team.nodes.items():
-            if persona_id not in agents:
+            if persona_id not in agents and persona_id not in broken["agents"]:
                 problems.append(
                     Problem(
                         rel_of("teams", team.id),
@@ -186,7 +189,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
         node = nodes[("tenants", tenant.id)]
         rel = rel_of("tenants", tenant.id)
         for i, team_id in enumerate(tenant.enabled_teams):
-            if team_id not in teams:
+            if team_id not in teams and team_id not in broken["teams"]:
                 problems.append(
                     Problem(
                         rel, _line_of(node, ("enabled_teams", i)), f"enabled_teams[{i}]", f"unknown team {team_id!r}"
@@ -198,6 +201,8 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             )
         for agent_id, override in tenant.overrides.agents.items():
             loc = ("overrides", "agents", agent_id)
+            if agent_id in broken["agents"]:
+                continue
             if agent_id not in agents:
                 problems.append(
                     Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown agent persona {agent_id!r}")
@@ -210,6 +215,8 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
                 problems.extend(_validation_problems(rel, exc, node, prefix=loc))
         for team_id, override in tenant.overrides.teams.items():
             loc = ("overrides", "teams", team_id)
+            if team_id in broken["teams"]:
+                continue
             if team_id not in teams:
                 problems.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown team {team_id!r}"))
                 continue
@@ -220,7 +227,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
                 problems.extend(_validation_problems(rel, exc, node, prefix=loc))
             if merged.get("nodes", {}) != teams[team_id].nodes:
                 for node_name, persona_id in merged.get("nodes", {}).items():
-                    if persona_id not in agents:
+                    if persona_id not in agents and persona_id not in broken["agents"]:
                         problems.append(
                             Problem(
                                 rel,

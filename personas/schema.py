@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Provider = Literal["auto", "openai", "offline"]
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
@@ -168,11 +168,14 @@ class TenantBundle(StrictModel):
             raise ValueError("team listed twice")
         return teams
 
-    @model_validator(mode="after")
-    def _default_enabled(self) -> TenantBundle:
-        if self.default_team not in self.enabled_teams:
-            raise ValueError(f"default_team {self.default_team!r} is not in enabled_teams")
-        return self
+    @field_validator("default_team")
+    @classmethod
+    def _default_enabled(cls, team: str, info: ValidationInfo) -> str:
+        # a field validator (enabled_teams is validated first), so the problem points at default_team's line
+        enabled = info.data.get("enabled_teams")
+        if enabled is not None and team not in enabled:
+            raise ValueError(f"default_team {team!r} is not in enabled_teams")
+        return team
 
 
 KIND_MODELS: dict[str, type[StrictModel]] = {

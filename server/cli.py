@@ -89,7 +89,7 @@ async def _interview(
         else:
             if resume is None:
                 raise fail("--resume FILE is required to start an interview (or --session ID to continue one)")
-            session = await engine.create_session(tenant, "interview")
+            # read the documents first: a missing file must not leave an empty session behind
             first: dict[str, Any] = {
                 "resume": read_document(resume),
                 "messages": [{"role": "user", "content": "Start"}],
@@ -98,6 +98,7 @@ async def _interview(
                 first["job_description"] = read_document(jd)
             if role:
                 first["role"] = role
+            session = await engine.create_session(tenant, "interview")
             typer.echo(f"Session {session.thread_id} (continue later with --session {session.thread_id})")
             state = await _print_turn(engine, session, first)
         while state.get("phase") != "done":
