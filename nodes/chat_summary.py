@@ -10,6 +10,7 @@ from langchain_core.runnables import RunnableConfig
 
 from nodes.configuration import Configuration
 from nodes.model_calls import ask_text, describe_failure, persona_messages
+from nodes.safety_rules import redact_pii
 
 if TYPE_CHECKING:
     from graphs.veneo_chat import ChatState
@@ -93,6 +94,9 @@ async def chat_summarizer(state: ChatState, config: RunnableConfig) -> dict[str,
             produced_by = f"offline:extractive ({describe_failure(exc)})"
     if not text:
         text = extractive_summary(previous, messages) or "We haven't talked about anything yet."
+    if "safety_reviewer" in conf.run.agents:
+        # a summary bypasses the reviewer's draft path, so its PII rule is applied here
+        text, _ = redact_pii(text, conf.persona("safety_reviewer").safety)
     return {
         "messages": [
             AIMessage(

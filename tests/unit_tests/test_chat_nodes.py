@@ -380,3 +380,20 @@ async def test_summarize_with_the_model(resolver: AgentTeamResolver) -> None:
 
     assert out["messages"][0].content == "Summary of our conversation so far:\n- You asked about shipping times."
     assert out["messages"][0].response_metadata["produced_by"] == MODEL_LABEL
+
+
+async def test_summary_redacts_pii_the_user_typed(resolver) -> None:
+    """A /summarize reply never bypasses the reviewer's PII rule."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    state = {
+        "messages": [
+            HumanMessage("my email is jane.doe@example.com, where is my order?"),
+            AIMessage("You can track it under My orders.", response_metadata={"produced_by": "offline:knowledge_base"}),
+            HumanMessage("/summarize"),
+        ]
+    }
+    update = await chat_summarizer(state, run_config(resolver, "veneo", "veneo_chat"))
+    text = update["messages"][0].content
+    assert "where is my order" in text
+    assert "jane.doe@example.com" not in text and "[email removed]" in text
