@@ -150,6 +150,13 @@ class TenantOverrides(StrictModel):
     teams: dict[Identifier, dict[str, Any]] = {}
 
 
+class TracingSettings(StrictModel):
+    """What LangSmith traces may carry for a tenant."""
+
+    hide_inputs: bool = Field(False, description="Send no run inputs (messages, documents) to LangSmith.")
+    hide_outputs: bool = Field(False, description="Send no run outputs to LangSmith.")
+
+
 class TenantBundle(StrictModel):
     """A tenant: enabled teams (feature flags), default team, overrides, keys, knowledge file."""
 
@@ -160,6 +167,7 @@ class TenantBundle(StrictModel):
     overrides: TenantOverrides = TenantOverrides()
     api_keys: list[ApiKey] = []
     knowledge: str | None = Field(None, description="Knowledge file, relative to the bundle directory.")
+    tracing: TracingSettings = TracingSettings()
 
     @field_validator("enabled_teams")
     @classmethod

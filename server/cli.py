@@ -143,6 +143,39 @@ def chat(tenant: TenantOpt = "veneo", session: SessionOpt = None) -> None:
     _run(_chat(tenant, session))
 
 
+DEMO_KEYS = {"demo": "tg-demo-key", "veneo": "tg-veneo-key"}  # development keys shipped hashed in the bundles
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: TEAMGRAPH_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: TEAMGRAPH_PORT or 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: TEAMGRAPH_WORKERS or 1).")] = None,
+) -> None:
+    """Serve the teams over HTTP: LangServe per team at /teams/{team}, REST at /sessions, docs at /docs."""
+    import uvicorn
+
+    from graphs.registry import GRAPH_MODULES
+
+    settings = Settings()
+    try:
+        bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+    except BundleError as exc:
+        raise fail(str(exc), 2) from None
+    host = host or settings.host
+    port = settings.port if port is None else port
+    workers = workers or settings.workers
+    url = f"http://{host}:{port}"
+    typer.secho(f"Teamgraph on {url}  (API docs: {url}/docs)", bold=True)
+    typer.echo(f"checkpoints: {settings.checkpoint_url}")
+    for tenant, key in DEMO_KEYS.items():
+        if tenant in bundles.tenants:
+            teams = ", ".join(bundles.tenants[tenant].enabled_teams)
+            typer.echo(f"tenant {tenant}: key {key}  (teams: {teams})")
+    typer.echo(f"try: curl -H 'Authorization: Bearer tg-demo-key' {url}/teams")
+    uvicorn.run("server.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
+
+
 @app.command()
 def demo() -> None:
     """The offline demo: a mock interview on the example resume and job description, then the Veneo chat."""

@@ -5,7 +5,6 @@ The CLI and the HTTP server both go through it, so run configs are built in exac
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from checkpoints.factory import Persistence, build_persistence
 from checkpoints.session_index import SessionRecord
+from checkpoints.turn_lock import TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive
 from personas.factory import AgentFactory
@@ -35,6 +35,15 @@ class SessionNotFound(LookupError):
     def __init__(self, thread_id: str):
         super().__init__(f"no session {thread_id!r}")
         self.thread_id = thread_id
+
+
+class DocumentRejected(ValueError):
+    """A document that cannot go into this session (wrong team, or the interview already started)."""
+
+    def __init__(self, message: str, field: str, status: int = 422):
+        super().__init__(message)
+        self.field = field
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -55,19 +64,23 @@ class Engine:
         self.agent_factory = agent_factory
         self.resolver = AgentTeamResolver(bundles)
         self._graphs: dict[str, CompiledStateGraph] = {}
-        self._thread_locks: dict[str, asyncio.Lock] = {}
+        self.turn_locks = TurnLocks(persistence.url)
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, settings: Settings, agent_factory: AgentFactory | None = None) -> AsyncIterator[Engine]:
+    async def open(
+        cls, settings: Settings, agent_factory: AgentFactory | None = None, bundles: Bundles | None = None
+    ) -> AsyncIterator[Engine]:
         """Validate the bundles first (a bad bundle stops start-up), then open the database."""
-        bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+        bundles = bundles or load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
         factory = agent_factory or AgentFactory(
             api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             base_url=settings.model_base_url,
         )
         async with build_persistence(settings.checkpoint_url) as persistence:
-            yield cls(bundles, persistence, factory)
+            engine = cls(bundles, persistence, factory)
+            engine.turn_locks.wait_s = settings.turn_wait_s
+            yield engine
 
     def graph(self, team: str) -> CompiledStateGraph:
         """The team's graph compiled with this engine's checkpointer and store (once per team)."""
@@ -76,7 +89,9 @@ class Engine:
             self._graphs[team] = builder(self.persistence.checkpointer, self.persistence.store)
         return self._graphs[team]
 
-    def run_config(self, session: SessionRecord, run: TeamRunConfig | None = None) -> RunnableConfig:
+    def run_config(
+        self, session: SessionRecord, run: TeamRunConfig | None = None, caller: Any | None = None
+    ) -> RunnableConfig:
         """The one place a run config is built: tenant-controlled values come from the bundles only."""
         run = run or self.resolver.resolve(session.tenant, session.team, session.to_dict())
         personas = {node: p.id for node, p in run.agents.items()}
@@ -94,6 +109,7 @@ class Engine:
                 "thread_id": session.thread_id,
                 "personas": personas,
                 "models": {node: self.agent_factory.model_label(p) for node, p in run.agents.items()},
+                **({"key_id": caller.key_id} if caller is not None else {}),
             },
             "tags": [f"team:{session.team}", f"tenant:{session.tenant}"],
             "run_name": f"team.{session.team}",
@@ -108,9 +124,6 @@ class Engine:
         if record is None or record.tenant != tenant:
             raise SessionNotFound(thread_id)
         return record
-
-    def _lock(self, thread_id: str) -> asyncio.Lock:
-        return self._thread_locks.setdefault(thread_id, asyncio.Lock())
 
     async def run_turn(self, session: SessionRecord, turn_input: dict[str, Any]) -> dict[str, Any]:
         """Run one turn to completion and return the team's state."""
@@ -129,7 +142,7 @@ class Engine:
         if "safety_reviewer" in run.agents and run.agents["safety_reviewer"].safety.stream_drafts:
             streamed_nodes.add("primary_responder")
         graph = self.graph(session.team)
-        async with self._lock(session.thread_id):
+        async with self.turn_locks.hold(session.thread_id):
             async for mode, payload in graph.astream(turn_input, config, stream_mode=["messages", "updates"]):
                 if mode == "messages":
                     chunk, meta = cast(tuple[Any, dict[str, Any]], payload)
@@ -141,9 +154,24 @@ class Engine:
                         for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
                             if isinstance(message, AIMessage) and not isinstance(message, RemoveMessage):
                                 yield TurnEvent("message", node, str(message.content), message)
-            self.sessions.touch(session.thread_id, _title_hint(turn_input))
+            self.sessions.touch(session.thread_id, title_hint(turn_input))
             if final_state is not None:
                 final_state.update((await graph.aget_state(config)).values)
+
+    async def readiness(self) -> dict[str, str]:
+        """Each store answers a trivial read: the session index and the checkpointer."""
+        checks: dict[str, str] = {}
+        try:
+            self.sessions.list("__readyz__", limit=1)
+            checks["session_index"] = "ok"
+        except Exception as exc:
+            checks["session_index"] = f"error: {type(exc).__name__}"
+        try:
+            await self.persistence.checkpointer.aget_tuple({"configurable": {"thread_id": "__readyz__"}})
+            checks["checkpointer"] = "ok"
+        except Exception as exc:
+            checks["checkpointer"] = f"error: {type(exc).__name__}"
+        return checks
 
     async def state(self, session: SessionRecord) -> dict[str, Any]:
         snapshot = await self.graph(session.team).aget_state(self.run_config(session))
@@ -155,16 +183,54 @@ class Engine:
         current = (await self.state(session)).get("messages", [])
         return [*archived, *current]
 
+    async def history(self, session: SessionRecord, limit: int = 20, before: str | None = None) -> list[dict[str, Any]]:
+        """The session's checkpoints, newest first (`before`: a checkpoint id from the previous page)."""
+        config = self.run_config(session)
+        before_config: RunnableConfig | None = {"configurable": {"checkpoint_id": before}} if before else None
+        items = []
+        async for snap in self.graph(session.team).aget_state_history(config, limit=limit, before=before_config):
+            meta = snap.metadata or {}
+            items.append(
+                {
+                    "checkpoint_id": snap.config["configurable"]["checkpoint_id"],
+                    "created_at": snap.created_at,
+                    "step": meta.get("step"),
+                    "source": meta.get("source"),
+                    "next": list(snap.next),
+                    "messages": len(snap.values.get("messages", [])),
+                }
+            )
+        return items
+
+    async def attach_document(self, session: SessionRecord, kind: str, text: str) -> None:
+        """Put a resume or job description into the session's state, before its first turn."""
+        graph = self.graph(session.team)
+        if kind not in graph.get_input_jsonschema().get("properties", {}):
+            raise DocumentRejected(f"team {session.team!r} takes no {kind.replace('_', ' ')} documents", "kind")
+        config = self.run_config(session)
+        async with self.turn_locks.hold(session.thread_id):
+            state = (await graph.aget_state(config)).values
+            if state.get("questions"):
+                raise DocumentRejected(
+                    "the interview has started: questions were generated from the earlier documents; "
+                    "create a new session to use a different document",
+                    "kind",
+                    status=409,
+                )
+            # written as the end of a turn, so the next message starts a normal turn with the document in state
+            await graph.aupdate_state(config, {kind: text}, as_node="memory_keeper")
+            self.sessions.touch(session.thread_id, title_hint({kind: text}))
+
     async def delete_session(self, session: SessionRecord) -> None:
         """Remove the session's checkpoints, archived transcript and index row."""
-        async with self._lock(session.thread_id):
+        async with self.turn_locks.hold(session.thread_id):
             await self.persistence.checkpointer.adelete_thread(session.thread_id)
             await delete_archive(self.persistence.store, session.thread_id)
             self.sessions.delete(session.thread_id)
-        self._thread_locks.pop(session.thread_id, None)
+        self.turn_locks.forget(session.thread_id)
 
 
-def _title_hint(turn_input: dict[str, Any]) -> str:
+def title_hint(turn_input: dict[str, Any]) -> str:
     """The first user text of a turn (the session title when it has none yet)."""
     if turn_input.get("role"):
         return f"Interview: {turn_input['role']}"

@@ -27,6 +27,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TEAMGRAPH_MODEL_BASE_URL", "OPENAI_BASE_URL"),
         description="OpenAI-compatible endpoint used by every persona without its own base_url.",
     )
+    host: str = Field("127.0.0.1", description="Address `teamgraph serve` binds.")
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    playground: bool = Field(False, description="Serve LangServe's playground pages under /teams/{team}/playground.")
+    max_upload_bytes: int = Field(2_000_000, ge=1, description="Largest resume / job description upload.")
+    turn_wait_s: float = Field(
+        60.0, gt=0, description="How long a turn waits for the previous turn on the same session before 409."
+    )
 
 
 @lru_cache(maxsize=1)

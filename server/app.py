@@ -1,0 +1,52 @@
+"""The FastAPI app: LangServe routes per team, REST for frontends, tenant auth, one error shape."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from graphs.registry import GRAPH_MODULES
+from personas.factory import AgentFactory
+from personas.loader import load_bundles
+from server.auth import KeyRing
+from server.engine import Engine
+from server.errors import install_error_handlers
+from server.routers import health, sessions, teams
+from server.settings import Settings, get_settings
+from server.team_routes import add_team_routes
+
+DESCRIPTION = """Agent teams as LangGraph graphs, per tenant.
+
+Authenticate every call with `Authorization: Bearer <key>` (or `X-API-Key`). Run a team at
+`/teams/{team}/invoke|stream|stream_events|batch` with `config.configurable.thread_id` naming the session;
+read and manage sessions under `/sessions`. Errors are `{"error": {"code", "message", "field"?}}`.
+"""
+
+
+def create_app(settings: Settings | None = None, agent_factory: AgentFactory | None = None) -> FastAPI:
+    """Build the app; the persona bundles are validated here, so a bad bundle refuses to start."""
+    settings = settings or get_settings()
+    bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with Engine.open(settings, agent_factory, bundles) as engine:
+            app.state.engine = engine
+            yield
+
+    app = FastAPI(title="Teamgraph", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.keyring = KeyRing(bundles)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(teams.router)
+    app.include_router(sessions.router)
+    add_team_routes(app, bundles, playground=settings.playground)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn (`uvicorn --factory server.app:app_from_env`), used by `teamgraph serve`."""
+    return create_app()

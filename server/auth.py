@@ -1,0 +1,55 @@
+"""Tenant API keys: `Authorization: Bearer <key>` or `X-API-Key`, matched by sha256 against the tenant bundles."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from personas.loader import Bundles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the tenant, which of its keys (its id, never the key) and that key's role."""
+
+    tenant: str
+    key_id: str
+    role: str
+
+
+class KeyRing:
+    """sha256(key) -> Caller, built once at start-up from the tenant bundles and the named env variables."""
+
+    def __init__(self, bundles: Bundles, environ: Mapping[str, str] | None = None):
+        environ = os.environ if environ is None else environ
+        self._by_digest: dict[str, Caller] = {}
+        for tenant in bundles.tenants.values():
+            for key in tenant.api_keys:
+                digest = key.sha256
+                if key.env:
+                    value = environ.get(key.env)
+                    if not value:
+                        log.warning("tenant %s key %s: env var %s is not set; key disabled", tenant.id, key.id, key.env)
+                        continue
+                    digest = hashlib.sha256(value.encode()).hexdigest()
+                assert digest is not None
+                self._by_digest[digest] = Caller(tenant=tenant.id, key_id=key.id, role=key.role)
+
+    def identify(self, presented: str | None) -> Caller | None:
+        if not presented:
+            return None
+        return self._by_digest.get(hashlib.sha256(presented.strip().encode()).hexdigest())
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key from `Authorization: Bearer ...` or `X-API-Key` (header names are case-insensitive)."""
+    auth = headers.get("authorization") or headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return headers.get("x-api-key") or headers.get("X-API-Key")

@@ -1,0 +1,44 @@
+"""Typed FastAPI dependencies: the engine, and the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.auth import Caller, KeyRing, presented_key
+from server.engine import Engine
+from server.errors import ApiError
+from server.settings import Settings
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def authenticate(request: Request) -> Caller:
+    """The caller behind `Authorization: Bearer <key>` or `X-API-Key`, or 401."""
+    keyring: KeyRing = request.app.state.keyring
+    key = presented_key(request.headers)
+    if key is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    caller = keyring.identify(key)
+    if caller is None:
+        raise ApiError(401, "unauthorized", "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    return caller
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+CurrentCaller = Annotated[Caller, Depends(authenticate)]

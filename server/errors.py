@@ -1,0 +1,94 @@
+"""One JSON error shape for every route: {"error": {"code", "message", "field"?}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from checkpoints.turn_lock import TurnBusy
+from personas.resolver import TeamResolutionError
+from server.engine import SessionNotFound
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ApiError(HTTPException):
+    """An error a client can act on: the status, a stable code, a message, and the field at fault."""
+
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    ):
+        detail: dict[str, Any] = {"code": code, "message": message}
+        if field:
+            detail["field"] = field
+        super().__init__(status_code=status, detail=detail, headers=headers)
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return {"error": body}
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail
+        if isinstance(detail, dict) and "code" in detail:
+            body = {"error": detail}
+        else:
+            body = error_body(_CODES.get(exc.status_code, "error"), str(detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = first.get("loc", ()) if isinstance(first, dict) else ()
+        message = first.get("msg", str(first)) if isinstance(first, dict) else str(first)
+        field = _field(loc)
+        return JSONResponse(
+            error_body("validation_error", f"{field}: {message}" if field else message, field or None)
+            | {
+                "details": [
+                    {"field": _field(e.get("loc", ())), "message": e.get("msg")} for e in errors if isinstance(e, dict)
+                ]
+            },
+            status_code=422,
+        )
+
+    @app.exception_handler(TeamResolutionError)
+    async def team_error(request: Request, exc: TeamResolutionError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, str(exc), "team"), status_code=exc.status)
+
+    @app.exception_handler(SessionNotFound)
+    async def session_missing(request: Request, exc: SessionNotFound) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, str(exc)), status_code=404)
+
+    @app.exception_handler(TurnBusy)
+    async def busy(request: Request, exc: TurnBusy) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.code, str(exc)), status_code=409, headers={"Retry-After": str(exc.retry_after_s)}
+        )

@@ -1,0 +1,1 @@
+"""REST routers for frontends, one per resource."""

@@ -1,0 +1,221 @@
+"""/sessions: create, list, read (transcript + team state), rename, delete, history, documents."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from langchain_core.messages import BaseMessage
+from pydantic import BaseModel, Field
+
+from checkpoints.session_index import SessionRecord
+from server.deps import CurrentCaller, EngineDep, SettingsDep
+from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
+from server.engine import DocumentRejected
+from server.errors import ApiError
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "decisions_archived"}
+
+
+class SessionCreate(BaseModel):
+    team: str | None = Field(None, description="Team id; the tenant's default team when omitted.")
+    title: str = Field("", max_length=200, description="Optional; else taken from the first message.")
+
+
+class SessionRename(BaseModel):
+    title: str = Field(min_length=1, max_length=200)
+
+
+class SessionOut(BaseModel):
+    id: str
+    team: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: SessionRecord) -> SessionOut:
+        return cls(
+            id=record.thread_id,
+            team=record.team,
+            title=record.title,
+            created_at=datetime.fromisoformat(record.created_at),
+            updated_at=datetime.fromisoformat(record.updated_at),
+        )
+
+
+class SessionList(BaseModel):
+    items: list[SessionOut]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next (older) page.")
+
+
+class TranscriptMessage(BaseModel):
+    id: str | None
+    role: Literal["user", "assistant", "system", "tool"]
+    name: str | None = None
+    content: str
+    metadata: dict[str, Any] = {}
+
+
+class SessionDetail(SessionOut):
+    transcript: list[TranscriptMessage]
+    state: dict[str, Any] = Field(description="The team's state: questions, evaluations, summary, review decisions...")
+
+
+class Checkpoint(BaseModel):
+    checkpoint_id: str
+    created_at: datetime | None
+    step: int | None
+    source: str | None
+    next: list[str]
+    messages: int
+
+
+class History(BaseModel):
+    items: list[Checkpoint]
+    next_before: str | None = None
+
+
+class DocumentOut(BaseModel):
+    kind: Literal["resume", "job_description"]
+    filename: str | None
+    characters: int
+
+
+def _encode_cursor(record: SessionRecord) -> str:
+    return base64.urlsafe_b64encode(json.dumps([record.updated_at, record.thread_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        updated_at, thread_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return str(updated_at), str(thread_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise ApiError(422, "validation_error", "cursor: not a cursor returned by this API", "cursor") from None
+
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+_METADATA_KEYS = (
+    "kind",
+    "produced_by",
+    "question_index",
+    "review_action",
+    "review_category",
+    "review",
+    "knowledge_section",
+)
+
+
+def transcript_view(messages: list[BaseMessage]) -> list[TranscriptMessage]:
+    return [
+        TranscriptMessage(
+            id=m.id,
+            role=_ROLES.get(m.type, "assistant"),  # type: ignore[arg-type]
+            name=m.name,
+            content=m.content if isinstance(m.content, str) else json.dumps(m.content),
+            metadata={k: v for k, v in (m.response_metadata or {}).items() if k in _METADATA_KEYS},
+        )
+        for m in messages
+    ]
+
+
+@router.post("", status_code=201, response_model=SessionOut)
+async def create_session(body: SessionCreate, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
+    """Start a session with one of the caller's teams (403 if the team is not enabled for the tenant)."""
+    return SessionOut.of(await engine.create_session(caller.tenant, body.team, body.title))
+
+
+@router.get("", response_model=SessionList)
+async def list_sessions(
+    caller: CurrentCaller,
+    engine: EngineDep,
+    team: Annotated[str | None, Query(description="Only this team's sessions.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor from the previous page.")] = None,
+) -> SessionList:
+    """The caller's sessions, most recently active first."""
+    before = _decode_cursor(cursor) if cursor else None
+    records = engine.sessions.list(caller.tenant, team, limit=limit + 1, before=before)
+    page = records[:limit]
+    next_cursor = _encode_cursor(page[-1]) if len(records) > limit else None
+    return SessionList(items=[SessionOut.of(r) for r in page], next_cursor=next_cursor)
+
+
+@router.get("/{session_id}", response_model=SessionDetail)
+async def get_session(session_id: str, caller: CurrentCaller, engine: EngineDep) -> SessionDetail:
+    """The whole transcript (archived turns included) and the team's state."""
+    record = engine.get_session(caller.tenant, session_id)
+    state = await engine.state(record)
+    transcript = await engine.transcript(record)
+    return SessionDetail(
+        **SessionOut.of(record).model_dump(),
+        transcript=transcript_view(transcript),
+        state={k: v for k, v in state.items() if k not in INTERNAL_STATE_KEYS},
+    )
+
+
+@router.patch("/{session_id}", response_model=SessionOut)
+async def rename_session(session_id: str, body: SessionRename, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
+    engine.get_session(caller.tenant, session_id)
+    record = engine.sessions.rename(session_id, body.title)
+    assert record is not None
+    return SessionOut.of(record)
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(session_id: str, caller: CurrentCaller, engine: EngineDep) -> Response:
+    """Remove the session's checkpoints, archived transcript and index entry; later reads are 404."""
+    await engine.delete_session(engine.get_session(caller.tenant, session_id))
+    return Response(status_code=204)
+
+
+@router.get("/{session_id}/history", response_model=History)
+async def session_history(
+    session_id: str,
+    caller: CurrentCaller,
+    engine: EngineDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    before: Annotated[str | None, Query(description="next_before from the previous page.")] = None,
+) -> History:
+    """The session's checkpoints, newest first."""
+    record = engine.get_session(caller.tenant, session_id)
+    items = await engine.history(record, limit=limit + 1, before=before)
+    page = items[:limit]
+    return History(
+        items=[Checkpoint(**i) for i in page], next_before=page[-1]["checkpoint_id"] if len(items) > limit else None
+    )
+
+
+@router.post("/{session_id}/documents", response_model=DocumentOut)
+async def upload_document(
+    session_id: str,
+    caller: CurrentCaller,
+    engine: EngineDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="txt, md, pdf or docx")],
+    kind: Annotated[Literal["resume", "job_description"], Form()],
+) -> DocumentOut:
+    """Read a resume or job description into the session's state (before the interview's first turn)."""
+    record = engine.get_session(caller.tenant, session_id)
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(
+            413, "payload_too_large", f"file: larger than the {settings.max_upload_bytes} byte limit", "file"
+        )
+    try:
+        text = extract_text(data, document_kind(file.filename, file.content_type))
+    except UnsupportedDocument as exc:
+        raise ApiError(415, "unsupported_media_type", f"file: {exc}", "file") from None
+    except UnreadableDocument as exc:
+        raise ApiError(422, "unreadable_document", f"file: {exc}", "file") from None
+    try:
+        await engine.attach_document(record, kind, text)
+    except DocumentRejected as exc:
+        raise ApiError(exc.status, "document_rejected", f"{exc.field}: {exc}", exc.field) from None
+    return DocumentOut(kind=kind, filename=file.filename, characters=len(text))

@@ -1,0 +1,188 @@
+"""LangServe routes per team at /teams/{team}: auth, tenant config and one-turn-at-a-time per thread."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from langserve.server import EndpointName
+from pydantic import BaseModel
+
+from graphs.registry import graph_builder
+from personas.loader import Bundles
+from server.auth import Caller
+from server.deps import authenticate
+from server.engine import Engine, SessionNotFound, title_hint
+from server.errors import ApiError
+
+ALLOWED_CONFIGURABLE = ("thread_id",)
+# stream_log and the /c/{config_hash}/ variants stay off: fewer ways in to check
+ENDPOINTS: list[EndpointName] = [
+    "invoke",
+    "batch",
+    "stream",
+    "stream_events",
+    "input_schema",
+    "output_schema",
+    "config_schema",
+]
+
+
+class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
+    """The team's compiled graph as LangServe sees it: a turn holds its thread's lock; schemas are the graph's."""
+
+    def __init__(self, app: FastAPI, team: str, schema_graph: CompiledStateGraph):
+        self.app = app
+        self.team = team
+        self.schema_graph = schema_graph  # schemas only; runs use the engine's graph with its checkpointer
+        self.name = f"team.{team}"
+
+    @property
+    def engine(self) -> Engine:
+        engine: Engine = self.app.state.engine
+        return engine
+
+    @property
+    def graph(self) -> CompiledStateGraph:
+        return self.engine.graph(self.team)
+
+    @property
+    def InputType(self) -> Any:
+        return self.schema_graph.InputType
+
+    @property
+    def OutputType(self) -> Any:
+        return self.schema_graph.OutputType
+
+    def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        return self.schema_graph.get_input_schema(config)
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        return self.schema_graph.get_output_schema(config)
+
+    @property
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return [
+            ConfigurableFieldSpec(
+                id="thread_id",
+                annotation=str,
+                name="Thread id",
+                description="The session to continue; an id you have not used before starts a new session.",
+            )
+        ]
+
+    def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+        raise NotImplementedError("teams run asynchronously; use ainvoke")
+
+    async def ainvoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        thread_id = _thread_id(config)
+        async with self.engine.turn_locks.hold(thread_id):
+            result = await self.graph.ainvoke(input, config, **kwargs)
+            self.engine.sessions.touch(thread_id, title_hint(input))
+            return result
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        raise NotImplementedError("teams run asynchronously; use astream")
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        thread_id = _thread_id(config)
+        async with self.engine.turn_locks.hold(thread_id):
+            async for chunk in self.graph.astream(input, config, **kwargs):
+                yield chunk
+            self.engine.sessions.touch(thread_id, title_hint(input))
+
+    async def astream_events(  # type: ignore[override]
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        thread_id = _thread_id(config)
+        async with self.engine.turn_locks.hold(thread_id):
+            async for event in self.graph.astream_events(input, config, **kwargs):
+                yield event
+            self.engine.sessions.touch(thread_id, title_hint(input))
+
+
+def _thread_id(config: RunnableConfig | None) -> str:
+    thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
+    if not thread_id:  # the modifier guarantees one; this guards direct use
+        raise ApiError(
+            400, "thread_id_required", "config.configurable.thread_id is required", "config.configurable.thread_id"
+        )
+    return str(thread_id)
+
+
+def _client_configurables(body: Any) -> list[dict[str, Any]]:
+    """Every `configurable` the client sent in the body (one config, or one per batch input)."""
+    configs = body.get("config") if isinstance(body, dict) else None
+    return [
+        c["configurable"]
+        for c in (configs if isinstance(configs, list) else [configs])
+        if isinstance(c, dict) and isinstance(c.get("configurable"), dict)
+    ]
+
+
+def make_config_modifier(team: str):
+    async def modify(config: dict[str, Any], request: Request) -> dict[str, Any]:
+        """Authenticate, check the allow-list, resolve the team, own the thread, and build the run config."""
+        engine: Engine = request.app.state.engine
+        caller: Caller = authenticate(request)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = {}
+        for configurable in _client_configurables(body):
+            refused = sorted(set(configurable) - set(ALLOWED_CONFIGURABLE))
+            if refused:
+                raise ApiError(
+                    400,
+                    "config_key_not_allowed",
+                    f"configurable key(s) {', '.join(refused)} cannot be set by clients; "
+                    f"allowed: {', '.join(ALLOWED_CONFIGURABLE)}",
+                    f"config.configurable.{refused[0]}",
+                )
+        run = engine.resolver.resolve(caller.tenant, team)  # 403 / 404 for teams the tenant may not use
+        thread_id = (config.get("configurable") or {}).get("thread_id")
+        if not thread_id:
+            raise ApiError(
+                400,
+                "thread_id_required",
+                "config.configurable.thread_id is required: create a session with POST /sessions, "
+                "or send a new id to start one",
+                "config.configurable.thread_id",
+            )
+        session = engine.sessions.get(str(thread_id))
+        if session is None:
+            session = engine.sessions.create(str(thread_id), caller.tenant, run.team.id)
+        elif session.tenant != caller.tenant:
+            raise SessionNotFound(str(thread_id))  # another tenant's thread does not exist for this caller
+        elif session.team != team:
+            raise ApiError(
+                409,
+                "session_team_mismatch",
+                f"session {thread_id!r} belongs to team {session.team!r}; use /teams/{session.team}",
+                "config.configurable.thread_id",
+            )
+        server = engine.run_config(session, run, caller=caller)
+        # server values replace whatever the client sent for these keys
+        return {**config, **server}
+
+    return modify
+
+
+def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
+    from langserve import add_routes
+
+    for team, bundle in bundles.teams.items():
+        add_routes(
+            app,
+            TeamRunnable(app, team, graph_builder(bundle.graph)(None, None)),
+            path=f"/teams/{team}",
+            config_keys=("configurable", "metadata", "tags"),
+            per_req_config_modifier=make_config_modifier(team),
+            enabled_endpoints=[*ENDPOINTS, *(["playground"] if playground else [])],  # type: ignore[list-item]
+            enable_feedback_endpoint=False,
+            enable_public_trace_link_endpoint=False,
+        )
