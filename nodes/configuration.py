@@ -33,7 +33,8 @@ def _fallback_run_config(configurable: dict[str, Any], metadata: dict[str, Any])
     team = configurable.get("team") or metadata.get("graph_id")
     if not team:
         raise ValueError("config['configurable']['team'] is required to run a team graph")
-    tenant = configurable.get("tenant")
+    # under `langgraph dev` with custom auth, the authenticated tenant wins over anything a client sent
+    tenant = configurable.get("langgraph_auth_user_id") or configurable.get("tenant")
     if not tenant:
         # the first tenant that enables this team, so Studio works without any configuration
         tenant = next((t.id for t in resolver.bundles.tenants.values() if team in t.enabled_teams), None)
