@@ -65,6 +65,7 @@ class Engine:
         self.resolver = AgentTeamResolver(bundles)
         self._graphs: dict[str, CompiledStateGraph] = {}
         self.turn_locks = TurnLocks(persistence.url)
+        self._trace_clients: dict[tuple[bool, bool], Any] = {}
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -81,6 +82,22 @@ class Engine:
             engine = cls(bundles, persistence, factory)
             engine.turn_locks.wait_s = settings.turn_wait_s
             yield engine
+
+    def trace_scope(self, tenant: str) -> contextlib.AbstractContextManager[Any]:
+        """Where a tenant's bundle hides inputs or outputs from LangSmith, runs use a client that drops them."""
+        tracing = self.bundles.tenants[tenant].tracing
+        if not (tracing.hide_inputs or tracing.hide_outputs):
+            return contextlib.nullcontext()
+        from langsmith import Client
+        from langsmith.run_helpers import tracing_context
+
+        key = (tracing.hide_inputs, tracing.hide_outputs)
+        client = self._trace_clients.get(key)
+        if client is None:
+            client = self._trace_clients[key] = Client(
+                hide_inputs=tracing.hide_inputs, hide_outputs=tracing.hide_outputs
+            )
+        return tracing_context(client=client)
 
     def graph(self, team: str) -> CompiledStateGraph:
         """The team's graph compiled with this engine's checkpointer and store (once per team)."""
@@ -143,17 +160,18 @@ class Engine:
             streamed_nodes.add("primary_responder")
         graph = self.graph(session.team)
         async with self.turn_locks.hold(session.thread_id):
-            async for mode, payload in graph.astream(turn_input, config, stream_mode=["messages", "updates"]):
-                if mode == "messages":
-                    chunk, meta = cast(tuple[Any, dict[str, Any]], payload)
-                    node = meta.get("langgraph_node", "")
-                    if isinstance(chunk, AIMessageChunk) and node in streamed_nodes and chunk.content:
-                        yield TurnEvent("token", node, str(chunk.content))
-                elif mode == "updates":
-                    for node, update in cast(dict[str, Any], payload).items():
-                        for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
-                            if isinstance(message, AIMessage) and not isinstance(message, RemoveMessage):
-                                yield TurnEvent("message", node, str(message.content), message)
+            with self.trace_scope(session.tenant):
+                async for mode, payload in graph.astream(turn_input, config, stream_mode=["messages", "updates"]):
+                    if mode == "messages":
+                        chunk, meta = cast(tuple[Any, dict[str, Any]], payload)
+                        node = meta.get("langgraph_node", "")
+                        if isinstance(chunk, AIMessageChunk) and node in streamed_nodes and chunk.content:
+                            yield TurnEvent("token", node, str(chunk.content))
+                    elif mode == "updates":
+                        for node, update in cast(dict[str, Any], payload).items():
+                            for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
+                                if isinstance(message, AIMessage) and not isinstance(message, RemoveMessage):
+                                    yield TurnEvent("message", node, str(message.content), message)
             self.sessions.touch(session.thread_id, title_hint(turn_input))
             if final_state is not None:
                 final_state.update((await graph.aget_state(config)).values)

@@ -81,7 +81,8 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
     async def ainvoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         thread_id = _thread_id(config)
         async with self.engine.turn_locks.hold(thread_id):
-            result = await self.graph.ainvoke(input, config, **kwargs)
+            with self.engine.trace_scope(_tenant(config)):
+                result = await self.graph.ainvoke(input, config, **kwargs)
             self.engine.sessions.touch(thread_id, title_hint(input))
             return result
 
@@ -91,8 +92,9 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
         thread_id = _thread_id(config)
         async with self.engine.turn_locks.hold(thread_id):
-            async for chunk in self.graph.astream(input, config, **kwargs):
-                yield chunk
+            with self.engine.trace_scope(_tenant(config)):
+                async for chunk in self.graph.astream(input, config, **kwargs):
+                    yield chunk
             self.engine.sessions.touch(thread_id, title_hint(input))
 
     async def astream_events(  # type: ignore[override]
@@ -100,8 +102,9 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
     ) -> AsyncIterator[Any]:
         thread_id = _thread_id(config)
         async with self.engine.turn_locks.hold(thread_id):
-            async for event in self.graph.astream_events(input, config, **kwargs):
-                yield event
+            with self.engine.trace_scope(_tenant(config)):
+                async for event in self.graph.astream_events(input, config, **kwargs):
+                    yield event
             self.engine.sessions.touch(thread_id, title_hint(input))
 
 
@@ -112,6 +115,10 @@ def _thread_id(config: RunnableConfig | None) -> str:
             400, "thread_id_required", "config.configurable.thread_id is required", "config.configurable.thread_id"
         )
     return str(thread_id)
+
+
+def _tenant(config: RunnableConfig | None) -> str:
+    return str(((config or {}).get("configurable") or {})["tenant"])
 
 
 def _client_configurables(body: Any) -> list[dict[str, Any]]:

@@ -17,10 +17,8 @@ Replies are scripted with small behaviour dataclasses, consumed one per
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -30,11 +28,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeAlias
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.local_server import LocalASGIServer
 
 __all__ = [
     "Behaviour",
@@ -350,68 +349,26 @@ class FakeOpenAIServer:
     """
 
     def __init__(self, *, startup_timeout: float = 10.0) -> None:
-        self._startup_timeout = startup_timeout
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
         self._queue: deque[Behaviour] = deque()
         self._default: Behaviour = Reply("ok")
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
                 Route("/v1/models", self._list_models, methods=["GET"]),
             ]
         )
-
-    # -- lifecycle ----------------------------------------------------------
+        self._local = LocalASGIServer(self.app, name="fake-openai-server", startup_timeout=startup_timeout)
 
     def start(self) -> Self:
         """Start serving in a background thread; returns once connectable."""
-        if self._thread is not None:
-            raise RuntimeError("FakeOpenAIServer is already running")
-        config = uvicorn.Config(
-            self.app,
-            host=_HOST,
-            port=0,
-            loop="asyncio",
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, name="fake-openai-server", daemon=True)
-        self._server, self._thread = server, thread
-        thread.start()
-
-        deadline = time.monotonic() + self._startup_timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("FakeOpenAIServer failed to start")
-            time.sleep(0.005)
-        self._port = int(server.servers[0].sockets[0].getsockname()[1])
-        with socket.create_connection((_HOST, self._port), timeout=self._startup_timeout):
-            pass
-        atexit.register(self.stop)
+        self._local.start()
         return self
 
     def stop(self) -> None:
-        """Shut uvicorn down (``should_exit``) and join its thread. Idempotent."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        atexit.unregister(self.stop)
-        server.should_exit = True
-        thread.join(timeout=5)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=5)
-        self._server = self._thread = None
-        self._port = None
+        """Shut the server down and join its thread. Idempotent."""
+        self._local.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -426,13 +383,11 @@ class FakeOpenAIServer:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._local.running
 
     @property
     def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeOpenAIServer is not running")
-        return self._port
+        return self._local.port
 
     @property
     def base_url(self) -> str:
@@ -524,8 +479,7 @@ class FakeOpenAIServer:
         deadline = asyncio.get_running_loop().time() + seconds
         while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
             await asyncio.sleep(min(_POLL_INTERVAL, remaining))
-            server = self._server
-            if (server is not None and server.should_exit) or await request.is_disconnected():
+            if self._local.stopping or await request.is_disconnected():
                 return False
         return True
 

@@ -1,0 +1,157 @@
+"""A real `teamgraph serve` process on 127.0.0.1 for end-to-end tests: start, wait for /healthz, stop.
+
+    with LiveServer(tmp_path) as server:          # offline, SQLite file tmp_path/tg.db
+        httpx.get(server.url + "/healthz")
+
+The process gets a scrubbed environment (no TEAMGRAPH_* / OPENAI_* of the developer's), its own working
+directory (so no stray .env is read) and its own process group, so stopping it also stops uvicorn's
+worker processes when it runs with `--workers N`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+TEAMGRAPH = REPO / ".venv" / "bin" / "teamgraph"
+DEMO_KEY = "tg-demo-key"
+VENEO_KEY = "tg-veneo-key"
+_SCRUBBED = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "LANGSMITH_TRACING")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+class LiveServer:
+    """`teamgraph serve --host 127.0.0.1 --port N` as a subprocess on a SQLite checkpoint file."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        db: Path | None = None,
+        env: dict[str, str] | None = None,
+        workers: int | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.workdir = workdir
+        self.db = db or workdir / "tg.db"
+        self.workers = workers
+        self.startup_timeout = startup_timeout
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("TEAMGRAPH_", "LANGCHAIN_")) and k not in _SCRUBBED
+        }
+        self.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{self.db}"
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env.update(env or {})
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stdout: IO[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._serial = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stdout(self) -> str:
+        return (self.workdir / f"serve-{self._serial}.out").read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return (self.workdir / f"serve-{self._serial}.err").read_text(errors="replace")
+
+    def start(self) -> Self:
+        if self.process is not None:
+            raise RuntimeError("LiveServer is already running")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._serial += 1
+        self._stdout = (self.workdir / f"serve-{self._serial}.out").open("wb")
+        self._stderr = (self.workdir / f"serve-{self._serial}.err").open("wb")
+        self.port = free_port()
+        args = [str(TEAMGRAPH), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.workers:
+            args += ["--workers", str(self.workers)]
+        self.process = subprocess.Popen(
+            args,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=self._stdout,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: workers are stopped with it
+        )
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"teamgraph serve exited with {self.process.returncode}\n"
+                    f"stdout:\n{self.stdout}\nstderr:\n{self.stderr[-4000:]}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"teamgraph serve did not answer /healthz within {self.startup_timeout} s\n"
+                    f"stdout:\n{self.stdout}\nstderr:\n{self.stderr[-4000:]}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process group (graceful), SIGKILL it if it is still there after `timeout`."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        try:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=timeout)
+            # workers of `--workers N` share the group; make sure none outlives the supervisor
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+        finally:
+            for stream in (self._stdout, self._stderr):
+                if stream is not None:
+                    stream.close()
+        return process.returncode
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
