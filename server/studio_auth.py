@@ -29,7 +29,7 @@ _TEAM_OF_ASSISTANT = {
 
 
 @auth.authenticate
-async def authenticate(headers: dict[bytes, bytes]) -> Auth.types.MinimalUserDict:
+async def authenticate(headers: dict[bytes, bytes]) -> dict[str, Any]:
     """The tenant behind `Authorization: Bearer <key>` or `X-API-Key`."""
     decoded = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers.items()}
     caller = _KEYRING.identify(presented_key(decoded))

@@ -52,8 +52,14 @@ class FakeLangSmith(LocalASGIServer):
 
     async def _info(self, request: Request) -> JSONResponse:
         # JSON batch ingestion (no multipart, no compression), so the recorded bodies are plain JSON
-        config = {"use_multipart_endpoint": False, "size_limit": 100, "size_limit_bytes": None,
-                  "scale_up_nthreads_limit": 1, "scale_up_qsize_trigger": 1000, "scale_down_nempty_trigger": 4}
+        config = {
+            "use_multipart_endpoint": False,
+            "size_limit": 100,
+            "size_limit_bytes": None,
+            "scale_up_nthreads_limit": 1,
+            "scale_up_qsize_trigger": 1000,
+            "scale_down_nempty_trigger": 4,
+        }
         return JSONResponse({"version": "0.0.0-test", "instance_flags": {}, "batch_ingest_config": config})
 
     async def _batch(self, request: Request) -> JSONResponse:
