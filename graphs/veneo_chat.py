@@ -20,6 +20,7 @@ from nodes.primary_responder import last_user_message, primary_responder
 from nodes.safety_reviewer import input_refusal, safety_reviewer
 
 TEAM = "veneo_chat"
+PRIVATE_CHANNELS = {"draft"}
 
 
 class InputState(TypedDict):
@@ -30,10 +31,15 @@ class InputState(TypedDict):
 
 class ChatState(InputState):
     rolling_summary: NotRequired[str]
-    draft: NotRequired[dict[str, Any] | None]
     review_decisions: NotRequired[list[dict[str, Any]]]
     decisions_archived: NotRequired[int]
     archived: NotRequired[int]
+
+
+class ReviewState(ChatState):
+    """The reviewer also reads the draft: a private channel, so no stream or output ever shows unreviewed text."""
+
+    draft: NotRequired[dict[str, Any] | None]
 
 
 def route_message(
@@ -50,7 +56,7 @@ def route_message(
 def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None) -> CompiledStateGraph:
     builder = StateGraph(ChatState, input_schema=InputState)
     builder.add_node("primary_responder", primary_responder)
-    builder.add_node("safety_reviewer", safety_reviewer)
+    builder.add_node("safety_reviewer", safety_reviewer, input_schema=ReviewState)
     builder.add_node("summarizer", chat_summarizer)
     # (state, config, runtime) is a valid node signature that add_node's overloads do not spell out
     builder.add_node("memory_keeper", memory_keeper)  # type: ignore[arg-type]
@@ -61,6 +67,8 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStor
     builder.add_edge("summarizer", "memory_keeper")
     builder.add_edge("memory_keeper", END)
     compiled = builder.compile(checkpointer=checkpointer, store=store, name=TEAM)
+    # stream values and updates without the private draft: clients only ever see reviewed text
+    compiled.stream_channels = [c for c in compiled.stream_channels_list if c not in PRIVATE_CHANNELS]
     return compiled.with_config({"configurable": {"team": TEAM}, "tags": [f"team:{TEAM}"]})
 
 

@@ -14,7 +14,7 @@ from nodes.primary_responder import last_user_message
 from nodes.safety_rules import RuleDecision, review_draft
 
 if TYPE_CHECKING:
-    from graphs.veneo_chat import ChatState
+    from graphs.veneo_chat import ReviewState
 
 NODE = "safety_reviewer"
 
@@ -26,7 +26,7 @@ class ReviewOutput(BaseModel):
     rewritten_reply: str | None = Field(None, description="The safe reply when action is rewrite.")
 
 
-async def safety_reviewer(state: ChatState, config: RunnableConfig) -> dict[str, Any]:
+async def safety_reviewer(state: ReviewState, config: RunnableConfig) -> dict[str, Any]:
     """Decide on the draft and emit the reply the user sees, recording {action, category, reason}."""
     conf = Configuration.from_runnable_config(config)
     persona = conf.persona(NODE)

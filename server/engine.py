@@ -83,6 +83,13 @@ class Engine:
             engine.turn_locks.wait_s = settings.turn_wait_s
             yield engine
 
+    def unreviewed_nodes(self, run: TeamRunConfig) -> set[str]:
+        """Nodes whose inner events carry text the safety reviewer has not passed yet (hidden from streams)."""
+        reviewer = run.agents.get("safety_reviewer")
+        if reviewer is None or reviewer.safety.stream_drafts:
+            return set()
+        return {"primary_responder", "safety_reviewer"}
+
     def trace_scope(self, tenant: str) -> contextlib.AbstractContextManager[Any]:
         """Where a tenant's bundle hides inputs or outputs from LangSmith, runs use a client that drops them."""
         tracing = self.bundles.tenants[tenant].tracing
@@ -155,9 +162,7 @@ class Engine:
         """Run one turn, yielding model tokens (where the persona allows streaming) and each new reply."""
         run = self.resolver.resolve(session.tenant, session.team, session.to_dict())
         config = self.run_config(session, run)
-        streamed_nodes = {"summarizer"}
-        if "safety_reviewer" in run.agents and run.agents["safety_reviewer"].safety.stream_drafts:
-            streamed_nodes.add("primary_responder")
+        streamed_nodes = {"summarizer", "primary_responder"} - self.unreviewed_nodes(run)
         graph = self.graph(session.team)
         async with self.turn_locks.hold(session.thread_id):
             with self.trace_scope(session.tenant):

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from graphs.registry import graph_builder
 from personas.loader import Bundles
+from personas.resolver import TeamRunConfig
 from server.auth import Caller
 from server.deps import authenticate
 from server.engine import Engine, SessionNotFound, title_hint
@@ -101,10 +102,14 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         thread_id = _thread_id(config)
+        hidden = self.engine.unreviewed_nodes(_run(config))
         async with self.engine.turn_locks.hold(thread_id):
             with self.engine.trace_scope(_tenant(config)):
                 async for event in self.graph.astream_events(input, config, **kwargs):
-                    yield event
+                    node = (event.get("metadata") or {}).get("langgraph_node")
+                    if node in hidden and not (event["event"] == "on_chain_end" and event.get("name") == node):
+                        continue  # draft tokens, the reviewer's prompt: not for clients before review
+                    yield _without_private(event)
             self.engine.sessions.touch(thread_id, title_hint(input))
 
 
@@ -115,6 +120,22 @@ def _thread_id(config: RunnableConfig | None) -> str:
             400, "thread_id_required", "config.configurable.thread_id is required", "config.configurable.thread_id"
         )
     return str(thread_id)
+
+
+def _run(config: RunnableConfig | None) -> TeamRunConfig:
+    run: TeamRunConfig = ((config or {}).get("configurable") or {})["team_run_config"]
+    return run
+
+
+def _without_private(event: Any) -> Any:
+    """The event with any private draft removed from its input and output."""
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return event
+    cleaned = {
+        k: ({kk: vv for kk, vv in v.items() if kk != "draft"} if isinstance(v, dict) else v) for k, v in data.items()
+    }
+    return {**event, "data": cleaned}
 
 
 def _tenant(config: RunnableConfig | None) -> str:

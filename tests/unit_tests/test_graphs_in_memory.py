@@ -202,3 +202,18 @@ async def test_without_a_store_nothing_is_trimmed(resolver: AgentTeamResolver) -
     assert len(state["messages"]) == 24 > memory.max_messages
     assert as_pairs(state["messages"]) == sent_and_received
     assert not state.get("archived")
+
+
+async def test_chat_streams_never_show_the_unreviewed_draft(resolver) -> None:
+    """values and updates streams carry only reviewed replies; the draft stays a private channel."""
+    graph = veneo_chat.build_graph(InMemorySaver(), InMemoryStore())
+    config = run_config(resolver, "veneo", "veneo_chat")
+    seen = []
+    for mode in ("values", "updates"):
+        async for chunk in graph.astream(
+            {"messages": [{"role": "user", "content": "How do returns work?"}]}, config, stream_mode=mode
+        ):
+            seen.append(str(chunk))
+    assert len(seen) >= 4
+    assert not any("draft" in chunk for chunk in seen)
+    assert any("30 days" in chunk for chunk in seen)  # the reviewed reply is streamed
