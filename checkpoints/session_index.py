@@ -77,7 +77,7 @@ class SqliteSessionIndex:
             "thread_id": thread_id,
             "tenant": tenant,
             "team": team,
-            "title": title_from(title),
+            "title": title.strip(),
             "created_at": stamp,
             "updated_at": stamp,
         }
@@ -162,7 +162,7 @@ class PostgresSessionIndex:
         stamp = now()
         row = self._one(
             "insert into teamgraph_sessions values (%s, %s, %s, %s, %s, %s) returning *",
-            [thread_id, tenant, team, title_from(title), stamp, stamp],
+            [thread_id, tenant, team, title.strip(), stamp, stamp],
         )
         assert row is not None
         return SessionRecord(**row)

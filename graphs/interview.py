@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Any, Literal, NotRequired
 
-from langchain_core.messages import AnyMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from typing_extensions import TypedDict
 
+from graphs.common import Messages
 from nodes.configuration import warm_defaults
 from nodes.evaluator import evaluator
 from nodes.fallback_scorer import fallback_scorer
@@ -26,7 +26,7 @@ TEAM = "interview"
 class InputState(TypedDict):
     """What a client sends: the next message, and on the first turn the documents."""
 
-    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]
+    messages: NotRequired[Messages]
     resume: NotRequired[str]
     job_description: NotRequired[str]
     role: NotRequired[str]

@@ -13,7 +13,7 @@ from langgraph.store.base import BaseStore
 
 GraphBuilder = Callable[[BaseCheckpointSaver | None, BaseStore | None], CompiledStateGraph]
 
-_NOT_GRAPHS = {"registry"}
+_NOT_GRAPHS = {"registry", "common"}
 
 
 def graph_ids() -> set[str]:

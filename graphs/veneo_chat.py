@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Any, Literal, NotRequired
 
-from langchain_core.messages import AnyMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from typing_extensions import TypedDict
 
+from graphs.common import Messages
 from nodes.chat_summary import chat_summarizer, is_summarize_request
 from nodes.configuration import Configuration, warm_defaults
 from nodes.memory_keeper import memory_keeper
@@ -26,7 +25,7 @@ PRIVATE_CHANNELS = {"draft"}
 class InputState(TypedDict):
     """What a client sends: the next user message (`/summarize` asks for a summary)."""
 
-    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]
+    messages: NotRequired[Messages]
 
 
 class ChatState(InputState):

@@ -37,6 +37,10 @@ class SessionNotFound(LookupError):
         self.thread_id = thread_id
 
 
+class CheckpointNotFound(LookupError):
+    """A history cursor that names no checkpoint of this session."""
+
+
 class DocumentRejected(ValueError):
     """A document that cannot go into this session (wrong team, or the interview already started)."""
 
@@ -143,6 +147,20 @@ class Engine:
         run = self.resolver.resolve(tenant, team)
         return self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title)
 
+    def claim_session(self, thread_id: str, tenant: str, team: str) -> SessionRecord:
+        """The session for a turn on `thread_id`: created for the caller when new, refused when someone else's."""
+        record = self.sessions.get(thread_id)
+        if record is None:
+            try:
+                return self.sessions.create(thread_id, tenant, team)
+            except Exception:  # another request created it first: fall through to the ownership check
+                record = self.sessions.get(thread_id)
+                if record is None:
+                    raise
+        if record.tenant != tenant:
+            raise SessionNotFound(thread_id)
+        return record
+
     def get_session(self, tenant: str, thread_id: str) -> SessionRecord:
         record = self.sessions.get(thread_id)
         if record is None or record.tenant != tenant:
@@ -209,7 +227,13 @@ class Engine:
     async def history(self, session: SessionRecord, limit: int = 20, before: str | None = None) -> list[dict[str, Any]]:
         """The session's checkpoints, newest first (`before`: a checkpoint id from the previous page)."""
         config = self.run_config(session)
-        before_config: RunnableConfig | None = {"configurable": {"checkpoint_id": before}} if before else None
+        before_config: RunnableConfig | None = None
+        if before:
+            before_config = {
+                "configurable": {"thread_id": session.thread_id, "checkpoint_ns": "", "checkpoint_id": before}
+            }
+            if await self.persistence.checkpointer.aget_tuple(before_config) is None:
+                raise CheckpointNotFound(before)
         items = []
         async for snap in self.graph(session.team).aget_state_history(config, limit=limit, before=before_config):
             meta = snap.metadata or {}

@@ -6,12 +6,13 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langserve.server import EndpointName
 from pydantic import BaseModel
 
+from checkpoints.session_index import SessionRecord, now
 from graphs.registry import graph_builder
 from personas.loader import Bundles
 from personas.resolver import TeamRunConfig
@@ -82,6 +83,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
     async def ainvoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         thread_id = _thread_id(config)
         async with self.engine.turn_locks.hold(thread_id):
+            self.engine.claim_session(thread_id, _tenant(config), self.team)
             with self.engine.trace_scope(_tenant(config)):
                 result = await self.graph.ainvoke(input, config, **kwargs)
             self.engine.sessions.touch(thread_id, title_hint(input))
@@ -93,6 +95,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
         thread_id = _thread_id(config)
         async with self.engine.turn_locks.hold(thread_id):
+            self.engine.claim_session(thread_id, _tenant(config), self.team)
             with self.engine.trace_scope(_tenant(config)):
                 async for chunk in self.graph.astream(input, config, **kwargs):
                     yield chunk
@@ -104,6 +107,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         thread_id = _thread_id(config)
         hidden = self.engine.unreviewed_nodes(_run(config))
         async with self.engine.turn_locks.hold(thread_id):
+            self.engine.claim_session(thread_id, _tenant(config), self.team)
             with self.engine.trace_scope(_tenant(config)):
                 async for event in self.graph.astream_events(input, config, **kwargs):
                     node = (event.get("metadata") or {}).get("langgraph_node")
@@ -183,7 +187,9 @@ def make_config_modifier(team: str):
             )
         session = engine.sessions.get(str(thread_id))
         if session is None:
-            session = engine.sessions.create(str(thread_id), caller.tenant, run.team.id)
+            # recorded only once the turn runs (TeamRunnable), so a refused request leaves no empty session
+            stamp = now()
+            session = SessionRecord(str(thread_id), caller.tenant, run.team.id, "", stamp, stamp)
         elif session.tenant != caller.tenant:
             raise SessionNotFound(str(thread_id))  # another tenant's thread does not exist for this caller
         elif session.team != team:
@@ -210,6 +216,7 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
             path=f"/teams/{team}",
             config_keys=("configurable", "metadata", "tags"),
             per_req_config_modifier=make_config_modifier(team),
+            dependencies=[Depends(authenticate)],  # schemas too: an unauthenticated caller learns nothing
             enabled_endpoints=[*ENDPOINTS, *(["playground"] if playground else [])],  # type: ignore[list-item]
             enable_feedback_endpoint=False,
             enable_public_trace_link_endpoint=False,

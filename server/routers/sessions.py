@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from checkpoints.session_index import SessionRecord
 from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
-from server.engine import DocumentRejected
+from server.engine import CheckpointNotFound, DocumentRejected
 from server.errors import ApiError
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
@@ -185,7 +185,10 @@ async def session_history(
 ) -> History:
     """The session's checkpoints, newest first."""
     record = engine.get_session(caller.tenant, session_id)
-    items = await engine.history(record, limit=limit + 1, before=before)
+    try:
+        items = await engine.history(record, limit=limit + 1, before=before)
+    except CheckpointNotFound:
+        raise ApiError(422, "validation_error", "before: not a checkpoint of this session", "before") from None
     page = items[:limit]
     return History(
         items=[Checkpoint(**i) for i in page], next_before=page[-1]["checkpoint_id"] if len(items) > limit else None
