@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +14,7 @@ from urllib.parse import urlparse
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.store.base import BaseStore
 
+from checkpoints.audit import AuditLog, PostgresAuditLog, SqliteAuditLog
 from checkpoints.session_index import PostgresSessionIndex, SessionIndex, SqliteSessionIndex
 
 
@@ -24,6 +28,7 @@ class Persistence:
     checkpointer: BaseCheckpointSaver
     store: BaseStore
     sessions: SessionIndex
+    audit: AuditLog
 
 
 def sqlite_path(url: str) -> Path:
@@ -48,7 +53,7 @@ async def build_persistence(url: str) -> AsyncIterator[Persistence]:
         from langgraph.checkpoint.memory import InMemorySaver
         from langgraph.store.memory import InMemoryStore
 
-        yield Persistence(url, InMemorySaver(), InMemoryStore(), SqliteSessionIndex.in_memory())
+        yield Persistence(url, InMemorySaver(), InMemoryStore(), SqliteSessionIndex.in_memory(), SqliteAuditLog(None))
     else:
         raise CheckpointURLError(
             f"unsupported checkpoint URL {url!r}: use sqlite:///path.db, postgresql://user@host:port/db or memory://"
@@ -63,23 +68,32 @@ async def _sqlite(url: str) -> AsyncIterator[Persistence]:
 
     path = sqlite_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sessions = SqliteSessionIndex(path)  # also switches the file to WAL, so readers never block the writer
     async with contextlib.AsyncExitStack() as stack:
-        conns = []
-        for _ in range(2):
-            conn = await aiosqlite.connect(str(path), isolation_level=None)
-            stack.push_async_callback(conn.close)
-            await conn.execute("PRAGMA busy_timeout = 5000")
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            conns.append(conn)
-        checkpointer = AsyncSqliteSaver(conns[0])
-        await checkpointer.setup()
-        store = AsyncSqliteStore(conns[1])
-        await store.setup()
+        # several worker processes may open a new file at once: one of them creates the tables at a time
+        setup_lock = os.open(f"{path}.setup-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        await asyncio.to_thread(fcntl.flock, setup_lock, fcntl.LOCK_EX)
         try:
-            yield Persistence(url, checkpointer, store, sessions)
+            sessions = SqliteSessionIndex(path)  # also switches the file to WAL, so readers never block the writer
+            audit = SqliteAuditLog(path)
+            conns = []
+            for _ in range(2):
+                conn = await aiosqlite.connect(str(path), isolation_level=None)
+                stack.push_async_callback(conn.close)
+                await conn.execute("PRAGMA busy_timeout = 5000")
+                await conn.execute("PRAGMA synchronous = NORMAL")
+                conns.append(conn)
+            checkpointer = AsyncSqliteSaver(conns[0])
+            await checkpointer.setup()
+            store = AsyncSqliteStore(conns[1])
+            await store.setup()
+        finally:
+            fcntl.flock(setup_lock, fcntl.LOCK_UN)
+            os.close(setup_lock)
+        try:
+            yield Persistence(url, checkpointer, store, sessions, audit)
         finally:
             sessions.close()
+            audit.close()
 
 
 @contextlib.asynccontextmanager
@@ -98,12 +112,14 @@ async def _postgres(url: str) -> AsyncIterator[Persistence]:
     )
     await pool.open(wait=True, timeout=10)
     sessions = PostgresSessionIndex(url)
+    audit = PostgresAuditLog(url)
     try:
         checkpointer = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
         await checkpointer.setup()
         store = AsyncPostgresStore(pool)  # type: ignore[arg-type]
         await store.setup()
-        yield Persistence(url, checkpointer, store, sessions)
+        yield Persistence(url, checkpointer, store, sessions, audit)
     finally:
         sessions.close()
+        audit.close()
         await pool.close()

@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -31,6 +31,7 @@ class TurnBusy(Exception):
 class TurnLocks:
     def __init__(self, checkpoint_url: str, wait_s: float = 60.0):
         self.wait_s = wait_s
+        self.on_wait: Callable[[str, float], None] | None = None  # (team, seconds waited), for metrics
         self._local: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
         scheme = urlparse(checkpoint_url).scheme
@@ -42,11 +43,19 @@ class TurnLocks:
             self._lock_dir = Path(str(sqlite_path(checkpoint_url)) + ".turn-locks")
             self._lock_dir.mkdir(parents=True, exist_ok=True)
 
+    async def acquire(self, thread_id: str, team: str = "") -> Callable[[], Awaitable[None]]:
+        """Take the thread's lock now and return its release, for a turn whose end another party observes
+        (an HTTP response that streams after its headers went out)."""
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(self.hold(thread_id, team))
+        return stack.aclose
+
     @contextlib.asynccontextmanager
-    async def hold(self, thread_id: str) -> AsyncIterator[None]:
+    async def hold(self, thread_id: str, team: str = "") -> AsyncIterator[None]:
         """Wait for the thread to be free (in this process and in others), run the turn, release."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_s
+        started = loop.time()
+        deadline = started + self.wait_s
         lock = self._local.setdefault(thread_id, asyncio.Lock())
         self._waiters[thread_id] = self._waiters.get(thread_id, 0) + 1
         try:
@@ -56,6 +65,8 @@ class TurnLocks:
                 raise TurnBusy(thread_id, self.wait_s) from None
             try:
                 async with self._across_processes(thread_id, deadline - loop.time()):
+                    if self.on_wait is not None:
+                        self.on_wait(team, loop.time() - started)
                     yield
             finally:
                 lock.release()

@@ -157,6 +157,14 @@ class TracingSettings(StrictModel):
     hide_outputs: bool = Field(False, description="Send no run outputs to LangSmith.")
 
 
+class AuditSettings(StrictModel):
+    """What the audit log keeps of message text for a tenant."""
+
+    content: Literal["full", "hash", "none"] = Field(
+        "full", description="full: the text; hash: its sha256 only; none: not stored (the event still is)."
+    )
+
+
 class TenantBundle(StrictModel):
     """A tenant: enabled teams (feature flags), default team, overrides, keys, knowledge file."""
 
@@ -168,6 +176,7 @@ class TenantBundle(StrictModel):
     api_keys: list[ApiKey] = []
     knowledge: str | None = Field(None, description="Knowledge file, relative to the bundle directory.")
     tracing: TracingSettings = TracingSettings()
+    audit: AuditSettings = AuditSettings()
 
     @field_validator("enabled_teams")
     @classmethod

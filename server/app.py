@@ -13,7 +13,12 @@ from personas.loader import load_bundles
 from server.auth import KeyRing
 from server.engine import Engine
 from server.errors import install_error_handlers
-from server.routers import health, sessions, teams
+from server.observability.http import ObservabilityMiddleware
+from server.observability.logging import configure_logging
+from server.observability.metrics import Metrics
+from server.observability.tracing import configure_tracing
+from server.routers import audit, health, sessions, teams
+from server.routers import metrics as metrics_router
 from server.settings import Settings, get_settings
 from server.team_routes import add_team_routes
 
@@ -30,17 +35,27 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     settings = settings or get_settings()
     bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
 
+    keyring = KeyRing(bundles)
+    provider_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    configure_logging(settings.log_level, settings.log_format, secrets=(provider_key, *keyring.env_keys))
+    configure_tracing()
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with Engine.open(settings, agent_factory, bundles) as engine:
+        async with Engine.open(settings, agent_factory, bundles, metrics) as engine:
             app.state.engine = engine
             yield
 
     app = FastAPI(title="Teamgraph", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.state.keyring = KeyRing(bundles)
+    app.state.keyring = keyring
+    app.state.metrics = metrics
     install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(health.router)
+    app.include_router(metrics_router.router)
+    app.include_router(audit.router)
     app.include_router(teams.router)
     app.include_router(sessions.router)
     add_team_routes(app, bundles, playground=settings.playground)

@@ -28,6 +28,7 @@ class KeyRing:
     def __init__(self, bundles: Bundles, environ: Mapping[str, str] | None = None):
         environ = os.environ if environ is None else environ
         self._by_digest: dict[str, Caller] = {}
+        self.env_keys: list[str] = []  # raw values of env-var keys, so logs can mask them
         for tenant in bundles.tenants.values():
             for key in tenant.api_keys:
                 digest = key.sha256
@@ -37,6 +38,7 @@ class KeyRing:
                         log.warning("tenant %s key %s: env var %s is not set; key disabled", tenant.id, key.id, key.env)
                         continue
                     digest = hashlib.sha256(value.encode()).hexdigest()
+                    self.env_keys.append(value)
                 assert digest is not None
                 self._by_digest[digest] = Caller(tenant=tenant.id, key_id=key.id, role=key.role)
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -173,6 +177,11 @@ def serve(
             teams = ", ".join(bundles.tenants[tenant].enabled_teams)
             typer.echo(f"tenant {tenant}: key {key}  (teams: {teams})")
     typer.echo(f"try: curl -H 'Authorization: Bearer tg-demo-key' {url}/teams")
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # each worker writes its metrics here and /metrics sums them (prometheus-client multiprocess mode)
+        metrics_dir = tempfile.mkdtemp(prefix="teamgraph-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        atexit.register(shutil.rmtree, metrics_dir, True)
     uvicorn.run("server.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
 
 

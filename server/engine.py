@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+import structlog
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
+from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy
 from checkpoints.factory import Persistence, build_persistence
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
@@ -22,7 +24,9 @@ from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive
 from personas.factory import AgentFactory
 from personas.loader import Bundles, load_bundles
-from personas.resolver import AgentTeamResolver, TeamRunConfig
+from personas.resolver import AgentTeamResolver, TeamResolutionError, TeamRunConfig
+from server.observability.metrics import Metrics
+from server.observability.turn_observer import TurnContext, TurnObserver
 from server.settings import Settings
 
 
@@ -61,20 +65,29 @@ class TurnEvent:
 
 
 class Engine:
-    def __init__(self, bundles: Bundles, persistence: Persistence, agent_factory: AgentFactory):
+    def __init__(
+        self, bundles: Bundles, persistence: Persistence, agent_factory: AgentFactory, metrics: Metrics | None = None
+    ):
         self.bundles = bundles
         self.persistence = persistence
         self.sessions = persistence.sessions
+        self.audit = persistence.audit
         self.agent_factory = agent_factory
+        self.metrics = metrics or Metrics()
         self.resolver = AgentTeamResolver(bundles)
         self._graphs: dict[str, CompiledStateGraph] = {}
         self.turn_locks = TurnLocks(persistence.url)
+        self.turn_locks.on_wait = lambda team, waited: self.metrics.queue_wait.labels(team or "unknown").observe(waited)
         self._trace_clients: dict[tuple[bool, bool], Any] = {}
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, settings: Settings, agent_factory: AgentFactory | None = None, bundles: Bundles | None = None
+        cls,
+        settings: Settings,
+        agent_factory: AgentFactory | None = None,
+        bundles: Bundles | None = None,
+        metrics: Metrics | None = None,
     ) -> AsyncIterator[Engine]:
         """Validate the bundles first (a bad bundle stops start-up), then open the database."""
         bundles = bundles or load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
@@ -83,7 +96,7 @@ class Engine:
             base_url=settings.model_base_url,
         )
         async with build_persistence(settings.checkpoint_url) as persistence:
-            engine = cls(bundles, persistence, factory)
+            engine = cls(bundles, persistence, factory, metrics)
             engine.turn_locks.wait_s = settings.turn_wait_s
             yield engine
 
@@ -92,7 +105,8 @@ class Engine:
         reviewer = run.agents.get("safety_reviewer")
         if reviewer is None or reviewer.safety.stream_drafts:
             return set()
-        return {"primary_responder", "safety_reviewer"}
+        # the summarizer too: its text gets the reviewer's PII redaction only once it is complete
+        return {"primary_responder", "safety_reviewer", "summarizer"}
 
     def trace_scope(self, tenant: str) -> contextlib.AbstractContextManager[Any]:
         """Where a tenant's bundle hides inputs or outputs from LangSmith, runs use a client that drops them."""
@@ -110,6 +124,36 @@ class Engine:
             )
         return tracing_context(client=client)
 
+    def resolve(self, tenant: str, requested: str | None, session: SessionRecord | None = None) -> TeamRunConfig:
+        """AgentTeamResolver, with every decision (and refusal) counted per tenant."""
+        asked = requested or "(default)"
+        try:
+            run = self.resolver.resolve(tenant, requested, session.to_dict() if session else None)
+        except TeamResolutionError as exc:
+            self.metrics.team_resolutions.labels(tenant, asked, f"refused:{exc.code}").inc()
+            raise
+        self.metrics.team_resolutions.labels(tenant, asked, run.team.id).inc()
+        return run
+
+    def record(self, tenant: str, actor: str, event_type: str, session: str | None, payload: dict[str, Any]) -> None:
+        """One audit entry, with message text kept as the tenant's policy says; raises AuditWriteError."""
+        policy = self.bundles.tenants[tenant].audit.content
+        self.audit.append([AuditEvent(tenant, actor, event_type, session, apply_content_policy(payload, policy))])
+
+    def observer(self, session: SessionRecord, run: TeamRunConfig, actor: str) -> TurnObserver:
+        """The callback handler that logs, measures, traces and audits one turn."""
+        context = TurnContext(
+            tenant=session.tenant,
+            team=session.team,
+            thread_id=session.thread_id,
+            actor=actor,
+            personas={node: p.id for node, p in run.agents.items()},
+            models={node: self.agent_factory.model_label(p) for node, p in run.agents.items()},
+            audit_policy=self.bundles.tenants[session.tenant].audit.content,
+            request_id=structlog.contextvars.get_contextvars().get("request_id"),
+        )
+        return TurnObserver(context, self.metrics, self.audit)
+
     def graph(self, team: str) -> CompiledStateGraph:
         """The team's graph compiled with this engine's checkpointer and store (once per team)."""
         if team not in self._graphs:
@@ -118,12 +162,13 @@ class Engine:
         return self._graphs[team]
 
     def run_config(
-        self, session: SessionRecord, run: TeamRunConfig | None = None, caller: Any | None = None
+        self, session: SessionRecord, run: TeamRunConfig | None = None, actor: str = "cli", observe: bool = False
     ) -> RunnableConfig:
-        """The one place a run config is built: tenant-controlled values come from the bundles only."""
+        """The one place a run config is built: tenant-controlled values come from the bundles only.
+        `observe`: a turn, so attach the observer (logs, metrics, spans, audit)."""
         run = run or self.resolver.resolve(session.tenant, session.team, session.to_dict())
         personas = {node: p.id for node, p in run.agents.items()}
-        return {
+        config: RunnableConfig = {
             "configurable": {
                 "thread_id": session.thread_id,
                 "tenant": session.tenant,
@@ -137,28 +182,51 @@ class Engine:
                 "thread_id": session.thread_id,
                 "personas": personas,
                 "models": {node: self.agent_factory.model_label(p) for node, p in run.agents.items()},
-                **({"key_id": caller.key_id} if caller is not None else {}),
+                "key_id": actor,
             },
             "tags": [f"team:{session.team}", f"tenant:{session.tenant}"],
             "run_name": f"team.{session.team}",
         }
+        if observe:
+            config["callbacks"] = [self.observer(session, run, actor)]
+        return config
 
-    async def create_session(self, tenant: str, team: str | None = None, title: str = "") -> SessionRecord:
-        run = self.resolver.resolve(tenant, team)
-        return self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title)
+    async def create_session(
+        self, tenant: str, team: str | None = None, title: str = "", actor: str = "cli"
+    ) -> SessionRecord:
+        run = self.resolve(tenant, team)
+        return self._created(self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title), team, actor)
 
-    def claim_session(self, thread_id: str, tenant: str, team: str) -> SessionRecord:
+    def _created(self, record: SessionRecord, requested: str | None, actor: str) -> SessionRecord:
+        self.metrics.sessions_created.labels(record.tenant, record.team).inc()
+        self.audit.append([
+            AuditEvent(record.tenant, actor, "session_created", record.thread_id, {"team": record.team,
+                                                                                  "title": record.title}),
+            AuditEvent(record.tenant, actor, "team_selected", record.thread_id,
+                       {"requested": requested, "team": record.team}),
+        ])  # fmt: skip
+        return record
+
+    def claim_session(self, thread_id: str, tenant: str, team: str, actor: str = "cli") -> SessionRecord:
         """The session for a turn on `thread_id`: created for the caller when new, refused when someone else's."""
         record = self.sessions.get(thread_id)
         if record is None:
             try:
-                return self.sessions.create(thread_id, tenant, team)
+                return self._created(self.sessions.create(thread_id, tenant, team), team, actor)
+            except AuditWriteError:
+                raise
             except Exception:  # another request created it first: fall through to the ownership check
                 record = self.sessions.get(thread_id)
                 if record is None:
                     raise
         if record.tenant != tenant:
             raise SessionNotFound(thread_id)
+        return record
+
+    def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
+        record = self.sessions.rename(session.thread_id, title)
+        assert record is not None
+        self.record(session.tenant, actor, "session_renamed", session.thread_id, {"title": title})
         return record
 
     def get_session(self, tenant: str, thread_id: str) -> SessionRecord:
@@ -178,11 +246,11 @@ class Engine:
         self, session: SessionRecord, turn_input: dict[str, Any], *, final_state: dict[str, Any] | None = None
     ) -> AsyncIterator[TurnEvent]:
         """Run one turn, yielding model tokens (where the persona allows streaming) and each new reply."""
-        run = self.resolver.resolve(session.tenant, session.team, session.to_dict())
-        config = self.run_config(session, run)
+        run = self.resolve(session.tenant, session.team, session)
+        config = self.run_config(session, run, observe=True)
         streamed_nodes = {"summarizer", "primary_responder"} - self.unreviewed_nodes(run)
         graph = self.graph(session.team)
-        async with self.turn_locks.hold(session.thread_id):
+        async with self.turn_locks.hold(session.thread_id, session.team):
             with self.trace_scope(session.tenant):
                 async for mode, payload in graph.astream(turn_input, config, stream_mode=["messages", "updates"]):
                     if mode == "messages":
@@ -212,6 +280,11 @@ class Engine:
             checks["checkpointer"] = "ok"
         except Exception as exc:
             checks["checkpointer"] = f"error: {type(exc).__name__}"
+        try:
+            self.audit.ping()
+            checks["audit_store"] = "ok"
+        except Exception as exc:
+            checks["audit_store"] = f"error: {type(exc).__name__}"
         return checks
 
     async def state(self, session: SessionRecord) -> dict[str, Any]:
@@ -249,7 +322,9 @@ class Engine:
             )
         return items
 
-    async def attach_document(self, session: SessionRecord, kind: str, text: str) -> None:
+    async def attach_document(
+        self, session: SessionRecord, kind: str, text: str, actor: str = "cli", filename: str | None = None
+    ) -> None:
         """Put a resume or job description into the session's state, before its first turn."""
         graph = self.graph(session.team)
         if kind not in graph.get_input_jsonschema().get("properties", {}):
@@ -267,14 +342,18 @@ class Engine:
             # written as the end of a turn, so the next message starts a normal turn with the document in state
             await graph.aupdate_state(config, {kind: text}, as_node="memory_keeper")
             self.sessions.touch(session.thread_id, title_hint({kind: text}))
+        self.record(session.tenant, actor, "document_uploaded", session.thread_id,
+                    {"kind": kind, "filename": filename, "characters": len(text), "content": text})  # fmt: skip
 
-    async def delete_session(self, session: SessionRecord) -> None:
-        """Remove the session's checkpoints, archived transcript and index row."""
-        async with self.turn_locks.hold(session.thread_id):
+    async def delete_session(self, session: SessionRecord, actor: str = "cli") -> None:
+        """Remove the session's checkpoints, archived transcript and index row; its audit trail stays."""
+        async with self.turn_locks.hold(session.thread_id, session.team):
             await self.persistence.checkpointer.adelete_thread(session.thread_id)
             await delete_archive(self.persistence.store, session.thread_id)
             self.sessions.delete(session.thread_id)
         self.turn_locks.forget(session.thread_id)
+        self.metrics.sessions_deleted.labels(session.tenant, session.team).inc()
+        self.record(session.tenant, actor, "session_deleted", session.thread_id, {"team": session.team})
 
 
 def title_hint(turn_input: dict[str, Any]) -> str:

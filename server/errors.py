@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from checkpoints.audit import AuditWriteError
 from checkpoints.turn_lock import TurnBusy
 from personas.resolver import TeamResolutionError
 from server.engine import SessionNotFound
@@ -87,6 +88,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SessionNotFound)
     async def session_missing(request: Request, exc: SessionNotFound) -> JSONResponse:
         return JSONResponse(error_body(exc.code, str(exc)), status_code=404)
+
+    @app.exception_handler(AuditWriteError)
+    async def audit_down(request: Request, exc: AuditWriteError) -> JSONResponse:
+        # never silently: the action is refused (or reported failed) when its audit record cannot be written
+        return JSONResponse(error_body("audit_unavailable", "the audit log cannot be written; try again later"),
+                            status_code=503, headers={"Retry-After": "5"})  # fmt: skip
 
     @app.exception_handler(TurnBusy)
     async def busy(request: Request, exc: TurnBusy) -> JSONResponse:

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     playground: bool = Field(False, description="Serve LangServe's playground pages under /teams/{team}/playground.")
     max_upload_bytes: int = Field(2_000_000, ge=1, description="Largest resume / job description upload.")
+    log_level: str = Field("INFO", description="DEBUG also logs message content; never keys or tokens.")
+    log_format: str = Field("auto", pattern="^(auto|json|console)$", description="auto: console on a TTY, else JSON")
     turn_wait_s: float = Field(
         60.0, gt=0, description="How long a turn waits for the previous turn on the same session before 409."
     )

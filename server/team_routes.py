@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from server.engine import Engine, SessionNotFound, title_hint
 from server.errors import ApiError
 
 ALLOWED_CONFIGURABLE = ("thread_id",)
+LEASE_HELD = "__turn_lock_held"  # set by the server only; "__" keys never reach trace metadata
 # stream_log and the /c/{config_hash}/ variants stay off: fewer ways in to check
 ENDPOINTS: list[EndpointName] = [
     "invoke",
@@ -77,13 +79,26 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
             )
         ]
 
+    @contextlib.asynccontextmanager
+    async def _turn(self, config: RunnableConfig | None, thread_id: str) -> AsyncIterator[None]:
+        """Hold the session's turn lock (unless the request already took it) and record a new session."""
+        configurable = (config or {}).get("configurable") or {}
+        held = (
+            contextlib.nullcontext()
+            if configurable.get(LEASE_HELD)
+            else self.engine.turn_locks.hold(thread_id, self.team)
+        )
+        async with held:
+            actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
+            self.engine.claim_session(thread_id, _tenant(config), self.team, actor)
+            yield
+
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         raise NotImplementedError("teams run asynchronously; use ainvoke")
 
     async def ainvoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         thread_id = _thread_id(config)
-        async with self.engine.turn_locks.hold(thread_id):
-            self.engine.claim_session(thread_id, _tenant(config), self.team)
+        async with self._turn(config, thread_id):
             with self.engine.trace_scope(_tenant(config)):
                 result = await self.graph.ainvoke(input, config, **kwargs)
             self.engine.sessions.touch(thread_id, title_hint(input))
@@ -94,8 +109,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
 
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
         thread_id = _thread_id(config)
-        async with self.engine.turn_locks.hold(thread_id):
-            self.engine.claim_session(thread_id, _tenant(config), self.team)
+        async with self._turn(config, thread_id):
             with self.engine.trace_scope(_tenant(config)):
                 async for chunk in self.graph.astream(input, config, **kwargs):
                     yield chunk
@@ -106,12 +120,11 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
     ) -> AsyncIterator[Any]:
         thread_id = _thread_id(config)
         hidden = self.engine.unreviewed_nodes(_run(config))
-        async with self.engine.turn_locks.hold(thread_id):
-            self.engine.claim_session(thread_id, _tenant(config), self.team)
+        async with self._turn(config, thread_id):
             with self.engine.trace_scope(_tenant(config)):
                 async for event in self.graph.astream_events(input, config, **kwargs):
                     node = (event.get("metadata") or {}).get("langgraph_node")
-                    if node in hidden and not (event["event"] == "on_chain_end" and event.get("name") == node):
+                    if node in hidden and event.get("name") != node:
                         continue  # draft tokens, the reviewer's prompt: not for clients before review
                     yield _without_private(event)
             self.engine.sessions.touch(thread_id, title_hint(input))
@@ -175,7 +188,7 @@ def make_config_modifier(team: str):
                     f"allowed: {', '.join(ALLOWED_CONFIGURABLE)}",
                     f"config.configurable.{refused[0]}",
                 )
-        run = engine.resolver.resolve(caller.tenant, team)  # 403 / 404 for teams the tenant may not use
+        run = engine.resolve(caller.tenant, team)  # 403 / 404 for teams the tenant may not use
         thread_id = (config.get("configurable") or {}).get("thread_id")
         if not thread_id:
             raise ApiError(
@@ -199,7 +212,15 @@ def make_config_modifier(team: str):
                 f"session {thread_id!r} belongs to team {session.team!r}; use /teams/{session.team}",
                 "config.configurable.thread_id",
             )
-        server = engine.run_config(session, run, caller=caller)
+        # take the session's turn lock now, before any response byte: a busy session answers 409 even on
+        # /stream; the middleware releases it when the response has ended, however it ends
+        leases = request.scope.setdefault("state", {}).setdefault("turn_leases", {})
+        if str(thread_id) in leases:
+            raise ApiError(422, "validation_error", "each input of a batch needs its own thread_id",
+                           "config.configurable.thread_id")  # fmt: skip
+        leases[str(thread_id)] = await engine.turn_locks.acquire(str(thread_id), team)
+        server = engine.run_config(session, run, actor=caller.key_id, observe=True)
+        server["configurable"][LEASE_HELD] = True
         # server values replace whatever the client sent for these keys
         return {**config, **server}
 
@@ -214,7 +235,7 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
             app,
             TeamRunnable(app, team, graph_builder(bundle.graph)(None, None)),
             path=f"/teams/{team}",
-            config_keys=("configurable", "metadata", "tags"),
+            config_keys=("configurable", "metadata", "tags", "callbacks"),
             per_req_config_modifier=make_config_modifier(team),
             dependencies=[Depends(authenticate)],  # schemas too: an unauthenticated caller learns nothing
             enabled_endpoints=[*ENDPOINTS, *(["playground"] if playground else [])],  # type: ignore[list-item]

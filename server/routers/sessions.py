@@ -128,7 +128,7 @@ def transcript_view(messages: list[BaseMessage]) -> list[TranscriptMessage]:
 @router.post("", status_code=201, response_model=SessionOut)
 async def create_session(body: SessionCreate, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
     """Start a session with one of the caller's teams (403 if the team is not enabled for the tenant)."""
-    return SessionOut.of(await engine.create_session(caller.tenant, body.team, body.title))
+    return SessionOut.of(await engine.create_session(caller.tenant, body.team, body.title, actor=caller.key_id))
 
 
 @router.get("", response_model=SessionList)
@@ -162,16 +162,14 @@ async def get_session(session_id: str, caller: CurrentCaller, engine: EngineDep)
 
 @router.patch("/{session_id}", response_model=SessionOut)
 async def rename_session(session_id: str, body: SessionRename, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
-    engine.get_session(caller.tenant, session_id)
-    record = engine.sessions.rename(session_id, body.title)
-    assert record is not None
-    return SessionOut.of(record)
+    record = engine.get_session(caller.tenant, session_id)
+    return SessionOut.of(engine.rename_session(record, body.title, actor=caller.key_id))
 
 
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, caller: CurrentCaller, engine: EngineDep) -> Response:
     """Remove the session's checkpoints, archived transcript and index entry; later reads are 404."""
-    await engine.delete_session(engine.get_session(caller.tenant, session_id))
+    await engine.delete_session(engine.get_session(caller.tenant, session_id), actor=caller.key_id)
     return Response(status_code=204)
 
 
@@ -218,7 +216,7 @@ async def upload_document(
     except UnreadableDocument as exc:
         raise ApiError(422, "unreadable_document", f"file: {exc}", "file") from None
     try:
-        await engine.attach_document(record, kind, text)
+        await engine.attach_document(record, kind, text, actor=caller.key_id, filename=file.filename)
     except DocumentRejected as exc:
         raise ApiError(exc.status, "document_rejected", f"{exc.field}: {exc}", exc.field) from None
     return DocumentOut(kind=kind, filename=file.filename, characters=len(text))

@@ -263,7 +263,7 @@ def test_healthz_and_readyz_answer_without_a_key(client: TestClient) -> None:
     assert r.json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "checks": {"session_index": "ok", "checkpointer": "ok"}}
+    assert r.json() == {"status": "ok", "checks": {"session_index": "ok", "checkpointer": "ok", "audit_store": "ok"}}
 
 
 def test_docs_and_openapi_are_served(client: TestClient) -> None:

@@ -1,0 +1,382 @@
+"""The audit log: an append-only, per-tenant hash-chained `audit_events` table beside the session index.
+
+Each entry's hash covers its fields and the previous entry's hash, so editing, deleting or reordering any
+row breaks the chain at that row, and `verify` names it. Pruning old entries keeps an anchor (the last
+pruned entry's position and hash) so the remaining chain still verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+EVENT_TYPES = (
+    "session_created", "message", "response", "safety_decision", "evaluation", "team_selected",
+    "document_uploaded", "session_renamed", "session_deleted",
+)  # fmt: skip
+GENESIS = "0" * 64
+ContentPolicy = Literal["full", "hash", "none"]
+
+
+class AuditWriteError(RuntimeError):
+    """An audit record could not be written; the action it records must fail too."""
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """What happened, before it is placed in the chain."""
+
+    tenant: str
+    actor: str  # the key id, never the key
+    event_type: str
+    session: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    tenant: str
+    seq: int  # position in the tenant's chain, from 1
+    at: str
+    actor: str
+    session: str | None
+    event_type: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    tenant: str
+    checked: int
+    ok: bool
+    broken_seq: int | None = None
+    reason: str = ""
+
+
+def apply_content_policy(payload: dict[str, Any], policy: ContentPolicy) -> dict[str, Any]:
+    """Message text (`content`) stored in full, as its sha256, or not at all, as the tenant's policy says."""
+    if "content" not in payload or policy == "full":
+        return payload
+    out = {k: v for k, v in payload.items() if k != "content"}
+    if policy == "hash":
+        out["content_sha256"] = hashlib.sha256(str(payload["content"]).encode()).hexdigest()
+    return out
+
+
+def entry_hash(
+    tenant: str,
+    seq: int,
+    at: str,
+    actor: str,
+    session: str | None,
+    event_type: str,
+    payload: dict[str, Any],
+    prev_hash: str,
+) -> str:
+    body = json.dumps(
+        {"tenant": tenant, "seq": seq, "at": at, "actor": actor, "session": session, "event_type": event_type,
+         "payload": payload, "prev_hash": prev_hash},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
+    )  # fmt: skip
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def verify_chain(tenant: str, entries: Iterator[AuditEntry], anchor: tuple[int, str] | None) -> VerifyResult:
+    """Walk a tenant's entries in seq order; the first entry that does not follow from its predecessor is broken."""
+    expected_seq, prev = (anchor[0] + 1, anchor[1]) if anchor else (1, GENESIS)
+    checked = 0
+    for e in entries:
+        if e.seq != expected_seq:
+            what = "missing" if e.seq > expected_seq else "out of order"
+            return VerifyResult(
+                tenant,
+                checked,
+                False,
+                expected_seq if e.seq > expected_seq else e.seq,
+                f"entry {expected_seq} is {what} (found {e.seq})",
+            )
+        if e.prev_hash != prev:
+            return VerifyResult(tenant, checked, False, e.seq, "prev_hash does not match the previous entry")
+        recomputed = entry_hash(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, e.payload, e.prev_hash)
+        if recomputed != e.hash:
+            return VerifyResult(tenant, checked, False, e.seq, "content does not match its hash (edited)")
+        prev, expected_seq, checked = e.hash, expected_seq + 1, checked + 1
+    return VerifyResult(tenant, checked, True)
+
+
+class AuditLog(Protocol):
+    def append(self, events: list[AuditEvent]) -> list[AuditEntry]: ...
+    def query(
+        self,
+        tenant: str,
+        *,
+        session: str | None = None,
+        event_type: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        after_seq: int = 0,
+        limit: int = 100,
+    ) -> list[AuditEntry]: ...
+    def verify(self, tenant: str) -> VerifyResult: ...
+    def tenants(self) -> list[str]: ...
+    def prune(self, older_than: datetime) -> int: ...
+    def ping(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _row_entry(row: Any) -> AuditEntry:
+    payload = row["payload"]
+    return AuditEntry(
+        tenant=row["tenant"],
+        seq=row["seq"],
+        at=row["at"],
+        actor=row["actor"],
+        session=row["session"],
+        event_type=row["event_type"],
+        payload=json.loads(payload) if isinstance(payload, str) else payload,
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+def _chain(events: list[AuditEvent], heads: dict[str, tuple[int, str]]) -> list[AuditEntry]:
+    """Place events after each tenant's current head, in the order given."""
+    out = []
+    for ev in events:
+        if ev.event_type not in EVENT_TYPES:
+            raise AuditWriteError(f"unknown audit event type {ev.event_type!r}")
+        seq, prev = heads.get(ev.tenant, (0, GENESIS))
+        at, payload = _now(), ev.payload or {}
+        digest = entry_hash(ev.tenant, seq + 1, at, ev.actor, ev.session, ev.event_type, payload, prev)
+        out.append(AuditEntry(ev.tenant, seq + 1, at, ev.actor, ev.session, ev.event_type, payload, prev, digest))
+        heads[ev.tenant] = (seq + 1, digest)
+    return out
+
+
+_QUERY_FILTERS = (("session", "session = {p}"), ("event_type", "event_type = {p}"), ("since", "at >= {p}"),
+                  ("until", "at < {p}"))  # fmt: skip
+
+
+class SqliteAuditLog:
+    """The audit log in the SQLite database file (or in memory), written under SQLite's write lock."""
+
+    def __init__(self, path: Path | str | None):
+        self.conn = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=10.0,
+                                    isolation_level=None)  # fmt: skip
+        self.conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self.conn.executescript(
+            """
+            create table if not exists audit_events (
+              tenant text not null, seq integer not null, at text not null, actor text not null, session text,
+              event_type text not null, payload text not null, prev_hash text not null, hash text not null,
+              primary key (tenant, seq));
+            create index if not exists audit_events_session on audit_events (tenant, session);
+            create table if not exists audit_anchors (
+              tenant text primary key, seq integer not null, hash text not null);
+            """
+        )
+
+    def _heads(self, tenants: set[str]) -> dict[str, tuple[int, str]]:
+        heads = {}
+        for tenant in tenants:
+            row = self.conn.execute("select seq, hash from audit_events where tenant = ? order by seq desc limit 1",
+                                    [tenant]).fetchone()  # fmt: skip
+            if row is None:
+                row = self.conn.execute("select seq, hash from audit_anchors where tenant = ?", [tenant]).fetchone()
+            if row is not None:
+                heads[tenant] = (row["seq"], row["hash"])
+        return heads
+
+    def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
+        if not events:
+            return []
+        try:
+            with self._lock:
+                self.conn.execute("begin immediate")  # one writer at a time, across processes too
+                try:
+                    entries = _chain(events, self._heads({e.tenant for e in events}))
+                    self.conn.executemany(
+                        "insert into audit_events values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type,
+                          json.dumps(e.payload, ensure_ascii=False, default=str), e.prev_hash, e.hash)
+                         for e in entries],
+                    )  # fmt: skip
+                    self.conn.execute("commit")
+                except BaseException:
+                    self.conn.execute("rollback")
+                    raise
+        except sqlite3.Error as exc:
+            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+        return entries
+
+    def query(self, tenant: str, *, session: str | None = None, event_type: str | None = None,
+              since: str | None = None, until: str | None = None, after_seq: int = 0,
+              limit: int = 100) -> list[AuditEntry]:  # fmt: skip
+        sql, args = "select * from audit_events where tenant = ? and seq > ?", [tenant, after_seq]
+        values = {"session": session, "event_type": event_type, "since": since, "until": until}
+        for name, clause in _QUERY_FILTERS:
+            if values[name] is not None:
+                sql += " and " + clause.format(p="?")
+                args.append(values[name])
+        with self._lock:
+            rows = self.conn.execute(sql + " order by seq limit ?", [*args, limit]).fetchall()
+        return [_row_entry(r) for r in rows]
+
+    def verify(self, tenant: str) -> VerifyResult:
+        with self._lock:
+            anchor = self.conn.execute("select seq, hash from audit_anchors where tenant = ?", [tenant]).fetchone()
+            rows = self.conn.execute("select * from audit_events where tenant = ? order by seq", [tenant]).fetchall()
+        return verify_chain(tenant, (_row_entry(r) for r in rows), (anchor["seq"], anchor["hash"]) if anchor else None)
+
+    def tenants(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self.conn.execute("select distinct tenant from audit_events order by 1")]
+
+    def prune(self, older_than: datetime) -> int:
+        cutoff = older_than.isoformat(timespec="microseconds")
+        removed = 0
+        with self._lock:
+            self.conn.execute("begin immediate")
+            try:
+                for (tenant,) in self.conn.execute("select distinct tenant from audit_events").fetchall():
+                    last = self.conn.execute(
+                        "select seq, hash from audit_events where tenant = ? and at < ? order by seq desc limit 1",
+                        [tenant, cutoff],
+                    ).fetchone()
+                    if last is None:
+                        continue
+                    removed += self.conn.execute("delete from audit_events where tenant = ? and seq <= ?",
+                                                 [tenant, last["seq"]]).rowcount  # fmt: skip
+                    self.conn.execute("insert or replace into audit_anchors values (?, ?, ?)",
+                                      [tenant, last["seq"], last["hash"]])  # fmt: skip
+                self.conn.execute("commit")
+            except BaseException:
+                self.conn.execute("rollback")
+                raise
+        return removed
+
+    def ping(self) -> None:
+        with self._lock:
+            self.conn.execute("select 1 from audit_events limit 1").fetchall()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresAuditLog:
+    """The audit log in Postgres; appends for a tenant are serialized by a transaction-level advisory lock."""
+
+    def __init__(self, url: str):
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        self.pool: Any = ConnectionPool(url, min_size=1, max_size=4, open=True, kwargs={"row_factory": dict_row})
+        with self.pool.connection() as conn:
+            conn.execute(
+                "create table if not exists audit_events ("
+                " tenant text not null, seq bigint not null, at text not null, actor text not null, session text,"
+                " event_type text not null, payload jsonb not null, prev_hash text not null, hash text not null,"
+                " primary key (tenant, seq))"
+            )
+            conn.execute("create index if not exists audit_events_session on audit_events (tenant, session)")
+            conn.execute(
+                "create table if not exists audit_anchors (tenant text primary key, seq bigint not null,"
+                " hash text not null)"
+            )
+
+    def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
+        if not events:
+            return []
+        from psycopg.types.json import Jsonb
+
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                heads = {}
+                for tenant in sorted({e.tenant for e in events}):
+                    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
+                    row = conn.execute(
+                        "select seq, hash from audit_events where tenant = %s order by seq desc limit 1", [tenant]
+                    ).fetchone()
+                    if row is None:
+                        row = conn.execute("select seq, hash from audit_anchors where tenant = %s", [tenant]).fetchone()
+                    if row is not None:
+                        heads[tenant] = (row["seq"], row["hash"])
+                entries = _chain(events, heads)
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "insert into audit_events values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, Jsonb(e.payload), e.prev_hash,
+                          e.hash) for e in entries],
+                    )  # fmt: skip
+        except Exception as exc:
+            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+        return entries
+
+    def query(self, tenant: str, *, session: str | None = None, event_type: str | None = None,
+              since: str | None = None, until: str | None = None, after_seq: int = 0,
+              limit: int = 100) -> list[AuditEntry]:  # fmt: skip
+        sql, args = "select * from audit_events where tenant = %s and seq > %s", [tenant, after_seq]
+        values = {"session": session, "event_type": event_type, "since": since, "until": until}
+        for name, clause in _QUERY_FILTERS:
+            if values[name] is not None:
+                sql += " and " + clause.format(p="%s")
+                args.append(values[name])
+        with self.pool.connection() as conn:
+            rows = conn.execute(sql + " order by seq limit %s", [*args, limit]).fetchall()
+        return [_row_entry(r) for r in rows]
+
+    def verify(self, tenant: str) -> VerifyResult:
+        with self.pool.connection() as conn:
+            anchor = conn.execute("select seq, hash from audit_anchors where tenant = %s", [tenant]).fetchone()
+            rows = conn.execute("select * from audit_events where tenant = %s order by seq", [tenant]).fetchall()
+        return verify_chain(tenant, (_row_entry(r) for r in rows), (anchor["seq"], anchor["hash"]) if anchor else None)
+
+    def tenants(self) -> list[str]:
+        with self.pool.connection() as conn:
+            return [r["tenant"] for r in conn.execute("select distinct tenant from audit_events order by 1")]
+
+    def prune(self, older_than: datetime) -> int:
+        cutoff = older_than.isoformat(timespec="microseconds")
+        removed = 0
+        with self.pool.connection() as conn, conn.transaction():
+            for row in conn.execute("select distinct tenant from audit_events").fetchall():
+                tenant = row["tenant"]
+                conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
+                last = conn.execute(
+                    "select seq, hash from audit_events where tenant = %s and at < %s order by seq desc limit 1",
+                    [tenant, cutoff],
+                ).fetchone()
+                if last is None:
+                    continue
+                removed += conn.execute("delete from audit_events where tenant = %s and seq <= %s",
+                                        [tenant, last["seq"]]).rowcount  # fmt: skip
+                conn.execute(
+                    "insert into audit_anchors values (%s, %s, %s) on conflict (tenant) do update"
+                    " set seq = excluded.seq, hash = excluded.hash",
+                    [tenant, last["seq"], last["hash"]],
+                )
+        return removed
+
+    def ping(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("select 1 from audit_events limit 1").fetchall()
+
+    def close(self) -> None:
+        self.pool.close()

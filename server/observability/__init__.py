@@ -1,0 +1,1 @@
+"""Logs, metrics, traces and the audit trail, fed by one callback handler per turn; nodes import none of it."""

@@ -1,0 +1,75 @@
+"""structlog: JSON lines on stdout (console rendering on a TTY or when asked), secrets scrubbed from every line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-+/=]{4,}"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"\blsv2_[A-Za-z0-9_\-]{8,}"),
+]
+_SECRET_KEYS = {"authorization", "x-api-key", "api_key", "openai_api_key", "password", "token", "key"}
+_CONTENT_KEYS = {"content", "messages", "input", "output", "resume", "job_description", "answer"}
+
+
+def _scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        for pattern in _SECRET_PATTERNS:
+            value = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", value)
+        for secret in secrets:
+            if secret and secret in value:
+                value = value.replace(secret, "[redacted]")
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub_value(v, secrets) for v in value]
+    return value
+
+
+def make_scrubber(secrets: tuple[str, ...], debug_content: bool) -> Any:
+    """A processor that drops secret fields, masks secret-looking strings, and keeps message text to DEBUG."""
+
+    def scrub(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        for key in list(event):
+            if key.lower() in _SECRET_KEYS:
+                event[key] = "[redacted]"
+            elif key in _CONTENT_KEYS and not (debug_content and method == "debug"):
+                event.pop(key)
+        return {k: _scrub_value(v, secrets) for k, v in event.items()}
+
+    return scrub
+
+
+def configure_logging(level: str = "INFO", renderer: str = "auto", secrets: tuple[str, ...] = ()) -> None:
+    """JSON lines unless renderer is 'console' (or 'auto' on a TTY). `secrets`: exact strings never to print."""
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    console = renderer == "console" or (renderer == "auto" and sys.stdout.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            make_scrubber(secrets, debug_content=numeric <= logging.DEBUG),
+            structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+if not structlog.is_configured():
+    # until the server configures logging, keep library users (CLI, scripts) quiet: warnings only, on stderr
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+log = structlog.get_logger("teamgraph")

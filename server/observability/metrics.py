@@ -1,0 +1,53 @@
+"""Prometheus metrics (names prefixed teamgraph_), bounded label sets, multiprocess-safe under --workers."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Every metric the server exports. Labels are tenant, team, node, persona ids and fixed vocabularies only:
+    no thread ids, no free text."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter("teamgraph_http_requests", "HTTP requests by route template, method and status",
+                                     ["route", "method", "status"], registry=r)  # fmt: skip
+        self.http_latency = Histogram("teamgraph_http_request_duration_seconds", "HTTP request latency",
+                                      ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.turns = Counter("teamgraph_turns", "Turns run, by tenant, team and outcome", ["tenant", "team", "outcome"],
+                             registry=r)  # fmt: skip
+        self.turn_latency = Histogram("teamgraph_turn_duration_seconds", "Turn latency", ["tenant", "team"],
+                                      buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.node_latency = Histogram("teamgraph_node_duration_seconds", "Node latency", ["team", "node"],
+                                      buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.model_calls = Counter("teamgraph_model_calls", "Model calls by persona and outcome (ok, error, timeout)",
+                                   ["persona", "outcome"], registry=r)  # fmt: skip
+        self.fallback_scorings = Counter("teamgraph_fallback_scorings", "Answers scored by the fallback scorer",
+                                         ["tenant", "team", "reason"], registry=r)  # fmt: skip
+        self.safety_decisions = Counter("teamgraph_safety_decisions", "Safety reviewer decisions",
+                                        ["tenant", "action", "category"], registry=r)  # fmt: skip
+        self.team_resolutions = Counter("teamgraph_team_resolutions",
+                                        "Team routing: requested team, resolved team or the refusal",
+                                        ["tenant", "requested", "resolved"], registry=r)  # fmt: skip
+        self.queue_wait = Histogram("teamgraph_turn_queue_wait_seconds", "Time a turn waited for its session",
+                                    ["team"], buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                    registry=r)  # fmt: skip
+        self.sessions_created = Counter("teamgraph_sessions_created", "Sessions created", ["tenant", "team"],
+                                        registry=r)  # fmt: skip
+        self.sessions_deleted = Counter("teamgraph_sessions_deleted", "Sessions deleted", ["tenant", "team"],
+                                        registry=r)  # fmt: skip
+
+    def exposition(self) -> bytes:
+        """The text format; with PROMETHEUS_MULTIPROC_DIR set, summed over every worker process."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

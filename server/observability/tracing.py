@@ -1,0 +1,42 @@
+"""OpenTelemetry: a tracer provider whose exporter comes from the standard OTEL_* variables (none by default)."""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+_provider: TracerProvider | None = None
+
+
+def configure_tracing(extra_processor: SpanProcessor | None = None) -> TracerProvider:
+    """Install the provider once: OTLP over HTTP when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set or
+    OTEL_TRACES_EXPORTER=otlp; spans are still created (for ids in logs and headers) when nothing exports."""
+    global _provider
+    if _provider is None:
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "teamgraph")})
+        _provider = TracerProvider(resource=resource)
+        exporter_wanted = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
+        if exporter_wanted == "otlp" or (
+            exporter_wanted != "none"
+            and (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        ):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(_provider)
+    if extra_processor is not None:
+        _provider.add_span_processor(extra_processor)
+    return _provider
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("teamgraph")
+
+
+def current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None

@@ -1,0 +1,59 @@
+"""/audit: the tenant's audit trail, for its admin keys only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from checkpoints.audit import EVENT_TYPES
+from server.deps import CurrentCaller, EngineDep
+from server.errors import ApiError
+
+router = APIRouter(prefix="/audit", tags=["audit"])
+
+
+class AuditEntryOut(BaseModel):
+    seq: int
+    at: datetime
+    actor: str
+    session: str | None
+    event_type: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: int | None = None
+
+
+@router.get("", response_model=AuditPage)
+async def read_audit(
+    caller: CurrentCaller,
+    engine: EngineDep,
+    session: Annotated[str | None, Query(description="Only this session's entries.")] = None,
+    event_type: Annotated[str | None, Query(description=", ".join(EVENT_TYPES))] = None,
+    since: Annotated[datetime | None, Query(description="ISO time, inclusive.")] = None,
+    until: Annotated[datetime | None, Query(description="ISO time, exclusive.")] = None,
+    cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> AuditPage:
+    """Entries of the caller's tenant, oldest first; always scoped to that tenant."""
+    if caller.role != "admin":
+        raise ApiError(403, "admin_required", "the audit log is readable with a tenant admin key only")
+    if event_type is not None and event_type not in EVENT_TYPES:
+        raise ApiError(422, "validation_error", f"event_type: one of {', '.join(EVENT_TYPES)}", "event_type")
+    entries = engine.audit.query(
+        caller.tenant, session=session, event_type=event_type,
+        since=since.isoformat() if since else None, until=until.isoformat() if until else None,
+        after_seq=cursor, limit=limit + 1,
+    )  # fmt: skip
+    page = entries[:limit]
+    return AuditPage(
+        items=[AuditEntryOut(**{k: v for k, v in e.to_dict().items() if k != "tenant"}) for e in page],
+        next_cursor=page[-1].seq if len(entries) > limit else None,
+    )
