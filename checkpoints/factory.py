@@ -123,3 +123,13 @@ async def _postgres(url: str) -> AsyncIterator[Persistence]:
         sessions.close()
         audit.close()
         await pool.close()
+
+
+def open_audit_log(url: str) -> AuditLog:
+    """The audit log alone (for `teamgraph audit ...`), in the database TEAMGRAPH_CHECKPOINT_URL names."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        return SqliteAuditLog(sqlite_path(url))
+    if scheme in ("postgres", "postgresql"):
+        return PostgresAuditLog(url)
+    raise CheckpointURLError(f"{url!r} keeps no audit log between processes; use sqlite:/// or postgresql://")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import csv
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +28,8 @@ sessions_app = typer.Typer(help="Stored sessions (threads).", no_args_is_help=Tr
 personas_app = typer.Typer(help="Persona bundles: validate them, print their JSON Schema.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(personas_app, name="personas")
+audit_app = typer.Typer(help="The audit log: verify its hash chains, export, prune.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SessionOpt = Annotated[str | None, typer.Option("--session", help="Continue a stored session (its id).")]
@@ -266,3 +271,92 @@ def personas_schema() -> None:
     """Print the JSON Schema of agent, team and tenant bundles."""
     json.dump(json_schema(), sys.stdout, indent=2)
     typer.echo("")
+
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str, option: str) -> datetime:
+    """'90d', '12h', '2w' (an age) or an ISO time -> the moment it names."""
+    m = _DURATION.match(text.strip())
+    if m:
+        return datetime.now(UTC) - timedelta(seconds=int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(f"{option}: {text!r} is neither an age like 90d / 12h nor an ISO time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _audit_log() -> Any:
+    from checkpoints.factory import CheckpointURLError, open_audit_log
+
+    try:
+        return open_audit_log(Settings().checkpoint_url)
+    except CheckpointURLError as exc:
+        raise fail(str(exc)) from None
+
+
+@audit_app.command("verify")
+def audit_verify(tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all).")] = None) -> None:
+    """Recompute every tenant's hash chain; exit 1 naming the first broken entry."""
+    log = _audit_log()
+    broken = False
+    for t in [tenant] if tenant else log.tenants():
+        result = log.verify(t)
+        if result.ok:
+            typer.echo(f"ok: tenant {t}: {result.checked} entries verified")
+        else:
+            broken = True
+            typer.secho(f"BROKEN: tenant {t}: entry {result.broken_seq}: {result.reason}", err=True,
+                        fg=typer.colors.RED)  # fmt: skip
+    log.close()
+    if broken:
+        raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    tenant: Annotated[str, typer.Option(help="Tenant to export.")],
+    since: Annotated[str | None, typer.Option(help="Age (90d) or ISO time.")] = None,
+    session: Annotated[str | None, typer.Option(help="Only this session.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File (default: stdout).")] = None,
+) -> None:
+    """Entries of a tenant, oldest first, as JSON lines or CSV."""
+    if fmt not in ("jsonl", "csv"):
+        raise fail(f"--format: {fmt!r} is not jsonl or csv")
+    log = _audit_log()
+    since_iso = parse_age(since, "--since").isoformat(timespec="microseconds") if since else None
+    out = output.open("w", newline="") if output else sys.stdout
+    fields = ["tenant", "seq", "at", "actor", "session", "event_type", "payload", "prev_hash", "hash"]
+    writer = csv.DictWriter(out, fieldnames=fields) if fmt == "csv" else None
+    if writer:
+        writer.writeheader()
+    cursor = 0
+    while True:
+        page = log.query(tenant, session=session, since=since_iso, after_seq=cursor, limit=500)
+        for entry in page:
+            row = entry.to_dict()
+            if writer:
+                writer.writerow({**row, "payload": json.dumps(row["payload"], ensure_ascii=False)})
+            else:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if len(page) < 500:
+            break
+        cursor = page[-1].seq
+    if output:
+        out.close()
+    log.close()
+
+
+@audit_app.command("prune")
+def audit_prune(
+    older_than: Annotated[str, typer.Option("--older-than", help="Age like 90d, or an ISO time.")],
+) -> None:
+    """Delete entries older than the given age; the chain keeps an anchor, so what remains still verifies."""
+    log = _audit_log()
+    removed = log.prune(parse_age(older_than, "--older-than"))
+    typer.echo(f"pruned {removed} entries older than {older_than}")
+    log.close()
