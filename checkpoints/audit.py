@@ -136,6 +136,12 @@ class AuditLog(Protocol):
     def close(self) -> None: ...
 
 
+def as_utc(moment: datetime) -> str:
+    """The stored form of a moment: UTC ISO text, so comparisons mean the same instant whatever the offset."""
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -250,7 +256,7 @@ class SqliteAuditLog:
             return [r[0] for r in self.conn.execute("select distinct tenant from audit_events order by 1")]
 
     def prune(self, older_than: datetime) -> int:
-        cutoff = older_than.isoformat(timespec="microseconds")
+        cutoff = as_utc(older_than)
         removed = 0
         with self._lock:
             self.conn.execute("begin immediate")
@@ -353,7 +359,7 @@ class PostgresAuditLog:
             return [r["tenant"] for r in conn.execute("select distinct tenant from audit_events order by 1")]
 
     def prune(self, older_than: datetime) -> int:
-        cutoff = older_than.isoformat(timespec="microseconds")
+        cutoff = as_utc(older_than)
         removed = 0
         with self.pool.connection() as conn, conn.transaction():
             for row in conn.execute("select distinct tenant from audit_events").fetchall():

@@ -47,7 +47,10 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
             app.state.engine = engine
             yield
 
-    app = FastAPI(title="Teamgraph", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # our middleware makes the request span; FastAPI's own tracing would start a second trace beside it
+    app = FastAPI(
+        title="Teamgraph", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, telemetry={"tracing": False}
+    )
     app.state.settings = settings
     app.state.keyring = keyring
     app.state.metrics = metrics

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from checkpoints.audit import as_utc
 from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from personas.resolver import TeamResolutionError
 from personas.schema import json_schema
@@ -175,19 +176,28 @@ def serve(
     port = settings.port if port is None else port
     workers = workers or settings.workers
     url = f"http://{host}:{port}"
-    typer.secho(f"Teamgraph on {url}  (API docs: {url}/docs)", bold=True)
-    typer.echo(f"checkpoints: {settings.checkpoint_url}")
+    typer.secho(f"Teamgraph on {url}  (API docs: {url}/docs)", bold=True, err=True)
+    typer.echo(f"checkpoints: {settings.checkpoint_url}", err=True)
     for tenant, key in DEMO_KEYS.items():
         if tenant in bundles.tenants:
             teams = ", ".join(bundles.tenants[tenant].enabled_teams)
-            typer.echo(f"tenant {tenant}: key {key}  (teams: {teams})")
-    typer.echo(f"try: curl -H 'Authorization: Bearer tg-demo-key' {url}/teams")
+            typer.echo(f"tenant {tenant}: key {key}  (teams: {teams})", err=True)
+    typer.echo(f"try: curl -H 'Authorization: Bearer tg-demo-key' {url}/teams", err=True)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # each worker writes its metrics here and /metrics sums them (prometheus-client multiprocess mode)
         metrics_dir = tempfile.mkdtemp(prefix="teamgraph-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         atexit.register(shutil.rmtree, metrics_dir, True)
-    uvicorn.run("server.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
+    # stdout is the JSON log stream (one line per request from our middleware): no uvicorn access lines in it
+    uvicorn.run(
+        "server.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
 
 
 @app.command()
@@ -328,7 +338,7 @@ def audit_export(
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format: {fmt!r} is not jsonl or csv")
     log = _audit_log()
-    since_iso = parse_age(since, "--since").isoformat(timespec="microseconds") if since else None
+    since_iso = as_utc(parse_age(since, "--since")) if since else None
     out = output.open("w", newline="") if output else sys.stdout
     fields = ["tenant", "seq", "at", "actor", "session", "event_type", "payload", "prev_hash", "hash"]
     writer = csv.DictWriter(out, fieldnames=fields) if fmt == "csv" else None
@@ -360,3 +370,4 @@ def audit_prune(
     removed = log.prune(parse_age(older_than, "--older-than"))
     typer.echo(f"pruned {removed} entries older than {older_than}")
     log.close()
+

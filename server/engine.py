@@ -126,7 +126,8 @@ class Engine:
 
     def resolve(self, tenant: str, requested: str | None, session: SessionRecord | None = None) -> TeamRunConfig:
         """AgentTeamResolver, with every decision (and refusal) counted per tenant."""
-        asked = requested or "(default)"
+        # a client-sent name is a label only when it is a real team: label values stay bounded
+        asked = (requested if requested in self.bundles.teams else "(unknown)") if requested else "(default)"
         try:
             run = self.resolver.resolve(tenant, requested, session.to_dict() if session else None)
         except TeamResolutionError as exc:
@@ -198,14 +199,22 @@ class Engine:
         return self._created(self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title), team, actor)
 
     def _created(self, record: SessionRecord, requested: str | None, actor: str) -> SessionRecord:
+        """Put a new session on record; if the audit log cannot take it, the session does not exist either."""
+        try:
+            self._audit_created(record, requested, actor)
+        except AuditWriteError:
+            self.sessions.delete(record.thread_id)
+            raise
         self.metrics.sessions_created.labels(record.tenant, record.team).inc()
+        return record
+
+    def _audit_created(self, record: SessionRecord, requested: str | None, actor: str) -> None:
         self.audit.append([
             AuditEvent(record.tenant, actor, "session_created", record.thread_id, {"team": record.team,
                                                                                   "title": record.title}),
             AuditEvent(record.tenant, actor, "team_selected", record.thread_id,
                        {"requested": requested, "team": record.team}),
         ])  # fmt: skip
-        return record
 
     def claim_session(self, thread_id: str, tenant: str, team: str, actor: str = "cli") -> SessionRecord:
         """The session for a turn on `thread_id`: created for the caller when new, refused when someone else's."""
@@ -224,9 +233,10 @@ class Engine:
         return record
 
     def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
+        # on record first: a change the audit log cannot take does not happen
+        self.record(session.tenant, actor, "session_renamed", session.thread_id, {"title": title})
         record = self.sessions.rename(session.thread_id, title)
         assert record is not None
-        self.record(session.tenant, actor, "session_renamed", session.thread_id, {"title": title})
         return record
 
     def get_session(self, tenant: str, thread_id: str) -> SessionRecord:
@@ -330,7 +340,7 @@ class Engine:
         if kind not in graph.get_input_jsonschema().get("properties", {}):
             raise DocumentRejected(f"team {session.team!r} takes no {kind.replace('_', ' ')} documents", "kind")
         config = self.run_config(session)
-        async with self.turn_locks.hold(session.thread_id):
+        async with self.turn_locks.hold(session.thread_id, session.team):
             state = (await graph.aget_state(config)).values
             if state.get("questions"):
                 raise DocumentRejected(
@@ -347,13 +357,13 @@ class Engine:
 
     async def delete_session(self, session: SessionRecord, actor: str = "cli") -> None:
         """Remove the session's checkpoints, archived transcript and index row; its audit trail stays."""
+        self.record(session.tenant, actor, "session_deleted", session.thread_id, {"team": session.team})
         async with self.turn_locks.hold(session.thread_id, session.team):
             await self.persistence.checkpointer.adelete_thread(session.thread_id)
             await delete_archive(self.persistence.store, session.thread_id)
             self.sessions.delete(session.thread_id)
         self.turn_locks.forget(session.thread_id)
         self.metrics.sessions_deleted.labels(session.tenant, session.team).inc()
-        self.record(session.tenant, actor, "session_deleted", session.thread_id, {"team": session.team})
 
 
 def title_hint(turn_input: dict[str, Any]) -> str:

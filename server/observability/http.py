@@ -19,6 +19,7 @@ from server.observability.metrics import Metrics
 from server.observability.tracing import tracer
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # anything else is labelled "other"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -52,9 +53,12 @@ class ObservabilityMiddleware:
         status = 500
         started = time.perf_counter()
 
+        response_started = False
+
         async def send_with_ids(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode()),
@@ -62,14 +66,29 @@ class ObservabilityMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_ids)
+            try:
+                await self.app(scope, receive, send_with_ids)
+            except Exception:
+                if response_started:
+                    raise
+                log.exception("unhandled_error", method=method)
+                # answered here, so even an unexpected failure carries the ids and the one error shape
+                await send_with_ids({"type": "http.response.start", "status": 500,
+                                     "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b'{"error":{"code":"internal_error","message":"internal server error"}}',
+                    }
+                )
         finally:
             for release in list(state["turn_leases"].values()):
                 await release()
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             duration = time.perf_counter() - started
-            self.metrics.http_requests.labels(route, method, str(status)).inc()
-            self.metrics.http_latency.labels(route, method).observe(duration)
+            label_method = method if method in _METHODS else "other"
+            self.metrics.http_requests.labels(route, label_method, str(status)).inc()
+            self.metrics.http_latency.labels(route, label_method).observe(duration)
             span.update_name(f"HTTP {method} {route}")
             span.set_attribute("http.route", route)
             span.set_attribute("http.response.status_code", status)

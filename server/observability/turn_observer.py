@@ -43,6 +43,10 @@ class _Run:
     span: Span | None = None
     outcome: str = "ok"
     parent: UUID | None = None
+    is_model: bool = False
+
+
+_SEVERITY = {"ok": 0, "fallback": 1, "blocked": 2, "timeout": 3, "error": 4}  # a turn reports its worst node
 
 
 def _outcome_of_error(error: BaseException) -> str:
@@ -75,8 +79,8 @@ class TurnObserver(AsyncCallbackHandler):
 
     # ---- helpers ---------------------------------------------------------------------------------------------
 
-    def _fields(self, **extra: Any) -> dict[str, Any]:
-        span = self.runs[self.root].span if self.root in self.runs else None
+    def _fields(self, root_span: Span | None = None, **extra: Any) -> dict[str, Any]:
+        span = root_span or (self.runs[self.root].span if self.root in self.runs else None)
         trace_id = format(span.get_span_context().trace_id, "032x") if span is not None else None
         return {"request_id": self.ctx.request_id, "trace_id": trace_id, "tenant": self.ctx.tenant,
                 "team": self.ctx.team, "thread_id": self.ctx.thread_id, **extra}  # fmt: skip
@@ -118,8 +122,10 @@ class TurnObserver(AsyncCallbackHandler):
                 "teamgraph.thread_id": self.ctx.thread_id, "teamgraph.resolution": self.ctx.resolution})  # fmt: skip
             self.runs[run_id] = _Run(None, time.perf_counter(), span)
             self._audit_input(inputs)
+            # the user's input is on record before anything runs: an audit store that is down refuses the turn
+            self._flush_audit()
             return
-        is_node = node is not None and name == node and parent_run_id == self.root
+        is_node = node is not None and name == node and parent_run_id == self.root and not node.startswith("__")
         span = self._span(f"node.{node}", parent_run_id, **{"teamgraph.node": node}) if is_node else None
         self.runs[run_id] = _Run(node if is_node else None, time.perf_counter(), span, parent=parent_run_id)
 
@@ -158,10 +164,14 @@ class TurnObserver(AsyncCallbackHandler):
 
     def _end_node(self, run: _Run, update: dict[str, Any], error: BaseException | None) -> None:
         node = run.node or ""
+        for open_id in [rid for rid, r in self.runs.items() if r.is_model and r.node == run.node]:
+            self._end_model(open_id, TimeoutError())  # cancelled by the node's deadline: no llm_error arrives
         duration = time.perf_counter() - run.started
         outcome = _outcome_of_error(error) if error else "ok"
         if error is None:
             outcome = self._record_node_output(node, update)
+        if _SEVERITY.get(outcome, 0) > _SEVERITY.get(self.turn_outcome, 0):
+            self.turn_outcome = outcome
         self.metrics.node_latency.labels(self.ctx.team, node).observe(duration)
         if run.span is not None:
             run.span.set_attribute("teamgraph.outcome", outcome)
@@ -173,6 +183,8 @@ class TurnObserver(AsyncCallbackHandler):
 
     def _record_node_output(self, node: str, update: dict[str, Any]) -> str:
         outcome = "ok"
+        if update.get("questions_by") == "template" and self.ctx.models.get(node, "offline") != "offline":
+            outcome = "fallback"  # a model was configured but failed; the template generator asked instead
         if update.get("evaluator_error"):
             outcome = "timeout" if str(update["evaluator_error"]).startswith("timeout") else "fallback"
         for message in update.get("messages") or []:
@@ -201,10 +213,10 @@ class TurnObserver(AsyncCallbackHandler):
 
     def _end_turn(self, run: _Run, error: BaseException | None) -> None:
         duration = time.perf_counter() - run.started
-        outcome = _outcome_of_error(error) if error else "ok"
+        outcome = _outcome_of_error(error) if error else self.turn_outcome
         self.metrics.turns.labels(self.ctx.tenant, self.ctx.team, outcome).inc()
         self.metrics.turn_latency.labels(self.ctx.tenant, self.ctx.team).observe(duration)
-        fields = self._fields(node=None, duration_ms=round(duration * 1000, 2), outcome=outcome)
+        fields = self._fields(run.span, node=None, duration_ms=round(duration * 1000, 2), outcome=outcome)
         if run.span is not None:
             run.span.set_attribute("teamgraph.outcome", outcome)
             if error is not None:
@@ -224,7 +236,7 @@ class TurnObserver(AsyncCallbackHandler):
         model = self.ctx.models.get(node or "", "")
         span = self._span(f"model.{model or 'chat'}", parent_run_id, **{"teamgraph.node": node,
                                                                          "gen_ai.request.model": model})  # fmt: skip
-        self.runs[run_id] = _Run(node, time.perf_counter(), span, parent=parent_run_id)
+        self.runs[run_id] = _Run(node, time.perf_counter(), span, parent=parent_run_id, is_model=True)
 
     async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._end_model(run_id, None)

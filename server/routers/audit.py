@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from checkpoints.audit import EVENT_TYPES
+from checkpoints.audit import EVENT_TYPES, as_utc
 from server.deps import CurrentCaller, EngineDep
 from server.errors import ApiError
 
@@ -49,7 +49,7 @@ async def read_audit(
         raise ApiError(422, "validation_error", f"event_type: one of {', '.join(EVENT_TYPES)}", "event_type")
     entries = engine.audit.query(
         caller.tenant, session=session, event_type=event_type,
-        since=since.isoformat() if since else None, until=until.isoformat() if until else None,
+        since=as_utc(since) if since else None, until=as_utc(until) if until else None,
         after_seq=cursor, limit=limit + 1,
     )  # fmt: skip
     page = entries[:limit]

@@ -93,7 +93,7 @@ def status_of(exc: pytest.ExceptionInfo[httpx.HTTPStatusError]) -> tuple[int, di
 
 
 def test_serve_prints_url_docs_and_demo_key_and_serves_docs(server: LiveServer) -> None:
-    out = server.stdout
+    out = server.stderr  # the banner is for the person at the terminal; stdout carries only JSON log lines
     assert f"Teamgraph on {server.url}" in out
     assert f"{server.url}/docs" in out
     assert "tg-demo-key" in out

@@ -1,0 +1,597 @@
+"""The audit trail through the real app: what a session's life writes, who may read it, what a tenant's content
+policy keeps, that `verify` catches tampering, that a failed audit write fails the action, and the
+`teamgraph audit` commands.
+
+Apps run on real SQLite files under tmp_path and on a real Postgres (a fresh schema per test, so tampering never
+touches another test's chain); models are offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from checkpoints.audit import GENESIS, AuditLog, entry_hash
+from checkpoints.factory import open_audit_log
+from personas.loader import DEFAULT_BUNDLE_DIR
+from server.app import create_app
+from server.cli import app as cli_app
+from server.settings import Settings
+from tests.conftest import POSTGRES_URL
+
+REPO = Path(__file__).resolve().parents[2]
+TEAMGRAPH = REPO / ".venv" / "bin" / "teamgraph"
+
+DEMO = {"Authorization": "Bearer tg-demo-key"}  # demo's user key (interview)
+VENEO = {"X-API-Key": "tg-veneo-key"}  # veneo's user key (veneo_chat, interview)
+DEMO_ADMIN_KEY = f"tg-demo-admin-{uuid.uuid4().hex}"
+VENEO_ADMIN_KEY = f"tg-veneo-admin-{uuid.uuid4().hex}"
+DEMO_ADMIN = {"Authorization": f"Bearer {DEMO_ADMIN_KEY}"}
+VENEO_ADMIN = {"Authorization": f"Bearer {VENEO_ADMIN_KEY}"}
+
+TITLE = "Mock interview for Acme"
+RESUME = "# Jane Doe\nData engineer: Python, Kafka and Airflow pipelines at Acme for five years."
+ANSWER = "At Acme I moved our batch jobs to Airflow and cut failed runs by 70 percent within a quarter."
+LIFE_EVENTS = [
+    "session_created", "team_selected", "document_uploaded",
+    "message", "response", "response",  # "Start"; intro, question 1
+    "message", "response", "evaluation", "response",  # the answer; its evaluation, scored; question 2
+    "session_renamed", "session_deleted",
+]  # fmt: skip
+FIELDS = ["tenant", "seq", "at", "actor", "session", "event_type", "payload", "prev_hash", "hash"]
+
+
+# --- fixtures and helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the machine's Postgres for one test; fails (never skips) when Postgres is absent."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required at {POSTGRES_URL} (set TEAMGRAPH_TEST_POSTGRES_URL): {exc}")
+    schema = f"tg_audit_{uuid.uuid4().hex[:10]}"
+    admin.execute(f"create schema {schema}")
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute(f"drop schema {schema} cascade")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/tg.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture(autouse=True)
+def _admin_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tenants' admin keys come from the environment, read when the app is created."""
+    monkeypatch.setenv("TEAMGRAPH_DEMO_ADMIN_KEY", DEMO_ADMIN_KEY)
+    monkeypatch.setenv("TEAMGRAPH_VENEO_ADMIN_KEY", VENEO_ADMIN_KEY)
+
+
+def bundles(tmp_path: Path, demo_content: str | None = None, veneo_admin: bool = False) -> Path:
+    """A copy of the persona bundles with demo's audit content policy and/or an admin key for veneo."""
+    target = tmp_path / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    if demo_content is not None:
+        path = target / "tenants" / "demo.yaml"
+        tenant = yaml.safe_load(path.read_text())
+        tenant["audit"] = {"content": demo_content}
+        path.write_text(yaml.safe_dump(tenant))
+    if veneo_admin:
+        path = target / "tenants" / "veneo.yaml"
+        tenant = yaml.safe_load(path.read_text())
+        tenant["api_keys"].append({"id": "veneo-admin", "env": "TEAMGRAPH_VENEO_ADMIN_KEY", "role": "admin"})
+        path.write_text(yaml.safe_dump(tenant))
+    return target
+
+
+@contextlib.contextmanager
+def serve(url: str, personas_dir: Path | None = None) -> Iterator[TestClient]:
+    extra: dict[str, Any] = {"personas_dir": personas_dir} if personas_dir else {}
+    app = create_app(Settings(_env_file=None, checkpoint_url=url, log_format="json", **extra))  # type: ignore[call-arg]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def ok(response: httpx.Response, status: int = 200) -> httpx.Response:
+    assert response.status_code == status, response.text
+    return response
+
+
+def turn(client: TestClient, team: str, headers: dict[str, str], thread_id: str, text: str,
+         endpoint: str = "invoke") -> httpx.Response:  # fmt: skip
+    return client.post(
+        f"/teams/{team}/{endpoint}",
+        headers=headers,
+        json={
+            "input": {"messages": [{"type": "human", "content": text}]},
+            "config": {"configurable": {"thread_id": thread_id}},
+        },
+    )
+
+
+def upload_resume(client: TestClient, sid: str, text: str = RESUME) -> None:
+    ok(client.post(f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+                   files={"file": ("cv.txt", text.encode(), "text/plain")}))  # fmt: skip
+
+
+def interview(client: TestClient, resume: str = RESUME, answer: str = ANSWER) -> str:
+    """A session with an uploaded resume, its questions and one (fallback-scored) answer."""
+    sid: str = ok(client.post("/sessions", headers=DEMO, json={"title": TITLE}), 201).json()["id"]
+    upload_resume(client, sid, resume)
+    ok(turn(client, "interview", DEMO, sid, "Start"))
+    ok(turn(client, "interview", DEMO, sid, answer))
+    return sid
+
+
+def session_life(client: TestClient) -> str:
+    """Create, upload, two turns, rename, delete."""
+    sid = interview(client)
+    ok(client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "Renamed"}))
+    ok(client.delete(f"/sessions/{sid}", headers=DEMO), 204)
+    return sid
+
+
+def audit_items(client: TestClient, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = ok(client.get("/audit", headers=headers, params={"limit": 500, **params})).json()[
+        "items"
+    ]
+    return items
+
+
+def verify(url: str, tenant: str = "demo") -> Any:
+    log: AuditLog = open_audit_log(url)
+    try:
+        return log.verify(tenant)
+    finally:
+        log.close()
+
+
+def cli_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEAMGRAPH_", "OPENAI_"))}
+    env["TEAMGRAPH_CHECKPOINT_URL"] = url
+    return env
+
+
+def teamgraph(url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `teamgraph` executable, as an operator runs it."""
+    return subprocess.run([str(TEAMGRAPH), *args], cwd=cwd, env=cli_env(url), capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+
+
+class Raw:
+    """Direct SQL on the audit table, as someone with database access (and no business there) would use it."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.postgres = url.startswith("postgres")
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[Any]:
+        if self.postgres:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            with psycopg.connect(self.url, autocommit=True, row_factory=dict_row) as conn:
+                yield conn
+        else:
+            conn = sqlite3.connect(self.url[len("sqlite:///") :], isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    def execute(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            cursor = conn.execute(sql if self.postgres else sql.replace("%s", "?"), params)
+            return [dict(r) for r in cursor.fetchall()] if cursor.description else []
+
+    def row(self, tenant: str, seq: int) -> dict[str, Any]:
+        return self.execute("select * from audit_events where tenant = %s and seq = %s", tenant, seq)[0]
+
+    def payloads(self, tenant: str) -> str:
+        return "\n".join(str(r["payload"]) for r in self.execute("select payload from audit_events where tenant = %s",
+                                                                 tenant))  # fmt: skip
+
+    def set_payload(self, tenant: str, seq: int, payload: dict[str, Any]) -> None:
+        if self.postgres:
+            from psycopg.types.json import Jsonb
+
+            self.execute("update audit_events set payload = %s where tenant = %s and seq = %s",
+                         Jsonb(payload), tenant, seq)  # fmt: skip
+        else:
+            self.execute("update audit_events set payload = %s where tenant = %s and seq = %s",
+                         json.dumps(payload, ensure_ascii=False), tenant, seq)  # fmt: skip
+
+    def insert(self, row: dict[str, Any]) -> None:
+        values = [row[f] for f in FIELDS]
+        if self.postgres:
+            from psycopg.types.json import Jsonb
+
+            values[FIELDS.index("payload")] = Jsonb(self.payload_of(row))
+        self.execute("insert into audit_events (tenant, seq, at, actor, session, event_type, payload, prev_hash, hash)"
+                     " values (%s, %s, %s, %s, %s, %s, %s, %s, %s)", *values)  # fmt: skip
+
+    @staticmethod
+    def payload_of(row: dict[str, Any]) -> dict[str, Any]:
+        payload = row["payload"]
+        return json.loads(payload) if isinstance(payload, str) else dict(payload)
+
+    def swap(self, tenant: str, a: int, b: int) -> None:
+        self.execute("update audit_events set seq = -1 where tenant = %s and seq = %s", tenant, a)
+        self.execute("update audit_events set seq = %s where tenant = %s and seq = %s", a, tenant, b)
+        self.execute("update audit_events set seq = %s where tenant = %s and seq = -1", b, tenant)
+
+
+def sse_names(r: httpx.Response) -> list[str]:
+    return [line[len("event:") :].strip() for line in r.text.replace("\r\n", "\n").splitlines()
+            if line.startswith("event:")]  # fmt: skip
+
+
+# --- a session's life ---------------------------------------------------------------------------------------
+
+
+def test_a_sessions_life_is_audited_and_its_trail_outlives_it(db_url: str) -> None:
+    with serve(db_url) as client:
+        sid = session_life(client)
+        assert client.get(f"/sessions/{sid}", headers=DEMO).status_code == 404  # the session is gone
+        trail = audit_items(client, DEMO_ADMIN, session=sid)  # its audit trail is not
+        everything = audit_items(client, DEMO_ADMIN)
+
+    assert [e["event_type"] for e in trail] == LIFE_EVENTS
+    assert trail == everything  # nothing else happened in this database
+    assert {e["actor"] for e in trail} == {"demo-user"}  # the key's id, never the key
+    assert [e["seq"] for e in trail] == list(range(1, len(LIFE_EVENTS) + 1))
+    assert trail[0]["prev_hash"] == GENESIS
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(trail))
+
+    payload = {e["event_type"]: e["payload"] for e in trail}  # the last of each type
+    assert trail[0]["payload"] == {"team": "interview", "title": TITLE}
+    assert payload["team_selected"] == {"requested": None, "team": "interview"}
+    assert payload["document_uploaded"] == {"kind": "resume", "filename": "cv.txt", "characters": len(RESUME),
+                                            "content": RESUME}  # fmt: skip
+    assert [e["payload"] for e in trail if e["event_type"] == "message"] == [
+        {"role": "user", "content": "Start"},
+        {"role": "user", "content": ANSWER},
+    ]  # the default policy keeps message text in full
+    responses = [e["payload"] for e in trail if e["event_type"] == "response"]
+    assert [r["node"] for r in responses] == ["question_generator", "question_generator", "fallback_scorer",
+                                              "ask_next_question"]  # fmt: skip
+    assert all(isinstance(r["content"], str) and r["content"] for r in responses)
+    assert payload["evaluation"]["scored_by"] == "fallback" and payload["evaluation"]["question_index"] == 0
+    assert payload["session_renamed"] == {"title": "Renamed"}
+    assert payload["session_deleted"] == {"team": "interview"}
+
+    result = verify(db_url)
+    assert result.ok, result
+    assert result.checked == len(LIFE_EVENTS)
+
+
+def test_verify_names_an_edited_a_deleted_and_a_reordered_row(db_url: str, tmp_path: Path) -> None:
+    with serve(db_url) as client:
+        interview(client)
+    raw = Raw(db_url)
+    count = len(raw.execute("select seq from audit_events where tenant = %s", "demo"))
+    assert count == 10
+    assert verify(db_url).ok
+
+    k = 4  # the first "message" entry
+    original = raw.row("demo", k)
+    assert original["event_type"] == "message"
+
+    # edited: the content of entry k changes
+    raw.set_payload("demo", k, {**raw.payload_of(original), "content": "I never said that"})
+    result = verify(db_url)
+    assert (result.ok, result.broken_seq) == (False, k), result
+    assert "edited" in result.reason
+    cli = teamgraph(db_url, tmp_path, "audit", "verify")
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert f"BROKEN: tenant demo: entry {k}" in cli.stderr
+    raw.set_payload("demo", k, raw.payload_of(original))
+    assert verify(db_url).ok
+
+    # edited and re-hashed: the entry is self-consistent again, the next one no longer follows it
+    forged = {**raw.payload_of(original), "content": "I never said that"}
+    raw.set_payload("demo", k, forged)
+    digest = entry_hash("demo", k, original["at"], original["actor"], original["session"], original["event_type"],
+                        forged, original["prev_hash"])  # fmt: skip
+    raw.execute("update audit_events set hash = %s where tenant = %s and seq = %s", digest, "demo", k)
+    result = verify(db_url)
+    assert (result.ok, result.broken_seq) == (False, k + 1), result
+    raw.set_payload("demo", k, raw.payload_of(original))
+    raw.execute("update audit_events set hash = %s where tenant = %s and seq = %s", original["hash"], "demo", k)
+    assert verify(db_url).ok
+
+    # deleted
+    raw.execute("delete from audit_events where tenant = %s and seq = %s", "demo", k)
+    result = verify(db_url)
+    assert (result.ok, result.broken_seq) == (False, k), result
+    assert "missing" in result.reason
+    raw.insert(original)
+    assert verify(db_url).ok
+
+    # reordered: entries k and k + 1 swap places
+    raw.swap("demo", k, k + 1)
+    result = verify(db_url)
+    assert (result.ok, result.broken_seq) == (False, k), result
+    raw.swap("demo", k, k + 1)
+    result = verify(db_url)
+    assert result.ok and result.checked == count, result
+
+
+# --- who reads /audit ---------------------------------------------------------------------------------------
+
+
+def test_audit_is_readable_with_the_tenants_own_admin_key_only(tmp_path: Path) -> None:
+    with serve(f"sqlite:///{tmp_path}/tg.db", bundles(tmp_path, veneo_admin=True)) as client:
+        demo_sid = interview(client)
+        chat = f"chat-{uuid.uuid4()}"
+        ok(turn(client, "veneo_chat", VENEO, chat, "How long does shipping take?"))
+
+        for headers in (DEMO, VENEO):  # user keys
+            r = client.get("/audit", headers=headers)
+            assert r.status_code == 403, r.text
+            assert r.json()["error"]["code"] == "admin_required"
+            assert "items" not in r.json()
+        assert client.get("/audit").status_code == 401
+        assert client.get("/audit", headers={"Authorization": "Bearer not-a-key"}).status_code == 401
+
+        veneo_view = audit_items(client, VENEO_ADMIN)
+        demo_view = audit_items(client, DEMO_ADMIN)
+        # another tenant's admin key: nothing of demo, even when asking for demo's session by id
+        assert audit_items(client, VENEO_ADMIN, session=demo_sid) == []
+        assert audit_items(client, VENEO_ADMIN, event_type="evaluation") == []
+        safety = audit_items(client, VENEO_ADMIN, event_type="safety_decision")
+        assert len(safety) == 1 and safety[0]["payload"]["action"] == "approve"
+        bad = client.get("/audit", headers=VENEO_ADMIN, params={"event_type": "nonsense"})
+        assert bad.status_code == 422, bad.text
+
+        pages, cursor = [], 0
+        while True:
+            page = ok(client.get("/audit", headers=DEMO_ADMIN, params={"limit": 3, "cursor": cursor})).json()
+            pages.extend(page["items"])
+            if page["next_cursor"] is None:
+                break
+            cursor = page["next_cursor"]
+
+    assert {e["session"] for e in veneo_view} == {chat}
+    assert demo_sid not in json.dumps(veneo_view) and RESUME not in json.dumps(veneo_view)
+    assert {e["session"] for e in demo_view} == {demo_sid}
+    assert [e["seq"] for e in veneo_view] == list(range(1, len(veneo_view) + 1))  # each tenant its own chain
+    assert [e["seq"] for e in demo_view] == list(range(1, len(demo_view) + 1))
+    assert pages == demo_view and len(pages) == 10
+
+
+def test_audit_time_filters_mean_the_same_instant_in_any_utc_offset(tmp_path: Path) -> None:
+    with serve(f"sqlite:///{tmp_path}/tg.db") as client:
+        interview(client)
+        items = audit_items(client, DEMO_ADMIN)
+        middle = datetime.fromisoformat(items[5]["at"].replace("Z", "+00:00"))
+        in_utc = middle.astimezone(UTC).isoformat()
+        in_berlin = middle.astimezone(timezone(timedelta(hours=2))).isoformat()
+        in_new_york = middle.astimezone(timezone(timedelta(hours=-5))).isoformat()
+        since = {tz: [e["seq"] for e in audit_items(client, DEMO_ADMIN, since=when)]
+                 for tz, when in (("utc", in_utc), ("+02:00", in_berlin), ("-05:00", in_new_york))}  # fmt: skip
+        until = {tz: [e["seq"] for e in audit_items(client, DEMO_ADMIN, until=when)]
+                 for tz, when in (("utc", in_utc), ("+02:00", in_berlin), ("-05:00", in_new_york))}  # fmt: skip
+    assert since["utc"] == [e["seq"] for e in items[5:]]
+    assert until["utc"] == [e["seq"] for e in items[:5]]
+    assert since == {tz: since["utc"] for tz in since}
+    assert until == {tz: until["utc"] for tz in until}
+
+
+# --- content policy -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["full", "hash", "none"])
+def test_the_tenants_content_policy_shapes_what_is_stored(tmp_path: Path, policy: str) -> None:
+    resume_marker, answer_marker = f"resume-{uuid.uuid4().hex}", f"answer-{uuid.uuid4().hex}"
+    resume = f"# Jane Doe\nResume {resume_marker}: Python, Kafka, Airflow."
+    answer = f"{ANSWER} Answer {answer_marker}."
+    url = f"sqlite:///{tmp_path}/tg.db"
+    with serve(url, bundles(tmp_path, demo_content=policy)) as client:
+        sid = interview(client, resume=resume, answer=answer)
+        trail = audit_items(client, DEMO_ADMIN, session=sid)
+
+    assert [e["event_type"] for e in trail] == LIFE_EVENTS[:-2]  # every event is recorded, whatever the policy
+    document = next(e["payload"] for e in trail if e["event_type"] == "document_uploaded")
+    message = [e["payload"] for e in trail if e["event_type"] == "message"][-1]
+    responses = [e["payload"] for e in trail if e["event_type"] == "response"]
+    assert document["kind"] == "resume" and document["characters"] == len(resume)
+    assert message["role"] == "user"
+    assert [r["node"] for r in responses] == ["question_generator", "question_generator", "fallback_scorer",
+                                              "ask_next_question"]  # fmt: skip
+    stored = Raw(url).payloads("demo")
+    if policy == "full":
+        assert document["content"] == resume and message["content"] == answer
+        assert all(r["content"] for r in responses)
+        assert resume_marker in stored and answer_marker in stored
+    else:
+        for p in (document, message, *responses):
+            assert "content" not in p, p
+        assert resume_marker not in stored and answer_marker not in stored
+    if policy == "hash":
+        assert document["content_sha256"] == hashlib.sha256(resume.encode()).hexdigest()
+        assert message["content_sha256"] == hashlib.sha256(answer.encode()).hexdigest()
+        assert all(len(r["content_sha256"]) == 64 for r in responses)
+    else:
+        assert not [p for p in (document, message, *responses) if "content_sha256" in p]
+    assert verify(url).ok
+
+
+# --- audit failures -------------------------------------------------------------------------------------------
+
+
+def _break_audit(client: TestClient, url: str, how: str) -> None:
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    if how == "closed":
+        if url.startswith("postgres"):
+            engine.audit.pool.close()
+        else:
+            engine.audit.conn.close()
+    else:
+        Raw(url).execute("drop table audit_events")
+
+
+@pytest.mark.parametrize("how", ["dropped", "closed"])
+def test_a_turn_whose_audit_write_fails_is_a_loud_503(db_url: str, how: str) -> None:
+    with serve(db_url) as client:
+        sid = ok(client.post("/sessions", headers=DEMO, json={}), 201).json()["id"]
+        ok(turn(client, "interview", DEMO, sid, RESUME))
+        ready = ok(client.get("/readyz")).json()
+        assert ready == {"status": "ok", "checks": {"session_index": "ok", "checkpointer": "ok", "audit_store": "ok"}}
+
+        _break_audit(client, db_url, how)
+
+        r = turn(client, "interview", DEMO, sid, ANSWER)
+        assert r.status_code == 503, r.text
+        assert r.json() == {
+            "error": {"code": "audit_unavailable", "message": "the audit log cannot be written; try again later"}
+        }
+        assert r.headers["retry-after"] == "5"
+        streamed = turn(client, "interview", DEMO, sid, ANSWER, endpoint="stream")
+        names = sse_names(streamed)
+        assert "error" in names and "end" not in names, names  # a stream that cannot be audited ends in an error
+
+        ready_r = client.get("/readyz")
+        assert ready_r.status_code == 503
+        checks = ready_r.json()["checks"]
+        assert checks["checkpointer"] == "ok" and checks["session_index"] == "ok"
+        assert checks["audit_store"].startswith("error"), checks
+
+
+def test_readyz_reports_the_checkpointer_apart_from_the_audit_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/tg.db"
+    with serve(url) as client:
+        ok(client.get("/readyz"))
+        Raw(url).execute("drop table checkpoints")
+        r = client.get("/readyz")
+    assert r.status_code == 503
+    checks = r.json()["checks"]
+    assert checks["checkpointer"].startswith("error"), checks
+    assert checks["audit_store"] == "ok" and checks["session_index"] == "ok"
+
+
+@pytest.mark.parametrize("action", ["create", "rename", "delete", "new thread"])
+def test_an_action_whose_audit_record_fails_does_not_happen(tmp_path: Path, action: str) -> None:
+    url = f"sqlite:///{tmp_path}/tg.db"
+    with serve(url) as client:
+        sid = ok(client.post("/sessions", headers=DEMO, json={"title": "Before"}), 201).json()["id"]
+        _break_audit(client, url, "closed")
+        if action == "create":
+            r = client.post("/sessions", headers=DEMO, json={"title": "After"})
+        elif action == "rename":
+            r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
+        elif action == "delete":
+            r = client.delete(f"/sessions/{sid}", headers=DEMO)
+        else:
+            r = turn(client, "interview", DEMO, "brand-new-thread", RESUME)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "audit_unavailable"
+        sessions = ok(client.get("/sessions", headers=DEMO)).json()["items"]
+    # refused means not done: no unaudited session, title or deletion is left behind
+    assert [(s["id"], s["title"]) for s in sessions] == [(sid, "Before")]
+
+
+# --- teamgraph audit export / prune / verify -------------------------------------------------------------------
+
+
+def test_export_as_jsonl_and_csv_then_prune_and_keep_verifying(db_url: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("TEAMGRAPH_CHECKPOINT_URL", db_url)
+    runner = CliRunner()
+    with serve(db_url) as client:
+        sid = interview(client)
+        ok(turn(client, "veneo_chat", VENEO, f"chat-{uuid.uuid4()}", "How long does shipping take?"))
+
+        exported = runner.invoke(cli_app, ["audit", "export", "--tenant", "demo", "--format", "jsonl"])
+        assert exported.exit_code == 0, exported.output
+        rows = [json.loads(line) for line in exported.stdout.splitlines()]
+        assert [r["seq"] for r in rows] == list(range(1, 11))
+        assert all(list(r) == FIELDS and r["tenant"] == "demo" for r in rows)
+        for r in rows:  # every exported row carries what it takes to check it
+            recomputed = entry_hash(r["tenant"], r["seq"], r["at"], r["actor"], r["session"], r["event_type"],
+                                    r["payload"], r["prev_hash"])  # fmt: skip
+            assert recomputed == r["hash"]
+        assert [r["event_type"] for r in rows] == LIFE_EVENTS[:-2]
+
+        csv_path = tmp_path / "audit.csv"
+        exported = runner.invoke(cli_app, ["audit", "export", "--tenant", "demo", "--format", "csv", "-o",
+                                           str(csv_path)])  # fmt: skip
+        assert exported.exit_code == 0, exported.output
+        table = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+        assert [list(r) for r in table] == [FIELDS] * len(rows)
+        assert [(int(r["seq"]), r["hash"], json.loads(r["payload"])) for r in table] == [
+            (r["seq"], r["hash"], r["payload"]) for r in rows
+        ]
+
+        only_session = runner.invoke(cli_app, ["audit", "export", "--tenant", "demo", "--session", sid])
+        assert len(only_session.stdout.splitlines()) == 10
+        other = runner.invoke(cli_app, ["audit", "export", "--tenant", "demo", "--session", "no-such-session"])
+        assert other.exit_code == 0 and other.stdout == ""
+        wrong = runner.invoke(cli_app, ["audit", "export", "--tenant", "demo", "--format", "xml"])
+        assert wrong.exit_code != 0 and "jsonl or csv" in wrong.output
+
+        # nothing is 90 days old yet
+        kept = runner.invoke(cli_app, ["audit", "prune", "--older-than", "90d"])
+        assert kept.exit_code == 0 and "pruned 0 entries" in kept.output, kept.output
+        bad = runner.invoke(cli_app, ["audit", "prune", "--older-than", "soon"])
+        assert bad.exit_code == 1 and "--older-than" in bad.output
+        veneo_count = len(runner.invoke(cli_app, ["audit", "export", "--tenant", "veneo"]).stdout.splitlines())
+        assert veneo_count > 0
+
+        # everything up to now goes; an anchor keeps the chain's place
+        pruned = runner.invoke(cli_app, ["audit", "prune", "--older-than", "0s"])
+        assert pruned.exit_code == 0, pruned.output
+        assert f"pruned {10 + veneo_count} entries" in pruned.output
+        assert runner.invoke(cli_app, ["audit", "export", "--tenant", "demo"]).stdout == ""
+        assert verify(db_url).ok
+
+        # new entries continue the chain after the anchor, and verify
+        later = interview(client)
+        after = [json.loads(line) for line in
+                 runner.invoke(cli_app, ["audit", "export", "--tenant", "demo"]).stdout.splitlines()]  # fmt: skip
+        assert {r["session"] for r in after} == {later}
+        assert [r["seq"] for r in after] == list(range(11, 21))
+        assert after[0]["prev_hash"] == rows[-1]["hash"]
+        result = verify(db_url)
+        assert result.ok and result.checked == 10, result
+
+    checked = teamgraph(db_url, tmp_path, "audit", "verify", "--tenant", "demo")
+    assert checked.returncode == 0, checked.stderr
+    assert "ok: tenant demo: 10 entries verified" in checked.stdout
+
+    # a pruned chain still catches a deleted entry, also its first remaining one
+    Raw(db_url).execute("delete from audit_events where tenant = %s and seq = %s", "demo", 11)
+    result = verify(db_url)
+    assert (result.ok, result.broken_seq) == (False, 11), result
