@@ -41,6 +41,8 @@ class InterviewState(InputState):
     phase: NotRequired[Literal["setup", "asking", "done"]]
     evaluator_error: NotRequired[str | None]
     archived: NotRequired[int]
+    # spoken sessions: totals and the latest items (bounded; each spoken message carries its own details)
+    voice: NotRequired[dict[str, Any]]
 
 
 def route_turn(state: InterviewState) -> Literal["question_generator", "evaluator", "reask", "summarizer"]:

@@ -33,6 +33,8 @@ class ChatState(InputState):
     review_decisions: NotRequired[list[dict[str, Any]]]
     decisions_archived: NotRequired[int]
     archived: NotRequired[int]
+    # spoken sessions: totals and the latest items (bounded; each spoken message carries its own details)
+    voice: NotRequired[dict[str, Any]]
 
 
 class ReviewState(ChatState):

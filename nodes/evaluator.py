@@ -8,7 +8,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
 from nodes.configuration import Configuration
-from nodes.evaluation_format import evaluation_message, latest_answer
+from nodes.evaluation_format import evaluation_message, latest_answer, with_delivery
 from nodes.model_calls import ask_structured, describe_failure, persona_messages
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ async def evaluator(state: InterviewState, config: RunnableConfig) -> dict[str, 
         "scored_by": conf.model_label(NODE),
         "fallback_reason": None,
     }
+    evaluation = with_delivery(evaluation, state)
     return {
         "evaluations": [*state.get("evaluations", []), evaluation],
         "evaluator_error": None,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.runnables import RunnableConfig
 
 from nodes.configuration import Configuration
-from nodes.evaluation_format import evaluation_message, latest_answer
+from nodes.evaluation_format import evaluation_message, latest_answer, with_delivery
 from nodes.text_features import content_words, words
 from personas.schema import RubricCriterion
 
@@ -190,6 +190,7 @@ async def fallback_scorer(state: InterviewState, config: RunnableConfig) -> dict
         "scored_by": "fallback",
         "fallback_reason": state.get("evaluator_error") or "no model configured",
     }
+    evaluation = with_delivery(evaluation, state)
     return {
         "evaluations": [*state.get("evaluations", []), evaluation],
         "evaluator_error": None,

@@ -239,9 +239,14 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
 
     if not tenants and not problems:
         problems.append(Problem(str(root), None, "tenants", "no tenant bundles found"))
+    bundles = Bundles(root=root, agents=agents, teams=teams, tenants=tenants, sources=sources)
+    if not problems:  # voice settings combine persona, team, tenant and overrides: checked once those are valid
+        from personas.voice import voice_problems
+
+        problems.extend(voice_problems(bundles, nodes))
     if problems:
         raise BundleError(problems)
-    return Bundles(root=root, agents=agents, teams=teams, tenants=tenants, sources=sources)
+    return bundles
 
 
 @lru_cache(maxsize=8)

@@ -65,6 +65,83 @@ class SafetySettings(StrictModel):
     )
 
 
+class TurnDetectionSettings(StrictModel):
+    """How a realtime session decides that the speaker has finished (the provider's turn detection)."""
+
+    type: Literal["semantic_vad", "server_vad", "none"] = Field(
+        "semantic_vad", description="semantic_vad, server_vad (silence-based), or none: the app ends each turn."
+    )
+    eagerness: Literal["low", "medium", "high", "auto"] = Field(
+        "auto", description="semantic_vad: low waits longest for a speaker who pauses to think."
+    )
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="server_vad: activation threshold.")
+    prefix_padding_ms: int = Field(300, ge=0, le=5000, description="server_vad: audio kept before speech.")
+    silence_duration_ms: int = Field(500, ge=100, le=10000, description="server_vad: silence that ends a turn.")
+    create_response: bool = Field(
+        True, description="The realtime model answers on its own when a turn ends (off: the app asks it to speak)."
+    )
+    interrupt_response: bool = Field(True, description="Speech from the user interrupts the model's reply.")
+
+
+class TranscriptionSettings(StrictModel):
+    """Transcription of the user's speech in a realtime session."""
+
+    model: str = Field("gpt-4o-mini-transcribe", min_length=1)
+    language: str | None = Field(None, pattern=r"^[a-z]{2}$", description="ISO-639-1 code, e.g. en.")
+    prompt: str | None = Field(None, max_length=1000, description="Vocabulary hints for the transcription model.")
+
+
+class VoiceSettings(StrictModel):
+    """Voice parameters: realtime sessions and voice previews. Set in an agent persona, a team or a tenant;
+    later levels win field by field, and each level's allowed_voices can only narrow the choice."""
+
+    realtime_model: str = Field("gpt-realtime-2.1-mini", min_length=1)
+    default_voice: Identifier = Field("marin", description="A voice id from personas/voice_catalog.yaml.")
+    allowed_voices: list[Identifier] = Field(
+        default_factory=list, description="Voice ids this level allows (empty: no restriction at this level)."
+    )
+    speed: float = Field(1.0, ge=0.25, le=1.5, description="Speaking speed, 1.0 = normal.")
+    instructions: str = Field(
+        "", description="Realtime instructions template; placeholders depend on the team (see docs/voice.md)."
+    )
+    turn_detection: TurnDetectionSettings = TurnDetectionSettings()
+    transcription: TranscriptionSettings = TranscriptionSettings()
+    noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
+    max_output_tokens: int | None = Field(
+        None, ge=1, le=4096, description="Per spoken reply; default: the speaking persona's max_tokens (<= 4096)."
+    )
+    secret_ttl_s: int = Field(600, ge=10, le=7200, description="Lifetime of an ephemeral realtime client secret.")
+    preview_model: str = Field("gpt-4o-mini-tts", min_length=1, description="Speech model for voice previews.")
+    preview_text: str = Field(
+        "Hi, I'm {voice_name}. This is how I will sound during your session.",
+        min_length=1,
+        max_length=1000,
+        description="Default preview sentence; {voice_name} is the voice's name.",
+    )
+
+    @field_validator("allowed_voices")
+    @classmethod
+    def _unique_voices(cls, voices: list[str]) -> list[str]:
+        if len(set(voices)) != len(voices):
+            raise ValueError("voice listed twice")
+        return voices
+
+    @model_validator(mode="after")
+    def _default_allowed(self) -> VoiceSettings:
+        explicit = "default_voice" in self.model_fields_set
+        if explicit and self.allowed_voices and self.default_voice not in self.allowed_voices:
+            raise ValueError(f"default_voice {self.default_voice!r} is not in allowed_voices")
+        return self
+
+
+class TeamVoiceSettings(VoiceSettings):
+    """A team's voice block: also names the node whose persona speaks for the team."""
+
+    speaker: Identifier | None = Field(
+        None, description="Node whose persona speaks (its voice block, model timeout and base_url apply)."
+    )
+
+
 class AgentPersona(StrictModel):
     """One agent: its role, model, prompts, safety settings and tools."""
 
@@ -77,6 +154,7 @@ class AgentPersona(StrictModel):
     )
     safety: SafetySettings = SafetySettings()
     tools: list[str] = []
+    voice: VoiceSettings = VoiceSettings()
 
 
 class RubricCriterion(StrictModel):
@@ -122,6 +200,7 @@ class TeamBundle(StrictModel):
     graph: Identifier = Field(description="Graph module under graphs/ that implements this team.")
     nodes: dict[Identifier, Identifier] = Field(description="node name -> agent persona id")
     params: TeamParams = TeamParams()
+    voice: TeamVoiceSettings = TeamVoiceSettings()
 
 
 class ApiKey(StrictModel):
@@ -177,6 +256,7 @@ class TenantBundle(StrictModel):
     knowledge: str | None = Field(None, description="Knowledge file, relative to the bundle directory.")
     tracing: TracingSettings = TracingSettings()
     audit: AuditSettings = AuditSettings()
+    voice: VoiceSettings = VoiceSettings()
 
     @field_validator("enabled_teams")
     @classmethod

@@ -371,3 +371,61 @@ def audit_prune(
     typer.echo(f"pruned {removed} entries older than {older_than}")
     log.close()
 
+
+voice_app = typer.Typer(help="Voices: what a tenant may use, and previews of them.", no_args_is_help=True)
+app.add_typer(voice_app, name="voice")
+
+
+def _voice_service() -> Any:
+    from graphs.registry import GRAPH_MODULES
+    from server.voice import VoiceService
+
+    settings = Settings()
+    try:
+        bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+    except BundleError as exc:
+        raise fail(str(exc), 2) from None
+    return VoiceService(bundles, settings)
+
+
+@voice_app.command("voices")
+def voice_voices(
+    tenant: TenantOpt = "demo",
+    team: Annotated[str | None, typer.Option(help="Team id (default: the tenant's default team).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The voices a tenant may use for a team (from the catalog; works offline)."""
+    try:
+        listing = _voice_service().voices(tenant, team)
+    except TeamResolutionError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(listing, indent=2))
+        return
+    typer.echo(f"voices for team {listing['team']} (tenant {tenant}):")
+    for v in listing["voices"]:
+        typer.echo(f"{'*' if v['default'] else ' '} {v['id']:<10} {v['name']:<10} {v['description']}")
+
+
+@voice_app.command("preview")
+def voice_preview(
+    voice: Annotated[str, typer.Option("--voice", help="Voice id (see `teamgraph voice voices`).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Audio file to write.")],
+    text: Annotated[str | None, typer.Option("--text", help="What to say (default: the team's sample).")] = None,
+    tenant: TenantOpt = "demo",
+    team: Annotated[str | None, typer.Option(help="Team id (default: the tenant's default team).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="mp3, wav, opus, aac or flac.")] = "mp3",
+) -> None:
+    """Synthesize a voice preview with the provider's speech endpoint (cached: a repeat makes no call)."""
+    from server.voice import VoiceError
+
+    if fmt not in ("mp3", "wav", "opus", "aac", "flac"):
+        raise fail(f"--format: {fmt!r} is not one of mp3, wav, opus, aac, flac")
+    service = _voice_service()
+    try:
+        preview = _run(service.preview(tenant, voice, text, team, fmt))
+    except VoiceError as exc:
+        raise fail(exc.message) from None
+    output.write_bytes(preview.audio)
+    source = "from the cache" if preview.cached else "from the provider"
+    typer.echo(f"wrote {output}: {len(preview.audio)} bytes of {preview.media_type}, voice {preview.voice}, {source}")

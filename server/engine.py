@@ -28,6 +28,7 @@ from personas.resolver import AgentTeamResolver, TeamResolutionError, TeamRunCon
 from server.observability.metrics import Metrics
 from server.observability.turn_observer import TurnContext, TurnObserver
 from server.settings import Settings
+from server.voice.records import forget_session as forget_voice_items
 
 
 class SessionNotFound(LookupError):
@@ -361,6 +362,7 @@ class Engine:
         async with self.turn_locks.hold(session.thread_id, session.team):
             await self.persistence.checkpointer.adelete_thread(session.thread_id)
             await delete_archive(self.persistence.store, session.thread_id)
+            await forget_voice_items(self.persistence.store, session.thread_id)
             self.sessions.delete(session.thread_id)
         self.turn_locks.forget(session.thread_id)
         self.metrics.sessions_deleted.labels(session.tenant, session.team).inc()

@@ -12,7 +12,8 @@ from personas.loader import DEFAULT_BUNDLE_DIR
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TEAMGRAPH_", env_file=".env", extra="ignore")
+    # populate_by_name: Settings(openai_api_key=...) works too, not only the aliased environment variables
+    model_config = SettingsConfigDict(env_prefix="TEAMGRAPH_", env_file=".env", extra="ignore", populate_by_name=True)
 
     checkpoint_url: str = Field(
         "sqlite:///./data/teamgraph.db",
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     turn_wait_s: float = Field(
         60.0, gt=0, description="How long a turn waits for the previous turn on the same session before 409."
     )
+    voice_cache_dir: Path | None = Field(
+        None, description="Voice preview cache; default: voice-cache/ beside the SQLite database, else ./data."
+    )
+    voice_cache_max_mb: float = Field(200.0, gt=0, description="Oldest previews are evicted beyond this size.")
+    voice_preview_max_chars: int = Field(300, ge=1, le=4096, description="Longest text a voice preview speaks.")
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,10 @@ Replies are scripted with small behaviour dataclasses, consumed one per
         llm = ChatOpenAI(base_url=server.base_url, api_key="test-key", model="gpt-test")
         llm.invoke("hi")  # -> "hello"
         server.requests[-1]["model"]  # -> "gpt-test"
+
+Voice endpoints: ``/v1/audio/speech`` answers with audio derived from the request and
+``/v1/realtime/client_secrets`` with an ephemeral secret; ``enqueue_voice(Error(429), ...)``
+scripts them, and ``voice_requests`` records what they received (path, body, authorization).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from starlette.routing import Route
 from tests.fakes.local_server import LocalASGIServer
 
 __all__ = [
+    "Audio",
     "Behaviour",
+    "ClientSecret",
     "Error",
     "FakeOpenAIServer",
     "Reply",
@@ -114,7 +120,24 @@ class Slow:
     then: Behaviour
 
 
+@dataclass(frozen=True)
+class Audio:
+    """``/v1/audio/speech``: these bytes as the audio (default: bytes derived from the request)."""
+
+    data: bytes
+    content_type: str = "audio/mpeg"
+
+
+@dataclass(frozen=True)
+class ClientSecret:
+    """``/v1/realtime/client_secrets``: this ephemeral value, expiring ``expires_in`` seconds from now."""
+
+    value: str = "ek_fake_secret"
+    expires_in: int = 600
+
+
 Behaviour: TypeAlias = Reply | Structured | ToolCall | Error | Slow
+VoiceBehaviour: TypeAlias = Audio | ClientSecret | Error | Slow
 
 
 # --------------------------------------------------------------------------- #
@@ -353,10 +376,14 @@ class FakeOpenAIServer:
         self._requests: list[dict[str, Any]] = []
         self._queue: deque[Behaviour] = deque()
         self._default: Behaviour = Reply("ok")
+        self._voice_requests: list[dict[str, Any]] = []
+        self._voice_queue: deque[VoiceBehaviour] = deque()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
                 Route("/v1/models", self._list_models, methods=["GET"]),
+                Route("/v1/audio/speech", self._speech, methods=["POST"]),
+                Route("/v1/realtime/client_secrets", self._client_secrets, methods=["POST"]),
             ]
         )
         self._local = LocalASGIServer(self.app, name="fake-openai-server", startup_timeout=startup_timeout)
@@ -436,6 +463,22 @@ class FakeOpenAIServer:
             self._requests.clear()
             self._queue.clear()
             self._default = Reply("ok")
+            self._voice_requests.clear()
+            self._voice_queue.clear()
+
+    # -- voice endpoints ------------------------------------------------------
+
+    def enqueue_voice(self, *behaviours: VoiceBehaviour) -> None:
+        """Queue behaviours for the speech and realtime client-secret endpoints (one per request, FIFO);
+        with none queued, speech answers with audio derived from the request and client_secrets with a secret."""
+        with self._lock:
+            self._voice_queue.extend(behaviours)
+
+    @property
+    def voice_requests(self) -> list[dict[str, Any]]:
+        """``{"path", "body", "authorization"}`` of each speech / client-secret request, oldest first."""
+        with self._lock:
+            return list(self._voice_requests)
 
     # -- handlers -----------------------------------------------------------
 
@@ -482,6 +525,55 @@ class FakeOpenAIServer:
             if self._local.stopping or await request.is_disconnected():
                 return False
         return True
+
+    async def _voice_request(self, request: Request) -> tuple[dict[str, Any] | None, VoiceBehaviour | None]:
+        try:
+            body = await request.json()
+        except ValueError:
+            return None, None
+        with self._lock:
+            self._voice_requests.append(
+                {"path": request.url.path, "body": body, "authorization": request.headers.get("authorization")}
+            )
+            return body, self._voice_queue.popleft() if self._voice_queue else None
+
+    async def _voice_respond(self, request: Request, behaviour: VoiceBehaviour, default: Response) -> Response:
+        match behaviour:
+            case Slow(seconds=seconds, then=then):
+                if not await self._wait(request, seconds):
+                    return Response(status_code=499)
+                return await self._voice_respond(request, then, default)  # type: ignore[arg-type]
+            case Error():
+                return _error_response(behaviour)
+            case Audio(data=data, content_type=content_type):
+                return Response(data, media_type=content_type)
+            case ClientSecret(value=value, expires_in=expires_in):
+                body = json.loads(bytes(default.body))
+                body.update(value=value, expires_at=int(time.time()) + expires_in)
+                return JSONResponse(body)
+        return default
+
+    async def _speech(self, request: Request) -> Response:
+        body, behaviour = await self._voice_request(request)
+        if not isinstance(body, dict) or not body.get("input") or not body.get("voice") or not body.get("model"):
+            return _error_response(Error(400, "input, voice and model are required"))
+        fake = b"ID3FAKE|" + json.dumps([body["model"], body["voice"], body["input"]]).encode()
+        default = Response(fake, media_type="audio/mpeg")
+        return await self._voice_respond(request, behaviour, default) if behaviour else default
+
+    async def _client_secrets(self, request: Request) -> Response:
+        body, behaviour = await self._voice_request(request)
+        session = body.get("session") if isinstance(body, dict) else None
+        if not isinstance(session, dict) or session.get("type") != "realtime":
+            return _error_response(Error(400, "session.type must be realtime"))
+        ttl = int(((body or {}).get("expires_after") or {}).get("seconds") or 600)
+        created = {
+            "value": f"ek_{uuid.uuid4().hex}",
+            "expires_at": int(time.time()) + ttl,
+            "session": {**session, "id": _new_id("sess_"), "object": "realtime.session"},
+        }
+        default = JSONResponse(created)
+        return await self._voice_respond(request, behaviour, default) if behaviour else default
 
     async def _list_models(self, request: Request) -> Response:
         model = {
