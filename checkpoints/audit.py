@@ -187,6 +187,8 @@ class SqliteAuditLog:
                                     isolation_level=None)  # fmt: skip
         self.conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        if path:
+            self.conn.execute("PRAGMA synchronous = NORMAL")  # the file is in WAL mode (see SqliteSessionIndex)
         self.conn.executescript(
             """
             create table if not exists audit_events (

@@ -56,6 +56,8 @@ class SqliteSessionIndex:
         conn = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=5.0)
         if path:
             conn.execute("PRAGMA journal_mode = WAL")
+            # with WAL, NORMAL never corrupts the file; only the last commits can be lost on a power cut
+            conn.execute("PRAGMA synchronous = NORMAL")
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.Lock()
         table = self.db["sessions"]
