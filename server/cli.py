@@ -225,7 +225,7 @@ async def _sessions(action: str, tenant: str, team: str | None, thread_id: str |
                 who = "you" if m.type == "human" else (m.name or "assistant")
                 typer.echo(f"\n[{who}] {m.content}")
         elif action == "rename":
-            engine.sessions.rename(thread_id, title or "")
+            engine.rename_session(session, title or "")
             typer.echo(f"renamed {thread_id}")
         elif action == "delete":
             await engine.delete_session(session)

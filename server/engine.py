@@ -5,6 +5,7 @@ The CLI and the HTTP server both go through it, so run configs are built in exac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -197,7 +198,11 @@ class Engine:
         self, tenant: str, team: str | None = None, title: str = "", actor: str = "cli"
     ) -> SessionRecord:
         run = self.resolve(tenant, team)
-        return self._created(self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title), team, actor)
+        # SQLite writes run in a worker thread: on the event loop they could wait on a lock that only the
+        # loop can release (the async store commits there), stalling every request
+        return await asyncio.to_thread(
+            lambda: self._created(self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title), team, actor)
+        )
 
     def _created(self, record: SessionRecord, requested: str | None, actor: str) -> SessionRecord:
         """Put a new session on record; if the audit log cannot take it, the session does not exist either."""
@@ -232,6 +237,15 @@ class Engine:
         if record.tenant != tenant:
             raise SessionNotFound(thread_id)
         return record
+
+    async def touch(self, thread_id: str, title_hint_text: str = "") -> None:
+        """Mark the session active (and title it from its first message), off the event loop."""
+        await asyncio.to_thread(self.sessions.touch, thread_id, title_hint_text)
+
+    async def arecord(
+        self, tenant: str, actor: str, event_type: str, session: str | None, payload: dict[str, Any]
+    ) -> None:
+        await asyncio.to_thread(self.record, tenant, actor, event_type, session, payload)
 
     def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
         # on record first: a change the audit log cannot take does not happen
@@ -274,7 +288,7 @@ class Engine:
                             for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
                                 if isinstance(message, AIMessage) and not isinstance(message, RemoveMessage):
                                     yield TurnEvent("message", node, str(message.content), message)
-            self.sessions.touch(session.thread_id, title_hint(turn_input))
+            await self.touch(session.thread_id, title_hint(turn_input))
             if final_state is not None:
                 final_state.update((await graph.aget_state(config)).values)
 
@@ -352,18 +366,18 @@ class Engine:
                 )
             # written as the end of a turn, so the next message starts a normal turn with the document in state
             await graph.aupdate_state(config, {kind: text}, as_node="memory_keeper")
-            self.sessions.touch(session.thread_id, title_hint({kind: text}))
-        self.record(session.tenant, actor, "document_uploaded", session.thread_id,
+            await self.touch(session.thread_id, title_hint({kind: text}))
+        await self.arecord(session.tenant, actor, "document_uploaded", session.thread_id,
                     {"kind": kind, "filename": filename, "characters": len(text), "content": text})  # fmt: skip
 
     async def delete_session(self, session: SessionRecord, actor: str = "cli") -> None:
         """Remove the session's checkpoints, archived transcript and index row; its audit trail stays."""
-        self.record(session.tenant, actor, "session_deleted", session.thread_id, {"team": session.team})
+        await self.arecord(session.tenant, actor, "session_deleted", session.thread_id, {"team": session.team})
         async with self.turn_locks.hold(session.thread_id, session.team):
             await self.persistence.checkpointer.adelete_thread(session.thread_id)
             await delete_archive(self.persistence.store, session.thread_id)
             await forget_voice_items(self.persistence.store, session.thread_id)
-            self.sessions.delete(session.thread_id)
+            await asyncio.to_thread(self.sessions.delete, session.thread_id)
         self.turn_locks.forget(session.thread_id)
         self.metrics.sessions_deleted.labels(session.tenant, session.team).inc()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -90,7 +91,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         )
         async with held:
             actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
-            self.engine.claim_session(thread_id, _tenant(config), self.team, actor)
+            await asyncio.to_thread(self.engine.claim_session, thread_id, _tenant(config), self.team, actor)
             yield
 
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -101,7 +102,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         async with self._turn(config, thread_id):
             with self.engine.trace_scope(_tenant(config)):
                 result = await self.graph.ainvoke(input, config, **kwargs)
-            self.engine.sessions.touch(thread_id, title_hint(input))
+            await self.engine.touch(thread_id, title_hint(input))
             return result
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
@@ -113,7 +114,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
             with self.engine.trace_scope(_tenant(config)):
                 async for chunk in self.graph.astream(input, config, **kwargs):
                     yield chunk
-            self.engine.sessions.touch(thread_id, title_hint(input))
+            await self.engine.touch(thread_id, title_hint(input))
 
     async def astream_events(  # type: ignore[override]
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -127,7 +128,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                     if node in hidden and event.get("name") != node:
                         continue  # draft tokens, the reviewer's prompt: not for clients before review
                     yield _without_private(event)
-            self.engine.sessions.touch(thread_id, title_hint(input))
+            await self.engine.touch(thread_id, title_hint(input))
 
 
 def _thread_id(config: RunnableConfig | None) -> str:

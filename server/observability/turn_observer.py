@@ -104,9 +104,10 @@ class TurnObserver(AsyncCallbackHandler):
                        apply_content_policy(payload, self.ctx.audit_policy))
         )  # fmt: skip
 
-    def _flush_audit(self) -> None:
+    async def _flush_audit(self) -> None:
         events, self.pending_audit = self.pending_audit, []
-        self.audit.append(events)  # AuditWriteError propagates: the turn fails loudly
+        if events:  # in a worker thread: a SQLite write on the loop could wait on a lock only the loop frees
+            await asyncio.to_thread(self.audit.append, events)  # AuditWriteError propagates: the turn fails
 
     # ---- chains: the turn and its nodes ----------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class TurnObserver(AsyncCallbackHandler):
             self.runs[run_id] = _Run(None, time.perf_counter(), span)
             self._audit_input(inputs)
             # the user's input is on record before anything runs: an audit store that is down refuses the turn
-            self._flush_audit()
+            await self._flush_audit()
             return
         is_node = node is not None and name == node and parent_run_id == self.root and not node.startswith("__")
         span = self._span(f"node.{node}", parent_run_id, **{"teamgraph.node": node}) if is_node else None
@@ -147,7 +148,7 @@ class TurnObserver(AsyncCallbackHandler):
         if run is None:
             return
         if run_id == self.root:
-            self._end_turn(run, None)
+            await self._end_turn(run, None)
             return
         if run.node is not None:
             self._end_node(run, outputs if isinstance(outputs, dict) else {}, None)
@@ -158,7 +159,7 @@ class TurnObserver(AsyncCallbackHandler):
         if run is None:
             return
         if run_id == self.root:
-            self._end_turn(run, error)
+            await self._end_turn(run, error)
         elif run.node is not None:
             self._end_node(run, {}, error)
 
@@ -211,7 +212,7 @@ class TurnObserver(AsyncCallbackHandler):
                 outcome = "blocked"
         return outcome
 
-    def _end_turn(self, run: _Run, error: BaseException | None) -> None:
+    async def _end_turn(self, run: _Run, error: BaseException | None) -> None:
         duration = time.perf_counter() - run.started
         outcome = _outcome_of_error(error) if error else self.turn_outcome
         self.metrics.turns.labels(self.ctx.tenant, self.ctx.team, outcome).inc()
@@ -223,7 +224,7 @@ class TurnObserver(AsyncCallbackHandler):
                 run.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             run.span.end()
         try:
-            self._flush_audit()
+            await self._flush_audit()
         finally:
             log.info("turn", **fields)
 

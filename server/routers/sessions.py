@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -163,7 +164,7 @@ async def get_session(session_id: str, caller: CurrentCaller, engine: EngineDep)
 @router.patch("/{session_id}", response_model=SessionOut)
 async def rename_session(session_id: str, body: SessionRename, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
     record = engine.get_session(caller.tenant, session_id)
-    return SessionOut.of(engine.rename_session(record, body.title, actor=caller.key_id))
+    return SessionOut.of(await asyncio.to_thread(engine.rename_session, record, body.title, caller.key_id))
 
 
 @router.delete("/{session_id}", status_code=204)

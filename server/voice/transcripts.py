@@ -200,7 +200,7 @@ async def _run_turn(
                     evaluation = update["evaluations"][-1]
                 if update.get("review_decisions"):
                     review = update["review_decisions"][-1]
-    engine.sessions.touch(session.thread_id, title_hint(turn_input))
+    await engine.touch(session.thread_id, title_hint(turn_input))
     return {"replies": replies, "evaluation": evaluation, "review": review}
 
 
@@ -305,7 +305,7 @@ async def apply_transcript(
                         },
                     )
                     await graph.aupdate_state(config, {"messages": [message]}, as_node="memory_keeper")
-                    engine.sessions.touch(session.thread_id)
+                    await engine.touch(session.thread_id)
                 voice = voice.add(turn.model_copy(update={"message_id": message.id}), keep)
                 await graph.aupdate_state(config, {"voice": voice.model_dump(mode="json")}, as_node="memory_keeper")
             await records.mark_applied(
