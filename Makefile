@@ -35,3 +35,11 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (not tests): in-process LangGraph vs Teamgraph's server vs `langgraph dev`; rewrites docs/performance.md.
+.PHONY: bench-full
+bench: $(STAMP)
+	$(BIN)/python -m bench --short
+
+bench-full: $(STAMP)
+	$(BIN)/python -m bench --full

@@ -1,0 +1,131 @@
+"""Experiments, not configurations: `bench.asgi:app` with one piece of the product switched off, to measure
+what each piece costs per turn. Used by the bench's ablation phase only.
+
+    TEAMGRAPH_BENCH_ABLATE=observer,audit uvicorn --factory bench.ablation:app
+
+Pieces (monkeypatched in the bench's server process only; the product code is untouched):
+
+- `observer`: no TurnObserver on the run config. The observer is a LangChain callback handler attached to the
+  whole graph run, so LangChain's callback manager dispatches every chain start/end of every internal runnable
+  to it; with it go its OTel spans, node/turn log lines, metrics and the turn's audit entries.
+- `audit`: audit appends do nothing (the observer still runs).
+- `spans`: OpenTelemetry's no-op tracer instead of the SDK tracer (request and node spans).
+- `touch`: the session index's per-turn `touch` (UPDATE + commit on the event loop) does nothing.
+- `logs`: structlog below WARNING and uvicorn's access log dropped (the runner also passes --no-access-log).
+- `offloop`: not a removal but the proposed fix, roughly: audit appends and session-index touches are queued to
+  one writer thread with its own SQLite connections, so the event loop never waits for SQLite's write lock. (The
+  experiment gives up one guarantee the product keeps: an audit write that fails no longer fails the turn.)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import FastAPI
+
+PIECES = ("observer", "audit", "spans", "touch", "logs", "offloop")
+
+
+def _offloop() -> None:
+    """Audit appends and session touches run in one writer thread, on connections of its own."""
+    import concurrent.futures
+    import sqlite3
+    import threading
+
+    from checkpoints import audit, session_index
+
+    writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-sqlite-writer")
+    local = threading.local()
+
+    def path_of(conn: sqlite3.Connection) -> str:
+        return str(conn.execute("pragma database_list").fetchone()[2])
+
+    def own(kind: str, path: str) -> Any:
+        cache = local.__dict__.setdefault(kind, {})
+        if path not in cache:
+            cache[path] = audit.SqliteAuditLog(path) if kind == "audit" else session_index.SqliteSessionIndex(path)
+        return cache[path]
+
+    original_append = audit.SqliteAuditLog.append
+    original_touch = session_index.SqliteSessionIndex.touch
+
+    def append(self: Any, events: list[Any]) -> list[Any]:
+        path = getattr(self, "_bench_path", None) or path_of(self.conn)
+        self._bench_path = path
+        if not path:  # in-memory: nothing to hand over
+            return original_append(self, events)
+        writer.submit(lambda: original_append(own("audit", path), events))
+        return []
+
+    def touch(self: Any, thread_id: str, title_if_empty: str = "") -> None:
+        path = getattr(self, "_bench_path", None) or path_of(self.db.conn)
+        self._bench_path = path
+        if not path:
+            return original_touch(self, thread_id, title_if_empty)
+        writer.submit(lambda: original_touch(own("sessions", path), thread_id, title_if_empty))
+        return None
+
+    audit.SqliteAuditLog.append = append  # type: ignore[method-assign]
+    session_index.SqliteSessionIndex.touch = touch  # type: ignore[method-assign]
+
+
+def apply(pieces: set[str]) -> list[str]:
+    """Switch the pieces off; returns those that could be (the product may have moved on)."""
+    applied = []
+    if "observer" in pieces:
+        from server.engine import Engine
+
+        original = Engine.run_config
+
+        def run_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+            kwargs["observe"] = False
+            return original(self, *args, **kwargs)
+
+        Engine.run_config = run_config  # type: ignore[method-assign]
+        applied.append("observer")
+    if "audit" in pieces:
+        from checkpoints import audit
+
+        for cls in (getattr(audit, "SqliteAuditLog", None), getattr(audit, "PostgresAuditLog", None)):
+            if cls is not None:
+                cls.append = lambda self, events: []  # type: ignore[method-assign]
+        applied.append("audit")
+    if "spans" in pieces:
+        from opentelemetry import trace
+
+        noop = trace.NoOpTracer()
+        import server.observability.tracing as tracing
+
+        tracing.tracer = lambda: noop  # type: ignore[assignment]
+        for name in ("server.observability.http", "server.observability.turn_observer"):
+            module = __import__(name, fromlist=["tracer"])
+            if hasattr(module, "tracer"):
+                module.tracer = lambda: noop
+        applied.append("spans")
+    if "touch" in pieces:
+        from checkpoints import session_index
+
+        for cls in (getattr(session_index, "SqliteSessionIndex", None),):
+            if cls is not None:
+                cls.touch = lambda self, thread_id, title_if_empty="": None  # type: ignore[method-assign]
+        applied.append("touch")
+    if "logs" in pieces:
+        os.environ["TEAMGRAPH_LOG_LEVEL"] = "WARNING"
+        applied.append("logs")
+    if "offloop" in pieces:
+        _offloop()
+        applied.append("offloop")
+    return applied
+
+
+def app() -> FastAPI:
+    pieces = {p.strip() for p in os.environ.get("TEAMGRAPH_BENCH_ABLATE", "").split(",") if p.strip()}
+    unknown = pieces - set(PIECES)
+    if unknown:
+        raise SystemExit(f"unknown ablation piece(s): {', '.join(sorted(unknown))}; known: {', '.join(PIECES)}")
+    applied = apply(pieces)
+    print(f"bench ablation: switched off {', '.join(applied) or 'nothing'}", flush=True)
+    from bench.asgi import app as bench_app
+
+    return bench_app()
