@@ -73,16 +73,16 @@ async def open_engine(
         yield engine
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh schema in the machine's Postgres for this test run; fails (never skips) when Postgres is absent."""
+@contextlib.contextmanager
+def fresh_postgres_schema(prefix: str = "tg_test") -> Iterator[str]:
+    """A URL onto a new schema in the machine's Postgres, dropped afterwards; fails (never skips) without Postgres."""
     import psycopg
 
     try:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is required at {POSTGRES_URL} (set TEAMGRAPH_TEST_POSTGRES_URL): {exc}")
-    schema = f"tg_test_{uuid.uuid4().hex[:10]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin.execute(f"create schema {schema}")
     sep = "&" if "?" in POSTGRES_URL else "?"
     try:
@@ -90,6 +90,13 @@ def postgres_url() -> Iterator[str]:
     finally:
         admin.execute(f"drop schema {schema} cascade")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One fresh schema for the whole test run."""
+    with fresh_postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

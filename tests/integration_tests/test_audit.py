@@ -36,7 +36,7 @@ from personas.loader import DEFAULT_BUNDLE_DIR
 from server.app import create_app
 from server.cli import app as cli_app
 from server.settings import Settings
-from tests.conftest import POSTGRES_URL
+from tests.conftest import fresh_postgres_schema
 
 REPO = Path(__file__).resolve().parents[2]
 TEAMGRAPH = REPO / ".venv" / "bin" / "teamgraph"
@@ -65,21 +65,9 @@ FIELDS = ["tenant", "seq", "at", "actor", "session", "event_type", "payload", "p
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A fresh schema in the machine's Postgres for one test; fails (never skips) when Postgres is absent."""
-    import psycopg
-
-    try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is required at {POSTGRES_URL} (set TEAMGRAPH_TEST_POSTGRES_URL): {exc}")
-    schema = f"tg_audit_{uuid.uuid4().hex[:10]}"
-    admin.execute(f"create schema {schema}")
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        admin.execute(f"drop schema {schema} cascade")
-        admin.close()
+    """A fresh schema per test, so tampering in one test never touches another test's chain."""
+    with fresh_postgres_schema("tg_audit") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
