@@ -183,9 +183,10 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         inproc.append(f"{team} {fx(ratio(ip, dev), 1)}")
     why2 = (
         "one uvicorn worker, CPU-bound on one core (the graph plus the per-request cost of goal 1); the chat "
-        "team also waits on SQLite's single write lock (checkpointer, transcript store, session index and audit "
-        "share one file: its p95 shows lock waits up to the 5 s busy timeout); for scale, in-process LangGraph alone "
-        f"does {', '.join(inproc)} the turns/s of `langgraph dev` here"
+        "team's cells also stall and lose turns (the *errors*): the loop reads the session index under the "
+        "Python lock a worker thread holds while SQLite's write lock is held by the transcript store, which "
+        "needs the loop to commit, until the 5 s busy timeout; for scale, in-process LangGraph alone does "
+        f"{', '.join(inproc)} the turns/s of `langgraph dev` here"
         if not ok
         else "Teamgraph runs the turn inside the request; `langgraph dev` queues each run for a background worker"
     )

@@ -60,6 +60,13 @@ class SqliteSessionIndex:
             conn.execute("PRAGMA synchronous = NORMAL")
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.Lock()
+        # reads get their own connection and lock: under WAL they never wait for a writer, so a read on the
+        # event loop cannot queue behind a write that waits for the async store (which needs the loop to commit)
+        if path:
+            self._read = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False, timeout=5.0))
+            self._read_lock = threading.Lock()
+        else:  # an in-memory database exists on one connection only
+            self._read, self._read_lock = self.db, self._lock
         table = self.db["sessions"]
         if not table.exists():
             table.create(  # type: ignore[union-attr]
@@ -88,8 +95,8 @@ class SqliteSessionIndex:
         return SessionRecord(**row)
 
     def get(self, thread_id: str) -> SessionRecord | None:
-        with self._lock:
-            rows = list(self.db["sessions"].rows_where("thread_id = ?", [thread_id]))  # type: ignore[union-attr]
+        with self._read_lock:
+            rows = list(self._read["sessions"].rows_where("thread_id = ?", [thread_id]))  # type: ignore[union-attr]
         return SessionRecord(**rows[0]) if rows else None
 
     def list(
@@ -102,8 +109,8 @@ class SqliteSessionIndex:
         if before:
             where += " and (updated_at < ? or (updated_at = ? and thread_id < ?))"
             args += [before[0], before[0], before[1]]
-        with self._lock:
-            rows = self.db["sessions"].rows_where(  # type: ignore[union-attr]
+        with self._read_lock:
+            rows = self._read["sessions"].rows_where(  # type: ignore[union-attr]
                 where, args, order_by="updated_at desc, thread_id desc", limit=limit
             )
             return [SessionRecord(**r) for r in rows]
@@ -132,6 +139,8 @@ class SqliteSessionIndex:
             return cursor.rowcount > 0
 
     def close(self) -> None:
+        if self._read is not self.db:
+            self._read.conn.close()
         self.db.conn.close()
 
 
