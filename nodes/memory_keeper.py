@@ -65,9 +65,14 @@ async def read_archive(store: BaseStore, thread_id: str) -> list[BaseMessage]:
 
 async def delete_archive(store: BaseStore, thread_id: str) -> int:
     """Remove a thread's archived transcript; returns how many entries were removed."""
+    return await delete_namespace(store, transcript_namespace(thread_id))
+
+
+async def delete_namespace(store: BaseStore, namespace: tuple[str, ...]) -> int:
+    """Remove every entry under a store namespace; returns how many were removed."""
     removed = 0
     while True:
-        page = await store.asearch(transcript_namespace(thread_id), limit=500)
+        page = await store.asearch(namespace, limit=500)
         if not page:
             return removed
         for item in page:

@@ -11,6 +11,8 @@ from typing import Any
 
 from langgraph.store.base import BaseStore
 
+from nodes.memory_keeper import delete_namespace
+
 NAMESPACE = "voice_items"
 
 
@@ -29,11 +31,4 @@ async def mark_applied(store: BaseStore, thread_id: str, item_id: str, record: d
 
 async def forget_session(store: BaseStore, thread_id: str) -> int:
     """Remove a deleted session's item records; returns how many were removed."""
-    removed = 0
-    while True:
-        page = await store.asearch(namespace(thread_id), limit=500)
-        if not page:
-            return removed
-        for item in page:
-            await store.adelete(item.namespace, item.key)
-        removed += len(page)
+    return await delete_namespace(store, namespace(thread_id))
