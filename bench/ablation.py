@@ -11,7 +11,7 @@ Pieces (monkeypatched in the bench's server process only; the product code is un
 - `audit`: audit appends do nothing (the observer still runs).
 - `spans`: OpenTelemetry's no-op tracer instead of the SDK tracer (request and node spans).
 - `touch`: the session index's per-turn `touch` (UPDATE + commit on the event loop) does nothing.
-- `logs`: structlog below WARNING and uvicorn's access log dropped (the runner also passes --no-access-log).
+- `logs`: structlog below WARNING (uvicorn's access log is off in every bench server, as in `teamgraph serve`).
 - `offloop`: not a removal but the proposed fix, roughly: audit appends and session-index touches are queued to
   one writer thread with its own SQLite connections, so the event loop never waits for SQLite's write lock. (The
   experiment gives up one guarantee the product keeps: an audit write that fails no longer fails the turn.)

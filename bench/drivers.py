@@ -111,7 +111,9 @@ class InProcess(Driver):
     """The team graphs compiled by the engine with its AsyncSqliteSaver + store: `graph.ainvoke` / `astream`."""
 
     name = "in-process"
-    VARIANTS = ("ainvoke", "astream")  # also "ainvoke-exit": ainvoke(durability="exit"), for the growth experiment
+    # the engine's durability (Settings.durability), as the server runs turns; also "ainvoke-async": LangGraph's
+    # default, a checkpoint after every step, for the growth experiment
+    VARIANTS = ("ainvoke", "astream")
 
     def __init__(self, engine: Any):
         self.engine = engine
@@ -132,12 +134,14 @@ class InProcess(Driver):
     async def turn(self, variant: str, team: str, thread: str, spec: TurnSpec) -> dict[str, Any] | None:
         graph = self.engine.graph(team)
         config = self.configs[thread]
+        durability = self.engine.durability
         if variant == "ainvoke":
-            return dict(await graph.ainvoke(self._input(spec), config))
-        if variant == "ainvoke-exit":  # checkpoint once, when the turn ends (LangGraph's durability="exit")
-            return dict(await graph.ainvoke(self._input(spec), config, durability="exit"))
+            return dict(await graph.ainvoke(self._input(spec), config, durability=durability))
+        if variant == "ainvoke-async":  # a checkpoint after every step (LangGraph's default durability)
+            return dict(await graph.ainvoke(self._input(spec), config, durability="async"))
         last = None
-        async for chunk in graph.astream(self._input(spec), config):  # the graph's default stream mode
+        # the graph's default stream mode
+        async for chunk in graph.astream(self._input(spec), config, durability=durability):
             last = chunk
         return dict(last) if isinstance(last, dict) else None
 
@@ -145,7 +149,9 @@ class InProcess(Driver):
         graph = self.engine.graph(team)
         t0 = time.perf_counter()
         first = None
-        async for chunk, meta in graph.astream(self._input(spec), self.configs[thread], stream_mode="messages"):
+        async for chunk, meta in graph.astream(
+            self._input(spec), self.configs[thread], stream_mode="messages", durability=self.engine.durability
+        ):
             if (
                 first is None
                 and isinstance(chunk, AIMessageChunk)

@@ -186,7 +186,8 @@ class ServerProcess:
 
 class TeamgraphServer(ServerProcess):
     """Teamgraph's app (`bench.asgi:app` = `create_app` + the bench model) under uvicorn, as `teamgraph serve`
-    runs it: one worker, uvicorn's defaults (uvloop and httptools when installed, access log on)."""
+    runs it: one worker, uvicorn's defaults (uvloop and httptools when installed), no access log (the
+    middleware logs each request)."""
 
     name = "teamgraph"
 
@@ -218,6 +219,7 @@ class TeamgraphServer(ServerProcess):
             str(self.port),
             "--log-level",
             "info",
+            "--no-access-log",  # as `teamgraph serve`: our middleware already logs one line per request
             *self.uvicorn_args,
         ]
 

@@ -58,7 +58,7 @@ class Profile:
     ablations: tuple[str, ...]  # pieces switched off, one server each ("" = as shipped; "+"-joined = together)
 
 
-ALL_ABLATIONS = ("", "observer", "audit", "spans", "touch", "logs", "offloop", "observer+audit+spans+touch+logs")
+ALL_ABLATIONS = ("", "observer", "audit", "spans", "touch", "logs", "observer+audit+spans+touch+logs")
 PROFILES = {
     "short": Profile("short", 2.0, 3000, (1, 8, 32), 20, 200, 2, 1000, 10_000, 100, 2.0, 1, ("", "observer")),
     "full": Profile("full", 15.0, 20_000, (1, 8, 32), 100, 200, 5, 1000, 10_000, 500, 4.0, 3, ALL_ABLATIONS),
@@ -149,8 +149,8 @@ async def ttft_phase(profile: Profile, drivers: dict[str, Any]) -> dict[str, Any
 GROWTH_MODES = (
     ("in-process ainvoke", "inproc", "ainvoke"),
     ("teamgraph /invoke", "tg", "invoke"),
-    # what checkpointing once per turn would write (LangGraph's durability="exit"), same graph and saver
-    ("in-process ainvoke, durability=exit", "inproc", "ainvoke-exit"),
+    # what a checkpoint after every step writes (LangGraph's default durability="async"), same graph and saver
+    ("in-process ainvoke, durability=async", "inproc", "ainvoke-async"),
 )
 
 
@@ -204,7 +204,6 @@ async def ablation_phase(profile: Profile, workdir: Path, bundles: Path, inproc:
                     bundles,
                     app="bench.ablation:app",
                     env={"TEAMGRAPH_BENCH_ABLATE": pieces.replace("+", ",")},
-                    uvicorn_args=["--no-access-log"] if "logs" in pieces.split("+") else [],
                 )
             )
             servers.append((pieces, TeamgraphHTTP(server.url)))

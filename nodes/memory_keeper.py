@@ -14,7 +14,7 @@ from typing import Any
 from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage, message_to_dict, messages_from_dict
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, PutOp
 
 from nodes.chat_summary import fold_into_summary
 from nodes.configuration import Configuration
@@ -37,9 +37,14 @@ async def memory_keeper(state: dict[str, Any], config: RunnableConfig, runtime: 
     overflow = messages[: len(messages) - memory.keep_messages]
     start = state.get("archived", 0)
     namespace = transcript_namespace(conf.thread_id)
-    for offset, message in enumerate(overflow):
-        # keys follow the archive position, so re-running a turn rewrites the same entries
-        await store.aput(namespace, f"{start + offset:09d}", {"message": message_to_dict(message)}, index=False)
+    # one batch, one store transaction: a trim costs one write however many messages it moves; keys follow the
+    # archive position, so re-running a turn rewrites the same entries
+    await store.abatch(
+        [
+            PutOp(namespace, f"{start + offset:09d}", {"message": message_to_dict(message)}, index=False)
+            for offset, message in enumerate(overflow)
+        ]
+    )
     update: dict[str, Any] = {
         "archived": start + len(overflow),
         "messages": [RemoveMessage(id=m.id) for m in overflow if m.id],
@@ -75,6 +80,5 @@ async def delete_namespace(store: BaseStore, namespace: tuple[str, ...]) -> int:
         page = await store.asearch(namespace, limit=500)
         if not page:
             return removed
-        for item in page:
-            await store.adelete(item.namespace, item.key)
+        await store.abatch([PutOp(item.namespace, item.key, None) for item in page])  # value None: delete
         removed += len(page)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import string
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel
 
 from personas.schema import AgentPersona
@@ -45,6 +46,30 @@ def _extract_json(text: str) -> Any:
     return json.loads(match.group(0))
 
 
+@functools.cache
+def _json_instruction(schema: type[BaseModel]) -> str:
+    return "Reply with only a JSON object that matches this JSON Schema:\n" + json.dumps(schema.model_json_schema())
+
+
+# with_structured_output rebuilds the schema's JSON schema and a new runnable on every call (about 1 ms a turn):
+# keep one per (model, schema, method). Models are long-lived (AgentFactory caches them); the cache holds its
+# models alive, so an id is never reused while cached, and it is bounded.
+_STRUCTURED: dict[tuple[int, type[BaseModel], str], tuple[BaseChatModel, Runnable[Any, Any]]] = {}
+_STRUCTURED_MAX = 256
+
+
+def _structured(model: BaseChatModel, schema: type[BaseModel], method: str) -> Runnable[Any, Any]:
+    key = (id(model), schema, method)
+    hit = _STRUCTURED.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    runnable = model.with_structured_output(schema, method=method)  # type: ignore[arg-type]
+    if len(_STRUCTURED) >= _STRUCTURED_MAX:
+        _STRUCTURED.clear()
+    _STRUCTURED[key] = (model, runnable)
+    return runnable
+
+
 async def ask_structured(
     model: BaseChatModel,
     schema: type[T],
@@ -58,11 +83,9 @@ async def ask_structured(
     without it (e.g. a plain local model) is asked for JSON in the prompt and the reply is validated.
     """
     try:
-        runnable = model.with_structured_output(schema, method=persona.model.structured_output)
+        runnable = _structured(model, schema, persona.model.structured_output)
     except NotImplementedError:
-        instruction = SystemMessage(
-            "Reply with only a JSON object that matches this JSON Schema:\n" + json.dumps(schema.model_json_schema())
-        )
+        instruction = SystemMessage(_json_instruction(schema))
         reply = await asyncio.wait_for(model.ainvoke([*messages, instruction], config), persona.model.timeout_s)
         return schema.model_validate(_extract_json(str(reply.content)))
     result = await asyncio.wait_for(runnable.ainvoke(messages, config), persona.model.timeout_s)

@@ -16,6 +16,7 @@ import structlog
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Durability
 
 from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy
 from checkpoints.factory import Persistence, build_persistence
@@ -81,6 +82,7 @@ class Engine:
         self.turn_locks = TurnLocks(persistence.url)
         self.turn_locks.on_wait = lambda team, waited: self.metrics.queue_wait.labels(team or "unknown").observe(waited)
         self._trace_clients: dict[tuple[bool, bool], Any] = {}
+        self.durability: Durability = "exit"  # see Settings.durability; every turn runs with it
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -100,6 +102,7 @@ class Engine:
         async with build_persistence(settings.checkpoint_url) as persistence:
             engine = cls(bundles, persistence, factory, metrics)
             engine.turn_locks.wait_s = settings.turn_wait_s
+            engine.durability = settings.durability
             yield engine
 
     def unreviewed_nodes(self, run: TeamRunConfig) -> set[str]:
@@ -277,7 +280,9 @@ class Engine:
         graph = self.graph(session.team)
         async with self.turn_locks.hold(session.thread_id, session.team):
             with self.trace_scope(session.tenant):
-                async for mode, payload in graph.astream(turn_input, config, stream_mode=["messages", "updates"]):
+                async for mode, payload in graph.astream(
+                    turn_input, config, stream_mode=["messages", "updates"], durability=self.durability
+                ):
                     if mode == "messages":
                         chunk, meta = cast(tuple[Any, dict[str, Any]], payload)
                         node = meta.get("langgraph_node", "")
@@ -293,10 +298,11 @@ class Engine:
                 final_state.update((await graph.aget_state(config)).values)
 
     async def readiness(self) -> dict[str, str]:
-        """Each store answers a trivial read: the session index and the checkpointer."""
+        """Each store answers a trivial read: the session index, the checkpointer and the audit log (the
+        synchronous ones in a worker thread: an audit ping waits for the audit log's lock)."""
         checks: dict[str, str] = {}
         try:
-            self.sessions.list("__readyz__", limit=1)
+            await asyncio.to_thread(self.sessions.list, "__readyz__", limit=1)
             checks["session_index"] = "ok"
         except Exception as exc:
             checks["session_index"] = f"error: {type(exc).__name__}"
@@ -306,7 +312,7 @@ class Engine:
         except Exception as exc:
             checks["checkpointer"] = f"error: {type(exc).__name__}"
         try:
-            self.audit.ping()
+            await asyncio.to_thread(self.audit.ping)
             checks["audit_store"] = "ok"
         except Exception as exc:
             checks["audit_store"] = f"error: {type(exc).__name__}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2_000_000, ge=1, description="Largest resume / job description upload.")
     log_level: str = Field("INFO", description="DEBUG also logs message content; never keys or tokens.")
     log_format: str = Field("auto", pattern="^(auto|json|console)$", description="auto: console on a TTY, else JSON")
+    durability: Literal["exit", "async", "sync"] = Field(
+        "exit",
+        description="When a turn's state is checkpointed: exit = once, when the turn ends (also on error); "
+        "async/sync = after every node. exit writes about 5x fewer bytes per turn; a process that dies mid-turn "
+        "loses that turn's state (its audit entries and the session stay).",
+    )
     turn_wait_s: float = Field(
         60.0, gt=0, description="How long a turn waits for the previous turn on the same session before 409."
     )

@@ -101,7 +101,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         thread_id = _thread_id(config)
         async with self._turn(config, thread_id):
             with self.engine.trace_scope(_tenant(config)):
-                result = await self.graph.ainvoke(input, config, **kwargs)
+                result = await self.graph.ainvoke(input, config, durability=self.engine.durability, **kwargs)
             await self.engine.touch(thread_id, title_hint(input))
             return result
 
@@ -112,7 +112,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         thread_id = _thread_id(config)
         async with self._turn(config, thread_id):
             with self.engine.trace_scope(_tenant(config)):
-                async for chunk in self.graph.astream(input, config, **kwargs):
+                async for chunk in self.graph.astream(input, config, durability=self.engine.durability, **kwargs):
                     yield chunk
             await self.engine.touch(thread_id, title_hint(input))
 
@@ -123,7 +123,9 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         hidden = self.engine.unreviewed_nodes(_run(config))
         async with self._turn(config, thread_id):
             with self.engine.trace_scope(_tenant(config)):
-                async for event in self.graph.astream_events(input, config, **kwargs):
+                async for event in self.graph.astream_events(
+                    input, config, durability=self.engine.durability, **kwargs
+                ):
                     node = (event.get("metadata") or {}).get("langgraph_node")
                     if node in hidden and event.get("name") != node:
                         continue  # draft tokens, the reviewer's prompt: not for clients before review

@@ -66,9 +66,9 @@ def make_settings(tmp_path: Path, url: str | None = None) -> Settings:
 
 @contextlib.asynccontextmanager
 async def open_engine(
-    url: str, factory: AgentFactory | None = None, tmp_path: Path | None = None
+    url: str, factory: AgentFactory | None = None, tmp_path: Path | None = None, **overrides: Any
 ) -> AsyncIterator[Engine]:
-    settings = Settings(_env_file=None, checkpoint_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, checkpoint_url=url, **overrides)  # type: ignore[call-arg]
     async with Engine.open(settings, agent_factory=factory or FakeAgentFactory()) as engine:
         yield engine
 

@@ -10,12 +10,14 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 _provider: TracerProvider | None = None
+_exporting = False  # some span processor is installed: spans below the request span are worth building
 
 
 def configure_tracing(extra_processor: SpanProcessor | None = None) -> TracerProvider:
     """Install the provider once: OTLP over HTTP when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set or
-    OTEL_TRACES_EXPORTER=otlp; spans are still created (for ids in logs and headers) when nothing exports."""
-    global _provider
+    OTEL_TRACES_EXPORTER=otlp. With nothing exporting, only the request span is created (its ids go into logs
+    and response headers); team, node and model spans are skipped (see `exporting`)."""
+    global _provider, _exporting
     if _provider is None:
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "teamgraph")})
         _provider = TracerProvider(resource=resource)
@@ -27,10 +29,18 @@ def configure_tracing(extra_processor: SpanProcessor | None = None) -> TracerPro
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            _exporting = True
         trace.set_tracer_provider(_provider)
     if extra_processor is not None:
         _provider.add_span_processor(extra_processor)
+        _exporting = True
     return _provider
+
+
+def exporting() -> bool:
+    """Whether spans go anywhere. A span nobody exports still costs its creation, attributes and context
+    bookkeeping on every turn, node and model call; the turn observer skips them when this is false."""
+    return _exporting
 
 
 def tracer() -> trace.Tracer:

@@ -18,7 +18,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from checkpoints.audit import AuditEvent, AuditLog, ContentPolicy, apply_content_policy
 from server.observability.logging import log
 from server.observability.metrics import Metrics
-from server.observability.tracing import tracer
+from server.observability.tracing import exporting, tracer
 
 
 @dataclass
@@ -81,11 +81,16 @@ class TurnObserver(AsyncCallbackHandler):
 
     def _fields(self, root_span: Span | None = None, **extra: Any) -> dict[str, Any]:
         span = root_span or (self.runs[self.root].span if self.root in self.runs else None)
-        trace_id = format(span.get_span_context().trace_id, "032x") if span is not None else None
+        if span is None:  # no spans of our own (nothing exports them): the request's trace, if any
+            span = trace.get_current_span(self.parent_context)
+        context = span.get_span_context()
+        trace_id = format(context.trace_id, "032x") if context.is_valid else None
         return {"request_id": self.ctx.request_id, "trace_id": trace_id, "tenant": self.ctx.tenant,
                 "team": self.ctx.team, "thread_id": self.ctx.thread_id, **extra}  # fmt: skip
 
     def _span(self, name: str, parent: UUID | None, **attributes: Any) -> Span | None:
+        if not exporting():
+            return None
         parent_run = self._nearest_span(parent)
         context = trace.set_span_in_context(parent_run) if parent_run is not None else self.parent_context
         return tracer().start_span(name, context=context, attributes={k: v for k, v in attributes.items() if v})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -47,11 +49,13 @@ async def read_audit(
         raise ApiError(403, "admin_required", "the audit log is readable with a tenant admin key only")
     if event_type is not None and event_type not in EVENT_TYPES:
         raise ApiError(422, "validation_error", f"event_type: one of {', '.join(EVENT_TYPES)}", "event_type")
-    entries = engine.audit.query(
-        caller.tenant, session=session, event_type=event_type,
+    # a worker thread: the SQLite audit log shares a lock with appends that may wait on SQLite's write lock
+    query = functools.partial(
+        engine.audit.query, caller.tenant, session=session, event_type=event_type,
         since=as_utc(since) if since else None, until=as_utc(until) if until else None,
         after_seq=cursor, limit=limit + 1,
     )  # fmt: skip
+    entries = await asyncio.to_thread(query)
     page = entries[:limit]
     return AuditPage(
         items=[AuditEntryOut(**{k: v for k, v in e.to_dict().items() if k != "tenant"}) for e in page],

@@ -393,6 +393,25 @@ def thread_bytes(url: str) -> Iterator[Callable[[str], int]]:
             yield lambda thread_id: int(pg.execute(sql, {"t": thread_id}).fetchone()[0])  # type: ignore[index]
 
 
+@pytest.mark.parametrize("durability", ["exit", "async"])
+async def test_durability_sets_how_many_checkpoints_a_turn_writes(durable_url: str, durability: str) -> None:
+    """exit (the default): one checkpoint per turn, at its end; async: one after every step. Either way the
+    session's state after each turn is the same, and a restarted engine continues it."""
+    async with open_engine(durable_url, durability=durability) as engine:
+        session = await engine.create_session("veneo")
+        for question, _ in CHAT[:3]:
+            await engine.run_turn(session, user(question))
+        history = await engine.history(session, limit=100)
+    async with open_engine(durable_url, durability=durability) as engine:
+        state = await engine.run_turn(session, user(CHAT[3][0]))
+    assert human_texts(state["messages"]) == [q for q, _ in CHAT[:4]]
+    assert history[0]["next"] == []  # the newest checkpoint ends the last turn
+    if durability == "exit":
+        assert len(history) == 3
+    else:
+        assert len(history) > 3 * 3  # input, then each node of the turn
+
+
 async def test_long_chat_costs_the_same_per_turn(durable_url: str) -> None:
     """200 turns on one thread: bytes written per turn stay flat and the transcript keeps all 400 messages."""
     turns = 200
