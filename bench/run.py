@@ -70,6 +70,9 @@ MODES = {
     "in-process astream": ("inproc", "astream"),
     "teamgraph /invoke": ("tg", "invoke"),
     "teamgraph /stream": ("tg", "stream"),
+    # not part of the goals (one worker is the default, and `langgraph dev` is one process): what the second
+    # core buys, `teamgraph serve --workers 2` (TEAMGRAPH_WORKERS=2) on the same SQLite file
+    "teamgraph /invoke, 2 workers": ("tg2", "invoke"),
     "langgraph dev runs.wait": ("dev", "wait"),
     "langgraph dev runs.stream": ("dev", "stream"),
 }
@@ -358,6 +361,7 @@ async def run(profile: Profile, workdir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     with (
         TeamgraphServer(workdir / "tg", dbs["tg"], bundles) as tg_server,
+        TeamgraphServer(workdir / "tg2", workdir / "teamgraph-2w.db", bundles, uvicorn_args=["--workers", "2"]) as tg2,
         LangGraphDev(workdir / "dev", dbs["dev"], bundles) as dev_server,
     ):
         log(
@@ -374,12 +378,14 @@ async def run(profile: Profile, workdir: Path) -> dict[str, Any]:
             drivers: dict[str, Any] = {
                 "inproc": InProcess(engine),
                 "tg": TeamgraphHTTP(tg_server.url),
+                "tg2": TeamgraphHTTP(tg2.url),
                 "dev": LangGraphSDK(dev_server.url),
             }
             try:
                 log("warming up")
                 await warm_up(drivers["inproc"], InProcess.VARIANTS, TEAMS)
                 await warm_up(drivers["tg"], TeamgraphHTTP.VARIANTS, TEAMS)
+                await warm_up(drivers["tg2"], ("invoke",), TEAMS)
                 await warm_up(drivers["dev"], LangGraphSDK.VARIANTS, TEAMS, turns=2)
                 log("latency and throughput")
                 results["cells"] = await latency_phase(profile, drivers)
@@ -391,8 +397,10 @@ async def run(profile: Profile, workdir: Path) -> dict[str, Any]:
                 results["servers"]["langgraph dev"]["rss_after_run"] = dev_server.rss()
             finally:
                 await drivers["tg"].aclose()
+                await drivers["tg2"].aclose()
                 await drivers["dev"].aclose()
             tg_server.stop()
+            tg2.stop()
             dev_server.stop()
             log("ablation: what each piece of the server costs")
             results["ablation"] = await ablation_phase(profile, workdir, bundles, drivers["inproc"])

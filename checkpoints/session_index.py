@@ -90,13 +90,19 @@ class SqliteSessionIndex:
             "created_at": stamp,
             "updated_at": stamp,
         }
-        with self._lock:
-            self.db["sessions"].insert(row)  # type: ignore[union-attr]
+        # plain SQL: sqlite-utils' Table API reads sqlite_master on every call; the connection's context
+        # commits, or rolls back when the id is taken (IntegrityError reaches the caller)
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "insert into sessions (thread_id, tenant, team, title, created_at, updated_at) "
+                "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at)",
+                row,
+            )
         return SessionRecord(**row)
 
     def get(self, thread_id: str) -> SessionRecord | None:
-        with self._read_lock:
-            rows = list(self._read["sessions"].rows_where("thread_id = ?", [thread_id]))  # type: ignore[union-attr]
+        with self._read_lock:  # every turn asks: plain SQL, no sqlite_master lookups
+            rows = list(self._read.query("select * from sessions where thread_id = ?", [thread_id]))
         return SessionRecord(**rows[0]) if rows else None
 
     def list(
@@ -109,11 +115,9 @@ class SqliteSessionIndex:
         if before:
             where += " and (updated_at < ? or (updated_at = ? and thread_id < ?))"
             args += [before[0], before[0], before[1]]
+        sql = f"select * from sessions where {where} order by updated_at desc, thread_id desc limit ?"
         with self._read_lock:
-            rows = self._read["sessions"].rows_where(  # type: ignore[union-attr]
-                where, args, order_by="updated_at desc, thread_id desc", limit=limit
-            )
-            return [SessionRecord(**r) for r in rows]
+            return [SessionRecord(**r) for r in self._read.query(sql, [*args, limit])]
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         with self._lock:
