@@ -469,7 +469,8 @@ def render(r: dict[str, Any]) -> str:
         "10 questions; the interview is set up, answers its 3 questions, then every further turn asks for the "
         'summary again. Turns run with `durability="exit"` (`TEAMGRAPH_DURABILITY`, the default): one checkpoint '
         "when the turn ends. *bytes if durability=async*: the same turns in-process with LangGraph's default "
-        '`ainvoke(durability="async")`, a checkpoint after every step, for comparison.\n'
+        '`ainvoke(durability="async")`, a checkpoint after every step, for comparison, and the time those turns '
+        "took (mean of the 10 turns to that one).\n"
     )
     s.append(
         "What keeps it bounded: every turn ends in `memory_keeper`. Once state holds more than "
@@ -502,6 +503,7 @@ def render(r: dict[str, Any]) -> str:
                 f"{growth_at(reps, turn, 'bytes') / 1000:.1f} kB",
                 str(int(growth_at(reps, turn, "checkpoints"))),
                 f"{growth_at(async_reps, turn, 'bytes') / 1000:.1f} kB" if async_reps else "–",
+                ms(growth_window(async_reps, turn, "latency_s") * 1000, 2) if async_reps and turn >= 10 else "–",
                 f"{growth_at(reps, turn, 'store_bytes') / 1000:.1f} kB",
                 str(int(growth_at(reps, turn, "messages"))),
             ]
@@ -517,6 +519,7 @@ def render(r: dict[str, Any]) -> str:
                     "bytes",
                     "checkpoints",
                     "bytes if durability=async",
+                    "(in-process ms, mean of 10)",
                     "archive",
                     "messages",
                 ],

@@ -1,0 +1,87 @@
+"""A/B two versions of Teamgraph's server on this machine, in the same minutes.
+
+    python -m bench.compare 10b3a37                      # that commit against the working tree
+    python -m bench.compare 10b3a37 --team interview --seconds 10 --rounds 3
+
+On a shared machine two runs of the full bench hours apart differ by more than most changes do; this runs both
+servers at once (the other revision from a `git worktree`, on the same Python environment and the same bench
+bundles) and interleaves their `/invoke` cells at concurrency 1 and 32, so drift hits both alike. It prints a
+table and writes nothing else; the revision's worktree is removed at the end. Use it to check a change, and quote
+it with the revision and the date: it is not the reference report (`make bench-full`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench.bundle import make_bench_bundles
+from bench.drivers import TeamgraphHTTP
+from bench.measure import run_cell, warm_up
+from bench.procs import REPO, TeamgraphServer, stop_all
+
+
+async def _compare(servers: dict[str, TeamgraphServer], team: str, seconds: float, rounds: int) -> None:
+    drivers = {label: TeamgraphHTTP(server.url) for label, server in servers.items()}
+    try:
+        for driver in drivers.values():
+            await warm_up(driver, ("invoke",), (team,))
+        for c in (1, 32):
+            p50: dict[str, list[float]] = {label: [] for label in drivers}
+            tps: dict[str, list[float]] = {label: [] for label in drivers}
+            errors = dict.fromkeys(drivers, 0)
+            for _ in range(rounds):
+                for label, driver in drivers.items():
+                    cell = await run_cell(driver, "invoke", team, c, seconds, 10**6, "invoke")
+                    p50[label].append(cell.p(50) * 1000)
+                    tps[label].append(cell.throughput)
+                    errors[label] += len(cell.errors)
+            for label in drivers:
+                print(
+                    f"{team:<10} c={c:<2} {label:<24} /invoke p50 {statistics.median(p50[label]):8.2f} ms  "
+                    f"{statistics.median(tps[label]):7.1f} turns/s  errors {errors[label]}",
+                    flush=True,
+                )
+    finally:
+        for driver in drivers.values():
+            await driver.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("rev", help="git revision to compare against the working tree")
+    parser.add_argument("--team", default="veneo_chat", choices=["veneo_chat", "interview"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each cell")
+    parser.add_argument("--rounds", type=int, default=2, help="cells per server and concurrency (medians)")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="teamgraph-compare-"))
+    other = workdir / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(other), args.rev], check=True)
+    try:
+        if not (other / "bench" / "asgi.py").exists():
+            raise SystemExit(f"{args.rev} has no bench/asgi.py (the bench server app); pick a later revision")
+        bundles = make_bench_bundles(workdir / "personas")
+        servers = {
+            args.rev: TeamgraphServer(workdir / "a", workdir / "a.db", bundles, env={"PYTHONPATH": str(other)}).start(),
+            "working tree": TeamgraphServer(workdir / "b", workdir / "b.db", bundles).start(),
+        }
+        try:
+            asyncio.run(_compare(servers, args.team, args.seconds, args.rounds))
+        finally:
+            for server in servers.values():
+                server.stop()
+    finally:
+        stop_all()
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(other)], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
