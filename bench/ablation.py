@@ -9,12 +9,10 @@ Pieces (monkeypatched in the bench's server process only; the product code is un
   whole graph run, so LangChain's callback manager dispatches every chain start/end of every internal runnable
   to it; with it go its OTel spans, node/turn log lines, metrics and the turn's audit entries.
 - `audit`: audit appends do nothing (the observer still runs).
-- `spans`: OpenTelemetry's no-op tracer instead of the SDK tracer (request and node spans).
-- `touch`: the session index's per-turn `touch` (UPDATE + commit on the event loop) does nothing.
+- `spans`: OpenTelemetry's no-op tracer instead of the SDK tracer (with no exporter configured, only the request
+  span is created anyway).
+- `touch`: the session index's per-turn `touch` (UPDATE + commit, in a worker thread) does nothing.
 - `logs`: structlog below WARNING (uvicorn's access log is off in every bench server, as in `teamgraph serve`).
-- `offloop`: not a removal but the proposed fix, roughly: audit appends and session-index touches are queued to
-  one writer thread with its own SQLite connections, so the event loop never waits for SQLite's write lock. (The
-  experiment gives up one guarantee the product keeps: an audit write that fails no longer fails the turn.)
 """
 
 from __future__ import annotations
@@ -24,50 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-PIECES = ("observer", "audit", "spans", "touch", "logs", "offloop")
-
-
-def _offloop() -> None:
-    """Audit appends and session touches run in one writer thread, on connections of its own."""
-    import concurrent.futures
-    import sqlite3
-    import threading
-
-    from checkpoints import audit, session_index
-
-    writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-sqlite-writer")
-    local = threading.local()
-
-    def path_of(conn: sqlite3.Connection) -> str:
-        return str(conn.execute("pragma database_list").fetchone()[2])
-
-    def own(kind: str, path: str) -> Any:
-        cache = local.__dict__.setdefault(kind, {})
-        if path not in cache:
-            cache[path] = audit.SqliteAuditLog(path) if kind == "audit" else session_index.SqliteSessionIndex(path)
-        return cache[path]
-
-    original_append = audit.SqliteAuditLog.append
-    original_touch = session_index.SqliteSessionIndex.touch
-
-    def append(self: Any, events: list[Any]) -> list[Any]:
-        path = getattr(self, "_bench_path", None) or path_of(self.conn)
-        self._bench_path = path
-        if not path:  # in-memory: nothing to hand over
-            return original_append(self, events)
-        writer.submit(lambda: original_append(own("audit", path), events))
-        return []
-
-    def touch(self: Any, thread_id: str, title_if_empty: str = "") -> None:
-        path = getattr(self, "_bench_path", None) or path_of(self.db.conn)
-        self._bench_path = path
-        if not path:
-            return original_touch(self, thread_id, title_if_empty)
-        writer.submit(lambda: original_touch(own("sessions", path), thread_id, title_if_empty))
-        return None
-
-    audit.SqliteAuditLog.append = append  # type: ignore[method-assign]
-    session_index.SqliteSessionIndex.touch = touch  # type: ignore[method-assign]
+PIECES = ("observer", "audit", "spans", "touch", "logs")
 
 
 def apply(pieces: set[str]) -> list[str]:
@@ -113,9 +68,6 @@ def apply(pieces: set[str]) -> list[str]:
     if "logs" in pieces:
         os.environ["TEAMGRAPH_LOG_LEVEL"] = "WARNING"
         applied.append("logs")
-    if "offloop" in pieces:
-        _offloop()
-        applied.append("offloop")
     return applied
 
 
