@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from personas.loader import DEFAULT_BUNDLE_DIR
 from server.app import create_app
+from server.observability import tracing
 from server.observability.tracing import configure_tracing
 from server.settings import Settings
 from tests.fakes.openai_server import Error, FakeOpenAIServer, Reply, Slow, Structured
@@ -558,6 +559,24 @@ def test_a_turn_is_one_trace_http_span_then_team_span_then_node_spans(
     assert parent_id(team) == span_id(http), f"team span's parent is {direct_parent.name if direct_parent else None}"
     other_traces = sorted({s.name for s in finished if hex_trace(s) != trace_id})
     assert other_traces == [], f"spans of this request outside its trace {trace_id}: {other_traces}"
+
+
+def test_with_nothing_exporting_a_turn_makes_only_the_request_span_and_logs_keep_its_trace_id(
+    tmp_path: Path, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tracing, "_exporting", False)  # a server started without OTEL_* exporter settings
+    with serve(tmp_path) as client:
+        sid = new_session(client, DEMO)
+        spans.clear()
+        r = ok(turn(client, "interview", DEMO, sid, RESUME))
+    assert [s.name for s in spans.get_finished_spans()] == ["HTTP POST /teams/interview/invoke"]
+    lines = json_lines(capsys.readouterr().out)
+    node_lines = team_node_lines(lines, r.headers["x-request-id"])
+    turn_lines = [line for line in lines if line.get("event") == "turn" and line.get("thread_id") == sid]
+    assert [line["node"] for line in node_lines] == ["question_generator", "memory_keeper"]
+    assert len(turn_lines) == 1
+    for line in [*node_lines, *turn_lines]:
+        assert line["trace_id"] == r.headers["x-trace-id"], line
 
 
 def test_a_w3c_traceparent_continues_the_callers_trace(tmp_path: Path, spans: InMemorySpanExporter) -> None:
