@@ -38,6 +38,10 @@ def title_from(text: str) -> str:
 
 
 class SessionIndex(Protocol):
+    # True when a read is a network round trip (Postgres): the server then reads in a worker thread, never on
+    # the event loop; a local SQLite read on its own connection is cheaper than the thread hop
+    network: bool
+
     def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord: ...
     def get(self, thread_id: str) -> SessionRecord | None: ...
     def list(
@@ -51,6 +55,8 @@ class SessionIndex(Protocol):
 
 class SqliteSessionIndex:
     """Session index in a SQLite file (the checkpoint database) via sqlite-utils."""
+
+    network = False
 
     def __init__(self, path: Path | str | None):
         conn = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=5.0)
@@ -150,6 +156,8 @@ class SqliteSessionIndex:
 
 class PostgresSessionIndex:
     """Session index in Postgres, shared by several server replicas."""
+
+    network = True
 
     def __init__(self, url: str):
         from psycopg.rows import dict_row

@@ -201,7 +201,7 @@ def make_config_modifier(team: str):
                 "or send a new id to start one",
                 "config.configurable.thread_id",
             )
-        session = engine.sessions.get(str(thread_id))
+        session = await engine.find_session(str(thread_id))
         if session is None:
             # recorded only once the turn runs (TeamRunnable), so a refused request leaves no empty session
             stamp = now()

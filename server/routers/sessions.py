@@ -142,7 +142,7 @@ async def list_sessions(
 ) -> SessionList:
     """The caller's sessions, most recently active first."""
     before = _decode_cursor(cursor) if cursor else None
-    records = engine.sessions.list(caller.tenant, team, limit=limit + 1, before=before)
+    records = await engine.alist_sessions(caller.tenant, team, limit=limit + 1, before=before)
     page = records[:limit]
     next_cursor = _encode_cursor(page[-1]) if len(records) > limit else None
     return SessionList(items=[SessionOut.of(r) for r in page], next_cursor=next_cursor)
@@ -151,7 +151,7 @@ async def list_sessions(
 @router.get("/{session_id}", response_model=SessionDetail)
 async def get_session(session_id: str, caller: CurrentCaller, engine: EngineDep) -> SessionDetail:
     """The whole transcript (archived turns included) and the team's state."""
-    record = engine.get_session(caller.tenant, session_id)
+    record = await engine.aget_session(caller.tenant, session_id)
     state = await engine.state(record)
     transcript = await engine.transcript(record)
     return SessionDetail(
@@ -163,14 +163,14 @@ async def get_session(session_id: str, caller: CurrentCaller, engine: EngineDep)
 
 @router.patch("/{session_id}", response_model=SessionOut)
 async def rename_session(session_id: str, body: SessionRename, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
-    record = engine.get_session(caller.tenant, session_id)
+    record = await engine.aget_session(caller.tenant, session_id)
     return SessionOut.of(await asyncio.to_thread(engine.rename_session, record, body.title, caller.key_id))
 
 
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, caller: CurrentCaller, engine: EngineDep) -> Response:
     """Remove the session's checkpoints, archived transcript and index entry; later reads are 404."""
-    await engine.delete_session(engine.get_session(caller.tenant, session_id), actor=caller.key_id)
+    await engine.delete_session(await engine.aget_session(caller.tenant, session_id), actor=caller.key_id)
     return Response(status_code=204)
 
 
@@ -183,7 +183,7 @@ async def session_history(
     before: Annotated[str | None, Query(description="next_before from the previous page.")] = None,
 ) -> History:
     """The session's checkpoints, newest first."""
-    record = engine.get_session(caller.tenant, session_id)
+    record = await engine.aget_session(caller.tenant, session_id)
     try:
         items = await engine.history(record, limit=limit + 1, before=before)
     except CheckpointNotFound:
@@ -204,7 +204,7 @@ async def upload_document(
     kind: Annotated[Literal["resume", "job_description"], Form()],
 ) -> DocumentOut:
     """Read a resume or job description into the session's state (before the interview's first turn)."""
-    record = engine.get_session(caller.tenant, session_id)
+    record = await engine.aget_session(caller.tenant, session_id)
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise ApiError(

@@ -140,7 +140,7 @@ async def realtime_session(
 ) -> dict[str, Any]:
     """Start a realtime (speech-to-speech) conversation for the session: an ephemeral client secret for the
     browser, the session config it carries, and where to connect. The server's provider key never leaves it."""
-    record = engine.get_session(caller.tenant, session_id)
+    record = await engine.aget_session(caller.tenant, session_id)
     with _voice_errors():
         return await voice.realtime(engine, record, body.voice if body else None)
 
@@ -151,7 +151,7 @@ async def post_transcripts(
 ) -> dict[str, Any]:
     """Spoken items into the session: each user item runs as a turn (scored or reviewed like a typed message),
     assistant items are recorded as spoken replies. Re-posting an item adds nothing; items apply in order."""
-    record = engine.get_session(caller.tenant, session_id)
+    record = await engine.aget_session(caller.tenant, session_id)
     with _voice_errors():
         result = await voice.post_transcripts(engine, record, body.items, caller.key_id)
     for item in result["items"]:
@@ -169,5 +169,5 @@ async def post_transcripts(
 async def get_transcripts(session_id: str, caller: CurrentCaller, engine: EngineDep, voice: VoiceDep) -> dict[str, Any]:
     """The session's voice transcript: every spoken item (archived ones included) with speaking time, pace and
     filler words, and totals."""
-    record = engine.get_session(caller.tenant, session_id)
+    record = await engine.aget_session(caller.tenant, session_id)
     return await voice.transcript(engine, record)

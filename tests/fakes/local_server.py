@@ -17,8 +17,11 @@ HOST = "127.0.0.1"
 class LocalASGIServer:
     """Start with `start()` or as a context manager; `stop()` shuts uvicorn down and joins its thread."""
 
-    def __init__(self, app: Any, *, name: str = "local-server", startup_timeout: float = 10.0) -> None:
+    def __init__(
+        self, app: Any, *, name: str = "local-server", startup_timeout: float = 10.0, lifespan: str = "off"
+    ) -> None:
         self.app = app
+        self.lifespan = lifespan  # "on" for an app that opens its resources at startup (Teamgraph's own)
         self.name = name
         self._startup_timeout = startup_timeout
         self._server: uvicorn.Server | None = None
@@ -34,7 +37,7 @@ class LocalASGIServer:
             host=HOST,
             port=0,
             loop="asyncio",
-            lifespan="off",
+            lifespan=self.lifespan,  # type: ignore[arg-type]
             log_config=None,
             log_level="warning",
             access_log=False,

@@ -1150,3 +1150,54 @@ def test_playground_is_served_when_enabled(tmp_path: Path) -> None:
             assert r.status_code == 200, r.text
             assert r.headers["content-type"].startswith("text/html")
             assert "Playground" in r.text
+
+
+# --- the event loop never waits on the session index -------------------------------------------------------
+
+
+def test_a_slow_postgres_session_index_does_not_stall_other_requests(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Postgres every index read is a network round trip: it must run off the event loop, or one slow read
+    holds up every request of the server. Here each read takes 1 s; a health check meanwhile answers at once."""
+    import asyncio
+    import time
+
+    import httpx
+
+    from tests.fakes.local_server import LocalASGIServer
+
+    app = create_app(Settings(_env_file=None, checkpoint_url=postgres_url))  # type: ignore[call-arg]
+    with LocalASGIServer(app, lifespan="on") as server:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={}).json()["id"]
+        index = app.state.engine.sessions
+        assert index.network  # Postgres
+        read = index.get
+
+        def slow_get(thread_id: str) -> Any:
+            time.sleep(1.0)
+            return read(thread_id)
+
+        monkeypatch.setattr(index, "get", slow_get)
+
+        async def health_while(request: Any) -> tuple[int, float]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                slow = asyncio.create_task(request(client))
+                await asyncio.sleep(0.2)  # the slow read has started
+                started = time.perf_counter()
+                health = await client.get("/healthz")
+                waited = time.perf_counter() - started
+                assert health.status_code == 200
+                response = await slow
+                assert response.status_code == 200, response.text
+                return response.status_code, waited
+
+        requests = {
+            "GET /sessions/{id}": lambda c: c.get(f"/sessions/{sid}", headers=DEMO),
+            "POST /teams/interview/invoke": lambda c: c.post(
+                "/teams/interview/invoke", headers=DEMO, json={"input": human("Hi"), "config": configured(sid)}
+            ),
+        }
+        for name, request in requests.items():
+            _, waited = asyncio.run(health_while(request))
+            assert waited < 0.5, f"/healthz waited {waited:.2f} s behind {name}'s session lookup"
