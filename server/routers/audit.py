@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from checkpoints.audit import EVENT_TYPES, as_utc
 from server.deps import CurrentCaller, EngineDep
@@ -18,8 +18,12 @@ router = APIRouter(prefix="/audit", tags=["audit"])
 
 
 class AuditEntryOut(BaseModel):
+    """An entry exactly as stored and hashed: a client can recompute `hash` from the other fields
+    (`checkpoints.audit.entry_hash`) and check that each `prev_hash` is the previous entry's `hash`."""
+
+    tenant: str
     seq: int
-    at: datetime
+    at: str = Field(description="UTC time in ISO 8601, as stored and hashed (e.g. 2026-11-27T04:00:00.000000+00:00)")
     actor: str
     session: str | None
     event_type: str
@@ -58,6 +62,6 @@ async def read_audit(
     entries = await asyncio.to_thread(query)
     page = entries[:limit]
     return AuditPage(
-        items=[AuditEntryOut(**{k: v for k, v in e.to_dict().items() if k != "tenant"}) for e in page],
+        items=[AuditEntryOut(**e.to_dict()) for e in page],
         next_cursor=page[-1].seq if len(entries) > limit else None,
     )

@@ -262,6 +262,10 @@ def test_a_sessions_life_is_audited_and_its_trail_outlives_it(db_url: str) -> No
     assert [e["seq"] for e in trail] == list(range(1, len(LIFE_EVENTS) + 1))
     assert trail[0]["prev_hash"] == GENESIS
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(trail))
+    # what the API returns is what was hashed: a client can check the chain itself
+    assert {e["tenant"] for e in trail} == {"demo"}
+    fields = ("tenant", "seq", "at", "actor", "session", "event_type", "payload", "prev_hash")
+    assert [entry_hash(*(e[f] for f in fields)) for e in trail] == [e["hash"] for e in trail]
 
     payload = {e["event_type"]: e["payload"] for e in trail}  # the last of each type
     assert trail[0]["payload"] == {"team": "interview", "title": TITLE}
