@@ -127,6 +127,12 @@ def growth_window(reps: list[list[dict[str, Any]]], turn: int, key: str, width: 
     return statistics.mean(values) if values else math.nan
 
 
+def span(values: list[float]) -> str:
+    """`a–b` at one decimal, or one number when both round the same."""
+    low, high = ms(min(values), 1), ms(max(values), 1)
+    return low if low == high else f"{low}–{high}"
+
+
 def met(ok: bool | None) -> str:
     return "**met**" if ok else ("**missed**" if ok is not None else "n/a")
 
@@ -158,8 +164,8 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             f"p50 of a turn through `/invoke` ≤ {GOAL_OVERHEAD}x in-process `ainvoke` (concurrency 1)",
             "; ".join(parts),
             (
-                f"a fixed cost of {ms(min(overheads), 1)}–{ms(max(overheads), 1)} ms per request on top of a graph "
-                f"that itself takes {ms(min(graph_ms), 1)}–{ms(max(graph_ms), 1)} ms here, while the goal leaves "
+                f"a fixed cost of {span(overheads)} ms per request on top of a graph "
+                f"that itself takes {span(graph_ms)} ms here, while the goal leaves "
                 f"{budget} for all of it: HTTP both ways "
                 "(client, uvicorn, Starlette/FastAPI and our middleware), LangServe's config/input parsing and its "
                 "JSON encoding of the whole team state, authentication and the config modifier, the session's turn "
