@@ -5,35 +5,22 @@ from __future__ import annotations
 import asyncio
 import functools
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from checkpoints.audit import EVENT_TYPES, as_utc
+from checkpoints.audit import EVENT_TYPES, AuditEntry, as_utc
 from server.deps import CurrentCaller, EngineDep
 from server.errors import ApiError
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
 
-class AuditEntryOut(BaseModel):
-    """An entry exactly as stored and hashed: a client can recompute `hash` from the other fields
-    (`checkpoints.audit.entry_hash`) and check that each `prev_hash` is the previous entry's `hash`."""
-
-    tenant: str
-    seq: int
-    at: str = Field(description="UTC time in ISO 8601, as stored and hashed (e.g. 2026-11-27T04:00:00.000000+00:00)")
-    actor: str
-    session: str | None
-    event_type: str
-    payload: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-
 class AuditPage(BaseModel):
-    items: list[AuditEntryOut]
+    # entries exactly as stored and hashed: a client can recompute each `hash` from the other fields
+    # (`checkpoints.audit.entry_hash`) and check that each `prev_hash` is the previous entry's `hash`
+    items: list[AuditEntry]
     next_cursor: int | None = None
 
 
@@ -62,6 +49,6 @@ async def read_audit(
     entries = await asyncio.to_thread(query)
     page = entries[:limit]
     return AuditPage(
-        items=[AuditEntryOut(**e.to_dict()) for e in page],
+        items=page,
         next_cursor=page[-1].seq if len(entries) > limit else None,
     )
