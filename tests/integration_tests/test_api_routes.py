@@ -1155,9 +1155,7 @@ def test_playground_is_served_when_enabled(tmp_path: Path) -> None:
 # --- the event loop never waits on the session index -------------------------------------------------------
 
 
-def test_a_slow_postgres_session_index_does_not_stall_other_requests(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_slow_postgres_session_index_does_not_stall_other_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     """With Postgres every index read is a network round trip: it must run off the event loop, or one slow read
     holds up every request of the server. Here each read takes 1 s; a health check meanwhile answers at once."""
     import asyncio
@@ -1165,10 +1163,14 @@ def test_a_slow_postgres_session_index_does_not_stall_other_requests(
 
     import httpx
 
+    from tests.conftest import fresh_postgres_schema
     from tests.fakes.local_server import LocalASGIServer
 
-    app = create_app(Settings(_env_file=None, checkpoint_url=postgres_url))  # type: ignore[call-arg]
-    with LocalASGIServer(app, lifespan="on") as server:
+    with (
+        fresh_postgres_schema() as url,  # its own schema: the sessions and audit entries it makes stay there
+        LocalASGIServer(create_app(Settings(_env_file=None, checkpoint_url=url)), lifespan="on") as server,  # type: ignore[call-arg]
+    ):
+        app = server.app
         sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={}).json()["id"]
         index = app.state.engine.sessions
         assert index.network  # Postgres
