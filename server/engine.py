@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import structlog
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, RemoveMessage
@@ -31,6 +31,8 @@ from server.observability.metrics import Metrics
 from server.observability.turn_observer import TurnContext, TurnObserver
 from server.settings import Settings
 from server.voice.records import forget_session as forget_voice_items
+
+T = TypeVar("T")
 
 
 class SessionNotFound(LookupError):
@@ -263,28 +265,27 @@ class Engine:
             raise SessionNotFound(thread_id)
         return record
 
-    async def find_session(self, thread_id: str) -> SessionRecord | None:
-        """The index row of `thread_id`, for request handlers: a Postgres read is a network round trip, so it
-        runs in a worker thread (on the event loop it would hold up every request while it waits); a SQLite
-        read on the index's own connection is quicker than the hop and stays on the loop."""
+    async def _read_index(self, read: Callable[..., T], *args: Any) -> T:
+        """A session-index read for request handlers: a Postgres read is a network round trip, so it runs in a
+        worker thread (on the event loop it would hold up every request while it waits); a SQLite read on the
+        index's own connection is quicker than the hop and stays on the loop."""
         if self.sessions.network:
-            return await asyncio.to_thread(self.sessions.get, thread_id)
-        return self.sessions.get(thread_id)
+            return await asyncio.to_thread(read, *args)
+        return read(*args)
+
+    async def find_session(self, thread_id: str) -> SessionRecord | None:
+        """The index row of `thread_id`, or None."""
+        return await self._read_index(self.sessions.get, thread_id)
 
     async def aget_session(self, tenant: str, thread_id: str) -> SessionRecord:
-        """`get_session` for request handlers (see `find_session`)."""
-        record = await self.find_session(thread_id)
-        if record is None or record.tenant != tenant:
-            raise SessionNotFound(thread_id)
-        return record
+        """`get_session` for request handlers."""
+        return await self._read_index(self.get_session, tenant, thread_id)
 
     async def alist_sessions(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
     ) -> list[SessionRecord]:
-        """The tenant's sessions, newest activity first, for request handlers (see `find_session`)."""
-        if self.sessions.network:
-            return await asyncio.to_thread(self.sessions.list, tenant, team, limit, before)
-        return self.sessions.list(tenant, team, limit, before)
+        """The tenant's sessions, newest activity first, for request handlers."""
+        return await self._read_index(self.sessions.list, tenant, team, limit, before)
 
     async def run_turn(self, session: SessionRecord, turn_input: dict[str, Any]) -> dict[str, Any]:
         """Run one turn to completion and return the team's state."""
