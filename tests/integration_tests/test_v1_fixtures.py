@@ -49,7 +49,8 @@ async def _check_sessions(url: str, stored: list[dict[str, Any]]) -> None:
             if item["team"] == "veneo_chat":
                 first = [m.content for m in transcript if m.type == "human"][:2]
                 assert first == item["turns"][:2]  # the archived start of the conversation is still there
-                after = await engine.run_turn(record, {"messages": [{"role": "user", "content": "Do you ship abroad?"}]})
+                turn = {"messages": [{"role": "user", "content": "Do you ship abroad?"}]}
+                after = await engine.run_turn(record, turn)
                 assert after["messages"][-1].type == "ai"
                 assert len(await engine.transcript(record)) == item["messages"] + 2
             elif item.get("phase") == "done":
