@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig
+from langchain_core.runnables.config import get_config_list
 from langgraph.graph.state import CompiledStateGraph
 from langserve.server import EndpointName
 from pydantic import BaseModel
@@ -22,6 +24,7 @@ from server.auth import Caller
 from server.deps import authenticate
 from server.engine import Engine, SessionNotFound, title_hint
 from server.errors import ApiError
+from server.observability.turn_observer import TurnObserver
 
 ALLOWED_CONFIGURABLE = ("thread_id",)
 LEASE_HELD = "__turn_lock_held"  # set by the server only; "__" keys never reach trace metadata
@@ -105,6 +108,38 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
             await self.engine.touch(thread_id, title_hint(input))
             return result
 
+    async def abatch(
+        self,
+        inputs: list[dict[str, Any]],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Inputs on different sessions run at once; inputs on one session run one after another, in order
+        (the request holds one turn lease per session, so nothing else keeps them apart)."""
+        # one shared config carries one turn observer, and an observer follows one turn: each input gets its own
+        configs = [
+            {**each, "callbacks": _fresh_observers(each.get("callbacks"))}
+            for each in get_config_list(config, len(inputs))
+        ]
+        by_session: dict[str, list[int]] = {}
+        for i, each in enumerate(configs):
+            by_session.setdefault(_thread_id(each), []).append(i)
+        outputs: list[Any] = [None] * len(inputs)
+
+        async def run_in_order(indexes: list[int]) -> None:
+            for i in indexes:
+                try:
+                    outputs[i] = await self.ainvoke(inputs[i], configs[i], **kwargs)
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    outputs[i] = exc
+
+        await asyncio.gather(*(run_in_order(indexes) for indexes in by_session.values()))
+        return outputs
+
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         raise NotImplementedError("teams run asynchronously; use astream")
 
@@ -140,6 +175,18 @@ def _thread_id(config: RunnableConfig | None) -> str:
             400, "thread_id_required", "config.configurable.thread_id is required", "config.configurable.thread_id"
         )
     return str(thread_id)
+
+
+def _fresh_observers(callbacks: Any) -> Any:
+    """The callbacks with each TurnObserver replaced by an unused copy (same turn context, no recorded runs)."""
+    if not isinstance(callbacks, list):
+        return callbacks
+    return [
+        dataclasses.replace(c, runs={}, pending_audit=[], root=None, turn_outcome="ok")
+        if isinstance(c, TurnObserver)
+        else c
+        for c in callbacks
+    ]
 
 
 def _run(config: RunnableConfig | None) -> TeamRunConfig:
@@ -218,10 +265,8 @@ def make_config_modifier(team: str):
         # take the session's turn lock now, before any response byte: a busy session answers 409 even on
         # /stream; the middleware releases it when the response has ended, however it ends
         leases = request.scope.setdefault("state", {}).setdefault("turn_leases", {})
-        if str(thread_id) in leases:
-            raise ApiError(422, "validation_error", "each input of a batch needs its own thread_id",
-                           "config.configurable.thread_id")  # fmt: skip
-        leases[str(thread_id)] = await engine.turn_locks.acquire(str(thread_id), team)
+        if str(thread_id) not in leases:  # batch inputs on one session share its lease and run in order (abatch)
+            leases[str(thread_id)] = await engine.turn_locks.acquire(str(thread_id), team)
         server = engine.run_config(session, run, actor=caller.key_id, observe=True)
         server["configurable"][LEASE_HELD] = True
         # server values replace whatever the client sent for these keys
