@@ -23,7 +23,7 @@ from checkpoints.factory import Persistence, build_persistence
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
-from nodes.memory_keeper import delete_archive, read_archive
+from nodes.memory_keeper import delete_archive, read_archive, whole_transcript
 from personas.factory import AgentFactory
 from personas.loader import Bundles, load_bundles
 from personas.resolver import AgentTeamResolver, TeamResolutionError, TeamRunConfig
@@ -347,10 +347,9 @@ class Engine:
         return dict(snapshot.values)
 
     async def transcript(self, session: SessionRecord) -> list[BaseMessage]:
-        """Every message of the session: the archive of trimmed messages, then those still in state."""
+        """Every message of the session, once: the archive of trimmed messages, then those still in state."""
         archived = await read_archive(self.persistence.store, session.thread_id)
-        current = (await self.state(session)).get("messages", [])
-        return [*archived, *current]
+        return whole_transcript(archived, await self.state(session))
 
     async def history(self, session: SessionRecord, limit: int = 20, before: str | None = None) -> list[dict[str, Any]]:
         """The session's checkpoints, newest first (`before`: a checkpoint id from the previous page)."""
