@@ -27,6 +27,16 @@ class SessionRecord:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PendingDeletion:
+    """A session whose deletion started (its index row is gone) and has not finished removing its data."""
+
+    thread_id: str
+    tenant: str
+    team: str
+    started_at: str
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -50,6 +60,14 @@ class SessionIndex(Protocol):
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
     def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
     def delete(self, thread_id: str) -> bool: ...
+    # deleting a session is two steps: its index row becomes a pending-deletion row in one transaction (from then
+    # on the session is gone for every reader and cannot be claimed again), and once its checkpoints, archive and
+    # voice items are removed and the deletion is audited, the pending row goes too; a crash in between leaves
+    # the pending row, and the next start or a repeated DELETE finishes the job
+    def begin_delete(self, thread_id: str) -> bool: ...
+    def pending_deletion(self, thread_id: str) -> PendingDeletion | None: ...
+    def pending_deletions(self) -> tuple[PendingDeletion, ...]: ...
+    def finish_delete(self, thread_id: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -81,6 +99,11 @@ class SqliteSessionIndex:
                 not_null={"tenant", "team", "created_at", "updated_at"},
             )
             table.create_index(["tenant", "updated_at", "thread_id"], if_not_exists=True)  # type: ignore[union-attr]
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "create table if not exists session_deletions (thread_id text primary key, tenant text not null,"
+                " team text not null, started_at text not null)"
+            )
 
     @classmethod
     def in_memory(cls) -> SqliteSessionIndex:
@@ -148,6 +171,28 @@ class SqliteSessionIndex:
             self.db.conn.commit()
             return cursor.rowcount > 0
 
+    def begin_delete(self, thread_id: str) -> bool:
+        with self._lock, self.db.conn:  # one transaction: the row moves, or nothing changes
+            self.db.execute(
+                "insert or replace into session_deletions (thread_id, tenant, team, started_at)"
+                " select thread_id, tenant, team, ? from sessions where thread_id = ?",
+                [now(), thread_id],
+            )
+            return self.db.execute("delete from sessions where thread_id = ?", [thread_id]).rowcount > 0
+
+    def pending_deletion(self, thread_id: str) -> PendingDeletion | None:
+        with self._read_lock:
+            rows = list(self._read.query("select * from session_deletions where thread_id = ?", [thread_id]))
+        return PendingDeletion(**rows[0]) if rows else None
+
+    def pending_deletions(self) -> tuple[PendingDeletion, ...]:
+        with self._read_lock:
+            return tuple(PendingDeletion(**r) for r in self._read.query("select * from session_deletions"))
+
+    def finish_delete(self, thread_id: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("delete from session_deletions where thread_id = ?", [thread_id])
+
     def close(self) -> None:
         if self._read is not self.db:
             self._read.conn.close()
@@ -175,6 +220,10 @@ class PostgresSessionIndex:
             conn.execute(
                 "create index if not exists teamgraph_sessions_tenant_updated"
                 " on teamgraph_sessions (tenant, updated_at desc, thread_id desc)"
+            )
+            conn.execute(
+                "create table if not exists teamgraph_session_deletions (thread_id text primary key,"
+                " tenant text not null, team text not null, started_at text not null)"
             )
 
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
@@ -226,6 +275,30 @@ class PostgresSessionIndex:
     def delete(self, thread_id: str) -> bool:
         with self.pool.connection() as conn:
             return conn.execute("delete from teamgraph_sessions where thread_id = %s", [thread_id]).rowcount > 0
+
+    def begin_delete(self, thread_id: str) -> bool:
+        with self.pool.connection() as conn, conn.transaction():  # the row moves, or nothing changes
+            conn.execute(
+                "insert into teamgraph_session_deletions (thread_id, tenant, team, started_at)"
+                " select thread_id, tenant, team, %s from teamgraph_sessions where thread_id = %s"
+                " on conflict (thread_id) do update set tenant = excluded.tenant, team = excluded.team,"
+                " started_at = excluded.started_at",
+                [now(), thread_id],
+            )
+            return conn.execute("delete from teamgraph_sessions where thread_id = %s", [thread_id]).rowcount > 0
+
+    def pending_deletion(self, thread_id: str) -> PendingDeletion | None:
+        row = self._one("select * from teamgraph_session_deletions where thread_id = %s", [thread_id])
+        return PendingDeletion(**row) if row else None
+
+    def pending_deletions(self) -> tuple[PendingDeletion, ...]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("select * from teamgraph_session_deletions").fetchall()
+        return tuple(PendingDeletion(**r) for r in rows)  # type: ignore[arg-type]
+
+    def finish_delete(self, thread_id: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("delete from teamgraph_session_deletions where thread_id = %s", [thread_id])
 
     def close(self) -> None:
         self.pool.close()

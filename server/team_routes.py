@@ -119,7 +119,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         """Inputs on different sessions run at once; inputs on one session run one after another, in order
         (the request holds one turn lease per session, so nothing else keeps them apart)."""
         # one shared config carries one turn observer, and an observer follows one turn: each input gets its own
-        configs = [
+        configs: list[RunnableConfig] = [
             {**each, "callbacks": _fresh_observers(each.get("callbacks"))}
             for each in get_config_list(config, len(inputs))
         ]

@@ -55,7 +55,7 @@ LIFE_EVENTS = [
     "session_created", "team_selected", "document_uploaded",
     "message", "response", "response",  # "Start"; intro, question 1
     "message", "response", "evaluation", "response",  # the answer; its evaluation, scored; question 2
-    "session_renamed", "session_deleted",
+    "session_renamed", "session_delete_started", "session_deleted",  # a delete is audited as it starts and ends
 ]  # fmt: skip
 FIELDS = ["tenant", "seq", "at", "actor", "session", "event_type", "payload", "prev_hash", "hash"]
 
@@ -282,7 +282,7 @@ def test_a_sessions_life_is_audited_and_its_trail_outlives_it(db_url: str) -> No
     assert all(isinstance(r["content"], str) and r["content"] for r in responses)
     assert payload["evaluation"]["scored_by"] == "fallback" and payload["evaluation"]["question_index"] == 0
     assert payload["session_renamed"] == {"title": "Renamed"}
-    assert payload["session_deleted"] == {"team": "interview"}
+    assert payload["session_delete_started"] == payload["session_deleted"] == {"team": "interview"}
 
     result = verify(db_url)
     assert result.ok, result
@@ -415,7 +415,7 @@ def test_the_tenants_content_policy_shapes_what_is_stored(tmp_path: Path, policy
         sid = interview(client, resume=resume, answer=answer)
         trail = audit_items(client, DEMO_ADMIN, session=sid)
 
-    assert [e["event_type"] for e in trail] == LIFE_EVENTS[:-2]  # every event is recorded, whatever the policy
+    assert [e["event_type"] for e in trail] == LIFE_EVENTS[:-3]  # every event is recorded, whatever the policy
     document = next(e["payload"] for e in trail if e["event_type"] == "document_uploaded")
     message = [e["payload"] for e in trail if e["event_type"] == "message"][-1]
     responses = [e["payload"] for e in trail if e["event_type"] == "response"]
@@ -535,7 +535,7 @@ def test_export_as_jsonl_and_csv_then_prune_and_keep_verifying(db_url: str, tmp_
             recomputed = entry_hash(r["tenant"], r["seq"], r["at"], r["actor"], r["session"], r["event_type"],
                                     r["payload"], r["prev_hash"])  # fmt: skip
             assert recomputed == r["hash"]
-        assert [r["event_type"] for r in rows] == LIFE_EVENTS[:-2]
+        assert [r["event_type"] for r in rows] == LIFE_EVENTS[:-3]
 
         csv_path = tmp_path / "audit.csv"
         exported = runner.invoke(cli_app, ["audit", "export", "--tenant", "demo", "--format", "csv", "-o",

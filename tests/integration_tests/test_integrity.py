@@ -134,3 +134,90 @@ async def test_a_turn_that_dies_after_archiving_leaves_the_transcript_without_du
             *questions[9:],
         ]
         assert len({m.id for m in messages}) == len(messages)
+
+
+# --- delete: whole or gone --------------------------------------------------------------------------------
+
+
+class DiskGone(OSError):
+    """Stands for the database failing (or the process dying) halfway through a delete."""
+
+
+def chat_turn(client: TestClient, thread_id: str, text: str) -> Any:
+    r = client.post(
+        "/teams/veneo_chat/invoke",
+        headers=VENEO,
+        json={"input": human(text), "config": {"configurable": {"thread_id": thread_id}}},
+    )
+    return r
+
+
+def audit_types(client: TestClient, thread_id: str) -> list[str]:
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    return [e.event_type for e in engine.audit.query("veneo", session=thread_id, limit=500)]
+
+
+async def _interrupted_archive_delete(store: Any, thread_id: str) -> int:
+    raise DiskGone("the store went away")
+
+
+@pytest.mark.parametrize("finish", ["repeated DELETE", "restart"])
+def test_a_delete_that_fails_halfway_leaves_the_session_gone_and_is_finished_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/tg.db"
+    with make_client(url) as client:
+        for i in range(12):  # 24 messages: 10 of them archived, the rest in state
+            assert chat_turn(client, "doomed", f"[{i}] {QUESTIONS[i % 3]}").status_code == 200
+        assert len(transcript(client, "doomed")) == 24
+        with monkeypatch.context() as patch:
+            patch.setattr("server.engine.delete_archive", _interrupted_archive_delete)
+            r = client.delete("/sessions/doomed", headers=VENEO)
+        assert r.status_code == 500, r.text
+
+        # the checkpoints are gone and the archive is not, but no client can see half a session
+        r = client.get("/sessions/doomed", headers=VENEO)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        assert "doomed" not in [s["id"] for s in client.get("/sessions", headers=VENEO).json()["items"]]
+        # nor add to it: a turn on the id is refused until the deletion has finished, and nothing is stored
+        r = chat_turn(client, "doomed", "Still there?")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "session_deleting"
+        assert "DELETE /sessions/doomed" in r.json()["error"]["message"]
+        # the audit trail says what happened: a delete started, and did not finish
+        assert audit_types(client, "doomed")[-2:] == ["safety_decision", "session_delete_started"]
+
+        if finish == "repeated DELETE":
+            assert client.delete("/sessions/doomed", headers=VENEO).status_code == 204
+    with make_client(url) as client:  # a restart finishes what is still pending
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        assert client.portal.call(read_archive, engine.persistence.store, "doomed") == []  # type: ignore[union-attr]
+        config = {"configurable": {"thread_id": "doomed", "checkpoint_ns": ""}}
+        assert client.portal.call(engine.persistence.checkpointer.aget_tuple, config) is None  # type: ignore[union-attr]
+        assert audit_types(client, "doomed")[-2:] == ["session_delete_started", "session_deleted"]
+        # gone for good: a further DELETE is 404, and the id starts a new, empty session
+        r = client.delete("/sessions/doomed", headers=VENEO)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        assert chat_turn(client, "doomed", "Hello again").status_code == 200
+        fresh = transcript(client, "doomed")
+        assert len(fresh) == 2 and fresh[0] == ("user", "Hello again")
+
+
+def test_another_tenant_cannot_claim_an_id_whose_deletion_is_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with make_client(f"sqlite:///{tmp_path}/tg.db") as client:
+        assert chat_turn(client, "pending-id", "How long does shipping take?").status_code == 200
+        with monkeypatch.context() as patch:
+            patch.setattr("server.engine.delete_archive", _interrupted_archive_delete)
+            assert client.delete("/sessions/pending-id", headers=VENEO).status_code == 500
+        r = client.post(
+            "/teams/interview/invoke",
+            headers={"Authorization": "Bearer tg-demo-key"},
+            json={"input": human("Start"), "config": {"configurable": {"thread_id": "pending-id"}}},
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        # nor can it finish (or learn about) the other tenant's deletion
+        r = client.delete("/sessions/pending-id", headers={"Authorization": "Bearer tg-demo-key"})
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        assert client.delete("/sessions/pending-id", headers=VENEO).status_code == 204
