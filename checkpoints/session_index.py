@@ -37,6 +37,19 @@ class PendingDeletion:
     started_at: str
 
 
+@dataclass(frozen=True)
+class IdempotentTurn:
+    """A turn sent with an Idempotency-Key: what the request was (its fingerprint) and, once done, its answer.
+
+    `result` is None while the turn runs, or when the process died during it; `before_checkpoint` is the
+    session's latest checkpoint when the turn started, which tells whether such a turn was stored."""
+
+    fingerprint: str
+    before_checkpoint: str | None
+    result_type: str | None
+    result: bytes | None
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -68,6 +81,13 @@ class SessionIndex(Protocol):
     def pending_deletion(self, thread_id: str) -> PendingDeletion | None: ...
     def pending_deletions(self) -> tuple[PendingDeletion, ...]: ...
     def finish_delete(self, thread_id: str) -> None: ...
+    # Idempotency-Key -> the turn's stored answer, per tenant and session (dropped with the session)
+    def idempotent_turn(self, tenant: str, thread_id: str, key: str) -> IdempotentTurn | None: ...
+    def start_idempotent_turn(
+        self, tenant: str, thread_id: str, key: str, fingerprint: str, before_checkpoint: str | None
+    ) -> None: ...
+    def finish_idempotent_turn(self, tenant: str, thread_id: str, key: str, result: tuple[str, bytes]) -> None: ...
+    def forget_idempotent_turn(self, tenant: str, thread_id: str, key: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -103,6 +123,11 @@ class SqliteSessionIndex:
             self.db.execute(
                 "create table if not exists session_deletions (thread_id text primary key, tenant text not null,"
                 " team text not null, started_at text not null)"
+            )
+            self.db.execute(
+                "create table if not exists idempotency_keys (tenant text not null, thread_id text not null,"
+                " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
+                " result blob, created_at text not null, primary key (tenant, thread_id, key))"
             )
 
     @classmethod
@@ -191,7 +216,43 @@ class SqliteSessionIndex:
 
     def finish_delete(self, thread_id: str) -> None:
         with self._lock, self.db.conn:
+            self.db.execute("delete from idempotency_keys where thread_id = ?", [thread_id])
             self.db.execute("delete from session_deletions where thread_id = ?", [thread_id])
+
+    def idempotent_turn(self, tenant: str, thread_id: str, key: str) -> IdempotentTurn | None:
+        with self._read_lock:
+            rows = list(
+                self._read.query(
+                    "select fingerprint, before_checkpoint, result_type, result from idempotency_keys"
+                    " where tenant = ? and thread_id = ? and key = ?",
+                    [tenant, thread_id, key],
+                )
+            )
+        return IdempotentTurn(**rows[0]) if rows else None
+
+    def start_idempotent_turn(
+        self, tenant: str, thread_id: str, key: str, fingerprint: str, before_checkpoint: str | None
+    ) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "insert or replace into idempotency_keys (tenant, thread_id, key, fingerprint, before_checkpoint,"
+                " created_at) values (?, ?, ?, ?, ?, ?)",
+                [tenant, thread_id, key, fingerprint, before_checkpoint, now()],
+            )
+
+    def finish_idempotent_turn(self, tenant: str, thread_id: str, key: str, result: tuple[str, bytes]) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "update idempotency_keys set result_type = ?, result = ?"
+                " where tenant = ? and thread_id = ? and key = ?",
+                [result[0], result[1], tenant, thread_id, key],
+            )
+
+    def forget_idempotent_turn(self, tenant: str, thread_id: str, key: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "delete from idempotency_keys where tenant = ? and thread_id = ? and key = ?", [tenant, thread_id, key]
+            )
 
     def close(self) -> None:
         if self._read is not self.db:
@@ -224,6 +285,11 @@ class PostgresSessionIndex:
             conn.execute(
                 "create table if not exists teamgraph_session_deletions (thread_id text primary key,"
                 " tenant text not null, team text not null, started_at text not null)"
+            )
+            conn.execute(
+                "create table if not exists teamgraph_idempotency_keys (tenant text not null, thread_id text not null,"
+                " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
+                " result bytea, created_at text not null, primary key (tenant, thread_id, key))"
             )
 
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
@@ -297,8 +363,46 @@ class PostgresSessionIndex:
         return tuple(PendingDeletion(**r) for r in rows)  # type: ignore[arg-type]
 
     def finish_delete(self, thread_id: str) -> None:
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("delete from teamgraph_idempotency_keys where thread_id = %s", [thread_id])
             conn.execute("delete from teamgraph_session_deletions where thread_id = %s", [thread_id])
+
+    def idempotent_turn(self, tenant: str, thread_id: str, key: str) -> IdempotentTurn | None:
+        row = self._one(
+            "select fingerprint, before_checkpoint, result_type, result from teamgraph_idempotency_keys"
+            " where tenant = %s and thread_id = %s and key = %s",
+            [tenant, thread_id, key],
+        )
+        if row is None:
+            return None
+        return IdempotentTurn(**{**row, "result": bytes(row["result"]) if row["result"] is not None else None})
+
+    def start_idempotent_turn(
+        self, tenant: str, thread_id: str, key: str, fingerprint: str, before_checkpoint: str | None
+    ) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "insert into teamgraph_idempotency_keys (tenant, thread_id, key, fingerprint, before_checkpoint,"
+                " created_at) values (%s, %s, %s, %s, %s, %s) on conflict (tenant, thread_id, key) do update set"
+                " fingerprint = excluded.fingerprint, before_checkpoint = excluded.before_checkpoint,"
+                " result_type = null, result = null, created_at = excluded.created_at",
+                [tenant, thread_id, key, fingerprint, before_checkpoint, now()],
+            )
+
+    def finish_idempotent_turn(self, tenant: str, thread_id: str, key: str, result: tuple[str, bytes]) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "update teamgraph_idempotency_keys set result_type = %s, result = %s"
+                " where tenant = %s and thread_id = %s and key = %s",
+                [result[0], result[1], tenant, thread_id, key],
+            )
+
+    def forget_idempotent_turn(self, tenant: str, thread_id: str, key: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "delete from teamgraph_idempotency_keys where tenant = %s and thread_id = %s and key = %s",
+                [tenant, thread_id, key],
+            )
 
     def close(self) -> None:
         self.pool.close()

@@ -18,7 +18,7 @@ from langchain_core.messages import HumanMessage
 from nodes.memory_keeper import read_archive
 from server.app import create_app
 from server.settings import Settings
-from tests.conftest import open_engine
+from tests.conftest import fresh_postgres_schema, open_engine
 
 VENEO = {"X-API-Key": "tg-veneo-key"}
 QUESTIONS = ["How long does shipping take?", "Can I return shoes?", "Do gift cards expire?"]
@@ -221,3 +221,90 @@ def test_another_tenant_cannot_claim_an_id_whose_deletion_is_pending(
         r = client.delete("/sessions/pending-id", headers={"Authorization": "Bearer tg-demo-key"})
         assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
         assert client.delete("/sessions/pending-id", headers=VENEO).status_code == 204
+
+
+# --- Idempotency-Key --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    if request.param == "sqlite":
+        with make_client(f"sqlite:///{tmp_path}/tg.db") as c:
+            yield c
+    else:
+        with fresh_postgres_schema("tg_idem") as url, make_client(url) as c:
+            yield c
+
+
+def keyed(client: TestClient, endpoint: str, thread_id: str, text: str, key: str) -> Any:
+    return client.post(
+        f"/teams/veneo_chat/{endpoint}",
+        headers={**VENEO, "Idempotency-Key": key},
+        json={"input": human(text), "config": {"configurable": {"thread_id": thread_id}}},
+    )
+
+
+def test_a_retried_turn_with_the_same_key_is_answered_from_the_store_not_run_again(any_db: TestClient) -> None:
+    client = any_db
+    first = keyed(client, "invoke", "idem", "How long does shipping take?", "turn-1")
+    assert first.status_code == 200, first.text
+    again = keyed(client, "invoke", "idem", "How long does shipping take?", "turn-1")
+    assert again.status_code == 200, again.text
+    assert again.json()["output"] == first.json()["output"]
+    reply = first.json()["output"]["messages"][-1]["content"]
+    assert transcript(client, "idem") == [("user", "How long does shipping take?"), ("assistant", reply)]
+    assert audit_types(client, "idem").count("message") == 1
+
+    # a new key is a new turn, even with the same text
+    assert keyed(client, "invoke", "idem", "How long does shipping take?", "turn-2").status_code == 200
+    assert len(transcript(client, "idem")) == 4
+
+    # the same key with another body is refused before anything runs
+    r = keyed(client, "invoke", "idem", "Can I return shoes?", "turn-1")
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["field"]) == ("idempotency_key_reused", "Idempotency-Key")
+    assert "'turn-1'" in error["message"] and "new key" in error["message"]
+    assert len(transcript(client, "idem")) == 4
+
+    # keys belong to a session: the same key on another session is a turn of its own
+    assert keyed(client, "invoke", "idem-other", "How long does shipping take?", "turn-1").status_code == 200
+    assert len(transcript(client, "idem-other")) == 2
+
+
+def test_a_retried_stream_with_the_same_key_sends_the_same_chunks_again(any_db: TestClient) -> None:
+    client = any_db
+    first = keyed(client, "stream", "idem-stream", "Do gift cards expire?", "s-1")
+    assert first.status_code == 200, first.text
+    assert "event: data" in first.text
+    again = keyed(client, "stream", "idem-stream", "Do gift cards expire?", "s-1")
+    assert again.status_code == 200
+    # the same data events (run ids in metadata events differ; the turn's chunks do not)
+    assert [ln for ln in again.text.splitlines() if ln.startswith("data:") and "run_id" not in ln] == [
+        ln for ln in first.text.splitlines() if ln.startswith("data:") and "run_id" not in ln
+    ]
+    assert len(transcript(client, "idem-stream")) == 2
+    # the key was used on /stream: the same body on /invoke is a different request
+    r = keyed(client, "invoke", "idem-stream", "Do gift cards expire?", "s-1")
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "idempotency_key_reused")
+
+
+@pytest.mark.parametrize("endpoint", ["batch", "stream_events"])
+def test_an_idempotency_key_where_it_is_not_supported_is_refused(client: TestClient, endpoint: str) -> None:
+    body: dict[str, Any] = {"config": {"configurable": {"thread_id": "idem-no"}}}
+    body |= {"inputs": [human("Hi")]} if endpoint == "batch" else {"input": human("Hi")}
+    r = client.post(f"/teams/veneo_chat/{endpoint}", headers={**VENEO, "Idempotency-Key": "k"}, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "Idempotency-Key"
+    assert client.get("/sessions/idem-no", headers=VENEO).status_code == 404  # nothing ran, nothing was created
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "naïve", "has space"])
+def test_a_malformed_idempotency_key_is_422(client: TestClient, key: str) -> None:
+    r = client.post(
+        "/teams/veneo_chat/invoke",
+        headers=[*VENEO.items(), ("Idempotency-Key", key.encode())],  # type: ignore[list-item]
+        json={"input": human("Hi"), "config": {"configurable": {"thread_id": "idem-bad"}}},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "Idempotency-Key"
