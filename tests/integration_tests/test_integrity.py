@@ -308,3 +308,44 @@ def test_a_malformed_idempotency_key_is_422(client: TestClient, key: str) -> Non
     )
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == "Idempotency-Key"
+
+
+def test_a_keyed_turn_cut_off_by_a_crash_runs_on_retry_only_if_it_was_not_stored(client: TestClient) -> None:
+    """A process that dies mid-turn leaves its key without an answer; what the retry does depends on the session."""
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    assert chat_turn(client, "cut", "How long does shipping take?").status_code == 200
+    latest = client.portal.call(  # type: ignore[union-attr]
+        engine.persistence.checkpointer.aget_tuple, {"configurable": {"thread_id": "cut", "checkpoint_ns": ""}}
+    )
+    before = latest.config["configurable"]["checkpoint_id"]
+    body = {"input": human("Can I return shoes?"), "config": {"configurable": {"thread_id": "cut"}}}
+
+    def fingerprint_of(sent: dict[str, Any]) -> str:
+        # what the server records for the request; taken from a first keyed request, then left unanswered
+        r = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "probe"}, json=sent)
+        assert r.status_code == 200
+        turn = engine.sessions.idempotent_turn("veneo", "cut", "probe")
+        return str(turn.fingerprint)
+
+    fingerprint = fingerprint_of(body)  # (this turn is stored: the transcript now holds 2 turns)
+    assert len(transcript(client, "cut")) == 4
+
+    # (a) the crashed turn started before the session's latest checkpoint: it may be stored, so no rerun
+    engine.sessions.start_idempotent_turn("veneo", "cut", "k-doubt", fingerprint, before)
+    r = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-doubt"}, json=body)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "idempotent_turn_outcome_unknown")
+    assert "GET /sessions/cut" in r.json()["error"]["message"]
+    assert len(transcript(client, "cut")) == 4
+
+    # (b) the session has not moved since the crashed turn started: it was not stored, so the retry runs it once
+    latest = client.portal.call(  # type: ignore[union-attr]
+        engine.persistence.checkpointer.aget_tuple, {"configurable": {"thread_id": "cut", "checkpoint_ns": ""}}
+    )
+    now_id = latest.config["configurable"]["checkpoint_id"]
+    engine.sessions.start_idempotent_turn("veneo", "cut", "k-lost", fingerprint, now_id)
+    r = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-lost"}, json=body)
+    assert r.status_code == 200, r.text
+    assert len(transcript(client, "cut")) == 6
+    again = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-lost"}, json=body)
+    assert again.json()["output"] == r.json()["output"]
+    assert len(transcript(client, "cut")) == 6
