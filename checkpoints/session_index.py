@@ -119,16 +119,18 @@ class SqliteSessionIndex:
                 not_null={"tenant", "team", "created_at", "updated_at"},
             )
             table.create_index(["tenant", "updated_at", "thread_id"], if_not_exists=True)  # type: ignore[union-attr]
-        with self._lock, self.db.conn:
-            self.db.execute(
-                "create table if not exists session_deletions (thread_id text primary key, tenant text not null,"
-                " team text not null, started_at text not null)"
-            )
-            self.db.execute(
-                "create table if not exists idempotency_keys (tenant text not null, thread_id text not null,"
-                " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
-                " result blob, created_at text not null, primary key (tenant, thread_id, key))"
-            )
+        # only when missing: a start that finds them takes no write lock (workers start while others write)
+        if not self.db["session_deletions"].exists() or not self.db["idempotency_keys"].exists():
+            with self._lock, self.db.conn:
+                self.db.execute(
+                    "create table if not exists session_deletions (thread_id text primary key, tenant text not null,"
+                    " team text not null, started_at text not null)"
+                )
+                self.db.execute(
+                    "create table if not exists idempotency_keys (tenant text not null, thread_id text not null,"
+                    " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
+                    " result blob, created_at text not null, primary key (tenant, thread_id, key))"
+                )
 
     @classmethod
     def in_memory(cls) -> SqliteSessionIndex:
