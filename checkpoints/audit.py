@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 EVENT_TYPES = (
     "session_created", "message", "response", "safety_decision", "evaluation", "team_selected",
-    "document_uploaded", "session_renamed", "session_deleted",
+    "document_uploaded", "session_renamed", "session_delete_started", "session_deleted",
 )  # fmt: skip
 GENESIS = "0" * 64
 ContentPolicy = Literal["full", "hash", "none"]

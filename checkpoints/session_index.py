@@ -27,6 +27,29 @@ class SessionRecord:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PendingDeletion:
+    """A session whose deletion started (its index row is gone) and has not finished removing its data."""
+
+    thread_id: str
+    tenant: str
+    team: str
+    started_at: str
+
+
+@dataclass(frozen=True)
+class IdempotentTurn:
+    """A turn sent with an Idempotency-Key: what the request was (its fingerprint) and, once done, its answer.
+
+    `result` is None while the turn runs, or when the process died during it; `before_checkpoint` is the
+    session's latest checkpoint when the turn started, which tells whether such a turn was stored."""
+
+    fingerprint: str
+    before_checkpoint: str | None
+    result_type: str | None
+    result: bytes | None
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -50,6 +73,21 @@ class SessionIndex(Protocol):
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
     def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
     def delete(self, thread_id: str) -> bool: ...
+    # deleting a session is two steps: its index row becomes a pending-deletion row in one transaction (from then
+    # on the session is gone for every reader and cannot be claimed again), and once its checkpoints, archive and
+    # voice items are removed and the deletion is audited, the pending row goes too; a crash in between leaves
+    # the pending row, and the next start or a repeated DELETE finishes the job
+    def begin_delete(self, thread_id: str) -> bool: ...
+    def pending_deletion(self, thread_id: str) -> PendingDeletion | None: ...
+    def pending_deletions(self) -> tuple[PendingDeletion, ...]: ...
+    def finish_delete(self, thread_id: str) -> None: ...
+    # Idempotency-Key -> the turn's stored answer, per tenant and session (dropped with the session)
+    def idempotent_turn(self, tenant: str, thread_id: str, key: str) -> IdempotentTurn | None: ...
+    def start_idempotent_turn(
+        self, tenant: str, thread_id: str, key: str, fingerprint: str, before_checkpoint: str | None
+    ) -> None: ...
+    def finish_idempotent_turn(self, tenant: str, thread_id: str, key: str, result: tuple[str, bytes]) -> None: ...
+    def forget_idempotent_turn(self, tenant: str, thread_id: str, key: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -81,6 +119,18 @@ class SqliteSessionIndex:
                 not_null={"tenant", "team", "created_at", "updated_at"},
             )
             table.create_index(["tenant", "updated_at", "thread_id"], if_not_exists=True)  # type: ignore[union-attr]
+        # only when missing: a start that finds them takes no write lock (workers start while others write)
+        if not self.db["session_deletions"].exists() or not self.db["idempotency_keys"].exists():
+            with self._lock, self.db.conn:
+                self.db.execute(
+                    "create table if not exists session_deletions (thread_id text primary key, tenant text not null,"
+                    " team text not null, started_at text not null)"
+                )
+                self.db.execute(
+                    "create table if not exists idempotency_keys (tenant text not null, thread_id text not null,"
+                    " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
+                    " result blob, created_at text not null, primary key (tenant, thread_id, key))"
+                )
 
     @classmethod
     def in_memory(cls) -> SqliteSessionIndex:
@@ -148,6 +198,64 @@ class SqliteSessionIndex:
             self.db.conn.commit()
             return cursor.rowcount > 0
 
+    def begin_delete(self, thread_id: str) -> bool:
+        with self._lock, self.db.conn:  # one transaction: the row moves, or nothing changes
+            self.db.execute(
+                "insert or replace into session_deletions (thread_id, tenant, team, started_at)"
+                " select thread_id, tenant, team, ? from sessions where thread_id = ?",
+                [now(), thread_id],
+            )
+            return self.db.execute("delete from sessions where thread_id = ?", [thread_id]).rowcount > 0
+
+    def pending_deletion(self, thread_id: str) -> PendingDeletion | None:
+        with self._read_lock:
+            rows = list(self._read.query("select * from session_deletions where thread_id = ?", [thread_id]))
+        return PendingDeletion(**rows[0]) if rows else None
+
+    def pending_deletions(self) -> tuple[PendingDeletion, ...]:
+        with self._read_lock:
+            return tuple(PendingDeletion(**r) for r in self._read.query("select * from session_deletions"))
+
+    def finish_delete(self, thread_id: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("delete from idempotency_keys where thread_id = ?", [thread_id])
+            self.db.execute("delete from session_deletions where thread_id = ?", [thread_id])
+
+    def idempotent_turn(self, tenant: str, thread_id: str, key: str) -> IdempotentTurn | None:
+        with self._read_lock:
+            rows = list(
+                self._read.query(
+                    "select fingerprint, before_checkpoint, result_type, result from idempotency_keys"
+                    " where tenant = ? and thread_id = ? and key = ?",
+                    [tenant, thread_id, key],
+                )
+            )
+        return IdempotentTurn(**rows[0]) if rows else None
+
+    def start_idempotent_turn(
+        self, tenant: str, thread_id: str, key: str, fingerprint: str, before_checkpoint: str | None
+    ) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "insert or replace into idempotency_keys (tenant, thread_id, key, fingerprint, before_checkpoint,"
+                " created_at) values (?, ?, ?, ?, ?, ?)",
+                [tenant, thread_id, key, fingerprint, before_checkpoint, now()],
+            )
+
+    def finish_idempotent_turn(self, tenant: str, thread_id: str, key: str, result: tuple[str, bytes]) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "update idempotency_keys set result_type = ?, result = ?"
+                " where tenant = ? and thread_id = ? and key = ?",
+                [result[0], result[1], tenant, thread_id, key],
+            )
+
+    def forget_idempotent_turn(self, tenant: str, thread_id: str, key: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "delete from idempotency_keys where tenant = ? and thread_id = ? and key = ?", [tenant, thread_id, key]
+            )
+
     def close(self) -> None:
         if self._read is not self.db:
             self._read.conn.close()
@@ -175,6 +283,15 @@ class PostgresSessionIndex:
             conn.execute(
                 "create index if not exists teamgraph_sessions_tenant_updated"
                 " on teamgraph_sessions (tenant, updated_at desc, thread_id desc)"
+            )
+            conn.execute(
+                "create table if not exists teamgraph_session_deletions (thread_id text primary key,"
+                " tenant text not null, team text not null, started_at text not null)"
+            )
+            conn.execute(
+                "create table if not exists teamgraph_idempotency_keys (tenant text not null, thread_id text not null,"
+                " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
+                " result bytea, created_at text not null, primary key (tenant, thread_id, key))"
             )
 
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
@@ -226,6 +343,68 @@ class PostgresSessionIndex:
     def delete(self, thread_id: str) -> bool:
         with self.pool.connection() as conn:
             return conn.execute("delete from teamgraph_sessions where thread_id = %s", [thread_id]).rowcount > 0
+
+    def begin_delete(self, thread_id: str) -> bool:
+        with self.pool.connection() as conn, conn.transaction():  # the row moves, or nothing changes
+            conn.execute(
+                "insert into teamgraph_session_deletions (thread_id, tenant, team, started_at)"
+                " select thread_id, tenant, team, %s from teamgraph_sessions where thread_id = %s"
+                " on conflict (thread_id) do update set tenant = excluded.tenant, team = excluded.team,"
+                " started_at = excluded.started_at",
+                [now(), thread_id],
+            )
+            return conn.execute("delete from teamgraph_sessions where thread_id = %s", [thread_id]).rowcount > 0
+
+    def pending_deletion(self, thread_id: str) -> PendingDeletion | None:
+        row = self._one("select * from teamgraph_session_deletions where thread_id = %s", [thread_id])
+        return PendingDeletion(**row) if row else None
+
+    def pending_deletions(self) -> tuple[PendingDeletion, ...]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("select * from teamgraph_session_deletions").fetchall()
+        return tuple(PendingDeletion(**r) for r in rows)  # type: ignore[arg-type]
+
+    def finish_delete(self, thread_id: str) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("delete from teamgraph_idempotency_keys where thread_id = %s", [thread_id])
+            conn.execute("delete from teamgraph_session_deletions where thread_id = %s", [thread_id])
+
+    def idempotent_turn(self, tenant: str, thread_id: str, key: str) -> IdempotentTurn | None:
+        row = self._one(
+            "select fingerprint, before_checkpoint, result_type, result from teamgraph_idempotency_keys"
+            " where tenant = %s and thread_id = %s and key = %s",
+            [tenant, thread_id, key],
+        )
+        if row is None:
+            return None
+        return IdempotentTurn(**{**row, "result": bytes(row["result"]) if row["result"] is not None else None})
+
+    def start_idempotent_turn(
+        self, tenant: str, thread_id: str, key: str, fingerprint: str, before_checkpoint: str | None
+    ) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "insert into teamgraph_idempotency_keys (tenant, thread_id, key, fingerprint, before_checkpoint,"
+                " created_at) values (%s, %s, %s, %s, %s, %s) on conflict (tenant, thread_id, key) do update set"
+                " fingerprint = excluded.fingerprint, before_checkpoint = excluded.before_checkpoint,"
+                " result_type = null, result = null, created_at = excluded.created_at",
+                [tenant, thread_id, key, fingerprint, before_checkpoint, now()],
+            )
+
+    def finish_idempotent_turn(self, tenant: str, thread_id: str, key: str, result: tuple[str, bytes]) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "update teamgraph_idempotency_keys set result_type = %s, result = %s"
+                " where tenant = %s and thread_id = %s and key = %s",
+                [result[0], result[1], tenant, thread_id, key],
+            )
+
+    def forget_idempotent_turn(self, tenant: str, thread_id: str, key: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "delete from teamgraph_idempotency_keys where tenant = %s and thread_id = %s and key = %s",
+                [tenant, thread_id, key],
+            )
 
     def close(self) -> None:
         self.pool.close()

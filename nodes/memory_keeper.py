@@ -68,6 +68,19 @@ async def read_archive(store: BaseStore, thread_id: str) -> list[BaseMessage]:
     return messages_from_dict([item.value["message"] for item in items])
 
 
+def whole_transcript(archive: list[BaseMessage], state: dict[str, Any]) -> list[BaseMessage]:
+    """The archive followed by the messages in state, counting only what the committed state has archived.
+
+    memory_keeper writes the archive before its turn's checkpoint: a process that dies in between leaves entries
+    past the state's `archived` count whose messages are still in state. Those entries are not part of the
+    session yet (the next trim rewrites the same keys), so they are skipped here, and any archived message whose
+    id is still in state is skipped too: the transcript never shows a message twice, whenever it is read."""
+    current: list[BaseMessage] = state.get("messages", [])
+    in_state = {m.id for m in current if m.id}
+    committed = archive[: state.get("archived", 0)]
+    return [*(m for m in committed if not (m.id and m.id in in_state)), *current]
+
+
 async def delete_archive(store: BaseStore, thread_id: str) -> int:
     """Remove a thread's archived transcript; returns how many entries were removed."""
     return await delete_namespace(store, transcript_namespace(thread_id))

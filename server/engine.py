@@ -23,7 +23,7 @@ from checkpoints.factory import Persistence, build_persistence
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
-from nodes.memory_keeper import delete_archive, read_archive
+from nodes.memory_keeper import delete_archive, read_archive, whole_transcript
 from personas.factory import AgentFactory
 from personas.loader import Bundles, load_bundles
 from personas.resolver import AgentTeamResolver, TeamResolutionError, TeamRunConfig
@@ -43,6 +43,20 @@ class SessionNotFound(LookupError):
 
     def __init__(self, thread_id: str):
         super().__init__(f"no session {thread_id!r}")
+        self.thread_id = thread_id
+
+
+class SessionDeleting(Exception):
+    """A turn on a session whose deletion started and has not finished (a crash interrupted it)."""
+
+    status = 409
+    code = "session_deleting"
+
+    def __init__(self, thread_id: str):
+        super().__init__(
+            f"session {thread_id!r} is being deleted; repeat DELETE /sessions/{thread_id} to finish it, "
+            "then the id can start a new session"
+        )
         self.thread_id = thread_id
 
 
@@ -105,6 +119,7 @@ class Engine:
             engine = cls(bundles, persistence, factory, metrics)
             engine.turn_locks.wait_s = settings.turn_wait_s
             engine.durability = settings.durability
+            await engine.finish_pending_deletions()
             yield engine
 
     def unreviewed_nodes(self, run: TeamRunConfig) -> set[str]:
@@ -231,6 +246,9 @@ class Engine:
         """The session for a turn on `thread_id`: created for the caller when new, refused when someone else's."""
         record = self.sessions.get(thread_id)
         if record is None:
+            pending = self.sessions.pending_deletion(thread_id)
+            if pending is not None:  # an interrupted delete: the id is not free until it has finished
+                raise SessionDeleting(thread_id) if pending.tenant == tenant else SessionNotFound(thread_id)
             try:
                 return self._created(self.sessions.create(thread_id, tenant, team), team, actor)
             except AuditWriteError:
@@ -347,10 +365,9 @@ class Engine:
         return dict(snapshot.values)
 
     async def transcript(self, session: SessionRecord) -> list[BaseMessage]:
-        """Every message of the session: the archive of trimmed messages, then those still in state."""
+        """Every message of the session, once: the archive of trimmed messages, then those still in state."""
         archived = await read_archive(self.persistence.store, session.thread_id)
-        current = (await self.state(session)).get("messages", [])
-        return [*archived, *current]
+        return whole_transcript(archived, await self.state(session))
 
     async def history(self, session: SessionRecord, limit: int = 20, before: str | None = None) -> list[dict[str, Any]]:
         """The session's checkpoints, newest first (`before`: a checkpoint id from the previous page)."""
@@ -401,15 +418,52 @@ class Engine:
                     {"kind": kind, "filename": filename, "characters": len(text), "content": text})  # fmt: skip
 
     async def delete_session(self, session: SessionRecord, actor: str = "cli") -> None:
-        """Remove the session's checkpoints, archived transcript and index row; its audit trail stays."""
-        await self.arecord(session.tenant, actor, "session_deleted", session.thread_id, {"team": session.team})
+        """Remove the session's checkpoints, archived transcript and index row; its audit trail stays.
+
+        Audited as it happens: `session_delete_started` first (an audit log that cannot take it refuses the
+        delete, and nothing changes), then the index row becomes a pending deletion in one transaction (the
+        session is gone for readers and turns from here on), the data goes, and `session_deleted` is written once
+        it has. A crash or failure in between leaves the pending deletion, which the next start or a repeated
+        DELETE finishes; so a session is always whole or gone, and `session_deleted` means it is gone."""
+        await self.arecord(session.tenant, actor, "session_delete_started", session.thread_id, {"team": session.team})
         async with self.turn_locks.hold(session.thread_id, session.team):
-            await self.persistence.checkpointer.adelete_thread(session.thread_id)
-            await delete_archive(self.persistence.store, session.thread_id)
-            await forget_voice_items(self.persistence.store, session.thread_id)
-            await asyncio.to_thread(self.sessions.delete, session.thread_id)
-        self.turn_locks.forget(session.thread_id)
-        self.metrics.sessions_deleted.labels(session.tenant, session.team).inc()
+            await asyncio.to_thread(self.sessions.begin_delete, session.thread_id)
+            await self._finish_delete(session.thread_id, session.tenant, session.team, actor)
+
+    async def finish_deletion(self, tenant: str, thread_id: str, actor: str = "cli") -> bool:
+        """Finish the tenant's interrupted deletion of `thread_id`; False when there is none."""
+        pending = await asyncio.to_thread(self.sessions.pending_deletion, thread_id)
+        if pending is None or pending.tenant != tenant:
+            return False
+        async with self.turn_locks.hold(thread_id, pending.team):
+            if await asyncio.to_thread(self.sessions.pending_deletion, thread_id) is not None:
+                await self._finish_delete(thread_id, pending.tenant, pending.team, actor)
+        return True
+
+    async def finish_pending_deletions(self) -> int:
+        """At start: finish every deletion a crash interrupted; returns how many."""
+        log = structlog.get_logger("teamgraph.engine")
+        finished = 0
+        for deletion in await asyncio.to_thread(self.sessions.pending_deletions):
+            try:
+                await self.finish_deletion(deletion.tenant, deletion.thread_id, actor="startup")
+                finished += 1
+            except Exception as exc:  # stays pending (gone for clients); a repeated DELETE or the next start retries
+                log.warning("interrupted_deletion_not_finished", thread_id=deletion.thread_id,
+                            error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        if finished:
+            log.info("interrupted_deletions_finished", count=finished)
+        return finished
+
+    async def _finish_delete(self, thread_id: str, tenant: str, team: str, actor: str) -> None:
+        """Remove what a pending deletion left (each step is idempotent), audit it, then drop the pending row."""
+        await self.persistence.checkpointer.adelete_thread(thread_id)
+        await delete_archive(self.persistence.store, thread_id)
+        await forget_voice_items(self.persistence.store, thread_id)
+        await self.arecord(tenant, actor, "session_deleted", thread_id, {"team": team})
+        await asyncio.to_thread(self.sessions.finish_delete, thread_id)
+        self.turn_locks.forget(thread_id)
+        self.metrics.sessions_deleted.labels(tenant, team).inc()
 
 
 def title_hint(turn_input: dict[str, Any]) -> str:

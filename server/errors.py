@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from checkpoints.audit import AuditWriteError
 from checkpoints.turn_lock import TurnBusy
 from personas.resolver import TeamResolutionError
-from server.engine import SessionNotFound
+from server.engine import SessionDeleting, SessionNotFound
 
 _CODES = {
     400: "bad_request",
@@ -88,6 +88,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SessionNotFound)
     async def session_missing(request: Request, exc: SessionNotFound) -> JSONResponse:
         return JSONResponse(error_body(exc.code, str(exc)), status_code=404)
+
+    @app.exception_handler(SessionDeleting)
+    async def session_deleting(request: Request, exc: SessionDeleting) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, str(exc), "config.configurable.thread_id"), status_code=409)
 
     @app.exception_handler(AuditWriteError)
     async def audit_down(request: Request, exc: AuditWriteError) -> JSONResponse:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig
+from langchain_core.runnables.config import get_config_list
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph.state import CompiledStateGraph
 from langserve.server import EndpointName
 from pydantic import BaseModel
@@ -22,9 +26,34 @@ from server.auth import Caller
 from server.deps import authenticate
 from server.engine import Engine, SessionNotFound, title_hint
 from server.errors import ApiError
+from server.observability.turn_observer import TurnObserver
 
 ALLOWED_CONFIGURABLE = ("thread_id",)
 LEASE_HELD = "__turn_lock_held"  # set by the server only; "__" keys never reach trace metadata
+IDEMPOTENCY = "__idempotency"  # the request's IdempotentRequest, set by the server only
+IDEMPOTENT_ENDPOINTS = ("invoke", "stream")
+_serde = JsonPlusSerializer()
+
+
+@dataclasses.dataclass
+class IdempotentRequest:
+    """A turn sent with an Idempotency-Key: where its answer is kept, or the stored answer to send again."""
+
+    tenant: str
+    thread_id: str
+    key: str
+    replay: list[Any] | None = None  # the stored output (invoke) or chunks (stream) of the earlier request
+
+    async def store(self, engine: Engine, output: list[Any]) -> None:
+        await asyncio.to_thread(
+            engine.sessions.finish_idempotent_turn, self.tenant, self.thread_id, self.key, _serde.dumps_typed(output)
+        )
+
+    async def forget(self, engine: Engine) -> None:
+        """The turn failed with an error answer: a retry with the key runs it again."""
+        await asyncio.to_thread(engine.sessions.forget_idempotent_turn, self.tenant, self.thread_id, self.key)
+
+
 # stream_log and the /c/{config_hash}/ variants stay off: fewer ways in to check
 ENDPOINTS: list[EndpointName] = [
     "invoke",
@@ -99,21 +128,77 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
 
     async def ainvoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         thread_id = _thread_id(config)
+        idempotent = _idempotent(config)
+        if idempotent is not None and idempotent.replay is not None:
+            return idempotent.replay[0]  # the same request was answered before: its answer, not a second turn
         async with self._turn(config, thread_id):
-            with self.engine.trace_scope(_tenant(config)):
-                result = await self.graph.ainvoke(input, config, durability=self.engine.durability, **kwargs)
+            try:
+                with self.engine.trace_scope(_tenant(config)):
+                    result = await self.graph.ainvoke(input, config, durability=self.engine.durability, **kwargs)
+            except Exception:
+                if idempotent is not None:
+                    await idempotent.forget(self.engine)
+                raise
+            if idempotent is not None:
+                await idempotent.store(self.engine, [result])
             await self.engine.touch(thread_id, title_hint(input))
             return result
+
+    async def abatch(
+        self,
+        inputs: list[dict[str, Any]],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Inputs on different sessions run at once; inputs on one session run one after another, in order
+        (the request holds one turn lease per session, so nothing else keeps them apart)."""
+        # one shared config carries one turn observer, and an observer follows one turn: each input gets its own
+        configs: list[RunnableConfig] = [
+            {**each, "callbacks": _fresh_observers(each.get("callbacks"))}
+            for each in get_config_list(config, len(inputs))
+        ]
+        by_session: dict[str, list[int]] = {}
+        for i, each in enumerate(configs):
+            by_session.setdefault(_thread_id(each), []).append(i)
+        outputs: list[Any] = [None] * len(inputs)
+
+        async def run_in_order(indexes: list[int]) -> None:
+            for i in indexes:
+                try:
+                    outputs[i] = await self.ainvoke(inputs[i], configs[i], **kwargs)
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    outputs[i] = exc
+
+        await asyncio.gather(*(run_in_order(indexes) for indexes in by_session.values()))
+        return outputs
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         raise NotImplementedError("teams run asynchronously; use astream")
 
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
         thread_id = _thread_id(config)
+        idempotent = _idempotent(config)
+        if idempotent is not None and idempotent.replay is not None:
+            for chunk in idempotent.replay:
+                yield chunk
+            return
+        chunks: list[Any] = []
         async with self._turn(config, thread_id):
-            with self.engine.trace_scope(_tenant(config)):
-                async for chunk in self.graph.astream(input, config, durability=self.engine.durability, **kwargs):
-                    yield chunk
+            try:
+                with self.engine.trace_scope(_tenant(config)):
+                    async for chunk in self.graph.astream(input, config, durability=self.engine.durability, **kwargs):
+                        chunks.append(chunk)
+                        yield chunk
+            except Exception:
+                if idempotent is not None:
+                    await idempotent.forget(self.engine)
+                raise
+            if idempotent is not None:
+                await idempotent.store(self.engine, chunks)
             await self.engine.touch(thread_id, title_hint(input))
 
     async def astream_events(  # type: ignore[override]
@@ -140,6 +225,89 @@ def _thread_id(config: RunnableConfig | None) -> str:
             400, "thread_id_required", "config.configurable.thread_id is required", "config.configurable.thread_id"
         )
     return str(thread_id)
+
+
+def _fresh_observers(callbacks: Any) -> Any:
+    """The callbacks with each TurnObserver replaced by an unused copy (same turn context, no recorded runs)."""
+    if not isinstance(callbacks, list):
+        return callbacks
+    return [
+        dataclasses.replace(c, runs={}, pending_audit=[], root=None, turn_outcome="ok")
+        if isinstance(c, TurnObserver)
+        else c
+        for c in callbacks
+    ]
+
+
+def _idempotent(config: RunnableConfig | None) -> IdempotentRequest | None:
+    found: IdempotentRequest | None = ((config or {}).get("configurable") or {}).get(IDEMPOTENCY)
+    return found
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key header, checked; None when there is none."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+    if endpoint not in IDEMPOTENT_ENDPOINTS:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"Idempotency-Key: not supported on /{endpoint}; send keyed turns to /invoke or /stream",
+            "Idempotency-Key",
+        )
+    if not 1 <= len(key) <= 200 or not all("!" <= ch <= "~" for ch in key):
+        raise ApiError(
+            422,
+            "validation_error",
+            "Idempotency-Key: 1 to 200 visible ASCII characters (a UUID is a good key)",
+            "Idempotency-Key",
+        )
+    return key
+
+
+async def _keyed_turn(
+    engine: Engine, request: Request, body: Any, tenant: str, thread_id: str, key: str
+) -> IdempotentRequest:
+    """Decide what a keyed turn does, holding the session's turn lease: send the stored answer again, refuse a
+    key reused for a different request, or run the turn and keep its answer under the key."""
+    endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+    sent = body if isinstance(body, dict) else {}
+    fingerprint = hashlib.sha256(
+        json.dumps([endpoint, sent.get("input"), sent.get("config")], sort_keys=True, default=str).encode()
+    ).hexdigest()
+    keyed = IdempotentRequest(tenant, thread_id, key)
+    earlier = await asyncio.to_thread(engine.sessions.idempotent_turn, tenant, thread_id, key)
+    if earlier is not None and earlier.fingerprint != fingerprint:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            f"Idempotency-Key: {key!r} was already used on session {thread_id!r} for a different request "
+            f"(another body or endpoint); use a new key for a new turn",
+            "Idempotency-Key",
+        )
+    latest = await engine.persistence.checkpointer.aget_tuple(
+        {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    )
+    latest_id = latest.config["configurable"]["checkpoint_id"] if latest else None
+    if earlier is not None:
+        if earlier.result is not None and earlier.result_type is not None:
+            keyed.replay = _serde.loads_typed((earlier.result_type, earlier.result))
+            return keyed
+        # no answer stored, and no request holds the lease: the process running it died. If the session moved
+        # on since that turn started, the turn (or a later one) was stored and its answer is lost
+        if earlier.before_checkpoint != latest_id:
+            raise ApiError(
+                409,
+                "idempotent_turn_outcome_unknown",
+                f"Idempotency-Key: the turn sent with {key!r} was interrupted (the server stopped) after the "
+                f"session changed, so it may be stored; read GET /sessions/{thread_id} before sending it again "
+                "with a new key",
+                "Idempotency-Key",
+            )
+    await asyncio.to_thread(engine.sessions.start_idempotent_turn, tenant, thread_id, key, fingerprint, latest_id)
+    return keyed
 
 
 def _run(config: RunnableConfig | None) -> TeamRunConfig:
@@ -191,6 +359,7 @@ def make_config_modifier(team: str):
                     f"allowed: {', '.join(ALLOWED_CONFIGURABLE)}",
                     f"config.configurable.{refused[0]}",
                 )
+        idempotency_key = _idempotency_key(request)
         run = engine.resolve(caller.tenant, team)  # 403 / 404 for teams the tenant may not use
         thread_id = (config.get("configurable") or {}).get("thread_id")
         if not thread_id:
@@ -218,12 +387,14 @@ def make_config_modifier(team: str):
         # take the session's turn lock now, before any response byte: a busy session answers 409 even on
         # /stream; the middleware releases it when the response has ended, however it ends
         leases = request.scope.setdefault("state", {}).setdefault("turn_leases", {})
-        if str(thread_id) in leases:
-            raise ApiError(422, "validation_error", "each input of a batch needs its own thread_id",
-                           "config.configurable.thread_id")  # fmt: skip
-        leases[str(thread_id)] = await engine.turn_locks.acquire(str(thread_id), team)
+        if str(thread_id) not in leases:  # batch inputs on one session share its lease and run in order (abatch)
+            leases[str(thread_id)] = await engine.turn_locks.acquire(str(thread_id), team)
         server = engine.run_config(session, run, actor=caller.key_id, observe=True)
         server["configurable"][LEASE_HELD] = True
+        if idempotency_key is not None:
+            server["configurable"][IDEMPOTENCY] = await _keyed_turn(
+                engine, request, body, caller.tenant, str(thread_id), idempotency_key
+            )
         # server values replace whatever the client sent for these keys
         return {**config, **server}
 

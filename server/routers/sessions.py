@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from checkpoints.session_index import SessionRecord
 from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
-from server.engine import CheckpointNotFound, DocumentRejected
+from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound
 from server.errors import ApiError
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
@@ -169,8 +169,15 @@ async def rename_session(session_id: str, body: SessionRename, caller: CurrentCa
 
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, caller: CurrentCaller, engine: EngineDep) -> Response:
-    """Remove the session's checkpoints, archived transcript and index entry; later reads are 404."""
-    await engine.delete_session(await engine.aget_session(caller.tenant, session_id), actor=caller.key_id)
+    """Remove the session's checkpoints, archived transcript and index entry; later reads are 404. Repeating the
+    DELETE of a session whose deletion was interrupted (a crash, a failed audit write) finishes it."""
+    try:
+        record = await engine.aget_session(caller.tenant, session_id)
+    except SessionNotFound:
+        if await engine.finish_deletion(caller.tenant, session_id, actor=caller.key_id):
+            return Response(status_code=204)
+        raise
+    await engine.delete_session(record, actor=caller.key_id)
     return Response(status_code=204)
 
 

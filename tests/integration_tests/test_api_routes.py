@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,10 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from pypdf import PdfReader
 
+from personas.loader import DEFAULT_BUNDLE_DIR
 from server.app import create_app
 from server.settings import Settings
+from tests.fakes.openai_server import FakeOpenAIServer, Reply, Structured
 
 DEMO = {"Authorization": "Bearer tg-demo-key"}  # tenant demo: interview only
 VENEO = {"X-API-Key": "tg-veneo-key"}  # tenant veneo: veneo_chat (default) + interview
@@ -965,6 +968,40 @@ def test_chat_streams_do_not_send_the_unreviewed_draft(client: TestClient, endpo
         return []
 
     assert drafts(payloads) == []
+
+
+def test_with_stream_drafts_true_the_drafts_tokens_stream_before_the_review(
+    tmp_path: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    """docs/api.md: /stream_events leaves out the events inside the responder and reviewer unless the safety
+    reviewer persona sets `stream_drafts: true`; with it, the draft's tokens reach the client as they are made."""
+    personas = tmp_path / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, personas)
+    reviewer = personas / "agents" / "safety_reviewer.yaml"
+    reviewer.write_text(reviewer.read_text().replace("stream_drafts: false", "stream_drafts: true"))
+    draft = "Standard shipping takes three to five business days, and express takes one to two days."
+    fake_openai.enqueue(Reply(draft), Structured({"action": "approve", "category": "ok", "reason": "plain answer"}))
+    settings = {"personas_dir": personas, "openai_api_key": "sk-test", "model_base_url": fake_openai.base_url}
+    with make_client(tmp_path, **settings) as client:
+        r = client.post(
+            "/teams/veneo_chat/stream_events",
+            headers=VENEO,
+            json={"input": human("How long does shipping take?"), "config": configured("drafts"), "version": "v2"},
+        )
+    assert r.status_code == 200, r.text
+    events = [data for name, data in sse_events(r) if name == "data"]
+    tokens = [
+        (i, e["data"]["chunk"]["content"])
+        for i, e in enumerate(events)
+        if e["event"] == "on_chat_model_stream" and e["metadata"].get("langgraph_node") == "primary_responder"
+    ]
+    assert len(tokens) > 1 and "".join(t for _, t in tokens) == draft  # the draft, token by token
+    reviewed = next(i for i, e in enumerate(events) if e["event"] == "on_chain_end" and e["name"] == "safety_reviewer")
+    assert all(i < reviewed for i, _ in tokens)  # sent before the reviewer passed it: that is what the flag allows
+    # the reviewer's own prompt (inside its node) is visible too, as the responder's inner events are
+    assert any(
+        e["event"] == "on_chat_model_start" and e["metadata"].get("langgraph_node") == "safety_reviewer" for e in events
+    )
 
 
 @pytest.mark.parametrize("team", ["interview", "veneo_chat"])

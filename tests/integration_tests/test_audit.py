@@ -30,7 +30,7 @@ import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from checkpoints.audit import GENESIS, AuditLog, entry_hash
+from checkpoints.audit import GENESIS, AuditLog, AuditWriteError, entry_hash
 from checkpoints.factory import open_audit_log
 from personas.loader import DEFAULT_BUNDLE_DIR
 from server.app import create_app
@@ -55,7 +55,7 @@ LIFE_EVENTS = [
     "session_created", "team_selected", "document_uploaded",
     "message", "response", "response",  # "Start"; intro, question 1
     "message", "response", "evaluation", "response",  # the answer; its evaluation, scored; question 2
-    "session_renamed", "session_deleted",
+    "session_renamed", "session_delete_started", "session_deleted",  # a delete is audited as it starts and ends
 ]  # fmt: skip
 FIELDS = ["tenant", "seq", "at", "actor", "session", "event_type", "payload", "prev_hash", "hash"]
 
@@ -279,10 +279,14 @@ def test_a_sessions_life_is_audited_and_its_trail_outlives_it(db_url: str) -> No
     responses = [e["payload"] for e in trail if e["event_type"] == "response"]
     assert [r["node"] for r in responses] == ["question_generator", "question_generator", "fallback_scorer",
                                               "ask_next_question"]  # fmt: skip
-    assert all(isinstance(r["content"], str) and r["content"] for r in responses)
+    # each reply as the user saw it: the intro, question 1, the score of the answer, question 2
+    assert responses[0]["content"].startswith("Let's practise for the role. I'll ask 3 questions one at a time")
+    assert responses[1]["content"].startswith("Question 1 of 3 (behavioral, medium): ")
+    assert responses[2]["content"].startswith(f"Score: {payload['evaluation']['overall']}/5 (relevance ")
+    assert responses[3]["content"].startswith("Question 2 of 3 (technical, medium): ")
     assert payload["evaluation"]["scored_by"] == "fallback" and payload["evaluation"]["question_index"] == 0
     assert payload["session_renamed"] == {"title": "Renamed"}
-    assert payload["session_deleted"] == {"team": "interview"}
+    assert payload["session_delete_started"] == payload["session_deleted"] == {"team": "interview"}
 
     result = verify(db_url)
     assert result.ok, result
@@ -415,7 +419,7 @@ def test_the_tenants_content_policy_shapes_what_is_stored(tmp_path: Path, policy
         sid = interview(client, resume=resume, answer=answer)
         trail = audit_items(client, DEMO_ADMIN, session=sid)
 
-    assert [e["event_type"] for e in trail] == LIFE_EVENTS[:-2]  # every event is recorded, whatever the policy
+    assert [e["event_type"] for e in trail] == LIFE_EVENTS[:-3]  # every event is recorded, whatever the policy
     document = next(e["payload"] for e in trail if e["event_type"] == "document_uploaded")
     message = [e["payload"] for e in trail if e["event_type"] == "message"][-1]
     responses = [e["payload"] for e in trail if e["event_type"] == "response"]
@@ -494,6 +498,40 @@ def test_readyz_reports_the_checkpointer_apart_from_the_audit_store(tmp_path: Pa
     assert checks["audit_store"] == "ok" and checks["session_index"] == "ok"
 
 
+def test_a_turn_whose_closing_audit_write_fails_is_reported_failed_with_its_state_moved_on(tmp_path: Path) -> None:
+    """docs/observability.md: the user's message is written when a turn starts and its replies when it ends; if
+    that last write fails, the turn is reported as failed (503), while its state has already moved on."""
+    with serve(f"sqlite:///{tmp_path}/tg.db") as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        sid = f"chat-{uuid.uuid4()}"
+        ok(turn(client, "veneo_chat", VENEO, sid, "How long does shipping take?"))
+        real_append = engine.audit.append
+
+        def append_but_not_the_replies(events: list[Any]) -> Any:
+            if any(e.event_type == "response" for e in events):
+                raise AuditWriteError("audit log write failed: disk full")
+            return real_append(events)
+
+        engine.audit.append = append_but_not_the_replies
+        r = turn(client, "veneo_chat", VENEO, sid, "Do gift cards expire?")
+        engine.audit.append = real_append
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "audit_unavailable"
+        assert r.headers["retry-after"] == "5"
+        # the state moved on: the turn and its reply are in the session
+        transcript = ok(client.get(f"/sessions/{sid}", headers=VENEO)).json()["transcript"]
+        assert [m["content"] for m in transcript if m["role"] == "user"] == [
+            "How long does shipping take?",
+            "Do gift cards expire?",
+        ]
+        assert "two years" in transcript[-1]["content"]
+        # the record has the user's message (written at the start) and no reply for it
+        trail = [(e.event_type, e.payload.get("content")) for e in engine.audit.query("veneo", session=sid)]
+        assert trail[-1] == ("message", "Do gift cards expire?")
+        assert sum(1 for t, _ in trail if t == "response") == 1  # the first turn's reply only
+    assert verify(f"sqlite:///{tmp_path}/tg.db", "veneo").ok  # the refused write left no gap in the chain
+
+
 @pytest.mark.parametrize("action", ["create", "rename", "delete", "new thread"])
 def test_an_action_whose_audit_record_fails_does_not_happen(tmp_path: Path, action: str) -> None:
     url = f"sqlite:///{tmp_path}/tg.db"
@@ -518,6 +556,39 @@ def test_an_action_whose_audit_record_fails_does_not_happen(tmp_path: Path, acti
 # --- teamgraph audit export / prune / verify -------------------------------------------------------------------
 
 
+def test_export_since_an_iso_time_or_an_age_exports_the_entries_from_then_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/tg.db"
+    monkeypatch.setenv("TEAMGRAPH_CHECKPOINT_URL", url)
+    runner = CliRunner()
+
+    def export(*args: str) -> list[int]:
+        result = runner.invoke(cli_app, ["audit", "export", "--tenant", "demo", *args])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["seq"] for line in result.stdout.splitlines()]
+
+    with serve(url) as client:
+        interview(client)
+    entries = [json.loads(line) for line in runner.invoke(cli_app, ["audit", "export", "--tenant", "demo"]).stdout
+               .splitlines()]  # fmt: skip
+    assert [e["seq"] for e in entries] == list(range(1, 11))
+    middle = datetime.fromisoformat(entries[5]["at"])
+    # an ISO time: the entries at or after it, whatever offset names the instant
+    assert export("--since", middle.isoformat()) == list(range(6, 11))
+    assert export("--since", middle.astimezone(timezone(timedelta(hours=-5))).isoformat()) == list(range(6, 11))
+    # a time without an offset is UTC
+    assert export("--since", middle.astimezone(UTC).replace(tzinfo=None).isoformat()) == list(range(6, 11))
+    # an age: everything written within the last hour, nothing from the future
+    assert export("--since", "1h") == list(range(1, 11))
+    assert export("--since", (datetime.now(UTC) + timedelta(minutes=5)).isoformat()) == []
+    # combined with --session
+    assert export("--since", middle.isoformat(), "--session", entries[0]["session"]) == list(range(6, 11))
+    bad = runner.invoke(cli_app, ["audit", "export", "--tenant", "demo", "--since", "last week"])
+    assert bad.exit_code == 1
+    assert "--since: 'last week' is neither an age like 90d / 12h nor an ISO time" in bad.output
+
+
 def test_export_as_jsonl_and_csv_then_prune_and_keep_verifying(db_url: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setenv("TEAMGRAPH_CHECKPOINT_URL", db_url)
@@ -535,7 +606,7 @@ def test_export_as_jsonl_and_csv_then_prune_and_keep_verifying(db_url: str, tmp_
             recomputed = entry_hash(r["tenant"], r["seq"], r["at"], r["actor"], r["session"], r["event_type"],
                                     r["payload"], r["prev_hash"])  # fmt: skip
             assert recomputed == r["hash"]
-        assert [r["event_type"] for r in rows] == LIFE_EVENTS[:-2]
+        assert [r["event_type"] for r in rows] == LIFE_EVENTS[:-3]
 
         csv_path = tmp_path / "audit.csv"
         exported = runner.invoke(cli_app, ["audit", "export", "--tenant", "demo", "--format", "csv", "-o",

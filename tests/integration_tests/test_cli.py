@@ -218,3 +218,33 @@ def test_interview_without_resume_or_session_explains_itself(cli: Cli) -> None:
 
     assert result.returncode != 0
     assert "--resume FILE is required" in result.stderr
+
+
+def test_demo_runs_the_interview_then_the_chat_from_piped_input(cli: Cli) -> None:
+    """`teamgraph demo` (what `make demo` runs): a mock interview on examples/, then the Veneo chat, offline."""
+    result = cli(
+        "demo", stdin=f"{ANSWER_1}\n{ANSWER_2}\n{ANSWER_3}\nHow long does shipping take?\nDo gift cards expire?\n"
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+
+    interview, chat = out.split("== Veneo chat (tenant veneo) ==")
+    assert interview.startswith("== Mock interview (tenant demo) ==")
+    # the demo tenant's three questions, each answered from the pipe and scored by the fallback scorer
+    assert [f"Question {i} of 3" in interview for i in (1, 2, 3)] == [True, True, True]
+    assert interview.count("scored by fallback") == 3
+    assert "Interview complete. You answered 3 questions" in interview
+    # then the chat answers from Veneo's knowledge base, and says how to continue when the input ends
+    assert "Standard shipping within the EU takes 3 to 5 business days" in chat
+    assert "Gift cards are valid for two years" in chat
+    chat_id = re.search(r"^Session ([0-9a-f-]{36})\.", chat.strip(), re.MULTILINE)
+    assert chat_id, chat
+    assert f"Continue with: teamgraph chat --tenant veneo --session {chat_id.group(1)}" in chat
+
+    # both sessions are stored and can be continued
+    interviews = cli("sessions", "list", "--tenant", "demo")
+    assert interviews.returncode == 0 and interviews.stdout.count("interview") == 1, interviews.stdout
+    shown = cli("sessions", "show", chat_id.group(1), "--tenant", "veneo")
+    assert shown.returncode == 0, shown.stderr
+    assert "[you] How long does shipping take?" in shown.stdout
+    assert "[you] Do gift cards expire?" in shown.stdout

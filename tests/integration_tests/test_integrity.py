@@ -1,0 +1,351 @@
+"""Data integrity through the HTTP API: every answered turn stored exactly once, deletes whole or not at all.
+
+Each test drives the real app (`create_app`) on a SQLite file with offline models, and checks what a client
+would: the transcript of `GET /sessions/{id}` and the audit trail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from langchain_core.messages import HumanMessage
+
+from nodes.memory_keeper import read_archive
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import fresh_postgres_schema, open_engine
+
+VENEO = {"X-API-Key": "tg-veneo-key"}
+QUESTIONS = ["How long does shipping take?", "Can I return shoes?", "Do gift cards expire?"]
+
+
+@contextlib.contextmanager
+def make_client(url: str, **settings: Any) -> Iterator[TestClient]:
+    app = create_app(Settings(_env_file=None, checkpoint_url=url, **settings))  # type: ignore[call-arg]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with make_client(f"sqlite:///{tmp_path}/tg.db") as c:
+        yield c
+
+
+def human(text: str) -> dict[str, Any]:
+    return {"messages": [{"type": "human", "content": text}]}
+
+
+def transcript(client: TestClient, thread_id: str) -> list[tuple[str, str]]:
+    r = client.get(f"/sessions/{thread_id}", headers=VENEO)
+    assert r.status_code == 200, r.text
+    return [(m["role"], m["content"]) for m in r.json()["transcript"]]
+
+
+# --- batch ------------------------------------------------------------------------------------------------
+
+
+def test_a_batch_on_one_session_runs_its_inputs_one_after_another_in_order(client: TestClient) -> None:
+    """One shared config names one session: all three turns are answered and all three are kept, in order."""
+    r = client.post(
+        "/teams/veneo_chat/batch",
+        headers=VENEO,
+        json={"inputs": [human(q) for q in QUESTIONS], "config": {"configurable": {"thread_id": "batch-one"}}},
+    )
+    assert r.status_code == 200, r.text
+    outputs = r.json()["output"]
+    replies = [out["messages"][-1]["content"] for out in outputs]
+    # each output is the session after its own turn: the second one already holds the first exchange
+    assert [len(out["messages"]) for out in outputs] == [2, 4, 6]
+    assert transcript(client, "batch-one") == [
+        pair for q, reply in zip(QUESTIONS, replies, strict=True) for pair in (("user", q), ("assistant", reply))
+    ]
+    # and each turn is on the audit record: its message and its reply
+    audit = client.app.state.engine.audit  # type: ignore[attr-defined]
+    entries = audit.query("veneo", session="batch-one", limit=100)
+    assert [e.payload["content"] for e in entries if e.event_type == "message"] == QUESTIONS
+    assert [e.payload["content"] for e in entries if e.event_type == "response"] == replies
+
+
+def test_a_batch_with_one_config_per_input_on_one_session_also_runs_in_order(client: TestClient) -> None:
+    config = {"configurable": {"thread_id": "batch-list"}}
+    r = client.post(
+        "/teams/veneo_chat/batch",
+        headers=VENEO,
+        json={"inputs": [human(q) for q in QUESTIONS[:2]], "config": [config, config]},
+    )
+    assert r.status_code == 200, r.text
+    assert [role_text[1] for role_text in transcript(client, "batch-list")][::2] == QUESTIONS[:2]
+
+
+# --- a crash between archiving and the checkpoint ---------------------------------------------------------
+
+
+class CheckpointWriteLost(RuntimeError):
+    """Stands for the process dying after memory_keeper archived its overflow, before the checkpoint was written."""
+
+
+@pytest.mark.parametrize("durability", ["exit", "sync"])
+async def test_a_turn_that_dies_after_archiving_leaves_the_transcript_without_duplicates(
+    tmp_path: Path, durability: str
+) -> None:
+    async with open_engine(f"sqlite:///{tmp_path}/tg.db", durability=durability) as engine:
+        session = await engine.create_session("veneo", "veneo_chat")
+        questions = [f"[{i}] {QUESTIONS[i % len(QUESTIONS)]}" for i in range(12)]
+        for q in questions[:8]:  # 16 messages: at the team's limit, not over it
+            await engine.run_turn(session, {"messages": [HumanMessage(q)]})
+        committed = [(m.type, m.content) for m in await engine.transcript(session)]
+        assert len(committed) == 16
+
+        checkpointer = engine.persistence.checkpointer
+        real_aput = checkpointer.aput
+
+        async def lose_the_last_write(config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+            if metadata.get("source") == "loop" and checkpoint["channel_values"].get("archived"):
+                raise CheckpointWriteLost()
+            return await real_aput(config, checkpoint, metadata, new_versions)
+
+        checkpointer.aput = lose_the_last_write  # type: ignore[method-assign]
+        with pytest.raises(CheckpointWriteLost):
+            await engine.run_turn(session, {"messages": [HumanMessage(questions[8])]})
+        checkpointer.aput = real_aput  # type: ignore[method-assign]
+        # the 9th turn archived 10 messages that its lost checkpoint would have dropped from state
+        assert len(await read_archive(engine.persistence.store, session.thread_id)) == 10
+
+        # the transcript is what the last committed checkpoint says (with durability=sync that includes the
+        # steps of the 9th turn before memory_keeper): every message once, the 8 whole turns first
+        after_crash = await engine.transcript(session)
+        assert len({m.id for m in after_crash}) == len(after_crash)
+        assert [(m.type, m.content) for m in after_crash][:16] == committed
+        kept_ninth = [m.content for m in after_crash if m.type == "human"][8:] == [questions[8]]
+
+        # and the next turns carry on from there: every message once, in order
+        for q in questions[9:]:
+            await engine.run_turn(session, {"messages": [HumanMessage(q)]})
+        messages = await engine.transcript(session)
+        assert [m.content for m in messages if m.type == "human"] == [
+            *questions[:8],
+            *questions[8:9] * kept_ninth,
+            *questions[9:],
+        ]
+        assert len({m.id for m in messages}) == len(messages)
+
+
+# --- delete: whole or gone --------------------------------------------------------------------------------
+
+
+class DiskGone(OSError):
+    """Stands for the database failing (or the process dying) halfway through a delete."""
+
+
+def chat_turn(client: TestClient, thread_id: str, text: str) -> Any:
+    r = client.post(
+        "/teams/veneo_chat/invoke",
+        headers=VENEO,
+        json={"input": human(text), "config": {"configurable": {"thread_id": thread_id}}},
+    )
+    return r
+
+
+def audit_types(client: TestClient, thread_id: str) -> list[str]:
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    return [e.event_type for e in engine.audit.query("veneo", session=thread_id, limit=500)]
+
+
+async def _interrupted_archive_delete(store: Any, thread_id: str) -> int:
+    raise DiskGone("the store went away")
+
+
+@pytest.mark.parametrize("finish", ["repeated DELETE", "restart"])
+def test_a_delete_that_fails_halfway_leaves_the_session_gone_and_is_finished_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/tg.db"
+    with make_client(url) as client:
+        for i in range(12):  # 24 messages: 10 of them archived, the rest in state
+            assert chat_turn(client, "doomed", f"[{i}] {QUESTIONS[i % 3]}").status_code == 200
+        assert len(transcript(client, "doomed")) == 24
+        with monkeypatch.context() as patch:
+            patch.setattr("server.engine.delete_archive", _interrupted_archive_delete)
+            r = client.delete("/sessions/doomed", headers=VENEO)
+        assert r.status_code == 500, r.text
+
+        # the checkpoints are gone and the archive is not, but no client can see half a session
+        r = client.get("/sessions/doomed", headers=VENEO)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        assert "doomed" not in [s["id"] for s in client.get("/sessions", headers=VENEO).json()["items"]]
+        # nor add to it: a turn on the id is refused until the deletion has finished, and nothing is stored
+        r = chat_turn(client, "doomed", "Still there?")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "session_deleting"
+        assert "DELETE /sessions/doomed" in r.json()["error"]["message"]
+        # the audit trail says what happened: a delete started, and did not finish
+        assert audit_types(client, "doomed")[-2:] == ["safety_decision", "session_delete_started"]
+
+        if finish == "repeated DELETE":
+            assert client.delete("/sessions/doomed", headers=VENEO).status_code == 204
+    with make_client(url) as client:  # a restart finishes what is still pending
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        assert client.portal.call(read_archive, engine.persistence.store, "doomed") == []  # type: ignore[union-attr]
+        config = {"configurable": {"thread_id": "doomed", "checkpoint_ns": ""}}
+        assert client.portal.call(engine.persistence.checkpointer.aget_tuple, config) is None  # type: ignore[union-attr]
+        assert audit_types(client, "doomed")[-2:] == ["session_delete_started", "session_deleted"]
+        # gone for good: a further DELETE is 404, and the id starts a new, empty session
+        r = client.delete("/sessions/doomed", headers=VENEO)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        assert chat_turn(client, "doomed", "Hello again").status_code == 200
+        fresh = transcript(client, "doomed")
+        assert len(fresh) == 2 and fresh[0] == ("user", "Hello again")
+
+
+def test_another_tenant_cannot_claim_an_id_whose_deletion_is_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with make_client(f"sqlite:///{tmp_path}/tg.db") as client:
+        assert chat_turn(client, "pending-id", "How long does shipping take?").status_code == 200
+        with monkeypatch.context() as patch:
+            patch.setattr("server.engine.delete_archive", _interrupted_archive_delete)
+            assert client.delete("/sessions/pending-id", headers=VENEO).status_code == 500
+        r = client.post(
+            "/teams/interview/invoke",
+            headers={"Authorization": "Bearer tg-demo-key"},
+            json={"input": human("Start"), "config": {"configurable": {"thread_id": "pending-id"}}},
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        # nor can it finish (or learn about) the other tenant's deletion
+        r = client.delete("/sessions/pending-id", headers={"Authorization": "Bearer tg-demo-key"})
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        assert client.delete("/sessions/pending-id", headers=VENEO).status_code == 204
+
+
+# --- Idempotency-Key --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    if request.param == "sqlite":
+        with make_client(f"sqlite:///{tmp_path}/tg.db") as c:
+            yield c
+    else:
+        with fresh_postgres_schema("tg_idem") as url, make_client(url) as c:
+            yield c
+
+
+def keyed(client: TestClient, endpoint: str, thread_id: str, text: str, key: str) -> Any:
+    return client.post(
+        f"/teams/veneo_chat/{endpoint}",
+        headers={**VENEO, "Idempotency-Key": key},
+        json={"input": human(text), "config": {"configurable": {"thread_id": thread_id}}},
+    )
+
+
+def test_a_retried_turn_with_the_same_key_is_answered_from_the_store_not_run_again(any_db: TestClient) -> None:
+    client = any_db
+    first = keyed(client, "invoke", "idem", "How long does shipping take?", "turn-1")
+    assert first.status_code == 200, first.text
+    again = keyed(client, "invoke", "idem", "How long does shipping take?", "turn-1")
+    assert again.status_code == 200, again.text
+    assert again.json()["output"] == first.json()["output"]
+    reply = first.json()["output"]["messages"][-1]["content"]
+    assert transcript(client, "idem") == [("user", "How long does shipping take?"), ("assistant", reply)]
+    assert audit_types(client, "idem").count("message") == 1
+
+    # a new key is a new turn, even with the same text
+    assert keyed(client, "invoke", "idem", "How long does shipping take?", "turn-2").status_code == 200
+    assert len(transcript(client, "idem")) == 4
+
+    # the same key with another body is refused before anything runs
+    r = keyed(client, "invoke", "idem", "Can I return shoes?", "turn-1")
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["field"]) == ("idempotency_key_reused", "Idempotency-Key")
+    assert "'turn-1'" in error["message"] and "new key" in error["message"]
+    assert len(transcript(client, "idem")) == 4
+
+    # keys belong to a session: the same key on another session is a turn of its own
+    assert keyed(client, "invoke", "idem-other", "How long does shipping take?", "turn-1").status_code == 200
+    assert len(transcript(client, "idem-other")) == 2
+
+
+def test_a_retried_stream_with_the_same_key_sends_the_same_chunks_again(any_db: TestClient) -> None:
+    client = any_db
+    first = keyed(client, "stream", "idem-stream", "Do gift cards expire?", "s-1")
+    assert first.status_code == 200, first.text
+    assert "event: data" in first.text
+    again = keyed(client, "stream", "idem-stream", "Do gift cards expire?", "s-1")
+    assert again.status_code == 200
+    # the same data events (run ids in metadata events differ; the turn's chunks do not)
+    assert [ln for ln in again.text.splitlines() if ln.startswith("data:") and "run_id" not in ln] == [
+        ln for ln in first.text.splitlines() if ln.startswith("data:") and "run_id" not in ln
+    ]
+    assert len(transcript(client, "idem-stream")) == 2
+    # the key was used on /stream: the same body on /invoke is a different request
+    r = keyed(client, "invoke", "idem-stream", "Do gift cards expire?", "s-1")
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "idempotency_key_reused")
+
+
+@pytest.mark.parametrize("endpoint", ["batch", "stream_events"])
+def test_an_idempotency_key_where_it_is_not_supported_is_refused(client: TestClient, endpoint: str) -> None:
+    body: dict[str, Any] = {"config": {"configurable": {"thread_id": "idem-no"}}}
+    body |= {"inputs": [human("Hi")]} if endpoint == "batch" else {"input": human("Hi")}
+    r = client.post(f"/teams/veneo_chat/{endpoint}", headers={**VENEO, "Idempotency-Key": "k"}, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "Idempotency-Key"
+    assert client.get("/sessions/idem-no", headers=VENEO).status_code == 404  # nothing ran, nothing was created
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "naïve", "has space"])
+def test_a_malformed_idempotency_key_is_422(client: TestClient, key: str) -> None:
+    r = client.post(
+        "/teams/veneo_chat/invoke",
+        headers=[*VENEO.items(), ("Idempotency-Key", key.encode())],  # type: ignore[list-item]
+        json={"input": human("Hi"), "config": {"configurable": {"thread_id": "idem-bad"}}},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "Idempotency-Key"
+
+
+def test_a_keyed_turn_cut_off_by_a_crash_runs_on_retry_only_if_it_was_not_stored(client: TestClient) -> None:
+    """A process that dies mid-turn leaves its key without an answer; what the retry does depends on the session."""
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    assert chat_turn(client, "cut", "How long does shipping take?").status_code == 200
+    latest = client.portal.call(  # type: ignore[union-attr]
+        engine.persistence.checkpointer.aget_tuple, {"configurable": {"thread_id": "cut", "checkpoint_ns": ""}}
+    )
+    before = latest.config["configurable"]["checkpoint_id"]
+    body = {"input": human("Can I return shoes?"), "config": {"configurable": {"thread_id": "cut"}}}
+
+    def fingerprint_of(sent: dict[str, Any]) -> str:
+        # what the server records for the request; taken from a first keyed request, then left unanswered
+        r = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "probe"}, json=sent)
+        assert r.status_code == 200
+        turn = engine.sessions.idempotent_turn("veneo", "cut", "probe")
+        return str(turn.fingerprint)
+
+    fingerprint = fingerprint_of(body)  # (this turn is stored: the transcript now holds 2 turns)
+    assert len(transcript(client, "cut")) == 4
+
+    # (a) the crashed turn started before the session's latest checkpoint: it may be stored, so no rerun
+    engine.sessions.start_idempotent_turn("veneo", "cut", "k-doubt", fingerprint, before)
+    r = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-doubt"}, json=body)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "idempotent_turn_outcome_unknown")
+    assert "GET /sessions/cut" in r.json()["error"]["message"]
+    assert len(transcript(client, "cut")) == 4
+
+    # (b) the session has not moved since the crashed turn started: it was not stored, so the retry runs it once
+    latest = client.portal.call(  # type: ignore[union-attr]
+        engine.persistence.checkpointer.aget_tuple, {"configurable": {"thread_id": "cut", "checkpoint_ns": ""}}
+    )
+    now_id = latest.config["configurable"]["checkpoint_id"]
+    engine.sessions.start_idempotent_turn("veneo", "cut", "k-lost", fingerprint, now_id)
+    r = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-lost"}, json=body)
+    assert r.status_code == 200, r.text
+    assert len(transcript(client, "cut")) == 6
+    again = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-lost"}, json=body)
+    assert again.json()["output"] == r.json()["output"]
+    assert len(transcript(client, "cut")) == 6
