@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
+from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, pg_connect_kwargs, sync_pool_options
+
 TITLE_LENGTH = 60
 
 
@@ -50,6 +52,7 @@ class SessionIndex(Protocol):
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
     def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
     def delete(self, thread_id: str) -> bool: ...
+    def probe_write(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -81,6 +84,8 @@ class SqliteSessionIndex:
                 not_null={"tenant", "team", "created_at", "updated_at"},
             )
             table.create_index(["tenant", "updated_at", "thread_id"], if_not_exists=True)  # type: ignore[union-attr]
+        # one row that /readyz rewrites: proves the file takes writes, not only reads
+        self.db.execute("create table if not exists teamgraph_ready (id integer primary key, at text not null)")
 
     @classmethod
     def in_memory(cls) -> SqliteSessionIndex:
@@ -148,6 +153,10 @@ class SqliteSessionIndex:
             self.db.conn.commit()
             return cursor.rowcount > 0
 
+    def probe_write(self) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("insert or replace into teamgraph_ready (id, at) values (1, ?)", [now()])
+
     def close(self) -> None:
         if self._read is not self.db:
             self._read.conn.close()
@@ -159,12 +168,19 @@ class PostgresSessionIndex:
 
     network = True
 
-    def __init__(self, url: str):
+    def __init__(
+        self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S, statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
+    ):
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
         self.pool = ConnectionPool(
-            url, min_size=1, max_size=4, open=True, kwargs={"autocommit": True, "row_factory": dict_row}
+            url,
+            min_size=1,
+            max_size=4,
+            open=True,
+            kwargs={"autocommit": True, "row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
+            **sync_pool_options(timeout_s, statement_timeout_s),
         )
         with self.pool.connection() as conn:
             conn.execute(
@@ -176,6 +192,7 @@ class PostgresSessionIndex:
                 "create index if not exists teamgraph_sessions_tenant_updated"
                 " on teamgraph_sessions (tenant, updated_at desc, thread_id desc)"
             )
+            conn.execute("create table if not exists teamgraph_ready (id int primary key, at text not null)")
 
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
@@ -226,6 +243,12 @@ class PostgresSessionIndex:
     def delete(self, thread_id: str) -> bool:
         with self.pool.connection() as conn:
             return conn.execute("delete from teamgraph_sessions where thread_id = %s", [thread_id]).rowcount > 0
+
+    def probe_write(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "insert into teamgraph_ready values (1, %s) on conflict (id) do update set at = excluded.at", [now()]
+            )
 
     def close(self) -> None:
         self.pool.close()

@@ -19,7 +19,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 
 from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy
-from checkpoints.factory import Persistence, build_persistence
+from checkpoints.factory import Persistence, build_persistence, probe_directory
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
@@ -101,9 +101,12 @@ class Engine:
             api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             base_url=settings.model_base_url,
         )
-        async with build_persistence(settings.checkpoint_url) as persistence:
+        async with build_persistence(
+            settings.checkpoint_url, settings.db_timeout_s, settings.db_statement_timeout_s
+        ) as persistence:
             engine = cls(bundles, persistence, factory, metrics)
             engine.turn_locks.wait_s = settings.turn_wait_s
+            engine.turn_locks.connect_timeout_s = settings.db_timeout_s
             engine.durability = settings.durability
             yield engine
 
@@ -321,26 +324,38 @@ class Engine:
             if final_state is not None:
                 final_state.update((await graph.aget_state(config)).values)
 
-    async def readiness(self) -> dict[str, str]:
-        """Each store answers a trivial read: the session index, the checkpointer and the audit log (the
-        synchronous ones in a worker thread: an audit ping waits for the audit log's lock)."""
-        checks: dict[str, str] = {}
-        try:
-            await asyncio.to_thread(self.sessions.list, "__readyz__", limit=1)
-            checks["session_index"] = "ok"
-        except Exception as exc:
-            checks["session_index"] = f"error: {type(exc).__name__}"
-        try:
-            await self.persistence.checkpointer.aget_tuple({"configurable": {"thread_id": "__readyz__"}})
-            checks["checkpointer"] = "ok"
-        except Exception as exc:
-            checks["checkpointer"] = f"error: {type(exc).__name__}"
-        try:
-            await asyncio.to_thread(self.audit.ping)
-            checks["audit_store"] = "ok"
-        except Exception as exc:
-            checks["audit_store"] = f"error: {type(exc).__name__}"
-        return checks
+    async def readiness(self, timeout_s: float = 0.8) -> dict[str, str]:
+        """Each store answers a trivial read and takes a write (the session index, the checkpointer, the audit
+        log, and for SQLite the data directory itself), all at once and each within `timeout_s`, so a database
+        that hangs makes /readyz answer 503 quickly instead of hanging with it. Synchronous checks run in
+        worker threads (an audit ping waits for the audit log's lock)."""
+
+        async def check(probe: Callable[[], Any]) -> str:
+            try:
+                result = probe()
+                if asyncio.iscoroutine(result):
+                    await asyncio.wait_for(result, timeout_s)
+                return "ok"
+            except TimeoutError:
+                return f"error: no answer within {timeout_s:.1f} s"
+            except Exception as exc:
+                return f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+        def threaded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+            return lambda: asyncio.to_thread(fn, *args)
+
+        probes: dict[str, Callable[[], Any]] = {
+            "session_index": threaded(self.sessions.list, "__readyz__", None, 1),
+            "session_index_write": threaded(self.sessions.probe_write),
+            "checkpointer": lambda: self.persistence.checkpointer.aget_tuple(
+                {"configurable": {"thread_id": "__readyz__"}}
+            ),
+            "audit_store": threaded(self.audit.ping),
+        }
+        if self.persistence.data_dir is not None:
+            probes["data_dir_write"] = threaded(probe_directory, self.persistence.data_dir)
+        results = await asyncio.gather(*(check(p) for p in probes.values()))
+        return dict(zip(probes, results, strict=True))
 
     async def state(self, session: SessionRecord) -> dict[str, Any]:
         snapshot = await self.graph(session.team).aget_state(self.run_config(session))

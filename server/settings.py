@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     turn_wait_s: float = Field(
         60.0, gt=0, description="How long a turn waits for the previous turn on the same session before 409."
     )
+    db_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="PostgreSQL: longest connect, or wait for a pooled connection, before a request answers "
+        "503 storage_unavailable.",
+    )
+    db_statement_timeout_s: float = Field(15.0, gt=0, description="PostgreSQL: longest single statement.")
     voice_cache_dir: Path | None = Field(
         None, description="Voice preview cache; default: voice-cache/ beside the SQLite database, else ./data."
     )
