@@ -127,7 +127,9 @@ async def _sqlite(url: str) -> AsyncIterator[Persistence]:
 
 def postgres_unreachable(url: str, exc: BaseException) -> StorageUnavailable:
     """A one-line reason for a database that cannot be reached at start-up (libpq's first line, no password)."""
-    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    # libpq: 'connection failed: connection to server at "h", port p failed: <cause>' then a hint line
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").strip()
     where = urlparse(url)
     target = f"{where.hostname or 'localhost'}:{where.port or 5432}{where.path or ''}"
     return StorageUnavailable(f"cannot connect to PostgreSQL at {target}: {reason}")
@@ -177,6 +179,40 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
         sessions.close()
         audit.close()
         await pool.close()
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlparse(url)
+    if parts.password:
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    return url
+
+
+def check_storage(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Before serving: the URL is supported and its database answers and takes writes. Raises
+    CheckpointURLError (the URL itself is wrong) or StorageUnavailable (the database is not there), each with a
+    one-line reason."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        path = sqlite_path(url)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            probe_directory(path.parent)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
+    elif scheme in ("postgres", "postgresql"):
+        import psycopg
+
+        try:
+            psycopg.connect(url, **pg_connect_kwargs(timeout_s)).close()
+        except psycopg.OperationalError as exc:
+            raise postgres_unreachable(url, exc) from exc
+    elif scheme != "memory":
+        raise CheckpointURLError(
+            f"unsupported scheme {scheme + '://' if scheme else '(none)'}: "
+            "use sqlite:///path.db, postgresql://user@host:port/db or memory://"
+        )
 
 
 def open_audit_log(url: str) -> AuditLog:
