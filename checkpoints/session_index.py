@@ -1,4 +1,10 @@
-"""The session index: one row per thread (tenant, team, title, created and updated times), beside the checkpoints."""
+"""The session index: one row per thread (tenant, team, title, created and updated times), beside the checkpoints.
+
+A session has two names: `thread_id`, the checkpointer's key (internal), and `client_id`, the id its tenant uses
+(what the API calls the session id). Client ids are unique per tenant only, so two tenants can both use
+`interview-42` and neither can tell the other does. Rows from before client ids existed got client_id =
+thread_id when the column was added, so they answer to the id their tenant always used.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,12 @@ class SessionRecord:
     title: str
     created_at: str
     updated_at: str
+    client_id: str = ""  # the tenant's name for the session; empty = thread_id
+
+    @property
+    def id(self) -> str:
+        """The session id the tenant sees and sends."""
+        return self.client_id or self.thread_id
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,8 +56,11 @@ class SessionIndex(Protocol):
     # the event loop; a local SQLite read on its own connection is cheaper than the thread hop
     network: bool
 
-    def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord: ...
+    def create(
+        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+    ) -> SessionRecord: ...
     def get(self, thread_id: str) -> SessionRecord | None: ...
+    def find(self, tenant: str, client_id: str) -> SessionRecord | None: ...
     def list(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
     ) -> list[SessionRecord]: ...
@@ -79,11 +94,18 @@ class SqliteSessionIndex:
         table = self.db["sessions"]
         if not table.exists():
             table.create(  # type: ignore[union-attr]
-                {"thread_id": str, "tenant": str, "team": str, "title": str, "created_at": str, "updated_at": str},
+                {"thread_id": str, "tenant": str, "team": str, "title": str, "created_at": str, "updated_at": str,
+                 "client_id": str},
                 pk="thread_id",
                 not_null={"tenant", "team", "created_at", "updated_at"},
-            )
+            )  # fmt: skip
             table.create_index(["tenant", "updated_at", "thread_id"], if_not_exists=True)  # type: ignore[union-attr]
+        # client ids per tenant (additive, idempotent; the factory's setup lock runs it one process at a time)
+        if "client_id" not in {c.name for c in table.columns}:
+            with self.db.conn:
+                self.db.execute("alter table sessions add column client_id text")
+                self.db.execute("update sessions set client_id = thread_id where client_id is null")
+        self.db.execute("create unique index if not exists sessions_tenant_client on sessions (tenant, client_id)")
         # one row that /readyz rewrites: proves the file takes writes, not only reads
         self.db.execute("create table if not exists teamgraph_ready (id integer primary key, at text not null)")
 
@@ -91,7 +113,9 @@ class SqliteSessionIndex:
     def in_memory(cls) -> SqliteSessionIndex:
         return cls(None)
 
-    def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord:
+    def create(
+        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+    ) -> SessionRecord:
         stamp = now()
         row = {
             "thread_id": thread_id,
@@ -100,13 +124,14 @@ class SqliteSessionIndex:
             "title": title.strip(),
             "created_at": stamp,
             "updated_at": stamp,
+            "client_id": client_id or thread_id,
         }
         # plain SQL: sqlite-utils' Table API reads sqlite_master on every call; the connection's context
         # commits, or rolls back when the id is taken (IntegrityError reaches the caller)
         with self._lock, self.db.conn:
             self.db.execute(
-                "insert into sessions (thread_id, tenant, team, title, created_at, updated_at) "
-                "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at)",
+                "insert into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id) "
+                "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at, :client_id)",
                 row,
             )
         return SessionRecord(**row)
@@ -114,6 +139,13 @@ class SqliteSessionIndex:
     def get(self, thread_id: str) -> SessionRecord | None:
         with self._read_lock:  # every turn asks: plain SQL, no sqlite_master lookups
             rows = list(self._read.query("select * from sessions where thread_id = ?", [thread_id]))
+        return SessionRecord(**rows[0]) if rows else None
+
+    def find(self, tenant: str, client_id: str) -> SessionRecord | None:
+        with self._read_lock:
+            rows = list(
+                self._read.query("select * from sessions where tenant = ? and client_id = ?", [tenant, client_id])
+            )
         return SessionRecord(**rows[0]) if rows else None
 
     def list(
@@ -193,22 +225,38 @@ class PostgresSessionIndex:
                 " on teamgraph_sessions (tenant, updated_at desc, thread_id desc)"
             )
             conn.execute("create table if not exists teamgraph_ready (id int primary key, at text not null)")
+            # client ids per tenant: additive and idempotent, one replica at a time (others wait for the lock)
+            with conn.transaction():
+                conn.execute("select pg_advisory_xact_lock(hashtext('teamgraph-session-index-schema'))")
+                conn.execute("alter table teamgraph_sessions add column if not exists client_id text")
+                conn.execute("update teamgraph_sessions set client_id = thread_id where client_id is null")
+                conn.execute(
+                    "create unique index if not exists teamgraph_sessions_tenant_client"
+                    " on teamgraph_sessions (tenant, client_id)"
+                )
 
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
             return conn.execute(sql, args).fetchone()  # type: ignore[return-value]
 
-    def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord:
+    def create(
+        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+    ) -> SessionRecord:
         stamp = now()
         row = self._one(
-            "insert into teamgraph_sessions values (%s, %s, %s, %s, %s, %s) returning *",
-            [thread_id, tenant, team, title.strip(), stamp, stamp],
+            "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id)"
+            " values (%s, %s, %s, %s, %s, %s, %s) returning *",
+            [thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id],
         )
         assert row is not None
         return SessionRecord(**row)
 
     def get(self, thread_id: str) -> SessionRecord | None:
         row = self._one("select * from teamgraph_sessions where thread_id = %s", [thread_id])
+        return SessionRecord(**row) if row else None
+
+    def find(self, tenant: str, client_id: str) -> SessionRecord | None:
+        row = self._one("select * from teamgraph_sessions where tenant = %s and client_id = %s", [tenant, client_id])
         return SessionRecord(**row) if row else None
 
     def list(

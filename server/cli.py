@@ -98,7 +98,7 @@ async def _interview(
             state = await engine.state(session)
             if state.get("phase") == "asking":
                 q = state["questions"][state["current"]]
-                typer.echo(f"Continuing session {session.thread_id}.\nQuestion {state['current'] + 1}: {q['text']}")
+                typer.echo(f"Continuing session {session.id}.\nQuestion {state['current'] + 1}: {q['text']}")
         else:
             if resume is None:
                 raise fail("--resume FILE is required to start an interview (or --session ID to continue one)")
@@ -112,12 +112,12 @@ async def _interview(
             if role:
                 first["role"] = role
             session = await engine.create_session(tenant, "interview")
-            typer.echo(f"Session {session.thread_id} (continue later with --session {session.thread_id})")
+            typer.echo(f"Session {session.id} (continue later with --session {session.id})")
             state = await _print_turn(engine, session, first)
         while state.get("phase") != "done":
             answer = _ask("\nYour answer> ")
             if answer is None:
-                typer.echo(f"\nPaused. Continue with: teamgraph interview --session {session.thread_id}")
+                typer.echo(f"\nPaused. Continue with: teamgraph interview --session {session.id}")
                 return
             state = await _print_turn(engine, session, {"messages": [{"role": "user", "content": answer}]})
 
@@ -140,11 +140,11 @@ async def _chat(tenant: str, session_id: str | None) -> None:
             session = engine.get_session(tenant, session_id)
         else:
             session = await engine.create_session(tenant, "veneo_chat")
-        typer.echo(f"Session {session.thread_id}. Type a message; /summarize for a summary; Ctrl-D to leave.")
+        typer.echo(f"Session {session.id}. Type a message; /summarize for a summary; Ctrl-D to leave.")
         while True:
             text = _ask("\nYou> ")
             if text is None:
-                typer.echo(f"\nBye. Continue with: teamgraph chat --tenant {tenant} --session {session.thread_id}")
+                typer.echo(f"\nBye. Continue with: teamgraph chat --tenant {tenant} --session {session.id}")
                 return
             if text.strip():
                 await _print_turn(engine, session, {"messages": [{"role": "user", "content": text}]})
@@ -238,7 +238,6 @@ def serve(
     _check_port(host, port)
     _check_database(settings)
     from checkpoints.factory import display_url
-    from server.observability.logging import configure_logging
 
     url = f"http://{host}:{port}"
     typer.secho(f"Teamgraph on {url}  (API docs: {url}/docs)", bold=True, err=True)
@@ -254,8 +253,9 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         atexit.register(shutil.rmtree, metrics_dir, True)
     # stdout is the JSON log stream (one line per request from our middleware): no uvicorn access lines in it,
-    # and uvicorn's own lines (start, stop, errors) in the same format as ours
-    configure_logging(settings.log_level, settings.log_format, secrets=_secrets(settings, bundles))
+    # and uvicorn's own lines (start, stop, errors), in the supervisor and every worker, in the same format
+    from server.observability.logging import uvicorn_log_config
+
     uvicorn.run(
         "server.app:app_from_env",
         factory=True,
@@ -263,16 +263,9 @@ def serve(
         port=port,
         workers=workers,
         log_level=settings.log_level.lower(),
-        log_config=None,
+        log_config=uvicorn_log_config(settings.log_level, settings.log_format),
         access_log=False,
     )
-
-
-def _secrets(settings: Settings, bundles: Any) -> tuple[str, ...]:
-    from server.auth import KeyRing
-
-    provider_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-    return (provider_key, *KeyRing(bundles).env_keys)
 
 
 @app.command()
@@ -288,14 +281,12 @@ async def _sessions(action: str, tenant: str, team: str | None, thread_id: str |
     async with Engine.open(Settings()) as engine:
         if action == "list":
             for s in engine.sessions.list(tenant, team, limit=200):
-                typer.echo(f"{s.thread_id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
+                typer.echo(f"{s.id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
             return
         assert thread_id is not None
         session = engine.get_session(tenant, thread_id)
         if action == "show":
-            typer.echo(
-                f"{session.thread_id}  team={session.team}  title={session.title!r}  created={session.created_at}"
-            )
+            typer.echo(f"{session.id}  team={session.team}  title={session.title!r}  created={session.created_at}")
             for m in await engine.transcript(session):
                 who = "you" if m.type == "human" else (m.name or "assistant")
                 typer.echo(f"\n[{who}] {m.content}")

@@ -156,7 +156,7 @@ class Engine:
         context = TurnContext(
             tenant=session.tenant,
             team=session.team,
-            thread_id=session.thread_id,
+            thread_id=session.id,  # the id the tenant knows: logs, spans and audit name it
             actor=actor,
             personas={node: p.id for node, p in run.agents.items()},
             models={node: self.agent_factory.model_label(p) for node, p in run.agents.items()},
@@ -190,7 +190,7 @@ class Engine:
             "metadata": {
                 "tenant": session.tenant,
                 "team": session.team,
-                "thread_id": session.thread_id,
+                "thread_id": session.id,  # traces name the session as its tenant does
                 "personas": personas,
                 "models": {node: self.agent_factory.model_label(p) for node, p in run.agents.items()},
                 "key_id": actor,
@@ -224,26 +224,31 @@ class Engine:
 
     def _audit_created(self, record: SessionRecord, requested: str | None, actor: str) -> None:
         self.audit.append([
-            AuditEvent(record.tenant, actor, "session_created", record.thread_id, {"team": record.team,
+            AuditEvent(record.tenant, actor, "session_created", record.id, {"team": record.team,
                                                                                   "title": record.title}),
-            AuditEvent(record.tenant, actor, "team_selected", record.thread_id,
+            AuditEvent(record.tenant, actor, "team_selected", record.id,
                        {"requested": requested, "team": record.team}),
         ])  # fmt: skip
 
-    def claim_session(self, thread_id: str, tenant: str, team: str, actor: str = "cli") -> SessionRecord:
-        """The session for a turn on `thread_id`: created for the caller when new, refused when someone else's."""
-        record = self.sessions.get(thread_id)
+    def claim_session(
+        self, client_id: str, tenant: str, team: str, actor: str = "cli", thread_id: str | None = None
+    ) -> SessionRecord:
+        """The caller's session named `client_id` for a turn: created when new (under `thread_id`, default
+        thread_key(tenant, client_id)). Client ids are per tenant: another tenant's session of the same name is
+        neither found nor disturbed."""
+        record = self.sessions.find(tenant, client_id)
         if record is None:
             try:
-                return self._created(self.sessions.create(thread_id, tenant, team), team, actor)
+                key = thread_id or thread_key(tenant, client_id)
+                return self._created(self.sessions.create(key, tenant, team, client_id=client_id), team, actor)
             except AuditWriteError:
                 raise
-            except Exception:  # another request created it first: fall through to the ownership check
-                record = self.sessions.get(thread_id)
+            except Exception:  # another request created it first: use that one
+                record = self.sessions.find(tenant, client_id)
                 if record is None:
                     raise
-        if record.tenant != tenant:
-            raise SessionNotFound(thread_id)
+        if record.tenant != tenant:  # find filters by tenant; kept as a second line of defence
+            raise SessionNotFound(client_id)
         return record
 
     async def touch(self, thread_id: str, title_hint_text: str = "") -> None:
@@ -257,15 +262,16 @@ class Engine:
 
     def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
         # on record first: a change the audit log cannot take does not happen
-        self.record(session.tenant, actor, "session_renamed", session.thread_id, {"title": title})
+        self.record(session.tenant, actor, "session_renamed", session.id, {"title": title})
         record = self.sessions.rename(session.thread_id, title)
         assert record is not None
         return record
 
-    def get_session(self, tenant: str, thread_id: str) -> SessionRecord:
-        record = self.sessions.get(thread_id)
+    def get_session(self, tenant: str, session_id: str) -> SessionRecord:
+        """The tenant's session by the id the tenant uses for it."""
+        record = self.sessions.find(tenant, session_id)
         if record is None or record.tenant != tenant:
-            raise SessionNotFound(thread_id)
+            raise SessionNotFound(session_id)
         return record
 
     async def _read_index(self, read: Callable[..., T], *args: Any) -> T:
@@ -276,13 +282,13 @@ class Engine:
             return await asyncio.to_thread(read, *args)
         return read(*args)
 
-    async def find_session(self, thread_id: str) -> SessionRecord | None:
-        """The index row of `thread_id`, or None."""
-        return await self._read_index(self.sessions.get, thread_id)
+    async def find_session(self, tenant: str, session_id: str) -> SessionRecord | None:
+        """The tenant's session named `session_id`, or None."""
+        return await self._read_index(self.sessions.find, tenant, session_id)
 
-    async def aget_session(self, tenant: str, thread_id: str) -> SessionRecord:
+    async def aget_session(self, tenant: str, session_id: str) -> SessionRecord:
         """`get_session` for request handlers."""
-        return await self._read_index(self.get_session, tenant, thread_id)
+        return await self._read_index(self.get_session, tenant, session_id)
 
     async def alist_sessions(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
@@ -412,12 +418,12 @@ class Engine:
             # written as the end of a turn, so the next message starts a normal turn with the document in state
             await graph.aupdate_state(config, {kind: text}, as_node="memory_keeper")
             await self.touch(session.thread_id, title_hint({kind: text}))
-        await self.arecord(session.tenant, actor, "document_uploaded", session.thread_id,
+        await self.arecord(session.tenant, actor, "document_uploaded", session.id,
                     {"kind": kind, "filename": filename, "characters": len(text), "content": text})  # fmt: skip
 
     async def delete_session(self, session: SessionRecord, actor: str = "cli") -> None:
         """Remove the session's checkpoints, archived transcript and index row; its audit trail stays."""
-        await self.arecord(session.tenant, actor, "session_deleted", session.thread_id, {"team": session.team})
+        await self.arecord(session.tenant, actor, "session_deleted", session.id, {"team": session.team})
         async with self.turn_locks.hold(session.thread_id, session.team):
             await self.persistence.checkpointer.adelete_thread(session.thread_id)
             await delete_archive(self.persistence.store, session.thread_id)
@@ -425,6 +431,17 @@ class Engine:
             await asyncio.to_thread(self.sessions.delete, session.thread_id)
         self.turn_locks.forget(session.thread_id)
         self.metrics.sessions_deleted.labels(session.tenant, session.team).inc()
+
+
+# thread keys of client-named sessions: a function of (tenant, client id), so two tenants' `interview-42` are two
+# threads, and two first requests racing on one new id compute the same key (and wait on one turn lock)
+_THREAD_NAMESPACE = uuid.UUID("2f0c4b7e-6a1d-5b9e-8c3f-7d4a1e6b9c20")
+
+
+def thread_key(tenant: str, client_id: str) -> str:
+    """The checkpointer's thread key for a session a client names `client_id` (sessions created before client
+    ids were scoped keep the key they were stored under)."""
+    return str(uuid.uuid5(_THREAD_NAMESPACE, f"{tenant}\n{client_id}"))
 
 
 def title_hint(turn_input: dict[str, Any]) -> str:

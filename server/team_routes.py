@@ -20,11 +20,12 @@ from personas.loader import Bundles
 from personas.resolver import TeamRunConfig
 from server.auth import Caller
 from server.deps import authenticate
-from server.engine import Engine, SessionNotFound, title_hint
+from server.engine import Engine, SessionNotFound, thread_key, title_hint
 from server.errors import ApiError
 
 ALLOWED_CONFIGURABLE = ("thread_id",)
 LEASE_HELD = "__turn_lock_held"  # set by the server only; "__" keys never reach trace metadata
+CLIENT_ID = "__client_thread_id"  # the id the client sent; configurable.thread_id becomes the internal key
 # stream_log and the /c/{config_hash}/ variants stay off: fewer ways in to check
 ENDPOINTS: list[EndpointName] = [
     "invoke",
@@ -91,7 +92,8 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         )
         async with held:
             actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
-            await asyncio.to_thread(self.engine.claim_session, thread_id, _tenant(config), self.team, actor)
+            client_id = str(configurable.get(CLIENT_ID) or thread_id)
+            await asyncio.to_thread(self.engine.claim_session, client_id, _tenant(config), self.team, actor, thread_id)
             yield
 
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -201,13 +203,15 @@ def make_config_modifier(team: str):
                 "or send a new id to start one",
                 "config.configurable.thread_id",
             )
-        session = await engine.find_session(str(thread_id))
+        # the caller's own session of that name: ids are per tenant, another tenant's `thread_id` is not seen
+        session = await engine.find_session(caller.tenant, str(thread_id))
         if session is None:
             # recorded only once the turn runs (TeamRunnable), so a refused request leaves no empty session
             stamp = now()
-            session = SessionRecord(str(thread_id), caller.tenant, run.team.id, "", stamp, stamp)
+            key = thread_key(caller.tenant, str(thread_id))
+            session = SessionRecord(key, caller.tenant, run.team.id, "", stamp, stamp, str(thread_id))
         elif session.tenant != caller.tenant:
-            raise SessionNotFound(str(thread_id))  # another tenant's thread does not exist for this caller
+            raise SessionNotFound(str(thread_id))
         elif session.team != team:
             raise ApiError(
                 409,
@@ -221,13 +225,24 @@ def make_config_modifier(team: str):
         if str(thread_id) in leases:
             raise ApiError(422, "validation_error", "each input of a batch needs its own thread_id",
                            "config.configurable.thread_id")  # fmt: skip
-        leases[str(thread_id)] = await engine.turn_locks.acquire(str(thread_id), team)
+        leases[str(thread_id)] = await engine.turn_locks.acquire(session.thread_id, team)
         server = engine.run_config(session, run, actor=caller.key_id, observe=True)
         server["configurable"][LEASE_HELD] = True
+        server["configurable"][CLIENT_ID] = session.id
         # server values replace whatever the client sent for these keys
         return {**config, **server}
 
     return modify
+
+
+def team_enabled(team: str):
+    def check(request: Request) -> None:
+        """Every route of a team follows the tenant's team flag, its schema routes too (403 / 404 otherwise)."""
+        caller = authenticate(request)
+        engine: Engine = request.app.state.engine
+        engine.resolver.resolve(caller.tenant, team)  # not engine.resolve: a schema read is no routing decision
+
+    return check
 
 
 def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
@@ -240,7 +255,8 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
             path=f"/teams/{team}",
             config_keys=("configurable", "metadata", "tags", "callbacks"),
             per_req_config_modifier=make_config_modifier(team),
-            dependencies=[Depends(authenticate)],  # schemas too: an unauthenticated caller learns nothing
+            # schemas too: an unauthenticated caller, or a tenant without the team, learns nothing
+            dependencies=[Depends(authenticate), Depends(team_enabled(team))],
             enabled_endpoints=[*ENDPOINTS, *(["playground"] if playground else [])],  # type: ignore[list-item]
             enable_feedback_endpoint=False,
             enable_public_trace_link_endpoint=False,

@@ -8,9 +8,11 @@ PostgreSQL server itself is never stopped. Time bounds here are generous hang gu
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -21,6 +23,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
+from tests.integration_tests.live_server import LiveServer
 from tests.integration_tests.tcp_proxy import TcpProxy
 
 VENEO = {"Authorization": "Bearer tg-veneo-key"}
@@ -144,3 +147,98 @@ def test_a_dropped_and_recreated_schema_answers_503_not_500(what: str) -> None:
             admin.execute(f"create schema {schema}")
         r = client.get("/readyz")
         assert r.status_code == 503, r.text
+
+
+# --- a full disk, a read-only data directory (a real `teamgraph serve` on SQLite) -----------------------------
+#
+# Tests run as root here, and root ignores file modes, so chmod cannot make a directory unwritable. What works:
+# a full disk is a small tmpfs mounted on the data directory inside a private mount namespace of the server's
+# own (`unshare --mount`, gone with the process; the test reaches it through /proc/<pid>/root); a read-only
+# directory is `chattr +i` on the database files and the directory (the kernel then refuses writes, also on
+# files already open). Both need root (CAP_SYS_ADMIN, CAP_LINUX_IMMUTABLE); elsewhere the tests say so and skip.
+
+
+def _run(*args: str) -> bool:
+    return subprocess.run(args, capture_output=True).returncode == 0
+
+
+def turn_live(server: LiveServer, thread_id: str, text: str) -> httpx.Response:
+    return httpx.post(
+        server.url + "/teams/veneo_chat/invoke",
+        headers=VENEO,
+        json={"input": {"messages": [{"type": "human", "content": text}]},
+              "config": {"configurable": {"thread_id": thread_id}}},
+        timeout=30,
+    )  # fmt: skip
+
+
+def assert_write_refused(r: httpx.Response) -> None:
+    """A write that cannot be stored: 503 with the error shape and Retry-After (the audit log shares the file,
+    so which of the two stores noticed first decides the code)."""
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] in ("storage_unavailable", "audit_unavailable"), r.text
+    assert int(r.headers["retry-after"]) > 0
+
+
+def wait_ready_live(server: LiveServer, within_s: float = 20.0) -> httpx.Response:
+    deadline = time.monotonic() + within_s
+    while True:
+        r = httpx.get(server.url + "/readyz", timeout=10)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)
+
+
+def test_a_full_disk_answers_503_readyz_says_so_and_service_resumes_when_space_is_back(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    if not _run("unshare", "--mount", "--propagation", "private", "true"):
+        pytest.skip("needs root (a private mount namespace for a small tmpfs)")
+    mount = 'mount -t tmpfs -o size=16m tmpfs "$1" && shift && exec "$@"'
+    wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh", str(data)]
+    with LiveServer(tmp_path / "work", db=data / "tg.db", wrapper=wrapper) as server:
+        assert server.process is not None
+        inside = Path(f"/proc/{server.process.pid}/root") / str(data).lstrip("/")
+        assert (inside / "tg.db").is_file() and not (data / "tg.db").exists()  # on the server's tmpfs only
+        assert turn_live(server, "disk-1", "How long does shipping take?").status_code == 200
+
+        filler = inside / "filler"
+        with filler.open("wb") as out, contextlib.suppress(OSError):  # take every free byte
+            while True:
+                out.write(b"\0" * (1 << 20))
+                out.flush()
+        assert_write_refused(httpx.post(server.url + "/sessions", headers=VENEO, json={}, timeout=30))
+        assert_write_refused(turn_live(server, "disk-1", "Do you ship abroad?"))
+        ready = httpx.get(server.url + "/readyz", timeout=10)
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["checks"]["data_dir_write"].startswith("error"), ready.json()
+
+        filler.unlink()  # space again: no restart
+        assert wait_ready_live(server).status_code == 200
+        assert httpx.post(server.url + "/sessions", headers=VENEO, json={}, timeout=30).status_code == 201
+        assert turn_live(server, "disk-1", "And returns?").status_code == 200
+        transcript = httpx.get(server.url + "/sessions/disk-1", headers=VENEO, timeout=30).json()["transcript"]
+        said = [m["content"] for m in transcript if m["role"] == "user"]
+        assert said == ["How long does shipping take?", "And returns?"]  # the refused turn left nothing
+
+
+def test_a_read_only_data_directory_answers_503_and_readyz_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with LiveServer(tmp_path / "work", db=data / "tg.db") as server:
+        assert turn_live(server, "ro-1", "How long does shipping take?").status_code == 200
+        # not the -shm file: SQLite maps it into memory, and a write to a mapped immutable file is a SIGBUS
+        frozen = [data, *(p for p in data.iterdir() if p.is_file() and not p.name.endswith("-shm"))]
+        if not _run("chattr", "+i", *map(str, frozen)):
+            pytest.skip("needs root on a file system with immutable files (chattr +i)")
+        try:
+            assert_write_refused(httpx.post(server.url + "/sessions", headers=VENEO, json={}, timeout=30))
+            assert_write_refused(turn_live(server, "ro-1", "Do you ship abroad?"))
+            ready = httpx.get(server.url + "/readyz", timeout=10)
+            assert ready.status_code == 503, ready.text
+            checks = ready.json()["checks"]
+            assert checks["data_dir_write"].startswith("error") and checks["session_index"] == "ok", checks
+        finally:
+            _run("chattr", "-i", *map(str, frozen))
+        assert wait_ready_live(server).status_code == 200
+        assert turn_live(server, "ro-1", "And returns?").status_code == 200
