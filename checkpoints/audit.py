@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, pg_connect_kwargs, sync_pool_options
+
 EVENT_TYPES = (
     "session_created", "message", "response", "safety_decision", "evaluation", "team_selected",
     "document_uploaded", "session_renamed", "session_delete_started", "session_deleted",
@@ -291,11 +293,20 @@ class SqliteAuditLog:
 class PostgresAuditLog:
     """The audit log in Postgres; appends for a tenant are serialized by a transaction-level advisory lock."""
 
-    def __init__(self, url: str):
+    def __init__(
+        self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S, statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
+    ):
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
-        self.pool: Any = ConnectionPool(url, min_size=1, max_size=4, open=True, kwargs={"row_factory": dict_row})
+        self.pool: Any = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=4,
+            open=True,
+            kwargs={"row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
+            **sync_pool_options(timeout_s, statement_timeout_s),
+        )
         with self.pool.connection() as conn:
             conn.execute(
                 "create table if not exists audit_events ("

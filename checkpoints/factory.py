@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -16,6 +17,13 @@ from langgraph.store.base import BaseStore
 
 from checkpoints.audit import AuditLog, PostgresAuditLog, SqliteAuditLog
 from checkpoints.session_index import PostgresSessionIndex, SessionIndex, SqliteSessionIndex
+from checkpoints.storage import (
+    DEFAULT_STATEMENT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    StorageUnavailable,
+    pg_connect_kwargs,
+    statement_timeout_sql,
+)
 
 
 class CheckpointURLError(ValueError):
@@ -29,6 +37,24 @@ class Persistence:
     store: BaseStore
     sessions: SessionIndex
     audit: AuditLog
+    data_dir: Path | None = None  # where an embedded database lives (readiness checks it takes writes)
+
+
+PROBE_BYTES = 64 * 1024
+
+
+def probe_directory(directory: Path) -> None:
+    """Write, sync and remove a small file in `directory`: fails when the disk is full or the directory is
+    read-only (file modes alone do not tell: root ignores them)."""
+    probe = directory / ".teamgraph-write-probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"\0" * PROBE_BYTES)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            probe.unlink()
 
 
 def sqlite_path(url: str) -> Path:
@@ -40,14 +66,17 @@ def sqlite_path(url: str) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def build_persistence(url: str) -> AsyncIterator[Persistence]:
-    """Open everything a session needs in the database `url` names; closes it all on exit."""
+async def build_persistence(
+    url: str, timeout_s: float = DEFAULT_TIMEOUT_S, statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
+) -> AsyncIterator[Persistence]:
+    """Open everything a session needs in the database `url` names; closes it all on exit.
+    `timeout_s` bounds a Postgres connect and a wait for a pooled connection, `statement_timeout_s` a statement."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         async with _sqlite(url) as p:
             yield p
     elif scheme in ("postgres", "postgresql"):
-        async with _postgres(url) as p:
+        async with _postgres(url, timeout_s, statement_timeout_s) as p:
             yield p
     elif scheme == "memory":
         from langgraph.checkpoint.memory import InMemorySaver
@@ -90,29 +119,56 @@ async def _sqlite(url: str) -> AsyncIterator[Persistence]:
             fcntl.flock(setup_lock, fcntl.LOCK_UN)
             os.close(setup_lock)
         try:
-            yield Persistence(url, checkpointer, store, sessions, audit)
+            yield Persistence(url, checkpointer, store, sessions, audit, data_dir=path.parent)
         finally:
             sessions.close()
             audit.close()
 
 
+def postgres_unreachable(url: str, exc: BaseException) -> StorageUnavailable:
+    """A one-line reason for a database that cannot be reached at start-up (libpq's first line, no password)."""
+    # libpq: 'connection failed: connection to server at "h", port p failed: <cause>' then a hint line
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    where = urlparse(url)
+    target = f"{where.hostname or 'localhost'}:{where.port or 5432}{where.path or ''}"
+    return StorageUnavailable(f"cannot connect to PostgreSQL at {target}: {reason}")
+
+
 @contextlib.asynccontextmanager
-async def _postgres(url: str) -> AsyncIterator[Persistence]:
+async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> AsyncIterator[Persistence]:
+    import psycopg
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
     from langgraph.store.postgres.aio import AsyncPostgresStore
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
+
+    # one direct connect first: its error names the cause (refused, no such database, auth), where a pool
+    # would only report that it timed out
+    try:
+        probe = await psycopg.AsyncConnection.connect(url, **pg_connect_kwargs(timeout_s))
+        await probe.close()
+    except psycopg.OperationalError as exc:
+        raise postgres_unreachable(url, exc) from exc
+
+    async def configure(conn: Any) -> None:
+        await conn.execute(statement_timeout_sql(statement_timeout_s))
 
     pool = AsyncConnectionPool(
         url,
         min_size=1,
         max_size=10,
         open=False,
-        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        timeout=timeout_s,  # a turn waits this long for a connection, then answers 503 (not psycopg's 30 s)
+        configure=configure,
+        # a connection the database dropped (restart, outage) is replaced before use, so service resumes by
+        # itself once the database is back
+        check=AsyncConnectionPool.check_connection,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
     )
-    await pool.open(wait=True, timeout=10)
-    sessions = PostgresSessionIndex(url)
-    audit = PostgresAuditLog(url)
+    await pool.open(wait=True, timeout=timeout_s * 3)
+    sessions = PostgresSessionIndex(url, timeout_s, statement_timeout_s)
+    audit = PostgresAuditLog(url, timeout_s, statement_timeout_s)
     try:
         checkpointer = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
         await checkpointer.setup()
@@ -123,6 +179,40 @@ async def _postgres(url: str) -> AsyncIterator[Persistence]:
         sessions.close()
         audit.close()
         await pool.close()
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlparse(url)
+    if parts.password:
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    return url
+
+
+def check_storage(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Before serving: the URL is supported and its database answers and takes writes. Raises
+    CheckpointURLError (the URL itself is wrong) or StorageUnavailable (the database is not there), each with a
+    one-line reason."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        path = sqlite_path(url)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            probe_directory(path.parent)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
+    elif scheme in ("postgres", "postgresql"):
+        import psycopg
+
+        try:
+            psycopg.connect(url, **pg_connect_kwargs(timeout_s)).close()
+        except psycopg.OperationalError as exc:
+            raise postgres_unreachable(url, exc) from exc
+    elif scheme != "memory":
+        raise CheckpointURLError(
+            f"unsupported scheme {scheme + '://' if scheme else '(none)'}: "
+            "use sqlite:///path.db, postgresql://user@host:port/db or memory://"
+        )
 
 
 def open_audit_log(url: str) -> AuditLog:

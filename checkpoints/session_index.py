@@ -1,4 +1,10 @@
-"""The session index: one row per thread (tenant, team, title, created and updated times), beside the checkpoints."""
+"""The session index: one row per thread (tenant, team, title, created and updated times), beside the checkpoints.
+
+A session has two names: `thread_id`, the checkpointer's key (internal), and `client_id`, the id its tenant uses
+(what the API calls the session id). Client ids are unique per tenant only, so two tenants can both use
+`interview-42` and neither can tell the other does. Rows from before client ids existed got client_id =
+thread_id when the column was added, so they answer to the id their tenant always used.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
+from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, pg_connect_kwargs, sync_pool_options
+
 TITLE_LENGTH = 60
 
 
@@ -22,6 +30,12 @@ class SessionRecord:
     title: str
     created_at: str
     updated_at: str
+    client_id: str = ""  # the tenant's name for the session; empty = thread_id
+
+    @property
+    def id(self) -> str:
+        """The session id the tenant sees and sends."""
+        return self.client_id or self.thread_id
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -35,6 +49,7 @@ class PendingDeletion:
     tenant: str
     team: str
     started_at: str
+    client_id: str  # the id the tenant used for the session
 
 
 @dataclass(frozen=True)
@@ -65,8 +80,11 @@ class SessionIndex(Protocol):
     # the event loop; a local SQLite read on its own connection is cheaper than the thread hop
     network: bool
 
-    def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord: ...
+    def create(
+        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+    ) -> SessionRecord: ...
     def get(self, thread_id: str) -> SessionRecord | None: ...
+    def find(self, tenant: str, client_id: str) -> SessionRecord | None: ...
     def list(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
     ) -> list[SessionRecord]: ...
@@ -78,7 +96,7 @@ class SessionIndex(Protocol):
     # voice items are removed and the deletion is audited, the pending row goes too; a crash in between leaves
     # the pending row, and the next start or a repeated DELETE finishes the job
     def begin_delete(self, thread_id: str) -> bool: ...
-    def pending_deletion(self, thread_id: str) -> PendingDeletion | None: ...
+    def pending_deletion(self, tenant: str, client_id: str) -> PendingDeletion | None: ...
     def pending_deletions(self) -> tuple[PendingDeletion, ...]: ...
     def finish_delete(self, thread_id: str) -> None: ...
     # Idempotency-Key -> the turn's stored answer, per tenant and session (dropped with the session)
@@ -88,6 +106,7 @@ class SessionIndex(Protocol):
     ) -> None: ...
     def finish_idempotent_turn(self, tenant: str, thread_id: str, key: str, result: tuple[str, bytes]) -> None: ...
     def forget_idempotent_turn(self, tenant: str, thread_id: str, key: str) -> None: ...
+    def probe_write(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -114,29 +133,41 @@ class SqliteSessionIndex:
         table = self.db["sessions"]
         if not table.exists():
             table.create(  # type: ignore[union-attr]
-                {"thread_id": str, "tenant": str, "team": str, "title": str, "created_at": str, "updated_at": str},
+                {"thread_id": str, "tenant": str, "team": str, "title": str, "created_at": str, "updated_at": str,
+                 "client_id": str},
                 pk="thread_id",
                 not_null={"tenant", "team", "created_at", "updated_at"},
-            )
+            )  # fmt: skip
             table.create_index(["tenant", "updated_at", "thread_id"], if_not_exists=True)  # type: ignore[union-attr]
+        # client ids per tenant (additive, idempotent; the factory's setup lock runs it one process at a time)
+        if "client_id" not in {c.name for c in table.columns}:
+            with self.db.conn:
+                self.db.execute("alter table sessions add column client_id text")
+                self.db.execute("update sessions set client_id = thread_id where client_id is null")
         # only when missing: a start that finds them takes no write lock (workers start while others write)
-        if not self.db["session_deletions"].exists() or not self.db["idempotency_keys"].exists():
+        if not all(self.db[name].exists() for name in ("session_deletions", "idempotency_keys", "teamgraph_ready")):
             with self._lock, self.db.conn:
                 self.db.execute(
                     "create table if not exists session_deletions (thread_id text primary key, tenant text not null,"
-                    " team text not null, started_at text not null)"
+                    " team text not null, started_at text not null, client_id text not null)"
                 )
                 self.db.execute(
                     "create table if not exists idempotency_keys (tenant text not null, thread_id text not null,"
                     " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
                     " result blob, created_at text not null, primary key (tenant, thread_id, key))"
                 )
+                # one row that /readyz rewrites: proves the file takes writes, not only reads
+                self.db.execute("create table if not exists teamgraph_ready (id integer primary key, at text not null)")
+        if not any(ix.name == "sessions_tenant_client" for ix in table.indexes):  # type: ignore[union-attr]
+            self.db.execute("create unique index if not exists sessions_tenant_client on sessions (tenant, client_id)")
 
     @classmethod
     def in_memory(cls) -> SqliteSessionIndex:
         return cls(None)
 
-    def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord:
+    def create(
+        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+    ) -> SessionRecord:
         stamp = now()
         row = {
             "thread_id": thread_id,
@@ -145,13 +176,14 @@ class SqliteSessionIndex:
             "title": title.strip(),
             "created_at": stamp,
             "updated_at": stamp,
+            "client_id": client_id or thread_id,
         }
         # plain SQL: sqlite-utils' Table API reads sqlite_master on every call; the connection's context
         # commits, or rolls back when the id is taken (IntegrityError reaches the caller)
         with self._lock, self.db.conn:
             self.db.execute(
-                "insert into sessions (thread_id, tenant, team, title, created_at, updated_at) "
-                "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at)",
+                "insert into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id) "
+                "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at, :client_id)",
                 row,
             )
         return SessionRecord(**row)
@@ -159,6 +191,13 @@ class SqliteSessionIndex:
     def get(self, thread_id: str) -> SessionRecord | None:
         with self._read_lock:  # every turn asks: plain SQL, no sqlite_master lookups
             rows = list(self._read.query("select * from sessions where thread_id = ?", [thread_id]))
+        return SessionRecord(**rows[0]) if rows else None
+
+    def find(self, tenant: str, client_id: str) -> SessionRecord | None:
+        with self._read_lock:
+            rows = list(
+                self._read.query("select * from sessions where tenant = ? and client_id = ?", [tenant, client_id])
+            )
         return SessionRecord(**rows[0]) if rows else None
 
     def list(
@@ -201,15 +240,19 @@ class SqliteSessionIndex:
     def begin_delete(self, thread_id: str) -> bool:
         with self._lock, self.db.conn:  # one transaction: the row moves, or nothing changes
             self.db.execute(
-                "insert or replace into session_deletions (thread_id, tenant, team, started_at)"
-                " select thread_id, tenant, team, ? from sessions where thread_id = ?",
+                "insert or replace into session_deletions (thread_id, tenant, team, started_at, client_id)"
+                " select thread_id, tenant, team, ?, coalesce(client_id, thread_id) from sessions where thread_id = ?",
                 [now(), thread_id],
             )
             return self.db.execute("delete from sessions where thread_id = ?", [thread_id]).rowcount > 0
 
-    def pending_deletion(self, thread_id: str) -> PendingDeletion | None:
+    def pending_deletion(self, tenant: str, client_id: str) -> PendingDeletion | None:
         with self._read_lock:
-            rows = list(self._read.query("select * from session_deletions where thread_id = ?", [thread_id]))
+            rows = list(
+                self._read.query(
+                    "select * from session_deletions where tenant = ? and client_id = ?", [tenant, client_id]
+                )
+            )
         return PendingDeletion(**rows[0]) if rows else None
 
     def pending_deletions(self) -> tuple[PendingDeletion, ...]:
@@ -256,6 +299,10 @@ class SqliteSessionIndex:
                 "delete from idempotency_keys where tenant = ? and thread_id = ? and key = ?", [tenant, thread_id, key]
             )
 
+    def probe_write(self) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("insert or replace into teamgraph_ready (id, at) values (1, ?)", [now()])
+
     def close(self) -> None:
         if self._read is not self.db:
             self._read.conn.close()
@@ -267,14 +314,24 @@ class PostgresSessionIndex:
 
     network = True
 
-    def __init__(self, url: str):
+    def __init__(
+        self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S, statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
+    ):
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
         self.pool = ConnectionPool(
-            url, min_size=1, max_size=4, open=True, kwargs={"autocommit": True, "row_factory": dict_row}
+            url,
+            min_size=1,
+            max_size=4,
+            open=True,
+            kwargs={"autocommit": True, "row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
+            **sync_pool_options(timeout_s, statement_timeout_s),
         )
-        with self.pool.connection() as conn:
+        # every table and column, created one replica at a time (two replicas racing on "create table if not
+        # exists" can both try to create it); additive and idempotent
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("select pg_advisory_xact_lock(hashtext('teamgraph-session-index-schema'))")
             conn.execute(
                 "create table if not exists teamgraph_sessions ("
                 " thread_id text primary key, tenant text not null, team text not null, title text not null default '',"
@@ -284,9 +341,18 @@ class PostgresSessionIndex:
                 "create index if not exists teamgraph_sessions_tenant_updated"
                 " on teamgraph_sessions (tenant, updated_at desc, thread_id desc)"
             )
+            # one row that /readyz rewrites: proves the database takes writes, not only reads
+            conn.execute("create table if not exists teamgraph_ready (id int primary key, at text not null)")
+            # client ids per tenant; rows from before keep their thread id as their client id
+            conn.execute("alter table teamgraph_sessions add column if not exists client_id text")
+            conn.execute("update teamgraph_sessions set client_id = thread_id where client_id is null")
+            conn.execute(
+                "create unique index if not exists teamgraph_sessions_tenant_client"
+                " on teamgraph_sessions (tenant, client_id)"
+            )
             conn.execute(
                 "create table if not exists teamgraph_session_deletions (thread_id text primary key,"
-                " tenant text not null, team text not null, started_at text not null)"
+                " tenant text not null, team text not null, started_at text not null, client_id text not null)"
             )
             conn.execute(
                 "create table if not exists teamgraph_idempotency_keys (tenant text not null, thread_id text not null,"
@@ -298,17 +364,24 @@ class PostgresSessionIndex:
         with self.pool.connection() as conn:
             return conn.execute(sql, args).fetchone()  # type: ignore[return-value]
 
-    def create(self, thread_id: str, tenant: str, team: str, title: str = "") -> SessionRecord:
+    def create(
+        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+    ) -> SessionRecord:
         stamp = now()
         row = self._one(
-            "insert into teamgraph_sessions values (%s, %s, %s, %s, %s, %s) returning *",
-            [thread_id, tenant, team, title.strip(), stamp, stamp],
+            "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id)"
+            " values (%s, %s, %s, %s, %s, %s, %s) returning *",
+            [thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id],
         )
         assert row is not None
         return SessionRecord(**row)
 
     def get(self, thread_id: str) -> SessionRecord | None:
         row = self._one("select * from teamgraph_sessions where thread_id = %s", [thread_id])
+        return SessionRecord(**row) if row else None
+
+    def find(self, tenant: str, client_id: str) -> SessionRecord | None:
+        row = self._one("select * from teamgraph_sessions where tenant = %s and client_id = %s", [tenant, client_id])
         return SessionRecord(**row) if row else None
 
     def list(
@@ -347,16 +420,18 @@ class PostgresSessionIndex:
     def begin_delete(self, thread_id: str) -> bool:
         with self.pool.connection() as conn, conn.transaction():  # the row moves, or nothing changes
             conn.execute(
-                "insert into teamgraph_session_deletions (thread_id, tenant, team, started_at)"
-                " select thread_id, tenant, team, %s from teamgraph_sessions where thread_id = %s"
-                " on conflict (thread_id) do update set tenant = excluded.tenant, team = excluded.team,"
-                " started_at = excluded.started_at",
+                "insert into teamgraph_session_deletions (thread_id, tenant, team, started_at, client_id)"
+                " select thread_id, tenant, team, %s, coalesce(client_id, thread_id) from teamgraph_sessions"
+                " where thread_id = %s on conflict (thread_id) do update set tenant = excluded.tenant,"
+                " team = excluded.team, started_at = excluded.started_at, client_id = excluded.client_id",
                 [now(), thread_id],
             )
             return conn.execute("delete from teamgraph_sessions where thread_id = %s", [thread_id]).rowcount > 0
 
-    def pending_deletion(self, thread_id: str) -> PendingDeletion | None:
-        row = self._one("select * from teamgraph_session_deletions where thread_id = %s", [thread_id])
+    def pending_deletion(self, tenant: str, client_id: str) -> PendingDeletion | None:
+        row = self._one(
+            "select * from teamgraph_session_deletions where tenant = %s and client_id = %s", [tenant, client_id]
+        )
         return PendingDeletion(**row) if row else None
 
     def pending_deletions(self) -> tuple[PendingDeletion, ...]:
@@ -404,6 +479,12 @@ class PostgresSessionIndex:
             conn.execute(
                 "delete from teamgraph_idempotency_keys where tenant = %s and thread_id = %s and key = %s",
                 [tenant, thread_id, key],
+            )
+
+    def probe_write(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "insert into teamgraph_ready values (1, %s) on conflict (id) do update set at = excluded.at", [now()]
             )
 
     def close(self) -> None:

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from checkpoints.storage import DEFAULT_TIMEOUT_S, pg_connect_kwargs
+
 
 class TurnBusy(Exception):
     """The thread stayed busy for longer than the caller was willing to wait."""
@@ -29,8 +31,9 @@ class TurnBusy(Exception):
 
 
 class TurnLocks:
-    def __init__(self, checkpoint_url: str, wait_s: float = 60.0):
+    def __init__(self, checkpoint_url: str, wait_s: float = 60.0, connect_timeout_s: float = DEFAULT_TIMEOUT_S):
         self.wait_s = wait_s
+        self.connect_timeout_s = connect_timeout_s  # an unreachable database fails the turn fast (503), not at 60 s
         self.on_wait: Callable[[str, float], None] | None = None  # (team, seconds waited), for metrics
         self._local: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
@@ -126,7 +129,10 @@ class TurnLocks:
 
         key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
         # a session-level advisory lock on its own connection: released by Postgres if this process dies
-        async with await psycopg.AsyncConnection.connect(self._pg_url or "", autocommit=True) as conn:
+        connect = psycopg.AsyncConnection.connect(
+            self._pg_url or "", autocommit=True, **pg_connect_kwargs(self.connect_timeout_s)
+        )
+        async with await connect as conn:
             waited = 0.0
             while True:
                 row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()

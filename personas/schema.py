@@ -210,6 +210,11 @@ class ApiKey(StrictModel):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     role: Literal["user", "admin"] = "user"
+    dev: bool = Field(
+        False,
+        description="A development key whose value is published (README): `teamgraph serve` refuses a "
+        "non-loopback address while it is enabled, unless TEAMGRAPH_ALLOW_DEV_KEYS=true.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:

@@ -12,6 +12,13 @@ from personas.loader import Bundles
 
 log = logging.getLogger(__name__)
 
+# the development keys the README publishes ("tg-demo-key", "tg-veneo-key"): a key with one of these hashes is a
+# development key even in a bundle that lost its `dev: true` flag
+DEV_KEY_DIGESTS = frozenset({
+    "e7aab4b439baa8c615eb31e352f5b4259085813fbcd95a65a5a346a6bdfb1bb3",
+    "f06298dbd890949e8195b38536df16733b1591246772a2a767c66531622a3394",
+})  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -46,6 +53,20 @@ class KeyRing:
         if not presented:
             return None
         return self._by_digest.get(hashlib.sha256(presented.strip().encode()).hexdigest())
+
+
+def development_keys(bundles: Bundles, environ: Mapping[str, str] | None = None) -> list[str]:
+    """ "tenant/key id" of every enabled development key: flagged `dev: true`, or one whose value the README
+    publishes (known by its hash, also when read from an environment variable)."""
+    environ = os.environ if environ is None else environ
+    found = []
+    for tenant in bundles.tenants.values():
+        for key in tenant.api_keys:
+            value = environ.get(key.env) if key.env else None
+            digest = hashlib.sha256(value.encode()).hexdigest() if value else key.sha256
+            if digest is not None and (key.dev or digest in DEV_KEY_DIGESTS):
+                found.append(f"{tenant.id}/{key.id}")
+    return found
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

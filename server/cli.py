@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import csv
+import errno
+import ipaddress
 import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -95,7 +98,7 @@ async def _interview(
             state = await engine.state(session)
             if state.get("phase") == "asking":
                 q = state["questions"][state["current"]]
-                typer.echo(f"Continuing session {session.thread_id}.\nQuestion {state['current'] + 1}: {q['text']}")
+                typer.echo(f"Continuing session {session.id}.\nQuestion {state['current'] + 1}: {q['text']}")
         else:
             if resume is None:
                 raise fail("--resume FILE is required to start an interview (or --session ID to continue one)")
@@ -109,12 +112,12 @@ async def _interview(
             if role:
                 first["role"] = role
             session = await engine.create_session(tenant, "interview")
-            typer.echo(f"Session {session.thread_id} (continue later with --session {session.thread_id})")
+            typer.echo(f"Session {session.id} (continue later with --session {session.id})")
             state = await _print_turn(engine, session, first)
         while state.get("phase") != "done":
             answer = _ask("\nYour answer> ")
             if answer is None:
-                typer.echo(f"\nPaused. Continue with: teamgraph interview --session {session.thread_id}")
+                typer.echo(f"\nPaused. Continue with: teamgraph interview --session {session.id}")
                 return
             state = await _print_turn(engine, session, {"messages": [{"role": "user", "content": answer}]})
 
@@ -137,11 +140,11 @@ async def _chat(tenant: str, session_id: str | None) -> None:
             session = engine.get_session(tenant, session_id)
         else:
             session = await engine.create_session(tenant, "veneo_chat")
-        typer.echo(f"Session {session.thread_id}. Type a message; /summarize for a summary; Ctrl-D to leave.")
+        typer.echo(f"Session {session.id}. Type a message; /summarize for a summary; Ctrl-D to leave.")
         while True:
             text = _ask("\nYou> ")
             if text is None:
-                typer.echo(f"\nBye. Continue with: teamgraph chat --tenant {tenant} --session {session.thread_id}")
+                typer.echo(f"\nBye. Continue with: teamgraph chat --tenant {tenant} --session {session.id}")
                 return
             if text.strip():
                 await _print_turn(engine, session, {"messages": [{"role": "user", "content": text}]})
@@ -154,6 +157,62 @@ def chat(tenant: TenantOpt = "veneo", session: SessionOpt = None) -> None:
 
 
 DEMO_KEYS = {"demo": "tg-demo-key", "veneo": "tg-veneo-key"}  # development keys shipped hashed in the bundles
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _refuse_published_keys(bundles: Any, host: str, allowed: bool) -> None:
+    """The README prints the development keys: on an address others can reach they would open the server to
+    anyone. Refuse, unless the operator says so explicitly."""
+    from server.auth import development_keys
+
+    dev_keys = development_keys(bundles)
+    if not dev_keys or _is_loopback(host):
+        return
+    if allowed:
+        typer.secho(f"warning: development keys ({', '.join(dev_keys)}) are enabled on {host}, reachable by others "
+                    "(TEAMGRAPH_ALLOW_DEV_KEYS=true)", err=True, fg=typer.colors.YELLOW)  # fmt: skip
+        return
+    raise fail(
+        f"refusing to listen on {host}: the development key(s) {', '.join(dev_keys)} are published in the README; "
+        "remove them from the tenant bundles (personas/tenants/*.yaml, TEAMGRAPH_PERSONAS_DIR), listen on "
+        "127.0.0.1, or set TEAMGRAPH_ALLOW_DEV_KEYS=true"
+    )
+
+
+def _check_port(host: str, port: int) -> None:
+    """A port another process holds is one clear line, not uvicorn's traceback."""
+    if port == 0:
+        return
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise fail(f"port {port} on {host} is already in use: stop what listens there, or choose another "
+                       "port with --port N (or TEAMGRAPH_PORT)") from None  # fmt: skip
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc} (--host, TEAMGRAPH_HOST)") from None
+
+
+def _check_database(settings: Settings) -> None:
+    """A wrong TEAMGRAPH_CHECKPOINT_URL (bad scheme, port, database, unwritable directory) is one line naming
+    the setting and the cause, within a few seconds."""
+    from checkpoints.factory import CheckpointURLError, check_storage, display_url
+    from checkpoints.storage import StorageUnavailable
+
+    try:
+        check_storage(settings.checkpoint_url, settings.db_timeout_s)
+    except (CheckpointURLError, StorageUnavailable) as exc:
+        raise fail(f"TEAMGRAPH_CHECKPOINT_URL={display_url(settings.checkpoint_url)}: {exc}") from None
 
 
 @app.command()
@@ -175,9 +234,14 @@ def serve(
     host = host or settings.host
     port = settings.port if port is None else port
     workers = workers or settings.workers
+    _refuse_published_keys(bundles, host, settings.allow_dev_keys)
+    _check_port(host, port)
+    _check_database(settings)
+    from checkpoints.factory import display_url
+
     url = f"http://{host}:{port}"
     typer.secho(f"Teamgraph on {url}  (API docs: {url}/docs)", bold=True, err=True)
-    typer.echo(f"checkpoints: {settings.checkpoint_url}", err=True)
+    typer.echo(f"checkpoints: {display_url(settings.checkpoint_url)}", err=True)
     for tenant, key in DEMO_KEYS.items():
         if tenant in bundles.tenants:
             teams = ", ".join(bundles.tenants[tenant].enabled_teams)
@@ -188,14 +252,18 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="teamgraph-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         atexit.register(shutil.rmtree, metrics_dir, True)
-    # stdout is the JSON log stream (one line per request from our middleware): no uvicorn access lines in it
+    # stdout is the JSON log stream (one line per request from our middleware): no uvicorn access lines in it,
+    # and uvicorn's own lines (start, stop, errors), in the supervisor and every worker, in the same format
+    from server.observability.logging import uvicorn_log_config
+
     uvicorn.run(
         "server.app:app_from_env",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_level="info",
+        log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(settings.log_level, settings.log_format),
         access_log=False,
     )
 
@@ -213,14 +281,12 @@ async def _sessions(action: str, tenant: str, team: str | None, thread_id: str |
     async with Engine.open(Settings()) as engine:
         if action == "list":
             for s in engine.sessions.list(tenant, team, limit=200):
-                typer.echo(f"{s.thread_id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
+                typer.echo(f"{s.id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
             return
         assert thread_id is not None
         session = engine.get_session(tenant, thread_id)
         if action == "show":
-            typer.echo(
-                f"{session.thread_id}  team={session.team}  title={session.title!r}  created={session.created_at}"
-            )
+            typer.echo(f"{session.id}  team={session.team}  title={session.title!r}  created={session.created_at}")
             for m in await engine.transcript(session):
                 who = "you" if m.type == "human" else (m.name or "assistant")
                 typer.echo(f"\n[{who}] {m.content}")

@@ -36,6 +36,7 @@ def authenticate(request: Request) -> Caller:
     caller = keyring.identify(key)
     if caller is None:
         raise ApiError(401, "unauthorized", "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    request.state.tenant = caller.tenant  # for the request's log lines (scope state: seen by the middleware)
     return caller
 
 

@@ -19,7 +19,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 
 from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy
-from checkpoints.factory import Persistence, build_persistence
+from checkpoints.factory import Persistence, build_persistence, probe_directory
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
@@ -115,9 +115,12 @@ class Engine:
             api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             base_url=settings.model_base_url,
         )
-        async with build_persistence(settings.checkpoint_url) as persistence:
+        async with build_persistence(
+            settings.checkpoint_url, settings.db_timeout_s, settings.db_statement_timeout_s
+        ) as persistence:
             engine = cls(bundles, persistence, factory, metrics)
             engine.turn_locks.wait_s = settings.turn_wait_s
+            engine.turn_locks.connect_timeout_s = settings.db_timeout_s
             engine.durability = settings.durability
             await engine.finish_pending_deletions()
             yield engine
@@ -168,7 +171,7 @@ class Engine:
         context = TurnContext(
             tenant=session.tenant,
             team=session.team,
-            thread_id=session.thread_id,
+            thread_id=session.id,  # the id the tenant knows: logs, spans and audit name it
             actor=actor,
             personas={node: p.id for node, p in run.agents.items()},
             models={node: self.agent_factory.model_label(p) for node, p in run.agents.items()},
@@ -202,7 +205,7 @@ class Engine:
             "metadata": {
                 "tenant": session.tenant,
                 "team": session.team,
-                "thread_id": session.thread_id,
+                "thread_id": session.id,  # traces name the session as its tenant does
                 "personas": personas,
                 "models": {node: self.agent_factory.model_label(p) for node, p in run.agents.items()},
                 "key_id": actor,
@@ -236,29 +239,33 @@ class Engine:
 
     def _audit_created(self, record: SessionRecord, requested: str | None, actor: str) -> None:
         self.audit.append([
-            AuditEvent(record.tenant, actor, "session_created", record.thread_id, {"team": record.team,
+            AuditEvent(record.tenant, actor, "session_created", record.id, {"team": record.team,
                                                                                   "title": record.title}),
-            AuditEvent(record.tenant, actor, "team_selected", record.thread_id,
+            AuditEvent(record.tenant, actor, "team_selected", record.id,
                        {"requested": requested, "team": record.team}),
         ])  # fmt: skip
 
-    def claim_session(self, thread_id: str, tenant: str, team: str, actor: str = "cli") -> SessionRecord:
-        """The session for a turn on `thread_id`: created for the caller when new, refused when someone else's."""
-        record = self.sessions.get(thread_id)
+    def claim_session(
+        self, client_id: str, tenant: str, team: str, actor: str = "cli", thread_id: str | None = None
+    ) -> SessionRecord:
+        """The caller's session named `client_id` for a turn: created when new (under `thread_id`, default
+        thread_key(tenant, client_id)). Client ids are per tenant: another tenant's session of the same name is
+        neither found nor disturbed."""
+        record = self.sessions.find(tenant, client_id)
         if record is None:
-            pending = self.sessions.pending_deletion(thread_id)
-            if pending is not None:  # an interrupted delete: the id is not free until it has finished
-                raise SessionDeleting(thread_id) if pending.tenant == tenant else SessionNotFound(thread_id)
+            if self.sessions.pending_deletion(tenant, client_id) is not None:
+                raise SessionDeleting(client_id)  # an interrupted delete: the id is not free until it has finished
             try:
-                return self._created(self.sessions.create(thread_id, tenant, team), team, actor)
+                key = thread_id or thread_key(tenant, client_id)
+                return self._created(self.sessions.create(key, tenant, team, client_id=client_id), team, actor)
             except AuditWriteError:
                 raise
-            except Exception:  # another request created it first: fall through to the ownership check
-                record = self.sessions.get(thread_id)
+            except Exception:  # another request created it first: use that one
+                record = self.sessions.find(tenant, client_id)
                 if record is None:
                     raise
-        if record.tenant != tenant:
-            raise SessionNotFound(thread_id)
+        if record.tenant != tenant:  # find filters by tenant; kept as a second line of defence
+            raise SessionNotFound(client_id)
         return record
 
     async def touch(self, thread_id: str, title_hint_text: str = "") -> None:
@@ -272,15 +279,16 @@ class Engine:
 
     def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
         # on record first: a change the audit log cannot take does not happen
-        self.record(session.tenant, actor, "session_renamed", session.thread_id, {"title": title})
+        self.record(session.tenant, actor, "session_renamed", session.id, {"title": title})
         record = self.sessions.rename(session.thread_id, title)
         assert record is not None
         return record
 
-    def get_session(self, tenant: str, thread_id: str) -> SessionRecord:
-        record = self.sessions.get(thread_id)
+    def get_session(self, tenant: str, session_id: str) -> SessionRecord:
+        """The tenant's session by the id the tenant uses for it."""
+        record = self.sessions.find(tenant, session_id)
         if record is None or record.tenant != tenant:
-            raise SessionNotFound(thread_id)
+            raise SessionNotFound(session_id)
         return record
 
     async def _read_index(self, read: Callable[..., T], *args: Any) -> T:
@@ -291,13 +299,13 @@ class Engine:
             return await asyncio.to_thread(read, *args)
         return read(*args)
 
-    async def find_session(self, thread_id: str) -> SessionRecord | None:
-        """The index row of `thread_id`, or None."""
-        return await self._read_index(self.sessions.get, thread_id)
+    async def find_session(self, tenant: str, session_id: str) -> SessionRecord | None:
+        """The tenant's session named `session_id`, or None."""
+        return await self._read_index(self.sessions.find, tenant, session_id)
 
-    async def aget_session(self, tenant: str, thread_id: str) -> SessionRecord:
+    async def aget_session(self, tenant: str, session_id: str) -> SessionRecord:
         """`get_session` for request handlers."""
-        return await self._read_index(self.get_session, tenant, thread_id)
+        return await self._read_index(self.get_session, tenant, session_id)
 
     async def alist_sessions(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
@@ -339,26 +347,38 @@ class Engine:
             if final_state is not None:
                 final_state.update((await graph.aget_state(config)).values)
 
-    async def readiness(self) -> dict[str, str]:
-        """Each store answers a trivial read: the session index, the checkpointer and the audit log (the
-        synchronous ones in a worker thread: an audit ping waits for the audit log's lock)."""
-        checks: dict[str, str] = {}
-        try:
-            await asyncio.to_thread(self.sessions.list, "__readyz__", limit=1)
-            checks["session_index"] = "ok"
-        except Exception as exc:
-            checks["session_index"] = f"error: {type(exc).__name__}"
-        try:
-            await self.persistence.checkpointer.aget_tuple({"configurable": {"thread_id": "__readyz__"}})
-            checks["checkpointer"] = "ok"
-        except Exception as exc:
-            checks["checkpointer"] = f"error: {type(exc).__name__}"
-        try:
-            await asyncio.to_thread(self.audit.ping)
-            checks["audit_store"] = "ok"
-        except Exception as exc:
-            checks["audit_store"] = f"error: {type(exc).__name__}"
-        return checks
+    async def readiness(self, timeout_s: float = 0.8) -> dict[str, str]:
+        """Each store answers a trivial read and takes a write (the session index, the checkpointer, the audit
+        log, and for SQLite the data directory itself), all at once and each within `timeout_s`, so a database
+        that hangs makes /readyz answer 503 quickly instead of hanging with it. Synchronous checks run in
+        worker threads (an audit ping waits for the audit log's lock)."""
+
+        async def check(probe: Callable[[], Any]) -> str:
+            try:
+                result = probe()
+                if asyncio.iscoroutine(result):
+                    await asyncio.wait_for(result, timeout_s)
+                return "ok"
+            except TimeoutError:
+                return f"error: no answer within {timeout_s:.1f} s"
+            except Exception as exc:
+                return f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+        def threaded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+            return lambda: asyncio.to_thread(fn, *args)
+
+        probes: dict[str, Callable[[], Any]] = {
+            "session_index": threaded(self.sessions.list, "__readyz__", None, 1),
+            "session_index_write": threaded(self.sessions.probe_write),
+            "checkpointer": lambda: self.persistence.checkpointer.aget_tuple(
+                {"configurable": {"thread_id": "__readyz__"}}
+            ),
+            "audit_store": threaded(self.audit.ping),
+        }
+        if self.persistence.data_dir is not None:
+            probes["data_dir_write"] = threaded(probe_directory, self.persistence.data_dir)
+        results = await asyncio.gather(*(check(p) for p in probes.values()))
+        return dict(zip(probes, results, strict=True))
 
     async def state(self, session: SessionRecord) -> dict[str, Any]:
         snapshot = await self.graph(session.team).aget_state(self.run_config(session))
@@ -414,7 +434,7 @@ class Engine:
             # written as the end of a turn, so the next message starts a normal turn with the document in state
             await graph.aupdate_state(config, {kind: text}, as_node="memory_keeper")
             await self.touch(session.thread_id, title_hint({kind: text}))
-        await self.arecord(session.tenant, actor, "document_uploaded", session.thread_id,
+        await self.arecord(session.tenant, actor, "document_uploaded", session.id,
                     {"kind": kind, "filename": filename, "characters": len(text), "content": text})  # fmt: skip
 
     async def delete_session(self, session: SessionRecord, actor: str = "cli") -> None:
@@ -425,19 +445,19 @@ class Engine:
         session is gone for readers and turns from here on), the data goes, and `session_deleted` is written once
         it has. A crash or failure in between leaves the pending deletion, which the next start or a repeated
         DELETE finishes; so a session is always whole or gone, and `session_deleted` means it is gone."""
-        await self.arecord(session.tenant, actor, "session_delete_started", session.thread_id, {"team": session.team})
+        await self.arecord(session.tenant, actor, "session_delete_started", session.id, {"team": session.team})
         async with self.turn_locks.hold(session.thread_id, session.team):
             await asyncio.to_thread(self.sessions.begin_delete, session.thread_id)
-            await self._finish_delete(session.thread_id, session.tenant, session.team, actor)
+            await self._finish_delete(session.thread_id, session.tenant, session.team, session.id, actor)
 
-    async def finish_deletion(self, tenant: str, thread_id: str, actor: str = "cli") -> bool:
-        """Finish the tenant's interrupted deletion of `thread_id`; False when there is none."""
-        pending = await asyncio.to_thread(self.sessions.pending_deletion, thread_id)
-        if pending is None or pending.tenant != tenant:
+    async def finish_deletion(self, tenant: str, session_id: str, actor: str = "cli") -> bool:
+        """Finish the tenant's interrupted deletion of the session it calls `session_id`; False when there is none."""
+        pending = await asyncio.to_thread(self.sessions.pending_deletion, tenant, session_id)
+        if pending is None:
             return False
-        async with self.turn_locks.hold(thread_id, pending.team):
-            if await asyncio.to_thread(self.sessions.pending_deletion, thread_id) is not None:
-                await self._finish_delete(thread_id, pending.tenant, pending.team, actor)
+        async with self.turn_locks.hold(pending.thread_id, pending.team):
+            if await asyncio.to_thread(self.sessions.pending_deletion, tenant, session_id) is not None:
+                await self._finish_delete(pending.thread_id, tenant, pending.team, pending.client_id, actor)
         return True
 
     async def finish_pending_deletions(self) -> int:
@@ -446,7 +466,7 @@ class Engine:
         finished = 0
         for deletion in await asyncio.to_thread(self.sessions.pending_deletions):
             try:
-                await self.finish_deletion(deletion.tenant, deletion.thread_id, actor="startup")
+                await self.finish_deletion(deletion.tenant, deletion.client_id, actor="startup")
                 finished += 1
             except Exception as exc:  # stays pending (gone for clients); a repeated DELETE or the next start retries
                 log.warning("interrupted_deletion_not_finished", thread_id=deletion.thread_id,
@@ -455,15 +475,26 @@ class Engine:
             log.info("interrupted_deletions_finished", count=finished)
         return finished
 
-    async def _finish_delete(self, thread_id: str, tenant: str, team: str, actor: str) -> None:
+    async def _finish_delete(self, thread_id: str, tenant: str, team: str, session_id: str, actor: str) -> None:
         """Remove what a pending deletion left (each step is idempotent), audit it, then drop the pending row."""
         await self.persistence.checkpointer.adelete_thread(thread_id)
         await delete_archive(self.persistence.store, thread_id)
         await forget_voice_items(self.persistence.store, thread_id)
-        await self.arecord(tenant, actor, "session_deleted", thread_id, {"team": team})
+        await self.arecord(tenant, actor, "session_deleted", session_id, {"team": team})
         await asyncio.to_thread(self.sessions.finish_delete, thread_id)
         self.turn_locks.forget(thread_id)
         self.metrics.sessions_deleted.labels(tenant, team).inc()
+
+
+# thread keys of client-named sessions: a function of (tenant, client id), so two tenants' `interview-42` are two
+# threads, and two first requests racing on one new id compute the same key (and wait on one turn lock)
+_THREAD_NAMESPACE = uuid.UUID("2f0c4b7e-6a1d-5b9e-8c3f-7d4a1e6b9c20")
+
+
+def thread_key(tenant: str, client_id: str) -> str:
+    """The checkpointer's thread key for a session a client names `client_id` (sessions created before client
+    ids were scoped keep the key they were stored under)."""
+    return str(uuid.uuid5(_THREAD_NAMESPACE, f"{tenant}\n{client_id}"))
 
 
 def title_hint(turn_input: dict[str, Any]) -> str:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from checkpoints.audit import AuditWriteError
+from checkpoints.storage import StorageUnavailable, is_storage_fault
 from checkpoints.turn_lock import TurnBusy
 from personas.resolver import TeamResolutionError
 from server.engine import SessionDeleting, SessionNotFound
@@ -99,8 +102,29 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("audit_unavailable", "the audit log cannot be written; try again later"),
                             status_code=503, headers={"Retry-After": "5"})  # fmt: skip
 
+    async def storage_down(request: Request, exc: Exception) -> JSONResponse:
+        if not is_storage_fault(exc):
+            raise exc  # a bug, not a fault of the machine: the 500 path logs it with its stack
+        return storage_unavailable_response(exc)
+
+    for fault in (StorageUnavailable, psycopg.OperationalError, psycopg.InterfaceError, sqlite3.OperationalError):
+        app.add_exception_handler(fault, storage_down)
+
     @app.exception_handler(TurnBusy)
     async def busy(request: Request, exc: TurnBusy) -> JSONResponse:
         return JSONResponse(
             error_body(exc.code, str(exc)), status_code=409, headers={"Retry-After": str(exc.retry_after_s)}
         )
+
+
+def storage_unavailable_response(exc: BaseException) -> JSONResponse:
+    """503 storage_unavailable: the database is down, unreachable, full or read-only; the client may retry."""
+    from server.observability.logging import log
+
+    # the cause goes to the operator's log; the client learns nothing about the database behind the service
+    log.warning("storage_unavailable", error_type=type(exc).__name__, error=str(exc).strip())
+    return JSONResponse(
+        error_body(StorageUnavailable.code, "the session store cannot be reached or written now; try again later"),
+        status_code=503,
+        headers={"Retry-After": str(StorageUnavailable.retry_after_s)},
+    )

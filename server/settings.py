@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from personas.loader import DEFAULT_BUNDLE_DIR
@@ -16,9 +16,14 @@ class Settings(BaseSettings):
     # populate_by_name: Settings(openai_api_key=...) works too, not only the aliased environment variables
     model_config = SettingsConfigDict(env_prefix="TEAMGRAPH_", env_file=".env", extra="ignore", populate_by_name=True)
 
+    data_dir: Path = Field(
+        Path("data"),
+        description="Where embedded data lives: the default SQLite database (teamgraph.db) and the voice cache.",
+    )
     checkpoint_url: str = Field(
         "sqlite:///./data/teamgraph.db",
-        description="sqlite:///path (embedded default), postgresql://... (shared by replicas) or memory://",
+        description="sqlite:///path (embedded default: <data_dir>/teamgraph.db), postgresql://... (shared by "
+        "replicas) or memory://",
     )
     personas_dir: Path = Field(DEFAULT_BUNDLE_DIR, description="Directory holding agents/, teams/, tenants/.")
     openai_api_key: SecretStr | None = Field(
@@ -45,11 +50,33 @@ class Settings(BaseSettings):
     turn_wait_s: float = Field(
         60.0, gt=0, description="How long a turn waits for the previous turn on the same session before 409."
     )
+    db_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="PostgreSQL: longest connect, or wait for a pooled connection, before a request answers "
+        "503 storage_unavailable.",
+    )
+    db_statement_timeout_s: float = Field(15.0, gt=0, description="PostgreSQL: longest single statement.")
     voice_cache_dir: Path | None = Field(
         None, description="Voice preview cache; default: voice-cache/ beside the SQLite database, else ./data."
     )
     voice_cache_max_mb: float = Field(200.0, gt=0, description="Oldest previews are evicted beyond this size.")
     voice_preview_max_chars: int = Field(300, ge=1, le=4096, description="Longest text a voice preview speaks.")
+    allow_dev_keys: bool = Field(
+        False,
+        description="Let `teamgraph serve` listen on a non-loopback address while a development key (one the "
+        "README publishes) is enabled. Leave off in any deployment others can reach.",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, GET /metrics needs 'Authorization: Bearer <token>'; unset, only loopback callers."
+    )
+
+    @model_validator(mode="after")
+    def _default_database_in_data_dir(self) -> Settings:
+        if "checkpoint_url" not in self.model_fields_set:
+            self.checkpoint_url = f"sqlite:///{self.data_dir}/teamgraph.db"
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ from personas.loader import Bundles
 from personas.resolver import TeamRunConfig
 from server.auth import Caller
 from server.deps import authenticate
-from server.engine import Engine, SessionNotFound, title_hint
+from server.engine import Engine, SessionNotFound, thread_key, title_hint
 from server.errors import ApiError
 from server.observability.turn_observer import TurnObserver
 
@@ -54,6 +54,7 @@ class IdempotentRequest:
         await asyncio.to_thread(engine.sessions.forget_idempotent_turn, self.tenant, self.thread_id, self.key)
 
 
+CLIENT_ID = "__client_thread_id"  # the id the client sent; configurable.thread_id becomes the internal key
 # stream_log and the /c/{config_hash}/ variants stay off: fewer ways in to check
 ENDPOINTS: list[EndpointName] = [
     "invoke",
@@ -120,7 +121,8 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         )
         async with held:
             actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
-            await asyncio.to_thread(self.engine.claim_session, thread_id, _tenant(config), self.team, actor)
+            client_id = str(configurable.get(CLIENT_ID) or thread_id)
+            await asyncio.to_thread(self.engine.claim_session, client_id, _tenant(config), self.team, actor, thread_id)
             yield
 
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -268,10 +270,12 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 async def _keyed_turn(
-    engine: Engine, request: Request, body: Any, tenant: str, thread_id: str, key: str
+    engine: Engine, request: Request, body: Any, session: SessionRecord, key: str
 ) -> IdempotentRequest:
     """Decide what a keyed turn does, holding the session's turn lease: send the stored answer again, refuse a
-    key reused for a different request, or run the turn and keep its answer under the key."""
+    key reused for a different request, or run the turn and keep its answer under the key. Keys are kept under
+    the session's internal thread key; messages name the session as its tenant does."""
+    tenant, thread_id = session.tenant, session.thread_id
     endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
     sent = body if isinstance(body, dict) else {}
     fingerprint = hashlib.sha256(
@@ -283,7 +287,7 @@ async def _keyed_turn(
         raise ApiError(
             422,
             "idempotency_key_reused",
-            f"Idempotency-Key: {key!r} was already used on session {thread_id!r} for a different request "
+            f"Idempotency-Key: {key!r} was already used on session {session.id!r} for a different request "
             f"(another body or endpoint); use a new key for a new turn",
             "Idempotency-Key",
         )
@@ -302,7 +306,7 @@ async def _keyed_turn(
                 409,
                 "idempotent_turn_outcome_unknown",
                 f"Idempotency-Key: the turn sent with {key!r} was interrupted (the server stopped) after the "
-                f"session changed, so it may be stored; read GET /sessions/{thread_id} before sending it again "
+                f"session changed, so it may be stored; read GET /sessions/{session.id} before sending it again "
                 "with a new key",
                 "Idempotency-Key",
             )
@@ -370,13 +374,15 @@ def make_config_modifier(team: str):
                 "or send a new id to start one",
                 "config.configurable.thread_id",
             )
-        session = await engine.find_session(str(thread_id))
+        # the caller's own session of that name: ids are per tenant, another tenant's `thread_id` is not seen
+        session = await engine.find_session(caller.tenant, str(thread_id))
         if session is None:
             # recorded only once the turn runs (TeamRunnable), so a refused request leaves no empty session
             stamp = now()
-            session = SessionRecord(str(thread_id), caller.tenant, run.team.id, "", stamp, stamp)
+            key = thread_key(caller.tenant, str(thread_id))
+            session = SessionRecord(key, caller.tenant, run.team.id, "", stamp, stamp, str(thread_id))
         elif session.tenant != caller.tenant:
-            raise SessionNotFound(str(thread_id))  # another tenant's thread does not exist for this caller
+            raise SessionNotFound(str(thread_id))
         elif session.team != team:
             raise ApiError(
                 409,
@@ -388,17 +394,26 @@ def make_config_modifier(team: str):
         # /stream; the middleware releases it when the response has ended, however it ends
         leases = request.scope.setdefault("state", {}).setdefault("turn_leases", {})
         if str(thread_id) not in leases:  # batch inputs on one session share its lease and run in order (abatch)
-            leases[str(thread_id)] = await engine.turn_locks.acquire(str(thread_id), team)
+            leases[str(thread_id)] = await engine.turn_locks.acquire(session.thread_id, team)
         server = engine.run_config(session, run, actor=caller.key_id, observe=True)
         server["configurable"][LEASE_HELD] = True
+        server["configurable"][CLIENT_ID] = session.id
         if idempotency_key is not None:
-            server["configurable"][IDEMPOTENCY] = await _keyed_turn(
-                engine, request, body, caller.tenant, str(thread_id), idempotency_key
-            )
+            server["configurable"][IDEMPOTENCY] = await _keyed_turn(engine, request, body, session, idempotency_key)
         # server values replace whatever the client sent for these keys
         return {**config, **server}
 
     return modify
+
+
+def team_enabled(team: str):
+    def check(request: Request) -> None:
+        """Every route of a team follows the tenant's team flag, its schema routes too (403 / 404 otherwise)."""
+        caller = authenticate(request)
+        engine: Engine = request.app.state.engine
+        engine.resolver.resolve(caller.tenant, team)  # not engine.resolve: a schema read is no routing decision
+
+    return check
 
 
 def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
@@ -411,7 +426,8 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
             path=f"/teams/{team}",
             config_keys=("configurable", "metadata", "tags", "callbacks"),
             per_req_config_modifier=make_config_modifier(team),
-            dependencies=[Depends(authenticate)],  # schemas too: an unauthenticated caller learns nothing
+            # schemas too: an unauthenticated caller, or a tenant without the team, learns nothing
+            dependencies=[Depends(authenticate), Depends(team_enabled(team))],
             enabled_endpoints=[*ENDPOINTS, *(["playground"] if playground else [])],  # type: ignore[list-item]
             enable_feedback_endpoint=False,
             enable_public_trace_link_endpoint=False,

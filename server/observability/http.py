@@ -71,7 +71,8 @@ class ObservabilityMiddleware:
             except Exception:
                 if response_started:
                     raise
-                log.exception("unhandled_error", method=method)
+                # type, message and stack (see logging.add_exception), with the request and tenant it hit
+                log.exception("unhandled_error", method=method, path=scope.get("path"), tenant=state.get("tenant"))
                 # answered here, so even an unexpected failure carries the ids and the one error shape
                 await send_with_ids({"type": "http.response.start", "status": 500,
                                      "headers": [(b"content-type", b"application/json")]})  # fmt: skip
@@ -95,7 +96,7 @@ class ObservabilityMiddleware:
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
-            log.info("http_request", method=method, route=route, status=status,
+            log.info("http_request", method=method, route=route, status=status, tenant=state.get("tenant"),
                      duration_ms=round(duration * 1000, 2))  # fmt: skip
             otel_context.detach(token)
             structlog.contextvars.clear_contextvars()

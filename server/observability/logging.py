@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -50,22 +52,112 @@ def make_scrubber(secrets: tuple[str, ...], debug_content: bool) -> Any:
     return scrub
 
 
+def add_exception(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """An exception on a line becomes its type, message and stack (`exc_info: true` alone diagnoses nothing)."""
+    exc_info = event.pop("exc_info", None)
+    if not exc_info:
+        return event
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    elif isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    if not isinstance(exc_info, tuple) or exc_info[0] is None:
+        return event
+    event.setdefault("error_type", exc_info[0].__name__)
+    event.setdefault("error", str(exc_info[1]))
+    event["exception"] = "".join(traceback.format_exception(*exc_info))
+    return event
+
+
+_STDLIB_HANDLER_NAME = "teamgraph"
+
+
+def stdlib_formatter(renderer: str = "auto", secrets: tuple[str, ...] = ()) -> logging.Formatter:
+    """A logging.Formatter that renders standard-library records like our own lines (JSON or console)."""
+    console = renderer == "console" or (renderer == "auto" and sys.stdout.isatty())
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            add_exception,
+            make_scrubber(secrets, debug_content=False),
+            structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer(),
+        ],
+    )
+
+
+def uvicorn_log_config(level: str = "INFO", renderer: str = "auto") -> dict[str, Any]:
+    """uvicorn's log_config: its lines (in the supervisor and in every worker) in our format on stdout, and no
+    access lines (the middleware's http_request line says more)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"teamgraph": {"()": f"{__name__}.stdlib_formatter", "renderer": renderer}},
+        "handlers": {
+            "stdout": {"class": "logging.StreamHandler", "formatter": "teamgraph", "stream": "ext://sys.stdout"}
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stdout"], "level": level.upper(), "propagate": False},
+            "uvicorn.access": {"handlers": [], "propagate": False},
+        },
+    }
+
+
 def configure_logging(level: str = "INFO", renderer: str = "auto", secrets: tuple[str, ...] = ()) -> None:
-    """JSON lines unless renderer is 'console' (or 'auto' on a TTY). `secrets`: exact strings never to print."""
+    """JSON lines unless renderer is 'console' (or 'auto' on a TTY). `secrets`: exact strings never to print.
+    Standard-library loggers (uvicorn's own lines, psycopg's pool, ...) go through the same processors, so
+    every line on stdout has one format and is scrubbed the same way."""
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     console = renderer == "console" or (renderer == "auto" and sys.stdout.isatty())
+    scrubber = make_scrubber(secrets, debug_content=numeric <= logging.DEBUG)
+    render = structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            make_scrubber(secrets, debug_content=numeric <= logging.DEBUG),
-            structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer(),
+            add_exception,
+            scrubber,
+            render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.name = _STDLIB_HANDLER_NAME
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, add_exception, scrubber, render],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.name == _STDLIB_HANDLER_NAME]:
+        root.removeHandler(old)  # configured again (a second app in one process): one handler, the newest
+    root.addHandler(handler)
+    handler.setLevel(numeric)
+    # libraries (httpx, psycopg's pool, ...) speak up from WARNING: their INFO lines would repeat ours
+    root.setLevel(max(numeric, logging.WARNING))
+    for name in ("uvicorn", "uvicorn.error"):
+        # uvicorn's default config gives these loggers handlers of their own (plain text): use ours instead;
+        # its start and stop lines keep the configured level
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+        logging.getLogger(name).setLevel(numeric)
+    # no access lines: the middleware's http_request line says more (route template, tenant, ids)
+    logging.getLogger("uvicorn.access").handlers.clear()
+    logging.getLogger("uvicorn.access").propagate = False
 
 
 if not structlog.is_configured():

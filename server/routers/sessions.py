@@ -43,7 +43,7 @@ class SessionOut(BaseModel):
     @classmethod
     def of(cls, record: SessionRecord) -> SessionOut:
         return cls(
-            id=record.thread_id,
+            id=record.id,
             team=record.team,
             title=record.title,
             created_at=datetime.fromisoformat(record.created_at),
@@ -140,7 +140,9 @@ async def list_sessions(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor from the previous page.")] = None,
 ) -> SessionList:
-    """The caller's sessions, most recently active first."""
+    """The caller's sessions, most recently active first (403 / 404 for a team the caller cannot use)."""
+    if team is not None:
+        engine.resolver.resolve(caller.tenant, team)  # the same refusal POST /sessions gives
     before = _decode_cursor(cursor) if cursor else None
     records = await engine.alist_sessions(caller.tenant, team, limit=limit + 1, before=before)
     page = records[:limit]

@@ -15,7 +15,7 @@ from server.settings import Settings
 
 
 def cache_dir(settings: Settings) -> Path:
-    """TEAMGRAPH_VOICE_CACHE_DIR, else voice-cache/ beside the SQLite database, else ./data/voice-cache."""
+    """TEAMGRAPH_VOICE_CACHE_DIR, else voice-cache/ beside the SQLite database, else TEAMGRAPH_DATA_DIR/voice-cache."""
     if settings.voice_cache_dir is not None:
         return Path(settings.voice_cache_dir)
     if urlparse(settings.checkpoint_url).scheme == "sqlite":
@@ -23,7 +23,7 @@ def cache_dir(settings: Settings) -> Path:
 
         with contextlib.suppress(ValueError):
             return sqlite_path(settings.checkpoint_url).parent / "voice-cache"
-    return Path("data") / "voice-cache"
+    return settings.data_dir / "voice-cache"
 
 
 def preview_key(*parts: object) -> str:

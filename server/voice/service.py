@@ -153,7 +153,7 @@ class VoiceService:
             "voice": entry.id,
             "session": config,
             "webrtc_url": f"{provider.config.endpoint}/realtime/calls",
-            "transcripts_url": f"/sessions/{session.thread_id}/transcripts",
+            "transcripts_url": f"/sessions/{session.id}/transcripts",
         }
 
     # ---- transcripts ------------------------------------------------------------------------------------------

@@ -295,7 +295,7 @@ async def apply_transcript(
                         session.tenant,
                         actor,
                         "response",
-                        session.thread_id,
+                        session.id,
                         {
                             "node": SPOKEN_NODE,
                             "content": text,

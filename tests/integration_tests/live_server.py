@@ -49,11 +49,13 @@ class LiveServer:
         env: dict[str, str] | None = None,
         workers: int | None = None,
         startup_timeout: float = 30.0,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.db = db or workdir / "tg.db"
         self.workers = workers
         self.startup_timeout = startup_timeout
+        self.wrapper = wrapper or []  # a command that execs the rest (e.g. to start in a mount namespace)
         self.env = {
             k: v for k, v in os.environ.items() if not k.startswith(("TEAMGRAPH_", "LANGCHAIN_")) and k not in _SCRUBBED
         }
@@ -90,7 +92,7 @@ class LiveServer:
         if self.workers:
             args += ["--workers", str(self.workers)]
         self.process = subprocess.Popen(
-            args,
+            [*self.wrapper, *args],
             cwd=self.workdir,
             env=self.env,
             stdout=self._stdout,

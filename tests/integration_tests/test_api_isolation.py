@@ -1,8 +1,10 @@
 """Tenant isolation over HTTP: tenant B (veneo) probing tenant A's (demo) sessions finds nothing, changes nothing.
 
-Another tenant's session must be indistinguishable from one that does not exist: every route that takes a
-session id answers 404 session_not_found with the same body it gives for an unknown id, and none of A's
-content (title, documents, answers, questions) ever appears in B's responses.
+Session ids are per tenant, so another tenant's session must be indistinguishable from one that does not
+exist: every REST route that takes a session id answers 404 session_not_found with the same body it gives for
+an unknown id; a team route, where an unused id starts a session, starts B's own session under that id, exactly
+as for an id nobody uses. None of A's content (title, documents, answers, questions) ever appears in B's
+responses, and A's sessions never change.
 """
 
 from __future__ import annotations
@@ -150,11 +152,18 @@ def test_tenant_b_probing_a_session_of_tenant_a_gets_404_and_changes_nothing(
         unknown_body = json.dumps(assert_not_found(PROBES[probe](client, unknown, b_headers), unknown))
         unknown_body = unknown_body.replace(unknown, "ID")
 
+    team_route = probe.startswith("POST /teams/")
+    if team_route:  # what an id nobody uses gives: a new session of B's own
+        unknown = f"never-created-{uuid.uuid4()}"
+        unknown_status = PROBES[probe](client, unknown, b_headers).status_code
     for sid in (world.a_started, world.a_fresh):
         r = PROBES[probe](client, sid, b_headers)
-        body = assert_not_found(r, sid)
-        if unknown_body is not None:  # indistinguishable from an id that never existed
-            assert json.dumps(body).replace(sid, "ID") == unknown_body
+        if team_route:
+            assert r.status_code == unknown_status, r.text  # indistinguishable from an id nobody uses
+        else:
+            body = assert_not_found(r, sid)
+            if unknown_body is not None:  # indistinguishable from an id that never existed
+                assert json.dumps(body).replace(sid, "ID") == unknown_body
         for secret in world.a_secrets:
             assert secret not in r.text
 
@@ -162,13 +171,22 @@ def test_tenant_b_probing_a_session_of_tenant_a_gets_404_and_changes_nothing(
     for sid in (world.a_started, world.a_fresh):
         assert snapshot(client, sid) == before[sid]
     assert client.get("/sessions", headers=TENANT_A).json() == a_list_before
-    # and B gained no session from the probes (no copy of A's thread)
-    assert client.get("/sessions", headers=TENANT_B).json()["items"] == []
+    b_sessions = client.get("/sessions", headers=TENANT_B).json()["items"]
+    if not team_route or unknown_status != 200:  # B gained no session from the probes (no copy of A's thread)
+        assert {s["id"] for s in b_sessions} & {world.a_started, world.a_fresh} == set()
+    else:  # B's turns ran on sessions of its own, which hold nothing of A's
+        assert {world.a_started, world.a_fresh} <= {s["id"] for s in b_sessions}
+        for sid in (world.a_started, world.a_fresh):
+            mine = client.get(f"/sessions/{sid}", headers=b_headers)
+            assert mine.status_code == 200, mine.text
+            for secret in world.a_secrets:
+                assert secret not in mine.text
 
 
-def test_a_rejected_batch_leaves_nothing_behind(world: World) -> None:
-    """A batch naming one of A's threads is refused as a whole: the other (new) thread B named is not created."""
+def test_a_batch_naming_an_id_another_tenant_uses_runs_on_the_callers_own_sessions(world: World) -> None:
+    """Ids are per tenant: B's batch on A's id runs on a new session of B's, and A's session does not change."""
     client = world.client
+    before = snapshot(client, world.a_started)
     own = f"b-own-{uuid.uuid4()}"
     r = client.post(
         "/teams/interview/batch",
@@ -178,9 +196,11 @@ def test_a_rejected_batch_leaves_nothing_behind(world: World) -> None:
             "config": [{"configurable": {"thread_id": own}}, {"configurable": {"thread_id": world.a_started}}],
         },
     )
-    assert_not_found(r, world.a_started)
-    assert client.get("/sessions", headers=TENANT_B).json()["items"] == []
-    assert_not_found(client.get(f"/sessions/{own}", headers=TENANT_B), own)
+    assert r.status_code == 200, r.text
+    assert {s["id"] for s in client.get("/sessions", headers=TENANT_B).json()["items"]} == {own, world.a_started}
+    assert snapshot(client, world.a_started) == before
+    for secret in world.a_secrets:
+        assert secret not in r.text
 
 
 def test_tenant_b_never_lists_tenant_a_sessions(world: World) -> None:
@@ -252,7 +272,7 @@ def test_a_key_cannot_reach_a_team_its_tenant_lacks(world: World) -> None:
         world.a_fresh,
     }
     r = client.get("/sessions", headers=TENANT_A, params={"team": "veneo_chat"})
-    assert r.status_code == 200 and r.json()["items"] == []
+    assert r.status_code == 403 and r.json()["error"]["code"] == "team_not_enabled"  # as creating one is
 
     # B's own chat thread, sent by A to the chat team: refused for the team, not revealed as a session
     b_chat = post_ok(client, "/sessions", TENANT_B, {}, status=201)["id"]
@@ -260,7 +280,9 @@ def test_a_key_cannot_reach_a_team_its_tenant_lacks(world: World) -> None:
     r = client.post("/teams/veneo_chat/invoke", headers=TENANT_A, json=run_body(b_chat))
     assert r.status_code == 403, r.text
     assert "PayPal" not in r.text
-    # and sent by A to A's own team it is simply not found
+    # and sent by A to A's own team it names a new session of A's own (ids are per tenant), B's is untouched
     r = client.post("/teams/interview/invoke", headers=TENANT_A, json=run_body(b_chat))
-    assert_not_found(r, b_chat)
+    assert r.status_code == 200, r.text
     assert "PayPal" not in r.text
+    b_view = client.get(f"/sessions/{b_chat}", headers=TENANT_B).json()
+    assert (b_view["team"], len(b_view["transcript"])) == ("veneo_chat", 2)

@@ -17,6 +17,7 @@ from langchain_core.messages import HumanMessage
 
 from nodes.memory_keeper import read_archive
 from server.app import create_app
+from server.engine import thread_key
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema, open_engine
 
@@ -203,24 +204,31 @@ def test_a_delete_that_fails_halfway_leaves_the_session_gone_and_is_finished_lat
         assert len(fresh) == 2 and fresh[0] == ("user", "Hello again")
 
 
-def test_another_tenant_cannot_claim_an_id_whose_deletion_is_pending(
+def test_another_tenants_same_id_is_its_own_session_while_a_deletion_is_pending(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Session ids are per tenant: a deletion pending in one tenant neither blocks nor shows in another."""
+    demo = {"Authorization": "Bearer tg-demo-key"}
     with make_client(f"sqlite:///{tmp_path}/tg.db") as client:
         assert chat_turn(client, "pending-id", "How long does shipping take?").status_code == 200
         with monkeypatch.context() as patch:
             patch.setattr("server.engine.delete_archive", _interrupted_archive_delete)
             assert client.delete("/sessions/pending-id", headers=VENEO).status_code == 500
+        # the owner's id stays taken until its deletion finishes
+        r = chat_turn(client, "pending-id", "Hello again")
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "session_deleting")
+        # another tenant's `pending-id` is a session of its own, and its DELETE cannot finish veneo's deletion
         r = client.post(
             "/teams/interview/invoke",
-            headers={"Authorization": "Bearer tg-demo-key"},
+            headers=demo,
             json={"input": human("Start"), "config": {"configurable": {"thread_id": "pending-id"}}},
         )
-        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
-        # nor can it finish (or learn about) the other tenant's deletion
-        r = client.delete("/sessions/pending-id", headers={"Authorization": "Bearer tg-demo-key"})
-        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        assert r.status_code == 200
+        assert client.delete("/sessions/pending-id", headers=demo).status_code == 204
+        r = chat_turn(client, "pending-id", "Hello again")
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "session_deleting")
         assert client.delete("/sessions/pending-id", headers=VENEO).status_code == 204
+        assert chat_turn(client, "pending-id", "A new start").status_code == 200
 
 
 # --- Idempotency-Key --------------------------------------------------------------------------------------
@@ -313,9 +321,10 @@ def test_a_malformed_idempotency_key_is_422(client: TestClient, key: str) -> Non
 def test_a_keyed_turn_cut_off_by_a_crash_runs_on_retry_only_if_it_was_not_stored(client: TestClient) -> None:
     """A process that dies mid-turn leaves its key without an answer; what the retry does depends on the session."""
     engine = client.app.state.engine  # type: ignore[attr-defined]
+    key = thread_key("veneo", "cut")  # the session's internal thread key (client ids are per tenant)
     assert chat_turn(client, "cut", "How long does shipping take?").status_code == 200
     latest = client.portal.call(  # type: ignore[union-attr]
-        engine.persistence.checkpointer.aget_tuple, {"configurable": {"thread_id": "cut", "checkpoint_ns": ""}}
+        engine.persistence.checkpointer.aget_tuple, {"configurable": {"thread_id": key, "checkpoint_ns": ""}}
     )
     before = latest.config["configurable"]["checkpoint_id"]
     body = {"input": human("Can I return shoes?"), "config": {"configurable": {"thread_id": "cut"}}}
@@ -324,14 +333,14 @@ def test_a_keyed_turn_cut_off_by_a_crash_runs_on_retry_only_if_it_was_not_stored
         # what the server records for the request; taken from a first keyed request, then left unanswered
         r = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "probe"}, json=sent)
         assert r.status_code == 200
-        turn = engine.sessions.idempotent_turn("veneo", "cut", "probe")
+        turn = engine.sessions.idempotent_turn("veneo", key, "probe")
         return str(turn.fingerprint)
 
     fingerprint = fingerprint_of(body)  # (this turn is stored: the transcript now holds 2 turns)
     assert len(transcript(client, "cut")) == 4
 
     # (a) the crashed turn started before the session's latest checkpoint: it may be stored, so no rerun
-    engine.sessions.start_idempotent_turn("veneo", "cut", "k-doubt", fingerprint, before)
+    engine.sessions.start_idempotent_turn("veneo", key, "k-doubt", fingerprint, before)
     r = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-doubt"}, json=body)
     assert (r.status_code, r.json()["error"]["code"]) == (409, "idempotent_turn_outcome_unknown")
     assert "GET /sessions/cut" in r.json()["error"]["message"]
@@ -339,10 +348,10 @@ def test_a_keyed_turn_cut_off_by_a_crash_runs_on_retry_only_if_it_was_not_stored
 
     # (b) the session has not moved since the crashed turn started: it was not stored, so the retry runs it once
     latest = client.portal.call(  # type: ignore[union-attr]
-        engine.persistence.checkpointer.aget_tuple, {"configurable": {"thread_id": "cut", "checkpoint_ns": ""}}
+        engine.persistence.checkpointer.aget_tuple, {"configurable": {"thread_id": key, "checkpoint_ns": ""}}
     )
     now_id = latest.config["configurable"]["checkpoint_id"]
-    engine.sessions.start_idempotent_turn("veneo", "cut", "k-lost", fingerprint, now_id)
+    engine.sessions.start_idempotent_turn("veneo", key, "k-lost", fingerprint, now_id)
     r = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-lost"}, json=body)
     assert r.status_code == 200, r.text
     assert len(transcript(client, "cut")) == 6

@@ -113,7 +113,8 @@ def serve(tmp_path: Path, **settings: Any) -> Iterator[TestClient]:
     app = create_app(
         Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", log_format="json", **settings)  # type: ignore[call-arg]
     )
-    with TestClient(app, raise_server_exceptions=False) as client:
+    # a scraper on this machine: /metrics answers loopback callers when no metrics token is set
+    with TestClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000)) as client:
         yield client
 
 

@@ -290,8 +290,8 @@ async def two_workers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 async def wait_for_workers(server: LiveServer, count: int, timeout: float = 30.0) -> None:
     """`--workers N`: /healthz may answer before every worker is up; wait for each to log its start-up."""
     deadline = time.monotonic() + timeout
-    while server.stderr.count("Application startup complete") < count:
-        assert time.monotonic() < deadline, server.stderr[-3000:]
+    while server.stdout.count("Application startup complete") < count:
+        assert time.monotonic() < deadline, server.stdout[-3000:]
         await asyncio.sleep(0.1)
 
 

@@ -1,0 +1,71 @@
+"""Database faults as callers see them: bounded Postgres timeouts, and which errors mean "storage unavailable".
+
+Every Postgres connection Teamgraph opens (checkpointer and store pool, session index, audit log, turn locks)
+uses the same bounds, so an unreachable database answers within seconds instead of after psycopg's 30 s pool
+wait; the HTTP layer turns these faults into 503 `storage_unavailable` with Retry-After.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from typing import Any
+
+DEFAULT_TIMEOUT_S = 3.0  # connect, and wait for a pooled connection
+DEFAULT_STATEMENT_TIMEOUT_S = 15.0  # one statement (a lock wait included)
+
+# SQLite errors that say the file cannot be written or read right now (disk full, read-only, gone, busy):
+# a fault of the machine, not of the request
+_SQLITE_FAULTS = (
+    "database or disk is full",
+    "readonly database",
+    "disk i/o error",
+    "unable to open database file",
+    "database is locked",
+)
+
+
+class StorageUnavailable(RuntimeError):
+    """The database cannot be reached or written; the request may succeed later (503 with Retry-After)."""
+
+    status = 503
+    code = "storage_unavailable"
+    retry_after_s = 5
+
+
+def pg_connect_kwargs(timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """libpq's connect_timeout: whole seconds, at least 2 (libpq treats smaller values as 2)."""
+    return {"connect_timeout": max(2, math.ceil(timeout_s))}
+
+
+def statement_timeout_sql(statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S) -> str:
+    # set per connection rather than through the URL's `options`: a URL may carry its own (e.g. search_path)
+    return f"set statement_timeout = {int(statement_timeout_s * 1000)}"
+
+
+def is_storage_fault(exc: BaseException) -> bool:
+    """True for errors meaning the database is down, unreachable, full or read-only (not a bad request)."""
+    if isinstance(exc, StorageUnavailable):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(fault in str(exc).lower() for fault in _SQLITE_FAULTS)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    # OperationalError covers a refused or lost connection, a pool wait that timed out (PoolTimeout), a
+    # statement cancelled by statement_timeout (QueryCanceled) and an administrator shutdown
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
+def sync_pool_options(timeout_s: float, statement_timeout_s: float) -> dict[str, Any]:
+    """ConnectionPool arguments every synchronous Postgres pool shares: bounded waits, a statement timeout,
+    and a check that replaces connections the database dropped (so service resumes when it is back)."""
+    from psycopg_pool import ConnectionPool
+
+    def configure(conn: Any) -> None:
+        conn.execute(statement_timeout_sql(statement_timeout_s))
+        if not conn.autocommit:
+            conn.commit()  # the pool refuses a connection left inside a transaction
+
+    return {"timeout": timeout_s, "configure": configure, "check": ConnectionPool.check_connection}

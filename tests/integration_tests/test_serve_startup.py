@@ -1,0 +1,143 @@
+"""`teamgraph serve` refusing to start, as an operator meets it: one line naming the setting and the cause,
+a non-zero exit, within seconds (a real subprocess each time; nothing here listens beyond 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from personas.loader import DEFAULT_BUNDLE_DIR, load_bundles
+from server.auth import development_keys
+from tests.integration_tests.live_server import TEAMGRAPH, LiveServer, auth, free_port
+
+HANG_GUARD_S = 30.0  # generous: the point is that it ends, with one line, not how fast
+
+
+def serve(workdir: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("TEAMGRAPH_", "OPENAI_"))}
+    environ.update(env)
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(TEAMGRAPH), "serve", *args],
+        cwd=workdir,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S + 30,
+    )
+    return result, time.monotonic() - started
+
+
+def refusal(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line the refusal printed (stderr); no traceback anywhere."""
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+def closed_port() -> int:
+    return free_port()  # nothing listens there once the probe socket is closed
+
+
+@pytest.mark.parametrize(
+    ("url", "cause"),
+    [
+        ("postgresql://postgres@127.0.0.1:{closed}/test", "Connection refused"),
+        ("postgresql://postgres@127.0.0.1:5432/teamgraph_no_such_db", 'database "teamgraph_no_such_db" does not exist'),
+        ("mysql://root@127.0.0.1/tg", "unsupported scheme mysql://"),
+        ("sqlite://", "give a file"),
+    ],
+)
+def test_a_wrong_checkpoint_url_is_one_line_naming_the_setting_and_the_cause(
+    tmp_path: Path, url: str, cause: str
+) -> None:
+    url = url.format(closed=closed_port())
+    result, took = serve(tmp_path, "--port", str(free_port()), TEAMGRAPH_CHECKPOINT_URL=url)
+    line = refusal(result)
+    assert line.startswith("TEAMGRAPH_CHECKPOINT_URL="), line
+    assert cause in line, line
+    assert took < HANG_GUARD_S
+
+
+def test_a_password_in_the_checkpoint_url_is_not_printed(tmp_path: Path) -> None:
+    url = f"postgresql://postgres:hunter2secret@127.0.0.1:{closed_port()}/test"
+    result, _ = serve(tmp_path, "--port", str(free_port()), TEAMGRAPH_CHECKPOINT_URL=url)
+    line = refusal(result)
+    assert "hunter2secret" not in result.stdout + result.stderr
+    assert ":***@" in line
+
+
+def test_an_unwritable_data_directory_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("a file where the data directory should be")
+    result, _ = serve(tmp_path, "--port", str(free_port()), TEAMGRAPH_DATA_DIR=str(tmp_path / "not-a-dir" / "data"))
+    line = refusal(result)
+    assert line.startswith("TEAMGRAPH_CHECKPOINT_URL=sqlite:///"), line
+    assert "not-a-dir" in line and "Not a directory" in line, line
+
+
+def test_a_busy_port_is_one_line_naming_the_port_and_how_to_choose_another(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result, _ = serve(tmp_path, "--host", "127.0.0.1", "--port", str(port),
+                          TEAMGRAPH_CHECKPOINT_URL=f"sqlite:///{tmp_path}/tg.db")  # fmt: skip
+    line = refusal(result)
+    assert f"port {port}" in line and "already in use" in line and "--port" in line, line
+
+
+def test_development_keys_keep_serve_off_non_loopback_addresses(tmp_path: Path) -> None:
+    result, _ = serve(tmp_path, "--host", "0.0.0.0", "--port", str(free_port()),
+                      TEAMGRAPH_CHECKPOINT_URL=f"sqlite:///{tmp_path}/tg.db")  # fmt: skip
+    line = refusal(result)
+    assert "refusing to listen on 0.0.0.0" in line, line
+    assert "demo/demo-user" in line and "veneo/veneo-dev" in line, line
+    assert "TEAMGRAPH_ALLOW_DEV_KEYS=true" in line, line
+
+
+def test_a_development_key_is_known_by_its_hash_even_without_its_flag(tmp_path: Path) -> None:
+    bundle = tmp_path / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, bundle)
+    for tenant in (bundle / "tenants").glob("*.yaml"):
+        tenant.write_text(tenant.read_text().replace("dev: true", "dev: false"))
+    assert sorted(development_keys(load_bundles(bundle), environ={})) == ["demo/demo-user", "veneo/veneo-dev"]
+
+
+def test_a_key_the_operator_adds_is_no_development_key_unless_it_is_a_published_one(bundles: Any) -> None:
+    private = {"TEAMGRAPH_VENEO_API_KEY": "a-private-key", "TEAMGRAPH_DEMO_ADMIN_KEY": "another"}
+    assert sorted(development_keys(bundles, environ=private)) == ["demo/demo-user", "veneo/veneo-dev"]
+    published = {"TEAMGRAPH_VENEO_API_KEY": "tg-demo-key"}  # a README key reused through a variable
+    assert "veneo/veneo-app" in development_keys(bundles, environ=published)
+
+
+def test_serve_refuses_a_bad_bundle_with_file_line_and_field(tmp_path: Path) -> None:
+    bundle = tmp_path / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, bundle)
+    tenant = bundle / "tenants" / "veneo.yaml"
+    tenant.write_text(tenant.read_text().replace("default_team: veneo_chat", "default_team: no_such_team"))
+    result, _ = serve(tmp_path, "--port", str(free_port()), TEAMGRAPH_PERSONAS_DIR=str(bundle),
+                      TEAMGRAPH_CHECKPOINT_URL=f"sqlite:///{tmp_path}/tg.db")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "veneo.yaml:" in result.stderr and "default_team" in result.stderr, result.stderr
+    assert not (tmp_path / "tg.db").exists()  # refused before touching the database
+
+
+def test_the_data_dir_setting_decides_where_the_embedded_database_lives(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "work", env={"TEAMGRAPH_DATA_DIR": str(tmp_path / "state")})
+    server.env.pop("TEAMGRAPH_CHECKPOINT_URL")
+    with server:
+        r = httpx.post(server.url + "/sessions", headers=auth("tg-veneo-key"), json={}, timeout=30)
+        assert r.status_code == 201, r.text
+    assert (tmp_path / "state" / "teamgraph.db").is_file()
+    assert not (tmp_path / "work" / "data").exists()
