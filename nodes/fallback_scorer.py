@@ -142,7 +142,7 @@ _IMPROVEMENTS = {
 
 
 def score_answer(
-    question: dict[str, Any], answer: str, job_description: str, rubric: list[RubricCriterion]
+    question: dict[str, Any], answer: str, job_description: str, rubric: list[RubricCriterion], resume: str = ""
 ) -> dict[str, Any]:
     """Score `answer` on every rubric criterion (1-5) from its text alone; same input, same scores."""
     f = answer_features(question["text"], answer, job_description)
