@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nodes.fallback_scorer import score_answer
-from nodes.question_generator import generate_template_questions
+from nodes.question_generator import offline_questions
 from nodes.safety_classifier import default_classifier
 from nodes.safety_reviewer import screen_offline
 from nodes.safety_rules import check_user_message
@@ -219,7 +219,7 @@ def question_section() -> str:
     for job in docs["jobs"]:
         per_resume: list[list[str]] = []
         for resume in docs["resumes"]:
-            questions = generate_template_questions(
+            questions = offline_questions(
                 resume["text"], job["text"], job["role"], QUESTIONS_PER_SESSION, list(team.question_mix)
             )
             sessions += 1
