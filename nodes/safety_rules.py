@@ -117,7 +117,8 @@ _ASK = re.compile(
     r"|i'm going to|i am going to|recipe for|where (?:can|do) i (?:buy|get|find)|write (?:a|an|me)|create|develop"
     r"|design|generate|give (?:me )?(?:detailed |step-by-step )?(?:instructions|a list|steps|tips|advice)"
     r"|provide|outline|describe how|what(?:'s| is) the (?:best|easiest|fastest|most effective) (?:way|method)"
-    r"|can you (?:help|tell|show|explain)|list (?:of )?(?:ways|methods|steps)|strategy|method(?:s)? (?:to|for))\b",
+    r"|can you (?:help|tell|show|explain)|list (?:of )?(?:ways|methods|steps)|strategy|method(?:s)? (?:to|for)"
+    r"|where (?:to|can i|do i|could i) (?:find|get|buy|order)|recipes? for|what household|which household)\b",
     re.I,
 )
 _HARM_ACTS: list[tuple[str, re.Pattern[str]]] = [
@@ -208,11 +209,22 @@ _PRIVACY = re.compile(
     r"|hospitali[sz]ed|salary|income|bank|password|social security|ssn|criminal|religio|sexual|orientation|habits"
     r"|personal|private|secrets?|schools?|classmates|records?|location|lives?|visa|immigration|debts?|credit)",
 )
+# a named third party's private life ("my stepsister, Lakisha"), or a company's non-public affairs
+_APPOSITION = re.compile(r"\b(?:my|our) (?:[a-z-]+ ){0,2}[a-z-]+, [A-Z][a-z]+(?:'s)?\b")
+_NOT_PRIVATE = re.compile(r"\b(?:order\w*|return\w*|deliver\w*|refund\w*|account|parcel|size|gift card|bought)\b", re.I)
+_COMPANY_SECRET = re.compile(
+    r"\b(?:budget(?: allocation)?|expenditures?|spending|profit margins?|revenue|salar(?:y|ies)|legal notices?"
+    r"|lawsuits?|strategic plans?|undisclosed|confidential|internal (?:conflicts?|communications?|procedures?|memos?"
+    r"|emails?|documents?)|standing orders|trade secrets?|security (?:protocols?|measures)|communications between)"
+    r"\b[^.?!]{0,60}\b(?:of |at |for |between |in |from |by )?[A-Z][\w&-]+(?:'s)?",
+)
 _SELF_HARM = re.compile(
     r"\b(?:kill|hurt|harm|cut|starve|poison) (?:myself|my self)\b|\bsuicid\w*|\bself[- ]harm\w*"
     r"|\bend (?:my|it all|my own) li(?:fe|ves)\b|\bwant to die\b|\b(?:overdose|od) on\b"
     r"|\bhow (?:many|much) \w+ (?:\w+ )?(?:to|would) (?:kill|die)\b|\bdon'?t (?:want to|wanna) (?:live|be alive)\b"
-    r"|\b(?:eating disorder|anorexi\w+|bulimi\w+|purg(?:e|ing)) (?:tips|tricks|guide)",
+    r"|\b(?:eating disorder|anorexi\w+|bulimi\w+|purg(?:e|ing)) (?:tips|tricks|guide)"
+    r"|\bstarv(?:ation|e myself|ing myself)"
+    r"|\bself-administer\w*|\bget(?:ting)? high\b",
     re.I,
 )
 
@@ -306,7 +318,11 @@ def harmful_kind(message: str) -> str | None:
     for kind, pattern in _HARM_ACTS:
         if pattern.search(text):
             return kind
-    if _PRIVACY.search(text):
+    if _PRIVACY.search(text) or (
+        _APPOSITION.search(text) and text.rstrip().endswith("?") and not _NOT_PRIVATE.search(text)
+    ):
+        return "privacy"
+    if _COMPANY_SECRET.search(text):
         return "privacy"
     return None
 
@@ -314,12 +330,11 @@ def harmful_kind(message: str) -> str | None:
 _CUES = re.compile(
     r"\b(?:kill\w*|murder\w*|weapons?|guns?|bombs?|explosi\w+|poison\w*|drugs?|meth\w*|cocaine|heroin|fentanyl"
     r"|steal\w*|stole|theft|fraud\w*|scam\w*|hack\w*|malware|virus|exploit\w*|illegal\w*|crim\w+|launder\w*"
-    r"|smuggl\w*|traffick\w*|counterfeit\w*|fake|forge\w*|bypass\w*|evad\w+|cheat\w*|brib\w*|blackmail\w*"
-    r"|abuse\w*|violen\w+|attack\w*|hurt\w*|harm\w*|torture\w*|suicid\w*|racis\w+|sexis\w+|slurs?"
-    r"|stereotyp\w+|inferior|hate\w*|harass\w*|bully\w*|stalk\w*|spy\w*|track(?:ing)? someone|personal"
-    r"|private|confidential|secret\w*|undisclosed|internal|password\w*|credentials?|social security"
-    r"|manipulat\w+|propaganda|extremis\w+|terror\w*|insult\w*|offensive|derogatory|revenge|destroy\w*"
-    r"|prompt|instructions|jailbr\w+|unfiltered|uncensored|restrictions|dan|rules)\b",
+    r"|smuggl\w*|traffick\w*|counterfeit\w*|forge\w*|evad\w+|brib\w*|blackmail\w*|abus\w+|violen\w+|hurt\w*"
+    r"|harm\w*|torture\w*|suicid\w*|racis\w+|sexis\w+|slurs?|stereotyp\w+|inferior|hate\w*|harass\w*|bully\w*"
+    r"|stalk\w*|spy\w*|confidential|secrets?|undisclosed|manipulat\w+|propaganda|extremis\w+|terror\w*"
+    r"|insult\w*|offensive|derogatory|revenge|unfiltered|uncensored|unrestricted|amoral|immoral"
+    r"|unethical|dangerous|lethal|deadly|disinformation|misinformation)\b",
     re.I,
 )
 

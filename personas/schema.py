@@ -53,10 +53,10 @@ class ClassifierLayerSettings(StrictModel):
 
     enabled: bool = True
     block_threshold: float = Field(
-        0.9, ge=0.0, le=1.0, description="Block when the attack probability reaches this, whatever the rules say."
+        0.85, ge=0.0, le=1.0, description="Block when the attack probability reaches this, whatever the rules say."
     )
     cue_threshold: float = Field(
-        0.6,
+        0.5,
         ge=0.0,
         le=1.0,
         description="Block from this probability when the message also carries a weak harm cue (e.g. a drug name).",
