@@ -132,8 +132,8 @@ def guardrail_section() -> str:
     for (source, label, split), values in sorted(by_source.items()):
         out.append(f"| {source} | {label} | {split} | {_rate(sum(values), len(values))} |")
     out += ["", "### Latency per layer (p50, this machine)", "", "| layer | p50 | messages |", "| --- | --- | --- |"]
-    for layer, values in layer_ms.items():
-        out.append(f"| {layer} | {_p50(values)} | {len(values)} |")
+    for name, timings in layer_ms.items():
+        out.append(f"| {name} | {_p50(timings)} | {len(timings)} |")
     out += [
         "",
         "The moderation layer (the provider's endpoint) and the LLM review need a key and are not measured here; "
@@ -216,6 +216,7 @@ def question_section() -> str:
     same_across_resumes = 0
     pairs_compared = 0
     max_similarity = 0.0
+    mix_kept = 0
     for job in docs["jobs"]:
         per_resume: list[list[str]] = []
         for resume in docs["resumes"]:
@@ -223,6 +224,8 @@ def question_section() -> str:
                 resume["text"], job["text"], job["role"], QUESTIONS_PER_SESSION, list(team.question_mix)
             )
             sessions += 1
+            mix = list(team.question_mix)
+            mix_kept += [q["type"] for q in questions] == [mix[i % len(mix)] for i in range(QUESTIONS_PER_SESSION)]
             texts = [q["text"] for q in questions]
             per_resume.append(texts)
             names = set(content_words(resume["text"])) | set(content_words(job["text"]))
@@ -254,6 +257,7 @@ def question_section() -> str:
         f"| near-duplicate question pairs in a session (word Jaccard ≥ {NEAR_DUPLICATE}) | {len(dupes)} "
         f"(highest similarity {max_similarity:.2f}) | 0 |",
         f"| same job, different resumes, identical question lists | {same_across_resumes} of {pairs_compared} | 0 |",
+        f"| sessions asking the team's mix of types, in order | {_rate(mix_kept, sessions)} | 100% |",
     ]
     if ungrounded:
         out += ["", "Questions naming nothing specific:", *[f"- {q}" for q in ungrounded[:10]]]

@@ -150,10 +150,69 @@ def _best_match(text: str, options: list[str], used: set[str], floor: float = 0.
     return min(scored)[3] if scored else None
 
 
+def _resume_question(
+    qtype: str,
+    difficulty: str,
+    achievement: Achievement,
+    role: str,
+    jd_tasks: list[str],
+    skills: list[str],
+    used_tasks: set[str],
+    used_skills: set[str],
+) -> tuple[dict[str, Any], str | None, str | None]:
+    """One question of this type about this achievement; also the job task and skill it used."""
+    where = f"At {achievement.employer}" if achievement.employer else "On your resume"
+    task = _best_match(achievement.text, jd_tasks, used_tasks)
+    skill = next((s for s in skills if s.lower() in achievement.text.lower() and s not in used_skills), None)
+    unused = [s for s in skills if s not in used_skills]
+    fallback: list[str | None] = [*unused, *skills, None]
+    skill = skill or _best_match(achievement.text, unused, set()) or fallback[0]
+    if qtype == "behavioral" or (qtype == "technical" and not skill):
+        follow = f" What from it would carry over to {task} here?" if task else ""
+        text = (
+            f"{where} you {achievement.text}. Walk me through it: what was the situation, what did you do "
+            f"yourself, and how did you measure the result?{follow}"
+        )
+        return {"text": text, "type": qtype, "difficulty": difficulty, "skill": achievement.text}, None, None
+    if qtype == "technical" and skill:
+        skill_task = next((t for t in jd_tasks if skill.lower() in t.lower()), None) or _best_match(
+            f"{skill} {achievement.text}", jd_tasks, set()
+        )
+        need = f" to {skill_task}" if skill_task else ""
+        ask = (
+            "What trade-offs would you weigh, and what would you check first?"
+            if difficulty != "easy"
+            else "Which parts would you check first in a review, and why?"
+        )
+        if skill.lower() in achievement.text.lower():
+            text = (
+                f"You used {skill} when you {achievement.text}. This role relies on {skill}{need}. "
+                f"How did you design that work, and how would it hold up here? {ask}"
+            )
+        else:
+            lead = (
+                f"This role asks you to {skill_task}."
+                if skill_task and skill.lower() in skill_task.lower()
+                else f"This role relies on {skill}{need}."
+            )
+            text = f"{lead} How would you go about it, drawing on the time you {achievement.text}? {ask}"
+        return {"text": text, "type": qtype, "difficulty": difficulty, "skill": skill}, None, skill
+    asked = f" and are asked to {task}" if task else ""
+    text = (
+        f"Imagine you join as {role}{asked}. How would you approach your first weeks, "
+        f"and what from the time you {achievement.text} would you reuse, or do differently?"
+    )
+    return {"text": text, "type": qtype, "difficulty": difficulty, "skill": task or achievement.text}, task, None
+
+
 def generate_resume_questions(
     resume: str, job_description: str, role: str, count: int, mix: list[str]
 ) -> list[dict[str, Any]] | None:
-    """Questions that connect the candidate's own results to the job's tasks; None when the resume names no results."""
+    """Questions that connect the candidate's own results to the job's tasks; None when the resume names no results.
+
+    Slot i has the team's type mix[i % len(mix)]; each slot tries the candidate's achievements in turn and takes
+    the first question that is not a near-duplicate of an earlier one, else a template question of that type.
+    """
     achievements = resume_achievements(resume)
     if not achievements:
         return None
@@ -161,70 +220,36 @@ def generate_resume_questions(
     jd_skills = find_skills(job_description)
     shared = [s for s in jd_skills if s.lower() in {r.lower() for r in find_skills(resume)}]
     skills = shared + [s for s in jd_skills if s not in shared] or find_skills(resume)
+    templates = generate_template_questions(resume, job_description, role, count + len(mix) * 3, mix)
     questions: list[dict[str, Any]] = []
     used_tasks: set[str] = set()
     used_skills: set[str] = set()
     for i in range(count):
         qtype = mix[i % len(mix)]
-        round_ = i // len(mix)
-        achievement = achievements[i % len(achievements)]
-        where = f"At {achievement.employer}" if achievement.employer else "On your resume"
-        task = _best_match(achievement.text, jd_tasks, used_tasks)
-        skill = next((s for s in skills if s.lower() in achievement.text.lower() and s not in used_skills), None)
-        unused = [s for s in skills if s not in used_skills]
-        skill = skill or _best_match(achievement.text, unused, set()) or (unused or skills or [None])[0]
-        difficulty = _DIFFICULTIES[qtype][round_ % 3]
-        if qtype == "behavioral":
-            follow = f" What from it would carry over to {task} here?" if task else ""
-            text = (
-                f"{where} you {achievement.text}. Walk me through it: what was the situation, what did you do "
-                f"yourself, and how did you measure the result?{follow}"
+        difficulty = _DIFFICULTIES[qtype][(i // len(mix)) % 3]
+        chosen = None
+        for k in range(len(achievements)):
+            achievement = achievements[(i + k) % len(achievements)]
+            question, task, skill = _resume_question(
+                qtype, difficulty, achievement, role, jd_tasks, skills, used_tasks, used_skills
             )
-            topic = achievement.text
-        elif qtype == "technical" and skill:
-            skill_task = next((t for t in jd_tasks if skill.lower() in t.lower()), None) or _best_match(
-                f"{skill} {achievement.text}", jd_tasks, set()
-            )
-            need = f" to {skill_task}" if skill_task else ""
-            ask = (
-                "What trade-offs would you weigh, and what would you check first?"
-                if difficulty != "easy"
-                else "Which parts would you check first in a review, and why?"
-            )
-            if skill.lower() in achievement.text.lower():
-                text = (
-                    f"You used {skill} when you {achievement.text}. This role relies on {skill}{need}. "
-                    f"How did you design that work, and how would it hold up here? {ask}"
-                )
-            else:
-                lead = (
-                    f"This role asks you to {skill_task}."
-                    if skill_task and skill.lower() in skill_task.lower()
-                    else f"This role relies on {skill}{need}."
-                )
-                text = f"{lead} How would you go about it, drawing on the time you {achievement.text}? {ask}"
-            topic = skill
-            used_skills.add(skill)
-        else:
-            asked = f" and are asked to {task}" if task else ""
-            text = (
-                f"Imagine you join as {role}{asked}. How would you approach your first weeks, "
-                f"and what from the time you {achievement.text} would you reuse, or do differently?"
-            )
-            topic = task or achievement.text
-            if task:
-                used_tasks.add(task)
-        if any(_similar(text, q["text"]) >= 0.5 for q in questions):
-            continue  # no near-duplicates: a later achievement fills the slot
-        questions.append({"text": text, "type": qtype, "difficulty": difficulty, "skill": topic})
-    if len(questions) < count:
-        extra = generate_template_questions(resume, job_description, role, count, mix)
-        for q in extra:
-            if len(questions) >= count:
+            if all(_similar(question["text"], q["text"]) < 0.5 for q in questions):
+                chosen = question
+                used_tasks |= {task} if task else set()
+                used_skills |= {skill} if skill else set()
                 break
-            if all(_similar(q["text"], other["text"]) < 0.5 for other in questions):
-                questions.append(q)
-    return questions[:count]
+        if chosen is None:
+            chosen = next(
+                (
+                    t
+                    for t in templates
+                    if t["type"] == qtype and all(_similar(t["text"], q["text"]) < 0.5 for q in questions)
+                ),
+                None,
+            )
+        if chosen is not None:
+            questions.append(chosen)
+    return questions
 
 
 def generate_template_questions(

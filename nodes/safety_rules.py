@@ -183,7 +183,7 @@ _HARM_ACTS: list[tuple[str, re.Pattern[str]]] = [
     (
         "cyber",
         re.compile(
-            r"\bhack\w* (?:into )?(?:a |an |the |my |someone'?s? |his |her |their |other )?(?:\w+ )?"
+            r"\bhack\w* (?:into )?(?:a |an |the |my |someone'?s? |his |her |their |other )?(?:[\w']+ )?"
             r"(?:accounts?|networks?|servers?|databases?|websites?|systems?|wifi|wi-fi|passwords?|emails?|computers?"
             r"|phones?|iphones?|cameras?|bank|government|facebook|instagram|gmail)\b"
             r"|\b(?:write|create|build|code|develop|make|spread|deploy|install|inject|distribute|design|program"
