@@ -282,6 +282,10 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
         "Written by `make eval` (`python -m evals`); do not edit by hand. Sets and their sources: evals/README.md.",
         f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
+        "Read the guardrail by split: `heldout` (PyRIT) was neither trained on nor used for tuning; `test` and `dev` "
+        "were not trained on, but their misses were looked at while tuning thresholds and rules (evals/README.md). "
+        "Targets are the issue's; a missed target is reported as measured, not adjusted.",
+        "",
     ]
     for section in sections or [guardrail_section, scorer_section, question_section]:
         parts += [section(), ""]
