@@ -61,7 +61,11 @@ class ClassifierLayerSettings(StrictModel):
         le=1.0,
         description="Block from this probability when the message also carries a weak harm cue (e.g. a drug name).",
     )
-    check_drafts: bool = Field(True, description="Also classify the draft reply (harmful content in the output).")
+    check_drafts: bool = Field(
+        False,
+        description="Also classify draft replies. Off by default: the shipped model learned from user messages, "
+        "and reads a polite reply ('How can I help you today?') as a request.",
+    )
 
 
 class ModerationLayerSettings(StrictModel):
