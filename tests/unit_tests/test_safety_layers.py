@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from nodes.safety_classifier import default_classifier
 from nodes.safety_reviewer import input_screen, safety_reviewer, screen_offline
 from nodes.safety_rules import check_user_message
 from personas.factory import AgentFactory
+from personas.loader import DEFAULT_BUNDLE_DIR, load_bundles
 from personas.resolver import AgentTeamResolver
 from personas.schema import SafetySettings
 from server.engine import title_hint
@@ -265,3 +267,22 @@ async def test_tenants_choose_the_layers(resolver: AgentTeamResolver, fake_opena
     assert out["input_review"]["reviewed_by"] == "rules"
     assert out["input_review"]["action"] == "approve"  # only the classifier knew this one
     assert fake_openai.moderation_requests == []
+
+
+def test_a_tenant_sets_thresholds_and_layers_in_its_bundle(tmp_path: Path) -> None:
+    root = tmp_path / "personas"
+    for kind in ("agents", "teams", "tenants", "knowledge"):
+        shutil.copytree(DEFAULT_BUNDLE_DIR / kind, root / kind)
+    tenant = root / "tenants" / "veneo.yaml"
+    text = tenant.read_text(encoding="utf-8").replace(
+        "overrides:\n  agents:\n",
+        "overrides:\n  agents:\n    safety_reviewer:\n      safety:\n"
+        "        classifier: {block_threshold: 0.99}\n        moderation: {enabled: false}\n",
+    )
+    tenant.write_text(text, encoding="utf-8")
+
+    safety = AgentTeamResolver(load_bundles(root)).resolve("veneo", "veneo_chat").persona("safety_reviewer").safety
+
+    assert safety.classifier.block_threshold == 0.99
+    assert safety.classifier.enabled and safety.classifier.cue_threshold == 0.5  # the rest keeps the persona's value
+    assert safety.moderation.enabled is False
