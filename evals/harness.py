@@ -106,7 +106,7 @@ def guardrail_section() -> str:
         "",
         f"Evaluated on {len(rows)} messages never used for training ({trained} other messages trained the "
         "classifier). Settings: the `veneo` tenant's safety reviewer. `heldout` rows come from a source (PyRIT) that "
-        "was not looked at while the rules were written or the classifier trained.",
+        "was neither trained on nor used to tune rules or thresholds (caveats in evals/README.md).",
         "",
         "| measure | result | target |",
         "| --- | --- | --- |",
