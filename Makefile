@@ -52,3 +52,8 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(BIN)/python -m bench --full
+
+# Quality evaluation (not tests): guardrail, fallback scorer and offline questions over evals/sets; rewrites docs/quality.md.
+.PHONY: eval
+eval: $(STAMP)
+	$(BIN)/python -m evals

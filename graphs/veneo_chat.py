@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -13,13 +12,13 @@ from typing_extensions import TypedDict
 
 from graphs.common import Messages
 from nodes.chat_summary import chat_summarizer, is_summarize_request
-from nodes.configuration import Configuration, warm_defaults
+from nodes.configuration import warm_defaults
 from nodes.memory_keeper import memory_keeper
-from nodes.primary_responder import last_user_message, primary_responder
-from nodes.safety_reviewer import input_refusal, safety_reviewer
+from nodes.primary_responder import primary_responder
+from nodes.safety_reviewer import input_screen, safety_reviewer
 
 TEAM = "veneo_chat"
-PRIVATE_CHANNELS = {"draft"}
+PRIVATE_CHANNELS = {"draft", "input_review"}
 
 
 class InputState(TypedDict):
@@ -38,24 +37,29 @@ class ChatState(InputState):
 
 
 class ReviewState(ChatState):
-    """The reviewer also reads the draft: a private channel, so no stream or output ever shows unreviewed text."""
+    """The reviewer also reads the draft and the input screen's decision: private channels, so no stream or output
+    ever shows unreviewed text."""
 
     draft: NotRequired[dict[str, Any] | None]
+    input_review: NotRequired[dict[str, Any] | None]
 
 
-def route_message(
-    state: ChatState, config: RunnableConfig
-) -> Literal["summarizer", "safety_reviewer", "primary_responder"]:
+def route_message(state: ChatState) -> Literal["summarizer", "input_screen"]:
     messages = state.get("messages", [])
     if messages and is_summarize_request(messages[-1]):
         return "summarizer"
-    if input_refusal(last_user_message(state), Configuration.from_runnable_config(config)):
-        return "safety_reviewer"  # refused by the rules: no draft is written
-    return "primary_responder"
+    return "input_screen"
+
+
+def route_after_screen(state: ReviewState) -> Literal["safety_reviewer", "primary_responder"]:
+    """A message any safety layer blocked never reaches the responder: the reviewer answers with the refusal."""
+    review = state.get("input_review") or {}
+    return "safety_reviewer" if review.get("action") == "block" else "primary_responder"
 
 
 def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None) -> CompiledStateGraph:
     builder = StateGraph(ChatState, input_schema=InputState)
+    builder.add_node("input_screen", input_screen, input_schema=ReviewState)
     builder.add_node("primary_responder", primary_responder)
     builder.add_node("safety_reviewer", safety_reviewer, input_schema=ReviewState)
     builder.add_node("summarizer", chat_summarizer)
@@ -63,6 +67,7 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStor
     builder.add_node("memory_keeper", memory_keeper)  # type: ignore[arg-type]
 
     builder.add_conditional_edges(START, route_message)
+    builder.add_conditional_edges("input_screen", route_after_screen)
     builder.add_edge("primary_responder", "safety_reviewer")
     builder.add_edge("safety_reviewer", "memory_keeper")
     builder.add_edge("summarizer", "memory_keeper")

@@ -9,7 +9,7 @@ from langchain_core.runnables import RunnableConfig
 
 from nodes.configuration import Configuration
 from nodes.evaluation_format import evaluation_message, latest_answer, with_delivery
-from nodes.text_features import content_words, words
+from nodes.text_features import OFF_TOPIC, STOPWORDS, content_words, numbers, relevance, stem, words
 from personas.schema import RubricCriterion
 
 if TYPE_CHECKING:
@@ -73,106 +73,227 @@ _STAR_CUES = {
         "outcome",
     ),
 }
-_NUMBER_RE = re.compile(
-    r"\d+(?:[.,]\d+)?\s*(?:%|percent|x\b|k\b|ms\b|hours?|days?|weeks?|users?|customers?)?|[$€£]\s?\d+"
-)
-_RESULT_VERBS = ("reduced", "increased", "improved", "saved", "cut", "grew", "raised", "lowered", "doubled", "halved")
+_RESULT_VERBS = (
+    "reduced", "increased", "improved", "saved", "cut", "grew", "raised", "lowered", "doubled", "halved", "fell",
+    "dropped", "rose", "shrank", "sped up", "went from", "went down", "went up", "climbed", "declined", "stopped",
+    "eliminated", "tripled", "from", "launched", "shipped", "approved", "won",
+)  # fmt: skip
+# words that make a claim without evidence ("I always give my best"): a vague answer is made of these
+_VAGUE = (
+    "always", "very important", "i believe", "i think", "hard work", "teamwork", "positive attitude", "passion",
+    "in general", "many", "a lot", "everyone", "good decisions", "best", "care about", "keep in mind",
+    "dedication", "make sure", "it is important", "is something", "try to",
+)  # fmt: skip
 
 
-def _band(value: float, thresholds: tuple[float, float, float, float]) -> int:
-    """1..5 by how many thresholds value reaches."""
-    return 1 + sum(value >= t for t in thresholds)
+def question_kind(question: str) -> str:
+    """behavioral for "tell me about a time" questions, else technical/situational (steps and reasons count)."""
+    behavioral = re.search(
+        r"\b(?:tell me about a time|describe a (?:time|situation|project)|give an example)", question, re.I
+    )
+    return "behavioral" if behavioral else "other"
 
 
-def answer_features(question: str, answer: str, job_description: str) -> dict[str, float]:
+def _clamp(value: float) -> int:
+    return max(1, min(5, round(value)))
+
+
+def answer_features(
+    question: str, answer: str, job_description: str, skill: str = "", resume: str = ""
+) -> dict[str, float]:
+    """What the scores are made of; all in [0, 1] or counts, from the text alone (deterministic)."""
     text = answer.lower()
     answer_words = words(answer)
     n = len(answer_words)
-    key_terms = set(content_words(question)) | set(content_words(job_description)[:60])
-    answer_terms = set(content_words(answer))
-    overlap = len(key_terms & answer_terms)
-    star = sum(any(cue in text for cue in cues) for cues in _STAR_CUES.values())
-    numbers = len(_NUMBER_RE.findall(answer))
-    capitalised = len(re.findall(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z0-9]+", answer))
+    content = content_words(answer)
+    asked = f"{question} {skill}"
+    rel_question = relevance(answer, asked)
+    rel_job = relevance(answer, f"{job_description} {resume}")
+    question_terms = {stem(w) for w in content_words(asked)}
+    stems = [stem(w) for w in content]
+    echo = sum(s in question_terms for s in stems) / len(stems) if stems else 0.0
+    repetition = 1 - len(set(stems)) / len(stems) if stems else 0.0
+    off_topic = sum(s in OFF_TOPIC for s in stems) / len(stems) if stems else 0.0
     sentences = max(1, len(re.findall(r"[.!?]+(?:\s|$)", answer)))
+    commas = answer.count(",")
+    function_words = sum(w in STOPWORDS for w in answer_words) / n if n else 0.0
+    # a bare list of terms: many commas, hardly any verbs or function words
+    listing = 1.0 if n >= 5 and (function_words < 0.12 or (commas >= 6 and commas / max(n, 1) > 0.3)) else 0.0
+    found_numbers = numbers(answer)
+    result_verbs = sum(v in text for v in _RESULT_VERBS if v != "from")
+    first_person = len(re.findall(r"\b(?:i|we|my|our)\b", text))
+    star = sum(any(cue in text for cue in cues) for cues in _STAR_CUES.values())
+    # a technical answer is structured as steps and reasons rather than as a story
+    steps = len(re.findall(r"\b(?:first|then|next|finally|after that|second|because|so that|which meant)\b", text))
+    star += min(2, steps // 2 + (1 if steps else 0)) if question_kind(question) != "behavioral" else 0
+    vague = sum(text.count(v) for v in _VAGUE)
+    resume_terms = {stem(w) for w in content_words(resume)} | {x.lower() for x in numbers(resume)}
+    claims = {stem(w) for w in content if stem(w) in resume_terms and w not in STOPWORDS}
+    claims |= {x.lower() for x in found_numbers if x.lower() in resume_terms}
+    specific = (
+        len({w for w in content if len(w) > 2 and not w.isalpha()})
+        + len(found_numbers)
+        + len(set(re.findall(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z0-9]+", answer)))
+    )
     return {
         "words": n,
-        "overlap": overlap,
+        "relevance": rel_question,
+        "job_relevance": rel_job,
+        "echo": echo,
+        "repetition": repetition,
+        "off_topic": off_topic,
+        "listing": listing,
+        "numbers": len(found_numbers),
+        "result_verbs": result_verbs,
+        "first_person": first_person,
         "star": star,
-        "numbers": numbers,
-        "result_verbs": sum(v in text for v in _RESULT_VERBS),
-        "specific_terms": capitalised + numbers + len(answer_terms & key_terms),
-        "unique_ratio": len(set(answer_words)) / n if n else 0.0,
+        "vague": vague,
+        "resume_claims": len(claims),
+        "specific_terms": specific,
         "words_per_sentence": n / sentences,
     }
 
 
 def _criterion_score(name: str, f: dict[str, float]) -> int:
-    length = _band(f["words"], (15, 40, 80, 140))
+    n = f["words"]
+    # an answer that tells a private story, repeats the question or lists keywords has no evidence in it
+    filler = f["repetition"] > 0.45 or (f["echo"] > 0.45 and n > 40)
+    story = f["off_topic"] > 0.12 and f["relevance"] < 0.5
+    listing = f["listing"] > 0
+    substance = 0.0 if (filler or story or listing) else 1.0
+    evidence = min(1.0, (f["numbers"] + f["result_verbs"] + min(f["resume_claims"], 3)) / 4)
     if name == "relevance":
-        return min(_band(f["overlap"], (1, 2, 4, 7)), length + 1)
+        base = 1 + 3 * max(f["relevance"], 0.7 * f["job_relevance"]) + (1 if evidence > 0.4 else 0)
+        if story:
+            return 1
+        return _clamp(min(base, 2 if listing else 3 if filler else 5))
     if name == "structure":
-        return min(1 + int(f["star"]) + (1 if f["words"] >= 60 else 0), 5)
+        if listing or story or n < 6:
+            return 1
+        base = 1 + min(f["star"], 3) + (1 if f["result_verbs"] and f["first_person"] else 0)
+        return _clamp(min(base, 2 if filler else 5))
     if name == "specificity":
-        return min(_band(f["specific_terms"], (2, 4, 7, 11)), length + 1)
+        density = f["specific_terms"] / max(1.0, (n / 12) ** 0.5)
+        base = 1 + min(3.0, density) + min(1.0, f["resume_claims"] / 3) - min(1.0, f["vague"] / 3)
+        return _clamp(base * substance if substance else 1 + (1 if listing else 0))
     if name == "impact":
-        return min(_band(f["numbers"] * 2 + f["result_verbs"], (1, 2, 4, 6)), length + 1)
+        if not substance:
+            return 1
+        base = (
+            1 + 2 * min(1.0, f["numbers"] / 2) + min(1.5, f["result_verbs"] * 0.75) + (0.5 if f["first_person"] else 0)
+        )
+        return _clamp(base)
     if name == "communication":
-        flow = 0 if f["words_per_sentence"] > 45 or f["unique_ratio"] < 0.35 else 1
-        return max(1, min(length + flow, 5) - (1 if f["words"] > 400 else 0))
+        if listing or story:
+            return 1
+        base = 4.0
+        base += 1 if f["words_per_sentence"] <= 28 and (evidence > 0.4 or f["star"] >= 2) else 0
+        base -= 2 if filler else 0
+        base -= 1 if f["words_per_sentence"] > 40 or n > 350 else 0
+        base -= 1 if f["vague"] >= 3 else 0
+        base -= 1 if n < 8 else 0
+        return _clamp(base)
     # an unknown criterion gets the mean of the others
     known = ("relevance", "structure", "specificity", "impact", "communication")
     return round(sum(_criterion_score(k, f) for k in known) / len(known))
 
 
 _STRENGTHS = {
-    "relevance": "You stayed on the question and tied your answer to the role.",
+    "relevance": "You answered the question that was asked and tied it to the role.",
     "structure": "Your answer had a clear structure (situation, action, result).",
-    "specificity": "You gave concrete details rather than generalities.",
+    "specificity": "You gave concrete details (names, tools, numbers) rather than generalities.",
     "impact": "You showed measurable results of your own work.",
-    "communication": "Your answer was well paced and easy to follow.",
+    "communication": "Your answer was concise and easy to follow.",
 }
 _IMPROVEMENTS = {
-    "relevance": "Answer the question more directly and connect it to the job's requirements.",
+    "relevance": "Answer the question directly with one real example from your work, and connect it to the job.",
     "structure": "Use the STAR structure: situation, task, the actions you took, and the result.",
     "specificity": "Name the tools, people and numbers involved instead of speaking in general terms.",
     "impact": "Quantify the outcome (time saved, % improvement, users affected) and say what you did yourself.",
-    "communication": "Aim for 1-2 minutes: short sentences, one idea at a time.",
+    "communication": "Say each point once, in short sentences; a full answer in 1-2 minutes is enough.",
 }
 
 
+def _diagnosis(f: dict[str, float]) -> list[str]:
+    """What specifically went wrong, in the candidate's terms (shown before the generic tips)."""
+    notes = []
+    if f["off_topic"] > 0.12 and f["relevance"] < 0.5:
+        notes.append("This answer tells a story that is not about the question; pick an example from your work.")
+    if f["listing"]:
+        notes.append("A list of keywords is not an answer: show how you used one or two of them, with a result.")
+    if f["repetition"] > 0.45 or (f["echo"] > 0.45 and f["words"] > 40):
+        notes.append("The answer mostly repeats the question's words; replace them with what you actually did.")
+    return notes
+
+
+def _resume_line(resume: str, question: str) -> str | None:
+    """The resume sentence or bullet most related to the question (by meaning), if any is."""
+    parts = [p.strip(" -*\t") for p in re.split(r"[\n;]|(?<=[.])\s", resume or "") if len(p.split()) >= 4]
+    scored = [(relevance(p, question) + 0.1 * len(numbers(p)), p) for p in parts]
+    scored = [x for x in scored if x[0] > 0.1]
+    return max(scored)[1] if scored else None
+
+
+def example_answer(question: dict[str, Any], job_description: str, resume: str) -> str:
+    """A model answer built for this question, from the candidate's own resume where it has something related."""
+    topic = question.get("skill") or "this"
+    line = _resume_line(resume, f"{question['text']} {topic}")
+    employer = re.search(r"\bat ([A-Z][\w&.-]+(?: [A-Z][\w&.-]+)?)", line or "") or re.search(
+        r"\bat ([A-Z][\w&.-]+(?: [A-Z][\w&.-]+)?)", resume or ""
+    )
+    where = f"At {employer.group(1)}" if employer else "In my last role"
+    if line:
+        result = numbers(line)
+        action = line.rstrip(".")
+        action = action[0].lower() + action[1:]
+        outcome = (
+            f"the numbers from my resume ({', '.join(result[:3])}), and how I measured them"
+            if result
+            else "what changed, with a number (how much faster, cheaper or better), and how I know"
+        )
+        return (
+            f"Situation: {where}, {topic} was holding the team back. Task: I owned fixing it. "
+            f"Action: I {action}; the two or three steps I took myself, and the tools. Result: {outcome}."
+        )
+    tasks = [t for t in re.findall(r"^\s*[-*]\s*(.+)$", job_description or "", re.M)][:1]
+    link = f" — the same kind of work as '{tasks[0].strip().rstrip('.')}' in this job" if tasks else ""
+    return (
+        f"Situation: {where}, one concrete moment where {topic} mattered{link}. "
+        f"Task: what you were responsible for. Action: the two or three steps you took yourself, naming the tools. "
+        f"Result: what changed, with a number (time, money, users or errors) and how you know."
+    )
+
+
 def score_answer(
-    question: dict[str, Any], answer: str, job_description: str, rubric: list[RubricCriterion]
+    question: dict[str, Any], answer: str, job_description: str, rubric: list[RubricCriterion], resume: str = ""
 ) -> dict[str, Any]:
     """Score `answer` on every rubric criterion (1-5) from its text alone; same input, same scores."""
-    f = answer_features(question["text"], answer, job_description)
+    f = answer_features(question["text"], answer, job_description, question.get("skill", ""), resume)
     scores = {c.name: _criterion_score(c.name, f) for c in rubric}
     total_weight = sum(c.weight for c in rubric)
     overall = round(sum(scores[c.name] * c.weight for c in rubric) / total_weight, 1)
+    # strengths only where a score earns them; improvements for everything at 3 or below, weakest first
     strengths = [_STRENGTHS.get(name, f"Good {name.replace('_', ' ')}.") for name, s in scores.items() if s >= 4]
-    improvements = [
-        _IMPROVEMENTS.get(name, f"Work on {name.replace('_', ' ')}.") for name, s in scores.items() if s <= 2
-    ]
     if not strengths:
         best = max(scores, key=lambda k: scores[k])
-        strengths = [f"Your {best.replace('_', ' ')} was the strongest part of this answer."]
+        strengths = (
+            [f"Your {best.replace('_', ' ')} was the strongest part of this answer ({scores[best]}/5)."]
+            if scores[best] >= 3
+            else ["No part of this answer reached 3/5 yet; the example below shows what a full answer contains."]
+        )
+    weak = sorted((s, name) for name, s in scores.items() if s <= 3)
+    improvements = _diagnosis(f) + [_IMPROVEMENTS.get(name, f"Work on {name.replace('_', ' ')}.") for _, name in weak]
+    if f["resume_claims"] == 0 and resume and scores.get("specificity", 5) <= 3:
+        improvements.append("Use an example from your resume: your own projects and results are your best evidence.")
     if not improvements:
         worst = min(scores, key=lambda k: scores[k])
-        improvements = [_IMPROVEMENTS.get(worst, f"Keep building your {worst.replace('_', ' ')}.")]
-    topic = question.get("skill") or "this"
-    example = (
-        f"Situation: In my last role we faced exactly this ({topic}). "
-        f"Task: I was responsible for the plan and its delivery. "
-        f"Action: I analysed the problem, proposed two options with their trade-offs, and implemented the better one "
-        f"with the team, checking progress weekly. "
-        f"Result: We cut the related issues by about 30% within two months, and the approach became our standard."
-    )
+        improvements = [f"Already strong; to reach 5/5 on {worst.replace('_', ' ')}: " + _IMPROVEMENTS.get(worst, "")]
     return {
         "scores": scores,
         "overall": overall,
         "strengths": strengths,
         "improvements": improvements,
-        "example_answer": example,
+        "example_answer": example_answer(question, job_description, resume),
     }
 
 
@@ -186,7 +307,9 @@ async def fallback_scorer(state: InterviewState, config: RunnableConfig) -> dict
         "question_index": index,
         "question": question["text"],
         "answer": answer,
-        **score_answer(question, answer, state.get("job_description", ""), list(conf.params.rubric)),
+        **score_answer(
+            question, answer, state.get("job_description", ""), list(conf.params.rubric), state.get("resume", "")
+        ),
         "scored_by": "fallback",
         "fallback_reason": state.get("evaluator_error") or "no model configured",
     }

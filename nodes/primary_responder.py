@@ -13,6 +13,7 @@ from nodes.chat_summary import is_summarize_request
 from nodes.configuration import Configuration
 from nodes.knowledge import KnowledgeBase, KnowledgeHit
 from nodes.model_calls import ask_text, describe_failure, render
+from nodes.text_features import content_words
 
 if TYPE_CHECKING:
     from graphs.veneo_chat import ChatState
@@ -37,11 +38,29 @@ async def _knowledge(conf: Configuration, question: str) -> list[KnowledgeHit]:
     return await asyncio.to_thread(lambda: KnowledgeBase.from_file(path).search(question))
 
 
+def _stem(word: str) -> str:
+    return word[:5]
+
+
+def covers_question(question: str, hit: KnowledgeHit) -> bool:
+    """Whether a section answers enough of the question: one shared word in a long message is not a match.
+
+    Short questions need one shared content word; longer messages (pasted prompts, stories) need a fifth of
+    theirs, so an off-topic message gets "I don't know" rather than an unrelated section.
+    """
+    terms = {_stem(w) for w in content_words(question)} - {"venen"}
+    if not terms:
+        return False
+    section = {_stem(w) for w in content_words(f"{hit.title} {hit.body}")}
+    shared = len(terms & section)
+    return shared >= 1 if len(terms) <= 6 else shared >= max(2, round(0.2 * len(terms)))
+
+
 def offline_draft(question: str, hits: list[KnowledgeHit], not_found: str) -> dict[str, Any]:
     """Answer from the best knowledge section, or say plainly that the answer is not known."""
     if _GREETING.match(question):
         return {"text": "Hello! How can I help you today?", "produced_by": "offline:greeting"}
-    if not hits:
+    if not hits or not covers_question(question, hits[0]):
         return {"text": not_found.strip(), "produced_by": "offline:not_found"}
     best = hits[0]
     return {

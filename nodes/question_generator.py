@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import AIMessage, HumanMessage
@@ -10,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from nodes.configuration import Configuration
 from nodes.model_calls import ask_structured, describe_failure, persona_messages
-from nodes.text_features import find_skills, responsibilities
+from nodes.text_features import content_words, find_skills, relevance, responsibilities
 
 if TYPE_CHECKING:
     from graphs.interview import InterviewState
@@ -101,6 +103,153 @@ _TEMPLATES: dict[str, list[tuple[str, str, str]]] = {
 _PAST_TASK_TEMPLATE = (
     "Walk me through the time you {topic}. What was the situation, what did you do, and what was the result?"
 )
+_ACTION_VERBS = (
+    "built rebuilt designed led launched moved cut reduced grew increased improved introduced wrote managed ran "
+    "added created migrated shipped owned found mentored automated scaled delivered implemented developed set "
+    "started organised organized trained negotiated analysed analyzed redesigned replaced raised saved lowered"
+).split()
+_EMPLOYER_LINE = re.compile(r"[,@]\s*([A-Z][\w&.'-]*(?: [A-Z][\w&.'-]*){0,2})\s*\(\d{4}")
+_EMPLOYER_AT = re.compile(r"\bat ([A-Z][\w&.'-]*(?: [A-Z][\w&.'-]*){0,2})")
+_DIFFICULTIES = {"behavioral": ("medium", "hard", "medium"), "technical": ("medium", "hard", "easy"),
+                 "situational": ("medium", "hard", "hard")}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Achievement:
+    """One thing the candidate did, as the resume says it ("cut p95 latency from 900 ms to 250 ms"), and where."""
+
+    text: str
+    employer: str | None
+
+
+def resume_achievements(resume: str) -> list[Achievement]:
+    """Bullets and clauses of the resume that start with an action verb, with the employer they belong to."""
+    out: list[Achievement] = []
+    employer: str | None = None
+    for line in (resume or "").splitlines():
+        header = _EMPLOYER_LINE.search(line) or _EMPLOYER_AT.search(line)
+        if header:
+            employer = header.group(1).strip()
+        for clause in re.split(r"[;:]|(?<=[a-z0-9%)])\.\s+|^\s*[-*\u2022]\s*", line):
+            clause = clause.strip(" .-*\t")
+            first = clause.split(" ", 1)[0].lower() if clause else ""
+            if first in _ACTION_VERBS and len(clause.split()) >= 3:
+                out.append(Achievement(clause[0].lower() + clause[1:], employer))
+    return out
+
+
+def _similar(a: str, b: str) -> float:
+    wa, wb = set(content_words(a)), set(content_words(b))
+    return len(wa & wb) / len(wa | wb) if wa | wb else 1.0
+
+
+def _best_match(text: str, options: list[str], used: set[str], floor: float = 0.15) -> str | None:
+    """The option closest in meaning to `text` (at least `floor`), preferring ones not asked about yet."""
+    scored = [(o in used, -relevance(o, text), options.index(o), o) for o in options]
+    scored = [x for x in scored if -x[1] >= floor]
+    return min(scored)[3] if scored else None
+
+
+def _resume_question(
+    qtype: str,
+    difficulty: str,
+    achievement: Achievement,
+    role: str,
+    jd_tasks: list[str],
+    skills: list[str],
+    used_tasks: set[str],
+    used_skills: set[str],
+) -> tuple[dict[str, Any], str | None, str | None]:
+    """One question of this type about this achievement; also the job task and skill it used."""
+    where = f"At {achievement.employer}" if achievement.employer else "On your resume"
+    task = _best_match(achievement.text, jd_tasks, used_tasks)
+    skill = next((s for s in skills if s.lower() in achievement.text.lower() and s not in used_skills), None)
+    unused = [s for s in skills if s not in used_skills]
+    fallback: list[str | None] = [*unused, *skills, None]
+    skill = skill or _best_match(achievement.text, unused, set()) or fallback[0]
+    if qtype == "behavioral" or (qtype == "technical" and not skill):
+        follow = f" What from it would carry over to {task} here?" if task else ""
+        text = (
+            f"{where} you {achievement.text}. Walk me through it: what was the situation, what did you do "
+            f"yourself, and how did you measure the result?{follow}"
+        )
+        return {"text": text, "type": qtype, "difficulty": difficulty, "skill": achievement.text}, None, None
+    if qtype == "technical" and skill:
+        skill_task = next((t for t in jd_tasks if skill.lower() in t.lower()), None) or _best_match(
+            f"{skill} {achievement.text}", jd_tasks, set()
+        )
+        need = f" to {skill_task}" if skill_task else ""
+        ask = (
+            "What trade-offs would you weigh, and what would you check first?"
+            if difficulty != "easy"
+            else "Which parts would you check first in a review, and why?"
+        )
+        if skill.lower() in achievement.text.lower():
+            text = (
+                f"You used {skill} when you {achievement.text}. This role relies on {skill}{need}. "
+                f"How did you design that work, and how would it hold up here? {ask}"
+            )
+        else:
+            lead = (
+                f"This role asks you to {skill_task}."
+                if skill_task and skill.lower() in skill_task.lower()
+                else f"This role relies on {skill}{need}."
+            )
+            text = f"{lead} How would you go about it, drawing on the time you {achievement.text}? {ask}"
+        return {"text": text, "type": qtype, "difficulty": difficulty, "skill": skill}, None, skill
+    asked = f" and are asked to {task}" if task else ""
+    text = (
+        f"Imagine you join as {role}{asked}. How would you approach your first weeks, "
+        f"and what from the time you {achievement.text} would you reuse, or do differently?"
+    )
+    return {"text": text, "type": qtype, "difficulty": difficulty, "skill": task or achievement.text}, task, None
+
+
+def generate_resume_questions(
+    resume: str, job_description: str, role: str, count: int, mix: list[str]
+) -> list[dict[str, Any]] | None:
+    """Questions that connect the candidate's own results to the job's tasks; None when the resume names no results.
+
+    Slot i has the team's type mix[i % len(mix)]; each slot tries the candidate's achievements in turn and takes
+    the first question that is not a near-duplicate of an earlier one, else a template question of that type.
+    """
+    achievements = resume_achievements(resume)
+    if not achievements:
+        return None
+    jd_tasks = responsibilities(job_description)
+    jd_skills = find_skills(job_description)
+    shared = [s for s in jd_skills if s.lower() in {r.lower() for r in find_skills(resume)}]
+    skills = shared + [s for s in jd_skills if s not in shared] or find_skills(resume)
+    templates = generate_template_questions(resume, job_description, role, count + len(mix) * 3, mix)
+    questions: list[dict[str, Any]] = []
+    used_tasks: set[str] = set()
+    used_skills: set[str] = set()
+    for i in range(count):
+        qtype = mix[i % len(mix)]
+        difficulty = _DIFFICULTIES[qtype][(i // len(mix)) % 3]
+        chosen = None
+        for k in range(len(achievements)):
+            achievement = achievements[(i + k) % len(achievements)]
+            question, task, skill = _resume_question(
+                qtype, difficulty, achievement, role, jd_tasks, skills, used_tasks, used_skills
+            )
+            if all(_similar(question["text"], q["text"]) < 0.5 for q in questions):
+                chosen = question
+                used_tasks |= {task} if task else set()
+                used_skills |= {skill} if skill else set()
+                break
+        if chosen is None:
+            chosen = next(
+                (
+                    t
+                    for t in templates
+                    if t["type"] == qtype and all(_similar(t["text"], q["text"]) < 0.5 for q in questions)
+                ),
+                None,
+            )
+        if chosen is not None:
+            questions.append(chosen)
+    return questions
 
 
 def generate_template_questions(
@@ -138,6 +287,13 @@ def generate_template_questions(
             {"text": template.format(topic=topic, role=role), "type": qtype, "difficulty": difficulty, "skill": topic}
         )
     return questions
+
+
+def offline_questions(resume: str, job_description: str, role: str, count: int, mix: list[str]) -> list[dict[str, Any]]:
+    """The offline path: questions from the candidate's own results where the resume names some, else templates."""
+    return generate_resume_questions(resume, job_description, role, count, mix) or generate_template_questions(
+        resume, job_description, role, count, mix
+    )
 
 
 def question_message(questions: list[dict[str, Any]], index: int) -> AIMessage:
@@ -184,9 +340,7 @@ async def question_generator(state: InterviewState, config: RunnableConfig) -> d
         except Exception as exc:  # any model failure falls back to the deterministic generator
             note = f"model unavailable ({describe_failure(exc)}); questions from templates"
     if questions is None:
-        questions = generate_template_questions(
-            resume, job_description, role, params.num_questions, list(params.question_mix)
-        )
+        questions = offline_questions(resume, job_description, role, params.num_questions, list(params.question_mix))
     intro = AIMessage(
         f"Let's practise for {role}. I'll ask {len(questions)} questions one at a time; answer each as you would in "
         "the interview." + (f" ({note})" if note else ""),

@@ -1,79 +1,268 @@
-"""safety_reviewer: approve, rewrite or block each reply; rule layer always, LLM review after it when configured."""
+"""safety_reviewer: screens each user message, then approves, rewrites or blocks each reply, in layers.
+
+Layers, cheapest first; a block stops the layers after it:
+rules (nodes/safety_rules.py, always) -> classifier (nodes/safety_classifier.py, offline, a few ms) ->
+moderation (the provider's moderation endpoint, when a key or base URL is configured) -> LLM review (drafts only,
+when configured). Every layer that ran leaves its verdict, score and time in the decision record.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
 from nodes.configuration import Configuration
 from nodes.model_calls import ask_structured, describe_failure, persona_messages
 from nodes.primary_responder import last_user_message
-from nodes.safety_rules import RuleDecision, review_draft
+from nodes.safety_classifier import default_classifier
+from nodes.safety_rules import RuleDecision, check_user_message, harm_cues, redact_pii, review_draft
+from personas.schema import SafetySettings
 
 if TYPE_CHECKING:
     from graphs.veneo_chat import ReviewState
 
 NODE = "safety_reviewer"
+Stage = Literal["input", "reply"]
+
+# the classifier's classes, as decision categories
+_CLASSIFIER_CATEGORY = {
+    "jailbreak": "prompt_injection",
+    "system_prompt_extraction": "system_prompt_extraction",
+    "harmful": "harmful",
+    "hate": "hate",
+}
+# the moderation endpoint's categories, as decision categories (with the harm kind)
+_MODERATION_CATEGORY = {
+    "self-harm": ("harmful", "self_harm"),
+    "violence": ("harmful", "violence"),
+    "illicit": ("harmful", "crime"),
+    "hate": ("hate", None),
+    "harassment": ("hate", "harassment"),
+    "sexual": ("harmful", "sexual"),
+}
 
 
 class ReviewOutput(BaseModel):
     action: Literal["approve", "rewrite", "block"]
-    category: Literal["ok", "prompt_injection", "disallowed_topic", "pii", "harmful", "other"]
+    category: Literal[
+        "ok",
+        "prompt_injection",
+        "system_prompt_extraction",
+        "disallowed_topic",
+        "pii",
+        "harmful",
+        "hate",
+        "other",
+    ]
     reason: str = Field(min_length=1)
     rewritten_reply: str | None = Field(None, description="The safe reply when action is rewrite.")
 
 
+@dataclass
+class LayerVerdict:
+    """What one layer said about one text: verdict pass | block | rewrite | error, with its score and time."""
+
+    layer: str
+    stage: Stage
+    verdict: str
+    category: str = "ok"
+    score: float | None = None
+    ms: float = 0.0
+    detail: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "layer": self.layer,
+            "stage": self.stage,
+            "verdict": self.verdict,
+            "category": self.category,
+            "score": self.score,
+            "ms": round(self.ms, 3),
+        }
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass
+class Screening:
+    """The combined outcome of the layers on one text: the blocking decision (if any) and every layer's verdict."""
+
+    decision: RuleDecision | None
+    layers: list[LayerVerdict]
+
+    @property
+    def blocked(self) -> bool:
+        return self.decision is not None and self.decision.action == "block"
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tuple[LayerVerdict, RuleDecision | None]:
+    """The classifier layer: block from `block_threshold`, or from `cue_threshold` when a weak harm cue is present."""
+    start = time.perf_counter()
+    result = default_classifier().predict(text)
+    conf = settings.classifier
+    cues = harm_cues(text) if result.attack_score >= conf.cue_threshold else []
+    block = result.attack_score >= conf.block_threshold or (result.attack_score >= conf.cue_threshold and cues)
+    if result.category == "system_prompt_extraction" and len(text.split()) <= 25:
+        # trained on few examples, the extraction class confuses short how-to questions ("show me the
+        # instructions for washing ...") with extraction; the rules judge short extraction requests precisely
+        block = False
+    if stage == "reply":
+        # a reply is judged on what it says (harm, hate), not on whether it reads like a prompt
+        block = block and result.category in ("harmful", "hate")
+    category = _CLASSIFIER_CATEGORY.get(result.category, "other")
+    verdict = LayerVerdict(
+        "classifier",
+        stage,
+        "block" if block else "pass",
+        category if block else "ok",
+        result.attack_score,
+        _ms(start),
+        f"most likely {result.category}" + (f"; cues: {', '.join(cues[:4])}" if cues else ""),
+    )
+    if not block:
+        return verdict, None
+    reason = f"the classifier scores this {result.attack_score:.2f} as {result.category}"
+    return verdict, RuleDecision("block", category, reason, settings.refusal_message, result.category)
+
+
+def screen_offline(text: str, settings: SafetySettings, stage: Stage = "input") -> Screening:
+    """Rules, then the classifier (when enabled): the layers that need no network, in a few milliseconds."""
+    start = time.perf_counter()
+    decision = check_user_message(text, settings) if stage == "input" else None
+    rules = LayerVerdict(
+        "rules",
+        stage,
+        "block" if decision else "pass",
+        decision.category if decision else "ok",
+        1.0 if decision else 0.0,
+        _ms(start),
+        decision.reason if decision else None,
+    )
+    if decision or not settings.classifier.enabled or (stage == "reply" and not settings.classifier.check_drafts):
+        return Screening(decision, [rules])
+    verdict, decision = classifier_verdict(text, settings, stage)
+    return Screening(decision, [rules, verdict])
+
+
+async def moderate(
+    client: Any, text: str, settings: SafetySettings, stage: Stage
+) -> tuple[LayerVerdict, RuleDecision | None]:
+    """The moderation layer: the provider's endpoint; flagged, or any category score at the threshold, blocks."""
+    conf = settings.moderation
+    start = time.perf_counter()
+    try:
+        response = await asyncio.wait_for(client.moderations.create(model=conf.model, input=text), conf.timeout_s)
+        result = response.results[0]
+        scores = {k: float(v or 0.0) for k, v in result.category_scores.model_dump(by_alias=True).items()}
+    except Exception as exc:  # the offline layers' decision stands; the record says the endpoint failed
+        return LayerVerdict("moderation", stage, "error", "ok", None, _ms(start), describe_failure(exc)), None
+    top = max(scores, key=lambda k: scores[k]) if scores else "none"
+    top_score = scores.get(top, 0.0)
+    block = bool(result.flagged) or top_score >= conf.threshold
+    category, kind = next(
+        (v for k, v in _MODERATION_CATEGORY.items() if top.startswith(k)), ("harmful", top.replace("/", "_"))
+    )
+    verdict = LayerVerdict(
+        "moderation",
+        stage,
+        "block" if block else "pass",
+        category if block else "ok",
+        round(top_score, 4),
+        _ms(start),
+        top,
+    )
+    if not block:
+        return verdict, None
+    reason = f"the moderation endpoint flags {top} ({top_score:.2f})"
+    return verdict, RuleDecision("block", category, reason, settings.refusal_message, kind)
+
+
+def _reviewed_by(layers: list[LayerVerdict]) -> str:
+    names: list[str] = []
+    failed: list[str] = []
+    for layer in layers:
+        if layer.verdict == "error":
+            name = layer.layer if layer.layer in ("rules", "classifier", "moderation") else "llm review"
+            failed.append(f"{name} failed: {layer.detail}")
+        elif layer.layer not in names:
+            names.append(layer.layer)
+    return "+".join(names) + (f" ({'; '.join(failed)})" if failed else "")
+
+
+def _decision(decision: RuleDecision | None, layers: list[LayerVerdict]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "action": decision.action if decision else "approve",
+        "category": decision.category if decision else "ok",
+        "reason": decision.reason if decision else "no layer objected",
+        "reviewed_by": _reviewed_by(layers),
+        "layers": [layer.record() for layer in layers],
+    }
+    if decision and decision.subcategory:
+        out["subcategory"] = decision.subcategory
+    return out
+
+
+async def input_screen(state: ReviewState, config: RunnableConfig) -> dict[str, Any]:
+    """Screen the user's message before any reply is drafted; redact the PII it carries before it is stored."""
+    conf = Configuration.from_runnable_config(config)
+    persona = conf.persona(NODE)
+    settings = persona.safety
+    message = last_user_message(state)
+    screening = screen_offline(message, settings, "input")
+    client = conf.agent_factory.moderation_client(persona) if settings.moderation.enabled else None
+    if not screening.blocked and client is not None and message:
+        verdict, decision = await moderate(client, message, settings, "input")
+        screening = Screening(decision, [*screening.layers, verdict])
+    update: dict[str, Any] = {"input_review": _decision(screening.decision, screening.layers)}
+    if settings.redact_user_pii:
+        redacted = _redacted_user_message(state, settings)
+        if redacted is not None:
+            update["messages"] = [redacted]
+            update["input_review"]["pii_redacted"] = True
+    return update
+
+
+def _redacted_user_message(state: ReviewState, settings: SafetySettings) -> HumanMessage | None:
+    """The latest user message with its emails, phones and cards replaced (same id, so it replaces the original)."""
+    for message in reversed(state.get("messages", [])):
+        if isinstance(message, HumanMessage):
+            if not isinstance(message.content, str) or message.id is None:
+                return None
+            text, kinds = redact_pii(message.content, settings)
+            if not kinds:
+                return None
+            return message.model_copy(update={"content": text})
+    return None
+
+
 async def safety_reviewer(state: ReviewState, config: RunnableConfig) -> dict[str, Any]:
-    """Decide on the draft and emit the reply the user sees, recording {action, category, reason}."""
+    """Decide on the draft and emit the reply the user sees, recording {action, category, reason, layers}."""
     conf = Configuration.from_runnable_config(config)
     persona = conf.persona(NODE)
     settings = persona.safety
     user_message = last_user_message(state)
+    screened = state.get("input_review") or None
+    if screened is None:  # called without the input screen (e.g. directly): screen the message here
+        s = screen_offline(user_message, settings, "input")
+        screened = _decision(s.decision, s.layers)
+    layers_so_far = list(screened.get("layers", []))
     draft = state.get("draft") or {"text": "", "produced_by": "none"}
-    rules = review_draft(user_message, draft["text"], settings)
-    decision: dict[str, Any] = {
-        "action": rules.action,
-        "category": rules.category,
-        "reason": rules.reason,
-        "reviewed_by": "rules",
-    }
-    text = rules.text or ""
-    model = conf.model(NODE) if settings.llm_review else None
-    if rules.action != "block" and model is not None:
-        try:
-            prompt = persona_messages(
-                persona,
-                user_message=user_message,
-                draft=text,
-                disallowed_topics=", ".join(t.name for t in settings.disallowed_topics) or "(none)",
-            )
-            review = await ask_structured(model, ReviewOutput, prompt, persona, config)
-            label = conf.model_label(NODE)
-            if review.action == "block":
-                decision = {
-                    "action": "block",
-                    "category": review.category,
-                    "reason": review.reason,
-                    "reviewed_by": label,
-                }
-                text = settings.refusal_message
-            elif review.action == "rewrite" and review.rewritten_reply:
-                # the rule layer's redaction still applies to whatever the model rewrote
-                redacted = review_draft(user_message, review.rewritten_reply, settings)
-                text = redacted.text or review.rewritten_reply
-                decision = {
-                    "action": "rewrite",
-                    "category": review.category,
-                    "reason": review.reason,
-                    "reviewed_by": label,
-                }
-            else:
-                decision["reviewed_by"] = f"rules+{label}"
-        except Exception as exc:  # the rule decision stands; say that the LLM review did not happen
-            decision["reviewed_by"] = f"rules (llm review failed: {describe_failure(exc)})"
+    if screened["action"] == "block":
+        decision = {k: v for k, v in screened.items() if k != "pii_redacted"}
+        text = _refusal_text(user_message, screened, settings)
+    else:
+        decision, text = await _review_draft(conf, config, user_message, draft["text"], layers_so_far)
     decision["turn"] = len(state.get("review_decisions", [])) + state.get("decisions_archived", 0) + 1
     meta = {
         "kind": "reply",
@@ -93,11 +282,90 @@ async def safety_reviewer(state: ReviewState, config: RunnableConfig) -> dict[st
         "review_decisions": decisions[overflow:],
         "decisions_archived": state.get("decisions_archived", 0) + overflow,
         "draft": None,
+        "input_review": None,
     }
 
 
-def input_refusal(user_message: str, conf: Configuration) -> RuleDecision | None:
-    """Used by routing: a message the rules refuse is answered without drafting a reply first."""
-    from nodes.safety_rules import check_user_message
+def _refusal_text(user_message: str, screened: dict[str, Any], settings: SafetySettings) -> str:
+    """The rules' own refusal (a topic's, e.g. self-harm's) when they blocked; the tenant's refusal otherwise."""
+    rules = check_user_message(user_message, settings)
+    if rules is not None and rules.text:
+        return rules.text
+    if screened.get("subcategory"):
+        topic = next((t for t in settings.disallowed_topics if t.name == screened["subcategory"] and t.refusal), None)
+        if topic is not None and topic.refusal:
+            return topic.refusal.strip()
+    return settings.refusal_message
 
-    return check_user_message(user_message, conf.persona(NODE).safety)
+
+async def _review_draft(
+    conf: Configuration, config: RunnableConfig, user_message: str, draft: str, layers: list[dict[str, Any]]
+) -> tuple[dict[str, Any], str]:
+    persona = conf.persona(NODE)
+    settings = persona.safety
+    start = time.perf_counter()
+    rules = review_draft(user_message, draft, settings)
+    verdicts = [
+        LayerVerdict(
+            "rules",
+            "reply",
+            {"approve": "pass"}.get(rules.action, rules.action),
+            rules.category,
+            0.0 if rules.action == "approve" else 1.0,
+            _ms(start),
+            rules.reason if rules.action != "approve" else None,
+        )
+    ]
+    current: RuleDecision = rules
+    text = rules.text or ""
+    if rules.action != "block" and settings.classifier.enabled and settings.classifier.check_drafts and draft:
+        verdict, blocked = classifier_verdict(draft, settings, "reply")
+        verdicts.append(verdict)
+        if blocked:
+            current, text = blocked, settings.refusal_message
+    client = conf.agent_factory.moderation_client(persona) if settings.moderation.enabled else None
+    if current.action != "block" and client is not None and draft:
+        verdict, blocked = await moderate(client, draft, settings, "reply")
+        verdicts.append(verdict)
+        if blocked:
+            current, text = blocked, settings.refusal_message
+    model = conf.model(NODE) if settings.llm_review else None
+    if current.action != "block" and model is not None:
+        label = conf.model_label(NODE)
+        start = time.perf_counter()
+        try:
+            prompt = persona_messages(
+                persona,
+                user_message=user_message,
+                draft=text,
+                disallowed_topics=", ".join(t.name for t in settings.disallowed_topics) or "(none)",
+            )
+            review = await ask_structured(model, ReviewOutput, prompt, persona, config)
+            verdict_name = {"approve": "pass"}.get(review.action, review.action)
+            verdicts.append(
+                LayerVerdict(label, "reply", verdict_name, review.category, None, _ms(start), review.reason)
+            )
+            if review.action == "block":
+                current = RuleDecision("block", review.category, review.reason, settings.refusal_message)
+                text = settings.refusal_message
+            elif review.action == "rewrite" and review.rewritten_reply:
+                # the rule layer's redaction still applies to whatever the model rewrote
+                redacted = review_draft(user_message, review.rewritten_reply, settings)
+                text = redacted.text or review.rewritten_reply
+                current = RuleDecision("rewrite", review.category, review.reason, text)
+        except Exception as exc:  # the earlier layers' decision stands; say that the LLM review did not happen
+            verdicts.append(LayerVerdict(label, "reply", "error", "ok", None, _ms(start), describe_failure(exc)))
+    all_layers = [*_as_verdicts(layers), *verdicts]
+    decision = _decision(current if current.action != "approve" else None, all_layers)
+    if current.action == "approve":
+        decision["reason"] = "no layer objected"
+    return decision, text
+
+
+def _as_verdicts(records: list[dict[str, Any]]) -> list[LayerVerdict]:
+    return [
+        LayerVerdict(
+            r["layer"], r["stage"], r["verdict"], r["category"], r.get("score"), r.get("ms", 0.0), r.get("detail")
+        )
+        for r in records
+    ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Literal
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from pydantic import SecretStr
@@ -21,6 +21,7 @@ class AgentFactory:
         self._api_key = api_key or None
         self._base_url = base_url or None
         self._models: dict[ModelSettings, BaseChatModel] = {}
+        self._moderation: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -46,6 +47,23 @@ class AgentFactory:
                 model = self._build_openai(settings)
                 self._models[settings] = model
             return model
+
+    def moderation_client(self, persona: AgentPersona) -> Any | None:
+        """An `openai.AsyncOpenAI` for the provider's moderation endpoint, or None offline (same rule as models)."""
+        base_url = persona.model.base_url or self._base_url
+        if self.provider_for(persona) == "offline" or not (self._api_key or base_url):
+            return None  # a moderation call needs a key (or a local endpoint) as well as the provider
+        key = base_url or ""
+        with self._lock:
+            client = self._moderation.get(key)
+            if client is None:
+                from openai import AsyncOpenAI
+
+                api_key = self._api_key or ("not-needed" if base_url else None)
+                # retries are the safety reviewer's business: one bounded attempt, then the offline layers stand
+                client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+                self._moderation[key] = client
+            return client
 
     def model_label(self, persona: AgentPersona) -> str:
         """What produced an answer, as shown to users: the model name, or 'offline'."""

@@ -48,10 +48,51 @@ class DisallowedTopic(StrictModel):
     refusal: str | None = None
 
 
+class ClassifierLayerSettings(StrictModel):
+    """The safety reviewer's local classifier (offline, a few ms per message; see docs/quality.md)."""
+
+    enabled: bool = True
+    block_threshold: float = Field(
+        0.85, ge=0.0, le=1.0, description="Block when the attack probability reaches this, whatever the rules say."
+    )
+    cue_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Block from this probability when the message also carries a weak harm cue (e.g. a drug name).",
+    )
+    check_drafts: bool = Field(
+        False,
+        description="Also classify draft replies. Off by default: the shipped model learned from user messages, "
+        "and reads a polite reply ('How can I help you today?') as a request.",
+    )
+
+
+class ModerationLayerSettings(StrictModel):
+    """The provider's moderation endpoint (openai SDK), used when a key or base URL is configured."""
+
+    enabled: bool = True
+    model: str = Field("omni-moderation-latest", min_length=1)
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Block when any category score reaches this (or the endpoint flags it)."
+    )
+    timeout_s: float = Field(5.0, gt=0, le=60)
+
+
 class SafetySettings(StrictModel):
     """What the safety reviewer checks and how it answers."""
 
-    check_prompt_injection: bool = True
+    check_prompt_injection: bool = Field(True, description="Jailbreaks, persona and instruction overrides.")
+    check_system_prompt_extraction: bool = True
+    check_harmful_requests: bool = Field(
+        True, description="Requests for help with violence, weapons, drugs, crime, cyber-attacks or self-harm."
+    )
+    check_hate: bool = Field(True, description="Hateful messages and requests for hate or harassment.")
+    redact_user_pii: bool = Field(
+        True, description="Redact PII in the user's own message before it is stored, titled or summarised."
+    )
+    classifier: ClassifierLayerSettings = ClassifierLayerSettings()
+    moderation: ModerationLayerSettings = ModerationLayerSettings()
     redact_pii: bool = True
     pii_kinds: list[Literal["email", "phone", "card"]] = ["email", "phone", "card"]
     pii_allow: list[str] = Field(

@@ -498,7 +498,15 @@ def thread_key(tenant: str, client_id: str) -> str:
 
 
 def title_hint(turn_input: dict[str, Any]) -> str:
-    """The first user text of a turn (the session title when it has none yet)."""
+    """The first user text of a turn (the session title when it has none yet), without emails, phones or cards."""
+    from nodes.safety_rules import redact_pii
+    from personas.schema import SafetySettings
+
+    # the title is listed in clear wherever sessions are shown: never let it carry the PII a user typed
+    return redact_pii(_title_text(turn_input), SafetySettings())[0]
+
+
+def _title_text(turn_input: dict[str, Any]) -> str:
     if turn_input.get("role"):
         return f"Interview: {turn_input['role']}"
     if turn_input.get("job_description"):

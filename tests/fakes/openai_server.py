@@ -378,12 +378,16 @@ class FakeOpenAIServer:
         self._default: Behaviour = Reply("ok")
         self._voice_requests: list[dict[str, Any]] = []
         self._voice_queue: deque[VoiceBehaviour] = deque()
+        self._moderation_requests: list[dict[str, Any]] = []
+        self._moderation_rules: dict[str, dict[str, float]] = {}
+        self._moderation_errors: deque[Error] = deque()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
                 Route("/v1/models", self._list_models, methods=["GET"]),
                 Route("/v1/audio/speech", self._speech, methods=["POST"]),
                 Route("/v1/realtime/client_secrets", self._client_secrets, methods=["POST"]),
+                Route("/v1/moderations", self._moderations, methods=["POST"]),
             ]
         )
         self._local = LocalASGIServer(self.app, name="fake-openai-server", startup_timeout=startup_timeout)
@@ -465,6 +469,9 @@ class FakeOpenAIServer:
             self._default = Reply("ok")
             self._voice_requests.clear()
             self._voice_queue.clear()
+            self._moderation_requests.clear()
+            self._moderation_rules.clear()
+            self._moderation_errors.clear()
 
     # -- voice endpoints ------------------------------------------------------
 
@@ -479,6 +486,60 @@ class FakeOpenAIServer:
         """``{"path", "body", "authorization"}`` of each speech / client-secret request, oldest first."""
         with self._lock:
             return list(self._voice_requests)
+
+    # -- moderation endpoint --------------------------------------------------
+
+    def flag_moderation(self, substring: str, **scores: float) -> None:
+        """``/v1/moderations`` scores inputs containing ``substring`` (case-insensitive) with these category
+        scores, e.g. ``flag_moderation("water supply", violence=0.93)``; ``flagged`` is any score >= 0.5.
+        Category names use underscores for the API's ``/`` and ``-`` (``self_harm`` -> ``self-harm``)."""
+        with self._lock:
+            self._moderation_rules[substring.lower()] = scores
+
+    def fail_moderation(self, *errors: Error) -> None:
+        """The next moderation requests fail with these errors (one per request)."""
+        with self._lock:
+            self._moderation_errors.extend(errors)
+
+    @property
+    def moderation_requests(self) -> list[dict[str, Any]]:
+        """JSON bodies received on ``/v1/moderations``, oldest first (a copy)."""
+        with self._lock:
+            return list(self._moderation_requests)
+
+    async def _moderations(self, request: Request) -> Response:
+        body = await request.json()
+        with self._lock:
+            self._moderation_requests.append(body)
+            error = self._moderation_errors.popleft() if self._moderation_errors else None
+            rules = dict(self._moderation_rules)
+        if error is not None:
+            return _error_response(error)
+        inputs = body.get("input")
+        texts = inputs if isinstance(inputs, list) else [inputs]
+        names = [
+            "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
+            "self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "sexual/minors", "violence",
+            "violence/graphic",
+        ]  # fmt: skip
+        results = []
+        for text in texts:
+            scores = dict.fromkeys(names, 0.0001)
+            for needle, given in rules.items():
+                if needle in str(text).lower():
+                    for key, value in given.items():
+                        scores[key.replace("self_harm", "self-harm").replace("__", "/")] = value
+            results.append(
+                {
+                    "flagged": any(v >= 0.5 for v in scores.values()),
+                    "categories": {k: v >= 0.5 for k, v in scores.items()},
+                    "category_scores": scores,
+                    "category_applied_input_types": {k: ["text"] for k in scores},
+                }
+            )
+        return JSONResponse(
+            {"id": _new_id("modr"), "model": body.get("model", "omni-moderation-latest"), "results": results}
+        )
 
     # -- handlers -----------------------------------------------------------
 

@@ -276,6 +276,7 @@ def test_metrics_have_exact_values_after_a_known_sequence_of_turns(tmp_path: Pat
         lab(team="interview", node="fallback_scorer"): 1,
         lab(team="interview", node="ask_next_question"): 1,
         lab(team="interview", node="memory_keeper"): 2,
+        lab(team="veneo_chat", node="input_screen"): 2,  # every chat message is screened first
         lab(team="veneo_chat", node="primary_responder"): 1,  # the injection never reaches the responder
         lab(team="veneo_chat", node="safety_reviewer"): 2,
         lab(team="veneo_chat", node="memory_keeper"): 2,
@@ -442,7 +443,8 @@ def test_log_lines_are_json_one_per_request_and_node_run_with_ids_and_no_secrets
         start: ("demo", "interview", sid, [("question_generator", "ok"), ("memory_keeper", "ok")]),
         answer: ("demo", "interview", sid, [("evaluator", "fallback"), ("fallback_scorer", "fallback"),
                                             ("ask_next_question", "ok"), ("memory_keeper", "ok")]),
-        blocked: ("veneo", "veneo_chat", chat, [("safety_reviewer", "blocked"), ("memory_keeper", "ok")]),
+        blocked: ("veneo", "veneo_chat", chat, [("input_screen", "ok"), ("safety_reviewer", "blocked"),
+                                                ("memory_keeper", "ok")]),
     }  # fmt: skip
     for response, (tenant, team, thread_id, nodes) in expected_nodes.items():
         node_lines = team_node_lines(lines, response.headers["x-request-id"])

@@ -243,7 +243,7 @@ async def test_stream_events_show_each_node_start_and_end(server: LiveServer) ->
         )
     ]
     started, ended = node_events(events, "on_chain_start"), node_events(events, "on_chain_end")
-    assert ended == ["__start__", "primary_responder", "safety_reviewer", "memory_keeper"]
+    assert ended == ["__start__", "input_screen", "primary_responder", "safety_reviewer", "memory_keeper"]
     assert started == ended, f"on_chain_start missing for {sorted(set(ended) - set(started))}"
     assert "'draft':" not in repr([e["data"] for e in events])
 
@@ -380,7 +380,8 @@ async def test_stream_events_show_model_tokens_and_the_reviewed_reply(
     assert reply.content == draft
     assert reply.response_metadata["produced_by"] == "gpt-4o-mini"
     decision = final["review_decisions"][-1]
-    assert decision["action"] == "approve" and decision["reviewed_by"] == "rules+gpt-4o-mini"
+    # with a provider configured the moderation endpoint runs too (the fake answers: nothing flagged)
+    assert decision["action"] == "approve" and decision["reviewed_by"] == "rules+classifier+moderation+gpt-4o-mini"
 
     # a summary: in a team with a safety reviewer its tokens are held back too (the PII rule applies to the
     # whole text), and the finished summary arrives with the node's end event

@@ -1,0 +1,78 @@
+"""The safety reviewer's classifier layer: a small linear model over word and character n-grams, pure Python.
+
+Trained in the repo by `python -m evals.train_classifier` on public red-team and benign text (evals/README.md);
+the weights ship as nodes/models/guardrail_classifier.json.gz and load once per process. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+MODEL_PATH = Path(__file__).resolve().parent / "models" / "guardrail_classifier.json.gz"
+BENIGN = "ok"
+# long jailbreaks announce themselves early: reading the opening keeps every message within a few milliseconds
+MAX_WORDS = 220
+MAX_CHARS = 700
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def features(text: str) -> list[str]:
+    """Binary features: word unigrams and bigrams, and character 4-grams inside words (with boundary marks)."""
+    lowered = text.lower()
+    tokens = _TOKEN.findall(lowered)[:MAX_WORDS]
+    feats = {"w:" + t for t in tokens}
+    feats.update("b:" + a + "_" + b for a, b in itertools.pairwise(tokens))
+    for token in _TOKEN.findall(lowered[:MAX_CHARS]):
+        padded = f" {token} "
+        feats.update("c:" + padded[i : i + 4] for i in range(len(padded) - 3))
+    return sorted(feats)
+
+
+@dataclass(frozen=True)
+class ClassifierVerdict:
+    category: str  # ok | jailbreak | system_prompt_extraction | harmful | hate
+    attack_score: float  # probability that the message is any kind of attack
+    scores: dict[str, float]
+
+
+class GuardrailClassifier:
+    """Multinomial logistic regression; weights keyed by feature name, one weight per class."""
+
+    def __init__(self, classes: list[str], bias: list[float], weights: dict[str, list[float]]):
+        self.classes = classes
+        self.bias = bias
+        self.weights = weights
+
+    @classmethod
+    def load(cls, path: Path = MODEL_PATH) -> GuardrailClassifier:
+        data = json.loads(gzip.decompress(path.read_bytes()))
+        return cls(data["classes"], data["bias"], data["weights"])
+
+    def predict(self, text: str) -> ClassifierVerdict:
+        feats = features(text)
+        scale = 1.0 / math.sqrt(len(feats)) if feats else 0.0
+        logits = list(self.bias)
+        for feat in feats:
+            w = self.weights.get(feat)
+            if w is not None:
+                for k, value in enumerate(w):
+                    logits[k] += value * scale
+        top = max(logits)
+        exps = [math.exp(v - top) for v in logits]
+        total = sum(exps)
+        scores = {c: e / total for c, e in zip(self.classes, exps, strict=True)}
+        attack = 1.0 - scores.get(BENIGN, 0.0)
+        category = max((c for c in self.classes if c != BENIGN), key=lambda c: scores[c])
+        return ClassifierVerdict(category, round(attack, 4), {c: round(s, 4) for c, s in scores.items()})
+
+
+@lru_cache(maxsize=1)
+def default_classifier() -> GuardrailClassifier:
+    return GuardrailClassifier.load()
