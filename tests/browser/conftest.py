@@ -103,7 +103,12 @@ def screenshot(page: Page, name: str) -> None:
     into a temporary directory, so a test run leaves the work tree as it was."""
     folder = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else Path(tempfile.gettempdir()) / "tg-shots"
     folder.mkdir(parents=True, exist_ok=True)
+    page.evaluate("document.querySelectorAll('#chat-log').forEach((log) => (log.scrollTop = log.scrollHeight))")
+    # the status toast is fixed to the viewport: in a full-page picture it would float over the content (and
+    # Playwright's `style=` option is an inline style, which the page's CSP rightly refuses)
+    page.evaluate("document.getElementById('status').hidden = true")
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+    page.evaluate("document.getElementById('status').hidden = false")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,7 +16,7 @@ const label = (s) => String(s).replace(/_/g, " ");
  * @param {{name: string, values: Record<string, number>}[]} series
  */
 export function scoreChart(title, criteria, series, max = 5) {
-  const labelW = 120, barH = 14, gap = 4, rowPad = 10, width = 460, plotW = width - labelW - 40;
+  const labelW = 100, barH = 14, gap = 4, rowPad = 10, width = 360, plotW = width - labelW - 36;
   const rowH = series.length * (barH + gap) + rowPad;
   const legendH = series.length > 1 ? 22 : 0;
   const height = legendH + criteria.length * rowH + 20;
@@ -27,7 +27,7 @@ export function scoreChart(title, criteria, series, max = 5) {
   root.append(svg("title", {}, title));
   series.forEach((s, i) => {
     if (series.length < 2) return;
-    const x = labelW + i * 90;
+    const x = labelW + i * 62;
     root.append(svg("rect", { x, y: 4, width: 12, height: 12, class: `bar s${i % 6}` }));
     root.append(svg("text", { x: x + 16, y: 14, class: "legend" }, s.name));
   });

@@ -95,16 +95,22 @@ async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) 
   pc.addTrack(mic.getTracks()[0]);
   const events = pc.createDataChannel("oai-events");
   await pc.setLocalDescription(await pc.createOffer());
-  const answer = await fetch(boot.webrtc_url, {
-    method: "POST",
-    body: pc.localDescription.sdp,
-    headers: { Authorization: `Bearer ${boot.client_secret}`, "Content-Type": "application/sdp" },
-  });
-  if (!answer.ok) {
+  const hangUp = (message) => {
     pc.close();
     mic.getTracks().forEach((t) => t.stop());
-    throw new Error(`The voice service refused the connection (${answer.status}).`);
+    return new Error(message);
+  };
+  let answer;
+  try {
+    answer = await fetch(boot.webrtc_url, {
+      method: "POST",
+      body: pc.localDescription.sdp,
+      headers: { Authorization: `Bearer ${boot.client_secret}`, "Content-Type": "application/sdp" },
+    });
+  } catch {
+    throw hangUp(`The voice service at ${new URL(boot.webrtc_url).host} could not be reached. Try again later.`);
   }
+  if (!answer.ok) throw hangUp(`The voice service refused the connection (${answer.status}).`);
   await pc.setRemoteDescription({ type: "answer", sdp: await answer.text() });
 
   const times = {};
