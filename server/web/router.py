@@ -105,7 +105,7 @@ def install_web(app: FastAPI, settings: Settings, bundles: Bundles) -> None:
 
     app.mount(ASSETS, _RevalidatedFiles(directory=STATIC_DIR), name="web-assets")
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         """The web app: sign in with a tenant key, then interview practice or chat, on the public API."""
         return FileResponse(

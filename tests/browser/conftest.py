@@ -37,7 +37,9 @@ PHONE = {"width": 390, "height": 844}
 expect.set_options(timeout=15_000)
 
 
-@pytest.fixture(scope="session")
+# module scope, not session: while Playwright's sync API is started it keeps an event loop running on the main
+# thread, and later tests of the suite call asyncio.run()
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
@@ -45,7 +47,7 @@ def playwright() -> Iterator[Playwright]:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
     yield browser

@@ -177,6 +177,24 @@ def test_chat_streams_the_reviewed_reply_and_badges_a_blocked_one(page: Page, se
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
 
+def test_markdown_from_the_server_is_rendered_and_markup_stays_inert(page: Page, server: LiveServer) -> None:
+    """The chat summary quotes the user's words and is rendered as Markdown: Markdown works, HTML in it is text."""
+    sign_in(page, server, VENEO_KEY)
+    new_session(page)
+    hostile = '**Hi** <b onclick="window.pwned = 1">there</b>'
+    page.get_by_label("Your message").fill(hostile)
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".message.user .body")).to_have_text(hostile)  # the person's own words, as text
+    idle(page)
+    page.get_by_role("button", name="Summarize the conversation").click()
+    summary = page.locator(".message.summary")
+    expect(summary.locator("li strong")).to_have_text("Hi")  # Markdown is rendered...
+    expect(summary.locator("li")).to_contain_text('<b onclick="window.pwned = 1">there</b>')  # ...HTML shown as text
+    assert summary.locator("b, script, [onclick]").count() == 0
+    summary.locator("li").click()
+    assert page.evaluate("window.pwned") is None
+
+
 def test_sessions_rename_reload_and_delete(page: Page, server: LiveServer) -> None:
     sign_in(page, server, VENEO_KEY)
     first = new_session(page)
@@ -210,13 +228,29 @@ def test_sessions_rename_reload_and_delete(page: Page, server: LiveServer) -> No
     assert httpx.get(f"{server.url}/sessions/{first}", headers=auth(VENEO_KEY)).status_code == 404
 
 
-@pytest.mark.allow_console("status of 404", "status of 409")
+@pytest.mark.allow_console("status of 404", "status of 409", "status of 429")
 def test_api_errors_are_shown_and_a_busy_session_is_retried(page: Page, server: LiveServer) -> None:
     sign_in(page, server, VENEO_KEY)
     page.goto(server.url + "/#session=no-such-session")
     expect(page.locator("#sessions-error")).to_have_text("That session does not exist (it may have been deleted).")
 
-    new_session(page)
+    limited = {"left": 1}
+
+    def once_rate_limited(route: Route) -> None:  # the tenant's rate limit, then room again
+        if limited["left"] and route.request.method == "POST":
+            limited["left"] -= 1
+            body = {"error": {"code": "rate_limited", "message": "too many requests for this tenant"}}
+            route.fulfill(
+                status=429, headers={"Retry-After": "1"}, content_type="application/json", body=json.dumps(body)
+            )
+        else:
+            route.continue_()
+
+    page.route("**/sessions", once_rate_limited)
+    page.get_by_role("button", name="New session").click()
+    expect(page.get_by_role("status")).to_contain_text("The server is busy; trying again in 1 s")
+    expect(page.get_by_role("heading", name="Untitled session")).to_be_visible()
+    page.unroute("**/sessions")
     busy = {"left": 1}
 
     def once_busy(route: Route) -> None:  # the first send finds the session busy; the retry goes through
