@@ -134,6 +134,7 @@ def test_a_full_offline_interview_from_upload_to_export(page: Page, server: Live
     expect(page.locator("#sessions-pane")).to_be_hidden()
     expect(page.get_by_role("button", name="Download as Markdown")).to_be_hidden()
     expect(page.locator("section.summary svg.chart")).to_be_visible()
+    screenshot(page, "interview-print")
     page.emulate_media(media="screen")
 
     page.set_viewport_size(PHONE)
@@ -283,7 +284,7 @@ def test_api_errors_are_shown_and_a_busy_session_is_retried(page: Page, server: 
     expect(page.locator(".message.assistant")).to_have_count(2)
 
 
-def test_keyboard_only_chat_and_session_flow(page: Page, server: LiveServer) -> None:
+def test_keyboard_only_chat_session_and_interview_flow(page: Page, server: LiveServer) -> None:
     page.goto(server.url + "/")
     page.keyboard.type(VENEO_KEY)  # the key field has focus on arrival
     page.keyboard.press("Enter")
@@ -326,6 +327,26 @@ def test_keyboard_only_chat_and_session_flow(page: Page, server: LiveServer) -> 
     page.keyboard.type("Keyboard only")
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Keyboard only", level=2)).to_be_visible()
+
+    # the interview: switch team, start, answer; only the files come from the system's file picker
+    page.get_by_label("Team").focus()
+    page.keyboard.press("ArrowDown")  # Veneo chat -> Interview practice
+    expect(page.get_by_label("Team")).to_have_value("interview")
+    tab_to("New session")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Untitled session")).to_be_focused()
+    page.get_by_label("Resume").set_input_files(REPO / "examples" / "resume.md")
+    page.get_by_label("Job description").set_input_files(REPO / "examples" / "job_description.md")
+    expect(page.get_by_role("button", name="Start the interview")).to_be_enabled()
+    tab_to("Start the interview")
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Your answer")).to_be_focused()
+    page.keyboard.type(ANSWERS[0])
+    tab_to("Submit answer")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=re.compile(r"^Question 2 of \d$"))).to_be_visible()
+    expect(page.get_by_label("Your answer")).to_be_focused()
+    expect(page.locator("article.evaluation")).to_have_count(1)
 
 
 def test_no_serious_accessibility_violations(browser, server: LiveServer) -> None:  # type: ignore[no-untyped-def]
