@@ -70,7 +70,7 @@ def test_sign_in_refuses_a_bad_key_and_keeps_a_good_one_for_the_tab(page: Page, 
     assert page.evaluate("sessionStorage.getItem('teamgraph.key')") is None
 
 
-@pytest.mark.allow_console("status of 415")
+@pytest.mark.allow_console("status of 413", "status of 415", "status of 422")
 def test_a_full_offline_interview_from_upload_to_export(page: Page, server: LiveServer, tmp_path: Path) -> None:
     sign_in(page, server, DEMO_KEY)
     expect(page.get_by_label("Team")).to_have_value("interview")
@@ -85,8 +85,18 @@ def test_a_full_offline_interview_from_upload_to_export(page: Page, server: Live
     expect(page.locator("#upload-resume-error")).to_contain_text("That file type is not supported")
     expect(page.get_by_label("Resume")).to_have_attribute("aria-invalid", "true")
 
+    broken = tmp_path / "resume.pdf"
+    broken.write_bytes(b"%PDF-1.7 this is not really a pdf")
+    page.get_by_label("Resume").set_input_files(broken)
+    expect(page.locator("#upload-resume-error")).to_contain_text("That file could not be read.")
+    big = tmp_path / "job.txt"
+    big.write_bytes(b"x" * 2_000_001)  # one byte over TEAMGRAPH_MAX_UPLOAD_BYTES
+    page.get_by_label("Job description").set_input_files(big)
+    expect(page.locator("#upload-job_description-error")).to_contain_text("That file is too large.")
+
     page.get_by_label("Resume").set_input_files(REPO / "examples" / "resume.md")
     expect(page.locator("#upload-resume-status")).to_contain_text("Resume uploaded: resume.md")
+    expect(page.locator("#upload-resume-error")).to_be_hidden()
     page.get_by_label("Job description").set_input_files(REPO / "examples" / "job_description.md")
     expect(page.locator("#upload-job_description-status")).to_contain_text("Job description uploaded")
     screenshot(page, "interview-upload-desktop")
