@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from graphs.registry import GRAPH_MODULES
 from personas.factory import AgentFactory
@@ -21,6 +22,7 @@ from server.routers import audit, health, sessions, teams, voice
 from server.routers import metrics as metrics_router
 from server.settings import Settings, get_settings
 from server.team_routes import add_team_routes
+from server.web import install_web
 
 DESCRIPTION = """Agent teams as LangGraph graphs, per tenant.
 
@@ -49,13 +51,28 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
 
     # our middleware makes the request span; FastAPI's own tracing would start a second trace beside it
     app = FastAPI(
-        title="Teamgraph", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, telemetry={"tracing": False}
+        title="Teamgraph",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        telemetry={"tracing": False},
+        docs_url=None,
+        redoc_url=None,  # served by install_web from vendored assets: they work offline
     )
     app.state.settings = settings
     app.state.keyring = keyring
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    if settings.cors_origins:  # outermost, so a preflight is answered before auth or routing
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Retry-After", "X-Request-ID", "X-Voice", "X-Voice-Cache"],
+            max_age=600,
+        )
     app.include_router(health.router)
     app.include_router(metrics_router.router)
     app.include_router(audit.router)
@@ -63,6 +80,7 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     app.include_router(sessions.router)
     app.include_router(voice.router)
     add_team_routes(app, bundles, playground=settings.playground)
+    install_web(app, settings, bundles)
     return app
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from personas.loader import DEFAULT_BUNDLE_DIR
 
@@ -62,6 +63,11 @@ class Settings(BaseSettings):
         None, description="Voice preview cache; default: voice-cache/ beside the SQLite database, else ./data."
     )
     voice_cache_max_mb: float = Field(200.0, gt=0, description="Oldest previews are evicted beyond this size.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose browser pages may call the API (CORS), e.g. "
+        '["https://app.example.com"] or a comma-separated list; empty: same-origin only.',
+    )
     voice_preview_max_chars: int = Field(300, ge=1, le=4096, description="Longest text a voice preview speaks.")
     allow_dev_keys: bool = Field(
         False,
@@ -77,6 +83,17 @@ class Settings(BaseSettings):
         if "checkpoint_url" not in self.model_fields_set:
             self.checkpoint_url = f"sqlite:///{self.data_dir}/teamgraph.db"
         return self
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """`https://a.example,https://b.example` (or a JSON list) from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip().rstrip("/") for o in text.split(",") if o.strip()]
+        return value
 
 
 @lru_cache(maxsize=1)

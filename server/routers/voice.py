@@ -49,6 +49,9 @@ class VoiceOut(BaseModel):
 class VoiceList(BaseModel):
     team: str
     default_voice: str
+    available: bool = Field(
+        description="Whether a voice provider is configured: without one, previews and realtime answer 503."
+    )
     voices: list[VoiceOut]
 
 

@@ -69,6 +69,7 @@ class VoiceService:
         return {
             "team": run.team.id,
             "default_voice": voice.default_voice,
+            "available": self.provider_ready(voice),
             "voices": [
                 {"id": v.id, "name": v.name, "description": v.description, "default": v.id == voice.default_voice}
                 for v in entries

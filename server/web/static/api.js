@@ -1,0 +1,199 @@
+// Teamgraph's public HTTP API, as any browser frontend would call it: a tenant key on every request,
+// one error shape ({"error": {"code", "message", "field"}}), polite retries, and /stream_events read as
+// server-sent events over fetch (EventSource cannot POST or send an Authorization header).
+
+/** An error the API answered (or the network failed with: status 0). */
+export class ApiError extends Error {
+  constructor(status, code, message, field = null, retryAfter = null) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.field = field;
+    this.retryAfter = retryAfter;
+  }
+}
+
+const RETRY_LIMIT = 3;
+const MAX_WAIT_S = 30;
+const sleep = (s) => new Promise((resolve) => setTimeout(resolve, s * 1000));
+
+function retryAfterSeconds(response) {
+  const value = response.headers.get("Retry-After");
+  const seconds = Number(value);
+  if (value && Number.isFinite(seconds)) return Math.min(Math.max(seconds, 0.5), MAX_WAIT_S);
+  const date = Date.parse(value || "");
+  return Number.isNaN(date) ? 2 : Math.min(Math.max((date - Date.now()) / 1000, 0.5), MAX_WAIT_S);
+}
+
+async function errorFrom(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: a proxy's error page, say
+  }
+  const error = body && body.error ? body.error : {};
+  const fallback = response.status === 413 ? "The request is too large." : `The server answered ${response.status}.`;
+  return new ApiError(
+    response.status,
+    error.code || "http_" + response.status,
+    error.message || fallback,
+    error.field || null,
+    response.headers.get("Retry-After") ? retryAfterSeconds(response) : null,
+  );
+}
+
+/** Whether waiting and sending the same request again is the right answer to this response. */
+function retryable(response, code) {
+  if (response.status === 429) return true;
+  if (response.status === 409) return code === "thread_busy";
+  return response.status === 503 && response.headers.has("Retry-After");
+}
+
+export class Api {
+  /**
+   * @param {string} key the tenant key (sent as a Bearer token)
+   * @param {{base?: string, onWait?: (seconds: number, error: ApiError) => void}} options
+   */
+  constructor(key, { base = "", onWait = () => {} } = {}) {
+    this.key = key;
+    this.base = base;
+    this.onWait = onWait;
+  }
+
+  headers(extra = {}) {
+    return { Authorization: `Bearer ${this.key}`, ...extra };
+  }
+
+  /** fetch with the key; 409 thread_busy, 429 and 503+Retry-After are retried after Retry-After. */
+  async fetch(method, path, { json, form, signal, accept = "application/json" } = {}) {
+    const init = { method, signal, headers: this.headers({ Accept: accept }) };
+    if (json !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(json);
+    } else if (form !== undefined) {
+      init.body = form; // the browser sets the multipart boundary
+    }
+    for (let attempt = 0; ; attempt += 1) {
+      let response;
+      try {
+        response = await fetch(this.base + path, init);
+      } catch (cause) {
+        if (cause.name === "AbortError") throw cause;
+        throw new ApiError(0, "network_error", "The server could not be reached. Check your connection and try again.");
+      }
+      if (response.ok) return response;
+      const error = await errorFrom(response);
+      if (attempt < RETRY_LIMIT && retryable(response, error.code)) {
+        const wait = retryAfterSeconds(response);
+        this.onWait(wait, error);
+        await sleep(wait);
+        continue;
+      }
+      throw error;
+    }
+  }
+
+  async json(method, path, options = {}) {
+    const response = await this.fetch(method, path, options);
+    return response.status === 204 ? null : response.json();
+  }
+
+  teams() {
+    return this.json("GET", "/teams");
+  }
+  sessions(team, cursor = null) {
+    const query = new URLSearchParams({ team, limit: "50" });
+    if (cursor) query.set("cursor", cursor);
+    return this.json("GET", `/sessions?${query}`);
+  }
+  createSession(team, title = "") {
+    return this.json("POST", "/sessions", { json: { team, title } });
+  }
+  session(id) {
+    return this.json("GET", `/sessions/${encodeURIComponent(id)}`);
+  }
+  rename(id, title) {
+    return this.json("PATCH", `/sessions/${encodeURIComponent(id)}`, { json: { title } });
+  }
+  remove(id) {
+    return this.json("DELETE", `/sessions/${encodeURIComponent(id)}`);
+  }
+  upload(id, kind, file) {
+    const form = new FormData();
+    form.append("kind", kind);
+    form.append("file", file, file.name);
+    return this.json("POST", `/sessions/${encodeURIComponent(id)}/documents`, { form });
+  }
+  voices(team) {
+    return this.json("GET", `/voice/voices?team=${encodeURIComponent(team)}`);
+  }
+  async preview(voice, team) {
+    const response = await this.fetch("POST", "/voice/preview", { json: { voice, team }, accept: "audio/*" });
+    return response.blob();
+  }
+  realtime(id, voice) {
+    return this.json("POST", `/sessions/${encodeURIComponent(id)}/realtime`, { json: { voice } });
+  }
+  transcripts(id, items) {
+    return this.json("POST", `/sessions/${encodeURIComponent(id)}/transcripts`, { json: { items } });
+  }
+
+  /**
+   * One turn on /teams/{team}/stream_events: calls onEvent(event) for every LangChain stream event.
+   * Resolves when the server sends `event: end`; a stream cut before that rejects with code "stream_lost".
+   */
+  async streamEvents(team, threadId, input, onEvent, { signal } = {}) {
+    const response = await this.fetch("POST", `/teams/${encodeURIComponent(team)}/stream_events`, {
+      json: { input, config: { configurable: { thread_id: threadId } } },
+      accept: "text/event-stream",
+      signal,
+    });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n/g, "\n");
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          const message = parseSse(block);
+          if (message.event === "end") return;
+          if (message.event === "error") {
+            const body = safeJson(message.data) || {};
+            throw new ApiError(body.status_code || 500, "stream_error", body.message || "The turn failed on the server.");
+          }
+          if (message.data) {
+            const event = safeJson(message.data);
+            if (event) onEvent(event);
+          }
+        }
+      }
+    } catch (cause) {
+      if (cause instanceof ApiError || cause.name === "AbortError") throw cause;
+      throw new ApiError(0, "stream_lost", "The connection was lost while the reply was streaming.");
+    }
+    throw new ApiError(0, "stream_lost", "The connection closed before the reply was complete.");
+  }
+}
+
+function parseSse(block) {
+  const message = { event: "message", data: "" };
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) message.event = line.slice(6).trim();
+    else if (line.startsWith("data:")) message.data += line.slice(5).trimStart();
+  }
+  return message;
+}
+
+function safeJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}

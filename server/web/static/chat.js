@@ -1,0 +1,114 @@
+// Veneo chat: the transcript (Markdown rendered safely), replies streamed token by token where the tenant lets
+// drafts through, otherwise shown whole once the safety reviewer has passed them; blocked or rewritten replies
+// carry a badge with the reason category; /summarize is a button.
+import { h, clear, showError, announce } from "./dom.js";
+import { renderMarkdown } from "./markdown.js";
+import { runTurn, nodeOutput } from "./turn.js";
+
+const ACTIONS = { block: "Blocked", rewrite: "Rewritten" };
+
+export function renderChat(root, ctx) {
+  const { session } = ctx;
+  clear(root);
+  const log = h("div", { class: "chat-log", id: "chat-log", role: "log", "aria-live": "polite", "aria-label": "Conversation", "aria-busy": "false", tabindex: "0" });
+  for (const message of session.transcript) log.append(messageView(message));
+  if (!session.transcript.length) log.append(h("p", { class: "muted empty-chat" }, "Ask anything about Veneo: orders, shipping, returns…"));
+  const form = h("form", { class: "composer", novalidate: true });
+  const input = h("textarea", { id: "chat-input", rows: 3, required: true, "aria-describedby": "chat-error chat-hint" });
+  const error = h("p", { class: "error", role: "alert", id: "chat-error", hidden: true });
+  const send = h("button", { type: "submit", id: "chat-send" }, "Send");
+  const summarize = h("button", { type: "button", id: "chat-summarize", class: "secondary" }, "Summarize the conversation");
+  form.append(
+    h("label", { for: "chat-input" }, "Your message"),
+    input,
+    h("p", { class: "hint", id: "chat-hint" }, "Enter sends, Shift+Enter starts a new line."),
+    error,
+    h("div", { class: "row" }, send, summarize),
+  );
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  const busy = (on) => {
+    send.disabled = summarize.disabled = on;
+    log.setAttribute("aria-busy", on ? "true" : "false");
+  };
+
+  async function sendText(text) {
+    showError(error, null);
+    busy(true);
+    const empty = log.querySelector(".empty-chat");
+    if (empty) empty.remove();
+    log.append(messageView({ role: "user", content: text, metadata: {} }));
+    const pending = h("div", { class: "message assistant pending" }, h("p", { class: "who" }, "Veneo"), h("div", { class: "body" }, "…"));
+    const body = pending.querySelector(".body");
+    log.append(pending);
+    pending.scrollIntoView({ block: "end" });
+    let streamed = "";
+    try {
+      await runTurn(ctx, text, (event) => {
+        if (event.event === "on_chat_model_stream") {
+          const chunk = event.data && event.data.chunk;
+          const piece = chunk && typeof chunk.content === "string" ? chunk.content : "";
+          if (piece) {
+            streamed += piece;
+            body.textContent = streamed; // plain text while streaming; Markdown once the reply is final
+            pending.classList.add("streaming");
+          }
+        }
+        const reviewed = nodeOutput(event, "safety_reviewer", "summarizer");
+        if (reviewed && Array.isArray(reviewed.messages) && reviewed.messages.length) {
+          const last = reviewed.messages[reviewed.messages.length - 1];
+          pending.replaceWith(messageView({ role: "assistant", content: last.content, metadata: last.response_metadata || {} }));
+        }
+      });
+      await ctx.refresh({ focus: "chat-input" });
+    } catch (err) {
+      pending.remove();
+      busy(false);
+      input.value = text;
+      showError(error, err);
+      input.focus();
+    }
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text) {
+      showError(error, new Error("Type a message first."));
+      return input.focus();
+    }
+    input.value = "";
+    sendText(text);
+  });
+  summarize.addEventListener("click", () => {
+    announce("Summarizing the conversation…");
+    sendText("/summarize");
+  });
+  root.append(log, form);
+  log.scrollTop = log.scrollHeight;
+}
+
+function messageView(message) {
+  const meta = message.metadata || {};
+  const user = message.role === "user";
+  const kind = meta.kind === "summary" ? "Summary" : user ? "You" : "Veneo";
+  const el = h("div", { class: `message ${user ? "user" : "assistant"}${meta.kind === "summary" ? " summary" : ""}` });
+  const who = h("p", { class: "who" }, kind);
+  const action = meta.review_action || (meta.review && meta.review.action);
+  if (ACTIONS[action]) {
+    const category = meta.review_category || (meta.review && meta.review.category) || "policy";
+    const reason = meta.review && meta.review.reason ? `: ${meta.review.reason}` : "";
+    who.append(" ", h("span", { class: `badge ${action}`, title: `${ACTIONS[action]} by the safety reviewer${reason}` }, `${ACTIONS[action]} · ${category.replace(/_/g, " ")}`));
+  }
+  el.append(who);
+  const body = h("div", { class: "body markdown" });
+  if (user) body.textContent = message.content;
+  else renderMarkdown(body, message.content);
+  el.append(body);
+  if (meta.knowledge_section) el.append(h("p", { class: "source muted" }, `From the knowledge base: ${meta.knowledge_section}`));
+  return el;
+}

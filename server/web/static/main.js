@@ -1,0 +1,257 @@
+// The web app's shell: sign-in with a tenant key (kept in sessionStorage: this tab only), the teams the tenant
+// may use, the session list, and the open session (its id in the URL hash, its state always from the server).
+import { Api, ApiError } from "./api.js";
+import { $, h, clear, showError, announce } from "./dom.js";
+import { renderInterview } from "./interview.js";
+import { renderChat } from "./chat.js";
+import { setupVoice, voiceContext } from "./voice.js";
+
+const KEY = "teamgraph.key";
+const TEAM = "teamgraph.team";
+const DRAFTS = ["chat-input", "answer-input"];
+const app = { api: null, teams: [], team: null, cursor: null, session: null };
+
+const hashSession = () => {
+  const match = location.hash.match(/^#session=(.+)$/);
+  return match ? decodeURIComponent(match[1]) : null;
+};
+
+function onWait(seconds, error) {
+  const what = error.code === "thread_busy" ? "This session is still answering a previous message" : "The server is busy";
+  announce(`${what}; trying again in ${Math.ceil(seconds)} s…`);
+}
+
+// ---- sign in ---------------------------------------------------------------------------------------------
+
+function showSignIn(error = null) {
+  app.api = null;
+  $("#workspace").hidden = true;
+  $("#topbar-tools").hidden = true;
+  $("#signin").hidden = false;
+  showError($("#signin-error"), error);
+  $("#key-input").setAttribute("aria-invalid", error ? "true" : "false");
+  $("#key-input").focus();
+}
+
+async function signIn(key, { quiet = false } = {}) {
+  const api = new Api(key, { onWait });
+  let teams;
+  try {
+    teams = await api.teams();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) {
+      sessionStorage.removeItem(KEY);
+      showSignIn(new Error(quiet ? "Your key is no longer accepted; sign in again." : `That key was not accepted (${error.message}).`));
+      return;
+    }
+    showSignIn(error);
+    return;
+  }
+  sessionStorage.setItem(KEY, key);
+  app.api = api;
+  app.teams = teams;
+  $("#signin").hidden = true;
+  $("#key-input").value = "";
+  $("#workspace").hidden = false;
+  $("#topbar-tools").hidden = false;
+  const select = $("#team-select");
+  clear(select, ...teams.map((t) => h("option", { value: t.id, title: t.description }, teamName(t.id))));
+  const saved = sessionStorage.getItem(TEAM);
+  const team = teams.find((t) => t.id === saved) || teams.find((t) => t.default) || teams[0];
+  await chooseTeam(team ? team.id : null, { keepSession: true });
+  await route();
+}
+
+export function teamName(id) {
+  return { interview: "Interview practice", veneo_chat: "Veneo chat" }[id] || id;
+}
+
+async function chooseTeam(team, { keepSession = false } = {}) {
+  app.team = team;
+  if (team) sessionStorage.setItem(TEAM, team);
+  $("#team-select").value = team || "";
+  if (!keepSession && app.session && app.session.team !== team) {
+    history.replaceState(null, "", location.pathname);
+    showSession(null);
+  }
+  await loadSessions();
+}
+
+// ---- sessions --------------------------------------------------------------------------------------------
+
+async function loadSessions({ more = false } = {}) {
+  const list = $("#session-list");
+  showError($("#sessions-error"), null);
+  if (!app.team) return clear(list);
+  try {
+    const page = await app.api.sessions(app.team, more ? app.cursor : null);
+    app.cursor = page.next_cursor;
+    if (!more) clear(list);
+    for (const s of page.items) list.append(sessionItem(s));
+    if (!list.children.length) list.append(h("li", { class: "muted" }, "No sessions yet."));
+    $("#more-sessions").hidden = !app.cursor;
+  } catch (error) {
+    showError($("#sessions-error"), error);
+  }
+}
+
+function sessionItem(s) {
+  const current = app.session && app.session.id === s.id;
+  const when = new Date(s.updated_at);
+  return h(
+    "li",
+    {},
+    h(
+      "a",
+      { href: `#session=${encodeURIComponent(s.id)}`, "aria-current": current ? "page" : null, "data-id": s.id },
+      h("span", { class: "session-name" }, s.title || "Untitled session"),
+      h("time", { datetime: s.updated_at, class: "muted" }, when.toLocaleString([], { dateStyle: "medium", timeStyle: "short" })),
+    ),
+  );
+}
+
+async function newSession() {
+  try {
+    const session = await app.api.createSession(app.team);
+    await loadSessions();
+    location.hash = `session=${encodeURIComponent(session.id)}`;
+    announce("New session started.");
+  } catch (error) {
+    showError($("#sessions-error"), error);
+  }
+}
+
+async function route() {
+  if (!app.api) return;
+  const id = hashSession();
+  if (!id) return showSession(null);
+  try {
+    const session = await app.api.session(id);
+    if (session.team !== app.team && app.teams.some((t) => t.id === session.team)) await chooseTeam(session.team, { keepSession: true });
+    showSession(session);
+    for (const a of document.querySelectorAll("#session-list a")) {
+      a.toggleAttribute("aria-current", a.dataset.id === id);
+      if (a.dataset.id === id) a.setAttribute("aria-current", "page");
+    }
+  } catch (error) {
+    showSession(null);
+    const message = error.status === 404 ? new Error("That session does not exist (it may have been deleted).") : error;
+    showError($("#sessions-error"), message);
+  }
+}
+
+/** Re-read the open session from the server and draw it again (after every turn). */
+async function refresh({ focus = null } = {}) {
+  if (!app.session) return;
+  const session = await app.api.session(app.session.id);
+  showSession(session, { focus });
+  loadSessions(); // titles and order change with each turn
+}
+
+function showSession(session, { focus = null } = {}) {
+  const changed = !app.session || !session || app.session.id !== session.id;
+  app.session = session;
+  $("#empty-state").hidden = !!session;
+  $("#session-panel").hidden = !session;
+  $("#rename-form").hidden = true;
+  showError($("#session-error"), null);
+  if (!session) return;
+  $("#session-title").textContent = session.title || "Untitled session";
+  document.title = `${session.title || "Session"} · Teamgraph`;
+  const ctx = { api: app.api, session, refresh, showSessionError: (e) => showError($("#session-error"), e) };
+  // what the person is typing survives a redraw of the same session (a refresh lands while they type)
+  const drafts = changed ? [] : DRAFTS.map((id) => document.getElementById(id)).filter((el) => el && !el.readOnly && el.value);
+  const kept = drafts.map((el) => [el.id, el.value]);
+  const view = $("#team-view");
+  if (session.team === "interview") renderInterview(view, ctx);
+  else renderChat(view, ctx);
+  for (const [id, value] of kept) {
+    const el = document.getElementById(id);
+    if (el && !el.value) el.value = value;
+  }
+  if (changed) setupVoice($("#voice-panel"), ctx);
+  else voiceContext(ctx);
+  const target = focus ? document.getElementById(focus) : changed ? $("#session-title") : null;
+  if (target) target.focus();
+}
+
+// ---- rename and delete -----------------------------------------------------------------------------------
+
+function startRename() {
+  $("#rename-form").hidden = false;
+  $("#rename-input").value = app.session.title;
+  showError($("#rename-error"), null);
+  $("#rename-input").focus();
+}
+
+async function saveRename(event) {
+  event.preventDefault();
+  const title = $("#rename-input").value.trim();
+  if (!title) return showError($("#rename-error"), new Error("A title cannot be empty."));
+  try {
+    await app.api.rename(app.session.id, title);
+    await refresh({ focus: "session-title" });
+    announce("Session renamed.");
+  } catch (error) {
+    showError($("#rename-error"), error);
+    $("#rename-input").focus();
+  }
+}
+
+async function deleteSession() {
+  const title = app.session.title || "this session";
+  if (!window.confirm(`Delete "${title}"? Its transcript is removed for good.`)) return;
+  try {
+    await app.api.remove(app.session.id);
+    history.replaceState(null, "", location.pathname);
+    showSession(null);
+    await loadSessions();
+    announce("Session deleted.");
+    $("#new-session").focus();
+  } catch (error) {
+    showError($("#session-error"), error);
+  }
+}
+
+// ---- wiring ----------------------------------------------------------------------------------------------
+
+function start() {
+  $("#signin-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("#key-input").value.trim();
+    if (!key) return showSignIn(new Error("Enter your tenant key."));
+    signIn(key);
+  });
+  $("#sign-out").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY);
+    history.replaceState(null, "", location.pathname);
+    app.session = null;
+    showSignIn();
+  });
+  $("#team-select").addEventListener("change", (event) => chooseTeam(event.target.value));
+  $("#new-session").addEventListener("click", newSession);
+  $("#more-sessions").addEventListener("click", () => loadSessions({ more: true }));
+  $("#rename-button").addEventListener("click", startRename);
+  $("#rename-cancel").addEventListener("click", () => {
+    $("#rename-form").hidden = true;
+    $("#rename-button").focus();
+  });
+  $("#rename-form").addEventListener("submit", saveRename);
+  $("#rename-form").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") $("#rename-cancel").click();
+  });
+  $("#delete-button").addEventListener("click", deleteSession);
+  window.addEventListener("hashchange", route);
+  // paper has no disclosure triangles: print every example answer, then close again what was closed
+  let closed = [];
+  window.addEventListener("beforeprint", () => {
+    closed = [...document.querySelectorAll("details:not([open])")];
+    closed.forEach((d) => (d.open = true));
+  });
+  window.addEventListener("afterprint", () => closed.forEach((d) => (d.open = false)));
+  const key = sessionStorage.getItem(KEY);
+  if (key) signIn(key, { quiet: true });
+  else showSignIn();
+}
+
+start();

@@ -1,0 +1,164 @@
+// Voice, only where the server has a provider (GET /voice/voices says `available`): pick a voice, preview it,
+// and talk over the provider's realtime connection with the ephemeral secret from POST /sessions/{id}/realtime;
+// the realtime transcript goes back to POST /sessions/{id}/transcripts, so spoken turns land in the session.
+import { h, clear, showError, announce } from "./dom.js";
+
+let ctx = null; // the open session's context; main.js updates it after every refresh
+
+export function voiceContext(next) {
+  ctx = next;
+}
+
+export async function setupVoice(panel, initial) {
+  ctx = initial;
+  panel.hidden = true;
+  clear(panel);
+  let catalog;
+  try {
+    catalog = await ctx.api.voices(ctx.session.team);
+  } catch {
+    return; // no voice for this team or tenant: the controls stay hidden
+  }
+  if (!catalog.available || !catalog.voices.length) return;
+  if (!ctx || ctx.session.id !== initial.session.id) return; // another session was opened meanwhile
+  const select = h("select", { id: "voice-select" }, catalog.voices.map((v) => h("option", { value: v.id, selected: v.default }, `${v.name} — ${v.description}`)));
+  const error = h("p", { class: "error", role: "alert", id: "voice-error", hidden: true });
+  const preview = h("button", { type: "button", id: "voice-preview", class: "secondary" }, "Play a preview");
+  const talk = h("button", { type: "button", id: "voice-talk", "aria-pressed": "false" }, "Talk");
+  const state = h("span", { class: "muted", id: "voice-state" }, "");
+  let call = null;
+
+  preview.addEventListener("click", async () => {
+    showError(error, null);
+    preview.disabled = true;
+    try {
+      const audio = new Audio(URL.createObjectURL(await ctx.api.preview(select.value, ctx.session.team)));
+      await audio.play().catch(() => {
+        throw new Error("The preview arrived but this browser could not play it.");
+      });
+    } catch (err) {
+      showError(error, err);
+    } finally {
+      preview.disabled = false;
+    }
+  });
+
+  talk.addEventListener("click", async () => {
+    showError(error, null);
+    if (call) {
+      call.stop();
+      return;
+    }
+    talk.disabled = true;
+    try {
+      call = await startCall(ctx, select.value, {
+        onState: (text) => (state.textContent = text),
+        onResult: () => ctx.refresh(),
+        onError: (err) => showError(error, err),
+        onEnd: () => {
+          call = null;
+          talk.textContent = "Talk";
+          talk.setAttribute("aria-pressed", "false");
+          state.textContent = "";
+        },
+      });
+      talk.textContent = "Stop talking";
+      talk.setAttribute("aria-pressed", "true");
+      announce("Connected: speak now.");
+    } catch (err) {
+      showError(error, err);
+    } finally {
+      talk.disabled = false;
+    }
+  });
+
+  panel.append(
+    h("h3", { class: "visually-hidden" }, "Voice"),
+    h("div", { class: "row" }, h("label", { for: "voice-select" }, "Voice"), select, preview, talk, state),
+    error,
+  );
+  panel.hidden = false;
+}
+
+/** The realtime call, as in docs/voice.md: microphone in, voice out, transcript items posted back in order. */
+async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) {
+  if (!window.RTCPeerConnection || !navigator.mediaDevices) throw new Error("This browser cannot make voice calls.");
+  const sessionId = callCtx.session.id;
+  const boot = await callCtx.api.realtime(sessionId, voice);
+  const mic = await navigator.mediaDevices.getUserMedia({ audio: true }).catch(() => {
+    throw new Error("The microphone is not available: allow it for this page and try again.");
+  });
+  const pc = new RTCPeerConnection();
+  const speaker = new Audio();
+  speaker.autoplay = true;
+  pc.ontrack = (event) => (speaker.srcObject = event.streams[0]);
+  pc.addTrack(mic.getTracks()[0]);
+  const events = pc.createDataChannel("oai-events");
+  await pc.setLocalDescription(await pc.createOffer());
+  const hangUp = (message) => {
+    pc.close();
+    mic.getTracks().forEach((t) => t.stop());
+    return new Error(message);
+  };
+  let answer;
+  try {
+    answer = await fetch(boot.webrtc_url, {
+      method: "POST",
+      body: pc.localDescription.sdp,
+      headers: { Authorization: `Bearer ${boot.client_secret}`, "Content-Type": "application/sdp" },
+    });
+  } catch {
+    throw hangUp(`The voice service at ${new URL(boot.webrtc_url).host} could not be reached. Try again later.`);
+  }
+  if (!answer.ok) throw hangUp(`The voice service refused the connection (${answer.status}).`);
+  await pc.setRemoteDescription({ type: "answer", sdp: await answer.text() });
+
+  const times = {};
+  const pending = [];
+  let posting = false;
+  const now = () => new Date().toISOString();
+  async function flush() {
+    if (posting || !pending.length) return;
+    posting = true;
+    const items = pending.slice();
+    try {
+      const result = await callCtx.api.transcripts(sessionId, items);
+      pending.splice(0, items.length); // acknowledged; anything else is re-posted next time (ids make it safe)
+      events.send(JSON.stringify({ type: "session.update", session: result.session_update }));
+      if (result.speak) {
+        events.send(JSON.stringify({ type: "response.create", response: { instructions: `Say exactly this, and nothing else: ${result.speak}` } }));
+      }
+      onResult(result);
+    } catch (err) {
+      onError(err);
+    } finally {
+      posting = false;
+    }
+  }
+  events.onmessage = ({ data }) => {
+    const e = JSON.parse(data);
+    if (e.type === "input_audio_buffer.speech_started") (times[e.item_id] = { started_at: now() }), onState("Listening…");
+    if (e.type === "input_audio_buffer.speech_stopped") (times[e.item_id] = { ...times[e.item_id], ended_at: now() }), onState("Thinking…");
+    if (e.type === "conversation.item.input_audio_transcription.completed") {
+      pending.push({ id: e.item_id, role: "user", text: e.transcript, ...times[e.item_id] });
+      flush();
+    }
+    if (e.type === "response.output_audio_transcript.delta" && !times[e.item_id]) (times[e.item_id] = { started_at: now() }), onState("Speaking…");
+    if (e.type === "response.output_audio_transcript.done") {
+      pending.push({ id: e.item_id, role: "assistant", text: e.transcript, ...times[e.item_id], ended_at: now() });
+      flush();
+    }
+  };
+  pc.onconnectionstatechange = () => {
+    if (["failed", "closed"].includes(pc.connectionState)) stop(pc.connectionState === "failed" ? new Error("The voice connection was lost.") : null);
+  };
+  function stop(err = null) {
+    mic.getTracks().forEach((t) => t.stop());
+    if (pc.connectionState !== "closed") pc.close();
+    flush();
+    if (err) onError(err);
+    onEnd();
+  }
+  onState("Connected");
+  return { stop: () => stop() };
+}

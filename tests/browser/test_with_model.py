@@ -1,0 +1,124 @@
+"""The web app with a model and a voice provider: the local OpenAI-compatible fake server behind a real
+`teamgraph serve` whose chat reviewer lets drafts stream (`stream_drafts: true`, as a tenant may choose).
+
+Checks what only shows with a provider: chat tokens arriving one by one before the reviewed reply, and the voice
+controls (catalog, a preview that plays, the realtime bootstrap up to the provider's WebRTC endpoint).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, expect
+
+from bench.bundle import make_bench_bundles
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PageErrors, _watch, sign_in
+from tests.fakes.openai_server import Audio, FakeOpenAIServer, Reply
+from tests.integration_tests.live_server import VENEO_KEY, LiveServer
+
+REPLY = "Standard shipping takes three to five business days within the EU."
+
+
+def tiny_wav() -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"\x00\x00" * 800)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, fake: FakeOpenAIServer) -> Iterator[LiveServer]:
+    workdir = tmp_path_factory.mktemp("web-model")
+    bundles = make_bench_bundles(workdir / "personas")
+    env = {"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "test-key", "TEAMGRAPH_PERSONAS_DIR": str(bundles)}
+    with LiveServer(workdir, env=env) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def media_browser(playwright: Playwright) -> Iterator[Browser]:
+    """Chromium with a fake microphone that needs no permission prompt."""
+    args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def page(media_browser: Browser, page_errors: PageErrors, request: pytest.FixtureRequest) -> Iterator[Page]:
+    marker = request.node.get_closest_marker("allow_console")
+    context = media_browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    _watch(page, page_errors, tuple(marker.args) if marker else ())
+    yield page
+    context.close()
+    assert not page_errors, f"the page logged errors: {page_errors}"
+
+
+def test_chat_tokens_stream_before_the_reviewed_reply(page: Page, server: LiveServer, fake: FakeOpenAIServer) -> None:
+    # the responder streams its reply word by word, slowly enough to see it grow; any other model call gets "ok"
+    fake.enqueue(Reply(REPLY))
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    expect(page.get_by_role("heading", name="Untitled session")).to_be_visible()
+    # every text the pending reply shows, even when several tokens land in one network read
+    page.evaluate(
+        """() => {
+          window.partials = [];
+          new MutationObserver((records) => {
+            for (const r of records) {
+              if (r.target.classList?.contains('body') && r.target.parentElement?.classList.contains('pending')) {
+                for (const n of r.addedNodes) window.partials.push(n.textContent);
+              }
+            }
+          }).observe(document.body, {subtree: true, childList: true});
+        }"""
+    )
+    page.get_by_label("Your message").fill("How long does shipping take?")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".message.assistant .body")).to_have_text(re.compile("three to five business days"))
+    partials: list[str] = page.evaluate("window.partials")
+    growing = [p for p in dict.fromkeys(partials) if p and REPLY.startswith(p) and p != REPLY]
+    assert len(growing) >= 2, f"no token-by-token rendering seen: {partials[:10]}"
+
+
+# the fake provider has no CORS headers (the real one has): the browser refuses its answer and says so
+@pytest.mark.allow_console("blocked by CORS policy", "net::ERR_FAILED")
+def test_voice_controls_preview_and_realtime_bootstrap(
+    page: Page, server: LiveServer, fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake.enqueue_voice(Audio(tiny_wav(), "audio/wav"))
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    voice = page.get_by_label("Voice")
+    expect(voice).to_be_visible()
+    expect(voice).to_have_value("coral")  # Veneo's chat voice
+    expect(voice.locator("option")).to_have_count(4)  # Veneo's four brand voices
+
+    page.get_by_role("button", name="Play a preview").click()
+    expect(page.get_by_role("button", name="Play a preview")).to_be_enabled()
+    expect(page.locator("#voice-error")).to_be_hidden()
+    assert any(r["path"].endswith("/audio/speech") for r in fake.voice_requests)
+
+    # Talk: an ephemeral secret from the server, then the SDP offer to the provider's WebRTC endpoint, which the
+    # fake cannot answer: the page says so, and nothing is left half-open
+    page.get_by_role("button", name="Talk").click()
+    expect(page.locator("#voice-error")).to_have_text(
+        f"The voice service at 127.0.0.1:{fake.port} could not be reached. Try again later."
+    )
+    assert any(r["path"].endswith("/realtime/client_secrets") for r in fake.voice_requests)
+    expect(page.get_by_role("button", name="Talk")).to_have_attribute("aria-pressed", "false")
