@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from langchain_core.messages import HumanMessage
 
+from checkpoints.audit import AuditWriteError
 from nodes.memory_keeper import read_archive
 from server.app import create_app
 from server.settings import Settings
@@ -349,3 +350,36 @@ def test_a_keyed_turn_cut_off_by_a_crash_runs_on_retry_only_if_it_was_not_stored
     again = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-lost"}, json=body)
     assert again.json()["output"] == r.json()["output"]
     assert len(transcript(client, "cut")) == 6
+
+
+def test_a_keyed_turn_that_fails_runs_again_on_retry_only_if_it_left_the_session_unchanged(client: TestClient) -> None:
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    real_append = engine.audit.append
+    assert chat_turn(client, "failing", "How long does shipping take?").status_code == 200
+
+    def refuse(event_type: str) -> Any:
+        def append(events: list[Any]) -> Any:
+            if any(e.event_type == event_type for e in events):
+                raise AuditWriteError("audit log write failed: disk full")
+            return real_append(events)
+
+        return append
+
+    # refused at its start (the user's message cannot be audited): nothing stored, so the retry runs it
+    engine.audit.append = refuse("message")
+    r = keyed(client, "invoke", "failing", "Can I return shoes?", "k-start")
+    engine.audit.append = real_append
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "audit_unavailable")
+    assert len(transcript(client, "failing")) == 2
+    assert keyed(client, "invoke", "failing", "Can I return shoes?", "k-start").status_code == 200
+    assert len(transcript(client, "failing")) == 4
+
+    # failed at its end (the replies cannot be audited) after its state was stored: a retry must not run it again
+    engine.audit.append = refuse("response")
+    r = keyed(client, "invoke", "failing", "Do gift cards expire?", "k-end")
+    engine.audit.append = real_append
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "audit_unavailable")
+    assert len(transcript(client, "failing")) == 6
+    r = keyed(client, "invoke", "failing", "Do gift cards expire?", "k-end")
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "idempotent_turn_outcome_unknown")
+    assert len(transcript(client, "failing")) == 6
