@@ -162,11 +162,20 @@ async def _interrupted_archive_delete(store: Any, thread_id: str) -> int:
     raise DiskGone("the store went away")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/tg.db"
+    else:
+        with fresh_postgres_schema("tg_integrity") as url:
+            yield url
+
+
 @pytest.mark.parametrize("finish", ["repeated DELETE", "restart"])
 def test_a_delete_that_fails_halfway_leaves_the_session_gone_and_is_finished_later(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish: str
+    db_url: str, monkeypatch: pytest.MonkeyPatch, finish: str
 ) -> None:
-    url = f"sqlite:///{tmp_path}/tg.db"
+    url = db_url
     with make_client(url) as client:
         for i in range(12):  # 24 messages: 10 of them archived, the rest in state
             assert chat_turn(client, "doomed", f"[{i}] {QUESTIONS[i % 3]}").status_code == 200
@@ -227,14 +236,10 @@ def test_another_tenant_cannot_claim_an_id_whose_deletion_is_pending(
 # --- Idempotency-Key --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    if request.param == "sqlite":
-        with make_client(f"sqlite:///{tmp_path}/tg.db") as c:
-            yield c
-    else:
-        with fresh_postgres_schema("tg_idem") as url, make_client(url) as c:
-            yield c
+@pytest.fixture
+def any_db(db_url: str) -> Iterator[TestClient]:
+    with make_client(db_url) as c:
+        yield c
 
 
 def keyed(client: TestClient, endpoint: str, thread_id: str, text: str, key: str) -> Any:
