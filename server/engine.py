@@ -427,7 +427,9 @@ class Engine:
         DELETE finishes; so a session is always whole or gone, and `session_deleted` means it is gone."""
         await self.arecord(session.tenant, actor, "session_delete_started", session.thread_id, {"team": session.team})
         async with self.turn_locks.hold(session.thread_id, session.team):
-            await asyncio.to_thread(self.sessions.begin_delete, session.thread_id)
+            moved = await asyncio.to_thread(self.sessions.begin_delete, session.thread_id)
+            if not moved and await asyncio.to_thread(self.sessions.pending_deletion, session.thread_id) is None:
+                return  # another request deleted it while this one waited for the session's lock
             await self._finish_delete(session.thread_id, session.tenant, session.team, actor)
 
     async def finish_deletion(self, tenant: str, thread_id: str, actor: str = "cli") -> bool:

@@ -6,6 +6,7 @@ would: the transcript of `GET /sessions/{id}` and the audit trail.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -388,3 +389,15 @@ def test_a_keyed_turn_that_fails_runs_again_on_retry_only_if_it_left_the_session
     r = keyed(client, "invoke", "failing", "Do gift cards expire?", "k-end")
     assert (r.status_code, r.json()["error"]["code"]) == (409, "idempotent_turn_outcome_unknown")
     assert len(transcript(client, "failing")) == 6
+
+
+async def test_two_deletes_of_one_session_at_once_delete_it_once(tmp_path: Path) -> None:
+    async with open_engine(f"sqlite:///{tmp_path}/tg.db") as engine:
+        session = await engine.create_session("veneo", "veneo_chat")
+        await engine.run_turn(session, {"messages": [HumanMessage("How long does shipping take?")]})
+        await asyncio.gather(engine.delete_session(session, "a"), engine.delete_session(session, "b"))
+        assert engine.sessions.get(session.thread_id) is None
+        assert engine.sessions.pending_deletion(session.thread_id) is None
+        events = [e.event_type for e in engine.audit.query("veneo", session=session.thread_id, limit=100)]
+    # both were asked for and put on record; the deletion happened, and is recorded, once
+    assert events[-3:] == ["session_delete_started", "session_delete_started", "session_deleted"]
