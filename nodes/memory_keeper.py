@@ -4,7 +4,8 @@ LangGraph re-serializes a channel's whole value when it changes (SQLite stores t
 ever-growing `messages` list makes every turn cost more than the last. Once state holds more than
 `memory.max_messages` messages, the oldest are written to the LangGraph store under the thread's transcript
 namespace, folded into the rolling summary (chat), and removed from state; a turn's cost stays flat and the
-full transcript is the archive followed by the messages still in state.
+full transcript is the archive followed by the messages still in state (`whole_transcript`, which stays correct
+even when a turn died between writing the archive and its checkpoint).
 """
 
 from __future__ import annotations

@@ -447,7 +447,10 @@ class Engine:
         DELETE finishes; so a session is always whole or gone, and `session_deleted` means it is gone."""
         await self.arecord(session.tenant, actor, "session_delete_started", session.id, {"team": session.team})
         async with self.turn_locks.hold(session.thread_id, session.team):
-            await asyncio.to_thread(self.sessions.begin_delete, session.thread_id)
+            moved = await asyncio.to_thread(self.sessions.begin_delete, session.thread_id)
+            pending = await asyncio.to_thread(self.sessions.pending_deletion, session.tenant, session.id)
+            if not moved and pending is None:
+                return  # another request deleted it while this one waited for the session's lock
             await self._finish_delete(session.thread_id, session.tenant, session.team, session.id, actor)
 
     async def finish_deletion(self, tenant: str, session_id: str, actor: str = "cli") -> bool:

@@ -42,6 +42,7 @@ class IdempotentRequest:
     tenant: str
     thread_id: str
     key: str
+    before_checkpoint: str | None = None  # the session's latest checkpoint when the turn started
     replay: list[Any] | None = None  # the stored output (invoke) or chunks (stream) of the earlier request
 
     async def store(self, engine: Engine, output: list[Any]) -> None:
@@ -49,9 +50,12 @@ class IdempotentRequest:
             engine.sessions.finish_idempotent_turn, self.tenant, self.thread_id, self.key, _serde.dumps_typed(output)
         )
 
-    async def forget(self, engine: Engine) -> None:
-        """The turn failed with an error answer: a retry with the key runs it again."""
-        await asyncio.to_thread(engine.sessions.forget_idempotent_turn, self.tenant, self.thread_id, self.key)
+    async def failed(self, engine: Engine) -> None:
+        """The turn ended in an error answer. If it left the session as it was, a retry with the key runs it;
+        if the session changed (its state was stored before the error), the key stays without an answer, so a
+        retry is refused as in doubt rather than run twice."""
+        if await _latest_checkpoint(engine, self.thread_id) == self.before_checkpoint:
+            await asyncio.to_thread(engine.sessions.forget_idempotent_turn, self.tenant, self.thread_id, self.key)
 
 
 CLIENT_ID = "__client_thread_id"  # the id the client sent; configurable.thread_id becomes the internal key
@@ -139,7 +143,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                     result = await self.graph.ainvoke(input, config, durability=self.engine.durability, **kwargs)
             except Exception:
                 if idempotent is not None:
-                    await idempotent.forget(self.engine)
+                    await idempotent.failed(self.engine)
                 raise
             if idempotent is not None:
                 await idempotent.store(self.engine, [result])
@@ -197,7 +201,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                         yield chunk
             except Exception:
                 if idempotent is not None:
-                    await idempotent.forget(self.engine)
+                    await idempotent.failed(self.engine)
                 raise
             if idempotent is not None:
                 await idempotent.store(self.engine, chunks)
@@ -281,7 +285,6 @@ async def _keyed_turn(
     fingerprint = hashlib.sha256(
         json.dumps([endpoint, sent.get("input"), sent.get("config")], sort_keys=True, default=str).encode()
     ).hexdigest()
-    keyed = IdempotentRequest(tenant, thread_id, key)
     earlier = await asyncio.to_thread(engine.sessions.idempotent_turn, tenant, thread_id, key)
     if earlier is not None and earlier.fingerprint != fingerprint:
         raise ApiError(
@@ -291,27 +294,32 @@ async def _keyed_turn(
             f"(another body or endpoint); use a new key for a new turn",
             "Idempotency-Key",
         )
-    latest = await engine.persistence.checkpointer.aget_tuple(
-        {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
-    )
-    latest_id = latest.config["configurable"]["checkpoint_id"] if latest else None
+    latest_id = await _latest_checkpoint(engine, thread_id)
+    keyed = IdempotentRequest(tenant, thread_id, key, before_checkpoint=latest_id)
     if earlier is not None:
         if earlier.result is not None and earlier.result_type is not None:
             keyed.replay = _serde.loads_typed((earlier.result_type, earlier.result))
             return keyed
-        # no answer stored, and no request holds the lease: the process running it died. If the session moved
-        # on since that turn started, the turn (or a later one) was stored and its answer is lost
+        # no answer stored, and no request holds the lease: the turn ended in an error that changed the session,
+        # or the process running it died. If the session moved on since that turn started, it may be stored
         if earlier.before_checkpoint != latest_id:
             raise ApiError(
                 409,
                 "idempotent_turn_outcome_unknown",
-                f"Idempotency-Key: the turn sent with {key!r} was interrupted (the server stopped) after the "
-                f"session changed, so it may be stored; read GET /sessions/{session.id} before sending it again "
-                "with a new key",
+                f"Idempotency-Key: the turn sent with {key!r} ended without an answer (an error, or the server "
+                f"stopped) and the session has changed since it started, so it may be stored; read "
+                f"GET /sessions/{session.id} before sending it again with a new key",
                 "Idempotency-Key",
             )
     await asyncio.to_thread(engine.sessions.start_idempotent_turn, tenant, thread_id, key, fingerprint, latest_id)
     return keyed
+
+
+async def _latest_checkpoint(engine: Engine, thread_id: str) -> str | None:
+    latest = await engine.persistence.checkpointer.aget_tuple(
+        {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    )
+    return str(latest.config["configurable"]["checkpoint_id"]) if latest else None
 
 
 def _run(config: RunnableConfig | None) -> TeamRunConfig:

@@ -306,7 +306,10 @@ def test_teams_lists_only_what_the_tenant_may_use(client: TestClient) -> None:
     assert interview["id"] == "interview"
     assert interview["default"] is True
     assert interview["endpoint"] == "/teams/interview"
-    assert interview["description"]
+    # the team bundle's description (personas/teams/interview.yaml)
+    assert interview["description"] == (
+        "Mock interview tailored to a resume and job description; every answer scored on a rubric."
+    )
     props = interview["input_schema"]["properties"]
     assert {"messages", "resume", "job_description"} <= set(props)
 

@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -49,7 +51,13 @@ async def test_two_replicas_on_one_postgres_run_one_turn_of_a_session_at_a_time(
         pass
     with SlowResponderFake(delay=WORKER_DELAY_S) as fake:
         env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake.base_url, "TEAMGRAPH_CHECKPOINT_URL": postgres_url}
-        with LiveServer(tmp_path / "a", env=env) as a, LiveServer(tmp_path / "b", env=env) as b:
+        a, b = LiveServer(tmp_path / "a", env=env), LiveServer(tmp_path / "b", env=env)
+        with contextlib.ExitStack() as running:
+            running.callback(a.stop)
+            running.callback(b.stop)
+            with ThreadPoolExecutor(2) as pool:  # start both at once: half the wait
+                for started in [pool.submit(a.start), pool.submit(b.start)]:
+                    started.result()
             thread_id = f"replicas-{uuid.uuid4()}"
             texts = [distinct(i) for i in range(8)]
             async with (

@@ -7,8 +7,11 @@ keyed turn (Idempotency-Key) never runs twice. SQLite file and Postgres (a schem
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -19,8 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from langchain_core.messages import HumanMessage, message_to_dict
+from langgraph.store.base import PutOp
 
+from checkpoints.factory import open_audit_log
+from nodes.memory_keeper import transcript_namespace
+from server.engine import Engine
+from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
 from tests.integration_tests.live_server import DEMO_KEY, VENEO_KEY, LiveServer, auth
 
@@ -218,3 +228,85 @@ def test_kill_9_during_turns_uploads_and_deletes_leaves_every_session_whole_or_g
                 r = client.get(f"/sessions/{item['id']}", headers=auth(key))
                 assert r.status_code == 200, r.text
                 assert_whole(r.json()["transcript"])
+
+
+# --------------------------------------------------------------------------- kill -9 in the middle of a DELETE
+
+ARCHIVE_ROWS = 4_000  # a long archive: removing it takes long enough (pages of 500) to kill the server halfway
+
+
+async def seed_big_session(url: str, thread_id: str, rows: int) -> None:
+    """A chat session of two turns, plus `rows` archive entries past its `archived` count (as a crashed trim
+    leaves them): not part of the transcript, but removed by a delete like any other."""
+    async with Engine.open(Settings(_env_file=None, checkpoint_url=url)) as engine:  # type: ignore[call-arg]
+        session = await asyncio.to_thread(engine.claim_session, thread_id, "veneo", "veneo_chat", "veneo-dev")
+        for question in QUESTIONS[:2]:
+            await engine.run_turn(session, {"messages": [HumanMessage(question)]})
+        for start in range(0, rows, 2000):  # Postgres takes at most 65,535 parameters a statement
+            await engine.persistence.store.abatch(
+                [
+                    PutOp(
+                        transcript_namespace(thread_id),
+                        f"{100 + i:09d}",
+                        {"message": message_to_dict(HumanMessage(f"filler {i}"))},
+                        index=False,
+                    )
+                    for i in range(start, min(rows, start + 2000))
+                ]
+            )
+
+
+@contextlib.contextmanager
+def archive_counter(url: str, thread_id: str) -> Iterator[Callable[[], int]]:
+    """How many archive entries the session has, read on one open connection (polled every few ms)."""
+    prefix = ".".join(transcript_namespace(thread_id))
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)) as db:
+            yield lambda: int(db.execute("select count(*) from store where prefix = ?", [prefix]).fetchone()[0])
+        return
+    with psycopg.connect(url, autocommit=True) as conn:
+        yield lambda: int(conn.execute("select count(*) from store where prefix = %s", [prefix]).fetchone()[0])  # type: ignore[index]
+
+
+def test_kill_9_in_the_middle_of_a_delete_leaves_the_session_gone_and_the_next_start_finishes_it(
+    tmp_path: Path, checkpoint_url: str
+) -> None:
+    server = LiveServer(tmp_path, env={"TEAMGRAPH_CHECKPOINT_URL": checkpoint_url})
+    sid = f"big-{uuid.uuid4().hex[:8]}"
+    asyncio.run(seed_big_session(checkpoint_url, sid, ARCHIVE_ROWS))
+
+    with server, httpx.Client(base_url=server.url, timeout=60) as client:
+        assert len(transcript(client, sid, VENEO_KEY) or []) == 4  # the filler is past `archived`: not shown
+        answered: list[int | None] = []
+        deleting = threading.Thread(
+            target=lambda: answered.append(status_of(client.delete, f"/sessions/{sid}", headers=auth(VENEO_KEY)))
+        )
+        deleting.start()
+        deadline = time.monotonic() + 60
+        with archive_counter(checkpoint_url, sid) as archive_rows:
+            while archive_rows() == ARCHIVE_ROWS:  # until the archive is being removed
+                assert time.monotonic() < deadline and deleting.is_alive(), answered
+                time.sleep(0.002)
+            assert server.process is not None
+            os.killpg(server.process.pid, signal.SIGKILL)
+            deleting.join(timeout=30)
+            left = archive_rows()
+    assert answered == [None]  # the client got no answer
+    assert 0 < left < ARCHIVE_ROWS, left  # the kill landed halfway through the delete
+
+    with server, httpx.Client(base_url=server.url, timeout=30) as client:
+        # gone, not half there; the start finished the deletion
+        assert transcript(client, sid, VENEO_KEY) is None
+        with archive_counter(checkpoint_url, sid) as archive_rows:
+            assert archive_rows() == 0
+        r = client.delete(f"/sessions/{sid}", headers=auth(VENEO_KEY))
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "session_not_found")
+        # the audit trail: a delete started (by the key) and finished (by the start after the crash)
+        log = open_audit_log(checkpoint_url)
+        trail = [(e.event_type, e.actor) for e in log.query("veneo", session=sid, limit=100)]
+        log.close()
+        assert trail[-2:] == [("session_delete_started", "veneo-dev"), ("session_deleted", "startup")], trail
+        # and the id is free again: a new, empty session
+        assert chat(client, sid, "Hello again").status_code == 200
+        fresh = transcript(client, sid, VENEO_KEY) or []
+        assert [m["content"] for m in fresh][:1] == ["Hello again"] and len(fresh) == 2

@@ -6,6 +6,7 @@ would: the transcript of `GET /sessions/{id}` and the audit trail.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from langchain_core.messages import HumanMessage
 
+from checkpoints.audit import AuditWriteError
 from nodes.memory_keeper import read_archive
 from server.app import create_app
 from server.engine import thread_key
@@ -162,11 +164,20 @@ async def _interrupted_archive_delete(store: Any, thread_id: str) -> int:
     raise DiskGone("the store went away")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/tg.db"
+    else:
+        with fresh_postgres_schema("tg_integrity") as url:
+            yield url
+
+
 @pytest.mark.parametrize("finish", ["repeated DELETE", "restart"])
 def test_a_delete_that_fails_halfway_leaves_the_session_gone_and_is_finished_later(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish: str
+    db_url: str, monkeypatch: pytest.MonkeyPatch, finish: str
 ) -> None:
-    url = f"sqlite:///{tmp_path}/tg.db"
+    url = db_url
     with make_client(url) as client:
         for i in range(12):  # 24 messages: 10 of them archived, the rest in state
             assert chat_turn(client, "doomed", f"[{i}] {QUESTIONS[i % 3]}").status_code == 200
@@ -234,14 +245,10 @@ def test_another_tenants_same_id_is_its_own_session_while_a_deletion_is_pending(
 # --- Idempotency-Key --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    if request.param == "sqlite":
-        with make_client(f"sqlite:///{tmp_path}/tg.db") as c:
-            yield c
-    else:
-        with fresh_postgres_schema("tg_idem") as url, make_client(url) as c:
-            yield c
+@pytest.fixture
+def any_db(db_url: str) -> Iterator[TestClient]:
+    with make_client(db_url) as c:
+        yield c
 
 
 def keyed(client: TestClient, endpoint: str, thread_id: str, text: str, key: str) -> Any:
@@ -358,3 +365,48 @@ def test_a_keyed_turn_cut_off_by_a_crash_runs_on_retry_only_if_it_was_not_stored
     again = client.post("/teams/veneo_chat/invoke", headers={**VENEO, "Idempotency-Key": "k-lost"}, json=body)
     assert again.json()["output"] == r.json()["output"]
     assert len(transcript(client, "cut")) == 6
+
+
+def test_a_keyed_turn_that_fails_runs_again_on_retry_only_if_it_left_the_session_unchanged(client: TestClient) -> None:
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    real_append = engine.audit.append
+    assert chat_turn(client, "failing", "How long does shipping take?").status_code == 200
+
+    def refuse(event_type: str) -> Any:
+        def append(events: list[Any]) -> Any:
+            if any(e.event_type == event_type for e in events):
+                raise AuditWriteError("audit log write failed: disk full")
+            return real_append(events)
+
+        return append
+
+    # refused at its start (the user's message cannot be audited): nothing stored, so the retry runs it
+    engine.audit.append = refuse("message")
+    r = keyed(client, "invoke", "failing", "Can I return shoes?", "k-start")
+    engine.audit.append = real_append
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "audit_unavailable")
+    assert len(transcript(client, "failing")) == 2
+    assert keyed(client, "invoke", "failing", "Can I return shoes?", "k-start").status_code == 200
+    assert len(transcript(client, "failing")) == 4
+
+    # failed at its end (the replies cannot be audited) after its state was stored: a retry must not run it again
+    engine.audit.append = refuse("response")
+    r = keyed(client, "invoke", "failing", "Do gift cards expire?", "k-end")
+    engine.audit.append = real_append
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "audit_unavailable")
+    assert len(transcript(client, "failing")) == 6
+    r = keyed(client, "invoke", "failing", "Do gift cards expire?", "k-end")
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "idempotent_turn_outcome_unknown")
+    assert len(transcript(client, "failing")) == 6
+
+
+async def test_two_deletes_of_one_session_at_once_delete_it_once(tmp_path: Path) -> None:
+    async with open_engine(f"sqlite:///{tmp_path}/tg.db") as engine:
+        session = await engine.create_session("veneo", "veneo_chat")
+        await engine.run_turn(session, {"messages": [HumanMessage("How long does shipping take?")]})
+        await asyncio.gather(engine.delete_session(session, "a"), engine.delete_session(session, "b"))
+        assert engine.sessions.get(session.thread_id) is None
+        assert engine.sessions.pending_deletion("veneo", session.id) is None
+        events = [e.event_type for e in engine.audit.query("veneo", session=session.id, limit=100)]
+    # both were asked for and put on record; the deletion happened, and is recorded, once
+    assert events[-3:] == ["session_delete_started", "session_delete_started", "session_deleted"]
