@@ -71,6 +71,8 @@ def install_error_handlers(app: FastAPI) -> None:
         loc = first.get("loc", ()) if isinstance(first, dict) else ()
         message = first.get("msg", str(first)) if isinstance(first, dict) else str(first)
         field = _field(loc)
+        if request.url.path.startswith("/teams/") and field.startswith("configurable"):
+            field = f"config.{field}"  # LangServe validates the body's `config` without naming it
         return JSONResponse(
             error_body("validation_error", f"{field}: {message}" if field else message, field or None)
             | {

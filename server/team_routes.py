@@ -22,8 +22,12 @@ from server.auth import Caller
 from server.deps import authenticate
 from server.engine import Engine, SessionNotFound, title_hint
 from server.errors import ApiError
+from server.limits import TenantTurnLimiter
+from server.request_guard import PARSED_BODY
+from server.team_input import check_thread_id, check_turn_input, turn_inputs
 
 ALLOWED_CONFIGURABLE = ("thread_id",)
+TENANT_SLOTS = "#tenant-turns"  # key among a request's turn leases; "#" is never part of a thread id
 LEASE_HELD = "__turn_lock_held"  # set by the server only; "__" keys never reach trace metadata
 # stream_log and the /c/{config_hash}/ variants stay off: fewer ways in to check
 ENDPOINTS: list[EndpointName] = [
@@ -173,14 +177,21 @@ def _client_configurables(body: Any) -> list[dict[str, Any]]:
 
 
 def make_config_modifier(team: str):
+    input_keys: set[str] = set()
+
     async def modify(config: dict[str, Any], request: Request) -> dict[str, Any]:
-        """Authenticate, check the allow-list, resolve the team, own the thread, and build the run config."""
+        """Authenticate, check the allow-list, resolve the team, check the input and the tenant's turn limits,
+        own the thread, and build the run config."""
         engine: Engine = request.app.state.engine
         caller: Caller = authenticate(request)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = {}
+        state = request.scope.setdefault("state", {})
+        if PARSED_BODY in state:  # parsed (off the event loop when large) and checked by the RequestGuard
+            body = state[PARSED_BODY]
+        else:
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                body = {}
         for configurable in _client_configurables(body):
             refused = sorted(set(configurable) - set(ALLOWED_CONFIGURABLE))
             if refused:
@@ -201,6 +212,21 @@ def make_config_modifier(team: str):
                 "or send a new id to start one",
                 "config.configurable.thread_id",
             )
+        check_thread_id(thread_id)
+        leases = state.setdefault("turn_leases", {})
+        if TENANT_SLOTS not in leases:  # once per request (a batch calls this once per config)
+            if not input_keys:
+                input_keys.update(engine.graph(team).get_input_jsonschema().get("properties", {}))
+            turns = turn_inputs(body, request.url.path.rsplit("/", 1)[-1])
+            for field, turn in turns:
+                check_turn_input(turn, field, input_keys, run.team.limits)
+            limiter: TenantTurnLimiter = request.app.state.turn_limiter
+            release = limiter.admit(caller.tenant, engine.bundles.tenants[caller.tenant].limits, len(turns))
+
+            async def release_slots() -> None:
+                release()
+
+            leases[TENANT_SLOTS] = release_slots
         session = await engine.find_session(str(thread_id))
         if session is None:
             # recorded only once the turn runs (TeamRunnable), so a refused request leaves no empty session
@@ -217,7 +243,6 @@ def make_config_modifier(team: str):
             )
         # take the session's turn lock now, before any response byte: a busy session answers 409 even on
         # /stream; the middleware releases it when the response has ended, however it ends
-        leases = request.scope.setdefault("state", {}).setdefault("turn_leases", {})
         if str(thread_id) in leases:
             raise ApiError(422, "validation_error", "each input of a batch needs its own thread_id",
                            "config.configurable.thread_id")  # fmt: skip
