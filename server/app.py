@@ -18,6 +18,7 @@ from server.observability.http import ObservabilityMiddleware
 from server.observability.logging import configure_logging
 from server.observability.metrics import Metrics
 from server.observability.tracing import configure_tracing
+from server.openapi import install_openapi
 from server.request_guard import RequestGuard
 from server.routers import audit, health, sessions, teams, voice
 from server.routers import metrics as metrics_router
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     app.include_router(sessions.router)
     app.include_router(voice.router)
     add_team_routes(app, bundles, playground=settings.playground)
+    install_openapi(app, bundles)
     return app
 
 

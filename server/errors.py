@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from checkpoints.audit import AuditWriteError
@@ -82,6 +83,12 @@ def install_error_handlers(app: FastAPI) -> None:
             },
             status_code=422,
         )
+
+    @app.exception_handler(ValidationError)
+    async def model_error(request: Request, exc: ValidationError) -> JSONResponse:
+        # pydantic errors outside FastAPI's own validation (LangServe validates batch inputs unguarded): still
+        # the client's input, so a 422 naming the field, never a 500
+        return await validation_error(request, RequestValidationError(exc.errors()))
 
     @app.exception_handler(TeamResolutionError)
     async def team_error(request: Request, exc: TeamResolutionError) -> JSONResponse:

@@ -14,8 +14,18 @@ THREAD_ID_PATTERN = r"^[A-Za-z0-9_:-]{1,128}$"
 THREAD_ID_RULE = "1 to 128 characters from A-Z a-z 0-9 _ : -"
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
 HUMAN = {"human", "user"}  # LangChain's type and the chat-style role of a user's message
-# keys LangChain's own serialisation of a HumanMessage carries (RemoteRunnable sends them)
-MESSAGE_KEYS = {"type", "role", "content", "id", "name", "additional_kwargs", "response_metadata", "example"}
+# keys LangChain's own serialisation of a HumanMessage carries (RemoteRunnable sends them), and their types
+MESSAGE_KEYS: dict[str, tuple[type, ...]] = {
+    "type": (str,),
+    "role": (str,),
+    "content": (str,),
+    "id": (str, type(None)),
+    "name": (str, type(None)),
+    "additional_kwargs": (dict,),
+    "response_metadata": (dict,),
+    "example": (bool,),
+}
+_TYPE_NAMES = {str: "a string", type(None): "null", dict: "an object", bool: "true or false"}
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -27,6 +37,38 @@ def check_thread_id(thread_id: Any, field: str = "config.configurable.thread_id"
     if not isinstance(thread_id, str) or not _THREAD_ID.match(thread_id):
         raise _invalid(field, f"a thread id is {THREAD_ID_RULE}")
     return thread_id
+
+
+CONFIG_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "configurable": ((dict,), "an object with thread_id"),
+    "metadata": ((dict,), "an object"),
+    "tags": ((list,), "a list of strings"),
+    "callbacks": ((list, type(None)), "null or an empty list"),
+}
+
+
+def check_request_shape(body: Any, endpoint: str) -> None:
+    """The parts of a run request LangServe reads before our checks: `config` (an object; a list of them on
+    /batch) and `kwargs` (an object). LangServe fails on other types with a server error."""
+    if not isinstance(body, dict):
+        raise _invalid("body", "a JSON object with " + ("'inputs'" if endpoint == "batch" else "'input'"))
+    config = body.get("config", {})
+    if not (isinstance(config, dict) or (endpoint == "batch" and isinstance(config, list))):
+        raise _invalid("config", "an object such as {\"configurable\": {\"thread_id\": \"...\"}}"
+                       + (", or a list of them, one per input" if endpoint == "batch" else ""))  # fmt: skip
+    if isinstance(config, list) and not all(isinstance(c, dict) for c in config):
+        raise _invalid("config", "a list of config objects, one per input")
+    for i, item in enumerate(config if isinstance(config, list) else [config]):
+        at = f"config[{i}]" if isinstance(config, list) else "config"
+        for key, (kinds, wanted) in CONFIG_TYPES.items():
+            if key in item and not isinstance(item[key], kinds):
+                raise _invalid(f"{at}.{key}", wanted)
+        if item.get("callbacks"):
+            raise _invalid(f"{at}.callbacks", "callbacks cannot be sent over HTTP; leave it out")
+        if any(not isinstance(tag, str) for tag in item.get("tags") or []):
+            raise _invalid(f"{at}.tags", "a list of strings")
+    if not isinstance(body.get("kwargs", {}), dict):
+        raise _invalid("kwargs", "an object (LangServe ignores it)")
 
 
 def turn_inputs(body: Any, endpoint: str) -> list[tuple[str, Any]]:
@@ -73,19 +115,22 @@ def _check_message(message: Any, field: str, limits: InputLimits) -> int:
         content = message  # LangChain reads a bare string as the user's message
     elif isinstance(message, dict):
         for key in ("role", "type"):  # LangChain takes role first when both are there: both must say human
-            if key in message and message[key] not in HUMAN:
+            if key in message and not (isinstance(message[key], str) and message[key] in HUMAN):
                 raise _invalid(f"{field}.{key}", f"{message[key]!r}: clients send the user's messages only "
                                                  "(type 'human' or role 'user'); system prompts and AI messages "
                                                  "come from the team")  # fmt: skip
         if "role" not in message and "type" not in message:
             raise _invalid(f"{field}.type", "missing: send type 'human' (or role 'user')")
-        unknown = sorted(set(message) - MESSAGE_KEYS)
+        unknown = sorted(set(message) - set(MESSAGE_KEYS))
         if unknown:
             raise _invalid(
                 f"{field}.{unknown[0]}", f"not a key of a user message; use {', '.join(sorted(MESSAGE_KEYS))}"
             )
         if not isinstance(message.get("content"), str):
             raise _invalid(f"{field}.content", "the message text, a string")
+        for key, value in message.items():
+            if not isinstance(value, MESSAGE_KEYS[key]):
+                raise _invalid(f"{field}.{key}", " or ".join(_TYPE_NAMES[t] for t in MESSAGE_KEYS[key]))
         content = message["content"]
     else:
         raise _invalid(field, 'a message object {"type": "human", "content": "..."}')

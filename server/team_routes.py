@@ -24,7 +24,7 @@ from server.engine import Engine, SessionNotFound, title_hint
 from server.errors import ApiError
 from server.limits import TenantTurnLimiter
 from server.request_guard import PARSED_BODY
-from server.team_input import check_thread_id, check_turn_input, turn_inputs
+from server.team_input import check_request_shape, check_thread_id, check_turn_input, turn_inputs
 
 ALLOWED_CONFIGURABLE = ("thread_id",)
 TENANT_SLOTS = "#tenant-turns"  # key among a request's turn leases; "#" is never part of a thread id
@@ -176,6 +176,20 @@ def _client_configurables(body: Any) -> list[dict[str, Any]]:
     ]
 
 
+RUN_ENDPOINTS = {"invoke", "batch", "stream", "stream_events"}
+
+
+async def check_run_request(request: Request) -> None:
+    """Before LangServe reads a run request: its config and kwargs have the types LangServe expects (422)."""
+    endpoint = request.url.path.rsplit("/", 1)[-1]
+    if request.method == "POST" and endpoint in RUN_ENDPOINTS:
+        state = request.scope.get("state", {})
+        body = state.get(PARSED_BODY)
+        if body is None:  # no body, or the guard is not installed: LangServe's own check answers
+            return
+        check_request_shape(body, endpoint)
+
+
 def make_config_modifier(team: str):
     input_keys: set[str] = set()
 
@@ -265,7 +279,8 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
             path=f"/teams/{team}",
             config_keys=("configurable", "metadata", "tags", "callbacks"),
             per_req_config_modifier=make_config_modifier(team),
-            dependencies=[Depends(authenticate)],  # schemas too: an unauthenticated caller learns nothing
+            # schemas too: an unauthenticated caller learns nothing
+            dependencies=[Depends(authenticate), Depends(check_run_request)],
             enabled_endpoints=[*ENDPOINTS, *(["playground"] if playground else [])],  # type: ignore[list-item]
             enable_feedback_endpoint=False,
             enable_public_trace_link_endpoint=False,

@@ -117,6 +117,9 @@ BAD_TURNS: list[tuple[str, Any, str]] = [
         {"messages": [{"type": "human", "content": "hi", "tool_calls": []}]},
         "input.messages[0].tool_calls",
     ),
+    ("role-an-object", {"messages": [{"role": {}, "content": "hi"}]}, "input.messages[0].role"),
+    ("name-an-object", {"messages": [{"type": "human", "content": "hi", "name": {}}]}, "input.messages[0].name"),
+    ("id-a-number", {"messages": [{"type": "human", "content": "hi", "id": 5}]}, "input.messages[0].id"),
     ("unknown-input-key", {"msgs": []}, "input.msgs"),
     ("empty-messages", {"messages": []}, "input.messages"),
     ("no-messages", {}, "input.messages"),
@@ -227,6 +230,32 @@ RAW_BODIES = [
         "inputs",
     ),
     ("invalid-utf8-sessions", "/sessions", b'{"title": "\xc3\x28"}', "body"),
+    ("config-null", "/teams/veneo_chat/invoke", b'{"input": {"messages": ["hi"]}, "config": null}', "config"),
+    ("config-a-list", "/teams/veneo_chat/stream", b'{"input": {"messages": ["hi"]}, "config": [{}]}', "config"),
+    (
+        "batch-config-a-string",
+        "/teams/veneo_chat/batch",
+        b'{"inputs": [{"messages": ["hi"]}], "config": "c"}',
+        "config",
+    ),
+    (
+        "callbacks-a-number",
+        "/teams/veneo_chat/invoke",
+        b'{"input": {"messages": ["hi"]}, "config": {"configurable": {"thread_id": "k"}, "callbacks": 0.0}}',
+        "config.callbacks",
+    ),
+    (
+        "batch-tags-not-strings",
+        "/teams/veneo_chat/batch",
+        b'{"inputs": [{"messages": ["hi"]}], "config": [{"configurable": {"thread_id": "k"}, "tags": [1]}]}',
+        "config[0].tags",
+    ),
+    (
+        "kwargs-a-list",
+        "/teams/veneo_chat/invoke",
+        b'{"input": {"messages": ["hi"]}, "config": {"configurable": {"thread_id": "k"}}, "kwargs": [null]}',
+        "kwargs",
+    ),
 ]
 
 
