@@ -188,6 +188,9 @@ async def check_run_request(request: Request) -> None:
         if body is None:  # no body, or the guard is not installed: LangServe's own check answers
             return
         check_request_shape(body, endpoint)
+        # the endpoint gets this same Request: with the body already parsed (in a worker thread when large),
+        # LangServe's `await request.json()` does not parse it again on the event loop
+        request._json = body
 
 
 def make_config_modifier(team: str):

@@ -460,6 +460,15 @@ def test_a_large_body_is_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: 
         return parse(raw)
 
     monkeypatch.setattr(request_guard, "parse_json_body", held_parse)
+    parsed_in: list[str] = []  # the thread of every parse of the big body, by anyone (LangServe included)
+    loads = json.loads
+
+    def recorded_loads(text: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(text) > 100_000:
+            parsed_in.append(threading.current_thread().name)
+        return loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", recorded_loads)
     app = create_app(Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db"))  # type: ignore[call-arg]
     big = body({"resume": "Python and SQL. " * 8000, **chat("Start")}, "big-interview")  # 128 kB
     with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
@@ -470,6 +479,7 @@ def test_a_large_body_is_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: 
         other_answered.set()
         assert pending.result().status_code == 200, pending.result().text
     assert waited == [True]
+    assert len(parsed_in) == 1 and parsed_in[0] != "local-server", parsed_in  # once, not on uvicorn's loop
 
 
 # --- per-tenant limits from the bundles -------------------------------------------------------------------
