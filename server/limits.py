@@ -30,6 +30,10 @@ class TenantTurnLimiter:
 
     def admit(self, tenant: str, limits: TenantLimits, turns: int = 1) -> Callable[[], None]:
         """Take `turns` slots for the tenant, or raise 429; the returned callable gives them back (once)."""
+        most = min(limits.max_turns_in_flight, limits.turns_per_minute)
+        if turns > most:  # could never be admitted: a retry would not help
+            raise ApiError(422, "validation_error", f"inputs: {turns} turns in one batch; tenant {tenant!r} may run "
+                           f"at most {most} at once (its limits); split the batch", "inputs")  # fmt: skip
         now = self.clock()
         rate = limits.turns_per_minute / 60.0
         bucket = self._buckets.get(tenant)
@@ -48,7 +52,7 @@ class TenantTurnLimiter:
             )
         if bucket.tokens < turns:
             self.metrics.turns_refused.labels(tenant, "rate").inc()
-            wait = math.ceil((turns - bucket.tokens) / rate) if turns <= limits.turns_per_minute else 60
+            wait = math.ceil((turns - bucket.tokens) / rate)
             raise ApiError(
                 429,
                 "rate_limited",

@@ -557,6 +557,14 @@ def test_a_tenant_over_its_turn_rate_gets_429_and_others_do_not(tmp_path: Path) 
             },
         )
         assert_error(r, 429, "rate_limited", None)
+        # a batch larger than the limit could never run: 422, not a 429 to retry for ever
+        r = client.post(
+            "/teams/veneo_chat/batch",
+            headers=VENEO,
+            json={"inputs": [chat("a")] * 3, "config": [{"configurable": {"thread_id": f"rb3-{i}"}} for i in range(3)]},
+        )
+        assert "retry-after" not in r.headers
+        assert_error(r, 422, "validation_error", "inputs")
         # the demo tenant has its own budget
         for i in range(3):
             r = client.post("/teams/interview/invoke", headers=DEMO, json=body(chat("Start"), f"demo-rate-{i}"))
