@@ -397,6 +397,9 @@ def test_on_postgres_a_nul_is_422_not_503(tmp_path: Path) -> None:
         r = client.post("/teams/veneo_chat/invoke", headers=VENEO, json=body(chat("hi"), "pg\x00nul"))
         assert_error(r, 422, "validation_error", "config.configurable.thread_id")
         assert_error(client.post("/sessions", headers=VENEO, json={"title": "a\x00"}), 422, "validation_error", "title")
+        for query in ("team=veneo%00chat", "cursor=%00"):
+            r = client.get(f"/sessions?{query}", headers=VENEO)
+            assert_error(r, 422, "validation_error", query.split("=")[0])
         assert transcript(client, VENEO, sid) == before
         assert client.post("/teams/veneo_chat/invoke", headers=VENEO, json=body(chat("ok"), sid)).status_code == 200
 
