@@ -2,7 +2,7 @@
 
 Positive and negative data for every operation in /openapi.json, authenticated with a development key: no
 response may be a server error, and every response must match what the document declares (status, content
-type, body schema). Bounded by examples per operation (about 2,300 requests, 1.5 minutes on two busy cores).
+type, body schema). Bounded by examples per operation (about 1,500 requests, about a minute).
 The models and voice provider are the local fake OpenAI server, so voice routes answer instead of 503.
 """
 
@@ -71,12 +71,13 @@ def test_the_openapi_document_declares_auth_errors_and_required_fields(server: L
     assert list(stream["content"]) == ["text/event-stream"]
 
 
+@pytest.mark.timeout(400)  # ~1 min alone; several times that on a machine busy with other test runs
 def test_schemathesis_finds_no_server_error_and_no_undeclared_response(server: LiveServer, tmp_path: Path) -> None:
     """`st run` over every operation, positive and negative data; the exit code is 0 only with no failure."""
     key = auth(VENEO_KEY)["Authorization"]
     result = subprocess.run(
         [str(ST), "run", f"{server.url}/openapi.json", "--header", f"Authorization:{key}", "--mode", "all",
-         "--checks", CHECKS, "--max-examples", "25", "--seed", "15", "--workers", "1", "--request-timeout", "30",
+         "--checks", CHECKS, "--max-examples", "15", "--seed", "15", "--workers", "1", "--request-timeout", "30",
          "--phases", "examples,coverage,fuzzing", "--generation-database", "none", "--no-color",
          # the key goes in the header above; schemathesis would otherwise also send requests without X-API-Key
          # (the other, alternative scheme) and call the 200 they get a failure
@@ -84,7 +85,7 @@ def test_schemathesis_finds_no_server_error_and_no_undeclared_response(server: L
          "--report", "junit", "--report-dir", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=360,
         cwd=tmp_path,
     )  # fmt: skip
     report = result.stdout[-12000:]
