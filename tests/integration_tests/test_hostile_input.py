@@ -624,3 +624,14 @@ def test_a_tenant_at_its_turns_in_flight_gets_429_until_one_finishes(tmp_path: P
         metrics = httpx.get(f"{server.url}/metrics", headers=VENEO).text
     assert 'teamgraph_tenant_turns_in_flight{tenant="veneo"} 0.0' in metrics
     assert 'teamgraph_tenant_turns_refused_total{reason="in_flight",tenant="veneo"} 1.0' in metrics
+
+
+def test_a_config_with_tags_metadata_and_null_callbacks_runs(client: TestClient) -> None:
+    """tags and metadata are the client's to send, and null callbacks are "none": still a normal turn."""
+    config = {"configurable": {"thread_id": f"cfg-{uuid.uuid4()}"}, "tags": ["web"], "metadata": {"app": "web"},
+              "callbacks": None}  # fmt: skip
+    r = client.post("/teams/veneo_chat/invoke", headers=VENEO, json={"input": chat("hi"), "config": config})
+    assert r.status_code == 200, r.text
+    r = client.post("/teams/veneo_chat/invoke", headers=VENEO, json={"input": chat("hi"), "config": {**config,
+                    "metadata": None}})  # fmt: skip
+    assert_error(r, 422, "validation_error", "config.metadata")
