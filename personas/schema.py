@@ -233,6 +233,25 @@ class TeamParams(StrictModel):
     memory: MemorySettings = MemorySettings()
 
 
+class InputLimits(StrictModel):
+    """How much text one turn may bring (checked before the turn runs: 422 naming the field beyond a limit)."""
+
+    max_message_chars: int = Field(20_000, ge=1, le=1_000_000, description="Characters in one message.")
+    max_messages: int = Field(20, ge=1, le=1000, description="Messages in one turn's input.")
+    max_turn_chars: int = Field(
+        200_000,
+        ge=1,
+        le=10_000_000,
+        description="Characters of all text in one turn's input: messages, resume, job description, role.",
+    )
+
+    @model_validator(mode="after")
+    def _message_within_turn(self) -> InputLimits:
+        if self.max_message_chars > self.max_turn_chars:
+            raise ValueError("max_message_chars must not exceed max_turn_chars")
+        return self
+
+
 class TeamBundle(StrictModel):
     """A team: which persona plays each node, and its parameters."""
 
@@ -242,6 +261,7 @@ class TeamBundle(StrictModel):
     nodes: dict[Identifier, Identifier] = Field(description="node name -> agent persona id")
     params: TeamParams = TeamParams()
     voice: TeamVoiceSettings = TeamVoiceSettings()
+    limits: InputLimits = InputLimits()
 
 
 class ApiKey(StrictModel):
@@ -290,6 +310,16 @@ class AuditSettings(StrictModel):
     )
 
 
+class TenantLimits(StrictModel):
+    """How many turns one tenant may run, per server process: beyond them 429 with Retry-After, so one busy
+    tenant cannot starve the others."""
+
+    max_turns_in_flight: int = Field(
+        64, ge=1, le=100_000, description="Turns running at once (a batch counts each input)."
+    )
+    turns_per_minute: int = Field(6000, ge=1, le=10_000_000, description="Turns started per minute (a token bucket).")
+
+
 class TenantBundle(StrictModel):
     """A tenant: enabled teams (feature flags), default team, overrides, keys, knowledge file."""
 
@@ -303,6 +333,7 @@ class TenantBundle(StrictModel):
     tracing: TracingSettings = TracingSettings()
     audit: AuditSettings = AuditSettings()
     voice: VoiceSettings = VoiceSettings()
+    limits: TenantLimits = TenantLimits()
 
     @field_validator("enabled_teams")
     @classmethod

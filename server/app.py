@@ -14,10 +14,13 @@ from personas.loader import load_bundles
 from server.auth import KeyRing
 from server.engine import Engine
 from server.errors import install_error_handlers
+from server.limits import TenantTurnLimiter
 from server.observability.http import ObservabilityMiddleware
 from server.observability.logging import configure_logging
 from server.observability.metrics import Metrics
 from server.observability.tracing import configure_tracing
+from server.openapi import install_openapi
+from server.request_guard import RequestGuard
 from server.routers import audit, health, sessions, teams, voice
 from server.routers import metrics as metrics_router
 from server.settings import Settings, get_settings
@@ -62,7 +65,10 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     app.state.settings = settings
     app.state.keyring = keyring
     app.state.metrics = metrics
+    app.state.turn_limiter = TenantTurnLimiter(metrics)
     install_error_handlers(app)
+    # added first, so it runs inside the observability middleware: refused bodies are logged and counted too
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     if settings.cors_origins:  # outermost, so a preflight is answered before auth or routing
         app.add_middleware(
@@ -80,6 +86,7 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     app.include_router(sessions.router)
     app.include_router(voice.router)
     add_team_routes(app, bundles, playground=settings.playground)
+    install_openapi(app, bundles)
     install_web(app, settings, bundles)
     return app
 

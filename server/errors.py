@@ -9,6 +9,7 @@ import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from checkpoints.audit import AuditWriteError
@@ -74,6 +75,8 @@ def install_error_handlers(app: FastAPI) -> None:
         loc = first.get("loc", ()) if isinstance(first, dict) else ()
         message = first.get("msg", str(first)) if isinstance(first, dict) else str(first)
         field = _field(loc)
+        if request.url.path.startswith("/teams/") and field.startswith("configurable"):
+            field = f"config.{field}"  # LangServe validates the body's `config` without naming it
         return JSONResponse(
             error_body("validation_error", f"{field}: {message}" if field else message, field or None)
             | {
@@ -83,6 +86,12 @@ def install_error_handlers(app: FastAPI) -> None:
             },
             status_code=422,
         )
+
+    @app.exception_handler(ValidationError)
+    async def model_error(request: Request, exc: ValidationError) -> JSONResponse:
+        # pydantic errors outside FastAPI's own validation (LangServe validates batch inputs unguarded): still
+        # the client's input, so a 422 naming the field, never a 500
+        return await validation_error(request, RequestValidationError(exc.errors()))
 
     @app.exception_handler(TeamResolutionError)
     async def team_error(request: Request, exc: TeamResolutionError) -> JSONResponse:

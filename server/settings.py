@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     playground: bool = Field(False, description="Serve LangServe's playground pages under /teams/{team}/playground.")
     max_upload_bytes: int = Field(2_000_000, ge=1, description="Largest resume / job description upload.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body (JSON) on any route; uploads: max_upload_bytes + 64 KiB."
+    )
     log_level: str = Field("INFO", description="DEBUG also logs message content; never keys or tokens.")
     log_format: str = Field("auto", pattern="^(auto|json|console)$", description="auto: console on a TTY, else JSON")
     durability: Literal["exit", "async", "sync"] = Field(

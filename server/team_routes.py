@@ -26,9 +26,13 @@ from server.auth import Caller
 from server.deps import authenticate
 from server.engine import Engine, SessionNotFound, thread_key, title_hint
 from server.errors import ApiError
+from server.limits import TenantTurnLimiter
 from server.observability.turn_observer import TurnObserver
+from server.request_guard import PARSED_BODY
+from server.team_input import check_request_shape, check_thread_id, check_turn_input, turn_inputs
 
 ALLOWED_CONFIGURABLE = ("thread_id",)
+TENANT_SLOTS = "#tenant-turns"  # key among a request's turn leases; "#" is never part of a thread id
 LEASE_HELD = "__turn_lock_held"  # set by the server only; "__" keys never reach trace metadata
 IDEMPOTENCY = "__idempotency"  # the request's IdempotentRequest, set by the server only
 IDEMPOTENT_ENDPOINTS = ("invoke", "stream")
@@ -352,15 +356,39 @@ def _client_configurables(body: Any) -> list[dict[str, Any]]:
     ]
 
 
+RUN_ENDPOINTS = {"invoke", "batch", "stream", "stream_events"}
+
+
+async def check_run_request(request: Request) -> None:
+    """Before LangServe reads a run request: its config and kwargs have the types LangServe expects (422)."""
+    endpoint = request.url.path.rsplit("/", 1)[-1]
+    if request.method == "POST" and endpoint in RUN_ENDPOINTS:
+        state = request.scope.get("state", {})
+        body = state.get(PARSED_BODY)
+        if body is None:  # no body, or the guard is not installed: LangServe's own check answers
+            return
+        check_request_shape(body, endpoint)
+        # the endpoint gets this same Request: with the body already parsed (in a worker thread when large),
+        # LangServe's `await request.json()` does not parse it again on the event loop
+        request._json = body
+
+
 def make_config_modifier(team: str):
+    input_keys: set[str] = set()
+
     async def modify(config: dict[str, Any], request: Request) -> dict[str, Any]:
-        """Authenticate, check the allow-list, resolve the team, own the thread, and build the run config."""
+        """Authenticate, check the allow-list, resolve the team, check the input and the tenant's turn limits,
+        own the thread, and build the run config."""
         engine: Engine = request.app.state.engine
         caller: Caller = authenticate(request)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = {}
+        state = request.scope.setdefault("state", {})
+        if PARSED_BODY in state:  # parsed (off the event loop when large) and checked by the RequestGuard
+            body = state[PARSED_BODY]
+        else:
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                body = {}
         for configurable in _client_configurables(body):
             refused = sorted(set(configurable) - set(ALLOWED_CONFIGURABLE))
             if refused:
@@ -382,6 +410,21 @@ def make_config_modifier(team: str):
                 "or send a new id to start one",
                 "config.configurable.thread_id",
             )
+        check_thread_id(thread_id)
+        leases = state.setdefault("turn_leases", {})
+        if TENANT_SLOTS not in leases:  # once per request (a batch calls this once per config)
+            if not input_keys:
+                input_keys.update(engine.graph(team).get_input_jsonschema().get("properties", {}))
+            turns = turn_inputs(body, request.url.path.rsplit("/", 1)[-1])
+            for field, turn in turns:
+                check_turn_input(turn, field, input_keys, run.team.limits)
+            limiter: TenantTurnLimiter = request.app.state.turn_limiter
+            release = limiter.admit(caller.tenant, engine.bundles.tenants[caller.tenant].limits, len(turns))
+
+            async def release_slots() -> None:
+                release()
+
+            leases[TENANT_SLOTS] = release_slots
         # the caller's own session of that name: ids are per tenant, another tenant's `thread_id` is not seen
         session = await engine.find_session(caller.tenant, str(thread_id))
         if session is None:
@@ -400,7 +443,6 @@ def make_config_modifier(team: str):
             )
         # take the session's turn lock now, before any response byte: a busy session answers 409 even on
         # /stream; the middleware releases it when the response has ended, however it ends
-        leases = request.scope.setdefault("state", {}).setdefault("turn_leases", {})
         if str(thread_id) not in leases:  # batch inputs on one session share its lease and run in order (abatch)
             leases[str(thread_id)] = await engine.turn_locks.acquire(session.thread_id, team)
         server = engine.run_config(session, run, actor=caller.key_id, observe=True)
@@ -435,7 +477,7 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
             config_keys=("configurable", "metadata", "tags", "callbacks"),
             per_req_config_modifier=make_config_modifier(team),
             # schemas too: an unauthenticated caller, or a tenant without the team, learns nothing
-            dependencies=[Depends(authenticate), Depends(team_enabled(team))],
+            dependencies=[Depends(authenticate), Depends(team_enabled(team)), Depends(check_run_request)],
             enabled_endpoints=[*ENDPOINTS, *(["playground"] if playground else [])],  # type: ignore[list-item]
             enable_feedback_endpoint=False,
             enable_public_trace_link_endpoint=False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -43,6 +43,11 @@ class Metrics:
                                         registry=r)  # fmt: skip
         self.sessions_deleted = Counter("teamgraph_sessions_deleted", "Sessions deleted", ["tenant", "team"],
                                         registry=r)  # fmt: skip
+        self.turns_in_flight = Gauge("teamgraph_tenant_turns_in_flight", "HTTP turns running per tenant (limit: "
+                                     "limits.max_turns_in_flight)", ["tenant"], multiprocess_mode="livesum",
+                                     registry=r)  # fmt: skip
+        self.turns_refused = Counter("teamgraph_tenant_turns_refused", "Turns refused with 429 by the tenant's "
+                                     "limits (reason: in_flight, rate)", ["tenant", "reason"], registry=r)  # fmt: skip
 
     def exposition(self) -> bytes:
         """The text format; with PROMETHEUS_MULTIPROC_DIR set, summed over every worker process."""

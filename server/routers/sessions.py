@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, Field
 
@@ -18,8 +18,14 @@ from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
 from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound
 from server.errors import ApiError
+from server.team_input import THREAD_ID_PATTERN, THREAD_ID_RULE
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+SessionId = Annotated[
+    str, Path(pattern=THREAD_ID_PATTERN, description=f"The session's id ({THREAD_ID_RULE}).", examples=["interview-42"])
+]
+MAX_FILENAME_CHARS = 255
 
 INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "decisions_archived"}
 
@@ -89,6 +95,25 @@ class DocumentOut(BaseModel):
     characters: int
 
 
+def safe_filename(filename: str | None) -> str | None:
+    """The upload's base name only: no directories (either slash), no control characters, at most 255 characters;
+    it is stored and shown back, so a client cannot plant a path or terminal escapes in it."""
+    if not filename:
+        return None
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()
+    if base in ("", ".", ".."):
+        return None
+    stem, dot, suffix = base.rpartition(".")
+    if len(base) > MAX_FILENAME_CHARS:  # keep the extension: it decides how the file is read
+        base = (
+            f"{stem[: MAX_FILENAME_CHARS - len(suffix) - 1]}.{suffix}"
+            if dot and len(suffix) < 16
+            else base[:MAX_FILENAME_CHARS]
+        )
+    return base
+
+
 def _encode_cursor(record: SessionRecord) -> str:
     return base64.urlsafe_b64encode(json.dumps([record.updated_at, record.thread_id]).encode()).decode()
 
@@ -151,7 +176,7 @@ async def list_sessions(
 
 
 @router.get("/{session_id}", response_model=SessionDetail)
-async def get_session(session_id: str, caller: CurrentCaller, engine: EngineDep) -> SessionDetail:
+async def get_session(session_id: SessionId, caller: CurrentCaller, engine: EngineDep) -> SessionDetail:
     """The whole transcript (archived turns included) and the team's state."""
     record = await engine.aget_session(caller.tenant, session_id)
     state = await engine.state(record)
@@ -164,13 +189,15 @@ async def get_session(session_id: str, caller: CurrentCaller, engine: EngineDep)
 
 
 @router.patch("/{session_id}", response_model=SessionOut)
-async def rename_session(session_id: str, body: SessionRename, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
+async def rename_session(
+    session_id: SessionId, body: SessionRename, caller: CurrentCaller, engine: EngineDep
+) -> SessionOut:
     record = await engine.aget_session(caller.tenant, session_id)
     return SessionOut.of(await asyncio.to_thread(engine.rename_session, record, body.title, caller.key_id))
 
 
 @router.delete("/{session_id}", status_code=204)
-async def delete_session(session_id: str, caller: CurrentCaller, engine: EngineDep) -> Response:
+async def delete_session(session_id: SessionId, caller: CurrentCaller, engine: EngineDep) -> Response:
     """Remove the session's checkpoints, archived transcript and index entry; later reads are 404. Repeating the
     DELETE of a session whose deletion was interrupted (a crash, a failed audit write) finishes it."""
     try:
@@ -185,7 +212,7 @@ async def delete_session(session_id: str, caller: CurrentCaller, engine: EngineD
 
 @router.get("/{session_id}/history", response_model=History)
 async def session_history(
-    session_id: str,
+    session_id: SessionId,
     caller: CurrentCaller,
     engine: EngineDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
@@ -205,7 +232,8 @@ async def session_history(
 
 @router.post("/{session_id}/documents", response_model=DocumentOut)
 async def upload_document(
-    session_id: str,
+    session_id: SessionId,
+    request: Request,
     caller: CurrentCaller,
     engine: EngineDep,
     settings: SettingsDep,
@@ -213,20 +241,25 @@ async def upload_document(
     kind: Annotated[Literal["resume", "job_description"], Form()],
 ) -> DocumentOut:
     """Read a resume or job description into the session's state (before the interview's first turn)."""
+    form = await request.form()  # already parsed for the parameters: this reads FastAPI's copy
+    for part in ("file", "kind"):
+        if len(form.getlist(part)) > 1:
+            raise ApiError(422, "validation_error", f"{part}: sent {len(form.getlist(part))} times; send one", part)
     record = await engine.aget_session(caller.tenant, session_id)
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise ApiError(
             413, "payload_too_large", f"file: larger than the {settings.max_upload_bytes} byte limit", "file"
         )
+    filename = safe_filename(file.filename)
     try:
-        text = extract_text(data, document_kind(file.filename, file.content_type))
+        text = extract_text(data, document_kind(filename, file.content_type))
     except UnsupportedDocument as exc:
         raise ApiError(415, "unsupported_media_type", f"file: {exc}", "file") from None
     except UnreadableDocument as exc:
         raise ApiError(422, "unreadable_document", f"file: {exc}", "file") from None
     try:
-        await engine.attach_document(record, kind, text, actor=caller.key_id, filename=file.filename)
+        await engine.attach_document(record, kind, text, actor=caller.key_id, filename=filename)
     except DocumentRejected as exc:
         raise ApiError(exc.status, "document_rejected", f"{exc.field}: {exc}", exc.field) from None
-    return DocumentOut(kind=kind, filename=file.filename, characters=len(text))
+    return DocumentOut(kind=kind, filename=filename, characters=len(text))

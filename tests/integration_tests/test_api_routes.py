@@ -1103,7 +1103,7 @@ def test_a_thread_of_another_team_is_409(client: TestClient) -> None:
     ("team_input", "field"),
     [
         ({"messages": "not a list"}, "messages"),
-        ({"messages": [{"type": "martian", "content": "hi"}]}, "messages.0"),
+        ({"messages": [{"type": "martian", "content": "hi"}]}, "messages[0].type"),
         ({"resume": 5}, "resume"),
     ],
     ids=["messages-not-a-list", "unknown-message-type", "resume-not-a-string"],
@@ -1128,7 +1128,7 @@ def test_a_refused_run_on_a_new_thread_id_creates_no_session(fresh: TestClient) 
         headers=DEMO,
         json={"input": {"messages": "not a list"}, "config": configured(thread_id)},
     )
-    assert_error(r, 422, "validation_error", "messages")
+    assert_error(r, 422, "validation_error", "input.messages")
     assert_error(client.get(f"/sessions/{thread_id}", headers=DEMO), 404, "session_not_found")
     assert client.get("/sessions", headers=DEMO).json()["items"] == []
 
@@ -1145,21 +1145,23 @@ def test_a_message_that_is_not_a_message_object_is_422_not_500(client: TestClien
 
 
 @pytest.mark.parametrize(
-    "message", [{"role": "user", "content": "hello"}, "hello"], ids=["openai-role-dict", "bare-string"]
+    "message",
+    [{"role": "user", "content": "hello"}, {"role": "human", "content": "hello"}, "hello"],
+    ids=["openai-role-dict", "role-human", "bare-string"],
 )
-def test_a_chat_style_message_is_accepted_or_rejected_but_never_a_500(client: TestClient, message: Any) -> None:
-    """Clients coming from OpenAI-style APIs send {"role", "content"}; the API may accept it as the user's turn
-    or refuse it as failing the schema (422 naming messages), but it must not crash."""
+def test_a_chat_style_message_is_the_users_turn(client: TestClient, message: Any) -> None:
+    """docs/api.md promises chat-style {"role": "user", "content"} messages (and LangChain's bare string) work
+    like {"type": "human"}: the turn runs and the transcript keeps the user's text as the user's message."""
     sid = new_session(client, DEMO)["id"]
     r = client.post(
         "/teams/interview/invoke", headers=DEMO, json={"input": {"messages": [message]}, "config": configured(sid)}
     )
-    if r.status_code == 200:
-        first = r.json()["output"]["messages"][0]
-        assert (first["type"], first["content"]) == ("human", "hello")
-    else:
-        error = assert_error(r, 422, "validation_error")
-        assert str(error.get("field", "")).startswith(("messages", "input.messages")), error
+    assert r.status_code == 200, r.text
+    first = r.json()["output"]["messages"][0]
+    assert (first["type"], first["content"]) == ("human", "hello")
+    transcript = session_detail(client, DEMO, sid)["transcript"]
+    assert (transcript[0]["role"], transcript[0]["content"]) == ("user", "hello")
+    assert [m["role"] for m in transcript[1:]] == ["assistant"] * (len(transcript) - 1)
 
 
 def test_playground_is_off_by_default(client: TestClient) -> None:
