@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from server import request_guard
 from server.app import create_app
+from server.engine import thread_key
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.local_server import LocalASGIServer
@@ -541,7 +542,8 @@ def test_limits_that_contradict_each_other_stop_the_bundle_from_loading(tmp_path
 
 def test_a_tenant_over_its_turn_rate_gets_429_and_others_do_not(tmp_path: Path) -> None:
     personas = bundle_copy(tmp_path, {"limits": {"turns_per_minute": 2}})
-    with make_client(f"sqlite:///{tmp_path}/tg.db", personas_dir=personas) as client:
+    url = f"sqlite:///{tmp_path}/tg.db"
+    with make_client(url, personas_dir=personas, metrics_token="scrape-token") as client:
         for i in range(2):
             r = client.post("/teams/veneo_chat/invoke", headers=VENEO, json=body(chat("hi"), f"rate-{i}"))
             assert r.status_code == 200, r.text
@@ -572,7 +574,7 @@ def test_a_tenant_over_its_turn_rate_gets_429_and_others_do_not(tmp_path: Path) 
         for i in range(3):
             r = client.post("/teams/interview/invoke", headers=DEMO, json=body(chat("Start"), f"demo-rate-{i}"))
             assert r.status_code == 200, r.text
-        metrics = client.get("/metrics", headers=VENEO).text
+        metrics = client.get("/metrics", headers={"Authorization": "Bearer scrape-token"}).text
     assert 'teamgraph_tenant_turns_refused_total{reason="rate",tenant="veneo"} 2.0' in metrics
     assert 'tenant="demo"' not in "\n".join(line for line in metrics.splitlines() if "turns_refused" in line)
 
@@ -590,7 +592,7 @@ def test_a_tenant_at_its_turns_in_flight_gets_429_until_one_finishes(tmp_path: P
     outside_holds = threading.Event()
 
     async def hold() -> None:
-        async with outside.hold("busy-1", "veneo_chat"):
+        async with outside.hold(thread_key("veneo", "busy-1"), "veneo_chat"):  # the session's internal key
             outside_holds.set()
             await asyncio.to_thread(release_outside.wait, 30)
 
