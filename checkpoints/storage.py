@@ -22,6 +22,7 @@ _SQLITE_FAULTS = (
     "disk i/o error",
     "unable to open database file",
     "database is locked",
+    "no such table",  # the database was dropped or replaced under the server
 )
 
 
@@ -54,8 +55,9 @@ def is_storage_fault(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - psycopg is a dependency
         return False
     # OperationalError covers a refused or lost connection, a pool wait that timed out (PoolTimeout), a
-    # statement cancelled by statement_timeout (QueryCanceled) and an administrator shutdown
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    # statement cancelled by statement_timeout (QueryCanceled) and an administrator shutdown; UndefinedTable a
+    # database dropped and recreated under the server
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable))
 
 
 def sync_pool_options(timeout_s: float, statement_timeout_s: float) -> dict[str, Any]:

@@ -264,6 +264,9 @@ def serve(
         workers=workers,
         log_level=settings.log_level.lower(),
         log_config=uvicorn_log_config(settings.log_level, settings.log_format),
+        # with --workers N, uvicorn replaces a worker that does not answer its health ping in time; a worker
+        # importing the graphs on a busy machine can take longer than uvicorn's 5 s default to start
+        timeout_worker_healthcheck=30,
         access_log=False,
     )
 

@@ -116,7 +116,9 @@ def install_error_handlers(app: FastAPI) -> None:
             raise exc  # a bug, not a fault of the machine: the 500 path logs it with its stack
         return storage_unavailable_response(exc)
 
-    for fault in (StorageUnavailable, psycopg.OperationalError, psycopg.InterfaceError, sqlite3.OperationalError):
+    faults = (StorageUnavailable, psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable,
+              sqlite3.OperationalError)  # fmt: skip
+    for fault in faults:
         app.add_exception_handler(fault, storage_down)
 
     @app.exception_handler(TurnBusy)

@@ -135,7 +135,7 @@ def test_readyz_answers_503_while_the_database_is_away() -> None:
 @pytest.mark.parametrize("what", ["schema"])
 def test_a_dropped_and_recreated_schema_answers_503_not_500(what: str) -> None:
     """The tables are gone (an operator dropped and recreated the schema): turns answer a clear 503 and
-    /readyz says so; nothing hangs."""
+    /readyz says so; nothing hangs. (Creating the tables again takes a restart.)"""
     import psycopg
 
     with proxied_postgres() as (url, _proxy), serve(url) as client:
@@ -147,6 +147,8 @@ def test_a_dropped_and_recreated_schema_answers_503_not_500(what: str) -> None:
             admin.execute(f"create schema {schema}")
         r = client.get("/readyz")
         assert r.status_code == 503, r.text
+        assert_storage_unavailable(chat(client, sid, "Still there?"))  # a clear 503, not a 500
+        assert_storage_unavailable(client.get(f"/sessions/{sid}", headers=VENEO))
 
 
 # --- a full disk, a read-only data directory (a real `teamgraph serve` on SQLite) -----------------------------
