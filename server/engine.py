@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -509,13 +510,21 @@ def title_hint(turn_input: dict[str, Any]) -> str:
     return redact_pii(_title_text(turn_input), SafetySettings())[0]
 
 
+_MARKDOWN_LEAD = re.compile(r"^(?:#{1,6}\s+|>\s*|[-*+]\s+|\d+[.)]\s+)+")
+
+
+def _plain_first_line(document: str) -> str:
+    """A document's first line as a person reads it: "# Jane Doe" or "**Senior Engineer**" without the Markdown."""
+    line = next((ln.strip() for ln in document.splitlines() if ln.strip()), "")
+    return _MARKDOWN_LEAD.sub("", line).strip("*_ ").strip() or line
+
+
 def _title_text(turn_input: dict[str, Any]) -> str:
     if turn_input.get("role"):
         return f"Interview: {turn_input['role']}"
-    if turn_input.get("job_description"):
-        return f"Interview: {turn_input['job_description'].strip()}"
-    if turn_input.get("resume"):
-        return f"Interview: {turn_input['resume'].strip()}"
+    for kind in ("job_description", "resume"):
+        if turn_input.get(kind):
+            return f"Interview: {_plain_first_line(turn_input[kind])}"
     for message in turn_input.get("messages", []):
         content = message.content if isinstance(message, HumanMessage) else (message or {}).get("content", "")
         if isinstance(message, dict) and message.get("role") not in (None, "user", "human"):

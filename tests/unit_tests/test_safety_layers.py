@@ -286,3 +286,12 @@ def test_a_tenant_sets_thresholds_and_layers_in_its_bundle(tmp_path: Path) -> No
     assert safety.classifier.block_threshold == 0.99
     assert safety.classifier.enabled and safety.classifier.cue_threshold == 0.5  # the rest keeps the persona's value
     assert safety.moderation.enabled is False
+
+
+def test_a_document_title_reads_without_its_markdown() -> None:
+    """An interview titled from an uploaded Markdown resume shows the name, not "# Jane Doe"."""
+    assert title_hint({"resume": "# Jane Doe\nBackend engineer"}) == "Interview: Jane Doe"
+    assert title_hint({"job_description": "\n**Senior Data Engineer**\n\nWe are hiring"}) == (
+        "Interview: Senior Data Engineer"
+    )
+    assert title_hint({"resume": "#hashtag-first line"}) == "Interview: #hashtag-first line"  # not a heading
