@@ -122,7 +122,10 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         async with held:
             actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
             client_id = str(configurable.get(CLIENT_ID) or thread_id)
-            await asyncio.to_thread(self.engine.claim_session, client_id, _tenant(config), self.team, actor, thread_id)
+            session = await asyncio.to_thread(
+                self.engine.claim_session, client_id, _tenant(config), self.team, actor, thread_id
+            )
+            await self.engine.upgrade_session(session)  # an older session's state is stored in the current version
             yield
 
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
