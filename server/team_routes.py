@@ -398,6 +398,9 @@ def make_config_modifier(team: str):
         leases = request.scope.setdefault("state", {}).setdefault("turn_leases", {})
         if str(thread_id) not in leases:  # batch inputs on one session share its lease and run in order (abatch)
             leases[str(thread_id)] = await engine.turn_locks.acquire(session.thread_id, team)
+            # an older session is stored in the current state version before the turn (and before an
+            # Idempotency-Key notes the session's latest checkpoint, which the upgrade would otherwise move)
+            await engine.upgrade_session(session)
         server = engine.run_config(session, run, actor=caller.key_id, observe=True)
         server["configurable"][LEASE_HELD] = True
         server["configurable"][CLIENT_ID] = session.id

@@ -146,3 +146,23 @@ def test_api_reports_schema_version_and_409_for_a_too_new_session(v1_db: Path) -
                   "config": {"configurable": {"thread_id": CHAT["thread_id"]}}},
         )  # fmt: skip
         assert r.status_code == 409 and r.json()["error"]["code"] == "session_schema_too_new", r.text
+
+
+def test_an_idempotent_turn_on_a_v1_session_notes_the_upgraded_checkpoint(v1_db: Path) -> None:
+    """The upgrade is stored before the Idempotency-Key notes the session's latest checkpoint: a turn that the
+    server loses is then retried, not reported as possibly stored (idempotent_turn_outcome_unknown)."""
+    app = create_app(Settings(_env_file=None, checkpoint_url=f"sqlite:///{v1_db}"))  # type: ignore[call-arg]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post(
+            "/teams/veneo_chat/invoke",
+            headers={**VENEO, "Idempotency-Key": "k-1"},
+            json={"input": {"messages": [{"role": "user", "content": "Is there a warranty?"}]},
+                  "config": {"configurable": {"thread_id": CHAT["thread_id"]}}},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+        record = engine.get_session("veneo", CHAT["thread_id"])
+        history = client.portal.call(engine.history, record, 3)  # type: ignore[union-attr]
+        assert [h["source"] for h in history[:2]] == ["loop", "update"]  # the turn, then the upgrade before it
+        noted = engine.sessions.idempotent_turn("veneo", record.thread_id, "k-1")
+        assert noted is not None and noted.before_checkpoint == history[1]["checkpoint_id"]
