@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from checkpoints.schema_migrations import upgrade_postgres, upgrade_sqlite
 from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, pg_connect_kwargs, sync_pool_options
 
 EVENT_TYPES = (
@@ -191,17 +192,7 @@ class SqliteAuditLog:
         self._lock = threading.Lock()
         if path:
             self.conn.execute("PRAGMA synchronous = NORMAL")  # the file is in WAL mode (see SqliteSessionIndex)
-        self.conn.executescript(
-            """
-            create table if not exists audit_events (
-              tenant text not null, seq integer not null, at text not null, actor text not null, session text,
-              event_type text not null, payload text not null, prev_hash text not null, hash text not null,
-              primary key (tenant, seq));
-            create index if not exists audit_events_session on audit_events (tenant, session);
-            create table if not exists audit_anchors (
-              tenant text primary key, seq integer not null, hash text not null);
-            """
-        )
+        upgrade_sqlite(self.conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
 
     def _heads(self, tenants: set[str]) -> dict[str, tuple[int, str]]:
         heads = {}
@@ -307,18 +298,12 @@ class PostgresAuditLog:
             kwargs={"row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
             **sync_pool_options(timeout_s, statement_timeout_s),
         )
-        with self.pool.connection() as conn:
-            conn.execute(
-                "create table if not exists audit_events ("
-                " tenant text not null, seq bigint not null, at text not null, actor text not null, session text,"
-                " event_type text not null, payload jsonb not null, prev_hash text not null, hash text not null,"
-                " primary key (tenant, seq))"
-            )
-            conn.execute("create index if not exists audit_events_session on audit_events (tenant, session)")
-            conn.execute(
-                "create table if not exists audit_anchors (tenant text primary key, seq bigint not null,"
-                " hash text not null)"
-            )
+        try:
+            with self.pool.connection() as conn:
+                upgrade_postgres(conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
+        except BaseException:
+            self.pool.close()
+            raise
 
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:

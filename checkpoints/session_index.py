@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
+from checkpoints.schema_migrations import upgrade_postgres, upgrade_sqlite
 from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, pg_connect_kwargs, sync_pool_options
 
 TITLE_LENGTH = 60
@@ -130,36 +131,9 @@ class SqliteSessionIndex:
             self._read_lock = threading.Lock()
         else:  # an in-memory database exists on one connection only
             self._read, self._read_lock = self.db, self._lock
-        table = self.db["sessions"]
-        if not table.exists():
-            table.create(  # type: ignore[union-attr]
-                {"thread_id": str, "tenant": str, "team": str, "title": str, "created_at": str, "updated_at": str,
-                 "client_id": str},
-                pk="thread_id",
-                not_null={"tenant", "team", "created_at", "updated_at"},
-            )  # fmt: skip
-            table.create_index(["tenant", "updated_at", "thread_id"], if_not_exists=True)  # type: ignore[union-attr]
-        # client ids per tenant (additive, idempotent; the factory's setup lock runs it one process at a time)
-        if "client_id" not in {c.name for c in table.columns}:
-            with self.db.conn:
-                self.db.execute("alter table sessions add column client_id text")
-                self.db.execute("update sessions set client_id = thread_id where client_id is null")
-        # only when missing: a start that finds them takes no write lock (workers start while others write)
-        if not all(self.db[name].exists() for name in ("session_deletions", "idempotency_keys", "teamgraph_ready")):
-            with self._lock, self.db.conn:
-                self.db.execute(
-                    "create table if not exists session_deletions (thread_id text primary key, tenant text not null,"
-                    " team text not null, started_at text not null, client_id text not null)"
-                )
-                self.db.execute(
-                    "create table if not exists idempotency_keys (tenant text not null, thread_id text not null,"
-                    " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
-                    " result blob, created_at text not null, primary key (tenant, thread_id, key))"
-                )
-                # one row that /readyz rewrites: proves the file takes writes, not only reads
-                self.db.execute("create table if not exists teamgraph_ready (id integer primary key, at text not null)")
-        if not any(ix.name == "sessions_tenant_client" for ix in table.indexes):  # type: ignore[union-attr]
-            self.db.execute("create unique index if not exists sessions_tenant_client on sessions (tenant, client_id)")
+        # tables, columns and indexes by numbered steps (checkpoints/schema_migrations.py); the factory's setup
+        # lock and SQLite's write lock run them one process at a time
+        upgrade_sqlite(self.db.conn, "session_index")
 
     @classmethod
     def in_memory(cls) -> SqliteSessionIndex:
@@ -328,37 +302,13 @@ class PostgresSessionIndex:
             kwargs={"autocommit": True, "row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
             **sync_pool_options(timeout_s, statement_timeout_s),
         )
-        # every table and column, created one replica at a time (two replicas racing on "create table if not
-        # exists" can both try to create it); additive and idempotent
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("select pg_advisory_xact_lock(hashtext('teamgraph-session-index-schema'))")
-            conn.execute(
-                "create table if not exists teamgraph_sessions ("
-                " thread_id text primary key, tenant text not null, team text not null, title text not null default '',"
-                " created_at text not null, updated_at text not null)"
-            )
-            conn.execute(
-                "create index if not exists teamgraph_sessions_tenant_updated"
-                " on teamgraph_sessions (tenant, updated_at desc, thread_id desc)"
-            )
-            # one row that /readyz rewrites: proves the database takes writes, not only reads
-            conn.execute("create table if not exists teamgraph_ready (id int primary key, at text not null)")
-            # client ids per tenant; rows from before keep their thread id as their client id
-            conn.execute("alter table teamgraph_sessions add column if not exists client_id text")
-            conn.execute("update teamgraph_sessions set client_id = thread_id where client_id is null")
-            conn.execute(
-                "create unique index if not exists teamgraph_sessions_tenant_client"
-                " on teamgraph_sessions (tenant, client_id)"
-            )
-            conn.execute(
-                "create table if not exists teamgraph_session_deletions (thread_id text primary key,"
-                " tenant text not null, team text not null, started_at text not null, client_id text not null)"
-            )
-            conn.execute(
-                "create table if not exists teamgraph_idempotency_keys (tenant text not null, thread_id text not null,"
-                " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
-                " result bytea, created_at text not null, primary key (tenant, thread_id, key))"
-            )
+        # tables, columns and indexes by numbered steps (checkpoints/schema_migrations.py), one replica at a time
+        try:
+            with self.pool.connection() as conn:
+                upgrade_postgres(conn, "session_index")
+        except BaseException:
+            self.pool.close()
+            raise
 
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
         with self.pool.connection() as conn:

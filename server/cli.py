@@ -325,6 +325,64 @@ def sessions_delete(session_id: str, tenant: TenantOpt = "demo") -> None:
     _run(_sessions("delete", tenant, None, session_id, None))
 
 
+async def _migrate(dry_run: bool) -> dict[str, int]:
+    """Every session of every tenant in the current state version, one at a time under its turn lock."""
+    from checkpoints.turn_lock import TurnBusy
+    from states.migrations import SessionSchemaTooNew
+
+    counts = {"checked": 0, "upgraded": 0, "current": 0, "too_new": 0, "busy": 0, "unknown_team": 0}
+    async with Engine.open(Settings()) as engine:
+        for tenant in sorted(engine.bundles.tenants):
+            before: tuple[str, str] | None = None
+            while page := engine.sessions.list(tenant, None, limit=100, before=before):
+                before = (page[-1].updated_at, page[-1].thread_id)
+                for record in page:
+                    counts["checked"] += 1
+                    where = f"{tenant}/{record.id} ({record.team})"
+                    if record.team not in engine.bundles.teams:
+                        counts["unknown_team"] += 1
+                        typer.echo(f"skipped {where}: team {record.team!r} is not in the bundles", err=True)
+                        continue
+                    try:
+                        # a replica's turn on the session finishes first; the upgrade is one checkpoint
+                        async with engine.turn_locks.hold(record.thread_id, record.team):
+                            step = await engine.upgrade_session(record, dry_run=dry_run)
+                    except SessionSchemaTooNew as exc:
+                        counts["too_new"] += 1
+                        typer.echo(f"skipped {where}: {exc}", err=True)
+                        continue
+                    except TurnBusy:
+                        counts["busy"] += 1
+                        typer.echo(f"skipped {where}: busy with a turn; run teamgraph migrate again", err=True)
+                        continue
+                    if step is None:
+                        counts["current"] += 1
+                    else:
+                        counts["upgraded"] += 1
+                        verb = "would upgrade" if dry_run else "upgraded"
+                        typer.echo(f"[{counts['checked']}] {verb} {where}: version {step[0]} -> {step[1]}")
+    return counts
+
+
+@app.command()
+def migrate(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be upgraded; change nothing.")] = False,
+) -> None:
+    """Store every session in its team's current state version (TEAMGRAPH_CHECKPOINT_URL; SQLite or Postgres).
+
+    Safe while servers run (each session is upgraded under its turn lock, as one new checkpoint) and resumable:
+    upgraded sessions are skipped when it runs again. Exits 1 when a session could not be upgraded."""
+    counts = _run(_migrate(dry_run))
+    verb = "would upgrade" if dry_run else "upgraded"
+    typer.echo(
+        f"{counts['checked']} sessions: {counts['upgraded']} {verb}, {counts['current']} already current, "
+        f"{counts['too_new']} newer than this Teamgraph, {counts['busy']} busy, "
+        f"{counts['unknown_team']} of teams not in the bundles"
+    )
+    if counts["too_new"] or counts["busy"]:
+        raise typer.Exit(1)
+
+
 @personas_app.command("validate")
 def personas_validate(
     path: Annotated[

@@ -32,6 +32,7 @@ from server.observability.metrics import Metrics
 from server.observability.turn_observer import TurnContext, TurnObserver
 from server.settings import Settings
 from server.voice.records import forget_session as forget_voice_items
+from states.migrations import METADATA_KEY, SessionSchemaTooNew, current_version, stored_version, upgrade
 
 T = TypeVar("T")
 
@@ -181,6 +182,10 @@ class Engine:
         )
         return TurnObserver(context, self.metrics, self.audit)
 
+    def graph_id(self, team: str) -> str:
+        """The graph module (graphs/<id>.py) a team runs: its state versions are the graph's."""
+        return self.bundles.teams[team].graph if team in self.bundles.teams else team
+
     def graph(self, team: str) -> CompiledStateGraph:
         """The team's graph compiled with this engine's checkpointer and store (once per team)."""
         if team not in self._graphs:
@@ -210,6 +215,8 @@ class Engine:
                 "personas": personas,
                 "models": {node: self.agent_factory.model_label(p) for node, p in run.agents.items()},
                 "key_id": actor,
+                # every checkpoint records the state version its values have (states/migrations.py)
+                METADATA_KEY: current_version(self.graph_id(session.team)),
             },
             "tags": [f"team:{session.team}", f"tenant:{session.tenant}"],
             "run_name": f"team.{session.team}",
@@ -330,6 +337,7 @@ class Engine:
         streamed_nodes = {"summarizer", "primary_responder"} - self.unreviewed_nodes(run)
         graph = self.graph(session.team)
         async with self.turn_locks.hold(session.thread_id, session.team):
+            await self.upgrade_session(session)
             with self.trace_scope(session.tenant):
                 async for mode, payload in graph.astream(
                     turn_input, config, stream_mode=["messages", "updates"], durability=self.durability
@@ -382,8 +390,46 @@ class Engine:
         return dict(zip(probes, results, strict=True))
 
     async def state(self, session: SessionRecord) -> dict[str, Any]:
+        """The session's state in the current version (an older one upgraded in memory: a read never waits for
+        the session's turn lock; the upgrade is stored at its next turn or by `teamgraph migrate`)."""
+        return (await self.versioned_state(session))[0]
+
+    async def versioned_state(self, session: SessionRecord) -> tuple[dict[str, Any], int]:
+        """(state in the current version, the version it is stored with); SessionSchemaTooNew for a session a
+        newer Teamgraph wrote."""
         snapshot = await self.graph(session.team).aget_state(self.run_config(session))
-        return dict(snapshot.values)
+        graph_id = self.graph_id(session.team)
+        values = dict(snapshot.values)
+        if not values:  # nothing stored yet: it will be written in the current version
+            return values, current_version(graph_id)
+        version = stored_version(snapshot.metadata)
+        if version > current_version(graph_id):
+            raise SessionSchemaTooNew(session.id, graph_id, version, current_version(graph_id))
+        values.update(upgrade(graph_id, values, version))
+        return values, version
+
+    async def upgrade_session(self, session: SessionRecord, dry_run: bool = False) -> tuple[int, int] | None:
+        """Store an older session's state in the current version as a new checkpoint (the caller holds the
+        session's turn lock). Returns (from, to) when it was (dry_run: would be) upgraded, None when current;
+        SessionSchemaTooNew for a session a newer Teamgraph wrote, which is left untouched."""
+        graph = self.graph(session.team)
+        config = self.run_config(session)
+        snapshot = await graph.aget_state(config)
+        graph_id = self.graph_id(session.team)
+        target = current_version(graph_id)
+        if not snapshot.values:
+            return None
+        version = stored_version(snapshot.metadata)
+        if version > target:
+            raise SessionSchemaTooNew(session.id, graph_id, version, target)
+        if version == target or snapshot.next:  # a turn in progress: it is upgraded before the next one
+            return None
+        if not dry_run:
+            changes = upgrade(graph_id, dict(snapshot.values), version)
+            # written as the end of a turn, so the next message starts a normal turn; the run config's metadata
+            # stamps the checkpoint with the current version (also when no channel changed)
+            await graph.aupdate_state(config, changes, as_node="memory_keeper")
+        return version, target
 
     async def transcript(self, session: SessionRecord) -> list[BaseMessage]:
         """Every message of the session, once: the archive of trimmed messages, then those still in state."""
@@ -424,6 +470,7 @@ class Engine:
             raise DocumentRejected(f"team {session.team!r} takes no {kind.replace('_', ' ')} documents", "kind")
         config = self.run_config(session)
         async with self.turn_locks.hold(session.thread_id, session.team):
+            await self.upgrade_session(session)
             state = (await graph.aget_state(config)).values
             if state.get("questions"):
                 raise DocumentRejected(

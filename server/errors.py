@@ -17,6 +17,7 @@ from checkpoints.storage import StorageUnavailable, is_storage_fault
 from checkpoints.turn_lock import TurnBusy
 from personas.resolver import TeamResolutionError
 from server.engine import SessionDeleting, SessionNotFound
+from states.migrations import SessionSchemaTooNew
 
 _CODES = {
     400: "bad_request",
@@ -100,6 +101,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SessionNotFound)
     async def session_missing(request: Request, exc: SessionNotFound) -> JSONResponse:
         return JSONResponse(error_body(exc.code, str(exc)), status_code=404)
+
+    @app.exception_handler(SessionSchemaTooNew)
+    async def session_too_new(request: Request, exc: SessionSchemaTooNew) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, str(exc)), status_code=409)
 
     @app.exception_handler(SessionDeleting)
     async def session_deleting(request: Request, exc: SessionDeleting) -> JSONResponse:

@@ -130,7 +130,10 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         async with held:
             actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
             client_id = str(configurable.get(CLIENT_ID) or thread_id)
-            await asyncio.to_thread(self.engine.claim_session, client_id, _tenant(config), self.team, actor, thread_id)
+            session = await asyncio.to_thread(
+                self.engine.claim_session, client_id, _tenant(config), self.team, actor, thread_id
+            )
+            await self.engine.upgrade_session(session)  # an older session's state is stored in the current version
             yield
 
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -445,6 +448,9 @@ def make_config_modifier(team: str):
         # /stream; the middleware releases it when the response has ended, however it ends
         if str(thread_id) not in leases:  # batch inputs on one session share its lease and run in order (abatch)
             leases[str(thread_id)] = await engine.turn_locks.acquire(session.thread_id, team)
+            # an older session is stored in the current state version before the turn (and before an
+            # Idempotency-Key notes the session's latest checkpoint, which the upgrade would otherwise move)
+            await engine.upgrade_session(session)
         server = engine.run_config(session, run, actor=caller.key_id, observe=True)
         server["configurable"][LEASE_HELD] = True
         server["configurable"][CLIENT_ID] = session.id

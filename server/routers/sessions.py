@@ -19,6 +19,7 @@ from server.documents import UnreadableDocument, UnsupportedDocument, document_k
 from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound
 from server.errors import ApiError
 from server.team_input import THREAD_ID_PATTERN, THREAD_ID_RULE
+from states.migrations import TEAMS
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
@@ -71,8 +72,14 @@ class TranscriptMessage(BaseModel):
 
 
 class SessionDetail(SessionOut):
+    schema_version: int = Field(
+        description="The team state version the session is stored with (its `state` is shown in the current one)."
+    )
     transcript: list[TranscriptMessage]
-    state: dict[str, Any] = Field(description="The team's state: questions, evaluations, summary, review decisions...")
+    state: dict[str, Any] = Field(
+        description="The team's state (questions, evaluations, summary, review decisions...), as its model in "
+        "states/<team>.py defines it."
+    )
 
 
 class Checkpoint(BaseModel):
@@ -179,12 +186,17 @@ async def list_sessions(
 async def get_session(session_id: SessionId, caller: CurrentCaller, engine: EngineDep) -> SessionDetail:
     """The whole transcript (archived turns included) and the team's state."""
     record = await engine.aget_session(caller.tenant, session_id)
-    state = await engine.state(record)
+    state, version = await engine.versioned_state(record)
     transcript = await engine.transcript(record)
+    model = TEAMS.get(engine.graph_id(record.team))
+    shown = {k: v for k, v in state.items() if k not in INTERNAL_STATE_KEYS}
+    if model is not None:  # the team's state model is what a session holds: it checks and shapes the answer
+        shown = model.model.model_validate(shown).model_dump(mode="json", exclude_unset=True)
     return SessionDetail(
         **SessionOut.of(record).model_dump(),
+        schema_version=version,
         transcript=transcript_view(transcript),
-        state={k: v for k, v in state.items() if k not in INTERNAL_STATE_KEYS},
+        state=shown,
     )
 
 

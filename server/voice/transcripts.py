@@ -240,6 +240,7 @@ async def apply_transcript(
     keep = run.team.params.memory.keep_messages
     results: list[dict[str, Any] | None] = [None] * len(items)
     async with engine.turn_locks.hold(session.thread_id, session.team):
+        await engine.upgrade_session(session)  # an older session's state is stored in the current version first
         state = dict((await graph.aget_state(config)).values)
         voice = VoiceState.of(state)
         in_state = _applied_in_state(state, voice)

@@ -119,6 +119,7 @@ def _drop_client_ids(db: Path) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("drop index sessions_tenant_client")
         conn.execute("alter table sessions drop column client_id")
+        conn.execute("drop table teamgraph_schema_versions")  # that release had no schema versions either
 
 
 def test_sessions_stored_before_ids_were_scoped_stay_readable(tmp_path: Path) -> None:
@@ -156,6 +157,7 @@ def test_postgres_sessions_stored_before_ids_were_scoped_stay_readable() -> None
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("drop index teamgraph_sessions_tenant_client")
             conn.execute("alter table teamgraph_sessions drop column client_id")
+            conn.execute("drop table teamgraph_schema_versions")  # that release had no schema versions either
         for _ in range(2):
             with serve(url) as client:
                 assert user_lines(client, VENEO, "legacy-pg") == ["Old"]

@@ -1,0 +1,95 @@
+"""`teamgraph migrate` on the real version-1 databases: dry run, progress, resumable, waits for a running turn,
+SQLite and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from states.migrations import METADATA_KEY
+from tests.conftest import fresh_postgres_schema, open_engine
+from tests.integration_tests.test_cli import TEAMGRAPH, Cli
+from tests.integration_tests.test_v1_fixtures import FIXTURES, MANIFEST, restore_postgres_fixture
+
+
+async def stored_versions(url: str, sessions: list[dict[str, str]]) -> dict[str, int | None]:
+    async with open_engine(url) as engine:
+        out = {}
+        for item in sessions:
+            record = engine.get_session(item["tenant"], item["thread_id"])
+            snapshot = await engine.graph(record.team).aget_state(engine.run_config(record))
+            out[item["team"] + ":" + item["thread_id"][:8]] = (snapshot.metadata or {}).get(METADATA_KEY)
+        return out
+
+
+def chat_of(sessions: list[dict[str, str]]) -> dict[str, str]:
+    return next(s for s in sessions if s["team"] == "veneo_chat")
+
+
+def check_migrate(cli: Cli, url: str, sessions: list[dict[str, str]]) -> None:
+    chat = chat_of(sessions)
+    dry = cli("migrate", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would upgrade veneo/{chat['thread_id']} (veneo_chat): version 1 -> 2" in dry.stdout
+    assert "3 sessions: 1 would upgrade, 2 already current" in dry.stdout
+    assert all(v is None for v in asyncio.run(stored_versions(url, sessions)).values())  # a dry run writes nothing
+
+    done = cli("migrate")
+    assert done.returncode == 0, done.stderr
+    assert f"upgraded veneo/{chat['thread_id']} (veneo_chat): version 1 -> 2" in done.stdout
+    versions = asyncio.run(stored_versions(url, sessions))
+    assert versions[f"veneo_chat:{chat['thread_id'][:8]}"] == 2
+
+    again = cli("migrate")  # resumable: what is done is not done twice
+    assert again.returncode == 0 and "3 sessions: 0 upgraded, 3 already current" in again.stdout
+
+
+def test_migrate_upgrades_the_v1_sqlite_file(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    shutil.copy(FIXTURES / "teamgraph.db", tmp_path / "tg.db")
+    check_migrate(cli, cli.env["TEAMGRAPH_CHECKPOINT_URL"], MANIFEST["sqlite"])
+
+
+@pytest.mark.postgres
+def test_migrate_upgrades_the_v1_postgres_dump(tmp_path: Path) -> None:
+    with fresh_postgres_schema("tg_migcli") as url:
+        restore_postgres_fixture(url)
+        cli = Cli(tmp_path)
+        cli.env["TEAMGRAPH_CHECKPOINT_URL"] = url
+        check_migrate(cli, url, MANIFEST["postgres"])
+
+
+async def test_migrate_waits_for_a_turn_in_progress(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    shutil.copy(FIXTURES / "teamgraph.db", tmp_path / "tg.db")
+    url = cli.env["TEAMGRAPH_CHECKPOINT_URL"]
+    chat = chat_of(MANIFEST["sqlite"])
+    async with open_engine(url) as engine:
+        record = engine.get_session("veneo", chat["thread_id"])
+        async with engine.turn_locks.hold(record.thread_id, record.team):  # a replica's turn holds the session
+            proc = await asyncio.create_subprocess_exec(
+                str(TEAMGRAPH),
+                "migrate",
+                cwd=tmp_path,
+                env=cli.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            await asyncio.sleep(3)
+            assert proc.returncode is None  # still waiting for the turn
+            # the turn finishes while migrate waits: it writes the version-1 state it read before
+            await engine.graph(record.team).aupdate_state(
+                engine.run_config(record) | {"metadata": {}}, {"rolling_summary": "written by the turn"},
+                as_node="memory_keeper",
+            )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert f"upgraded veneo/{chat['thread_id']} (veneo_chat): version 1 -> 2" in out.decode()
+        snapshot = await engine.graph(record.team).aget_state(engine.run_config(record))
+        assert snapshot.metadata[METADATA_KEY] == 2  # type: ignore[literal-required]
+        assert snapshot.values["rolling_summary"] == "written by the turn"  # the turn's write kept
+        assert all(d["layers"] for d in snapshot.values["review_decisions"])
