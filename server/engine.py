@@ -20,10 +20,11 @@ from langgraph.types import Durability
 
 from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy
 from checkpoints.factory import Persistence, build_persistence, probe_directory
+from checkpoints.retention import prune_checkpoints
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
-from nodes.memory_keeper import delete_archive, read_archive, whole_transcript
+from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
 from personas.factory import AgentFactory
 from personas.loader import Bundles, load_bundles
 from personas.resolver import AgentTeamResolver, TeamResolutionError, TeamRunConfig
@@ -344,8 +345,22 @@ class Engine:
                                 if isinstance(message, AIMessage) and not isinstance(message, RemoveMessage):
                                     yield TurnEvent("message", node, str(message.content), message)
             await self.touch(session.thread_id, title_hint(turn_input))
-            if final_state is not None:
-                final_state.update((await graph.aget_state(config)).values)
+            state = (await graph.aget_state(config)).values if final_state is not None else None
+            await self.compact_session(session, state)
+            if final_state is not None and state is not None:
+                final_state.update(state)
+
+    async def compact_session(self, session: SessionRecord, state: dict[str, Any] | None = None) -> int:
+        """Apply the tenant's retention to one session (the caller holds its turn lock): drop checkpoints past
+        `keep_checkpoints` and archived messages past `archive_messages`. Returns checkpoints removed."""
+        retention = self.bundles.tenants[session.tenant].retention
+        removed = await prune_checkpoints(self.persistence.checkpointer, session.thread_id, retention.keep_checkpoints)
+        if retention.archive_messages is not None:
+            if state is None:
+                state = dict((await self.graph(session.team).aget_state(self.run_config(session))).values)
+            archived = int(state.get("archived", 0) or 0)
+            await trim_archive(self.persistence.store, session.thread_id, archived, retention.archive_messages)
+        return removed
 
     async def readiness(self, timeout_s: float = 0.8) -> dict[str, str]:
         """Each store answers a trivial read and takes a write (the session index, the checkpointer, the audit
@@ -386,8 +401,8 @@ class Engine:
 
     async def transcript(self, session: SessionRecord) -> list[BaseMessage]:
         """Every message of the session, once: the archive of trimmed messages, then those still in state."""
-        archived = await read_archive(self.persistence.store, session.thread_id)
-        return whole_transcript(archived, await self.state(session))
+        first, archived = await read_archive_window(self.persistence.store, session.thread_id)
+        return whole_transcript(archived, await self.state(session), first)
 
     async def history(self, session: SessionRecord, limit: int = 20, before: str | None = None) -> list[dict[str, Any]]:
         """The session's checkpoints, newest first (`before`: a checkpoint id from the previous page)."""
