@@ -11,12 +11,18 @@ the older ones serve `GET /sessions/{id}/history` and time travel, so a tenant k
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.store.base import BaseStore
+
+from checkpoints.storage import pg_connect_kwargs
 
 STORE_NAMESPACES = ("transcripts", "voice_items")  # the store entries that belong to one session's thread
 
@@ -241,3 +247,68 @@ async def stored_bytes(checkpointer: BaseCheckpointSaver, store: BaseStore, thre
             sizes["store"], sizes["store_rows"] = int(row["b"]), int(row["n"])
     sizes["total"] = sizes["checkpoints"] + sizes["writes"] + sizes["blobs"] + sizes["store"]
     return sizes
+
+
+# ---- one retention pass at a time across processes and replicas
+
+
+@contextlib.asynccontextmanager
+async def retention_leader(url: str) -> AsyncIterator[bool]:
+    """Try to become the one process that applies retention now: yields True when this one holds the lock
+    (Postgres: a session advisory lock; SQLite: an exclusive flock beside the file), False when another does.
+    Never waits: the other pass does the work."""
+    scheme = urlparse(url).scheme
+    if scheme in ("postgres", "postgresql"):
+        import psycopg
+
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **pg_connect_kwargs())
+        try:
+            row = await (await conn.execute("select pg_try_advisory_lock(hashtext('teamgraph-retention'))")).fetchone()
+            held = bool(row and row[0])
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute("select pg_advisory_unlock(hashtext('teamgraph-retention'))")
+        finally:
+            await conn.close()
+    elif scheme == "sqlite":
+        from checkpoints.factory import sqlite_path
+
+        fd = os.open(f"{sqlite_path(url)}.retention-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    else:  # memory://: one process by definition
+        yield True
+
+
+async def run_retention_passes(engine: Any, interval_s: float) -> None:
+    """The server's background task: every `interval_s`, the one process holding the retention lock applies
+    every tenant's retention (`Engine.prune_sessions`); a failed pass is logged and the next one retries."""
+    import asyncio
+
+    import structlog
+
+    log = structlog.get_logger("teamgraph.retention")
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            async with retention_leader(engine.persistence.url) as leader:
+                if leader:
+                    report = await engine.prune_sessions()
+                    log.info("retention_pass", **{t: {k: v for k, v in c.items() if k != "expired_ids"}
+                                                  for t, c in report.items()})  # fmt: skip
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("retention_pass_failed", error=f"{type(exc).__name__}: {exc}")

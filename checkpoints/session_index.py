@@ -8,6 +8,7 @@ thread_id when the column was added, so they answer to the id their tenant alway
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass
@@ -89,6 +90,7 @@ class SessionIndex(Protocol):
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
     ) -> list[SessionRecord]: ...
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
+    def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]: ...
     def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
     def delete(self, thread_id: str) -> bool: ...
     # deleting a session is two steps: its index row becomes a pending-deletion row in one transaction (from then
@@ -213,6 +215,12 @@ class SqliteSessionIndex:
         sql = f"select * from sessions where {where} order by updated_at desc, thread_id desc limit ?"
         with self._read_lock:
             return [SessionRecord(**r) for r in self._read.query(sql, [*args, limit])]
+
+    def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
+        """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""
+        sql = "select * from sessions where tenant = ? and updated_at < ? order by updated_at, thread_id limit ?"
+        with self._read_lock:
+            return [SessionRecord(**r) for r in self._read.query(sql, [tenant, updated_before, limit])]
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         with self._lock:
@@ -397,6 +405,16 @@ class PostgresSessionIndex:
         sql += " order by updated_at desc, thread_id desc limit %s"
         with self.pool.connection() as conn:
             return [SessionRecord(**r) for r in conn.execute(sql, [*args, limit]).fetchall()]  # type: ignore[arg-type]
+
+    def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
+        """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""
+        sql = (
+            "select * from teamgraph_sessions where tenant = %s and updated_at < %s"
+            " order by updated_at, thread_id limit %s"
+        )
+        with self.pool.connection() as conn:
+            rows = conn.execute(sql, [tenant, updated_before, limit]).fetchall()
+        return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         with self.pool.connection() as conn:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from checkpoints.retention import run_retention_passes
 from graphs.registry import GRAPH_MODULES
 from personas.factory import AgentFactory
 from personas.loader import load_bundles
@@ -45,7 +47,16 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Engine.open(settings, agent_factory, bundles, metrics) as engine:
             app.state.engine = engine
-            yield
+            retention = (
+                asyncio.create_task(run_retention_passes(engine, settings.retention_interval_s))
+                if settings.retention_interval_s > 0
+                else None
+            )
+            try:
+                yield
+            finally:
+                if retention is not None:
+                    retention.cancel()
 
     # our middleware makes the request span; FastAPI's own tracing would start a second trace beside it
     app = FastAPI(

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from checkpoints.audit import as_utc
+from checkpoints.retention import retention_leader
 from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from personas.resolver import TeamResolutionError
 from personas.schema import json_schema
@@ -320,6 +321,29 @@ def sessions_rename(session_id: str, title: str, tenant: TenantOpt = "demo") -> 
 def sessions_delete(session_id: str, tenant: TenantOpt = "demo") -> None:
     """Delete a session: its checkpoints, archived transcript and index entry."""
     _run(_sessions("delete", tenant, None, session_id, None))
+
+
+async def _prune(dry_run: bool) -> dict[str, dict[str, Any]]:
+    async with Engine.open(Settings()) as engine, retention_leader(engine.persistence.url) as leader:
+        if not leader:
+            raise fail("another process is applying retention right now; try again when it has finished")
+        return await engine.prune_sessions(dry_run=dry_run, actor="cli")
+
+
+@sessions_app.command("prune")
+def sessions_prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be removed.")] = False,
+) -> None:
+    """Apply every tenant's retention now: delete idle sessions, trim checkpoints and archives (audited)."""
+    report = _run(_prune(dry_run))
+    for tenant, counts in report.items():
+        verb = "would expire" if dry_run else "expired"
+        line = f"{tenant}: {verb} {counts['expired']} idle session(s)"
+        if not dry_run:
+            line += f", removed {counts['checkpoints_removed']} superseded checkpoint(s)"
+        typer.echo(line)
+        for session_id in counts["expired_ids"]:
+            typer.echo(f"  {session_id}")
 
 
 @personas_app.command("validate")

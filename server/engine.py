@@ -10,6 +10,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import structlog
@@ -20,7 +21,7 @@ from langgraph.types import Durability
 
 from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy
 from checkpoints.factory import Persistence, build_persistence, probe_directory
-from checkpoints.retention import prune_checkpoints
+from checkpoints.retention import compact_sqlite, prune_checkpoints
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
@@ -361,6 +362,47 @@ class Engine:
             archived = int(state.get("archived", 0) or 0)
             await trim_archive(self.persistence.store, session.thread_id, archived, retention.archive_messages)
         return removed
+
+    async def prune_sessions(
+        self, dry_run: bool = False, actor: str = "retention", at: datetime | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Apply every tenant's retention once: delete sessions idle longer than `idle_days` (like a DELETE:
+        checkpoints, transcript archive, voice records, index row; audited `session_expired` and the usual
+        delete events), trim the other sessions to their limits, and audit a `sessions_pruned` summary per
+        tenant. `dry_run`: only count what would be expired. Returns counts per tenant."""
+        at = at or datetime.now(UTC)
+        report: dict[str, dict[str, Any]] = {}
+        for tenant_id, tenant in self.bundles.tenants.items():
+            retention = tenant.retention
+            expired: list[SessionRecord] = []
+            if retention.idle_days is not None:
+                cutoff = (at - timedelta(days=retention.idle_days)).isoformat(timespec="microseconds")
+                expired = await asyncio.to_thread(self.sessions.idle, tenant_id, cutoff, 100000)
+            counts: dict[str, Any] = {"expired": len(expired), "expired_ids": [s.id for s in expired]}
+            if not dry_run:
+                checkpoints_removed = 0
+                for session in expired:
+                    await self.arecord(tenant_id, actor, "session_expired", session.id,
+                                       {"team": session.team, "last_active": session.updated_at,
+                                        "idle_days": retention.idle_days})  # fmt: skip
+                    await self.delete_session(session, actor=actor)
+                gone = {s.thread_id for s in expired}
+                before: tuple[str, str] | None = None
+                while page := await asyncio.to_thread(self.sessions.list, tenant_id, None, 200, before):
+                    for session in page:
+                        if session.thread_id not in gone:
+                            async with self.turn_locks.hold(session.thread_id, session.team):
+                                checkpoints_removed += await self.compact_session(session)
+                    before = (page[-1].updated_at, page[-1].thread_id)
+                counts["checkpoints_removed"] = checkpoints_removed
+                if expired or checkpoints_removed:
+                    await self.arecord(tenant_id, actor, "sessions_pruned", None,
+                                       {"expired": len(expired), "checkpoints_removed": checkpoints_removed,
+                                        "idle_days": retention.idle_days,
+                                        "keep_checkpoints": retention.keep_checkpoints})  # fmt: skip
+            report[tenant_id] = counts
+        await compact_sqlite(self.persistence.checkpointer)
+        return report
 
     async def readiness(self, timeout_s: float = 0.8) -> dict[str, str]:
         """Each store answers a trivial read and takes a write (the session index, the checkpointer, the audit

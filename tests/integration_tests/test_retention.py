@@ -122,3 +122,114 @@ async def test_a_new_database_file_is_created_with_incremental_vacuum(tmp_path: 
     conn = sqlite3.connect(tmp_path / "teamgraph.db")
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     conn.close()
+
+
+def backdate(engine: Engine, url: str, thread_id: str, days: float) -> None:
+    """Make a session look idle for `days` (what a real deployment gets by waiting)."""
+    from datetime import UTC, datetime, timedelta
+
+    stamp = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds")
+    if url.startswith("sqlite"):
+        with engine.sessions.db.conn:  # type: ignore[attr-defined]
+            engine.sessions.db.execute(  # type: ignore[attr-defined]
+                "update sessions set updated_at = ? where thread_id = ?", [stamp, thread_id]
+            )
+    else:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("update teamgraph_sessions set updated_at = %s where thread_id = %s", [stamp, thread_id])
+
+
+async def test_idle_sessions_expire_like_a_delete_and_the_pass_is_audited(url: str) -> None:
+    async with open_engine(url) as engine:
+        set_retention(engine, "veneo", idle_days=30, keep_checkpoints=3, archive_messages=None)
+        old = await engine.create_session("veneo", "veneo_chat")
+        await chat(engine, old, 12)  # enough for the memory keeper to archive messages
+        await engine.persistence.store.aput(("voice_items", old.thread_id), "item-1", {"applied": True})
+        recent = await engine.create_session("veneo", "veneo_chat")
+        await chat(engine, recent, 2)
+        backdate(engine, url, old.thread_id, days=31)
+
+        dry = await engine.prune_sessions(dry_run=True)
+        assert dry["veneo"]["expired"] == 1 and dry["veneo"]["expired_ids"] == [old.id]
+        assert await engine.find_session("veneo", old.id) is not None  # a dry run changes nothing
+        assert await read_archive(engine.persistence.store, old.thread_id)
+
+        report = await engine.prune_sessions()
+        assert report["veneo"]["expired"] == 1
+        assert await engine.find_session("veneo", old.id) is None
+        assert await checkpoint_count(engine, old.thread_id) == 0
+        assert await read_archive(engine.persistence.store, old.thread_id) == []
+        assert await engine.persistence.store.aget(("voice_items", old.thread_id), "item-1") is None
+        assert (await engine.find_session("veneo", recent.id)) is not None
+        assert len((await engine.state(recent))["messages"]) == 4
+
+        events = [e.event_type for e in engine.audit.query("veneo", session=old.id, limit=1000)]
+        assert events[-3:] == ["session_expired", "session_delete_started", "session_deleted"]
+        summary = engine.audit.query("veneo", event_type="sessions_pruned")
+        assert summary[-1].payload["expired"] == 1
+        assert engine.audit.verify("veneo").ok
+        # the demo tenant keeps its sessions (no idle_days): nothing of it expired
+        assert report["demo"]["expired"] == 0
+
+
+async def test_a_lowered_checkpoint_limit_applies_to_idle_sessions_on_the_next_pass(url: str) -> None:
+    async with open_engine(url) as engine:
+        set_retention(engine, "veneo", keep_checkpoints=10)
+        session = await engine.create_session("veneo", "veneo_chat")
+        await chat(engine, session, 8)
+        assert await checkpoint_count(engine, session.thread_id) >= 8
+        set_retention(engine, "veneo", keep_checkpoints=2)
+        report = await engine.prune_sessions()
+        assert report["veneo"]["checkpoints_removed"] >= 6
+        assert await checkpoint_count(engine, session.thread_id) == 2
+        await chat(engine, session, 1, start=8)
+
+
+async def test_only_one_process_applies_retention_at_a_time(url: str) -> None:
+    from checkpoints.retention import retention_leader
+
+    async with retention_leader(url) as first, retention_leader(url) as second:
+        assert first and not second
+    async with retention_leader(url) as again:
+        assert again
+
+
+def test_cli_prune_counts_on_a_dry_run_then_expires(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    bundles = tmp_path / "personas"
+    shutil.copytree(repo / "personas", bundles)
+    tenant = bundles / "tenants" / "veneo.yaml"
+    tenant.write_text(tenant.read_text() + "retention:\n  idle_days: 7\n")
+    db = tmp_path / "tg.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEAMGRAPH_", "OPENAI_", "LANGSMITH_"))}
+    env |= {"TEAMGRAPH_CHECKPOINT_URL": f"sqlite:///{db}", "TEAMGRAPH_PERSONAS_DIR": str(bundles)}
+    teamgraph = str(repo / ".venv" / "bin" / "teamgraph")
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([teamgraph, *args], env=env, cwd=tmp_path, input=stdin, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    assert run("chat", "--tenant", "veneo", stdin="Where is my order?\n").returncode == 0
+    listed = run("sessions", "list", "--tenant", "veneo").stdout.split()
+    session_id = listed[0]
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("update sessions set updated_at = '2020-01-01T00:00:00+00:00'")
+    conn.close()
+
+    dry = run("sessions", "prune", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "veneo: would expire 1 idle session(s)" in dry.stdout and session_id in dry.stdout
+    assert session_id in run("sessions", "list", "--tenant", "veneo").stdout
+
+    done = run("sessions", "prune")
+    assert done.returncode == 0, done.stderr
+    assert "veneo: expired 1 idle session(s)" in done.stdout
+    assert session_id not in run("sessions", "list", "--tenant", "veneo").stdout
+    assert run("audit", "verify", "--tenant", "veneo").returncode == 0
