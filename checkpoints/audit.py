@@ -22,7 +22,7 @@ from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, 
 EVENT_TYPES = (
     "session_created", "message", "response", "safety_decision", "evaluation", "team_selected",
     "document_uploaded", "session_renamed", "session_delete_started", "session_deleted",
-    "session_expired", "sessions_pruned",
+    "session_expired", "sessions_pruned", "session_exported", "session_imported",
 )  # fmt: skip
 GENESIS = "0" * 64
 ContentPolicy = Literal["full", "hash", "none"]

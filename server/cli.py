@@ -26,6 +26,7 @@ from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from personas.resolver import TeamResolutionError
 from personas.schema import json_schema
 from server.engine import Engine, SessionNotFound
+from server.session_export import ImportRejected, export_session, import_session, to_markdown
 from server.settings import Settings
 
 app = typer.Typer(help="Teamgraph: several LLM agent teams side by side.", no_args_is_help=True)
@@ -344,6 +345,43 @@ def sessions_prune(
         typer.echo(line)
         for session_id in counts["expired_ids"]:
             typer.echo(f"  {session_id}")
+
+
+async def _export(tenant: str, session_id: str, markdown: bool) -> str:
+    async with Engine.open(Settings()) as engine:
+        document = await export_session(engine, engine.get_session(tenant, session_id))
+    return to_markdown(document) if markdown else json.dumps(document, indent=2, ensure_ascii=False)
+
+
+@sessions_app.command("export")
+def sessions_export(
+    session_id: str,
+    tenant: TenantOpt = "demo",
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown for people instead of JSON.")] = False,
+) -> None:
+    """Print the whole session as a teamgraph.session/1 JSON document (or Markdown)."""
+    typer.echo(_run(_export(tenant, session_id, markdown)))
+
+
+async def _import(path: Path, tenant: str) -> str:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"{path}: cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise fail(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    async with Engine.open(Settings()) as engine:
+        try:
+            record = await import_session(engine, data, tenant)
+        except ImportRejected as exc:
+            raise fail(f"{path}: {exc}") from None
+    return record.id
+
+
+@sessions_app.command("import")
+def sessions_import(file: Path, tenant: TenantOpt = "demo") -> None:
+    """Load an exported session (teamgraph.session/1) as a new session of the tenant."""
+    typer.echo(f"imported as session {_run(_import(file, tenant))}")
 
 
 @personas_app.command("validate")

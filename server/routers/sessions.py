@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, Field
 
@@ -18,6 +18,7 @@ from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
 from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound
 from server.errors import ApiError
+from server.session_export import export_session, to_markdown
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
@@ -230,3 +231,25 @@ async def upload_document(
     except DocumentRejected as exc:
         raise ApiError(exc.status, "document_rejected", f"{exc.field}: {exc}", exc.field) from None
     return DocumentOut(kind=kind, filename=file.filename, characters=len(text))
+
+
+@router.get(
+    "/{session_id}/export",
+    responses={200: {"content": {"application/json": {}, "text/markdown": {}},
+                     "description": "A `teamgraph.session/1` document (docs/api.md), or Markdown."}},
+)  # fmt: skip
+async def export_session_route(
+    session_id: str,
+    caller: CurrentCaller,
+    engine: EngineDep,
+    format: Annotated[Literal["json", "markdown"] | None, Query(description="json (default) or markdown")] = None,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The whole session as one versioned JSON document (`teamgraph import` loads it elsewhere), or as
+    Markdown for people (`?format=markdown` or `Accept: text/markdown`)."""
+    record = await engine.aget_session(caller.tenant, session_id)
+    document = await export_session(engine, record, actor=caller.key_id)
+    markdown = format == "markdown" or (format is None and "text/markdown" in (accept or ""))
+    if markdown:
+        return Response(to_markdown(document), media_type="text/markdown; charset=utf-8")
+    return Response(json.dumps(document, ensure_ascii=False), media_type="application/json")
