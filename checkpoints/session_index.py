@@ -32,6 +32,7 @@ class SessionRecord:
     created_at: str
     updated_at: str
     client_id: str = ""  # the tenant's name for the session; empty = thread_id
+    user_id: str | None = None  # the tenant's id for the end user the session is about (erasure)
 
     @property
     def id(self) -> str:
@@ -82,7 +83,13 @@ class SessionIndex(Protocol):
     network: bool
 
     def create(
-        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
+        user_id: str | None = None,
     ) -> SessionRecord: ...
     def get(self, thread_id: str) -> SessionRecord | None: ...
     def find(self, tenant: str, client_id: str) -> SessionRecord | None: ...
@@ -91,6 +98,8 @@ class SessionIndex(Protocol):
     ) -> list[SessionRecord]: ...
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]: ...
+    def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]: ...
+    def set_user(self, thread_id: str, user_id: str) -> None: ...
     def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
     def delete(self, thread_id: str) -> bool: ...
     # deleting a session is two steps: its index row becomes a pending-deletion row in one transaction (from then
@@ -162,16 +171,31 @@ class SqliteSessionIndex:
                 self.db.execute("create table if not exists teamgraph_ready (id integer primary key, at text not null)")
         if not any(ix.name == "sessions_tenant_client" for ix in table.indexes):  # type: ignore[union-attr]
             self.db.execute("create unique index if not exists sessions_tenant_client on sessions (tenant, client_id)")
+        self._add_user_id_column()
+
+    def _add_user_id_column(self) -> None:
+        """End-user ids per session (erasure); additive and idempotent, like client_id above."""
+        table = self.db["sessions"]
+        if "user_id" not in {c.name for c in table.columns}:
+            with self._lock, self.db.conn:
+                self.db.execute("alter table sessions add column user_id text")
+                self.db.execute("create index if not exists sessions_tenant_user on sessions (tenant, user_id)")
 
     @classmethod
     def in_memory(cls) -> SqliteSessionIndex:
         return cls(None)
 
     def create(
-        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
+        user_id: str | None = None,
     ) -> SessionRecord:
         stamp = now()
-        row = {
+        row: dict[str, Any] = {
             "thread_id": thread_id,
             "tenant": tenant,
             "team": team,
@@ -179,13 +203,14 @@ class SqliteSessionIndex:
             "created_at": stamp,
             "updated_at": stamp,
             "client_id": client_id or thread_id,
+            "user_id": user_id,
         }
         # plain SQL: sqlite-utils' Table API reads sqlite_master on every call; the connection's context
         # commits, or rolls back when the id is taken (IntegrityError reaches the caller)
         with self._lock, self.db.conn:
             self.db.execute(
-                "insert into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id) "
-                "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at, :client_id)",
+                "insert into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id, user_id) "
+                "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at, :client_id, :user_id)",
                 row,
             )
         return SessionRecord(**row)
@@ -221,6 +246,19 @@ class SqliteSessionIndex:
         sql = "select * from sessions where tenant = ? and updated_at < ? order by updated_at, thread_id limit ?"
         with self._read_lock:
             return [SessionRecord(**r) for r in self._read.query(sql, [tenant, updated_before, limit])]
+
+    def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]:
+        """The tenant's sessions tagged with the end user `user_id` (erasure)."""
+        with self._read_lock:
+            rows = self._read.query("select * from sessions where tenant = ? and user_id = ?", [tenant, user_id])
+            return [SessionRecord(**r) for r in rows]
+
+    def set_user(self, thread_id: str, user_id: str) -> None:
+        """Tag a session with its end user, once (a later, different id does not replace it)."""
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "update sessions set user_id = ? where thread_id = ? and user_id is null", [user_id, thread_id]
+            )
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         with self._lock:
@@ -367,19 +405,52 @@ class PostgresSessionIndex:
                 " key text not null, fingerprint text not null, before_checkpoint text, result_type text,"
                 " result bytea, created_at text not null, primary key (tenant, thread_id, key))"
             )
+        self._add_user_id_column()
+
+    def _add_user_id_column(self) -> None:
+        """End-user ids per session (erasure); additive and idempotent, one replica at a time."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("select pg_advisory_xact_lock(hashtext('teamgraph-session-index-schema'))")
+            conn.execute("alter table teamgraph_sessions add column if not exists user_id text")
+            conn.execute(
+                "create index if not exists teamgraph_sessions_tenant_user on teamgraph_sessions (tenant, user_id)"
+            )
+
+    def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]:
+        """The tenant's sessions tagged with the end user `user_id` (erasure)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "select * from teamgraph_sessions where tenant = %s and user_id = %s", [tenant, user_id]
+            ).fetchall()
+        return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
+
+    def set_user(self, thread_id: str, user_id: str) -> None:
+        """Tag a session with its end user, once (a later, different id does not replace it)."""
+        with self.pool.connection() as conn:
+            conn.execute(
+                "update teamgraph_sessions set user_id = %s where thread_id = %s and user_id is null",
+                [user_id, thread_id],
+            )
 
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
             return conn.execute(sql, args).fetchone()  # type: ignore[return-value]
 
     def create(
-        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
+        user_id: str | None = None,
     ) -> SessionRecord:
         stamp = now()
         row = self._one(
-            "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id)"
-            " values (%s, %s, %s, %s, %s, %s, %s) returning *",
-            [thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id],
+            "insert into teamgraph_sessions"
+            " (thread_id, tenant, team, title, created_at, updated_at, client_id, user_id)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s) returning *",
+            [thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id, user_id],
         )
         assert row is not None
         return SessionRecord(**row)

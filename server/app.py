@@ -19,7 +19,7 @@ from server.observability.http import ObservabilityMiddleware
 from server.observability.logging import configure_logging
 from server.observability.metrics import Metrics
 from server.observability.tracing import configure_tracing
-from server.routers import audit, health, sessions, teams, voice
+from server.routers import audit, health, sessions, teams, users, voice
 from server.routers import metrics as metrics_router
 from server.settings import Settings, get_settings
 from server.team_routes import add_team_routes
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     app.include_router(teams.router)
     app.include_router(sessions.router)
     app.include_router(voice.router)
+    app.include_router(users.router)
     add_team_routes(app, bundles, playground=settings.playground)
     return app
 

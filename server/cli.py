@@ -36,6 +36,8 @@ app.add_typer(sessions_app, name="sessions")
 app.add_typer(personas_app, name="personas")
 audit_app = typer.Typer(help="The audit log: verify its hash chains, export, prune.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+users_app = typer.Typer(help="End users: erase everything a tenant holds about one.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SessionOpt = Annotated[str | None, typer.Option("--session", help="Continue a stored session (its id).")]
@@ -382,6 +384,20 @@ async def _import(path: Path, tenant: str) -> str:
 def sessions_import(file: Path, tenant: TenantOpt = "demo") -> None:
     """Load an exported session (teamgraph.session/1) as a new session of the tenant."""
     typer.echo(f"imported as session {_run(_import(file, tenant))}")
+
+
+async def _erase(tenant: str, user_id: str) -> dict[str, int]:
+    async with Engine.open(Settings()) as engine:
+        return await engine.erase_user(tenant, user_id)
+
+
+@users_app.command("erase")
+def users_erase(user_id: str, tenant: TenantOpt = "demo") -> None:
+    """Erase an end user: delete every session tagged with the id, redact their audit entries (audited)."""
+    counts = _run(_erase(tenant, user_id))
+    typer.echo(
+        f"erased {user_id}: {counts['sessions']} session(s), {counts['audit_entries_redacted']} audit entries redacted"
+    )
 
 
 @personas_app.command("validate")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 
-from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy
+from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy, erase_sessions
 from checkpoints.factory import Persistence, build_persistence, probe_directory
 from checkpoints.retention import compact_sqlite, prune_checkpoints
 from checkpoints.session_index import SessionRecord
@@ -220,14 +221,31 @@ class Engine:
         return config
 
     async def create_session(
-        self, tenant: str, team: str | None = None, title: str = "", actor: str = "cli"
+        self, tenant: str, team: str | None = None, title: str = "", actor: str = "cli", user_id: str | None = None
     ) -> SessionRecord:
+        """`user_id`: the tenant's id for the end user the session is about (`erase_user` finds it by that)."""
         run = self.resolve(tenant, team)
         # SQLite writes run in a worker thread: on the event loop they could wait on a lock that only the
         # loop can release (the async store commits there), stalling every request
         return await asyncio.to_thread(
-            lambda: self._created(self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title), team, actor)
+            lambda: self._created(
+                self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title, user_id=user_id), team, actor
+            )
         )
+
+    async def erase_user(self, tenant: str, user_id: str, actor: str = "cli") -> dict[str, int]:
+        """Erase everything the tenant holds about one end user: every session tagged with `user_id` is deleted
+        (checkpoints, transcript archive, voice records, index row), then those sessions' audit entries are
+        redacted, keeping the chain verifiable (`checkpoints.audit.erase_sessions`); a `user_erased` entry
+        records the erasure with counts and the user id's hash only."""
+        sessions = await asyncio.to_thread(self.sessions.of_user, tenant, user_id)
+        for session in sessions:
+            await self.delete_session(session, actor=actor)
+        user_ref = hashlib.sha256(f"{tenant}\n{user_id}".encode()).hexdigest()
+        redacted = await asyncio.to_thread(
+            erase_sessions, self.audit, tenant, [s.id for s in sessions], actor, user_ref
+        )
+        return {"sessions": len(sessions), "audit_entries_redacted": redacted}
 
     def _created(self, record: SessionRecord, requested: str | None, actor: str) -> SessionRecord:
         """Put a new session on record; if the audit log cannot take it, the session does not exist either."""

@@ -28,6 +28,10 @@ INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "deci
 class SessionCreate(BaseModel):
     team: str | None = Field(None, description="Team id; the tenant's default team when omitted.")
     title: str = Field("", max_length=200, description="Optional; else taken from the first message.")
+    user_id: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="Your id for the end user this session is about; DELETE /users/{user_id} erases it.",
+    )  # fmt: skip
 
 
 class SessionRename(BaseModel):
@@ -130,7 +134,10 @@ def transcript_view(messages: list[BaseMessage]) -> list[TranscriptMessage]:
 @router.post("", status_code=201, response_model=SessionOut)
 async def create_session(body: SessionCreate, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
     """Start a session with one of the caller's teams (403 if the team is not enabled for the tenant)."""
-    return SessionOut.of(await engine.create_session(caller.tenant, body.team, body.title, actor=caller.key_id))
+    record = await engine.create_session(
+        caller.tenant, body.team, body.title, actor=caller.key_id, user_id=body.user_id
+    )
+    return SessionOut.of(record)
 
 
 @router.get("", response_model=SessionList)
