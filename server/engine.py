@@ -365,7 +365,12 @@ class Engine:
                                     yield TurnEvent("message", node, str(message.content), message)
             await self.touch(session.thread_id, title_hint(turn_input))
             state = (await graph.aget_state(config)).values if final_state is not None else None
-            await self.compact_session(session, state)
+            try:
+                await self.compact_session(session, state)
+            except Exception as exc:  # the turn is stored; retention catches up after the next turn or pass
+                structlog.get_logger("teamgraph.engine").warning(
+                    "retention_after_turn_failed", session=session.id, error=f"{type(exc).__name__}: {exc}"
+                )
             if final_state is not None and state is not None:
                 final_state.update(state)
 

@@ -233,3 +233,45 @@ def test_cli_prune_counts_on_a_dry_run_then_expires(tmp_path: Path) -> None:
     assert "veneo: expired 1 idle session(s)" in done.stdout
     assert session_id not in run("sessions", "list", "--tenant", "veneo").stdout
     assert run("audit", "verify", "--tenant", "veneo").returncode == 0
+
+
+async def test_a_failed_retention_step_does_not_fail_the_stored_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.engine
+
+    async def broken(*args: Any) -> int:
+        raise RuntimeError("prune failed")
+
+    async with open_engine(f"sqlite:///{tmp_path}/tg.db") as engine:
+        session = await engine.create_session("veneo", "veneo_chat")
+        monkeypatch.setattr(server.engine, "prune_checkpoints", broken)
+        state = await engine.run_turn(session, {"messages": [{"role": "user", "content": "Hello"}]})
+        assert state["messages"][0].content == "Hello"
+        monkeypatch.undo()
+        assert (await engine.state(session))["messages"][0].content == "Hello"
+
+
+def test_the_server_applies_retention_in_the_background(tmp_path: Path) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    url = f"sqlite:///{tmp_path}/tg.db"
+    app = create_app(Settings(_env_file=None, checkpoint_url=url, retention_interval_s=0.2))  # type: ignore[call-arg]
+    headers = {"Authorization": "Bearer tg-veneo-key"}
+    with TestClient(app) as client:
+        engine = app.state.engine
+        set_retention(engine, "veneo", idle_days=1)
+        session_id = client.post("/sessions", json={"team": "veneo_chat"}, headers=headers).json()["id"]
+        record = engine.get_session("veneo", session_id)
+        backdate(engine, url, record.thread_id, days=2)
+        deadline = time.monotonic() + 20
+        while client.get(f"/sessions/{session_id}", headers=headers).status_code != 404:
+            assert time.monotonic() < deadline, "the background pass never expired the idle session"
+            time.sleep(0.2)
+        events = [e.event_type for e in engine.audit.query("veneo", session=session_id)]
+        assert "session_expired" in events and events[-1] == "session_deleted"
