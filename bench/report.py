@@ -14,6 +14,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 NOTES = REPO / "bench" / "notes.md"
+STORAGE = REPO / "bench" / "results" / "storage.md"
 PACKAGES = (
     "langgraph",
     "langgraph-checkpoint",
@@ -654,6 +655,10 @@ def render(r: dict[str, Any]) -> str:
         s.append(NOTES.read_text().strip() + "\n")
     else:
         s.append("No notes.\n")
+
+    # storage per session: measured apart, by `python -m bench.storage` (bench/storage.py)
+    if STORAGE.exists():
+        s.append(STORAGE.read_text().strip() + "\n")
 
     s.append("## Method\n")
     s.append(METHOD.strip() + "\n")

@@ -23,6 +23,7 @@ from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, 
 EVENT_TYPES = (
     "session_created", "message", "response", "safety_decision", "evaluation", "team_selected",
     "document_uploaded", "session_renamed", "session_delete_started", "session_deleted",
+    "session_expired", "sessions_pruned", "session_exported", "session_imported", "user_erased",
 )  # fmt: skip
 GENESIS = "0" * 64
 ContentPolicy = Literal["full", "hash", "none"]
@@ -96,8 +97,29 @@ def entry_hash(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+REDACTED = "_redacted"  # the payload key of an entry whose content an erasure removed
+
+
+def fields_digest(e: AuditEntry) -> str:
+    """sha256 of everything in an entry but its payload: what an erasure entry records of each entry it redacts,
+    so a redacted entry is still checked field by field and through its hash link."""
+    body = json.dumps({"tenant": e.tenant, "seq": e.seq, "at": e.at, "actor": e.actor, "session": e.session,
+                       "event_type": e.event_type, "prev_hash": e.prev_hash, "hash": e.hash},
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # fmt: skip
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def verify_chain(tenant: str, entries: Iterator[AuditEntry], anchor: tuple[int, str] | None) -> VerifyResult:
-    """Walk a tenant's entries in seq order; the first entry that does not follow from its predecessor is broken."""
+    """Walk a tenant's entries in seq order; the first entry that does not follow from its predecessor is broken.
+
+    A redacted entry (an erasure replaced its payload) cannot be rehashed: it verifies when a `user_erased`
+    entry of the chain lists its seq with the digest of its other fields (`fields_digest`), and its stored
+    hash still links to its neighbours; the erasure entry itself is hashed like any other."""
+    entries = list(entries)  # type: ignore[assignment]
+    erased: dict[int, str] = {}
+    for e in entries:
+        if e.event_type == "user_erased":
+            erased.update({int(r["seq"]): r["fields_sha256"] for r in e.payload.get("redacted", [])})
     expected_seq, prev = (anchor[0] + 1, anchor[1]) if anchor else (1, GENESIS)
     checked = 0
     for e in entries:
@@ -112,6 +134,11 @@ def verify_chain(tenant: str, entries: Iterator[AuditEntry], anchor: tuple[int, 
             )
         if e.prev_hash != prev:
             return VerifyResult(tenant, checked, False, e.seq, "prev_hash does not match the previous entry")
+        if set(e.payload) == {REDACTED}:
+            if erased.get(e.seq) != fields_digest(e):
+                return VerifyResult(tenant, checked, False, e.seq, "redacted without a matching erasure entry")
+            prev, expected_seq, checked = e.hash, expected_seq + 1, checked + 1
+            continue
         recomputed = entry_hash(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, e.payload, e.prev_hash)
         if recomputed != e.hash:
             return VerifyResult(tenant, checked, False, e.seq, "content does not match its hash (edited)")
@@ -121,6 +148,7 @@ def verify_chain(tenant: str, entries: Iterator[AuditEntry], anchor: tuple[int, 
 
 class AuditLog(Protocol):
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]: ...
+    def replace_payloads(self, tenant: str, payloads: dict[int, dict[str, Any]]) -> None: ...
     def query(
         self,
         tenant: str,
@@ -226,6 +254,20 @@ class SqliteAuditLog:
         except sqlite3.Error as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
         return entries
+
+    def replace_payloads(self, tenant: str, payloads: dict[int, dict[str, Any]]) -> None:
+        """Erasure only (see `erase_sessions`): overwrite the payloads of the tenant's entries `payloads` names."""
+        with self._lock:
+            self.conn.execute("begin immediate")
+            try:
+                self.conn.executemany(
+                    "update audit_events set payload = ? where tenant = ? and seq = ?",
+                    [(json.dumps(p, ensure_ascii=False), tenant, seq) for seq, p in payloads.items()],
+                )
+                self.conn.execute("commit")
+            except BaseException:
+                self.conn.execute("rollback")
+                raise
 
     def query(self, tenant: str, *, session: str | None = None, event_type: str | None = None,
               since: str | None = None, until: str | None = None, after_seq: int = 0,
@@ -333,6 +375,16 @@ class PostgresAuditLog:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
         return entries
 
+    def replace_payloads(self, tenant: str, payloads: dict[int, dict[str, Any]]) -> None:
+        """Erasure only (see `erase_sessions`): overwrite the payloads of the tenant's entries `payloads` names."""
+        from psycopg.types.json import Jsonb
+
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "update audit_events set payload = %s where tenant = %s and seq = %s",
+                [(Jsonb(p), tenant, seq) for seq, p in payloads.items()],
+            )
+
     def query(self, tenant: str, *, session: str | None = None, event_type: str | None = None,
               since: str | None = None, until: str | None = None, after_seq: int = 0,
               limit: int = 100) -> list[AuditEntry]:  # fmt: skip
@@ -384,3 +436,23 @@ class PostgresAuditLog:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def erase_sessions(log: AuditLog, tenant: str, sessions: list[str], actor: str, user_ref: str) -> int:
+    """Redact the payloads of every entry of the tenant's `sessions`, keeping the chain verifiable: first a
+    `user_erased` entry lists each redacted seq with the digest of its other fields (no content, the user only
+    as `user_ref`, a hash), then the payloads become `{"_redacted": {"by": <that entry's seq>}}`. A crash in
+    between leaves entries listed but not yet redacted, which still verify; repeating the erasure finishes it.
+    Returns how many entries were redacted."""
+    wanted = set(sessions)
+    targets: list[AuditEntry] = []
+    after = 0
+    while page := log.query(tenant, after_seq=after, limit=1000):
+        targets += [e for e in page if e.session in wanted and set(e.payload) != {REDACTED}]
+        after = page[-1].seq
+    redacted = [{"seq": e.seq, "fields_sha256": fields_digest(e)} for e in targets]
+    record = {"user_sha256": user_ref, "sessions": len(wanted), "redacted": redacted}
+    [erasure] = log.append([AuditEvent(tenant, actor, "user_erased", None, record)])
+    if targets:
+        log.replace_payloads(tenant, {e.seq: {REDACTED: {"by": erasure.seq}} for e in targets})
+    return len(targets)

@@ -16,6 +16,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.store.base import BaseStore
 
 from checkpoints.audit import AuditLog, PostgresAuditLog, SqliteAuditLog
+from checkpoints.retention import enable_incremental_vacuum
 from checkpoints.session_index import PostgresSessionIndex, SessionIndex, SqliteSessionIndex
 from checkpoints.storage import (
     DEFAULT_STATEMENT_TIMEOUT_S,
@@ -102,6 +103,8 @@ async def _sqlite(url: str) -> AsyncIterator[Persistence]:
         setup_lock = os.open(f"{path}.setup-lock", os.O_RDWR | os.O_CREAT, 0o600)
         await asyncio.to_thread(fcntl.flock, setup_lock, fcntl.LOCK_EX)
         try:
+            # before any table exists in a new file; an existing file converts once (see enable_incremental_vacuum)
+            enable_incremental_vacuum(path)
             sessions = SqliteSessionIndex(path)  # also switches the file to WAL, so readers never block the writer
             audit = SqliteAuditLog(path)
             conns = []

@@ -63,6 +63,12 @@ def _sqlite_client_ids(conn: sqlite3.Connection) -> None:
     conn.execute("create unique index if not exists sessions_tenant_client on sessions (tenant, client_id)")
 
 
+def _sqlite_user_ids(conn: sqlite3.Connection) -> None:
+    if "user_id" not in {row[1] for row in conn.execute("pragma table_info(sessions)")}:
+        conn.execute("alter table sessions add column user_id text")
+    conn.execute("create index if not exists sessions_tenant_user on sessions (tenant, user_id)")
+
+
 STEPS: tuple[Step, ...] = (
     # --- session_index ---
     Step(
@@ -120,6 +126,14 @@ STEPS: tuple[Step, ...] = (
         "session_index", 5, "the row /readyz rewrites (proves the database takes writes, not only reads)",
         sqlite=_sql("create table if not exists teamgraph_ready (id integer primary key, at text not null)"),
         postgres=_sql("create table if not exists teamgraph_ready (id int primary key, at text not null)"),
+    ),
+    Step(
+        "session_index", 6, "end-user ids per session (erasure of everything a tenant holds about one user)",
+        sqlite=_sqlite_user_ids,
+        postgres=_sql(
+            "alter table teamgraph_sessions add column if not exists user_id text",
+            "create index if not exists teamgraph_sessions_tenant_user on teamgraph_sessions (tenant, user_id)",
+        ),
     ),
     # --- audit ---
     Step(

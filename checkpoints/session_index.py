@@ -8,6 +8,7 @@ thread_id when the column was added, so they answer to the id their tenant alway
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ class SessionRecord:
     created_at: str
     updated_at: str
     client_id: str = ""  # the tenant's name for the session; empty = thread_id
+    user_id: str | None = None  # the tenant's id for the end user the session is about (erasure)
 
     @property
     def id(self) -> str:
@@ -82,7 +84,13 @@ class SessionIndex(Protocol):
     network: bool
 
     def create(
-        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
+        user_id: str | None = None,
     ) -> SessionRecord: ...
     def get(self, thread_id: str) -> SessionRecord | None: ...
     def find(self, tenant: str, client_id: str) -> SessionRecord | None: ...
@@ -90,6 +98,9 @@ class SessionIndex(Protocol):
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
     ) -> list[SessionRecord]: ...
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
+    def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]: ...
+    def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]: ...
+    def set_user(self, thread_id: str, user_id: str) -> None: ...
     def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
     def delete(self, thread_id: str) -> bool: ...
     # deleting a session is two steps: its index row becomes a pending-deletion row in one transaction (from then
@@ -140,10 +151,16 @@ class SqliteSessionIndex:
         return cls(None)
 
     def create(
-        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
+        user_id: str | None = None,
     ) -> SessionRecord:
         stamp = now()
-        row = {
+        row: dict[str, Any] = {
             "thread_id": thread_id,
             "tenant": tenant,
             "team": team,
@@ -151,13 +168,14 @@ class SqliteSessionIndex:
             "created_at": stamp,
             "updated_at": stamp,
             "client_id": client_id or thread_id,
+            "user_id": user_id,
         }
         # plain SQL: sqlite-utils' Table API reads sqlite_master on every call; the connection's context
         # commits, or rolls back when the id is taken (IntegrityError reaches the caller)
         with self._lock, self.db.conn:
             self.db.execute(
-                "insert into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id) "
-                "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at, :client_id)",
+                "insert into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id, user_id) "
+                "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at, :client_id, :user_id)",
                 row,
             )
         return SessionRecord(**row)
@@ -187,6 +205,25 @@ class SqliteSessionIndex:
         sql = f"select * from sessions where {where} order by updated_at desc, thread_id desc limit ?"
         with self._read_lock:
             return [SessionRecord(**r) for r in self._read.query(sql, [*args, limit])]
+
+    def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
+        """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""
+        sql = "select * from sessions where tenant = ? and updated_at < ? order by updated_at, thread_id limit ?"
+        with self._read_lock:
+            return [SessionRecord(**r) for r in self._read.query(sql, [tenant, updated_before, limit])]
+
+    def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]:
+        """The tenant's sessions tagged with the end user `user_id` (erasure)."""
+        with self._read_lock:
+            rows = self._read.query("select * from sessions where tenant = ? and user_id = ?", [tenant, user_id])
+            return [SessionRecord(**r) for r in rows]
+
+    def set_user(self, thread_id: str, user_id: str) -> None:
+        """Tag a session with its end user, once (a later, different id does not replace it)."""
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "update sessions set user_id = ? where thread_id = ? and user_id is null", [user_id, thread_id]
+            )
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         with self._lock:
@@ -310,18 +347,41 @@ class PostgresSessionIndex:
             self.pool.close()
             raise
 
+    def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]:
+        """The tenant's sessions tagged with the end user `user_id` (erasure)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "select * from teamgraph_sessions where tenant = %s and user_id = %s", [tenant, user_id]
+            ).fetchall()
+        return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
+
+    def set_user(self, thread_id: str, user_id: str) -> None:
+        """Tag a session with its end user, once (a later, different id does not replace it)."""
+        with self.pool.connection() as conn:
+            conn.execute(
+                "update teamgraph_sessions set user_id = %s where thread_id = %s and user_id is null",
+                [user_id, thread_id],
+            )
+
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
             return conn.execute(sql, args).fetchone()  # type: ignore[return-value]
 
     def create(
-        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
+        user_id: str | None = None,
     ) -> SessionRecord:
         stamp = now()
         row = self._one(
-            "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id)"
-            " values (%s, %s, %s, %s, %s, %s, %s) returning *",
-            [thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id],
+            "insert into teamgraph_sessions"
+            " (thread_id, tenant, team, title, created_at, updated_at, client_id, user_id)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s) returning *",
+            [thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id, user_id],
         )
         assert row is not None
         return SessionRecord(**row)
@@ -347,6 +407,16 @@ class PostgresSessionIndex:
         sql += " order by updated_at desc, thread_id desc limit %s"
         with self.pool.connection() as conn:
             return [SessionRecord(**r) for r in conn.execute(sql, [*args, limit]).fetchall()]  # type: ignore[arg-type]
+
+    def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
+        """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""
+        sql = (
+            "select * from teamgraph_sessions where tenant = %s and updated_at < %s"
+            " order by updated_at, thread_id limit %s"
+        )
+        with self.pool.connection() as conn:
+            rows = conn.execute(sql, [tenant, updated_before, limit]).fetchall()
+        return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         with self.pool.connection() as conn:

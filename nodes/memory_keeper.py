@@ -57,6 +57,12 @@ async def memory_keeper(state: dict[str, Any], config: RunnableConfig, runtime: 
 
 async def read_archive(store: BaseStore, thread_id: str) -> list[BaseMessage]:
     """Archived messages of a thread, oldest first."""
+    return (await read_archive_window(store, thread_id))[1]
+
+
+async def read_archive_window(store: BaseStore, thread_id: str) -> tuple[int, list[BaseMessage]]:
+    """Archived messages of a thread, oldest first, and the archive position of the first (retention may have
+    removed the oldest entries)."""
     items = []
     offset = 0
     while True:
@@ -66,19 +72,39 @@ async def read_archive(store: BaseStore, thread_id: str) -> list[BaseMessage]:
             break
         offset += 500
     items.sort(key=lambda item: item.key)
-    return messages_from_dict([item.value["message"] for item in items])
+    first = int(items[0].key) if items else 0
+    return first, messages_from_dict([item.value["message"] for item in items])
 
 
-def whole_transcript(archive: list[BaseMessage], state: dict[str, Any]) -> list[BaseMessage]:
+async def trim_archive(store: BaseStore, thread_id: str, archived: int, keep: int) -> int:
+    """Remove archived messages older than the newest `keep` of the `archived` committed ones (retention);
+    returns how many were removed. Keys are archive positions, so position < archived - keep goes."""
+    cutoff = archived - keep
+    if cutoff <= 0:
+        return 0
+    namespace = transcript_namespace(thread_id)
+    # trims remove whole runs from the front, so the entry just below the cutoff is there only when some are
+    # due: one key read on most turns instead of reading the archive
+    if await store.aget(namespace, f"{cutoff - 1:09d}") is None:
+        return 0
+    first, _ = await read_archive_window(store, thread_id)
+    if first >= cutoff:
+        return 0
+    await store.abatch([PutOp(namespace, f"{position:09d}", None) for position in range(first, cutoff)])
+    return cutoff - first
+
+
+def whole_transcript(archive: list[BaseMessage], state: dict[str, Any], first: int = 0) -> list[BaseMessage]:
     """The archive followed by the messages in state, counting only what the committed state has archived.
 
     memory_keeper writes the archive before its turn's checkpoint: a process that dies in between leaves entries
     past the state's `archived` count whose messages are still in state. Those entries are not part of the
     session yet (the next trim rewrites the same keys), so they are skipped here, and any archived message whose
-    id is still in state is skipped too: the transcript never shows a message twice, whenever it is read."""
+    id is still in state is skipped too: the transcript never shows a message twice, whenever it is read.
+    `first`: the archive position of `archive[0]` (retention removes the oldest entries)."""
     current: list[BaseMessage] = state.get("messages", [])
     in_state = {m.id for m in current if m.id}
-    committed = archive[: state.get("archived", 0)]
+    committed = archive[: max(0, state.get("archived", 0) - first)]
     return [*(m for m in committed if not (m.id and m.id in in_state)), *current]
 
 

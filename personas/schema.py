@@ -320,6 +320,25 @@ class TenantLimits(StrictModel):
     turns_per_minute: int = Field(6000, ge=1, le=10_000_000, description="Turns started per minute (a token bucket).")
 
 
+class RetentionSettings(StrictModel):
+    """How long a tenant's sessions live and how much of each one is stored (see docs/architecture.md)."""
+
+    idle_days: float | None = Field(
+        None, gt=0, le=36500,
+        description="Sessions idle (no turn, no change) this many days are deleted; null: kept until deleted.",
+    )  # fmt: skip
+    keep_checkpoints: int = Field(
+        20, ge=1, le=100000,
+        description="Checkpoints a session keeps (GET /sessions/{id}/history, time travel); older ones are "
+        "removed after each turn. The latest is always kept: a session resumes from it.",
+    )  # fmt: skip
+    archive_messages: int | None = Field(
+        60, ge=0, le=10_000_000,
+        description="Archived transcript messages a session keeps beyond those in state (oldest go first; the "
+        "rolling summary keeps their gist); null: keep the whole transcript (storage then grows with it).",
+    )  # fmt: skip
+
+
 class TenantBundle(StrictModel):
     """A tenant: enabled teams (feature flags), default team, overrides, keys, knowledge file."""
 
@@ -334,6 +353,7 @@ class TenantBundle(StrictModel):
     audit: AuditSettings = AuditSettings()
     voice: VoiceSettings = VoiceSettings()
     limits: TenantLimits = TenantLimits()
+    retention: RetentionSettings = RetentionSettings()
 
     @field_validator("enabled_teams")
     @classmethod

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from checkpoints.retention import run_retention_passes
 from graphs.registry import GRAPH_MODULES
 from personas.factory import AgentFactory
 from personas.loader import load_bundles
@@ -21,7 +23,7 @@ from server.observability.metrics import Metrics
 from server.observability.tracing import configure_tracing
 from server.openapi import install_openapi
 from server.request_guard import RequestGuard
-from server.routers import audit, health, sessions, teams, voice
+from server.routers import audit, health, sessions, teams, users, voice
 from server.routers import metrics as metrics_router
 from server.settings import Settings, get_settings
 from server.team_routes import add_team_routes
@@ -50,7 +52,16 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Engine.open(settings, agent_factory, bundles, metrics) as engine:
             app.state.engine = engine
-            yield
+            retention = (
+                asyncio.create_task(run_retention_passes(engine, settings.retention_interval_s))
+                if settings.retention_interval_s > 0
+                else None
+            )
+            try:
+                yield
+            finally:
+                if retention is not None:
+                    retention.cancel()
 
     # our middleware makes the request span; FastAPI's own tracing would start a second trace beside it
     app = FastAPI(
@@ -85,6 +96,7 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     app.include_router(teams.router)
     app.include_router(sessions.router)
     app.include_router(voice.router)
+    app.include_router(users.router)
     add_team_routes(app, bundles, playground=settings.playground)
     install_openapi(app, bundles)
     install_web(app, settings, bundles)

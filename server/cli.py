@@ -21,10 +21,12 @@ from typing import Annotated, Any
 import typer
 
 from checkpoints.audit import as_utc
+from checkpoints.retention import retention_leader
 from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from personas.resolver import TeamResolutionError
 from personas.schema import json_schema
 from server.engine import Engine, SessionNotFound
+from server.session_export import ImportRejected, export_session, import_session, to_markdown
 from server.settings import Settings
 
 app = typer.Typer(help="Teamgraph: several LLM agent teams side by side.", no_args_is_help=True)
@@ -34,6 +36,8 @@ app.add_typer(sessions_app, name="sessions")
 app.add_typer(personas_app, name="personas")
 audit_app = typer.Typer(help="The audit log: verify its hash chains, export, prune.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+users_app = typer.Typer(help="End users: erase everything a tenant holds about one.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SessionOpt = Annotated[str | None, typer.Option("--session", help="Continue a stored session (its id).")]
@@ -381,6 +385,80 @@ def migrate(
     )
     if counts["too_new"] or counts["busy"]:
         raise typer.Exit(1)
+
+
+async def _prune(dry_run: bool) -> dict[str, dict[str, Any]]:
+    async with Engine.open(Settings()) as engine, retention_leader(engine.persistence.url) as leader:
+        if not leader:
+            raise fail("another process is applying retention right now; try again when it has finished")
+        return await engine.prune_sessions(dry_run=dry_run, actor="cli")
+
+
+@sessions_app.command("prune")
+def sessions_prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be removed.")] = False,
+) -> None:
+    """Apply every tenant's retention now: delete idle sessions, trim checkpoints and archives (audited)."""
+    report = _run(_prune(dry_run))
+    for tenant, counts in report.items():
+        verb = "would expire" if dry_run else "expired"
+        line = f"{tenant}: {verb} {counts['expired']} idle session(s)"
+        if not dry_run:
+            line += f", removed {counts['checkpoints_removed']} superseded checkpoint(s)"
+        typer.echo(line)
+        for session_id in counts["expired_ids"]:
+            typer.echo(f"  {session_id}")
+
+
+async def _export(tenant: str, session_id: str, markdown: bool) -> str:
+    async with Engine.open(Settings()) as engine:
+        document = await export_session(engine, engine.get_session(tenant, session_id))
+    return to_markdown(document) if markdown else json.dumps(document, indent=2, ensure_ascii=False)
+
+
+@sessions_app.command("export")
+def sessions_export(
+    session_id: str,
+    tenant: TenantOpt = "demo",
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown for people instead of JSON.")] = False,
+) -> None:
+    """Print the whole session as a teamgraph.session/1 JSON document (or Markdown)."""
+    typer.echo(_run(_export(tenant, session_id, markdown)))
+
+
+async def _import(path: Path, tenant: str) -> str:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"{path}: cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise fail(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    async with Engine.open(Settings()) as engine:
+        try:
+            record = await import_session(engine, data, tenant)
+        except ImportRejected as exc:
+            raise fail(f"{path}: {exc}") from None
+    return record.id
+
+
+@sessions_app.command("import")
+def sessions_import(file: Path, tenant: TenantOpt = "demo") -> None:
+    """Load an exported session (teamgraph.session/1) as a new session of the tenant."""
+    typer.echo(f"imported as session {_run(_import(file, tenant))}")
+
+
+async def _erase(tenant: str, user_id: str) -> dict[str, int]:
+    async with Engine.open(Settings()) as engine:
+        return await engine.erase_user(tenant, user_id)
+
+
+@users_app.command("erase")
+def users_erase(user_id: str, tenant: TenantOpt = "demo") -> None:
+    """Erase an end user: delete every session tagged with the id, redact their audit entries (audited)."""
+    counts = _run(_erase(tenant, user_id))
+    typer.echo(
+        f"erased {user_id}: {counts['sessions']} session(s), {counts['audit_entries_redacted']} audit entries redacted"
+    )
 
 
 @personas_app.command("validate")

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import structlog
@@ -19,12 +21,13 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 
-from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy
+from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy, erase_sessions
 from checkpoints.factory import Persistence, build_persistence, probe_directory
+from checkpoints.retention import compact_sqlite, prune_checkpoints
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
-from nodes.memory_keeper import delete_archive, read_archive, whole_transcript
+from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
 from personas.factory import AgentFactory
 from personas.loader import Bundles, load_bundles
 from personas.resolver import AgentTeamResolver, TeamResolutionError, TeamRunConfig
@@ -226,14 +229,31 @@ class Engine:
         return config
 
     async def create_session(
-        self, tenant: str, team: str | None = None, title: str = "", actor: str = "cli"
+        self, tenant: str, team: str | None = None, title: str = "", actor: str = "cli", user_id: str | None = None
     ) -> SessionRecord:
+        """`user_id`: the tenant's id for the end user the session is about (`erase_user` finds it by that)."""
         run = self.resolve(tenant, team)
         # SQLite writes run in a worker thread: on the event loop they could wait on a lock that only the
         # loop can release (the async store commits there), stalling every request
         return await asyncio.to_thread(
-            lambda: self._created(self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title), team, actor)
+            lambda: self._created(
+                self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title, user_id=user_id), team, actor
+            )
         )
+
+    async def erase_user(self, tenant: str, user_id: str, actor: str = "cli") -> dict[str, int]:
+        """Erase everything the tenant holds about one end user: every session tagged with `user_id` is deleted
+        (checkpoints, transcript archive, voice records, index row), then those sessions' audit entries are
+        redacted, keeping the chain verifiable (`checkpoints.audit.erase_sessions`); a `user_erased` entry
+        records the erasure with counts and the user id's hash only."""
+        sessions = await asyncio.to_thread(self.sessions.of_user, tenant, user_id)
+        for session in sessions:
+            await self.delete_session(session, actor=actor)
+        user_ref = hashlib.sha256(f"{tenant}\n{user_id}".encode()).hexdigest()
+        redacted = await asyncio.to_thread(
+            erase_sessions, self.audit, tenant, [s.id for s in sessions], actor, user_ref
+        )
+        return {"sessions": len(sessions), "audit_entries_redacted": redacted}
 
     def _created(self, record: SessionRecord, requested: str | None, actor: str) -> SessionRecord:
         """Put a new session on record; if the audit log cannot take it, the session does not exist either."""
@@ -353,8 +373,68 @@ class Engine:
                                 if isinstance(message, AIMessage) and not isinstance(message, RemoveMessage):
                                     yield TurnEvent("message", node, str(message.content), message)
             await self.touch(session.thread_id, title_hint(turn_input))
-            if final_state is not None:
-                final_state.update((await graph.aget_state(config)).values)
+            state = (await graph.aget_state(config)).values if final_state is not None else None
+            try:
+                await self.compact_session(session, state)
+            except Exception as exc:  # the turn is stored; retention catches up after the next turn or pass
+                structlog.get_logger("teamgraph.engine").warning(
+                    "retention_after_turn_failed", session=session.id, error=f"{type(exc).__name__}: {exc}"
+                )
+            if final_state is not None and state is not None:
+                final_state.update(state)
+
+    async def compact_session(self, session: SessionRecord, state: dict[str, Any] | None = None) -> int:
+        """Apply the tenant's retention to one session (the caller holds its turn lock): drop checkpoints past
+        `keep_checkpoints` and archived messages past `archive_messages`. Returns checkpoints removed."""
+        retention = self.bundles.tenants[session.tenant].retention
+        removed = await prune_checkpoints(self.persistence.checkpointer, session.thread_id, retention.keep_checkpoints)
+        if retention.archive_messages is not None:
+            if state is None:
+                state = dict((await self.graph(session.team).aget_state(self.run_config(session))).values)
+            archived = int(state.get("archived", 0) or 0)
+            await trim_archive(self.persistence.store, session.thread_id, archived, retention.archive_messages)
+        return removed
+
+    async def prune_sessions(
+        self, dry_run: bool = False, actor: str = "retention", at: datetime | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Apply every tenant's retention once: delete sessions idle longer than `idle_days` (like a DELETE:
+        checkpoints, transcript archive, voice records, index row; audited `session_expired` and the usual
+        delete events), trim the other sessions to their limits, and audit a `sessions_pruned` summary per
+        tenant. `dry_run`: only count what would be expired. Returns counts per tenant."""
+        at = at or datetime.now(UTC)
+        report: dict[str, dict[str, Any]] = {}
+        for tenant_id, tenant in self.bundles.tenants.items():
+            retention = tenant.retention
+            expired: list[SessionRecord] = []
+            if retention.idle_days is not None:
+                cutoff = (at - timedelta(days=retention.idle_days)).isoformat(timespec="microseconds")
+                expired = await asyncio.to_thread(self.sessions.idle, tenant_id, cutoff, 100000)
+            counts: dict[str, Any] = {"expired": len(expired), "expired_ids": [s.id for s in expired]}
+            if not dry_run:
+                checkpoints_removed = 0
+                for session in expired:
+                    await self.arecord(tenant_id, actor, "session_expired", session.id,
+                                       {"team": session.team, "last_active": session.updated_at,
+                                        "idle_days": retention.idle_days})  # fmt: skip
+                    await self.delete_session(session, actor=actor)
+                gone = {s.thread_id for s in expired}
+                before: tuple[str, str] | None = None
+                while page := await asyncio.to_thread(self.sessions.list, tenant_id, None, 200, before):
+                    for session in page:
+                        if session.thread_id not in gone:
+                            async with self.turn_locks.hold(session.thread_id, session.team):
+                                checkpoints_removed += await self.compact_session(session)
+                    before = (page[-1].updated_at, page[-1].thread_id)
+                counts["checkpoints_removed"] = checkpoints_removed
+                if expired or checkpoints_removed:
+                    await self.arecord(tenant_id, actor, "sessions_pruned", None,
+                                       {"expired": len(expired), "checkpoints_removed": checkpoints_removed,
+                                        "idle_days": retention.idle_days,
+                                        "keep_checkpoints": retention.keep_checkpoints})  # fmt: skip
+            report[tenant_id] = counts
+        await compact_sqlite(self.persistence.checkpointer)
+        return report
 
     async def readiness(self, timeout_s: float = 0.8) -> dict[str, str]:
         """Each store answers a trivial read and takes a write (the session index, the checkpointer, the audit
@@ -433,8 +513,8 @@ class Engine:
 
     async def transcript(self, session: SessionRecord) -> list[BaseMessage]:
         """Every message of the session, once: the archive of trimmed messages, then those still in state."""
-        archived = await read_archive(self.persistence.store, session.thread_id)
-        return whole_transcript(archived, await self.state(session))
+        first, archived = await read_archive_window(self.persistence.store, session.thread_id)
+        return whole_transcript(archived, await self.state(session), first)
 
     async def history(self, session: SessionRecord, limit: int = 20, before: str | None = None) -> list[dict[str, Any]]:
         """The session's checkpoints, newest first (`before`: a checkpoint id from the previous page)."""

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         "503 storage_unavailable.",
     )
     db_statement_timeout_s: float = Field(15.0, gt=0, description="PostgreSQL: longest single statement.")
+    retention_interval_s: float = Field(
+        3600.0, ge=0, description="How often the server applies the tenants' retention (one replica at a time); "
+        "0 turns the background pass off (`teamgraph sessions prune` still applies it).",
+    )  # fmt: skip
     voice_cache_dir: Path | None = Field(
         None, description="Voice preview cache; default: voice-cache/ beside the SQLite database, else ./data."
     )

@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Path, Query, Request, Response, UploadFile
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, Field
 
@@ -18,6 +18,7 @@ from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
 from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound
 from server.errors import ApiError
+from server.session_export import export_session, to_markdown
 from server.team_input import THREAD_ID_PATTERN, THREAD_ID_RULE
 from states.migrations import TEAMS
 
@@ -34,6 +35,10 @@ INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "deci
 class SessionCreate(BaseModel):
     team: str | None = Field(None, description="Team id; the tenant's default team when omitted.")
     title: str = Field("", max_length=200, description="Optional; else taken from the first message.")
+    user_id: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="Your id for the end user this session is about; DELETE /users/{user_id} erases it.",
+    )  # fmt: skip
 
 
 class SessionRename(BaseModel):
@@ -161,7 +166,10 @@ def transcript_view(messages: list[BaseMessage]) -> list[TranscriptMessage]:
 @router.post("", status_code=201, response_model=SessionOut)
 async def create_session(body: SessionCreate, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
     """Start a session with one of the caller's teams (403 if the team is not enabled for the tenant)."""
-    return SessionOut.of(await engine.create_session(caller.tenant, body.team, body.title, actor=caller.key_id))
+    record = await engine.create_session(
+        caller.tenant, body.team, body.title, actor=caller.key_id, user_id=body.user_id
+    )
+    return SessionOut.of(record)
 
 
 @router.get("", response_model=SessionList)
@@ -275,3 +283,25 @@ async def upload_document(
     except DocumentRejected as exc:
         raise ApiError(exc.status, "document_rejected", f"{exc.field}: {exc}", exc.field) from None
     return DocumentOut(kind=kind, filename=filename, characters=len(text))
+
+
+@router.get(
+    "/{session_id}/export",
+    responses={200: {"content": {"application/json": {}, "text/markdown": {}},
+                     "description": "A `teamgraph.session/1` document (docs/api.md), or Markdown."}},
+)  # fmt: skip
+async def export_session_route(
+    session_id: SessionId,
+    caller: CurrentCaller,
+    engine: EngineDep,
+    format: Annotated[Literal["json", "markdown"] | None, Query(description="json (default) or markdown")] = None,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The whole session as one versioned JSON document (`teamgraph import` loads it elsewhere), or as
+    Markdown for people (`?format=markdown` or `Accept: text/markdown`)."""
+    record = await engine.aget_session(caller.tenant, session_id)
+    document = await export_session(engine, record, actor=caller.key_id)
+    markdown = format == "markdown" or (format is None and "text/markdown" in (accept or ""))
+    if markdown:
+        return Response(to_markdown(document), media_type="text/markdown; charset=utf-8")
+    return Response(json.dumps(document, ensure_ascii=False), media_type="application/json")

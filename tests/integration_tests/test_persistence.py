@@ -25,6 +25,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 import checkpoints.session_index as session_index
 from checkpoints.factory import CheckpointURLError, build_persistence
 from nodes.memory_keeper import read_archive
+from personas.schema import RetentionSettings
 from server.engine import Engine, SessionNotFound
 from tests.conftest import open_engine
 
@@ -413,9 +414,13 @@ async def test_durability_sets_how_many_checkpoints_a_turn_writes(durable_url: s
 
 
 async def test_long_chat_costs_the_same_per_turn(durable_url: str) -> None:
-    """200 turns on one thread: bytes written per turn stay flat and the transcript keeps all 400 messages."""
+    """200 turns on one thread: bytes written per turn stay flat and the transcript keeps all 400 messages
+    (with retention keeping everything; test_retention.py covers what the default retention removes)."""
     turns = 200
     async with open_engine(durable_url) as engine:
+        veneo = engine.bundles.tenants["veneo"]
+        keep_all = RetentionSettings(keep_checkpoints=100000, archive_messages=None)
+        engine.bundles.tenants["veneo"] = veneo.model_copy(update={"retention": keep_all})
         session = await engine.create_session("veneo")
         per_turn: list[int] = []
         questions = []
