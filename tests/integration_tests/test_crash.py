@@ -29,7 +29,7 @@ from langgraph.store.base import PutOp
 
 from checkpoints.factory import open_audit_log
 from nodes.memory_keeper import transcript_namespace
-from server.engine import Engine
+from server.engine import Engine, thread_key
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
 from tests.integration_tests.live_server import DEMO_KEY, VENEO_KEY, LiveServer, auth
@@ -246,7 +246,7 @@ async def seed_big_session(url: str, thread_id: str, rows: int) -> None:
             await engine.persistence.store.abatch(
                 [
                     PutOp(
-                        transcript_namespace(thread_id),
+                        transcript_namespace(session.thread_id),  # the internal key (client ids are per tenant)
                         f"{100 + i:09d}",
                         {"message": message_to_dict(HumanMessage(f"filler {i}"))},
                         index=False,
@@ -257,9 +257,9 @@ async def seed_big_session(url: str, thread_id: str, rows: int) -> None:
 
 
 @contextlib.contextmanager
-def archive_counter(url: str, thread_id: str) -> Iterator[Callable[[], int]]:
-    """How many archive entries the session has, read on one open connection (polled every few ms)."""
-    prefix = ".".join(transcript_namespace(thread_id))
+def archive_counter(url: str, session_id: str) -> Iterator[Callable[[], int]]:
+    """How many archive entries the veneo session `session_id` has, read on one open connection (polled often)."""
+    prefix = ".".join(transcript_namespace(thread_key("veneo", session_id)))
     if url.startswith("sqlite"):
         with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10)) as db:
             yield lambda: int(db.execute("select count(*) from store where prefix = ?", [prefix]).fetchone()[0])
