@@ -245,7 +245,12 @@ _HATE = re.compile(
     r"|\b(?:write|create|make|generate|compose)\b[^.?!]{0,30}\b(?:racist|sexist|homophobic|transphobic|antisemitic"
     r"|hateful|bigoted|xenophobic|misogynist\w*|derogatory|demeaning|insulting)\b"
     r"|\b(?:white (?:supremacy|power)|racial purity|ethnic cleansing|final solution|master race|gas the)\b"
-    r"|\b(?:threatening|threat(?:en)?) (?:message|letter|note|email)",
+    r"|\b(?:threatening|threat(?:en)?) (?:message|letter|note|email)"
+    r"|\b(?:narrative|story|essay|post|speech|article|poem|song)s? (?:\w+ ){0,3}(?:supporting|promoting|justifying"
+    r"|celebrating|about|glorifying) (?:\w+ ){0,2}(?:religious|racial|ethnic|gender) (?:intolerance|prejudice|hatred"
+    r"|discrimination|superiority|inferiority)"
+    r"|\bmake (?:one|a|the) (?:group|race|religion|people|ethnicity) (?:\w+ )?(?:superior|inferior)"
+    r"|\b(?:victims|they|those people) (?:\w+ ){0,3}deserved (?:to die|it|their fate)",
     re.I,
 )
 
@@ -307,22 +312,66 @@ def injection_kind(message: str) -> str | None:
     return None
 
 
+# Content that is harmful to produce whatever the wording of the ask: disinformation, incitement, glorified
+# violence, atrocity denial, root-escalation commands, verbatim copyrighted text.
+_HARMFUL_CONTENT = re.compile(
+    r"\b(?:write|create|compose|generate|draft|produce|publish|make|develop|design|post|spread)\w*\b[^.?!\n]{0,60}"
+    r"\b(?:fake news|false news|hoax|disinformation|misinformation|conspiracy theor\w+|propaganda"
+    r"|(?:glorif|romantici[sz]|promot|celebrat|encourag|incit|justif|reward)\w* (?:\w+ ){0,3}(?:violence|war\b|terror"
+    r"|killing|murder|genocide|self-harm|suicide|hatred|racism|discrimination|intolerance|extremism|eating disorder"
+    r"|drug use|drunk driving|harm))"
+    r"|\b(?:incit|provok|stir)\w* (?:\w+ ){0,3}(?:violence|riots?|hatred|racial tensions|panic|harm)\b"
+    r"|\b(?:disrupt|rig|manipulat|suppress)\w* (?:\w+ ){0,3}(?:voting|votes?|elections?|polling stations?)\b"
+    r"|\b(?:evidence|proof|prove|argu\w+|claim\w*|suggest\w*) (?:\w+ ){0,4}(?:the )?holocaust"
+    r" (?:was a hoax|never happened"
+    r"|did not happen|didn't happen)|\bholocaust (?:was a hoax|never happened|denial)\b"
+    r"|\b(?:command|script|one-liner|way)s? (?:\w+ ){0,6}(?:root|admin(?:istrator)?) (?:privileges?|access|rights)"
+    r"(?: \w+){0,4} (?:without (?:a |the )?password|via|by)\b"
+    r"|\b(?:escalat\w+|elevat\w+) (?:me |my \w+ )?(?:to|privileges)"
+    r"[^.?!]{0,30}\bwithout (?:a |the )?password|\bshell ?smashing\b|\bprivilege escalation exploit"
+    r"|\b(?:delete|wipe|erase|destroy)s? (?:every |all (?:the )?)files? on (?:this|the|a|their|his|her)"
+    r" (?:machine|computer|server"
+    r"|system)"
+    r"|\b(?:reproduce|recite|copy|output|print|write out|continue)\w* (?:\w+ ){0,4}"
+    r"(?:verbatim|exact (?:original )?text"
+    r"|word for word)[^.?!]{0,60}\b(?:copyrighted|book|novel|published works?|lyrics|song)"
+    r"|\b(?:verbatim|exact) (?:passages?|text|chapters?) (?:from|of) (?:a |the )?"
+    r"(?:copyrighted|well-known|famous|published)"
+    r"|\bcopyrighted (?:book|novel|text|work)s?\b[^.?!]{0,40}\b(?:verbatim|exact|full text|in full)",
+    re.I,
+)
+
+
+def _sentences(text: str) -> list[str]:
+    """Sentences (and lines) of a message: an ask and a harmful act must meet in one, not a page apart."""
+    return [s for s in re.split(r"(?<=[.?!])\s+|\n+", text) if s.strip()]
+
+
 def harmful_kind(message: str) -> str | None:
     """The kind of harm a message asks for help with (weapons, violence, drugs, crime, cyber, self_harm), or None."""
     text = _plain(message)
     if _SELF_HARM.search(text):
         return "self_harm"
-    asks = _ASK.search(text) is not None or text.rstrip().endswith("?")
-    if not asks:
+    if _HARMFUL_CONTENT.search(text):
+        return "harmful_content"
+    for sentence in _sentences(text):
+        kind = _sentence_harm(sentence)
+        if kind:
+            return kind
+    return None
+
+
+def _sentence_harm(text: str) -> str | None:
+    question = text.rstrip().endswith("?")
+    if not (_ASK.search(text) or question):
         return None
     for kind, pattern in _HARM_ACTS:
         if pattern.search(text):
             return kind
-    if _PRIVACY.search(text) or (
-        _APPOSITION.search(text) and text.rstrip().endswith("?") and not _NOT_PRIVATE.search(text)
-    ):
+    if _PRIVACY.search(text) or (_APPOSITION.search(text) and question and not _NOT_PRIVATE.search(text)):
         return "privacy"
-    if _COMPANY_SECRET.search(text):
+    # a company's non-public affairs, asked for directly (a report on public revenue figures is not that)
+    if question and _COMPANY_SECRET.search(text):
         return "privacy"
     return None
 
@@ -353,6 +402,12 @@ def is_extraction(message: str) -> bool:
     return _EXTRACTION.search(message.replace("\u2019", "'")) is not None
 
 
+_HISTORY = re.compile(
+    r"\s*(?:in )?(?:what|which) year (?:did|was|were)\b|\s*when (?:did|was|were)\b"
+    r"|\s*who (?:invented|won|led|started)\b"
+)
+
+
 def check_user_message(message: str, settings: SafetySettings) -> RuleDecision | None:
     """A refusal decision when the user's message must not be answered, else None."""
     refusal = settings.refusal_message
@@ -371,7 +426,10 @@ def check_user_message(message: str, settings: SafetySettings) -> RuleDecision |
         )
     plain = _plain(message).lower()
     harm = harmful_kind(message) if settings.check_harmful_requests else None
-    for topic in settings.disallowed_topics:
+    # a factual question about the past ("What year did Japan bomb Pearl Harbor?") is history, not the topic's
+    # how-to; the classifier still sees it
+    history = _HISTORY.match(plain) is not None
+    for topic in settings.disallowed_topics if not history else []:
         for keyword in topic.keywords:
             if re.search(r"(?<!\w)" + re.escape(keyword.lower()) + r"(?:s|es)?(?!\w)", plain):
                 return RuleDecision(
