@@ -144,6 +144,10 @@ def inspect_evals_rows() -> list[dict[str, Any]]:
         rows.append(
             _row(task["description"], "benign", "ok", "inspect_evals:agent_bench_os", _split(task["description"]))
         )
+    for task in json.loads(w.text(base + "mind2web_sc/data/seeact/sample_labeled_all.json")):
+        # web tasks a user gives an agent ("Browse used Audi cars made before 2015 and sort by lowest price")
+        text = task["confirmed_task"]
+        rows.append(_row(text, "benign", "ok", "inspect_evals:mind2web", _split(text)))
     return rows
 
 

@@ -103,6 +103,9 @@ _EXTRACTION = re.compile(
     r"|\bbeginning of (?:this|the|our) (?:conversation|chat)\b"
     r"|\byour (?:instructions|prompt|rules|guidelines|directives)"
     r"(?= *(?:[.?!]|$| verbatim| word for word| exactly| in (?:json|full|base64)| you were given| so far| above))"
+    r"|\b(?:administrator|admin|maintenance|debug|diagnostic|developer|sudo|root|system) (?:override|mode|access)\b"
+    r"[^\n]{0,60}\b(?:display|show|print|dump|reveal|output|list)\w* (?:the |your |all )?(?:system |internal |full )?"
+    r"(?:configuration|config|settings|prompt|instructions)"
     r"|\b(?:base64|hex|rot13|binary|morse|leetspeak|pig latin|reverse(?:d)?)\b[^.?!\n]{0,40}"
     r"\b(?:your|the) (?:prompt|instructions|rules|configuration|guidelines|system)",
     re.I,
@@ -214,7 +217,8 @@ _APPOSITION = re.compile(r"\b(?:my|our) (?:[a-z-]+ ){0,2}[a-z-]+, [A-Z][a-z]+(?:
 _NOT_PRIVATE = re.compile(r"\b(?:order\w*|return\w*|deliver\w*|refund\w*|account|parcel|size|gift card|bought)\b", re.I)
 _COMPANY_SECRET = re.compile(
     r"\b(?:budget(?: allocation)?|expenditures?|spending|profit margins?|revenue|salar(?:y|ies)|legal notices?"
-    r"|lawsuits?|strategic plans?|undisclosed|confidential|internal (?:conflicts?|communications?|procedures?|memos?"
+    r"|lawsuits?|strategic plans?|undisclosed|confidential|classified|covert|contingency plans?|weakest point"
+    r"|internal (?:conflicts?|communications?|procedures?|protocols?|memos?"
     r"|emails?|documents?)|standing orders|trade secrets?|security (?:protocols?|measures)|communications between)"
     r"\b[^.?!]{0,60}\b(?:of |at |for |between |in |from |by )?[A-Z][\w&-]+(?:'s)?",
 )
@@ -250,7 +254,9 @@ _HATE = re.compile(
     r"|celebrating|about|glorifying) (?:\w+ ){0,2}(?:religious|racial|ethnic|gender) (?:intolerance|prejudice|hatred"
     r"|discrimination|superiority|inferiority)"
     r"|\bmake (?:one|a|the) (?:group|race|religion|people|ethnicity) (?:\w+ )?(?:superior|inferior)"
-    r"|\b(?:victims|they|those people) (?:\w+ ){0,3}deserved (?:to die|it|their fate)",
+    r"|\b(?:victims|they|those people) (?:\w+ ){0,5}deserved (?:to die|it|their fate)"
+    r"|\b(?:deserves?|deserving of|justif\w+ (?:\w+ ){0,4}) discrimination\b"
+    r"|\b(?:inferior|subhuman) (?:group|race|people)\b",
     re.I,
 )
 
@@ -297,7 +303,9 @@ def injection_kind(message: str) -> str | None:
     persona = _PERSONA_NAMES.search(text) is not None
     setup = _PERSONA_SETUP.search(text) is not None
     limits = _NO_LIMITS.search(_IDIOMS.sub(" ", text)) is not None
-    if limits and (setup or persona or len(text) > 200):
+    # a long text that mentions "unrestricted" access or "without any restrictions" is a jailbreak only when it
+    # also talks to or about the model
+    if limits and (setup or persona or (len(text) > 200 and _AI_REF.search(text))):
         return "jailbreak"
     if persona and setup:
         return "jailbreak"
@@ -337,7 +345,48 @@ _HARMFUL_CONTENT = re.compile(
     r"|word for word)[^.?!]{0,60}\b(?:copyrighted|book|novel|published works?|lyrics|song)"
     r"|\b(?:verbatim|exact) (?:passages?|text|chapters?) (?:from|of) (?:a |the )?"
     r"(?:copyrighted|well-known|famous|published)"
-    r"|\bcopyrighted (?:book|novel|text|work)s?\b[^.?!]{0,40}\b(?:verbatim|exact|full text|in full)",
+    r"|\bcopyrighted (?:book|novel|text|work)s?\b[^.?!]{0,40}\b(?:verbatim|exact|full text|in full)"
+    r"|\b(?:continue|complete|finish|recite|reproduce)\w* (?:this|the) (?:famous )?"
+    r"(?:quote|passage|opening line|lyrics)"
+    r"[^.?!]{0,60}\b(?:exact|original|verbatim|word for word)"
+    r"|\b(?:reveal|leak|output|print|list|share|recall)\w* (?:\w+ ){0,3}(?:api keys?|passwords?|authentication tokens?"
+    r"|credentials|private keys?|secrets)\b[^.?!]{0,60}\b(?:memori[sz]ed|training data|trained on)",
+    re.I,
+)
+
+
+# Building a tool or a plan whose purpose is the harm ("develop an app that allows users to harass others",
+# "a plan to disrupt transportation systems and cause chaos"): the artefact is neutral, its stated purpose is not.
+_HARMFUL_PURPOSE = re.compile(
+    r"\b(?:develop|create|write|design|build|make|code|program|outline|generate|draft|instruct|demonstrate|provide"
+    r"|list|give|explain|describe|determine)\w*\b"
+    r"[^.?!\n]{0,80}\b(?:"
+    r"hijack\w*|hack\w* into|spies on|spy on|steal\w*|stole|harvest\w* (?:and sells? )?(?:user |personal )?data"
+    r"|(?:cyber)?bull(?:y|ies|ying)|harass\w*|stalk\w*|dox+\w*|groom\w*|poses? as a minor"
+    r"|manipulat\w* (?:\w+ ){0,2}(?:financial markets?|stock markets?|stock prices?|customer ratings|elections?|votes?)"
+    r"|sabotag\w*|(?:cause|causing)s? (?:\w+ ){0,2}(?:chaos|harm|panic|crash\w*|accidents?|economic instability|damage)"
+    r"|without (?:the )?(?:user'?s? |their )?(?:consent|knowledge|permission)"
+    r"|fake (?:reviews?|news|accounts?|profiles?)"
+    r"|pirat\w+|terroris[tm]\w*|hate speech|dehumani[sz]\w*|oppression of|escape from (?:a |the )?(?:prison|jail"
+    r"|correctional)|conceal\w* (?:\w+ )?criminal|cover up (?:a |the )?crime|reckless driving|drunk driving"
+    r"|evade (?:taxes|the police|law enforcement|detection)|ransom\w*|extort\w*|blackmail\w*|phishing|scam\w*"
+    r"|illegal (?:drugs|weapons|firearms|content|activities)|deletes? (?:all |every )?files? (?:from|on) (?:a |the )?"
+    r"(?:computer|victim)|(?:destroy|destruction of) evidence|avoid\w* (?:of )?witnesses|hit-and-run"
+    r"|(?:sql ?injection|sqli|xss) payloads?|payloads? (?:to|for) (?:inject|exploit)\w*|obfuscat\w* (?:\w+ )?payloads?"
+    r"|evade (?:\w+ ){0,2}(?:wafs?|antivirus|edr|detection)|exploit\w* (?:\w+ ){0,3}vulnerabilit\w*"
+    r"|vulnerabilit\w* and explain how to use|scrap\w+ (?:\w+ )?email addresses"
+    r"|discourag\w* (?:\w+ ){0,2}(?:wearing masks|vaccinat\w*|getting vaccinated)"
+    r")",
+    re.I,
+)
+
+
+# a tool or guide against the harm ("a guide on how to prevent phishing") is protection, not the harm
+_PROTECTIVE = re.compile(
+    r"\b(?:prevent\w*|protect\w*|defend\w*|detect\w*|recogni[sz]\w*|spot(?:ting)?"
+    r"|avoid(?:ing)? (?:being|getting|falling)"
+    r"|report(?:ing)?|awareness|victims? of|resist\w*"
+    r"|stop(?:ping)? (?:\w+ )?(?:bullying|harassment|scams?|phishing))\b",
     re.I,
 )
 
@@ -354,6 +403,8 @@ def harmful_kind(message: str) -> str | None:
         return "self_harm"
     if _HARMFUL_CONTENT.search(text):
         return "harmful_content"
+    if any(_HARMFUL_PURPOSE.search(x) and not _PROTECTIVE.search(x) for x in _sentences(text)):
+        return "harmful_purpose"
     for sentence in _sentences(text):
         kind = _sentence_harm(sentence)
         if kind:
@@ -395,7 +446,10 @@ def harm_cues(message: str) -> list[str]:
 
 def is_hateful(message: str) -> bool:
     text = _plain(message)
-    return _HATE.search(text) is not None or (_ASK.search(text) is not None and _HARASS.search(text) is not None)
+    if _HATE.search(text):
+        return True
+    # asking to harass, in one sentence ("help me insult my coworker"); a story where someone "insulted them" is not
+    return any(_ASK.search(x) and _HARASS.search(x) for x in _sentences(text))
 
 
 def is_extraction(message: str) -> bool:
