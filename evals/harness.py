@@ -157,6 +157,7 @@ def scorer_section() -> str:
     rubric = list(_resolver().resolve("demo", "interview").team.params.rubric)
     pairs = [json.loads(line) for line in (SETS / "scorer_pairs.jsonl").read_text(encoding="utf-8").splitlines()]
     results: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    plain: dict[str, list[bool]] = defaultdict(list)  # the same pairs without the semantic model
     wrong: list[str] = []
     timings: list[float] = []
     for pair in pairs:
@@ -170,6 +171,12 @@ def scorer_section() -> str:
             scored.append(result["overall"])
         ok = scored[0] > scored[1]
         results[(pair["category"], pair["split"])].append(ok)
+        job, resume = pair.get("job_description", ""), pair.get("resume", "")
+        without = [
+            score_answer(pair["question"], pair[side], job, rubric, resume, semantic=False)["overall"]
+            for side in ("better", "worse")
+        ]
+        plain[pair["category"]].append(without[0] > without[1])
         if not ok:
             wrong.append(
                 f"{pair['id']} ({pair['category']}, {pair['split']}): better {scored[0]} vs worse {scored[1]} — "
@@ -181,17 +188,18 @@ def scorer_section() -> str:
         "",
         "Pairs of answers to the same question, one clearly better (evals/sets/scorer_pairs.jsonl); a pair counts "
         "as right when the better answer gets the higher overall score (a tie is wrong). `dev` pairs were used "
-        "while tuning; `heldout` pairs were written before tuning and not used to tune.",
+        "while tuning; `heldout` pairs were written before tuning and not used to tune. The last column scores the "
+        "same pairs without the semantic model (nodes/semantic_model.py), lexicon and heuristics only.",
         "",
-        "| category | dev | heldout | all | target |",
-        "| --- | --- | --- | --- | --- |",
+        "| category | dev | heldout | all | target | all, without the semantic model |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for category in categories:
         dev, held = results.get((category, "dev"), []), results.get((category, "heldout"), [])
         both = dev + held
         out.append(
             f"| {category} | {_rate(sum(dev), len(dev))} | {_rate(sum(held), len(held))} | "
-            f"{_rate(sum(both), len(both))} | ≥ 95% |"
+            f"{_rate(sum(both), len(both))} | ≥ 95% | {_rate(sum(plain[category]), len(plain[category]))} |"
         )
     out += ["", f"p50 scoring time per answer: {_p50(timings)}.", "", f"### Pairs ordered wrongly ({len(wrong)})", ""]
     out += [f"- {w}" for w in wrong] or ["- none"]

@@ -9,6 +9,7 @@ from langchain_core.runnables import RunnableConfig
 
 from nodes.configuration import Configuration
 from nodes.evaluation_format import evaluation_message, latest_answer, with_delivery
+from nodes.semantic_model import SemanticModel, default_model
 from nodes.text_features import OFF_TOPIC, STOPWORDS, content_words, numbers, relevance, stem, words
 from personas.schema import RubricCriterion
 
@@ -98,10 +99,27 @@ def _clamp(value: float) -> int:
     return max(1, min(5, round(value)))
 
 
+# cosine similarities of the semantic model below/above which an answer reads as unrelated/related to the topic
+SEMANTIC_RANGE = (0.35, 0.7)
+
+
+def _semantic_scale(similarity: float) -> float:
+    low, high = SEMANTIC_RANGE
+    return max(0.0, min(1.0, (similarity - low) / (high - low)))
+
+
 def answer_features(
-    question: str, answer: str, job_description: str, skill: str = "", resume: str = ""
+    question: str,
+    answer: str,
+    job_description: str,
+    skill: str = "",
+    resume: str = "",
+    model: SemanticModel | None = None,
 ) -> dict[str, float]:
-    """What the scores are made of; all in [0, 1] or counts, from the text alone (deterministic)."""
+    """What the scores are made of; all in [0, 1] or counts, from the text alone (deterministic).
+
+    `model` is the offline semantic model (nodes/semantic_model.py); None leaves out the meaning-based signals
+    (the quality report uses that to measure what the model adds)."""
     text = answer.lower()
     answer_words = words(answer)
     n = len(answer_words)
@@ -135,8 +153,13 @@ def answer_features(
         + len(found_numbers)
         + len(set(re.findall(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z0-9]+", answer)))
     )
+    semantic = model.similarity(answer, asked) if model else 0.0
+    context = f"{question} {job_description}" if job_description else ""
+    semantic_job = model.similarity(answer, context) if model and context else semantic
     return {
         "words": n,
+        "semantic": semantic,
+        "semantic_job": semantic_job,
         "relevance": rel_question,
         "job_relevance": rel_job,
         "echo": echo,
@@ -154,16 +177,27 @@ def answer_features(
     }
 
 
+def _story(f: dict[str, float]) -> bool:
+    """A private story (a hike, a dinner) told instead of an answer: leisure words and little shared meaning."""
+    if f["off_topic"] > 0.12 and f["relevance"] < 0.5:
+        return True
+    # far from the question and the job by meaning, and sharing hardly a term or concept with them
+    return bool(f["semantic_job"]) and max(f["semantic"], f["semantic_job"]) < 0.3 and f["relevance"] < 0.3
+
+
 def _criterion_score(name: str, f: dict[str, float]) -> int:
     n = f["words"]
     # an answer that tells a private story, repeats the question or lists keywords has no evidence in it
     filler = f["repetition"] > 0.45 or (f["echo"] > 0.45 and n > 40)
-    story = f["off_topic"] > 0.12 and f["relevance"] < 0.5
+    story = _story(f)
     listing = f["listing"] > 0
     substance = 0.0 if (filler or story or listing) else 1.0
     evidence = min(1.0, (f["numbers"] + f["result_verbs"] + min(f["resume_claims"], 3)) / 4)
     if name == "relevance":
-        base = 1 + 3 * max(f["relevance"], 0.7 * f["job_relevance"]) + (1 if evidence > 0.4 else 0)
+        # meaning lifts relevance where the answer carries evidence but shares few words with the question; a
+        # vague answer is on topic by meaning too, and must not earn relevance from that alone
+        meaning = _semantic_scale(max(f["semantic"], f["semantic_job"])) if evidence > 0 else 0.0
+        base = 1 + 3 * max(f["relevance"], 0.7 * f["job_relevance"], meaning) + (1 if evidence > 0.4 else 0)
         if story:
             return 1
         return _clamp(min(base, 2 if listing else 3 if filler else 5))
@@ -217,7 +251,7 @@ _IMPROVEMENTS = {
 def _diagnosis(f: dict[str, float]) -> list[str]:
     """What specifically went wrong, in the candidate's terms (shown before the generic tips)."""
     notes = []
-    if f["off_topic"] > 0.12 and f["relevance"] < 0.5:
+    if _story(f):
         notes.append("This answer tells a story that is not about the question; pick an example from your work.")
     if f["listing"]:
         notes.append("A list of keywords is not an answer: show how you used one or two of them, with a result.")
@@ -265,10 +299,18 @@ def example_answer(question: dict[str, Any], job_description: str, resume: str) 
 
 
 def score_answer(
-    question: dict[str, Any], answer: str, job_description: str, rubric: list[RubricCriterion], resume: str = ""
+    question: dict[str, Any],
+    answer: str,
+    job_description: str,
+    rubric: list[RubricCriterion],
+    resume: str = "",
+    semantic: bool = True,
 ) -> dict[str, Any]:
-    """Score `answer` on every rubric criterion (1-5) from its text alone; same input, same scores."""
-    f = answer_features(question["text"], answer, job_description, question.get("skill", ""), resume)
+    """Score `answer` on every rubric criterion (1-5) from its text alone; same input, same scores.
+
+    `semantic=False` scores without the semantic model (lexicon and heuristics only), for the quality report."""
+    model = default_model() if semantic else None
+    f = answer_features(question["text"], answer, job_description, question.get("skill", ""), resume, model)
     scores = {c.name: _criterion_score(c.name, f) for c in rubric}
     total_weight = sum(c.weight for c in rubric)
     overall = round(sum(scores[c.name] * c.weight for c in rubric) / total_weight, 1)

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+import nodes.fallback_scorer as fallback_scorer
 from nodes.fallback_scorer import score_answer
 from nodes.question_generator import offline_questions
+from nodes.semantic_model import SemanticModel, default_model
 from nodes.text_features import content_words, numbers
 from personas.resolver import AgentTeamResolver
 from personas.schema import RubricCriterion
@@ -101,6 +103,50 @@ def test_a_matching_resume_claim_raises_specificity(rubric: list[RubricCriterion
     without = score_answer(QUESTION, answer, JOB, rubric, "")
 
     assert with_resume["scores"]["specificity"] > without["scores"]["specificity"]
+
+
+CHURN = {"text": "How did you reduce customer churn?", "type": "technical", "skill": "retention"}
+# shares no content word with the question or the skill: only meaning connects them
+PARAPHRASE = (
+    "Subscribers were quitting after a month. I phoned twenty who left, learned the setup confused them, "
+    "rewrote it, and the share still paying after ninety days went from 60 to 75 percent."
+)
+CAMPING = "I went camping by the lake with my cousins; we paddled canoes for three hours and grilled fish at sunset."
+
+
+def test_the_semantic_model_ships_and_relates_texts_by_meaning() -> None:
+    model = default_model()
+
+    assert len(model) >= 20000 and model.dims == 64
+    # inflected and irregular forms resolve to WordNet's base forms
+    assert model.word_index("latencies") == model.word_index("latency") is not None
+    assert model.word_index("churned") == model.word_index("churn") is not None
+    assert model.word_index("fell") == model.word_index("fall") is not None
+    question = f"{CHURN['text']} {CHURN['skill']}"
+    assert model.similarity(PARAPHRASE, question) > model.similarity(CAMPING, question)
+    assert model.similarity("", question) == 0.0
+
+
+def test_the_scorer_uses_the_semantic_model(rubric: list[RubricCriterion], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+
+    class Recording(SemanticModel):
+        def similarity(self, a: str, b: str) -> float:
+            calls.append((a, b))
+            return super().similarity(a, b)
+
+    real = default_model()
+    recording = Recording.__new__(Recording)
+    recording.__dict__.update(real.__dict__)
+    monkeypatch.setattr(fallback_scorer, "default_model", lambda: recording)
+
+    with_model = score_answer(CHURN, PARAPHRASE, JOB, rubric, "")
+    without = score_answer(CHURN, PARAPHRASE, JOB, rubric, "", semantic=False)
+
+    assert any(a == PARAPHRASE for a, _ in calls)
+    # the lexicon finds no shared term; the model sees an answer about retention
+    assert with_model["scores"]["relevance"] > without["scores"]["relevance"]
+    assert with_model["overall"] > score_answer(CHURN, CAMPING, JOB, rubric, "")["overall"]
 
 
 # ------------------------------------------------------------------------------------------ offline questions
