@@ -91,6 +91,8 @@ def _statuses(path: str, method: str, has_body: bool) -> set[int]:
         return found | {403, 404, 429, 502, 503, 504}
     if path == "/audit":
         return found | {403, 503}
+    if path.startswith("/users"):  # admin keys only; erasure deletes sessions (one may be busy with a turn)
+        return found | {403, 409, 503}
     return found
 
 

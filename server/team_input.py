@@ -12,6 +12,9 @@ from server.errors import ApiError
 # no ".": a session's archive lives in the LangGraph store under the thread id, and store labels cannot hold one
 THREAD_ID_PATTERN = r"^[A-Za-z0-9_:-]{1,128}$"
 THREAD_ID_RULE = "1 to 128 characters from A-Z a-z 0-9 _ : -"
+# end-user ids (erasure) may be emails too; they travel in a URL path, so no "/", space or control characters
+USER_ID_PATTERN = r"^[A-Za-z0-9_.@+:-]{1,200}$"
+USER_ID_RULE = "1 to 200 characters from A-Z a-z 0-9 _ . @ + : -"
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
 HUMAN = {"human", "user"}  # LangChain's type and the chat-style role of a user's message
 # keys LangChain's own serialisation of a HumanMessage carries (RemoteRunnable sends them), and their types

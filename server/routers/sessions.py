@@ -19,7 +19,7 @@ from server.documents import UnreadableDocument, UnsupportedDocument, document_k
 from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound
 from server.errors import ApiError
 from server.session_export import export_session, to_markdown
-from server.team_input import THREAD_ID_PATTERN, THREAD_ID_RULE
+from server.team_input import THREAD_ID_PATTERN, THREAD_ID_RULE, USER_ID_PATTERN, USER_ID_RULE
 from states.migrations import TEAMS
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
@@ -36,8 +36,9 @@ class SessionCreate(BaseModel):
     team: str | None = Field(None, description="Team id; the tenant's default team when omitted.")
     title: str = Field("", max_length=200, description="Optional; else taken from the first message.")
     user_id: str | None = Field(
-        None, min_length=1, max_length=200,
-        description="Your id for the end user this session is about; DELETE /users/{user_id} erases it.",
+        None, pattern=USER_ID_PATTERN,
+        description=f"Your id for the end user this session is about ({USER_ID_RULE}); DELETE /users/{{user_id}} "
+        "erases it.",
     )  # fmt: skip
 
 

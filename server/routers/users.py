@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 from pydantic import BaseModel
 
 from server.deps import CurrentCaller, EngineDep
 from server.errors import ApiError
+from server.team_input import USER_ID_PATTERN, USER_ID_RULE
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -18,7 +21,11 @@ class Erasure(BaseModel):
 
 
 @router.delete("/{user_id}", response_model=Erasure)
-async def erase_user(user_id: str, caller: CurrentCaller, engine: EngineDep) -> Erasure:
+async def erase_user(
+    user_id: Annotated[str, Path(pattern=USER_ID_PATTERN, description=f"Your id for the end user ({USER_ID_RULE}).")],
+    caller: CurrentCaller,
+    engine: EngineDep,
+) -> Erasure:
     """Delete every session tagged with `user_id` (POST /sessions `user_id`) and redact their audit entries; the
     audit chain still verifies, and a `user_erased` entry records the erasure without its content."""
     if caller.role != "admin":
