@@ -8,6 +8,7 @@ PostgreSQL server itself is never stopped. Time bounds here are generous hang gu
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 import uuid
@@ -191,11 +192,18 @@ def wait_ready_live(server: LiveServer, within_s: float = 20.0) -> httpx.Respons
         time.sleep(0.2)
 
 
+def _cannot_run(reason: str) -> None:
+    """A developer's machine without root skips this fault test; CI runs as root, so there it must run: fail."""
+    if os.environ.get("CI"):
+        pytest.fail(f"this fault test must run in CI: {reason}")
+    pytest.skip(reason)
+
+
 def test_a_full_disk_answers_503_readyz_says_so_and_service_resumes_when_space_is_back(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     if not _run("unshare", "--mount", "--propagation", "private", "true"):
-        pytest.skip("needs root (a private mount namespace for a small tmpfs)")
+        _cannot_run("needs root (a private mount namespace for a small tmpfs)")
     mount = 'mount -t tmpfs -o size=16m tmpfs "$1" && shift && exec "$@"'
     wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh", str(data)]
     with LiveServer(tmp_path / "work", db=data / "tg.db", wrapper=wrapper) as server:
@@ -232,7 +240,7 @@ def test_a_read_only_data_directory_answers_503_and_readyz_says_so(tmp_path: Pat
         # not the -shm file: SQLite maps it into memory, and a write to a mapped immutable file is a SIGBUS
         frozen = [data, *(p for p in data.iterdir() if p.is_file() and not p.name.endswith("-shm"))]
         if not _run("chattr", "+i", *map(str, frozen)):
-            pytest.skip("needs root on a file system with immutable files (chattr +i)")
+            _cannot_run("needs root on a file system with immutable files (chattr +i)")
         try:
             assert_write_refused(httpx.post(server.url + "/sessions", headers=VENEO, json={}, timeout=30))
             assert_write_refused(turn_live(server, "ro-1", "Do you ship abroad?"))
