@@ -23,7 +23,7 @@ from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, 
 EVENT_TYPES = (
     "session_created", "message", "response", "safety_decision", "evaluation", "team_selected",
     "document_uploaded", "session_renamed", "session_delete_started", "session_deleted",
-    "session_expired", "sessions_pruned", "session_exported", "session_imported", "user_erased",
+    "session_expired", "sessions_pruned", "session_exported", "session_imported", "user_erased", "audit_restarted",
 )  # fmt: skip
 GENESIS = "0" * 64
 ContentPolicy = Literal["full", "hash", "none"]
@@ -214,13 +214,39 @@ class SqliteAuditLog:
     """The audit log in the SQLite database file (or in memory), written under SQLite's write lock."""
 
     def __init__(self, path: Path | str | None):
-        self.conn = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=10.0,
-                                    isolation_level=None)  # fmt: skip
-        self.conn.row_factory = sqlite3.Row
+        self._path = path
         self._lock = threading.Lock()
-        if path:
-            self.conn.execute("PRAGMA synchronous = NORMAL")  # the file is in WAL mode (see SqliteSessionIndex)
+        self.conn = self._connect()
         upgrade_sqlite(self.conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self._path) if self._path else ":memory:", check_same_thread=False,
+                               timeout=10.0, isolation_level=None)  # fmt: skip
+        conn.row_factory = sqlite3.Row
+        if self._path:
+            conn.execute("PRAGMA synchronous = NORMAL")  # the file is in WAL mode (see SqliteSessionIndex)
+        return conn
+
+    def repair_schema(self) -> bool:
+        """Recreate missing tables (checkpoints/self_repair.py); True when audit_events was gone (the chains
+        restart from their genesis)."""
+        with self._lock:
+            missing = not self.conn.execute(
+                "select 1 from sqlite_master where type = 'table' and name = 'audit_events'"
+            ).fetchone()
+            upgrade_sqlite(self.conn, "audit", repair=True)
+        return missing
+
+    def close_for_reopen(self) -> None:
+        """First half of a reopen on a new file (self-repair of a deleted file): the caller holds `locks()`."""
+        self.conn.close()
+
+    def open_again(self) -> None:
+        self.conn = self._connect()
+        upgrade_sqlite(self.conn, "audit")
+
+    def locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,)
 
     def _heads(self, tenants: set[str]) -> dict[str, tuple[int, str]]:
         heads = {}
@@ -346,6 +372,13 @@ class PostgresAuditLog:
         except BaseException:
             self.pool.close()
             raise
+
+    def repair_schema(self) -> bool:
+        """Recreate missing tables (checkpoints/self_repair.py); True when audit_events was gone."""
+        with self.pool.connection() as conn:
+            row = conn.execute("select to_regclass('audit_events') is null as missing").fetchone()
+            upgrade_postgres(conn, "audit", repair=True)
+        return bool(row and row["missing"])
 
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:

@@ -17,6 +17,7 @@ from langgraph.store.base import BaseStore
 
 from checkpoints.audit import AuditLog, PostgresAuditLog, SqliteAuditLog
 from checkpoints.retention import enable_incremental_vacuum
+from checkpoints.self_repair import Recreated, StorageRepair, file_identity, remove_stale_wal
 from checkpoints.session_index import PostgresSessionIndex, SessionIndex, SqliteSessionIndex
 from checkpoints.storage import (
     DEFAULT_STATEMENT_TIMEOUT_S,
@@ -39,6 +40,7 @@ class Persistence:
     sessions: SessionIndex
     audit: AuditLog
     data_dir: Path | None = None  # where an embedded database lives (readiness checks it takes writes)
+    repair: StorageRepair | None = None  # recreates tables dropped while the server runs (None: memory://)
 
 
 PROBE_BYTES = 64 * 1024
@@ -68,13 +70,18 @@ def sqlite_path(url: str) -> Path:
 
 @contextlib.asynccontextmanager
 async def build_persistence(
-    url: str, timeout_s: float = DEFAULT_TIMEOUT_S, statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
+    url: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
+    recreate_deleted_file: bool = True,
 ) -> AsyncIterator[Persistence]:
     """Open everything a session needs in the database `url` names; closes it all on exit.
-    `timeout_s` bounds a Postgres connect and a wait for a pooled connection, `statement_timeout_s` a statement."""
+    `timeout_s` bounds a Postgres connect and a wait for a pooled connection, `statement_timeout_s` a statement.
+    `recreate_deleted_file`: a SQLite file deleted while the server runs is recreated (one process only: see
+    checkpoints/self_repair.py)."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
-        async with _sqlite(url) as p:
+        async with _sqlite(url, recreate_deleted_file) as p:
             yield p
     elif scheme in ("postgres", "postgresql"):
         async with _postgres(url, timeout_s, statement_timeout_s) as p:
@@ -91,7 +98,7 @@ async def build_persistence(
 
 
 @contextlib.asynccontextmanager
-async def _sqlite(url: str) -> AsyncIterator[Persistence]:
+async def _sqlite(url: str, recreate_deleted_file: bool = True) -> AsyncIterator[Persistence]:
     import aiosqlite
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
     from langgraph.store.sqlite.aio import AsyncSqliteStore
@@ -107,25 +114,72 @@ async def _sqlite(url: str) -> AsyncIterator[Persistence]:
             enable_incremental_vacuum(path)
             sessions = SqliteSessionIndex(path)  # also switches the file to WAL, so readers never block the writer
             audit = SqliteAuditLog(path)
-            conns = []
-            for _ in range(2):
+            identity = file_identity(path)
+
+            async def connect() -> Any:
                 conn = await aiosqlite.connect(str(path), isolation_level=None)
-                stack.push_async_callback(conn.close)
                 await conn.execute("PRAGMA busy_timeout = 5000")
                 await conn.execute("PRAGMA synchronous = NORMAL")
-                conns.append(conn)
-            checkpointer = AsyncSqliteSaver(conns[0])
+                return conn
+
+            checkpointer = AsyncSqliteSaver(await connect())
             await checkpointer.setup()
-            store = AsyncSqliteStore(conns[1])
+            store = AsyncSqliteStore(await connect())
             await store.setup()
+            stack.push_async_callback(lambda: checkpointer.conn.close())
+            stack.push_async_callback(lambda: store.conn.close())
         finally:
             fcntl.flock(setup_lock, fcntl.LOCK_UN)
             os.close(setup_lock)
+
+        async def setup() -> Recreated:
+            found = Recreated(
+                session_index=await asyncio.to_thread(sessions.repair_schema),
+                audit=await asyncio.to_thread(audit.repair_schema),
+            )
+            for saver in (checkpointer, store):
+                saver.is_setup = False  # their setup() returns at once when it ran before
+                await saver.setup()
+            return found
+
+        def file_replaced() -> bool:
+            return file_identity(path) != identity
+
+        async def reopen() -> None:
+            # every connection to the deleted file closes before the new file opens: the last one to close
+            # removes the old -wal/-shm, which the new file must not inherit (see remove_stale_wal)
+            nonlocal identity
+            async with checkpointer.lock, store.lock:
+                await checkpointer.conn.close()
+                await store.conn.close()
+                sync_locks = (*sessions.locks(), *audit.locks())
+                await asyncio.to_thread(_reopen_sync, path, sync_locks, (sessions, audit))
+                checkpointer.conn, store.conn = await connect(), await connect()
+                identity = file_identity(path)
+
+        repair = StorageRepair("sqlite", setup, file_replaced, reopen if recreate_deleted_file else None)
+        watcher = asyncio.create_task(repair.watch())
         try:
-            yield Persistence(url, checkpointer, store, sessions, audit, data_dir=path.parent)
+            yield Persistence(url, checkpointer, store, sessions, audit, data_dir=path.parent, repair=repair)
         finally:
+            watcher.cancel()
             sessions.close()
             audit.close()
+
+
+def _reopen_sync(path: Path, locks: tuple[Any, ...], parts: tuple[Any, ...]) -> None:
+    """The synchronous half of a reopen: under the parts' locks, close them, clear the deleted file's WAL, and
+    open them again on the file now at `path` (created empty, with its tables, when there is none)."""
+    with contextlib.ExitStack() as held:
+        for lock in locks:
+            held.enter_context(lock)
+        for part in parts:
+            part.close_for_reopen()
+        remove_stale_wal(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        enable_incremental_vacuum(path)
+        for part in parts:
+            part.open_again()
 
 
 def postgres_unreachable(url: str, exc: BaseException) -> StorageUnavailable:
@@ -177,7 +231,19 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
         await checkpointer.setup()
         store = AsyncPostgresStore(pool)  # type: ignore[arg-type]
         await store.setup()
-        yield Persistence(url, checkpointer, store, sessions, audit)
+
+        async def setup() -> Recreated:
+            found = Recreated(
+                session_index=await asyncio.to_thread(sessions.repair_schema),
+                audit=await asyncio.to_thread(audit.repair_schema),
+            )
+            # LangGraph's migrations start over when their version table went with the rest (dropped database
+            # or schema)
+            await checkpointer.setup()
+            await store.setup()
+            return found
+
+        yield Persistence(url, checkpointer, store, sessions, audit, repair=StorageRepair("postgres", setup))
     finally:
         sessions.close()
         audit.close()

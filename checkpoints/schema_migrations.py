@@ -191,11 +191,18 @@ def sqlite_version(conn: sqlite3.Connection, component: str) -> int:
     return 0
 
 
-def upgrade_sqlite(conn: sqlite3.Connection, component: str) -> int:
+def _pending(component: str, stored: int, repair: bool) -> list[Step]:
+    # repair: every step again (each is idempotent), for tables dropped under a version row that says they exist
+    pending = _check(component, stored)
+    return steps_of(component) if repair else pending
+
+
+def upgrade_sqlite(conn: sqlite3.Connection, component: str, repair: bool = False) -> int:
     """Bring `component`'s tables to the latest version in one write transaction; returns the version.
 
-    A start that finds them current takes no write lock (workers start while others write)."""
-    if not _check(component, sqlite_version(conn, component)):
+    A start that finds them current takes no write lock (workers start while others write). `repair` re-runs
+    every step (see checkpoints/self_repair.py: tables dropped while the server runs)."""
+    if not _pending(component, sqlite_version(conn, component), repair):
         return latest(component)
     conn.execute("begin immediate")  # SQLite's write lock: one process migrates, the others wait, then see it done
     try:
@@ -203,7 +210,7 @@ def upgrade_sqlite(conn: sqlite3.Connection, component: str) -> int:
             f"create table if not exists {VERSIONS_TABLE} (component text primary key, version integer not null,"
             " updated_at text not null)"
         )
-        for step in _check(component, sqlite_version(conn, component)):
+        for step in _pending(component, sqlite_version(conn, component), repair):
             step.sqlite(conn)
             conn.execute(
                 f"insert or replace into {VERSIONS_TABLE} (component, version, updated_at) values (?, ?, ?)",
@@ -228,20 +235,21 @@ def _field(row: Any, name: str, index: int) -> Any:
     return row[name] if isinstance(row, dict) else row[index]
 
 
-def upgrade_postgres(conn: Any, component: str) -> int:
+def upgrade_postgres(conn: Any, component: str, repair: bool = False) -> int:
     """Bring `component`'s tables to the latest version; returns the version.
 
     One transaction under an advisory lock scoped to the schema (tests and deployments share one database with
-    several schemas), so two replicas never apply a step twice or see half a step."""
+    several schemas), so two replicas never apply a step twice or see half a step. `repair` re-runs every step
+    (see checkpoints/self_repair.py)."""
     with conn.transaction():
-        if not _check(component, postgres_version(conn, component)):
+        if not _pending(component, postgres_version(conn, component), repair):
             return latest(component)
         conn.execute("select pg_advisory_xact_lock(hashtext('teamgraph-schema:' || current_schema()))")
         conn.execute(
             f"create table if not exists {VERSIONS_TABLE} (component text primary key, version int not null,"
             " updated_at text not null)"
         )
-        for step in _check(component, postgres_version(conn, component)):
+        for step in _pending(component, postgres_version(conn, component), repair):
             step.postgres(conn)
             conn.execute(
                 f"insert into {VERSIONS_TABLE} (component, version, updated_at) values (%s, %s, %s)"

@@ -128,23 +128,49 @@ class SqliteSessionIndex:
     network = False
 
     def __init__(self, path: Path | str | None):
+        self._path = path
+        self._lock = threading.Lock()
+        # reads get their own connection and lock: under WAL they never wait for a writer, so a read on the
+        # event loop cannot queue behind a write that waits for the async store (which needs the loop to commit)
+        self._read_lock = threading.Lock() if path else self._lock
+        self.db, self._read = self._connect()
+        # tables, columns and indexes by numbered steps (checkpoints/schema_migrations.py); the factory's setup
+        # lock and SQLite's write lock run them one process at a time
+        upgrade_sqlite(self.db.conn, "session_index")
+
+    def _connect(self) -> tuple[sqlite_utils.Database, sqlite_utils.Database]:
+        path = self._path
         conn = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=5.0)
         if path:
             conn.execute("PRAGMA journal_mode = WAL")
             # with WAL, NORMAL never corrupts the file; only the last commits can be lost on a power cut
             conn.execute("PRAGMA synchronous = NORMAL")
-        self.db = sqlite_utils.Database(conn)
-        self._lock = threading.Lock()
-        # reads get their own connection and lock: under WAL they never wait for a writer, so a read on the
-        # event loop cannot queue behind a write that waits for the async store (which needs the loop to commit)
-        if path:
-            self._read = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False, timeout=5.0))
-            self._read_lock = threading.Lock()
-        else:  # an in-memory database exists on one connection only
-            self._read, self._read_lock = self.db, self._lock
-        # tables, columns and indexes by numbered steps (checkpoints/schema_migrations.py); the factory's setup
-        # lock and SQLite's write lock run them one process at a time
+        db = sqlite_utils.Database(conn)
+        if not path:  # an in-memory database exists on one connection only
+            return db, db
+        return db, sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False, timeout=5.0))
+
+    def repair_schema(self) -> bool:
+        """Recreate missing tables (checkpoints/self_repair.py); True when the sessions table was gone."""
+        with self._lock:
+            conn = self.db.conn
+            missing = not conn.execute(
+                "select 1 from sqlite_master where type = 'table' and name = 'sessions'"
+            ).fetchone()
+            upgrade_sqlite(conn, "session_index", repair=True)
+        return missing
+
+    def close_for_reopen(self) -> None:
+        """First half of a reopen on a new file (self-repair of a deleted file): the caller holds `locks()`."""
+        self.close()
+
+    def open_again(self) -> None:
+        """Second half: connect to the file now at the path and create its tables; the caller holds `locks()`."""
+        self.db, self._read = self._connect()
         upgrade_sqlite(self.db.conn, "session_index")
+
+    def locks(self) -> tuple[threading.Lock, ...]:
+        return (self._lock,) if self._read_lock is self._lock else (self._lock, self._read_lock)
 
     @classmethod
     def in_memory(cls) -> SqliteSessionIndex:
@@ -500,6 +526,13 @@ class PostgresSessionIndex:
                 "delete from teamgraph_idempotency_keys where tenant = %s and thread_id = %s and key = %s",
                 [tenant, thread_id, key],
             )
+
+    def repair_schema(self) -> bool:
+        """Recreate missing tables (checkpoints/self_repair.py); True when the sessions table was gone."""
+        with self.pool.connection() as conn:
+            row = conn.execute("select to_regclass('teamgraph_sessions') is null as missing").fetchone()
+            upgrade_postgres(conn, "session_index", repair=True)
+        return bool(row and row["missing"])
 
     def probe_write(self) -> None:
         with self.pool.connection() as conn:

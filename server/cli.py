@@ -238,6 +238,7 @@ def serve(
     host = host or settings.host
     port = settings.port if port is None else port
     workers = workers or settings.workers
+    os.environ["TEAMGRAPH_WORKERS"] = str(workers)  # each worker's settings know it has siblings (self-repair)
     _refuse_published_keys(bundles, host, settings.allow_dev_keys)
     _check_port(host, port)
     _check_database(settings)

@@ -31,6 +31,7 @@ from nodes.memory_keeper import delete_archive, read_archive_window, trim_archiv
 from personas.factory import AgentFactory
 from personas.loader import Bundles, load_bundles
 from personas.resolver import AgentTeamResolver, TeamResolutionError, TeamRunConfig
+from server.observability.logging import log
 from server.observability.metrics import Metrics
 from server.observability.turn_observer import TurnContext, TurnObserver
 from server.settings import Settings
@@ -104,6 +105,8 @@ class Engine:
         self.turn_locks.on_wait = lambda team, waited: self.metrics.queue_wait.labels(team or "unknown").observe(waited)
         self._trace_clients: dict[tuple[bool, bool], Any] = {}
         self.durability: Durability = "exit"  # see Settings.durability; every turn runs with it
+        if persistence.repair is not None:
+            persistence.repair.on_audit_restarted = self._audit_restarted
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -121,7 +124,10 @@ class Engine:
             base_url=settings.model_base_url,
         )
         async with build_persistence(
-            settings.checkpoint_url, settings.db_timeout_s, settings.db_statement_timeout_s
+            settings.checkpoint_url,
+            settings.db_timeout_s,
+            settings.db_statement_timeout_s,
+            recreate_deleted_file=settings.workers <= 1,
         ) as persistence:
             engine = cls(bundles, persistence, factory, metrics)
             engine.turn_locks.wait_s = settings.turn_wait_s
@@ -305,6 +311,23 @@ class Engine:
     ) -> None:
         await asyncio.to_thread(self.record, tenant, actor, event_type, session, payload)
 
+    async def repair_storage(self, exc: BaseException) -> bool:
+        """After a storage fault: recreate tables the database lost while the server ran (see
+        checkpoints/self_repair.py); True when it repaired. A failed repair is logged; the next fault retries."""
+        if self.persistence.repair is None:
+            return False
+        try:
+            return await self.persistence.repair.after_fault(exc)
+        except Exception as repair_exc:
+            log.warning("storage_repair_failed", error_type=type(repair_exc).__name__, error=str(repair_exc).strip())
+            return False
+
+    async def _audit_restarted(self, cause: str) -> None:
+        # the audit tables were recreated empty: each tenant's new chain opens by saying why it starts over
+        for tenant in self.bundles.tenants:
+            why = {"reason": "the audit tables were missing and were recreated empty", "cause": cause}
+            await self.arecord(tenant, "teamgraph", "audit_restarted", None, why)
+
     def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
         # on record first: a change the audit log cannot take does not happen
         self.record(session.tenant, actor, "session_renamed", session.id, {"title": title})
@@ -451,6 +474,7 @@ class Engine:
             except TimeoutError:
                 return f"error: no answer within {timeout_s:.1f} s"
             except Exception as exc:
+                faults.append(exc)
                 return f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
         def threaded(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
@@ -466,7 +490,16 @@ class Engine:
         }
         if self.persistence.data_dir is not None:
             probes["data_dir_write"] = threaded(probe_directory, self.persistence.data_dir)
+        faults: list[Exception] = []
         results = await asyncio.gather(*(check(p) for p in probes.values()))
+        repair = self.persistence.repair
+        repaired = repair is not None and await repair.check_file()
+        for fault in [] if repaired else faults:
+            if repaired := await self.repair_storage(fault):
+                break
+        if repaired:  # the tables are back: ask again
+            faults.clear()
+            results = await asyncio.gather(*(check(p) for p in probes.values()))
         return dict(zip(probes, results, strict=True))
 
     async def state(self, session: SessionRecord) -> dict[str, Any]:

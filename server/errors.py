@@ -112,6 +112,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AuditWriteError)
     async def audit_down(request: Request, exc: AuditWriteError) -> JSONResponse:
+        await _repair(request, exc)  # the audit tables were dropped under the server: recreated for the next one
         # never silently: the action is refused (or reported failed) when its audit record cannot be written
         return JSONResponse(error_body("audit_unavailable", "the audit log cannot be written; try again later"),
                             status_code=503, headers={"Retry-After": "5"})  # fmt: skip
@@ -119,6 +120,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def storage_down(request: Request, exc: Exception) -> JSONResponse:
         if not is_storage_fault(exc):
             raise exc  # a bug, not a fault of the machine: the 500 path logs it with its stack
+        # tables dropped under the server (database dropped and recreated, SQLite file deleted): this request
+        # answers 503, the repair makes the next one work (checkpoints/self_repair.py)
+        await _repair(request, exc)
         return storage_unavailable_response(exc)
 
     faults = (StorageUnavailable, psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable,
@@ -131,6 +135,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(exc.code, str(exc)), status_code=409, headers={"Retry-After": str(exc.retry_after_s)}
         )
+
+
+async def _repair(request: Request, exc: BaseException) -> None:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is not None:
+        await engine.repair_storage(exc)
 
 
 def storage_unavailable_response(exc: BaseException) -> JSONResponse:

@@ -1,0 +1,155 @@
+"""Self-repair: a database whose tables vanish under the running server gets them back, without a restart.
+
+An operator may drop and recreate the Postgres database (or its schema), drop tables, or delete the SQLite
+file while Teamgraph runs. Every later query then fails with "relation does not exist" / "no such table" (or,
+for a deleted SQLite file, silently writes to the unlinked file, which is lost at the next restart). Instead of
+answering 503 until someone restarts the server:
+
+- a storage error that says a table is missing (`missing_table`) makes `StorageRepair.after_fault` re-run the
+  whole schema setup once, one repair at a time: the numbered steps of checkpoints/schema_migrations.py (all
+  of them, each idempotent) and the LangGraph checkpointer's and store's `setup()`. The request that hit it
+  still answers 503 storage_unavailable (its work may be half done); the next one works.
+- /readyz runs the same repair when one of its probes fails that way, and a SQLite file that was deleted or
+  replaced is noticed within a second by a watcher task (and by /readyz): its connections are reopened on a
+  new, empty file at the same path.
+
+Each repair logs one `storage_repaired` warning line naming what was recreated. When the audit tables had to be
+recreated, every tenant's audit chain restarts from its genesis: the first entry of the new chain is an
+`audit_restarted` event saying so, and the log line says `audit_chain_restarted=true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("teamgraph.storage")
+
+WATCH_INTERVAL_S = 1.0
+
+
+def missing_table(exc: BaseException | None) -> bool:
+    """True when `exc` (or what caused it) says a table the server uses does not exist."""
+    seen = 0
+    while exc is not None and seen < 6:
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc).lower():
+            return True
+        try:
+            import psycopg
+
+            if isinstance(exc, psycopg.errors.UndefinedTable):
+                return True
+        except ImportError:  # pragma: no cover - psycopg is a dependency
+            pass
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+@dataclass
+class Recreated:
+    """What one repair found missing and recreated."""
+
+    session_index: bool = False
+    audit: bool = False
+    file: bool = False  # a deleted SQLite file was recreated empty
+
+
+@dataclass
+class StorageRepair:
+    """Re-runs the schema setup of one database, once at a time.
+
+    `setup` recreates whatever is missing and says what it recreated; `file_replaced` (SQLite only) tells whether
+    the file on disk is no longer the one the connections hold, and `reopen` moves every connection to the file
+    now at the path (created empty when there is none)."""
+
+    backend: str  # "sqlite" | "postgres"
+    setup: Callable[[], Awaitable[Recreated]]
+    file_replaced: Callable[[], bool] = lambda: False
+    reopen: Callable[[], Awaitable[None]] | None = None
+    # tenants whose audit chain gets an `audit_restarted` entry when the audit tables were recreated
+    on_audit_restarted: Callable[[str], Awaitable[None]] | None = None
+    repairs: int = 0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _last_done: float = 0.0
+
+    async def after_fault(self, exc: BaseException) -> bool:
+        """Repair when `exc` says a table is missing (or the SQLite file was deleted); True when it repaired."""
+        if missing_table(exc) or self.file_replaced():
+            return await self.repair(_first_line(exc))
+        return False
+
+    async def check_file(self) -> bool:
+        """For SQLite: reopen on a new file when the one in use was deleted or replaced; True when it did."""
+        if self.reopen is not None and self.file_replaced():
+            return await self.repair("the database file was deleted or replaced while the server ran")
+        return False
+
+    async def repair(self, cause: str) -> bool:
+        noticed = time.monotonic()
+        async with self._lock:
+            if self._last_done > noticed:
+                return True  # another request repaired it while this one waited for the lock
+            recreated = Recreated()
+            if self.reopen is not None and self.file_replaced():
+                await self.reopen()
+                recreated.file = True
+            found = await self.setup()
+            recreated.session_index = found.session_index or recreated.file
+            recreated.audit = found.audit or recreated.file
+            self.repairs += 1
+            self._last_done = time.monotonic()
+            log.warning(
+                "storage_repaired",
+                backend=self.backend,
+                cause=cause,
+                database_file_recreated=recreated.file,
+                session_index_recreated=recreated.session_index,
+                audit_chain_restarted=recreated.audit,
+                message=(
+                    "the database lost its tables while the server ran; they were recreated empty"
+                    + ("; every tenant's audit chain starts again from its genesis" if recreated.audit else "")
+                    + "; sessions stored before are gone unless restored from a backup"
+                ),
+            )
+            if recreated.audit and self.on_audit_restarted is not None:
+                await self.on_audit_restarted(cause)
+            return True
+
+    async def watch(self, interval_s: float = WATCH_INTERVAL_S) -> None:
+        """Check the SQLite file every `interval_s` (a deleted file raises no error: writes would vanish)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.check_file()
+            except Exception as exc:  # the next check (or /readyz) tries again
+                log.warning("storage_repair_failed", backend=self.backend, error=_first_line(exc))
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def remove_stale_wal(path: Path) -> None:
+    """A -wal/-shm beside a missing database belongs to the deleted one: replayed into a new file it would
+    corrupt it, so it goes before the new file is opened."""
+    if file_identity(path) is None:
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,201 @@
+"""Self-repair: a database that loses its tables while `teamgraph serve` runs is set up again without a restart.
+
+Real processes and real databases: a live server on a scratch PostgreSQL database of its own (`tg_harden3_*`,
+dropped and created again under it; the shared `test` database is never touched), on a scratch schema, and on a
+SQLite file whose tables are dropped or which is deleted. The request that meets the missing tables answers 503
+`storage_unavailable`; after it (or after /readyz, or within a second for a deleted SQLite file) new sessions and
+turns work and /readyz is 200 again. Time bounds are hang guards, not speed checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import POSTGRES_URL, fresh_postgres_schema
+from tests.integration_tests.live_server import LiveServer
+
+VENEO = {"Authorization": "Bearer tg-veneo-key"}
+DEMO_ADMIN_KEY = f"tg-demo-admin-{uuid.uuid4().hex}"
+ENV = {"TEAMGRAPH_LOG_FORMAT": "json", "TEAMGRAPH_DEMO_ADMIN_KEY": DEMO_ADMIN_KEY}
+
+
+def turn(server: LiveServer, thread_id: str, text: str) -> httpx.Response:
+    return httpx.post(
+        server.url + "/teams/veneo_chat/invoke",
+        headers=VENEO,
+        json={"input": {"messages": [{"type": "human", "content": text}]},
+              "config": {"configurable": {"thread_id": thread_id}}},
+        timeout=30,
+    )  # fmt: skip
+
+
+def until(check: Any, within_s: float = 20.0) -> Any:
+    """Call `check` until it returns something truthy (its last answer otherwise)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+def ready(server: LiveServer) -> bool:
+    return httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+def repair_lines(server: LiveServer) -> list[dict[str, Any]]:
+    lines = []
+    for raw in server.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            line = json.loads(raw)
+            if line.get("event") == "storage_repaired":
+                lines.append(line)
+    return lines
+
+
+def works_again(server: LiveServer, old_id: str) -> None:
+    """After the repair: /readyz 200, a new session and a second turn on it work, the lost session is a 404."""
+    assert until(lambda: ready(server)), httpx.get(server.url + "/readyz", timeout=10).text
+    new_id = f"after-{uuid.uuid4().hex[:8]}"
+    assert turn(server, new_id, "Hello again").status_code == 200
+    r = turn(server, new_id, "And once more")
+    assert r.status_code == 200, r.text
+    session = httpx.get(f"{server.url}/sessions/{new_id}", headers=VENEO, timeout=10)
+    assert session.status_code == 200, session.text
+    said = [m["content"] for m in session.json()["transcript"] if m["role"] == "user"]
+    assert said == ["Hello again", "And once more"]
+    assert httpx.get(f"{server.url}/sessions/{old_id}", headers=VENEO, timeout=10).status_code == 404
+    created = httpx.post(server.url + "/sessions", headers=VENEO, json={"title": "fresh"}, timeout=10)
+    assert created.status_code == 201, created.text
+
+
+def audit_restarted(server: LiveServer) -> list[dict[str, Any]]:
+    admin = {"Authorization": f"Bearer {DEMO_ADMIN_KEY}"}
+    r = httpx.get(server.url + "/audit", headers=admin, params={"event_type": "audit_restarted"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return list(r.json()["items"])
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[tuple[str, str]]:
+    """A database of this test's own (`tg_harden3_<hex>`) in the machine's PostgreSQL: (its URL, its name)."""
+    import psycopg
+
+    name = f"tg_harden3_{uuid.uuid4().hex[:10]}"
+    base = POSTGRES_URL.split("?")[0]
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"create database {name}")
+    try:
+        yield base.rsplit("/", 1)[0] + f"/{name}", name
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f"drop database if exists {name} with (force)")
+
+
+def test_a_postgres_database_dropped_and_created_again_is_set_up_again_without_a_restart(tmp_path: Path) -> None:
+    import psycopg
+
+    with (
+        scratch_database() as (url, name),
+        LiveServer(tmp_path, env={**ENV, "TEAMGRAPH_CHECKPOINT_URL": url}) as server,
+    ):
+        old_id = f"before-{uuid.uuid4().hex[:8]}"
+        assert turn(server, old_id, "Hello").status_code == 200
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f"drop database {name} with (force)")  # ends the server's connections too
+            admin.execute(f"create database {name}")
+        r = turn(server, old_id, "Still there?")
+        assert r.status_code == 503, r.text  # the request that met the empty database: a clear 503, not a 500
+        assert r.json()["error"]["code"] == "storage_unavailable"
+        works_again(server, old_id)
+        lines = repair_lines(server)
+        assert lines and lines[0]["level"] == "warning", server.stdout[-3000:]
+        assert lines[0]["backend"] == "postgres" and lines[0]["audit_chain_restarted"] is True
+        assert "relation" in lines[0]["cause"] and "does not exist" in lines[0]["cause"]
+        # the new chain opens by saying why it starts over, and verifies
+        restarted = audit_restarted(server)
+        assert len(restarted) == 1 and restarted[0]["seq"] == 1, restarted
+        assert server.process is not None and server.process.poll() is None  # never restarted
+
+
+def test_a_postgres_schema_dropped_and_created_again_is_repaired_by_readyz(tmp_path: Path) -> None:
+    """No turn needs to meet the empty schema first: the load balancer's /readyz probe repairs it."""
+    import psycopg
+
+    with fresh_postgres_schema("tg_harden3") as url:
+        schema = url.rsplit("search_path%3D", 1)[1]
+        env = {**ENV, "TEAMGRAPH_CHECKPOINT_URL": url}
+        with LiveServer(tmp_path, env=env) as server:
+            old_id = f"before-{uuid.uuid4().hex[:8]}"
+            assert turn(server, old_id, "Hello").status_code == 200
+            with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
+                admin.execute(f"drop schema {schema} cascade")
+                admin.execute(f"create schema {schema}")
+            r = httpx.get(server.url + "/readyz", timeout=10)
+            assert r.status_code == 200, r.text  # the probe found the tables missing, recreated them, asked again
+            assert len(repair_lines(server)) == 1, server.stdout[-3000:]
+            works_again(server, old_id)
+            assert len(repair_lines(server)) == 1  # one repair, not one per request
+
+
+# --- SQLite -----------------------------------------------------------------------------------------------------
+
+
+def sqlite_tables(db: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
+
+
+def test_sqlite_tables_dropped_under_the_server_are_created_again(tmp_path: Path) -> None:
+    with LiveServer(tmp_path, env=ENV) as server:
+        old_id = f"before-{uuid.uuid4().hex[:8]}"
+        assert turn(server, old_id, "Hello").status_code == 200
+        tables = sqlite_tables(server.db)
+        assert {"sessions", "checkpoints", "store", "audit_events"} <= tables
+        with contextlib.closing(sqlite3.connect(server.db, isolation_level=None)) as conn:
+            for table in tables - {"sqlite_sequence"}:
+                conn.execute(f"drop table if exists {table}")
+        r = httpx.get(f"{server.url}/sessions", headers=VENEO, timeout=10)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+        works_again(server, old_id)
+        lines = repair_lines(server)
+        assert len(lines) == 1 and lines[0]["backend"] == "sqlite" and lines[0]["audit_chain_restarted"] is True
+        assert "no such table" in lines[0]["cause"]
+        assert {"sessions", "checkpoints", "store", "audit_events"} <= sqlite_tables(server.db)
+        assert len(audit_restarted(server)) == 1
+
+
+@pytest.mark.parametrize("delete", ["file", "file_and_wal"])
+def test_a_deleted_sqlite_file_is_recreated_and_new_turns_land_in_it(tmp_path: Path, delete: str) -> None:
+    """Deleting the file raises no error (the server's connections keep the unlinked file open, and turns would
+    be stored in it and lost at the next restart): the server notices, recreates the file, and says so."""
+    with LiveServer(tmp_path, env=ENV) as server:
+        old_id = f"before-{uuid.uuid4().hex[:8]}"
+        assert turn(server, old_id, "Hello").status_code == 200
+        server.db.unlink()
+        if delete == "file_and_wal":
+            for suffix in ("-wal", "-shm"):
+                Path(f"{server.db}{suffix}").unlink(missing_ok=True)
+        assert until(lambda: server.db.exists(), within_s=10), "the database file was not recreated"
+        works_again(server, old_id)
+        lines = repair_lines(server)
+        assert len(lines) == 1 and lines[0]["database_file_recreated"] is True, server.stdout[-3000:]
+        # what the server now stores is in the file on disk, not in the deleted one
+        with contextlib.closing(sqlite3.connect(server.db)) as conn:
+            stored = {row[0] for row in conn.execute("select client_id from sessions where tenant = 'veneo'")}
+        assert any(s.startswith("after-") for s in stored) and old_id not in stored, stored
+        with contextlib.closing(sqlite3.connect(server.db)) as conn:
+            assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
