@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -9,12 +10,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from langgraph_sdk import get_client
+
+from server.studio_auth import FRESH_ID_S
 
 REPO = Path(__file__).resolve().parents[2]
 LANGGRAPH = Path(sys.executable).parent / "langgraph"
@@ -171,3 +176,45 @@ async def test_keys_and_team_flags_apply(dev_server: str) -> None:
     with pytest.raises(httpx.HTTPStatusError) as err:
         await demo.runs.wait(thread["thread_id"], "veneo_chat", input={"messages": [{"role": "user", "content": "hi"}]})
     assert err.value.response.status_code == 403
+
+
+async def _status(call: Any) -> tuple[int, str]:
+    """(status, error text) of an SDK call; (200, "") when it succeeds."""
+    try:
+        await call
+    except httpx.HTTPStatusError as err:
+        return err.response.status_code, err.response.text
+    return 200, ""
+
+
+async def test_a_tenant_cannot_probe_or_squat_another_tenants_thread_id(dev_server: str) -> None:
+    """Thread ids are global in the LangGraph server: a create with a chosen id answered 409 for a taken id and
+    200 for a free one, so a tenant could confirm (and squat) another's ids. A chosen id now gets one answer
+    whether or not anyone uses it; per-tenant names go in metadata, which every search filters by owner."""
+    demo, veneo = client(dev_server, DEMO), client(dev_server, VENEO)
+    taken = (await demo.threads.create(metadata={"session": "interview-42"}))["thread_id"]
+    never_used = str(uuid.uuid4())
+    # an id another tenant could learn is older than the few seconds in which the server accepts its own new id
+    await asyncio.sleep(FRESH_ID_S + 0.5)
+    turn = {"messages": [{"role": "user", "content": "hi"}]}
+    probes = {
+        "create": lambda tid: veneo.threads.create(thread_id=tid),
+        "create_or_reuse": lambda tid: veneo.threads.create(thread_id=tid, if_exists="do_nothing"),
+        "run_creating_the_thread": lambda tid: veneo.runs.wait(tid, "veneo_chat", input=turn, if_not_exists="create"),
+    }
+    for name, probe in probes.items():
+        on_taken, on_free = await _status(probe(taken)), await _status(probe(never_used))
+        assert on_taken[0] == on_free[0] == 422, (name, on_taken, on_free)
+        assert on_taken[1].replace(taken, "ID") == on_free[1].replace(never_used, "ID"), name
+        assert "thread_id" in on_taken[1]
+    # the owner's thread is untouched and still its own
+    assert (await demo.threads.get(taken))["metadata"]["owner"] == "demo"
+    # both tenants name a session "interview-42" (in metadata); each finds only its own
+    mine = await veneo.threads.create(metadata={"session": "interview-42"})
+    for tenant, owned in ((veneo, mine["thread_id"]), (demo, taken)):
+        found = await tenant.threads.search(metadata={"session": "interview-42"}, limit=100)
+        assert [t["thread_id"] for t in found] == [owned]
+    # a new thread (an id the server chose) and a run on it work as before
+    fresh = await veneo.threads.create()
+    state = await veneo.runs.wait(fresh["thread_id"], "veneo_chat", input=turn)
+    assert state["messages"][-1]["type"] == "ai"
