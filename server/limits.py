@@ -28,12 +28,13 @@ class TenantTurnLimiter:
     clock: Callable[[], float] = time.monotonic
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
-    def admit(self, tenant: str, limits: TenantLimits, turns: int = 1) -> Callable[[], None]:
-        """Take `turns` slots for the tenant, or raise 429; the returned callable gives them back (once)."""
+    def admit(self, tenant: str, limits: TenantLimits, turns: int = 1, field: str = "inputs") -> Callable[[], None]:
+        """Take `turns` slots for the tenant, or raise 429; the returned callable gives them back (once). `field`
+        names the request field that holds the turns (a batch's `inputs`, a transcript's `items`)."""
         most = min(limits.max_turns_in_flight, limits.turns_per_minute)
         if turns > most:  # could never be admitted: a retry would not help
-            raise ApiError(422, "validation_error", f"inputs: {turns} turns in one batch; tenant {tenant!r} may run "
-                           f"at most {most} at once (its limits); split the batch", "inputs")  # fmt: skip
+            raise ApiError(422, "validation_error", f"{field}: {turns} turns in one request; tenant {tenant!r} may "
+                           f"run at most {most} at once (its limits); split the request", field)  # fmt: skip
         now = self.clock()
         rate = limits.turns_per_minute / 60.0
         bucket = self._buckets.get(tenant)

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.deps import CurrentCaller, EngineDep
 from server.errors import ApiError
-from server.routers.sessions import INTERNAL_STATE_KEYS, TranscriptMessage, transcript_view
+from server.limits import TenantTurnLimiter
+from server.routers.sessions import INTERNAL_STATE_KEYS, SessionId, TranscriptMessage, transcript_view
 from server.voice import VoiceError, VoiceService
 from server.voice.transcripts import TranscriptPost, VoiceTurn
 
@@ -139,7 +140,7 @@ async def preview_voice(body: PreviewIn, caller: CurrentCaller, voice: VoiceDep)
 
 @router.post("/sessions/{session_id}/realtime", response_model=RealtimeOut, tags=["sessions"])
 async def realtime_session(
-    session_id: str, caller: CurrentCaller, engine: EngineDep, voice: VoiceDep, body: RealtimeIn | None = None
+    session_id: SessionId, caller: CurrentCaller, engine: EngineDep, voice: VoiceDep, body: RealtimeIn | None = None
 ) -> dict[str, Any]:
     """Start a realtime (speech-to-speech) conversation for the session: an ephemeral client secret for the
     browser, the session config it carries, and where to connect. The server's provider key never leaves it."""
@@ -150,13 +151,27 @@ async def realtime_session(
 
 @router.post("/sessions/{session_id}/transcripts", response_model=TranscriptResult, tags=["sessions"])
 async def post_transcripts(
-    session_id: str, body: TranscriptPost, caller: CurrentCaller, engine: EngineDep, voice: VoiceDep
+    session_id: SessionId,
+    body: TranscriptPost,
+    caller: CurrentCaller,
+    engine: EngineDep,
+    voice: VoiceDep,
+    request: Request,
 ) -> dict[str, Any]:
     """Spoken items into the session: each user item runs as a turn (scored or reviewed like a typed message),
-    assistant items are recorded as spoken replies. Re-posting an item adds nothing; items apply in order."""
+    assistant items are recorded as spoken replies. Re-posting an item adds nothing; items apply in order.
+    User items count in the tenant's turn limits like typed turns (429 with Retry-After)."""
     record = await engine.aget_session(caller.tenant, session_id)
-    with _voice_errors():
-        result = await voice.post_transcripts(engine, record, body.items, caller.key_id)
+    turns = sum(1 for item in body.items if item.role == "user" and item.text.strip())
+    release = lambda: None  # noqa: E731 - nothing taken: assistant or blank items only
+    if turns:
+        limiter: TenantTurnLimiter = request.app.state.turn_limiter
+        release = limiter.admit(caller.tenant, engine.bundles.tenants[caller.tenant].limits, turns, field="items")
+    try:
+        with _voice_errors():
+            result = await voice.post_transcripts(engine, record, body.items, caller.key_id)
+    finally:
+        release()
     for item in result["items"]:
         if "replies" in item:
             item["replies"] = transcript_view(item["replies"])
@@ -169,7 +184,9 @@ async def post_transcripts(
 
 
 @router.get("/sessions/{session_id}/transcripts", response_model=VoiceTranscript, tags=["sessions"])
-async def get_transcripts(session_id: str, caller: CurrentCaller, engine: EngineDep, voice: VoiceDep) -> dict[str, Any]:
+async def get_transcripts(
+    session_id: SessionId, caller: CurrentCaller, engine: EngineDep, voice: VoiceDep
+) -> dict[str, Any]:
     """The session's voice transcript: every spoken item (archived ones included) with speaking time, pace and
     filler words, and totals."""
     record = await engine.aget_session(caller.tenant, session_id)

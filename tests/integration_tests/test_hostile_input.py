@@ -637,3 +637,47 @@ def test_a_config_with_tags_metadata_and_null_callbacks_runs(client: TestClient)
     r = client.post("/teams/veneo_chat/invoke", headers=VENEO, json={"input": chat("hi"), "config": {**config,
                     "metadata": None}})  # fmt: skip
     assert_error(r, 422, "validation_error", "config.metadata")
+
+
+def spoken(item_id: str, text: str, start: float, role: str = "user") -> dict[str, Any]:
+    t0 = 1_740_819_600 + start
+    return {"id": item_id, "role": role, "text": text, "started_at": t0, "ended_at": t0 + 2}
+
+
+def test_spoken_turns_count_in_the_tenants_turn_limits(tmp_path: Path) -> None:
+    """Each user item posted to /sessions/{id}/transcripts runs as a turn: the tenant's turns per minute cover
+    them like typed turns (they used to run unlimited)."""
+    personas = bundle_copy(tmp_path, {"limits": {"turns_per_minute": 2}})
+    with make_client(f"sqlite:///{tmp_path}/tg.db", personas_dir=personas, metrics_token="scrape-token") as client:
+        sid = client.post("/sessions", headers=VENEO, json={"team": "veneo_chat"}).json()["id"]
+        url = f"/sessions/{sid}/transcripts"
+        # more user items than the tenant may ever start at once: a 422 naming the field, not a 429 to retry
+        three = [spoken(f"big-{i}", "How do returns work?", i * 3) for i in range(3)]
+        r = client.post(url, headers=VENEO, json={"items": three})
+        assert_error(r, 422, "validation_error", "items")
+        assert "retry-after" not in r.headers
+        # assistant items are no turns: they never count
+        replies = [spoken(f"said-{i}", "Sure.", i * 3, role="assistant") for i in range(3)]
+        assert client.post(url, headers=VENEO, json={"items": replies}).status_code == 200
+        two = [spoken("u-1", "How do returns work?", 10), spoken("u-2", "And shipping?", 13)]
+        r = client.post(url, headers=VENEO, json={"items": two})
+        assert r.status_code == 200, r.text
+        r = client.post(url, headers=VENEO, json={"items": [spoken("u-3", "Payment methods?", 16)]})
+        error = assert_error(r, 429, "rate_limited", None)
+        assert "limits.turns_per_minute" in error["message"] and int(r.headers["retry-after"]) >= 1
+        said = [i["item_id"] for i in client.get(url, headers=VENEO).json()["items"] if i["role"] == "user"]
+        assert said == ["u-1", "u-2"]  # the refused item ran nothing
+        metrics = client.get("/metrics", headers={"Authorization": "Bearer scrape-token"}).text
+    assert 'teamgraph_tenant_turns_refused_total{reason="rate",tenant="veneo"} 1.0' in metrics
+    assert 'teamgraph_tenant_turns_in_flight{tenant="veneo"} 0.0' in metrics  # given back after each post
+
+
+@pytest.mark.parametrize("bad", ["a b", "x" * 129, "semi;colon"])
+@pytest.mark.parametrize("method,route", [("get", "transcripts"), ("post", "transcripts"), ("post", "realtime")])
+def test_voice_routes_check_the_session_id_like_every_session_route(
+    client: TestClient, bad: str, method: str, route: str
+) -> None:
+    kwargs: dict[str, Any] = {"json": {"items": [spoken("u-1", "hi", 0)]}} if method == "post" else {}
+    r = getattr(client, method)(f"/sessions/{bad}/{route}", headers=VENEO, **kwargs)
+    error = assert_error(r, 422, "validation_error", "session_id")
+    assert "session_id" in error["message"]
