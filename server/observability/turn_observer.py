@@ -208,6 +208,9 @@ class TurnObserver(AsyncCallbackHandler):
                 reason = str(ev.get("fallback_reason") or "")
                 bucket = "offline" if reason.startswith("offline") else ("timeout" if "timeout" in reason else "error")
                 self.metrics.fallback_scorings.labels(self.ctx.tenant, self.ctx.team, bucket).inc()
+        screened = update.get("input_review")
+        if isinstance(screened, dict) and screened.get("action") == "block":
+            outcome = "blocked"  # the input screen refused the message: no reply is drafted
         decisions = update.get("review_decisions")
         if decisions:
             d = decisions[-1]

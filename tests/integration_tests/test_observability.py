@@ -443,7 +443,7 @@ def test_log_lines_are_json_one_per_request_and_node_run_with_ids_and_no_secrets
         start: ("demo", "interview", sid, [("question_generator", "ok"), ("memory_keeper", "ok")]),
         answer: ("demo", "interview", sid, [("evaluator", "fallback"), ("fallback_scorer", "fallback"),
                                             ("ask_next_question", "ok"), ("memory_keeper", "ok")]),
-        blocked: ("veneo", "veneo_chat", chat, [("input_screen", "ok"), ("safety_reviewer", "blocked"),
+        blocked: ("veneo", "veneo_chat", chat, [("input_screen", "blocked"), ("safety_reviewer", "blocked"),
                                                 ("memory_keeper", "ok")]),
     }  # fmt: skip
     for response, (tenant, team, thread_id, nodes) in expected_nodes.items():
