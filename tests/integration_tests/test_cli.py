@@ -248,3 +248,42 @@ def test_demo_runs_the_interview_then_the_chat_from_piped_input(cli: Cli) -> Non
     assert shown.returncode == 0, shown.stderr
     assert "[you] How long does shipping take?" in shown.stdout
     assert "[you] Do gift cards expire?" in shown.stdout
+
+
+def test_users_erase_deletes_the_users_sessions_of_one_tenant_and_redacts_their_audit(cli: Cli) -> None:
+    """`teamgraph users erase <user_id> --tenant T`: the CLI form of DELETE /users/{user_id}."""
+    import asyncio
+
+    from tests.conftest import open_engine
+
+    secret = "My name is Jane Roe and my order is late"
+
+    async def seed() -> tuple[list[str], str, str]:
+        async with open_engine(cli.env["TEAMGRAPH_CHECKPOINT_URL"]) as engine:
+            janes = [await engine.create_session("veneo", "veneo_chat", user_id="user-jane") for _ in range(2)]
+            for session in janes:
+                await engine.run_turn(session, {"messages": [{"role": "user", "content": secret}]})
+            other = await engine.create_session("veneo", "veneo_chat", user_id="user-max")
+            await engine.run_turn(other, {"messages": [{"role": "user", "content": "Where is order 1?"}]})
+            # another tenant's end user of the same id is another person
+            elsewhere = await engine.create_session("demo", "interview", user_id="user-jane")
+            return [s.id for s in janes], other.id, elsewhere.id
+
+    janes, other, elsewhere = asyncio.run(seed())
+
+    erased = cli("users", "erase", "user-jane", "--tenant", "veneo")
+    assert erased.returncode == 0, erased.stderr
+    match = re.search(r"^erased user-jane: 2 session\(s\), (\d+) audit entries redacted$", erased.stdout, re.MULTILINE)
+    assert match and int(match.group(1)) >= 4, erased.stdout  # each turn: at least its message and a response
+    veneo_sessions = cli("sessions", "list", "--tenant", "veneo").stdout
+    assert other in veneo_sessions and not [sid for sid in janes if sid in veneo_sessions], veneo_sessions
+    assert elsewhere in cli("sessions", "list", "--tenant", "demo").stdout  # the other tenant's user-jane stays
+    exported = cli("audit", "export", "--tenant", "veneo")
+    assert exported.returncode == 0, exported.stderr
+    assert secret not in exported.stdout and "user-jane" not in exported.stdout
+    assert "Where is order 1?" in exported.stdout and "user_erased" in exported.stdout
+    verified = cli("audit", "verify", "--tenant", "veneo")
+    assert verified.returncode == 0 and "ok: tenant veneo" in verified.stdout, verified.stdout + verified.stderr
+    # nothing left to erase: it says so, and still succeeds
+    again = cli("users", "erase", "user-jane", "--tenant", "veneo")
+    assert again.returncode == 0 and "erased user-jane: 0 session(s), 0 audit entries redacted" in again.stdout
