@@ -137,6 +137,11 @@ async def _sqlite(url: str, recreate_deleted_file: bool = True) -> AsyncIterator
                 session_index=await asyncio.to_thread(sessions.repair_schema),
                 audit=await asyncio.to_thread(audit.repair_schema),
             )
+            # the store's migrations are numbered (store_migrations): a store table dropped under a version row
+            # that says it exists would never come back, so the version rows go with it (its steps then run
+            # again on the new table); the checkpointer's setup is "create if not exists" only
+            if not await _sqlite_has(store.conn, "store") and await _sqlite_has(store.conn, "store_migrations"):
+                await store.conn.execute("delete from store_migrations")
             for saver in (checkpointer, store):
                 saver.is_setup = False  # their setup() returns at once when it ran before
                 await saver.setup()
@@ -165,6 +170,18 @@ async def _sqlite(url: str, recreate_deleted_file: bool = True) -> AsyncIterator
             watcher.cancel()
             sessions.close()
             audit.close()
+
+
+# LangGraph's Postgres tables, and the table of migration versions that says they exist
+_LANGGRAPH_PG_TABLES = (
+    (("checkpoints", "checkpoint_blobs", "checkpoint_writes"), "checkpoint_migrations"),
+    (("store",), "store_migrations"),
+)
+
+
+async def _sqlite_has(conn: Any, table: str) -> bool:
+    cursor = await conn.execute("select 1 from sqlite_master where type = 'table' and name = ?", [table])
+    return await cursor.fetchone() is not None
 
 
 def _reopen_sync(path: Path, locks: tuple[Any, ...], parts: tuple[Any, ...]) -> None:
@@ -238,7 +255,15 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
                 audit=await asyncio.to_thread(audit.repair_schema),
             )
             # LangGraph's migrations start over when their version table went with the rest (dropped database
-            # or schema)
+            # or schema); when only its tables went, their version rows go too (every step is idempotent)
+            async with pool.connection() as conn:
+                for tables, versions in _LANGGRAPH_PG_TABLES:
+                    row = await (await conn.execute(
+                        "select bool_or(to_regclass(t) is null) as missing, to_regclass(%s) is not null as versioned"
+                        " from unnest(%s::text[]) as t", [versions, list(tables)]
+                    )).fetchone()  # fmt: skip
+                    if row and row["missing"] and row["versioned"]:
+                        await conn.execute(f"delete from {versions}")
             await checkpointer.setup()
             await store.setup()
             return found

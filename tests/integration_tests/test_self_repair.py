@@ -131,8 +131,10 @@ def test_a_postgres_database_dropped_and_created_again_is_set_up_again_without_a
         assert server.process is not None and server.process.poll() is None  # never restarted
 
 
-def test_a_postgres_schema_dropped_and_created_again_is_repaired_by_readyz(tmp_path: Path) -> None:
-    """No turn needs to meet the empty schema first: the load balancer's /readyz probe repairs it."""
+@pytest.mark.parametrize("which", ["schema", "data_tables_only"])
+def test_a_postgres_schema_dropped_and_created_again_is_repaired_by_readyz(tmp_path: Path, which: str) -> None:
+    """No turn needs to meet the empty schema first: the load balancer's /readyz probe repairs it.
+    `data_tables_only`: the tables of migration versions stay and say the dropped tables exist."""
     import psycopg
 
     with fresh_postgres_schema("tg_harden3") as url:
@@ -142,8 +144,12 @@ def test_a_postgres_schema_dropped_and_created_again_is_repaired_by_readyz(tmp_p
             old_id = f"before-{uuid.uuid4().hex[:8]}"
             assert turn(server, old_id, "Hello").status_code == 200
             with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
-                admin.execute(f"drop schema {schema} cascade")
-                admin.execute(f"create schema {schema}")
+                if which == "schema":
+                    admin.execute(f"drop schema {schema} cascade")
+                    admin.execute(f"create schema {schema}")
+                else:
+                    for table in ("teamgraph_sessions", "checkpoints", "checkpoint_writes", "store", "audit_events"):
+                        admin.execute(f"drop table {schema}.{table}")
             r = httpx.get(server.url + "/readyz", timeout=10)
             assert r.status_code == 200, r.text  # the probe found the tables missing, recreated them, asked again
             assert len(repair_lines(server)) == 1, server.stdout[-3000:]
@@ -159,14 +165,20 @@ def sqlite_tables(db: Path) -> set[str]:
         return {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
 
 
-def test_sqlite_tables_dropped_under_the_server_are_created_again(tmp_path: Path) -> None:
+VERSION_TABLES = {"teamgraph_schema_versions", "store_migrations"}  # SQLite's (its checkpointer keeps none)
+
+
+@pytest.mark.parametrize("which", ["every_table", "data_tables_only"])
+def test_sqlite_tables_dropped_under_the_server_are_created_again(tmp_path: Path, which: str) -> None:
+    """`data_tables_only`: the tables of migration versions stay and say the dropped tables exist."""
     with LiveServer(tmp_path, env=ENV) as server:
         old_id = f"before-{uuid.uuid4().hex[:8]}"
         assert turn(server, old_id, "Hello").status_code == 200
         tables = sqlite_tables(server.db)
-        assert {"sessions", "checkpoints", "store", "audit_events"} <= tables
+        assert {"sessions", "checkpoints", "store", "audit_events"} | VERSION_TABLES <= tables
+        kept = {"sqlite_sequence"} | (VERSION_TABLES if which == "data_tables_only" else set())
         with contextlib.closing(sqlite3.connect(server.db, isolation_level=None)) as conn:
-            for table in tables - {"sqlite_sequence"}:
+            for table in tables - kept:
                 conn.execute(f"drop table if exists {table}")
         r = httpx.get(f"{server.url}/sessions", headers=VENEO, timeout=10)
         assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
