@@ -17,7 +17,7 @@ from langgraph.store.base import BaseStore
 
 from checkpoints.audit import AuditLog, PostgresAuditLog, SqliteAuditLog
 from checkpoints.retention import enable_incremental_vacuum
-from checkpoints.self_repair import Recreated, StorageRepair, file_identity, remove_stale_wal
+from checkpoints.self_repair import Recreated, StorageRepair, exit_for_restart, file_identity, remove_stale_wal
 from checkpoints.session_index import PostgresSessionIndex, SessionIndex, SqliteSessionIndex
 from checkpoints.storage import (
     DEFAULT_STATEMENT_TIMEOUT_S,
@@ -77,8 +77,9 @@ async def build_persistence(
 ) -> AsyncIterator[Persistence]:
     """Open everything a session needs in the database `url` names; closes it all on exit.
     `timeout_s` bounds a Postgres connect and a wait for a pooled connection, `statement_timeout_s` a statement.
-    `recreate_deleted_file`: a SQLite file deleted while the server runs is recreated (one process only: see
-    checkpoints/self_repair.py)."""
+    `recreate_deleted_file`: a SQLite file deleted while the server runs is recreated in place; False (one of
+    several worker processes on the file) makes the process exit instead, and its supervisor starts a new one on
+    a new file (see checkpoints/self_repair.py)."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         async with _sqlite(url, recreate_deleted_file) as p:
@@ -110,6 +111,7 @@ async def _sqlite(url: str, recreate_deleted_file: bool = True) -> AsyncIterator
         setup_lock = os.open(f"{path}.setup-lock", os.O_RDWR | os.O_CREAT, 0o600)
         await asyncio.to_thread(fcntl.flock, setup_lock, fcntl.LOCK_EX)
         try:
+            remove_stale_wal(path)  # a -wal/-shm left by a database file that was deleted is not this file's
             # before any table exists in a new file; an existing file converts once (see enable_incremental_vacuum)
             enable_incremental_vacuum(path)
             sessions = SqliteSessionIndex(path)  # also switches the file to WAL, so readers never block the writer
@@ -162,7 +164,7 @@ async def _sqlite(url: str, recreate_deleted_file: bool = True) -> AsyncIterator
                 checkpointer.conn, store.conn = await connect(), await connect()
                 identity = file_identity(path)
 
-        repair = StorageRepair("sqlite", setup, file_replaced, reopen if recreate_deleted_file else None)
+        repair = StorageRepair("sqlite", setup, file_replaced, reopen if recreate_deleted_file else exit_for_restart)
         watcher = asyncio.create_task(repair.watch())
         try:
             yield Persistence(url, checkpointer, store, sessions, audit, data_dir=path.parent, repair=repair)

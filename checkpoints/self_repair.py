@@ -21,8 +21,10 @@ recreated, every tenant's audit chain restarts from its genesis: the first entry
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ import structlog
 log = structlog.get_logger("teamgraph.storage")
 
 WATCH_INTERVAL_S = 1.0
+EXIT_FOR_RESTART = 75  # EX_TEMPFAIL: a worker that exits for its supervisor to start a fresh one
 
 
 def missing_table(exc: BaseException | None) -> bool:
@@ -136,6 +139,24 @@ class StorageRepair:
                 await self.check_file()
             except Exception as exc:  # the next check (or /readyz) tries again
                 log.warning("storage_repair_failed", backend=self.backend, error=_first_line(exc))
+
+
+async def exit_for_restart() -> None:
+    """The `reopen` of one worker among several on a SQLite file that was deleted: a worker cannot tell when its
+    siblings have let go of the old file (one that closes its connections after a new file exists would delete
+    the new file's -wal by name), so each worker exits at once without closing anything, and uvicorn's
+    supervisor starts a fresh one, which opens a new file at the path (removing the old -wal/-shm first)."""
+    log.error(
+        "storage_file_deleted",
+        message="the database file was deleted while the server ran: this worker exits and a new one starts on a "
+        "new, empty file",
+        pid=os.getpid(),
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FOR_RESTART)
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:

@@ -211,3 +211,21 @@ def test_a_deleted_sqlite_file_is_recreated_and_new_turns_land_in_it(tmp_path: P
         assert any(s.startswith("after-") for s in stored) and old_id not in stored, stored
         with contextlib.closing(sqlite3.connect(server.db)) as conn:
             assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+def test_with_several_workers_a_deleted_sqlite_file_restarts_the_workers_on_a_new_file(tmp_path: Path) -> None:
+    """A worker cannot know when its siblings let go of the deleted file, so none recreates it in place: each
+    exits (saying why) and uvicorn starts a fresh one, which opens a new file."""
+    with LiveServer(tmp_path, env=ENV, workers=2, startup_timeout=60) as server:
+        old_id = f"before-{uuid.uuid4().hex[:8]}"
+        assert turn(server, old_id, "Hello").status_code == 200
+        server.db.unlink()
+        assert until(lambda: server.db.exists(), within_s=60), server.stdout[-3000:]
+        works_again(server, old_id)
+        exits = [line for line in server.stdout.splitlines() if "storage_file_deleted" in line]
+        assert len(exits) == 2, server.stdout[-3000:]  # each worker said why it left
+        with contextlib.closing(sqlite3.connect(server.db)) as conn:
+            stored = {row[0] for row in conn.execute("select client_id from sessions where tenant = 'veneo'")}
+            assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        assert any(s.startswith("after-") for s in stored) and old_id not in stored, stored
+        assert server.process is not None and server.process.poll() is None  # the server itself never stopped
