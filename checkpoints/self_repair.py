@@ -84,7 +84,6 @@ class StorageRepair:
     reopen: Callable[[], Awaitable[None]] | None = None
     # tenants whose audit chain gets an `audit_restarted` entry when the audit tables were recreated
     on_audit_restarted: Callable[[str], Awaitable[None]] | None = None
-    repairs: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _last_done: float = 0.0
 
@@ -112,8 +111,10 @@ class StorageRepair:
             found = await self.setup()
             recreated.session_index = found.session_index or recreated.file
             recreated.audit = found.audit or recreated.file
-            self.repairs += 1
             self._last_done = time.monotonic()
+            lost = "; sessions stored before are gone unless restored from a backup" if recreated.session_index else ""
+            if recreated.audit:
+                lost += "; every tenant's audit chain starts again from its genesis"
             log.warning(
                 "storage_repaired",
                 backend=self.backend,
@@ -121,11 +122,7 @@ class StorageRepair:
                 database_file_recreated=recreated.file,
                 session_index_recreated=recreated.session_index,
                 audit_chain_restarted=recreated.audit,
-                message=(
-                    "the database lost its tables while the server ran; they were recreated empty"
-                    + ("; every tenant's audit chain starts again from its genesis" if recreated.audit else "")
-                    + "; sessions stored before are gone unless restored from a backup"
-                ),
+                message="the database lost tables while the server ran; the missing ones were recreated empty" + lost,
             )
             if recreated.audit and self.on_audit_restarted is not None:
                 await self.on_audit_restarted(cause)
