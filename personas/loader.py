@@ -11,9 +11,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from personas import DEFAULT_BUNDLE_DIR as DEFAULT_BUNDLE_DIR  # re-exported: importers know it from here
 from personas.schema import KIND_MODELS, AgentPersona, TeamBundle, TenantBundle
-
-DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
