@@ -1,4 +1,5 @@
-"""`teamgraph --help` and `teamgraph personas validate` stay light: they import neither the server nor LangGraph.
+"""`teamgraph --help` and `teamgraph personas validate` stay light: they import neither the server nor LangGraph;
+and the server starts without the OpenAI SDK, which only voice and moderation calls need.
 
 Each case runs in a fresh interpreter (this one has imported everything already) and reports which packages it
 loaded; the assertion is on what was imported, not on how long it took.
@@ -7,6 +8,7 @@ loaded; the assertion is on what was imported, not on how long it took.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -127,3 +129,35 @@ def test_personas_validate_of_a_broken_bundle_reports_it_with_the_same_light_imp
     assert result["exit_code"] == 1, result
     assert "no_such_graph" in result["output"]
     assert heavy_imports(modules) == []
+
+
+SERVER_PROBE = """
+import asyncio, json, sys
+from server.app import create_app
+from server.settings import Settings
+
+app = create_app(Settings(_env_file=None, checkpoint_url=sys.argv[1]))
+
+async def start_and_stop():
+    async with app.router.lifespan_context(app):
+        pass
+
+asyncio.run(start_and_stop())
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_the_server_starts_offline_without_importing_the_openai_sdk(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVER_PROBE, f"sqlite:///{tmp_path}/tg.db"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("TEAMGRAPH_", "OPENAI_"))},
+    )
+    assert proc.returncode == 0, proc.stderr
+    modules = set(json.loads(proc.stdout.splitlines()[-1]))
+
+    assert {"fastapi", "langgraph", "server.engine", "server.voice.provider"} <= modules  # it did start
+    assert sorted(m for m in modules if m == "openai" or m.startswith(("openai.", "langchain_openai"))) == []
