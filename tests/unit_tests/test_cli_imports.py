@@ -1,5 +1,5 @@
 """`teamgraph --help` and `teamgraph personas validate` stay light: they import neither the server nor LangGraph;
-and the server starts without the OpenAI SDK, which only voice and moderation calls need.
+and the server starts without the OpenAI SDK, which only voice and moderation calls need (nor psycopg on SQLite).
 
 Each case runs in a fresh interpreter (this one has imported everything already) and reports which packages it
 loaded; the assertion is on what was imported, not on how long it took.
@@ -147,7 +147,7 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 
-def test_the_server_starts_offline_without_importing_the_openai_sdk(tmp_path: Path) -> None:
+def test_the_server_starts_offline_on_sqlite_without_the_openai_sdk_or_psycopg(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", SERVER_PROBE, f"sqlite:///{tmp_path}/tg.db"],
         cwd=REPO,
@@ -161,3 +161,5 @@ def test_the_server_starts_offline_without_importing_the_openai_sdk(tmp_path: Pa
 
     assert {"fastapi", "langgraph", "server.engine", "server.voice.provider"} <= modules  # it did start
     assert sorted(m for m in modules if m == "openai" or m.startswith(("openai.", "langchain_openai"))) == []
+    # nor the PostgreSQL driver on SQLite
+    assert sorted(m for m in modules if m == "psycopg" or m.startswith(("psycopg.", "psycopg_pool"))) == []
