@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench import startup
+
 REPO = Path(__file__).resolve().parents[1]
 NOTES = REPO / "bench" / "notes.md"
 STORAGE = REPO / "bench" / "results" / "storage.md"
@@ -313,6 +315,9 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             ok6,
         )
     )
+
+    # 8. start-up of the `teamgraph` executable (bench/startup.py)
+    out.extend(startup.goals(r.get("startup")))
     return out
 
 
@@ -659,6 +664,9 @@ def render(r: dict[str, Any]) -> str:
     # storage per session: measured apart, by `python -m bench.storage` (bench/storage.py)
     if STORAGE.exists():
         s.append(STORAGE.read_text().strip() + "\n")
+
+    # start-up of the `teamgraph` executable: measured by this run (bench/startup.py)
+    s.extend(startup.render(r.get("startup")))
 
     s.append("## Method\n")
     s.append(METHOD.strip() + "\n")

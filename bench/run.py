@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, startup
 from bench.bundle import make_bench_bundles
 from bench.drivers import TEAMS, InProcess, LangGraphSDK, TeamgraphHTTP, TurnSpec, script
 from bench.fake_model import BenchFactory
@@ -406,6 +406,8 @@ async def run(profile: Profile, workdir: Path) -> dict[str, Any]:
             results["ablation"] = await ablation_phase(profile, workdir, bundles, drivers["inproc"])
     log("memory and session listing (fresh server)")
     results["memory"] = await memory_and_listing_phase(profile, workdir, bundles)
+    log("start-up: teamgraph --help, personas validate, serve to /readyz (every other server stopped)")
+    results["startup"] = startup.measure(profile.name, workdir / "startup")
     results["elapsed_s"] = time.perf_counter() - t0
     return results
 

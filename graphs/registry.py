@@ -1,4 +1,8 @@
-"""The registry of team graphs: every module under graphs/ with a `build_graph` is a graph a team bundle can name."""
+"""The registry of team graphs: every module under graphs/ with a `build_graph` is a graph a team bundle can name.
+
+Importing it imports no graph and no LangGraph: `teamgraph personas validate` checks team bundles against
+GRAPH_MODULES and must start in well under a second.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph.state import CompiledStateGraph
-from langgraph.store.base import BaseStore
+if TYPE_CHECKING:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+    from langgraph.graph.state import CompiledStateGraph
+    from langgraph.store.base import BaseStore
 
-GraphBuilder = Callable[[BaseCheckpointSaver | None, BaseStore | None], CompiledStateGraph]
+    GraphBuilder = Callable[[BaseCheckpointSaver | None, BaseStore | None], CompiledStateGraph]
 
 _NOT_GRAPHS = {"registry", "common"}
 

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from personas.loader import DEFAULT_BUNDLE_DIR, Bundles, Problem, _field_path, _line_of, deep_merge
+from personas.loader import DEFAULT_BUNDLE_DIR, Bundles, Problem, _field_path, _line_of, deep_merge, parse_yaml
 from personas.resolver import TeamRunConfig
 from personas.schema import AgentPersona, Identifier, StrictModel, VoiceSettings
 
@@ -88,8 +88,7 @@ def _load_catalog(path: str, mtime: float) -> VoiceCatalog:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node, data = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise VoiceConfigError(

@@ -1,4 +1,9 @@
-"""The `teamgraph` command line: interview and chat in the terminal, sessions, persona bundles."""
+"""The `teamgraph` command line: interview and chat in the terminal, sessions, persona bundles.
+
+Importing this module imports typer and the standard library only: each command imports what it needs when it
+runs, so `teamgraph --help` and `teamgraph personas validate` do not pay for the server, LangGraph or the OpenAI
+SDK (tests/unit_tests/test_cli_imports.py keeps it so).
+"""
 
 from __future__ import annotations
 
@@ -16,18 +21,17 @@ import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from checkpoints.audit import as_utc
-from checkpoints.retention import retention_leader
-from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
-from personas.resolver import TeamResolutionError
-from personas.schema import json_schema
-from server.engine import Engine, SessionNotFound
-from server.session_export import ImportRejected, export_session, import_session, to_markdown
-from server.settings import Settings
+from personas import DEFAULT_BUNDLE_DIR
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from server.engine import Engine
+    from server.settings import Settings
 
 app = typer.Typer(help="Teamgraph: several LLM agent teams side by side.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Stored sessions (threads).", no_args_is_help=True)
@@ -84,7 +88,25 @@ async def _print_turn(engine: Engine, session: Any, turn_input: dict[str, Any]) 
     return state
 
 
+def _settings() -> Settings:
+    """TEAMGRAPH_* settings (importing them imports pydantic-settings: only commands that need them call this)."""
+    from server.settings import Settings
+
+    return Settings()
+
+
+def _open_engine() -> AbstractAsyncContextManager[Engine]:
+    """The engine over the current settings; imports the server, LangGraph and the teams' graphs."""
+    from server.engine import Engine
+
+    return Engine.open(_settings())
+
+
 def _run(coro: Any) -> Any:
+    from personas.loader import BundleError
+    from personas.resolver import TeamResolutionError
+    from server.engine import SessionNotFound
+
     try:
         return asyncio.run(coro)
     except (TeamResolutionError, SessionNotFound) as exc:
@@ -96,7 +118,7 @@ def _run(coro: Any) -> Any:
 async def _interview(
     resume: Path | None, jd: Path | None, role: str | None, tenant: str, session_id: str | None
 ) -> None:
-    async with Engine.open(Settings()) as engine:
+    async with _open_engine() as engine:
         if session_id:
             session = engine.get_session(tenant, session_id)
             state = await engine.state(session)
@@ -139,7 +161,7 @@ def interview(
 
 
 async def _chat(tenant: str, session_id: str | None) -> None:
-    async with Engine.open(Settings()) as engine:
+    async with _open_engine() as engine:
         if session_id:
             session = engine.get_session(tenant, session_id)
         else:
@@ -229,8 +251,9 @@ def serve(
     import uvicorn
 
     from graphs.registry import GRAPH_MODULES
+    from personas.loader import BundleError, load_bundles
 
-    settings = Settings()
+    settings = _settings()
     try:
         bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
     except BundleError as exc:
@@ -286,7 +309,7 @@ def demo() -> None:
 
 
 async def _sessions(action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None) -> None:
-    async with Engine.open(Settings()) as engine:
+    async with _open_engine() as engine:
         if action == "list":
             for s in engine.sessions.list(tenant, team, limit=200):
                 typer.echo(f"{s.id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
@@ -336,7 +359,7 @@ async def _migrate(dry_run: bool) -> dict[str, int]:
     from states.migrations import SessionSchemaTooNew
 
     counts = {"checked": 0, "upgraded": 0, "current": 0, "too_new": 0, "busy": 0, "unknown_team": 0}
-    async with Engine.open(Settings()) as engine:
+    async with _open_engine() as engine:
         for tenant in sorted(engine.bundles.tenants):
             before: tuple[str, str] | None = None
             while page := engine.sessions.list(tenant, None, limit=100, before=before):
@@ -389,7 +412,9 @@ def migrate(
 
 
 async def _prune(dry_run: bool) -> dict[str, dict[str, Any]]:
-    async with Engine.open(Settings()) as engine, retention_leader(engine.persistence.url) as leader:
+    from checkpoints.retention import retention_leader
+
+    async with _open_engine() as engine, retention_leader(engine.persistence.url) as leader:
         if not leader:
             raise fail("another process is applying retention right now; try again when it has finished")
         return await engine.prune_sessions(dry_run=dry_run, actor="cli")
@@ -412,7 +437,9 @@ def sessions_prune(
 
 
 async def _export(tenant: str, session_id: str, markdown: bool) -> str:
-    async with Engine.open(Settings()) as engine:
+    from server.session_export import export_session, to_markdown
+
+    async with _open_engine() as engine:
         document = await export_session(engine, engine.get_session(tenant, session_id))
     return to_markdown(document) if markdown else json.dumps(document, indent=2, ensure_ascii=False)
 
@@ -428,13 +455,15 @@ def sessions_export(
 
 
 async def _import(path: Path, tenant: str) -> str:
+    from server.session_export import ImportRejected, import_session
+
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:
         raise fail(f"{path}: cannot read it ({exc})") from None
     except json.JSONDecodeError as exc:
         raise fail(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
-    async with Engine.open(Settings()) as engine:
+    async with _open_engine() as engine:
         try:
             record = await import_session(engine, data, tenant)
         except ImportRejected as exc:
@@ -449,7 +478,7 @@ def sessions_import(file: Path, tenant: TenantOpt = "demo") -> None:
 
 
 async def _erase(tenant: str, user_id: str) -> dict[str, int]:
-    async with Engine.open(Settings()) as engine:
+    async with _open_engine() as engine:
         return await engine.erase_user(tenant, user_id)
 
 
@@ -470,6 +499,7 @@ def personas_validate(
 ) -> None:
     """Check every bundle file; print each problem as file:line: field: reason and exit 1 if any."""
     from graphs.registry import GRAPH_MODULES
+    from personas.loader import BundleError, load_bundles
 
     try:
         bundles = load_bundles(path, known_graphs=set(GRAPH_MODULES))
@@ -485,6 +515,8 @@ def personas_validate(
 @personas_app.command("schema")
 def personas_schema() -> None:
     """Print the JSON Schema of agent, team and tenant bundles."""
+    from personas.schema import json_schema
+
     json.dump(json_schema(), sys.stdout, indent=2)
     typer.echo("")
 
@@ -509,7 +541,7 @@ def _audit_log() -> Any:
     from checkpoints.factory import CheckpointURLError, open_audit_log
 
     try:
-        return open_audit_log(Settings().checkpoint_url)
+        return open_audit_log(_settings().checkpoint_url)
     except CheckpointURLError as exc:
         raise fail(str(exc)) from None
 
@@ -541,6 +573,8 @@ def audit_export(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="File (default: stdout).")] = None,
 ) -> None:
     """Entries of a tenant, oldest first, as JSON lines or CSV."""
+    from checkpoints.audit import as_utc
+
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format: {fmt!r} is not jsonl or csv")
     log = _audit_log()
@@ -584,9 +618,10 @@ app.add_typer(voice_app, name="voice")
 
 def _voice_service() -> Any:
     from graphs.registry import GRAPH_MODULES
+    from personas.loader import BundleError, load_bundles
     from server.voice import VoiceService
 
-    settings = Settings()
+    settings = _settings()
     try:
         bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
     except BundleError as exc:
@@ -601,6 +636,8 @@ def voice_voices(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The voices a tenant may use for a team (from the catalog; works offline)."""
+    from personas.resolver import TeamResolutionError
+
     try:
         listing = _voice_service().voices(tenant, team)
     except TeamResolutionError as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 from typing import Any
+from urllib.parse import urlparse
 
-import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -57,6 +57,12 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts)
+
+
+def _may_use_postgres(app: FastAPI) -> bool:
+    """Whether the app's storage is PostgreSQL (or its settings are unknown): only then can psycopg errors occur."""
+    settings = getattr(app.state, "settings", None)
+    return settings is None or urlparse(settings.checkpoint_url).scheme in ("postgres", "postgresql")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -125,8 +131,11 @@ def install_error_handlers(app: FastAPI) -> None:
         await _repair(request, exc)
         return storage_unavailable_response(exc)
 
-    faults = (StorageUnavailable, psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable,
-              sqlite3.OperationalError)  # fmt: skip
+    faults: list[type[Exception]] = [StorageUnavailable, sqlite3.OperationalError]
+    if _may_use_postgres(app):
+        import psycopg  # only here: importing it is a tenth of a second of every SQLite server's start-up
+
+        faults += [psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable]
     for fault in faults:
         app.add_exception_handler(fault, storage_down)
 

@@ -2,7 +2,8 @@
 
 The SDK's default transport is httpx2; the client here is built on an `httpx.AsyncClient`, which the SDK
 accepts as `http_client` as well. Provider errors become VoiceErrors (502 / 503 / 504 with a retry hint);
-the server's key never appears in a message, a log line or a response.
+the server's key never appears in a message, a log line or a response. The SDK is imported on the first call: the
+server imports this module at start-up, and most deployments never make a voice call.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
-import openai
 
 from personas.schema import AgentPersona
 from server.settings import Settings
 from server.voice.errors import VoiceError, voice_unavailable
+
+if TYPE_CHECKING:
+    import openai
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_RETRY_AFTER_S = 5
@@ -71,6 +74,8 @@ def _provider_code(exc: openai.APIStatusError) -> str:
 def map_provider_error(exc: Exception, what: str) -> VoiceError:
     """An SDK error as the client should see it; the provider's own message is never forwarded (a 401's
     message can quote part of the key)."""
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         return VoiceError(
             504,
@@ -130,6 +135,8 @@ class VoiceProvider:
 
     @contextlib.asynccontextmanager
     async def _client(self) -> AsyncIterator[openai.AsyncOpenAI]:
+        import openai
+
         async with httpx.AsyncClient(timeout=self.config.timeout_s, follow_redirects=True) as http:
             yield openai.AsyncOpenAI(
                 api_key=self.config.api_key,
@@ -141,6 +148,8 @@ class VoiceProvider:
             )
 
     async def speech(self, *, model: str, voice: str, text: str, speed: float, audio_format: AudioFormat) -> bytes:
+        import openai
+
         try:
             async with self._client() as client:
                 response = await client.audio.speech.create(
@@ -151,6 +160,8 @@ class VoiceProvider:
             raise map_provider_error(exc, "voice preview") from None
 
     async def client_secret(self, session: dict[str, Any], ttl_s: int) -> ClientSecret:
+        import openai
+
         try:
             async with self._client() as client:
                 created = await client.realtime.client_secrets.create(

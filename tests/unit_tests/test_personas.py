@@ -9,10 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from graphs.registry import GRAPH_MODULES
-from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, Problem, load_bundles
+from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, Problem, load_bundles, parse_yaml
 from personas.schema import ApiKey, json_schema
 from server.cli import app
 
@@ -150,6 +151,45 @@ def test_yaml_syntax_error_reports_its_line(bundle_dir: Path) -> None:
     assert problems[0].line == line_of(path, "default_team")
     assert problems[0].reason.startswith("not valid YAML")
     assert str(problems[0]).startswith(f"personas/tenants/demo.yaml:{problems[0].line}: ")
+
+    # PyYAML's own wording, not libyaml's ("... not allowed in this context"): the loader parses with libyaml
+    # for speed and asks PyYAML again only for a file libyaml refuses
+    assert problems[0].reason == "not valid YAML: mapping values are not allowed here"
+
+
+@pytest.mark.parametrize("path", sorted(DEFAULT_BUNDLE_DIR.rglob("*.yaml")), ids=lambda p: p.name)
+def test_parse_yaml_gives_what_compose_and_safe_load_give(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+
+    node, data = parse_yaml(text)
+
+    assert data == yaml.safe_load(text)
+    expected = yaml.compose(text)
+    assert node is not None and expected is not None
+    assert [(k.value, k.start_mark.line) for k, _ in node.value] == [
+        (k.value, k.start_mark.line) for k, _ in expected.value
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem", "line"),
+    [
+        ("a: 1\nb: *missing\n", "found undefined alias 'missing'", 1),
+        ("a: 1\n\tb: 2\n", "found character '\\t' that cannot start any token", 1),
+        ("- x\ny: 1\n", "expected <block end>, but found '?'", 1),
+    ],
+)
+def test_parse_yaml_errors_are_pyyamls(text: str, problem: str, line: int) -> None:
+    with pytest.raises(yaml.MarkedYAMLError) as caught:
+        parse_yaml(text)
+
+    assert caught.value.problem == problem
+    assert caught.value.problem_mark is not None and caught.value.problem_mark.line == line
+
+
+def test_parse_yaml_of_an_empty_file_is_none() -> None:
+    assert parse_yaml("") == (None, None)
+    assert parse_yaml("# only a comment\n") == (None, None)
 
 
 def test_file_that_is_not_a_mapping_is_reported(bundle_dir: Path) -> None:
