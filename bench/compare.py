@@ -9,7 +9,8 @@ servers at once (the other revision from a `git worktree`, on the same Python en
 bundles) and interleaves their `/invoke` (or `/stream`) cells at concurrency 1 and 32, so drift hits both alike.
 `--inprocess` adds a cell of the same graphs run in this process (`ainvoke` / `astream` on the engine's own
 SQLite checkpointer, as the report's in-process rows) before each server cell, and prints each server's p50 over
-it: the ratio the report's fixed-cost goal is about, on the same seconds. It prints a
+it: the ratio the report's fixed-cost goal is about, on the same seconds. Each server row also gives the server
+process's CPU time per turn (from /proc), which other load on the machine disturbs less than latency. It prints a
 table and writes nothing else; the revision's worktree is removed at the end. Use it to check a change, and quote
 it with the revision and the date: it is not the reference report (`make bench-full`).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -29,6 +31,15 @@ from bench.bundle import make_bench_bundles
 from bench.drivers import Driver, InProcess, TeamgraphHTTP
 from bench.measure import run_cell, warm_up
 from bench.procs import REPO, TeamgraphServer, stop_all
+
+
+def _cpu_s(server: TeamgraphServer) -> float:
+    """CPU seconds (user + system, all threads) the server process has used so far: less noisy than latency on a
+    shared machine, where other processes' load stretches wall time but not the work a turn does."""
+    stat = Path(f"/proc/{server.pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 INPROCESS_VARIANT = {"invoke": "ainvoke", "stream": "astream"}
 
@@ -61,12 +72,16 @@ async def _compare(
             await warm_up(driver, (variants[label],), (team,))
         for c in concurrencies:
             p50: dict[str, list[float]] = {label: [] for label in drivers}
+            cpu: dict[str, list[float]] = {label: [] for label in drivers}
             tps: dict[str, list[float]] = {label: [] for label in drivers}
             ratio: dict[str, list[float]] = {label: [] for label in drivers}
             errors = dict.fromkeys(drivers, 0)
             for _ in range(rounds):
                 for label, driver in drivers.items():
+                    cpu0 = _cpu_s(servers[label]) if label in servers else 0.0
                     cell = await run_cell(driver, variants[label], team, c, seconds, 10**6, variants[label])
+                    if label in servers and cell.n:
+                        cpu[label].append(1000 * (_cpu_s(servers[label]) - cpu0) / cell.n)
                     p50[label].append(cell.p(50) * 1000)
                     tps[label].append(cell.throughput)
                     errors[label] += len(cell.errors)
@@ -75,6 +90,7 @@ async def _compare(
             for label in drivers:
                 endpoint = variants[label] if label == "in-process" else f"/{mode}"
                 over = f"  {statistics.median(ratio[label]):5.2f}x in-process" if ratio[label] else ""
+                over += f"  server CPU {statistics.median(cpu[label]):5.2f} ms/turn" if cpu[label] else ""
                 print(
                     f"{team:<10} c={c:<2} {label:<24} {endpoint:<8} p50 {statistics.median(p50[label]):8.2f} ms  "
                     f"{statistics.median(tps[label]):7.1f} turns/s  errors {errors[label]}{over}",
