@@ -2,10 +2,15 @@
 
     python -m bench.compare 10b3a37                      # that commit against the working tree
     python -m bench.compare 10b3a37 --team interview --seconds 10 --rounds 3
+    python -m bench.compare main --mode stream --concurrency 1 --inprocess   # with an in-process astream cell
 
 On a shared machine two runs of the full bench hours apart differ by more than most changes do; this runs both
 servers at once (the other revision from a `git worktree`, on the same Python environment and the same bench
-bundles) and interleaves their `/invoke` cells at concurrency 1 and 32, so drift hits both alike. It prints a
+bundles) and interleaves their `/invoke` (or `/stream`) cells at concurrency 1 and 32, so drift hits both alike.
+`--inprocess` adds a cell of the same graphs run in this process (`ainvoke` / `astream` on the engine's own
+SQLite checkpointer, as the report's in-process rows) before each server cell, and prints each server's p50 over
+it: the ratio the report's fixed-cost goal is about, on the same seconds. Each server row also gives the server
+process's CPU time per turn (from /proc), which other load on the machine disturbs less than latency. It prints a
 table and writes nothing else; the revision's worktree is removed at the end. Use it to check a change, and quote
 it with the revision and the date: it is not the reference report (`make bench-full`).
 """
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -21,35 +28,74 @@ import tempfile
 from pathlib import Path
 
 from bench.bundle import make_bench_bundles
-from bench.drivers import TeamgraphHTTP
+from bench.drivers import Driver, InProcess, TeamgraphHTTP
 from bench.measure import run_cell, warm_up
 from bench.procs import REPO, TeamgraphServer, stop_all
 
 
-async def _compare(servers: dict[str, TeamgraphServer], team: str, seconds: float, rounds: int) -> None:
-    drivers = {label: TeamgraphHTTP(server.url) for label, server in servers.items()}
-    try:
+def _cpu_s(server: TeamgraphServer) -> float:
+    """CPU seconds (user + system, all threads) the server process has used so far: less noisy than latency on a
+    shared machine, where other processes' load stretches wall time but not the work a turn does."""
+    stat = Path(f"/proc/{server.pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+INPROCESS_VARIANT = {"invoke": "ainvoke", "stream": "astream"}
+
+
+async def _compare(
+    servers: dict[str, TeamgraphServer],
+    team: str,
+    seconds: float,
+    rounds: int,
+    mode: str = "invoke",
+    concurrencies: tuple[int, ...] = (1, 32),
+    inprocess_db: Path | None = None,
+    bundles: Path | None = None,
+) -> None:
+    drivers: dict[str, Driver] = {label: TeamgraphHTTP(server.url) for label, server in servers.items()}
+    variants = {label: mode for label in drivers}
+    async with contextlib.AsyncExitStack() as stack:
         for driver in drivers.values():
-            await warm_up(driver, ("invoke",), (team,))
-        for c in (1, 32):
+            stack.push_async_callback(driver.aclose)
+        if inprocess_db is not None:
+            from bench.fake_model import BenchFactory
+            from server.engine import Engine
+            from server.settings import Settings
+
+            settings = Settings(_env_file=None, checkpoint_url=f"sqlite:///{inprocess_db}", personas_dir=bundles)  # type: ignore[call-arg]
+            engine = await stack.enter_async_context(Engine.open(settings, agent_factory=BenchFactory()))
+            drivers = {"in-process": InProcess(engine), **drivers}
+            variants["in-process"] = INPROCESS_VARIANT[mode]
+        for label, driver in drivers.items():
+            await warm_up(driver, (variants[label],), (team,))
+        for c in concurrencies:
             p50: dict[str, list[float]] = {label: [] for label in drivers}
+            cpu: dict[str, list[float]] = {label: [] for label in drivers}
             tps: dict[str, list[float]] = {label: [] for label in drivers}
+            ratio: dict[str, list[float]] = {label: [] for label in drivers}
             errors = dict.fromkeys(drivers, 0)
             for _ in range(rounds):
                 for label, driver in drivers.items():
-                    cell = await run_cell(driver, "invoke", team, c, seconds, 10**6, "invoke")
+                    cpu0 = _cpu_s(servers[label]) if label in servers else 0.0
+                    cell = await run_cell(driver, variants[label], team, c, seconds, 10**6, variants[label])
+                    if label in servers and cell.n:
+                        cpu[label].append(1000 * (_cpu_s(servers[label]) - cpu0) / cell.n)
                     p50[label].append(cell.p(50) * 1000)
                     tps[label].append(cell.throughput)
                     errors[label] += len(cell.errors)
+                    if "in-process" in p50 and label != "in-process":
+                        ratio[label].append(p50[label][-1] / p50["in-process"][-1])
             for label in drivers:
+                endpoint = variants[label] if label == "in-process" else f"/{mode}"
+                over = f"  {statistics.median(ratio[label]):5.2f}x in-process" if ratio[label] else ""
+                over += f"  server CPU {statistics.median(cpu[label]):5.2f} ms/turn" if cpu[label] else ""
                 print(
-                    f"{team:<10} c={c:<2} {label:<24} /invoke p50 {statistics.median(p50[label]):8.2f} ms  "
-                    f"{statistics.median(tps[label]):7.1f} turns/s  errors {errors[label]}",
+                    f"{team:<10} c={c:<2} {label:<24} {endpoint:<8} p50 {statistics.median(p50[label]):8.2f} ms  "
+                    f"{statistics.median(tps[label]):7.1f} turns/s  errors {errors[label]}{over}",
                     flush=True,
                 )
-    finally:
-        for driver in drivers.values():
-            await driver.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--team", default="veneo_chat", choices=["veneo_chat", "interview"])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each cell")
     parser.add_argument("--rounds", type=int, default=2, help="cells per server and concurrency (medians)")
+    parser.add_argument("--mode", default="invoke", choices=["invoke", "stream"], help="the endpoint timed")
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated concurrencies (default 1,32)")
+    parser.add_argument(
+        "--inprocess", action="store_true", help="add an in-process cell before each server cell; print ratios"
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="teamgraph-compare-"))
@@ -72,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             "working tree": TeamgraphServer(workdir / "b", workdir / "b.db", bundles).start(),
         }
         try:
-            asyncio.run(_compare(servers, args.team, args.seconds, args.rounds))
+            concurrencies = tuple(int(c) for c in args.concurrency.split(","))
+            inprocess_db = workdir / "inproc.db" if args.inprocess else None
+            asyncio.run(
+                _compare(servers, args.team, args.seconds, args.rounds, args.mode, concurrencies, inprocess_db, bundles)
+            )
         finally:
             for server in servers.values():
                 server.stop()

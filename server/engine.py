@@ -302,6 +302,18 @@ class Engine:
             raise SessionNotFound(client_id)
         return record
 
+    async def aclaim_session(
+        self, client_id: str, tenant: str, team: str, actor: str = "cli", thread_id: str | None = None
+    ) -> SessionRecord:
+        """`claim_session` for request handlers. A session that exists (every turn after the first) is one index
+        read, on the event loop for SQLite as `_read_index` does; only a new session (a write, and an audit append)
+        takes the worker-thread hop."""
+        if not self.sessions.network:  # Postgres: one hop does the read and, for a new session, the write
+            record = self.sessions.find(tenant, client_id)
+            if record is not None and record.tenant == tenant:
+                return record
+        return await asyncio.to_thread(self.claim_session, client_id, tenant, team, actor, thread_id)
+
     async def touch(self, thread_id: str, title_hint_text: str = "") -> None:
         """Mark the session active (and title it from its first message), off the event loop."""
         await asyncio.to_thread(self.sessions.touch, thread_id, title_hint_text)
@@ -525,11 +537,18 @@ class Engine:
         """Store an older session's state in the current version as a new checkpoint (the caller holds the
         session's turn lock). Returns (from, to) when it was (dry_run: would be) upgraded, None when current;
         SessionSchemaTooNew for a session a newer Teamgraph wrote, which is left untouched."""
+        graph_id = self.graph_id(session.team)
+        target = current_version(graph_id)
+        # every turn asks this: a session stored in the current version (or none stored yet) is told by the
+        # latest checkpoint's metadata alone, without building the state snapshot (its channels, its next tasks)
+        latest = await self.persistence.checkpointer.aget_tuple(
+            {"configurable": {"thread_id": session.thread_id, "checkpoint_ns": ""}}
+        )
+        if latest is None or stored_version(latest.metadata) == target:
+            return None
         graph = self.graph(session.team)
         config = self.run_config(session)
         snapshot = await graph.aget_state(config)
-        graph_id = self.graph_id(session.team)
-        target = current_version(graph_id)
         if not snapshot.values:
             return None
         version = stored_version(snapshot.metadata)
