@@ -9,8 +9,12 @@ Steps 1 to 5 of `session_index` and step 1 of `audit` are what the code created 
 they are idempotent ("if not exists", a column check), so a database from any earlier release (the version-1
 fixtures lack the table, the client ids and the side tables) lands on exactly the schema a fresh one gets.
 
+Because every step is idempotent, `repair=True` runs them all again whatever the stored version says: that is how
+checkpoints/self_repair.py brings back tables dropped under the running server.
+
 To change a table: append a Step with the next version of its component to STEPS (never edit or reorder a
-released step), with its SQLite and Postgres forms, and a test in tests/unit_tests/test_schema_migrations.py.
+released step), with its SQLite and Postgres forms, and a test in tests/unit_tests/test_schema_migrations.py. Make
+it idempotent like the others ("if not exists", a column check): a repair runs it again on tables that have it.
 """
 
 from __future__ import annotations

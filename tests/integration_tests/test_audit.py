@@ -559,7 +559,7 @@ def test_an_action_whose_audit_record_fails_does_not_happen(tmp_path: Path, acti
     url = f"sqlite:///{tmp_path}/tg.db"
     with serve(url) as client:
         sid = ok(client.post("/sessions", headers=DEMO, json={"title": "Before"}), 201).json()["id"]
-        _break_audit(client, url, "closed")
+        _break_audit(client, url)
         if action == "create":
             r = client.post("/sessions", headers=DEMO, json={"title": "After"})
         elif action == "rename":
