@@ -180,6 +180,16 @@ def _s(v: float) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.2f} s"
 
 
+def _why_slow_cli(helps: dict[str, Any], validate: dict[str, Any]) -> str:
+    cpu = max(helps.get("cpu_median_s", math.nan), validate.get("cpu_median_s", math.nan))
+    if cpu < GOAL_CLI_S:
+        return (
+            f"the processes used at most {_s(cpu)} of CPU: the rest of the wall time was waiting for a core on a "
+            "loaded machine (see section 8)"
+        )
+    return "they use more than a second of CPU: see section 8 and `python -X importtime` of the command"
+
+
 def goals(startup: dict[str, Any] | None) -> list[tuple[str, str, str, bool | None]]:
     """Rows of the goals table: (goal, measured, why, met); none for a run made before this phase existed."""
     if not startup:
@@ -196,7 +206,7 @@ def goals(startup: dict[str, Any] | None) -> list[tuple[str, str, str, bool | No
             "the CLI imports typer only; each command imports what it runs (`personas validate`: pydantic, PyYAML "
             "and the bundle schema, no LangGraph or server; tests/unit_tests/test_cli_imports.py keeps it so)"
             if ok
-            else "see section 8",
+            else _why_slow_cli(helps, validate),
             ok,
         )
     ]
