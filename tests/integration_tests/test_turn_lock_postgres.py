@@ -1,0 +1,115 @@
+"""The Postgres turn lock: one session's turns exclude each other across processes, on one connection per process.
+
+Two `TurnLocks` on one URL stand for two replicas (each holds its own lock connection, as two processes do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from checkpoints.turn_lock import TurnBusy, TurnLocks
+from tests.conftest import fresh_postgres_schema
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with fresh_postgres_schema("tg_lock") as u:
+        yield u
+
+
+def lock_holders(url: str, thread_id: str) -> list[int]:
+    """Backend pids holding the turn lock of `thread_id` (as pg_locks shows a bigint advisory key)."""
+    key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        rows = admin.execute(
+            "select pid from pg_locks where locktype = 'advisory' and granted and objsubid = 1"
+            " and classid::bigint = %s and objid::bigint = %s and database = (select oid from pg_database"
+            " where datname = current_database())",
+            [key >> 32, key & 0xFFFFFFFF],
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+async def test_a_session_held_by_one_replica_waits_in_the_other_and_other_sessions_do_not(url: str) -> None:
+    a, b = TurnLocks(url, wait_s=0.4), TurnLocks(url, wait_s=0.4)
+    try:
+        async with a.hold("s1"):
+            assert len(lock_holders(url, "s1")) == 1
+            with pytest.raises(TurnBusy):
+                async with b.hold("s1"):
+                    pytest.fail("two replicas ran one session's turns at once")
+            async with b.hold("s2"):  # another session is not held up
+                pass
+        async with b.hold("s1"):  # released: the other replica takes it at once
+            assert len(lock_holders(url, "s1")) == 1
+        assert lock_holders(url, "s1") == []
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_turns_of_one_process_share_one_lock_connection(url: str) -> None:
+    """No connect per turn: every turn's lock is taken by the same backend."""
+    locks = TurnLocks(url)
+    try:
+        pids = set()
+        for i in range(5):
+            async with locks.hold(f"turn-{i}"):
+                pids.update(lock_holders(url, f"turn-{i}"))
+        async with locks.hold("x"), locks.hold("y"):  # concurrent turns of two sessions too
+            pids.update(lock_holders(url, "x") + lock_holders(url, "y"))
+        assert len(pids) == 1, pids
+    finally:
+        await locks.aclose()
+
+
+async def test_a_dropped_lock_connection_frees_its_locks_and_the_next_turn_reconnects(url: str) -> None:
+    a, b = TurnLocks(url, wait_s=0.4), TurnLocks(url, wait_s=0.4)
+    try:
+        async with a.hold("s"):
+            [pid] = lock_holders(url, "s")
+            with psycopg.connect(url, autocommit=True) as admin:  # an outage of that connection
+                admin.execute("select pg_terminate_backend(%s)", [pid])
+            await asyncio.sleep(0.2)
+            async with b.hold("s"):  # Postgres let go of the lock with the connection
+                pass
+        async with a.hold("s"):  # a new connection for the next turn, no error
+            [new_pid] = lock_holders(url, "s")
+            assert new_pid != pid
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_turn_cancelled_while_holding_or_waiting_gives_the_lock_back(url: str) -> None:
+    a, b = TurnLocks(url, wait_s=5.0), TurnLocks(url, wait_s=5.0)
+    entered = asyncio.Event()
+
+    async def turn(locks: TurnLocks) -> None:
+        async with locks.hold("s"):
+            entered.set()
+            await asyncio.sleep(60)
+
+    try:
+        holding = asyncio.create_task(turn(a))
+        await entered.wait()
+        entered.clear()
+        waiting = asyncio.create_task(turn(b))  # polls while `a` holds the session
+        await asyncio.sleep(0.3)
+        waiting.cancel()
+        holding.cancel()  # the client went away mid-turn
+        for task in (holding, waiting):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.1)
+        assert lock_holders(url, "s") == []
+        async with b.hold("s"):
+            pass
+    finally:
+        await a.aclose()
+        await b.aclose()
