@@ -52,7 +52,9 @@ class TurnLocks:
         self._waiters: dict[str, int] = {}
         scheme = urlparse(checkpoint_url).scheme
         self.pg_url = checkpoint_url if scheme in ("postgres", "postgresql") else None
-        self._pg = PostgresLockConnection(self)
+        # a few lock connections, each session always on the same one (its key picks it): lock round trips of
+        # concurrent turns do not queue behind each other on one socket when the event loop is busy
+        self._pg = [PostgresLockConnection(self) for _ in range(LOCK_CONNECTIONS)]
         self._lock_dir: Path | None = None
         if scheme == "sqlite":
             from checkpoints.factory import sqlite_path
@@ -140,23 +142,29 @@ class TurnLocks:
     @contextlib.asynccontextmanager
     async def _postgres(self, thread_id: str, remaining_s: float) -> AsyncIterator[None]:
         key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
-        conn = await self._pg.locked(key, remaining_s)
+        locks = self._pg[key % len(self._pg)]
+        conn = await locks.locked(key, remaining_s)
         if conn is None:
             raise TurnBusy(thread_id, self.wait_s)
         try:
             yield
         finally:
-            await self._pg.unlock(conn, key)
+            await locks.unlock(conn, key)
 
     async def aclose(self) -> None:
-        """Close the lock connection (the engine's shutdown); the next turn would open a new one."""
-        await self._pg.close()
+        """Close the lock connections (the engine's shutdown); a later turn would open new ones."""
+        for locks in self._pg:
+            await locks.close()
+
+
+LOCK_CONNECTIONS = 4  # per process, opened on first use
 
 
 class PostgresLockConnection:
-    """The turn locks of one process: session-level advisory locks, all held on one long-lived connection.
+    """Turn locks of one process: session-level advisory locks, held on one long-lived connection (one of
+    LOCK_CONNECTIONS; a session's key always picks the same one).
 
-    One connection per process instead of one per turn: a turn's lock costs two round trips (lock, unlock)
+    Long-lived connections instead of one per turn: a turn's lock costs two round trips (lock, unlock)
     rather than a connect, a lock and a disconnect (about 6 ms, and a stream of short-lived backends under load).
     Postgres frees every lock of the connection if the process dies or the connection drops, as before. The
     asyncio lock in `TurnLocks.hold` already keeps two turns of one session in this process apart, so each key is
