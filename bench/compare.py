@@ -2,6 +2,7 @@
 
     python -m bench.compare 10b3a37                      # that commit against the working tree
     python -m bench.compare 10b3a37 --team interview --seconds 10 --rounds 3
+    python -m bench.compare 10b3a37 --postgres           # both on Postgres (a scratch database each)
 
 On a shared machine two runs of the full bench hours apart differ by more than most changes do; this runs both
 servers at once (the other revision from a `git worktree`, on the same Python environment and the same bench
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import statistics
 import subprocess
@@ -23,28 +25,36 @@ from pathlib import Path
 from bench.bundle import make_bench_bundles
 from bench.drivers import TeamgraphHTTP
 from bench.measure import run_cell, warm_up
+from bench.postgres import base_url as postgres_base_url
+from bench.postgres import scratch_database
 from bench.procs import REPO, TeamgraphServer, stop_all
 
 
 async def _compare(servers: dict[str, TeamgraphServer], team: str, seconds: float, rounds: int) -> None:
-    drivers = {label: TeamgraphHTTP(server.url) for label, server in servers.items()}
+    drivers = {label: TeamgraphHTTP(server.url, server) for label, server in servers.items()}
     try:
         for driver in drivers.values():
             await warm_up(driver, ("invoke",), (team,))
         for c in (1, 32):
             p50: dict[str, list[float]] = {label: [] for label in drivers}
             tps: dict[str, list[float]] = {label: [] for label in drivers}
+            cpu: dict[str, list[float]] = {label: [] for label in drivers}
+            wait: dict[str, list[float]] = {label: [] for label in drivers}
             errors = dict.fromkeys(drivers, 0)
             for _ in range(rounds):
                 for label, driver in drivers.items():
                     cell = await run_cell(driver, "invoke", team, c, seconds, 10**6, "invoke")
+                    d = cell.as_dict()
                     p50[label].append(cell.p(50) * 1000)
                     tps[label].append(cell.throughput)
+                    cpu[label].append(d["cpu_ms_per_turn"])
+                    wait[label].append(d["lock_wait_ms_mean"])
                     errors[label] += len(cell.errors)
             for label in drivers:
                 print(
                     f"{team:<10} c={c:<2} {label:<24} /invoke p50 {statistics.median(p50[label]):8.2f} ms  "
-                    f"{statistics.median(tps[label]):7.1f} turns/s  errors {errors[label]}",
+                    f"{statistics.median(tps[label]):7.1f} turns/s  server cpu {statistics.median(cpu[label]):6.2f} "
+                    f"ms/turn  lock wait {statistics.median(wait[label]):6.2f} ms  errors {errors[label]}",
                     flush=True,
                 )
     finally:
@@ -58,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--team", default="veneo_chat", choices=["veneo_chat", "interview"])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each cell")
     parser.add_argument("--rounds", type=int, default=2, help="cells per server and concurrency (medians)")
+    parser.add_argument(
+        "--postgres", action="store_true", help="both servers on Postgres (TEAMGRAPH_BENCH_POSTGRES_URL; scratch dbs)"
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="teamgraph-compare-"))
@@ -67,15 +80,22 @@ def main(argv: list[str] | None = None) -> int:
         if not (other / "bench" / "asgi.py").exists():
             raise SystemExit(f"{args.rev} has no bench/asgi.py (the bench server app); pick a later revision")
         bundles = make_bench_bundles(workdir / "personas")
-        servers = {
-            args.rev: TeamgraphServer(workdir / "a", workdir / "a.db", bundles, env={"PYTHONPATH": str(other)}).start(),
-            "working tree": TeamgraphServer(workdir / "b", workdir / "b.db", bundles).start(),
-        }
-        try:
-            asyncio.run(_compare(servers, args.team, args.seconds, args.rounds))
-        finally:
-            for server in servers.values():
-                server.stop()
+        with contextlib.ExitStack() as dbs:
+            a: Path | str = workdir / "a.db"
+            b: Path | str = workdir / "b.db"
+            if args.postgres:
+                a, b = (dbs.enter_context(scratch_database()) for _ in range(2))
+                if a is None or b is None:
+                    raise SystemExit(f"--postgres: cannot reach {postgres_base_url()}")
+            servers = {
+                args.rev: TeamgraphServer(workdir / "a", a, bundles, env={"PYTHONPATH": str(other)}).start(),
+                "working tree": TeamgraphServer(workdir / "b", b, bundles).start(),
+            }
+            try:
+                asyncio.run(_compare(servers, args.team, args.seconds, args.rounds))
+            finally:
+                for server in servers.values():
+                    server.stop()
     finally:
         stop_all()
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(other)], check=False)
