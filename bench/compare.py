@@ -30,12 +30,14 @@ from bench.postgres import scratch_database
 from bench.procs import REPO, TeamgraphServer, stop_all
 
 
-async def _compare(servers: dict[str, TeamgraphServer], team: str, seconds: float, rounds: int) -> None:
+async def _compare(
+    servers: dict[str, TeamgraphServer], team: str, seconds: float, rounds: int, concurrency: tuple[int, ...]
+) -> None:
     drivers = {label: TeamgraphHTTP(server.url, server) for label, server in servers.items()}
     try:
         for driver in drivers.values():
             await warm_up(driver, ("invoke",), (team,))
-        for c in (1, 32):
+        for c in concurrency:
             p50: dict[str, list[float]] = {label: [] for label in drivers}
             tps: dict[str, list[float]] = {label: [] for label in drivers}
             cpu: dict[str, list[float]] = {label: [] for label in drivers}
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--team", default="veneo_chat", choices=["veneo_chat", "interview"])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each cell")
     parser.add_argument("--rounds", type=int, default=2, help="cells per server and concurrency (medians)")
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated concurrencies (default 1,32)")
     parser.add_argument(
         "--postgres", action="store_true", help="both servers on Postgres (TEAMGRAPH_BENCH_POSTGRES_URL; scratch dbs)"
     )
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 "working tree": TeamgraphServer(workdir / "b", b, bundles).start(),
             }
             try:
-                asyncio.run(_compare(servers, args.team, args.seconds, args.rounds))
+                concurrency = tuple(int(c) for c in args.concurrency.split(","))
+                asyncio.run(_compare(servers, args.team, args.seconds, args.rounds, concurrency))
             finally:
                 for server in servers.values():
                     server.stop()
