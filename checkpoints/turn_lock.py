@@ -182,20 +182,30 @@ class PostgresLockConnection:
         self._conn: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
+        self._failed: tuple[float, str] | None = None  # (when, why) the last connect failed
 
     async def _connection(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a connection belongs to the event loop that opened it
             self._conn, self._loop, self._connecting = None, loop, asyncio.Lock()
         assert self._connecting is not None
+        asked = loop.time()
         async with self._connecting:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 import psycopg
 
+                if self._failed is not None and self._failed[0] >= asked:
+                    # the connect this turn queued behind has just failed: fail too, rather than each waiting turn
+                    # spending its own connect timeout in turn (an unreachable database answers 503 fast)
+                    raise psycopg.OperationalError(self._failed[1])
                 owner = self._owner
-                conn = await psycopg.AsyncConnection.connect(
-                    owner.pg_url or "", autocommit=True, **pg_connect_kwargs(owner.connect_timeout_s)
-                )
+                try:
+                    conn = await psycopg.AsyncConnection.connect(
+                        owner.pg_url or "", autocommit=True, **pg_connect_kwargs(owner.connect_timeout_s)
+                    )
+                except psycopg.Error as exc:
+                    self._failed = (loop.time(), str(exc))
+                    raise
                 try:
                     await conn.execute(statement_timeout_sql(owner.statement_timeout_s))
                 except BaseException:

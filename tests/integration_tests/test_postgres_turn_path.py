@@ -137,3 +137,38 @@ def test_touch_commits_without_waiting_for_the_disk_and_leaves_the_pooled_connec
                 assert conn.execute("show synchronous_commit").fetchone() == {"synchronous_commit": "on"}
     finally:
         index.close()
+
+
+async def test_turns_queued_behind_a_failing_connect_fail_with_it_instead_of_each_connecting_again(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is unreachable: turns waiting for the same lock connection get the first attempt's error, so
+    none waits for several connect timeouts in a row."""
+    attempts = 0
+
+    async def unreachable(*args: object, **kwargs: object) -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0.2)  # as a connect timeout would, shorter
+        raise psycopg.OperationalError("connection timeout expired")
+
+    locks = TurnLocks(url)
+    # sessions whose keys pick the same lock connection
+    same = [s for s in (f"s{i}" for i in range(64)) if _slot(s) == _slot("s0")][:5]
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", unreachable)
+
+    async def turn(session: str) -> None:
+        async with locks.hold(session):
+            pytest.fail("a turn ran without its lock")
+
+    results = await asyncio.gather(*(turn(s) for s in same), return_exceptions=True)
+    assert all(isinstance(r, psycopg.OperationalError) for r in results), results
+    assert attempts == 1
+    monkeypatch.undo()
+    async with locks.hold(same[0]):  # the database is back: the next turn connects
+        assert len(lock_holders(url, same[0])) == 1
+    await locks.aclose()
+
+
+def _slot(thread_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True) % LOCK_CONNECTIONS
