@@ -224,8 +224,8 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             pg_default.append(f"{team} {two['turns_per_s']:.0f} turns/s = {fx(ratio(two['turns_per_s'], dev), 1)}")
     if pg_default:
         why2 += (
-            "; on PostgreSQL `teamgraph serve` runs one worker per core by default (2 here), i.e. two processes on "
-            f"one database like the *2 replicas* row: {', '.join(pg_default)} of `runs.wait`"
+            "; on PostgreSQL with one worker per core (`--workers 2` here), i.e. two processes on one database like "
+            f"the *2 replicas* row: {', '.join(pg_default)} of `runs.wait`"
         )
     if errors:
         why2 += f"; {errors} Teamgraph turn(s) failed in these cells (marked *(N errors)* in section 1)"
@@ -260,8 +260,10 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     "the graph on the Postgres checkpointer is already "
                     f"{', '.join(extra)} the SQLite one in process (no server). Per turn Postgres waits for three "
                     "WAL flushes (the user's message in the audit log before the run, the checkpoint, the replies' "
-                    "audit entries; a disk sync each, about 4 ms on this machine's disk) where SQLite in WAL mode "
-                    "with synchronous=NORMAL syncs only when it copies the WAL back into the file; and psycopg costs more CPU per statement "
+                    "audit entries; a disk sync each, 4 ms when measured here, bench/notes.md) where SQLite in WAL "
+                    "mode "
+                    "with synchronous=NORMAL syncs only when it copies the WAL back into the file; and psycopg costs "
+                    "more CPU per statement "
                     f"than SQLite's in-process calls ({'; '.join(cpu)}). See *What limits the missed goals*"
                 )
                 if not ok

@@ -27,7 +27,7 @@ from personas.resolver import TeamResolutionError
 from personas.schema import json_schema
 from server.engine import Engine, SessionNotFound
 from server.session_export import ImportRejected, export_session, import_session, to_markdown
-from server.settings import Settings, default_workers
+from server.settings import Settings
 
 app = typer.Typer(help="Teamgraph: several LLM agent teams side by side.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Stored sessions (threads).", no_args_is_help=True)
@@ -223,12 +223,7 @@ def _check_database(settings: Settings) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: TEAMGRAPH_HOST or 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: TEAMGRAPH_PORT or 8000).")] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Worker processes (default: TEAMGRAPH_WORKERS, else one per CPU core on PostgreSQL, 1 on SQLite)."
-        ),
-    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: TEAMGRAPH_WORKERS or 1).")] = None,
 ) -> None:
     """Serve the teams over HTTP: LangServe per team at /teams/{team}, REST at /sessions, docs at /docs."""
     import uvicorn
@@ -242,7 +237,7 @@ def serve(
         raise fail(str(exc), 2) from None
     host = host or settings.host
     port = settings.port if port is None else port
-    workers = workers or settings.workers or default_workers(settings.checkpoint_url)
+    workers = workers or settings.workers
     _refuse_published_keys(bundles, host, settings.allow_dev_keys)
     _check_port(host, port)
     _check_database(settings)
@@ -250,7 +245,7 @@ def serve(
 
     url = f"http://{host}:{port}"
     typer.secho(f"Teamgraph on {url}  (API docs: {url}/docs)", bold=True, err=True)
-    typer.echo(f"checkpoints: {display_url(settings.checkpoint_url)}  (workers: {workers})", err=True)
+    typer.echo(f"checkpoints: {display_url(settings.checkpoint_url)}", err=True)
     for tenant, key in DEMO_KEYS.items():
         if tenant in bundles.tenants:
             teams = ", ".join(bundles.tenants[tenant].enabled_teams)

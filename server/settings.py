@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,13 +37,7 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `teamgraph serve` binds.")
     port: int = Field(8000, ge=0, le=65535)
-    workers: int | None = Field(
-        None,
-        ge=1,
-        le=64,
-        description="`teamgraph serve` worker processes; unset: one per CPU core (at most 8) on PostgreSQL, 1 on "
-        "SQLite and memory:// (see default_workers).",
-    )
+    workers: int = Field(1, ge=1, le=64)
     playground: bool = Field(False, description="Serve LangServe's playground pages under /teams/{team}/playground.")
     max_upload_bytes: int = Field(2_000_000, ge=1, description="Largest resume / job description upload.")
     max_body_bytes: int = Field(
@@ -114,26 +106,3 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
-
-
-MAX_DEFAULT_WORKERS = 8
-
-
-def default_workers(checkpoint_url: str) -> int:
-    """How many worker processes `teamgraph serve` runs when neither --workers nor TEAMGRAPH_WORKERS says.
-
-    On PostgreSQL, one per CPU core this process may use (at most 8): a worker runs its turns on one core (one
-    Python process, one GIL), and on Postgres workers share nothing but the database, exactly like replicas
-    (each session's turn lock is an advisory lock keyed by the session, the audit chain has its own lock per
-    tenant), so the second core doubles what a machine serves at high concurrency at the same CPU per turn.
-    On SQLite, 1: the workers would share one file and its single writer lock; `--workers N` still works there
-    and helps at high concurrency (docs/performance.md), but it multiplies memory and the per-process tenant
-    limits, so it is the operator's choice. memory:// keeps everything in one process, so 1.
-    """
-    if urlparse(checkpoint_url).scheme not in ("postgres", "postgresql"):
-        return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_DEFAULT_WORKERS))
