@@ -3,6 +3,7 @@
     python -m bench.compare 10b3a37                      # that commit against the working tree
     python -m bench.compare 10b3a37 --team interview --seconds 10 --rounds 3
     python -m bench.compare main --mode stream --concurrency 1 --inprocess   # with an in-process astream cell
+    python -m bench.compare 10b3a37 --postgres           # both on Postgres (a scratch database each)
 
 On a shared machine two runs of the full bench hours apart differ by more than most changes do; this runs both
 servers at once (the other revision from a `git worktree`, on the same Python environment and the same bench
@@ -20,7 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
+import math
 import shutil
 import statistics
 import subprocess
@@ -30,15 +31,9 @@ from pathlib import Path
 from bench.bundle import make_bench_bundles
 from bench.drivers import Driver, InProcess, TeamgraphHTTP
 from bench.measure import run_cell, warm_up
+from bench.postgres import base_url as postgres_base_url
+from bench.postgres import scratch_database
 from bench.procs import REPO, TeamgraphServer, stop_all
-
-
-def _cpu_s(server: TeamgraphServer) -> float:
-    """CPU seconds (user + system, all threads) the server process has used so far: less noisy than latency on a
-    shared machine, where other processes' load stretches wall time but not the work a turn does."""
-    stat = Path(f"/proc/{server.pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 INPROCESS_VARIANT = {"invoke": "ainvoke", "stream": "astream"}
@@ -54,7 +49,7 @@ async def _compare(
     inprocess_db: Path | None = None,
     bundles: Path | None = None,
 ) -> None:
-    drivers: dict[str, Driver] = {label: TeamgraphHTTP(server.url) for label, server in servers.items()}
+    drivers: dict[str, Driver] = {label: TeamgraphHTTP(server.url, server) for label, server in servers.items()}
     variants = {label: mode for label in drivers}
     async with contextlib.AsyncExitStack() as stack:
         for driver in drivers.values():
@@ -75,15 +70,18 @@ async def _compare(
             cpu: dict[str, list[float]] = {label: [] for label in drivers}
             tps: dict[str, list[float]] = {label: [] for label in drivers}
             ratio: dict[str, list[float]] = {label: [] for label in drivers}
+            wait: dict[str, list[float]] = {label: [] for label in drivers}
             errors = dict.fromkeys(drivers, 0)
             for _ in range(rounds):
                 for label, driver in drivers.items():
-                    cpu0 = _cpu_s(servers[label]) if label in servers else 0.0
                     cell = await run_cell(driver, variants[label], team, c, seconds, 10**6, variants[label])
-                    if label in servers and cell.n:
-                        cpu[label].append(1000 * (_cpu_s(servers[label]) - cpu0) / cell.n)
+                    d = cell.as_dict()
                     p50[label].append(cell.p(50) * 1000)
                     tps[label].append(cell.throughput)
+                    if not math.isnan(d["cpu_ms_per_turn"]):
+                        cpu[label].append(d["cpu_ms_per_turn"])
+                    if not math.isnan(d["lock_wait_ms_mean"]):
+                        wait[label].append(d["lock_wait_ms_mean"])
                     errors[label] += len(cell.errors)
                     if "in-process" in p50 and label != "in-process":
                         ratio[label].append(p50[label][-1] / p50["in-process"][-1])
@@ -91,6 +89,7 @@ async def _compare(
                 endpoint = variants[label] if label == "in-process" else f"/{mode}"
                 over = f"  {statistics.median(ratio[label]):5.2f}x in-process" if ratio[label] else ""
                 over += f"  server CPU {statistics.median(cpu[label]):5.2f} ms/turn" if cpu[label] else ""
+                over += f"  lock wait {statistics.median(wait[label]):5.2f} ms" if wait[label] else ""
                 print(
                     f"{team:<10} c={c:<2} {label:<24} {endpoint:<8} p50 {statistics.median(p50[label]):8.2f} ms  "
                     f"{statistics.median(tps[label]):7.1f} turns/s  errors {errors[label]}{over}",
@@ -109,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--inprocess", action="store_true", help="add an in-process cell before each server cell; print ratios"
     )
+    parser.add_argument(
+        "--postgres", action="store_true", help="both servers on Postgres (TEAMGRAPH_BENCH_POSTGRES_URL; scratch dbs)"
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="teamgraph-compare-"))
@@ -118,19 +120,28 @@ def main(argv: list[str] | None = None) -> int:
         if not (other / "bench" / "asgi.py").exists():
             raise SystemExit(f"{args.rev} has no bench/asgi.py (the bench server app); pick a later revision")
         bundles = make_bench_bundles(workdir / "personas")
-        servers = {
-            args.rev: TeamgraphServer(workdir / "a", workdir / "a.db", bundles, env={"PYTHONPATH": str(other)}).start(),
-            "working tree": TeamgraphServer(workdir / "b", workdir / "b.db", bundles).start(),
-        }
-        try:
-            concurrencies = tuple(int(c) for c in args.concurrency.split(","))
-            inprocess_db = workdir / "inproc.db" if args.inprocess else None
-            asyncio.run(
-                _compare(servers, args.team, args.seconds, args.rounds, args.mode, concurrencies, inprocess_db, bundles)
-            )
-        finally:
-            for server in servers.values():
-                server.stop()
+        with contextlib.ExitStack() as dbs:
+            a: Path | str = workdir / "a.db"
+            b: Path | str = workdir / "b.db"
+            if args.postgres:
+                a, b = (dbs.enter_context(scratch_database()) for _ in range(2))
+                if a is None or b is None:
+                    raise SystemExit(f"--postgres: cannot reach {postgres_base_url()}")
+            servers = {
+                args.rev: TeamgraphServer(workdir / "a", a, bundles, env={"PYTHONPATH": str(other)}).start(),
+                "working tree": TeamgraphServer(workdir / "b", b, bundles).start(),
+            }
+            try:
+                concurrencies = tuple(int(c) for c in args.concurrency.split(","))
+                inprocess_db = workdir / "inproc.db" if args.inprocess else None
+                asyncio.run(
+                    _compare(
+                        servers, args.team, args.seconds, args.rounds, args.mode, concurrencies, inprocess_db, bundles
+                    )
+                )
+            finally:
+                for server in servers.values():
+                    server.stop()
     finally:
         stop_all()
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(other)], check=False)

@@ -37,6 +37,13 @@ from graphs.veneo_chat import graph as _veneo_chat  # noqa: E402
 nodes.configuration._default_factory = BenchFactory()
 
 _BUNDLES = os.environ.get("TEAMGRAPH_BENCH_BUNDLE_DIR")
+if _BUNDLES:
+    # read the bench bundles now, at import: the graphs' first run would otherwise read the files on the event
+    # loop, and langgraph dev (blockbuster) fails that run with BlockingError (the shipped bundles are read by
+    # the graph modules' warm_defaults() at import the same way)
+    from personas.loader import load_bundles_cached
+
+    load_bundles_cached(_BUNDLES)
 _CONFIG = {"configurable": {"bundle_dir": _BUNDLES}} if _BUNDLES else {}
 interview = _interview.with_config(_CONFIG)
 veneo_chat = _veneo_chat.with_config(_CONFIG)

@@ -103,6 +103,14 @@ class Driver:
     async def aclose(self) -> None:
         return None
 
+    def cpu_s(self) -> float | None:
+        """CPU seconds the process(es) doing the work used so far (None: not measured)."""
+        return None
+
+    async def lock_wait(self) -> tuple[float, int] | None:
+        """(seconds, turns) the server's turns waited for their session's turn lock so far (None: not measured)."""
+        return None
+
 
 # ------------------------------------------------------------------------------------------------ in-process
 
@@ -126,6 +134,9 @@ class InProcess(Driver):
 
     def forget(self, thread: str) -> None:
         self.configs.pop(thread, None)
+
+    def cpu_s(self) -> float | None:
+        return time.process_time()  # this process: the graph runs here (only its cells are read)
 
     @staticmethod
     def _input(spec: TurnSpec) -> dict[str, Any]:
@@ -188,10 +199,30 @@ class TeamgraphHTTP(Driver):
     name = "teamgraph"
     VARIANTS = ("invoke", "stream")
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, server: Any = None):
         self.url = url
+        self.server = server  # the ServerProcess behind `url`, for its CPU time
         limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
         self.client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120.0), limits=limits)
+
+    def cpu_s(self) -> float | None:
+        return self.server.cpu_s() if self.server is not None else None
+
+    async def lock_wait(self) -> tuple[float, int] | None:
+        """From /metrics (loopback needs no token): teamgraph_turn_queue_wait_seconds, all teams. With several
+        workers behind one port this is one worker's view, so only single-worker servers report it."""
+        if self.server is None or "--workers" in getattr(self.server, "uvicorn_args", []):
+            return None
+        r = await self.client.get("/metrics")
+        if r.status_code != 200:
+            return None
+        total, count = 0.0, 0
+        for line in r.text.splitlines():
+            if line.startswith("teamgraph_turn_queue_wait_seconds_sum{"):
+                total += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("teamgraph_turn_queue_wait_seconds_count{"):
+                count += int(float(line.rsplit(" ", 1)[1]))
+        return total, count
 
     @staticmethod
     def headers(team: str) -> dict[str, str]:
@@ -261,6 +292,45 @@ class TeamgraphHTTP(Driver):
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+class TeamgraphReplicas(Driver):
+    """Several Teamgraph servers on one database (replicas behind a load balancer with session affinity): each new
+    session goes to the next replica in turn, and all its turns to that replica."""
+
+    name = "teamgraph-replicas"
+    VARIANTS = TeamgraphHTTP.VARIANTS
+
+    def __init__(self, replicas: list[TeamgraphHTTP]):
+        self.replicas = replicas
+        self.owner: dict[str, TeamgraphHTTP] = {}
+        self._next = 0
+
+    async def new_thread(self, team: str) -> str:
+        replica = self.replicas[self._next % len(self.replicas)]
+        self._next += 1
+        thread = await replica.new_thread(team)
+        self.owner[thread] = replica
+        return thread
+
+    def forget(self, thread: str) -> None:
+        self.owner.pop(thread, None)
+
+    async def turn(self, variant: str, team: str, thread: str, spec: TurnSpec) -> dict[str, Any] | None:
+        return await self.owner[thread].turn(variant, team, thread, spec)
+
+    def cpu_s(self) -> float | None:
+        values = [r.cpu_s() for r in self.replicas]
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    async def lock_wait(self) -> tuple[float, int] | None:
+        values = [await r.lock_wait() for r in self.replicas]
+        if any(v is None for v in values):
+            return None
+        return sum(v[0] for v in values if v), sum(v[1] for v in values if v)
+
+    async def aclose(self) -> None:
+        return None  # the replicas' own drivers are closed by their owner
 
 
 # ------------------------------------------------------------------------------------------------ langgraph dev

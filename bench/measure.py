@@ -72,6 +72,9 @@ class Cell:
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     other_cores: float = math.nan  # CPU used by processes outside the bench meanwhile, in cores
+    cpu_s: float = math.nan  # CPU seconds of the process(es) doing the work (the servers; in-process: the bench)
+    lock_wait_s: float = math.nan  # seconds the cell's turns waited for their turn lock, in total
+    lock_waits: int = 0  # turns those seconds are over
 
     @property
     def n(self) -> int:
@@ -97,6 +100,10 @@ class Cell:
             "errors": self.errors[:5],
             "error_count": len(self.errors),
             "other_cores": self.other_cores,
+            "cpu_ms_per_turn": self.cpu_s / self.n * 1000 if self.n else math.nan,
+            "lock_wait_ms_mean": self.lock_wait_s / self.lock_waits * 1000 if self.lock_waits else math.nan,
+            "lock_wait_ms_total": self.lock_wait_s * 1000,
+            "lock_waits": self.lock_waits,
         }
 
 
@@ -139,11 +146,19 @@ async def run_cell(
                 cell.latencies.append(time.perf_counter() - t)
             _forget(driver, thread)
 
+    lock0 = await driver.lock_wait()
+    cpu0 = driver.cpu_s()
     with OtherLoad() as load:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         cell.wall_s = time.perf_counter() - t0
+    cpu1 = driver.cpu_s()
+    lock1 = await driver.lock_wait()
     cell.other_cores = load.cores
+    if cpu0 is not None and cpu1 is not None:
+        cell.cpu_s = cpu1 - cpu0
+    if lock0 is not None and lock1 is not None:
+        cell.lock_wait_s, cell.lock_waits = lock1[0] - lock0[0], lock1[1] - lock0[1]
     return cell
 
 

@@ -75,6 +75,19 @@ def tree_pids(pid: int) -> list[int]:
     return out
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc/<pid>/stat (0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 class ServerProcess:
     """A server subprocess that answers `health_path` with 200 once ready."""
 
@@ -113,6 +126,10 @@ class ServerProcess:
             with contextlib.suppress(OSError, RuntimeError):
                 total += rss_bytes(pid)
         return total
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process and its children used so far."""
+        return sum(cpu_seconds(pid) for pid in tree_pids(self.pid))
 
     def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -194,13 +211,14 @@ class TeamgraphServer(ServerProcess):
     def __init__(
         self,
         workdir: Path,
-        db: Path,
+        db: Path | str,
         bundles: Path,
         app: str = "bench.asgi:app",
         env: dict[str, str] | None = None,
         uvicorn_args: list[str] | None = None,
     ):
-        base = {"TEAMGRAPH_CHECKPOINT_URL": f"sqlite:///{db}", "TEAMGRAPH_PERSONAS_DIR": str(bundles)}
+        url = db if isinstance(db, str) else f"sqlite:///{db}"  # a str is a database URL (Postgres)
+        base = {"TEAMGRAPH_CHECKPOINT_URL": url, "TEAMGRAPH_PERSONAS_DIR": str(bundles)}
         super().__init__(workdir, env={**base, **(env or {})})
         self.db = db
         self.app = app

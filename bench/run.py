@@ -32,9 +32,11 @@ from typing import Any
 
 from bench import report, startup
 from bench.bundle import make_bench_bundles
-from bench.drivers import TEAMS, InProcess, LangGraphSDK, TeamgraphHTTP, TurnSpec, script
+from bench.drivers import TEAMS, InProcess, LangGraphSDK, TeamgraphHTTP, TeamgraphReplicas, TurnSpec, script
 from bench.fake_model import BenchFactory
 from bench.measure import percentile, run_cell, run_growth, warm_up
+from bench.postgres import base_url as postgres_base_url
+from bench.postgres import scratch_database
 from bench.procs import LangGraphDev, TeamgraphServer, stop_all
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +63,7 @@ class Profile:
 ALL_ABLATIONS = ("", "observer", "audit", "spans", "touch", "logs", "observer+audit+spans+touch+logs")
 PROFILES = {
     "short": Profile("short", 2.0, 3000, (1, 8, 32), 20, 200, 2, 1000, 10_000, 100, 2.0, 1, ("", "observer")),
-    "full": Profile("full", 15.0, 20_000, (1, 8, 32), 100, 200, 5, 1000, 10_000, 500, 4.0, 3, ALL_ABLATIONS),
+    "full": Profile("full", 11.0, 20_000, (1, 8, 32), 100, 200, 5, 1000, 10_000, 500, 4.0, 3, ALL_ABLATIONS),
 }
 
 # mode name -> (driver key, variant)
@@ -73,6 +75,11 @@ MODES = {
     # not part of the goals (one worker is the default, and `langgraph dev` is one process): what the second
     # core buys, `teamgraph serve --workers 2` (TEAMGRAPH_WORKERS=2) on the same SQLite file
     "teamgraph /invoke, 2 workers": ("tg2", "invoke"),
+    # Postgres (a scratch database, bench/postgres.py): the in-process graph on the Postgres checkpointer, one
+    # `teamgraph serve` on it, and two replicas (two servers on one database, sessions split between them)
+    "in-process ainvoke, Postgres": ("inproc_pg", "ainvoke"),
+    "teamgraph /invoke, Postgres": ("tg_pg", "invoke"),
+    "teamgraph /invoke, Postgres, 2 replicas": ("tg_pg2", "invoke"),
     "langgraph dev runs.wait": ("dev", "wait"),
     "langgraph dev runs.stream": ("dev", "stream"),
 }
@@ -91,12 +98,15 @@ async def latency_phase(profile: Profile, drivers: dict[str, Any]) -> list[dict[
     for team in TEAMS:
         for c in profile.concurrency:
             for mode, (key, variant) in MODES.items():
+                if key not in drivers:  # no Postgres reachable
+                    continue
                 cell = await run_cell(drivers[key], variant, team, c, profile.cell_s, profile.cell_max_turns, mode=mode)
                 d = cell.as_dict()
                 log(
                     f"{team:<10} c={c:<2} {mode:<26} n={d['n']:<5} p50={d['p50_ms']:8.2f} ms "
                     f"p95={d['p95_ms']:8.2f} p99={d['p99_ms']:8.2f} {d['turns_per_s']:7.1f} turns/s "
-                    f"(other load {d['other_cores']:.2f} cores)"
+                    f"(other load {d['other_cores']:.2f} cores) cpu {d['cpu_ms_per_turn']:.2f} ms/turn"
+                    + (f" lock wait {d['lock_wait_ms_mean']:.2f} ms" if d["lock_waits"] else "")
                     + (f"  errors={d['error_count']} {d['errors'][:1]}" if d["error_count"] else "")
                 )
                 cells.append(d)
@@ -360,10 +370,21 @@ async def run(profile: Profile, workdir: Path) -> dict[str, Any]:
     dbs = {"inproc": workdir / "in-process.db", "tg": workdir / "teamgraph.db", "dev": workdir / "langgraph-dev.db"}
     t0 = time.perf_counter()
     with (
+        scratch_database() as pg_url,
         TeamgraphServer(workdir / "tg", dbs["tg"], bundles) as tg_server,
         TeamgraphServer(workdir / "tg2", workdir / "teamgraph-2w.db", bundles, uvicorn_args=["--workers", "2"]) as tg2,
         LangGraphDev(workdir / "dev", dbs["dev"], bundles) as dev_server,
+        contextlib.ExitStack() as pg_stack,
     ):
+        pg_servers: list[TeamgraphServer] = []
+        if pg_url is None:
+            log(f"no PostgreSQL at {postgres_base_url()}: the Postgres modes are skipped")
+        else:
+            # replica 1 serves the 1-replica mode too; replica 2 idles meanwhile
+            pg_servers = [
+                pg_stack.enter_context(TeamgraphServer(workdir / f"tg-pg-{i}", pg_url, bundles)) for i in (1, 2)
+            ]
+        results["postgres"] = pg_url is not None
         log(
             f"teamgraph on {tg_server.url} ({tg_server.started_s:.1f} s), langgraph dev on {dev_server.url} "
             f"({dev_server.started_s:.1f} s)"
@@ -374,19 +395,31 @@ async def run(profile: Profile, workdir: Path) -> dict[str, Any]:
             "langgraph dev": {"startup_s": dev_server.started_s, "rss_idle": dev_server.rss()},
         }
         settings = Settings(_env_file=None, checkpoint_url=f"sqlite:///{dbs['inproc']}", personas_dir=bundles)  # type: ignore[call-arg]
-        async with Engine.open(settings, agent_factory=BenchFactory()) as engine:
+        async with Engine.open(settings, agent_factory=BenchFactory()) as engine, contextlib.AsyncExitStack() as pg:
             drivers: dict[str, Any] = {
                 "inproc": InProcess(engine),
-                "tg": TeamgraphHTTP(tg_server.url),
-                "tg2": TeamgraphHTTP(tg2.url),
+                "tg": TeamgraphHTTP(tg_server.url, tg_server),
+                "tg2": TeamgraphHTTP(tg2.url, tg2),
                 "dev": LangGraphSDK(dev_server.url),
             }
+            if pg_url is not None:
+                pg_settings = settings.model_copy(update={"checkpoint_url": pg_url})
+                drivers["inproc_pg"] = InProcess(
+                    await pg.enter_async_context(Engine.open(pg_settings, agent_factory=BenchFactory()))
+                )
+                replicas = [TeamgraphHTTP(s.url, s) for s in pg_servers]
+                drivers["tg_pg"] = replicas[0]
+                drivers["tg_pg2"] = TeamgraphReplicas(replicas)
+                drivers["tg_pg_2nd"] = replicas[1]  # closed with the others
             try:
                 log("warming up")
                 await warm_up(drivers["inproc"], InProcess.VARIANTS, TEAMS)
                 await warm_up(drivers["tg"], TeamgraphHTTP.VARIANTS, TEAMS)
                 await warm_up(drivers["tg2"], ("invoke",), TEAMS)
                 await warm_up(drivers["dev"], LangGraphSDK.VARIANTS, TEAMS, turns=2)
+                for key in ("inproc_pg", "tg_pg", "tg_pg_2nd"):
+                    if key in drivers:
+                        await warm_up(drivers[key], ("ainvoke",) if key == "inproc_pg" else ("invoke",), TEAMS)
                 log("latency and throughput")
                 results["cells"] = await latency_phase(profile, drivers)
                 log("time to first token")
@@ -396,12 +429,14 @@ async def run(profile: Profile, workdir: Path) -> dict[str, Any]:
                 results["servers"]["teamgraph"]["rss_after_run"] = tg_server.rss()
                 results["servers"]["langgraph dev"]["rss_after_run"] = dev_server.rss()
             finally:
-                await drivers["tg"].aclose()
-                await drivers["tg2"].aclose()
-                await drivers["dev"].aclose()
+                for key in ("tg", "tg2", "dev", "tg_pg", "tg_pg_2nd"):
+                    if key in drivers:
+                        await drivers[key].aclose()
             tg_server.stop()
             tg2.stop()
             dev_server.stop()
+            for server in pg_servers:
+                server.stop()
             log("ablation: what each piece of the server costs")
             results["ablation"] = await ablation_phase(profile, workdir, bundles, drivers["inproc"])
     log("memory and session listing (fresh server)")

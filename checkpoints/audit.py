@@ -386,15 +386,21 @@ class PostgresAuditLog:
         from psycopg.types.json import Jsonb
 
         try:
-            with self.pool.connection() as conn, conn.transaction():
-                heads = {}
+            # pipelined: the locks and the heads in one round trip, the inserts and the commit in another. Each
+            # statement still runs after the one before it has finished, so a head is read after its tenant's
+            # lock is held (and, in read committed, sees every append committed before)
+            with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+                pending = []
                 for tenant in sorted({e.tenant for e in events}):
                     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
-                    row = conn.execute(
+                    last = conn.execute(
                         "select seq, hash from audit_events where tenant = %s order by seq desc limit 1", [tenant]
-                    ).fetchone()
-                    if row is None:
-                        row = conn.execute("select seq, hash from audit_anchors where tenant = %s", [tenant]).fetchone()
+                    )
+                    anchor = conn.execute("select seq, hash from audit_anchors where tenant = %s", [tenant])
+                    pending.append((tenant, last, anchor))
+                heads = {}
+                for tenant, last, anchor in pending:
+                    row = last.fetchone() or anchor.fetchone()
                     if row is not None:
                         heads[tenant] = (row["seq"], row["hash"])
                 entries = _chain(events, heads)

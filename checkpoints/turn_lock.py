@@ -13,9 +13,15 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from checkpoints.storage import DEFAULT_TIMEOUT_S, pg_connect_kwargs
+from checkpoints.storage import (
+    DEFAULT_STATEMENT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    pg_connect_kwargs,
+    statement_timeout_sql,
+)
 
 
 class TurnBusy(Exception):
@@ -31,14 +37,24 @@ class TurnBusy(Exception):
 
 
 class TurnLocks:
-    def __init__(self, checkpoint_url: str, wait_s: float = 60.0, connect_timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self,
+        checkpoint_url: str,
+        wait_s: float = 60.0,
+        connect_timeout_s: float = DEFAULT_TIMEOUT_S,
+        statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
+    ):
         self.wait_s = wait_s
         self.connect_timeout_s = connect_timeout_s  # an unreachable database fails the turn fast (503), not at 60 s
+        self.statement_timeout_s = statement_timeout_s
         self.on_wait: Callable[[str, float], None] | None = None  # (team, seconds waited), for metrics
         self._local: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
         scheme = urlparse(checkpoint_url).scheme
-        self._pg_url = checkpoint_url if scheme in ("postgres", "postgresql") else None
+        self.pg_url = checkpoint_url if scheme in ("postgres", "postgresql") else None
+        # a few lock connections, each session always on the same one (its key picks it): lock round trips of
+        # concurrent turns do not queue behind each other on one socket when the event loop is busy
+        self._pg = [PostgresLockConnection(self) for _ in range(LOCK_CONNECTIONS)]
         self._lock_dir: Path | None = None
         if scheme == "sqlite":
             from checkpoints.factory import sqlite_path
@@ -92,7 +108,7 @@ class TurnLocks:
 
     @contextlib.asynccontextmanager
     async def _across_processes(self, thread_id: str, remaining_s: float) -> AsyncIterator[None]:
-        if self._pg_url is not None:
+        if self.pg_url is not None:
             async with self._postgres(thread_id, remaining_s):
                 yield
         elif self._lock_dir is not None:
@@ -125,24 +141,141 @@ class TurnLocks:
 
     @contextlib.asynccontextmanager
     async def _postgres(self, thread_id: str, remaining_s: float) -> AsyncIterator[None]:
+        key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
+        locks = self._pg[key % len(self._pg)]
+        conn = await locks.locked(key, remaining_s)
+        if conn is None:
+            raise TurnBusy(thread_id, self.wait_s)
+        try:
+            yield
+        finally:
+            await locks.unlock(conn, key)
+
+    async def aclose(self) -> None:
+        """Close the lock connections (the engine's shutdown); a later turn would open new ones."""
+        for locks in self._pg:
+            await locks.close()
+
+
+LOCK_CONNECTIONS = 4  # per process, opened on first use
+
+
+class PostgresLockConnection:
+    """Turn locks of one process: session-level advisory locks, held on one long-lived connection (one of
+    LOCK_CONNECTIONS; a session's key always picks the same one).
+
+    Long-lived connections instead of one per turn: a turn's lock costs two round trips (lock, unlock)
+    rather than a connect, a lock and a disconnect (about 6 ms, and a stream of short-lived backends under load).
+    Postgres frees every lock of the connection if the process dies or the connection drops, as before. The
+    asyncio lock in `TurnLocks.hold` already keeps two turns of one session in this process apart, so each key is
+    held at most once here; and since advisory locks count re-entries, a late unlock can never free a lock that a
+    later turn of the same session took (it only drops the count back to that turn's own hold). Statements on the
+    connection are serialised by psycopg; each is one short non-blocking call (`pg_try_advisory_lock` never
+    waits in the server), so none queues behind another for long.
+
+    A connection the database dropped (restart, outage) is noticed by the next lock attempt, which reconnects once
+    and tries again, so service resumes by itself when the database is back; when it cannot reconnect the turn
+    fails with the connect error (503 storage_unavailable)."""
+
+    def __init__(self, owner: TurnLocks):
+        self._owner = owner
+        self._conn: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._failed: tuple[float, str] | None = None  # (when, why) the last connect failed
+
+    async def _connection(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a connection belongs to the event loop that opened it
+            self._conn, self._loop, self._connecting = None, loop, asyncio.Lock()
+        assert self._connecting is not None
+        asked = loop.time()
+        async with self._connecting:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                import psycopg
+
+                if self._failed is not None and self._failed[0] >= asked:
+                    # the connect this turn queued behind has just failed: fail too, rather than each waiting turn
+                    # spending its own connect timeout in turn (an unreachable database answers 503 fast)
+                    raise psycopg.OperationalError(self._failed[1])
+                owner = self._owner
+                try:
+                    conn = await psycopg.AsyncConnection.connect(
+                        owner.pg_url or "", autocommit=True, **pg_connect_kwargs(owner.connect_timeout_s)
+                    )
+                except psycopg.Error as exc:
+                    self._failed = (loop.time(), str(exc))
+                    raise
+                try:
+                    await conn.execute(statement_timeout_sql(owner.statement_timeout_s))
+                except BaseException:
+                    await conn.close()
+                    raise
+                self._conn = conn
+            return self._conn
+
+    async def _try(self, conn: Any, key: int) -> bool:
+        row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
+        return bool(row and row[0])
+
+    async def _try_shielded(self, conn: Any, key: int) -> bool:
+        """One lock attempt that a cancelled caller (a client gone) cannot cut in half: the statement finishes,
+        and a lock it took is given back."""
+        attempt = asyncio.ensure_future(self._try(conn, key))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+
+            def give_back(done: asyncio.Future[bool]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result():
+                    _background(self.unlock(conn, key))
+
+            attempt.add_done_callback(give_back)
+            raise
+
+    async def locked(self, key: int, remaining_s: float) -> Any:
+        """Take the lock `key`, polling while another process holds it, for up to `remaining_s`: the connection
+        holding it, or None when the time ran out."""
         import psycopg
 
-        key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
-        # a session-level advisory lock on its own connection: released by Postgres if this process dies
-        connect = psycopg.AsyncConnection.connect(
-            self._pg_url or "", autocommit=True, **pg_connect_kwargs(self.connect_timeout_s)
-        )
-        async with await connect as conn:
-            waited = 0.0
-            while True:
-                row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
-                if row and row[0]:
-                    break
-                if waited >= remaining_s:
-                    raise TurnBusy(thread_id, self.wait_s)
-                await asyncio.sleep(0.05)
-                waited += 0.05
+        waited = 0.0
+        conn = await self._connection()
+        while True:
             try:
-                yield
-            finally:
-                await conn.execute("select pg_advisory_unlock(%s)", [key])
+                got = await self._try_shielded(conn, key)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                if not (conn.closed or conn.broken):
+                    raise
+                conn = await self._connection()  # dropped (an outage or a restart): a new connection, once
+                got = await self._try_shielded(conn, key)
+            if got:
+                return conn
+            if waited >= remaining_s:
+                return None
+            await asyncio.sleep(0.05)
+            waited += 0.05
+
+    async def unlock(self, conn: Any, key: int) -> None:
+        import psycopg
+
+        if conn.closed or conn.broken:
+            return  # the connection is gone and its locks with it
+        release = asyncio.ensure_future(conn.execute("select pg_advisory_unlock(%s)", [key]))
+        release.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, also when no one waits
+        with contextlib.suppress(psycopg.OperationalError, psycopg.InterfaceError):
+            await asyncio.shield(release)  # a cancelled turn still gives its lock back
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._loop is asyncio.get_running_loop():
+            await conn.close()
+
+
+_PENDING: set[asyncio.Future[Any]] = set()
+
+
+def _background(coro: Any) -> None:
+    """Run `coro` to its end without a waiter (kept referenced so it is not collected half-way)."""
+    task = asyncio.ensure_future(coro)
+    _PENDING.add(task)
+    task.add_done_callback(_PENDING.discard)

@@ -132,9 +132,13 @@ class Engine:
             engine = cls(bundles, persistence, factory, metrics)
             engine.turn_locks.wait_s = settings.turn_wait_s
             engine.turn_locks.connect_timeout_s = settings.db_timeout_s
+            engine.turn_locks.statement_timeout_s = settings.db_statement_timeout_s
             engine.durability = settings.durability
-            await engine.finish_pending_deletions()
-            yield engine
+            try:
+                await engine.finish_pending_deletions()
+                yield engine
+            finally:
+                await engine.turn_locks.aclose()
 
     def unreviewed_nodes(self, run: TeamRunConfig) -> set[str]:
         """Nodes whose inner events carry text the safety reviewer has not passed yet (hidden from streams)."""

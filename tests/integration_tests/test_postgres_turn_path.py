@@ -1,0 +1,174 @@
+"""The Postgres turn path: the turn lock (one session's turns exclude each other across processes, on a few
+connections per process) and the session touch that ends every turn.
+
+Two `TurnLocks` on one URL stand for two replicas (each holds its own lock connection, as two processes do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from checkpoints.turn_lock import LOCK_CONNECTIONS, TurnBusy, TurnLocks
+from tests.conftest import fresh_postgres_schema
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with fresh_postgres_schema("tg_lock") as u:
+        yield u
+
+
+def lock_holders(url: str, thread_id: str) -> list[int]:
+    """Backend pids holding the turn lock of `thread_id` (as pg_locks shows a bigint advisory key)."""
+    key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        rows = admin.execute(
+            "select pid from pg_locks where locktype = 'advisory' and granted and objsubid = 1"
+            " and classid::bigint = %s and objid::bigint = %s and database = (select oid from pg_database"
+            " where datname = current_database())",
+            [key >> 32, key & 0xFFFFFFFF],
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+async def test_a_session_held_by_one_replica_waits_in_the_other_and_other_sessions_do_not(url: str) -> None:
+    a, b = TurnLocks(url, wait_s=0.4), TurnLocks(url, wait_s=0.4)
+    try:
+        async with a.hold("s1"):
+            assert len(lock_holders(url, "s1")) == 1
+            with pytest.raises(TurnBusy):
+                async with b.hold("s1"):
+                    pytest.fail("two replicas ran one session's turns at once")
+            async with b.hold("s2"):  # another session is not held up
+                pass
+        async with b.hold("s1"):  # released: the other replica takes it at once
+            assert len(lock_holders(url, "s1")) == 1
+        assert lock_holders(url, "s1") == []
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_turns_of_one_process_share_a_few_lock_connections(url: str) -> None:
+    """No connect per turn: the locks of many turns are taken by the process's few lock backends, and every turn
+    of one session by the same one."""
+    locks = TurnLocks(url)
+    try:
+        pids, again = set(), set()
+        for i in range(3 * LOCK_CONNECTIONS):
+            async with locks.hold(f"turn-{i}"):
+                pids.update(lock_holders(url, f"turn-{i}"))
+            async with locks.hold(f"turn-{i}"):
+                again.update(lock_holders(url, f"turn-{i}"))
+        async with locks.hold("x"), locks.hold("y"):  # concurrent turns of two sessions too
+            pids.update(lock_holders(url, "x") + lock_holders(url, "y"))
+        assert 1 <= len(pids) <= LOCK_CONNECTIONS, pids
+        assert again <= pids
+    finally:
+        await locks.aclose()
+
+
+async def test_a_dropped_lock_connection_frees_its_locks_and_the_next_turn_reconnects(url: str) -> None:
+    a, b = TurnLocks(url, wait_s=0.4), TurnLocks(url, wait_s=0.4)
+    try:
+        async with a.hold("s"):
+            [pid] = lock_holders(url, "s")
+            with psycopg.connect(url, autocommit=True) as admin:  # an outage of that connection
+                admin.execute("select pg_terminate_backend(%s)", [pid])
+            await asyncio.sleep(0.2)
+            async with b.hold("s"):  # Postgres let go of the lock with the connection
+                pass
+        async with a.hold("s"):  # a new connection for the next turn, no error
+            [new_pid] = lock_holders(url, "s")
+            assert new_pid != pid
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_turn_cancelled_while_holding_or_waiting_gives_the_lock_back(url: str) -> None:
+    a, b = TurnLocks(url, wait_s=5.0), TurnLocks(url, wait_s=5.0)
+    entered = asyncio.Event()
+
+    async def turn(locks: TurnLocks) -> None:
+        async with locks.hold("s"):
+            entered.set()
+            await asyncio.sleep(60)
+
+    try:
+        holding = asyncio.create_task(turn(a))
+        await entered.wait()
+        entered.clear()
+        waiting = asyncio.create_task(turn(b))  # polls while `a` holds the session
+        await asyncio.sleep(0.3)
+        waiting.cancel()
+        holding.cancel()  # the client went away mid-turn
+        for task in (holding, waiting):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.1)
+        assert lock_holders(url, "s") == []
+        async with b.hold("s"):
+            pass
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+def test_touch_commits_without_waiting_for_the_disk_and_leaves_the_pooled_connection_as_it_was(url: str) -> None:
+    from checkpoints.session_index import PostgresSessionIndex
+
+    index = PostgresSessionIndex(url)
+    try:
+        index.create("t1", "veneo", "veneo_chat")
+        before = index.get("t1")
+        assert before is not None and before.title == ""
+        index.touch("t1", "How long does shipping take?\nsecond line")
+        after = index.get("t1")
+        assert after is not None
+        assert after.title == "How long does shipping take?" and after.updated_at > before.updated_at
+        for _ in range(index.pool.max_size):  # every pooled connection: the setting was local to touch's commit
+            with index.pool.connection() as conn:
+                assert conn.execute("show synchronous_commit").fetchone() == {"synchronous_commit": "on"}
+    finally:
+        index.close()
+
+
+async def test_turns_queued_behind_a_failing_connect_fail_with_it_instead_of_each_connecting_again(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is unreachable: turns waiting for the same lock connection get the first attempt's error, so
+    none waits for several connect timeouts in a row."""
+    attempts = 0
+
+    async def unreachable(*args: object, **kwargs: object) -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0.2)  # as a connect timeout would, shorter
+        raise psycopg.OperationalError("connection timeout expired")
+
+    locks = TurnLocks(url)
+    # sessions whose keys pick the same lock connection
+    same = [s for s in (f"s{i}" for i in range(64)) if _slot(s) == _slot("s0")][:5]
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", unreachable)
+
+    async def turn(session: str) -> None:
+        async with locks.hold(session):
+            pytest.fail("a turn ran without its lock")
+
+    results = await asyncio.gather(*(turn(s) for s in same), return_exceptions=True)
+    assert all(isinstance(r, psycopg.OperationalError) for r in results), results
+    assert attempts == 1
+    monkeypatch.undo()
+    async with locks.hold(same[0]):  # the database is back: the next turn connects
+        assert len(lock_holders(url, same[0])) == 1
+    await locks.aclose()
+
+
+def _slot(thread_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True) % LOCK_CONNECTIONS
