@@ -35,7 +35,6 @@ from bench.postgres import base_url as postgres_base_url
 from bench.postgres import scratch_database
 from bench.procs import REPO, TeamgraphServer, stop_all
 
-
 INPROCESS_VARIANT = {"invoke": "ainvoke", "stream": "astream"}
 
 
