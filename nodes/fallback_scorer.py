@@ -385,7 +385,7 @@ def score_answer(
     scores = {name: _clamp(v) for name, v in values.items()}
     total_weight = sum(c.weight for c in rubric)
     # the weighted mean of the unrounded criterion values: two answers whose rounded scores tie still differ
-    overall = round(sum(values[c.name] * c.weight for c in rubric) / total_weight, 2)
+    overall = round(sum(values[c.name] * c.weight for c in rubric) / total_weight, 1)
     # strengths only where a score earns them; improvements for everything at 3 or below, weakest first
     strengths = [_STRENGTHS.get(name, f"Good {name.replace('_', ' ')}.") for name, s in scores.items() if s >= 4]
     if not strengths:
