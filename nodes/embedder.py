@@ -16,12 +16,18 @@ grows with the square of the length.
 
 `embed(texts)` loads the model once per process, on first use (about 90 MB of float32 weights; nothing is loaded
 at import), and is thread-safe: the load is guarded by a lock and a forward pass only reads the shared weights.
+
+BLAS threads: loading the model limits numpy's BLAS (OpenBLAS) to TEAMGRAPH_BLAS_THREADS threads for the whole
+process, 1 by default. A chat message is a handful of small matrix products; a second BLAS thread spinning for a
+core that concurrent requests (or other processes) occupy made one message 3 to 6 times slower on a busy 2-core
+machine (docs/quality.md). A server gets its parallelism from concurrent requests instead.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,6 +199,9 @@ def default_embedder() -> Embedder:
     if _model is None:
         with _lock:
             if _model is None:
+                from threadpoolctl import threadpool_limits
+
+                threadpool_limits(limits=int(os.environ.get("TEAMGRAPH_BLAS_THREADS", "1")), user_api="blas")
                 _model = Embedder(model_dir())
     return _model
 
