@@ -194,7 +194,7 @@ def build_pairs(
         if not tops:
             continue
         # easy: grades at least 2 apart (or correct vs incorrect); a near-copy of the other answer is skipped
-        candidates = sorted(
+        graded = sorted(
             {
                 (a["text"], a["grade"], b["text"], b["grade"])
                 for a in answers
@@ -202,7 +202,7 @@ def build_pairs(
                 if a["grade"] - b["grade"] >= (2 if top > 1 else 1) and a["text"].lower() != b["text"].lower()
             }
         )
-        candidates = [({"text": a, "grade": ga}, {"text": b, "grade": gb}) for a, ga, b, gb in candidates]
+        candidates = [({"text": a, "grade": ga}, {"text": b, "grade": gb}) for a, ga, b, gb in graded]
         for a, b in _pick(candidates, PAIRS_PER_QUESTION, q["qid"], "easy"):
             pairs.append(_pair(source, split, "easy", q, a["text"], b["text"], (a["grade"], b["grade"])))
         best = _pick(tops, 2, q["qid"], "top")

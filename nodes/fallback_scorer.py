@@ -9,7 +9,7 @@ from langchain_core.runnables import RunnableConfig
 
 from nodes.configuration import Configuration
 from nodes.evaluation_format import evaluation_message, latest_answer, with_delivery
-from nodes.semantic_model import Similarity, default_model
+from nodes.semantic_model import Similarity, scorer_model
 from nodes.text_features import (
     OFF_TOPIC,
     STOPWORDS,
@@ -179,6 +179,7 @@ def answer_features(
         ref_semantic = model.similarity(answer, reference) if model else 0.0
     return {
         "reference": 1.0 if reference else 0.0,
+        "kind_behavioral": 1.0 if question_kind(question) == "behavioral" else 0.0,
         "ref_cover": ref_cover,
         "ref_semantic": ref_semantic,
         "novel": novel,
@@ -190,6 +191,7 @@ def answer_features(
         "echo": echo,
         "repetition": repetition,
         "off_topic": off_topic,
+        "off_topic_words": sum(s in OFF_TOPIC for s in stems),
         "listing": listing,
         "numbers": len(found_numbers),
         "result_verbs": result_verbs,
@@ -204,7 +206,7 @@ def answer_features(
 
 def _story(f: dict[str, float]) -> bool:
     """A private story (a hike, a dinner) or an answer to another question, told instead of an answer."""
-    if f["off_topic"] > 0.12 and f["relevance"] < 0.5:
+    if f["off_topic"] > 0.12 and f["off_topic_words"] >= 2 and f["relevance"] < 0.5:
         return True
     if f["reference"]:
         # covers nothing of what a good answer contains, far from it and from the question by meaning
@@ -232,9 +234,14 @@ def on_topic(f: dict[str, float]) -> float:
     if f["reference"]:
         low, high = REFERENCE_RANGE
         meaning = max(0.0, min(1.0, (f["ref_semantic"] - low) / (high - low)))
-        return min(1.0, 0.6 * f["ref_cover"] + 0.4 * meaning + 0.2 * f["relevance"])
+        # the question's words and meaning are left out here: measured on the tune pairs, they favour long answers
+        # that restate the question over short correct ones
+        return min(1.0, 0.6 * f["ref_cover"] + 0.4 * meaning)
     evidence = min(1.0, (f["numbers"] + f["result_verbs"] + min(f["resume_claims"], 3)) / 4)
-    meaning = _semantic_scale(max(f["semantic"], f["semantic_job"])) if evidence > 0 else 0.0
+    # meaning counts in full where the answer carries evidence; a vague answer is on topic by meaning too, and
+    # must not earn relevance from that alone
+    weight = 1.0 if evidence > 0 else 0.2 if f["vague"] >= 2 else 0.7
+    meaning = weight * _semantic_scale(max(f["semantic"], f["semantic_job"]))
     return min(1.0, max(f["relevance"], 0.7 * f["job_relevance"], meaning))
 
 
@@ -254,12 +261,12 @@ def criterion_value(name: str, f: dict[str, float]) -> float:
         if story:
             return 1.0
         base = 1 + 3 * topic + (1 if evidence > 0.4 and gate >= 1 else 0)
-        return _bound(min(base, 1.5 if listing else 2 if filler else 5))
+        return _bound(min(base, 1.5 if listing or filler else 5))
     if name == "structure":
         if listing or story or n < 6:
             return 1.0
         base = 1 + min(f["star"], 3) + (1 if f["result_verbs"] and f["first_person"] else 0)
-        return _bound(1 + (min(base, 5) - 1) * gate if not filler else 1.5)
+        return _bound(1 + (min(base, 5) - 1) * gate if not filler else 1.0)
     if name == "specificity":
         if not substance:
             return 1 + (0.5 if listing else 0)
@@ -278,11 +285,14 @@ def criterion_value(name: str, f: dict[str, float]) -> float:
             return 1.0
         base = 2.5 + 1.5 * topic
         base += gate if f["words_per_sentence"] <= 28 and (evidence > 0.4 or f["star"] >= 2) else 0
+        # a direct answer to a technical question: short is a strength there, not a lack of detail
+        base += 1 if f["kind_behavioral"] == 0 and n <= 25 and topic >= 0.4 and not filler else 0
         base -= 2 if filler else 0
         base -= 1 if f["words_per_sentence"] > 40 or n > 350 else 0
         base -= 1 if f["vague"] >= 3 else 0
         base -= 1 if n < 3 else 0
-        return _bound(base)
+        # clear words about another subject do not communicate an answer to this one
+        return _bound(1 + (base - 1) * gate)
     # an unknown criterion gets the mean of the others
     known = ("relevance", "structure", "specificity", "impact", "communication")
     return sum(criterion_value(k, f) for k in known) / len(known)
@@ -374,9 +384,9 @@ def score_answer(
     """Score `answer` on every rubric criterion (1-5) from its text alone; same input, same scores.
 
     `semantic=False` scores without the semantic model (lexicon and heuristics only), for the quality report;
-    `model` replaces the default LSA model (e.g. nodes.semantic_model.EmbeddingSimilarity). A `reference` in the
-    question (what a good answer contains) is compared with the answer when present."""
-    model = (model or default_model()) if semantic else None
+    `model` replaces the default (nodes.semantic_model.scorer_model: MiniLM where installed, else LSA). A
+    `reference` in the question (what a good answer contains) is compared with the answer when present."""
+    model = (model or scorer_model()) if semantic else None
     f = answer_features(
         question["text"], answer, job_description, question.get("skill", ""), resume, model,
         question.get("reference", ""),
@@ -385,7 +395,7 @@ def score_answer(
     scores = {name: _clamp(v) for name, v in values.items()}
     total_weight = sum(c.weight for c in rubric)
     # the weighted mean of the unrounded criterion values: two answers whose rounded scores tie still differ
-    overall = round(sum(values[c.name] * c.weight for c in rubric) / total_weight, 1)
+    overall = round(sum(values[c.name] * c.weight for c in rubric) / total_weight, 2)
     # strengths only where a score earns them; improvements for everything at 3 or below, weakest first
     strengths = [_STRENGTHS.get(name, f"Good {name.replace('_', ' ')}.") for name, s in scores.items() if s >= 4]
     if not strengths:
