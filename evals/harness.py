@@ -350,6 +350,8 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
         "Targets are the issue's; a missed target is reported as measured, not adjusted.",
         "",
     ]
-    for section in sections or [guardrail_section, scorer_section, question_section]:
+    from evals.scorer_public import public_scorer_section
+
+    for section in sections or [guardrail_section, scorer_section, public_scorer_section, question_section]:
         parts += [section(), ""]
     return "\n".join(parts)

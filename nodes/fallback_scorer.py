@@ -212,8 +212,10 @@ def _story(f: dict[str, float]) -> bool:
         # covers nothing of what a good answer contains, far from it and from the question by meaning
         far = f["ref_semantic"] < REFERENCE_RANGE[0] and f["semantic"] < 0.3
         return f["ref_cover"] < 0.05 and far and f["relevance"] < 0.2
-    # far from the question and the job by meaning, and sharing hardly a term or concept with them
-    return bool(f["semantic_job"]) and max(f["semantic"], f["semantic_job"]) < 0.3 and f["relevance"] < 0.3
+    # far from the question and the job by meaning, and sharing hardly a term or concept with them; a few words
+    # ("By reference.") are too short to tell a story, and too short for their meaning to be measured reliably
+    far = max(f["semantic"], f["semantic_job"]) < 0.3 and f["relevance"] < 0.3
+    return bool(f["semantic_job"]) and far and f["words"] >= 8
 
 
 def _filler(f: dict[str, float]) -> bool:
