@@ -69,8 +69,8 @@ def public_scorer_section() -> str:
                 ok, better, worse = judge(pair, rubric, mode == "reference", model)
                 key = (name, mode, pair["source"], pair["split"], pair["category"])
                 results[key].append(ok)
-                # held-out texts stay unread: only their counts are reported
-                if not ok and name == default and mode == "reference" and pair["split"] != "heldout":
+                # only tune texts are listed: test and held-out texts stay unread (their counts are in the tables)
+                if not ok and name == default and mode == "reference" and pair["split"] == "tune":
                     misses[pair["category"]].append(
                         f"{pair['source']} {pair['split']} ({better} vs {worse}, grades {pair['grades'][0]} vs "
                         f"{pair['grades'][1]}): Q: {_short(pair['question']['text'], 70)} — better: "
@@ -132,7 +132,7 @@ def public_scorer_section() -> str:
         "",
         f"The scorer uses {default} here (nodes.semantic_model.scorer_model: MiniLM where its package is installed).",
         "",
-        f"### Remaining misses ({default}, with reference; tune and test only), up to 4 per category",
+        f"### Remaining misses ({default}, with reference; `tune` only), up to 4 per category",
         "",
     ]
     for category in CATEGORIES:
