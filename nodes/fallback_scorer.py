@@ -273,7 +273,7 @@ def criterion_value(name: str, f: dict[str, float]) -> float:
         return _bound(1 + (min(base, 5) - 1) * gate if not filler else 1.0)
     if name == "specificity":
         if not substance:
-            return 1 + (0.5 if listing else 0)
+            return 1.0
         density = f["specific_terms"] / max(1.0, (n / 12) ** 0.5)
         base = 1 + min(3.0, density) + min(1.0, f["resume_claims"] / 3) - min(1.0, f["vague"] / 3)
         return _bound(1 + (base - 1) * gate + topic)
