@@ -285,13 +285,12 @@ def criterion_value(name: str, f: dict[str, float]) -> float:
         )
         return _bound(1 + (base - 1) * gate)
     if name == "communication":
-        if listing or story:
+        if listing or story or filler:  # padding is the opposite of clear communication
             return 1.0
         base = 2.5 + 1.5 * topic
         base += gate if f["words_per_sentence"] <= 28 and (evidence > 0.4 or f["star"] >= 2) else 0
         # a direct answer to a technical question: short is a strength there, not a lack of detail
         base += 1 if f["kind_behavioral"] == 0 and n <= 25 and topic >= 0.4 and not filler else 0
-        base -= 2 if filler else 0
         base -= 1 if f["words_per_sentence"] > 40 or n > 350 else 0
         base -= 1 if f["vague"] >= 3 else 0
         base -= 1 if n < 3 else 0
