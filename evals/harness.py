@@ -14,13 +14,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from nodes.fallback_scorer import score_answer
-from nodes.question_generator import offline_questions
+from nodes.question_generator import offline_questions, resume_achievements
 from nodes.safety_classifier import default_classifier
 from nodes.safety_reviewer import screen_offline
 from nodes.safety_rules import check_user_message
-from nodes.text_features import content_words
+from nodes.text_features import STOPWORDS, content_words, find_skills, words
 from personas.loader import DEFAULT_BUNDLE_DIR, load_bundles_cached
 from personas.resolver import AgentTeamResolver
 
@@ -223,8 +224,9 @@ def question_section() -> str:
     ungrounded: list[str] = []
     same_across_resumes = 0
     pairs_compared = 0
-    max_similarity = 0.0
+    max_similarity = max_cosine = 0.0
     mix_kept = 0
+    embedder = _question_embedder()
     for job in docs["jobs"]:
         per_resume: list[list[str]] = []
         for resume in docs["resumes"]:
@@ -236,19 +238,21 @@ def question_section() -> str:
             mix_kept += [q["type"] for q in questions] == [mix[i % len(mix)] for i in range(QUESTIONS_PER_SESSION)]
             texts = [q["text"] for q in questions]
             per_resume.append(texts)
-            names = set(content_words(resume["text"])) | set(content_words(job["text"]))
             for text in texts:
                 total += 1
-                if set(content_words(text)) & names - _GENERIC:
+                if names_something(text, resume["text"], job["text"]):
                     grounded += 1
                 else:
                     ungrounded.append(_short(text))
+            vectors = embedder.vectors(texts) if embedder else None
             for i, a in enumerate(texts):
-                for b in texts[i + 1 :]:
+                for j, b in enumerate(texts[i + 1 :], start=i + 1):
                     sim = _near_duplicate(a, b)
+                    cos = float(vectors[i] @ vectors[j]) if vectors is not None else 0.0
                     max_similarity = max(max_similarity, sim)
-                    if sim >= NEAR_DUPLICATE:
-                        dupes.append(f"{_short(a, 70)} ~ {_short(b, 70)} ({sim:.2f})")
+                    max_cosine = max(max_cosine, cos)
+                    if sim >= NEAR_DUPLICATE or cos >= NEAR_DUPLICATE_COSINE:
+                        dupes.append(f"{_short(a, 70)} ~ {_short(b, 70)} (Jaccard {sim:.2f}, cosine {cos:.2f})")
         for i, a in enumerate(per_resume):
             for b in per_resume[i + 1 :]:
                 pairs_compared += 1
@@ -258,12 +262,19 @@ def question_section() -> str:
         "",
         f"{sessions} sessions ({len(docs['jobs'])} jobs × {len(docs['resumes'])} resumes, "
         f"{QUESTIONS_PER_SESSION} questions each, mix {', '.join(team.question_mix)}; evals/sets/interview_docs.json).",
+        "A question names something when it carries a skill, an employer, two or more words in a row of a job task "
+        "or a resume line, or two distinct non-generic words of the documents. Two questions of a session are "
+        "near-duplicates when their content words overlap by a Jaccard of 0.6 or more, or (with the sentence "
+        f"embedder installed) their MiniLM cosine is {NEAR_DUPLICATE_COSINE} or more.",
         "",
         "| check | result | target |",
         "| --- | --- | --- |",
         f"| questions naming something from the resume or the job | {_rate(grounded, total)} | 100% |",
-        f"| near-duplicate question pairs in a session (word Jaccard ≥ {NEAR_DUPLICATE}) | {len(dupes)} "
-        f"(highest similarity {max_similarity:.2f}) | 0 |",
+        f"| near-duplicate question pairs in a session (word Jaccard ≥ {NEAR_DUPLICATE}"
+        + (f" or MiniLM cosine ≥ {NEAR_DUPLICATE_COSINE}" if embedder else "")
+        + f") | {len(dupes)} (highest Jaccard {max_similarity:.2f}"
+        + (f", highest cosine {max_cosine:.2f}" if embedder else "")
+        + ") | 0 |",
         f"| same job, different resumes, identical question lists | {same_across_resumes} of {pairs_compared} | 0 |",
         f"| sessions asking the team's mix of types, in order | {_rate(mix_kept, sessions)} | 100% |",
     ]
@@ -275,6 +286,49 @@ def question_section() -> str:
 
 
 NEAR_DUPLICATE = 0.6
+# MiniLM cosine at which two questions ask the same thing (a rephrasing of one question scores above it; two
+# questions of one template about different achievements or skills below; see evals/README.md)
+NEAR_DUPLICATE_COSINE = 0.85
+
+
+class _QuestionEmbedder:
+    def __init__(self) -> None:
+        from nodes import embedder  # type: ignore[attr-defined,unused-ignore]
+
+        self.embed = embedder.embed
+
+    def vectors(self, texts: list[str]) -> Any:
+        return self.embed(texts)
+
+
+def _question_embedder() -> _QuestionEmbedder | None:
+    try:
+        from nodes import embedder  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    return _QuestionEmbedder() if embedder.available() else None
+
+
+def _runs(text: str, n: int) -> set[tuple[str, ...]]:
+    w = words(text)
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+
+def names_something(question: str, resume: str, job: str) -> bool:
+    """Does the question carry something specific of these documents (not just a word every question uses)?"""
+    documents = f"{resume}\n{job}"
+    q = question.lower()
+    if any(skill.lower() in q for skill in find_skills(documents)):
+        return True
+    if any(a.employer and a.employer.lower() in q for a in resume_achievements(resume)):
+        return True
+    runs = {r for r in _runs(documents, 2) if not set(r) <= STOPWORDS | _GENERIC}
+    if _runs(question, 2) & runs:
+        return True
+    shared = set(content_words(question)) & set(content_words(documents)) - _GENERIC
+    return len(shared) >= 2
+
+
 QUESTIONS_PER_SESSION = 5  # the interview team's default (the demo tenant asks 3)
 # words every question uses: naming one of these is not naming something from the resume or the job
 _GENERIC = set(
@@ -296,6 +350,8 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
         "Targets are the issue's; a missed target is reported as measured, not adjusted.",
         "",
     ]
-    for section in sections or [guardrail_section, scorer_section, question_section]:
+    from evals.scorer_public import public_scorer_section
+
+    for section in sections or [guardrail_section, scorer_section, public_scorer_section, question_section]:
         parts += [section(), ""]
     return "\n".join(parts)

@@ -9,8 +9,17 @@ from langchain_core.runnables import RunnableConfig
 
 from nodes.configuration import Configuration
 from nodes.evaluation_format import evaluation_message, latest_answer, with_delivery
-from nodes.semantic_model import SemanticModel, default_model
-from nodes.text_features import OFF_TOPIC, STOPWORDS, content_words, numbers, relevance, stem, words
+from nodes.semantic_model import Similarity, scorer_model
+from nodes.text_features import (
+    OFF_TOPIC,
+    STOPWORDS,
+    content_words,
+    meaning_terms,
+    numbers,
+    relevance,
+    stem,
+    words,
+)
 from personas.schema import RubricCriterion
 
 if TYPE_CHECKING:
@@ -114,12 +123,15 @@ def answer_features(
     job_description: str,
     skill: str = "",
     resume: str = "",
-    model: SemanticModel | None = None,
+    model: Similarity | None = None,
+    reference: str = "",
 ) -> dict[str, float]:
     """What the scores are made of; all in [0, 1] or counts, from the text alone (deterministic).
 
     `model` is the offline semantic model (nodes/semantic_model.py); None leaves out the meaning-based signals
-    (the quality report uses that to measure what the model adds)."""
+    (the quality report uses that to measure what the model adds). `reference` is what a good answer contains,
+    when the question carries one (a model-written question may; an offline question carries the resume line
+    it asks about): the answer is then also judged by how much of it, beyond the question's own words, it covers."""
     text = answer.lower()
     answer_words = words(answer)
     n = len(answer_words)
@@ -156,7 +168,21 @@ def answer_features(
     semantic = model.similarity(answer, asked) if model else 0.0
     context = f"{question} {job_description}" if job_description else ""
     semantic_job = model.similarity(answer, context) if model and context else semantic
+    # new content: share of the answer's terms that the question did not already say (filler is low here)
+    novel = sum(s not in question_terms for s in set(stems)) / len(set(stems)) if stems else 0.0
+    ref_cover = ref_semantic = 0.0
+    if reference:
+        # the reference's terms beyond the question's: repeating the question covers none of them
+        wanted = meaning_terms(reference) - {stem(w) for w in content_words(asked)}
+        wanted = wanted or meaning_terms(reference)
+        ref_cover = len(wanted & meaning_terms(answer)) / len(wanted) if wanted else 0.0
+        ref_semantic = model.similarity(answer, reference) if model else 0.0
     return {
+        "reference": 1.0 if reference else 0.0,
+        "kind_behavioral": 1.0 if question_kind(question) == "behavioral" else 0.0,
+        "ref_cover": ref_cover,
+        "ref_semantic": ref_semantic,
+        "novel": novel,
         "words": n,
         "semantic": semantic,
         "semantic_job": semantic_job,
@@ -165,6 +191,7 @@ def answer_features(
         "echo": echo,
         "repetition": repetition,
         "off_topic": off_topic,
+        "off_topic_words": sum(s in OFF_TOPIC for s in stems),
         "listing": listing,
         "numbers": len(found_numbers),
         "result_verbs": result_verbs,
@@ -178,58 +205,108 @@ def answer_features(
 
 
 def _story(f: dict[str, float]) -> bool:
-    """A private story (a hike, a dinner) told instead of an answer: leisure words and little shared meaning."""
-    if f["off_topic"] > 0.12 and f["relevance"] < 0.5:
+    """A private story (a hike, a dinner) or an answer to another question, told instead of an answer."""
+    if f["off_topic"] > 0.12 and f["off_topic_words"] >= 2 and f["relevance"] < 0.5:
         return True
-    # far from the question and the job by meaning, and sharing hardly a term or concept with them
-    return bool(f["semantic_job"]) and max(f["semantic"], f["semantic_job"]) < 0.3 and f["relevance"] < 0.3
+    if f["reference"]:
+        # covers nothing of what a good answer contains, far from it and from the question by meaning
+        far = f["ref_semantic"] < REFERENCE_RANGE[0] and f["semantic"] < 0.3
+        return f["ref_cover"] < 0.05 and far and f["relevance"] < 0.2
+    # far from the question and the job by meaning, and sharing hardly a term or concept with them; a few words
+    # ("By reference.") are too short to tell a story, and too short for their meaning to be measured reliably
+    far = max(f["semantic"], f["semantic_job"]) < 0.3 and f["relevance"] < 0.3
+    return bool(f["semantic_job"]) and far and f["words"] >= 8
 
 
-def _criterion_score(name: str, f: dict[str, float]) -> int:
+def _filler(f: dict[str, float]) -> bool:
+    """Words without content: the same terms over and over, or mostly the question's own words."""
+    if f["repetition"] > 0.45 or (f["echo"] > 0.45 and f["words"] > 40) or (f["novel"] < 0.3 and f["words"] > 25):
+        return True
+    # padding: stock phrases ("very important", "in general", "keep in mind") around the question's words
+    return f["vague"] >= 3 and f["vague"] * 25 >= f["words"] and f["echo"] >= 0.2 and not f["numbers"]
+
+
+# cosine similarities to the reference answer below/above which an answer reads as unrelated/on the point
+REFERENCE_RANGE = (0.3, 0.8)
+
+
+def on_topic(f: dict[str, float]) -> float:
+    """How much the answer is about what was asked, 0..1: the reference's content when there is one, else the
+    question's (and the job's) terms and meaning."""
+    if f["reference"]:
+        low, high = REFERENCE_RANGE
+        meaning = max(0.0, min(1.0, (f["ref_semantic"] - low) / (high - low)))
+        # the question's words and meaning are left out here: measured on the tune pairs, they favour long answers
+        # that restate the question over short correct ones
+        return min(1.0, 0.6 * f["ref_cover"] + 0.4 * meaning)
+    evidence = min(1.0, (f["numbers"] + f["result_verbs"] + min(f["resume_claims"], 3)) / 4)
+    # meaning counts in full where the answer carries evidence; a vague answer is on topic by meaning too, and
+    # must not earn relevance from that alone
+    weight = 1.0 if evidence > 0 else 0.2 if f["vague"] >= 2 else 0.7
+    meaning = weight * _semantic_scale(max(f["semantic"], f["semantic_job"]))
+    return min(1.0, max(f["relevance"], 0.7 * f["job_relevance"], meaning))
+
+
+def criterion_value(name: str, f: dict[str, float]) -> float:
+    """The criterion's score on a continuous 1-5 scale (shown rounded; the overall uses these values)."""
     n = f["words"]
     # an answer that tells a private story, repeats the question or lists keywords has no evidence in it
-    filler = f["repetition"] > 0.45 or (f["echo"] > 0.45 and n > 40)
+    filler = _filler(f)
     story = _story(f)
     listing = f["listing"] > 0
     substance = 0.0 if (filler or story or listing) else 1.0
+    topic = on_topic(f)
+    # evidence (numbers, results, resume claims), structure and clarity count in proportion to how much the answer
+    # is on topic (squared: measured on the tune pairs, a half-on-topic answer with numbers still outscored a
+    # short correct one with a linear gate)
+    gate = min(1.0, topic / 0.6) ** 2
     evidence = min(1.0, (f["numbers"] + f["result_verbs"] + min(f["resume_claims"], 3)) / 4)
     if name == "relevance":
-        # meaning lifts relevance where the answer carries evidence but shares few words with the question; a
-        # vague answer is on topic by meaning too, and must not earn relevance from that alone
-        meaning = _semantic_scale(max(f["semantic"], f["semantic_job"])) if evidence > 0 else 0.0
-        base = 1 + 3 * max(f["relevance"], 0.7 * f["job_relevance"], meaning) + (1 if evidence > 0.4 else 0)
         if story:
-            return 1
-        return _clamp(min(base, 2 if listing else 3 if filler else 5))
+            return 1.0
+        base = 1 + 3 * topic + (1 if evidence > 0.4 and gate >= 1 else 0)
+        return _bound(min(base, 1.5 if listing or filler else 5))
     if name == "structure":
         if listing or story or n < 6:
-            return 1
+            return 1.0
         base = 1 + min(f["star"], 3) + (1 if f["result_verbs"] and f["first_person"] else 0)
-        return _clamp(min(base, 2 if filler else 5))
+        return _bound(1 + (min(base, 5) - 1) * gate if not filler else 1.0)
     if name == "specificity":
+        if not substance:
+            return 1.0
         density = f["specific_terms"] / max(1.0, (n / 12) ** 0.5)
         base = 1 + min(3.0, density) + min(1.0, f["resume_claims"] / 3) - min(1.0, f["vague"] / 3)
-        return _clamp(base * substance if substance else 1 + (1 if listing else 0))
+        return _bound(1 + (base - 1) * gate + topic)
     if name == "impact":
         if not substance:
-            return 1
+            return 1.0
         base = (
             1 + 2 * min(1.0, f["numbers"] / 2) + min(1.5, f["result_verbs"] * 0.75) + (0.5 if f["first_person"] else 0)
         )
-        return _clamp(base)
+        return _bound(1 + (base - 1) * gate)
     if name == "communication":
-        if listing or story:
-            return 1
-        base = 4.0
-        base += 1 if f["words_per_sentence"] <= 28 and (evidence > 0.4 or f["star"] >= 2) else 0
-        base -= 2 if filler else 0
+        if listing or story or filler:  # padding is the opposite of clear communication
+            return 1.0
+        base = 2.5 + 1.5 * topic
+        base += gate if f["words_per_sentence"] <= 28 and (evidence > 0.4 or f["star"] >= 2) else 0
+        # a direct answer to a technical question: short is a strength there, not a lack of detail
+        base += 1 if f["kind_behavioral"] == 0 and n <= 25 and topic >= 0.4 and not filler else 0
         base -= 1 if f["words_per_sentence"] > 40 or n > 350 else 0
         base -= 1 if f["vague"] >= 3 else 0
-        base -= 1 if n < 8 else 0
-        return _clamp(base)
+        base -= 1 if n < 3 else 0
+        # clear words about another subject do not communicate an answer to this one
+        return _bound(1 + (base - 1) * gate)
     # an unknown criterion gets the mean of the others
     known = ("relevance", "structure", "specificity", "impact", "communication")
-    return round(sum(_criterion_score(k, f) for k in known) / len(known))
+    return sum(criterion_value(k, f) for k in known) / len(known)
+
+
+def _bound(value: float) -> float:
+    return max(1.0, min(5.0, value))
+
+
+def _criterion_score(name: str, f: dict[str, float]) -> int:
+    return _clamp(criterion_value(name, f))
 
 
 _STRENGTHS = {
@@ -255,7 +332,7 @@ def _diagnosis(f: dict[str, float]) -> list[str]:
         notes.append("This answer tells a story that is not about the question; pick an example from your work.")
     if f["listing"]:
         notes.append("A list of keywords is not an answer: show how you used one or two of them, with a result.")
-    if f["repetition"] > 0.45 or (f["echo"] > 0.45 and f["words"] > 40):
+    if _filler(f):
         notes.append("The answer mostly repeats the question's words; replace them with what you actually did.")
     return notes
 
@@ -305,15 +382,23 @@ def score_answer(
     rubric: list[RubricCriterion],
     resume: str = "",
     semantic: bool = True,
+    model: Similarity | None = None,
 ) -> dict[str, Any]:
     """Score `answer` on every rubric criterion (1-5) from its text alone; same input, same scores.
 
-    `semantic=False` scores without the semantic model (lexicon and heuristics only), for the quality report."""
-    model = default_model() if semantic else None
-    f = answer_features(question["text"], answer, job_description, question.get("skill", ""), resume, model)
-    scores = {c.name: _criterion_score(c.name, f) for c in rubric}
+    `semantic=False` scores without the semantic model (lexicon and heuristics only), for the quality report;
+    `model` replaces the default (nodes.semantic_model.scorer_model: MiniLM where installed, else LSA). A
+    `reference` in the question (what a good answer contains) is compared with the answer when present."""
+    model = (model or scorer_model()) if semantic else None
+    f = answer_features(
+        question["text"], answer, job_description, question.get("skill", ""), resume, model,
+        question.get("reference", ""),
+    )  # fmt: skip
+    values = {c.name: criterion_value(c.name, f) for c in rubric}
+    scores = {name: _clamp(v) for name, v in values.items()}
     total_weight = sum(c.weight for c in rubric)
-    overall = round(sum(scores[c.name] * c.weight for c in rubric) / total_weight, 1)
+    # the weighted mean of the unrounded criterion values: two answers whose rounded scores tie still differ
+    overall = round(sum(values[c.name] * c.weight for c in rubric) / total_weight, 2)
     # strengths only where a score earns them; improvements for everything at 3 or below, weakest first
     strengths = [_STRENGTHS.get(name, f"Good {name.replace('_', ' ')}.") for name, s in scores.items() if s >= 4]
     if not strengths:

@@ -83,6 +83,20 @@ _TEMPLATES: dict[str, list[tuple[str, str, str]]] = {
         ),
         ("What would you check first when reviewing someone else's work in {topic}, and why?", "easy", "skill"),
     ],
+    "technical_task": [
+        (
+            "Walk me through how you would {topic} here: the steps, the tools or methods you would use, "
+            "and what you would check first.",
+            "medium",
+            "task",
+        ),
+        (
+            "What can go wrong when you {topic}, and how would you notice it early?",
+            "hard",
+            "task",
+        ),
+        ("What does doing '{topic}' well look like to you, and how would you measure it?", "easy", "task"),
+    ],
     "situational": [
         (
             "Imagine you join us as {role} and are asked to {topic}. How would you approach your first two weeks?",
@@ -159,25 +173,32 @@ def _resume_question(
     skills: list[str],
     used_tasks: set[str],
     used_skills: set[str],
+    job_description: str = "",
 ) -> tuple[dict[str, Any], str | None, str | None]:
     """One question of this type about this achievement; also the job task and skill it used."""
     where = f"At {achievement.employer}" if achievement.employer else "On your resume"
     task = _best_match(achievement.text, jd_tasks, used_tasks)
     skill = next((s for s in skills if s.lower() in achievement.text.lower() and s not in used_skills), None)
     unused = [s for s in skills if s not in used_skills]
-    fallback: list[str | None] = [*unused, *skills, None]
-    skill = skill or _best_match(achievement.text, unused, set()) or fallback[0]
-    if qtype == "behavioral" or (qtype == "technical" and not skill):
+    # a skill already asked about is not asked again: two questions on one skill read as the same question
+    skill = skill or _best_match(achievement.text, unused, set()) or (unused[0] if unused else None)
+    if qtype == "technical" and not skill:
+        follow = f" How would the same choices hold up if you had to {task} here?" if task else ""
+        text = (
+            f"{where} you {achievement.text}. Which technical choices did you make there, which alternatives did "
+            f"you reject, and why?{follow}"
+        )
+        return {"text": text, "type": qtype, "difficulty": difficulty, "skill": achievement.text}, task, None
+    if qtype == "behavioral":
         follow = f" What from it would carry over to {task} here?" if task else ""
         text = (
             f"{where} you {achievement.text}. Walk me through it: what was the situation, what did you do "
             f"yourself, and how did you measure the result?{follow}"
         )
-        return {"text": text, "type": qtype, "difficulty": difficulty, "skill": achievement.text}, None, None
+        return {"text": text, "type": qtype, "difficulty": difficulty, "skill": achievement.text}, task, None
     if qtype == "technical" and skill:
-        skill_task = next((t for t in jd_tasks if skill.lower() in t.lower()), None) or _best_match(
-            f"{skill} {achievement.text}", jd_tasks, set()
-        )
+        # only a task that names the skill: matching by the achievement paired skills with unrelated tasks
+        skill_task = next((t for t in jd_tasks if skill.lower() in t.lower()), None)
         need = f" to {skill_task}" if skill_task else ""
         ask = (
             "What trade-offs would you weigh, and what would you check first?"
@@ -185,8 +206,9 @@ def _resume_question(
             else "Which parts would you check first in a review, and why?"
         )
         if skill.lower() in achievement.text.lower():
+            relies = f" This role relies on {skill}{need}." if skill.lower() in job_description.lower() else ""
             text = (
-                f"You used {skill} when you {achievement.text}. This role relies on {skill}{need}. "
+                f"You used {skill} when you {achievement.text}.{relies} "
                 f"How did you design that work, and how would it hold up here? {ask}"
             )
         else:
@@ -194,6 +216,8 @@ def _resume_question(
                 f"This role asks you to {skill_task}."
                 if skill_task and skill.lower() in skill_task.lower()
                 else f"This role relies on {skill}{need}."
+                if skill.lower() in job_description.lower()
+                else f"Your resume lists {skill}."
             )
             text = f"{lead} How would you go about it, drawing on the time you {achievement.text}? {ask}"
         return {"text": text, "type": qtype, "difficulty": difficulty, "skill": skill}, None, skill
@@ -224,29 +248,33 @@ def generate_resume_questions(
     questions: list[dict[str, Any]] = []
     used_tasks: set[str] = set()
     used_skills: set[str] = set()
+    used_achievements: list[Achievement] = []
     for i in range(count):
         qtype = mix[i % len(mix)]
         difficulty = _DIFFICULTIES[qtype][(i // len(mix)) % 3]
         chosen = None
-        for k in range(len(achievements)):
-            achievement = achievements[(i + k) % len(achievements)]
+        # achievements not asked about yet first: two questions about one achievement read as one question
+        rotation = [achievements[(i + k) % len(achievements)] for k in range(len(achievements))]
+        rotation = [a for a in rotation if a not in used_achievements]
+        for achievement in rotation:
             question, task, skill = _resume_question(
-                qtype, difficulty, achievement, role, jd_tasks, skills, used_tasks, used_skills
+                qtype, difficulty, achievement, role, jd_tasks, skills, used_tasks, used_skills, job_description
             )
             if all(_similar(question["text"], q["text"]) < 0.5 for q in questions):
                 chosen = question
+                used_achievements.append(achievement)
                 used_tasks |= {task} if task else set()
                 used_skills |= {skill} if skill else set()
                 break
         if chosen is None:
-            chosen = next(
-                (
-                    t
-                    for t in templates
-                    if t["type"] == qtype and all(_similar(t["text"], q["text"]) < 0.5 for q in questions)
-                ),
-                None,
-            )
+            # a template question, on a skill or task no earlier question was about where there is one
+            asked = {q["skill"].lower() for q in questions} | {s.lower() for s in used_skills | used_tasks}
+            fitting = [
+                t
+                for t in templates
+                if t["type"] == qtype and all(_similar(t["text"], q["text"]) < 0.5 for q in questions)
+            ]
+            chosen = next((t for t in fitting if t["skill"].lower() not in asked), None) or next(iter(fitting), None)
         if chosen is not None:
             questions.append(chosen)
     return questions
@@ -263,12 +291,17 @@ def generate_template_questions(
     jd_tasks = responsibilities(job_description)
     # resume bullets are past tense ("built ..."), JD bullets imperative ("design ..."): they need other wording
     tasks, past_tense = (jd_tasks, False) if jd_tasks else (responsibilities(resume), True)
-    skills = skills or ["your main area of expertise"]
     used_skills = used_tasks = 0
     questions = []
+    no_skills = not skills
     for i in range(count):
         qtype = mix[i % len(mix)]
         variants = _TEMPLATES[qtype]
+        if no_skills and qtype == "technical" and tasks and not past_tense:
+            # no skill from the vocabulary in either document: ask about the job's own tasks instead
+            variants = _TEMPLATES["technical_task"]
+        elif not skills:
+            skills = [_role_topic(role, job_description)]
         template, difficulty, kind = variants[(i // len(mix)) % len(variants)]
         if kind == "task" and tasks and past_tense:
             if qtype == "behavioral":
@@ -287,6 +320,12 @@ def generate_template_questions(
             {"text": template.format(topic=topic, role=role), "type": qtype, "difficulty": difficulty, "skill": topic}
         )
     return questions
+
+
+def _role_topic(role: str, job_description: str) -> str:
+    """What to ask about when neither document names a skill: the work of the role itself."""
+    role = role.strip()
+    return f"the core work of the {role} role" if role and role != "the role" else "the core work of this role"
 
 
 def offline_questions(resume: str, job_description: str, role: str, count: int, mix: list[str]) -> list[dict[str, Any]]:

@@ -14,9 +14,13 @@ import gzip
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
+CACHE_SIZE = 4096  # sentence vectors kept by EmbeddingSimilarity (384 floats each)
 MODEL_PATH = Path(__file__).resolve().parent / "models" / "semantic_vectors.json.gz"
 _WORD = re.compile(r"[a-z][a-z0-9]+")
 # irregular past forms common in answers; WordNet's base forms are what the table knows
@@ -120,3 +124,75 @@ def cosine(u: list[float], v: list[float]) -> float:
 def default_model() -> SemanticModel:
     """The committed model, loaded once per process."""
     return SemanticModel.load()
+
+
+class Similarity(Protocol):
+    """What the scorer needs from a semantic model: a similarity of two texts by meaning, on the LSA scale."""
+
+    def similarity(self, a: str, b: str) -> float: ...
+
+
+class EmbeddingSimilarity:
+    """`similarity(a, b)` over sentence embeddings (nodes/embedder.py: all-MiniLM-L6-v2 in numpy), vectors cached.
+
+    An alternative to the LSA model with the same interface; the quality report measures both on the public
+    graded pairs (evals/README.md). Its cosines spread differently from LSA's, hence its own ranges."""
+
+    # MiniLM cosines mapped linearly onto the LSA model's scale, so the scorer's thresholds mean the same:
+    # unrelated texts sit near 0.1 here (about 0.3 in LSA), closely related ones near 0.6 (0.7 in LSA)
+    scale = (0.15, 0.6)
+    lsa_scale = (0.35, 0.7)
+
+    def __init__(self) -> None:
+        from nodes import embedder  # type: ignore[attr-defined,unused-ignore]
+
+        self._embed = embedder.embed
+        # most recent texts' vectors (a session re-scores against the same question, job and resume)
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def vectors(self, texts: list[str]) -> None:
+        """Embed and cache many texts at once (one batched forward pass instead of one per text)."""
+        with self._lock:
+            todo = sorted({k for k in map(_key, texts) if k and k not in self._cache})
+        if todo:
+            rows = self._embed(todo)
+            with self._lock:
+                for text, row in zip(todo, rows, strict=True):
+                    self._cache[text] = [float(x) for x in row]
+                while len(self._cache) > max(CACHE_SIZE, len(todo)):
+                    self._cache.popitem(last=False)
+
+    def similarity(self, a: str, b: str) -> float:
+        a, b = _key(a), _key(b)
+        if not a or not b:
+            return 0.0
+        self.vectors([a, b])
+        with self._lock:
+            va = self._cache.get(a)
+            vb = self._cache.get(b)
+        if va is None or vb is None:  # evicted by another thread meanwhile: embed these two directly
+            va, vb = ([float(x) for x in row] for row in self._embed([a, b]))
+        raw = cosine(va, vb)
+        (x0, x1), (y0, y1) = self.scale, self.lsa_scale
+        return y0 + (raw - x0) * (y1 - y0) / (x1 - x0)
+
+
+def _key(text: str) -> str:
+    return " ".join((text or "").split())
+
+
+@lru_cache(maxsize=1)
+def embedding_model() -> EmbeddingSimilarity | None:
+    """The sentence-embedding backend when nodes/embedder.py and its model package are installed, else None."""
+    try:
+        from nodes import embedder  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    return EmbeddingSimilarity() if embedder.available() else None
+
+
+def scorer_model() -> Similarity:
+    """What the fallback scorer uses: MiniLM sentence embeddings where installed (better on every category of the
+    public graded pairs, docs/quality.md), else the LSA model."""
+    return embedding_model() or default_model()

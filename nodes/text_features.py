@@ -45,13 +45,20 @@ _SKILL_PATTERNS = [
 ]
 
 
+# vocabulary words that a job ad also uses as plain verbs ("we are hiring nurses", "sales of our products")
+_NOT_A_SKILL_BEFORE = {"hiring": re.compile(r"\b(?:is|are|'re|now|currently)\s+$", re.I)}
+
+
 def find_skills(text: str) -> list[str]:
     """Skills from the vocabulary, in order of first appearance."""
     found = []
-    for _skill, pattern in _SKILL_PATTERNS:
-        m = pattern.search(text or "")
-        if m:
+    for skill, pattern in _SKILL_PATTERNS:
+        for m in pattern.finditer(text or ""):
+            guard = _NOT_A_SKILL_BEFORE.get(skill)
+            if guard and guard.search(text[: m.start()][-12:]):
+                continue
             found.append((m.start(), m.group(0)))
+            break
     seen: set[str] = set()
     ordered = []
     for _, name in sorted(found):

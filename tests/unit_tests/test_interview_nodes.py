@@ -352,8 +352,10 @@ async def test_fallback_scorer_overall_is_the_rubric_weighted_mean(resolver: Age
     out = await fallback_scorer(answering_state(VAGUE_ANSWER), run_config(resolver, "demo", "interview"))
     evaluation = out["evaluations"][0]
 
+    # the overall is the weighted mean of the unrounded criterion values (so near answers still differ); each shown
+    # score is one of those values rounded, so the overall stays within half a point of the shown scores' mean
     expected = sum(evaluation["scores"][c.name] * c.weight for c in rubric) / sum(c.weight for c in rubric)
-    assert evaluation["overall"] == round(expected, 1)
+    assert abs(evaluation["overall"] - expected) <= 0.55
     assert evaluation["fallback_reason"] == "no model configured"
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import nodes.fallback_scorer as fallback_scorer
+from nodes import embedder
 from nodes.fallback_scorer import score_answer
 from nodes.question_generator import offline_questions
-from nodes.semantic_model import SemanticModel, default_model
+from nodes.semantic_model import EmbeddingSimilarity, SemanticModel, default_model, scorer_model
 from nodes.text_features import content_words, numbers
 from personas.resolver import AgentTeamResolver
 from personas.schema import RubricCriterion
@@ -138,7 +141,7 @@ def test_the_scorer_uses_the_semantic_model(rubric: list[RubricCriterion], monke
     real = default_model()
     recording = Recording.__new__(Recording)
     recording.__dict__.update(real.__dict__)
-    monkeypatch.setattr(fallback_scorer, "default_model", lambda: recording)
+    monkeypatch.setattr(fallback_scorer, "scorer_model", lambda: recording)
 
     with_model = score_answer(CHURN, PARAPHRASE, JOB, rubric, "")
     without = score_answer(CHURN, PARAPHRASE, JOB, rubric, "", semantic=False)
@@ -177,3 +180,106 @@ def test_every_question_names_the_resume_or_the_job_and_none_repeats() -> None:
     # the candidate's own results are asked about, with the job's tasks
     assert any("900 ms to 250 ms" in q["text"] for q in questions)
     assert any("improve latency and database performance" in q["text"] for q in questions)
+
+
+def test_the_scorer_uses_sentence_embeddings_where_installed() -> None:
+    model = scorer_model()
+
+    if embedder.available():
+        assert isinstance(model, EmbeddingSimilarity)
+        question = f"{CHURN['text']} {CHURN['skill']}"
+        assert model.similarity(PARAPHRASE, question) > model.similarity(CAMPING, question)
+    else:  # without the model package the LSA model stands in
+        assert model is default_model()
+
+
+# ------------------------------------------------------------------------- public graded answers (test split)
+
+PUBLIC = Path(__file__).resolve().parents[2] / "evals" / "sets" / "scorer_public_pairs.jsonl"
+
+
+def _public_pairs(category: str, n: int) -> list[dict[str, Any]]:
+    """The first n pairs of a category from the public set's `test` split (questions not read while tuning)."""
+    rows = [json.loads(line) for line in PUBLIC.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return sorted((r for r in rows if r["split"] == "test" and r["category"] == category), key=lambda r: r["id"])[:n]
+
+
+# concise_good is left out: a short correct answer still loses to a long wrong one in about half of the public
+# pairs (docs/quality.md lists the misses); that target is not reached
+@pytest.mark.parametrize("category", ["easy", "filler", "off_topic", "keyword_stuffed"])
+def test_the_better_public_answer_scores_higher_given_the_reference(
+    rubric: list[RubricCriterion], category: str
+) -> None:
+    pairs = _public_pairs(category, 6)
+    right = 0
+    for pair in pairs:
+        question = dict(pair["question"], reference=pair["reference"])
+        better = score_answer(question, pair["better"], "", rubric)["overall"]
+        worse = score_answer(question, pair["worse"], "", rubric)["overall"]
+        right += better > worse
+    assert len(pairs) == 6
+    # measured rates are in docs/quality.md; here at least 4 of the first 6 test-split pairs of each category
+    assert right >= 4, f"{right}/6 {category} pairs ordered correctly"
+
+
+def test_an_answer_to_another_question_is_flagged_and_scored_below_a_short_correct_one(
+    rubric: list[RubricCriterion],
+) -> None:
+    question = {
+        "text": "What is the main difference between a while and a do...while statement?",
+        "type": "technical",
+        "skill": "",
+        "reference": "The block inside a do...while statement will execute at least once.",
+    }
+    right = "A do...while loop always runs its body at least once; a while loop may not run it at all."
+    stray = (
+        "A pointer holds the memory address of another variable. It took me 3 weeks, about 40 hours and 154 "
+        "lines to get it right, and it was 2 times faster."
+    )
+    good, bad = score_answer(question, right, "", rubric), score_answer(question, stray, "", rubric)
+
+    assert good["overall"] > bad["overall"]
+    # the numbers in the stray answer earn no impact: they are not about the question
+    assert bad["scores"]["impact"] <= good["scores"]["impact"] + 1
+    assert bad["scores"]["relevance"] < good["scores"]["relevance"]
+
+
+def test_a_keyword_list_of_the_reference_is_not_an_answer(rubric: list[RubricCriterion]) -> None:
+    question = {"text": "What is a linked list?", "type": "technical", "skill": "",
+                "reference": "A collection of elements that can be allocated dynamically."}  # fmt: skip
+    answer = "A chain of nodes, each holding a value and a pointer to the next node, so it can grow at run time."
+    stuffed = score_answer(question, "collection, elements, allocated, dynamically, linked, list", "", rubric)
+
+    assert score_answer(question, answer, "", rubric)["overall"] > stuffed["overall"]
+    assert any("list of keywords" in tip for tip in stuffed["improvements"])
+    assert not [s for s in stuffed["strengths"] if "strongest" not in s and "No part" not in s]
+
+
+# ----------------------------------------------------------------------------- questions for other professions
+
+NURSE_JOB = (
+    "Registered Nurse - Emergency Department\nCity General Hospital is hiring nurses.\nResponsibilities:\n"
+    "* Triage incoming patients and monitor vital signs\n"
+    "* Administer medication and document care in the electronic health record\n"
+    "* Coordinate with physicians, pharmacy and social work\n"
+)
+SUPPORT_RESUME = "Jonas Weber. Support lead at Homely (2019-2024): managed 8 agents; introduced macros in Zendesk."
+
+
+def test_a_job_without_known_skills_gets_questions_about_its_tasks_not_a_placeholder() -> None:
+    questions = offline_questions(SUPPORT_RESUME, NURSE_JOB, "Registered Nurse", 5, MIX)
+    texts = [q["text"] for q in questions]
+
+    assert not any("main area of expertise" in t or "hiring" in t.lower() for t in texts), texts
+    assert any("administer medication" in t or "triage incoming patients" in t for t in texts)
+    # each achievement of the resume is asked about once: two questions on one achievement read as one question
+    for achievement in ("managed 8 agents", "introduced macros in Zendesk"):
+        assert sum(achievement in t for t in texts) <= 1, texts
+
+
+def test_a_skill_only_on_the_resume_is_not_presented_as_the_role_s_need() -> None:
+    teacher_job = "Mathematics Teacher\n1. Plan and deliver algebra and geometry lessons\n2. Lead the maths club\n"
+    resume = "Dana Moreau - teacher at Lycee Hugo (2015-2024). Taught statistics to classes of 30. Ran a tutoring club."
+    texts = [q["text"] for q in offline_questions(resume, teacher_job, "Mathematics Teacher", 5, MIX)]
+
+    assert not any("role relies on statistics" in t for t in texts), texts
