@@ -842,6 +842,29 @@ def test_invoke_both_teams(client: TestClient) -> None:
     assert reply["response_metadata"]["produced_by"] == "offline:knowledge_base"
 
 
+@pytest.mark.parametrize("team", ["veneo_chat", "interview"])
+def test_invoke_answers_the_bytes_langserve_would(client: TestClient, team: str) -> None:
+    """The invoke route encodes LangServe's InvokeResponse with pydantic-core instead of LangServe's
+    `jsonable_encoder` + `json.dumps`: the same bytes, checked on a real team state (messages with every field,
+    unicode, nested review decisions), after a few turns."""
+    from langserve.api_handler import _json_encode_response
+
+    route = next(r for r in client.app.routes if getattr(r, "path", "") == f"/teams/{team}/invoke")
+    sid = new_session(client, VENEO, team=team)["id"]
+    texts = [RESUME, ANSWERS[0]] if team == "interview" else ["Rücksendung? ¿Cuánto tarda el envío? 📦", "Thanks!"]
+    for text in texts:
+        r = client.post(f"/teams/{team}/invoke", headers=VENEO, json={"input": human(text), "config": configured(sid)})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"
+    sent = r.json()
+    handler = next(c.cell_contents for c in route.endpoint.__closure__ if hasattr(c.cell_contents, "InvokeResponse"))
+    # keys the state does not hold yet are answered as null (the output model's default); validated again they
+    # come back as null, so they are left out here as the state leaves them out
+    state = {k: v for k, v in sent["output"].items() if v is not None}
+    model = handler.InvokeResponse(output=state, metadata=sent["metadata"])
+    assert r.content == _json_encode_response(model).body
+
+
 def test_batch_both_teams(client: TestClient) -> None:
     a, b = new_session(client, VENEO, team="interview")["id"], new_session(client, VENEO, team="interview")["id"]
     r = client.post(
