@@ -296,6 +296,18 @@ class Engine:
             raise SessionNotFound(client_id)
         return record
 
+    async def aclaim_session(
+        self, client_id: str, tenant: str, team: str, actor: str = "cli", thread_id: str | None = None
+    ) -> SessionRecord:
+        """`claim_session` for request handlers. A session that exists (every turn after the first) is one index
+        read, on the event loop for SQLite as `_read_index` does; only a new session (a write, and an audit append)
+        takes the worker-thread hop."""
+        if not self.sessions.network:  # Postgres: one hop does the read and, for a new session, the write
+            record = self.sessions.find(tenant, client_id)
+            if record is not None and record.tenant == tenant:
+                return record
+        return await asyncio.to_thread(self.claim_session, client_id, tenant, team, actor, thread_id)
+
     async def touch(self, thread_id: str, title_hint_text: str = "") -> None:
         """Mark the session active (and title it from its first message), off the event loop."""
         await asyncio.to_thread(self.sessions.touch, thread_id, title_hint_text)

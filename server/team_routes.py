@@ -24,7 +24,7 @@ from graphs.registry import graph_builder
 from personas.loader import Bundles
 from personas.resolver import TeamRunConfig
 from server.auth import Caller
-from server.deps import authenticate
+from server.deps import authenticate, current_caller
 from server.engine import Engine, SessionNotFound, thread_key, title_hint
 from server.errors import ApiError
 from server.limits import TenantTurnLimiter
@@ -128,9 +128,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         async with held:
             actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
             client_id = str(configurable.get(CLIENT_ID) or thread_id)
-            session = await asyncio.to_thread(
-                self.engine.claim_session, client_id, _tenant(config), self.team, actor, thread_id
-            )
+            session = await self.engine.aclaim_session(client_id, _tenant(config), self.team, actor, thread_id)
             if not lease_held:
                 # an older session's state is stored in the current version. Under a request's lease the config
                 # modifier did this when it took the lease (a state read per turn: not twice)
@@ -478,7 +476,7 @@ def make_config_modifier(team: str):
 
 
 def team_enabled(team: str):
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         """Every route of a team follows the tenant's team flag, its schema routes too (403 / 404 otherwise)."""
         caller = authenticate(request)
         engine: Engine = request.app.state.engine
@@ -527,7 +525,7 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
         path = f"/teams/{team}"
         modifier = make_config_modifier(team)
         # schemas too: an unauthenticated caller, or a tenant without the team, learns nothing
-        dependencies = [Depends(authenticate), Depends(team_enabled(team)), Depends(check_run_request)]
+        dependencies = [Depends(current_caller), Depends(team_enabled(team)), Depends(check_run_request)]
         add_invoke_route(app, runnable, path, modifier, dependencies)
         add_routes(
             app,
