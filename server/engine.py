@@ -504,11 +504,18 @@ class Engine:
         """Store an older session's state in the current version as a new checkpoint (the caller holds the
         session's turn lock). Returns (from, to) when it was (dry_run: would be) upgraded, None when current;
         SessionSchemaTooNew for a session a newer Teamgraph wrote, which is left untouched."""
+        graph_id = self.graph_id(session.team)
+        target = current_version(graph_id)
+        # every turn asks this: a session stored in the current version (or none stored yet) is told by the
+        # latest checkpoint's metadata alone, without building the state snapshot (its channels, its next tasks)
+        latest = await self.persistence.checkpointer.aget_tuple(
+            {"configurable": {"thread_id": session.thread_id, "checkpoint_ns": ""}}
+        )
+        if latest is None or stored_version(latest.metadata) == target:
+            return None
         graph = self.graph(session.team)
         config = self.run_config(session)
         snapshot = await graph.aget_state(config)
-        graph_id = self.graph_id(session.team)
-        target = current_version(graph_id)
         if not snapshot.values:
             return None
         version = stored_version(snapshot.metadata)
