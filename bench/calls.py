@@ -8,7 +8,9 @@ report's in-process rows) and once as `POST /teams/{team}/invoke` through the wh
 bench model, every middleware, LangServe, auth, sessions, audit, observer) driven in the same process by an httpx
 client on the ASGI interface: no sockets and no uvicorn, so it measures the app's own Python work per request
 (plus the httpx client's, about the same in every revision). cProfile counts every function call, C functions
-and coroutine resumptions included; the difference between the two rows is the server's fixed cost in calls.
+and coroutine resumptions included, on the event loop's thread only (what worker threads do, audit and session
+writes in `asyncio.to_thread`, aiosqlite's queries, is not counted); the difference between the two rows is the
+server's fixed cost in calls on the loop.
 CPU ms per turn (process time, without the profiler) is printed beside it, but it moves with the machine's load;
 the count does not (to within a fraction of a percent). Each new conversation's session is created inside the
 count in both modes (`Engine.create_session`, `POST /sessions`): one per 10 chat turns, one per 4 interview turns.
