@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -102,11 +103,21 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
     def OutputType(self) -> Any:
         return self.schema_graph.OutputType
 
+    # LangServe asks for the input schema on every request (to validate the input); the graph builds it from its
+    # channels, whatever the config (it only merges the config first), so it is built once per team
+    @functools.cached_property
+    def _input_schema(self) -> type[BaseModel]:
+        return self.schema_graph.get_input_schema()
+
+    @functools.cached_property
+    def _output_schema(self) -> type[BaseModel]:
+        return self.schema_graph.get_output_schema()
+
     def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        return self.schema_graph.get_input_schema(config)
+        return self._input_schema
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        return self.schema_graph.get_output_schema(config)
+        return self._output_schema
 
     @property
     def config_specs(self) -> list[ConfigurableFieldSpec]:
@@ -135,6 +146,27 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                 await self.engine.upgrade_session(session)
             yield
 
+    def _touch_with_closing_audit(
+        self, config: RunnableConfig | None, thread_id: str, input: Any
+    ) -> TurnObserver | None:
+        """The turn's observer, told to mark the session active in the worker thread of its closing audit write
+        (after it, when the turn succeeded) instead of a thread hop of its own after the run."""
+        callbacks = (config or {}).get("callbacks")
+        found = [c for c in callbacks if isinstance(c, TurnObserver)] if isinstance(callbacks, list) else []
+        observer = found[0] if found else None
+        if observer is not None:
+            observer.after_turn = functools.partial(self.engine.sessions.touch, thread_id, title_hint(input))
+        return observer
+
+    async def _touched(self, observer: TurnObserver | None, thread_id: str, input: Any) -> None:
+        """After a turn and its Idempotency-Key answer: the session is marked active (by the observer's closing
+        write, or here when it had none), and a failure to do so fails the request as before."""
+        if observer is not None and observer.after_turn_ran:
+            if observer.after_turn_error is not None:
+                raise observer.after_turn_error
+            return
+        await self.engine.touch(thread_id, title_hint(input))
+
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         raise NotImplementedError("teams run asynchronously; use ainvoke")
 
@@ -144,6 +176,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         idempotent = _idempotent(config)
         if idempotent is not None and idempotent.replay is not None:
             return idempotent.replay[0]  # the same request was answered before: its answer, not a second turn
+        observer = self._touch_with_closing_audit(config, thread_id, input)
         async with self._turn(config, thread_id):
             try:
                 with self.engine.trace_scope(_tenant(config)):
@@ -154,7 +187,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                 raise
             if idempotent is not None:
                 await idempotent.store(self.engine, [result])
-            await self.engine.touch(thread_id, title_hint(input))
+            await self._touched(observer, thread_id, input)
             return result
 
     async def abatch(
@@ -201,6 +234,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                 yield chunk
             return
         chunks: list[Any] = []
+        observer = self._touch_with_closing_audit(config, thread_id, input)
         async with self._turn(config, thread_id):
             try:
                 with self.engine.trace_scope(_tenant(config)):
@@ -213,13 +247,14 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                 raise
             if idempotent is not None:
                 await idempotent.store(self.engine, chunks)
-            await self.engine.touch(thread_id, title_hint(input))
+            await self._touched(observer, thread_id, input)
 
     async def astream_events(  # type: ignore[override]
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         thread_id = _thread_id(config)
         hidden = self.engine.unreviewed_nodes(_run(config))
+        observer = self._touch_with_closing_audit(config, thread_id, input)
         async with self._turn(config, thread_id):
             with self.engine.trace_scope(_tenant(config)):
                 async for event in self.graph.astream_events(
@@ -229,7 +264,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                     if node in hidden and event.get("name") != node:
                         continue  # draft tokens, the reviewer's prompt: not for clients before review
                     yield _without_private(event)
-            await self.engine.touch(thread_id, title_hint(input))
+            await self._touched(observer, thread_id, input)
 
 
 def _thread_id(config: RunnableConfig | None) -> str:
@@ -258,7 +293,16 @@ def _fresh_observers(callbacks: Any) -> Any:
     if not isinstance(callbacks, list):
         return callbacks
     return [
-        dataclasses.replace(c, runs={}, pending_audit=[], root=None, turn_outcome="ok")
+        dataclasses.replace(
+            c,
+            runs={},
+            pending_audit=[],
+            root=None,
+            turn_outcome="ok",
+            after_turn=None,
+            after_turn_ran=False,
+            after_turn_error=None,
+        )
         if isinstance(c, TurnObserver)
         else c
         for c in callbacks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -68,6 +69,11 @@ class TurnObserver(AsyncCallbackHandler):
     pending_audit: list[AuditEvent] = field(default_factory=list)
     root: UUID | None = None
     turn_outcome: str = "ok"
+    # run in the worker thread of the turn's closing audit write, after it, when the turn succeeded (the server
+    # marks the session active there: one thread hop instead of two); what it raised is kept for the caller
+    after_turn: Callable[[], None] | None = None
+    after_turn_ran: bool = False
+    after_turn_error: Exception | None = None
 
     # an audit write that fails must fail the turn: LangChain re-raises only from handlers that ask for it
     raise_error: bool = True
@@ -109,10 +115,22 @@ class TurnObserver(AsyncCallbackHandler):
                        apply_content_policy(payload, self.ctx.audit_policy))
         )  # fmt: skip
 
-    async def _flush_audit(self) -> None:
+    async def _flush_audit(self, closing: bool = False) -> None:
         events, self.pending_audit = self.pending_audit, []
-        if events:  # in a worker thread: a SQLite write on the loop could wait on a lock only the loop frees
-            await asyncio.to_thread(self.audit.append, events)  # AuditWriteError propagates: the turn fails
+        after = self.after_turn if closing else None
+        if events or after is not None:
+            # in a worker thread: a SQLite write on the loop could wait on a lock only the loop frees
+            await asyncio.to_thread(self._write_audit, events, after)  # AuditWriteError propagates: the turn fails
+
+    def _write_audit(self, events: list[AuditEvent], after: Callable[[], None] | None) -> None:
+        if events:
+            self.audit.append(events)
+        if after is not None:  # only once the turn's record is complete
+            self.after_turn_ran = True
+            try:
+                after()
+            except Exception as exc:
+                self.after_turn_error = exc
 
     # ---- chains: the turn and its nodes ----------------------------------------------------------------------
 
@@ -232,7 +250,7 @@ class TurnObserver(AsyncCallbackHandler):
                 run.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             run.span.end()
         try:
-            await self._flush_audit()
+            await self._flush_audit(closing=error is None)
         finally:
             log.info("turn", **fields)
 
