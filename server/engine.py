@@ -101,6 +101,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.resolver = AgentTeamResolver(bundles)
         self._graphs: dict[str, CompiledStateGraph] = {}
+        self._input_schemas: dict[str, dict[str, Any]] = {}
         self.turn_locks = TurnLocks(persistence.url)
         self.turn_locks.on_wait = lambda team, waited: self.metrics.queue_wait.labels(team or "unknown").observe(waited)
         self._trace_clients: dict[tuple[bool, bool], Any] = {}
@@ -205,6 +206,13 @@ class Engine:
             builder = graph_builder(self.bundles.teams[team].graph)
             self._graphs[team] = builder(self.persistence.checkpointer, self.persistence.store)
         return self._graphs[team]
+
+    def input_jsonschema(self, team: str) -> dict[str, Any]:
+        """The team graph's input JSON schema, built once per team (pydantic builds it anew on every call: about
+        60,000 Python calls, which `GET /teams` paid per team and per request). Callers must not modify it."""
+        if team not in self._input_schemas:
+            self._input_schemas[team] = self.graph(team).get_input_jsonschema()
+        return self._input_schemas[team]
 
     def run_config(
         self, session: SessionRecord, run: TeamRunConfig | None = None, actor: str = "cli", observe: bool = False
@@ -602,7 +610,7 @@ class Engine:
     ) -> None:
         """Put a resume or job description into the session's state, before its first turn."""
         graph = self.graph(session.team)
-        if kind not in graph.get_input_jsonschema().get("properties", {}):
+        if kind not in self.input_jsonschema(session.team).get("properties", {}):
             raise DocumentRejected(f"team {session.team!r} takes no {kind.replace('_', ' ')} documents", "kind")
         config = self.run_config(session)
         async with self.turn_locks.hold(session.thread_id, session.team):

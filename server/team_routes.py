@@ -474,7 +474,7 @@ def make_config_modifier(team: str):
         leases = state.setdefault("turn_leases", {})
         if TENANT_SLOTS not in leases:  # once per request (a batch calls this once per config)
             if not input_keys:
-                input_keys.update(engine.graph(team).get_input_jsonschema().get("properties", {}))
+                input_keys.update(engine.input_jsonschema(team).get("properties", {}))
             turns = turn_inputs(body, request.url.path.rsplit("/", 1)[-1])
             for field, turn in turns:
                 check_turn_input(turn, field, input_keys, run.team.limits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import APIRouter
@@ -29,7 +30,7 @@ async def list_teams(caller: CurrentCaller, engine: EngineDep) -> list[TeamOut]:
             description=engine.bundles.teams[team].description,
             default=team == tenant.default_team,
             endpoint=f"/teams/{team}",
-            input_schema=engine.graph(team).get_input_jsonschema(),
+            input_schema=copy.deepcopy(engine.input_jsonschema(team)),
         )
         for team in tenant.enabled_teams
     ]
