@@ -14,10 +14,12 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from nodes.safety_classifier import BENIGN, ClassifierVerdict
+
+if TYPE_CHECKING:  # numpy is imported on first use: a server that never screens a message does not load it
+    import numpy as np
 
 HEAD_PATH = Path(__file__).resolve().parent / "models" / "guardrail_embedding_head.json.gz"
 
@@ -30,10 +32,14 @@ class EmbeddingHead:
 
     @classmethod
     def load(cls, path: Path = HEAD_PATH) -> EmbeddingHead:
+        import numpy as np
+
         data = json.loads(gzip.decompress(path.read_bytes()))
         return cls(data["classes"], np.asarray(data["weights"], np.float32), np.asarray(data["bias"], np.float32))
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         logits = vectors @ self.weights + self.bias
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
