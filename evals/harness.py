@@ -7,6 +7,7 @@ evals/sets/scorer_pairs.jsonl); the classifier never trained on them. Numbers ar
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import time
@@ -161,7 +162,18 @@ def guardrail_section() -> str:
     out += ["", "### By source", "", "| source | label | split | blocked |", "| --- | --- | --- | --- |"]
     for (source, label, split), values in sorted(by_source.items()):
         out.append(f"| {source} | {label} | {split} | {_rate(sum(values), len(values))} |")
-    out += ["", "### Latency per layer (p50, this machine)", "", "| layer | p50 | messages |", "| --- | --- | --- |"]
+    load = os.getloadavg()
+    out += [
+        "",
+        "### Latency per layer (p50, this machine)",
+        "",
+        f"Load average when this section finished: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) on "
+        f"{os.cpu_count()} cores; other work on the machine slows the embedding layer most (numpy matrix products). "
+        "A rule-blocked message never reaches the later layers, so the first table's p50 is mostly the rules'.",
+        "",
+        "| layer | p50 | messages |",
+        "| --- | --- | --- |",
+    ]
     for name, timings in layer_ms.items():
         out.append(f"| {name} | {_p50(timings)} | {len(timings)} |")
     out += [
