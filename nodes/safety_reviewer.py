@@ -1,7 +1,8 @@
 """safety_reviewer: screens each user message, then approves, rewrites or blocks each reply, in layers.
 
 Layers, cheapest first; a block stops the layers after it:
-rules (nodes/safety_rules.py, always) -> classifier (nodes/safety_classifier.py, offline, a few ms) ->
+rules (nodes/safety_rules.py, always) -> classifier (nodes/safety_classifier.py, n-grams, offline, under a ms) ->
+embedding (nodes/safety_embedding.py, a head over local sentence vectors, offline, user messages only) ->
 moderation (the provider's moderation endpoint, when a key or base URL is configured) -> LLM review (drafts only,
 when configured). Every layer that ran leaves its verdict, score and time in the decision record.
 """
@@ -21,7 +22,8 @@ from pydantic import BaseModel, Field
 from nodes.configuration import Configuration
 from nodes.model_calls import ask_structured, describe_failure, persona_messages
 from nodes.primary_responder import last_user_message
-from nodes.safety_classifier import default_classifier
+from nodes.safety_classifier import ClassifierVerdict, default_classifier
+from nodes.safety_embedding import default_head
 from nodes.safety_rules import RuleDecision, check_user_message, harm_cues, redact_pii, review_draft
 from personas.schema import SafetySettings
 
@@ -145,8 +147,32 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
     return verdict, RuleDecision("block", category, reason, settings.refusal_message, result.category)
 
 
+def embedding_verdict(text: str, settings: SafetySettings) -> tuple[LayerVerdict, RuleDecision | None]:
+    """The embedding layer (input only): block from `embedding.block_threshold`; an error when the model is missing."""
+    start = time.perf_counter()
+    try:
+        result: ClassifierVerdict = default_head().predict(text)
+    except Exception as exc:  # e.g. the model package is not installed: the other layers' decision stands
+        return LayerVerdict("embedding", "input", "error", "ok", None, _ms(start), describe_failure(exc)), None
+    block = result.attack_score >= settings.embedding.block_threshold
+    category = _CLASSIFIER_CATEGORY.get(result.category, "other")
+    verdict = LayerVerdict(
+        "embedding",
+        "input",
+        "block" if block else "pass",
+        category if block else "ok",
+        result.attack_score,
+        _ms(start),
+        f"most likely {result.category}",
+    )
+    if not block:
+        return verdict, None
+    reason = f"the embedding classifier scores this {result.attack_score:.2f} as {result.category}"
+    return verdict, RuleDecision("block", category, reason, settings.refusal_message, result.category)
+
+
 def screen_offline(text: str, settings: SafetySettings, stage: Stage = "input") -> Screening:
-    """Rules, then the classifier (when enabled): the layers that need no network, in a few milliseconds."""
+    """Rules, then the classifier and the embedding layer (when enabled): the layers that need no network."""
     start = time.perf_counter()
     decision = check_user_message(text, settings) if stage == "input" else None
     rules = LayerVerdict(
@@ -158,10 +184,14 @@ def screen_offline(text: str, settings: SafetySettings, stage: Stage = "input") 
         _ms(start),
         decision.reason if decision else None,
     )
-    if decision or not settings.classifier.enabled or (stage == "reply" and not settings.classifier.check_drafts):
-        return Screening(decision, [rules])
-    verdict, decision = classifier_verdict(text, settings, stage)
-    return Screening(decision, [rules, verdict])
+    layers = [rules]
+    if decision is None and settings.classifier.enabled and (stage == "input" or settings.classifier.check_drafts):
+        verdict, decision = classifier_verdict(text, settings, stage)
+        layers.append(verdict)
+    if decision is None and settings.embedding.enabled and stage == "input" and text.strip():
+        verdict, decision = embedding_verdict(text, settings)
+        layers.append(verdict)
+    return Screening(decision, layers)
 
 
 async def moderate(
@@ -202,7 +232,7 @@ def _reviewed_by(layers: list[LayerVerdict]) -> str:
     failed: list[str] = []
     for layer in layers:
         if layer.verdict == "error":
-            name = layer.layer if layer.layer in ("rules", "classifier", "moderation") else "llm review"
+            name = layer.layer if layer.layer in ("rules", "classifier", "embedding", "moderation") else "llm review"
             failed.append(f"{name} failed: {layer.detail}")
         elif layer.layer not in names:
             names.append(layer.layer)

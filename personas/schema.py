@@ -68,6 +68,19 @@ class ClassifierLayerSettings(StrictModel):
     )
 
 
+class EmbeddingLayerSettings(StrictModel):
+    """The safety reviewer's embedding layer: a linear head over local sentence vectors (nodes/safety_embedding.py).
+
+    Runs after the rules and the n-gram classifier, on user messages only. The model loads on the first message a
+    process screens (about 0.3 s, 120 MB of memory); a tenant that does not want that cost sets enabled: false.
+    """
+
+    enabled: bool = True
+    block_threshold: float = Field(
+        0.96, ge=0.0, le=1.0, description="Block when the head's attack probability reaches this (chosen on val)."
+    )
+
+
 class ModerationLayerSettings(StrictModel):
     """The provider's moderation endpoint (openai SDK), used when a key or base URL is configured."""
 
@@ -92,6 +105,7 @@ class SafetySettings(StrictModel):
         True, description="Redact PII in the user's own message before it is stored, titled or summarised."
     )
     classifier: ClassifierLayerSettings = ClassifierLayerSettings()
+    embedding: EmbeddingLayerSettings = EmbeddingLayerSettings()
     moderation: ModerationLayerSettings = ModerationLayerSettings()
     redact_pii: bool = True
     pii_kinds: list[Literal["email", "phone", "card"]] = ["email", "phone", "card"]

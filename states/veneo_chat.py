@@ -22,7 +22,7 @@ class LayerRecord(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    layer: str  # rules | classifier | moderation | llm
+    layer: str  # rules | classifier | embedding | moderation | llm
     stage: Literal["input", "reply"]
     verdict: str  # pass | block | rewrite | error
     category: str = "ok"

@@ -253,7 +253,7 @@ async def test_llm_review_can_block(resolver: AgentTeamResolver, safety: SafetyS
     (decision,) = out["review_decisions"]
     assert {k: decision[k] for k in ("action", "category", "reason")} == review
     # every layer that ran is named, the one that blocked last; its verdict is in the layer record
-    assert decision["reviewed_by"] == f"rules+classifier+{MODEL_LABEL}"
+    assert decision["reviewed_by"] == f"rules+classifier+embedding+{MODEL_LABEL}"
     assert [(x["layer"], x["verdict"]) for x in decision["layers"]][-1] == (MODEL_LABEL, "block")
     assert out["messages"][0].content == safety.refusal_message
     assert out["messages"][0].response_metadata["review_action"] == "block"
@@ -276,7 +276,7 @@ async def test_llm_rewrite_is_used_and_still_redacted(resolver: AgentTeamResolve
         "category": "other",
         "reason": "too blunt",
     }
-    assert decision["reviewed_by"] == f"rules+classifier+{MODEL_LABEL}"
+    assert decision["reviewed_by"] == f"rules+classifier+embedding+{MODEL_LABEL}"
     message = out["messages"][0]
     assert message.content == ("Happy to help! Our manager can be reached at [email removed] or support@veneo.example.")
     assert message.response_metadata["review_action"] == "rewrite"
@@ -290,7 +290,7 @@ async def test_llm_approval_keeps_the_draft(resolver: AgentTeamResolver) -> None
 
     (decision,) = out["review_decisions"]
     assert (decision["action"], decision["category"]) == ("approve", "ok")
-    assert decision["reviewed_by"] == f"rules+classifier+{MODEL_LABEL}"
+    assert decision["reviewed_by"] == f"rules+classifier+embedding+{MODEL_LABEL}"
     assert out["messages"][0].content == SHIPPING_ANSWER
     assert out["messages"][0].response_metadata["review_action"] == "approve"
 
@@ -314,7 +314,7 @@ async def test_llm_review_with_invalid_output_leaves_the_rule_decision(resolver:
 
     (decision,) = out["review_decisions"]
     assert (decision["action"], decision["category"]) == ("approve", "ok")
-    assert decision["reviewed_by"].startswith("rules+classifier (llm review failed")
+    assert decision["reviewed_by"].startswith("rules+classifier+embedding (llm review failed")
     assert out["messages"][0].content == SHIPPING_ANSWER
 
 
@@ -334,7 +334,7 @@ async def test_decisions_are_recorded_turn_by_turn(resolver: AgentTeamResolver) 
     ]
     assert all(d["reason"] for d in decisions)
     # offline: no LLM review; the rule block on the second turn stops the layers after it
-    assert [d["reviewed_by"] for d in decisions] == ["rules+classifier", "rules"]
+    assert [d["reviewed_by"] for d in decisions] == ["rules+classifier+embedding", "rules"]
 
 
 # ------------------------------------------------------------------------------------------------ chat summarizer
