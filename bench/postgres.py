@@ -41,3 +41,18 @@ def scratch_database(prefix: str = "tg_bench") -> Iterator[str | None]:
         with contextlib.suppress(psycopg.Error):
             admin.execute(f"drop database if exists {name} with (force)")
         admin.close()
+
+
+@contextlib.contextmanager
+def scratch_schema(url: str, prefix: str) -> Iterator[str]:
+    """A URL whose connections use a fresh schema `<prefix>_<random>` of `url`'s database (dropped on exit)."""
+    import psycopg
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True, connect_timeout=3) as admin:
+        admin.execute(f"create schema {schema}")
+        sep = "&" if "?" in url else "?"
+        try:
+            yield f"{url}{sep}options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f"drop schema {schema} cascade")

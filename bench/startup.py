@@ -24,13 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.postgres import scratch_schema
 from bench.procs import BIN, REPO, ServerProcess, clean_env, stop_all
 
 GOAL_CLI_S = 1.0
@@ -130,19 +129,9 @@ def postgres_unreachable(url: str) -> str | None:
         return f"{url.split('@')[-1]} does not answer ({type(exc).__name__})"
 
 
-@contextlib.contextmanager
-def postgres_schema(url: str) -> Iterator[str]:
+def postgres_schema(url: str) -> contextlib.AbstractContextManager[str]:
     """A URL whose connections use a fresh schema of the test database (dropped on exit)."""
-    import psycopg
-
-    schema = f"bench_startup_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(url, autocommit=True, connect_timeout=3) as admin:
-        admin.execute(f"create schema {schema}")
-        sep = "&" if "?" in url else "?"
-        try:
-            yield f"{url}{sep}options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f"drop schema {schema} cascade")
+    return scratch_schema(url, "bench_startup")
 
 
 def log_serve(db: str, d: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.fake_model import BenchFactory
+from bench.postgres import scratch_schema
 from checkpoints.retention import stored_bytes
 from graphs.registry import graph_builder
 from personas.schema import RetentionSettings
@@ -46,20 +47,9 @@ def question(i: int) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": f"Where is my order {i}? It was due two days ago."}]}
 
 
-@contextlib.contextmanager
-def postgres_schema(url: str) -> Any:
-    import uuid
-
-    import psycopg
-
-    schema = f"bench_storage_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(f"create schema {schema}")
-        sep = "&" if "?" in url else "?"
-        try:
-            yield f"{url}{sep}options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f"drop schema {schema} cascade")
+def postgres_schema(url: str) -> contextlib.AbstractContextManager[str]:
+    """A URL whose connections use a fresh schema of the test database (dropped on exit)."""
+    return scratch_schema(url, "bench_storage")
 
 
 @contextlib.asynccontextmanager

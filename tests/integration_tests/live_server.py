@@ -39,6 +39,17 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def chat_turn(server: LiveServer, thread_id: str, text: str, key: str = VENEO_KEY) -> httpx.Response:
+    """One veneo_chat turn through `/invoke` on a live server."""
+    return httpx.post(
+        server.url + "/teams/veneo_chat/invoke",
+        headers=auth(key),
+        json={"input": {"messages": [{"type": "human", "content": text}]},
+              "config": {"configurable": {"thread_id": thread_id}}},
+        timeout=30,
+    )  # fmt: skip
+
+
 class LiveServer:
     """`teamgraph serve --host 127.0.0.1 --port N` as a subprocess on a SQLite checkpoint file."""
 

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
-from tests.integration_tests.live_server import LiveServer
+from tests.integration_tests.live_server import LiveServer, chat_turn
 from tests.integration_tests.tcp_proxy import TcpProxy
 
 VENEO = {"Authorization": "Bearer tg-veneo-key"}
@@ -167,16 +167,6 @@ def _run(*args: str) -> bool:
     return subprocess.run(args, capture_output=True).returncode == 0
 
 
-def turn_live(server: LiveServer, thread_id: str, text: str) -> httpx.Response:
-    return httpx.post(
-        server.url + "/teams/veneo_chat/invoke",
-        headers=VENEO,
-        json={"input": {"messages": [{"type": "human", "content": text}]},
-              "config": {"configurable": {"thread_id": thread_id}}},
-        timeout=30,
-    )  # fmt: skip
-
-
 def assert_write_refused(r: httpx.Response) -> None:
     """A write that cannot be stored: 503 with the error shape and Retry-After (the audit log shares the file,
     so which of the two stores noticed first decides the code)."""
@@ -212,7 +202,7 @@ def test_a_full_disk_answers_503_readyz_says_so_and_service_resumes_when_space_i
         assert server.process is not None
         inside = Path(f"/proc/{server.process.pid}/root") / str(data).lstrip("/")
         assert (inside / "tg.db").is_file() and not (data / "tg.db").exists()  # on the server's tmpfs only
-        assert turn_live(server, "disk-1", "How long does shipping take?").status_code == 200
+        assert chat_turn(server, "disk-1", "How long does shipping take?").status_code == 200
 
         filler = inside / "filler"
         with filler.open("wb") as out, contextlib.suppress(OSError):  # take every free byte
@@ -220,7 +210,7 @@ def test_a_full_disk_answers_503_readyz_says_so_and_service_resumes_when_space_i
                 out.write(b"\0" * (1 << 20))
                 out.flush()
         assert_write_refused(httpx.post(server.url + "/sessions", headers=VENEO, json={}, timeout=30))
-        assert_write_refused(turn_live(server, "disk-1", "Do you ship abroad?"))
+        assert_write_refused(chat_turn(server, "disk-1", "Do you ship abroad?"))
         ready = httpx.get(server.url + "/readyz", timeout=10)
         assert ready.status_code == 503, ready.text
         assert ready.json()["checks"]["data_dir_write"].startswith("error"), ready.json()
@@ -228,7 +218,7 @@ def test_a_full_disk_answers_503_readyz_says_so_and_service_resumes_when_space_i
         filler.unlink()  # space again: no restart
         assert wait_ready_live(server).status_code == 200
         assert httpx.post(server.url + "/sessions", headers=VENEO, json={}, timeout=30).status_code == 201
-        assert turn_live(server, "disk-1", "And returns?").status_code == 200
+        assert chat_turn(server, "disk-1", "And returns?").status_code == 200
         transcript = httpx.get(server.url + "/sessions/disk-1", headers=VENEO, timeout=30).json()["transcript"]
         said = [m["content"] for m in transcript if m["role"] == "user"]
         assert said == ["How long does shipping take?", "And returns?"]  # the refused turn left nothing
@@ -238,14 +228,14 @@ def test_a_read_only_data_directory_answers_503_and_readyz_says_so(tmp_path: Pat
     data = tmp_path / "data"
     data.mkdir()
     with LiveServer(tmp_path / "work", db=data / "tg.db") as server:
-        assert turn_live(server, "ro-1", "How long does shipping take?").status_code == 200
+        assert chat_turn(server, "ro-1", "How long does shipping take?").status_code == 200
         # not the -shm file: SQLite maps it into memory, and a write to a mapped immutable file is a SIGBUS
         frozen = [data, *(p for p in data.iterdir() if p.is_file() and not p.name.endswith("-shm"))]
         if not _run("chattr", "+i", *map(str, frozen)):
             _cannot_run("needs root on a file system with immutable files (chattr +i)")
         try:
             assert_write_refused(httpx.post(server.url + "/sessions", headers=VENEO, json={}, timeout=30))
-            assert_write_refused(turn_live(server, "ro-1", "Do you ship abroad?"))
+            assert_write_refused(chat_turn(server, "ro-1", "Do you ship abroad?"))
             ready = httpx.get(server.url + "/readyz", timeout=10)
             assert ready.status_code == 503, ready.text
             checks = ready.json()["checks"]
@@ -253,4 +243,4 @@ def test_a_read_only_data_directory_answers_503_and_readyz_says_so(tmp_path: Pat
         finally:
             _run("chattr", "-i", *map(str, frozen))
         assert wait_ready_live(server).status_code == 200
-        assert turn_live(server, "ro-1", "And returns?").status_code == 200
+        assert chat_turn(server, "ro-1", "And returns?").status_code == 200

@@ -22,21 +22,11 @@ import httpx
 import pytest
 
 from tests.conftest import POSTGRES_URL, fresh_postgres_schema
-from tests.integration_tests.live_server import LiveServer
+from tests.integration_tests.live_server import LiveServer, chat_turn
 
 VENEO = {"Authorization": "Bearer tg-veneo-key"}
 DEMO_ADMIN_KEY = f"tg-demo-admin-{uuid.uuid4().hex}"
 ENV = {"TEAMGRAPH_LOG_FORMAT": "json", "TEAMGRAPH_DEMO_ADMIN_KEY": DEMO_ADMIN_KEY}
-
-
-def turn(server: LiveServer, thread_id: str, text: str) -> httpx.Response:
-    return httpx.post(
-        server.url + "/teams/veneo_chat/invoke",
-        headers=VENEO,
-        json={"input": {"messages": [{"type": "human", "content": text}]},
-              "config": {"configurable": {"thread_id": thread_id}}},
-        timeout=30,
-    )  # fmt: skip
 
 
 def until(check: Any, within_s: float = 20.0) -> Any:
@@ -67,8 +57,8 @@ def works_again(server: LiveServer, old_id: str) -> None:
     """After the repair: /readyz 200, a new session and a second turn on it work, the lost session is a 404."""
     assert until(lambda: ready(server)), httpx.get(server.url + "/readyz", timeout=10).text
     new_id = f"after-{uuid.uuid4().hex[:8]}"
-    assert turn(server, new_id, "Hello again").status_code == 200
-    r = turn(server, new_id, "And once more")
+    assert chat_turn(server, new_id, "Hello again").status_code == 200
+    r = chat_turn(server, new_id, "And once more")
     assert r.status_code == 200, r.text
     session = httpx.get(f"{server.url}/sessions/{new_id}", headers=VENEO, timeout=10)
     assert session.status_code == 200, session.text
@@ -113,11 +103,11 @@ def test_a_postgres_database_dropped_and_created_again_is_set_up_again_without_a
         LiveServer(tmp_path, env={**ENV, "TEAMGRAPH_CHECKPOINT_URL": url}) as server,
     ):
         old_id = f"before-{uuid.uuid4().hex[:8]}"
-        assert turn(server, old_id, "Hello").status_code == 200
+        assert chat_turn(server, old_id, "Hello").status_code == 200
         with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f"drop database {name} with (force)")  # ends the server's connections too
             admin.execute(f"create database {name}")
-        r = turn(server, old_id, "Still there?")
+        r = chat_turn(server, old_id, "Still there?")
         assert r.status_code == 503, r.text  # the request that met the empty database: a clear 503, not a 500
         assert r.json()["error"]["code"] == "storage_unavailable"
         works_again(server, old_id)
@@ -142,7 +132,7 @@ def test_a_postgres_schema_dropped_and_created_again_is_repaired_by_readyz(tmp_p
         env = {**ENV, "TEAMGRAPH_CHECKPOINT_URL": url}
         with LiveServer(tmp_path, env=env) as server:
             old_id = f"before-{uuid.uuid4().hex[:8]}"
-            assert turn(server, old_id, "Hello").status_code == 200
+            assert chat_turn(server, old_id, "Hello").status_code == 200
             with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
                 if which == "schema":
                     admin.execute(f"drop schema {schema} cascade")
@@ -173,7 +163,7 @@ def test_sqlite_tables_dropped_under_the_server_are_created_again(tmp_path: Path
     """`data_tables_only`: the tables of migration versions stay and say the dropped tables exist."""
     with LiveServer(tmp_path, env=ENV) as server:
         old_id = f"before-{uuid.uuid4().hex[:8]}"
-        assert turn(server, old_id, "Hello").status_code == 200
+        assert chat_turn(server, old_id, "Hello").status_code == 200
         tables = sqlite_tables(server.db)
         assert {"sessions", "checkpoints", "store", "audit_events"} | VERSION_TABLES <= tables
         kept = {"sqlite_sequence"} | (VERSION_TABLES if which == "data_tables_only" else set())
@@ -196,7 +186,7 @@ def test_a_deleted_sqlite_file_is_recreated_and_new_turns_land_in_it(tmp_path: P
     be stored in it and lost at the next restart): the server notices, recreates the file, and says so."""
     with LiveServer(tmp_path, env=ENV) as server:
         old_id = f"before-{uuid.uuid4().hex[:8]}"
-        assert turn(server, old_id, "Hello").status_code == 200
+        assert chat_turn(server, old_id, "Hello").status_code == 200
         server.db.unlink()
         if delete == "file_and_wal":
             for suffix in ("-wal", "-shm"):
@@ -218,7 +208,7 @@ def test_with_several_workers_a_deleted_sqlite_file_restarts_the_workers_on_a_ne
     exits (saying why) and uvicorn starts a fresh one, which opens a new file."""
     with LiveServer(tmp_path, env=ENV, workers=2, startup_timeout=60) as server:
         old_id = f"before-{uuid.uuid4().hex[:8]}"
-        assert turn(server, old_id, "Hello").status_code == 200
+        assert chat_turn(server, old_id, "Hello").status_code == 200
         server.db.unlink()
         assert until(lambda: server.db.exists(), within_s=60), server.stdout[-3000:]
         works_again(server, old_id)
