@@ -215,17 +215,23 @@ def test_a_missing_model_is_an_error_in_the_record_not_a_crash(
     assert layer.detail is not None and "teamgraph_no_such_model_package" in layer.detail
 
 
-@pytest.mark.parametrize("override", ["{block_threshold: 0.5}", "{enabled: false}"])
-def test_a_tenant_turns_the_embedding_layer_off_or_moves_its_threshold(tmp_path: Path, override: str) -> None:
+def veneo_bundle_with_safety(tmp_path: Path, safety_yaml: str) -> Path:
+    """A copy of the shipped bundles where the veneo tenant overrides its safety reviewer's `safety` with
+    `safety_yaml` (YAML lines indented under `safety:`)."""
     root = tmp_path / "personas"
     for kind in ("agents", "teams", "tenants", "knowledge"):
         shutil.copytree(DEFAULT_BUNDLE_DIR / kind, root / kind)
     tenant = root / "tenants" / "veneo.yaml"
     text = tenant.read_text(encoding="utf-8").replace(
-        "overrides:\n  agents:\n",
-        f"overrides:\n  agents:\n    safety_reviewer:\n      safety:\n        embedding: {override}\n",
+        "overrides:\n  agents:\n", "overrides:\n  agents:\n    safety_reviewer:\n      safety:\n" + safety_yaml
     )
     tenant.write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("override", ["{block_threshold: 0.5}", "{enabled: false}"])
+def test_a_tenant_turns_the_embedding_layer_off_or_moves_its_threshold(tmp_path: Path, override: str) -> None:
+    root = veneo_bundle_with_safety(tmp_path, f"        embedding: {override}\n")
 
     safety = AgentTeamResolver(load_bundles(root)).resolve("veneo", "veneo_chat").persona("safety_reviewer").safety
     screening = screen_offline(HELDOUT_ATTACK, safety)
@@ -379,16 +385,9 @@ async def test_tenants_choose_the_layers(resolver: AgentTeamResolver, fake_opena
 
 
 def test_a_tenant_sets_thresholds_and_layers_in_its_bundle(tmp_path: Path) -> None:
-    root = tmp_path / "personas"
-    for kind in ("agents", "teams", "tenants", "knowledge"):
-        shutil.copytree(DEFAULT_BUNDLE_DIR / kind, root / kind)
-    tenant = root / "tenants" / "veneo.yaml"
-    text = tenant.read_text(encoding="utf-8").replace(
-        "overrides:\n  agents:\n",
-        "overrides:\n  agents:\n    safety_reviewer:\n      safety:\n"
-        "        classifier: {block_threshold: 0.99}\n        moderation: {enabled: false}\n",
+    root = veneo_bundle_with_safety(
+        tmp_path, "        classifier: {block_threshold: 0.99}\n        moderation: {enabled: false}\n"
     )
-    tenant.write_text(text, encoding="utf-8")
 
     safety = AgentTeamResolver(load_bundles(root)).resolve("veneo", "veneo_chat").persona("safety_reviewer").safety
 
