@@ -164,7 +164,13 @@ async def _sqlite(url: str, recreate_deleted_file: bool = True) -> AsyncIterator
                 checkpointer.conn, store.conn = await connect(), await connect()
                 identity = file_identity(path)
 
-        repair = StorageRepair("sqlite", setup, file_replaced, reopen if recreate_deleted_file else exit_for_restart)
+        repair = StorageRepair(
+            "sqlite",
+            setup,
+            file_replaced,
+            reopen if recreate_deleted_file else exit_for_restart,
+            restarts_worker=not recreate_deleted_file,
+        )
         watcher = asyncio.create_task(repair.watch())
         try:
             yield Persistence(url, checkpointer, store, sessions, audit, data_dir=path.parent, repair=repair)

@@ -12,6 +12,12 @@ answering 503 until someone restarts the server:
 - /readyz runs the same repair when one of its probes fails that way, and a SQLite file that was deleted or
   replaced is noticed within a second by a watcher task (and by /readyz): its connections are reopened on a
   new, empty file at the same path.
+- the watcher alone leaves a window of up to a second in which a request would read or write the deleted file
+  (a turn answered 200 there is lost). So every request that uses storage first compares the file at the path
+  with the one it holds (`before_request`: one stat), and a turn compares again before it is acknowledged
+  (`after_turn`): a turn that ran while the file was deleted answers 503, not 200. With several workers on the
+  file, a worker that finds its file gone answers 503 storage_unavailable and exits right after (its supervisor
+  starts a fresh one on the new file): no worker serves from a deleted file while a sibling serves the new one.
 
 Each repair logs one `storage_repaired` warning line naming what was recreated. When the audit tables had to be
 recreated, every tenant's audit chain restarts from its genesis: the first entry of the new chain is an
@@ -32,9 +38,11 @@ from pathlib import Path
 
 import structlog
 
+from checkpoints.storage import StorageUnavailable
+
 log = structlog.get_logger("teamgraph.storage")
 
-WATCH_INTERVAL_S = 1.0
+WATCH_INTERVAL_S = float(os.environ.get("TEAMGRAPH_STORAGE_WATCH_S", "1.0"))  # tests set it high
 EXIT_FOR_RESTART = 75  # EX_TEMPFAIL: a worker that exits for its supervisor to start a fresh one
 
 
@@ -82,6 +90,8 @@ class StorageRepair:
     setup: Callable[[], Awaitable[Recreated]]
     file_replaced: Callable[[], bool] = lambda: False
     reopen: Callable[[], Awaitable[None]] | None = None
+    # one of several workers on the file: it exits (and is restarted) instead of reopening in place
+    restarts_worker: bool = False
     # tenants whose audit chain gets an `audit_restarted` entry when the audit tables were recreated
     on_audit_restarted: Callable[[str], Awaitable[None]] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -98,6 +108,21 @@ class StorageRepair:
         if self.reopen is not None and self.file_replaced():
             return await self.repair("the database file was deleted or replaced while the server ran")
         return False
+
+    async def before_request(self) -> None:
+        """SQLite: a request never reads or writes a deleted file. In place (one worker) the file is reopened
+        first; a worker among several answers 503 (StorageUnavailable) and exits once the answer is out."""
+        if self.reopen is None or not self.file_replaced():
+            return
+        if self.restarts_worker:
+            asyncio.get_running_loop().call_later(0.2, exit_now)
+            raise StorageUnavailable(FILE_DELETED)
+        await self.repair("the database file was deleted or replaced while the server ran")
+
+    def after_turn(self) -> None:
+        """SQLite: a turn that ran while its file was deleted was stored there and is lost: not a 200."""
+        if self.reopen is not None and self.file_replaced():
+            raise StorageUnavailable(FILE_DELETED + "; the turn was not stored, send it again")
 
     async def repair(self, cause: str) -> bool:
         noticed = time.monotonic()
@@ -138,11 +163,18 @@ class StorageRepair:
                 log.warning("storage_repair_failed", backend=self.backend, error=_first_line(exc))
 
 
+FILE_DELETED = "the database file was deleted while the server ran; a new one is being opened"
+
+
 async def exit_for_restart() -> None:
     """The `reopen` of one worker among several on a SQLite file that was deleted: a worker cannot tell when its
     siblings have let go of the old file (one that closes its connections after a new file exists would delete
     the new file's -wal by name), so each worker exits at once without closing anything, and uvicorn's
     supervisor starts a fresh one, which opens a new file at the path (removing the old -wal/-shm first)."""
+    exit_now()
+
+
+def exit_now() -> None:
     log.error(
         "storage_file_deleted",
         message="the database file was deleted while the server ran: this worker exits and a new one starts on a "

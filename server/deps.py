@@ -17,6 +17,7 @@ from server.settings import Settings
 
 async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
+    await engine.check_storage()
     return engine
 
 

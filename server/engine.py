@@ -335,6 +335,17 @@ class Engine:
     ) -> None:
         await asyncio.to_thread(self.record, tenant, actor, event_type, session, payload)
 
+    async def check_storage(self) -> None:
+        """Before a request uses storage: never on a SQLite file deleted under the server (see
+        checkpoints/self_repair.py); one stat, nothing for Postgres."""
+        if self.persistence.repair is not None:
+            await self.persistence.repair.before_request()
+
+    def check_turn_stored(self) -> None:
+        """Before a turn is acknowledged: StorageUnavailable when its SQLite file was deleted while it ran."""
+        if self.persistence.repair is not None:
+            self.persistence.repair.after_turn()
+
     async def repair_storage(self, exc: BaseException) -> bool:
         """After a storage fault: recreate tables the database lost while the server ran (see
         checkpoints/self_repair.py); True when it repaired. A failed repair is logged; the next fault retries."""

@@ -145,6 +145,7 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                 # modifier did this when it took the lease (a state read per turn: not twice)
                 await self.engine.upgrade_session(session)
             yield
+            self.engine.check_turn_stored()  # a turn stored in a deleted SQLite file is not acknowledged
 
     def _touch_with_closing_audit(
         self, config: RunnableConfig | None, thread_id: str, input: Any
@@ -441,6 +442,7 @@ def make_config_modifier(team: str):
         own the thread, and build the run config."""
         engine: Engine = request.app.state.engine
         caller: Caller = authenticate(request)
+        await engine.check_storage()
         state = request.scope.setdefault("state", {})
         if PARSED_BODY in state:  # parsed (off the event loop when large) and checked by the RequestGuard
             body = state[PARSED_BODY]

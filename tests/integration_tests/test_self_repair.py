@@ -40,7 +40,10 @@ def until(check: Any, within_s: float = 20.0) -> Any:
 
 
 def ready(server: LiveServer) -> bool:
-    return httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+    try:
+        return httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+    except httpx.TransportError:  # a worker that exits to be replaced may drop the connection
+        return False
 
 
 def repair_lines(server: LiveServer) -> list[dict[str, Any]]:
@@ -203,19 +206,88 @@ def test_a_deleted_sqlite_file_is_recreated_and_new_turns_land_in_it(tmp_path: P
             assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
 
 
+# the watcher that checks the file every second is slowed to a crawl: what is left is the request path's own check
+NO_WATCHER = {**ENV, "TEAMGRAPH_STORAGE_WATCH_S": "600"}
+
+
+def turns_until_stored(server: LiveServer, within_s: float = 60.0) -> list[str]:
+    """Send turns on new sessions until three in a row are acknowledged; the ids answered 200. A worker that finds
+    its file gone answers 503 or drops the connection (neither is an acknowledgement)."""
+    acknowledged: list[str] = []
+    in_a_row = 0
+    deadline = time.monotonic() + within_s
+    while in_a_row < 3 and time.monotonic() < deadline:
+        thread_id = f"after-{uuid.uuid4().hex[:8]}"
+        try:
+            status = chat_turn(server, thread_id, "Hello again").status_code
+        except httpx.TransportError:
+            status = 0
+        if status == 200:
+            acknowledged.append(thread_id)
+            in_a_row += 1
+        else:
+            assert status in (0, 503), status
+            in_a_row = 0
+            time.sleep(0.2)
+    assert in_a_row == 3, server.stdout[-3000:]
+    return acknowledged
+
+
+def stored_sessions(server: LiveServer) -> set[str]:
+    with contextlib.closing(sqlite3.connect(server.db)) as conn:
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        return {row[0] for row in conn.execute("select client_id from sessions where tenant = 'veneo'")}
+
+
+def test_a_request_right_after_the_file_is_deleted_lands_in_a_new_file(tmp_path: Path) -> None:
+    """No waiting for the watcher: the first request after the deletion reopens on a new file, and its turn is
+    stored there."""
+    with LiveServer(tmp_path, env=NO_WATCHER) as server:
+        assert chat_turn(server, "before-1", "Hello").status_code == 200
+        server.db.unlink()
+        acknowledged = turns_until_stored(server, within_s=30)
+        assert len(acknowledged) == 3  # not one refused: the single worker reopens in place
+        assert set(acknowledged) <= stored_sessions(server)
+        works_again(server, "before-1")
+
+
 def test_with_several_workers_a_deleted_sqlite_file_restarts_the_workers_on_a_new_file(tmp_path: Path) -> None:
     """A worker cannot know when its siblings let go of the deleted file, so none recreates it in place: each
-    exits (saying why) and uvicorn starts a fresh one, which opens a new file."""
-    with LiveServer(tmp_path, env=ENV, workers=2, startup_timeout=60) as server:
+    exits (saying why) and uvicorn starts a fresh one, which opens a new file. Until it has, a worker still on the
+    deleted file acknowledges nothing: every turn answered 200 is in the new file (this raced before)."""
+    with LiveServer(tmp_path, env=NO_WATCHER, workers=2, startup_timeout=60) as server:
         old_id = f"before-{uuid.uuid4().hex[:8]}"
         assert chat_turn(server, old_id, "Hello").status_code == 200
         server.db.unlink()
-        assert until(lambda: server.db.exists(), within_s=60), server.stdout[-3000:]
-        works_again(server, old_id)
+        acknowledged = turns_until_stored(server)
+        # both workers have met the deleted file (by a request: the watcher sleeps) and been replaced
+        replaced = lambda: ready(server) and server.stdout.count("storage_file_deleted") >= 2  # noqa: E731
+        assert until(replaced, within_s=60), server.stdout[-3000:]
+        acknowledged += turns_until_stored(server)
+        stored = stored_sessions(server)
+        assert set(acknowledged) <= stored and old_id not in stored, (acknowledged, stored)
+        for thread_id in acknowledged:
+            r = httpx.get(f"{server.url}/sessions/{thread_id}", headers=VENEO, timeout=10)
+            assert r.status_code == 200, r.text
         exits = [line for line in server.stdout.splitlines() if "storage_file_deleted" in line]
         assert len(exits) == 2, server.stdout[-3000:]  # each worker said why it left
-        with contextlib.closing(sqlite3.connect(server.db)) as conn:
-            stored = {row[0] for row in conn.execute("select client_id from sessions where tenant = 'veneo'")}
-            assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
-        assert any(s.startswith("after-") for s in stored) and old_id not in stored, stored
         assert server.process is not None and server.process.poll() is None  # the server itself never stopped
+
+
+async def test_a_turn_that_ran_while_its_file_was_deleted_is_not_acknowledged(tmp_path: Path) -> None:
+    """The check before a turn is acknowledged: a deletion during the turn makes it a 503, not a 200 for a turn
+    stored in the deleted file; the next request's check moves to a new file and the turn after it stands."""
+    from checkpoints.factory import build_persistence
+    from checkpoints.storage import StorageUnavailable
+
+    db = tmp_path / "tg.db"
+    async with build_persistence(f"sqlite:///{db}") as persistence:
+        repair = persistence.repair
+        assert repair is not None
+        repair.after_turn()  # the file is the one held: nothing to say
+        db.unlink()
+        with pytest.raises(StorageUnavailable, match="not stored, send it again"):
+            repair.after_turn()
+        await repair.before_request()
+        assert db.exists()
+        repair.after_turn()
