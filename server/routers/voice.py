@@ -146,7 +146,7 @@ async def realtime_session(
     browser, the session config it carries, and where to connect. The server's provider key never leaves it."""
     record = await engine.aget_session(caller.tenant, session_id)
     with _voice_errors():
-        return await voice.realtime(engine, record, body.voice if body else None)
+        return await voice.realtime(engine, record, body.voice if body else None, caller.key_id)
 
 
 @router.post("/sessions/{session_id}/transcripts", response_model=TranscriptResult, tags=["sessions"])

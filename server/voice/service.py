@@ -139,18 +139,24 @@ class VoiceService:
 
     # ---- realtime ---------------------------------------------------------------------------------------------
 
-    async def realtime(self, engine: Engine, session: SessionRecord, voice_id: str | None = None) -> dict[str, Any]:
+    async def realtime(
+        self, engine: Engine, session: SessionRecord, voice_id: str | None = None, actor: str = "api"
+    ) -> dict[str, Any]:
         """An ephemeral client secret for the session's realtime conversation, with its expiry and the session
-        config it carries. The server's key stays here; nothing about the session is stored."""
+        config it carries. The server's key stays here; nothing about the session is stored, and the audit log
+        says who was given a secret for which session (`voice_session_started`; never the secret itself)."""
         run, voice = self.team_voice(session.tenant, session.team)
         entry = self.choose(voice, voice_id)
         provider = require_provider(self.settings, voice.persona)
         state = await engine.state(session)
         config = compose_realtime_session(voice, run, state, entry)
         secret = await provider.client_secret(config, voice.settings.secret_ttl_s)
+        expires_at = datetime.fromtimestamp(secret.expires_at, UTC)
+        granted = {"voice": entry.id, "model": voice.settings.realtime_model, "expires_at": expires_at.isoformat()}
+        await engine.arecord(session.tenant, actor, "voice_session_started", session.id, granted)
         return {
             "client_secret": secret.value,
-            "expires_at": datetime.fromtimestamp(secret.expires_at, UTC),
+            "expires_at": expires_at,
             "voice": entry.id,
             "session": config,
             "webrtc_url": f"{provider.config.endpoint}/realtime/calls",

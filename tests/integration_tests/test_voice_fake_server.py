@@ -4,6 +4,7 @@ the same SDK client production uses, no mocking of the transport."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +98,15 @@ def test_preview_and_realtime_over_http(tmp_path: Path, fake_openai: FakeOpenAIS
         assert body["client_secret"].startswith("ek_") and KEY not in r.text
         assert datetime.fromisoformat(body["expires_at"]) > datetime.now(UTC)
         assert body["webrtc_url"] == f"{fake_openai.base_url}/realtime/calls"
+        # who was given a secret for which session is audited, the secret itself is not
+        audit = client.app.state.engine.audit  # type: ignore[attr-defined]
+        (started,) = audit.query("demo", session=sid, event_type="voice_session_started")
+        assert started.actor != "api" and started.payload == {
+            "voice": "verse",
+            "model": body["session"]["model"],
+            "expires_at": body["expires_at"].replace("Z", "+00:00"),
+        }
+        assert body["client_secret"] not in json.dumps(started.payload)
 
         # a rate-limited provider: the SDK retries once, then the client gets 503 with a retry hint
         fake_openai.enqueue_voice(Error(429, retry_after=0.01), Error(429, retry_after=0.01))
