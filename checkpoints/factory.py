@@ -23,6 +23,7 @@ from checkpoints.storage import (
     DEFAULT_STATEMENT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     StorageUnavailable,
+    acheck_pooled,
     pg_connect_kwargs,
     statement_timeout_sql,
 )
@@ -238,8 +239,8 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
         timeout=timeout_s,  # a turn waits this long for a connection, then answers 503 (not psycopg's 30 s)
         configure=configure,
         # a connection the database dropped (restart, outage) is replaced before use, so service resumes by
-        # itself once the database is back
-        check=AsyncConnectionPool.check_connection,
+        # itself once the database is back (a poll of its socket tells, see went_away)
+        check=acheck_pooled,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
     )
     await pool.open(wait=True, timeout=timeout_s * 3)

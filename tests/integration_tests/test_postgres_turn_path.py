@@ -172,3 +172,55 @@ async def test_turns_queued_behind_a_failing_connect_fail_with_it_instead_of_eac
 
 def _slot(thread_id: str) -> int:
     return int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True) % LOCK_CONNECTIONS
+
+
+def _terminate(url: str, pids: list[int]) -> None:
+    with psycopg.connect(url, autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("select pg_terminate_backend(%s, 5000)", [pid])
+
+
+def test_a_pooled_connection_is_checked_by_its_socket_and_a_terminated_one_is_replaced(url: str) -> None:
+    """The pools' check costs no round trip on a healthy connection (its socket has nothing to read), and still
+    catches one whose backend went away while it sat in the pool: the next use gets a new connection."""
+    from checkpoints.session_index import PostgresSessionIndex
+    from checkpoints.storage import went_away
+
+    index = PostgresSessionIndex(url)
+    try:
+        index.create("t1", "veneo", "veneo_chat")
+        with index.pool.connection() as conn:
+            pid = conn.info.backend_pid
+            assert not went_away(conn)
+        _terminate(url, [pid])
+        with index.pool.connection() as conn:
+            assert conn.info.backend_pid != pid  # the dead one was noticed and replaced before use
+        record = index.get("t1")
+        assert record is not None and record.team == "veneo_chat"
+    finally:
+        index.close()
+
+
+def test_went_away_notices_a_terminated_backend_without_asking_it(url: str) -> None:
+    from checkpoints.storage import went_away
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert not went_away(conn)
+        _terminate(url, [conn.info.backend_pid])
+        assert went_away(conn)  # its FATAL message and the closed socket are there to read
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+
+
+async def test_the_checkpointer_pool_replaces_connections_whose_backends_were_terminated(url: str) -> None:
+    from checkpoints.factory import build_persistence
+
+    config = {"configurable": {"thread_id": "t1", "checkpoint_ns": ""}}
+    async with build_persistence(url) as persistence:
+        pool = persistence.checkpointer.conn
+        async with pool.connection() as conn:  # type: ignore[union-attr]
+            pids = [conn.info.backend_pid]
+        _terminate(url, pids)
+        assert await persistence.checkpointer.aget_tuple(config) is None  # answered on a new connection
+        async with pool.connection() as conn:  # type: ignore[union-attr]
+            assert conn.info.backend_pid not in pids
