@@ -7,6 +7,7 @@ pruned entry's position and hash) so the remaining chain still verifies.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -148,6 +149,7 @@ def verify_chain(tenant: str, entries: Iterator[AuditEntry], anchor: tuple[int, 
 
 class AuditLog(Protocol):
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]: ...
+    def deferring_sync(self) -> contextlib.AbstractContextManager[None]: ...
     def replace_payloads(self, tenant: str, payloads: dict[int, dict[str, Any]]) -> None: ...
     def query(
         self,
@@ -259,6 +261,10 @@ class SqliteAuditLog:
                 heads[tenant] = (row["seq"], row["hash"])
         return heads
 
+    def deferring_sync(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to defer: the file is in WAL mode with synchronous=NORMAL, no commit waits for the disk."""
+        return contextlib.nullcontext()
+
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:
             return []
@@ -358,6 +364,7 @@ class PostgresAuditLog:
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
+        self._deferred = threading.local()
         self.pool: Any = ConnectionPool(
             url,
             min_size=1,
@@ -380,6 +387,19 @@ class PostgresAuditLog:
             upgrade_postgres(conn, "audit", repair=True)
         return bool(row and row["missing"])
 
+    @contextlib.contextmanager
+    def deferring_sync(self) -> Iterator[None]:
+        """Appends in this block (in this thread) commit without waiting for the WAL flush, for a caller that
+        makes a durable commit on this database before it acknowledges anything (a turn: its checkpoint and its
+        closing entries). Postgres flushes the WAL in order, so that later commit's flush puts these entries
+        on disk too; until then a crash of the database could lose them, and only them and what came after
+        (the chain stays verifiable: what is lost is its tail)."""
+        self._deferred.on = True
+        try:
+            yield
+        finally:
+            self._deferred.on = False
+
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:
             return []
@@ -390,6 +410,8 @@ class PostgresAuditLog:
             # statement still runs after the one before it has finished, so a head is read after its tenant's
             # lock is held (and, in read committed, sees every append committed before)
             with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+                if getattr(self._deferred, "on", False):
+                    conn.execute("set local synchronous_commit = off")  # see deferring_sync
                 pending = []
                 for tenant in sorted({e.tenant for e in events}):
                     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])

@@ -224,3 +224,42 @@ async def test_the_checkpointer_pool_replaces_connections_whose_backends_were_te
         assert await persistence.checkpointer.aget_tuple(config) is None  # answered on a new connection
         async with pool.connection() as conn:  # type: ignore[union-attr]
             assert conn.info.backend_pid not in pids
+
+
+def test_a_turns_input_entry_commits_without_waiting_for_the_disk_only_inside_deferring_sync(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turn's input entry commits with synchronous_commit off (its checkpoint and closing entries flush the WAL
+    past it); any other append waits for the flush as before, the setting never outlives its transaction, and
+    the chain is whole either way."""
+    import threading
+
+    from checkpoints.audit import AuditEvent, PostgresAuditLog
+
+    sent: list[tuple[str, str]] = []
+    real_execute = psycopg.Connection.execute
+
+    def spy(self: psycopg.Connection[object], query: object, *args: object, **kwargs: object) -> object:
+        sent.append((threading.current_thread().name, str(query)))
+        return real_execute(self, query, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(psycopg.Connection, "execute", spy)
+    log = PostgresAuditLog(url)
+    deferred = "set local synchronous_commit = off"
+    try:
+        with log.deferring_sync():
+            log.append([AuditEvent("veneo", "k1", "message", "t1", {"role": "user", "content": "hi"})])
+            assert sent.count((threading.current_thread().name, deferred)) == 1
+            other = threading.Thread(  # another thread (another turn's closing write) is not deferred
+                target=log.append, args=([AuditEvent("veneo", "k1", "response", "t2", {"content": "yes"})],)
+            )
+            other.start()
+            other.join()
+        log.append([AuditEvent("veneo", "k1", "response", "t1", {"content": "hello"})])
+        assert [q for _, q in sent].count(deferred) == 1
+        assert log.verify("veneo").ok and log.verify("veneo").checked == 3
+        for _ in range(log.pool.max_size):  # every pooled connection is back to the server's setting
+            with log.pool.connection() as conn:
+                assert real_execute(conn, "show synchronous_commit").fetchone() == {"synchronous_commit": "on"}
+    finally:
+        log.close()
