@@ -150,6 +150,7 @@ def verify_chain(tenant: str, entries: Iterator[AuditEntry], anchor: tuple[int, 
 class AuditLog(Protocol):
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]: ...
     def deferring_sync(self) -> contextlib.AbstractContextManager[None]: ...
+    def make_durable(self) -> None: ...
     def replace_payloads(self, tenant: str, payloads: dict[int, dict[str, Any]]) -> None: ...
     def query(
         self,
@@ -264,6 +265,9 @@ class SqliteAuditLog:
     def deferring_sync(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to defer: the file is in WAL mode with synchronous=NORMAL, no commit waits for the disk."""
         return contextlib.nullcontext()
+
+    def make_durable(self) -> None:
+        """Nothing to wait for (see deferring_sync)."""
 
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:
@@ -399,6 +403,16 @@ class PostgresAuditLog:
             yield
         finally:
             self._deferred.on = False
+
+    def make_durable(self) -> None:
+        """Wait until everything committed on this database so far is on disk: a commit that writes a WAL record
+        (a transactional logical message, which changes no table and is ignored without logical decoding) and
+        so waits for the WAL flush up to it. For a turn that wrote no closing entry (see deferring_sync)."""
+        try:
+            with self.pool.connection() as conn:
+                conn.execute("select pg_logical_emit_message(true, 'teamgraph', 'durable')")
+        except Exception as exc:
+            raise AuditWriteError(f"audit log write failed: {exc}") from exc
 
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:

@@ -263,3 +263,89 @@ def test_a_turns_input_entry_commits_without_waiting_for_the_disk_only_inside_de
                 assert real_execute(conn, "show synchronous_commit").fetchone() == {"synchronous_commit": "on"}
     finally:
         log.close()
+
+
+async def test_a_turns_commits_skip_the_disk_wait_until_its_closing_write_which_waits_for_all_of_them(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One WAL flush per turn, and it comes last: the input entry and the checkpoint commit without waiting for
+    the disk, then the closing entries commit durably, and Postgres's in-order WAL flush covers the earlier
+    two before the turn is acknowledged. Writes outside a turn still wait, and no setting outlives its commit."""
+    from tests.conftest import open_engine
+
+    order: list[tuple[str, bool]] = []  # (what, committed without waiting for the disk)
+    async with open_engine(url) as engine:
+        audit, saver = engine.persistence.audit, engine.persistence.checkpointer
+        real_append, real_aput, real_durable = audit.append, saver.aput, audit.make_durable
+
+        def append(events: list[object]) -> object:
+            result = real_append(events)  # type: ignore[arg-type]
+            order.append(("audit " + ",".join(e.event_type for e in events), audit._deferred.__dict__.get("on", False)))  # type: ignore[attr-defined]
+            return result
+
+        async def aput(config: dict[str, object], *args: object) -> object:
+            sent: list[str] = []
+            real_execute = psycopg.AsyncCursor.execute
+
+            async def spy(self: object, query: object, *a: object, **k: object) -> object:
+                sent.append(str(query))
+                return await real_execute(self, query, *a, **k)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(psycopg.AsyncCursor, "execute", spy)
+            try:
+                result = await real_aput(config, *args)  # type: ignore[arg-type]
+            finally:
+                monkeypatch.setattr(psycopg.AsyncCursor, "execute", real_execute)
+            order.append(("checkpoint", any("'synchronous_commit', 'off'" in q for q in sent)))
+            return result
+
+        def make_durable() -> None:
+            real_durable()
+            order.append(("make_durable", False))
+
+        monkeypatch.setattr(audit, "append", append)
+        monkeypatch.setattr(saver, "aput", aput)
+        monkeypatch.setattr(audit, "make_durable", make_durable)
+        session = await engine.create_session("veneo", "veneo_chat")
+        assert order == [("audit session_created,team_selected", False)]  # not a turn: waits for the disk
+        order.clear()
+        state = await engine.run_turn(session, {"messages": [{"role": "user", "content": "How do returns work?"}]})
+        assert state["messages"][-1].type == "ai"
+        assert order[0] == ("audit message", True)
+        assert order[1] == ("checkpoint", True)
+        assert order[-1][0].startswith("audit response") and order[-1][1] is False  # the last commit waits
+        assert [what for what, _ in order].count("checkpoint") == 1 and ("make_durable", False) not in order
+        assert engine.audit.verify("veneo").ok
+        # a checkpoint written outside a turn (a state update) waits for the disk, as before
+        order.clear()
+        await engine.graph("veneo_chat").aupdate_state(engine.run_config(session), {"rolling_summary": "x"})
+        assert order == [("checkpoint", False)]
+        async with saver.conn.connection() as conn:  # type: ignore[union-attr]
+            row = await (await conn.execute("show synchronous_commit")).fetchone()
+            assert row == {"synchronous_commit": "on"}
+
+
+async def test_a_turn_that_wrote_no_closing_entry_still_ends_with_a_durable_commit(url: str) -> None:
+    """The observer's end of a turn with nothing to append waits for the WAL flush itself (make_durable), so the
+    turn's deferred commits are on disk before it is acknowledged."""
+    from uuid import uuid4
+
+    from checkpoints.audit import PostgresAuditLog
+    from server.observability.metrics import Metrics
+    from server.observability.turn_observer import TurnContext, TurnObserver
+
+    log = PostgresAuditLog(url)
+    calls: list[str] = []
+    real = log.make_durable
+    log.make_durable = lambda: (calls.append("make_durable"), real())[1]  # type: ignore[method-assign]
+    try:
+        ctx = TurnContext("veneo", "veneo_chat", "t1", "k1", {}, {})
+        observer = TurnObserver(ctx, Metrics(), log)
+        root = uuid4()
+        await observer.on_chain_start(None, {"messages": [{"role": "user", "content": "hi"}]}, run_id=root)
+        assert calls == []
+        await observer.on_chain_end({}, run_id=root)  # no node produced anything
+        assert calls == ["make_durable"]
+        assert [e.event_type for e in log.query("veneo")] == ["message"]
+    finally:
+        log.close()
