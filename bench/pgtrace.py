@@ -2,6 +2,7 @@
 
     python -m bench.pgtrace                         # veneo_chat, 100 /invoke turns on a scratch database
     python -m bench.pgtrace --team interview --turns 40 --show 1   # and one turn's exchanges, in order
+    python -m bench.pgtrace --rev main              # that revision's server instead of the working tree's
 
 The whole app (`create_app` with the bench model) runs in one process on a scratch database
 (`bench.postgres.scratch_database`), driven over ASGI as `bench.calls` does, with libpq's protocol trace
@@ -194,21 +195,23 @@ def report(trace_dir: Path, started: float, ended: float, owners: dict[str, str]
         by_owner[t.owner].append(t)
     print(f"per /invoke turn ({turns} turns; sessions created outside the turns are included, one per conversation)")
     print(f"{'component':<26} {'round trips':>11} {'statements':>10} {'durable commits':>15} {'async commits':>13}"
-          f" {'ms (durable commit)':>19} {'ms (other trip)':>15}")  # fmt: skip
-    total = collections.Counter[str]()
+          f" {'ms (durable commit)':>19} {'ms (other trip)':>15} {'ms waited':>9}")  # fmt: skip
+    total: collections.Counter[str] = collections.Counter()
     for owner, items in sorted(by_owner.items()):
         durable = [t for t in items if t.wrote and not t.sync_commit_off]
         lazy = [t for t in items if t.wrote and t.sync_commit_off]
         other = [t for t in items if not t.wrote]
         row = {"trips": len(items), "statements": sum(len(t.statements) for t in items), "durable": len(durable),
-               "async": len(lazy)}  # fmt: skip
+               "async": len(lazy), "ms": sum(t.ms for t in items)}  # fmt: skip
         total.update(row)
         med = lambda xs: sorted(xs)[len(xs) // 2] if xs else float("nan")  # noqa: E731
         print(f"{owner:<26} {row['trips'] / turns:11.2f} {row['statements'] / turns:10.2f} "
               f"{row['durable'] / turns:15.2f} {row['async'] / turns:13.2f} "
-              f"{med([t.ms for t in durable]):19.2f} {med([t.ms for t in other]):15.2f}")  # fmt: skip
+              f"{med([t.ms for t in durable]):19.2f} {med([t.ms for t in other]):15.2f} "
+              f"{row['ms'] / turns:9.2f}")  # fmt: skip
     print(f"{'total':<26} {total['trips'] / turns:11.2f} {total['statements'] / turns:10.2f} "
-          f"{total['durable'] / turns:15.2f} {total['async'] / turns:13.2f}")  # fmt: skip
+          f"{total['durable'] / turns:15.2f} {total['async'] / turns:13.2f} {'':>19} {'':>15} "
+          f"{total['ms'] / turns:9.2f}")  # fmt: skip
     if show:
         print("\nround trips in order, from the middle of the run (a turn starts at its session lookup):")
         ordered = sorted(trips, key=lambda t: t.started)
@@ -224,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--team", default="veneo_chat", choices=["veneo_chat", "interview"])
     parser.add_argument("--turns", type=int, default=100, help="turns traced (after 20 warm-up turns)")
     parser.add_argument("--show", type=int, default=0, help="also list the round trips of about this many turns")
+    parser.add_argument("--rev", help="trace this git revision's server instead (from a temporary git worktree)")
     parser.add_argument("--child", nargs=2, metavar=("URL", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -234,18 +238,25 @@ def main(argv: list[str] | None = None) -> int:
     from bench.postgres import base_url, scratch_database
 
     trace_dir = Path(tempfile.mkdtemp(prefix="teamgraph-pgtrace-files-"))
+    tree = REPO
     try:
+        if args.rev:  # its product and bench helpers; this file loaded by path (a revision without it works too)
+            tree = trace_dir / "tree"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), args.rev],
+                           check=True)  # fmt: skip
         with scratch_database("tg_pgtrace") as url:
             if url is None:
                 raise SystemExit(f"cannot reach {base_url()}")
             subprocess.run(
-                [sys.executable, "-m", "bench.pgtrace", "--team", args.team, "--turns", str(args.turns),
+                [sys.executable, str(Path(__file__).resolve()), "--team", args.team, "--turns", str(args.turns),
                  "--child", url, str(trace_dir)],
-                cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+                cwd=tree, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(tree)},
             )  # fmt: skip
         started, ended, owners = json.loads((trace_dir / "window.json").read_text())
         report(trace_dir, started, ended, owners, args.turns, args.show)
     finally:
+        if args.rev:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
         if not os.environ.get("PGTRACE_KEEP"):
             shutil.rmtree(trace_dir, ignore_errors=True)
     return 0
