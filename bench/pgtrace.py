@@ -7,7 +7,8 @@
 The whole app (`create_app` with the bench model) runs in one process on a scratch database
 (`bench.postgres.scratch_database`), driven over ASGI as `bench.calls` does, with libpq's protocol trace
 (`PQtrace`) on every connection psycopg opens. The trace is the ground truth of what went over each socket: a
-*round trip* is a Sync (or a simple Query) answered by ReadyForQuery; a *durable commit* is a transaction that
+*round trip* is what the client sends before it waits for an answer (a Sync or a simple Query answered by
+ReadyForQuery, or a Flush whose results it reads before sending more); a *durable commit* is a transaction that
 wrote (INSERT, UPDATE, DELETE; `pg_advisory_lock` writes nothing) and committed with `synchronous_commit` on, so
 the server waited for a WAL flush (`fdatasync`) before answering; an *async commit* wrote with it off. Each
 connection is named by the component that owns it (checkpointer and store pool, session index, audit log, turn
@@ -64,6 +65,7 @@ def parse_trace(path: Path, owner: str) -> list[RoundTrip]:
     wrote_in_tx = False
     sync_off_in_tx = False
     prepared: dict[str, str] = {}
+    answered = 0.0  # when the backend last answered within the current round trip
     records: list[str] = []
     for line in path.read_text(errors="replace").splitlines():
         if _STAMPED.match(line) or not records:
@@ -80,6 +82,14 @@ def parse_trace(path: Path, owner: str) -> list[RoundTrip]:
         except ValueError:
             continue
         if direction == "F":
+            if current is not None and answered:
+                # the client sends again after reading an answer it asked for with Flush (a pipeline fetching
+                # results mid-transaction): that was a round trip of its own
+                current.ended = answered
+                current.status = "T"
+                trips.append(current)
+                current = None
+            answered = 0.0
             if current is None:
                 current = RoundTrip(owner, at, at)
             quoted = message.split('"')
@@ -102,7 +112,9 @@ def parse_trace(path: Path, owner: str) -> list[RoundTrip]:
                 continue
             if _WRITE_TAG.search(line):
                 wrote_in_tx = True
+            answered = at
             if message.startswith("ReadyForQuery"):
+                answered = 0.0
                 current.ended = at
                 current.status = message.split()[-1]
                 if current.status == "I":

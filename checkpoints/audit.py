@@ -420,12 +420,13 @@ class PostgresAuditLog:
         from psycopg.types.json import Jsonb
 
         try:
-            # pipelined: the locks and the heads in one round trip, the inserts and the commit in another. Each
-            # statement still runs after the one before it has finished, so a head is read after its tenant's
-            # lock is held (and, in read committed, sees every append committed before)
-            with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            with self.pool.connection() as conn, _implicit_transaction(conn):
+                # pipelined: the locks and the heads in one round trip, the inserts and the commit in another. Each
+                # statement still runs after the one before it has finished, so a head is read after its tenant's
+                # lock is held (and, in read committed, sees every append committed before); the locks last until
+                # the commit at the pipeline's Sync
                 if getattr(self._deferred, "on", False):
-                    conn.execute("set local synchronous_commit = off")  # see deferring_sync
+                    conn.execute("select set_config('synchronous_commit', 'off', true)")  # see deferring_sync
                 pending = []
                 for tenant in sorted({e.tenant for e in events}):
                     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
@@ -511,6 +512,20 @@ class PostgresAuditLog:
 
     def close(self) -> None:
         self.pool.close()
+
+
+@contextlib.contextmanager
+def _implicit_transaction(conn: Any) -> Iterator[None]:
+    """A pipeline on an autocommit connection: everything sent until its Sync is one implicit transaction,
+    committed there (or rolled back by the first error), without the separate BEGIN, COMMIT and closing Sync round
+    trips that `conn.transaction()` costs in pipeline mode. The connection goes back to non-autocommit after."""
+    conn.autocommit = True
+    try:
+        with conn.pipeline():
+            yield
+    finally:
+        if not (conn.closed or conn.broken):
+            conn.autocommit = False
 
 
 def erase_sessions(log: AuditLog, tenant: str, sessions: list[str], actor: str, user_ref: str) -> int:

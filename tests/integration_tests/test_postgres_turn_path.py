@@ -245,7 +245,7 @@ def test_a_turns_input_entry_commits_without_waiting_for_the_disk_only_inside_de
 
     monkeypatch.setattr(psycopg.Connection, "execute", spy)
     log = PostgresAuditLog(url)
-    deferred = "set local synchronous_commit = off"
+    deferred = "select set_config('synchronous_commit', 'off', true)"
     try:
         with log.deferring_sync():
             log.append([AuditEvent("veneo", "k1", "message", "t1", {"role": "user", "content": "hi"})])
