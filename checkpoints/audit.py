@@ -7,6 +7,7 @@ pruned entry's position and hash) so the remaining chain still verifies.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -149,6 +150,8 @@ def verify_chain(tenant: str, entries: Iterator[AuditEntry], anchor: tuple[int, 
 
 class AuditLog(Protocol):
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]: ...
+    def deferring_sync(self) -> contextlib.AbstractContextManager[None]: ...
+    def make_durable(self) -> None: ...
     def replace_payloads(self, tenant: str, payloads: dict[int, dict[str, Any]]) -> None: ...
     def query(
         self,
@@ -260,6 +263,13 @@ class SqliteAuditLog:
                 heads[tenant] = (row["seq"], row["hash"])
         return heads
 
+    def deferring_sync(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to defer: the file is in WAL mode with synchronous=NORMAL, no commit waits for the disk."""
+        return contextlib.nullcontext()
+
+    def make_durable(self) -> None:
+        """Nothing to wait for (see deferring_sync)."""
+
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:
             return []
@@ -359,6 +369,7 @@ class PostgresAuditLog:
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
+        self._deferred = threading.local()
         self.pool: Any = ConnectionPool(
             url,
             min_size=1,
@@ -381,16 +392,42 @@ class PostgresAuditLog:
             upgrade_postgres(conn, "audit", repair=True)
         return bool(row and row["missing"])
 
+    @contextlib.contextmanager
+    def deferring_sync(self) -> Iterator[None]:
+        """Appends in this block (in this thread) commit without waiting for the WAL flush, for a caller that
+        makes a durable commit on this database before it acknowledges anything (a turn: its checkpoint and its
+        closing entries). Postgres flushes the WAL in order, so that later commit's flush puts these entries
+        on disk too; until then a crash of the database could lose them, and only them and what came after
+        (the chain stays verifiable: what is lost is its tail)."""
+        self._deferred.on = True
+        try:
+            yield
+        finally:
+            self._deferred.on = False
+
+    def make_durable(self) -> None:
+        """Wait until everything committed on this database so far is on disk: a commit that writes a WAL record
+        (a transactional logical message, which changes no table and is ignored without logical decoding) and
+        so waits for the WAL flush up to it. For a turn that wrote no closing entry (see deferring_sync)."""
+        try:
+            with self.pool.connection() as conn:
+                conn.execute("select pg_logical_emit_message(true, 'teamgraph', 'durable')")
+        except Exception as exc:
+            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:
             return []
         from psycopg.types.json import Jsonb
 
         try:
-            # pipelined: the locks and the heads in one round trip, the inserts and the commit in another. Each
-            # statement still runs after the one before it has finished, so a head is read after its tenant's
-            # lock is held (and, in read committed, sees every append committed before)
-            with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            with self.pool.connection() as conn, _implicit_transaction(conn):
+                # pipelined: the locks and the heads in one round trip, the inserts and the commit in another. Each
+                # statement still runs after the one before it has finished, so a head is read after its tenant's
+                # lock is held (and, in read committed, sees every append committed before); the locks last until
+                # the commit at the pipeline's Sync
+                if getattr(self._deferred, "on", False):
+                    conn.execute("select set_config('synchronous_commit', 'off', true)")  # see deferring_sync
                 pending = []
                 for tenant in sorted({e.tenant for e in events}):
                     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
@@ -476,6 +513,20 @@ class PostgresAuditLog:
 
     def close(self) -> None:
         self.pool.close()
+
+
+@contextlib.contextmanager
+def _implicit_transaction(conn: Any) -> Iterator[None]:
+    """A pipeline on an autocommit connection: everything sent until its Sync is one implicit transaction,
+    committed there (or rolled back by the first error), without the separate BEGIN, COMMIT and closing Sync round
+    trips that `conn.transaction()` costs in pipeline mode. The connection goes back to non-autocommit after."""
+    conn.autocommit = True
+    try:
+        with conn.pipeline():
+            yield
+    finally:
+        if not (conn.closed or conn.broken):
+            conn.autocommit = False
 
 
 def erase_sessions(log: AuditLog, tenant: str, sessions: list[str], actor: str, user_ref: str) -> int:

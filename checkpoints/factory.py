@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -23,9 +24,13 @@ from checkpoints.storage import (
     DEFAULT_STATEMENT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     StorageUnavailable,
+    acheck_pooled,
     pg_connect_kwargs,
     statement_timeout_sql,
 )
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 
 class CheckpointURLError(ValueError):
@@ -180,6 +185,39 @@ async def _sqlite(url: str, recreate_deleted_file: bool = True) -> AsyncIterator
             audit.close()
 
 
+CHECKPOINT_SYNC_DEFERRED = "__checkpoint_sync_deferred"  # run config key; "__" keys stay out of checkpoint metadata
+_deferring: contextvars.ContextVar[bool] = contextvars.ContextVar("teamgraph_checkpoint_sync_deferred", default=False)
+
+
+def _turn_saver_class() -> type[AsyncPostgresSaver]:
+    """LangGraph's AsyncPostgresSaver, whose checkpoint commits do not wait for the WAL flush in a run whose
+    config sets CHECKPOINT_SYNC_DEFERRED: a promise, made by the caller, that a durable commit on this database
+    follows the run's last checkpoint before anything is acknowledged (a turn: the observer's closing audit write,
+    server/observability/turn_observer.py). Postgres flushes its WAL in order, so that commit's flush puts the
+    checkpoint on disk too, and a turn waits for one disk sync instead of two. Every other write (a run without
+    the key, pending writes, deletes, the store) commits as before."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    class TurnPostgresSaver(AsyncPostgresSaver):
+        async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+            token = _deferring.set(bool((config.get("configurable") or {}).get(CHECKPOINT_SYNC_DEFERRED)))
+            try:
+                return await super().aput(config, checkpoint, metadata, new_versions)
+            finally:
+                _deferring.reset(token)
+
+        @contextlib.asynccontextmanager
+        async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
+            # aput writes the blobs and the checkpoint in one pipeline, one implicit transaction: a local
+            # setting in it lasts until its commit, and no longer
+            async with super()._cursor(pipeline=pipeline) as cur:
+                if pipeline and _deferring.get():
+                    await cur.execute("select set_config('synchronous_commit', 'off', true)")
+                yield cur
+
+    return TurnPostgresSaver
+
+
 # LangGraph's Postgres tables, and the table of migration versions that says they exist
 _LANGGRAPH_PG_TABLES = (
     (("checkpoints", "checkpoint_blobs", "checkpoint_writes"), "checkpoint_migrations"),
@@ -220,7 +258,6 @@ def postgres_unreachable(url: str, exc: BaseException) -> StorageUnavailable:
 @contextlib.asynccontextmanager
 async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> AsyncIterator[Persistence]:
     import psycopg
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
     from langgraph.store.postgres.aio import AsyncPostgresStore
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
@@ -244,15 +281,15 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
         timeout=timeout_s,  # a turn waits this long for a connection, then answers 503 (not psycopg's 30 s)
         configure=configure,
         # a connection the database dropped (restart, outage) is replaced before use, so service resumes by
-        # itself once the database is back
-        check=AsyncConnectionPool.check_connection,
+        # itself once the database is back (a poll of its socket tells, see went_away)
+        check=acheck_pooled,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
     )
     await pool.open(wait=True, timeout=timeout_s * 3)
     sessions = PostgresSessionIndex(url, timeout_s, statement_timeout_s)
     audit = PostgresAuditLog(url, timeout_s, statement_timeout_s)
     try:
-        checkpointer = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        checkpointer = _turn_saver_class()(pool)  # type: ignore[call-arg]
         await checkpointer.setup()
         store = AsyncPostgresStore(pool)  # type: ignore[arg-type]
         await store.setup()

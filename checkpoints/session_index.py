@@ -448,9 +448,11 @@ class PostgresSessionIndex:
         # every turn ends with this write, and waiting for its WAL flush (a disk sync, ~4 ms on a plain disk) is
         # most of its cost: it commits without waiting (synchronous_commit off for this transaction only). What
         # a database crash could lose is at most this activity time (the title stays empty, and the next turn sets
-        # it); nothing is left half-written, and every earlier write of the turn was flushed with its own commit
-        with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-            conn.execute("set local synchronous_commit = off")
+        # it); nothing is left half-written, and the turn's earlier writes were flushed by its closing audit commit.
+        # One round trip: the two statements of an autocommit pipeline run as one implicit transaction, committed
+        # at its Sync, and the setting is local to it
+        with self.pool.connection() as conn, conn.pipeline():
+            conn.execute("select set_config('synchronous_commit', 'off', true)")
             conn.execute(
                 "update teamgraph_sessions set updated_at = %s,"
                 " title = case when title = '' then %s else title end where thread_id = %s",

@@ -8,6 +8,7 @@ wait; the HTTP layer turns these faults into 503 `storage_unavailable` with Retr
 from __future__ import annotations
 
 import math
+import select
 import sqlite3
 from typing import Any
 
@@ -63,11 +64,42 @@ def is_storage_fault(exc: BaseException) -> bool:
 def sync_pool_options(timeout_s: float, statement_timeout_s: float) -> dict[str, Any]:
     """ConnectionPool arguments every synchronous Postgres pool shares: bounded waits, a statement timeout,
     and a check that replaces connections the database dropped (so service resumes when it is back)."""
-    from psycopg_pool import ConnectionPool
 
     def configure(conn: Any) -> None:
         conn.execute(statement_timeout_sql(statement_timeout_s))
         if not conn.autocommit:
             conn.commit()  # the pool refuses a connection left inside a transaction
 
-    return {"timeout": timeout_s, "configure": configure, "check": ConnectionPool.check_connection}
+    return {"timeout": timeout_s, "configure": configure, "check": check_pooled}
+
+
+def went_away(conn: Any) -> bool:
+    """Whether a connection that sat idle in its pool may have lost its server; False means it is fine to use.
+
+    A backend that stops (database restart or shutdown, `pg_terminate_backend`, a proxy or network cut that
+    closes the socket) sends its FATAL error and closes the socket, so the socket turns readable while the
+    connection is idle; a healthy idle connection has nothing to read. A poll of the socket tells that without a
+    round trip to the database (psycopg_pool's own check sends an empty query on every checkout: about 0.2 ms of
+    CPU, several times a turn)."""
+    if conn.closed or conn.broken:
+        return True
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+def check_pooled(conn: Any) -> None:
+    """A synchronous pool's `check`: a connection whose socket says something happened gets psycopg_pool's
+    round-trip check (which raises for a dead one, so the pool replaces it); a quiet one is used as it is."""
+    from psycopg_pool import ConnectionPool
+
+    if went_away(conn):
+        ConnectionPool.check_connection(conn)
+
+
+async def acheck_pooled(conn: Any) -> None:
+    """`check_pooled` for an asyncio pool."""
+    from psycopg_pool import AsyncConnectionPool
+
+    if went_away(conn):
+        await AsyncConnectionPool.check_connection(conn)

@@ -22,7 +22,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 
 from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy, erase_sessions
-from checkpoints.factory import Persistence, build_persistence, probe_directory
+from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
 from checkpoints.retention import compact_sqlite, prune_checkpoints
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
@@ -244,6 +244,9 @@ class Engine:
         }
         if observe:
             config["callbacks"] = [self.observer(session, run, actor)]
+            # the observer ends every turn with a durable commit (its closing audit write), so the turn's
+            # checkpoints need not wait for the disk on their own (Postgres; checkpoints/factory.py)
+            config["configurable"][CHECKPOINT_SYNC_DEFERRED] = True
         return config
 
     async def create_session(

@@ -4,6 +4,7 @@ audit entries. Nodes stay pure; this sees their inputs and outputs from the outs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,16 +116,21 @@ class TurnObserver(AsyncCallbackHandler):
                        apply_content_policy(payload, self.ctx.audit_policy))
         )  # fmt: skip
 
-    async def _flush_audit(self, closing: bool = False) -> None:
+    async def _flush_audit(self, closing: bool = False, durable: bool = True) -> None:
         events, self.pending_audit = self.pending_audit, []
         after = self.after_turn if closing else None
-        if events or after is not None:
+        if events or after is not None or durable:
             # in a worker thread: a SQLite write on the loop could wait on a lock only the loop frees
-            await asyncio.to_thread(self._write_audit, events, after)  # AuditWriteError propagates: the turn fails
+            await asyncio.to_thread(self._write_audit, events, after, durable)  # AuditWriteError fails the turn
 
-    def _write_audit(self, events: list[AuditEvent], after: Callable[[], None] | None) -> None:
+    def _write_audit(self, events: list[AuditEvent], after: Callable[[], None] | None, durable: bool = True) -> None:
         if events:
-            self.audit.append(events)
+            with contextlib.nullcontext() if durable else self.audit.deferring_sync():
+                self.audit.append(events)
+        elif durable:
+            # the turn's end: its input entry and checkpoint committed without waiting for the disk (see
+            # deferring_sync, checkpoints.factory.CHECKPOINT_SYNC_DEFERRED); with no entry to write, this waits
+            self.audit.make_durable()
         if after is not None:  # only once the turn's record is complete
             self.after_turn_ran = True
             try:
@@ -146,8 +152,10 @@ class TurnObserver(AsyncCallbackHandler):
                 "teamgraph.thread_id": self.ctx.thread_id, "teamgraph.resolution": self.ctx.resolution})  # fmt: skip
             self.runs[run_id] = _Run(None, time.perf_counter(), span)
             self._audit_input(inputs)
-            # the user's input is on record before anything runs: an audit store that is down refuses the turn
-            await self._flush_audit()
+            # the user's input is on record before anything runs: an audit store that is down refuses the turn.
+            # Its commit need not wait for the disk: the turn ends with a durable commit (its closing entries, or
+            # make_durable), whose WAL flush covers it (checkpoints/audit.py, deferring_sync)
+            await self._flush_audit(durable=False)
             return
         is_node = node is not None and name == node and parent_run_id == self.root and not node.startswith("__")
         span = self._span(f"node.{node}", parent_run_id, **{"teamgraph.node": node}) if is_node else None

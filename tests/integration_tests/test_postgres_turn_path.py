@@ -172,3 +172,180 @@ async def test_turns_queued_behind_a_failing_connect_fail_with_it_instead_of_eac
 
 def _slot(thread_id: str) -> int:
     return int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True) % LOCK_CONNECTIONS
+
+
+def _terminate(url: str, pids: list[int]) -> None:
+    with psycopg.connect(url, autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("select pg_terminate_backend(%s, 5000)", [pid])
+
+
+def test_a_pooled_connection_is_checked_by_its_socket_and_a_terminated_one_is_replaced(url: str) -> None:
+    """The pools' check costs no round trip on a healthy connection (its socket has nothing to read), and still
+    catches one whose backend went away while it sat in the pool: the next use gets a new connection."""
+    from checkpoints.session_index import PostgresSessionIndex
+    from checkpoints.storage import went_away
+
+    index = PostgresSessionIndex(url)
+    try:
+        index.create("t1", "veneo", "veneo_chat")
+        with index.pool.connection() as conn:
+            pid = conn.info.backend_pid
+            assert not went_away(conn)
+        _terminate(url, [pid])
+        with index.pool.connection() as conn:
+            assert conn.info.backend_pid != pid  # the dead one was noticed and replaced before use
+        record = index.get("t1")
+        assert record is not None and record.team == "veneo_chat"
+    finally:
+        index.close()
+
+
+def test_went_away_notices_a_terminated_backend_without_asking_it(url: str) -> None:
+    from checkpoints.storage import went_away
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert not went_away(conn)
+        _terminate(url, [conn.info.backend_pid])
+        assert went_away(conn)  # its FATAL message and the closed socket are there to read
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+
+
+async def test_the_checkpointer_pool_replaces_connections_whose_backends_were_terminated(url: str) -> None:
+    from checkpoints.factory import build_persistence
+
+    config = {"configurable": {"thread_id": "t1", "checkpoint_ns": ""}}
+    async with build_persistence(url) as persistence:
+        pool = persistence.checkpointer.conn
+        async with pool.connection() as conn:  # type: ignore[union-attr]
+            pids = [conn.info.backend_pid]
+        _terminate(url, pids)
+        assert await persistence.checkpointer.aget_tuple(config) is None  # answered on a new connection
+        async with pool.connection() as conn:  # type: ignore[union-attr]
+            assert conn.info.backend_pid not in pids
+
+
+def test_a_turns_input_entry_commits_without_waiting_for_the_disk_only_inside_deferring_sync(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turn's input entry commits with synchronous_commit off (its checkpoint and closing entries flush the WAL
+    past it); any other append waits for the flush as before, the setting never outlives its transaction, and
+    the chain is whole either way."""
+    import threading
+
+    from checkpoints.audit import AuditEvent, PostgresAuditLog
+
+    sent: list[tuple[str, str]] = []
+    real_execute = psycopg.Connection.execute
+
+    def spy(self: psycopg.Connection[object], query: object, *args: object, **kwargs: object) -> object:
+        sent.append((threading.current_thread().name, str(query)))
+        return real_execute(self, query, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(psycopg.Connection, "execute", spy)
+    log = PostgresAuditLog(url)
+    deferred = "select set_config('synchronous_commit', 'off', true)"
+    try:
+        with log.deferring_sync():
+            log.append([AuditEvent("veneo", "k1", "message", "t1", {"role": "user", "content": "hi"})])
+            assert sent.count((threading.current_thread().name, deferred)) == 1
+            other = threading.Thread(  # another thread (another turn's closing write) is not deferred
+                target=log.append, args=([AuditEvent("veneo", "k1", "response", "t2", {"content": "yes"})],)
+            )
+            other.start()
+            other.join()
+        log.append([AuditEvent("veneo", "k1", "response", "t1", {"content": "hello"})])
+        assert [q for _, q in sent].count(deferred) == 1
+        assert log.verify("veneo").ok and log.verify("veneo").checked == 3
+        for _ in range(log.pool.max_size):  # every pooled connection is back to the server's setting
+            with log.pool.connection() as conn:
+                assert real_execute(conn, "show synchronous_commit").fetchone() == {"synchronous_commit": "on"}
+    finally:
+        log.close()
+
+
+async def test_a_turns_commits_skip_the_disk_wait_until_its_closing_write_which_waits_for_all_of_them(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One WAL flush per turn, and it comes last: the input entry and the checkpoint commit without waiting for
+    the disk, then the closing entries commit durably, and Postgres's in-order WAL flush covers the earlier
+    two before the turn is acknowledged. Writes outside a turn still wait, and no setting outlives its commit."""
+    from tests.conftest import open_engine
+
+    order: list[tuple[str, bool]] = []  # (what, committed without waiting for the disk)
+    async with open_engine(url) as engine:
+        audit, saver = engine.persistence.audit, engine.persistence.checkpointer
+        real_append, real_aput, real_durable = audit.append, saver.aput, audit.make_durable
+
+        def append(events: list[object]) -> object:
+            result = real_append(events)  # type: ignore[arg-type]
+            order.append(("audit " + ",".join(e.event_type for e in events), audit._deferred.__dict__.get("on", False)))  # type: ignore[attr-defined]
+            return result
+
+        async def aput(config: dict[str, object], *args: object) -> object:
+            sent: list[str] = []
+            real_execute = psycopg.AsyncCursor.execute
+
+            async def spy(self: object, query: object, *a: object, **k: object) -> object:
+                sent.append(str(query))
+                return await real_execute(self, query, *a, **k)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(psycopg.AsyncCursor, "execute", spy)
+            try:
+                result = await real_aput(config, *args)  # type: ignore[arg-type]
+            finally:
+                monkeypatch.setattr(psycopg.AsyncCursor, "execute", real_execute)
+            order.append(("checkpoint", any("'synchronous_commit', 'off'" in q for q in sent)))
+            return result
+
+        def make_durable() -> None:
+            real_durable()
+            order.append(("make_durable", False))
+
+        monkeypatch.setattr(audit, "append", append)
+        monkeypatch.setattr(saver, "aput", aput)
+        monkeypatch.setattr(audit, "make_durable", make_durable)
+        session = await engine.create_session("veneo", "veneo_chat")
+        assert order == [("audit session_created,team_selected", False)]  # not a turn: waits for the disk
+        order.clear()
+        state = await engine.run_turn(session, {"messages": [{"role": "user", "content": "How do returns work?"}]})
+        assert state["messages"][-1].type == "ai"
+        assert order[0] == ("audit message", True)
+        assert order[1] == ("checkpoint", True)
+        assert order[-1][0].startswith("audit response") and order[-1][1] is False  # the last commit waits
+        assert [what for what, _ in order].count("checkpoint") == 1 and ("make_durable", False) not in order
+        assert engine.audit.verify("veneo").ok
+        # a checkpoint written outside a turn (a state update) waits for the disk, as before
+        order.clear()
+        await engine.graph("veneo_chat").aupdate_state(engine.run_config(session), {"rolling_summary": "x"})
+        assert order == [("checkpoint", False)]
+        async with saver.conn.connection() as conn:  # type: ignore[union-attr]
+            row = await (await conn.execute("show synchronous_commit")).fetchone()
+            assert row == {"synchronous_commit": "on"}
+
+
+async def test_a_turn_that_wrote_no_closing_entry_still_ends_with_a_durable_commit(url: str) -> None:
+    """The observer's end of a turn with nothing to append waits for the WAL flush itself (make_durable), so the
+    turn's deferred commits are on disk before it is acknowledged."""
+    from uuid import uuid4
+
+    from checkpoints.audit import PostgresAuditLog
+    from server.observability.metrics import Metrics
+    from server.observability.turn_observer import TurnContext, TurnObserver
+
+    log = PostgresAuditLog(url)
+    calls: list[str] = []
+    real = log.make_durable
+    log.make_durable = lambda: (calls.append("make_durable"), real())[1]  # type: ignore[method-assign]
+    try:
+        ctx = TurnContext("veneo", "veneo_chat", "t1", "k1", {}, {})
+        observer = TurnObserver(ctx, Metrics(), log)
+        root = uuid4()
+        await observer.on_chain_start(None, {"messages": [{"role": "user", "content": "hi"}]}, run_id=root)
+        assert calls == []
+        await observer.on_chain_end({}, run_id=root)  # no node produced anything
+        assert calls == ["make_durable"]
+        assert [e.event_type for e in log.query("veneo")] == ["message"]
+    finally:
+        log.close()
