@@ -181,7 +181,12 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         async with self._turn(config, thread_id):
             try:
                 with self.engine.trace_scope(_tenant(config)):
-                    result = await self.graph.ainvoke(input, config, durability=self.engine.durability, **kwargs)
+                    # in a task of its own (same context, cancelled with the request): each time the run waits
+                    # on the database (some 20 times a turn), its resumption then wakes the graph's frames only,
+                    # not the request's whole stack of middleware, routing and LangServe frames above this one
+                    result = await asyncio.ensure_future(
+                        self.graph.ainvoke(input, config, durability=self.engine.durability, **kwargs)
+                    )
             except Exception:
                 if idempotent is not None:
                     await idempotent.failed(self.engine)
