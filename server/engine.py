@@ -23,6 +23,7 @@ from langgraph.types import Durability
 
 from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy, erase_sessions
 from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
+from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
 from checkpoints.session_index import SessionRecord
 from checkpoints.turn_lock import TurnLocks
@@ -95,6 +96,9 @@ class Engine:
     ):
         self.bundles = bundles
         self.persistence = persistence
+        # a turn's version check reads the session's latest checkpoint; the turn's run takes that read (see
+        # upgrade_session) instead of reading it again
+        reuse_prefetched(persistence.checkpointer)
         self.sessions = persistence.sessions
         self.audit = persistence.audit
         self.agent_factory = agent_factory
@@ -559,10 +563,14 @@ class Engine:
         values.update(upgrade(graph_id, values, version))
         return values, version
 
-    async def upgrade_session(self, session: SessionRecord, dry_run: bool = False) -> tuple[int, int] | None:
+    async def upgrade_session(
+        self, session: SessionRecord, dry_run: bool = False, prefetched: PrefetchedCheckpoint | None = None
+    ) -> tuple[int, int] | None:
         """Store an older session's state in the current version as a new checkpoint (the caller holds the
         session's turn lock). Returns (from, to) when it was (dry_run: would be) upgraded, None when current;
-        SessionSchemaTooNew for a session a newer Teamgraph wrote, which is left untouched."""
+        SessionSchemaTooNew for a session a newer Teamgraph wrote, which is left untouched. `prefetched`: for a
+        turn about to run, keeps the latest checkpoint read here when the session is current, so the turn's run
+        (with it in its config under PREFETCHED) does not read it again."""
         graph_id = self.graph_id(session.team)
         target = current_version(graph_id)
         # every turn asks this: a session stored in the current version (or none stored yet) is told by the
@@ -571,6 +579,8 @@ class Engine:
             {"configurable": {"thread_id": session.thread_id, "checkpoint_ns": ""}}
         )
         if latest is None or stored_version(latest.metadata) == target:
+            if prefetched is not None:
+                prefetched.keep(session.thread_id, latest)
             return None
         graph = self.graph(session.team)
         config = self.run_config(session)

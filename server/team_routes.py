@@ -20,6 +20,7 @@ from langserve.callbacks import AsyncEventAggregatorCallback
 from langserve.server import EndpointName
 from pydantic import BaseModel
 
+from checkpoints.prefetch import PREFETCHED, PrefetchedCheckpoint
 from checkpoints.session_index import SessionRecord, now
 from graphs.registry import graph_builder
 from personas.loader import Bundles
@@ -181,7 +182,12 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         async with self._turn(config, thread_id):
             try:
                 with self.engine.trace_scope(_tenant(config)):
-                    result = await self.graph.ainvoke(input, config, durability=self.engine.durability, **kwargs)
+                    # in a task of its own (same context, cancelled with the request): each time the run waits
+                    # on the database (some 20 times a turn), its resumption then wakes the graph's frames only,
+                    # not the request's whole stack of middleware, routing and LangServe frames above this one
+                    result = await asyncio.ensure_future(
+                        self.graph.ainvoke(input, config, durability=self.engine.durability, **kwargs)
+                    )
             except Exception:
                 if idempotent is not None:
                     await idempotent.failed(self.engine)
@@ -505,13 +511,16 @@ def make_config_modifier(team: str):
             )
         # take the session's turn lock now, before any response byte: a busy session answers 409 even on
         # /stream; the middleware releases it when the response has ended, however it ends
+        prefetched = PrefetchedCheckpoint()
         if str(thread_id) not in leases:  # batch inputs on one session share its lease and run in order (abatch)
             leases[str(thread_id)] = await engine.turn_locks.acquire(session.thread_id, team)
             # an older session is stored in the current state version before the turn (and before an
-            # Idempotency-Key notes the session's latest checkpoint, which the upgrade would otherwise move)
-            await engine.upgrade_session(session)
+            # Idempotency-Key notes the session's latest checkpoint, which the upgrade would otherwise move);
+            # the latest checkpoint it reads, under the lease, is the one the turn starts from
+            await engine.upgrade_session(session, prefetched=prefetched)
         server = engine.run_config(session, run, actor=caller.key_id, observe=True)
         server["configurable"][LEASE_HELD] = True
+        server["configurable"][PREFETCHED] = prefetched
         server["configurable"][CLIENT_ID] = session.id
         if idempotency_key is not None:
             server["configurable"][IDEMPOTENCY] = await _keyed_turn(engine, request, body, session, idempotency_key)

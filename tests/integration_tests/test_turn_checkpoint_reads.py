@@ -1,0 +1,139 @@
+"""A turn over the API reads its session's latest checkpoint from the database once: the version check's read
+(under the turn lease) is the one the graph's run starts from. Whatever the turn writes or asks for besides is
+read as before."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+from checkpoints.prefetch import PREFETCHED, PrefetchedCheckpoint, reuse_prefetched
+from server.app import create_app
+from server.settings import Settings
+
+VENEO = {"X-API-Key": "tg-veneo-key"}
+
+
+@pytest.fixture
+def latest_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Thread ids of the latest-checkpoint reads that reach the SQLite database."""
+    reads: list[str] = []
+    original = AsyncSqliteSaver.aget_tuple
+
+    async def counted(self: Any, config: Any) -> Any:
+        if not config["configurable"].get("checkpoint_id"):
+            reads.append(config["configurable"]["thread_id"])
+        return await original(self, config)
+
+    monkeypatch.setattr(AsyncSqliteSaver, "aget_tuple", counted)
+    return reads
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    app = create_app(Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path / 'teamgraph.db'}"))  # type: ignore[call-arg]
+    with TestClient(app) as c:
+        yield c
+
+
+def _turn(client: TestClient, endpoint: str, thread: str, text: str) -> Any:
+    r = client.post(
+        f"/teams/veneo_chat/{endpoint}",
+        headers=VENEO,
+        json={
+            "input": {"messages": [{"role": "user", "content": text}]},
+            "config": {"configurable": {"thread_id": thread}},
+        },
+    )
+    assert r.status_code == 200, r.text
+    return r
+
+
+@pytest.mark.parametrize("endpoint", ["invoke", "stream"])
+def test_a_turn_reads_the_latest_checkpoint_once(client: TestClient, latest_reads: list[str], endpoint: str) -> None:
+    thread = client.post("/sessions", headers=VENEO, json={"team": "veneo_chat"}).json()["id"]
+    _turn(client, "invoke", thread, "Do you ship abroad?")
+    latest_reads.clear()
+
+    _turn(client, endpoint, thread, "And how long does it take?")
+
+    assert len(latest_reads) == 1  # the version check's; the graph's run started from it (it read twice before)
+    transcript = client.get(f"/sessions/{thread}", headers=VENEO).json()["transcript"]
+    assert [m["content"] for m in transcript if m["role"] == "user"] == [
+        "Do you ship abroad?",
+        "And how long does it take?",
+    ]  # the second turn continued the stored conversation
+
+
+def test_batch_inputs_on_one_session_each_start_from_the_turn_before(client: TestClient) -> None:
+    thread = client.post("/sessions", headers=VENEO, json={"team": "veneo_chat"}).json()["id"]
+    _turn(client, "invoke", thread, "first")
+    config = {"configurable": {"thread_id": thread}}
+    r = client.post(
+        "/teams/veneo_chat/batch",
+        headers=VENEO,
+        json={
+            "inputs": [{"messages": [{"role": "user", "content": "second"}]},
+                       {"messages": [{"role": "user", "content": "third"}]}],
+            "config": [config, config],
+        },
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    humans = [[m["content"] for m in out["messages"] if m["type"] == "human"] for out in r.json()["output"]]
+    assert humans == [["first", "second"], ["first", "second", "third"]]
+
+
+class _Saver(AsyncSqliteSaver):
+    """Counts the reads that reach the database."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def aget_tuple(self, config: Any) -> Any:
+        self.reads += 1
+        return ("stored", config["configurable"]["thread_id"])
+
+    async def aput(self, config: Any, *args: Any, **kwargs: Any) -> Any:
+        return config
+
+    async def aput_writes(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _config(thread: str, held: PrefetchedCheckpoint, **extra: Any) -> Any:
+    return {"configurable": {"thread_id": thread, PREFETCHED: held, **extra}}
+
+
+async def test_a_prefetched_checkpoint_answers_one_latest_read_of_its_thread() -> None:
+    saver = reuse_prefetched(_Saver())
+    assert isinstance(saver, _Saver) and type(saver).__name__ == "_Saver"  # its own class to code that asks
+    held = PrefetchedCheckpoint()
+    held.keep("t1", "kept")  # type: ignore[arg-type]
+
+    assert await saver.aget_tuple(_config("t2", held)) == ("stored", "t2")  # another thread
+    assert await saver.aget_tuple(_config("t1", held, checkpoint_id="c1")) == ("stored", "t1")  # a given one
+    assert await saver.aget_tuple(_config("t1", held, checkpoint_ns="sub")) == ("stored", "t1")  # a subgraph's
+    assert await saver.aget_tuple({"configurable": {"thread_id": "t1"}}) == ("stored", "t1")  # no prefetch
+    assert saver.reads == 4
+    assert await saver.aget_tuple(_config("t1", held)) == "kept"
+    assert await saver.aget_tuple(_config("t1", held)) == ("stored", "t1")  # once only
+    assert saver.reads == 5
+
+
+async def test_a_prefetched_nothing_is_kept_too_and_a_write_drops_it() -> None:
+    saver = reuse_prefetched(_Saver())
+    held = PrefetchedCheckpoint()
+    held.keep("t1", None)  # a new session: nothing stored yet
+    assert await saver.aget_tuple(_config("t1", held)) is None
+    assert saver.reads == 0
+
+    for write in (saver.aput, saver.aput_writes):
+        held.keep("t1", None)
+        await write(_config("t1", held), {}, {})  # type: ignore[operator]
+        assert await saver.aget_tuple(_config("t1", held)) == ("stored", "t1")  # read after the write
+    assert reuse_prefetched(saver) is saver and type(reuse_prefetched(saver)) is type(saver)  # once
