@@ -76,7 +76,12 @@ def sse_events(text: str) -> list[tuple[str, Any]]:
 
 
 async def transcript(client: httpx.AsyncClient, thread_id: str) -> list[dict[str, Any]]:
-    response = await client.get(f"/sessions/{thread_id}")
+    try:
+        response = await client.get(f"/sessions/{thread_id}")
+    except httpx.RemoteProtocolError:
+        # a pooled connection idle past uvicorn's keep-alive (5 s: the serialized turns take longer) can be closed
+        # by the server just as the GET goes out; an idempotent GET is sent again, as any HTTP client would
+        response = await client.get(f"/sessions/{thread_id}")
     assert response.status_code == 200, response.text
     messages: list[dict[str, Any]] = response.json()["transcript"]
     return messages
