@@ -49,9 +49,15 @@ def answer_key(question: dict[str, Any], resume: str, job_description: str) -> d
     named = [a.text for a in resume_achievements(resume) if a.text.lower() in text.lower()]
     line = max(named, key=len) if named else _best(asked, resume_lines(resume))
     tasks = responsibilities(job_description)
-    # a task the question names, else the one closest to what it asks about (a looser match pairs unrelated work)
+    # a task the question names, else (a question not about a named achievement) the one closest to what it asks
+    # about; a looser match pairs unrelated work
     said = [t for t in tasks if t.lower() in text.lower()]
-    task = max(said, key=len) if said else _best(f"{asked} {line or ''}", tasks, 2 * MIN_RELEVANCE) or ""
+    if said:
+        task = max(said, key=len)
+    elif named:  # the generator paired this achievement with no task of the job: none is guessed here either
+        task = ""
+    else:
+        task = _best(f"{asked} {line or ''}", tasks, 2 * MIN_RELEVANCE) or ""
     skills = [s for s in find_skills(f"{asked} {line or ''}") if s.lower() in (job_description or "").lower()]
     key_skill = skills[0] if skills else (skill if skill and len(skill.split()) <= 3 else "")
     points = [p for p in (line, task, key_skill) if p]

@@ -440,7 +440,14 @@ def score_answer(
         )
     weak = sorted((s, name) for name, s in scores.items() if s <= 3)
     improvements = _diagnosis(f) + [_IMPROVEMENTS.get(name, f"Work on {name.replace('_', ' ')}.") for _, name in weak]
-    if f["resume_claims"] == 0 and resume and scores.get("specificity", 5) <= 3:
+    line = (question.get("key") or {}).get("resume_line", "")
+    if line and f["key_cover"] < 0.3 and min(scores.get("relevance", 5), scores.get("specificity", 5)) <= 3:
+        # the answer key names the resume line this question is about, and the answer did not use it
+        improvements.append(
+            f"Your resume says you {line[0].lower() + line[1:]}: that is strong evidence for this question; "
+            "walk through what you did there and the result."
+        )
+    elif f["resume_claims"] == 0 and resume and scores.get("specificity", 5) <= 3:
         improvements.append("Use an example from your resume: your own projects and results are your best evidence.")
     if not improvements:
         worst = min(scores, key=lambda k: scores[k])

@@ -361,3 +361,18 @@ async def test_the_fallback_scorer_reads_the_stored_key_and_builds_one_for_older
     stale = [dict(k, question="another question", reference="gardening tomatoes") for k in keys]
     await fallback_scorer.fallback_scorer({**state, "answer_keys": stale}, config)  # type: ignore[typeddict-item]
     assert seen[2]["key"] == keys[1]
+
+
+def test_a_weak_answer_is_pointed_to_the_resume_line_its_key_names(rubric: list[RubricCriterion]) -> None:
+    from nodes.answer_keys import answer_key
+
+    keyed = dict(QUESTION, key=answer_key(QUESTION, RESUME, JOB))
+    vague = score_answer(
+        keyed, "I usually try to make things faster. It is important to care about it.", JOB, rubric, RESUME
+    )
+    tip = next(t for t in vague["improvements"] if t.startswith("Your resume says you"))
+    assert keyed["key"]["resume_line"].lower() in tip.lower()
+    strong = score_answer(
+        keyed, "I cut p95 latency from 900 ms to 250 ms by moving Postgres reads to replicas.", JOB, rubric, RESUME
+    )
+    assert not [t for t in strong["improvements"] if t.startswith("Your resume says you")]  # it used that line
