@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nodes.answer_keys import answer_key
 from nodes.fallback_scorer import score_answer
 from nodes.question_generator import offline_questions, resume_achievements
 from nodes.safety_classifier import default_classifier
@@ -201,6 +202,7 @@ def scorer_section() -> str:
     pairs = [json.loads(line) for line in (SETS / "scorer_pairs.jsonl").read_text(encoding="utf-8").splitlines()]
     results: dict[tuple[str, str], list[bool]] = defaultdict(list)
     plain: dict[str, list[bool]] = defaultdict(list)  # the same pairs without the semantic model
+    keyed: dict[str, list[bool]] = defaultdict(list)  # the same pairs with the answer key the interview stores
     wrong: list[str] = []
     timings: list[float] = []
     for pair in pairs:
@@ -220,6 +222,12 @@ def scorer_section() -> str:
             for side in ("better", "worse")
         ]
         plain[pair["category"]].append(without[0] > without[1])
+        # as in an interview: the question's answer key built from this resume and job (nodes/answer_keys.py)
+        keyed_question = dict(pair["question"], key=answer_key(pair["question"], resume, job))
+        keyed_scores = [
+            score_answer(keyed_question, pair[side], job, rubric, resume)["overall"] for side in ("better", "worse")
+        ]
+        keyed[pair["category"]].append(keyed_scores[0] > keyed_scores[1])
         if not ok:
             wrong.append(
                 f"{pair['id']} ({pair['category']}, {pair['split']}): better {scored[0]} vs worse {scored[1]} — "
@@ -232,17 +240,20 @@ def scorer_section() -> str:
         "Pairs of answers to the same question, one clearly better (evals/sets/scorer_pairs.jsonl); a pair counts "
         "as right when the better answer gets the higher overall score (a tie is wrong). `dev` pairs were used "
         "while tuning; `heldout` pairs were written before tuning and not used to tune. The last column scores the "
-        "same pairs without the semantic model (nodes/semantic_model.py), lexicon and heuristics only.",
+        "same pairs without the semantic model (nodes/semantic_model.py), lexicon and heuristics only; the column "
+        "before it scores them with the answer key an interview stores for the question (nodes/answer_keys.py, "
+        "built from the pair's resume and job description).",
         "",
-        "| category | dev | heldout | all | target | all, without the semantic model |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| category | dev | heldout | all | target | all, with the answer key | all, without the semantic model |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for category in categories:
         dev, held = results.get((category, "dev"), []), results.get((category, "heldout"), [])
         both = dev + held
         out.append(
             f"| {category} | {_rate(sum(dev), len(dev))} | {_rate(sum(held), len(held))} | "
-            f"{_rate(sum(both), len(both))} | ≥ 95% | {_rate(sum(plain[category]), len(plain[category]))} |"
+            f"{_rate(sum(both), len(both))} | ≥ 95% | {_rate(sum(keyed[category]), len(keyed[category]))} | "
+            f"{_rate(sum(plain[category]), len(plain[category]))} |"
         )
     out += ["", f"p50 scoring time per answer: {_p50(timings)}.", "", f"### Pairs ordered wrongly ({len(wrong)})", ""]
     out += [f"- {w}" for w in wrong] or ["- none"]

@@ -86,9 +86,12 @@ def public_scorer_section() -> str:
         "sources, licences and the transformations behind each category in evals/README.md). `mohler_unt` "
         "assignments 1-8 are `tune` (read while changing the scorer), assignments 9-12 are `test` (other questions, "
         "not read while tuning); `scientsbank` is `heldout` (another source and domain, never read). A pair is "
-        "right when the better answer's overall score is higher (a tie is wrong). *Question only* is the interview "
-        "setting (the scorer sees the question, no answer key); *with reference* adds the question's reference "
-        "answer. Target: ≥ 95% in every category.",
+        "right when the better answer's overall score is higher (a tie is wrong). *Question only*: the scorer sees "
+        "the question alone; *with reference* adds the question's reference answer (a model answer). In an "
+        "interview the scorer sees neither: it gets an answer key built from the resume and the job "
+        "(nodes/answer_keys.py), which these sets have no resume or job for, so for a knowledge question "
+        "*question only* is what an interview gets (the answer key is measured in the section above). "
+        "Target: ≥ 95% in every category.",
         "",
         f"| source | split | category | {header} |",
         "| --- | --- | --- | " + " | ".join("---" for _ in range(2 * len(names))) + " |",

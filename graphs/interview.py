@@ -21,6 +21,8 @@ from nodes.memory_keeper import memory_keeper
 from nodes.question_generator import question_generator
 
 TEAM = "interview"
+# what a good answer to each question contains (nodes/answer_keys.py): read by the scorer, never shown to the client
+PRIVATE_CHANNELS = {"answer_keys"}
 
 
 class InputState(TypedDict):
@@ -43,6 +45,13 @@ class InterviewState(InputState):
     archived: NotRequired[int]
     # spoken sessions: totals and the latest items (bounded; each spoken message carries its own details)
     voice: NotRequired[dict[str, Any]]
+
+
+class ScoringState(InterviewState):
+    """The fallback scorer also reads the answer keys: a private channel, so no stream, output or session read
+    shows what the scorer expects before the answer is scored."""
+
+    answer_keys: NotRequired[list[dict[str, Any]]]
 
 
 def route_turn(state: InterviewState) -> Literal["question_generator", "evaluator", "reask", "summarizer"]:
@@ -71,7 +80,7 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStor
     builder = StateGraph(InterviewState, input_schema=InputState)
     builder.add_node("question_generator", question_generator)
     builder.add_node("evaluator", evaluator)
-    builder.add_node("fallback_scorer", fallback_scorer)
+    builder.add_node("fallback_scorer", fallback_scorer, input_schema=ScoringState)
     builder.add_node("ask_next_question", ask_next_question)
     builder.add_node("reask", reask)
     builder.add_node("summarizer", interview_summarizer)
@@ -87,6 +96,8 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None, store: BaseStor
     builder.add_edge("summarizer", "memory_keeper")
     builder.add_edge("memory_keeper", END)
     compiled = builder.compile(checkpointer=checkpointer, store=store, name=TEAM)
+    # stream values and updates, and read state snapshots, without the private answer keys
+    compiled.stream_channels = [c for c in compiled.stream_channels_list if c not in PRIVATE_CHANNELS]
     return compiled.with_config({"configurable": {"team": TEAM}, "tags": [f"team:{TEAM}"]})
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import RunnableConfig
 
+from nodes.answer_keys import key_for
 from nodes.configuration import Configuration
 from nodes.evaluation_format import evaluation_message, latest_answer, with_delivery
 from nodes.semantic_model import Similarity, scorer_model
@@ -23,7 +24,7 @@ from nodes.text_features import (
 from personas.schema import RubricCriterion
 
 if TYPE_CHECKING:
-    from graphs.interview import InterviewState
+    from graphs.interview import ScoringState
 
 NODE = "fallback_scorer"
 
@@ -125,13 +126,16 @@ def answer_features(
     resume: str = "",
     model: Similarity | None = None,
     reference: str = "",
+    key: str = "",
 ) -> dict[str, float]:
     """What the scores are made of; all in [0, 1] or counts, from the text alone (deterministic).
 
     `model` is the offline semantic model (nodes/semantic_model.py); None leaves out the meaning-based signals
     (the quality report uses that to measure what the model adds). `reference` is what a good answer contains,
     when the question carries one (a model-written question may; an offline question carries the resume line
-    it asks about): the answer is then also judged by how much of it, beyond the question's own words, it covers."""
+    it asks about): the answer is then also judged by how much of it, beyond the question's own words, it covers.
+    `key` is the question's answer key from the resume and the job (nodes/answer_keys.py): where a good answer is
+    likely to draw from, which can make an answer more on topic but never less."""
     text = answer.lower()
     answer_words = words(answer)
     n = len(answer_words)
@@ -170,15 +174,13 @@ def answer_features(
     semantic_job = model.similarity(answer, context) if model and context else semantic
     # new content: share of the answer's terms that the question did not already say (filler is low here)
     novel = sum(s not in question_terms for s in set(stems)) / len(set(stems)) if stems else 0.0
-    ref_cover = ref_semantic = 0.0
-    if reference:
-        # the reference's terms beyond the question's: repeating the question covers none of them
-        wanted = meaning_terms(reference) - {stem(w) for w in content_words(asked)}
-        wanted = wanted or meaning_terms(reference)
-        ref_cover = len(wanted & meaning_terms(answer)) / len(wanted) if wanted else 0.0
-        ref_semantic = model.similarity(answer, reference) if model else 0.0
+    ref_cover, ref_semantic = _coverage(answer, reference, asked, model)
+    key_cover, key_semantic = _coverage(answer, key, asked, model)
     return {
         "reference": 1.0 if reference else 0.0,
+        "key": 1.0 if key and not reference else 0.0,
+        "key_cover": key_cover,
+        "key_semantic": key_semantic,
         "kind_behavioral": 1.0 if question_kind(question) == "behavioral" else 0.0,
         "ref_cover": ref_cover,
         "ref_semantic": ref_semantic,
@@ -202,6 +204,17 @@ def answer_features(
         "specific_terms": specific,
         "words_per_sentence": n / sentences,
     }
+
+
+def _coverage(answer: str, reference: str, asked: str, model: Similarity | None) -> tuple[float, float]:
+    """(share of the reference's terms beyond the question's that the answer has, cosine to it by meaning)."""
+    if not reference:
+        return 0.0, 0.0
+    # the reference's terms beyond the question's: repeating the question covers none of them
+    wanted = meaning_terms(reference) - {stem(w) for w in content_words(asked)}
+    wanted = wanted or meaning_terms(reference)
+    cover = len(wanted & meaning_terms(answer)) / len(wanted) if wanted else 0.0
+    return cover, (model.similarity(answer, reference) if model else 0.0)
 
 
 def _story(f: dict[str, float]) -> bool:
@@ -236,9 +249,21 @@ def on_topic(f: dict[str, float]) -> float:
     if f["reference"]:
         low, high = REFERENCE_RANGE
         meaning = max(0.0, min(1.0, (f["ref_semantic"] - low) / (high - low)))
+        by_reference = min(1.0, 0.6 * f["ref_cover"] + 0.4 * meaning)
         # the question's words and meaning are left out here: measured on the tune pairs, they favour long answers
         # that restate the question over short correct ones
-        return min(1.0, 0.6 * f["ref_cover"] + 0.4 * meaning)
+        return by_reference
+    on_question = _question_on_topic(f)
+    if f["key"]:
+        # an answer key from the resume and the job (nodes/answer_keys.py) says where a good answer is likely to
+        # draw from, not the only right answer: it can raise how on-topic an answer is, never lower it
+        low, high = REFERENCE_RANGE
+        meaning = max(0.0, min(1.0, (f["key_semantic"] - low) / (high - low)))
+        return max(on_question, min(1.0, 0.6 * f["key_cover"] + 0.4 * meaning))
+    return on_question
+
+
+def _question_on_topic(f: dict[str, float]) -> float:
     evidence = min(1.0, (f["numbers"] + f["result_verbs"] + min(f["resume_claims"], 3)) / 4)
     # meaning counts in full where the answer carries evidence; a vague answer is on topic by meaning too, and
     # must not earn relevance from that alone
@@ -348,7 +373,9 @@ def _resume_line(resume: str, question: str) -> str | None:
 def example_answer(question: dict[str, Any], job_description: str, resume: str) -> str:
     """A model answer built for this question, from the candidate's own resume where it has something related."""
     topic = question.get("skill") or "this"
-    line = _resume_line(resume, f"{question['text']} {topic}")
+    key = question.get("key") or {}
+    # the resume line the question's answer key names (what the question is about), else the closest one
+    line = key.get("resume_line") or _resume_line(resume, f"{question['text']} {topic}")
     employer = re.search(r"\bat ([A-Z][\w&.-]+(?: [A-Z][\w&.-]+)?)", line or "") or re.search(
         r"\bat ([A-Z][\w&.-]+(?: [A-Z][\w&.-]+)?)", resume or ""
     )
@@ -362,11 +389,14 @@ def example_answer(question: dict[str, Any], job_description: str, resume: str) 
             if result
             else "what changed, with a number (how much faster, cheaper or better), and how I know"
         )
+        # a question about the achievement itself has it as its topic: the situation names the problem instead
+        subject = topic if topic.lower() not in action.lower() and len(topic.split()) <= 4 else "the problem"
+        link = f" Link: the same steps are how I would {key['task']} here." if key.get("task") else ""
         return (
-            f"Situation: {where}, {topic} was holding the team back. Task: I owned fixing it. "
-            f"Action: I {action}; the two or three steps I took myself, and the tools. Result: {outcome}."
+            f"Situation: {where}, {subject} was holding the team back. Task: I owned fixing it. "
+            f"Action: I {action}; the two or three steps I took myself, and the tools. Result: {outcome}.{link}"
         )
-    tasks = [t for t in re.findall(r"^\s*[-*]\s*(.+)$", job_description or "", re.M)][:1]
+    tasks = [key["task"]] if key.get("task") else re.findall(r"^\s*[-*]\s*(.+)$", job_description or "", re.M)[:1]
     link = f" — the same kind of work as '{tasks[0].strip().rstrip('.')}' in this job" if tasks else ""
     return (
         f"Situation: {where}, one concrete moment where {topic} mattered{link}. "
@@ -392,7 +422,7 @@ def score_answer(
     model = (model or scorer_model()) if semantic else None
     f = answer_features(
         question["text"], answer, job_description, question.get("skill", ""), resume, model,
-        question.get("reference", ""),
+        question.get("reference", ""), (question.get("key") or {}).get("reference", ""),
     )  # fmt: skip
     values = {c.name: criterion_value(c.name, f) for c in rubric}
     scores = {name: _clamp(v) for name, v in values.items()}
@@ -410,7 +440,14 @@ def score_answer(
         )
     weak = sorted((s, name) for name, s in scores.items() if s <= 3)
     improvements = _diagnosis(f) + [_IMPROVEMENTS.get(name, f"Work on {name.replace('_', ' ')}.") for _, name in weak]
-    if f["resume_claims"] == 0 and resume and scores.get("specificity", 5) <= 3:
+    line = (question.get("key") or {}).get("resume_line", "")
+    if line and f["key_cover"] < 0.3 and min(scores.get("relevance", 5), scores.get("specificity", 5)) <= 3:
+        # the answer key names the resume line this question is about, and the answer did not use it
+        improvements.append(
+            f"Your resume says you {line[0].lower() + line[1:]}: that is strong evidence for this question; "
+            "walk through what you did there and the result."
+        )
+    elif f["resume_claims"] == 0 and resume and scores.get("specificity", 5) <= 3:
         improvements.append("Use an example from your resume: your own projects and results are your best evidence.")
     if not improvements:
         worst = min(scores, key=lambda k: scores[k])
@@ -424,18 +461,21 @@ def score_answer(
     }
 
 
-async def fallback_scorer(state: InterviewState, config: RunnableConfig) -> dict[str, Any]:
+async def fallback_scorer(state: ScoringState, config: RunnableConfig) -> dict[str, Any]:
     """Score the current answer deterministically; the evaluation records scored_by: fallback and why."""
     conf = Configuration.from_runnable_config(config)
     index = state.get("current", 0)
     question = state["questions"][index]
     answer = latest_answer(state)
+    # the question's answer key (private channel; built now for a session stored without one)
+    key = key_for(state, index)
+    scored_question = {**question, "key": key}
     evaluation = {
         "question_index": index,
         "question": question["text"],
         "answer": answer,
         **score_answer(
-            question, answer, state.get("job_description", ""), list(conf.params.rubric), state.get("resume", "")
+            scored_question, answer, state.get("job_description", ""), list(conf.params.rubric), state.get("resume", "")
         ),
         "scored_by": "fallback",
         "fallback_reason": state.get("evaluator_error") or "no model configured",

@@ -10,6 +10,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
+from nodes.answer_keys import answer_keys
 from nodes.configuration import Configuration
 from nodes.model_calls import ask_structured, describe_failure, persona_messages
 from nodes.text_features import content_words, find_skills, relevance, responsibilities
@@ -391,6 +392,8 @@ async def question_generator(state: InterviewState, config: RunnableConfig) -> d
         "job_description": job_description,
         "role": role,
         "questions": questions,
+        # what a good answer to each contains, from these documents (private: read by the scorer only)
+        "answer_keys": answer_keys(questions, resume, job_description),
         "questions_by": produced_by,
         "current": 0,
         "evaluations": [],

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 FORMAT = "teamgraph.session/1"
 DOCUMENT_KINDS = ("resume", "job_description")
 # bookkeeping the importer recomputes (archive positions) or that a finished turn never leaves behind
-_NOT_EXPORTED = {"messages", "archived", "draft"}
+_NOT_EXPORTED = {"messages", "archived", "draft", "answer_keys"}  # answer_keys: the scorer's, never shown
 
 
 class ImportRejected(ValueError):

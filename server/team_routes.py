@@ -398,13 +398,18 @@ def _run(config: RunnableConfig | None) -> TeamRunConfig:
     return run
 
 
+# channels no client sees: the chat's unreviewed draft, the interview's answer keys (what the scorer expects)
+PRIVATE_KEYS = frozenset({"draft", "answer_keys"})
+
+
 def _without_private(event: Any) -> Any:
-    """The event with any private draft removed from its input and output."""
+    """The event with any private draft or answer keys removed from its input and output."""
     data = event.get("data")
     if not isinstance(data, dict):
         return event
     cleaned = {
-        k: ({kk: vv for kk, vv in v.items() if kk != "draft"} if isinstance(v, dict) else v) for k, v in data.items()
+        k: ({kk: vv for kk, vv in v.items() if kk not in PRIVATE_KEYS} if isinstance(v, dict) else v)
+        for k, v in data.items()
     }
     return {**event, "data": cleaned}
 

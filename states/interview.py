@@ -1,4 +1,9 @@
-"""The `interview` team's state, version 1: documents, tailored questions, one evaluation per answer, a summary."""
+"""The `interview` team's state, version 2: documents, tailored questions, one evaluation per answer, a summary.
+
+Version 2 (from 1): `answer_keys`, one per question, what a good answer contains (nodes/answer_keys.py), built from
+the resume and the job; private to the scorer (never shown to the client). A version-1 session gets them built
+from its questions and documents (states/migrations.py).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-VERSION = 1
+VERSION = 2
 
 
 class Question(BaseModel):
@@ -53,3 +58,4 @@ class InterviewSession(BaseModel):
     evaluator_error: str | None = None
     archived: int | None = None
     voice: dict[str, Any] | None = None
+    answer_keys: list[dict[str, Any]] = []  # private: read by the scorer only

@@ -93,9 +93,26 @@ def chat_v1_to_v2(state: dict[str, Any]) -> dict[str, Any]:
     return {"review_decisions": upgraded}
 
 
+# --- interview ---
+
+
+def interview_v1_to_v2(state: dict[str, Any]) -> dict[str, Any]:
+    """A session with questions gets one answer key per question (nodes/answer_keys.py), built from its questions,
+    resume and job description as the question generator builds them now; a session without questions (still in
+    set-up) or with keys already is left alone."""
+    questions = state.get("questions")
+    if not questions or state.get("answer_keys"):
+        return {}
+    from nodes.answer_keys import answer_keys
+
+    plain = [q if isinstance(q, dict) else q.model_dump() for q in questions]
+    return {"answer_keys": answer_keys(plain, state.get("resume") or "", state.get("job_description") or "")}
+
+
 MIGRATIONS: dict[tuple[str, int], Migration] = {
     # (graph id, the version it produces): the function
     ("veneo_chat", 2): chat_v1_to_v2,
+    ("interview", 2): interview_v1_to_v2,
 }
 
 

@@ -29,7 +29,8 @@ SessionId = Annotated[
 ]
 MAX_FILENAME_CHARS = 255
 
-INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "decisions_archived"}
+# answer_keys: what the scorer expects of each answer (private to it; a session read upgraded from version 1 has them)
+INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "decisions_archived", "answer_keys"}
 
 
 class SessionCreate(BaseModel):

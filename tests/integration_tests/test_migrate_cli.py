@@ -35,7 +35,11 @@ def check_migrate(cli: Cli, url: str, sessions: list[dict[str, str]]) -> None:
     dry = cli("migrate", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert f"would upgrade veneo/{chat['thread_id']} (veneo_chat): version 1 -> 2" in dry.stdout
-    assert "3 sessions: 1 would upgrade, 2 already current" in dry.stdout
+    # the interview sessions too: interview state version 2 added the private answer keys
+    interviews = [s for s in sessions if s["team"] == "interview"]
+    for interview in interviews:
+        assert f"would upgrade {interview['tenant']}/{interview['thread_id']} (interview): version 1 -> 2" in dry.stdout
+    assert "3 sessions: 3 would upgrade, 0 already current" in dry.stdout
     assert all(v is None for v in asyncio.run(stored_versions(url, sessions)).values())  # a dry run writes nothing
 
     done = cli("migrate")
@@ -43,6 +47,7 @@ def check_migrate(cli: Cli, url: str, sessions: list[dict[str, str]]) -> None:
     assert f"upgraded veneo/{chat['thread_id']} (veneo_chat): version 1 -> 2" in done.stdout
     versions = asyncio.run(stored_versions(url, sessions))
     assert versions[f"veneo_chat:{chat['thread_id'][:8]}"] == 2
+    assert all(versions[f"interview:{i['thread_id'][:8]}"] == 2 for i in interviews)
 
     again = cli("migrate")  # resumable: what is done is not done twice
     assert again.returncode == 0 and "3 sessions: 0 upgraded, 3 already current" in again.stdout

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.engine import Engine
 from server.settings import Settings
-from states.migrations import METADATA_KEY, SessionSchemaTooNew, chat_v1_to_v2, current_version
+from states.migrations import METADATA_KEY, SessionSchemaTooNew, chat_v1_to_v2, current_version, interview_v1_to_v2
 from states.veneo_chat import ReviewDecision
 from tests.conftest import open_engine
 from tests.integration_tests.test_v1_fixtures import FIXTURES, MANIFEST
@@ -79,12 +79,40 @@ async def test_reading_a_v1_chat_upgrades_in_memory_and_a_turn_stores_it(v1_db: 
         assert len(await engine.transcript(record)) == CHAT["messages"] + 2
 
 
-async def test_interview_v1_is_current_and_new_checkpoints_record_their_version(v1_db: Path) -> None:
+async def test_interview_v1_gets_answer_keys_stored_privately_at_its_next_turn(v1_db: Path) -> None:
     async with open_engine(f"sqlite:///{v1_db}") as engine:
         record = engine.get_session(INTERVIEW["tenant"], INTERVIEW["thread_id"])
-        assert (await engine.versioned_state(record))[1] == 1 == current_version("interview")
-        await engine.run_turn(record, {"messages": [{"role": "user", "content": "I measured it."}]})
-        assert (await stored(engine, INTERVIEW["tenant"], INTERVIEW["thread_id"]))[1] == 1
+        state, version = await engine.versioned_state(record)
+        assert version == 1 and current_version("interview") == 2
+        keys = state["answer_keys"]  # built in memory from the v1 session's questions and documents
+        assert [k["question"] for k in keys] == [q["text"] for q in state["questions"]]
+        assert interview_v1_to_v2({**state, "answer_keys": keys}) == {}  # a v2 session is left alone
+        assert interview_v1_to_v2({"questions": []}) == {}  # so is one still in set-up
+        assert (await stored(engine, INTERVIEW["tenant"], INTERVIEW["thread_id"]))[1] is None  # a read writes nothing
+
+        after = await engine.run_turn(record, {"messages": [{"role": "user", "content": "I measured it."}]})
+
+        assert "answer_keys" not in after  # private: not in the turn's output
+        values, version = await stored(engine, INTERVIEW["tenant"], INTERVIEW["thread_id"])
+        assert version == 2 and "answer_keys" not in values  # nor in a state snapshot
+        checkpoint = await engine.persistence.checkpointer.aget_tuple(engine.run_config(record))
+        assert checkpoint is not None and checkpoint.checkpoint["channel_values"]["answer_keys"] == keys
+        assert after["evaluations"][-1]["scored_by"] == "fallback"  # the keyed session still scores
+
+
+def test_api_never_shows_a_v1_interview_s_answer_keys(v1_db: Path) -> None:
+    app = create_app(Settings(_env_file=None, checkpoint_url=f"sqlite:///{v1_db}"))  # type: ignore[call-arg]
+    headers = (
+        {"X-API-Key": "tg-veneo-key"} if INTERVIEW["tenant"] == "veneo" else {"Authorization": "Bearer tg-demo-key"}
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get(f"/sessions/{INTERVIEW['thread_id']}", headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["schema_version"] == 1 and r.json()["state"]["questions"]
+        assert "answer_keys" not in r.text
+        r = client.get(f"/sessions/{INTERVIEW['thread_id']}/export", headers=headers)
+        assert r.status_code == 200, r.text
+        assert "answer_keys" not in r.text
 
 
 async def make_too_new(engine: Engine, tenant: str, session_id: str) -> None:

@@ -283,3 +283,96 @@ def test_a_skill_only_on_the_resume_is_not_presented_as_the_role_s_need() -> Non
     texts = [q["text"] for q in offline_questions(resume, teacher_job, "Mathematics Teacher", 5, MIX)]
 
     assert not any("role relies on statistics" in t for t in texts), texts
+
+
+# ----------------------------------------------------------------------------------------- answer keys
+
+OWN_PAIRS = Path(__file__).resolve().parents[2] / "evals" / "sets" / "scorer_pairs.jsonl"
+
+
+def test_held_out_pairs_stay_ordered_with_the_answer_key_from_resume_and_job(rubric: list[RubricCriterion]) -> None:
+    from nodes.answer_keys import answer_key
+
+    rows = [json.loads(line) for line in OWN_PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    held = [r for r in rows if r["split"] == "heldout"]
+    right = 0
+    for pair in held:
+        key = answer_key(pair["question"], pair["resume"], pair["job_description"])
+        question = dict(pair["question"], key=key)
+        scores = [
+            score_answer(question, pair[side], pair["job_description"], rubric, pair["resume"])["overall"]
+            for side in ("better", "worse")
+        ]
+        right += scores[0] > scores[1]
+    assert len(held) >= 10 and right == len(held)
+
+
+def test_an_answer_key_can_raise_an_answer_never_lower_it(rubric: list[RubricCriterion]) -> None:
+    from nodes.answer_keys import answer_key
+
+    key = answer_key(QUESTION, RESUME, JOB)
+    assert "latency" in key["reference"] and key["resume_line"].lower() in RESUME.lower()
+    keyed = dict(QUESTION, key=key)
+    answers = [
+        "I cut p95 latency from 900 ms to 250 ms at Shopwise by moving reads to replicas and adding an index.",
+        # another valid example, not the one on the resume: the key must not count against it
+        "On a side project I cached the product pages in Redis and the median page time fell from 2 s to 300 ms.",
+        "I usually try to make things faster. It is important to care about performance.",
+    ]
+    for answer in answers:
+        with_key = score_answer(keyed, answer, JOB, rubric, RESUME)["overall"]
+        assert with_key >= score_answer(QUESTION, answer, JOB, rubric, RESUME)["overall"]
+    assert (
+        score_answer(keyed, answers[0], JOB, rubric, RESUME)["overall"]
+        > score_answer(keyed, answers[2], JOB, rubric, RESUME)["overall"]
+    )
+
+
+async def test_the_fallback_scorer_reads_the_stored_key_and_builds_one_for_older_sessions(
+    resolver: AgentTeamResolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_core.messages import HumanMessage
+
+    from nodes.answer_keys import answer_keys
+    from tests.conftest import run_config
+
+    seen: list[dict[str, Any]] = []
+    real = fallback_scorer.score_answer
+
+    def spy(question: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        seen.append(question)
+        return real(question, *args, **kwargs)
+
+    monkeypatch.setattr(fallback_scorer, "score_answer", spy)
+    questions = offline_questions(RESUME, JOB, "Backend Engineer", 3, MIX)
+    keys = answer_keys(questions, RESUME, JOB)
+    state: dict[str, Any] = {
+        "resume": RESUME, "job_description": JOB, "questions": questions, "current": 1,
+        "messages": [HumanMessage("I profiled the checkout and cut p95 latency from 900 ms to 250 ms.")],
+    }  # fmt: skip
+    config = run_config(resolver, "demo", "interview")
+    stored = await fallback_scorer.fallback_scorer({**state, "answer_keys": keys}, config)  # type: ignore[typeddict-item]
+    older = await fallback_scorer.fallback_scorer(state, config)  # type: ignore[arg-type]
+
+    assert seen[0]["key"] == keys[1] and seen[1]["key"] == keys[1]  # an older session gets the same key, built now
+    assert "reference" not in seen[0]  # a key is not a model answer: it can only raise how on topic an answer is
+    assert stored["evaluations"][0]["overall"] == older["evaluations"][0]["overall"]
+    # a stale key (of another question list) is not used for this question
+    stale = [dict(k, question="another question", reference="gardening tomatoes") for k in keys]
+    await fallback_scorer.fallback_scorer({**state, "answer_keys": stale}, config)  # type: ignore[typeddict-item]
+    assert seen[2]["key"] == keys[1]
+
+
+def test_a_weak_answer_is_pointed_to_the_resume_line_its_key_names(rubric: list[RubricCriterion]) -> None:
+    from nodes.answer_keys import answer_key
+
+    keyed = dict(QUESTION, key=answer_key(QUESTION, RESUME, JOB))
+    vague = score_answer(
+        keyed, "I usually try to make things faster. It is important to care about it.", JOB, rubric, RESUME
+    )
+    tip = next(t for t in vague["improvements"] if t.startswith("Your resume says you"))
+    assert keyed["key"]["resume_line"].lower() in tip.lower()
+    strong = score_answer(
+        keyed, "I cut p95 latency from 900 ms to 250 ms by moving Postgres reads to replicas.", JOB, rubric, RESUME
+    )
+    assert not [t for t in strong["improvements"] if t.startswith("Your resume says you")]  # it used that line
