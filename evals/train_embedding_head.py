@@ -39,27 +39,44 @@ def load_rows() -> list[dict[str, Any]]:
 
 
 def vectors(texts: list[str]) -> np.ndarray:
-    """The embeddings of `texts`, cached in evals/.cache under a hash of all of them.
+    """The embeddings of `texts`, cached per text in evals/.cache (keyed by a hash of the text).
 
-    Embedded in chunks of 256 (longest texts first), each chunk saved as it is done: an interrupted run resumes.
+    Only texts not in the cache are embedded (in chunks of 256, longest first, the cache saved after each chunk):
+    adding rows to the set embeds only the new rows, and an interrupted run resumes.
     """
-    key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-    path = CACHE / f"guardrail_vectors_{key}.npy"
-    if path.exists():
-        return np.load(path)
     CACHE.mkdir(exist_ok=True)
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    chunks = [order[i : i + 256] for i in range(0, len(order), 256)]
-    out = np.zeros((len(texts), 384), dtype=np.float32)
-    for c, idx in enumerate(chunks):
-        part = CACHE / f"part_{key}_{c}.npy"
-        if not part.exists():
-            np.save(part, embed([texts[i] for i in idx]))
-        out[idx] = np.load(part)
-    np.save(path, out)
-    for c in range(len(chunks)):
-        (CACHE / f"part_{key}_{c}.npy").unlink()
-    return out
+    path = CACHE / "guardrail_vectors_by_text.npz"
+    cache: dict[str, np.ndarray] = {}
+    if path.exists():
+        with np.load(path) as data:
+            cache = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+    keys = [hashlib.sha256(t.encode()).hexdigest()[:24] for t in texts]
+    missing = sorted({k: i for i, k in enumerate(keys) if k not in cache}.values(), key=lambda i: -len(texts[i]))
+    for start in range(0, len(missing), 256):
+        idx = missing[start : start + 256]
+        for i, vector in zip(idx, embed([texts[i] for i in idx]), strict=True):
+            cache[keys[i]] = vector
+        np.savez(path, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
+    return np.stack([cache[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, 384), np.float32)
+
+
+# chatterbot-corpus's 5,109 short chat lines would be 60% of the benign class: at full weight the head blocked 82.8%
+# of val attacks at its 1.6% benign threshold, with one line in five 90.0% (without them 90.7%, but then the head
+# sees no benign message in most of the languages the new attack sources use)
+CHATTERBOT_KEEP_ONE_IN = 5
+
+
+def fitted_rows(rows: list[dict[str, Any]]) -> np.ndarray:
+    """The rows the head is fitted on: `train`, with one chatterbot-corpus line in CHATTERBOT_KEEP_ONE_IN."""
+    keep = []
+    seen = 0
+    for row in rows:
+        ok = row["split"] == "train"
+        if ok and row["source"].startswith("chatterbot_corpus:"):
+            ok = seen % CHATTERBOT_KEEP_ONE_IN == 0
+            seen += 1
+        keep.append(ok)
+    return np.array(keep)
 
 
 def labels(rows: list[dict[str, Any]]) -> np.ndarray:
@@ -110,19 +127,20 @@ def main() -> None:
     x = vectors([r["text"] for r in rows])
     y = labels(rows)
     split = np.array([r["split"] for r in rows])
-    train, val = split == "train", split == "val"
+    train, val = fitted_rows(rows), split == "val"
     w, b = fit(x[train], y[train])
     head = EmbeddingHead(CLASSES, w.astype(np.float32), b.astype(np.float32))
     scores = head.attack_scores(x)
     threshold = choose_threshold(scores[val], y[val] != 0)
     val_texts = [r["text"] for r, v in zip(rows, val, strict=True) if v]
-    clf_t, emb_t, summary = joint_thresholds(val_texts, scores[val], y[val] != 0)
+    extra = [r["source"].startswith("chatterbot_corpus:") for r, v in zip(rows, val, strict=True) if v]
+    chosen, summary = joint_thresholds(val_texts, scores[val], y[val] != 0, extra)
     payload = {
         "classes": CLASSES,
         "bias": [round(float(v), 5) for v in b],
         "weights": [[round(float(v), 5) for v in row] for row in w],
         "val_threshold_alone": threshold,
-        "val_thresholds_with_rules_and_classifier": {"classifier": clf_t, "embedding": emb_t},
+        "val_thresholds_with_rules_and_classifier": chosen,
         "trained_on": int(train.sum()),
     }
     HEAD_PATH.write_bytes(gzip.compress(json.dumps(payload, separators=(",", ":")).encode(), mtime=0))
@@ -136,12 +154,16 @@ def main() -> None:
         leave_one_source_out(rows, x, y, split)
 
 
-def joint_thresholds(texts: list[str], emb_scores: np.ndarray, is_attack: np.ndarray) -> tuple[float, float, str]:
-    """The n-gram classifier's and the embedding layer's block thresholds, chosen together on `val` rows.
+def joint_thresholds(
+    texts: list[str], emb_scores: np.ndarray, is_attack: np.ndarray, extra_benign: list[bool]
+) -> tuple[dict[str, float], str]:
+    """The offline layers' thresholds, chosen together on `val` rows.
 
-    The reviewer's order (rules, classifier, embedding) with the veneo tenant's other settings; a grid of classifier
-    thresholds x embedding thresholds; the pair that blocks the most val attacks while at most 2% of the benign val
-    messages are blocked (ties: fewer benign blocked, then the higher thresholds).
+    The reviewer's order (rules, classifier, embedding; nodes/safety_reviewer.screen_offline) with the veneo tenant's
+    other settings, over a grid of: the classifier's block threshold; the head's block threshold; `confirm_below`,
+    under which a block by the head needs the classifier's agreement (0: never); the classifier score that agrees
+    (`classifier_agreement`). The setting that blocks the most val attacks while at most 2% of the benign val messages
+    are blocked wins (ties: fewer benign blocked, then no agreement needed, then the higher thresholds).
     """
     from nodes.safety_reviewer import classifier_verdict
     from nodes.safety_rules import check_user_message
@@ -151,35 +173,41 @@ def joint_thresholds(texts: list[str], emb_scores: np.ndarray, is_attack: np.nda
     run = AgentTeamResolver(load_bundles_cached(str(DEFAULT_BUNDLE_DIR))).resolve("veneo", "veneo_chat")
     safety = run.persona("safety_reviewer").safety
     rules = np.array([check_user_message(t, safety) is not None for t in texts])
-    best: tuple[int, int, float, float] | None = None
-    lines = []
+    # the 2% budget is counted on the benign val rows of the other sources; chatterbot-corpus's ~1,000 short chat lines
+    # must be passed too (their false blocks count) but do not widen the budget
+    budget = MAX_VAL_FALSE_BLOCKS * (~is_attack & ~np.asarray(extra_benign, bool)).sum()
+    best: tuple[Any, ...] | None = None
     for clf_t in (0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0):
         conf = safety.classifier.model_copy(update={"block_threshold": clf_t})
         s = safety.model_copy(update={"classifier": conf})
-        clf = np.array([classifier_verdict(t, s, "input")[1] is not None for t in texts])
-        for emb_t in np.round(np.arange(0.5, 1.0, 0.01), 2):
-            blocked = rules | clf | (emb_scores >= emb_t)
-            false_blocks = int((blocked & ~is_attack).sum())
-            if false_blocks > MAX_VAL_FALSE_BLOCKS * (~is_attack).sum():
-                continue
-            caught = int((blocked & is_attack).sum())
-            key = (caught, -false_blocks, clf_t, float(emb_t))
-            if best is None or key > best:
-                best = key
-        lines.append(f"classifier {clf_t}: best so far {best}")
+        verdicts = [classifier_verdict(t, s, "input") for t in texts]
+        clf = np.array([d is not None for _, d in verdicts])
+        clf_scores = np.array([v.score or 0.0 for v, _ in verdicts])
+        for below in (0.0, 0.97, 0.98, 0.99, 0.995, 1.01):
+            for agree in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5) if below else (0.3,):
+                unconfirmed = (emb_scores < below) & (clf_scores < agree)
+                for emb_t in np.round(np.arange(0.5, 1.0, 0.01), 2):
+                    blocked = rules | clf | ((emb_scores >= emb_t) & ~unconfirmed)
+                    false_blocks = int((blocked & ~is_attack).sum())
+                    if false_blocks > budget:
+                        continue
+                    caught = int((blocked & is_attack).sum())
+                    key = (caught, -false_blocks, -below, clf_t, float(emb_t), agree)
+                    if best is None or key > best:
+                        best = key
     assert best is not None
-    caught, neg_fb, clf_t, emb_t = best
+    caught, neg_fb, neg_below, clf_t, emb_t, agree = best
+    chosen = {"classifier": clf_t, "embedding": emb_t, "confirm_below": -neg_below, "classifier_agreement": agree}
     summary = (
-        f"val: {caught}/{int(is_attack.sum())} attacks, {-neg_fb}/{int((~is_attack).sum())} benign blocked "
-        f"at classifier {clf_t}, embedding {emb_t}"
+        f"val: {caught}/{int(is_attack.sum())} attacks, {-neg_fb}/{int((~is_attack).sum())} benign blocked at {chosen}"
     )
-    return clf_t, emb_t, summary
+    return chosen, summary
 
 
 def leave_one_source_out(rows: list[dict[str, Any]], x: np.ndarray, y: np.ndarray, split: np.ndarray) -> None:
     """For each attack source family with training rows: train without it, block rate on its evaluation rows."""
     family = np.array([r["source"].split(":")[0] + ":" + r["source"].split(":")[1].split("_")[0] for r in rows])
-    train = split == "train"
+    train = fitted_rows(rows)
     for fam in sorted(set(family[train & (y != 0)])):
         keep = train & (family != fam)
         w, b = fit(x[keep], y[keep])

@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,12 +21,23 @@ BENIGN = "ok"
 # long jailbreaks announce themselves early: reading the opening keeps every message within a few milliseconds
 MAX_WORDS = 220
 MAX_CHARS = 700
-_TOKEN = re.compile(r"[a-z0-9']+")
+_TOKEN = re.compile(r"(?:[^\W_]|')+")  # letters and digits of any script (Cyrillic, Arabic, CJK, ...)
+
+
+def fold(text: str) -> str:
+    """Lower case without accents ("Révèle" -> "revele", Turkish "İ"/"ı" -> "i"): one spelling per word."""
+    lowered = text.lower().replace("ı", "i")
+    if lowered.isascii():
+        return lowered
+    return "".join(c for c in unicodedata.normalize("NFKD", lowered) if not unicodedata.combining(c))
 
 
 def features(text: str) -> list[str]:
-    """Binary features: word unigrams and bigrams, and character 4-grams inside words (with boundary marks)."""
-    lowered = text.lower()
+    """Binary features: word unigrams and bigrams, and character 4-grams inside words (with boundary marks).
+
+    Words are runs of letters and digits of any script, case- and accent-folded (`fold`).
+    """
+    lowered = fold(text)
     tokens = _TOKEN.findall(lowered)[:MAX_WORDS]
     feats = {"w:" + t for t in tokens}
     feats.update("b:" + a + "_" + b for a, b in itertools.pairwise(tokens))

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from nodes.configuration import Configuration
 from nodes.model_calls import ask_structured, describe_failure, persona_messages
 from nodes.primary_responder import last_user_message
-from nodes.safety_classifier import ClassifierVerdict, default_classifier
+from nodes.safety_classifier import ClassifierVerdict, default_classifier, fold
 from nodes.safety_embedding import default_head
 from nodes.safety_rules import RuleDecision, check_user_message, harm_cues, redact_pii, review_draft
 from personas.schema import SafetySettings
@@ -105,10 +105,13 @@ class Screening:
         return self.decision is not None and self.decision.action == "block"
 
 
-# what a short extraction request names: the prompt, the configuration, "your" rules, the text above
+# what a short extraction request names: the prompt, the configuration, "your" rules, the text above; in other
+# languages, their words for instructions, rules and the system (matched on the folded text: no case, no accents)
 _EXTRACTION_CUE = re.compile(
     r"\b(?:system|prompts?|pre-?prompt|initiali[sz]\w*|configuration|config|above|verbatim|hidden|secret|internal"
-    r"|your (?:instructions|rules|guidelines|directives|programming|setup|context))\b",
+    r"|your (?:instructions|rules|guidelines|directives|programming|setup|context))\b"
+    r"|\b(?:instruccion|istruzion|anweisung|richtlinie|consigne|talimat|yonerge|kural|regeln|regole|reglas|sistem)"
+    r"|инструкц|промпт|системн|指令|提示|التعليمات|النظام|دستور|سیستم",
     re.I,
 )
 
@@ -124,7 +127,8 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
     conf = settings.classifier
     cues = harm_cues(text) if result.attack_score >= conf.cue_threshold else []
     block = result.attack_score >= conf.block_threshold or (result.attack_score >= conf.cue_threshold and cues)
-    if result.category == "system_prompt_extraction" and len(text.split()) <= 25 and not _EXTRACTION_CUE.search(text):
+    short = len(text.split()) <= 25
+    if result.category == "system_prompt_extraction" and short and not _EXTRACTION_CUE.search(fold(text)):
         # trained on few examples, the extraction class confuses short how-to questions ("show me the
         # instructions for washing ...") with extraction: a short message must name what it would extract
         block = False
@@ -147,14 +151,32 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
     return verdict, RuleDecision("block", category, reason, settings.refusal_message, result.category)
 
 
-def embedding_verdict(text: str, settings: SafetySettings) -> tuple[LayerVerdict, RuleDecision | None]:
-    """The embedding layer (input only): block from `embedding.block_threshold`; an error when the model is missing."""
+def embedding_verdict(
+    text: str, settings: SafetySettings, classifier_score: float | None = None
+) -> tuple[LayerVerdict, RuleDecision | None]:
+    """The embedding layer (input only): block from `embedding.block_threshold`; an error when the model is missing.
+
+    A block scoring below `embedding.confirm_below` needs a second opinion: it stands only when the n-gram
+    classifier's attack score (`classifier_score`, None when that layer did not run) reaches
+    `embedding.classifier_agreement`. The head alone misreads some short chat lines ("is hal safe") and some
+    writing requests as attacks that the classifier, which reads the words, scores near zero.
+    """
+    conf = settings.embedding
     start = time.perf_counter()
     try:
         result: ClassifierVerdict = default_head().predict(text)
     except Exception as exc:  # e.g. the model package is not installed: the other layers' decision stands
         return LayerVerdict("embedding", "input", "error", "ok", None, _ms(start), describe_failure(exc)), None
-    block = result.attack_score >= settings.embedding.block_threshold
+    block = result.attack_score >= conf.block_threshold
+    detail = f"most likely {result.category}"
+    if block and result.attack_score < conf.confirm_below and classifier_score is not None:
+        agreed = classifier_score >= conf.classifier_agreement
+        block = agreed
+        detail += (
+            f"; below {conf.confirm_below}, "
+            + ("confirmed" if agreed else "not confirmed")
+            + f" by the classifier ({classifier_score:.2f} {'>=' if agreed else '<'} {conf.classifier_agreement})"
+        )
     category = _CLASSIFIER_CATEGORY.get(result.category, "other")
     verdict = LayerVerdict(
         "embedding",
@@ -163,7 +185,7 @@ def embedding_verdict(text: str, settings: SafetySettings) -> tuple[LayerVerdict
         category if block else "ok",
         result.attack_score,
         _ms(start),
-        f"most likely {result.category}",
+        detail,
     )
     if not block:
         return verdict, None
@@ -185,11 +207,13 @@ def screen_offline(text: str, settings: SafetySettings, stage: Stage = "input") 
         decision.reason if decision else None,
     )
     layers = [rules]
+    classifier_score: float | None = None
     if decision is None and settings.classifier.enabled and (stage == "input" or settings.classifier.check_drafts):
         verdict, decision = classifier_verdict(text, settings, stage)
         layers.append(verdict)
+        classifier_score = verdict.score
     if decision is None and settings.embedding.enabled and stage == "input" and text.strip():
-        verdict, decision = embedding_verdict(text, settings)
+        verdict, decision = embedding_verdict(text, settings, classifier_score)
         layers.append(verdict)
     return Screening(decision, layers)
 

@@ -79,6 +79,17 @@ class EmbeddingLayerSettings(StrictModel):
     block_threshold: float = Field(
         0.96, ge=0.0, le=1.0, description="Block when the head's attack probability reaches this (chosen on val)."
     )
+    confirm_below: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.01,
+        description="A block by this layer with a score below this stands only when the n-gram classifier agrees "
+        "(its attack score reaches classifier_agreement); 0: the layer always blocks alone. With the classifier "
+        "off, the layer blocks alone.",
+    )
+    classifier_agreement: float = Field(
+        0.3, ge=0.0, le=1.0, description="The classifier's attack score that confirms a block below confirm_below."
+    )
 
 
 class ModerationLayerSettings(StrictModel):
