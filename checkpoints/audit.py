@@ -25,7 +25,7 @@ EVENT_TYPES = (
     "session_created", "message", "response", "safety_decision", "evaluation", "team_selected",
     "document_uploaded", "session_renamed", "session_delete_started", "session_deleted",
     "session_expired", "sessions_pruned", "session_exported", "session_imported", "user_erased", "audit_restarted",
-    "voice_session_started",
+    "voice_session_started", "session_user_tagged",
 )  # fmt: skip
 GENESIS = "0" * 64
 ContentPolicy = Literal["full", "hash", "none"]

@@ -147,6 +147,8 @@ async def _sqlite(url: str, recreate_deleted_file: bool = True) -> AsyncIterator
             # the store's migrations are numbered (store_migrations): a store table dropped under a version row
             # that says it exists would never come back, so the version rows go with it (its steps then run
             # again on the new table); the checkpointer's setup is "create if not exists" only
+            for table in ("checkpoints", "writes", "store"):
+                found.checkpoints = found.checkpoints or not await _sqlite_has(store.conn, table)
             if not await _sqlite_has(store.conn, "store") and await _sqlite_has(store.conn, "store_migrations"):
                 await store.conn.execute("delete from store_migrations")
             for saver in (checkpointer, store):
@@ -307,6 +309,8 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
                         "select bool_or(to_regclass(t) is null) as missing, to_regclass(%s) is not null as versioned"
                         " from unnest(%s::text[]) as t", [versions, list(tables)]
                     )).fetchone()  # fmt: skip
+                    if row and row["missing"]:
+                        found.checkpoints = True
                     if row and row["missing"] and row["versioned"]:
                         await conn.execute(f"delete from {versions}")
             await checkpointer.setup()

@@ -19,8 +19,9 @@ answering 503 until someone restarts the server:
   file, a worker that finds its file gone answers 503 storage_unavailable and exits right after (its supervisor
   starts a fresh one on the new file): no worker serves from a deleted file while a sibling serves the new one.
 
-Each repair logs one `storage_repaired` warning line naming what was recreated. When the audit tables had to be
-recreated, every tenant's audit chain restarts from its genesis: the first entry of the new chain is an
+Each repair logs one `storage_repaired` warning line naming what was recreated (an info `storage_checked` line
+when nothing was missing any more: a sibling worker or another replica repaired it first). When the audit tables
+had to be recreated, every tenant's audit chain restarts from its genesis: the first entry of the new chain is an
 `audit_restarted` event saying so, and the log line says `audit_chain_restarted=true`.
 """
 
@@ -76,6 +77,10 @@ class Recreated:
     session_index: bool = False
     audit: bool = False
     file: bool = False  # a deleted SQLite file was recreated empty
+    checkpoints: bool = False  # LangGraph's checkpoint or store tables
+
+    def any(self) -> bool:
+        return self.session_index or self.audit or self.file or self.checkpoints
 
 
 @dataclass
@@ -136,7 +141,11 @@ class StorageRepair:
             found = await self.setup()
             recreated.session_index = found.session_index or recreated.file
             recreated.audit = found.audit or recreated.file
+            recreated.checkpoints = found.checkpoints or recreated.file
             self._last_done = time.monotonic()
+            if not recreated.any():  # another process (a sibling worker, a replica) recreated them first
+                log.info("storage_checked", backend=self.backend, cause=cause, message="every table was there")
+                return True
             lost = "; sessions stored before are gone unless restored from a backup" if recreated.session_index else ""
             if recreated.audit:
                 lost += "; every tenant's audit chain starts again from its genesis"
@@ -147,6 +156,7 @@ class StorageRepair:
                 database_file_recreated=recreated.file,
                 session_index_recreated=recreated.session_index,
                 audit_chain_restarted=recreated.audit,
+                checkpoints_recreated=recreated.checkpoints,
                 message="the database lost tables while the server ran; the missing ones were recreated empty" + lost,
             )
             if recreated.audit and self.on_audit_restarted is not None:

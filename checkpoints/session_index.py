@@ -100,7 +100,8 @@ class SessionIndex(Protocol):
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]: ...
     def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]: ...
-    def set_user(self, thread_id: str, user_id: str) -> None: ...
+    # tag a session with its end user once: the record after (its user_id is another id when it was tagged before)
+    def set_user(self, thread_id: str, user_id: str) -> SessionRecord | None: ...
     def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
     def delete(self, thread_id: str) -> bool: ...
     # deleting a session is two steps: its index row becomes a pending-deletion row in one transaction (from then
@@ -244,12 +245,13 @@ class SqliteSessionIndex:
             rows = self._read.query("select * from sessions where tenant = ? and user_id = ?", [tenant, user_id])
             return [SessionRecord(**r) for r in rows]
 
-    def set_user(self, thread_id: str, user_id: str) -> None:
+    def set_user(self, thread_id: str, user_id: str) -> SessionRecord | None:
         """Tag a session with its end user, once (a later, different id does not replace it)."""
         with self._lock, self.db.conn:
             self.db.execute(
                 "update sessions set user_id = ? where thread_id = ? and user_id is null", [user_id, thread_id]
             )
+        return self.get(thread_id)
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         with self._lock:
@@ -381,13 +383,14 @@ class PostgresSessionIndex:
             ).fetchall()
         return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
 
-    def set_user(self, thread_id: str, user_id: str) -> None:
+    def set_user(self, thread_id: str, user_id: str) -> SessionRecord | None:
         """Tag a session with its end user, once (a later, different id does not replace it)."""
         with self.pool.connection() as conn:
             conn.execute(
                 "update teamgraph_sessions set user_id = %s where thread_id = %s and user_id is null",
                 [user_id, thread_id],
             )
+        return self.get(thread_id)
 
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
         with self.pool.connection() as conn:

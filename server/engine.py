@@ -274,9 +274,8 @@ class Engine:
         sessions = await asyncio.to_thread(self.sessions.of_user, tenant, user_id)
         for session in sessions:
             await self.delete_session(session, actor=actor)
-        user_ref = hashlib.sha256(f"{tenant}\n{user_id}".encode()).hexdigest()
         redacted = await asyncio.to_thread(
-            erase_sessions, self.audit, tenant, [s.id for s in sessions], actor, user_ref
+            erase_sessions, self.audit, tenant, [s.id for s in sessions], actor, user_ref(tenant, user_id)
         )
         return {"sessions": len(sessions), "audit_entries_redacted": redacted}
 
@@ -369,6 +368,21 @@ class Engine:
         for tenant in self.bundles.tenants:
             why = {"reason": "the audit tables were missing and were recreated empty", "cause": cause}
             await self.arecord(tenant, "teamgraph", "audit_restarted", None, why)
+
+    def tag_user(self, session: SessionRecord, user_id: str, actor: str = "cli") -> SessionRecord:
+        """Tag a session (one started by a team route, or created without one) with its end user, so that
+        `erase_user` finds it. Once: the record returned keeps the first id when another was set before (the
+        caller answers that as a conflict). Audited as `session_user_tagged` with the id's hash only."""
+        if session.user_id is not None:
+            return session
+        # on record first: a change the audit log cannot take does not happen
+        self.record(
+            session.tenant, actor, "session_user_tagged", session.id, {"user_sha256": user_ref(session.tenant, user_id)}
+        )
+        record = self.sessions.set_user(session.thread_id, user_id)
+        if record is None:
+            raise SessionNotFound(session.id)
+        return record
 
     def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
         # on record first: a change the audit log cannot take does not happen
@@ -708,6 +722,11 @@ class Engine:
 # thread keys of client-named sessions: a function of (tenant, client id), so two tenants' `interview-42` are two
 # threads, and two first requests racing on one new id compute the same key (and wait on one turn lock)
 _THREAD_NAMESPACE = uuid.UUID("2f0c4b7e-6a1d-5b9e-8c3f-7d4a1e6b9c20")
+
+
+def user_ref(tenant: str, user_id: str) -> str:
+    """How the audit log names an end user: a hash, never the id (erasure leaves it in place)."""
+    return hashlib.sha256(f"{tenant}\n{user_id}".encode()).hexdigest()
 
 
 def thread_key(tenant: str, client_id: str) -> str:

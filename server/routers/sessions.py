@@ -43,14 +43,20 @@ class SessionCreate(BaseModel):
     )  # fmt: skip
 
 
-class SessionRename(BaseModel):
-    title: str = Field(min_length=1, max_length=200)
+class SessionPatch(BaseModel):
+    title: str | None = Field(None, min_length=1, max_length=200, description="A new title.")
+    user_id: str | None = Field(
+        None, pattern=USER_ID_PATTERN,
+        description=f"Tag the session with the end user it is about ({USER_ID_RULE}), e.g. one a team route "
+        "started; once: a session tagged with another id is a 409. DELETE /users/{user_id} erases it.",
+    )  # fmt: skip
 
 
 class SessionOut(BaseModel):
     id: str
     team: str
     title: str
+    user_id: str | None = Field(None, description="The end user the session is tagged with, if any.")
     created_at: datetime
     updated_at: datetime
 
@@ -60,6 +66,7 @@ class SessionOut(BaseModel):
             id=record.id,
             team=record.team,
             title=record.title,
+            user_id=record.user_id,
             created_at=datetime.fromisoformat(record.created_at),
             updated_at=datetime.fromisoformat(record.updated_at),
         )
@@ -211,11 +218,22 @@ async def get_session(session_id: SessionId, caller: CurrentCaller, engine: Engi
 
 
 @router.patch("/{session_id}", response_model=SessionOut)
-async def rename_session(
-    session_id: SessionId, body: SessionRename, caller: CurrentCaller, engine: EngineDep
+async def patch_session(
+    session_id: SessionId, body: SessionPatch, caller: CurrentCaller, engine: EngineDep
 ) -> SessionOut:
+    """Rename the session and/or tag it with its end user (each audited); the fields left out are kept."""
+    if body.title is None and body.user_id is None:
+        raise ApiError(422, "validation_error", "title: give a title, a user_id, or both", "title")
     record = await engine.aget_session(caller.tenant, session_id)
-    return SessionOut.of(await asyncio.to_thread(engine.rename_session, record, body.title, caller.key_id))
+    if body.user_id is not None:
+        record = await asyncio.to_thread(engine.tag_user, record, body.user_id, caller.key_id)
+        if record.user_id != body.user_id:
+            raise ApiError(
+                409, "user_id_conflict", "user_id: the session is tagged with another end user already", "user_id"
+            )
+    if body.title is not None:
+        record = await asyncio.to_thread(engine.rename_session, record, body.title, caller.key_id)
+    return SessionOut.of(record)
 
 
 @router.delete("/{session_id}", status_code=204)

@@ -111,3 +111,44 @@ def test_delete_users_takes_an_admin_key(tmp_path: Path, monkeypatch: pytest.Mon
             assert bad.status_code == 422 and bad.json()["error"]["field"].endswith("user_id")
         email = client.post("/sessions", json={"user_id": "jane.doe+cv@example.com"}, headers=user_key)
         assert email.status_code == 201
+
+
+def test_a_session_a_team_route_started_can_be_tagged_and_is_then_erased(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that never called POST /sessions (its first turn went to /teams/.../invoke with its own thread id)
+    tags the session with PATCH; DELETE /users/{id} then finds it."""
+    admin = {"Authorization": f"Bearer tg-demo-admin-{uuid.uuid4().hex}"}
+    monkeypatch.setenv("TEAMGRAPH_DEMO_ADMIN_KEY", admin["Authorization"].removeprefix("Bearer "))
+    key = {"Authorization": "Bearer tg-demo-key"}
+    app = create_app(Settings(_env_file=None, checkpoint_url=url))  # type: ignore[call-arg]
+    with TestClient(app) as client:
+        turn = {"input": {"messages": [{"type": "human", "content": SECRET}]},
+                "config": {"configurable": {"thread_id": "chat-7"}}}  # fmt: skip
+        assert client.post("/teams/interview/invoke", json=turn, headers=key).status_code == 200
+        started = client.get("/sessions/chat-7", headers=key)
+        assert started.status_code == 200 and started.json()["user_id"] is None, started.text
+
+        for bad in ({"user_id": ""}, {"user_id": "jane doe/1"}):  # refused naming the field; nothing changes
+            r = client.patch("/sessions/chat-7", json=bad, headers=key)
+            assert r.status_code == 422 and r.json()["error"]["field"].endswith("user_id"), r.text
+        tagged = client.patch("/sessions/chat-7", json={"user_id": "cand-7"}, headers=key)
+        assert tagged.status_code == 200, tagged.text
+        assert tagged.json()["user_id"] == "cand-7" and tagged.json()["id"] == "chat-7"
+        again = client.patch("/sessions/chat-7", json={"user_id": "cand-7", "title": "Chat"}, headers=key)
+        assert again.status_code == 200 and again.json()["title"] == "Chat"  # the same id again: kept
+
+        other = client.patch("/sessions/chat-7", json={"user_id": "cand-8", "title": "Taken"}, headers=key)
+        assert other.status_code == 409, other.text
+        error = other.json()["error"]
+        assert (error["code"], error["field"]) == ("user_id_conflict", "user_id")
+        assert error["message"] == "user_id: the session is tagged with another end user already"
+        detail = client.get("/sessions/chat-7", headers=key).json()
+        assert (detail["user_id"], detail["title"]) == ("cand-7", "Chat")  # the refused PATCH changed nothing
+
+        audit = client.get("/audit?session=chat-7&event_type=session_user_tagged", headers=admin).json()["items"]
+        assert [e["payload"] for e in audit] != [] and "cand-7" not in json.dumps(audit)  # the id's hash only
+
+        erased = client.delete("/users/cand-7", headers=admin)
+        assert erased.status_code == 200 and erased.json()["sessions"] == 1, erased.text
+        assert client.get("/sessions/chat-7", headers=key).status_code == 404

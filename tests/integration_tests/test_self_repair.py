@@ -178,6 +178,7 @@ def test_sqlite_tables_dropped_under_the_server_are_created_again(tmp_path: Path
         works_again(server, old_id)
         lines = repair_lines(server)
         assert len(lines) == 1 and lines[0]["backend"] == "sqlite" and lines[0]["audit_chain_restarted"] is True
+        assert lines[0]["checkpoints_recreated"] is True and lines[0]["session_index_recreated"] is True
         assert "no such table" in lines[0]["cause"]
         assert {"sessions", "checkpoints", "store", "audit_events"} <= sqlite_tables(server.db)
         assert len(audit_restarted(server)) == 1
@@ -291,3 +292,40 @@ async def test_a_turn_that_ran_while_its_file_was_deleted_is_not_acknowledged(tm
         await repair.before_request()
         assert db.exists()
         repair.after_turn()
+
+
+def test_only_the_checkpoint_tables_dropped_are_named_in_the_repair_line(tmp_path: Path) -> None:
+    """The line says what was recreated: LangGraph's checkpoint tables, not the session index or the audit chain
+    (before, such a repair logged every field false)."""
+    with LiveServer(tmp_path, env=ENV) as server:
+        assert chat_turn(server, "before-1", "Hello").status_code == 200
+        with contextlib.closing(sqlite3.connect(server.db, isolation_level=None)) as conn:
+            for table in ("checkpoints", "writes"):
+                conn.execute(f"drop table {table}")
+        r = chat_turn(server, "before-1", "Still there?")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+        assert until(lambda: ready(server))
+        assert chat_turn(server, "after-1", "Hello again").status_code == 200
+        lines = repair_lines(server)
+        assert len(lines) == 1, server.stdout[-3000:]
+        named = {k: lines[0][k] for k in ("checkpoints_recreated", "session_index_recreated", "audit_chain_restarted")}
+        assert named == {
+            "checkpoints_recreated": True,
+            "session_index_recreated": False,
+            "audit_chain_restarted": False,
+        }
+        assert audit_restarted(server) == []
+
+
+async def test_a_repair_that_finds_every_table_there_is_not_logged_as_one(tmp_path: Path) -> None:
+    """A sibling worker or replica recreated the tables first: this process recreates nothing and says so at info
+    level, not as a `storage_repaired` warning (which used to be logged with every field false)."""
+    from structlog.testing import capture_logs
+
+    from tests.conftest import open_engine
+
+    async with open_engine(f"sqlite:///{tmp_path}/teamgraph.db") as engine:
+        with capture_logs() as logs:
+            assert await engine.persistence.repair.repair("no such table: checkpoints") is True
+    events = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("storage_")]
+    assert events == [("storage_checked", "info")]
