@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.runnables import RunnableConfig
 
 from nodes.answer_keys import key_for
+from nodes.answer_ranker import CRITERIA, default_ranker, inputs
 from nodes.configuration import Configuration
 from nodes.evaluation_format import evaluation_message, latest_answer, with_delivery
-from nodes.semantic_model import Similarity, scorer_model
+from nodes.semantic_model import EmbeddingSimilarity, Similarity, scorer_model
 from nodes.text_features import (
     OFF_TOPIC,
     STOPWORDS,
@@ -264,6 +265,17 @@ def on_topic(f: dict[str, float]) -> float:
 
 
 def _question_on_topic(f: dict[str, float]) -> float:
+    rules = _rule_on_topic(f)
+    if f.get("quality", -1.0) < 0:
+        return rules
+    # the learned answer-quality score (nodes/answer_ranker.py), where the embedder and its weights are here. It was
+    # trained on answers to knowledge questions with no job or resume; where the answer draws on the job or the
+    # resume (evidence the ranker never saw), the rules' reading counts too and the ranker can only raise it
+    # (measured: replacing the rules there dropped 4 of the 25 interview pairs of evals/sets/scorer_pairs.jsonl)
+    return max(f["quality"], rules) if f["job_relevance"] > 0 else f["quality"]
+
+
+def _rule_on_topic(f: dict[str, float]) -> float:
     evidence = min(1.0, (f["numbers"] + f["result_verbs"] + min(f["resume_claims"], 3)) / 4)
     # meaning counts in full where the answer carries evidence; a vague answer is on topic by meaning too, and
     # must not earn relevance from that alone
@@ -405,6 +417,28 @@ def example_answer(question: dict[str, Any], job_description: str, resume: str) 
     )
 
 
+def ranker_inputs(f: dict[str, float], asked: str, answer: str, model: EmbeddingSimilarity) -> list[float] | None:
+    """The answer ranker's input vector for an answer (None for an empty text): the features, the rules' criterion
+    values, the sentence vectors (nodes/answer_ranker.inputs). The training script builds it the same way."""
+    answer_vec, question_vec = model.vector(answer), model.vector(asked)
+    if answer_vec is None or question_vec is None:
+        return None
+    rules = {**f, "quality": -1.0}
+    heuristic = {c: criterion_value(c, rules) for c in CRITERIA}
+    return inputs(f, heuristic, answer_vec, question_vec)
+
+
+def learned_quality(f: dict[str, float], asked: str, answer: str, model: Similarity | None) -> float:
+    """0..1 from the learned answer ranker (nodes/answer_ranker.py), or -1 where it cannot run: no sentence
+    embedder (the LSA model has no sentence vectors), no weights file, or a reference answer in the question (the
+    ranker was trained on the question alone; with a reference the scorer compares the answer with it instead)."""
+    ranker = default_ranker()
+    if ranker is None or not isinstance(model, EmbeddingSimilarity) or f["reference"]:
+        return -1.0
+    x = ranker_inputs(f, asked, answer, model)
+    return -1.0 if x is None else ranker.quality(x)
+
+
 def score_answer(
     question: dict[str, Any],
     answer: str,
@@ -424,6 +458,7 @@ def score_answer(
         question["text"], answer, job_description, question.get("skill", ""), resume, model,
         question.get("reference", ""), (question.get("key") or {}).get("reference", ""),
     )  # fmt: skip
+    f["quality"] = learned_quality(f, f"{question['text']} {question.get('skill', '')}", answer, model)
     values = {c.name: criterion_value(c.name, f) for c in rubric}
     scores = {name: _clamp(v) for name, v in values.items()}
     total_weight = sum(c.weight for c in rubric)
