@@ -6,7 +6,8 @@ logistic regression (no bias: better minus worse should score above zero) with f
 weighted equally (the `easy` pairs are 60% of tune), L2 1e-2 on inputs scaled to mean absolute value 1 and the
 768 sentence-vector inputs scaled by 0.3 more (a stronger penalty: with them at full weight the filler, keyword and
 off-topic pairs got worse in the cross-validation). `--cv` prints leave-one-assignment-out accuracy per category
-on tune (the setting above was chosen that way among a few). Writes nodes/models/answer_ranker.json.gz. The
+on tune, of the raw score and of the scorer's overall end to end (the setting above and the scorer's QUALITY_PULL
+were chosen that way among a few). Writes nodes/models/answer_ranker.json.gz. The
 `test` and `heldout` splits are never read here.
 """
 
@@ -16,13 +17,16 @@ import argparse
 import gzip
 import json
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
 from evals.scorer_public import load_pairs
-from nodes.answer_ranker import DIM, MODEL_PATH
+from nodes.answer_ranker import DIM, MODEL_PATH, AnswerRanker, default_ranker
 from nodes.fallback_scorer import answer_features, ranker_inputs
 from nodes.semantic_model import EmbeddingSimilarity, embedding_model
+from personas.loader import DEFAULT_BUNDLE_DIR, load_bundles_cached
+from personas.resolver import AgentTeamResolver
 
 VECTOR_WEIGHT = 0.3
 L2 = 1e-2
@@ -63,6 +67,51 @@ def train(diffs: np.ndarray, categories: list[str]) -> np.ndarray:
     return fit(diffs * scale, np.array([1 / counts[c] for c in categories])) * scale
 
 
+def fitted(better: np.ndarray, worse: np.ndarray, categories: list[str]) -> tuple[np.ndarray, float, float]:
+    """Weights, and the center and scale that map the raw score of a training answer to 0..1."""
+    w = train(better - worse, categories)
+    raw = np.concatenate([better @ w, worse @ w])
+    return w, float(np.median(raw)), float(raw.std())
+
+
+def cross_validate(
+    pairs: list[dict[str, Any]], better: np.ndarray, worse: np.ndarray, model: EmbeddingSimilarity
+) -> None:
+    """Leave one assignment out: the raw score's order, and the scorer's overall end to end with that fold's model."""
+    from nodes import fallback_scorer
+
+    rubric = list(
+        AgentTeamResolver(load_bundles_cached(str(DEFAULT_BUNDLE_DIR))).resolve("demo", "interview").team.params.rubric
+    )
+    categories = [p["category"] for p in pairs]
+    assignment = [p["id"].split(":")[1].split(".")[0] for p in pairs]
+    raw_hits: dict[str, list[bool]] = defaultdict(list)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    try:
+        for held in sorted(set(assignment)):
+            fold = [i for i, a in enumerate(assignment) if a != held]
+            w, center, scale = fitted(better[fold], worse[fold], [categories[i] for i in fold])
+            ranker = AnswerRanker([float(x) for x in w], center, scale)
+            fallback_scorer.default_ranker = lambda r=ranker: r  # type: ignore[assignment,misc]
+            for i, p in enumerate(pairs):
+                if assignment[i] != held:
+                    continue
+                raw_hits[categories[i]].append(bool((better[i] - worse[i]) @ w > 0))
+                overall = [
+                    fallback_scorer.score_answer(p["question"], p[side], "", rubric, "", model=model)["overall"]
+                    for side in ("better", "worse")
+                ]
+                hits[categories[i]].append(overall[0] > overall[1])
+    finally:
+        fallback_scorer.default_ranker = default_ranker
+    for category in hits:
+        raw, end = raw_hits[category], hits[category]
+        print(
+            f"{category}: raw score {sum(raw)}/{len(raw)} ({100 * sum(raw) / len(raw):.1f}%), "
+            f"scorer overall {sum(end)}/{len(end)} ({100 * sum(end) / len(end):.1f}%)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cv", action="store_true", help="leave-one-assignment-out accuracy on tune, no output file")
@@ -77,23 +126,13 @@ def main() -> None:
     diffs = better - worse
     categories = [p["category"] for p in pairs]
     if args.cv:
-        assignment = [p["id"].split(":")[1].split(".")[0] for p in pairs]
-        hits: dict[str, list[bool]] = defaultdict(list)
-        for held in sorted(set(assignment)):
-            fold = [i for i, a in enumerate(assignment) if a != held]
-            w = train(diffs[fold], [categories[i] for i in fold])
-            for i, a in enumerate(assignment):
-                if a == held:
-                    hits[categories[i]].append(bool(diffs[i] @ w > 0))
-        for category, v in hits.items():
-            print(f"{category}: {sum(v)}/{len(v)} ({100 * sum(v) / len(v):.1f}%)")
+        cross_validate(pairs, better, worse, model)
         return
-    w = train(diffs, categories)
-    raw = np.concatenate([better @ w, worse @ w])
+    w, center, scale = fitted(better, worse, categories)
     data = {
         "about": "nodes/answer_ranker.py; trained by python -m evals.train_answer_ranker on the tune pairs only",
-        "center": round(float(np.median(raw)), 6),
-        "scale": round(float(raw.std()), 6),
+        "center": round(center, 6),
+        "scale": round(scale, 6),
         "weights": [round(float(x), 7) for x in w],
     }
     MODEL_PATH.write_bytes(gzip.compress(json.dumps(data).encode(), mtime=0))
