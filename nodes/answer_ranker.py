@@ -45,7 +45,8 @@ class AnswerRanker:
         self.scale = scale
 
     @classmethod
-    def load(cls, path: Path = MODEL_PATH) -> AnswerRanker:
+    def load(cls, path: Path | None = None) -> AnswerRanker:
+        path = path or MODEL_PATH
         data = json.loads(gzip.decompress(path.read_bytes()))
         expected = len(FEATURES) + 2 + len(CRITERIA) + 2 * DIM
         if len(data["weights"]) != expected:
