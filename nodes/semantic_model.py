@@ -163,6 +163,16 @@ class EmbeddingSimilarity:
                 while len(self._cache) > max(CACHE_SIZE, len(todo)):
                     self._cache.popitem(last=False)
 
+    def vector(self, text: str) -> list[float] | None:
+        """The unit-length sentence vector of `text` (cached), None for an empty text."""
+        key = _key(text)
+        if not key:
+            return None
+        self.vectors([key])
+        with self._lock:
+            row = self._cache.get(key)
+        return row if row is not None else [float(x) for x in self._embed([key])[0]]
+
     def similarity(self, a: str, b: str) -> float:
         a, b = _key(a), _key(b)
         if not a or not b:
