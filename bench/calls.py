@@ -106,7 +106,7 @@ async def measure(team: str, turns: int) -> dict[str, dict[str, float]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _in_subprocess(tree: Path, team: str, turns: int) -> dict[str, dict[str, float]]:
+def _in_subprocess(tree: Path, team: str, turns: int, ablate: str = "") -> dict[str, dict[str, float]]:
     """`measure` in a fresh process on `tree`'s code: its product, and its bench model and drivers (as
     `bench.compare` runs a revision's server). This file is loaded by path, so a revision without it works too."""
     code = (
@@ -114,6 +114,10 @@ def _in_subprocess(tree: Path, team: str, turns: int) -> dict[str, dict[str, flo
         f"spec = importlib.util.spec_from_file_location('teamgraph_bench_calls', {str(Path(__file__).resolve())!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
+        f"pieces = {sorted(p for p in ablate.split(',') if p)!r}\n"
+        "if pieces:\n"
+        "    from bench.ablation import apply\n"
+        "    if sorted(apply(set(pieces))) != pieces: raise SystemExit(f'cannot switch off all of {pieces}')\n"
         f"result = asyncio.run(module.measure({team!r}, {turns}))\n"
         "sys.stdout.flush()\n"
         "print(json.dumps(result))\n"
@@ -136,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--team", default="veneo_chat", choices=["veneo_chat", "interview"])
     parser.add_argument("--turns", type=int, default=200, help="turns counted per mode")
     parser.add_argument("--rev", help="also count this git revision (from a temporary git worktree)")
+    parser.add_argument(
+        "--ablate",
+        default="",
+        help="switch these pieces off in the counting process, comma-separated (bench.ablation: observer, audit, "
+        "spans, touch, logs): what they cost is the difference to a run without this",
+    )
     args = parser.parse_args(argv)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     if args.rev:
@@ -143,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         tree = workdir / "tree"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), args.rev], check=True)
         try:
-            rows[args.rev] = _in_subprocess(tree, args.team, args.turns)
+            rows[args.rev] = _in_subprocess(tree, args.team, args.turns, args.ablate)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
             shutil.rmtree(workdir, ignore_errors=True)
-    rows["working tree"] = _in_subprocess(REPO, args.team, args.turns)
+    rows["working tree"] = _in_subprocess(REPO, args.team, args.turns, args.ablate)
     for label, result in rows.items():
         base = result["in-process ainvoke"]["calls"]
         for mode, m in result.items():
