@@ -2,6 +2,7 @@
 
     python -m bench.calls                       # the working tree: in-process ainvoke and the server's /invoke
     python -m bench.calls --rev main --team interview   # that revision too (from a git worktree), side by side
+    python -m bench.calls --mode stream --ablate observer  # astream and /stream; with the observer switched off
 
 Each turn of the bench conversations (`bench.drivers.script`) runs once as in-process `graph.ainvoke` (the
 report's in-process rows) and once as `POST /teams/{team}/invoke` through the whole app (`create_app` with the
@@ -48,7 +49,7 @@ async def _count(run_turns: Callable[[int], Awaitable[None]], turns: int) -> dic
     return {"calls": pstats.Stats(profile).total_calls / turns, "cpu_ms": cpu * 1000}  # type: ignore[attr-defined]
 
 
-async def measure(team: str, turns: int) -> dict[str, dict[str, float]]:
+async def measure(team: str, turns: int, mode: str = "invoke") -> dict[str, dict[str, float]]:
     import httpx
 
     from bench.bundle import make_bench_bundles
@@ -74,10 +75,10 @@ async def measure(team: str, turns: int) -> dict[str, dict[str, float]]:
                 while done < n:
                     thread = await driver.new_thread(team)
                     for spec in script(team)[: n - done]:
-                        await driver.turn("ainvoke", team, thread, spec)
+                        await driver.turn("a" + mode, team, thread, spec)
                         done += 1
 
-            out["in-process ainvoke"] = await _count(inprocess, turns)
+            out[f"in-process a{mode}"] = await _count(inprocess, turns)
 
         app = create_app(settings("server"), agent_factory=BenchFactory())
         headers = {"Authorization": f"Bearer {KEYS[TENANT[team]]}"}
@@ -94,19 +95,21 @@ async def measure(team: str, turns: int) -> dict[str, dict[str, float]]:
                     thread = created.json()["id"]
                     for spec in script(team)[: n - done]:
                         r = await client.post(
-                            f"/teams/{team}/invoke", json=TeamgraphHTTP._body(thread, spec), headers=headers
+                            f"/teams/{team}/{mode}", json=TeamgraphHTTP._body(thread, spec), headers=headers
                         )
-                        if r.status_code != 200:
-                            raise RuntimeError(f"/invoke {r.status_code}: {r.text[:300]}")
+                        if r.status_code != 200 or (mode == "stream" and "event: end" not in r.text):
+                            raise RuntimeError(f"/{mode} {r.status_code}: {r.text[:300]}")
                         done += 1
 
-            out["server /invoke (ASGI)"] = await _count(server, turns)
+            out[f"server /{mode} (ASGI)"] = await _count(server, turns)
         return out
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _in_subprocess(tree: Path, team: str, turns: int) -> dict[str, dict[str, float]]:
+def _in_subprocess(
+    tree: Path, team: str, turns: int, ablate: str = "", mode: str = "invoke"
+) -> dict[str, dict[str, float]]:
     """`measure` in a fresh process on `tree`'s code: its product, and its bench model and drivers (as
     `bench.compare` runs a revision's server). This file is loaded by path, so a revision without it works too."""
     code = (
@@ -114,7 +117,11 @@ def _in_subprocess(tree: Path, team: str, turns: int) -> dict[str, dict[str, flo
         f"spec = importlib.util.spec_from_file_location('teamgraph_bench_calls', {str(Path(__file__).resolve())!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
-        f"result = asyncio.run(module.measure({team!r}, {turns}))\n"
+        f"pieces = {sorted(p for p in ablate.split(',') if p)!r}\n"
+        "if pieces:\n"
+        "    from bench.ablation import apply\n"
+        "    if sorted(apply(set(pieces))) != pieces: raise SystemExit(f'cannot switch off all of {pieces}')\n"
+        f"result = asyncio.run(module.measure({team!r}, {turns}, {mode!r}))\n"
         "sys.stdout.flush()\n"
         "print(json.dumps(result))\n"
     )
@@ -135,7 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.calls", description=__doc__.splitlines()[0])
     parser.add_argument("--team", default="veneo_chat", choices=["veneo_chat", "interview"])
     parser.add_argument("--turns", type=int, default=200, help="turns counted per mode")
+    parser.add_argument(
+        "--mode", default="invoke", choices=["invoke", "stream"], help="ainvoke and /invoke, or astream and /stream"
+    )
     parser.add_argument("--rev", help="also count this git revision (from a temporary git worktree)")
+    parser.add_argument(
+        "--ablate",
+        default="",
+        help="switch these pieces off in the counting process, comma-separated (bench.ablation: observer, audit, "
+        "spans, touch, logs): what they cost is the difference to a run without this",
+    )
     args = parser.parse_args(argv)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     if args.rev:
@@ -143,15 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         tree = workdir / "tree"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), args.rev], check=True)
         try:
-            rows[args.rev] = _in_subprocess(tree, args.team, args.turns)
+            rows[args.rev] = _in_subprocess(tree, args.team, args.turns, args.ablate, args.mode)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
             shutil.rmtree(workdir, ignore_errors=True)
-    rows["working tree"] = _in_subprocess(REPO, args.team, args.turns)
+    rows["working tree"] = _in_subprocess(REPO, args.team, args.turns, args.ablate, args.mode)
     for label, result in rows.items():
-        base = result["in-process ainvoke"]["calls"]
+        base = result[f"in-process a{args.mode}"]["calls"]
         for mode, m in result.items():
-            extra = f"  {m['calls'] - base:+8.0f} over in-process" if mode != "in-process ainvoke" else ""
+            extra = f"  {m['calls'] - base:+8.0f} over in-process" if not mode.startswith("in-process") else ""
             print(
                 f"{args.team:<10} {label:<14} {mode:<22} {m['calls']:8.0f} calls/turn{extra}"
                 f"  (CPU {m['cpu_ms']:.2f} ms/turn)",

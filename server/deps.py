@@ -26,8 +26,16 @@ async def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
+_CALLER = "teamgraph.caller"  # the request's Caller, once identified (scope state)
+
+
 def authenticate(request: Request) -> Caller:
-    """The caller behind `Authorization: Bearer <key>` or `X-API-Key`, or 401."""
+    """The caller behind `Authorization: Bearer <key>` or `X-API-Key`, or 401. Identified once per request: a team
+    route asks three times (its two dependencies and LangServe's config modifier)."""
+    state = request.scope.setdefault("state", {})
+    known: Caller | None = state.get(_CALLER)
+    if known is not None:
+        return known
     keyring: KeyRing = request.app.state.keyring
     key = presented_key(request.headers)
     if key is None:
@@ -41,6 +49,7 @@ def authenticate(request: Request) -> Caller:
     if caller is None:
         raise ApiError(401, "unauthorized", "unknown API key", headers={"WWW-Authenticate": "Bearer"})
     request.state.tenant = caller.tenant  # for the request's log lines (scope state: seen by the middleware)
+    state[_CALLER] = caller
     return caller
 
 

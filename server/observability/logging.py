@@ -167,4 +167,27 @@ if not structlog.is_configured():
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
     )
 
-log = structlog.get_logger("teamgraph")
+
+class _Logger:
+    """structlog's "teamgraph" logger, bound once per logging configuration. structlog's lazy proxy (what
+    `get_logger` returns while `cache_logger_on_first_use` is off, as it must be here: the server configures logging
+    when it starts, possibly more than once in a process) builds a new bound logger, wrapper and output logger on
+    every call; this keeps the one it built until `structlog.configure` installs something else."""
+
+    __slots__ = ("_bound", "_key")
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        config = structlog.get_config()
+        # the processors list by identity: `structlog.testing.capture_logs` edits it in place, which a bound
+        # logger sees (it holds the list), while `configure(processors=[...])` installs a new one
+        key = (config["wrapper_class"], config["logger_factory"], config["context_class"], id(config["processors"]))
+        if key != self._key:
+            self._bound, self._key = structlog.get_logger("teamgraph").bind(), key
+        return getattr(self._bound, name)
+
+
+log: Any = _Logger()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -43,8 +44,16 @@ def exporting() -> bool:
     return _exporting
 
 
+_tracer: tuple[Any, trace.Tracer] | None = None  # (the provider it came from, the tracer)
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer("teamgraph")
+    """Teamgraph's tracer, made once per tracer provider (`get_tracer` builds a new one on every call)."""
+    global _tracer
+    provider = trace.get_tracer_provider()
+    if _tracer is None or _tracer[0] is not provider:
+        _tracer = (provider, trace.get_tracer("teamgraph"))
+    return _tracer[1]
 
 
 def current_trace_id() -> str | None:

@@ -75,6 +75,7 @@ class TurnObserver(AsyncCallbackHandler):
     after_turn: Callable[[], None] | None = None
     after_turn_ran: bool = False
     after_turn_error: Exception | None = None
+    _trace_id: tuple[str | None] | None = field(default=None, init=False)  # the turn trace id, once known
 
     # an audit write that fails must fail the turn: LangChain re-raises only from handlers that ask for it
     raise_error: bool = True
@@ -87,12 +88,13 @@ class TurnObserver(AsyncCallbackHandler):
     # ---- helpers ---------------------------------------------------------------------------------------------
 
     def _fields(self, root_span: Span | None = None, **extra: Any) -> dict[str, Any]:
-        span = root_span or (self.runs[self.root].span if self.root in self.runs else None)
-        if span is None:  # no spans of our own (nothing exports them): the request's trace, if any
-            span = trace.get_current_span(self.parent_context)
-        context = span.get_span_context()
-        trace_id = format(context.trace_id, "032x") if context.is_valid else None
-        return {"request_id": self.ctx.request_id, "trace_id": trace_id, "tenant": self.ctx.tenant,
+        if self._trace_id is None:  # one trace per turn: the turn's span is a child of the request's
+            span = root_span or (self.runs[self.root].span if self.root in self.runs else None)
+            if span is None:  # no spans of our own (nothing exports them): the request's trace, if any
+                span = trace.get_current_span(self.parent_context)
+            context = span.get_span_context()
+            self._trace_id = (format(context.trace_id, "032x") if context.is_valid else None,)
+        return {"request_id": self.ctx.request_id, "trace_id": self._trace_id[0], "tenant": self.ctx.tenant,
                 "team": self.ctx.team, "thread_id": self.ctx.thread_id, **extra}  # fmt: skip
 
     def _span(self, name: str, parent: UUID | None, **attributes: Any) -> Span | None:

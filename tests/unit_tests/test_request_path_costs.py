@@ -1,0 +1,81 @@
+"""What a request does once instead of on every call: identify its caller, bind the log's logger, get the tracer.
+Each keeps what it found only as long as it is still right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+
+from server.app import create_app
+from server.auth import KeyRing
+from server.observability.logging import log
+from server.observability.tracing import tracer
+from server.settings import Settings
+
+VENEO = {"X-API-Key": "tg-veneo-key"}
+
+
+def test_a_team_request_identifies_its_caller_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    identified: list[str | None] = []
+    original = KeyRing.identify
+
+    def counted(self: KeyRing, presented: str | None) -> Any:
+        identified.append(presented)
+        return original(self, presented)
+
+    monkeypatch.setattr(KeyRing, "identify", counted)
+    app = create_app(Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path / 'teamgraph.db'}"))  # type: ignore[call-arg]
+    with TestClient(app) as client:
+        body = {
+            "input": {"messages": [{"role": "user", "content": "hi"}]},
+            "config": {"configurable": {"thread_id": "s1"}},
+        }
+        for endpoint in ("invoke", "stream"):
+            identified.clear()
+            r = client.post(f"/teams/veneo_chat/{endpoint}", headers=VENEO, json=body)
+            assert r.status_code == 200, r.text
+            assert identified == ["tg-veneo-key"]  # the two route dependencies and the config modifier asked
+        identified.clear()
+        r = client.post("/teams/veneo_chat/invoke", headers={"X-API-Key": "wrong"}, json=body)
+        assert r.status_code == 401 and identified == ["wrong"]
+
+
+def test_log_follows_each_new_logging_configuration() -> None:
+    saved = structlog.get_config()
+    first: list[dict[str, Any]] = []
+    second: list[dict[str, Any]] = []
+
+    def keep(into: list[dict[str, Any]]) -> Any:
+        def processor(logger: Any, method: str, event: dict[str, Any]) -> Any:
+            into.append(event)
+            raise structlog.DropEvent
+
+        return processor
+
+    try:
+        structlog.configure(processors=[keep(first)], wrapper_class=structlog.make_filtering_bound_logger(20))
+        log.info("one")
+        log.debug("hidden")  # below the configured level
+        structlog.configure(processors=[keep(second)], wrapper_class=structlog.make_filtering_bound_logger(10))
+        log.debug("two")
+        with structlog.testing.capture_logs() as captured:  # edits the configured processors in place
+            log.info("three", n=3)
+        log.info("four")
+    finally:
+        structlog.configure(**saved)
+    assert [e["event"] for e in first] == ["one"]
+    assert [e["event"] for e in second] == ["two", "four"]
+    assert captured == [{"event": "three", "n": 3, "log_level": "info"}]
+
+
+def test_the_tracer_is_made_once_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tracer() is tracer()
+    provider = trace.NoOpTracerProvider()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    monkeypatch.setattr(trace, "get_tracer", lambda name, *a, **k: provider.get_tracer(name))
+    assert isinstance(tracer(), trace.NoOpTracer)  # another provider: its own tracer
