@@ -382,9 +382,10 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
     audit = PostgresAuditLog(url, timeout_s, statement_timeout_s)
     try:
         checkpointer = _turn_saver_class()(pool)  # type: ignore[call-arg]
-        await checkpointer.setup()
         store = AsyncPostgresStore(pool)  # type: ignore[arg-type]
-        await store.setup()
+        async with _one_setup_at_a_time(url, timeout_s):
+            await checkpointer.setup()
+            await store.setup()
 
         async def setup() -> Recreated:
             found = Recreated(
@@ -401,8 +402,9 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
                     )).fetchone()  # fmt: skip
                     if row and row["missing"] and row["versioned"]:
                         await conn.execute(f"delete from {versions}")
-            await checkpointer.setup()
-            await store.setup()
+            async with _one_setup_at_a_time(url, timeout_s):
+                await checkpointer.setup()
+                await store.setup()
             return found
 
         yield Persistence(url, checkpointer, store, sessions, audit, repair=StorageRepair("postgres", setup))
@@ -410,6 +412,34 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
         sessions.close()
         audit.close()
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _one_setup_at_a_time(url: str, timeout_s: float) -> AsyncIterator[None]:
+    """LangGraph's setup() of the checkpointer and the store (`create table if not exists`, then numbered
+    migrations, each its own statement) is not safe from two processes at once: on an empty database the second
+    of two workers or replicas starting together failed (UniqueViolation on the migrations table or pg_type) and
+    did not start. Serialised by a session advisory lock scoped to the schema, as our own migrations are
+    (schema_migrations.upgrade_postgres, a different key); a later process finds the tables and its setup only
+    checks the versions. On a connection of its own, so the lock goes with it however the setup ends. Polled
+    (`pg_try_advisory_lock`), not waited for: a statement blocked on the lock holds a snapshot, and the setup's
+    `create index concurrently` in the process holding it waits for every such snapshot to end (a deadlock
+    Postgres does not detect; it ended at the statement timeout)."""
+    import psycopg
+
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **pg_connect_kwargs(timeout_s))
+    try:
+        while True:
+            cur = await conn.execute(
+                "select pg_try_advisory_lock(hashtext('teamgraph-langgraph-setup:' || current_schema()))"
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                break
+            await asyncio.sleep(0.05)
+        yield
+    finally:
+        await conn.close()
 
 
 def display_url(url: str) -> str:

@@ -402,3 +402,20 @@ async def test_the_turn_saver_reads_and_writes_what_langgraphs_saver_does_withou
             assert mine.pending_writes == lib.pending_writes and len(mine.pending_writes or []) == 2
             assert mine.metadata == lib.metadata and mine.config == lib.config
             assert mine.parent_config == lib.parent_config
+
+
+async def test_processes_starting_together_on_an_empty_database_all_start(url: str) -> None:
+    """Two workers (or replicas) starting at once on an empty database: LangGraph's setup() of the checkpointer
+    and the store (create table if not exists, then numbered migrations) raced and one process failed to start
+    (UniqueViolation on pg_type). It runs one process at a time now, as our own migrations do."""
+    from checkpoints.factory import build_persistence
+
+    async def start() -> str:
+        async with build_persistence(url) as persistence:
+            return type(persistence.checkpointer).__name__
+
+    for _ in range(3):  # each round on a schema emptied again
+        assert await asyncio.gather(*(start() for _ in range(4))) == ["TurnPostgresSaver"] * 4
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("drop table if exists checkpoints, checkpoint_blobs, checkpoint_writes,"
+                          " checkpoint_migrations, store, store_migrations cascade")  # fmt: skip
