@@ -104,6 +104,5 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
 
 
 def app_from_env() -> FastAPI:
-    """Factory for uvicorn (`uvicorn --factory server.app:app_from_env`); `teamgraph serve` starts its workers
-    through server/serve_worker.py, which calls create_app too."""
+    """Factory for uvicorn (`uvicorn --factory server.app:app_from_env`), used by `teamgraph serve`."""
     return create_app()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import csv
 import errno
 import ipaddress
@@ -242,11 +241,6 @@ def _check_database(settings: Settings) -> None:
         raise fail(f"TEAMGRAPH_CHECKPOINT_URL={display_url(settings.checkpoint_url)}: {exc}") from None
 
 
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: TEAMGRAPH_HOST or 127.0.0.1).")] = None,
@@ -294,19 +288,12 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="teamgraph-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         atexit.register(shutil.rmtree, metrics_dir, True)
-    if workers > 1:
-        # the workers import and build the app one at a time, so the first answers as soon as one alone would
-        # (server/serve_worker.py)
-        fd, start_lock = tempfile.mkstemp(prefix="teamgraph-worker-start-")
-        os.close(fd)
-        os.environ["TEAMGRAPH_WORKER_START_LOCK"] = start_lock
-        atexit.register(_remove_quietly, start_lock)
     # stdout is the JSON log stream (one line per request from our middleware): no uvicorn access lines in it,
     # and uvicorn's own lines (start, stop, errors), in the supervisor and every worker, in the same format
     from server.observability.logging import uvicorn_log_config
 
     uvicorn.run(
-        "server.serve_worker:app_from_env",
+        "server.app:app_from_env",
         factory=True,
         host=host,
         port=port,
