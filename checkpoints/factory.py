@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import WRITES_IDX_MAP, BaseCheckpointSaver, CheckpointTuple
 from langgraph.store.base import BaseStore
 
 from checkpoints.audit import AuditLog, PostgresAuditLog, SqliteAuditLog
@@ -192,21 +192,113 @@ _deferring: contextvars.ContextVar[bool] = contextvars.ContextVar("teamgraph_che
 
 
 def _turn_saver_class() -> type[AsyncPostgresSaver]:
-    """LangGraph's AsyncPostgresSaver, whose checkpoint commits do not wait for the WAL flush in a run whose
-    config sets CHECKPOINT_SYNC_DEFERRED: a promise, made by the caller, that a durable commit on this database
-    follows the run's last checkpoint before anything is acknowledged (a turn: the observer's closing audit write,
-    server/observability/turn_observer.py). Postgres flushes its WAL in order, so that commit's flush puts the
-    checkpoint on disk too, and a turn waits for one disk sync instead of two. Every other write (a run without
-    the key, pending writes, deletes, the store) commits as before."""
+    """LangGraph's AsyncPostgresSaver (langgraph-checkpoint-postgres 3.2, pinned in constraints.txt), with two
+    changes to its per-turn work:
+
+    - In a run whose config sets CHECKPOINT_SYNC_DEFERRED its checkpoint commits do not wait for the WAL flush:
+      a promise, made by the caller, that a durable commit on this database follows the run's last checkpoint
+      before anything is acknowledged (a turn: the observer's closing audit write,
+      server/observability/turn_observer.py). Postgres flushes its WAL in order, so that commit's flush puts the
+      checkpoint on disk too, and a turn waits for one disk sync instead of two. Every other write (a run
+      without the key, pending writes, deletes, the store) commits as before.
+    - It serializes and deserializes on the event loop instead of in a worker thread
+      (`asyncio.to_thread(self._dump_blobs / _dump_writes / _load_writes, ...)` in the library). The work is
+      pickling-free msgpack of one turn's state, which holds the GIL either way, so the thread bought no
+      parallelism; each hop cost a thread-pool handoff and a GIL exchange (about 0.3-1.5 ms of CPU on a busy
+      2-core machine, two per turn: the write's blobs and the read's pending writes). Same statements, same
+      rows, same order: only where the Python runs changed."""
+    from langgraph.checkpoint.base import get_serializable_checkpoint_metadata
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from langgraph.checkpoint.serde.types import _DeltaSnapshot
+    from psycopg.types.json import Jsonb
 
     class TurnPostgresSaver(AsyncPostgresSaver):
         async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
             token = _deferring.set(bool((config.get("configurable") or {}).get(CHECKPOINT_SYNC_DEFERRED)))
             try:
-                return await super().aput(config, checkpoint, metadata, new_versions)
+                return await self._aput_inline(config, checkpoint, metadata, new_versions)
             finally:
                 _deferring.reset(token)
+
+        async def _aput_inline(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+            # AsyncPostgresSaver.aput of 3.2.0, with _dump_blobs called here rather than in a worker thread
+            configurable = config["configurable"].copy()
+            thread_id = configurable.pop("thread_id")
+            checkpoint_ns = configurable.pop("checkpoint_ns")
+            checkpoint_id = configurable.pop("checkpoint_id", None)
+            copy = checkpoint.copy()
+            copy["channel_values"] = copy["channel_values"].copy()
+            next_config = {
+                "configurable": {
+                    "thread_id": thread_id,
+                    "checkpoint_ns": checkpoint_ns,
+                    "checkpoint_id": checkpoint["id"],
+                }
+            }
+            # primitive values stay inline in the checkpoint row, the others go to the blobs table
+            blob_values = {}
+            for k, v in checkpoint["channel_values"].items():
+                if isinstance(v, _DeltaSnapshot):
+                    blob_values[k] = copy["channel_values"].pop(k)
+                    copy["channel_values"][k] = True
+                elif v is None or isinstance(v, (str, int, float, bool)):
+                    pass
+                else:
+                    blob_values[k] = copy["channel_values"].pop(k)
+            async with self._cursor(pipeline=True) as cur:
+                if blob_versions := {k: v for k, v in new_versions.items() if k in blob_values}:
+                    await cur.executemany(
+                        self.UPSERT_CHECKPOINT_BLOBS_SQL,
+                        self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
+                    )
+                await cur.execute(
+                    self.UPSERT_CHECKPOINTS_SQL,
+                    (
+                        thread_id,
+                        checkpoint_ns,
+                        checkpoint["id"],
+                        checkpoint_id,
+                        Jsonb(copy),
+                        Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+                    ),
+                )
+            return next_config
+
+        async def aput_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+            # AsyncPostgresSaver.aput_writes of 3.2.0, with _dump_writes called here
+            query = (
+                self.UPSERT_CHECKPOINT_WRITES_SQL
+                if all(w[0] in WRITES_IDX_MAP for w in writes)
+                else self.INSERT_CHECKPOINT_WRITES_SQL
+            )
+            configurable = config["configurable"]
+            params = self._dump_writes(
+                configurable["thread_id"], configurable["checkpoint_ns"], configurable["checkpoint_id"], task_id,
+                task_path, writes,
+            )  # fmt: skip
+            async with self._cursor(pipeline=True) as cur:
+                await cur.executemany(query, params)
+
+        async def _load_checkpoint_tuple(self, value: Any) -> CheckpointTuple:
+            # AsyncPostgresSaver._load_checkpoint_tuple of 3.2.0, with _load_writes called here
+            thread_id, checkpoint_ns = value["thread_id"], value["checkpoint_ns"]
+            parent = value["parent_checkpoint_id"]
+            return CheckpointTuple(
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
+                                  "checkpoint_id": value["checkpoint_id"]}},
+                {  # type: ignore[typeddict-item]
+                    **value["checkpoint"],
+                    "channel_values": {
+                        **(value["checkpoint"].get("channel_values") or {}),
+                        **self._load_blobs(value["channel_values"]),
+                    },
+                },
+                value["metadata"],
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": parent}}
+                if parent
+                else None,
+                self._load_writes(value["pending_writes"]),
+            )  # fmt: skip
 
         @contextlib.asynccontextmanager
         async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
@@ -292,9 +384,10 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
     audit = PostgresAuditLog(url, timeout_s, statement_timeout_s)
     try:
         checkpointer = _turn_saver_class()(pool)  # type: ignore[call-arg]
-        await checkpointer.setup()
         store = AsyncPostgresStore(pool)  # type: ignore[arg-type]
-        await store.setup()
+        async with _one_setup_at_a_time(url, timeout_s):
+            await checkpointer.setup()
+            await store.setup()
 
         async def setup() -> Recreated:
             found = Recreated(
@@ -313,8 +406,9 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
                         found.checkpoints = True
                     if row and row["missing"] and row["versioned"]:
                         await conn.execute(f"delete from {versions}")
-            await checkpointer.setup()
-            await store.setup()
+            async with _one_setup_at_a_time(url, timeout_s):
+                await checkpointer.setup()
+                await store.setup()
             return found
 
         yield Persistence(url, checkpointer, store, sessions, audit, repair=StorageRepair("postgres", setup))
@@ -322,6 +416,34 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
         sessions.close()
         audit.close()
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _one_setup_at_a_time(url: str, timeout_s: float) -> AsyncIterator[None]:
+    """LangGraph's setup() of the checkpointer and the store (`create table if not exists`, then numbered
+    migrations, each its own statement) is not safe from two processes at once: on an empty database the second
+    of two workers or replicas starting together failed (UniqueViolation on the migrations table or pg_type) and
+    did not start. Serialised by a session advisory lock scoped to the schema, as our own migrations are
+    (schema_migrations.upgrade_postgres, a different key); a later process finds the tables and its setup only
+    checks the versions. On a connection of its own, so the lock goes with it however the setup ends. Polled
+    (`pg_try_advisory_lock`), not waited for: a statement blocked on the lock holds a snapshot, and the setup's
+    `create index concurrently` in the process holding it waits for every such snapshot to end (a deadlock
+    Postgres does not detect; it ended at the statement timeout)."""
+    import psycopg
+
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **pg_connect_kwargs(timeout_s))
+    try:
+        while True:
+            cur = await conn.execute(
+                "select pg_try_advisory_lock(hashtext('teamgraph-langgraph-setup:' || current_schema()))"
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                break
+            await asyncio.sleep(0.05)
+        yield
+    finally:
+        await conn.close()
 
 
 def display_url(url: str) -> str:

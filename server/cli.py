@@ -245,7 +245,12 @@ def _check_database(settings: Settings) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: TEAMGRAPH_HOST or 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: TEAMGRAPH_PORT or 8000).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: TEAMGRAPH_WORKERS or 1).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes (default: TEAMGRAPH_WORKERS, else one per CPU core on PostgreSQL, 1 on SQLite)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the teams over HTTP: LangServe per team at /teams/{team}, REST at /sessions, docs at /docs."""
     import uvicorn
@@ -260,7 +265,9 @@ def serve(
         raise fail(str(exc), 2) from None
     host = host or settings.host
     port = settings.port if port is None else port
-    workers = workers or settings.workers
+    from server.settings import serve_workers
+
+    workers, workers_from = serve_workers(settings, workers)
     os.environ["TEAMGRAPH_WORKERS"] = str(workers)  # each worker's settings know it has siblings (self-repair)
     _refuse_published_keys(bundles, host, settings.allow_dev_keys)
     _check_port(host, port)
@@ -270,6 +277,7 @@ def serve(
     url = f"http://{host}:{port}"
     typer.secho(f"Teamgraph on {url}  (API docs: {url}/docs)", bold=True, err=True)
     typer.echo(f"checkpoints: {display_url(settings.checkpoint_url)}", err=True)
+    typer.echo(f"workers: {workers}  ({workers_from})", err=True)
     for tenant, key in DEMO_KEYS.items():
         if tenant in bundles.tenants:
             teams = ", ".join(bundles.tenants[tenant].enabled_teams)

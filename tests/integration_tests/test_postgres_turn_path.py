@@ -349,3 +349,73 @@ async def test_a_turn_that_wrote_no_closing_entry_still_ends_with_a_durable_comm
         assert [e.event_type for e in log.query("veneo")] == ["message"]
     finally:
         log.close()
+
+
+async def test_the_turn_saver_reads_and_writes_what_langgraphs_saver_does_without_a_worker_thread(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpointer serializes on the event loop (checkpoints.factory._turn_saver_class): a turn's write,
+    its pending writes and its read hand nothing to a worker thread, and what it stores and reads back is what
+    LangGraph's own AsyncPostgresSaver stores and reads, each reading the other's rows."""
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    from checkpoints.factory import _turn_saver_class
+
+    hops: list[str] = []
+    real_to_thread = asyncio.to_thread
+
+    async def to_thread(func: object, *args: object, **kwargs: object) -> object:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await real_to_thread(func, *args, **kwargs)  # type: ignore[arg-type]
+
+    kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    async with AsyncConnectionPool(url, min_size=1, max_size=2, kwargs=kwargs, open=False) as pool:
+        ours, theirs = _turn_saver_class()(pool), AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        await theirs.setup()
+
+        async def write(saver: AsyncPostgresSaver, thread: str) -> None:
+            checkpoint = empty_checkpoint()
+            values = {"messages": [HumanMessage("hi", id="1"), AIMessage("hello", id="2")], "phase": "chat",
+                      "count": 3, "summary": None, "scores": {"a": [1.5, 2]}}  # fmt: skip
+            checkpoint["channel_values"] = values
+            checkpoint["channel_versions"] = {k: saver.get_next_version(None, None) for k in values}
+            config = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+            saved = await saver.aput(config, checkpoint, {"source": "loop", "step": 1}, checkpoint["channel_versions"])  # type: ignore[arg-type]
+            await saver.aput_writes(saved, [("messages", [AIMessage("next", id="3")]), ("phase", "done")], "task-1")
+
+        monkeypatch.setattr(asyncio, "to_thread", to_thread)
+        await write(ours, "ours")
+        assert await ours.aget_tuple({"configurable": {"thread_id": "ours"}}) is not None
+        assert hops == []  # nothing went to a worker thread
+        await write(theirs, "theirs")
+        assert hops  # the library's own saver does hop (else this test would prove nothing)
+        for thread in ("ours", "theirs"):
+            config = {"configurable": {"thread_id": thread}}
+            mine, lib = await ours.aget_tuple(config), await theirs.aget_tuple(config)  # type: ignore[arg-type]
+            assert mine is not None and lib is not None
+            assert mine.checkpoint == lib.checkpoint and mine.checkpoint["channel_values"]["phase"] == "chat"
+            assert mine.checkpoint["channel_values"]["messages"][1].content == "hello"
+            assert mine.pending_writes == lib.pending_writes and len(mine.pending_writes or []) == 2
+            assert mine.metadata == lib.metadata and mine.config == lib.config
+            assert mine.parent_config == lib.parent_config
+
+
+async def test_processes_starting_together_on_an_empty_database_all_start(url: str) -> None:
+    """Two workers (or replicas) starting at once on an empty database: LangGraph's setup() of the checkpointer
+    and the store (create table if not exists, then numbered migrations) raced and one process failed to start
+    (UniqueViolation on pg_type). It runs one process at a time now, as our own migrations do."""
+    from checkpoints.factory import build_persistence
+
+    async def start() -> str:
+        async with build_persistence(url) as persistence:
+            return type(persistence.checkpointer).__name__
+
+    for _ in range(3):  # each round on a schema emptied again
+        assert await asyncio.gather(*(start() for _ in range(4))) == ["TurnPostgresSaver"] * 4
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("drop table if exists checkpoints, checkpoint_blobs, checkpoint_writes,"
+                          " checkpoint_migrations, store, store_migrations cascade")  # fmt: skip
