@@ -26,6 +26,7 @@ import numpy as np
 from evals.train_classifier import CLASSES, SET
 from nodes.embedder import embed
 from nodes.safety_embedding import HEAD_PATH, EmbeddingHead
+from nodes.safety_reviewer import extraction_vetoed
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 STEPS = 2000
@@ -134,7 +135,12 @@ def main() -> None:
     threshold = choose_threshold(scores[val], y[val] != 0)
     val_texts = [r["text"] for r, v in zip(rows, val, strict=True) if v]
     extra = [r["source"].startswith("chatterbot_corpus:") for r, v in zip(rows, val, strict=True) if v]
-    chosen, summary = joint_thresholds(val_texts, scores[val], y[val] != 0, extra)
+    # the reviewer's short-extraction veto (nodes/safety_reviewer.extraction_vetoed) applies to the head's block too
+    probs = head.probabilities(x[val])
+    attack_classes = [c for c in CLASSES if c != "ok"]
+    categories = [attack_classes[i] for i in probs[:, [CLASSES.index(c) for c in attack_classes]].argmax(1)]
+    vetoed = np.array([extraction_vetoed(c, t) for c, t in zip(categories, val_texts, strict=True)])
+    chosen, summary = joint_thresholds(val_texts, np.where(vetoed, 0.0, scores[val]), y[val] != 0, extra)
     payload = {
         "classes": CLASSES,
         "bias": [round(float(v), 5) for v in b],
@@ -157,7 +163,7 @@ def main() -> None:
 def joint_thresholds(
     texts: list[str], emb_scores: np.ndarray, is_attack: np.ndarray, extra_benign: list[bool]
 ) -> tuple[dict[str, float], str]:
-    """The offline layers' thresholds, chosen together on `val` rows.
+    """The offline layers' thresholds, chosen together on `val` rows (`emb_scores`: 0 where the veto applies).
 
     The reviewer's order (rules, classifier, embedding; nodes/safety_reviewer.screen_offline) with the veneo tenant's
     other settings, over a grid of: the classifier's block threshold; the head's block threshold; `confirm_below`,
