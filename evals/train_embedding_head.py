@@ -4,9 +4,9 @@ The head is a multinomial logistic regression (numpy, full-batch gradient descen
 so the same set gives the same file) over the 384-dimensional all-MiniLM-L6-v2 vectors of nodes/embedder.py, with
 the classes of the n-gram classifier. Only rows with split == "train" are fitted. The block threshold is chosen on
 `val` together with the n-gram classifier's (`joint_thresholds`): the most val attacks blocked by the reviewer's
-offline layers with at most 2% of the benign val messages blocked. Every row of the set is embedded (one cache file
-in evals/.cache; ~10 minutes of CPU here), but `test`, `dev` and `heldout` rows are neither fitted nor looked at,
-except by `--loso`, which prints leave-one-source-out rates on val + test.
+offline layers with at most 2% of the benign val messages blocked. The train and val rows are embedded (one cache
+file in evals/.cache; ~10 minutes of CPU on a quiet machine); `test`, `dev` and `heldout` rows are neither embedded,
+fitted nor looked at, except by `--loso`, which embeds every row and prints leave-one-source-out rates on val + test.
 
     python -m evals.train_embedding_head            # writes nodes/models/guardrail_embedding_head.json.gz
     python -m evals.train_embedding_head --loso     # also: leave-one-source-out block rates (printed only)
@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--loso", action="store_true", help="leave-one-source-out rates on the evaluation splits")
     args = parser.parse_args()
     rows = load_rows()
+    if not args.loso:  # fitting and thresholds read train and val only: the evaluation rows need no vectors
+        rows = [r for r in rows if r["split"] in ("train", "val")]
     x = vectors([r["text"] for r in rows])
     y = labels(rows)
     split = np.array([r["split"] for r in rows])
