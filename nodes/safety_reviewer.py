@@ -10,7 +10,6 @@ when configured). Every layer that ran leaves its verdict, score and time in the
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,9 +21,16 @@ from pydantic import BaseModel, Field
 from nodes.configuration import Configuration
 from nodes.model_calls import ask_structured, describe_failure, persona_messages
 from nodes.primary_responder import last_user_message
-from nodes.safety_classifier import ClassifierVerdict, default_classifier, fold
+from nodes.safety_classifier import ClassifierVerdict, default_classifier
 from nodes.safety_embedding import default_head
-from nodes.safety_rules import RuleDecision, check_user_message, harm_cues, redact_pii, review_draft
+from nodes.safety_rules import (
+    RuleDecision,
+    check_user_message,
+    harm_cues,
+    names_extraction_target,
+    redact_pii,
+    review_draft,
+)
 from personas.schema import SafetySettings
 
 if TYPE_CHECKING:
@@ -105,15 +111,18 @@ class Screening:
         return self.decision is not None and self.decision.action == "block"
 
 
-# what a short extraction request names: the prompt, the configuration, "your" rules, the text above; in other
-# languages, their words for instructions, rules and the system (matched on the folded text: no case, no accents)
-_EXTRACTION_CUE = re.compile(
-    r"\b(?:system|prompts?|pre-?prompt|initiali[sz]\w*|configuration|config|above|verbatim|hidden|secret|internal"
-    r"|your (?:instructions|rules|guidelines|directives|programming|setup|context))\b"
-    r"|\b(?:instruccion|istruzion|anweisung|richtlinie|consigne|talimat|yonerge|kural|regeln|regole|reglas|sistem)"
-    r"|инструкц|промпт|системн|指令|提示|التعليمات|النظام|دستور|سیستم",
-    re.I,
-)
+# a short message a model layer calls extraction must name what it would extract (the prompt, the configuration,
+# "your" instructions, in any of the rule layer's languages): trained on few examples, both models confuse short
+# how-to questions ("show me the instructions for washing ...") with extraction
+EXTRACTION_VETO_WORDS = 25
+
+
+def extraction_vetoed(category: str, text: str) -> bool:
+    return (
+        category == "system_prompt_extraction"
+        and len(text.split()) <= EXTRACTION_VETO_WORDS
+        and not names_extraction_target(text)
+    )
 
 
 def _ms(start: float) -> float:
@@ -127,10 +136,7 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
     conf = settings.classifier
     cues = harm_cues(text) if result.attack_score >= conf.cue_threshold else []
     block = result.attack_score >= conf.block_threshold or (result.attack_score >= conf.cue_threshold and cues)
-    short = len(text.split()) <= 25
-    if result.category == "system_prompt_extraction" and short and not _EXTRACTION_CUE.search(fold(text)):
-        # trained on few examples, the extraction class confuses short how-to questions ("show me the
-        # instructions for washing ...") with extraction: a short message must name what it would extract
+    if extraction_vetoed(result.category, text):
         block = False
     if stage == "reply":
         # a reply is judged on what it says (harm, hate), not on whether it reads like a prompt
@@ -167,7 +173,7 @@ def embedding_verdict(
         result: ClassifierVerdict = default_head().predict(text)
     except Exception as exc:  # e.g. the model package is not installed: the other layers' decision stands
         return LayerVerdict("embedding", "input", "error", "ok", None, _ms(start), describe_failure(exc)), None
-    block = result.attack_score >= conf.block_threshold
+    block = result.attack_score >= conf.block_threshold and not extraction_vetoed(result.category, text)
     detail = f"most likely {result.category}"
     if block and result.attack_score < conf.confirm_below and classifier_score is not None:
         agreed = classifier_score >= conf.classifier_agreement

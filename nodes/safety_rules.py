@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nodes.safety_classifier import fold
 from personas.schema import SafetySettings
 
 # --------------------------------------------------------------------------------------------- idioms
@@ -110,6 +111,150 @@ _EXTRACTION = re.compile(
     r"\b(?:your|the) (?:prompt|instructions|rules|configuration|guidelines|system)",
     re.I,
 )
+
+
+# ---------------------------------------------------------------------------------- in other languages
+# The same two asks in about forty languages, from a small lexicon of what survives translation: a word for "the
+# system prompt" (or "your/the initial instructions") with a word asking to show, repeat or copy it, or "word for
+# word"; a verb for "ignore/forget" with a word for "instructions/rules"; "without restrictions/filters" with "from
+# now on / you are now / answer". Matched on the folded text (safety_classifier.fold: no case, no accents; Korean is
+# decomposed the same way on both sides). English is left to the patterns above, which read context more finely.
+def _lexicon(*alternatives: str) -> re.Pattern[str]:
+    return re.compile("|".join(fold(a) for a in alternatives))
+
+
+_ML_SYSTEM = _lexicon(
+    # a word for "system prompt / system message / system instructions"
+    r"system-?prompt|systemnachricht|systemanweisung|systemmeldung|systembesked|systemmeddelande|systeemprompt",
+    r"systeembericht|systeeminstructie|\bprompt (?:du |de |del |di |do |da )?(?:systeme|sistema)|systemowy",
+    r"(?:message|messaggio|mensaje|mensagem|instructions?|instrucciones|istruzioni|instrucoes|consignes)"
+    r" (?:du |de |del |di |do |da )?(?:systeme|sistema)",
+    r"systemmelding|(?:instrukcj\w*),? ktore (?:dostal|otrzymal)|maagizo (?:yako )?ya mfumo|системн\w* інструкц",
+    r"\bsistem (?:istemi|mesaj|talimat|komut)|системн\w* (?:промпт|подсказ|сообщени|инструкц|повідомлен|запит)",
+    r"komunikat systemowy|instrukcje systemowe|systemov\w* (?:prompt|zprav|pokyn)|promptul de sistem",
+    r"rendszerprompt|rendszeruzenet|jarjestelmakehot|jarjestelmaviest|προτροπη συστηματος|μηνυμα συστηματος",
+    r"הנחיות המערכת|הודעת המערכת|פרומפט המערכת|موجه النظام|رسالة النظام|تعليمات النظام|پیام سیستم",
+    r"پرامپت سیستم|دستورالعمل سیستم|सिस्टम प्रॉम्प्ट|सिस्टम संदेश|সিস্টেম প্রম্পট|系统提示|系統提示|系统消息",
+    r"系统指令|系統指令|系统设定|システムプロンプト|システムメッセージ|システム指示|시스템 프롬프트|시스템 메시지",
+    r"\bprompt sistem|\bpesan sistem|\binstruksi sistem|\b(?:loi nhac|tin nhan|huong dan) he thong",
+    r"พรอมต์ระบบ|ระบบพรอมต์|maagizo ya mfumo",
+    r"system prompt",
+    # "the initial / original / hidden instructions", "the instructions you were given"
+    r"(?:ursprunglich|anfanglich|versteckt|geheim)\w* (?:anweisung|instruktion|regeln)",
+    r"(?:instructions|consignes) (?:initiales|d'origine|originales|cachees|secretes)",
+    r"(?:instrucciones|instrucoes|istruzioni) (?:iniciales|iniciais|iniziali|originales|originais|originali"
+    r"|ocultas|nascoste|secretas|segrete)",
+    r"oorspronkelijke instructies|ilk talimat|исходн\w* инструкц|первоначальн\w* инструкц|початков\w* інструкц",
+    r"poczatkowe instrukcje|التعليمات الأولية|التعليمات الاصلية|دستورالعمل‌?های اولیه|शुरुआती निर्देश",
+    r"प्रारंभिक निर्देश|初始指令|最初的指令|最初に与えられた指示|初期指示|처음에 받은 지시|초기 지시|instruksi awal",
+    r"(?:anweisungen|instruktionen|instructions|instrucciones|istruzioni|instrucoes|instructies|talimatlar"
+    r"|инструкции|instrukcje) (?:die du|que tu as|que (?:te|le) (?:dieron|han dado)|che ti hanno|que voce recebeu"
+    r"|die je|которые тебе)",
+)
+_ML_REVEAL = _lexicon(
+    # show / print / repeat / copy / write out / translate, and "word for word"
+    r"\b(?:zeig|gib|schreib|wiederhol|nenn|verrat|kopier|druck|ubersetz)\w*|\bwort fur wort|\bwortlich",
+    r"\b(?:montre|affiche|repete|ecris|donne|revele|recopie|imprime|tradui)\w*|\bmot (?:pour|a) mot",
+    r"\b(?:muestra|muestrame|ensena|ensename|escribe|repite|dame|revela|copia|imprime|traduce)\w*",
+    r"\bpalabra por palabra",
+    r"\b(?:mostra|mostrami|scrivi|ripeti|dammi|rivela|copia|stampa|traduci)\w*|\bparola per parola",
+    r"\b(?:mostre|mostra|escreva|repita|me de|revele|copie|imprima|traduza)\w*|\bpalavra por palavra",
+    r"\b(?:laat|toon|herhaal|geef|schrijf|kopieer)\w*|\bwoord voor woord|\bletterlijk",
+    r"\b(?:goster|yaz|tekrarla|paylas|cevir)\w*|\bkelimesi kelimesine|\baynen",
+    r"покаж|выведи|напиши|повтори|раскрой|скопируй|переведи|дословно|слово в слово|повтор",
+    r"\b(?:pokaz|wypisz|powtorz|podaj|napisz|ukaz|napis|zopakuj|arata|scrie|repeta|mutasd|ird|ismeteld|visa|vis"
+    r"|skriv|upprepa|gjenta|nayta|kirjoita|toista)\w*|\bslowo w slowo|\bdoslova|\bcuvant cu cuvant|\bszo szerint"
+    r"|\bord for ord|\bordrett|\bsanasta sanaan",
+    r"δειξε|γραψε|επαναλαβε|λεξη προς λεξη|הראה|כתוב|חזור|מילה במילה|اعرض|اكتب|كرر|أظهر|اظهر|حرفيا|حرفياً",
+    r"نشان بده|بنویس|تکرار کن|کلمه به کلمه|दिखा|लिखो|दोहरा|शब्दशः|দেখান|হুবহু|显示|顯示|输出|輸出|告诉我|给我看|重复|复述",
+    r"逐字|原样|表示して|書いて|教えて|繰り返|そのまま|보여|출력|알려|반복|그대로|hien thi|viet ra|lap lai|tung chu",
+    r"\b(?:tampilkan|tunjukkan|tuliskan|ulangi|berikan)\b|\bkata demi kata|onyesha|andika|rudia|neno kwa neno",
+    r"แสดง|ipakita|isulat|salita por salita",
+)
+_ML_YOUR = _lexicon(
+    # "your", addressed to the assistant
+    r"\b(?:dein|deine|deiner|deinen|deines|ton|ta|tes|votre|vos|tu|tus|tuo|tua|tuoi|tue|seu|sua|teu|je|jouw|senin"
+    r"|twoj|twoje|twoja|tvuj|tvoje|tau|din|ditt|dina|sinun|anda|kamu|yako|iyong)\b",
+    r"твой|твоя|твоё|твое|твои|свой|свои|свої|свій|твій|твої|σου|שלך|الخاص بك|خودت|تو را|तुम्हारा|आपका|आपके|你的|您的",
+    r"あなたの|君の|너의|네 |당신의",
+)
+_ML_IGNORE = _lexicon(
+    r"\b(?:ignorier|vergiss|vergessen sie|missachte|ignore|ignorez|oublie|ignora|ignorar|olvida|dimentica"
+    r"|esqueca|esquece|negeer|vergeet|zignoruj|zapomnij|ignoruj|ignorera|glom|ignorer|glem|ignoroi|unohda)\w*",
+    r"yok say|dikkate alma|unut|игнорир|игнорув|игноруй|забудь|забуд|αγνοησε|ξεχασε|התעלם|שכח|تجاهل|انس |انسَ",
+    r"نادیده بگیر|فراموش کن|अनदेखा|भूल जा|忽略|无视|無視|忘记|忘掉|無視して|忘れて|무시|잊어|bo qua|quen di",
+    r"\b(?:abaikan|lupakan|puuza|sahau|huwag pansinin|kalimutan)\b",
+)
+_ML_INSTRUCTIONS = _lexicon(
+    # French "instructions" is also English: it counts with a French article or qualifier
+    r"anweisung|instruktion|regeln|richtlinie|(?:toutes les|tes|vos) (?:\w+ )?instructions|instructions (?:precedentes"
+    r"|anterieures)|consignes|regles|instrucciones|reglas|istruzioni|regole",
+    r"instrucoes|regras|instructies|regels|talimat|kural|инструкц|правил|указани|instrukcj|zasad|pokyn|instructiun",
+    r"utasitas|instruktioner|regler|ohjee|saanno|οδηγιες|κανονες|הוראות|הנחיות|כללים|تعليمات|التعليمات|قواعد|دستور",
+    r"قوانین|निर्देश|नियम|指令|指示|规则|規則|지시|규칙|huong dan|quy tac|instruksi|aturan|maagizo|sheria|panuto",
+)
+_ML_NO_LIMITS = _lexicon(
+    r"\bohne (?:\w+ )?(?:einschrankung|filter|regeln|grenzen|zensur)|\bkeine (?:\w+ )?(?:regeln|einschrankungen"
+    r"|filter|grenzen|richtlinien)|\buneingeschrankt",
+    r"\bsans (?:aucune? )?(?:restriction|limite|filtre|censure|regle)|\bsin (?:ninguna )?(?:restriccion|limite|filtro"
+    r"|censura|regla)|\bsenza (?:alcuna )?(?:restrizion|limit|filtr|censura|regol)|\bsem (?:nenhuma )?(?:restric"
+    r"|limite|filtro|censura|regra)",
+    r"\bzonder (?:enige )?(?:beperking|filter|regels|censuur)|kisitlama(?:sız| olmadan|si olmayan)|\bsinirsiz",
+    r"без (?:каких-либо |всяких |любых )?(?:ограничени|фильтр|цензур|правил|обмежен)|\bbez (?:zadnych )?(?:ograniczen"
+    r"|cenzury|filtrow|omezeni)|\butan (?:nagra )?(?:begransning|filter)|\buten (?:noen )?(?:begrensning|filter)",
+    r"χωρις περιορισμους|ללא הגבלות|בלי הגבלות|بدون (?:أي )?قيود|بلا قيود",
+    r"بدون (?:هیچ )?محدودیت|बिना किसी (?:प्रतिबंध|सीमा)",
+    r"不受任何限制|没有任何限制|沒有任何限制|无限制|没有限制|不加审查",
+    r"制限なし|制限なく|制限のない|제한 없이|제한이 없는",
+    r"khong (?:co )?gioi han|\btanpa (?:batasan|batas|sensor|filter)|\bbila vikwazo",
+)
+_ML_ADDRESSED = _lexicon(
+    r"\b(?:du bist (?:jetzt|nun|ab jetzt)|ab (?:jetzt|sofort)|von nun an|antworte|tu es (?:maintenant|desormais)"
+    r"|desormais|a partir de maintenant|reponds|ahora eres|a partir de ahora|desde ahora|responde|ora sei|d'ora in poi"
+    r"|da ora|rispondi|agora voce|a partir de agora|responda|vanaf nu|je bent nu|antwoord|artik|bundan sonra"
+    r"|cevap ver|yanitla|od teraz|odpowiadaj|odpowiedz|fran och med nu|svara|fra na av|svar|mulai sekarang|jawab"
+    r"|tu gio|tra loi|kuanzia sasa|jibu)\b",
+    r"теперь ты|с этого момента|отныне|отвечай|ответь|відтепер|відповідай|απο τωρα|απαντησε|מעכשיו|ענה",
+    r"من الآن|أجب|اجب|از این به بعد|پاسخ بده|जवाब दो|अब से|从现在起|从现在开始|現在你|现在你|回答",
+    r"これから|今から|答えて|지금부터|대답",
+    r"\b(?:ia|ki|ai|ии)\b|\byapay zeka|人工智能|ИИ",
+)
+
+
+def other_language_kind(message: str) -> str | None:
+    """extraction / instruction_override / jailbreak asked in another language (or in English with these words)."""
+    text = fold(message)
+    if len(text) > 600:  # long messages are the classifier's and the embedding layer's
+        return None
+    short = len(text) <= 300  # a short message is read as one ask; a longer one sentence by sentence
+    for sentence in [text] if short else re.split(r"(?<=[.!?。！？])\s*|\n", text):
+        if _ML_SYSTEM.search(sentence) and (_ML_REVEAL.search(sentence) or _ML_YOUR.search(sentence)):
+            return "extraction"
+        if _ML_IGNORE.search(sentence) and _ML_INSTRUCTIONS.search(sentence):
+            return "instruction_override"
+    if _ML_NO_LIMITS.search(text) and _ML_ADDRESSED.search(text):
+        return "jailbreak"
+    return None
+
+
+# what a short extraction request names (checked when a model layer calls a short message extraction): the prompt,
+# the configuration, the text above, "your" instructions; in other languages the system-prompt words above, or a
+# word for instructions or rules with "your" ("the washing instructions" name nothing to extract)
+_EXTRACTION_TARGET = re.compile(
+    r"\b(?:system|prompts?|pre-?prompt|initiali[sz]\w*|configuration|config|above|verbatim|hidden|secret|internal"
+    r"|your (?:instructions|rules|guidelines|directives|programming|setup|context))\b"
+    r"|\b(?:sistem|sistema|systeme|systemet)\b|промпт|системн|系统|系統|システム|시스템|النظام|سیستم|सिस्टम"
+)
+
+
+def names_extraction_target(message: str) -> bool:
+    text = fold(message)
+    return bool(
+        _EXTRACTION_TARGET.search(text)
+        or _ML_SYSTEM.search(text)
+        or (_ML_INSTRUCTIONS.search(text) and _ML_YOUR.search(text))
+    )
+
 
 # -------------------------------------------------------------------------------------- harmful requests
 # An ask (how to, steps, write code that ...) combined with a harmful act; the act alone (news, history) passes.
@@ -471,7 +616,16 @@ def check_user_message(message: str, settings: SafetySettings) -> RuleDecision |
             return RuleDecision(
                 "block", "prompt_injection", f"the message tries to override the assistant ({kind})", refusal, kind
             )
-    if settings.check_system_prompt_extraction and is_extraction(message):
+    other = (
+        other_language_kind(message)
+        if settings.check_prompt_injection or settings.check_system_prompt_extraction
+        else None
+    )
+    if other in ("instruction_override", "jailbreak") and settings.check_prompt_injection:
+        return RuleDecision(
+            "block", "prompt_injection", f"the message tries to override the assistant ({other})", refusal, other
+        )
+    if settings.check_system_prompt_extraction and (is_extraction(message) or other == "extraction"):
         return RuleDecision(
             "block",
             "system_prompt_extraction",
