@@ -194,5 +194,12 @@ def openai_server() -> Iterator[FakeOpenAIServer]:
 
 @pytest.fixture
 def fake_openai(openai_server: FakeOpenAIServer) -> FakeOpenAIServer:
+    # ChatOpenAI keeps one httpx client per (base_url, timeout) for the whole process, and this server's base_url
+    # is the same for every test: a client whose pooled connections belong to an event loop that an earlier test
+    # closed (TestClient's, asyncio.run's) would fail this test's first call, so each test starts without one.
+    from langchain_openai.chat_models import _client_utils
+
+    _client_utils._cached_async_httpx_client.cache_clear()
+    _client_utils._cached_sync_httpx_client.cache_clear()
     openai_server.reset()
     return openai_server
