@@ -263,13 +263,15 @@ async def retention_leader(url: str) -> AsyncIterator[bool]:
 
         conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **pg_connect_kwargs())
         try:
-            row = await (await conn.execute("select pg_try_advisory_lock(hashtext('teamgraph-retention'))")).fetchone()
+            # one lock per schema, like the schema migrations': deployments sharing a database keep apart
+            key = "hashtext('teamgraph-retention:' || current_schema())"
+            row = await (await conn.execute(f"select pg_try_advisory_lock({key})")).fetchone()
             held = bool(row and row[0])
             try:
                 yield held
             finally:
                 if held:
-                    await conn.execute("select pg_advisory_unlock(hashtext('teamgraph-retention'))")
+                    await conn.execute(f"select pg_advisory_unlock({key})")
         finally:
             await conn.close()
     elif scheme == "sqlite":

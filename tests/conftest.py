@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,91 @@ from tests.fakes.openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("TEAMGRAPH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "serial: runs while no other test of the run does (tests that measure time against a wall clock; "
+        "`make test` runs the rest on several xdist workers at once)",
+    )
+
+
+# The longest tests first, so that no worker is left alone with one of them at the end of the run: xdist hands
+# out work in collection order (--no-loadscope-reorder). The rest keep their order.
+SLOW_FIRST = (
+    "tests/integration_tests/test_api_fuzz.py",
+    "tests/integration_tests/test_cli.py",
+    "tests/browser/",
+    "tests/integration_tests/test_export.py",
+    "tests/integration_tests/test_crash.py",
+    "tests/integration_tests/test_faults.py",
+    "tests/integration_tests/test_langgraph_dev.py",
+)
+# With `--dist loadfile` a module's tests run on one worker, so a module-scoped server starts once. These modules
+# share no module- or class-scoped fixture and have long tests: each of their tests is a unit of its own, and
+# they spread over the workers. (A module listed here that gains such a fixture only starts it once per worker.)
+SPREAD = frozenset(
+    {
+        "tests/integration_tests/test_cli.py",
+        "tests/integration_tests/test_export.py",
+        "tests/integration_tests/test_crash.py",
+        "tests/integration_tests/test_faults.py",
+        "tests/integration_tests/test_audit.py",
+        "tests/integration_tests/test_serve_startup.py",
+        "tests/integration_tests/test_self_repair.py",
+        "tests/integration_tests/test_retention.py",
+        "tests/integration_tests/test_persistence.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first (a stable sort: modules stay whole and in order)."""
+
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if item.nodeid.startswith(prefix)), len(SLOW_FIRST))
+
+    items.sort(key=rank)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, except that the tests of the SPREAD modules are handed out one by one."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LoadFileSpreading(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module in SPREAD else module
+
+    return LoadFileSpreading(config, log)
+
+
+# tryfirst: outside pytest-timeout's timer, which must not count the wait
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    """Under xdist every test holds a shared lock on one file of the run from its setup (module fixtures that
+    start servers included) to its teardown; a `serial` test takes it exclusively, so it starts once the other
+    workers' current tests end and none starts before it is done. Everyone passes a second lock (the turnstile)
+    first, so the shared locks of the others cannot starve a waiting serial test. Without xdist (`-n 0`) there
+    is nothing to wait for."""
+    if not hasattr(item.config, "workerinput"):
+        return (yield)
+    # xdist gives each worker the base temp folder <the controller's>/<worker id>: the parent is this run's own
+    run_dir = Path(item.config.option.basetemp).parent
+    serial = item.get_closest_marker("serial") is not None
+    with open(run_dir / "serial.lock", "a") as lock, open(run_dir / "serial.turnstile", "a") as turnstile:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            return (yield)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)
@@ -108,5 +194,12 @@ def openai_server() -> Iterator[FakeOpenAIServer]:
 
 @pytest.fixture
 def fake_openai(openai_server: FakeOpenAIServer) -> FakeOpenAIServer:
+    # ChatOpenAI keeps one httpx client per (base_url, timeout) for the whole process, and this server's base_url
+    # is the same for every test: a client whose pooled connections belong to an event loop that an earlier test
+    # closed (TestClient's, asyncio.run's) would fail this test's first call, so each test starts without one.
+    from langchain_openai.chat_models import _client_utils
+
+    _client_utils._cached_async_httpx_client.cache_clear()
+    _client_utils._cached_sync_httpx_client.cache_clear()
     openai_server.reset()
     return openai_server

@@ -1221,6 +1221,7 @@ def test_playground_is_served_when_enabled(tmp_path: Path) -> None:
 # --- the event loop never waits on the session index -------------------------------------------------------
 
 
+@pytest.mark.serial  # /healthz within 0.5 s
 def test_a_slow_postgres_session_index_does_not_stall_other_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     """With Postgres every index read is a network round trip: it must run off the event loop, or one slow read
     holds up every request of the server. Here each read takes 1 s; a health check meanwhile answers at once."""

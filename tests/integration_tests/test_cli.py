@@ -12,6 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TEAMGRAPH = REPO / ".venv" / "bin" / "teamgraph"
+# a hang guard: a test here starts up to 20 `teamgraph` processes, 2-3 s of CPU each, over 2 minutes on a busy machine
+pytestmark = pytest.mark.timeout(360)
 SESSION_LINE = re.compile(r"^Session ([0-9a-f-]{36})\b", re.MULTILINE)
 
 ANSWER_1 = "At Acme I moved our Airflow batch jobs to Kubernetes and cut failed runs by 70 percent within a quarter."

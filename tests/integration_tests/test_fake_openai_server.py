@@ -225,6 +225,7 @@ def test_streaming_request_error_raises_before_stream(server: FakeOpenAIServer) 
         list(make_llm(server).stream("x"))
 
 
+@pytest.mark.serial  # a bound of 0.4 s on two requests
 def test_sdk_retry_honours_retry_after(server: FakeOpenAIServer) -> None:
     # Without Retry-After the SDK would back off ~0.5s; 0.05s proves it is honoured.
     server.enqueue(Error(429, retry_after=0.05), Reply("second time lucky"))

@@ -196,6 +196,16 @@ async def test_only_one_process_applies_retention_at_a_time(url: str) -> None:
         assert again
 
 
+async def test_the_retention_lock_is_one_per_postgres_schema() -> None:
+    """Deployments (and test runs) that share one PostgreSQL database in schemas of their own apply their
+    retention independently: holding one schema's lock does not stop another schema's pass."""
+    from checkpoints.retention import retention_leader
+
+    with fresh_postgres_schema("tg_retention_a") as a, fresh_postgres_schema("tg_retention_b") as b:
+        async with retention_leader(a) as first, retention_leader(b) as other, retention_leader(a) as again:
+            assert first and other and not again
+
+
 def test_cli_prune_counts_on_a_dry_run_then_expires(tmp_path: Path) -> None:
     import os
     import shutil

@@ -255,6 +255,7 @@ async def test_a_busy_thread_answers_409_on_stream_too(slow_server: LiveServer) 
     assert [m["role"] for m in messages] == ["user", "assistant"]
 
 
+@pytest.mark.serial  # compares wall times of turns: alone, not beside other tests
 async def test_different_threads_do_not_wait_for_each_other(slow_server: LiveServer) -> None:
     async with client_for(slow_server) as client:
 

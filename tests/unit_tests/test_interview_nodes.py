@@ -302,6 +302,7 @@ def _slow_model() -> SlowChatModel:
     ],
     ids=["provider-error", "timeout", "not-json", "missing-criterion", "score-out-of-range"],
 )
+@pytest.mark.serial  # a bound of 2 s on a 0.2 s deadline
 async def test_evaluator_failures_leave_scoring_to_the_fallback(
     resolver: AgentTeamResolver, model: Any, reason_part: str
 ) -> None:
