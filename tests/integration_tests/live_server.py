@@ -73,6 +73,9 @@ class LiveServer:
         self.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{self.db}"
         self.env["PYTHONUNBUFFERED"] = "1"
         self.env.update(env or {})
+        # one worker unless a test asks for more (`workers=`, or TEAMGRAPH_WORKERS in `env`): serve's default on
+        # PostgreSQL is one per core, which starts slower on a loaded machine and is not what most tests are about
+        self.env.setdefault("TEAMGRAPH_WORKERS", "1")
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._stdout: IO[bytes] | None = None
