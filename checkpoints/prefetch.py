@@ -24,11 +24,6 @@ class PrefetchedCheckpoint:
     def keep(self, thread_id: str, found: CheckpointTuple | None) -> None:
         self._thread_id, self._found = thread_id, found
 
-    @property
-    def found_checkpoint(self) -> bool:
-        """A checkpoint of the thread was read and is still held (not yet taken or dropped)."""
-        return self._thread_id is not None and self._found is not None
-
     def take(self, config: RunnableConfig) -> tuple[bool, CheckpointTuple | None]:
         """(True, what was read) when `config` asks for the kept thread's latest checkpoint, else (False, None)."""
         configurable = config.get("configurable") or {}

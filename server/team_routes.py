@@ -40,9 +40,6 @@ ALLOWED_CONFIGURABLE = ("thread_id",)
 TENANT_SLOTS = "#tenant-turns"  # key among a request's turn leases; "#" is never part of a thread id
 LEASE_HELD = "__turn_lock_held"  # set by the server only; "__" keys never reach trace metadata
 IDEMPOTENCY = "__idempotency"  # the request's IdempotentRequest, set by the server only
-# the session the config modifier found in the index (under the request's lease), set by the server only: the
-# turn uses it instead of looking the session up a second time; absent for a session the turn creates
-FOUND_SESSION = "__found_session"
 IDEMPOTENT_ENDPOINTS = ("invoke", "stream")
 _serde = JsonPlusSerializer()
 
@@ -143,14 +140,9 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         lease_held = bool(configurable.get(LEASE_HELD))
         held = contextlib.nullcontext() if lease_held else self.engine.turn_locks.hold(thread_id, self.team)
         async with held:
-            found = configurable.get(FOUND_SESSION) if lease_held else None
-            if isinstance(found, SessionRecord) and found.thread_id == thread_id:
-                # the modifier found it under this request's lease, which a deletion would have to take first
-                session = found
-            else:
-                actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
-                client_id = str(configurable.get(CLIENT_ID) or thread_id)
-                session = await self.engine.aclaim_session(client_id, _tenant(config), self.team, actor, thread_id)
+            actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
+            client_id = str(configurable.get(CLIENT_ID) or thread_id)
+            session = await self.engine.aclaim_session(client_id, _tenant(config), self.team, actor, thread_id)
             if not lease_held:
                 # an older session's state is stored in the current version. Under a request's lease the config
                 # modifier did this when it took the lease (a state read per turn: not twice)
@@ -509,7 +501,7 @@ def make_config_modifier(team: str):
 
             leases[TENANT_SLOTS] = release_slots
         # the caller's own session of that name: ids are per tenant, another tenant's `thread_id` is not seen
-        session = found = await engine.find_session(caller.tenant, str(thread_id))
+        session = await engine.find_session(caller.tenant, str(thread_id))
         if session is None:
             # recorded only once the turn runs (TeamRunnable), so a refused request leaves no empty session
             stamp = now()
@@ -537,10 +529,6 @@ def make_config_modifier(team: str):
         server["configurable"][LEASE_HELD] = True
         server["configurable"][PREFETCHED] = prefetched
         server["configurable"][CLIENT_ID] = session.id
-        if found is not None and prefetched.found_checkpoint:
-            # the session still has its checkpoint under the lease: no deletion ran between the lookup above and
-            # the lock (a deletion removes the checkpoints under the same lock), so the turn need not look again
-            server["configurable"][FOUND_SESSION] = found
         if idempotency_key is not None:
             server["configurable"][IDEMPOTENCY] = await _keyed_turn(engine, request, body, session, idempotency_key)
         # server values replace whatever the client sent for these keys
