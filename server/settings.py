@@ -117,7 +117,8 @@ MAX_DEFAULT_WORKERS = 8
 def default_workers(checkpoint_url: str) -> int:
     """How many worker processes `teamgraph serve` runs when neither --workers nor TEAMGRAPH_WORKERS says.
 
-    On PostgreSQL, one per CPU core this process may use (at most 8). One Python process runs its turns on one
+    On PostgreSQL, one per CPU core this process may use (its CPU affinity and its cgroup's CPU quota; at most
+    8). One Python process runs its turns on one
     core, and on Postgres workers share nothing but the database, exactly like replicas (a session's turn lock
     is an advisory lock keyed by the session, the audit chain's lock is per tenant): docs/performance.md
     measures two replicas at the same CPU per turn and the same p50 at concurrency 1 as one, with 1.5-1.7x the
@@ -134,7 +135,26 @@ def default_workers(checkpoint_url: str) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:  # a container limited to fewer CPUs than the machine shows
+        cores = min(cores, quota)
     return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def cgroup_cpu_quota() -> int | None:
+    """Whole CPUs the cgroup (v2) quota allows this process (`cpu.max`: "<quota> <period>", rounded down, at least
+    1), or None without a quota ("max") or a cgroup file: a pod limited to 1 CPU on a 16-core node gets 1 worker."""
+    try:
+        with open(CGROUP_CPU_MAX) as f:
+            quota, period = f.read().split()[:2]
+        if quota == "max":
+            return None
+        return max(1, int(quota) // int(period))
+    except (OSError, ValueError):
+        return None
 
 
 def serve_workers(settings: Settings, flag: int | None = None) -> tuple[int, str]:
