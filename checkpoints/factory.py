@@ -418,6 +418,9 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
         await pool.close()
 
 
+SETUP_LOCK_WAIT_S = 60.0
+
+
 @contextlib.asynccontextmanager
 async def _one_setup_at_a_time(url: str, timeout_s: float) -> AsyncIterator[None]:
     """LangGraph's setup() of the checkpointer and the store (`create table if not exists`, then numbered
@@ -433,6 +436,7 @@ async def _one_setup_at_a_time(url: str, timeout_s: float) -> AsyncIterator[None
 
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **pg_connect_kwargs(timeout_s))
     try:
+        deadline = asyncio.get_running_loop().time() + SETUP_LOCK_WAIT_S
         while True:
             cur = await conn.execute(
                 "select pg_try_advisory_lock(hashtext('teamgraph-langgraph-setup:' || current_schema()))"
@@ -440,6 +444,11 @@ async def _one_setup_at_a_time(url: str, timeout_s: float) -> AsyncIterator[None
             row = await cur.fetchone()
             if row is not None and row[0]:
                 break
+            if asyncio.get_running_loop().time() > deadline:  # a clear failure (503, or a start that says why)
+                raise StorageUnavailable(
+                    f"another process has held LangGraph's checkpointer setup for {SETUP_LOCK_WAIT_S:.0f} s "
+                    "(its `create index concurrently` may be waiting for a long transaction to end)"
+                )
             await asyncio.sleep(0.05)
         yield
     finally:

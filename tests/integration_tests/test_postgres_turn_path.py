@@ -419,3 +419,20 @@ async def test_processes_starting_together_on_an_empty_database_all_start(url: s
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute("drop table if exists checkpoints, checkpoint_blobs, checkpoint_writes,"
                           " checkpoint_migrations, store, store_migrations cascade")  # fmt: skip
+
+
+async def test_a_setup_lock_held_too_long_is_a_clear_503_not_a_hang(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds LangGraph's setup lock (its `create index concurrently` waiting on a long transaction):
+    this one gives up after SETUP_LOCK_WAIT_S with StorageUnavailable (503 in a request, a start that says why)
+    instead of polling forever."""
+    from checkpoints import factory
+    from checkpoints.storage import StorageUnavailable
+
+    monkeypatch.setattr(factory, "SETUP_LOCK_WAIT_S", 0.3)
+    with psycopg.connect(url, autocommit=True) as holder:
+        holder.execute("select pg_advisory_lock(hashtext('teamgraph-langgraph-setup:' || current_schema()))")
+        with pytest.raises(StorageUnavailable, match="checkpointer setup"):
+            async with factory._one_setup_at_a_time(url, 5.0):
+                pass
+    async with factory._one_setup_at_a_time(url, 5.0):  # released: the next one takes it at once
+        pass
