@@ -135,7 +135,8 @@ _ML_SYSTEM = _lexicon(
     r"rendszerprompt|rendszeruzenet|jarjestelmakehot|jarjestelmaviest|προτροπη συστηματος|μηνυμα συστηματος",
     r"הנחיות המערכת|הודעת המערכת|פרומפט המערכת|موجه النظام|رسالة النظام|تعليمات النظام|پیام سیستم",
     r"پرامپت سیستم|دستورالعمل سیستم|सिस्टम प्रॉम्प्ट|सिस्टम संदेश|সিস্টেম প্রম্পট|系统提示|系統提示|系统消息",
-    r"系统指令|系統指令|系统设定|システムプロンプト|システムメッセージ|システム指示|시스템 프롬프트|시스템 메시지",
+    r"提示词|提示詞|系统指令|系統指令|系统设定",
+    r"システムプロンプト|システムメッセージ|システム指示|시스템 프롬프트|시스템 메시지",
     r"\bprompt sistem|\bpesan sistem|\binstruksi sistem|\b(?:loi nhac|tin nhan|huong dan) he thong",
     r"พรอมต์ระบบ|ระบบพรอมต์|maagizo ya mfumo",
     r"system prompt",
@@ -178,12 +179,38 @@ _ML_YOUR = _lexicon(
     r"твой|твоя|твоё|твое|твои|свой|свои|свої|свій|твій|твої|σου|שלך|الخاص بك|خودت|تو را|तुम्हारा|आपका|आपके|你的|您的",
     r"あなたの|君の|너의|네 |당신의",
 )
+# an imperative "ignore / forget" (addressed to the assistant: no past participle, no first person); the verbs of
+# languages that put the object first are read with the words before them
 _ML_IGNORE = _lexicon(
-    r"\b(?:ignorier|vergiss|vergessen sie|missachte|ignore|ignorez|oublie|ignora|ignorar|olvida|dimentica"
-    r"|esqueca|esquece|negeer|vergeet|zignoruj|zapomnij|ignoruj|ignorera|glom|ignorer|glem|ignoroi|unohda)\w*",
-    r"yok say|dikkate alma|unut|игнорир|игнорув|игноруй|забудь|забуд|αγνοησε|ξεχασε|התעלם|שכח|تجاهل|انس |انسَ",
-    r"نادیده بگیر|فراموش کن|अनदेखा|भूल जा|忽略|无视|無視|忘记|忘掉|無視して|忘れて|무시|잊어|bo qua|quen di",
+    r"\b(?:ignoriere|ignorier|ignorieren sie|vergiss|vergesst|vergessen sie|missachte|ignorez|oubliez"
+    r"|ignora|ignorad|olvida|olviden|olvidad|dimentica|dimenticate|ignorate|esqueca|esquece|negeer|vergeet"
+    r"|zignoruj|zapomnij|ignoruj|ignorera|glom|glem|ignorer|ignoroi|unohda)\b",
+    # French "ignore"/"oublie" and Spanish "ignore" are also "I ignore / I forgot" ("j'ignore", "j'ai oublié")
+    r"(?<!j')(?<!n')(?<!je )(?<!j'ai )(?<!yo )\b(?:ignore|oublie)\b",
+    r"игнорируй|игнорируйте|проигнорируй|забудь|забудьте|ігноруй|αγνοησε|ξεχασε|התעלם|שכח|تجاهل|انس |انسَ",
+    # not "我忘记了…" / "我已经忘记…" (I forgot)
+    r"(?<!我)(?<!已经)(?:忽略|无视|無視(?!して|し)|忘记|忘掉)(?!了)|bo qua|quen di",
     r"\b(?:abaikan|lupakan|puuza|sahau|huwag pansinin|kalimutan)\b",
+)
+_ML_IGNORE_AFTER = _lexicon(
+    # the verb after its object: Turkish, Persian, Hindi, Japanese, Korean, a German infinitive ask
+    r"\b(?:yok say(?:in)?|dikkate alma(?:yin)?|unut(?:un)?)\b|\bignorieren\b(?! sie)",
+    r"نادیده بگیر|فراموش کن|अनदेखा कर(?:ो|ें|िए)|भूल जा(?:ओ|इए)?(?!\w)",
+    r"無視して(?!しま|い)|無視しろ|忘れて(?!しま|い)|忘れろ",
+    r"무시해(?:라|줘|주세요)?(?!\w)|무시하(?:세요|라|고)(?!\w)|잊어(?:버려|라)?(?!\w)|잊으세요|잊어 ?줘",
+)
+# "all / previous / your": an override names which instructions ("alle vorherigen Anweisungen", "tes instructions");
+# "the washing instructions" do not
+_ML_WHICH = _lexicon(
+    r"\b(?:alle|allen|vorherig\w*|bisherig\w*|obig\w*|vorig\w*|deine\w*|ihre\w*|eure\w*|tout|toute|toutes|tous|tes"
+    r"|vos|ton|ta|precedent\w*|anterieur\w*|todas|todos|tus|anterior\w*|previ\w*|tutte|tutti|tue|tuoi"
+    r"|precedenti|suas|tuas|teus|seus|je (?:instructies|regels)|jouw|vorige|eerdere|tum|butun|onceki|senin"
+    r"|wszystkie|wszystkich|swoich"
+    r"|swoje|twoje|twoich|poprzedni\w*|alla|dina|tidigare|dine|tidligere|kaikki|aiemm\w*|semua|sebelumnya|zote"
+    r"|yako|iyong|lahat)\b",
+    r"все|всех|предыдущ|прежн|свои|своих|твои|твоих|ваши|попередн|усі|всі|ολες|προηγουμεν|σου|כל|הקודמות|שלך",
+    r"جميع|كل|السابقة|قبلی|همه|تمام|सभी|पिछले|पहले के|之前|以前|先前|所有|全部|上面|你的|您的|これまで|前の|全て|すべて",
+    r"あなたの|이전|모든|위의|앞의|너의|당신의|tat ca|truoc do",
 )
 _ML_INSTRUCTIONS = _lexicon(
     # French "instructions" is also English: it counts with a French article or qualifier
@@ -221,6 +248,22 @@ _ML_ADDRESSED = _lexicon(
 )
 
 
+_STOP = re.compile(r"[,;:.!?\n。！？、，]")
+
+
+def _overrides(sentence: str) -> bool:
+    """An imperative "ignore/forget" shortly before (or, object first, after) "all/previous/your" + instructions."""
+    for verb in _ML_IGNORE.finditer(sentence):
+        after = _STOP.split(sentence[verb.end() : verb.end() + 50], maxsplit=1)[0]
+        if _ML_INSTRUCTIONS.search(after) and _ML_WHICH.search(after):
+            return True
+    for verb in _ML_IGNORE_AFTER.finditer(sentence):
+        before = _STOP.split(sentence[max(0, verb.start() - 40) : verb.start()])[-1]
+        if _ML_INSTRUCTIONS.search(before) and _ML_WHICH.search(before):
+            return True
+    return False
+
+
 def other_language_kind(message: str) -> str | None:
     """extraction / instruction_override / jailbreak asked in another language (or in English with these words)."""
     text = fold(message)
@@ -230,7 +273,7 @@ def other_language_kind(message: str) -> str | None:
     for sentence in [text] if short else re.split(r"(?<=[.!?。！？])\s*|\n", text):
         if _ML_SYSTEM.search(sentence) and (_ML_REVEAL.search(sentence) or _ML_YOUR.search(sentence)):
             return "extraction"
-        if _ML_IGNORE.search(sentence) and _ML_INSTRUCTIONS.search(sentence):
+        if _overrides(sentence):
             return "instruction_override"
     if _ML_NO_LIMITS.search(text) and _ML_ADDRESSED.search(text):
         return "jailbreak"
