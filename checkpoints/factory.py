@@ -396,6 +396,7 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
             )
             # LangGraph's migrations start over when their version table went with the rest (dropped database
             # or schema); when only its tables went, their version rows go too (every step is idempotent)
+            langgraph_intact = True
             async with pool.connection() as conn:
                 for tables, versions in _LANGGRAPH_PG_TABLES:
                     row = await (await conn.execute(
@@ -406,9 +407,11 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
                         found.checkpoints = True
                     if row and row["missing"] and row["versioned"]:
                         await conn.execute(f"delete from {versions}")
-            async with _one_setup_at_a_time(url, timeout_s):
-                await checkpointer.setup()
-                await store.setup()
+                    langgraph_intact = langgraph_intact and bool(row and not row["missing"] and row["versioned"])
+            if not langgraph_intact:  # only then: the setup lock costs a connection of its own (a /readyz repair)
+                async with _one_setup_at_a_time(url, timeout_s):
+                    await checkpointer.setup()
+                    await store.setup()
             return found
 
         yield Persistence(url, checkpointer, store, sessions, audit, repair=StorageRepair("postgres", setup))

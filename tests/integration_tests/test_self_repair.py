@@ -317,15 +317,26 @@ def test_only_the_checkpoint_tables_dropped_are_named_in_the_repair_line(tmp_pat
         assert audit_restarted(server) == []
 
 
-async def test_a_repair_that_finds_every_table_there_is_not_logged_as_one(tmp_path: Path) -> None:
+async def test_a_repair_that_finds_every_table_there_is_not_logged_as_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A sibling worker or replica recreated the tables first: this process recreates nothing and says so at info
-    level, not as a `storage_repaired` warning (which used to be logged with every field false)."""
-    from structlog.testing import capture_logs
+    level, not as a `storage_repaired` warning (which used to be logged with every field false). The module's
+    logger is captured at every level, whatever log level an earlier test configured."""
+    import logging
 
+    import structlog
+    from structlog.testing import LogCapture
+
+    from checkpoints import self_repair
     from tests.conftest import open_engine
 
+    capture = LogCapture()
+    logger = structlog.wrap_logger(
+        None, processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)
+    )
+    monkeypatch.setattr(self_repair, "log", logger)
     async with open_engine(f"sqlite:///{tmp_path}/teamgraph.db") as engine:
-        with capture_logs() as logs:
-            assert await engine.persistence.repair.repair("no such table: checkpoints") is True
-    events = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("storage_")]
+        assert await engine.persistence.repair.repair("no such table: checkpoints") is True
+    events = [(e["event"], e["log_level"]) for e in capture.entries if e["event"].startswith("storage_")]
     assert events == [("storage_checked", "info")]
