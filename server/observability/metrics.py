@@ -24,7 +24,10 @@ class _LabelsOnce:
     def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
         if labelkwargs:
             return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
-        child = self._children.get(labelvalues)
+        try:
+            child = self._children.get(labelvalues)
+        except TypeError:  # an unhashable value: prometheus_client converts it with str(), as before
+            return super().labels(*labelvalues)  # type: ignore[misc]
         if child is None:
             child = self._children[labelvalues] = super().labels(*labelvalues)  # type: ignore[misc]
         return child

@@ -102,3 +102,20 @@ def test_the_scrubber_checks_each_line_in_full_when_it_remembers_clean_keys_and_
     long = "x" * 500  # long values are not remembered, but checked as before
     assert scrub("x", "info", {"v": long}) == {"v": long}
     assert scrub("x", "info", {"v": long + " sk-abcdefghijkl"}) == {"v": long + " [redacted]"}
+
+
+def test_a_metric_child_is_looked_up_once_and_counts_as_prometheus_clients_own() -> None:
+    from server.observability.metrics import Metrics
+
+    metrics = Metrics()
+    first = metrics.turns.labels("veneo", "veneo_chat", "ok")
+    assert metrics.turns.labels("veneo", "veneo_chat", "ok") is first
+    first.inc()
+    metrics.turns.labels("veneo", "veneo_chat", "ok").inc()
+    metrics.turns.labels(tenant="veneo", team="veneo_chat", outcome="ok").inc()  # keywords: prometheus_client's path
+    metrics.turns.labels("veneo", ["x"], "ok").inc()  # an unhashable value is converted with str(), as before
+    text = metrics.exposition().decode()
+    assert 'teamgraph_turns_total{outcome="ok",team="veneo_chat",tenant="veneo"} 3.0' in text
+    assert 'teamgraph_turns_total{outcome="ok",team="[\'x\']",tenant="veneo"} 1.0' in text
+    with pytest.raises(ValueError):
+        metrics.turns.labels("veneo", "veneo_chat")  # a wrong label count is still refused
