@@ -21,6 +21,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # room for the form's other parts and boundaries
 OFF_LOOP_BYTES = 32 * 1024  # bodies above this are parsed in a worker thread; smaller ones cost less than the hop
 BODY_METHODS = {"POST", "PUT", "PATCH"}  # the only methods whose body a route reads; others are size-bounded only
 PARSED_BODY = "json_body"  # key in the request state: the parsed JSON, for handlers that want it without re-parsing
+HEADERS = "decoded_headers"  # key in the request state: the headers as {lower-case name: value}, decoded once
 
 
 class BodyRejected(Exception):
@@ -99,7 +100,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers = request_headers(scope)
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         form = content_type in ("multipart/form-data", "application/x-www-form-urlencoded")
         limit = self.max_form_bytes if form else self.max_body_bytes
@@ -126,6 +127,18 @@ class RequestGuard:
             return await receive()  # after the body: the client's disconnect, for streaming responses
 
         await self.app(scope, replay, send)
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers as {lower-case name: value}: decoded by the first middleware that asks and kept in
+    the request state for the others (the observability middleware, outermost, decodes them for every request)."""
+    state = scope.setdefault("state", {})
+    headers: dict[str, str] | None = state.get(HEADERS)
+    if headers is None:
+        headers = state[HEADERS] = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
+    return headers
 
 
 def _check_query(raw: bytes) -> None:

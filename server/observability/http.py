@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from server.observability.logging import log
 from server.observability.metrics import Metrics
 from server.observability.tracing import tracer
+from server.request_guard import request_headers
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # anything else is labelled "other"
@@ -40,7 +41,7 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers = request_headers(scope)
         request_id = request_id_from(headers)
         method = scope["method"]
         span = tracer().start_span(f"HTTP {method}", context=propagate.extract(headers), kind=SpanKind.SERVER,

@@ -38,16 +38,49 @@ def _scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
+_PLAIN = (int, float, bool, type(None))  # values no scrubbing changes
+_CACHE_LIMIT = 2048  # entries per cache below; emptied when full (the same few keys and ids recur on every line)
+_SHORT = 128  # only strings up to this length are remembered as clean
+
+
 def make_scrubber(secrets: tuple[str, ...], debug_content: bool) -> Any:
     """A processor that drops secret fields, masks secret-looking strings, and keeps message text to DEBUG."""
+    # keys that are neither secret nor content, and short strings that hold no secret: what every line repeats
+    # (event names, field names, tenant, team, ids) is checked once, not on every line
+    plain_keys: set[str] = set()
+    clean: set[str] = set()
+
+    def scrub_str(value: str) -> str:
+        scrubbed = _scrub_value(value, secrets)
+        if scrubbed is value and len(value) <= _SHORT:
+            if len(clean) >= _CACHE_LIMIT:
+                clean.clear()
+            clean.add(value)
+        return scrubbed
 
     def scrub(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         for key in list(event):
+            if key in plain_keys:
+                continue
             if key.lower() in _SECRET_KEYS:
                 event[key] = "[redacted]"
-            elif key in _CONTENT_KEYS and not (debug_content and method == "debug"):
-                event.pop(key)
-        return {k: _scrub_value(v, secrets) for k, v in event.items()}
+            elif key in _CONTENT_KEYS:
+                if not (debug_content and method == "debug"):
+                    event.pop(key)
+            elif len(key) <= _SHORT:
+                if len(plain_keys) >= _CACHE_LIMIT:
+                    plain_keys.clear()
+                plain_keys.add(key)
+        out: dict[str, Any] = {}
+        for key, value in event.items():
+            kind = type(value)
+            if kind is str:
+                out[key] = value if value in clean else scrub_str(value)
+            elif kind in _PLAIN:
+                out[key] = value
+            else:
+                out[key] = _scrub_value(value, secrets)
+        return out
 
     return scrub
 

@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _LabelsOnce:
+    """`labels(...)` answers a label set seen before from a dict: prometheus_client's own `labels` checks, converts
+    and locks on every call (a dozen Python calls), and a turn asks for some fifteen children. The child is the one
+    prometheus_client made and keeps (none is ever removed here), so what is counted and exported is the same."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._children: dict[tuple[Any, ...], Any] = {}
+        super().__init__(*args, **kwargs)
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
+        try:
+            child = self._children.get(labelvalues)
+        except TypeError:  # an unhashable value: prometheus_client converts it with str(), as before
+            return super().labels(*labelvalues)  # type: ignore[misc]
+        if child is None:
+            child = self._children[labelvalues] = super().labels(*labelvalues)  # type: ignore[misc]
+        return child
+
+
+class Counter(_LabelsOnce, prometheus_client.Counter):
+    pass
+
+
+class Histogram(_LabelsOnce, prometheus_client.Histogram):
+    pass
+
+
+class Gauge(_LabelsOnce, prometheus_client.Gauge):
+    pass
 
 
 class Metrics:

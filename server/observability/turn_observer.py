@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler
@@ -80,6 +80,15 @@ class TurnObserver(AsyncCallbackHandler):
     # an audit write that fails must fail the turn: LangChain re-raises only from handlers that ask for it
     raise_error: bool = True
     run_inline: bool = True
+    # LangChain reads these per handler for every event it dispatches; plain class attributes instead of
+    # BaseCallbackHandler's properties. Events of the kinds ignored here reach only its default no-op methods
+    ignore_llm: ClassVar[bool] = False
+    ignore_chat_model: ClassVar[bool] = False
+    ignore_chain: ClassVar[bool] = False
+    ignore_agent: ClassVar[bool] = True
+    ignore_retriever: ClassVar[bool] = True
+    ignore_retry: ClassVar[bool] = True
+    ignore_custom_event: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.parent_context is None:
@@ -160,6 +169,8 @@ class TurnObserver(AsyncCallbackHandler):
             await self._flush_audit(durable=False)
             return
         is_node = node is not None and name == node and parent_run_id == self.root and not node.startswith("__")
+        if not is_node and not exporting():
+            return  # an inner runnable: no span to parent, nothing to time or record (its end finds no run)
         span = self._span(f"node.{node}", parent_run_id, **{"teamgraph.node": node}) if is_node else None
         self.runs[run_id] = _Run(node if is_node else None, time.perf_counter(), span, parent=parent_run_id)
 

@@ -79,3 +79,43 @@ def test_the_tracer_is_made_once_per_provider(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
     monkeypatch.setattr(trace, "get_tracer", lambda name, *a, **k: provider.get_tracer(name))
     assert isinstance(tracer(), trace.NoOpTracer)  # another provider: its own tracer
+
+
+def test_the_scrubber_checks_each_line_in_full_when_it_remembers_clean_keys_and_values() -> None:
+    from server.observability.logging import make_scrubber
+
+    scrub = make_scrubber(("tenant-secret-1",), debug_content=False)
+    debug_scrub = make_scrubber((), debug_content=True)
+    line = {"event": "node", "tenant": "veneo", "n": 3, "ok": True, "none": None, "ratio": 0.5}
+    for _ in range(3):  # the first line teaches it the clean keys and values; later lines are answered the same
+        assert scrub("x", "info", dict(line)) == line
+        # a secret, a secret-looking value, content and a secret key: masked or dropped on every line, also
+        # under keys and beside values it has seen clean before
+        sent = {"event": "node", "tenant": "tenant-secret-1", "note": "key sk-abcdefghijkl", "content": "hi",
+                "Authorization": "veneo", "items": ["veneo", "sk-abcdefghijkl"]}  # fmt: skip
+        masked = {"event": "node", "tenant": "[redacted]", "note": "key [redacted]", "Authorization": "[redacted]",
+                  "items": ["veneo", "[redacted]"]}  # fmt: skip
+        assert scrub("x", "info", sent) == masked
+        # content stays on DEBUG lines only, when asked for, however often its key was dropped before
+        assert debug_scrub("x", "info", {"content": "hi"}) == {}
+        assert debug_scrub("x", "debug", {"content": "hi"}) == {"content": "hi"}
+    long = "x" * 500  # long values are not remembered, but checked as before
+    assert scrub("x", "info", {"v": long}) == {"v": long}
+    assert scrub("x", "info", {"v": long + " sk-abcdefghijkl"}) == {"v": long + " [redacted]"}
+
+
+def test_a_metric_child_is_looked_up_once_and_counts_as_prometheus_clients_own() -> None:
+    from server.observability.metrics import Metrics
+
+    metrics = Metrics()
+    first = metrics.turns.labels("veneo", "veneo_chat", "ok")
+    assert metrics.turns.labels("veneo", "veneo_chat", "ok") is first
+    first.inc()
+    metrics.turns.labels("veneo", "veneo_chat", "ok").inc()
+    metrics.turns.labels(tenant="veneo", team="veneo_chat", outcome="ok").inc()  # keywords: prometheus_client's path
+    metrics.turns.labels("veneo", ["x"], "ok").inc()  # an unhashable value is converted with str(), as before
+    text = metrics.exposition().decode()
+    assert 'teamgraph_turns_total{outcome="ok",team="veneo_chat",tenant="veneo"} 3.0' in text
+    assert 'teamgraph_turns_total{outcome="ok",team="[\'x\']",tenant="veneo"} 1.0' in text
+    with pytest.raises(ValueError):
+        metrics.turns.labels("veneo", "veneo_chat")  # a wrong label count is still refused
