@@ -616,8 +616,14 @@ def erase_sessions(log: AuditLog, tenant: str, sessions: list[str], actor: str, 
     """Redact the payloads of every entry of the tenant's `sessions`, keeping the chain verifiable: a
     `user_erased` entry lists each redacted seq with the digest of its other fields (no content, the user only
     as `user_ref`, a hash), and in the same transaction the payloads become `{"_redacted": {"by": <that entry's
-    seq>}}`: the erasure is on record exactly when it happened. Returns how many entries were redacted."""
+    seq>}}`: the erasure is on record exactly when it happened. Sessions deleted before (by an erasure that failed
+    after its deletions, a DELETE, retention) are found by their `session_delete_started` entry naming `user_ref`.
+    Returns how many entries were redacted."""
     wanted = set(sessions)
+    after = 0
+    while page := log.query(tenant, event_type="session_delete_started", after_seq=after, limit=1000):
+        wanted |= {e.session for e in page if e.session and e.payload.get("user_sha256") == user_ref}
+        after = page[-1].seq
     targets: list[AuditEntry] = []
     after = 0
     while page := log.query(tenant, after_seq=after, limit=1000):

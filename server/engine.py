@@ -282,9 +282,11 @@ class Engine:
 
     async def erase_user(self, tenant: str, user_id: str, actor: str = "cli") -> dict[str, int]:
         """Erase everything the tenant holds about one end user: every session tagged with `user_id` is deleted
-        (checkpoints, transcript archive, voice records, index row), then those sessions' audit entries are
-        redacted, keeping the chain verifiable (`checkpoints.audit.erase_sessions`); a `user_erased` entry
-        records the erasure with counts and the user id's hash only."""
+        (checkpoints, transcript archive, voice records, index row), then the audit entries of those sessions and
+        of the user's sessions deleted before (an erasure interrupted after its deletions, a DELETE, retention:
+        their `session_delete_started` names the user by hash) are redacted, keeping the chain verifiable
+        (`checkpoints.audit.erase_sessions`); a `user_erased` entry records the erasure with counts and the user
+        id's hash only."""
         sessions = await asyncio.to_thread(self.sessions.of_user, tenant, user_id)
         for session in sessions:
             await self.delete_session(session, actor=actor)
@@ -705,7 +707,10 @@ class Engine:
         crash or failure after it leaves the pending deletion, which the next start or a repeated DELETE
         finishes. So a session is always whole or gone, `session_deleted` means it is gone, and each entry is
         written once, however many requests delete the session at the same time."""
-        events = [self.audit_event(session.tenant, actor, "session_delete_started", session.id, {"team": session.team})]
+        started: dict[str, Any] = {"team": session.team}
+        if session.user_id is not None:  # an erasure finds the session's entries by it once the session is gone
+            started["user_sha256"] = user_ref(session.tenant, session.user_id)
+        events = [self.audit_event(session.tenant, actor, "session_delete_started", session.id, started)]
         if because is not None:
             events.insert(0, because)
         async with self.turn_locks.hold(session.thread_id, session.team):

@@ -5,6 +5,7 @@ audit log included; a change made by several requests at once happens, and is on
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import uuid
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from checkpoints.factory import open_audit_log
 from server.app import create_app
 from server.engine import user_ref
 from server.settings import Settings
@@ -206,3 +208,43 @@ def test_a_delete_the_database_refuses_leaves_the_session_whole_and_nothing_on_r
 
         assert client.delete(f"/sessions/{sid}", headers=DEMO).status_code == 204
         assert [t for t, _ in on_record(client, sid)] == ["session_delete_started", "session_deleted"]
+
+
+# --- DELETE /users/{user_id} --------------------------------------------------------------------------------------
+
+
+def test_an_erasure_interrupted_after_deleting_the_sessions_is_finished_by_repeating_it(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redaction fails after the user's sessions were deleted: the erasure answers 503 and nothing of it is on
+    record yet; repeated, it still finds those (now deleted) sessions' entries and redacts them, on record once."""
+    secret = "My name is Jane Roe, I live at 5 Elm Street"
+    with serve(storage.url, monkeypatch) as client:
+        sessions = []
+        for _ in range(2):
+            r = client.post("/sessions", headers=DEMO, json={"team": "interview", "user_id": "jane.roe@example.com"})
+            assert r.status_code == 201, r.text
+            sessions.append(r.json()["id"])
+            turn = {"input": {"messages": [{"type": "human", "content": secret}]},
+                    "config": {"configurable": {"thread_id": sessions[-1]}}}  # fmt: skip
+            assert client.post("/teams/interview/invoke", json=turn, headers=DEMO).status_code == 200
+        with storage.failing("before update of payload on audit_events", b'"_redacted"'):
+            r = client.delete("/users/jane.roe@example.com", headers=ADMIN)
+        assert r.status_code == 503, r.text
+        erasures = client.get("/audit?event_type=user_erased", headers=ADMIN).json()["items"]
+        assert erasures == []  # not on record: it did not happen
+
+        r = client.delete("/users/jane.roe@example.com", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert r.json()["audit_entries_redacted"] > 0
+        entries = client.get("/audit?limit=500", headers=ADMIN).json()["items"]
+        assert [e["event_type"] for e in entries].count("user_erased") == 1
+        assert "Jane Roe" not in json.dumps(entries)
+        for sid in sessions:
+            assert client.get(f"/sessions/{sid}", headers=DEMO).status_code == 404
+            assert all(set(e["payload"]) == {"_redacted"} for e in entries if e["session"] == sid)
+    log = open_audit_log(storage.url)
+    try:
+        assert log.verify("demo").ok
+    finally:
+        log.close()
