@@ -12,7 +12,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,11 @@ ContentPolicy = Literal["full", "hash", "none"]
 
 class AuditWriteError(RuntimeError):
     """An audit record could not be written; the action it records must fail too."""
+
+
+# A statement on another table of the audit log's database (the session index's), in that database's parameter
+# style, that an audited change consists of: see `AuditLog.append_if`
+Statement = tuple[str, Sequence[Any]]
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,11 @@ def entry_hash(
 REDACTED = "_redacted"  # the payload key of an entry whose content an erasure removed
 
 
+def _redacted_by(erasure: AuditEntry) -> dict[str, Any]:
+    """The payload an erasure leaves in each entry it redacts: which entry redacted it."""
+    return {REDACTED: {"by": erasure.seq}}
+
+
 def fields_digest(e: AuditEntry) -> str:
     """sha256 of everything in an entry but its payload: what an erasure entry records of each entry it redacts,
     so a redacted entry is still checked field by field and through its hash link."""
@@ -150,9 +160,13 @@ def verify_chain(tenant: str, entries: Iterator[AuditEntry], anchor: tuple[int, 
 
 class AuditLog(Protocol):
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]: ...
+    # the change and its entries in one transaction, so the entries exist exactly when the change stood: each
+    # statement must change a row, else nothing is written and the answer is None (another request got there first)
+    def append_if(self, changes: Sequence[Statement], events: list[AuditEvent]) -> list[AuditEntry] | None: ...
+    # an erasure's `user_erased` entry and the redaction of the entries it lists (`seqs`), in one transaction
+    def append_redacting(self, event: AuditEvent, seqs: Sequence[int]) -> AuditEntry: ...
     def deferring_sync(self) -> contextlib.AbstractContextManager[None]: ...
     def make_durable(self) -> None: ...
-    def replace_payloads(self, tenant: str, payloads: dict[int, dict[str, Any]]) -> None: ...
     def query(
         self,
         tenant: str,
@@ -217,10 +231,13 @@ _QUERY_FILTERS = (("session", "session = {p}"), ("event_type", "event_type = {p}
 class SqliteAuditLog:
     """The audit log in the SQLite database file (or in memory), written under SQLite's write lock."""
 
-    def __init__(self, path: Path | str | None):
+    def __init__(self, path: Path | str | None, shared: tuple[sqlite3.Connection, threading.Lock] | None = None):
+        """`shared`: the in-memory session index's connection and lock (memory://), so that an audited change of
+        the index (`append_if`) is one transaction there too; a file database has a connection of its own."""
         self._path = path
-        self._lock = threading.Lock()
-        self.conn = self._connect()
+        self._lock = shared[1] if shared else threading.Lock()
+        self.conn = shared[0] if shared else self._connect()
+        self.conn.row_factory = sqlite3.Row  # (sqlite-utils, on a shared connection, reads rows by index too)
         upgrade_sqlite(self.conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
 
     def _connect(self) -> sqlite3.Connection:
@@ -273,38 +290,59 @@ class SqliteAuditLog:
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:
             return []
+        entries = self.append_if((), events)
+        assert entries is not None  # no change to refuse it
+        return entries
+
+    def append_if(self, changes: Sequence[Statement], events: list[AuditEvent]) -> list[AuditEntry] | None:
         try:
             with self._lock:
                 self.conn.execute("begin immediate")  # one writer at a time, across processes too
                 try:
-                    entries = _chain(events, self._heads({e.tenant for e in events}))
-                    self.conn.executemany(
-                        "insert into audit_events values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type,
-                          json.dumps(e.payload, ensure_ascii=False, default=str), e.prev_hash, e.hash)
-                         for e in entries],
-                    )  # fmt: skip
+                    for sql, args in changes:
+                        if self.conn.execute(sql, args).rowcount < 1:
+                            self.conn.execute("rollback")
+                            return None
+                    entries = self._insert(events)
                     self.conn.execute("commit")
                 except BaseException:
-                    self.conn.execute("rollback")
+                    if self.conn.in_transaction:
+                        self.conn.execute("rollback")
                     raise
         except sqlite3.Error as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
         return entries
 
-    def replace_payloads(self, tenant: str, payloads: dict[int, dict[str, Any]]) -> None:
-        """Erasure only (see `erase_sessions`): overwrite the payloads of the tenant's entries `payloads` names."""
-        with self._lock:
-            self.conn.execute("begin immediate")
-            try:
-                self.conn.executemany(
-                    "update audit_events set payload = ? where tenant = ? and seq = ?",
-                    [(json.dumps(p, ensure_ascii=False), tenant, seq) for seq, p in payloads.items()],
-                )
-                self.conn.execute("commit")
-            except BaseException:
-                self.conn.execute("rollback")
-                raise
+    def _insert(self, events: list[AuditEvent]) -> list[AuditEntry]:
+        """Chain and insert `events` (the caller holds the write transaction)."""
+        entries = _chain(events, self._heads({e.tenant for e in events}))
+        self.conn.executemany(
+            "insert into audit_events values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type,
+              json.dumps(e.payload, ensure_ascii=False, default=str), e.prev_hash, e.hash)
+             for e in entries],
+        )  # fmt: skip
+        return entries
+
+    def append_redacting(self, event: AuditEvent, seqs: Sequence[int]) -> AuditEntry:
+        try:
+            with self._lock:
+                self.conn.execute("begin immediate")
+                try:
+                    [entry] = self._insert([event])
+                    redacted = json.dumps(_redacted_by(entry))
+                    self.conn.executemany(
+                        "update audit_events set payload = ? where tenant = ? and seq = ?",
+                        [(redacted, event.tenant, seq) for seq in seqs],
+                    )
+                    self.conn.execute("commit")
+                except BaseException:
+                    if self.conn.in_transaction:
+                        self.conn.execute("rollback")
+                    raise
+        except sqlite3.Error as exc:
+            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+        return entry
 
     def query(self, tenant: str, *, session: str | None = None, event_type: str | None = None,
               since: str | None = None, until: str | None = None, after_seq: int = 0,
@@ -452,15 +490,60 @@ class PostgresAuditLog:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
         return entries
 
-    def replace_payloads(self, tenant: str, payloads: dict[int, dict[str, Any]]) -> None:
-        """Erasure only (see `erase_sessions`): overwrite the payloads of the tenant's entries `payloads` names."""
+    def append_if(self, changes: Sequence[Statement], events: list[AuditEvent]) -> list[AuditEntry] | None:
+        import psycopg
+
+        try:
+            with self.pool.connection() as conn:
+                with conn.transaction():
+                    # the changes first: their row locks make a concurrent change of the same rows wait for this
+                    # transaction, and then find (read committed re-reads the row) that it has nothing to change
+                    for sql, args in changes:
+                        if conn.execute(sql, args).rowcount < 1:
+                            raise psycopg.Rollback()
+                    return self._insert(conn, events)
+                return None  # rolled back: a change matched no row
+        except Exception as exc:
+            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+
+    def _insert(self, conn: Any, events: list[AuditEvent]) -> list[AuditEntry]:
+        """Chain and insert `events` inside the caller's transaction (under each tenant's chain lock)."""
         from psycopg.types.json import Jsonb
 
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(
-                "update audit_events set payload = %s where tenant = %s and seq = %s",
-                [(Jsonb(p), tenant, seq) for seq, p in payloads.items()],
+        heads = {}
+        for tenant in sorted({e.tenant for e in events}):
+            conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
+            row = (
+                conn.execute(
+                    "select seq, hash from audit_events where tenant = %s order by seq desc limit 1", [tenant]
+                ).fetchone()
+                or conn.execute("select seq, hash from audit_anchors where tenant = %s", [tenant]).fetchone()
             )
+            if row is not None:
+                heads[tenant] = (row["seq"], row["hash"])
+        entries = _chain(events, heads)
+        with conn.cursor() as cur:
+            cur.executemany(
+                "insert into audit_events values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, Jsonb(e.payload), e.prev_hash, e.hash)
+                 for e in entries],
+            )  # fmt: skip
+        return entries
+
+    def append_redacting(self, event: AuditEvent, seqs: Sequence[int]) -> AuditEntry:
+        from psycopg.types.json import Jsonb
+
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                [entry] = self._insert(conn, [event])
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "update audit_events set payload = %s where tenant = %s and seq = %s",
+                        [(Jsonb(_redacted_by(entry)), event.tenant, seq) for seq in seqs],
+                    )
+        except Exception as exc:
+            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+        return entry
 
     def query(self, tenant: str, *, session: str | None = None, event_type: str | None = None,
               since: str | None = None, until: str | None = None, after_seq: int = 0,
@@ -530,12 +613,17 @@ def _implicit_transaction(conn: Any) -> Iterator[None]:
 
 
 def erase_sessions(log: AuditLog, tenant: str, sessions: list[str], actor: str, user_ref: str) -> int:
-    """Redact the payloads of every entry of the tenant's `sessions`, keeping the chain verifiable: first a
+    """Redact the payloads of every entry of the tenant's `sessions`, keeping the chain verifiable: a
     `user_erased` entry lists each redacted seq with the digest of its other fields (no content, the user only
-    as `user_ref`, a hash), then the payloads become `{"_redacted": {"by": <that entry's seq>}}`. A crash in
-    between leaves entries listed but not yet redacted, which still verify; repeating the erasure finishes it.
+    as `user_ref`, a hash), and in the same transaction the payloads become `{"_redacted": {"by": <that entry's
+    seq>}}`: the erasure is on record exactly when it happened. Sessions deleted before (by an erasure that failed
+    after its deletions, a DELETE, retention) are found by their `session_delete_started` entry naming `user_ref`.
     Returns how many entries were redacted."""
     wanted = set(sessions)
+    after = 0
+    while page := log.query(tenant, event_type="session_delete_started", after_seq=after, limit=1000):
+        wanted |= {e.session for e in page if e.session and e.payload.get("user_sha256") == user_ref}
+        after = page[-1].seq
     targets: list[AuditEntry] = []
     after = 0
     while page := log.query(tenant, after_seq=after, limit=1000):
@@ -543,7 +631,5 @@ def erase_sessions(log: AuditLog, tenant: str, sessions: list[str], actor: str, 
         after = page[-1].seq
     redacted = [{"seq": e.seq, "fields_sha256": fields_digest(e)} for e in targets]
     record = {"user_sha256": user_ref, "sessions": len(wanted), "redacted": redacted}
-    [erasure] = log.append([AuditEvent(tenant, actor, "user_erased", None, record)])
-    if targets:
-        log.replace_payloads(tenant, {e.seq: {REDACTED: {"by": erasure.seq}} for e in targets})
+    log.append_redacting(AuditEvent(tenant, actor, "user_erased", None, record), [e.seq for e in targets])
     return len(targets)

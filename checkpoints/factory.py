@@ -96,7 +96,9 @@ async def build_persistence(
         from langgraph.checkpoint.memory import InMemorySaver
         from langgraph.store.memory import InMemoryStore
 
-        yield Persistence(url, InMemorySaver(), InMemoryStore(), SqliteSessionIndex.in_memory(), SqliteAuditLog(None))
+        index = SqliteSessionIndex.in_memory()
+        # one in-memory database for both, so an audited change of the index is one transaction (AuditLog.append_if)
+        yield Persistence(url, InMemorySaver(), InMemoryStore(), index, SqliteAuditLog(None, index.shared_connection()))
     else:
         raise CheckpointURLError(
             f"unsupported checkpoint URL {url!r}: use sqlite:///path.db, postgresql://user@host:port/db or memory://"

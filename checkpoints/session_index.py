@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
+from checkpoints.audit import Statement
 from checkpoints.schema_migrations import upgrade_postgres, upgrade_sqlite
 from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, pg_connect_kwargs, sync_pool_options
 
@@ -100,18 +101,22 @@ class SessionIndex(Protocol):
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]: ...
     def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]: ...
-    # tag a session with its end user once: the record after (its user_id is another id when it was tagged before)
-    def set_user(self, thread_id: str, user_id: str) -> SessionRecord | None: ...
     def rename(self, thread_id: str, title: str) -> SessionRecord | None: ...
     def delete(self, thread_id: str) -> bool: ...
-    # deleting a session is two steps: its index row becomes a pending-deletion row in one transaction (from then
-    # on the session is gone for every reader and cannot be claimed again), and once its checkpoints, archive and
-    # voice items are removed and the deletion is audited, the pending row goes too; a crash in between leaves
-    # the pending row, and the next start or a repeated DELETE finishes the job
-    def begin_delete(self, thread_id: str) -> bool: ...
+    # Audited changes: the statements that make them, for the audit log to run in the transaction that writes
+    # their entries (`AuditLog.append_if`: each must change a row, else nothing is written).
+    # Tag a session with its end user, once: nothing to change when it has a user id already.
+    def tag_user_change(self, thread_id: str, user_id: str) -> builtins.list[Statement]: ...
+    def rename_change(self, thread_id: str, title: str) -> builtins.list[Statement]: ...
+    # Deleting a session is two steps: first its index row becomes a pending-deletion row (from then on the
+    # session is gone for every reader and cannot be claimed again), and once its checkpoints, archive and voice
+    # items are removed and the deletion is audited, the pending row goes too (`finish_delete_change`); a crash in
+    # between leaves the pending row, and the next start or a repeated DELETE finishes the job
+    def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]: ...
     def pending_deletion(self, tenant: str, client_id: str) -> PendingDeletion | None: ...
     def pending_deletions(self) -> tuple[PendingDeletion, ...]: ...
-    def finish_delete(self, thread_id: str) -> None: ...
+    def forget_idempotent_turns(self, thread_id: str) -> None: ...
+    def finish_delete_change(self, thread_id: str) -> builtins.list[Statement]: ...
     # Idempotency-Key -> the turn's stored answer, per tenant and session (dropped with the session)
     def idempotent_turn(self, tenant: str, thread_id: str, key: str) -> IdempotentTurn | None: ...
     def start_idempotent_turn(
@@ -245,13 +250,24 @@ class SqliteSessionIndex:
             rows = self._read.query("select * from sessions where tenant = ? and user_id = ?", [tenant, user_id])
             return [SessionRecord(**r) for r in rows]
 
-    def set_user(self, thread_id: str, user_id: str) -> SessionRecord | None:
-        """Tag a session with its end user, once (a later, different id does not replace it)."""
-        with self._lock, self.db.conn:
-            self.db.execute(
-                "update sessions set user_id = ? where thread_id = ? and user_id is null", [user_id, thread_id]
-            )
-        return self.get(thread_id)
+    def tag_user_change(self, thread_id: str, user_id: str) -> builtins.list[Statement]:
+        return [("update sessions set user_id = ? where thread_id = ? and user_id is null", [user_id, thread_id])]
+
+    def rename_change(self, thread_id: str, title: str) -> builtins.list[Statement]:
+        return [("update sessions set title = ?, updated_at = ? where thread_id = ?", [title, now(), thread_id])]
+
+    def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
+        return [
+            ("insert or replace into session_deletions (thread_id, tenant, team, started_at, client_id)"
+             " select thread_id, tenant, team, ?, coalesce(client_id, thread_id) from sessions where thread_id = ?",
+             [now(), thread_id]),
+            ("delete from sessions where thread_id = ?", [thread_id]),
+        ]  # fmt: skip
+
+    def shared_connection(self) -> tuple[sqlite3.Connection, threading.Lock]:
+        """The connection and lock of an in-memory index, for an audit log in the same database (memory://)."""
+        assert self._path is None, "a file database gives each its own connection"
+        return self.db.conn, self._lock
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         with self._lock:
@@ -276,15 +292,6 @@ class SqliteSessionIndex:
             self.db.conn.commit()
             return cursor.rowcount > 0
 
-    def begin_delete(self, thread_id: str) -> bool:
-        with self._lock, self.db.conn:  # one transaction: the row moves, or nothing changes
-            self.db.execute(
-                "insert or replace into session_deletions (thread_id, tenant, team, started_at, client_id)"
-                " select thread_id, tenant, team, ?, coalesce(client_id, thread_id) from sessions where thread_id = ?",
-                [now(), thread_id],
-            )
-            return self.db.execute("delete from sessions where thread_id = ?", [thread_id]).rowcount > 0
-
     def pending_deletion(self, tenant: str, client_id: str) -> PendingDeletion | None:
         with self._read_lock:
             rows = list(
@@ -298,10 +305,12 @@ class SqliteSessionIndex:
         with self._read_lock:
             return tuple(PendingDeletion(**r) for r in self._read.query("select * from session_deletions"))
 
-    def finish_delete(self, thread_id: str) -> None:
+    def forget_idempotent_turns(self, thread_id: str) -> None:
         with self._lock, self.db.conn:
             self.db.execute("delete from idempotency_keys where thread_id = ?", [thread_id])
-            self.db.execute("delete from session_deletions where thread_id = ?", [thread_id])
+
+    def finish_delete_change(self, thread_id: str) -> builtins.list[Statement]:
+        return [("delete from session_deletions where thread_id = ?", [thread_id])]
 
     def idempotent_turn(self, tenant: str, thread_id: str, key: str) -> IdempotentTurn | None:
         with self._read_lock:
@@ -383,14 +392,23 @@ class PostgresSessionIndex:
             ).fetchall()
         return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
 
-    def set_user(self, thread_id: str, user_id: str) -> SessionRecord | None:
-        """Tag a session with its end user, once (a later, different id does not replace it)."""
-        with self.pool.connection() as conn:
-            conn.execute(
-                "update teamgraph_sessions set user_id = %s where thread_id = %s and user_id is null",
-                [user_id, thread_id],
-            )
-        return self.get(thread_id)
+    def tag_user_change(self, thread_id: str, user_id: str) -> builtins.list[Statement]:
+        sql = "update teamgraph_sessions set user_id = %s where thread_id = %s and user_id is null"
+        return [(sql, [user_id, thread_id])]
+
+    def rename_change(self, thread_id: str, title: str) -> builtins.list[Statement]:
+        sql = "update teamgraph_sessions set title = %s, updated_at = %s where thread_id = %s"
+        return [(sql, [title, now(), thread_id])]
+
+    def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
+        return [
+            ("insert into teamgraph_session_deletions (thread_id, tenant, team, started_at, client_id)"
+             " select thread_id, tenant, team, %s, coalesce(client_id, thread_id) from teamgraph_sessions"
+             " where thread_id = %s on conflict (thread_id) do update set tenant = excluded.tenant,"
+             " team = excluded.team, started_at = excluded.started_at, client_id = excluded.client_id",
+             [now(), thread_id]),
+            ("delete from teamgraph_sessions where thread_id = %s", [thread_id]),
+        ]  # fmt: skip
 
     def _one(self, sql: str, args: list[Any]) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
@@ -473,17 +491,6 @@ class PostgresSessionIndex:
         with self.pool.connection() as conn:
             return conn.execute("delete from teamgraph_sessions where thread_id = %s", [thread_id]).rowcount > 0
 
-    def begin_delete(self, thread_id: str) -> bool:
-        with self.pool.connection() as conn, conn.transaction():  # the row moves, or nothing changes
-            conn.execute(
-                "insert into teamgraph_session_deletions (thread_id, tenant, team, started_at, client_id)"
-                " select thread_id, tenant, team, %s, coalesce(client_id, thread_id) from teamgraph_sessions"
-                " where thread_id = %s on conflict (thread_id) do update set tenant = excluded.tenant,"
-                " team = excluded.team, started_at = excluded.started_at, client_id = excluded.client_id",
-                [now(), thread_id],
-            )
-            return conn.execute("delete from teamgraph_sessions where thread_id = %s", [thread_id]).rowcount > 0
-
     def pending_deletion(self, tenant: str, client_id: str) -> PendingDeletion | None:
         row = self._one(
             "select * from teamgraph_session_deletions where tenant = %s and client_id = %s", [tenant, client_id]
@@ -495,10 +502,12 @@ class PostgresSessionIndex:
             rows = conn.execute("select * from teamgraph_session_deletions").fetchall()
         return tuple(PendingDeletion(**r) for r in rows)  # type: ignore[arg-type]
 
-    def finish_delete(self, thread_id: str) -> None:
-        with self.pool.connection() as conn, conn.transaction():
+    def forget_idempotent_turns(self, thread_id: str) -> None:
+        with self.pool.connection() as conn:
             conn.execute("delete from teamgraph_idempotency_keys where thread_id = %s", [thread_id])
-            conn.execute("delete from teamgraph_session_deletions where thread_id = %s", [thread_id])
+
+    def finish_delete_change(self, thread_id: str) -> builtins.list[Statement]:
+        return [("delete from teamgraph_session_deletions where thread_id = %s", [thread_id])]
 
     def idempotent_turn(self, tenant: str, thread_id: str, key: str) -> IdempotentTurn | None:
         row = self._one(

@@ -21,7 +21,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 
-from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy, erase_sessions
+from checkpoints.audit import AuditEvent, AuditWriteError, Statement, apply_content_policy, erase_sessions
 from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
@@ -65,6 +65,14 @@ class SessionDeleting(Exception):
             "then the id can start a new session"
         )
         self.thread_id = thread_id
+
+
+class UserTagConflict(ValueError):
+    """Tagging a session with an end user when it is tagged with another one already (nothing changes)."""
+
+    def __init__(self, session_id: str):
+        super().__init__(f"session {session_id!r} is tagged with another end user already")
+        self.session_id = session_id
 
 
 class CheckpointNotFound(LookupError):
@@ -183,8 +191,14 @@ class Engine:
 
     def record(self, tenant: str, actor: str, event_type: str, session: str | None, payload: dict[str, Any]) -> None:
         """One audit entry, with message text kept as the tenant's policy says; raises AuditWriteError."""
+        self.audit.append([self.audit_event(tenant, actor, event_type, session, payload)])
+
+    def audit_event(
+        self, tenant: str, actor: str, event_type: str, session: str | None, payload: dict[str, Any]
+    ) -> AuditEvent:
+        """An audit entry to write, with message text kept as the tenant's policy says."""
         policy = self.bundles.tenants[tenant].audit.content
-        self.audit.append([AuditEvent(tenant, actor, event_type, session, apply_content_policy(payload, policy))])
+        return AuditEvent(tenant, actor, event_type, session, apply_content_policy(payload, policy))
 
     def observer(self, session: SessionRecord, run: TeamRunConfig, actor: str) -> TurnObserver:
         """The callback handler that logs, measures, traces and audits one turn."""
@@ -268,9 +282,11 @@ class Engine:
 
     async def erase_user(self, tenant: str, user_id: str, actor: str = "cli") -> dict[str, int]:
         """Erase everything the tenant holds about one end user: every session tagged with `user_id` is deleted
-        (checkpoints, transcript archive, voice records, index row), then those sessions' audit entries are
-        redacted, keeping the chain verifiable (`checkpoints.audit.erase_sessions`); a `user_erased` entry
-        records the erasure with counts and the user id's hash only."""
+        (checkpoints, transcript archive, voice records, index row), then the audit entries of those sessions and
+        of the user's sessions deleted before (an erasure interrupted after its deletions, a DELETE, retention:
+        their `session_delete_started` names the user by hash) are redacted, keeping the chain verifiable
+        (`checkpoints.audit.erase_sessions`); a `user_erased` entry records the erasure with counts and the user
+        id's hash only."""
         sessions = await asyncio.to_thread(self.sessions.of_user, tenant, user_id)
         for session in sessions:
             await self.delete_session(session, actor=actor)
@@ -369,27 +385,39 @@ class Engine:
             why = {"reason": "the audit tables were missing and were recreated empty", "cause": cause}
             await self.arecord(tenant, "teamgraph", "audit_restarted", None, why)
 
-    def tag_user(self, session: SessionRecord, user_id: str, actor: str = "cli") -> SessionRecord:
-        """Tag a session (one started by a team route, or created without one) with its end user, so that
-        `erase_user` finds it. Once: the record returned keeps the first id when another was set before (the
-        caller answers that as a conflict). Audited as `session_user_tagged` with the id's hash only."""
-        if session.user_id is not None:
-            return session
-        # on record first: a change the audit log cannot take does not happen
-        self.record(
-            session.tenant, actor, "session_user_tagged", session.id, {"user_sha256": user_ref(session.tenant, user_id)}
-        )
-        record = self.sessions.set_user(session.thread_id, user_id)
-        if record is None:
-            raise SessionNotFound(session.id)
-        return record
+    def change_session(
+        self, session: SessionRecord, actor: str = "cli", *, title: str | None = None, user_id: str | None = None
+    ) -> SessionRecord:
+        """Rename a session and/or tag it with its end user (one a team route started, say), so that `erase_user`
+        finds it; all or nothing. The index changes and their audit entries (`session_renamed`,
+        `session_user_tagged` with the id's hash only) are one transaction: an entry exists exactly when its
+        change stood, and a change that fails (a storage fault, a refused audit write) leaves the session as it
+        was. A session is tagged once: UserTagConflict when it has another id (nothing changes); the same id
+        again is no change. Returns the record after."""
+        while True:
+            changes: list[Statement] = []
+            events: list[AuditEvent] = []
+            if user_id is not None and session.user_id != user_id:
+                if session.user_id is not None:
+                    raise UserTagConflict(session.id)
+                changes += self.sessions.tag_user_change(session.thread_id, user_id)
+                events.append(self.audit_event(session.tenant, actor, "session_user_tagged", session.id,
+                                               {"user_sha256": user_ref(session.tenant, user_id)}))  # fmt: skip
+            if title is not None:
+                changes += self.sessions.rename_change(session.thread_id, title)
+                events.append(self.audit_event(session.tenant, actor, "session_renamed", session.id, {"title": title}))
+            if not changes:
+                return session
+            stood = self.audit.append_if(changes, events) is not None
+            current = self.sessions.get(session.thread_id)
+            if current is None:  # deleted meanwhile
+                raise SessionNotFound(session.id)
+            if stood:
+                return current
+            session = current  # another request tagged it first: decide again on what is stored now
 
     def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
-        # on record first: a change the audit log cannot take does not happen
-        self.record(session.tenant, actor, "session_renamed", session.id, {"title": title})
-        record = self.sessions.rename(session.thread_id, title)
-        assert record is not None
-        return record
+        return self.change_session(session, actor, title=title)
 
     def get_session(self, tenant: str, session_id: str) -> SessionRecord:
         """The tenant's session by the id the tenant uses for it."""
@@ -493,10 +521,10 @@ class Engine:
             if not dry_run:
                 checkpoints_removed = 0
                 for session in expired:
-                    await self.arecord(tenant_id, actor, "session_expired", session.id,
-                                       {"team": session.team, "last_active": session.updated_at,
-                                        "idle_days": retention.idle_days})  # fmt: skip
-                    await self.delete_session(session, actor=actor)
+                    why = self.audit_event(tenant_id, actor, "session_expired", session.id,
+                                           {"team": session.team, "last_active": session.updated_at,
+                                            "idle_days": retention.idle_days})  # fmt: skip
+                    await self.delete_session(session, actor=actor, because=why)
                 gone = {s.thread_id for s in expired}
                 before: tuple[str, str] | None = None
                 while page := await asyncio.to_thread(self.sessions.list, tenant_id, None, 200, before):
@@ -667,19 +695,29 @@ class Engine:
         await self.arecord(session.tenant, actor, "document_uploaded", session.id,
                     {"kind": kind, "filename": filename, "characters": len(text), "content": text})  # fmt: skip
 
-    async def delete_session(self, session: SessionRecord, actor: str = "cli") -> None:
+    async def delete_session(
+        self, session: SessionRecord, actor: str = "cli", because: AuditEvent | None = None
+    ) -> None:
         """Remove the session's checkpoints, archived transcript and index row; its audit trail stays.
 
-        Audited as it happens: `session_delete_started` first (an audit log that cannot take it refuses the
-        delete, and nothing changes), then the index row becomes a pending deletion in one transaction (the
-        session is gone for readers and turns from here on), the data goes, and `session_deleted` is written once
-        it has. A crash or failure in between leaves the pending deletion, which the next start or a repeated
-        DELETE finishes; so a session is always whole or gone, and `session_deleted` means it is gone."""
-        await self.arecord(session.tenant, actor, "session_delete_started", session.id, {"team": session.team})
+        Two steps, each audited in the transaction that makes it: the index row becomes a pending deletion (the
+        session is gone for readers and turns from here on) with `session_delete_started` (and `because`, an
+        entry saying why: retention's `session_expired`), then the data goes, and the pending row goes with
+        `session_deleted`. An audit log that cannot take the first refuses the delete, and nothing changes; a
+        crash or failure after it leaves the pending deletion, which the next start or a repeated DELETE
+        finishes. So a session is always whole or gone, `session_deleted` means it is gone, and each entry is
+        written once, however many requests delete the session at the same time."""
+        started: dict[str, Any] = {"team": session.team}
+        if session.user_id is not None:  # an erasure finds the session's entries by it once the session is gone
+            started["user_sha256"] = user_ref(session.tenant, session.user_id)
+        events = [self.audit_event(session.tenant, actor, "session_delete_started", session.id, started)]
+        if because is not None:
+            events.insert(0, because)
         async with self.turn_locks.hold(session.thread_id, session.team):
-            moved = await asyncio.to_thread(self.sessions.begin_delete, session.thread_id)
+            change = self.sessions.begin_delete_change(session.thread_id)
+            moved = await asyncio.to_thread(self.audit.append_if, change, events)
             pending = await asyncio.to_thread(self.sessions.pending_deletion, session.tenant, session.id)
-            if not moved and pending is None:
+            if moved is None and pending is None:
                 return  # another request deleted it while this one waited for the session's lock
             await self._finish_delete(session.thread_id, session.tenant, session.team, session.id, actor)
 
@@ -709,14 +747,18 @@ class Engine:
         return finished
 
     async def _finish_delete(self, thread_id: str, tenant: str, team: str, session_id: str, actor: str) -> None:
-        """Remove what a pending deletion left (each step is idempotent), audit it, then drop the pending row."""
+        """Remove what a pending deletion left (each step is idempotent), then drop the pending row with its
+        `session_deleted` entry (one transaction: a deletion another request finished first is not audited again)."""
         await self.persistence.checkpointer.adelete_thread(thread_id)
         await delete_archive(self.persistence.store, thread_id)
         await forget_voice_items(self.persistence.store, thread_id)
-        await self.arecord(tenant, actor, "session_deleted", session_id, {"team": team})
-        await asyncio.to_thread(self.sessions.finish_delete, thread_id)
+        await asyncio.to_thread(self.sessions.forget_idempotent_turns, thread_id)
+        deleted = self.audit_event(tenant, actor, "session_deleted", session_id, {"team": team})
+        change = self.sessions.finish_delete_change(thread_id)
+        finished = await asyncio.to_thread(self.audit.append_if, change, [deleted])
         self.turn_locks.forget(thread_id)
-        self.metrics.sessions_deleted.labels(tenant, team).inc()
+        if finished is not None:
+            self.metrics.sessions_deleted.labels(tenant, team).inc()
 
 
 # thread keys of client-named sessions: a function of (tenant, client id), so two tenants' `interview-42` are two

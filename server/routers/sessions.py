@@ -6,17 +6,18 @@ import asyncio
 import base64
 import binascii
 import json
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Path, Query, Request, Response, UploadFile
 from langchain_core.messages import BaseMessage
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from checkpoints.session_index import SessionRecord
 from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
-from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound
+from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound, UserTagConflict
 from server.errors import ApiError
 from server.session_export import export_session, to_markdown
 from server.team_input import THREAD_ID_PATTERN, THREAD_ID_RULE, USER_ID_PATTERN, USER_ID_RULE
@@ -33,6 +34,16 @@ MAX_FILENAME_CHARS = 255
 INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "decisions_archived", "answer_keys"}
 
 
+def one_line_title(title: str | None) -> str | None:
+    """A title as it is stored: one line of text without surrounding blanks. A line break, tab or other control
+    character is refused: titles are listed one per line, and the audit log records them as sent."""
+    if title is None:
+        return None
+    if any(unicodedata.category(c) == "Cc" for c in title):
+        raise ValueError("one line of text without control characters (line breaks, tabs); remove them")
+    return title.strip()
+
+
 class SessionCreate(BaseModel):
     team: str | None = Field(None, description="Team id; the tenant's default team when omitted.")
     title: str = Field("", max_length=200, description="Optional; else taken from the first message.")
@@ -42,14 +53,30 @@ class SessionCreate(BaseModel):
         "erases it.",
     )  # fmt: skip
 
+    @field_validator("title")
+    @classmethod
+    def _one_line(cls, title: str) -> str:
+        return one_line_title(title) or ""
+
 
 class SessionPatch(BaseModel):
-    title: str | None = Field(None, min_length=1, max_length=200, description="A new title.")
+    title: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="A new title: one line, not blank (surrounding blanks are dropped).",
+    )  # fmt: skip
     user_id: str | None = Field(
         None, pattern=USER_ID_PATTERN,
         description=f"Tag the session with the end user it is about ({USER_ID_RULE}), e.g. one a team route "
         "started; once: a session tagged with another id is a 409. DELETE /users/{user_id} erases it.",
     )  # fmt: skip
+
+    @field_validator("title")
+    @classmethod
+    def _one_line(cls, title: str | None) -> str | None:
+        title = one_line_title(title)
+        if title == "":
+            raise ValueError("blank; give a title with a visible character")
+        return title
 
 
 class SessionOut(BaseModel):
@@ -221,18 +248,19 @@ async def get_session(session_id: SessionId, caller: CurrentCaller, engine: Engi
 async def patch_session(
     session_id: SessionId, body: SessionPatch, caller: CurrentCaller, engine: EngineDep
 ) -> SessionOut:
-    """Rename the session and/or tag it with its end user (each audited); the fields left out are kept."""
+    """Rename the session and/or tag it with its end user (each audited); the fields left out are kept. All or
+    nothing: an answer other than 200 changed nothing, audit log included."""
     if body.title is None and body.user_id is None:
         raise ApiError(422, "validation_error", "title: give a title, a user_id, or both", "title")
     record = await engine.aget_session(caller.tenant, session_id)
-    if body.user_id is not None:
-        record = await asyncio.to_thread(engine.tag_user, record, body.user_id, caller.key_id)
-        if record.user_id != body.user_id:
-            raise ApiError(
-                409, "user_id_conflict", "user_id: the session is tagged with another end user already", "user_id"
-            )
-    if body.title is not None:
-        record = await asyncio.to_thread(engine.rename_session, record, body.title, caller.key_id)
+    try:
+        record = await asyncio.to_thread(
+            engine.change_session, record, caller.key_id, title=body.title, user_id=body.user_id
+        )
+    except UserTagConflict:
+        raise ApiError(
+            409, "user_id_conflict", "user_id: the session is tagged with another end user already", "user_id"
+        ) from None
     return SessionOut.of(record)
 
 

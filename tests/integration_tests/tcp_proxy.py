@@ -3,6 +3,8 @@
     with TcpProxy(5432) as proxy:          # clients connect to 127.0.0.1:proxy.port
         proxy.stop()                       # refuses new connections and cuts every open one: "the database is down"
         proxy.start()                      # same port again: "the database is back"
+        proxy.cut_when(b"session_renamed") # the next client message holding those bytes is not delivered: its
+                                           # connection is cut there ("the database went away mid-transaction")
 
 Stopping the proxy is how a test takes the database away; the shared PostgreSQL server itself is never touched.
 """
@@ -25,6 +27,12 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._cut_pattern: bytes | None = None
+        self.cuts = 0  # connections cut by `cut_when`
+
+    def cut_when(self, pattern: bytes) -> None:
+        """Once: cut the connection whose next client-to-server data holds `pattern`, before delivering it."""
+        self._cut_pattern = pattern
 
     def start(self) -> Self:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -67,12 +75,14 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._sockets |= {client, upstream}
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, to_server: bool = False) -> None:
         try:
             while data := source.recv(65536):
+                if to_server and self._cut(data):
+                    return  # the finally clause closes both ends
                 sink.sendall(data)
         except OSError:
             pass
@@ -83,6 +93,14 @@ class TcpProxy:
                 sock.close()
             with self._lock:
                 self._sockets -= {source, sink}
+
+    def _cut(self, data: bytes) -> bool:
+        with self._lock:
+            if self._cut_pattern is None or self._cut_pattern not in data:
+                return False
+            self._cut_pattern = None
+            self.cuts += 1
+            return True
 
     def __enter__(self) -> Self:
         return self.start()

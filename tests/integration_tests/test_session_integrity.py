@@ -1,0 +1,250 @@
+"""A session change is on record exactly when it happened: PATCH (rename, end-user tag) and DELETE as a client and a
+tenant admin see them, on a real SQLite file and the machine's PostgreSQL. An answer other than 2xx changed nothing,
+audit log included; a change made by several requests at once happens, and is on record, once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from checkpoints.factory import open_audit_log
+from server.app import create_app
+from server.engine import user_ref
+from server.settings import Settings
+from tests.conftest import fresh_postgres_schema
+from tests.integration_tests.live_server import LiveServer
+from tests.integration_tests.tcp_proxy import TcpProxy
+
+DEMO = {"Authorization": "Bearer tg-demo-key"}
+ADMIN_KEY = f"tg-demo-admin-{uuid.uuid4().hex}"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+SESSION_EVENTS = ("session_user_tagged", "session_renamed", "session_delete_started", "session_deleted")
+
+
+class Storage:
+    """The database under test, and a way to make one kind of write fail in the middle of a request: on SQLite a
+    trigger whose body names a table that does not exist (the write fails with `no such table`, a storage fault),
+    on PostgreSQL the proxy in front of it cutting the connection when a statement holding `pattern` is sent."""
+
+    def __init__(self, url: str, proxy: TcpProxy | None = None, path: Path | None = None):
+        self.url, self.proxy, self.path = url, proxy, path
+
+    @contextlib.contextmanager
+    def failing(self, sqlite_trigger: str, pg_pattern: bytes) -> Iterator[None]:
+        if self.proxy is not None:
+            self.proxy.cut_when(pg_pattern)
+            yield
+            assert self.proxy.cuts == 1, f"no statement holding {pg_pattern!r} was sent"
+            self.proxy.cuts = 0
+            return
+        assert self.path is not None
+        with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as conn:
+            conn.execute(
+                f"create trigger teamgraph_fault {sqlite_trigger} begin insert into teamgraph_no_such_table values (1);"
+                " end"
+            )
+            try:
+                yield
+            finally:
+                conn.execute("drop trigger teamgraph_fault")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    if request.param == "sqlite":
+        yield Storage(f"sqlite:///{tmp_path}/tg.db", path=tmp_path / "tg.db")
+        return
+    with fresh_postgres_schema("tg_session_integrity") as url:
+        target = urlparse(url)
+        with TcpProxy(target.port or 5432, target.hostname or "127.0.0.1") as proxy:
+            yield Storage(url.replace(f":{target.port or 5432}/", f":{proxy.port}/", 1), proxy=proxy)
+
+
+@contextlib.contextmanager
+def serve(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("TEAMGRAPH_DEMO_ADMIN_KEY", ADMIN_KEY)
+    app = create_app(Settings(_env_file=None, checkpoint_url=url, log_format="json"))  # type: ignore[call-arg]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def on_record(client: TestClient | httpx.Client, session_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The session's change entries as its tenant's admin reads them (GET /audit)."""
+    r = client.get(f"/audit?session={session_id}&limit=500", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return [(e["event_type"], e["payload"]) for e in r.json()["items"] if e["event_type"] in SESSION_EVENTS]
+
+
+def new_session(client: TestClient | httpx.Client, title: str = "Before") -> str:
+    r = client.post("/sessions", headers=DEMO, json={"title": title})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def all_at_once(calls: list[Callable[[], httpx.Response]]) -> list[httpx.Response]:
+    """Send the requests together: each thread waits at a barrier, then sends."""
+    barrier = threading.Barrier(len(calls))
+
+    def send(call: Callable[[], httpx.Response]) -> httpx.Response:
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(send, calls))
+
+
+# --- PATCH /sessions/{id} -----------------------------------------------------------------------------------------
+
+
+def test_concurrent_tags_with_different_user_ids_one_wins_and_only_it_is_on_record(
+    storage: Storage, tmp_path: Path
+) -> None:
+    env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
+    with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        for _ in range(12):  # several sessions: each is one race
+            sid = new_session(client)
+            contenders = [f"user-{sid[:8]}-{i}" for i in range(4)]
+            answers = all_at_once([
+                lambda u=u, sid=sid: httpx.patch(f"{live.url}/sessions/{sid}", json={"user_id": u}, headers=DEMO,
+                                                 timeout=30)
+                for u in contenders
+            ])  # fmt: skip
+            assert sorted(r.status_code for r in answers) == [200, 409, 409, 409], [r.text for r in answers]
+            winner = next(r for r in answers if r.status_code == 200).json()["user_id"]
+            for lost in (r for r in answers if r.status_code == 409):
+                assert lost.json()["error"]["code"] == "user_id_conflict"
+            assert client.get(f"/sessions/{sid}", headers=DEMO).json()["user_id"] == winner
+            # exactly one entry, naming the winner (by hash): the refused tags left nothing behind
+            assert on_record(client, sid) == [("session_user_tagged", {"user_sha256": user_ref("demo", winner)})]
+
+
+@pytest.mark.parametrize("title", ["   ", "Line one\nline two", "Tab\there"], ids=["blank", "newline", "tab"])
+def test_a_tag_sent_with_an_invalid_title_is_422_and_tags_nothing(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch, title: str
+) -> None:
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"user_id": "cand-1", "title": title})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["field"] == "title"
+        detail = client.get(f"/sessions/{sid}", headers=DEMO).json()
+        assert (detail["user_id"], detail["title"]) == (None, "Before")
+        assert on_record(client, sid) == []
+        # a title with surrounding blanks is kept without them; the same pair with a valid title stands
+        r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"user_id": "cand-1", "title": "  After  "})
+        assert r.status_code == 200 and (r.json()["user_id"], r.json()["title"]) == ("cand-1", "After"), r.text
+        assert [t for t, _ in on_record(client, sid)] == ["session_user_tagged", "session_renamed"]
+
+
+def test_a_storage_fault_in_the_middle_of_a_patch_changes_nothing(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The title's write fails after the tag's: the PATCH answers 503, and neither the tag nor the title nor any
+    entry of either is left; sent again once the database is well, both stand, each on record once."""
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        with storage.failing("before update of title on sessions", b"set title"):
+            r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"user_id": "cand-2", "title": "After"})
+        assert r.status_code == 503, r.text
+        assert int(r.headers["retry-after"]) > 0
+        detail = client.get(f"/sessions/{sid}", headers=DEMO).json()
+        assert (detail["user_id"], detail["title"]) == (None, "Before")
+        assert on_record(client, sid) == []
+
+        r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"user_id": "cand-2", "title": "After"})
+        assert r.status_code == 200, r.text
+        assert [t for t, _ in on_record(client, sid)] == ["session_user_tagged", "session_renamed"]
+
+
+def test_a_rename_that_fails_is_not_on_record(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        with storage.failing("before update of title on sessions", b"set title"):
+            r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
+        assert r.status_code == 503, r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
+        assert on_record(client, sid) == []
+
+
+# --- DELETE /sessions/{id} ----------------------------------------------------------------------------------------
+
+
+def test_concurrent_deletes_of_one_session_are_on_record_once(storage: Storage, tmp_path: Path) -> None:
+    env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
+    with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        for _ in range(3):
+            sid = new_session(client)
+            answers = all_at_once(
+                [lambda sid=sid: httpx.delete(f"{live.url}/sessions/{sid}", headers=DEMO, timeout=30) for _ in range(3)]
+            )
+            # a DELETE that finds the session already gone is a 404; none is a failure
+            assert {r.status_code for r in answers} <= {204, 404} and 204 in {r.status_code for r in answers}
+            assert client.get(f"/sessions/{sid}", headers=DEMO).status_code == 404
+            assert [t for t, _ in on_record(client, sid)] == ["session_delete_started", "session_deleted"]
+
+
+def test_a_delete_the_database_refuses_leaves_the_session_whole_and_nothing_on_record(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        with storage.failing("before delete on sessions", b"teamgraph_session_deletions"):
+            r = client.delete(f"/sessions/{sid}", headers=DEMO)
+        assert r.status_code == 503, r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).status_code == 200  # whole: not even pending
+        assert on_record(client, sid) == []
+
+        assert client.delete(f"/sessions/{sid}", headers=DEMO).status_code == 204
+        assert [t for t, _ in on_record(client, sid)] == ["session_delete_started", "session_deleted"]
+
+
+# --- DELETE /users/{user_id} --------------------------------------------------------------------------------------
+
+
+def test_an_erasure_interrupted_after_deleting_the_sessions_is_finished_by_repeating_it(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redaction fails after the user's sessions were deleted: the erasure answers 503 and nothing of it is on
+    record yet; repeated, it still finds those (now deleted) sessions' entries and redacts them, on record once."""
+    secret = "My name is Jane Roe, I live at 5 Elm Street"
+    with serve(storage.url, monkeypatch) as client:
+        sessions = []
+        for _ in range(2):
+            r = client.post("/sessions", headers=DEMO, json={"team": "interview", "user_id": "jane.roe@example.com"})
+            assert r.status_code == 201, r.text
+            sessions.append(r.json()["id"])
+            turn = {"input": {"messages": [{"type": "human", "content": secret}]},
+                    "config": {"configurable": {"thread_id": sessions[-1]}}}  # fmt: skip
+            assert client.post("/teams/interview/invoke", json=turn, headers=DEMO).status_code == 200
+        with storage.failing("before update of payload on audit_events", b'"_redacted"'):
+            r = client.delete("/users/jane.roe@example.com", headers=ADMIN)
+        assert r.status_code == 503, r.text
+        erasures = client.get("/audit?event_type=user_erased", headers=ADMIN).json()["items"]
+        assert erasures == []  # not on record: it did not happen
+
+        r = client.delete("/users/jane.roe@example.com", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert r.json()["audit_entries_redacted"] > 0
+        entries = client.get("/audit?limit=500", headers=ADMIN).json()["items"]
+        assert [e["event_type"] for e in entries].count("user_erased") == 1
+        assert "Jane Roe" not in json.dumps(entries)
+        for sid in sessions:
+            assert client.get(f"/sessions/{sid}", headers=DEMO).status_code == 404
+            assert all(set(e["payload"]) == {"_redacted"} for e in entries if e["session"] == sid)
+    log = open_audit_log(storage.url)
+    try:
+        assert log.verify("demo").ok
+    finally:
+        log.close()
