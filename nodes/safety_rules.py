@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nodes.safety_classifier import fold
+from nodes.safety_classifier import PAST_TENSE, fold
 from personas.schema import SafetySettings
 
 # --------------------------------------------------------------------------------------------- idioms
@@ -30,12 +30,13 @@ _IDIOMS = re.compile(
     r"|\bdrug ?store\b|\bhunting (?:jacket|boots?|season|for)\b|\bjust kidding\b|\bjoking\b"
     # tools and things named after a gun or a bomb, and what one "kills" at home or in the gym
     r"|\b(?:glue|heat|hot glue|water|nail|staple|spray|paint|label|price|tag|tagging|massage|lint|shaver|grease"
-    r"|caulk(?:ing)?|squirt|nerf|radar|temperature|foam|bubble|confetti) ?guns?\b"
+    r"|caulk(?:ing)?|squirt|nerf|radar|temperature|foam|bubble|confetti|steam|sealant|rivet|tattoo) ?guns?\b"
     r"|\b(?:flavou?r|calorie|chocolate|cocoa|glitter|cherry|seed|stink|smoke|time|f|love|truth) ?-?bombs?\b"
     r"|\bbomb (?:print|pop|jacket)s?\b|\bbomber\b"
     r"|\bweapons? against (?:the )?(?:\w+ )?(?:rain|cold|wind|frizz|wrinkles)\b"
     r"|\bprescription (?:glasses|sunglasses|lenses|frames|goggles)\b"
-    r"|\bkill(?:s|ing|ed)? (?:the )?(?:weeds?|mou?ld|germs|bacteria|odou?rs?|smells?|fruit flies|my (?:legs|feet|back"
+    r"|\bkill(?:s|ing|ed)? (?:the )?(?:weeds?|mou?ld|germs|bacteria|odou?rs?|smells?|fruit flies|ants"
+    r"|my (?:legs|thighs|calves|shoulders|core|feet|back"
     r"|arms|abs|glutes))\b|\b(?:is|are|was|were) killing (?:my|me)\b|\b(?:a|total|real) killer\b",
     re.I,
 )
@@ -108,6 +109,9 @@ _EXTRACTION = re.compile(
     r"|\b(?:your|the) (?:" + _SECRET + r")\b[^.?!\n]{0,40}\b(?:verbatim|word for word|in (?:json|base64|hex|full|a"
     r" code block)|as (?:json|base64|hex)|exactly)"
     r"|\bwhat (?:were|are|was) you (?:told|instructed|given|programmed|asked)\b(?! about my)"
+    r"|\b(?:rules|instructions|guidelines|prompt)\b[^.?!\n]{0,30}\b(?:your (?:developers?|creators?|operators?"
+    r"|makers?|programmers?)|(?:gave|wrote for|programmed into) you)\b"
+    r"|\b(?:tell|told|instruct\w*) you to say\b"
     r"|\b(?:everything|all|the text|the words|anything) (?:above|before) (?:this|here|that|my)"
     r"|\b(?:repeat|print|output|show) (?:the |all )?(?:text|words|everything|messages?) above\b"
     r"|\bbeginning of (?:this|the|our) (?:conversation|chat)\b"
@@ -248,9 +252,6 @@ _ML_MESSAGE = _lexicon(
 _ML_AND = _lexicon(
     r"(?:und|et|y|e|en|i|och|og|ja|ve|dan|na|а|и|і|και|ו|و|और|并|然后|而|そして|그리고|va|at)\b",
 )
-# a customer's past tense, which folding would turn into an imperative: Spanish "Ignoré"/"olvidé" (I ignored, I
-# forgot), French "ignoré"/"oublié" (ignored, forgotten); masked before folding
-_PAST_TENSE = re.compile(r"\b(?:ignor|olvid|oubli)(?:é|ó|ée|és|ées)(?!\w)", re.I)
 _ML_NO_LIMITS = _lexicon(
     r"\bohne (?:\w+ )?(?:einschrankung|filter|regeln|grenzen|zensur)|\bkeine (?:\w+ )?(?:regeln|einschrankungen"
     r"|filter|grenzen|richtlinien)|\buneingeschrankt",
@@ -320,7 +321,7 @@ def _overrides(sentence: str) -> bool:
 
 def other_language_kind(message: str) -> str | None:
     """extraction / instruction_override / jailbreak asked in another language (or in English with these words)."""
-    text = fold(_PAST_TENSE.sub(" ", message))
+    text = fold(PAST_TENSE.sub(" ", message))
     if len(text) > 600:  # long messages are the classifier's and the embedding layer's
         return None
     short = len(text) <= 300  # a short message is read as one ask; a longer one sentence by sentence
@@ -341,6 +342,10 @@ _EXTRACTION_TARGET = re.compile(
     r"\b(?:system|prompts?|pre-?prompt|initiali[sz]\w*|configuration|config|above|verbatim|hidden|secret|internal"
     r"|your (?:instructions|rules|guidelines|directives|programming|setup|context))\b"
     r"|\b(?:sistem|sistema|systeme|systemet)\b|промпт|системн|系统|系統|システム|시스템|النظام|سیستم|सिस्टम"
+    # an encoding asked for the rules or instructions ("the rules your developers wrote, encoded as hex")
+    r"|\b(?:rules|instructions|guidelines|directives)\b[^.?!]{0,50}\b(?:base ?(?:64|32)|hex\w*|rot ?13|morse|binary"
+    r"|json|yaml|backwards|reversed)\b"
+    r"|\byour (?:developers?|creators?|operators?|makers?)\b"
 )
 
 
@@ -641,7 +646,7 @@ _PROTECTIVE = re.compile(
 _AGAINST_THE_HARM = re.compile(
     r"\b(?:prevent\w*|protect\w* (?:\w+ )?(?:against|from)|spot(?:ting)?|recogni[sz]\w*|red flags|stay safe|safe from"
     r"|report(?:ing)? (?:it|fraud|a crime|phishing|scams?|suspicious)|victims? of|defend\w* against"
-    r"|warning signs)\b",
+    r"|warning signs|stop(?:s|ping)? (?:\w+ ){1,2}from)\b",
     re.I,
 )
 
