@@ -668,14 +668,21 @@ def harmful_kind(message: str) -> str | None:
         return "harmful_content"
     if any(_HARMFUL_PURPOSE.search(x) and not _PROTECTIVE.search(x) for x in _sentences(text)):
         return "harmful_purpose"
+    long = len(text.split()) > LONG_DOCUMENT_WORDS
     for sentence in _sentences(text):
-        kind = _sentence_harm(sentence)
+        kind = _sentence_harm(sentence, long)
         if kind:
             return kind
     return None
 
 
-def _sentence_harm(text: str) -> str | None:
+# in a long document (a report or case analysis to write), a crime named a page away from the ask is its subject
+# ("... help me write an analysis article on the Advertising Law ... tax evasion ..."), not what is asked for
+LONG_DOCUMENT_WORDS = 60
+ASK_REACH = 80  # characters between the ask and a crime or cyber act, in a long document
+
+
+def _sentence_harm(text: str, long: bool = False) -> str | None:
     question = text.rstrip().endswith("?")
     if not (_ASK.search(text) or question):
         return None
@@ -683,7 +690,12 @@ def _sentence_harm(text: str) -> str | None:
     for kind, pattern in _HARM_ACTS:
         if why or (kind in ("crime", "cyber") and _AGAINST_THE_HARM.search(text)):
             continue
-        if pattern.search(text):
+        act = pattern.search(text)
+        if act and long and kind in ("crime", "cyber"):
+            near = text[max(0, act.start() - ASK_REACH) : act.end()]
+            if not _ASK.search(near):
+                continue
+        if act:
             return kind
     if _PRIVACY.search(text) or (_APPOSITION.search(text) and question and not _NOT_PRIVATE.search(text)):
         return "privacy"
@@ -731,7 +743,7 @@ _HISTORY = re.compile(
 # a tenant's topic keyword names the topic when the message asks about the thing itself; a long document that
 # mentions it in passing, or a story, film, game or history request that asks for no how-to, does not (the harm
 # rules still read every sentence, and the model layers every message)
-TOPIC_KEYWORD_WORDS = 60
+TOPIC_KEYWORD_WORDS = LONG_DOCUMENT_WORDS
 _NARRATIVE = re.compile(
     r"\b(?:story|stories|novel|film|movie|thriller|series|episode|poem|game|chess|clue|museum|history|historical"
     r"|medieval|ancient|world war|century|tournaments?|knights?|review)\b",
