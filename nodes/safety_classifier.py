@@ -36,12 +36,22 @@ def fold(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", lowered) if not unicodedata.combining(c))
 
 
+# a customer's past tense that folding would turn into an imperative: Spanish "Ignoré"/"olvidé" (I ignored, I forgot),
+# French "ignoré"/"oublié" (ignored, forgotten); read as the English past tense before folding
+PAST_TENSE = re.compile(r"\b(ignor|olvid|oubli)(?:é|ó|ée|és|ées)(?!\w)", re.I)
+
+
+def _past_in_english(match: re.Match[str]) -> str:
+    return "ignored" if match.group(1).lower() == "ignor" else "forgot"
+
+
 def features(text: str) -> list[str]:
     """Binary features: word unigrams and bigrams, and character 4-grams inside words (with boundary marks).
 
-    Words are runs of letters and digits of any script, case- and accent-folded (`fold`).
+    Words are runs of letters and digits of any script, case- and accent-folded (`fold`), past tenses that fold into
+    an imperative read as English past tenses (`PAST_TENSE`).
     """
-    lowered = fold(text)
+    lowered = fold(PAST_TENSE.sub(_past_in_english, text))
     tokens = _TOKEN.findall(lowered)[:MAX_WORDS]
     feats = {"w:" + t for t in tokens}
     feats.update("b:" + a + "_" + b for a, b in itertools.pairwise(tokens))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nodes.safety_classifier import fold
+from nodes.safety_classifier import PAST_TENSE, fold
 from personas.schema import SafetySettings
 
 # --------------------------------------------------------------------------------------------- idioms
@@ -27,7 +27,17 @@ _IDIOMS = re.compile(
     r"|\bkill(?:ing|s|ed)? (?:it|time|the (?:notifications?|process|app|music|lights?|engine))\b"
     r"|\bkiller (?:deal|app|feature|update|price|look)s?\b"
     r"|\bto die for\b|\bdying (?:to|for)\b|\bdrop[- ]dead gorgeous\b|\bexplosive growth\b|\bknife[- ]pleat\w*"
-    r"|\bdrug ?store\b|\bhunting (?:jacket|boots?|season|for)\b|\bjust kidding\b|\bjoking\b",
+    r"|\bdrug ?store\b|\bhunting (?:jacket|boots?|season|for)\b|\bjust kidding\b|\bjoking\b"
+    # tools and things named after a gun or a bomb, and what one "kills" at home or in the gym
+    r"|\b(?:glue|heat|hot glue|water|nail|staple|spray|paint|label|price|tag|tagging|massage|lint|shaver|grease"
+    r"|caulk(?:ing)?|squirt|nerf|radar|temperature|foam|bubble|confetti|steam|sealant|rivet|tattoo) ?guns?\b"
+    r"|\b(?:flavou?r|calorie|chocolate|cocoa|glitter|cherry|seed|stink|smoke|time|f|love|truth) ?-?bombs?\b"
+    r"|\bbomb (?:print|pop|jacket)s?\b|\bbomber\b"
+    r"|\bweapons? against (?:the )?(?:\w+ )?(?:rain|cold|wind|frizz|wrinkles)\b"
+    r"|\bprescription (?:glasses|sunglasses|lenses|frames|goggles)\b"
+    r"|\bkill(?:s|ing|ed)? (?:the )?(?:weeds?|mou?ld|germs|bacteria|odou?rs?|smells?|fruit flies|ants"
+    r"|my (?:legs|thighs|calves|shoulders|core|feet|back"
+    r"|arms|abs|glutes))\b|\b(?:is|are|was|were) killing (?:my|me)\b|\b(?:a|total|real) killer\b",
     re.I,
 )
 
@@ -99,6 +109,9 @@ _EXTRACTION = re.compile(
     r"|\b(?:your|the) (?:" + _SECRET + r")\b[^.?!\n]{0,40}\b(?:verbatim|word for word|in (?:json|base64|hex|full|a"
     r" code block)|as (?:json|base64|hex)|exactly)"
     r"|\bwhat (?:were|are|was) you (?:told|instructed|given|programmed|asked)\b(?! about my)"
+    r"|\b(?:rules|instructions|guidelines|prompt)\b[^.?!\n]{0,30}\b(?:your (?:developers?|creators?|operators?"
+    r"|makers?|programmers?)|(?:gave|wrote for|programmed into) you)\b"
+    r"|\b(?:tell|told|instruct\w*) you to say\b"
     r"|\b(?:everything|all|the text|the words|anything) (?:above|before) (?:this|here|that|my)"
     r"|\b(?:repeat|print|output|show) (?:the |all )?(?:text|words|everything|messages?) above\b"
     r"|\bbeginning of (?:this|the|our) (?:conversation|chat)\b"
@@ -140,6 +153,8 @@ _ML_SYSTEM = _lexicon(
     r"\bprompt sistem|\bpesan sistem|\binstruksi sistem|\b(?:loi nhac|tin nhan|huong dan) he thong",
     r"พรอมต์ระบบ|ระบบพรอมต์|maagizo ya mfumo",
     r"system prompt",
+    # "your prompt": in these languages "prompt" is the model's prompt, not a reminder
+    r"\b(?:dein(?:en)?|ton|votre|tu|tuo|seu|teu|jouw|senin|twoj|tvuj|din|ditt) prompt\b|你的提示|您的提示",
     # "the initial / original / hidden instructions", "the instructions you were given"
     r"(?:ursprunglich|anfanglich|versteckt|geheim)\w* (?:anweisung|instruktion|regeln)",
     r"(?:instructions|consignes) (?:initiales|d'origine|originales|cachees|secretes)",
@@ -178,6 +193,8 @@ _ML_YOUR = _lexicon(
     r"|twoj|twoje|twoja|tvuj|tvoje|tau|din|ditt|dina|sinun|anda|kamu|yako|iyong)\b",
     r"твой|твоя|твоё|твое|твои|свой|свои|свої|свій|твій|твої|σου|שלך|الخاص بك|خودت|تو را|तुम्हारा|आपका|आपके|你的|您的",
     r"あなたの|君の|너의|네 |당신의",
+    # Turkish puts "your" on the noun: talimatların(ı), kuralların(ı), yönergelerin(i), komutların(ı)
+    r"\b(?:talimat|kural|yonerge|komut)(?:lar|ler)?(?:in|un)(?:i|u|a|e|da|de|iz|izi)?\b",
 )
 # an imperative "ignore / forget" (addressed to the assistant: no past participle, no first person); the verbs of
 # languages that put the object first are read with the words before them
@@ -211,6 +228,11 @@ _ML_WHICH = _lexicon(
     r"все|всех|предыдущ|прежн|свои|своих|твои|твоих|ваши|попередн|усі|всі|ολες|προηγουμεν|σου|כל|הקודמות|שלך",
     r"جميع|كل|السابقة|قبلی|همه|تمام|सभी|पिछले|पहले के|之前|以前|先前|所有|全部|上面|你的|您的|これまで|前の|全て|すべて",
     r"あなたの|이전|모든|위의|앞의|너의|당신의|tat ca|truoc do",
+    # "above"
+    r"\b(?:ci-dessus|plus haut|oben|obenstehend\w*|de arriba|arriba|anteriormente|sopra|qui sopra|hierboven|boven"
+    r"|acima|powyzej|ovan|ovenfor|ovenstaende|ylla|yukaridaki|yukarida|vyse|mai sus|fentebb|diatas|di atas)\b",
+    r"выше|вище|παραπανω|למעלה|أعلاه|اعلاه|بالا|ऊपर|以上|上記|前述|上述",
+    r"\b(?:talimat|kural|yonerge|komut)(?:lar|ler)?(?:in|un)(?:i|u|a|e|da|de|iz|izi)?\b",
 )
 _ML_INSTRUCTIONS = _lexicon(
     # French "instructions" is also English: it counts with a French article or qualifier
@@ -219,6 +241,16 @@ _ML_INSTRUCTIONS = _lexicon(
     r"instrucoes|regras|instructies|regels|talimat|kural|инструкц|правил|указани|instrukcj|zasad|pokyn|instructiun",
     r"utasitas|instruktioner|regler|ohjee|saanno|οδηγιες|κανονες|הוראות|הנחיות|כללים|تعليمات|التعليمات|قواعد|دستور",
     r"قوانین|निर्देश|नियम|指令|指示|规则|規則|지시|규칙|huong dan|quy tac|instruksi|aturan|maagizo|sheria|panuto",
+    r"提示|les instructions",
+)
+# a word for "the system prompt" that is not "a system message" (an app's error message is something to ignore)
+_ML_MESSAGE = _lexicon(
+    r"nachricht|meldung|message|messaggio|mensaje|mensagem|besked|meddelande|bericht|melding|сообщени|повідомлен"
+    r"|mesaj|komunikat|zprav|uzenet|viest|μηνυμα|הודעת|رسالة|پیام|संदेश|消息|メッセージ|메시지|pesan|tin nhan",
+)
+# "and" after an override's object: "ignore the instructions and ...", a new instruction follows
+_ML_AND = _lexicon(
+    r"(?:und|et|y|e|en|i|och|og|ja|ve|dan|na|а|и|і|και|ו|و|और|并|然后|而|そして|그리고|va|at)\b",
 )
 _ML_NO_LIMITS = _lexicon(
     r"\bohne (?:\w+ )?(?:einschrankung|filter|regeln|grenzen|zensur)|\bkeine (?:\w+ )?(?:regeln|einschrankungen"
@@ -251,22 +283,45 @@ _ML_ADDRESSED = _lexicon(
 _STOP = re.compile(r"[,;:.!?\n。！？、，]")
 
 
+def _names_the_prompt(text: str) -> bool:
+    """A word for the system prompt or system instructions (not a system message) in `text`."""
+    return any(not _ML_MESSAGE.search(m.group(0)) for m in _ML_SYSTEM.finditer(text))
+
+
 def _overrides(sentence: str) -> bool:
-    """An imperative "ignore/forget" shortly before (or, object first, after) "all/previous/your" + instructions."""
+    """An imperative "ignore/forget" shortly before (or, object first, after) the instructions it throws away.
+
+    The instructions are "all/previous/above/your" instructions, the system prompt, or bare "the instructions" that
+    end the clause or are followed by "and" (a new instruction): "ignore the instructions in the box" names the
+    customer's own instructions.
+    """
     for verb in _ML_IGNORE.finditer(sentence):
         after = _STOP.split(sentence[verb.end() : verb.end() + 50], maxsplit=1)[0]
-        if _ML_INSTRUCTIONS.search(after) and _ML_WHICH.search(after):
+        target = _ML_INSTRUCTIONS.search(after)
+        if target and _ML_WHICH.search(after):
             return True
+        if _names_the_prompt(after):
+            return True
+        if target:
+            rest = re.sub(r"^\w*", "", after[target.end() :]).strip()
+            if not rest or _ML_AND.match(rest):
+                return True
     for verb in _ML_IGNORE_AFTER.finditer(sentence):
         before = _STOP.split(sentence[max(0, verb.start() - 40) : verb.start()])[-1]
         if _ML_INSTRUCTIONS.search(before) and _ML_WHICH.search(before):
+            return True
+        if _names_the_prompt(before):
+            return True
+        # object first: the bare word and the verb, nothing qualifying it ("talimatları yok say")
+        words = before.split()
+        if len(words) == 1 and _ML_INSTRUCTIONS.search(words[0]):
             return True
     return False
 
 
 def other_language_kind(message: str) -> str | None:
     """extraction / instruction_override / jailbreak asked in another language (or in English with these words)."""
-    text = fold(message)
+    text = fold(PAST_TENSE.sub(" ", message))
     if len(text) > 600:  # long messages are the classifier's and the embedding layer's
         return None
     short = len(text) <= 300  # a short message is read as one ask; a longer one sentence by sentence
@@ -287,6 +342,10 @@ _EXTRACTION_TARGET = re.compile(
     r"\b(?:system|prompts?|pre-?prompt|initiali[sz]\w*|configuration|config|above|verbatim|hidden|secret|internal"
     r"|your (?:instructions|rules|guidelines|directives|programming|setup|context))\b"
     r"|\b(?:sistem|sistema|systeme|systemet)\b|промпт|системн|系统|系統|システム|시스템|النظام|سیستم|सिस्टम"
+    # an encoding asked for the rules or instructions ("the rules your developers wrote, encoded as hex")
+    r"|\b(?:rules|instructions|guidelines|directives)\b[^.?!]{0,50}\b(?:base ?(?:64|32)|hex\w*|rot ?13|morse|binary"
+    r"|json|yaml|backwards|reversed)\b"
+    r"|\byour (?:developers?|creators?|operators?|makers?)\b"
 )
 
 
@@ -354,7 +413,8 @@ _HARM_ACTS: list[tuple[str, re.Pattern[str]]] = [
     (
         "crime",
         re.compile(
-            r"\blaunder\w*|\bmoney laundering\b|\bsmuggl\w+|\btraffick\w+|\bcounterfeit\w*|\bforg(?:e|ed|ing|ery)"
+            r"\blaunder\w*|\bmoney laundering\b|\bsmuggl(?:e|es|ed|ing)\b|\btraffick(?:ing|ed)\b|\bcounterfeit\w*"
+            r"|\bforg(?:e|ed|ing|ery)"
             r" (?:a |an )?(?:\w+ )?(?:documents?|signatures?|passports?|ids?|checks?|cheques?|prescriptions?|money)"
             r"|\bfake (?:ids?|passports?|documents?|identity|identities|money|bills)\b|\bembezzl\w+|\bextort\w*"
             r"|\bblackmail\w*|\bbrib\w+ (?:a |an |the )?(?:\w+ )?(?:officials?|judge|police|officer|inspector)"
@@ -550,7 +610,8 @@ _HARMFUL_PURPOSE = re.compile(
     r"|list|give|explain|describe|determine)\w*\b"
     r"[^.?!\n]{0,80}\b(?:"
     r"hijack\w*|hack\w* into|spies on|spy on|steal\w*|stole|harvest\w* (?:and sells? )?(?:user |personal )?data"
-    r"|(?:cyber)?bull(?:y|ies|ying)|harass\w*|stalk\w*|dox+\w*|groom\w*|poses? as a minor"
+    r"|(?:cyber)?bull(?:y|ies|ying)|harass\w*|stalk\w*|dox+\w*|poses? as a minor"
+    r"|groom\w* (?:\w+ ){0,2}(?:minors?|child\w*|kids?|teens?|teenagers?|girls?|boys?|victims?)"
     r"|manipulat\w* (?:\w+ ){0,2}(?:financial markets?|stock markets?|stock prices?|customer ratings|elections?|votes?)"
     r"|sabotag\w*|(?:cause|causing)s? (?:\w+ ){0,2}(?:chaos|harm|panic|crash\w*|accidents?|economic instability|damage)"
     r"|without (?:the )?(?:user'?s? |their )?(?:consent|knowledge|permission)"
@@ -574,9 +635,23 @@ _PROTECTIVE = re.compile(
     r"\b(?:prevent\w*|protect\w*|defend\w*|detect\w*|recogni[sz]\w*|spot(?:ting)?"
     r"|avoid(?:ing)? (?:being|getting|falling)"
     r"|report(?:ing)?|awareness|victims? of|resist\w*"
-    r"|stop(?:ping)? (?:\w+ )?(?:bullying|harassment|scams?|phishing))\b",
+    r"|stop(?:ping)? (?:\w+ )?(?:bullying|harassment|scams?|phishing)|stay(?:ing)? safe|safe from|red flags"
+    r"|warning signs)\b",
     re.I,
 )
+
+
+# teaching people to recognise, prevent or report a crime ("how bank staff can spot money laundering red flags",
+# "how does your site protect against hackers"); narrower than _PROTECTIVE: "evade detection" is no defence
+_AGAINST_THE_HARM = re.compile(
+    r"\b(?:prevent\w*|protect\w* (?:\w+ )?(?:against|from)|spot(?:ting)?|recogni[sz]\w*|red flags|stay safe|safe from"
+    r"|report(?:ing)? (?:it|fraud|a crime|phishing|scams?|suspicious)|victims? of|defend\w* against"
+    r"|warning signs|stop(?:s|ping)? (?:\w+ ){1,2}from)\b",
+    re.I,
+)
+
+
+_WHY = re.compile(r"\s*(?:why (?:did|was|were)|who (?:shot|killed|assassinated)|what killed)\b", re.I)
 
 
 def _sentences(text: str) -> list[str]:
@@ -593,19 +668,34 @@ def harmful_kind(message: str) -> str | None:
         return "harmful_content"
     if any(_HARMFUL_PURPOSE.search(x) and not _PROTECTIVE.search(x) for x in _sentences(text)):
         return "harmful_purpose"
+    long = len(text.split()) > LONG_DOCUMENT_WORDS
     for sentence in _sentences(text):
-        kind = _sentence_harm(sentence)
+        kind = _sentence_harm(sentence, long)
         if kind:
             return kind
     return None
 
 
-def _sentence_harm(text: str) -> str | None:
+# in a long document (a report or case analysis to write), a crime named a page away from the ask is its subject
+# ("... help me write an analysis article on the Advertising Law ... tax evasion ..."), not what is asked for
+LONG_DOCUMENT_WORDS = 60
+ASK_REACH = 80  # characters between the ask and a crime or cyber act, in a long document
+
+
+def _sentence_harm(text: str, long: bool = False) -> str | None:
     question = text.rstrip().endswith("?")
     if not (_ASK.search(text) or question):
         return None
+    why = _WHY.match(text) is not None  # "Why did the Manhattan Project build the bomb?" asks for reasons
     for kind, pattern in _HARM_ACTS:
-        if pattern.search(text):
+        if why or (kind in ("crime", "cyber") and _AGAINST_THE_HARM.search(text)):
+            continue
+        act = pattern.search(text)
+        if act and long and kind in ("crime", "cyber"):
+            near = text[max(0, act.start() - ASK_REACH) : act.end()]
+            if not _ASK.search(near):
+                continue
+        if act:
             return kind
     if _PRIVACY.search(text) or (_APPOSITION.search(text) and question and not _NOT_PRIVATE.search(text)):
         return "privacy"
@@ -646,8 +736,35 @@ def is_extraction(message: str) -> bool:
 
 _HISTORY = re.compile(
     r"\s*(?:in )?(?:what|which) year (?:did|was|were)\b|\s*when (?:did|was|were)\b"
-    r"|\s*who (?:invented|won|led|started)\b"
+    r"|\s*who (?:invented|won|led|started|shot|killed|assassinated|founded)\b|\s*what killed\b"
+    r"|\s*(?:how|why) did (?:the|a|an)\b(?! (?:people|individuals|someone|criminals|terrorists)\b)"
+    r"|\s*how many (?:people|soldiers|civilians) (?:died|were killed)\b"
 )
+# a tenant's topic keyword names the topic when the message asks about the thing itself; a long document that
+# mentions it in passing, or a story, film, game or history request that asks for no how-to, does not (the harm
+# rules still read every sentence, and the model layers every message)
+TOPIC_KEYWORD_WORDS = LONG_DOCUMENT_WORDS
+_NARRATIVE = re.compile(
+    r"\b(?:story|stories|novel|film|movie|thriller|series|episode|poem|game|chess|clue|museum|history|historical"
+    r"|medieval|ancient|world war|century|tournaments?|knights?|review)\b",
+    re.I,
+)
+_HOW_TO = re.compile(
+    r"\b(?:how (?:to|do i|can i|could i|would i)|steps?|instructions|recipe|where (?:to|can i|do i|could i)"
+    r"|build|make|assemble|buy|get hold of)\b",
+    re.I,
+)
+
+
+def _names_topic(plain: str, keyword: str) -> bool:
+    """Whether `keyword` (a tenant's topic word) is what the message asks about (see TOPIC_KEYWORD_WORDS)."""
+    if len(plain.split()) > TOPIC_KEYWORD_WORDS or _HISTORY.match(plain):
+        return False
+    pattern = re.compile(r"(?<!\w)" + re.escape(keyword.lower()) + r"(?:s|es)?(?!\w)")
+    return any(
+        pattern.search(sentence) and not (_NARRATIVE.search(sentence) and not _HOW_TO.search(sentence))
+        for sentence in _sentences(plain)
+    )
 
 
 def check_user_message(message: str, settings: SafetySettings) -> RuleDecision | None:
@@ -679,10 +796,9 @@ def check_user_message(message: str, settings: SafetySettings) -> RuleDecision |
     harm = harmful_kind(message) if settings.check_harmful_requests else None
     # a factual question about the past ("What year did Japan bomb Pearl Harbor?") is history, not the topic's
     # how-to; the classifier still sees it
-    history = _HISTORY.match(plain) is not None
-    for topic in settings.disallowed_topics if not history else []:
+    for topic in settings.disallowed_topics:
         for keyword in topic.keywords:
-            if re.search(r"(?<!\w)" + re.escape(keyword.lower()) + r"(?:s|es)?(?!\w)", plain):
+            if _names_topic(plain, keyword):
                 return RuleDecision(
                     "block",
                     "disallowed_topic",

@@ -41,7 +41,12 @@ class ModelSettings(StrictModel):
 
 
 class DisallowedTopic(StrictModel):
-    """A topic the safety reviewer refuses, recognised by keywords."""
+    """A topic the safety reviewer refuses, recognised by keywords in context.
+
+    A keyword counts where the message asks about the thing: not in a tool or idiom ("glue gun", "the bomb"), a
+    question about history, a story, film or game request without a how-to, or a document over 60 words
+    (nodes/safety_rules._names_topic); the harm rules and the model layers still read those.
+    """
 
     name: Identifier
     keywords: list[str] = Field(min_length=1)
