@@ -91,9 +91,10 @@ def public_scorer_section() -> str:
         "interview the scorer sees neither: it gets an answer key built from the resume and the job "
         "(nodes/answer_keys.py), which these sets have no resume or job for, so for a knowledge question "
         "*question only* is what an interview gets (the answer key is measured in the section above). "
-        "Target: ≥ 95% in every category. With MiniLM, *question only* uses the answer ranker "
-        "(nodes/answer_ranker.py), which was trained on the `tune` pairs: its `tune` rows are in-sample (the "
-        "cross-validated tune rates are in evals/README.md).",
+        "Target: ≥ 95% in every category. With MiniLM, both columns use an answer ranker "
+        "(nodes/answer_ranker.py: a question-only model, and a reference model for *with reference*), trained on "
+        "the `tune` pairs: their `tune` rows are in-sample (the leave-question-out tune rates are in "
+        "evals/README.md).",
         "",
         f"| source | split | category | {header} |",
         "| --- | --- | --- | " + " | ".join("---" for _ in range(2 * len(names))) + " |",
@@ -113,8 +114,8 @@ def public_scorer_section() -> str:
         "",
         "### By category, the splits not tuned on (`test` and `heldout`)",
         "",
-        "The answer ranker was trained on the `tune` pairs, so `tune` rows are left out here: with them in, the "
-        "question-only rates would read as in-sample fits.",
+        "The answer rankers were trained on the `tune` pairs, so `tune` rows are left out here: with them in, the "
+        "MiniLM rates would read as in-sample fits.",
         "",
         f"| category | {header} |",
     ]

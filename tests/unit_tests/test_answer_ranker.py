@@ -174,11 +174,39 @@ def test_public_test_pairs_question_only(rubric: list[RubricCriterion], category
     assert right >= 7, f"{right}/8 {category} pairs ordered correctly"
 
 
-def test_the_ranker_ships_and_loads() -> None:
+def test_the_rankers_ship_and_load() -> None:
     ranker = answer_ranker.default_ranker()
     assert ranker is not None
     assert len(ranker.weights) == len(answer_ranker.FEATURES) + 2 + len(answer_ranker.CRITERIA) + 2 * answer_ranker.DIM
     assert ranker.scale > 0
+    reference = answer_ranker.default_reference_ranker()
+    assert reference is not None
+    assert len(reference.weights) == answer_ranker.REFERENCE_SIZE
+    assert reference.scale > 0
+    # a question-only weights file is not a reference model
+    with pytest.raises(ValueError, match="expected"):
+        answer_ranker.AnswerRanker.load(answer_ranker.MODEL_PATH, answer_ranker.REFERENCE_SIZE)
+
+
+# the concise pairs above with a reference answer, as a model-written question can carry (written for this test)
+REFERENCES = {
+    "load-balancer": "It distributes client requests over a pool of servers so that no single server is overloaded.",
+    "recursion": "A function that solves a problem by calling itself on smaller instances until a base case.",
+    "binary-search": "O(log n): each comparison halves the part of the sorted array that is left to search.",
+    "compiler": "It translates a program's source code into machine code (or another lower-level language) before "
+    "it runs.",
+    "foreign-key": "A column (or set of columns) whose values must match the primary key of a row in another table.",
+}
+
+
+@needs_embedder
+@pytest.mark.parametrize("name", list(CONCISE))
+def test_with_a_reference_a_concise_correct_answer_beats_a_long_wrong_one(
+    rubric: list[RubricCriterion], name: str
+) -> None:
+    text, good, bad = CONCISE[name]
+    question = {**_question(text), "reference": REFERENCES[name]}
+    assert score_answer(question, good, "", rubric)["overall"] > score_answer(question, bad, "", rubric)["overall"]
 
 
 def test_without_the_weights_or_the_embedder_the_rules_score(
@@ -196,6 +224,13 @@ def test_without_the_weights_or_the_embedder_the_rules_score(
     finally:
         monkeypatch.undo()
         answer_ranker.default_ranker.cache_clear()
+    monkeypatch.setattr(answer_ranker, "REFERENCE_MODEL_PATH", tmp_path / "missing.json.gz")
+    answer_ranker.default_reference_ranker.cache_clear()
+    try:
+        assert answer_ranker.default_reference_ranker() is None
+    finally:
+        monkeypatch.undo()
+        answer_ranker.default_reference_ranker.cache_clear()
     f = fallback_scorer.answer_features("What is a deadlock?", "Two processes wait on each other.", "", model=None)
     # the LSA model has no sentence vectors, so the ranker does not run with it
     assert fallback_scorer.learned_quality(f, "What is a deadlock?", "Two processes wait.", default_model()) == -1.0
@@ -211,8 +246,11 @@ def test_the_ranker_gives_a_quality_between_0_and_1() -> None:
     f = fallback_scorer.answer_features("What is a deadlock?", "Two processes wait on each other.", "", model=model)
     q = fallback_scorer.learned_quality(f, "What is a deadlock?", "Two processes wait on each other.", model)
     assert 0 < q < 1
-    # with a reference answer the ranker stands aside (it was trained on the question alone)
-    f_ref = fallback_scorer.answer_features(
-        "What is a deadlock?", "Two processes wait.", "", model=model, reference="A cycle of waiting."
-    )
-    assert fallback_scorer.learned_quality(f_ref, "What is a deadlock?", "Two processes wait.", model) == -1.0
+    # with a reference answer the reference model scores it, and it reads the reference: an answer that says what
+    # the reference says gets a higher quality than one that does not
+    reference = "Two or more processes each wait for a resource another one holds, so none can go on."
+    qualities = []
+    for answer in ("Processes wait for each other's locks forever.", "A deadlock is when the program is slow."):
+        f_ref = fallback_scorer.answer_features("What is a deadlock?", answer, "", model=model, reference=reference)
+        qualities.append(fallback_scorer.learned_quality(f_ref, "What is a deadlock?", answer, model, reference))
+    assert 0 < qualities[1] < qualities[0] < 1
