@@ -613,22 +613,50 @@ def _implicit_transaction(conn: Any) -> Iterator[None]:
 
 
 def erase_sessions(log: AuditLog, tenant: str, sessions: list[str], actor: str, user_ref: str) -> int:
-    """Redact the payloads of every entry of the tenant's `sessions`, keeping the chain verifiable: a
-    `user_erased` entry lists each redacted seq with the digest of its other fields (no content, the user only
-    as `user_ref`, a hash), and in the same transaction the payloads become `{"_redacted": {"by": <that entry's
-    seq>}}`: the erasure is on record exactly when it happened. Sessions deleted before (by an erasure that failed
-    after its deletions, a DELETE, retention) are found by their `session_delete_started` entry naming `user_ref`.
-    Returns how many entries were redacted."""
-    wanted = set(sessions)
-    after = 0
-    while page := log.query(tenant, event_type="session_delete_started", after_seq=after, limit=1000):
-        wanted |= {e.session for e in page if e.session and e.payload.get("user_sha256") == user_ref}
-        after = page[-1].seq
-    targets: list[AuditEntry] = []
+    """Redact the payloads of every entry of the user's sessions, keeping the chain verifiable: a `user_erased`
+    entry lists each redacted seq with the digest of its other fields (no content, the user only as `user_ref`, a
+    hash), and in the same transaction the payloads become `{"_redacted": {"by": <that entry's seq>}}`: the
+    erasure is on record exactly when it happened. Returns how many entries were redacted.
+
+    A session id can be used again once its session is deleted, so entries are matched by the *life* of an id,
+    not the id alone: a life is the id's entries up to and including its `session_deleted`. A life is the user's
+    when one of its `session_user_tagged` or `session_delete_started` entries names `user_ref` (so sessions of the
+    user deleted before, by a DELETE, retention or an erasure interrupted after its deletions, are found too), or
+    when it is the latest life of an id in `sessions` (the user's sessions this erasure just deleted). Another
+    user's later session under the same id is never touched."""
+    latest = set(sessions)
+
+    def names_user(life: list[AuditEntry]) -> bool:
+        return any(
+            e.event_type in ("session_user_tagged", "session_delete_started")
+            and e.payload.get("user_sha256") == user_ref
+            for e in life
+        )
+
+    mine: list[list[AuditEntry]] = []
+    open_lives: dict[str, list[AuditEntry]] = {}
+    latest_closed: dict[str, list[AuditEntry]] = {}  # the last ended life of an id in `sessions`, not naming the user
     after = 0
     while page := log.query(tenant, after_seq=after, limit=1000):
-        targets += [e for e in page if e.session in wanted and set(e.payload) != {REDACTED}]
+        for entry in page:
+            if not entry.session:
+                continue
+            open_lives.setdefault(entry.session, []).append(entry)
+            if entry.event_type == "session_deleted":  # the life ends; only the user's are kept in memory
+                life = open_lives.pop(entry.session)
+                latest_closed.pop(entry.session, None)
+                if names_user(life):
+                    mine.append(life)
+                elif entry.session in latest:
+                    latest_closed[entry.session] = life
         after = page[-1].seq
+    ended = {life[0].session for life in mine}
+    for sid, life in open_lives.items():  # a session not deleted (yet): the user's when tagged so, or when it is
+        if names_user(life) or (sid in latest and sid not in ended):  # the one `sessions` means
+            mine.append(life)
+    mine += [life for sid, life in latest_closed.items() if sid not in open_lives]
+    targets = sorted((e for life in mine for e in life if set(e.payload) != {REDACTED}), key=lambda e: e.seq)
+    wanted = {e.session for life in mine for e in life}
     redacted = [{"seq": e.seq, "fields_sha256": fields_digest(e)} for e in targets]
     record = {"user_sha256": user_ref, "sessions": len(wanted), "redacted": redacted}
     log.append_redacting(AuditEvent(tenant, actor, "user_erased", None, record), [e.seq for e in targets])

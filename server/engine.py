@@ -287,6 +287,11 @@ class Engine:
         their `session_delete_started` names the user by hash) are redacted, keeping the chain verifiable
         (`checkpoints.audit.erase_sessions`); a `user_erased` entry records the erasure with counts and the user
         id's hash only."""
+        # a deletion interrupted before (by a fault: an erasure answered 503, a DELETE) is finished first: its
+        # pending row does not say whose session it was, so every such deletion of the tenant is finished
+        for deletion in await asyncio.to_thread(self.sessions.pending_deletions):
+            if deletion.tenant == tenant:
+                await self.finish_deletion(tenant, deletion.client_id, actor=actor)
         sessions = await asyncio.to_thread(self.sessions.of_user, tenant, user_id)
         for session in sessions:
             await self.delete_session(session, actor=actor)
