@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -349,6 +354,72 @@ async def test_a_turn_that_wrote_no_closing_entry_still_ends_with_a_durable_comm
         assert [e.event_type for e in log.query("veneo")] == ["message"]
     finally:
         log.close()
+
+
+def round_trips(log: object, call: Callable[[], object], tmp_path: Path) -> int:
+    """How many round trips `call` made on the audit log's pooled connections (libpq's protocol trace, read by
+    bench.pgtrace: what went over the sockets). Calls run one at a time, so the pool lends its idle ones."""
+    from bench.pgtrace import parse_trace
+
+    traced = []
+    for n, conn in enumerate(list(log.pool._pool)):  # type: ignore[attr-defined]
+        path = tmp_path / f"trace-{uuid.uuid4().hex}-{n}"
+        conn.pgconn.trace(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        traced.append((conn, path))
+    try:
+        call()
+    finally:
+        for conn, _ in traced:
+            conn.pgconn.untrace()  # flushes the trace
+    return sum(len(parse_trace(path, "audit log")) for _, path in traced)
+
+
+def test_an_append_after_this_processes_own_last_one_is_one_round_trip_and_replicas_keep_one_chain(
+    url: str, tmp_path: Path
+) -> None:
+    """A process that wrote a tenant's newest entry appends the next in one round trip (lock, conditional insert,
+    commit); when another process appended in between, or the entries were pruned, the insert writes nothing and
+    the append goes the long way. Either way the tenant has one whole chain, also with two processes appending
+    to it at once."""
+    from checkpoints.audit import AuditEvent, PostgresAuditLog
+
+    a, b = PostgresAuditLog(url), PostgresAuditLog(url)  # two replicas
+    said = iter(range(1000))
+
+    def event() -> list[AuditEvent]:
+        return [AuditEvent("veneo", "k1", "message", "t1", {"role": "user", "content": f"m{next(said)}"})]
+
+    try:
+        assert round_trips(a, lambda: a.append(event()), tmp_path) == 2  # no head known yet: read it first
+        assert round_trips(a, lambda: a.append(event()), tmp_path) == 1
+        assert round_trips(a, lambda: a.append(event() + event()), tmp_path) == 1
+        b.append(event())  # the head moved under a's feet
+        assert round_trips(a, lambda: a.append(event()), tmp_path) == 3  # tried, wrote nothing, the long way
+        assert round_trips(a, lambda: a.append(event()), tmp_path) == 1
+        entries = a.query("veneo", limit=1000)
+        assert [e.seq for e in entries] == list(range(1, 8))
+        assert [e.payload["content"] for e in entries] == [f"m{i}" for i in range(7)]
+        assert a.verify("veneo").ok and a.verify("veneo").checked == 7
+
+        assert a.prune(datetime.now(UTC) + timedelta(days=1)) == 7  # the chain lives on in its anchor
+        a.append(event())
+        assert [e.seq for e in a.query("veneo")] == [8]
+        assert a.verify("veneo").ok
+
+        def appends(log: PostgresAuditLog) -> None:
+            for _ in range(15):
+                log.append(event())
+
+        workers = [threading.Thread(target=appends, args=(log,)) for log in (a, a, b, b)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        result = b.verify("veneo")
+        assert result.ok and result.checked == 61, result
+    finally:
+        a.close()
+        b.close()
 
 
 async def test_the_turn_saver_reads_and_writes_what_langgraphs_saver_does_without_a_worker_thread(
