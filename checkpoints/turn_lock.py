@@ -36,6 +36,17 @@ class TurnBusy(Exception):
         self.retry_after_s = 2
 
 
+class ReadUnderLock:
+    """One query run right after a Postgres turn lock is taken, on the lock's connection and in the same round trip
+    (a pipeline: the query runs after the lock statement has finished, so it sees every commit made before the
+    lock was taken). `rows` is None until the lock is held with the query's answer; it stays None where the lock
+    is not a Postgres lock, or when the query failed (the caller then asks the usual way)."""
+
+    def __init__(self, sql: str, params: list[Any]):
+        self.sql, self.params = sql, params
+        self.rows: list[dict[str, Any]] | None = None
+
+
 class TurnLocks:
     def __init__(
         self,
@@ -62,16 +73,19 @@ class TurnLocks:
             self._lock_dir = Path(str(sqlite_path(checkpoint_url)) + ".turn-locks")
             self._lock_dir.mkdir(parents=True, exist_ok=True)
 
-    async def acquire(self, thread_id: str, team: str = "") -> Callable[[], Awaitable[None]]:
+    async def acquire(
+        self, thread_id: str, team: str = "", read: ReadUnderLock | None = None
+    ) -> Callable[[], Awaitable[None]]:
         """Take the thread's lock now and return its release, for a turn whose end another party observes
-        (an HTTP response that streams after its headers went out)."""
+        (an HTTP response that streams after its headers went out). `read`: see `hold`."""
         stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(self.hold(thread_id, team))
+        await stack.enter_async_context(self.hold(thread_id, team, read))
         return stack.aclose
 
     @contextlib.asynccontextmanager
-    async def hold(self, thread_id: str, team: str = "") -> AsyncIterator[None]:
-        """Wait for the thread to be free (in this process and in others), run the turn, release."""
+    async def hold(self, thread_id: str, team: str = "", read: ReadUnderLock | None = None) -> AsyncIterator[None]:
+        """Wait for the thread to be free (in this process and in others), run the turn, release. `read`, on
+        Postgres: a query answered under the lock in the lock's own round trip (its `rows`)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.wait_s
@@ -83,7 +97,7 @@ class TurnLocks:
             except TimeoutError:
                 raise TurnBusy(thread_id, self.wait_s) from None
             try:
-                async with self._across_processes(thread_id, deadline - loop.time()):
+                async with self._across_processes(thread_id, deadline - loop.time(), read):
                     if self.on_wait is not None:
                         self.on_wait(team, loop.time() - started)
                     yield
@@ -107,9 +121,11 @@ class TurnLocks:
         return hashlib.sha256(thread_id.encode()).hexdigest()[:32] + ".lock"
 
     @contextlib.asynccontextmanager
-    async def _across_processes(self, thread_id: str, remaining_s: float) -> AsyncIterator[None]:
+    async def _across_processes(
+        self, thread_id: str, remaining_s: float, read: ReadUnderLock | None = None
+    ) -> AsyncIterator[None]:
         if self.pg_url is not None:
-            async with self._postgres(thread_id, remaining_s):
+            async with self._postgres(thread_id, remaining_s, read):
                 yield
         elif self._lock_dir is not None:
             async with self._file(thread_id, remaining_s):
@@ -140,10 +156,12 @@ class TurnLocks:
             os.close(fd)
 
     @contextlib.asynccontextmanager
-    async def _postgres(self, thread_id: str, remaining_s: float) -> AsyncIterator[None]:
+    async def _postgres(
+        self, thread_id: str, remaining_s: float, read: ReadUnderLock | None = None
+    ) -> AsyncIterator[None]:
         key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
         locks = self._pg[key % len(self._pg)]
-        conn = await locks.locked(key, remaining_s)
+        conn = await locks.locked(key, remaining_s, read)
         if conn is None:
             raise TurnBusy(thread_id, self.wait_s)
         try:
@@ -214,14 +232,38 @@ class PostgresLockConnection:
                 self._conn = conn
             return self._conn
 
-    async def _try(self, conn: Any, key: int) -> bool:
-        row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
-        return bool(row and row[0])
+    async def _try(self, conn: Any, key: int, read: ReadUnderLock | None = None) -> bool:
+        if read is None:
+            row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
+            return bool(row and row[0])
+        import psycopg
+        from psycopg.rows import dict_row
 
-    async def _try_shielded(self, conn: Any, key: int) -> bool:
+        locked = conn.cursor()
+        try:
+            # one round trip, one implicit transaction (committed at the pipeline's Sync); a session-level
+            # advisory lock does not follow a transaction, so the lock stays held after the commit
+            async with conn.pipeline():
+                await locked.execute("select pg_try_advisory_lock(%s)", [key])
+                answer = await conn.cursor(row_factory=dict_row).execute(read.sql, read.params)
+        except psycopg.Error:
+            if conn.closed or conn.broken:
+                raise
+            # the query failed (its table missing, a timeout) and may have done so after the lock was taken: give
+            # it back (unlocking a key this connection does not hold only returns false), then lock as if without
+            # the query; the caller asks the usual way and meets the failure there
+            await conn.execute("select pg_advisory_unlock(%s)", [key])
+            return await self._try(conn, key)
+        row = await locked.fetchone()
+        if row and row[0]:
+            read.rows = await answer.fetchall()
+            return True
+        return False
+
+    async def _try_shielded(self, conn: Any, key: int, read: ReadUnderLock | None = None) -> bool:
         """One lock attempt that a cancelled caller (a client gone) cannot cut in half: the statement finishes,
         and a lock it took is given back."""
-        attempt = asyncio.ensure_future(self._try(conn, key))
+        attempt = asyncio.ensure_future(self._try(conn, key, read))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -233,21 +275,21 @@ class PostgresLockConnection:
             attempt.add_done_callback(give_back)
             raise
 
-    async def locked(self, key: int, remaining_s: float) -> Any:
+    async def locked(self, key: int, remaining_s: float, read: ReadUnderLock | None = None) -> Any:
         """Take the lock `key`, polling while another process holds it, for up to `remaining_s`: the connection
-        holding it, or None when the time ran out."""
+        holding it, or None when the time ran out. `read` is answered with the attempt that took the lock."""
         import psycopg
 
         waited = 0.0
         conn = await self._connection()
         while True:
             try:
-                got = await self._try_shielded(conn, key)
+                got = await self._try_shielded(conn, key, read)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 if not (conn.closed or conn.broken):
                     raise
                 conn = await self._connection()  # dropped (an outage or a restart): a new connection, once
-                got = await self._try_shielded(conn, key)
+                got = await self._try_shielded(conn, key, read)
             if got:
                 return conn
             if waited >= remaining_s:

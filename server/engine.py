@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -25,8 +25,8 @@ from checkpoints.audit import AuditEvent, AuditWriteError, apply_content_policy,
 from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
-from checkpoints.session_index import SessionRecord
-from checkpoints.turn_lock import TurnLocks
+from checkpoints.session_index import PostgresSessionIndex, SessionRecord
+from checkpoints.turn_lock import ReadUnderLock, TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
 from personas.factory import AgentFactory
@@ -331,6 +331,21 @@ class Engine:
             if record is not None and record.tenant == tenant:
                 return record
         return await asyncio.to_thread(self.claim_session, client_id, tenant, team, actor, thread_id)
+
+    async def lease_turn(
+        self, session: SessionRecord, team: str
+    ) -> tuple[Callable[[], Awaitable[None]], SessionRecord | None]:
+        """Take the session's turn lock for a request (its release is returned) and the session's index record as
+        it is under the lock, or None: no such row, or not read. On Postgres the row is read on the lock's
+        connection in the lock's own round trip (ReadUnderLock), which saves the turn's claim (`aclaim_session`,
+        a round trip and a worker-thread hop) when the session exists; elsewhere it is not read here."""
+        read = None
+        if isinstance(self.sessions, PostgresSessionIndex):
+            read = ReadUnderLock(PostgresSessionIndex.FIND_SQL, [session.tenant, session.id])
+        release = await self.turn_locks.acquire(session.thread_id, team, read)
+        rows = read.rows if read is not None else None
+        found = SessionRecord(**rows[0]) if rows else None
+        return release, found if found is not None and found.tenant == session.tenant else None
 
     async def touch(self, thread_id: str, title_hint_text: str = "") -> None:
         """Mark the session active (and title it from its first message), off the event loop."""

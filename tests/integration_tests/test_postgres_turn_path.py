@@ -59,6 +59,46 @@ async def test_a_session_held_by_one_replica_waits_in_the_other_and_other_sessio
         await b.aclose()
 
 
+async def test_a_read_under_the_lock_sees_the_database_as_the_lock_holder_does_and_a_failed_one_keeps_no_lock(
+    url: str,
+) -> None:
+    """A query sent with the lock (ReadUnderLock) is answered only by the attempt that took the lock, so it sees
+    what the previous holder committed; one that fails leaves the session locked exactly once (released after
+    the turn), and its rows None, for the caller to ask the usual way."""
+    from checkpoints.turn_lock import ReadUnderLock
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("create table notes (thread text, note text)")
+    a, b = TurnLocks(url, wait_s=5), TurnLocks(url, wait_s=5)
+    try:
+        release = await a.acquire("t1")
+
+        async def write_then_release() -> None:
+            await asyncio.sleep(0.3)
+            with psycopg.connect(url, autocommit=True) as writer:
+                writer.execute("insert into notes values ('t1', 'from the holder')")
+            await release()
+
+        read = ReadUnderLock("select note from notes where thread = %s", ["t1"])
+        writing = asyncio.ensure_future(write_then_release())
+        async with b.hold("t1", read=read):
+            assert read.rows == [{"note": "from the holder"}]
+        await writing
+
+        failing = ReadUnderLock("select * from no_such_table where thread = %s", ["t1"])
+        async with b.hold("t1", read=failing):
+            assert failing.rows is None
+            assert len(lock_holders(url, "t1")) == 1
+            a.wait_s = 0.3
+            with pytest.raises(TurnBusy):
+                async with a.hold("t1"):
+                    pass
+        assert lock_holders(url, "t1") == []  # held once, released once
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 async def test_turns_of_one_process_share_a_few_lock_connections(url: str) -> None:
     """No connect per turn: the locks of many turns are taken by the process's few lock backends, and every turn
     of one session by the same one."""
