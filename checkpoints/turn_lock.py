@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -39,11 +39,12 @@ class TurnBusy(Exception):
 class ReadUnderLock:
     """One query run right after a Postgres turn lock is taken, on the lock's connection and in the same round trip
     (a pipeline: the query runs after the lock statement has finished, so it sees every commit made before the
-    lock was taken). `rows` is None until the lock is held with the query's answer; it stays None where the lock
-    is not a Postgres lock, or when the query failed (the caller then asks the usual way)."""
+    lock was taken). `rows` (dicts) is None until the lock is held with the query's answer; it stays None where
+    the lock is not a Postgres lock, or when a query failed (the caller then asks the usual way). `binary`: the
+    rows in Postgres's binary format, as a caller that reads them that way elsewhere asks for them."""
 
-    def __init__(self, sql: str, params: list[Any]):
-        self.sql, self.params = sql, params
+    def __init__(self, sql: str, params: Sequence[Any], binary: bool = False):
+        self.sql, self.params, self.binary = sql, params, binary
         self.rows: list[dict[str, Any]] | None = None
 
 
@@ -74,18 +75,18 @@ class TurnLocks:
             self._lock_dir.mkdir(parents=True, exist_ok=True)
 
     async def acquire(
-        self, thread_id: str, team: str = "", read: ReadUnderLock | None = None
+        self, thread_id: str, team: str = "", reads: Sequence[ReadUnderLock] = ()
     ) -> Callable[[], Awaitable[None]]:
         """Take the thread's lock now and return its release, for a turn whose end another party observes
-        (an HTTP response that streams after its headers went out). `read`: see `hold`."""
+        (an HTTP response that streams after its headers went out). `reads`: see `hold`."""
         stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(self.hold(thread_id, team, read))
+        await stack.enter_async_context(self.hold(thread_id, team, reads))
         return stack.aclose
 
     @contextlib.asynccontextmanager
-    async def hold(self, thread_id: str, team: str = "", read: ReadUnderLock | None = None) -> AsyncIterator[None]:
-        """Wait for the thread to be free (in this process and in others), run the turn, release. `read`, on
-        Postgres: a query answered under the lock in the lock's own round trip (its `rows`)."""
+    async def hold(self, thread_id: str, team: str = "", reads: Sequence[ReadUnderLock] = ()) -> AsyncIterator[None]:
+        """Wait for the thread to be free (in this process and in others), run the turn, release. `reads`, on
+        Postgres: queries answered under the lock in the lock's own round trip (their `rows`)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.wait_s
@@ -97,7 +98,7 @@ class TurnLocks:
             except TimeoutError:
                 raise TurnBusy(thread_id, self.wait_s) from None
             try:
-                async with self._across_processes(thread_id, deadline - loop.time(), read):
+                async with self._across_processes(thread_id, deadline - loop.time(), reads):
                     if self.on_wait is not None:
                         self.on_wait(team, loop.time() - started)
                     yield
@@ -122,10 +123,10 @@ class TurnLocks:
 
     @contextlib.asynccontextmanager
     async def _across_processes(
-        self, thread_id: str, remaining_s: float, read: ReadUnderLock | None = None
+        self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = ()
     ) -> AsyncIterator[None]:
         if self.pg_url is not None:
-            async with self._postgres(thread_id, remaining_s, read):
+            async with self._postgres(thread_id, remaining_s, reads):
                 yield
         elif self._lock_dir is not None:
             async with self._file(thread_id, remaining_s):
@@ -157,11 +158,11 @@ class TurnLocks:
 
     @contextlib.asynccontextmanager
     async def _postgres(
-        self, thread_id: str, remaining_s: float, read: ReadUnderLock | None = None
+        self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = ()
     ) -> AsyncIterator[None]:
         key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
         locks = self._pg[key % len(self._pg)]
-        conn = await locks.locked(key, remaining_s, read)
+        conn = await locks.locked(key, remaining_s, reads)
         if conn is None:
             raise TurnBusy(thread_id, self.wait_s)
         try:
@@ -232,8 +233,8 @@ class PostgresLockConnection:
                 self._conn = conn
             return self._conn
 
-    async def _try(self, conn: Any, key: int, read: ReadUnderLock | None = None) -> bool:
-        if read is None:
+    async def _try(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+        if not reads:
             row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
             return bool(row and row[0])
         import psycopg
@@ -245,7 +246,10 @@ class PostgresLockConnection:
             # advisory lock does not follow a transaction, so the lock stays held after the commit
             async with conn.pipeline():
                 await locked.execute("select pg_try_advisory_lock(%s)", [key])
-                answer = await conn.cursor(row_factory=dict_row).execute(read.sql, read.params)
+                answers = [
+                    await conn.cursor(row_factory=dict_row).execute(read.sql, read.params, binary=read.binary)
+                    for read in reads
+                ]
         except psycopg.Error:
             if conn.closed or conn.broken:
                 raise
@@ -256,14 +260,15 @@ class PostgresLockConnection:
             return await self._try(conn, key)
         row = await locked.fetchone()
         if row and row[0]:
-            read.rows = await answer.fetchall()
+            for read, answer in zip(reads, answers, strict=True):
+                read.rows = await answer.fetchall()
             return True
         return False
 
-    async def _try_shielded(self, conn: Any, key: int, read: ReadUnderLock | None = None) -> bool:
+    async def _try_shielded(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
         """One lock attempt that a cancelled caller (a client gone) cannot cut in half: the statement finishes,
         and a lock it took is given back."""
-        attempt = asyncio.ensure_future(self._try(conn, key, read))
+        attempt = asyncio.ensure_future(self._try(conn, key, reads))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -275,21 +280,21 @@ class PostgresLockConnection:
             attempt.add_done_callback(give_back)
             raise
 
-    async def locked(self, key: int, remaining_s: float, read: ReadUnderLock | None = None) -> Any:
+    async def locked(self, key: int, remaining_s: float, reads: Sequence[ReadUnderLock] = ()) -> Any:
         """Take the lock `key`, polling while another process holds it, for up to `remaining_s`: the connection
-        holding it, or None when the time ran out. `read` is answered with the attempt that took the lock."""
+        holding it, or None when the time ran out. `reads` are answered with the attempt that took the lock."""
         import psycopg
 
         waited = 0.0
         conn = await self._connection()
         while True:
             try:
-                got = await self._try_shielded(conn, key, read)
+                got = await self._try_shielded(conn, key, reads)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 if not (conn.closed or conn.broken):
                     raise
                 conn = await self._connection()  # dropped (an outage or a restart): a new connection, once
-                got = await self._try_shielded(conn, key, read)
+                got = await self._try_shielded(conn, key, reads)
             if got:
                 return conn
             if waited >= remaining_s:

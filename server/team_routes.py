@@ -527,7 +527,7 @@ def make_config_modifier(team: str):
         prefetched = PrefetchedCheckpoint()
         found_under_lease = None
         if str(thread_id) not in leases:  # batch inputs on one session share its lease and run in order (abatch)
-            leases[str(thread_id)], found_under_lease = await engine.lease_turn(session, team)
+            leases[str(thread_id)], found_under_lease = await engine.lease_turn(session, team, prefetched)
             # an older session is stored in the current state version before the turn (and before an
             # Idempotency-Key notes the session's latest checkpoint, which the upgrade would otherwise move);
             # the latest checkpoint it reads, under the lease, is the one the turn starts from

@@ -81,12 +81,12 @@ async def test_a_read_under_the_lock_sees_the_database_as_the_lock_holder_does_a
 
         read = ReadUnderLock("select note from notes where thread = %s", ["t1"])
         writing = asyncio.ensure_future(write_then_release())
-        async with b.hold("t1", read=read):
+        async with b.hold("t1", reads=[read]):
             assert read.rows == [{"note": "from the holder"}]
         await writing
 
         failing = ReadUnderLock("select * from no_such_table where thread = %s", ["t1"])
-        async with b.hold("t1", read=failing):
+        async with b.hold("t1", reads=[failing]):
             assert failing.rows is None
             assert len(lock_holders(url, "t1")) == 1
             a.wait_s = 0.3
@@ -513,6 +513,12 @@ async def test_the_turn_saver_reads_and_writes_what_langgraphs_saver_does_withou
             assert mine.pending_writes == lib.pending_writes and len(mine.pending_writes or []) == 2
             assert mine.metadata == lib.metadata and mine.config == lib.config
             assert mine.parent_config == lib.parent_config
+            # the latest checkpoint read elsewhere (the turn lock's round trip) decodes to what aget_tuple returns
+            sql, params = ours.latest_query(thread)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as other:
+                row = await (await other.cursor(row_factory=dict_row).execute(sql, params, binary=True)).fetchone()
+            assert await ours.latest_from_row(row) == (True, mine)
+        assert await ours.latest_from_row(None) == (True, None)  # a thread with nothing stored yet
 
 
 async def test_processes_starting_together_on_an_empty_database_all_start(url: str) -> None:

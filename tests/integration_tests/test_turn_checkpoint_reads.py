@@ -223,14 +223,27 @@ def test_a_turn_waiting_on_a_session_whose_deletion_failed_halfway_is_refused(an
 
 
 @pytest.mark.parametrize("endpoint", ["invoke", "stream"])
-def test_on_postgres_a_turn_on_an_existing_session_asks_the_index_for_it_once_besides_the_locks_round_trip(
+def test_on_postgres_the_lock_round_trip_answers_the_turns_claim_and_version_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str
 ) -> None:
     """The config modifier looks the session up (before the lock: its thread id names the lock); the turn's
-    claim, which must see the index as it is under the lock, is answered by the lock's own round trip instead of
-    a second lookup (a round trip and a worker-thread hop). A new session is still created by the claim."""
+    claim and the version check's latest-checkpoint read, which must see the database as it is under the lock,
+    are answered by the lock's own round trip instead of a second index lookup (a round trip and a worker-thread
+    hop) and a checkpoint read. A new session is still created by the claim; the turn continues the stored
+    conversation."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
     from checkpoints.session_index import PostgresSessionIndex
 
+    latest_reads: list[str] = []
+    aget_tuple = AsyncPostgresSaver.aget_tuple
+
+    async def counted_read(self: Any, config: Any) -> Any:
+        if not config["configurable"].get("checkpoint_id"):
+            latest_reads.append(config["configurable"]["thread_id"])
+        return await aget_tuple(self, config)
+
+    monkeypatch.setattr(AsyncPostgresSaver, "aget_tuple", counted_read)
     lookups: list[str] = []
     find = PostgresSessionIndex.find
 
@@ -245,10 +258,12 @@ def test_on_postgres_a_turn_on_an_existing_session_asks_the_index_for_it_once_be
             _turn(client, "invoke", "pg-new", "Do you ship abroad?")  # created by the turn's claim
             assert client.get("/sessions/pg-new", headers=VENEO).status_code == 200
             lookups.clear()
+            latest_reads.clear()
 
             _turn(client, endpoint, "pg-new", "And how long does it take?")
 
             assert lookups == ["pg-new"]  # the modifier's (it was two: the modifier's and the claim's)
+            assert latest_reads == []  # it was one: the version check's (the graph's run takes that one)
             transcript = client.get("/sessions/pg-new", headers=VENEO).json()["transcript"]
             assert [m["content"] for m in transcript if m["role"] == "user"] == [
                 "Do you ship abroad?",
