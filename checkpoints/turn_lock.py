@@ -201,12 +201,15 @@ class PostgresLockConnection:
         self._conn: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
+        # one exchange at a time on the connection: psycopg serialises single statements, but a pipeline (a lock
+        # with its reads) spans several, and another turn's statement sent meanwhile would join it
+        self._sending: asyncio.Lock | None = None
         self._failed: tuple[float, str] | None = None  # (when, why) the last connect failed
 
     async def _connection(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a connection belongs to the event loop that opened it
-            self._conn, self._loop, self._connecting = None, loop, asyncio.Lock()
+            self._conn, self._loop, self._connecting, self._sending = None, loop, asyncio.Lock(), asyncio.Lock()
         assert self._connecting is not None
         asked = loop.time()
         async with self._connecting:
@@ -234,6 +237,11 @@ class PostgresLockConnection:
             return self._conn
 
     async def _try(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+        assert self._sending is not None
+        async with self._sending:
+            return await self._try_sending(conn, key, reads)
+
+    async def _try_sending(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
         if not reads:
             row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
             return bool(row and row[0])
@@ -257,7 +265,7 @@ class PostgresLockConnection:
             # it back (unlocking a key this connection does not hold only returns false), then lock as if without
             # the query; the caller asks the usual way and meets the failure there
             await conn.execute("select pg_advisory_unlock(%s)", [key])
-            return await self._try(conn, key)
+            return await self._try_sending(conn, key)
         row = await locked.fetchone()
         if row and row[0]:
             for read, answer in zip(reads, answers, strict=True):
@@ -307,10 +315,15 @@ class PostgresLockConnection:
 
         if conn.closed or conn.broken:
             return  # the connection is gone and its locks with it
-        release = asyncio.ensure_future(conn.execute("select pg_advisory_unlock(%s)", [key]))
+        release = asyncio.ensure_future(self._unlock_sending(conn, key))
         release.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, also when no one waits
         with contextlib.suppress(psycopg.OperationalError, psycopg.InterfaceError):
             await asyncio.shield(release)  # a cancelled turn still gives its lock back
+
+    async def _unlock_sending(self, conn: Any, key: int) -> None:
+        assert self._sending is not None
+        async with self._sending:
+            await conn.execute("select pg_advisory_unlock(%s)", [key])
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -99,6 +99,28 @@ async def test_a_read_under_the_lock_sees_the_database_as_the_lock_holder_does_a
         await b.aclose()
 
 
+async def test_many_turns_at_once_each_get_their_own_reads_on_the_shared_lock_connections(url: str) -> None:
+    """Concurrent turns share LOCK_CONNECTIONS connections: a lock with its reads (one pipeline) and other turns'
+    locks and unlocks on the same connection do not mix (a statement sent during another turn's pipeline joined
+    it: at 32 concurrent turns every request failed)."""
+    from checkpoints.turn_lock import ReadUnderLock
+
+    locks = TurnLocks(url, wait_s=10)
+
+    async def turn(n: int) -> str | None:
+        read = ReadUnderLock("select %s::text as thread, pg_sleep(0.005) is null as slept", [f"t{n}"])
+        async with locks.hold(f"t{n % 48}", reads=[read] if n % 3 else []):
+            await asyncio.sleep(0.001)
+        return read.rows[0]["thread"] if read.rows else None
+
+    try:
+        got = await asyncio.gather(*(turn(n) for n in range(96)))
+        assert got == [f"t{n}" if n % 3 else None for n in range(96)]
+        assert [lock_holders(url, f"t{n}") for n in range(48)] == [[]] * 48
+    finally:
+        await locks.aclose()
+
+
 async def test_turns_of_one_process_share_a_few_lock_connections(url: str) -> None:
     """No connect per turn: the locks of many turns are taken by the process's few lock backends, and every turn
     of one session by the same one."""
