@@ -425,7 +425,13 @@ class PostgresAuditLog:
         try:
             tenants = {e.tenant for e in events}
             head = self._heads.get(next(iter(tenants))) if len(tenants) == 1 else None
-            entries = self._append_after(head, events) if head is not None else None
+            entries = None
+            for _ in range(2):  # after the head this process knows, then (once) after the one that attempt saw
+                if head is None:
+                    break
+                entries, head = self._append_after(head, events)
+                if entries is not None:
+                    break
             if entries is None:
                 entries = self._append_locked(events)
         except AuditWriteError:
@@ -441,12 +447,15 @@ class PostgresAuditLog:
                 if e.seq > self._heads.get(e.tenant, (0, ""))[0]:
                     self._heads[e.tenant] = (e.seq, e.hash)
 
-    def _append_after(self, head: tuple[int, str], events: list[AuditEvent]) -> list[AuditEntry] | None:
+    def _append_after(
+        self, head: tuple[int, str], events: list[AuditEvent]
+    ) -> tuple[list[AuditEntry] | None, tuple[int, str] | None]:
         """Append one tenant's events after `head`, the chain's head as this process last saw it, in one round
         trip: the tenant's lock, then an insert that writes the entries only if `head` is still the newest entry
-        of the chain (read after the lock, as `_append_locked` reads it), and the commit. None, having written
-        nothing, when it is not (another process appended since, or entries were pruned or the tables
-        recreated): the caller then appends the long way. The rows are the ones `_append_locked` would write."""
+        of the chain (read after the lock, as `_append_locked` reads it), and the commit: (the entries, None).
+        When it is not (another process appended since, or entries were pruned or the tables recreated) nothing
+        was written: (None, the newest entry the attempt found, None if none), for one more try after that
+        head, or the long way. The rows are the ones `_append_locked` would write."""
         from psycopg.types.json import Jsonb
 
         tenant = events[0].tenant
@@ -465,7 +474,13 @@ class PostgresAuditLog:
                 " order by seq desc limit 1) as newest where newest.seq = %s and newest.hash = %s)",
                 [*args, tenant, head[0], head[1]],
             )
-        return entries if inserted.rowcount == len(entries) else None
+            newest = conn.execute(
+                "select seq, hash from audit_events where tenant = %s order by seq desc limit 1", [tenant]
+            )
+        if inserted.rowcount == len(entries):
+            return entries, None
+        row = newest.fetchone()
+        return None, (row["seq"], row["hash"]) if row is not None else None
 
     def _append_locked(self, events: list[AuditEvent]) -> list[AuditEntry]:
         from psycopg.types.json import Jsonb
