@@ -4,6 +4,7 @@
     python -m bench.compare 10b3a37 --team interview --seconds 10 --rounds 3
     python -m bench.compare main --mode stream --concurrency 1 --inprocess   # with an in-process astream cell
     python -m bench.compare 10b3a37 --postgres           # both on Postgres (a scratch database each)
+    python -m bench.compare HEAD --backends sqlite,postgres   # one code on SQLite and on Postgres, same minutes
 
 On a shared machine two runs of the full bench hours apart differ by more than most changes do; this runs both
 servers at once (the other revision from a `git worktree`, on the same Python environment and the same bench
@@ -114,7 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--postgres", action="store_true", help="both servers on Postgres (TEAMGRAPH_BENCH_POSTGRES_URL; scratch dbs)"
     )
+    parser.add_argument(
+        "--backends",
+        help="the revision's and the working tree's databases, e.g. sqlite,postgres (default: both sqlite, or both"
+        " postgres with --postgres)",
+    )
     args = parser.parse_args(argv)
+    backends = (args.backends or ("postgres,postgres" if args.postgres else "sqlite,sqlite")).split(",")
+    if len(backends) != 2 or not set(backends) <= {"sqlite", "postgres"}:
+        parser.error("--backends: two of sqlite, postgres, comma-separated")
 
     workdir = Path(tempfile.mkdtemp(prefix="teamgraph-compare-"))
     other = workdir / "tree"
@@ -124,15 +133,20 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.rev} has no bench/asgi.py (the bench server app); pick a later revision")
         bundles = make_bench_bundles(workdir / "personas")
         with contextlib.ExitStack() as dbs:
-            a: Path | str = workdir / "a.db"
-            b: Path | str = workdir / "b.db"
-            if args.postgres:
-                a, b = (dbs.enter_context(scratch_database()) for _ in range(2))
-                if a is None or b is None:
-                    raise SystemExit(f"--postgres: cannot reach {postgres_base_url()}")
+            dbfiles: list[Path | str] = [workdir / "a.db", workdir / "b.db"]
+            for i, backend in enumerate(backends):
+                if backend == "postgres":
+                    scratch = dbs.enter_context(scratch_database())
+                    if scratch is None:
+                        raise SystemExit(f"postgres: cannot reach {postgres_base_url()}")
+                    dbfiles[i] = scratch
+            a, b = dbfiles
+            label_a, label_b = args.rev, "working tree"
+            if backends[0] != backends[1]:
+                label_a, label_b = f"{args.rev} ({backends[0]})", f"working tree ({backends[1]})"
             servers = {
-                args.rev: TeamgraphServer(workdir / "a", a, bundles, env={"PYTHONPATH": str(other)}).start(),
-                "working tree": TeamgraphServer(workdir / "b", b, bundles).start(),
+                label_a: TeamgraphServer(workdir / "a", a, bundles, env={"PYTHONPATH": str(other)}).start(),
+                label_b: TeamgraphServer(workdir / "b", b, bundles).start(),
             }
             try:
                 concurrencies = tuple(int(c) for c in args.concurrency.split(","))

@@ -408,6 +408,10 @@ class PostgresAuditLog:
         from psycopg_pool import ConnectionPool
 
         self._deferred = threading.local()
+        # tenant -> the head of its chain (seq, hash) as this process last wrote it: the next append of the
+        # tenant tries one round trip that inserts only if that is still the head (see _append_after)
+        self._heads: dict[str, tuple[int, str]] = {}
+        self._heads_lock = threading.Lock()
         self.pool: Any = ConnectionPool(
             url,
             min_size=1,
@@ -456,38 +460,96 @@ class PostgresAuditLog:
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:
             return []
-        from psycopg.types.json import Jsonb
-
         try:
-            with self.pool.connection() as conn, _implicit_transaction(conn):
-                # pipelined: the locks and the heads in one round trip, the inserts and the commit in another. Each
-                # statement still runs after the one before it has finished, so a head is read after its tenant's
-                # lock is held (and, in read committed, sees every append committed before); the locks last until
-                # the commit at the pipeline's Sync
-                if getattr(self._deferred, "on", False):
-                    conn.execute("select set_config('synchronous_commit', 'off', true)")  # see deferring_sync
-                pending = []
-                for tenant in sorted({e.tenant for e in events}):
-                    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
-                    last = conn.execute(
-                        "select seq, hash from audit_events where tenant = %s order by seq desc limit 1", [tenant]
-                    )
-                    anchor = conn.execute("select seq, hash from audit_anchors where tenant = %s", [tenant])
-                    pending.append((tenant, last, anchor))
-                heads = {}
-                for tenant, last, anchor in pending:
-                    row = last.fetchone() or anchor.fetchone()
-                    if row is not None:
-                        heads[tenant] = (row["seq"], row["hash"])
-                entries = _chain(events, heads)
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        "insert into audit_events values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, Jsonb(e.payload), e.prev_hash,
-                          e.hash) for e in entries],
-                    )  # fmt: skip
+            tenants = {e.tenant for e in events}
+            head = self._heads.get(next(iter(tenants))) if len(tenants) == 1 else None
+            entries = None
+            for _ in range(2):  # after the head this process knows, then (once) after the one that attempt saw
+                if head is None:
+                    break
+                entries, head = self._append_after(head, events)
+                if entries is not None:
+                    break
+            if entries is None:
+                entries = self._append_locked(events)
+        except AuditWriteError:
+            raise
         except Exception as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
+        self._remember(entries)
+        return entries
+
+    def _remember(self, entries: list[AuditEntry]) -> None:
+        with self._heads_lock:
+            for e in entries:
+                if e.seq > self._heads.get(e.tenant, (0, ""))[0]:
+                    self._heads[e.tenant] = (e.seq, e.hash)
+
+    def _append_after(
+        self, head: tuple[int, str], events: list[AuditEvent]
+    ) -> tuple[list[AuditEntry] | None, tuple[int, str] | None]:
+        """Append one tenant's events after `head`, the chain's head as this process last saw it, in one round
+        trip: the tenant's lock, then an insert that writes the entries only if `head` is still the newest entry
+        of the chain (read after the lock, as `_append_locked` reads it), and the commit: (the entries, None).
+        When it is not (another process appended since, or entries were pruned or the tables recreated) nothing
+        was written: (None, the newest entry the attempt found, None if none), for one more try after that
+        head, or the long way. The rows are the ones `_append_locked` would write."""
+        from psycopg.types.json import Jsonb
+
+        tenant = events[0].tenant
+        entries = _chain(events, {tenant: head})
+        row = "(%s::text, %s::bigint, %s::text, %s::text, %s::text, %s::text, %s::jsonb, %s::text, %s::text)"
+        args: list[Any] = []
+        for e in entries:
+            args += [e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, Jsonb(e.payload), e.prev_hash, e.hash]
+        with self.pool.connection() as conn, _implicit_transaction(conn):
+            if getattr(self._deferred, "on", False):
+                conn.execute("select set_config('synchronous_commit', 'off', true)")  # see deferring_sync
+            conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
+            inserted = conn.execute(
+                f"insert into audit_events select * from (values {', '.join([row] * len(entries))}) as v"
+                " where exists (select 1 from (select seq, hash from audit_events where tenant = %s"
+                " order by seq desc limit 1) as newest where newest.seq = %s and newest.hash = %s)",
+                [*args, tenant, head[0], head[1]],
+            )
+            newest = conn.execute(
+                "select seq, hash from audit_events where tenant = %s order by seq desc limit 1", [tenant]
+            )
+        if inserted.rowcount == len(entries):
+            return entries, None
+        row = newest.fetchone()
+        return None, (row["seq"], row["hash"]) if row is not None else None
+
+    def _append_locked(self, events: list[AuditEvent]) -> list[AuditEntry]:
+        from psycopg.types.json import Jsonb
+
+        with self.pool.connection() as conn, _implicit_transaction(conn):
+            # pipelined: the locks and the heads in one round trip, the inserts and the commit in another. Each
+            # statement still runs after the one before it has finished, so a head is read after its tenant's
+            # lock is held (and, in read committed, sees every append committed before); the locks last until
+            # the commit at the pipeline's Sync
+            if getattr(self._deferred, "on", False):
+                conn.execute("select set_config('synchronous_commit', 'off', true)")  # see deferring_sync
+            pending = []
+            for tenant in sorted({e.tenant for e in events}):
+                conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
+                last = conn.execute(
+                    "select seq, hash from audit_events where tenant = %s order by seq desc limit 1", [tenant]
+                )
+                anchor = conn.execute("select seq, hash from audit_anchors where tenant = %s", [tenant])
+                pending.append((tenant, last, anchor))
+            heads = {}
+            for tenant, last, anchor in pending:
+                row = last.fetchone() or anchor.fetchone()
+                if row is not None:
+                    heads[tenant] = (row["seq"], row["hash"])
+            entries = _chain(events, heads)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "insert into audit_events values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, Jsonb(e.payload), e.prev_hash,
+                      e.hash) for e in entries],
+                )  # fmt: skip
         return entries
 
     def append_if(self, changes: Sequence[Statement], events: list[AuditEvent]) -> list[AuditEntry] | None:

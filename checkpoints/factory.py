@@ -281,6 +281,22 @@ def _turn_saver_class() -> type[AsyncPostgresSaver]:
             async with self._cursor(pipeline=True) as cur:
                 await cur.executemany(query, params)
 
+        def latest_query(self, thread_id: str) -> tuple[str, tuple[str, str]]:
+            """The statement and arguments with which `aget_tuple` reads the thread's latest checkpoint (root
+            namespace), to be sent elsewhere (the turn lock's round trip, Engine.lease_turn) in binary format; its
+            row goes to `latest_from_row`."""
+            where = "WHERE thread_id = %s AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1"
+            return self.SELECT_SQL + where, (thread_id, "")
+
+        async def latest_from_row(self, value: Any) -> tuple[bool, CheckpointTuple | None]:
+            """What `aget_tuple` returns for the row (None: no row) of `latest_query`, as (True, it); (False, None)
+            for a checkpoint older than format 4 with a parent, for which `aget_tuple` reads more (pending sends)."""
+            if value is None:
+                return True, None
+            if value["checkpoint"]["v"] < 4 and value["parent_checkpoint_id"]:
+                return False, None
+            return True, await self._load_checkpoint_tuple(value)
+
         async def _load_checkpoint_tuple(self, value: Any) -> CheckpointTuple:
             # AsyncPostgresSaver._load_checkpoint_tuple of 3.2.0, with _load_writes called here
             thread_id, checkpoint_ns = value["thread_id"], value["checkpoint_ns"]

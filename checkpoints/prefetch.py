@@ -20,6 +20,16 @@ class PrefetchedCheckpoint:
     def __init__(self) -> None:
         self._thread_id: str | None = None
         self._found: CheckpointTuple | None = None
+        self._under_lease: tuple[str, CheckpointTuple | None] | None = None
+
+    def read_under_lease(self, thread_id: str, found: CheckpointTuple | None) -> None:
+        """The latest checkpoint as read together with the turn lock (Engine.lease_turn), for the version check."""
+        self._under_lease = (thread_id, found)
+
+    def take_read_under_lease(self, thread_id: str) -> tuple[bool, CheckpointTuple | None]:
+        """(True, what was read) once, for the thread it was read for; else (False, None): read it yourself."""
+        held, self._under_lease = self._under_lease, None
+        return (True, held[1]) if held is not None and held[0] == thread_id else (False, None)
 
     def keep(self, thread_id: str, found: CheckpointTuple | None) -> None:
         self._thread_id, self._found = thread_id, found

@@ -361,6 +361,8 @@ class PostgresSessionIndex:
     """Session index in Postgres, shared by several server replicas."""
 
     network = True
+    # a tenant's session by its client id (also read under a turn lock, on the lock's connection: Engine.lease_turn)
+    FIND_SQL = "select * from teamgraph_sessions where tenant = %s and client_id = %s"
 
     def __init__(
         self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S, statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
@@ -438,7 +440,7 @@ class PostgresSessionIndex:
         return SessionRecord(**row) if row else None
 
     def find(self, tenant: str, client_id: str) -> SessionRecord | None:
-        row = self._one("select * from teamgraph_sessions where tenant = %s and client_id = %s", [tenant, client_id])
+        row = self._one(self.FIND_SQL, [tenant, client_id])
         return SessionRecord(**row) if row else None
 
     def list(

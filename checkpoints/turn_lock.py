@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -34,6 +34,18 @@ class TurnBusy(Exception):
         super().__init__(f"session {thread_id!r} is still running another turn (waited {waited_s:.0f} s)")
         self.thread_id = thread_id
         self.retry_after_s = 2
+
+
+class ReadUnderLock:
+    """One query run right after a Postgres turn lock is taken, on the lock's connection and in the same round trip
+    (a pipeline: the query runs after the lock statement has finished, so it sees every commit made before the
+    lock was taken). `rows` (dicts) is None until the lock is held with the query's answer; it stays None where
+    the lock is not a Postgres lock, or when a query failed (the caller then asks the usual way). `binary`: the
+    rows in Postgres's binary format, as a caller that reads them that way elsewhere asks for them."""
+
+    def __init__(self, sql: str, params: Sequence[Any], binary: bool = False):
+        self.sql, self.params, self.binary = sql, params, binary
+        self.rows: list[dict[str, Any]] | None = None
 
 
 class TurnLocks:
@@ -62,16 +74,19 @@ class TurnLocks:
             self._lock_dir = Path(str(sqlite_path(checkpoint_url)) + ".turn-locks")
             self._lock_dir.mkdir(parents=True, exist_ok=True)
 
-    async def acquire(self, thread_id: str, team: str = "") -> Callable[[], Awaitable[None]]:
+    async def acquire(
+        self, thread_id: str, team: str = "", reads: Sequence[ReadUnderLock] = ()
+    ) -> Callable[[], Awaitable[None]]:
         """Take the thread's lock now and return its release, for a turn whose end another party observes
-        (an HTTP response that streams after its headers went out)."""
+        (an HTTP response that streams after its headers went out). `reads`: see `hold`."""
         stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(self.hold(thread_id, team))
+        await stack.enter_async_context(self.hold(thread_id, team, reads))
         return stack.aclose
 
     @contextlib.asynccontextmanager
-    async def hold(self, thread_id: str, team: str = "") -> AsyncIterator[None]:
-        """Wait for the thread to be free (in this process and in others), run the turn, release."""
+    async def hold(self, thread_id: str, team: str = "", reads: Sequence[ReadUnderLock] = ()) -> AsyncIterator[None]:
+        """Wait for the thread to be free (in this process and in others), run the turn, release. `reads`, on
+        Postgres: queries answered under the lock in the lock's own round trip (their `rows`)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.wait_s
@@ -83,7 +98,7 @@ class TurnLocks:
             except TimeoutError:
                 raise TurnBusy(thread_id, self.wait_s) from None
             try:
-                async with self._across_processes(thread_id, deadline - loop.time()):
+                async with self._across_processes(thread_id, deadline - loop.time(), reads):
                     if self.on_wait is not None:
                         self.on_wait(team, loop.time() - started)
                     yield
@@ -107,9 +122,11 @@ class TurnLocks:
         return hashlib.sha256(thread_id.encode()).hexdigest()[:32] + ".lock"
 
     @contextlib.asynccontextmanager
-    async def _across_processes(self, thread_id: str, remaining_s: float) -> AsyncIterator[None]:
+    async def _across_processes(
+        self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = ()
+    ) -> AsyncIterator[None]:
         if self.pg_url is not None:
-            async with self._postgres(thread_id, remaining_s):
+            async with self._postgres(thread_id, remaining_s, reads):
                 yield
         elif self._lock_dir is not None:
             async with self._file(thread_id, remaining_s):
@@ -140,10 +157,12 @@ class TurnLocks:
             os.close(fd)
 
     @contextlib.asynccontextmanager
-    async def _postgres(self, thread_id: str, remaining_s: float) -> AsyncIterator[None]:
+    async def _postgres(
+        self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = ()
+    ) -> AsyncIterator[None]:
         key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
         locks = self._pg[key % len(self._pg)]
-        conn = await locks.locked(key, remaining_s)
+        conn = await locks.locked(key, remaining_s, reads)
         if conn is None:
             raise TurnBusy(thread_id, self.wait_s)
         try:
@@ -182,12 +201,15 @@ class PostgresLockConnection:
         self._conn: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
+        # one exchange at a time on the connection: psycopg serialises single statements, but a pipeline (a lock
+        # with its reads) spans several, and another turn's statement sent meanwhile would join it
+        self._sending: asyncio.Lock | None = None
         self._failed: tuple[float, str] | None = None  # (when, why) the last connect failed
 
     async def _connection(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a connection belongs to the event loop that opened it
-            self._conn, self._loop, self._connecting = None, loop, asyncio.Lock()
+            self._conn, self._loop, self._connecting, self._sending = None, loop, asyncio.Lock(), asyncio.Lock()
         assert self._connecting is not None
         asked = loop.time()
         async with self._connecting:
@@ -214,14 +236,47 @@ class PostgresLockConnection:
                 self._conn = conn
             return self._conn
 
-    async def _try(self, conn: Any, key: int) -> bool:
-        row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
-        return bool(row and row[0])
+    async def _try(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+        assert self._sending is not None
+        async with self._sending:
+            return await self._try_sending(conn, key, reads)
 
-    async def _try_shielded(self, conn: Any, key: int) -> bool:
+    async def _try_sending(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+        if not reads:
+            row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
+            return bool(row and row[0])
+        import psycopg
+        from psycopg.rows import dict_row
+
+        locked = conn.cursor()
+        try:
+            # one round trip, one implicit transaction (committed at the pipeline's Sync); a session-level
+            # advisory lock does not follow a transaction, so the lock stays held after the commit
+            async with conn.pipeline():
+                await locked.execute("select pg_try_advisory_lock(%s)", [key])
+                answers = [
+                    await conn.cursor(row_factory=dict_row).execute(read.sql, read.params, binary=read.binary)
+                    for read in reads
+                ]
+        except psycopg.Error:
+            if conn.closed or conn.broken:
+                raise
+            # the query failed (its table missing, a timeout) and may have done so after the lock was taken: give
+            # it back (unlocking a key this connection does not hold only returns false), then lock as if without
+            # the query; the caller asks the usual way and meets the failure there
+            await conn.execute("select pg_advisory_unlock(%s)", [key])
+            return await self._try_sending(conn, key)
+        row = await locked.fetchone()
+        if row and row[0]:
+            for read, answer in zip(reads, answers, strict=True):
+                read.rows = await answer.fetchall()
+            return True
+        return False
+
+    async def _try_shielded(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
         """One lock attempt that a cancelled caller (a client gone) cannot cut in half: the statement finishes,
         and a lock it took is given back."""
-        attempt = asyncio.ensure_future(self._try(conn, key))
+        attempt = asyncio.ensure_future(self._try(conn, key, reads))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -233,21 +288,21 @@ class PostgresLockConnection:
             attempt.add_done_callback(give_back)
             raise
 
-    async def locked(self, key: int, remaining_s: float) -> Any:
+    async def locked(self, key: int, remaining_s: float, reads: Sequence[ReadUnderLock] = ()) -> Any:
         """Take the lock `key`, polling while another process holds it, for up to `remaining_s`: the connection
-        holding it, or None when the time ran out."""
+        holding it, or None when the time ran out. `reads` are answered with the attempt that took the lock."""
         import psycopg
 
         waited = 0.0
         conn = await self._connection()
         while True:
             try:
-                got = await self._try_shielded(conn, key)
+                got = await self._try_shielded(conn, key, reads)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 if not (conn.closed or conn.broken):
                     raise
                 conn = await self._connection()  # dropped (an outage or a restart): a new connection, once
-                got = await self._try_shielded(conn, key)
+                got = await self._try_shielded(conn, key, reads)
             if got:
                 return conn
             if waited >= remaining_s:
@@ -260,10 +315,15 @@ class PostgresLockConnection:
 
         if conn.closed or conn.broken:
             return  # the connection is gone and its locks with it
-        release = asyncio.ensure_future(conn.execute("select pg_advisory_unlock(%s)", [key]))
+        release = asyncio.ensure_future(self._unlock_sending(conn, key))
         release.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, also when no one waits
         with contextlib.suppress(psycopg.OperationalError, psycopg.InterfaceError):
             await asyncio.shield(release)  # a cancelled turn still gives its lock back
+
+    async def _unlock_sending(self, conn: Any, key: int) -> None:
+        assert self._sending is not None
+        async with self._sending:
+            await conn.execute("select pg_advisory_unlock(%s)", [key])
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

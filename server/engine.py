@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -25,8 +25,8 @@ from checkpoints.audit import AuditEvent, AuditWriteError, Statement, apply_cont
 from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
-from checkpoints.session_index import SessionRecord
-from checkpoints.turn_lock import TurnLocks
+from checkpoints.session_index import PostgresSessionIndex, SessionRecord
+from checkpoints.turn_lock import ReadUnderLock, TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
 from personas.factory import AgentFactory
@@ -353,6 +353,35 @@ class Engine:
                 return record
         return await asyncio.to_thread(self.claim_session, client_id, tenant, team, actor, thread_id)
 
+    async def lease_turn(
+        self, session: SessionRecord, team: str, prefetched: PrefetchedCheckpoint | None = None
+    ) -> tuple[Callable[[], Awaitable[None]], SessionRecord | None]:
+        """Take the session's turn lock for a request (its release is returned) and the session's index record as
+        it is under the lock, or None: no such row, or not read. On Postgres the row, and the session's latest
+        checkpoint for the version check (`upgrade_session`, into `prefetched`), are read on the lock's
+        connection in the lock's own round trip (ReadUnderLock): the turn's claim (`aclaim_session`, a round trip
+        and a worker-thread hop) and the version check's read (a round trip) are then answered without asking.
+        Elsewhere nothing is read here."""
+        reads: list[ReadUnderLock] = []
+        saver = self.persistence.checkpointer
+        if isinstance(self.sessions, PostgresSessionIndex):
+            reads.append(ReadUnderLock(PostgresSessionIndex.FIND_SQL, [session.tenant, session.id]))
+            if prefetched is not None and hasattr(saver, "latest_query"):
+                sql, params = saver.latest_query(session.thread_id)
+                reads.append(ReadUnderLock(sql, params, binary=True))
+        release = await self.turn_locks.acquire(session.thread_id, team, reads)
+        try:
+            rows = reads[0].rows if reads else None
+            found = SessionRecord(**rows[0]) if rows else None
+            if len(reads) > 1 and prefetched is not None and reads[1].rows is not None:
+                usable, latest = await saver.latest_from_row(reads[1].rows[0] if reads[1].rows else None)  # type: ignore[attr-defined]
+                if usable:
+                    prefetched.read_under_lease(session.thread_id, latest)
+        except BaseException:
+            await release()
+            raise
+        return release, found if found is not None and found.tenant == session.tenant else None
+
     async def touch(self, thread_id: str, title_hint_text: str = "") -> None:
         """Mark the session active (and title it from its first message), off the event loop."""
         await asyncio.to_thread(self.sessions.touch, thread_id, title_hint_text)
@@ -622,9 +651,11 @@ class Engine:
         target = current_version(graph_id)
         # every turn asks this: a session stored in the current version (or none stored yet) is told by the
         # latest checkpoint's metadata alone, without building the state snapshot (its channels, its next tasks)
-        latest = await self.persistence.checkpointer.aget_tuple(
-            {"configurable": {"thread_id": session.thread_id, "checkpoint_ns": ""}}
-        )
+        read, latest = prefetched.take_read_under_lease(session.thread_id) if prefetched else (False, None)
+        if not read:
+            latest = await self.persistence.checkpointer.aget_tuple(
+                {"configurable": {"thread_id": session.thread_id, "checkpoint_ns": ""}}
+            )
         if latest is None or stored_version(latest.metadata) == target:
             if prefetched is not None:
                 prefetched.keep(session.thread_id, latest)

@@ -39,6 +39,8 @@ from server.team_input import check_request_shape, check_thread_id, check_turn_i
 ALLOWED_CONFIGURABLE = ("thread_id",)
 TENANT_SLOTS = "#tenant-turns"  # key among a request's turn leases; "#" is never part of a thread id
 LEASE_HELD = "__turn_lock_held"  # set by the server only; "__" keys never reach trace metadata
+# the session's index record as read under the request's lease (Engine.lease_turn), set by the server only
+FOUND_UNDER_LEASE = "__session_found_under_lease"
 IDEMPOTENCY = "__idempotency"  # the request's IdempotentRequest, set by the server only
 IDEMPOTENT_ENDPOINTS = ("invoke", "stream")
 _serde = JsonPlusSerializer()
@@ -142,7 +144,11 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         async with held:
             actor = str(((config or {}).get("metadata") or {}).get("key_id", "api"))
             client_id = str(configurable.get(CLIENT_ID) or thread_id)
-            session = await self.engine.aclaim_session(client_id, _tenant(config), self.team, actor, thread_id)
+            found = configurable.get(FOUND_UNDER_LEASE) if lease_held else None
+            if isinstance(found, SessionRecord) and found.id == client_id and found.tenant == _tenant(config):
+                session = found  # read under this lease, after the lock was taken: what the claim would find
+            else:
+                session = await self.engine.aclaim_session(client_id, _tenant(config), self.team, actor, thread_id)
             if not lease_held:
                 # an older session's state is stored in the current version. Under a request's lease the config
                 # modifier did this when it took the lease (a state read per turn: not twice)
@@ -519,8 +525,9 @@ def make_config_modifier(team: str):
         # take the session's turn lock now, before any response byte: a busy session answers 409 even on
         # /stream; the middleware releases it when the response has ended, however it ends
         prefetched = PrefetchedCheckpoint()
+        found_under_lease = None
         if str(thread_id) not in leases:  # batch inputs on one session share its lease and run in order (abatch)
-            leases[str(thread_id)] = await engine.turn_locks.acquire(session.thread_id, team)
+            leases[str(thread_id)], found_under_lease = await engine.lease_turn(session, team, prefetched)
             # an older session is stored in the current state version before the turn (and before an
             # Idempotency-Key notes the session's latest checkpoint, which the upgrade would otherwise move);
             # the latest checkpoint it reads, under the lease, is the one the turn starts from
@@ -529,6 +536,8 @@ def make_config_modifier(team: str):
         server["configurable"][LEASE_HELD] = True
         server["configurable"][PREFETCHED] = prefetched
         server["configurable"][CLIENT_ID] = session.id
+        if found_under_lease is not None:
+            server["configurable"][FOUND_UNDER_LEASE] = found_under_lease
         if idempotency_key is not None:
             server["configurable"][IDEMPOTENCY] = await _keyed_turn(engine, request, body, session, idempotency_key)
         # server values replace whatever the client sent for these keys

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -52,6 +57,68 @@ async def test_a_session_held_by_one_replica_waits_in_the_other_and_other_sessio
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_read_under_the_lock_sees_the_database_as_the_lock_holder_does_and_a_failed_one_keeps_no_lock(
+    url: str,
+) -> None:
+    """A query sent with the lock (ReadUnderLock) is answered only by the attempt that took the lock, so it sees
+    what the previous holder committed; one that fails leaves the session locked exactly once (released after
+    the turn), and its rows None, for the caller to ask the usual way."""
+    from checkpoints.turn_lock import ReadUnderLock
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("create table notes (thread text, note text)")
+    a, b = TurnLocks(url, wait_s=5), TurnLocks(url, wait_s=5)
+    try:
+        release = await a.acquire("t1")
+
+        async def write_then_release() -> None:
+            await asyncio.sleep(0.3)
+            with psycopg.connect(url, autocommit=True) as writer:
+                writer.execute("insert into notes values ('t1', 'from the holder')")
+            await release()
+
+        read = ReadUnderLock("select note from notes where thread = %s", ["t1"])
+        writing = asyncio.ensure_future(write_then_release())
+        async with b.hold("t1", reads=[read]):
+            assert read.rows == [{"note": "from the holder"}]
+        await writing
+
+        failing = ReadUnderLock("select * from no_such_table where thread = %s", ["t1"])
+        async with b.hold("t1", reads=[failing]):
+            assert failing.rows is None
+            assert len(lock_holders(url, "t1")) == 1
+            a.wait_s = 0.3
+            with pytest.raises(TurnBusy):
+                async with a.hold("t1"):
+                    pass
+        assert lock_holders(url, "t1") == []  # held once, released once
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_many_turns_at_once_each_get_their_own_reads_on_the_shared_lock_connections(url: str) -> None:
+    """Concurrent turns share LOCK_CONNECTIONS connections: a lock with its reads (one pipeline) and other turns'
+    locks and unlocks on the same connection do not mix (a statement sent during another turn's pipeline joined
+    it: at 32 concurrent turns every request failed)."""
+    from checkpoints.turn_lock import ReadUnderLock
+
+    locks = TurnLocks(url, wait_s=10)
+
+    async def turn(n: int) -> str | None:
+        read = ReadUnderLock("select %s::text as thread, pg_sleep(0.005) is null as slept", [f"t{n}"])
+        async with locks.hold(f"t{n % 48}", reads=[read] if n % 3 else []):
+            await asyncio.sleep(0.001)
+        return read.rows[0]["thread"] if read.rows else None
+
+    try:
+        got = await asyncio.gather(*(turn(n) for n in range(96)))
+        assert got == [f"t{n}" if n % 3 else None for n in range(96)]
+        assert [lock_holders(url, f"t{n}") for n in range(48)] == [[]] * 48
+    finally:
+        await locks.aclose()
 
 
 async def test_turns_of_one_process_share_a_few_lock_connections(url: str) -> None:
@@ -351,6 +418,72 @@ async def test_a_turn_that_wrote_no_closing_entry_still_ends_with_a_durable_comm
         log.close()
 
 
+def round_trips(log: object, call: Callable[[], object], tmp_path: Path) -> int:
+    """How many round trips `call` made on the audit log's pooled connections (libpq's protocol trace, read by
+    bench.pgtrace: what went over the sockets). Calls run one at a time, so the pool lends its idle ones."""
+    from bench.pgtrace import parse_trace
+
+    traced = []
+    for n, conn in enumerate(list(log.pool._pool)):  # type: ignore[attr-defined]
+        path = tmp_path / f"trace-{uuid.uuid4().hex}-{n}"
+        conn.pgconn.trace(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        traced.append((conn, path))
+    try:
+        call()
+    finally:
+        for conn, _ in traced:
+            conn.pgconn.untrace()  # flushes the trace
+    return sum(len(parse_trace(path, "audit log")) for _, path in traced)
+
+
+def test_an_append_after_this_processes_own_last_one_is_one_round_trip_and_replicas_keep_one_chain(
+    url: str, tmp_path: Path
+) -> None:
+    """A process that wrote a tenant's newest entry appends the next in one round trip (lock, conditional insert,
+    commit); when another process appended in between the insert writes nothing and the append tries once more
+    after the head that attempt saw; when the entries were pruned it goes the long way (the anchor). Either way
+    the tenant has one whole chain, also with two processes appending to it at once."""
+    from checkpoints.audit import AuditEvent, PostgresAuditLog
+
+    a, b = PostgresAuditLog(url), PostgresAuditLog(url)  # two replicas
+    said = iter(range(1000))
+
+    def event() -> list[AuditEvent]:
+        return [AuditEvent("veneo", "k1", "message", "t1", {"role": "user", "content": f"m{next(said)}"})]
+
+    try:
+        assert round_trips(a, lambda: a.append(event()), tmp_path) == 2  # no head known yet: read it first
+        assert round_trips(a, lambda: a.append(event()), tmp_path) == 1
+        assert round_trips(a, lambda: a.append(event() + event()), tmp_path) == 1
+        b.append(event())  # the head moved under a's feet
+        assert round_trips(a, lambda: a.append(event()), tmp_path) == 2  # wrote nothing; then after what it saw
+        assert round_trips(a, lambda: a.append(event()), tmp_path) == 1
+        entries = a.query("veneo", limit=1000)
+        assert [e.seq for e in entries] == list(range(1, 8))
+        assert [e.payload["content"] for e in entries] == [f"m{i}" for i in range(7)]
+        assert a.verify("veneo").ok and a.verify("veneo").checked == 7
+
+        assert a.prune(datetime.now(UTC) + timedelta(days=1)) == 7  # the chain lives on in its anchor
+        a.append(event())
+        assert [e.seq for e in a.query("veneo")] == [8]
+        assert a.verify("veneo").ok
+
+        def appends(log: PostgresAuditLog) -> None:
+            for _ in range(15):
+                log.append(event())
+
+        workers = [threading.Thread(target=appends, args=(log,)) for log in (a, a, b, b)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        result = b.verify("veneo")
+        assert result.ok and result.checked == 61, result
+    finally:
+        a.close()
+        b.close()
+
+
 async def test_the_turn_saver_reads_and_writes_what_langgraphs_saver_does_without_a_worker_thread(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -402,6 +535,12 @@ async def test_the_turn_saver_reads_and_writes_what_langgraphs_saver_does_withou
             assert mine.pending_writes == lib.pending_writes and len(mine.pending_writes or []) == 2
             assert mine.metadata == lib.metadata and mine.config == lib.config
             assert mine.parent_config == lib.parent_config
+            # the latest checkpoint read elsewhere (the turn lock's round trip) decodes to what aget_tuple returns
+            sql, params = ours.latest_query(thread)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as other:
+                row = await (await other.cursor(row_factory=dict_row).execute(sql, params, binary=True)).fetchone()
+            assert await ours.latest_from_row(row) == (True, mine)
+        assert await ours.latest_from_row(None) == (True, None)  # a thread with nothing stored yet
 
 
 async def test_processes_starting_together_on_an_empty_database_all_start(url: str) -> None:

@@ -16,6 +16,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from checkpoints.prefetch import PREFETCHED, PrefetchedCheckpoint, reuse_prefetched
 from server.app import create_app
 from server.settings import Settings
+from tests.conftest import fresh_postgres_schema
 
 VENEO = {"X-API-Key": "tg-veneo-key"}
 
@@ -40,6 +41,19 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path / 'teamgraph.db'}"))  # type: ignore[call-arg]
     with TestClient(app) as c:
         yield c
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    """The app on SQLite and on Postgres (a fresh schema): on Postgres the session's index row is read under the
+    turn lock, in the lock's round trip (Engine.lease_turn)."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'teamgraph.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_schema("tg_reads"))
+        app = create_app(Settings(_env_file=None, checkpoint_url=url))  # type: ignore[call-arg]
+        yield stack.enter_context(TestClient(app))
 
 
 def _turn(client: TestClient, endpoint: str, thread: str, text: str) -> Any:
@@ -144,20 +158,21 @@ async def test_a_prefetched_nothing_is_kept_too_and_a_write_drops_it() -> None:
 # again under the lease (a lookup handed on from the modifier ran a turn on a session being deleted)
 
 
-def test_a_session_deleted_between_the_lookup_and_the_lease_is_started_again(client: TestClient) -> None:
+def test_a_session_deleted_between_the_lookup_and_the_lease_is_started_again(any_client: TestClient) -> None:
     """A turn whose session was deleted after the modifier found it and before
     it took the session's lease starts the session anew under its id (it does not write to a session that no
     longer exists in the index)."""
+    client = any_client
     engine = client.app.state.engine  # type: ignore[attr-defined]
     thread = "racing-session"
     _turn(client, "invoke", thread, "first")
     session = engine.get_session("veneo", thread)
     acquire = engine.turn_locks.acquire
 
-    async def delete_then_acquire(thread_id: str, team: str = "") -> Any:
+    async def delete_then_acquire(thread_id: str, *args: Any) -> Any:
         engine.turn_locks.acquire = acquire  # once
         await engine.delete_session(session, actor="test")
-        return await acquire(thread_id, team)
+        return await acquire(thread_id, *args)
 
     engine.turn_locks.acquire = delete_then_acquire
     _turn(client, "invoke", thread, "second")
@@ -167,10 +182,11 @@ def test_a_session_deleted_between_the_lookup_and_the_lease_is_started_again(cli
     assert [m["content"] for m in r.json()["transcript"] if m["role"] == "user"] == ["second"]
 
 
-def test_a_turn_waiting_on_a_session_whose_deletion_failed_halfway_is_refused(client: TestClient) -> None:
+def test_a_turn_waiting_on_a_session_whose_deletion_failed_halfway_is_refused(any_client: TestClient) -> None:
     """The deletion marked the session pending and then could not remove its checkpoints (a statement timeout, a
     dropped connection): a turn that found the session before the deletion must not run on it (with the lookup
     handed on from the modifier it answered 200 and its data was erased by the repeated DELETE)."""
+    client = any_client
     engine = client.app.state.engine  # type: ignore[attr-defined]
     thread = "half-deleted"
     _turn(client, "invoke", thread, "first")
@@ -182,7 +198,7 @@ def test_a_turn_waiting_on_a_session_whose_deletion_failed_halfway_is_refused(cl
     async def timed_out(*args: Any, **kwargs: Any) -> None:
         raise TimeoutError("canceling statement due to statement timeout")
 
-    async def failed_delete_then_acquire(thread_id: str, team: str = "") -> Any:
+    async def failed_delete_then_acquire(thread_id: str, *args: Any) -> Any:
         engine.turn_locks.acquire = acquire  # once
         checkpointer.adelete_thread = timed_out
         try:
@@ -190,7 +206,7 @@ def test_a_turn_waiting_on_a_session_whose_deletion_failed_halfway_is_refused(cl
                 await engine.delete_session(session, actor="test")
         finally:
             checkpointer.adelete_thread = remove
-        return await acquire(thread_id, team)
+        return await acquire(thread_id, *args)
 
     engine.turn_locks.acquire = failed_delete_then_acquire
     r = client.post(
@@ -204,3 +220,52 @@ def test_a_turn_waiting_on_a_session_whose_deletion_failed_halfway_is_refused(cl
     assert r.status_code == 409 and r.json()["error"]["code"] == "session_deleting", r.text
     assert client.delete(f"/sessions/{thread}", headers=VENEO).status_code == 204  # the repeated DELETE finishes it
     assert client.get(f"/sessions/{thread}", headers=VENEO).status_code == 404
+
+
+@pytest.mark.parametrize("endpoint", ["invoke", "stream"])
+def test_on_postgres_the_lock_round_trip_answers_the_turns_claim_and_version_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    """The config modifier looks the session up (before the lock: its thread id names the lock); the turn's
+    claim and the version check's latest-checkpoint read, which must see the database as it is under the lock,
+    are answered by the lock's own round trip instead of a second index lookup (a round trip and a worker-thread
+    hop) and a checkpoint read. A new session is still created by the claim; the turn continues the stored
+    conversation."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    from checkpoints.session_index import PostgresSessionIndex
+
+    latest_reads: list[str] = []
+    aget_tuple = AsyncPostgresSaver.aget_tuple
+
+    async def counted_read(self: Any, config: Any) -> Any:
+        if not config["configurable"].get("checkpoint_id"):
+            latest_reads.append(config["configurable"]["thread_id"])
+        return await aget_tuple(self, config)
+
+    monkeypatch.setattr(AsyncPostgresSaver, "aget_tuple", counted_read)
+    lookups: list[str] = []
+    find = PostgresSessionIndex.find
+
+    def counted(self: PostgresSessionIndex, tenant: str, client_id: str) -> Any:
+        lookups.append(client_id)
+        return find(self, tenant, client_id)
+
+    monkeypatch.setattr(PostgresSessionIndex, "find", counted)
+    with fresh_postgres_schema("tg_reads") as url:
+        app = create_app(Settings(_env_file=None, checkpoint_url=url))  # type: ignore[call-arg]
+        with TestClient(app) as client:
+            _turn(client, "invoke", "pg-new", "Do you ship abroad?")  # created by the turn's claim
+            assert client.get("/sessions/pg-new", headers=VENEO).status_code == 200
+            lookups.clear()
+            latest_reads.clear()
+
+            _turn(client, endpoint, "pg-new", "And how long does it take?")
+
+            assert lookups == ["pg-new"]  # the modifier's (it was two: the modifier's and the claim's)
+            assert latest_reads == []  # it was one: the version check's (the graph's run takes that one)
+            transcript = client.get("/sessions/pg-new", headers=VENEO).json()["transcript"]
+            assert [m["content"] for m in transcript if m["role"] == "user"] == [
+                "Do you ship abroad?",
+                "And how long does it take?",
+            ]

@@ -73,3 +73,37 @@ async def test_v1_postgres_sessions_read_and_resume() -> None:
     with fresh_postgres_schema("tg_v1fix") as url:
         restore_postgres_fixture(url)
         await _check_sessions(url, MANIFEST["postgres"])
+
+
+@pytest.mark.postgres
+def test_v1_postgres_chat_session_resumes_over_the_api_and_is_stored_in_the_current_version() -> None:
+    """A turn over the API on a version-1 session: on Postgres its version check reads the latest checkpoint in
+    the turn lock's round trip (Engine.lease_turn), finds it old, and the session is upgraded before the turn."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+    from states.migrations import current_version, stored_version
+
+    [chat] = [item for item in MANIFEST["postgres"] if item["team"] == "veneo_chat"]
+    with fresh_postgres_schema("tg_v1api") as url:
+        restore_postgres_fixture(url)
+        app = create_app(Settings(_env_file=None, checkpoint_url=url))  # type: ignore[call-arg]
+        with TestClient(app) as client:
+            r = client.post(
+                "/teams/veneo_chat/invoke",
+                headers={"X-API-Key": "tg-veneo-key"},
+                json={
+                    "input": {"messages": [{"role": "user", "content": "Do you ship abroad?"}]},
+                    "config": {"configurable": {"thread_id": chat["thread_id"]}},
+                },
+            )
+            assert r.status_code == 200, r.text
+            engine = app.state.engine
+            record = engine.get_session("veneo", chat["thread_id"])
+            latest = client.portal.call(  # type: ignore[union-attr]
+                engine.persistence.checkpointer.aget_tuple,
+                {"configurable": {"thread_id": record.thread_id, "checkpoint_ns": ""}},
+            )
+            assert stored_version(latest.metadata) == current_version(engine.graph_id("veneo_chat"))
+            assert len(client.portal.call(engine.transcript, record)) == chat["messages"] + 2  # type: ignore[union-attr]
