@@ -471,6 +471,9 @@ class PostgresAuditLog:
                 if entries is not None:
                     break
             if entries is None:
+                if len(tenants) == 1:  # what this process knew is not the head (if it knew one): forget it
+                    with self._heads_lock:  # (after a recreate the chain starts again at a lower seq)
+                        self._heads.pop(next(iter(tenants)), None)
                 entries = self._append_locked(events)
         except AuditWriteError:
             raise

@@ -266,12 +266,22 @@ class PostgresLockConnection:
             # the query; the caller asks the usual way and meets the failure there
             await conn.execute("select pg_advisory_unlock(%s)", [key])
             return await self._try_sending(conn, key)
-        row = await locked.fetchone()
-        if row and row[0]:
-            for read, answer in zip(reads, answers, strict=True):
-                read.rows = await answer.fetchall()
-            return True
-        return False
+        got = False
+        try:
+            row = await locked.fetchone()
+            got = bool(row and row[0])
+            if got:  # rows are decoded as they are fetched: a value the client cannot decode fails here
+                for read, answer in zip(reads, answers, strict=True):
+                    read.rows = await answer.fetchall()
+            return got
+        except Exception:
+            for read in reads:
+                read.rows = None
+            if conn.closed or conn.broken:
+                raise
+            if got:  # the lock was taken with reads that cannot be used: give it back, lock without them
+                await conn.execute("select pg_advisory_unlock(%s)", [key])
+            return await self._try_sending(conn, key)
 
     async def _try_shielded(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
         """One lock attempt that a cancelled caller (a client gone) cannot cut in half: the statement finishes,
