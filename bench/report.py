@@ -262,16 +262,16 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     "the graph on the Postgres checkpointer is already "
                     f"{', '.join(extra)} the SQLite one in process (no server). Per turn Postgres waits for one "
                     "WAL flush (the closing audit write, whose flush also puts the turn's input entry and checkpoint, "
-                    "committed without waiting, on disk; a disk sync, about 4 ms when measured here) and makes 12 "
-                    "round trips (`python -m bench.pgtrace`, bench/notes.md), where SQLite in WAL mode with "
+                    "committed without waiting, on disk; a disk sync, about 4 ms when measured here) and makes "
+                    "about 7.5 round trips (`python -m bench.pgtrace`, bench/notes.md), where SQLite in WAL mode with "
                     "synchronous=NORMAL syncs only when it copies the WAL back into the file; and psycopg costs "
                     "more CPU per statement "
                     f"than SQLite's in-process calls ({'; '.join(cpu)}). See *What limits the missed goals*"
                 )
                 if not ok
-                else "the turn lock is two round trips on a long-lived connection; a turn makes 12 round trips and "
-                "waits for one WAL flush, its closing audit write, which also covers its input entry and checkpoint "
-                "(`python -m bench.pgtrace`)",
+                else "the turn lock is two round trips on a long-lived connection; a turn makes about 7.5 round trips "
+                "and waits for one WAL flush, its closing audit write, which also covers its input entry and "
+                "checkpoint (`python -m bench.pgtrace`)",
                 ok,
             )
         )
