@@ -269,6 +269,21 @@ class SqliteAuditLog:
     def locks(self) -> tuple[threading.Lock, ...]:
         return (self._lock,)
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction: `begin immediate` (one writer at a time, across processes too), committed when
+        the block ends (unless it ended the transaction itself), rolled back on any error."""
+        with self._lock:
+            self.conn.execute("begin immediate")
+            try:
+                yield
+                if self.conn.in_transaction:
+                    self.conn.execute("commit")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("rollback")
+                raise
+
     def _heads(self, tenants: set[str]) -> dict[str, tuple[int, str]]:
         heads = {}
         for tenant in tenants:
@@ -296,19 +311,12 @@ class SqliteAuditLog:
 
     def append_if(self, changes: Sequence[Statement], events: list[AuditEvent]) -> list[AuditEntry] | None:
         try:
-            with self._lock:
-                self.conn.execute("begin immediate")  # one writer at a time, across processes too
-                try:
-                    for sql, args in changes:
-                        if self.conn.execute(sql, args).rowcount < 1:
-                            self.conn.execute("rollback")
-                            return None
-                    entries = self._insert(events)
-                    self.conn.execute("commit")
-                except BaseException:
-                    if self.conn.in_transaction:
+            with self._writing():
+                for sql, args in changes:
+                    if self.conn.execute(sql, args).rowcount < 1:
                         self.conn.execute("rollback")
-                    raise
+                        return None
+                entries = self._insert(events)
         except sqlite3.Error as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
         return entries
@@ -326,20 +334,13 @@ class SqliteAuditLog:
 
     def append_redacting(self, event: AuditEvent, seqs: Sequence[int]) -> AuditEntry:
         try:
-            with self._lock:
-                self.conn.execute("begin immediate")
-                try:
-                    [entry] = self._insert([event])
-                    redacted = json.dumps(_redacted_by(entry))
-                    self.conn.executemany(
-                        "update audit_events set payload = ? where tenant = ? and seq = ?",
-                        [(redacted, event.tenant, seq) for seq in seqs],
-                    )
-                    self.conn.execute("commit")
-                except BaseException:
-                    if self.conn.in_transaction:
-                        self.conn.execute("rollback")
-                    raise
+            with self._writing():
+                [entry] = self._insert([event])
+                redacted = json.dumps(_redacted_by(entry))
+                self.conn.executemany(
+                    "update audit_events set payload = ? where tenant = ? and seq = ?",
+                    [(redacted, event.tenant, seq) for seq in seqs],
+                )
         except sqlite3.Error as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
         return entry
@@ -370,24 +371,18 @@ class SqliteAuditLog:
     def prune(self, older_than: datetime) -> int:
         cutoff = as_utc(older_than)
         removed = 0
-        with self._lock:
-            self.conn.execute("begin immediate")
-            try:
-                for (tenant,) in self.conn.execute("select distinct tenant from audit_events").fetchall():
-                    last = self.conn.execute(
-                        "select seq, hash from audit_events where tenant = ? and at < ? order by seq desc limit 1",
-                        [tenant, cutoff],
-                    ).fetchone()
-                    if last is None:
-                        continue
-                    removed += self.conn.execute("delete from audit_events where tenant = ? and seq <= ?",
-                                                 [tenant, last["seq"]]).rowcount  # fmt: skip
-                    self.conn.execute("insert or replace into audit_anchors values (?, ?, ?)",
-                                      [tenant, last["seq"], last["hash"]])  # fmt: skip
-                self.conn.execute("commit")
-            except BaseException:
-                self.conn.execute("rollback")
-                raise
+        with self._writing():
+            for (tenant,) in self.conn.execute("select distinct tenant from audit_events").fetchall():
+                last = self.conn.execute(
+                    "select seq, hash from audit_events where tenant = ? and at < ? order by seq desc limit 1",
+                    [tenant, cutoff],
+                ).fetchone()
+                if last is None:
+                    continue
+                removed += self.conn.execute("delete from audit_events where tenant = ? and seq <= ?",
+                                             [tenant, last["seq"]]).rowcount  # fmt: skip
+                self.conn.execute("insert or replace into audit_anchors values (?, ?, ?)",
+                                  [tenant, last["seq"], last["hash"]])  # fmt: skip
         return removed
 
     def ping(self) -> None:
