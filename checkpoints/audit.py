@@ -519,7 +519,6 @@ class PostgresAuditLog:
         return None, (row["seq"], row["hash"]) if row is not None else None
 
     def _append_locked(self, events: list[AuditEvent]) -> list[AuditEntry]:
-        from psycopg.types.json import Jsonb
 
         with self.pool.connection() as conn, _implicit_transaction(conn):
             # pipelined: the locks and the heads in one round trip, the inserts and the commit in another. Each
@@ -542,12 +541,7 @@ class PostgresAuditLog:
                 if row is not None:
                     heads[tenant] = (row["seq"], row["hash"])
             entries = _chain(events, heads)
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "insert into audit_events values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, Jsonb(e.payload), e.prev_hash,
-                      e.hash) for e in entries],
-                )  # fmt: skip
+            _insert_rows(conn, entries)
         return entries
 
     def append_if(self, changes: Sequence[Statement], events: list[AuditEvent]) -> list[AuditEntry] | None:
@@ -568,7 +562,6 @@ class PostgresAuditLog:
 
     def _insert(self, conn: Any, events: list[AuditEvent]) -> list[AuditEntry]:
         """Chain and insert `events` inside the caller's transaction (under each tenant's chain lock)."""
-        from psycopg.types.json import Jsonb
 
         heads = {}
         for tenant in sorted({e.tenant for e in events}):
@@ -582,12 +575,7 @@ class PostgresAuditLog:
             if row is not None:
                 heads[tenant] = (row["seq"], row["hash"])
         entries = _chain(events, heads)
-        with conn.cursor() as cur:
-            cur.executemany(
-                "insert into audit_events values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, Jsonb(e.payload), e.prev_hash, e.hash)
-                 for e in entries],
-            )  # fmt: skip
+        _insert_rows(conn, entries)
         return entries
 
     def append_redacting(self, event: AuditEvent, seqs: Sequence[int]) -> AuditEntry:
@@ -656,6 +644,18 @@ class PostgresAuditLog:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _insert_rows(conn: Any, entries: list[AuditEntry]) -> None:
+    """Insert chained entries on a Postgres connection (inside the caller's transaction)."""
+    from psycopg.types.json import Jsonb
+
+    with conn.cursor() as cur:
+        cur.executemany(
+            "insert into audit_events values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(e.tenant, e.seq, e.at, e.actor, e.session, e.event_type, Jsonb(e.payload), e.prev_hash, e.hash)
+             for e in entries],
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
