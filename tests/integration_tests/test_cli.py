@@ -1,4 +1,6 @@
-"""The `teamgraph` executable, run as a user would: real processes, a real SQLite file, no provider key."""
+"""The `teamgraph` commands on a real SQLite file, no provider key: what each command does runs in the test
+process (`cli(...)`, typer's CliRunner); what is about real processes (a session continued in a new process, the
+demo as `make demo` runs it, a refusal's exit code) runs the executable (`cli.process(...)`)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration_tests.cli_runner import run_cli
+
 REPO = Path(__file__).resolve().parents[2]
 TEAMGRAPH = REPO / ".venv" / "bin" / "teamgraph"
-# a hang guard: a test here starts up to 20 `teamgraph` processes, 2-3 s of CPU each, over 2 minutes on a busy machine
+# a hang guard: a test here starts up to 5 `teamgraph` processes, 2-3 s of CPU each, over a minute on a busy machine
 pytestmark = pytest.mark.timeout(360)
 SESSION_LINE = re.compile(r"^Session ([0-9a-f-]{36})\b", re.MULTILINE)
 
@@ -32,6 +36,11 @@ class Cli:
         self.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{workdir}/tg.db"
 
     def __call__(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """`teamgraph *args` in this process."""
+        return run_cli(args, self.env, self.workdir, stdin)
+
+    def process(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """`teamgraph *args` as a process of its own."""
         return subprocess.run(
             [str(TEAMGRAPH), *args],
             cwd=self.workdir,
@@ -49,8 +58,9 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
 
 
-def start_interview(cli: Cli, stdin: str) -> tuple[str, subprocess.CompletedProcess[str]]:
-    result = cli("interview", "--resume", "examples/resume.md", "--jd", "examples/job_description.md", stdin=stdin)
+def start_interview(cli: Cli, stdin: str, in_a_process: bool = False) -> tuple[str, subprocess.CompletedProcess[str]]:
+    args = ("interview", "--resume", "examples/resume.md", "--jd", "examples/job_description.md")
+    result = cli.process(*args, stdin=stdin) if in_a_process else cli(*args, stdin=stdin)
     assert result.returncode == 0, result.stderr
     match = SESSION_LINE.search(result.stdout)
     assert match, result.stdout
@@ -114,7 +124,7 @@ def test_interview_then_session_commands(cli: Cli) -> None:
 
 
 def test_interview_paused_after_one_answer_continues_in_a_new_process(cli: Cli) -> None:
-    thread_id, first = start_interview(cli, f"{ANSWER_1}\n")  # EOF after the first answer
+    thread_id, first = start_interview(cli, f"{ANSWER_1}\n", in_a_process=True)  # EOF after the first answer
 
     assert first.stdout.count("scored by fallback") == 1
     assert "Question 2 of 3" in first.stdout
@@ -122,12 +132,12 @@ def test_interview_paused_after_one_answer_continues_in_a_new_process(cli: Cli) 
     assert "Interview complete" not in first.stdout
 
     # another tenant cannot continue it
-    foreign = cli("interview", "--session", thread_id, "--tenant", "veneo", stdin=f"{ANSWER_2}\n")
+    foreign = cli.process("interview", "--session", thread_id, "--tenant", "veneo", stdin=f"{ANSWER_2}\n")
     assert foreign.returncode != 0
     assert f"no session '{thread_id}'" in foreign.stderr
     assert "scored by fallback" not in foreign.stdout
 
-    second = cli("interview", "--session", thread_id, stdin=f"{ANSWER_2}\n{ANSWER_3}\n")
+    second = cli.process("interview", "--session", thread_id, stdin=f"{ANSWER_2}\n{ANSWER_3}\n")
 
     assert second.returncode == 0, second.stderr
     out = second.stdout
@@ -138,7 +148,7 @@ def test_interview_paused_after_one_answer_continues_in_a_new_process(cli: Cli) 
     assert out.count("scored by fallback") == 2
     assert "Interview complete. You answered 3 questions" in out
 
-    shown = cli("sessions", "show", thread_id, "--tenant", "demo").stdout
+    shown = cli.process("sessions", "show", thread_id, "--tenant", "demo").stdout
     for answer in (ANSWER_1, ANSWER_2, ANSWER_3):
         assert f"[you] {answer}" in shown
 
@@ -182,12 +192,12 @@ def test_chat_answers_from_knowledge_blocks_injection_and_summarizes(cli: Cli) -
 
 
 def test_chat_continues_a_session_with_its_history(cli: Cli) -> None:
-    first = cli("chat", "--tenant", "veneo", stdin="How long does shipping take?\n")
+    first = cli.process("chat", "--tenant", "veneo", stdin="How long does shipping take?\n")
     match = SESSION_LINE.search(first.stdout)
     assert match, first.stdout
     thread_id = match.group(1)
 
-    second = cli("chat", "--tenant", "veneo", "--session", thread_id, stdin="Can I return shoes?\n/summarize\n")
+    second = cli.process("chat", "--tenant", "veneo", "--session", thread_id, stdin="Can I return shoes?\n/summarize\n")
 
     assert second.returncode == 0, second.stderr
     assert "return any unworn item within 30 days" in second.stdout
@@ -224,7 +234,7 @@ def test_interview_without_resume_or_session_explains_itself(cli: Cli) -> None:
 
 def test_demo_runs_the_interview_then_the_chat_from_piped_input(cli: Cli) -> None:
     """`teamgraph demo` (what `make demo` runs): a mock interview on examples/, then the Veneo chat, offline."""
-    result = cli(
+    result = cli.process(  # as `make demo` runs it
         "demo", stdin=f"{ANSWER_1}\n{ANSWER_2}\n{ANSWER_3}\nHow long does shipping take?\nDo gift cards expire?\n"
     )
     assert result.returncode == 0, result.stderr
@@ -273,7 +283,7 @@ def test_users_erase_deletes_the_users_sessions_of_one_tenant_and_redacts_their_
 
     janes, other, elsewhere = asyncio.run(seed())
 
-    erased = cli("users", "erase", "user-jane", "--tenant", "veneo")
+    erased = cli.process("users", "erase", "user-jane", "--tenant", "veneo")
     assert erased.returncode == 0, erased.stderr
     match = re.search(r"^erased user-jane: 2 session\(s\), (\d+) audit entries redacted$", erased.stdout, re.MULTILINE)
     assert match and int(match.group(1)) >= 4, erased.stdout  # each turn: at least its message and a response
