@@ -1,5 +1,6 @@
 """`teamgraph migrate` on the real version-1 databases: dry run, progress, resumable, waits for a running turn,
-SQLite and Postgres."""
+SQLite and Postgres. The command runs in the test process (test_cli's `Cli`, typer's CliRunner), except that
+the wait for a turn of another process is a real `teamgraph migrate` process."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`teamgraph voice voices` and `teamgraph voice preview`, run as real processes (the preview against the local
-OpenAI-compatible server)."""
+"""`teamgraph voice voices` and `teamgraph voice preview` (the preview against the local OpenAI-compatible server):
+in the test process (typer's CliRunner), and the first listing as a real process."""
 
 from __future__ import annotations
 
@@ -9,24 +9,29 @@ import subprocess
 from pathlib import Path
 
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration_tests.cli_runner import run_cli
 
 TEAMGRAPH = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "teamgraph"
 
 
-def run(workdir: Path, *args: str, provider: FakeOpenAIServer | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    workdir: Path, *args: str, provider: FakeOpenAIServer | None = None, in_a_process: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEAMGRAPH_")}
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LANGSMITH_TRACING"):
         env.pop(name, None)
     env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{workdir}/tg.db"
     if provider is not None:
         env.update(OPENAI_API_KEY="sk-test-cli", OPENAI_BASE_URL=provider.base_url)
+    if not in_a_process:
+        return run_cli(["voice", *args], env, workdir)
     return subprocess.run(
         [str(TEAMGRAPH), "voice", *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=60
     )
 
 
 def test_voices_lists_the_tenants_voices_offline(tmp_path: Path) -> None:
-    result = run(tmp_path, "voices", "--tenant", "veneo")
+    result = run(tmp_path, "voices", "--tenant", "veneo", in_a_process=True)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "voices for team veneo_chat (tenant veneo):"
