@@ -154,16 +154,22 @@ def test_cli_export_then_import_into_another_database(tmp_path: Path) -> None:
     import os
     import subprocess
 
+    from tests.integration_tests.cli_runner import run_cli
+
     teamgraph = str(REPO / ".venv" / "bin" / "teamgraph")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEAMGRAPH_", "OPENAI_", "LANGSMITH_"))}
 
-    def run(db: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([teamgraph, *args], env={**env, "TEAMGRAPH_CHECKPOINT_URL": f"sqlite:///{tmp_path}/{db}"},
-                              cwd=tmp_path, input=stdin, capture_output=True, text=True, timeout=60)  # fmt: skip
+    def run(db: str, *args: str, stdin: str = "", in_a_process: bool = False) -> subprocess.CompletedProcess[str]:
+        """In the test process (CliRunner), or as a `teamgraph` process of its own."""
+        db_env = {**env, "TEAMGRAPH_CHECKPOINT_URL": f"sqlite:///{tmp_path}/{db}"}
+        if not in_a_process:
+            return run_cli(args, db_env, tmp_path, stdin)
+        return subprocess.run([teamgraph, *args], env=db_env, cwd=tmp_path, input=stdin, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
 
     assert run("a.db", "chat", "--tenant", "veneo", stdin="Where is my order?\n").returncode == 0
     session_id = run("a.db", "sessions", "list", "--tenant", "veneo").stdout.split()[0]
-    exported = run("a.db", "sessions", "export", session_id, "--tenant", "veneo")
+    exported = run("a.db", "sessions", "export", session_id, "--tenant", "veneo", in_a_process=True)
     assert exported.returncode == 0, exported.stderr
     (tmp_path / "session.json").write_text(exported.stdout)
     assert json.loads(exported.stdout)["transcript"][0]["content"] == "Where is my order?"

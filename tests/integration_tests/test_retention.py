@@ -211,6 +211,8 @@ def test_cli_prune_counts_on_a_dry_run_then_expires(tmp_path: Path) -> None:
     import shutil
     import subprocess
 
+    from tests.integration_tests.cli_runner import run_cli
+
     repo = Path(__file__).resolve().parents[2]
     bundles = tmp_path / "personas"
     shutil.copytree(repo / "personas", bundles)
@@ -221,7 +223,10 @@ def test_cli_prune_counts_on_a_dry_run_then_expires(tmp_path: Path) -> None:
     env |= {"TEAMGRAPH_CHECKPOINT_URL": f"sqlite:///{db}", "TEAMGRAPH_PERSONAS_DIR": str(bundles)}
     teamgraph = str(repo / ".venv" / "bin" / "teamgraph")
 
-    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    def run(*args: str, stdin: str = "", in_a_process: bool = False) -> subprocess.CompletedProcess[str]:
+        """In the test process (CliRunner), or as a `teamgraph` process of its own."""
+        if not in_a_process:
+            return run_cli(args, env, tmp_path, stdin)
         return subprocess.run([teamgraph, *args], env=env, cwd=tmp_path, input=stdin, capture_output=True,
                               text=True, timeout=60)  # fmt: skip
 
@@ -238,7 +243,7 @@ def test_cli_prune_counts_on_a_dry_run_then_expires(tmp_path: Path) -> None:
     assert "veneo: would expire 1 idle session(s)" in dry.stdout and session_id in dry.stdout
     assert session_id in run("sessions", "list", "--tenant", "veneo").stdout
 
-    done = run("sessions", "prune")
+    done = run("sessions", "prune", in_a_process=True)
     assert done.returncode == 0, done.stderr
     assert "veneo: expired 1 idle session(s)" in done.stdout
     assert session_id not in run("sessions", "list", "--tenant", "veneo").stdout
