@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from langgraph_sdk import get_client
+from langgraph_sdk import get_client, get_sync_client
 
 from server.studio_auth import FRESH_ID_S
 
@@ -90,6 +90,15 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def client(url: str, key: str):
     return get_client(url=url, headers={"Authorization": f"Bearer {key}"})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def taken_thread(dev_server: str) -> tuple[str, float]:
+    """A demo thread named "interview-42" in its metadata, created before this module's first test: (its id, when).
+    The probe test needs an id older than the server's fresh-id window; the other tests age it meanwhile."""
+    demo = get_sync_client(url=dev_server, headers={"Authorization": f"Bearer {DEMO}"})
+    created = demo.threads.create(metadata={"session": "interview-42"})
+    return created["thread_id"], time.monotonic()
 
 
 async def test_full_interview_through_the_sdk(dev_server: str) -> None:
@@ -187,15 +196,17 @@ async def _status(call: Any) -> tuple[int, str]:
     return 200, ""
 
 
-async def test_a_tenant_cannot_probe_or_squat_another_tenants_thread_id(dev_server: str) -> None:
+async def test_a_tenant_cannot_probe_or_squat_another_tenants_thread_id(
+    dev_server: str, taken_thread: tuple[str, float]
+) -> None:
     """Thread ids are global in the LangGraph server: a create with a chosen id answered 409 for a taken id and
     200 for a free one, so a tenant could confirm (and squat) another's ids. A chosen id now gets one answer
     whether or not anyone uses it; per-tenant names go in metadata, which every search filters by owner."""
     demo, veneo = client(dev_server, DEMO), client(dev_server, VENEO)
-    taken = (await demo.threads.create(metadata={"session": "interview-42"}))["thread_id"]
+    taken, created_at = taken_thread
     never_used = str(uuid.uuid4())
     # an id another tenant could learn is older than the few seconds in which the server accepts its own new id
-    await asyncio.sleep(FRESH_ID_S + 0.5)
+    await asyncio.sleep(max(0.0, created_at + FRESH_ID_S + 0.5 - time.monotonic()))
     turn = {"messages": [{"role": "user", "content": "hi"}]}
     probes = {
         "create": lambda tid: veneo.threads.create(thread_id=tid),
