@@ -32,16 +32,30 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-# The longest tests first, so that no worker is left alone with one of them at the end of the run: xdist hands
-# out work in collection order (--no-loadscope-reorder). The rest keep their order.
+# The longest work units first, so that no worker is left alone with one of them at the end of the run: xdist
+# hands out work in collection order (--no-loadscope-reorder), one unit (a module, or a test of a SPREAD module) at
+# a time to the worker that has 2 tests or fewer left. Roughly longest first as measured by `--durations=0` on a
+# quiet 2-core machine: the modules that run whole (fuzz 45 s; session integrity, turn serialization, the browser,
+# langgraph dev, observability 20-35 s each), then the SPREAD modules with the longest single tests (a self-repair
+# test 7-19 s, the Postgres outage test 15 s), then the others over 13 s. The rest keep their order after these:
+# many short modules, which even out the end of the run.
 SLOW_FIRST = (
     "tests/integration_tests/test_api_fuzz.py",
-    "tests/integration_tests/test_cli.py",
+    "tests/integration_tests/test_session_integrity.py",
+    "tests/integration_tests/test_turn_serialization.py",
     "tests/browser/",
-    "tests/integration_tests/test_export.py",
-    "tests/integration_tests/test_crash.py",
-    "tests/integration_tests/test_faults.py",
     "tests/integration_tests/test_langgraph_dev.py",
+    "tests/integration_tests/test_observability.py",
+    "tests/integration_tests/test_self_repair.py",
+    "tests/integration_tests/test_faults.py",
+    "tests/integration_tests/test_ops.py",
+    "tests/integration_tests/test_persistence.py",
+    "tests/integration_tests/test_crash.py",
+    "tests/integration_tests/test_cli.py",
+    "tests/integration_tests/test_concurrency.py",
+    "tests/integration_tests/test_server_e2e.py",
+    "tests/unit_tests/test_voice_provider.py",
+    "tests/integration_tests/test_integrity.py",
 )
 # With `--dist loadfile` a module's tests run on one worker, so a module-scoped server starts once. These modules
 # share no module- or class-scoped fixture and have long tests: each of their tests is a unit of its own, and
