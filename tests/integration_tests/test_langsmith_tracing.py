@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,8 +28,11 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def traced(tmp_path: Path):
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory):
+    """One traced server for the module: each test sets the provider's reply and reads the runs of its own thread
+    (and checks every body the fake LangSmith received, its own and the other test's)."""
+    tmp_path = tmp_path_factory.mktemp("traced")
     bundle = tmp_path / "personas"
     shutil.copytree(REPO / "personas", bundle, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     with (bundle / "tenants" / "demo.yaml").open("a") as f:  # this tenant may not send content to LangSmith
