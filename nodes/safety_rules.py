@@ -135,7 +135,28 @@ _EXTRACTION = re.compile(
     r"|guidelines|directives)\b(?! (?:me|us|you)\b)|\b(?:hidden|secret|system) preamble\b"
     r"|\byou were (?:initiali[sz]ed|configured|primed|set up|booted|started|seeded) with\b"
     r"|\b(?:first|opening|last) (?:\d+ |few |two |three )?(?:sentences?|lines?|words|paragraphs?) (?:you were (?:told"
-    r"|given)|of (?:your|the) (?:instructions|prompt|setup|configuration|context|system))\b",
+    r"|given)|of (?:your|the) (?:instructions|prompt|setup|configuration|context|system))\b"
+    # the prompt so far; your previous or original instructions asked about
+    r"|\b(?:your|the) (?:prompt|instructions|directives|guidelines) (?:so far|up to (?:now|here|this point))\b"
+    r"|\bwhat (?:were|are|was|is) your (?:previous|prior|earlier|original|initial|first|real|actual|true)"
+    r" (?:instructions|rules|directives|guidelines|prompt|orders)\b(?! (?:for|on|about|regarding|of|to)\b)"
+    # the text that starts with "You are ..." (how a system prompt begins), or everything before a role label
+    r"|\b(?:text|words|sentences?|message|paragraph|everything|lines?|prompt|instructions)\b[^.?!\n]{0,30}"
+    r"\b(?:starts?|starting|begins?|beginning) with [\"'“«„](?:you are|you're|your role|you have been|system:)"
+    r"\s*(?:\.\.\.|…)?[\"'”»]"
+    r"|\b(?:everything|all|the text|the words)\b[^.?!\n]{0,20}\b(?:before|above|preceding) (?:the (?:word|line"
+    r"|string|token) )?[\"'“«]\s*(?:user|human|question|assistant|system)\s*:?\s*[\"'”»]"
+    # an encoding, cipher or alphabet asked for the prompt (either order); "the rules of chess" is not the prompt
+    r"|\b(?:base ?(?:64|32)|hex(?:adecimal)?|rot ?13|caesar|atbash|binary|morse|leetspeak|l33t|pig latin"
+    r"|(?:nato|phonetic) alphabet|braille|ascii codes?|unicode (?:code points|escapes)|url[- ]?encod\w*)\b"
+    r"[^.?!\n]{0,40}"
+    r"\b(?:your|its) (?:own |full |entire |whole |initial |original |hidden |secret |system )*(?:prompt|instructions"
+    r"|rules|configuration|guidelines|directives|setup)\b(?! (?:for|on|about|of)\b)"
+    r"|\b(?:your|its) (?:own |full |entire |whole |initial |original |hidden |secret |system )*(?:prompt|instructions"
+    r"|rules|configuration|guidelines|directives|setup)\b[^.?!\n]{0,40}\b(?:in|into|as|to|using) (?:the )?"
+    r"(?:base ?(?:64|32)"
+    r"|hex(?:adecimal)?|rot ?13|caesar|atbash|binary|morse|leetspeak|l33t|pig latin|braille|ascii|emojis?"
+    r"|(?:nato |phonetic )+alphabet)\b",
     re.I,
 )
 
