@@ -222,24 +222,66 @@ class PostgresLockConnection:
                     raise psycopg.OperationalError(self._failed[1])
                 owner = self._owner
                 try:
+                    # no server-side prepared statements: a newer replica's ALTER TABLE (a rolling upgrade) would
+                    # make every prepared read under the lock fail with "cached plan must not change result
+                    # type" for as long as this connection lives. A statement with parameters is still one
+                    # round trip unprepared (Parse, Bind, Execute sent together)
                     conn = await psycopg.AsyncConnection.connect(
-                        owner.pg_url or "", autocommit=True, **pg_connect_kwargs(owner.connect_timeout_s)
+                        owner.pg_url or "",
+                        autocommit=True,
+                        prepare_threshold=None,
+                        **pg_connect_kwargs(owner.connect_timeout_s),
                     )
                 except psycopg.Error as exc:
                     self._failed = (loop.time(), str(exc))
                     raise
                 try:
-                    await conn.execute(statement_timeout_sql(owner.statement_timeout_s))
+                    # reads under the lock must each see what was committed before they started (READ COMMITTED),
+                    # whatever the server's or the role's default_transaction_isolation says: a pipeline's
+                    # implicit transaction at REPEATABLE READ takes its snapshot at the lock statement, before
+                    # the lock is granted, and could miss the previous holder's last commit
+                    await conn.execute(
+                        statement_timeout_sql(owner.statement_timeout_s)
+                        + "; set default_transaction_isolation = 'read committed'"
+                    )
                 except BaseException:
                     await conn.close()
                     raise
                 self._conn = conn
             return self._conn
 
-    async def _try(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+    async def _try(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = (), first: bool = True) -> bool:
         assert self._sending is not None
         async with self._sending:
-            return await self._try_sending(conn, key, reads)
+            if first or not reads:
+                return await self._try_sending(conn, key, reads)
+            # a later attempt of a waiting turn: the lock alone (its reads, sent with the first attempt, were
+            # answered for nothing), and the reads only once it is held, in one more round trip
+            got = await self._try_sending(conn, key)
+            if got:
+                await self._read_sending(conn, reads)
+            return got
+
+    async def _read_sending(self, conn: Any, reads: Sequence[ReadUnderLock]) -> None:
+        """Answer `reads` on `conn`, which holds the lock: each statement starts after the lock statement has
+        finished, so it sees every commit made before the lock was taken. A read that fails leaves every `rows`
+        None (the caller asks the usual way); the lock stays held."""
+        import psycopg
+        from psycopg.rows import dict_row
+
+        try:
+            async with conn.pipeline():
+                answers = [
+                    await conn.cursor(row_factory=dict_row).execute(read.sql, read.params, binary=read.binary)
+                    for read in reads
+                ]
+            for read, answer in zip(reads, answers, strict=True):
+                read.rows = await answer.fetchall()
+        except Exception as exc:
+            for read in reads:
+                read.rows = None
+            if isinstance(exc, psycopg.Error) and (conn.closed or conn.broken):
+                raise
 
     async def _try_sending(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
         if not reads:
@@ -261,10 +303,17 @@ class PostgresLockConnection:
         except psycopg.Error:
             if conn.closed or conn.broken:
                 raise
-            # the query failed (its table missing, a timeout) and may have done so after the lock was taken: give
-            # it back (unlocking a key this connection does not hold only returns false), then lock as if without
-            # the query; the caller asks the usual way and meets the failure there
-            await conn.execute("select pg_advisory_unlock(%s)", [key])
+            # a query failed (its table missing, a timeout): give back the lock if the lock statement took it,
+            # then lock as if without the queries; the caller asks the usual way and meets the failure there.
+            # The lock statement's answer arrived before the failure; without one (the lock statement itself
+            # failed) it is given back all the same, as a lock kept by mistake would hold the session forever
+            try:
+                row = await locked.fetchone()
+                took = bool(row and row[0])
+            except psycopg.Error:
+                took = True
+            if took:
+                await conn.execute("select pg_advisory_unlock(%s)", [key])
             return await self._try_sending(conn, key)
         got = False
         try:
@@ -283,10 +332,10 @@ class PostgresLockConnection:
                 await conn.execute("select pg_advisory_unlock(%s)", [key])
             return await self._try_sending(conn, key)
 
-    async def _try_shielded(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+    async def _try_shielded(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = (), first: bool = True) -> bool:
         """One lock attempt that a cancelled caller (a client gone) cannot cut in half: the statement finishes,
         and a lock it took is given back."""
-        attempt = asyncio.ensure_future(self._try(conn, key, reads))
+        attempt = asyncio.ensure_future(self._try(conn, key, reads, first))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -300,19 +349,24 @@ class PostgresLockConnection:
 
     async def locked(self, key: int, remaining_s: float, reads: Sequence[ReadUnderLock] = ()) -> Any:
         """Take the lock `key`, polling while another process holds it, for up to `remaining_s`: the connection
-        holding it, or None when the time ran out. `reads` are answered with the attempt that took the lock."""
+        holding it, or None when the time ran out. `reads` are answered under the lock: sent with the first
+        attempt (in its round trip, which is all an uncontended turn needs), and, when that attempt found the lock
+        taken, not with the polls that follow (a waiting turn would read them every 50 ms) but after the poll that
+        took the lock, in one more round trip."""
         import psycopg
 
         waited = 0.0
         conn = await self._connection()
+        first = True
         while True:
             try:
-                got = await self._try_shielded(conn, key, reads)
+                got = await self._try_shielded(conn, key, reads, first)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 if not (conn.closed or conn.broken):
                     raise
                 conn = await self._connection()  # dropped (an outage or a restart): a new connection, once
-                got = await self._try_shielded(conn, key, reads)
+                got = await self._try_shielded(conn, key, reads, first)
+            first = False
             if got:
                 return conn
             if waited >= remaining_s:
