@@ -48,6 +48,38 @@ class ReadUnderLock:
         self.rows: list[dict[str, Any]] | None = None
 
 
+# The Postgres turn lock of a session is two session-level advisory locks, taken together or not at all:
+# - the thread key: the first 8 bytes of sha256(thread id), as every release so far has taken it (alone), and
+# - the schema key: a hash of the connection's current schema and the thread id, so that deployments in two schemas
+#   of one database do not wait on each other's sessions.
+# Taking both keeps this release and an older one (thread key only) apart during a rolling upgrade; a later
+# release, once no replica older than this one runs, can take the schema key alone (docs/architecture.md, "Turn
+# lock keys"). The schema key is computed by the server, for the schema as it is when the lock is taken.
+_SCHEMA_KEY = "hashtextextended('teamgraph-turn:' || coalesce(current_schema(), '') || ':' || %(thread)s::text, 0)"
+# the schema key is tried only with the thread key held, and the thread key given back when it is not got: a CASE
+# evaluates its branches in order (unlike AND/OR), and a try-lock never waits, so two keys cannot deadlock
+LOCK_SQL = (
+    "select case when pg_try_advisory_lock(%(key)s::bigint) then"
+    f" case when pg_try_advisory_lock({_SCHEMA_KEY}) then true"
+    " when pg_advisory_unlock(%(key)s::bigint) then false else false end"
+    " else false end"
+)
+UNLOCK_SQL = f"select pg_advisory_unlock({_SCHEMA_KEY}), pg_advisory_unlock(%(key)s::bigint)"
+
+
+class TurnKey:
+    """A session's turn lock keys (see LOCK_SQL): `thread_key` also picks the process's lock connection."""
+
+    __slots__ = ("thread_id", "thread_key")
+
+    def __init__(self, thread_id: str):
+        self.thread_id = thread_id
+        self.thread_key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
+
+    def params(self) -> dict[str, Any]:
+        return {"key": self.thread_key, "thread": self.thread_id}
+
+
 class TurnLocks:
     def __init__(
         self,
@@ -160,8 +192,8 @@ class TurnLocks:
     async def _postgres(
         self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = ()
     ) -> AsyncIterator[None]:
-        key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
-        locks = self._pg[key % len(self._pg)]
+        key = TurnKey(thread_id)
+        locks = self._pg[key.thread_key % len(self._pg)]
         conn = await locks.locked(key, remaining_s, reads)
         if conn is None:
             raise TurnBusy(thread_id, self.wait_s)
@@ -250,7 +282,7 @@ class PostgresLockConnection:
                 self._conn = conn
             return self._conn
 
-    async def _try(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = (), first: bool = True) -> bool:
+    async def _try(self, conn: Any, key: TurnKey, reads: Sequence[ReadUnderLock] = (), first: bool = True) -> bool:
         assert self._sending is not None
         async with self._sending:
             if first or not reads:
@@ -283,9 +315,9 @@ class PostgresLockConnection:
             if isinstance(exc, psycopg.Error) and (conn.closed or conn.broken):
                 raise
 
-    async def _try_sending(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+    async def _try_sending(self, conn: Any, key: TurnKey, reads: Sequence[ReadUnderLock] = ()) -> bool:
         if not reads:
-            row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
+            row = await (await conn.execute(LOCK_SQL, key.params())).fetchone()
             return bool(row and row[0])
         import psycopg
         from psycopg.rows import dict_row
@@ -295,7 +327,7 @@ class PostgresLockConnection:
             # one round trip, one implicit transaction (committed at the pipeline's Sync); a session-level
             # advisory lock does not follow a transaction, so the lock stays held after the commit
             async with conn.pipeline():
-                await locked.execute("select pg_try_advisory_lock(%s)", [key])
+                await locked.execute(LOCK_SQL, key.params())
                 answers = [
                     await conn.cursor(row_factory=dict_row).execute(read.sql, read.params, binary=read.binary)
                     for read in reads
@@ -313,7 +345,7 @@ class PostgresLockConnection:
             except psycopg.Error:
                 took = True
             if took:
-                await conn.execute("select pg_advisory_unlock(%s)", [key])
+                await conn.execute(UNLOCK_SQL, key.params())
             return await self._try_sending(conn, key)
         got = False
         try:
@@ -329,10 +361,12 @@ class PostgresLockConnection:
             if conn.closed or conn.broken:
                 raise
             if got:  # the lock was taken with reads that cannot be used: give it back, lock without them
-                await conn.execute("select pg_advisory_unlock(%s)", [key])
+                await conn.execute(UNLOCK_SQL, key.params())
             return await self._try_sending(conn, key)
 
-    async def _try_shielded(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = (), first: bool = True) -> bool:
+    async def _try_shielded(
+        self, conn: Any, key: TurnKey, reads: Sequence[ReadUnderLock] = (), first: bool = True
+    ) -> bool:
         """One lock attempt that a cancelled caller (a client gone) cannot cut in half: the statement finishes,
         and a lock it took is given back."""
         attempt = asyncio.ensure_future(self._try(conn, key, reads, first))
@@ -347,7 +381,7 @@ class PostgresLockConnection:
             attempt.add_done_callback(give_back)
             raise
 
-    async def locked(self, key: int, remaining_s: float, reads: Sequence[ReadUnderLock] = ()) -> Any:
+    async def locked(self, key: TurnKey, remaining_s: float, reads: Sequence[ReadUnderLock] = ()) -> Any:
         """Take the lock `key`, polling while another process holds it, for up to `remaining_s`: the connection
         holding it, or None when the time ran out. `reads` are answered under the lock: sent with the first
         attempt (in its round trip, which is all an uncontended turn needs), and, when that attempt found the lock
@@ -374,7 +408,7 @@ class PostgresLockConnection:
             await asyncio.sleep(0.05)
             waited += 0.05
 
-    async def unlock(self, conn: Any, key: int) -> None:
+    async def unlock(self, conn: Any, key: TurnKey) -> None:
         import psycopg
 
         if conn.closed or conn.broken:
@@ -384,10 +418,10 @@ class PostgresLockConnection:
         with contextlib.suppress(psycopg.OperationalError, psycopg.InterfaceError):
             await asyncio.shield(release)  # a cancelled turn still gives its lock back
 
-    async def _unlock_sending(self, conn: Any, key: int) -> None:
+    async def _unlock_sending(self, conn: Any, key: TurnKey) -> None:
         assert self._sending is not None
         async with self._sending:
-            await conn.execute("select pg_advisory_unlock(%s)", [key])
+            await conn.execute(UNLOCK_SQL, key.params())
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
