@@ -39,9 +39,13 @@ class TurnBusy(Exception):
 class ReadUnderLock:
     """One query run right after a Postgres turn lock is taken, on the lock's connection and in the same round trip
     (a pipeline: the query runs after the lock statement has finished, so it sees every commit made before the
-    lock was taken). `rows` (dicts) is None until the lock is held with the query's answer; it stays None where
-    the lock is not a Postgres lock, or when a query failed (the caller then asks the usual way). `binary`: the
-    rows in Postgres's binary format, as a caller that reads them that way elsewhere asks for them."""
+    lock was taken). Never prepared on the server: a newer replica's ALTER TABLE (a rolling upgrade) would make a
+    prepared `select *` fail with "cached plan must not change result type" for as long as the connection lives;
+    unprepared it is still sent with the lock (Parse, Bind, Execute together). The lock and unlock statements,
+    which read no table, are prepared on first use. `rows` (dicts) is None until the lock is held with the query's
+    answer; it stays None where the lock is not a Postgres lock, or when a query failed (the caller then asks the
+    usual way). `binary`: the rows in Postgres's binary format, as a caller that reads them that way elsewhere
+    asks for them."""
 
     def __init__(self, sql: str, params: Sequence[Any], binary: bool = False):
         self.sql, self.params, self.binary = sql, params, binary
@@ -254,15 +258,8 @@ class PostgresLockConnection:
                     raise psycopg.OperationalError(self._failed[1])
                 owner = self._owner
                 try:
-                    # no server-side prepared statements: a newer replica's ALTER TABLE (a rolling upgrade) would
-                    # make every prepared read under the lock fail with "cached plan must not change result
-                    # type" for as long as this connection lives. A statement with parameters is still one
-                    # round trip unprepared (Parse, Bind, Execute sent together)
                     conn = await psycopg.AsyncConnection.connect(
-                        owner.pg_url or "",
-                        autocommit=True,
-                        prepare_threshold=None,
-                        **pg_connect_kwargs(owner.connect_timeout_s),
+                        owner.pg_url or "", autocommit=True, **pg_connect_kwargs(owner.connect_timeout_s)
                     )
                 except psycopg.Error as exc:
                     self._failed = (loop.time(), str(exc))
@@ -299,14 +296,10 @@ class PostgresLockConnection:
         finished, so it sees every commit made before the lock was taken. A read that fails leaves every `rows`
         None (the caller asks the usual way); the lock stays held."""
         import psycopg
-        from psycopg.rows import dict_row
 
         try:
             async with conn.pipeline():
-                answers = [
-                    await conn.cursor(row_factory=dict_row).execute(read.sql, read.params, binary=read.binary)
-                    for read in reads
-                ]
+                answers = [await _send(conn, read) for read in reads]
             for read, answer in zip(reads, answers, strict=True):
                 read.rows = await answer.fetchall()
         except Exception as exc:
@@ -317,21 +310,17 @@ class PostgresLockConnection:
 
     async def _try_sending(self, conn: Any, key: TurnKey, reads: Sequence[ReadUnderLock] = ()) -> bool:
         if not reads:
-            row = await (await conn.execute(LOCK_SQL, key.params())).fetchone()
+            row = await (await conn.execute(LOCK_SQL, key.params(), prepare=True)).fetchone()
             return bool(row and row[0])
         import psycopg
-        from psycopg.rows import dict_row
 
         locked = conn.cursor()
         try:
             # one round trip, one implicit transaction (committed at the pipeline's Sync); a session-level
             # advisory lock does not follow a transaction, so the lock stays held after the commit
             async with conn.pipeline():
-                await locked.execute(LOCK_SQL, key.params())
-                answers = [
-                    await conn.cursor(row_factory=dict_row).execute(read.sql, read.params, binary=read.binary)
-                    for read in reads
-                ]
+                await locked.execute(LOCK_SQL, key.params(), prepare=True)
+                answers = [await _send(conn, read) for read in reads]
         except psycopg.Error:
             if conn.closed or conn.broken:
                 raise
@@ -345,7 +334,7 @@ class PostgresLockConnection:
             except psycopg.Error:
                 took = True
             if took:
-                await conn.execute(UNLOCK_SQL, key.params())
+                await conn.execute(UNLOCK_SQL, key.params(), prepare=True)
             return await self._try_sending(conn, key)
         got = False
         try:
@@ -361,7 +350,7 @@ class PostgresLockConnection:
             if conn.closed or conn.broken:
                 raise
             if got:  # the lock was taken with reads that cannot be used: give it back, lock without them
-                await conn.execute(UNLOCK_SQL, key.params())
+                await conn.execute(UNLOCK_SQL, key.params(), prepare=True)
             return await self._try_sending(conn, key)
 
     async def _try_shielded(
@@ -421,12 +410,19 @@ class PostgresLockConnection:
     async def _unlock_sending(self, conn: Any, key: TurnKey) -> None:
         assert self._sending is not None
         async with self._sending:
-            await conn.execute(UNLOCK_SQL, key.params())
+            await conn.execute(UNLOCK_SQL, key.params(), prepare=True)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and self._loop is asyncio.get_running_loop():
             await conn.close()
+
+
+async def _send(conn: Any, read: ReadUnderLock) -> Any:
+    """`read` sent on `conn` (in its pipeline): its cursor, for its rows. Never prepared (see ReadUnderLock)."""
+    from psycopg.rows import dict_row
+
+    return await conn.cursor(row_factory=dict_row).execute(read.sql, read.params, binary=read.binary, prepare=False)
 
 
 _PENDING: set[asyncio.Future[Any]] = set()
