@@ -547,18 +547,20 @@ class PostgresAuditLog:
     def append_if(self, changes: Sequence[Statement], events: list[AuditEvent]) -> list[AuditEntry] | None:
         import psycopg
 
+        entries = None
         try:
-            with self.pool.connection() as conn:
-                with conn.transaction():
-                    # the changes first: their row locks make a concurrent change of the same rows wait for this
-                    # transaction, and then find (read committed re-reads the row) that it has nothing to change
-                    for sql, args in changes:
-                        if conn.execute(sql, args).rowcount < 1:
-                            raise psycopg.Rollback()
-                    return self._insert(conn, events)
-                return None  # rolled back: a change matched no row
+            with self.pool.connection() as conn, conn.transaction():
+                # the changes first: their row locks make a concurrent change of the same rows wait for this
+                # transaction, and then find (read committed re-reads the row) that it has nothing to change
+                for sql, args in changes:
+                    if conn.execute(sql, args).rowcount < 1:
+                        raise psycopg.Rollback()
+                entries = self._insert(conn, events)
         except Exception as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
+        if entries is not None:  # committed: the next append starts after them (else: rolled back, no change)
+            self._remember(entries)
+        return entries
 
     def _insert(self, conn: Any, events: list[AuditEvent]) -> list[AuditEntry]:
         """Chain and insert `events` inside the caller's transaction (under each tenant's chain lock)."""
@@ -591,6 +593,7 @@ class PostgresAuditLog:
                     )
         except Exception as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
+        self._remember([entry])  # committed: the next append starts after it
         return entry
 
     def query(self, tenant: str, *, session: str | None = None, event_type: str | None = None,

@@ -39,13 +39,49 @@ class TurnBusy(Exception):
 class ReadUnderLock:
     """One query run right after a Postgres turn lock is taken, on the lock's connection and in the same round trip
     (a pipeline: the query runs after the lock statement has finished, so it sees every commit made before the
-    lock was taken). `rows` (dicts) is None until the lock is held with the query's answer; it stays None where
-    the lock is not a Postgres lock, or when a query failed (the caller then asks the usual way). `binary`: the
-    rows in Postgres's binary format, as a caller that reads them that way elsewhere asks for them."""
+    lock was taken). Never prepared on the server: a newer replica's ALTER TABLE (a rolling upgrade) would make a
+    prepared `select *` fail with "cached plan must not change result type" for as long as the connection lives;
+    unprepared it is still sent with the lock (Parse, Bind, Execute together). The lock and unlock statements,
+    which read no table, are prepared on first use. `rows` (dicts) is None until the lock is held with the query's
+    answer; it stays None where the lock is not a Postgres lock, or when a query failed (the caller then asks the
+    usual way). `binary`: the rows in Postgres's binary format, as a caller that reads them that way elsewhere
+    asks for them."""
 
     def __init__(self, sql: str, params: Sequence[Any], binary: bool = False):
         self.sql, self.params, self.binary = sql, params, binary
         self.rows: list[dict[str, Any]] | None = None
+
+
+# The Postgres turn lock of a session is two session-level advisory locks, taken together or not at all:
+# - the thread key: the first 8 bytes of sha256(thread id), as every release so far has taken it (alone), and
+# - the schema key: a hash of the connection's current schema and the thread id, so that deployments in two schemas
+#   of one database do not wait on each other's sessions.
+# Taking both keeps this release and an older one (thread key only) apart during a rolling upgrade; a later
+# release, once no replica older than this one runs, can take the schema key alone (docs/architecture.md, "Turn
+# lock keys"). The schema key is computed by the server, for the schema as it is when the lock is taken.
+_SCHEMA_KEY = "hashtextextended('teamgraph-turn:' || coalesce(current_schema(), '') || ':' || %(thread)s::text, 0)"
+# the schema key is tried only with the thread key held, and the thread key given back when it is not got: a CASE
+# evaluates its branches in order (unlike AND/OR), and a try-lock never waits, so two keys cannot deadlock
+LOCK_SQL = (
+    "select case when pg_try_advisory_lock(%(key)s::bigint) then"
+    f" case when pg_try_advisory_lock({_SCHEMA_KEY}) then true"
+    " when pg_advisory_unlock(%(key)s::bigint) then false else false end"
+    " else false end"
+)
+UNLOCK_SQL = f"select pg_advisory_unlock({_SCHEMA_KEY}), pg_advisory_unlock(%(key)s::bigint)"
+
+
+class TurnKey:
+    """A session's turn lock keys (see LOCK_SQL): `thread_key` also picks the process's lock connection."""
+
+    __slots__ = ("thread_id", "thread_key")
+
+    def __init__(self, thread_id: str):
+        self.thread_id = thread_id
+        self.thread_key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
+
+    def params(self) -> dict[str, Any]:
+        return {"key": self.thread_key, "thread": self.thread_id}
 
 
 class TurnLocks:
@@ -160,8 +196,8 @@ class TurnLocks:
     async def _postgres(
         self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = ()
     ) -> AsyncIterator[None]:
-        key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
-        locks = self._pg[key % len(self._pg)]
+        key = TurnKey(thread_id)
+        locks = self._pg[key.thread_key % len(self._pg)]
         conn = await locks.locked(key, remaining_s, reads)
         if conn is None:
             raise TurnBusy(thread_id, self.wait_s)
@@ -229,42 +265,76 @@ class PostgresLockConnection:
                     self._failed = (loop.time(), str(exc))
                     raise
                 try:
-                    await conn.execute(statement_timeout_sql(owner.statement_timeout_s))
+                    # reads under the lock must each see what was committed before they started (READ COMMITTED),
+                    # whatever the server's or the role's default_transaction_isolation says: a pipeline's
+                    # implicit transaction at REPEATABLE READ takes its snapshot at the lock statement, before
+                    # the lock is granted, and could miss the previous holder's last commit
+                    await conn.execute(
+                        statement_timeout_sql(owner.statement_timeout_s)
+                        + "; set default_transaction_isolation = 'read committed'"
+                    )
                 except BaseException:
                     await conn.close()
                     raise
                 self._conn = conn
             return self._conn
 
-    async def _try(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+    async def _try(self, conn: Any, key: TurnKey, reads: Sequence[ReadUnderLock] = (), first: bool = True) -> bool:
         assert self._sending is not None
         async with self._sending:
-            return await self._try_sending(conn, key, reads)
+            if first or not reads:
+                return await self._try_sending(conn, key, reads)
+            # a later attempt of a waiting turn: the lock alone (its reads, sent with the first attempt, were
+            # answered for nothing), and the reads only once it is held, in one more round trip
+            got = await self._try_sending(conn, key)
+            if got:
+                await self._read_sending(conn, reads)
+            return got
 
-    async def _try_sending(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+    async def _read_sending(self, conn: Any, reads: Sequence[ReadUnderLock]) -> None:
+        """Answer `reads` on `conn`, which holds the lock: each statement starts after the lock statement has
+        finished, so it sees every commit made before the lock was taken. A read that fails leaves every `rows`
+        None (the caller asks the usual way); the lock stays held."""
+        import psycopg
+
+        try:
+            async with conn.pipeline():
+                answers = [await _send(conn, read) for read in reads]
+            for read, answer in zip(reads, answers, strict=True):
+                read.rows = await answer.fetchall()
+        except Exception as exc:
+            for read in reads:
+                read.rows = None
+            if isinstance(exc, psycopg.Error) and (conn.closed or conn.broken):
+                raise
+
+    async def _try_sending(self, conn: Any, key: TurnKey, reads: Sequence[ReadUnderLock] = ()) -> bool:
         if not reads:
-            row = await (await conn.execute("select pg_try_advisory_lock(%s)", [key])).fetchone()
+            row = await (await conn.execute(LOCK_SQL, key.params(), prepare=True)).fetchone()
             return bool(row and row[0])
         import psycopg
-        from psycopg.rows import dict_row
 
         locked = conn.cursor()
         try:
             # one round trip, one implicit transaction (committed at the pipeline's Sync); a session-level
             # advisory lock does not follow a transaction, so the lock stays held after the commit
             async with conn.pipeline():
-                await locked.execute("select pg_try_advisory_lock(%s)", [key])
-                answers = [
-                    await conn.cursor(row_factory=dict_row).execute(read.sql, read.params, binary=read.binary)
-                    for read in reads
-                ]
+                await locked.execute(LOCK_SQL, key.params(), prepare=True)
+                answers = [await _send(conn, read) for read in reads]
         except psycopg.Error:
             if conn.closed or conn.broken:
                 raise
-            # the query failed (its table missing, a timeout) and may have done so after the lock was taken: give
-            # it back (unlocking a key this connection does not hold only returns false), then lock as if without
-            # the query; the caller asks the usual way and meets the failure there
-            await conn.execute("select pg_advisory_unlock(%s)", [key])
+            # a query failed (its table missing, a timeout): give back the lock if the lock statement took it,
+            # then lock as if without the queries; the caller asks the usual way and meets the failure there.
+            # The lock statement's answer arrived before the failure; without one (the lock statement itself
+            # failed) it is given back all the same, as a lock kept by mistake would hold the session forever
+            try:
+                row = await locked.fetchone()
+                took = bool(row and row[0])
+            except psycopg.Error:
+                took = True
+            if took:
+                await conn.execute(UNLOCK_SQL, key.params(), prepare=True)
             return await self._try_sending(conn, key)
         got = False
         try:
@@ -280,13 +350,15 @@ class PostgresLockConnection:
             if conn.closed or conn.broken:
                 raise
             if got:  # the lock was taken with reads that cannot be used: give it back, lock without them
-                await conn.execute("select pg_advisory_unlock(%s)", [key])
+                await conn.execute(UNLOCK_SQL, key.params(), prepare=True)
             return await self._try_sending(conn, key)
 
-    async def _try_shielded(self, conn: Any, key: int, reads: Sequence[ReadUnderLock] = ()) -> bool:
+    async def _try_shielded(
+        self, conn: Any, key: TurnKey, reads: Sequence[ReadUnderLock] = (), first: bool = True
+    ) -> bool:
         """One lock attempt that a cancelled caller (a client gone) cannot cut in half: the statement finishes,
         and a lock it took is given back."""
-        attempt = asyncio.ensure_future(self._try(conn, key, reads))
+        attempt = asyncio.ensure_future(self._try(conn, key, reads, first))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -298,21 +370,26 @@ class PostgresLockConnection:
             attempt.add_done_callback(give_back)
             raise
 
-    async def locked(self, key: int, remaining_s: float, reads: Sequence[ReadUnderLock] = ()) -> Any:
+    async def locked(self, key: TurnKey, remaining_s: float, reads: Sequence[ReadUnderLock] = ()) -> Any:
         """Take the lock `key`, polling while another process holds it, for up to `remaining_s`: the connection
-        holding it, or None when the time ran out. `reads` are answered with the attempt that took the lock."""
+        holding it, or None when the time ran out. `reads` are answered under the lock: sent with the first
+        attempt (in its round trip, which is all an uncontended turn needs), and, when that attempt found the lock
+        taken, not with the polls that follow (a waiting turn would read them every 50 ms) but after the poll that
+        took the lock, in one more round trip."""
         import psycopg
 
         waited = 0.0
         conn = await self._connection()
+        first = True
         while True:
             try:
-                got = await self._try_shielded(conn, key, reads)
+                got = await self._try_shielded(conn, key, reads, first)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 if not (conn.closed or conn.broken):
                     raise
                 conn = await self._connection()  # dropped (an outage or a restart): a new connection, once
-                got = await self._try_shielded(conn, key, reads)
+                got = await self._try_shielded(conn, key, reads, first)
+            first = False
             if got:
                 return conn
             if waited >= remaining_s:
@@ -320,7 +397,7 @@ class PostgresLockConnection:
             await asyncio.sleep(0.05)
             waited += 0.05
 
-    async def unlock(self, conn: Any, key: int) -> None:
+    async def unlock(self, conn: Any, key: TurnKey) -> None:
         import psycopg
 
         if conn.closed or conn.broken:
@@ -330,15 +407,22 @@ class PostgresLockConnection:
         with contextlib.suppress(psycopg.OperationalError, psycopg.InterfaceError):
             await asyncio.shield(release)  # a cancelled turn still gives its lock back
 
-    async def _unlock_sending(self, conn: Any, key: int) -> None:
+    async def _unlock_sending(self, conn: Any, key: TurnKey) -> None:
         assert self._sending is not None
         async with self._sending:
-            await conn.execute("select pg_advisory_unlock(%s)", [key])
+            await conn.execute(UNLOCK_SQL, key.params(), prepare=True)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and self._loop is asyncio.get_running_loop():
             await conn.close()
+
+
+async def _send(conn: Any, read: ReadUnderLock) -> Any:
+    """`read` sent on `conn` (in its pipeline): its cursor, for its rows. Never prepared (see ReadUnderLock)."""
+    from psycopg.rows import dict_row
+
+    return await conn.cursor(row_factory=dict_row).execute(read.sql, read.params, binary=read.binary, prepare=False)
 
 
 _PENDING: set[asyncio.Future[Any]] = set()

@@ -7,6 +7,7 @@ Two `TurnLocks` on one URL stand for two replicas (each holds its own lock conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import threading
@@ -595,3 +596,244 @@ async def test_a_setup_lock_held_too_long_is_a_clear_503_not_a_hang(url: str, mo
                 pass
     async with factory._one_setup_at_a_time(url, 5.0):  # released: the next one takes it at once
         pass
+
+
+@contextlib.contextmanager
+def traced_lock_connection(locks: TurnLocks, thread_id: str, tmp_path: Path) -> Iterator[list[object]]:
+    """The round trips (bench.pgtrace's RoundTrip, read from libpq's protocol trace) made on the lock connection
+    that `thread_id`'s turns use while the block runs (the list is filled when it ends). The connection must be
+    open already (a turn of the session taken before)."""
+    from bench.pgtrace import parse_trace
+
+    conn = locks._pg[_slot(thread_id)]._conn
+    path = tmp_path / f"lock-trace-{uuid.uuid4().hex}"
+    conn.pgconn.trace(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    trips: list[object] = []
+    try:
+        yield trips
+    finally:
+        conn.pgconn.untrace()
+        trips.extend(parse_trace(path, "turn locks"))
+
+
+async def test_a_waiting_turn_polls_the_lock_alone_and_reads_once_it_holds_it(url: str, tmp_path: Path) -> None:
+    """Reads sent with the lock are sent with the first attempt and, when that attempt found the session busy,
+    once more after the poll that took the lock: not with every 50 ms poll (a turn waiting 0.6 s read the
+    session's checkpoint a dozen times). What they answer still includes the previous holder's last commit."""
+    from checkpoints.turn_lock import ReadUnderLock
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("create table notes (thread text, note text)")
+    a, b = TurnLocks(url, wait_s=5), TurnLocks(url, wait_s=5)
+    try:
+        async with b.hold("t1"):  # b's lock connection for t1 is open
+            pass
+        release = await a.acquire("t1")
+
+        async def write_then_release() -> None:
+            await asyncio.sleep(0.6)
+            with psycopg.connect(url, autocommit=True) as writer:
+                writer.execute("insert into notes values ('t1', 'from the holder')")
+            await release()
+
+        reads = [ReadUnderLock("select note from notes where thread = %s", ["t1"]), ReadUnderLock("select 2 as n", [])]
+        writing = asyncio.ensure_future(write_then_release())
+        with traced_lock_connection(b, "t1", tmp_path) as trips:
+            async with b.hold("t1", reads=reads):
+                assert reads[0].rows == [{"note": "from the holder"}] and reads[1].rows == [{"n": 2}]
+        await writing
+        # (the lock and unlock statements were prepared by the first turn, so only the reads show their text)
+        statements = [s for t in trips for s in t.statements]  # type: ignore[attr-defined]
+        assert len(trips) >= 8, statements  # it did wait: a round trip per poll
+        assert statements.count("select note from notes where thread = $1") == 2, statements
+        assert statements.count("select 2 as n") == 2, statements
+        # with the first poll, then after the poll that took the lock, in a round trip of their own
+        assert [t.statements for t in trips[-2:]] == [  # type: ignore[attr-defined]
+            ["select note from notes where thread = $1", "select 2 as n"],
+            [],  # the unlock
+        ]
+
+        # uncontended: the lock and its reads are still one round trip
+        with traced_lock_connection(b, "t1", tmp_path) as trips:
+            async with b.hold("t1", reads=reads):
+                assert reads[0].rows == [{"note": "from the holder"}]
+        assert len(trips) == 2  # the lock with its reads, the unlock
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_reads_under_the_lock_survive_an_alter_table_by_another_connection(url: str) -> None:
+    """A newer replica adds a column during a rolling upgrade: the lock connection's reads (the session index's
+    `select *`) keep being answered, with the new column. They were prepared by psycopg after five runs, and a
+    prepared `select *` fails with "cached plan must not change result type" until the connection is replaced:
+    every turn fell back to asking the usual way, and Postgres logged an error per turn."""
+    from checkpoints.turn_lock import ReadUnderLock
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("create table notes (thread text, note text)")
+        admin.execute("insert into notes values ('t1', 'hello')")
+    locks = TurnLocks(url)
+    try:
+        for _ in range(8):
+            read = ReadUnderLock("select * from notes where thread = %s", ["t1"])
+            async with locks.hold("t1", reads=[read]):
+                assert read.rows == [{"thread": "t1", "note": "hello"}]
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("alter table notes add column added_by_a_newer_replica int")
+        for _ in range(3):
+            read = ReadUnderLock("select * from notes where thread = %s", ["t1"])
+            async with locks.hold("t1", reads=[read]):
+                assert read.rows == [{"thread": "t1", "note": "hello", "added_by_a_newer_replica": None}]
+        assert lock_holders(url, "t1") == []
+    finally:
+        await locks.aclose()
+
+
+async def test_a_failing_read_with_a_lock_attempt_that_found_the_session_busy_unlocks_nothing(url: str) -> None:
+    """The session is held by another replica and the read sent with the lock fails: the attempt gives back only
+    a lock it took. It sent `pg_advisory_unlock` for a lock it did not get (one more round trip, and a Postgres
+    WARNING "you don't own a lock" to the client and in the server log, on every poll)."""
+    from checkpoints.turn_lock import ReadUnderLock
+
+    a, b = TurnLocks(url, wait_s=5), TurnLocks(url, wait_s=0.3)
+    try:
+        async with b.hold("t1"):  # b's lock connection for t1 is open
+            pass
+        conn = b._pg[_slot("t1")]._conn
+        notices: list[str] = []
+        conn.add_notice_handler(lambda diag: notices.append(f"{diag.severity}: {diag.message_primary}"))
+        async with a.hold("t1"):
+            [holder] = lock_holders(url, "t1")
+            failing = ReadUnderLock("select * from no_such_table where thread = %s", ["t1"])
+            with pytest.raises(TurnBusy):
+                async with b.hold("t1", reads=[failing]):
+                    pytest.fail("two replicas ran one session's turns at once")
+            assert lock_holders(url, "t1") == [holder]
+        assert notices == []  # each unlock of a lock not held says so
+        # a failing read with an attempt that did take the lock still gives it back, and the turn runs locked once
+        async with b.hold("t1", reads=[failing]):
+            assert failing.rows is None and len(lock_holders(url, "t1")) == 1
+        assert lock_holders(url, "t1") == [] and notices == []
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_reads_under_the_lock_run_read_committed_whatever_the_connections_default(url: str) -> None:
+    """A database, role or URL whose default_transaction_isolation is REPEATABLE READ: the lock and its reads,
+    one implicit transaction, would take their snapshot at the lock statement, before the lock is granted, and
+    could miss the previous holder's last commit. The lock connection sets READ COMMITTED itself."""
+    from checkpoints.turn_lock import ReadUnderLock
+
+    repeatable = url + "%20-cdefault_transaction_isolation%3Drepeatable%5C%20read"
+    with psycopg.connect(repeatable, autocommit=True) as plain:  # the URL does what it says
+        assert plain.execute("show transaction_isolation").fetchone() == ("repeatable read",)
+    a, b = TurnLocks(repeatable, wait_s=5), TurnLocks(repeatable, wait_s=5)
+    try:
+        read = ReadUnderLock("select current_setting('transaction_isolation') as isolation", [])
+        async with b.hold("t1", reads=[read]):  # uncontended: with the lock, in its round trip
+            assert read.rows == [{"isolation": "read committed"}]
+        release = await a.acquire("t1")
+        asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(release()))
+        async with b.hold("t1", reads=[read]):  # after waiting: once the lock is held
+            assert read.rows == [{"isolation": "read committed"}]
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+def test_an_append_after_a_conditional_or_redacting_one_is_still_one_round_trip(url: str, tmp_path: Path) -> None:
+    """append_if and append_redacting move the chain's head: the process remembers it, so its next append is the
+    one-round-trip kind. It kept the head from before them, and the next append wrote nothing, then tried again."""
+    from checkpoints.audit import AuditEvent, PostgresAuditLog, erase_sessions
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("create table titles (thread text, title text)")
+        admin.execute("insert into titles values ('t1', 'old')")
+    log = PostgresAuditLog(url)
+    said = iter(range(1000))
+
+    def event() -> list[AuditEvent]:
+        return [AuditEvent("veneo", "k1", "message", "t1", {"role": "user", "content": f"m{next(said)}"})]
+
+    try:
+        log.append(event())
+        assert round_trips(log, lambda: log.append(event()), tmp_path) == 1
+        renamed = log.append_if([("update titles set title = %s where thread = %s", ["new", "t1"])], event())
+        assert renamed is not None
+        assert round_trips(log, lambda: log.append(event()), tmp_path) == 1
+        assert log.append_if([("update titles set title = %s where thread = %s", ["x", "nobody"])], event()) is None
+        assert round_trips(log, lambda: log.append(event()), tmp_path) == 1  # a rolled back one moved nothing
+        assert erase_sessions(log, "veneo", ["t1"], "k1", "0" * 64) == 5  # through append_redacting
+        assert round_trips(log, lambda: log.append(event()), tmp_path) == 1
+        entries = log.query("veneo", limit=100)
+        assert [e.seq for e in entries] == list(range(1, 8))
+        assert log.verify("veneo").ok and log.verify("veneo").checked == 7
+    finally:
+        log.close()
+
+
+def schema_key(url: str, thread_id: str) -> int:
+    """The session's per-schema turn lock key, as every release that takes it must compute it (a rolling upgrade
+    mixes releases): pinned here on purpose, not imported."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "select hashtextextended('teamgraph-turn:' || current_schema() || ':' || %s, 0)", [thread_id]
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def key_holders(url: str, key: int) -> list[int]:
+    """Backend pids holding the bigint advisory lock `key` in this database."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    with psycopg.connect(url, autocommit=True) as admin:
+        rows = admin.execute(
+            "select pid from pg_locks where locktype = 'advisory' and granted and objsubid = 1"
+            " and classid::bigint = %s and objid::bigint = %s and database = (select oid from pg_database"
+            " where datname = current_database())",
+            [unsigned >> 32, unsigned & 0xFFFFFFFF],
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+async def test_a_turn_takes_the_thread_key_and_the_schema_key_and_excludes_older_and_newer_releases(
+    url: str,
+) -> None:
+    """This release takes both keys of a session or neither: a replica of an older release (the thread key alone)
+    and one of a later release (the schema key alone) are each kept apart from it during a rolling upgrade, and
+    a try that gets one key gives it back. The schema key differs between schemas, so once every replica takes
+    it alone, deployments in two schemas of one database stop waiting on each other's thread ids."""
+    thread_key = int.from_bytes(hashlib.sha256(b"t1").digest()[:8], "big", signed=True)
+    ours = schema_key(url, "t1")
+    assert ours != thread_key
+    locks = TurnLocks(url, wait_s=0.3)
+    try:
+        async with locks.hold("t1"):
+            [pid] = key_holders(url, thread_key)
+            assert key_holders(url, ours) == [pid]  # both, on one lock connection
+            with psycopg.connect(url, autocommit=True) as other:
+                for older_or_newer in (thread_key, ours):  # what the older and the later release try
+                    assert other.execute("select pg_try_advisory_lock(%s)", [older_or_newer]).fetchone() == (False,)
+        assert key_holders(url, thread_key) == [] and key_holders(url, ours) == []
+
+        for held_by_the_other in (thread_key, ours):  # an older replica's turn, then a later replica's turn
+            with psycopg.connect(url, autocommit=True) as other:
+                other.execute("select pg_advisory_lock(%s)", [held_by_the_other])
+                with pytest.raises(TurnBusy):
+                    async with locks.hold("t1"):
+                        pytest.fail("two releases ran one session's turns at once")
+                assert key_holders(url, thread_key) + key_holders(url, ours) == [other.info.backend_pid]
+            async with locks.hold("t1"):  # the other released it (its connection closed): taken at once
+                pass
+
+        with fresh_postgres_schema("tg_lock_other") as other_schema:
+            assert schema_key(other_schema, "t1") != ours
+            # a later release in the other schema takes its own key while this schema's turn runs
+            async with locks.hold("t1"):
+                with psycopg.connect(other_schema, autocommit=True) as later:
+                    key = schema_key(other_schema, "t1")
+                    assert later.execute("select pg_try_advisory_lock(%s)", [key]).fetchone() == (True,)
+    finally:
+        await locks.aclose()
