@@ -28,8 +28,8 @@ This route sends exactly what LangServe's would, event for event (a test compare
 from __future__ import annotations
 
 import json
-import operator
 from collections.abc import AsyncIterator, Awaitable, Callable
+from operator import is_
 from typing import Any
 
 import orjson
@@ -50,37 +50,34 @@ def _dump(obj: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
 
 
-def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    return len(a) == len(b) and all(map(operator.is_, a, b))
-
-
 class EventEncoder:
     """One request's event encoder: LangServe's JSON for each event, each message of the state dumped once."""
 
     def __init__(self) -> None:
-        # id(message) -> (the message, its field values, its extra values, its JSON); the message is held, so
-        # its id is not reused by another object while the request lasts
-        self._memo: dict[int, tuple[BaseMessage, tuple[Any, ...], tuple[Any, ...], orjson.Fragment]] = {}
+        # id(message) -> (the message, its field and extra values, its JSON); the message is held, so its id is
+        # not reused by another object while the request lasts
+        self._memo: dict[int, tuple[BaseMessage, tuple[Any, ...], orjson.Fragment]] = {}
 
     def _default(self, obj: Any) -> Any:
         # chunks of a model's stream appear once each; complete messages reappear in every later state
         if isinstance(obj, BaseMessage) and not isinstance(obj, BaseMessageChunk):
             fields = tuple(obj.__dict__.values())
             extra = obj.__pydantic_extra__
-            extras = tuple(extra.items()) if extra else ()
+            if extra:
+                fields += (*extra, *extra.values())
             seen = self._memo.get(id(obj))
-            if seen is not None and seen[0] is obj and _same(seen[1], fields) and _same(seen[2], extras):
-                return seen[3]
+            # the same object with the same field values (by identity): the JSON it gave before
+            if seen is not None and seen[0] is obj and len(seen[1]) == len(fields) and all(map(is_, seen[1], fields)):
+                return seen[2]
             fragment = orjson.Fragment(orjson.dumps(obj.model_dump(), default=_dump))
-            self._memo[id(obj)] = (obj, fields, extras, fragment)
+            self._memo[id(obj)] = (obj, fields, fragment)
             return fragment
         return _dump(obj)
 
     def frame(self, event: dict[str, Any]) -> bytes:
         """The SSE bytes LangServe sends for `event`: its `__*` metadata keys stripped, JSON, one data line."""
-        metadata = event["metadata"]  # LangServe's handler reads it the same way: without one the event fails
-        if any(k.startswith("__") for k in metadata):
-            event = {**event, "metadata": {k: v for k, v in metadata.items() if not k.startswith("__")}}
+        # as LangServe's handler does it (in place; an event without metadata fails there too)
+        event["metadata"] = {k: v for k, v in event["metadata"].items() if not k.startswith("__")}
         return FRAME_START + orjson.dumps(event, default=self._default) + FRAME_END
 
 

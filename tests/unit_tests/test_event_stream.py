@@ -84,3 +84,14 @@ def test_what_langserve_cannot_encode_fails_here_too() -> None:
         EventEncoder().frame(event)
     with pytest.raises(TypeError):
         langserve_frame(event)
+
+
+def test_a_message_with_extra_fields_is_dumped_again_when_one_is_added() -> None:
+    message = AIMessage("Hallo", id="a1", voice={"name": "alloy"})  # an extra field (BaseMessage allows them)
+    encoder = EventEncoder()
+    first = state_event("a", [message])
+    assert encoder.frame(dict(first)) == langserve_frame(first)
+    message.speaker = "assistant"  # a new extra field, set on the same object
+    later = state_event("b", [message])
+    assert encoder.frame(dict(later)) == langserve_frame(later)
+    assert b'"speaker":"assistant"' in langserve_frame(later)
