@@ -3,6 +3,7 @@
     python -m bench.compare 10b3a37                      # that commit against the working tree
     python -m bench.compare 10b3a37 --team interview --seconds 10 --rounds 3
     python -m bench.compare main --mode stream --concurrency 1 --inprocess   # with an in-process astream cell
+    python -m bench.compare main --mode first-token --inprocess   # time to the chat's first token (/stream_events)
     python -m bench.compare 10b3a37 --postgres           # both on Postgres (a scratch database each)
     python -m bench.compare HEAD --backends sqlite,postgres   # one code on SQLite and on Postgres, same minutes
 
@@ -11,7 +12,10 @@ servers at once (the other revision from a `git worktree`, on the same Python en
 bundles) and interleaves their `/invoke` (or `/stream`) cells at concurrency 1 and 32, so drift hits both alike.
 `--inprocess` adds a cell of the same graphs run in this process (`ainvoke` / `astream` on the engine's own
 SQLite checkpointer, as the report's in-process rows) before each server cell, and prints each server's p50 over
-it: the ratio the report's fixed-cost goal is about, on the same seconds. Each server row also gives the server
+it: the ratio the report's fixed-cost goal is about, on the same seconds. `--mode first-token` times the chat
+responder's first token instead, as the report's first-token row does (`/stream_events` against in-process
+`astream(stream_mode="messages")`, concurrency 1, a conversation per server in turn), and prints p50 and p95
+and, with `--inprocess`, the p50 over in-process in ms (the goal is within 5 ms). Each server row also gives the server
 process's CPU time per turn (from /proc), which other load on the machine disturbs less than latency. It prints a
 table and writes nothing else; the revision's worktree is removed at the end. Use it to check a change, and quote
 it with the revision and the date: it is not the reference report (`make bench-full`).
@@ -27,11 +31,12 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from bench.bundle import make_bench_bundles
-from bench.drivers import Driver, InProcess, TeamgraphHTTP
-from bench.measure import run_cell, warm_up
+from bench.drivers import Driver, InProcess, TeamgraphHTTP, script
+from bench.measure import percentile, run_cell, warm_up
 from bench.postgres import base_url as postgres_base_url
 from bench.postgres import scratch_database
 from bench.procs import REPO, TeamgraphServer, stop_all
@@ -50,6 +55,9 @@ async def _compare(
     bundles: Path | None = None,
 ) -> None:
     drivers: dict[str, Driver] = {label: TeamgraphHTTP(server.url, server) for label, server in servers.items()}
+    first_token = mode == "first-token"
+    if first_token:
+        mode = "stream"  # warm-up and the in-process variant: astream
     variants = {label: mode for label in drivers}
     async with contextlib.AsyncExitStack() as stack:
         for driver in drivers.values():
@@ -65,6 +73,9 @@ async def _compare(
             variants["in-process"] = INPROCESS_VARIANT[mode]
         for label, driver in drivers.items():
             await warm_up(driver, (variants[label],), (team,))
+        if first_token:
+            await _first_tokens(drivers, team, seconds, rounds)
+            return
         for c in concurrencies:
             p50: dict[str, list[float]] = {label: [] for label in drivers}
             cpu: dict[str, list[float]] = {label: [] for label in drivers}
@@ -101,13 +112,60 @@ async def _compare(
                 )
 
 
+async def _first_tokens(drivers: dict[str, Driver], team: str, seconds: float, rounds: int) -> None:
+    """Time to the chat responder's first token, each driver `seconds` of whole conversations per round (the
+    in-process one first, the two servers swapping places every round)."""
+    samples: dict[str, list[float]] = {label: [] for label in drivers}
+    over: dict[str, list[float]] = {label: [] for label in drivers}
+    missing = dict.fromkeys(drivers, 0)
+    for round_ in range(rounds):
+        pair = [item for item in drivers.items() if item[0] != "in-process"]
+        order = [item for item in drivers.items() if item[0] == "in-process"] + (pair[::-1] if round_ % 2 else pair)
+        cell: dict[str, list[float]] = {}
+        for label, driver in order:
+            cell[label] = []
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                thread = await driver.new_thread(team)
+                for spec in script(team):
+                    result = await driver.first_token(team, thread, spec)
+                    if result.first_token_s is None:
+                        missing[label] += 1
+                    else:
+                        cell[label].append(result.first_token_s * 1000)
+                forget = getattr(driver, "forget", None)
+                if forget is not None:
+                    forget(thread)
+            samples[label] += cell[label]
+        if "in-process" in cell:
+            for label in cell:
+                over[label].append(statistics.median(cell[label]) - statistics.median(cell["in-process"]))
+    for label, values in samples.items():
+        endpoint = "astream" if label == "in-process" else "/stream_events"
+        extra = (
+            f"  {statistics.median(over[label]):+6.2f} ms over in-process"
+            if label != "in-process" and over[label]
+            else ""
+        )
+        print(
+            f"{team:<10} c=1  {label:<24} {endpoint:<14} first token p50 {statistics.median(values):7.2f} ms  "
+            f"p95 {percentile(values, 95):7.2f} ms  n={len(values)} (no token: {missing[label]}){extra}",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="git revision to compare against the working tree")
     parser.add_argument("--team", default="veneo_chat", choices=["veneo_chat", "interview"])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each cell")
     parser.add_argument("--rounds", type=int, default=2, help="cells per server and concurrency (medians)")
-    parser.add_argument("--mode", default="invoke", choices=["invoke", "stream"], help="the endpoint timed")
+    parser.add_argument(
+        "--mode",
+        default="invoke",
+        choices=["invoke", "stream", "first-token"],
+        help="the endpoint timed; first-token: /stream_events up to the chat's first token",
+    )
     parser.add_argument("--concurrency", default="1,32", help="comma-separated concurrencies (default 1,32)")
     parser.add_argument(
         "--inprocess", action="store_true", help="add an in-process cell before each server cell; print ratios"

@@ -31,6 +31,7 @@ from server.auth import Caller
 from server.deps import authenticate, current_caller
 from server.engine import Engine, SessionNotFound, thread_key, title_hint
 from server.errors import ApiError
+from server.event_stream import add_stream_events_route
 from server.limits import TenantTurnLimiter
 from server.observability.turn_observer import TurnObserver
 from server.request_guard import PARSED_BODY
@@ -594,6 +595,13 @@ def add_invoke_route(
     app.post(f"{path}/invoke", include_in_schema=False)(invoke)
 
 
+def _api_handler(runnable: TeamRunnable, path: str, modifier: Any) -> Any:
+    """A LangServe APIHandler for the team, configured as `add_routes` configures the one behind its routes."""
+    from langserve.api_handler import APIHandler
+
+    return APIHandler(runnable, path=path, config_keys=CONFIG_KEYS, per_req_config_modifier=modifier)
+
+
 def all_of(checks: list[Callable[[Request], Awaitable[Any]]]) -> Callable[[Request], Awaitable[None]]:
     """One dependency that awaits `checks` in order: what FastAPI does with one dependency each, without solving
     three dependencies per request (LangServe's routes take the team routes' dependencies as they are)."""
@@ -616,6 +624,7 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
         checks = [current_caller, team_enabled(team), check_run_request]
         dependencies = [Depends(all_of(checks))]
         add_invoke_route(app, runnable, path, modifier, checks)
+        add_stream_events_route(app, runnable, path, _api_handler(runnable, path, modifier), checks)
         add_routes(
             app,
             runnable,

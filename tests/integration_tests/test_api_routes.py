@@ -1270,3 +1270,74 @@ def test_a_slow_postgres_session_index_does_not_stall_other_requests(monkeypatch
         for name, request in requests.items():
             _, waited = asyncio.run(health_while(request))
             assert waited < 0.5, f"/healthz waited {waited:.2f} s behind {name}'s session lookup"
+
+
+def _langserve_frames(client: TestClient, team: str, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What LangServe's own stream_events handler would send for each event the team's runnable yields, encoded
+    its way (strip `__*` metadata, `WellKnownLCSerializer`, sse-starlette's frame) at the moment it is yielded."""
+    from langserve.api_handler import _strip_internal_keys
+    from langserve.serialization import WellKnownLCSerializer
+    from sse_starlette.event import ensure_bytes
+
+    route = next(r for r in client.app.routes if getattr(r, "path", "") == f"/teams/{team}/stream_events")
+    runnable = next(c.cell_contents for c in route.endpoint.__closure__ if hasattr(c.cell_contents, "schema_graph"))
+    original = runnable.astream_events
+    serializer = WellKnownLCSerializer()
+    frames: list[bytes] = []
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        async for event in original(*args, **kwargs):
+            copy = {**event, "metadata": _strip_internal_keys(event["metadata"])}
+            frames.append(ensure_bytes({"data": serializer.dumps(copy).decode("utf-8"), "event": "data"}, "\r\n"))
+            yield event
+
+    monkeypatch.setattr(runnable, "astream_events", recording)
+    return frames
+
+
+@pytest.mark.parametrize("team", ["veneo_chat", "interview"])
+@pytest.mark.parametrize("include_types", [None, ["chat_model", "chain"]])
+def test_stream_events_answers_the_bytes_langserve_would(
+    client: TestClient, team: str, include_types: list[str] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our stream_events route encodes each event once per message object and frames the SSE bytes itself;
+    the stream is byte for byte what LangServe's handler would send for the same events, over a few turns of a
+    growing state (unicode, nested review decisions, the input message that gets its id during the turn)."""
+    frames = _langserve_frames(client, team, monkeypatch)
+    sid = new_session(client, VENEO, team=team)["id"]
+    texts = [RESUME, ANSWERS[0]] if team == "interview" else ["Rücksendung? ¿Cuánto tarda el envío? 📦", "Thanks!"]
+    for text in texts:
+        frames.clear()
+        body: dict[str, Any] = {"input": human(text), "config": configured(sid)}
+        if include_types is not None:
+            body["include_types"] = include_types
+        r = client.post(f"/teams/{team}/stream_events", headers=VENEO, json=body)
+        assert r.status_code == 200, r.text
+        assert len(frames) >= 10
+        assert r.content == b"".join(frames) + b"event: end\r\n\r\n"
+
+
+def test_stream_events_with_model_tokens_answers_the_bytes_langserve_would(
+    tmp_path: Path, fake_openai: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with a model: its start event, every token chunk and its end event, drafts streamed."""
+    personas = tmp_path / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, personas)
+    reviewer = personas / "agents" / "safety_reviewer.yaml"
+    reviewer.write_text(reviewer.read_text().replace("stream_drafts: false", "stream_drafts: true"))
+    approve = Structured({"action": "approve", "category": "ok", "reason": "plain answer"})
+    replies = (Reply("Três a cinco dias úteis 🚚."), approve, Reply("Returns are free within 30 days."), approve)
+    fake_openai.enqueue(*replies)
+    settings = {"personas_dir": personas, "openai_api_key": "sk-test", "model_base_url": fake_openai.base_url}
+    with make_client(tmp_path, **settings) as client:
+        frames = _langserve_frames(client, "veneo_chat", monkeypatch)
+        for text in ("How long does shipping take?", "Can I return shoes?"):
+            frames.clear()
+            r = client.post(
+                "/teams/veneo_chat/stream_events",
+                headers=VENEO,
+                json={"input": human(text), "config": configured("tokens")},
+            )
+            assert r.status_code == 200, r.text
+            assert sum(b'"on_chat_model_stream"' in f for f in frames) > 3
+            assert r.content == b"".join(frames) + b"event: end\r\n\r\n"

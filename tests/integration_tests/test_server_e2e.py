@@ -7,6 +7,7 @@ points the server at the local fake OpenAI server to see model tokens stream thr
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langserve import RemoteRunnable
 
-from tests.fakes.openai_server import FakeOpenAIServer, Reply, Structured
+from tests.fakes.openai_server import FakeOpenAIServer, Reply, Slow, Structured
 from tests.integration_tests.live_server import DEMO_KEY, REPO, VENEO_KEY, LiveServer, auth
 
 RESUME = (REPO / "examples" / "resume.md").read_text(encoding="utf-8")
@@ -407,6 +408,34 @@ async def test_stream_events_show_model_tokens_and_the_reviewed_reply(
     assert draft in str(reviewer_call["messages"])
     detail = get_session(model_server, VENEO_KEY, thread_id)
     assert [m["content"] for m in detail["transcript"]][:2] == [SHIPPING, draft]
+
+
+def test_stream_events_sends_each_event_when_it_happens_not_when_the_turn_ends(
+    model_server: LiveServer, fake_openai: FakeOpenAIServer
+) -> None:
+    """Nothing between the graph and the socket holds events back: while the safety reviewer's model call is
+    still waiting, the client already has the turn's first event and the responder's finished draft."""
+    draft = "Returns are free within 30 days."
+    fake_openai.enqueue(
+        Reply(draft), Slow(1.5, Structured({"action": "approve", "category": "ok", "reason": "plain answer"}))
+    )
+    body = {"input": {"messages": [{"type": "human", "content": RETURNS}]}, "config": thread(f"flush-{uuid.uuid4()}")}
+    arrived: dict[str, float] = {}
+    with rest(model_server, VENEO_KEY) as client:
+        t0 = time.perf_counter()
+        with client.stream("POST", "/teams/veneo_chat/stream_events", json=body) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                now = time.perf_counter() - t0
+                if line.startswith("data:") and "first" not in arrived:
+                    arrived["first"] = now
+                if line.startswith("data:") and '"on_chain_end"' in line and '"name":"primary_responder"' in line:
+                    arrived["draft"] = now
+                if line.startswith("event: end"):
+                    arrived["end"] = now
+    assert set(arrived) == {"first", "draft", "end"}
+    assert arrived["end"] - arrived["first"] > 1.0, arrived
+    assert arrived["end"] - arrived["draft"] > 1.0, arrived
 
 
 async def test_streams_never_show_text_the_pii_rule_removes(

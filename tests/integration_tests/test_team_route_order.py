@@ -50,8 +50,9 @@ def test_turn_routes_come_first_and_every_request_reaches_the_same_route(
         m.setattr(server.team_routes, "serve_team_routes_first", lambda app, prefixes: [])
         before = _app(tmp_path, "before")
 
-    first = [getattr(r, "path", "") for r in app.router.routes[:10]]
-    endpoints = ("invoke", "invoke", "batch", "stream", "stream_events")
+    first = [getattr(r, "path", "") for r in app.router.routes[:12]]
+    # ours (invoke, stream_events: server/team_routes.py, server/event_stream.py), then LangServe's
+    endpoints = ("invoke", "stream_events", "invoke", "batch", "stream", "stream_events")
     assert first == [f"/teams/{team}/{e}" for team in ("interview", "veneo_chat") for e in endpoints]
     assert getattr(before.router.routes[0], "path", "") == "/openapi.json"  # registered first
 

@@ -1,0 +1,142 @@
+"""POST /teams/{team}/stream_events: LangServe's stream_events, the same bytes for less work per event.
+
+LangServe's handler serializes each event with `orjson.dumps(event, default=model_dump)`, decodes the bytes to a
+str, and hands sse-starlette a dict that it turns into `event: data\\r\\ndata: ...\\r\\n\\r\\n` through a StringIO,
+a regular-expression split of the whole JSON text on line breaks and an encode back to bytes. Two costs grow
+with the team state, and both come before the first token (the graph's and each node's start event carry the
+whole state): every message of the state is dumped again in every event (about 80 `model_dump` calls for ~11
+distinct messages before a chat turn's first token, ~155 in the whole turn), and the line-break split scans
+every byte of every event in Python's regex engine (about 1 ms per 100 kB; ~95 kB precede the first token of a
+chat turn ten turns in).
+
+This route sends exactly what LangServe's would, event for event (a test compares the bytes):
+
+- the JSON is orjson's, with LangServe's default for pydantic models; a message seen earlier in the same request
+  is written from the JSON it gave then, as long as none of its fields has been replaced since (the memo keeps
+  the field values it saw and compares them by identity: LangGraph's `add_messages` gives an id-less message
+  its id by assigning `message.id`, which is such a replacement). Changing a message's nested dict or list in
+  place after it was streamed is not noticed; nothing in Teamgraph, LangGraph or LangChain does that to a
+  message in the state, and such a change already reaches clients only by chance, since an event is
+  serialized when the response gets to it, not when it is emitted;
+- the SSE frame is built from the bytes: `event: data\\r\\ndata: <json>\\r\\n\\r\\n` is sse-starlette's encoding of
+  one line of data, and orjson never writes a line break into JSON (it escapes them inside strings);
+- everything else is LangServe's: its request parsing and validation (`APIHandler._get_config_and_input`, the
+  per-request config modifier, `StreamEventsParameters`), the internal metadata keys it strips (`__*`), the
+  `end` and `error` events, and sse-starlette's `EventSourceResponse` (headers, pings, disconnects).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from operator import is_
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from langchain_core.messages import BaseMessage, BaseMessageChunk
+from pydantic import BaseModel
+
+FRAME_START = b"event: data\r\ndata: "
+FRAME_END = b"\r\n\r\n"
+
+
+def _dump(obj: Any) -> Any:
+    """LangServe's `default` for orjson (`langserve.serialization.default`): pydantic models by `model_dump()`;
+    anything else orjson cannot encode fails the event, as there."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump()
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+class EventEncoder:
+    """One request's event encoder: LangServe's JSON for each event, each message of the state dumped once."""
+
+    def __init__(self) -> None:
+        # id(message) -> (the message, its field and extra values, its JSON); the message is held, so its id is
+        # not reused by another object while the request lasts
+        self._memo: dict[int, tuple[BaseMessage, tuple[Any, ...], orjson.Fragment]] = {}
+
+    def _default(self, obj: Any) -> Any:
+        # chunks of a model's stream appear once each; complete messages reappear in every later state
+        if isinstance(obj, BaseMessage) and not isinstance(obj, BaseMessageChunk):
+            fields = tuple(obj.__dict__.values())
+            extra = obj.__pydantic_extra__
+            if extra:
+                fields += (*extra, *extra.values())
+            seen = self._memo.get(id(obj))
+            # the same object with the same field values (by identity): the JSON it gave before
+            if seen is not None and seen[0] is obj and len(seen[1]) == len(fields) and all(map(is_, seen[1], fields)):
+                return seen[2]
+            fragment = orjson.Fragment(orjson.dumps(obj.model_dump(), default=_dump))
+            self._memo[id(obj)] = (obj, fields, fragment)
+            return fragment
+        return _dump(obj)
+
+    def frame(self, event: dict[str, Any]) -> bytes:
+        """The SSE bytes LangServe sends for `event`: its `__*` metadata keys stripped, JSON, one data line."""
+        # as LangServe's handler does it (in place; an event without metadata fails there too)
+        event["metadata"] = {k: v for k, v in event["metadata"].items() if not k.startswith("__")}
+        return FRAME_START + orjson.dumps(event, default=self._default) + FRAME_END
+
+
+def add_stream_events_route(
+    app: FastAPI,
+    runnable: Any,
+    path: str,
+    handler: Any,
+    checks: list[Callable[[Request], Awaitable[Any]]],
+) -> bool:
+    """Register POST {path}/stream_events in front of LangServe's (which stays in the OpenAPI document).
+    `handler` is the team's LangServe `APIHandler`; a handler with feedback tokens, a stream name allow list or
+    another serializer gets LangServe's route (returns False)."""
+    from langserve.api_handler import _with_validation_error_translation
+    from langserve.serialization import WellKnownLCSerializer
+    from langserve.validation import StreamEventsParameters
+    from sse_starlette import EventSourceResponse
+
+    if (
+        handler._token_feedback_enabled
+        or handler._names_in_stream_allow_list is not None
+        or type(handler._serializer) is not WellKnownLCSerializer
+    ):
+        return False
+    version = handler._astream_events_version
+
+    async def stream_events(request: Request) -> EventSourceResponse:
+        for check in checks:
+            await check(request)
+        config, input_ = await handler._get_config_and_input(request, "", endpoint="stream_events")
+        try:  # as LangServe's handler reads them
+            body = await request.json()
+            with _with_validation_error_translation():
+                parameters = StreamEventsParameters(**body)
+        except json.JSONDecodeError as exc:
+            raise RequestValidationError(errors=["Invalid JSON body"]) from exc
+
+        async def frames() -> AsyncIterator[bytes | dict[str, Any]]:
+            encoder = EventEncoder()
+            try:
+                async for event in runnable.astream_events(
+                    input_,
+                    config=config,
+                    include_names=parameters.include_names,
+                    include_types=parameters.include_types,
+                    include_tags=parameters.include_tags,
+                    exclude_names=parameters.exclude_names,
+                    exclude_types=parameters.exclude_types,
+                    exclude_tags=parameters.exclude_tags,
+                    version=version,
+                ):
+                    yield encoder.frame(event)
+                yield {"event": "end"}
+            except BaseException:
+                # LangServe's error event: no detail of the error reaches the client
+                yield {"event": "error", "data": json.dumps({"status_code": 500, "message": "Internal Server Error"})}
+                raise
+
+        return EventSourceResponse(frames())
+
+    app.post(f"{path}/stream_events", include_in_schema=False)(stream_events)
+    return True
