@@ -11,7 +11,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -21,11 +21,11 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 
-from checkpoints.audit import AuditEvent, AuditWriteError, Statement, apply_content_policy, erase_sessions
+from checkpoints.audit import AuditEvent, Statement, apply_content_policy, erase_sessions
 from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
-from checkpoints.session_index import PostgresSessionIndex, SessionRecord
+from checkpoints.session_index import PostgresSessionIndex, SessionRecord, now
 from checkpoints.turn_lock import ReadUnderLock, TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
@@ -274,11 +274,12 @@ class Engine:
         run = self.resolve(tenant, team)
         # SQLite writes run in a worker thread: on the event loop they could wait on a lock that only the
         # loop can release (the async store commits there), stalling every request
-        return await asyncio.to_thread(
-            lambda: self._created(
-                self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title, user_id=user_id), team, actor
-            )
+        record = await asyncio.to_thread(
+            self._create, str(uuid.uuid4()), tenant, run.team.id, team, actor, user_id=user_id, title=title
         )
+        if record is None:  # a fresh uuid4 taken: never in practice, and nothing was written
+            raise RuntimeError("a new session id collided with a stored one")
+        return record
 
     async def erase_user(self, tenant: str, user_id: str, actor: str = "cli") -> dict[str, int]:
         """Erase everything the tenant holds about one end user: every session tagged with `user_id` is deleted
@@ -300,23 +301,21 @@ class Engine:
         )
         return {"sessions": len(sessions), "audit_entries_redacted": redacted}
 
-    def _created(self, record: SessionRecord, requested: str | None, actor: str) -> SessionRecord:
-        """Put a new session on record; if the audit log cannot take it, the session does not exist either."""
-        try:
-            self._audit_created(record, requested, actor)
-        except AuditWriteError:
-            self.sessions.delete(record.thread_id)
-            raise
-        self.metrics.sessions_created.labels(record.tenant, record.team).inc()
+    def _create(
+        self, thread_id: str, tenant: str, team: str, requested: str | None, actor: str, **fields: Any
+    ) -> SessionRecord | None:
+        """Put a new session on record: its index row and its `session_created` and `team_selected` entries are one
+        transaction (`AuditLog.append_if`), so a session exists exactly when its creation is on record, whatever
+        fails or crashes in between. None when the id (or the tenant's client id) is taken: nothing was written."""
+        change, record = self.sessions.create_change(thread_id, tenant, team, **fields)
+        events = [
+            AuditEvent(tenant, actor, "session_created", record.id, {"team": team, "title": record.title}),
+            AuditEvent(tenant, actor, "team_selected", record.id, {"requested": requested, "team": team}),
+        ]
+        if self.audit.append_if(change, events) is None:
+            return None
+        self.metrics.sessions_created.labels(tenant, team).inc()
         return record
-
-    def _audit_created(self, record: SessionRecord, requested: str | None, actor: str) -> None:
-        self.audit.append([
-            AuditEvent(record.tenant, actor, "session_created", record.id, {"team": record.team,
-                                                                                  "title": record.title}),
-            AuditEvent(record.tenant, actor, "team_selected", record.id,
-                       {"requested": requested, "team": record.team}),
-        ])  # fmt: skip
 
     def claim_session(
         self, client_id: str, tenant: str, team: str, actor: str = "cli", thread_id: str | None = None
@@ -328,15 +327,13 @@ class Engine:
         if record is None:
             if self.sessions.pending_deletion(tenant, client_id) is not None:
                 raise SessionDeleting(client_id)  # an interrupted delete: the id is not free until it has finished
-            try:
-                key = thread_id or thread_key(tenant, client_id)
-                return self._created(self.sessions.create(key, tenant, team, client_id=client_id), team, actor)
-            except AuditWriteError:
-                raise
-            except Exception:  # another request created it first: use that one
-                record = self.sessions.find(tenant, client_id)
-                if record is None:
-                    raise
+            key = thread_id or thread_key(tenant, client_id)
+            created = self._create(key, tenant, team, team, actor, client_id=client_id)
+            if created is not None:
+                return created
+            record = self.sessions.find(tenant, client_id)  # another request created it first: use that one
+            if record is None:  # the thread id is taken by another client id (or the row went meanwhile)
+                raise SessionNotFound(client_id)
         if record.tenant != tenant:  # find filters by tenant; kept as a second line of defence
             raise SessionNotFound(client_id)
         return record
@@ -437,17 +434,22 @@ class Engine:
                 changes += self.sessions.tag_user_change(session.thread_id, user_id)
                 events.append(self.audit_event(session.tenant, actor, "session_user_tagged", session.id,
                                                {"user_sha256": user_ref(session.tenant, user_id)}))  # fmt: skip
+            after = session
+            if user_id is not None and session.user_id != user_id:
+                after = replace(after, user_id=user_id)
             if title is not None:
-                changes += self.sessions.rename_change(session.thread_id, title)
+                after = replace(after, title=title, updated_at=now())
+                changes += self.sessions.rename_change(session.thread_id, title, at=after.updated_at)
                 events.append(self.audit_event(session.tenant, actor, "session_renamed", session.id, {"title": title}))
             if not changes:
                 return session
-            stood = self.audit.append_if(changes, events) is not None
+            if self.audit.append_if(changes, events) is not None:
+                # committed: the answer is the record with the values written, not a read after the commit (a
+                # read that failed would turn a change that stood into an error)
+                return after
             current = self.sessions.get(session.thread_id)
             if current is None:  # deleted meanwhile
                 raise SessionNotFound(session.id)
-            if stood:
-                return current
             session = current  # another request tagged it first: decide again on what is stored now
 
     def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
