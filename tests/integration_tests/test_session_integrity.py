@@ -42,7 +42,16 @@ class Storage:
         self.url, self.proxy, self.path = url, proxy, path
 
     @contextlib.contextmanager
-    def failing(self, sqlite_trigger: str, pg_pattern: bytes, name: str = "teamgraph_fault") -> Iterator[None]:
+    def failing(
+        self,
+        sqlite_trigger: str,
+        pg_pattern: bytes,
+        name: str = "teamgraph_fault",
+        sqlite_body: str = "insert into teamgraph_no_such_table values (1);",
+    ) -> Iterator[None]:
+        """`sqlite_body`: what the trigger does; the default fails every statement the trigger is compiled into,
+        whatever its WHEN clause says (SQLite compiles the body with the statement): use
+        `select raise(abort, '...');` for a fault that only the rows matching WHEN meet."""
         if self.proxy is not None:
             self.proxy.cut_when(pg_pattern)
             yield
@@ -51,9 +60,7 @@ class Storage:
             return
         assert self.path is not None
         with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as conn:
-            conn.execute(
-                f"create trigger {name} {sqlite_trigger} begin insert into teamgraph_no_such_table values (1); end"
-            )
+            conn.execute(f"create trigger {name} {sqlite_trigger} begin {sqlite_body} end")
             try:
                 yield
             finally:
@@ -354,6 +361,69 @@ def test_a_title_with_a_line_separator_or_invisible_format_character_is_422(
         family = "Family \U0001f468\u200d\U0001f469\u200d\U0001f467"
         r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": family})
         assert (r.status_code, r.json()["title"]) == (200, family), r.text
+
+
+# --- POST /sessions/{id}/documents, teamgraph sessions import ----------------------------------------------------
+
+RESUME_TEXT = "Jane Roe\nKafka engineer, 6 years of stream processing"
+
+
+def test_an_upload_whose_audit_entry_fails_leaves_no_document(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `document_uploaded` entry cannot be written: the upload answers 503 and the document is not in the
+    session (before, the state kept it without its entry); sent again, it stands and is on record once."""
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client, "")
+        files = {"file": ("resume.txt", RESUME_TEXT.encode(), "text/plain")}
+        with storage.failing(
+            "before insert on audit_events when new.event_type = 'document_uploaded'",
+            b"document_uploaded",
+            sqlite_body="select raise(abort, 'injected fault');",
+        ):
+            r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+        assert r.status_code == 503, r.text
+        detail = client.get(f"/sessions/{sid}", headers=DEMO).json()
+        assert not detail["state"].get("resume") and detail["title"] == ""  # nothing of it stayed
+        uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
+        assert uploads == []
+
+        r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+        assert r.status_code == 200, r.text
+        detail = client.get(f"/sessions/{sid}", headers=DEMO).json()
+        assert detail["state"]["resume"] == RESUME_TEXT and detail["title"] != ""  # titled from the document
+        uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
+        assert len(uploads) == 1
+
+
+async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(storage: Storage) -> None:
+    """`teamgraph sessions import`: the `session_imported` entry cannot be written: the import fails and leaves
+    neither a session (before, one stayed, with `session_created` on record but not its import) nor its data."""
+    from checkpoints.audit import AuditWriteError
+    from server.session_export import export_session, import_session
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        source = await engine.create_session("demo", "interview", "Exported")
+        await engine.attach_document(source, "resume", RESUME_TEXT)
+        document = await export_session(engine, source)
+        before = stored_checkpoints(storage)
+        with (
+            storage.failing("before insert on audit_events when new.event_type = 'session_imported'",
+                            b"session_imported", sqlite_body="select raise(abort, 'injected fault');"),
+            pytest.raises(AuditWriteError),
+        ):  # fmt: skip
+            await import_session(engine, document, "demo")
+        assert [s.id for s in engine.sessions.list("demo")] == [source.id]
+        assert [e.session for e in engine.audit.query("demo", event_type="session_created")] == [source.id]
+        assert engine.audit.query("demo", event_type="session_imported") == []
+        assert stored_checkpoints(storage) == before  # the data it wrote is gone again
+
+        copy = await import_session(engine, document, "demo")  # the database is well again
+        assert sorted(s.id for s in engine.sessions.list("demo")) == sorted([source.id, copy.id])
+        assert (await engine.state(copy))["resume"] == RESUME_TEXT
+        assert [e.session for e in engine.audit.query("demo", event_type="session_imported")] == [copy.id]
+        assert engine.audit.verify("demo").ok
 
 
 # --- DELETE /sessions/{id} ----------------------------------------------------------------------------------------
