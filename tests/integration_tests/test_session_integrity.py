@@ -302,23 +302,33 @@ def test_a_patch_that_committed_answers_200_even_if_the_database_fails_right_aft
         assert [t for t, _ in on_record(client, sid)] == ["session_user_tagged", "session_renamed"]
 
 
-def test_a_storage_fault_inside_an_audited_change_is_audit_unavailable(
+def test_a_storage_fault_inside_an_audited_change_is_storage_unavailable(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One rule (docs/api.md): a fault of a write that puts an action on record (the change and its audit entries
-    are one transaction) answers `503 audit_unavailable` with Retry-After, whichever statement of it failed."""
+    """One rule (docs/api.md): a database fault is `503 storage_unavailable` with Retry-After, also when it meets a
+    write that puts an action on record (the change and its audit entries are one transaction), whichever statement
+    of it failed (before, those answered `audit_unavailable`); `audit_unavailable` is the audit log refusing a
+    write for another reason (on SQLite here: a constraint the entry breaks)."""
     with serve(storage.url, monkeypatch) as client:
         sid = new_session(client)
         with storage.failing("before update of title on sessions", b"set title"):
             r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
-        assert (r.status_code, r.json()["error"]["code"]) == (503, "audit_unavailable"), r.text
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
         assert int(r.headers["retry-after"]) > 0
         with storage.failing("before delete on sessions", b"teamgraph_session_deletions"):
             r = client.delete(f"/sessions/{sid}", headers=DEMO)
-        assert (r.status_code, r.json()["error"]["code"]) == (503, "audit_unavailable"), r.text
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
         with storage.failing("before insert on audit_events", b"session_created"):
             r = client.post("/sessions", headers=DEMO, json={})
-        assert (r.status_code, r.json()["error"]["code"]) == (503, "audit_unavailable"), r.text
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
+        if storage.path is not None:
+            with storage.failing(
+                "before insert on audit_events", b"", sqlite_body="select raise(abort, 'refused by the log');"
+            ):
+                r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
+            assert (r.status_code, r.json()["error"]["code"]) == (503, "audit_unavailable"), r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
+        assert on_record(client, sid) == []
 
 
 def test_a_bug_inside_an_audited_change_is_a_500_not_a_503(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
