@@ -35,7 +35,6 @@ class AuditWriteError(RuntimeError):
     """An audit record could not be written; the action it records must fail too."""
 
 
-
 def _pg_errors() -> tuple[type[BaseException], ...]:
     """What a Postgres audit write turns into AuditWriteError (503): psycopg's errors (a lost connection, a pool
     timeout or closed pool, a statement the database refused), and no others: a bug stays a bug (500)."""

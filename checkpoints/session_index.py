@@ -120,7 +120,12 @@ class SessionIndex(Protocol):
     # A new session's row (`create_change`) and the record it stores: written with its `session_created` entry in
     # one transaction; the insert changes nothing when the thread id or the tenant's client id is taken
     def create_change(
-        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None,
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
         user_id: str | None = None,
     ) -> tuple[builtins.list[Statement], SessionRecord]: ...
     # Deleting a session is two steps: first its index row becomes a pending-deletion row (from then on the
@@ -272,12 +277,19 @@ class SqliteSessionIndex:
         return [("update sessions set title = ?, updated_at = ? where thread_id = ?", [title, at or now(), thread_id])]
 
     def create_change(
-        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None,
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
         user_id: str | None = None,
     ) -> tuple[builtins.list[Statement], SessionRecord]:
         record = new_record(thread_id, tenant, team, title, client_id, user_id)
-        sql = ("insert or ignore into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
-               " user_id) values (?, ?, ?, ?, ?, ?, ?, ?)")
+        sql = (
+            "insert or ignore into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
+            " user_id) values (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
         return [(sql, list(astuple(record)))], record
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
@@ -427,12 +439,19 @@ class PostgresSessionIndex:
         return [(sql, [title, at or now(), thread_id])]
 
     def create_change(
-        self, thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None,
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
         user_id: str | None = None,
     ) -> tuple[builtins.list[Statement], SessionRecord]:
         record = new_record(thread_id, tenant, team, title, client_id, user_id)
-        sql = ("insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
-               " user_id) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing")
+        sql = (
+            "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
+            " user_id) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing"
+        )
         return [(sql, list(astuple(record)))], record
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
