@@ -35,6 +35,14 @@ class AuditWriteError(RuntimeError):
     """An audit record could not be written; the action it records must fail too."""
 
 
+def _pg_errors() -> tuple[type[BaseException], ...]:
+    """What a Postgres audit write turns into AuditWriteError (503): psycopg's errors (a lost connection, a pool
+    timeout or closed pool, a statement the database refused), and no others: a bug stays a bug (500)."""
+    import psycopg  # imported by then: only PostgresAuditLog asks
+
+    return (psycopg.Error,)
+
+
 # A statement on another table of the audit log's database (the session index's), in that database's parameter
 # style, that an audited change consists of: see `AuditLog.append_if`
 Statement = tuple[str, Sequence[Any]]
@@ -449,7 +457,7 @@ class PostgresAuditLog:
         try:
             with self.pool.connection() as conn:
                 conn.execute("select pg_logical_emit_message(true, 'teamgraph', 'durable')")
-        except Exception as exc:
+        except _pg_errors() as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
 
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
@@ -472,7 +480,7 @@ class PostgresAuditLog:
                 entries = self._append_locked(events)
         except AuditWriteError:
             raise
-        except Exception as exc:
+        except _pg_errors() as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
         self._remember(entries)
         return entries
@@ -556,7 +564,7 @@ class PostgresAuditLog:
                     if conn.execute(sql, args).rowcount < 1:
                         raise psycopg.Rollback()
                 entries = self._insert(conn, events)
-        except Exception as exc:
+        except _pg_errors() as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
         if entries is not None:  # committed: the next append starts after them (else: rolled back, no change)
             self._remember(entries)
@@ -591,7 +599,7 @@ class PostgresAuditLog:
                         "update audit_events set payload = %s where tenant = %s and seq = %s",
                         [(Jsonb(_redacted_by(entry)), event.tenant, seq) for seq in seqs],
                     )
-        except Exception as exc:
+        except _pg_errors() as exc:
             raise AuditWriteError(f"audit log write failed: {exc}") from exc
         self._remember([entry])  # committed: the next append starts after it
         return entry

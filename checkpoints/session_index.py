@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +73,14 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def new_record(
+    thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None, user_id: str | None = None
+) -> SessionRecord:
+    """The row a new session is stored as."""
+    stamp = now()
+    return SessionRecord(thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id, user_id)
+
+
 def title_from(text: str) -> str:
     """A session title from the first message: its first line, cut to a readable length."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
@@ -107,7 +115,19 @@ class SessionIndex(Protocol):
     # their entries (`AuditLog.append_if`: each must change a row, else nothing is written).
     # Tag a session with its end user, once: nothing to change when it has a user id already.
     def tag_user_change(self, thread_id: str, user_id: str) -> builtins.list[Statement]: ...
-    def rename_change(self, thread_id: str, title: str) -> builtins.list[Statement]: ...
+    # `at`: the session's new updated_at (now when None), so the caller knows the row it wrote without reading it
+    def rename_change(self, thread_id: str, title: str, at: str | None = None) -> builtins.list[Statement]: ...
+    # A new session's row (`create_change`) and the record it stores: written with its `session_created` entry in
+    # one transaction; the insert changes nothing when the thread id or the tenant's client id is taken
+    def create_change(
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
+        user_id: str | None = None,
+    ) -> tuple[builtins.list[Statement], SessionRecord]: ...
     # Deleting a session is two steps: first its index row becomes a pending-deletion row (from then on the
     # session is gone for every reader and cannot be claimed again), and once its checkpoints, archive and voice
     # items are removed and the deletion is audited, the pending row goes too (`finish_delete_change`); a crash in
@@ -253,8 +273,24 @@ class SqliteSessionIndex:
     def tag_user_change(self, thread_id: str, user_id: str) -> builtins.list[Statement]:
         return [("update sessions set user_id = ? where thread_id = ? and user_id is null", [user_id, thread_id])]
 
-    def rename_change(self, thread_id: str, title: str) -> builtins.list[Statement]:
-        return [("update sessions set title = ?, updated_at = ? where thread_id = ?", [title, now(), thread_id])]
+    def rename_change(self, thread_id: str, title: str, at: str | None = None) -> builtins.list[Statement]:
+        return [("update sessions set title = ?, updated_at = ? where thread_id = ?", [title, at or now(), thread_id])]
+
+    def create_change(
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
+        user_id: str | None = None,
+    ) -> tuple[builtins.list[Statement], SessionRecord]:
+        record = new_record(thread_id, tenant, team, title, client_id, user_id)
+        sql = (
+            "insert or ignore into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
+            " user_id) values (?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        return [(sql, list(astuple(record)))], record
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
         return [
@@ -398,9 +434,25 @@ class PostgresSessionIndex:
         sql = "update teamgraph_sessions set user_id = %s where thread_id = %s and user_id is null"
         return [(sql, [user_id, thread_id])]
 
-    def rename_change(self, thread_id: str, title: str) -> builtins.list[Statement]:
+    def rename_change(self, thread_id: str, title: str, at: str | None = None) -> builtins.list[Statement]:
         sql = "update teamgraph_sessions set title = %s, updated_at = %s where thread_id = %s"
-        return [(sql, [title, now(), thread_id])]
+        return [(sql, [title, at or now(), thread_id])]
+
+    def create_change(
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        title: str = "",
+        client_id: str | None = None,
+        user_id: str | None = None,
+    ) -> tuple[builtins.list[Statement], SessionRecord]:
+        record = new_record(thread_id, tenant, team, title, client_id, user_id)
+        sql = (
+            "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
+            " user_id) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing"
+        )
+        return [(sql, list(astuple(record)))], record
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
         return [

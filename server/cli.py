@@ -349,8 +349,22 @@ def sessions_show(session_id: str, tenant: TenantOpt = "demo") -> None:
     _run(_sessions("show", tenant, None, session_id, None))
 
 
+def _title_argument(title: str) -> str:
+    """TITLE checked as PATCH /sessions/{id} checks `title` (server/routers/sessions.py): a usage error otherwise."""
+    from server.routers.sessions import new_title
+
+    try:
+        return new_title(title)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'TITLE'") from None
+
+
 @sessions_app.command("rename")
-def sessions_rename(session_id: str, title: str, tenant: TenantOpt = "demo") -> None:
+def sessions_rename(
+    session_id: str,
+    title: Annotated[str, typer.Argument(callback=_title_argument, help="One line, not blank, at most 200 chars.")],
+    tenant: TenantOpt = "demo",
+) -> None:
     """Give a session a new title."""
     _run(_sessions("rename", tenant, None, session_id, title))
 

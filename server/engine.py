@@ -10,8 +10,8 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -21,11 +21,11 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 
-from checkpoints.audit import AuditEvent, AuditWriteError, Statement, apply_content_policy, erase_sessions
+from checkpoints.audit import AuditEvent, Statement, apply_content_policy, erase_sessions
 from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
-from checkpoints.session_index import PostgresSessionIndex, SessionRecord
+from checkpoints.session_index import PostgresSessionIndex, SessionRecord, new_record, now
 from checkpoints.turn_lock import ReadUnderLock, TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
@@ -274,11 +274,50 @@ class Engine:
         run = self.resolve(tenant, team)
         # SQLite writes run in a worker thread: on the event loop they could wait on a lock that only the
         # loop can release (the async store commits there), stalling every request
-        return await asyncio.to_thread(
-            lambda: self._created(
-                self.sessions.create(str(uuid.uuid4()), tenant, run.team.id, title, user_id=user_id), team, actor
-            )
+        record = await asyncio.to_thread(
+            self._create, str(uuid.uuid4()), tenant, run.team.id, team, actor, user_id=user_id, title=title
         )
+        if record is None:  # a fresh uuid4 taken: never in practice, and nothing was written
+            raise RuntimeError("a new session id collided with a stored one")
+        return record
+
+    async def create_filled_session(
+        self,
+        tenant: str,
+        team: str | None,
+        title: str,
+        fill: Callable[[SessionRecord], Awaitable[AuditEvent]],
+        actor: str = "cli",
+    ) -> SessionRecord:
+        """A new session whose data is written before it exists (an import): `fill` writes the thread's checkpoints
+        and store items under the record the session will have and returns the audit entry that says what it did;
+        then the index row, `session_created`, `team_selected` and that entry are one transaction. The checkpoints
+        and the audit log are two stores, so this is as close to all-or-nothing as they allow: until that
+        transaction the data belongs to no session (no client can reach it), and when `fill` or the transaction
+        fails the data is removed again; only a crash before that removal can leave unreachable data behind."""
+        run = self.resolve(tenant, team)
+        draft = new_record(str(uuid.uuid4()), tenant, run.team.id, title)
+        try:
+            entry = await fill(draft)
+            record = await asyncio.to_thread(
+                self._create, draft.thread_id, tenant, run.team.id, team, actor, [entry], title=title
+            )
+            if record is None:
+                raise RuntimeError("a new session id collided with a stored one")
+        except BaseException:
+            try:
+                await self._remove_thread_data(draft.thread_id)
+            except Exception as exc:  # unreachable without an index row; logged for the operator
+                log.warning("unfinished_session_data_left", thread_id=draft.thread_id,
+                            error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            raise
+        return record
+
+    async def _remove_thread_data(self, thread_id: str) -> None:
+        """A thread's checkpoints, archived transcript and voice items (each step idempotent)."""
+        await self.persistence.checkpointer.adelete_thread(thread_id)
+        await delete_archive(self.persistence.store, thread_id)
+        await forget_voice_items(self.persistence.store, thread_id)
 
     async def erase_user(self, tenant: str, user_id: str, actor: str = "cli") -> dict[str, int]:
         """Erase everything the tenant holds about one end user: every session tagged with `user_id` is deleted
@@ -300,23 +339,29 @@ class Engine:
         )
         return {"sessions": len(sessions), "audit_entries_redacted": redacted}
 
-    def _created(self, record: SessionRecord, requested: str | None, actor: str) -> SessionRecord:
-        """Put a new session on record; if the audit log cannot take it, the session does not exist either."""
-        try:
-            self._audit_created(record, requested, actor)
-        except AuditWriteError:
-            self.sessions.delete(record.thread_id)
-            raise
-        self.metrics.sessions_created.labels(record.tenant, record.team).inc()
+    def _create(
+        self,
+        thread_id: str,
+        tenant: str,
+        team: str,
+        requested: str | None,
+        actor: str,
+        also: Sequence[AuditEvent] = (),
+        **fields: Any,
+    ) -> SessionRecord | None:
+        """Put a new session on record: its index row and its `session_created` and `team_selected` entries are one
+        transaction (`AuditLog.append_if`), so a session exists exactly when its creation is on record, whatever
+        fails or crashes in between. None when the id (or the tenant's client id) is taken: nothing was written."""
+        change, record = self.sessions.create_change(thread_id, tenant, team, **fields)
+        events = [
+            AuditEvent(tenant, actor, "session_created", record.id, {"team": team, "title": record.title}),
+            AuditEvent(tenant, actor, "team_selected", record.id, {"requested": requested, "team": team}),
+            *also,
+        ]
+        if self.audit.append_if(change, events) is None:
+            return None
+        self.metrics.sessions_created.labels(tenant, team).inc()
         return record
-
-    def _audit_created(self, record: SessionRecord, requested: str | None, actor: str) -> None:
-        self.audit.append([
-            AuditEvent(record.tenant, actor, "session_created", record.id, {"team": record.team,
-                                                                                  "title": record.title}),
-            AuditEvent(record.tenant, actor, "team_selected", record.id,
-                       {"requested": requested, "team": record.team}),
-        ])  # fmt: skip
 
     def claim_session(
         self, client_id: str, tenant: str, team: str, actor: str = "cli", thread_id: str | None = None
@@ -328,15 +373,13 @@ class Engine:
         if record is None:
             if self.sessions.pending_deletion(tenant, client_id) is not None:
                 raise SessionDeleting(client_id)  # an interrupted delete: the id is not free until it has finished
-            try:
-                key = thread_id or thread_key(tenant, client_id)
-                return self._created(self.sessions.create(key, tenant, team, client_id=client_id), team, actor)
-            except AuditWriteError:
-                raise
-            except Exception:  # another request created it first: use that one
-                record = self.sessions.find(tenant, client_id)
-                if record is None:
-                    raise
+            key = thread_id or thread_key(tenant, client_id)
+            created = self._create(key, tenant, team, team, actor, client_id=client_id)
+            if created is not None:
+                return created
+            record = self.sessions.find(tenant, client_id)  # another request created it first: use that one
+            if record is None:  # the thread id is taken by another client id (or the row went meanwhile)
+                raise SessionNotFound(client_id)
         if record.tenant != tenant:  # find filters by tenant; kept as a second line of defence
             raise SessionNotFound(client_id)
         return record
@@ -437,17 +480,22 @@ class Engine:
                 changes += self.sessions.tag_user_change(session.thread_id, user_id)
                 events.append(self.audit_event(session.tenant, actor, "session_user_tagged", session.id,
                                                {"user_sha256": user_ref(session.tenant, user_id)}))  # fmt: skip
+            after = session
+            if user_id is not None and session.user_id != user_id:
+                after = replace(after, user_id=user_id)
             if title is not None:
-                changes += self.sessions.rename_change(session.thread_id, title)
+                after = replace(after, title=title, updated_at=now())
+                changes += self.sessions.rename_change(session.thread_id, title, at=after.updated_at)
                 events.append(self.audit_event(session.tenant, actor, "session_renamed", session.id, {"title": title}))
             if not changes:
                 return session
-            stood = self.audit.append_if(changes, events) is not None
+            if self.audit.append_if(changes, events) is not None:
+                # committed: the answer is the record with the values written, not a read after the commit (a
+                # read that failed would turn a change that stood into an error)
+                return after
             current = self.sessions.get(session.thread_id)
             if current is None:  # deleted meanwhile
                 raise SessionNotFound(session.id)
-            if stood:
-                return current
             session = current  # another request tagged it first: decide again on what is stored now
 
     def rename_session(self, session: SessionRecord, title: str, actor: str = "cli") -> SessionRecord:
@@ -710,7 +758,13 @@ class Engine:
     async def attach_document(
         self, session: SessionRecord, kind: str, text: str, actor: str = "cli", filename: str | None = None
     ) -> None:
-        """Put a resume or job description into the session's state, before its first turn."""
+        """Put a resume or job description into the session's state, before its first turn.
+
+        The document is in the session exactly when its `document_uploaded` entry is on record: the state is
+        written, then the entry, under the session's lock; when the entry cannot be written the document is taken
+        out again (the state gets its previous value back, as a further checkpoint) before the error reaches the
+        caller. The checkpoints and the audit log are separate writes, so only a fault that also fails that undo
+        (or a crash between the two) can leave the document without its entry; that is logged."""
         graph = self.graph(session.team)
         if kind not in self.input_jsonschema(session.team).get("properties", {}):
             raise DocumentRejected(f"team {session.team!r} takes no {kind.replace('_', ' ')} documents", "kind")
@@ -727,9 +781,20 @@ class Engine:
                 )
             # written as the end of a turn, so the next message starts a normal turn with the document in state
             await graph.aupdate_state(config, {kind: text}, as_node="memory_keeper")
+            try:
+                uploaded = {"kind": kind, "filename": filename, "characters": len(text), "content": text}
+                await self.arecord(session.tenant, actor, "document_uploaded", session.id, uploaded)
+            except BaseException:
+                try:
+                    await graph.aupdate_state(config, {kind: state.get(kind)}, as_node="memory_keeper")
+                except Exception as exc:
+                    log.warning("document_not_taken_out", thread_id=session.thread_id, kind=kind,
+                                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                raise
+        try:  # the upload stood and is on record: marking the session active is not worth failing it for
             await self.touch(session.thread_id, title_hint({kind: text}))
-        await self.arecord(session.tenant, actor, "document_uploaded", session.id,
-                    {"kind": kind, "filename": filename, "characters": len(text), "content": text})  # fmt: skip
+        except Exception as exc:
+            log.warning("session_touch_failed", thread_id=session.thread_id, error=f"{type(exc).__name__}: {exc}")
 
     async def delete_session(
         self, session: SessionRecord, actor: str = "cli", because: AuditEvent | None = None
@@ -785,9 +850,7 @@ class Engine:
     async def _finish_delete(self, thread_id: str, tenant: str, team: str, session_id: str, actor: str) -> None:
         """Remove what a pending deletion left (each step is idempotent), then drop the pending row with its
         `session_deleted` entry (one transaction: a deletion another request finished first is not audited again)."""
-        await self.persistence.checkpointer.adelete_thread(thread_id)
-        await delete_archive(self.persistence.store, thread_id)
-        await forget_voice_items(self.persistence.store, thread_id)
+        await self._remove_thread_data(thread_id)
         await asyncio.to_thread(self.sessions.forget_idempotent_turns, thread_id)
         deleted = self.audit_event(tenant, actor, "session_deleted", session_id, {"team": team})
         change = self.sessions.finish_delete_change(thread_id)

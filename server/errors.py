@@ -119,7 +119,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AuditWriteError)
     async def audit_down(request: Request, exc: AuditWriteError) -> JSONResponse:
         await _repair(request, exc)  # the audit tables were dropped under the server: recreated for the next one
-        # never silently: the action is refused (or reported failed) when its audit record cannot be written
+        # never silently: the action is refused (or reported failed) when its audit record cannot be written. One
+        # rule for the code: a database fault (down, unreachable, full, read-only, tables gone) is the database's,
+        # 503 storage_unavailable, whichever table of the write met it (an audited change and its entries are one
+        # transaction); audit_unavailable is the audit log refusing the write for another reason
+        if exc.__cause__ is not None and is_storage_fault(exc.__cause__):
+            return storage_unavailable_response(exc.__cause__)
         return JSONResponse(error_body("audit_unavailable", "the audit log cannot be written; try again later"),
                             status_code=503, headers={"Retry-After": "5"})  # fmt: skip
 

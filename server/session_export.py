@@ -17,6 +17,7 @@ from langchain_core.messages import BaseMessage, message_to_dict, messages_from_
 from langgraph.store.base import PutOp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from checkpoints.audit import AuditEvent
 from checkpoints.session_index import SessionRecord
 from nodes.memory_keeper import read_archive_window, transcript_namespace
 from server.voice import records as voice_records
@@ -138,26 +139,29 @@ def parse_document(data: Any) -> SessionDocument:
 async def import_session(engine: Engine, data: Any, tenant: str, actor: str = "cli") -> SessionRecord:
     """Load a `teamgraph.session/1` document as a new session of `tenant` (audited `session_imported`)."""
     doc = parse_document(data)
-    record = await engine.create_session(tenant, doc.session.team, doc.session.title, actor=actor)
     messages = messages_from_dict([m.message for m in doc.transcript])
     split = len(messages) - doc.in_state
     archive, current = messages[:split], messages[split:]
     store = engine.persistence.store
-    if archive:
-        namespace = transcript_namespace(record.thread_id)
-        await store.abatch([PutOp(namespace, f"{i:09d}", {"message": message_to_dict(m)}, index=False)
-                            for i, m in enumerate(archive)])  # fmt: skip
-    for item in doc.voice_items:
-        await voice_records.mark_applied(store, record.thread_id, item.id, item.record)
-    values: dict[str, Any] = {**doc.state, **doc.documents, "archived": len(archive), "messages": current}
-    graph = engine.graph(record.team)
-    async with engine.turn_locks.hold(record.thread_id, record.team):
-        # written as the end of a turn, so the next message continues the conversation
-        await graph.aupdate_state(engine.run_config(record), values, as_node="memory_keeper")
-    await engine.arecord(tenant, actor, "session_imported", record.id,
-                         {"format": FORMAT, "source_session": doc.session.id, "source_tenant": doc.session.tenant,
-                          "messages": len(messages)})  # fmt: skip
-    return record
+
+    async def fill(record: SessionRecord) -> AuditEvent:
+        if archive:
+            namespace = transcript_namespace(record.thread_id)
+            await store.abatch([PutOp(namespace, f"{i:09d}", {"message": message_to_dict(m)}, index=False)
+                                for i, m in enumerate(archive)])  # fmt: skip
+        for item in doc.voice_items:
+            await voice_records.mark_applied(store, record.thread_id, item.id, item.record)
+        values: dict[str, Any] = {**doc.state, **doc.documents, "archived": len(archive), "messages": current}
+        graph = engine.graph(record.team)
+        async with engine.turn_locks.hold(record.thread_id, record.team):
+            # written as the end of a turn, so the next message continues the conversation
+            await graph.aupdate_state(engine.run_config(record), values, as_node="memory_keeper")
+        return AuditEvent(tenant, actor, "session_imported", record.id,
+                          {"format": FORMAT, "source_session": doc.session.id, "source_tenant": doc.session.tenant,
+                           "messages": len(messages)})  # fmt: skip
+
+    # all or nothing: the session exists (and its import is on record) only once everything is written
+    return await engine.create_filled_session(tenant, doc.session.team, doc.session.title, fill, actor=actor)
 
 
 def to_markdown(doc: dict[str, Any]) -> str:

@@ -34,19 +34,48 @@ MAX_FILENAME_CHARS = 255
 INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "decisions_archived", "answer_keys"}
 
 
+# joiners stay: they are part of how some scripts are written and of emoji sequences (U+200C, U+200D)
+_JOINERS = {"\u200c", "\u200d"}
+MAX_TITLE_CHARS = 200
+
+
+def _unprintable(c: str) -> bool:
+    """Control characters (Cc: tabs, line breaks), line and paragraph separators (Zl, Zp: U+2028, U+2029) and
+    invisible format characters (Cf: bidi overrides, zero-width spaces, byte order marks) but the joiners."""
+    category = unicodedata.category(c)
+    return category in ("Cc", "Zl", "Zp") or (category == "Cf" and c not in _JOINERS)
+
+
 def one_line_title(title: str | None) -> str | None:
-    """A title as it is stored: one line of text without surrounding blanks. A line break, tab or other control
-    character is refused: titles are listed one per line, and the audit log records them as sent."""
+    """A title as it is stored: one line of text without surrounding blanks. A line break, tab, line separator or
+    other control or invisible format character is refused: titles are listed one per line, and the audit log
+    records them as sent."""
     if title is None:
         return None
-    if any(unicodedata.category(c) == "Cc" for c in title):
-        raise ValueError("one line of text without control characters (line breaks, tabs); remove them")
+    bad = next((c for c in title if _unprintable(c)), None)
+    if bad is not None:
+        name = unicodedata.name(bad, "a control character").lower()
+        raise ValueError(
+            f"one line of text without control, line-separator or invisible format characters; it holds "
+            f"U+{ord(bad):04X} ({name}): remove it"
+        )
     return title.strip()
+
+
+def new_title(title: str) -> str:
+    """A title given to an existing session (PATCH, `teamgraph sessions rename`): one line (`one_line_title`), not
+    blank, at most 200 characters; ValueError says what is wrong."""
+    if len(title) > MAX_TITLE_CHARS:
+        raise ValueError(f"at most {MAX_TITLE_CHARS} characters; it has {len(title)}")
+    checked = one_line_title(title)
+    if not checked:
+        raise ValueError("blank; give a title with a visible character")
+    return checked
 
 
 class SessionCreate(BaseModel):
     team: str | None = Field(None, description="Team id; the tenant's default team when omitted.")
-    title: str = Field("", max_length=200, description="Optional; else taken from the first message.")
+    title: str = Field("", max_length=MAX_TITLE_CHARS, description="Optional; else taken from the first message.")
     user_id: str | None = Field(
         None, pattern=USER_ID_PATTERN,
         description=f"Your id for the end user this session is about ({USER_ID_RULE}); DELETE /users/{{user_id}} "
@@ -61,7 +90,7 @@ class SessionCreate(BaseModel):
 
 class SessionPatch(BaseModel):
     title: str | None = Field(
-        None, min_length=1, max_length=200,
+        None, min_length=1, max_length=MAX_TITLE_CHARS,
         description="A new title: one line, not blank (surrounding blanks are dropped).",
     )  # fmt: skip
     user_id: str | None = Field(
@@ -73,10 +102,7 @@ class SessionPatch(BaseModel):
     @field_validator("title")
     @classmethod
     def _one_line(cls, title: str | None) -> str | None:
-        title = one_line_title(title)
-        if title == "":
-            raise ValueError("blank; give a title with a visible character")
-        return title
+        return None if title is None else new_title(title)
 
 
 class SessionOut(BaseModel):

@@ -104,6 +104,11 @@ def test_interview_then_session_commands(cli: Cli) -> None:
     renamed = cli("sessions", "rename", thread_id, "Kafka practice", "--tenant", "demo")
     assert renamed.returncode == 0, renamed.stderr
     assert f"renamed {thread_id}" in renamed.stdout
+    # the title rules of PATCH /sessions/{id}: a usage error naming the argument, and the title stays
+    for bad, why in (("Two\u2028lines", "U+2028"), ("Tab\there", "U+0009"), ("   ", "blank"), ("x" * 201, "200")):
+        refused = cli("sessions", "rename", thread_id, bad, "--tenant", "demo")
+        assert refused.returncode == 2, (bad, refused.stdout, refused.stderr)
+        assert "TITLE" in refused.stderr and why in refused.stderr, refused.stderr
 
     # another tenant can neither see, show, rename nor delete it
     assert thread_id not in cli("sessions", "list", "--tenant", "veneo").stdout

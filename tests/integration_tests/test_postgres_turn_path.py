@@ -354,6 +354,7 @@ async def test_a_turns_commits_skip_the_disk_wait_until_its_closing_write_which_
     async with open_engine(url) as engine:
         audit, saver = engine.persistence.audit, engine.persistence.checkpointer
         real_append, real_aput, real_durable = audit.append, saver.aput, audit.make_durable
+        real_append_if = audit.append_if
 
         def append(events: list[object]) -> object:
             result = real_append(events)  # type: ignore[arg-type]
@@ -376,11 +377,17 @@ async def test_a_turns_commits_skip_the_disk_wait_until_its_closing_write_which_
             order.append(("checkpoint", any("'synchronous_commit', 'off'" in q for q in sent)))
             return result
 
+        def append_if(changes: list[object], events: list[object]) -> object:  # a session's creation, say
+            result = real_append_if(changes, events)  # type: ignore[arg-type]
+            order.append(("audit " + ",".join(e.event_type for e in events), audit._deferred.__dict__.get("on", False)))  # type: ignore[attr-defined]
+            return result
+
         def make_durable() -> None:
             real_durable()
             order.append(("make_durable", False))
 
         monkeypatch.setattr(audit, "append", append)
+        monkeypatch.setattr(audit, "append_if", append_if)
         monkeypatch.setattr(saver, "aput", aput)
         monkeypatch.setattr(audit, "make_durable", make_durable)
         session = await engine.create_session("veneo", "veneo_chat")

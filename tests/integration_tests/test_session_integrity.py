@@ -42,7 +42,16 @@ class Storage:
         self.url, self.proxy, self.path = url, proxy, path
 
     @contextlib.contextmanager
-    def failing(self, sqlite_trigger: str, pg_pattern: bytes) -> Iterator[None]:
+    def failing(
+        self,
+        sqlite_trigger: str,
+        pg_pattern: bytes,
+        name: str = "teamgraph_fault",
+        sqlite_body: str = "insert into teamgraph_no_such_table values (1);",
+    ) -> Iterator[None]:
+        """`sqlite_body`: what the trigger does; the default fails every statement the trigger is compiled into,
+        whatever its WHEN clause says (SQLite compiles the body with the statement): use
+        `select raise(abort, '...');` for a fault that only the rows matching WHEN meet."""
         if self.proxy is not None:
             self.proxy.cut_when(pg_pattern)
             yield
@@ -51,14 +60,36 @@ class Storage:
             return
         assert self.path is not None
         with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as conn:
+            conn.execute(f"create trigger {name} {sqlite_trigger} begin {sqlite_body} end")
+            try:
+                yield
+            finally:
+                conn.execute(f"drop trigger {name}")
+
+    @contextlib.contextmanager
+    def refusing_deletes_of_sessions(self) -> Iterator[None]:
+        """Any delete of a session index row fails (a trigger on both databases): what a process that crashed
+        right after a write looks like to the data, since nothing it meant to undo can be undone."""
+        if self.path is not None:
+            with self.failing("before delete on sessions", b"", name="teamgraph_no_deletes"):
+                yield
+            return
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(
-                f"create trigger teamgraph_fault {sqlite_trigger} begin insert into teamgraph_no_such_table values (1);"
-                " end"
+                "create function teamgraph_fault() returns trigger language plpgsql as"
+                " $$ begin raise exception 'injected: no deletes'; end $$"
+            )
+            conn.execute(
+                "create trigger teamgraph_fault before delete on teamgraph_sessions"
+                " for each row execute function teamgraph_fault()"
             )
             try:
                 yield
             finally:
-                conn.execute("drop trigger teamgraph_fault")
+                conn.execute("drop trigger teamgraph_fault on teamgraph_sessions")
+                conn.execute("drop function teamgraph_fault()")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -103,6 +134,69 @@ def all_at_once(calls: list[Callable[[], httpx.Response]]) -> list[httpx.Respons
 
     with ThreadPoolExecutor(len(calls)) as pool:
         return list(pool.map(send, calls))
+
+
+# --- POST /sessions ------------------------------------------------------------------------------------------------
+
+
+def listed(client: TestClient) -> list[str]:
+    r = client.get("/sessions", headers=DEMO)
+    assert r.status_code == 200, r.text
+    return [s["id"] for s in r.json()["items"]]
+
+
+def created_on_record(client: TestClient) -> list[str | None]:
+    r = client.get("/audit?event_type=session_created&limit=500", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return [e["session"] for e in r.json()["items"]]
+
+
+def test_a_create_whose_audit_entry_fails_leaves_no_session_even_when_nothing_can_undo_it(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `session_created` write fails and no cleanup could run (deletes of index rows fail too, as after a
+    crash between the two writes): the create answers 503 and no session is left without its entry. Before, the
+    session was inserted first and deleted again when its entry failed, so a crash (here: the failed delete) left
+    a session that was never on record."""
+    with serve(storage.url, monkeypatch) as client:
+        kept = new_session(client)
+        with (
+            storage.refusing_deletes_of_sessions(),
+            storage.failing("before insert on audit_events", b"session_created"),
+        ):
+            r = client.post("/sessions", headers=DEMO, json={"title": "Orphan?"})
+        assert r.status_code == 503, r.text
+        assert int(r.headers["retry-after"]) > 0
+        assert listed(client) == [kept]
+        assert created_on_record(client) == [kept]
+
+        sid = new_session(client, "After")  # the database is well again: a create is whole
+        assert sorted(listed(client)) == sorted([kept, sid])
+        assert sorted(created_on_record(client)) == sorted([kept, sid])
+    log = open_audit_log(storage.url)
+    try:
+        assert log.verify("demo").ok
+    finally:
+        log.close()
+
+
+def test_a_turn_on_a_new_id_whose_audit_entry_fails_leaves_no_session(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A team route creating its session on the first turn (claim_session): the same all-or-nothing create."""
+    body = {"input": {"messages": [{"type": "human", "content": "Hello"}]},
+            "config": {"configurable": {"thread_id": "new-on-first-turn"}}}  # fmt: skip
+    with serve(storage.url, monkeypatch) as client:
+        with (
+            storage.refusing_deletes_of_sessions(),
+            storage.failing("before insert on audit_events", b"session_created"),
+        ):
+            r = client.post("/teams/interview/invoke", json=body, headers=DEMO)
+        assert r.status_code == 503, r.text
+        assert listed(client) == [] and created_on_record(client) == []
+        assert client.post("/teams/interview/invoke", json=body, headers=DEMO).status_code == 200
+        assert listed(client) == ["new-on-first-turn"]
+        assert created_on_record(client) == ["new-on-first-turn"]
 
 
 # --- PATCH /sessions/{id} -----------------------------------------------------------------------------------------
@@ -176,6 +270,170 @@ def test_a_rename_that_fails_is_not_on_record(storage: Storage, monkeypatch: pyt
         assert r.status_code == 503, r.text
         assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
         assert on_record(client, sid) == []
+
+
+def test_a_patch_that_committed_answers_200_even_if_the_database_fails_right_after(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer to a PATCH is built from the record and the values written, not read back after the commit: a
+    read of the session index that fails then (on PostgreSQL the connection is cut when the session is read by
+    its thread id; on SQLite, where no trigger fires on a read, the index's read raises a disk I/O error) does not
+    turn the change that stood into a 503 (before, it did)."""
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+
+        def failing_read(thread_id: str) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        with monkeypatch.context() as patched:
+            if storage.proxy is not None:
+                storage.proxy.cut_when(b"from teamgraph_sessions where thread_id = ")
+            else:
+                patched.setattr(engine.sessions, "get", failing_read)
+            r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"user_id": "cand-3", "title": "After"})
+            if storage.proxy is not None:
+                storage.proxy.cut_when(b"\x00never sent\x00")  # disarm: a PATCH reads nothing after its commit
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        detail = client.get(f"/sessions/{sid}", headers=DEMO).json()
+        assert (answer["user_id"], answer["title"]) == ("cand-3", "After")
+        assert {k: detail[k] for k in answer} == answer  # the answer is what is stored, updated_at included
+        assert [t for t, _ in on_record(client, sid)] == ["session_user_tagged", "session_renamed"]
+
+
+def test_a_storage_fault_inside_an_audited_change_is_storage_unavailable(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One rule (docs/api.md): a database fault is `503 storage_unavailable` with Retry-After, also when it meets a
+    write that puts an action on record (the change and its audit entries are one transaction), whichever statement
+    of it failed (before, those answered `audit_unavailable`); `audit_unavailable` is the audit log refusing a
+    write for another reason (on SQLite here: a constraint the entry breaks)."""
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        with storage.failing("before update of title on sessions", b"set title"):
+            r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
+        assert int(r.headers["retry-after"]) > 0
+        with storage.failing("before delete on sessions", b"teamgraph_session_deletions"):
+            r = client.delete(f"/sessions/{sid}", headers=DEMO)
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
+        with storage.failing("before insert on audit_events", b"session_created"):
+            r = client.post("/sessions", headers=DEMO, json={})
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
+        if storage.path is not None:
+            with storage.failing(
+                "before insert on audit_events", b"", sqlite_body="select raise(abort, 'refused by the log');"
+            ):
+                r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
+            assert (r.status_code, r.json()["error"]["code"]) == (503, "audit_unavailable"), r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
+        assert on_record(client, sid) == []
+
+
+def test_a_bug_inside_an_audited_change_is_a_500_not_a_503(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only database faults become `503 audit_unavailable`: an error of the code itself (here the chaining of the
+    entries raising a TypeError) is a 500 and changes nothing (before, PostgreSQL's audit log answered 503 for
+    any exception, telling clients to retry a request that can never work)."""
+    import checkpoints.audit
+
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+
+        def broken_chain(*args: Any) -> Any:
+            raise TypeError("a bug")
+
+        monkeypatch.setattr(checkpoints.audit, "_chain", broken_chain)
+        r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
+        assert (r.status_code, r.json()["error"]["code"]) == (500, "internal_error"), r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
+        assert on_record(client, sid) == []
+
+
+@pytest.mark.parametrize(
+    "title", ["Line\u2028separator", "Para\u2029graph", "Right\u202eto left", "Zero\u200bwidth", "Next\u0085line"],
+    ids=["U+2028", "U+2029", "bidi-override", "zero-width-space", "NEL"],
+)  # fmt: skip
+def test_a_title_with_a_line_separator_or_invisible_format_character_is_422(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch, title: str
+) -> None:
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": title})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["field"] == "title"
+        assert f"U+{ord(next(c for c in title if not c.isalpha() and c != ' ')):04X}" in r.json()["error"]["message"]
+        r = client.post("/sessions", headers=DEMO, json={"title": title})
+        assert (r.status_code, r.json()["error"]["field"]) == (422, "title"), r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
+        assert listed(client) == [sid] and on_record(client, sid) == []
+        # joiners are text (emoji sequences, some scripts): kept
+        family = "Family \U0001f468\u200d\U0001f469\u200d\U0001f467"
+        r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": family})
+        assert (r.status_code, r.json()["title"]) == (200, family), r.text
+
+
+# --- POST /sessions/{id}/documents, teamgraph sessions import ----------------------------------------------------
+
+RESUME_TEXT = "Jane Roe\nKafka engineer, 6 years of stream processing"
+
+
+def test_an_upload_whose_audit_entry_fails_leaves_no_document(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `document_uploaded` entry cannot be written: the upload answers 503 and the document is not in the
+    session (before, the state kept it without its entry); sent again, it stands and is on record once."""
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client, "")
+        files = {"file": ("resume.txt", RESUME_TEXT.encode(), "text/plain")}
+        with storage.failing(
+            "before insert on audit_events when new.event_type = 'document_uploaded'",
+            b"document_uploaded",
+            sqlite_body="select raise(abort, 'injected fault');",
+        ):
+            r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+        assert r.status_code == 503, r.text
+        detail = client.get(f"/sessions/{sid}", headers=DEMO).json()
+        assert not detail["state"].get("resume") and detail["title"] == ""  # nothing of it stayed
+        uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
+        assert uploads == []
+
+        r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+        assert r.status_code == 200, r.text
+        detail = client.get(f"/sessions/{sid}", headers=DEMO).json()
+        assert detail["state"]["resume"] == RESUME_TEXT and detail["title"] != ""  # titled from the document
+        uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
+        assert len(uploads) == 1
+
+
+async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(storage: Storage) -> None:
+    """`teamgraph sessions import`: the `session_imported` entry cannot be written: the import fails and leaves
+    neither a session (before, one stayed, with `session_created` on record but not its import) nor its data."""
+    from checkpoints.audit import AuditWriteError
+    from server.session_export import export_session, import_session
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        source = await engine.create_session("demo", "interview", "Exported")
+        await engine.attach_document(source, "resume", RESUME_TEXT)
+        document = await export_session(engine, source)
+        before = stored_checkpoints(storage)
+        with (
+            storage.failing("before insert on audit_events when new.event_type = 'session_imported'",
+                            b"session_imported", sqlite_body="select raise(abort, 'injected fault');"),
+            pytest.raises(AuditWriteError),
+        ):  # fmt: skip
+            await import_session(engine, document, "demo")
+        assert [s.id for s in engine.sessions.list("demo")] == [source.id]
+        assert [e.session for e in engine.audit.query("demo", event_type="session_created")] == [source.id]
+        assert engine.audit.query("demo", event_type="session_imported") == []
+        assert stored_checkpoints(storage) == before  # the data it wrote is gone again
+
+        copy = await import_session(engine, document, "demo")  # the database is well again
+        assert sorted(s.id for s in engine.sessions.list("demo")) == sorted([source.id, copy.id])
+        assert (await engine.state(copy))["resume"] == RESUME_TEXT
+        assert [e.session for e in engine.audit.query("demo", event_type="session_imported")] == [copy.id]
+        assert engine.audit.verify("demo").ok
 
 
 # --- DELETE /sessions/{id} ----------------------------------------------------------------------------------------
