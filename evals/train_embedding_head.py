@@ -123,16 +123,8 @@ def choose_threshold(attack_scores: np.ndarray, is_attack: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--loso", action="store_true", help="leave-one-source-out rates on the evaluation splits")
-    parser.add_argument(
-        "--thresholds-only",
-        action="store_true",
-        help="keep the shipped head; re-choose the offline thresholds on val (after the classifier was retrained)",
-    )
     args = parser.parse_args()
     rows = load_rows()
-    if args.thresholds_only:
-        thresholds_only([r for r in rows if r["split"] == "val"])
-        return
     if not args.loso:  # fitting and thresholds read train and val only: the evaluation rows need no vectors
         rows = [r for r in rows if r["split"] in ("train", "val")]
     x = vectors([r["text"] for r in rows])
@@ -168,24 +160,6 @@ def main() -> None:
     print(f"threshold on val, alone: {threshold}; with the rules and the classifier: {summary}; wrote {HEAD_PATH}")
     if args.loso:
         leave_one_source_out(rows, x, y, split)
-
-
-def vetoed_scores(head: EmbeddingHead, x: np.ndarray, texts: list[str]) -> np.ndarray:
-    """The head's attack scores, 0 where the reviewer's short-extraction veto (extraction_vetoed) applies."""
-    probs = head.probabilities(x)
-    attack_classes = [c for c in CLASSES if c != "ok"]
-    categories = [attack_classes[i] for i in probs[:, [CLASSES.index(c) for c in attack_classes]].argmax(1)]
-    vetoed = np.array([extraction_vetoed(c, t) for c, t in zip(categories, texts, strict=True)])
-    return np.where(vetoed, 0.0, head.attack_scores(x))
-
-
-def thresholds_only(val_rows: list[dict[str, Any]]) -> None:
-    """The shipped head (nodes/models/guardrail_embedding_head.json.gz) unchanged; `joint_thresholds` on val."""
-    texts = [r["text"] for r in val_rows]
-    scores = vetoed_scores(EmbeddingHead.load(), vectors(texts), texts)
-    extra = [r["source"].startswith("chatterbot_corpus:") for r in val_rows]
-    _, summary = joint_thresholds(texts, scores, labels(val_rows) != 0, extra)
-    print(f"shipped head; thresholds chosen with the rules and the classifier: {summary}")
 
 
 def joint_thresholds(

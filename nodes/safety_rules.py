@@ -121,42 +121,7 @@ _EXTRACTION = re.compile(
     r"[^\n]{0,60}\b(?:display|show|print|dump|reveal|output|list)\w* (?:the |your |all )?(?:system |internal |full )?"
     r"(?:configuration|config|settings|prompt|instructions)"
     r"|\b(?:base64|hex|rot13|binary|morse|leetspeak|pig latin|reverse(?:d)?)\b[^.?!\n]{0,40}"
-    r"\b(?:your|the) (?:prompt|instructions|rules|configuration|guidelines|system)"
-    # seventh pass, from the category's definition: the instructions re-expressed in another form (translated,
-    # summarised, versified, tabulated, quoted); "your rules for / on / about ..." names a shop policy, not the prompt
-    r"|\b(?:translate|summari[sz]e|paraphrase|rewrite|rephrase|turn|convert|encode|format|spell|recite|quote|number"
-    r"|reverse)\b[^.?!\n]{0,30}?\byour (?:own |initial |original |first |current )?(?:instructions|rules|guidelines"
-    r"|directives|prompt|configuration|setup|programming)\b(?! (?:for|on|about|regarding|of|to|in the)\b)"
-    # the place the prompt sits in the context: at the top of this conversation, before my first message
-    r"|\b(?:written|said|stated|text|words|comes|came)\b[^.?!\n]{0,30}\b(?:at|on) the (?:very )?(?:top|start"
-    r"|beginning) of (?:this|our|the) (?:conversation|chat|context|session|prompt)\b"
-    r"|\bbefore my (?:very )?first (?:message|question|prompt|turn)\b"
-    r"|\byour (?:full |entire |complete |whole |exact |own )?(?:system|hidden|secret) (?:prompt|instructions|preamble"
-    r"|guidelines|directives)\b(?! (?:me|us|you)\b)|\b(?:hidden|secret|system) preamble\b"
-    r"|\byou were (?:initiali[sz]ed|configured|primed|set up|booted|started|seeded) with\b"
-    r"|\b(?:first|opening|last) (?:\d+ |few |two |three )?(?:sentences?|lines?|words|paragraphs?) (?:you were (?:told"
-    r"|given)|of (?:your|the) (?:instructions|prompt|setup|configuration|context|system))\b"
-    # the prompt so far; your previous or original instructions asked about
-    r"|\b(?:your|the) (?:prompt|instructions|directives|guidelines) (?:so far|up to (?:now|here|this point))\b"
-    r"|\bwhat (?:were|are|was|is) your (?:previous|prior|earlier|original|initial|first|real|actual|true)"
-    r" (?:instructions|rules|directives|guidelines|prompt|orders)\b(?! (?:for|on|about|regarding|of|to)\b)"
-    # the text that starts with "You are ..." (how a system prompt begins), or everything before a role label
-    r"|\b(?:text|words|sentences?|message|paragraph|everything|lines?|prompt|instructions)\b[^.?!\n]{0,30}"
-    r"\b(?:starts?|starting|begins?|beginning) with [\"'“«„](?:you are|you're|your role|you have been|system:)"
-    r"\s*(?:\.\.\.|…)?[\"'”»]"
-    r"|\b(?:everything|all|the text|the words)\b[^.?!\n]{0,20}\b(?:before|above|preceding) (?:the (?:word|line"
-    r"|string|token) )?[\"'“«]\s*(?:user|human|question|assistant|system)\s*:?\s*[\"'”»]"
-    # an encoding, cipher or alphabet asked for the prompt (either order); "the rules of chess" is not the prompt
-    r"|\b(?:base ?(?:64|32)|hex(?:adecimal)?|rot ?13|caesar|atbash|binary|morse|leetspeak|l33t|pig latin"
-    r"|(?:nato|phonetic) alphabet|braille|ascii codes?|unicode (?:code points|escapes)|url[- ]?encod\w*)\b"
-    r"[^.?!\n]{0,40}"
-    r"\b(?:your|its) (?:own |full |entire |whole |initial |original |hidden |secret |system )*(?:prompt|instructions"
-    r"|rules|configuration|guidelines|directives|setup)\b(?! (?:for|on|about|of)\b)"
-    r"|\b(?:your|its) (?:own |full |entire |whole |initial |original |hidden |secret |system )*(?:prompt|instructions"
-    r"|rules|configuration|guidelines|directives|setup)\b[^.?!\n]{0,40}\b(?:in|into|as|to|using) (?:the )?"
-    r"(?:base ?(?:64|32)"
-    r"|hex(?:adecimal)?|rot ?13|caesar|atbash|binary|morse|leetspeak|l33t|pig latin|braille|ascii|emojis?"
-    r"|(?:nato |phonetic )+alphabet)\b",
+    r"\b(?:your|the) (?:prompt|instructions|rules|configuration|guidelines|system)",
     re.I,
 )
 
@@ -221,23 +186,6 @@ _ML_REVEAL = _lexicon(
     r"逐字|原样|表示して|書いて|教えて|繰り返|そのまま|보여|출력|알려|반복|그대로|hien thi|viet ra|lap lai|tung chu",
     r"\b(?:tampilkan|tunjukkan|tuliskan|ulangi|berikan)\b|\bkata demi kata|onyesha|andika|rudia|neno kwa neno",
     r"แสดง|ipakita|isulat|salita por salita",
-)
-# seventh pass: the place the prompt sits, in other languages: "the words / text above" (asked with a word of
-# _ML_REVEAL), "before my first message" (asked with "written / at the top")
-_ML_ABOVE = _lexicon(
-    r"\b(?:mots|texte|phrases) ci-dessus|\b(?:worter|text|satze) (?:hier )?oben\b|\b(?:palabras|texto) de arriba",
-    r"\b(?:parole|testo) (?:qui )?sopra|\b(?:palavras|texto) acima|\b(?:woorden|tekst) hierboven",
-    r"\b(?:slowa|tekst) powyzej|(?:слова|текст) выше|上記の|上面的(?:文字|内容|话)|上面以|위의 |yukaridaki",
-    r"(?:الكلمات|النص) أعلاه|cac tu o tren|\b(?:kata-kata|teks) di atas|ऊपर के (?:शब्द|पाठ)",
-)
-_ML_BEFORE_FIRST = _lexicon(
-    r"avant mon premier message|vor meiner ersten nachricht|antes de mi primer mensaje|prima del mio primo messaggio",
-    r"antes da minha primeira mensagem|voor mijn eerste bericht|przed moja pierwsza wiadomoscia",
-    r"до моего первого сообщения|ilk mesajimdan once|在我的第一条消息之前|最初のメッセージの前",
-)
-_ML_WRITTEN = _lexicon(
-    r"\becrit|\bstand\b|\bsteht\b|geschrieben|\bescrito|\bscritto|написан|\byazil|\bgeschreven|napisan",
-    r"tout en haut|ganz oben|arriba del todo|in cima|\bno topo|bovenaan|na samej gorze|в самом верху|en ustte",
 )
 _ML_YOUR = _lexicon(
     # "your", addressed to the assistant
@@ -380,10 +328,6 @@ def other_language_kind(message: str) -> str | None:
     for sentence in [text] if short else re.split(r"(?<=[.!?。！？])\s*|\n", text):
         if _ML_SYSTEM.search(sentence) and (_ML_REVEAL.search(sentence) or _ML_YOUR.search(sentence)):
             return "extraction"
-        if (_ML_ABOVE.search(sentence) and _ML_REVEAL.search(sentence)) or (
-            _ML_BEFORE_FIRST.search(sentence) and _ML_WRITTEN.search(sentence)
-        ):
-            return "extraction"
         if _overrides(sentence):
             return "instruction_override"
     if _ML_NO_LIMITS.search(text) and _ML_ADDRESSED.search(text):
@@ -411,13 +355,6 @@ def names_extraction_target(message: str) -> bool:
         _EXTRACTION_TARGET.search(text)
         or _ML_SYSTEM.search(text)
         or (_ML_INSTRUCTIONS.search(text) and _ML_YOUR.search(text))
-        or _ML_ABOVE.search(text)
-        or _ML_BEFORE_FIRST.search(text)
-        or re.search(
-            r"\b(?:at|on) the (?:very )?(?:top|start|beginning) of (?:this|our|the) (?:conversation|chat)"
-            r"|\bbefore my (?:very )?first (?:message|question)\b",
-            text,
-        )
     )
 
 
