@@ -61,27 +61,42 @@ class ReadUnderLock:
 # lock keys"). The schema key is computed by the server, for the schema as it is when the lock is taken.
 _SCHEMA_KEY = "hashtextextended('teamgraph-turn:' || coalesce(current_schema(), '') || ':' || %(thread)s::text, 0)"
 # the schema key is tried only with the thread key held, and the thread key given back when it is not got: a CASE
-# evaluates its branches in order (unlike AND/OR), and a try-lock never waits, so two keys cannot deadlock
+# evaluates its branches in order (unlike AND/OR), and a try-lock never waits, so two keys cannot deadlock. The
+# answer is the schema key taken (NULL: neither key held): the unlock gives back that value, not the key of the
+# schema as it is at the end of the turn (a schema dropped and recreated meanwhile, current_schema() NULL, would
+# otherwise leave the key taken held on the long-lived lock connection)
 LOCK_SQL = (
     "select case when pg_try_advisory_lock(%(key)s::bigint) then"
-    f" case when pg_try_advisory_lock({_SCHEMA_KEY}) then true"
-    " when pg_advisory_unlock(%(key)s::bigint) then false else false end"
-    " else false end"
+    f" case when pg_try_advisory_lock({_SCHEMA_KEY}) then {_SCHEMA_KEY}"
+    " when pg_advisory_unlock(%(key)s::bigint) then null else null end"
+    " else null end"
 )
-UNLOCK_SQL = f"select pg_advisory_unlock({_SCHEMA_KEY}), pg_advisory_unlock(%(key)s::bigint)"
+UNLOCK_SQL = "select pg_advisory_unlock(%(schema_key)s::bigint), pg_advisory_unlock(%(key)s::bigint)"
+# only when the lock statement's answer never arrived (it may have taken the keys): the schema key computed again
+UNLOCK_UNKNOWN_SQL = f"select pg_advisory_unlock({_SCHEMA_KEY}), pg_advisory_unlock(%(key)s::bigint)"
 
 
 class TurnKey:
-    """A session's turn lock keys (see LOCK_SQL): `thread_key` also picks the process's lock connection."""
+    """A session's turn lock keys (see LOCK_SQL): `thread_key` also picks the process's lock connection;
+    `schema_key` is the schema key the lock statement took (None while not held)."""
 
-    __slots__ = ("thread_id", "thread_key")
+    __slots__ = ("schema_key", "thread_id", "thread_key")
 
     def __init__(self, thread_id: str):
         self.thread_id = thread_id
         self.thread_key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True)
+        self.schema_key: int | None = None
 
     def params(self) -> dict[str, Any]:
         return {"key": self.thread_key, "thread": self.thread_id}
+
+    def took(self, row: Any) -> bool:
+        """Read the lock statement's answer: whether both keys are now held (and which schema key)."""
+        self.schema_key = row[0] if row else None
+        return self.schema_key is not None
+
+    def unlock_params(self) -> dict[str, Any]:
+        return {"key": self.thread_key, "schema_key": self.schema_key}
 
 
 class TurnLocks:
@@ -311,7 +326,7 @@ class PostgresLockConnection:
     async def _try_sending(self, conn: Any, key: TurnKey, reads: Sequence[ReadUnderLock] = ()) -> bool:
         if not reads:
             row = await (await conn.execute(LOCK_SQL, key.params(), prepare=True)).fetchone()
-            return bool(row and row[0])
+            return key.took(row)
         import psycopg
 
         locked = conn.cursor()
@@ -329,17 +344,18 @@ class PostgresLockConnection:
             # The lock statement's answer arrived before the failure; without one (the lock statement itself
             # failed) it is given back all the same, as a lock kept by mistake would hold the session forever
             try:
-                row = await locked.fetchone()
-                took = bool(row and row[0])
+                took = key.took(await locked.fetchone())
             except psycopg.Error:
-                took = True
+                took = None
             if took:
-                await conn.execute(UNLOCK_SQL, key.params(), prepare=True)
+                await conn.execute(UNLOCK_SQL, key.unlock_params(), prepare=True)
+            elif took is None:
+                await conn.execute(UNLOCK_UNKNOWN_SQL, key.params())
+            key.schema_key = None
             return await self._try_sending(conn, key)
         got = False
         try:
-            row = await locked.fetchone()
-            got = bool(row and row[0])
+            got = key.took(await locked.fetchone())
             if got:  # rows are decoded as they are fetched: a value the client cannot decode fails here
                 for read, answer in zip(reads, answers, strict=True):
                     read.rows = await answer.fetchall()
@@ -350,7 +366,8 @@ class PostgresLockConnection:
             if conn.closed or conn.broken:
                 raise
             if got:  # the lock was taken with reads that cannot be used: give it back, lock without them
-                await conn.execute(UNLOCK_SQL, key.params(), prepare=True)
+                await conn.execute(UNLOCK_SQL, key.unlock_params(), prepare=True)
+                key.schema_key = None
             return await self._try_sending(conn, key)
 
     async def _try_shielded(
@@ -410,7 +427,9 @@ class PostgresLockConnection:
     async def _unlock_sending(self, conn: Any, key: TurnKey) -> None:
         assert self._sending is not None
         async with self._sending:
-            await conn.execute(UNLOCK_SQL, key.params(), prepare=True)
+            if key.schema_key is not None:
+                await conn.execute(UNLOCK_SQL, key.unlock_params(), prepare=True)
+                key.schema_key = None
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

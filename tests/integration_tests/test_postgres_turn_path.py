@@ -844,3 +844,29 @@ async def test_a_turn_takes_the_thread_key_and_the_schema_key_and_excludes_older
                     assert later.execute("select pg_try_advisory_lock(%s)", [key]).fetchone() == (True,)
     finally:
         await locks.aclose()
+
+
+async def test_a_turn_gives_back_the_schema_key_it_took_even_when_its_schema_was_dropped_and_recreated(
+    url: str,
+) -> None:
+    """Found in review: the unlock computed the schema key again from current_schema() at the end of the turn; with
+    the schema dropped meanwhile (a self-repair incident) that is NULL, another key, so the key taken stayed held
+    on the long-lived lock connection and every other worker got TurnBusy for the session from then on. The unlock
+    gives back the value the lock statement took."""
+    schema = url.rsplit("%3D", 1)[1]
+    ours = schema_key(url, "t1")
+    first, second = TurnLocks(url, wait_s=0.3), TurnLocks(url, wait_s=0.3)
+    try:
+        release = await first.acquire("t1")
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"drop schema {schema} cascade")
+            try:
+                await release()  # the turn ends while its schema is gone
+            finally:
+                admin.execute(f"create schema {schema}")
+        assert key_holders(url, ours) == []
+        async with second.hold("t1"):  # another worker's turn of the session: not TurnBusy
+            pass
+    finally:
+        await first.aclose()
+        await second.aclose()
