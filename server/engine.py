@@ -297,21 +297,47 @@ class Engine:
         fails the data is removed again; only a crash before that removal can leave unreachable data behind."""
         run = self.resolve(tenant, team)
         draft = new_record(str(uuid.uuid4()), tenant, run.team.id, title)
+        creating: asyncio.Future[SessionRecord | None] | None = None
         try:
             entry = await fill(draft)
-            record = await asyncio.to_thread(
-                self._create, draft.thread_id, tenant, run.team.id, team, actor, [entry], title=title
+            # shielded: a cancelled caller (Ctrl-C) does not stop the transaction's worker thread, so the cleanup
+            # below waits for it and looks at what it did instead of racing it
+            creating = asyncio.ensure_future(
+                asyncio.to_thread(self._create, draft.thread_id, tenant, run.team.id, team, actor, [entry], title=title)
             )
-            if record is None:
-                raise RuntimeError("a new session id collided with a stored one")
-        except BaseException:
-            try:
-                await self._remove_thread_data(draft.thread_id)
-            except Exception as exc:  # unreachable without an index row; logged for the operator
-                log.warning("unfinished_session_data_left", thread_id=draft.thread_id,
+            record = await asyncio.shield(creating)
+        except BaseException as exc:
+            stored = await self._session_after_failed_create(draft.thread_id, creating)
+            if stored is not None and not isinstance(exc, asyncio.CancelledError):
+                # the transaction committed and only its answer was lost (a connection cut after COMMIT was
+                # sent): the session and its data stand, as the audit log says
+                log.warning("session_import_committed_despite_error", thread_id=draft.thread_id,
                             error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                return stored
             raise
+        if record is None:  # a fresh uuid4 taken: never in practice; that thread's data is another session's
+            raise RuntimeError("a new session id collided with a stored one")
         return record
+
+    async def _session_after_failed_create(
+        self, thread_id: str, creating: asyncio.Future[SessionRecord | None] | None
+    ) -> SessionRecord | None:
+        """After `fill` or the creating transaction failed: the session if the transaction committed after all
+        (its data stays); otherwise the thread's data is removed, unless the check itself fails (then it is left,
+        unreachable without an index row, and logged: removing a committed session's data would be worse)."""
+        if creating is not None:
+            with contextlib.suppress(BaseException):
+                if await asyncio.shield(creating) is None:
+                    return None  # the id was taken, nothing written: the thread's data is not ours to remove
+        try:
+            stored = await asyncio.to_thread(self.sessions.get, thread_id) if creating is not None else None
+            if stored is None:
+                await self._remove_thread_data(thread_id)
+            return stored
+        except Exception as exc:
+            log.warning("unfinished_session_data_left", thread_id=thread_id,
+                        error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return None
 
     async def _remove_thread_data(self, thread_id: str) -> None:
         """A thread's checkpoints, archived transcript and voice items (each step idempotent)."""

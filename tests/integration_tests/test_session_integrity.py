@@ -371,6 +371,18 @@ def test_a_title_with_a_line_separator_or_invisible_format_character_is_422(
         family = "Family \U0001f468\u200d\U0001f469\u200d\U0001f467"
         r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": family})
         assert (r.status_code, r.json()["title"]) == (200, family), r.text
+        # found in review: other invisible format characters are ordinary text and were refused too, breaking titles
+        # a client had sent before (a right-to-left mark in Hebrew, a soft hyphen of pasted text, a flag's tags)
+        for kept in (
+            "\u05e8\u05d0\u05d9\u05d5\u05df \u200fC++\u200f",
+            "Arabic \u061c\u0645\u0642\u0627\u0628\u0644\u0629",
+            "Inter\u00adview",
+            "Scotland \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+        ):
+            r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": kept})
+            assert (r.status_code, r.json()["title"]) == (200, kept), r.text
+            r = client.post("/sessions", headers=DEMO, json={"title": kept})
+            assert (r.status_code, r.json()["title"]) == (201, kept), r.text
 
 
 # --- POST /sessions/{id}/documents, teamgraph sessions import ----------------------------------------------------
@@ -432,6 +444,36 @@ async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(s
         copy = await import_session(engine, document, "demo")  # the database is well again
         assert sorted(s.id for s in engine.sessions.list("demo")) == sorted([source.id, copy.id])
         assert (await engine.state(copy))["resume"] == RESUME_TEXT
+        assert [e.session for e in engine.audit.query("demo", event_type="session_imported")] == [copy.id]
+        assert engine.audit.verify("demo").ok
+
+
+async def test_an_import_whose_commit_answer_is_lost_keeps_the_session_it_created_and_its_data(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the creating transaction commits but its answer is lost (a connection cut after COMMIT was
+    sent, seen by the caller as a failed audit write). The import used to remove the thread's data then, leaving
+    a session on record as imported with nothing in it. Now it finds the session stored and keeps it."""
+    from checkpoints.audit import AuditWriteError
+    from server.session_export import export_session, import_session
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        source = await engine.create_session("demo", "interview", "Exported")
+        await engine.attach_document(source, "resume", RESUME_TEXT)
+        document = await export_session(engine, source)
+        committed = engine.audit.append_if
+
+        def answer_lost(changes: Any, events: Any) -> Any:
+            if any(e.event_type == "session_imported" for e in events):
+                committed(changes, events)
+                raise AuditWriteError("audit log write failed: server closed the connection unexpectedly")
+            return committed(changes, events)
+
+        monkeypatch.setattr(engine.audit, "append_if", answer_lost)
+        copy = await import_session(engine, document, "demo")
+        assert sorted(s.id for s in engine.sessions.list("demo")) == sorted([source.id, copy.id])
+        assert (await engine.state(copy))["resume"] == RESUME_TEXT  # its data stayed
         assert [e.session for e in engine.audit.query("demo", event_type="session_imported")] == [copy.id]
         assert engine.audit.verify("demo").ok
 
