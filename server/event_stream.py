@@ -12,14 +12,14 @@ chat turn ten turns in).
 This route sends exactly what LangServe's would, event for event (a test compares the bytes):
 
 - the JSON is orjson's, with LangServe's default for pydantic models; a message with an id seen earlier in the
-  same request is written from the JSON it gave then, as long as it is unchanged. Unchanged means: every field
-  (and extra field) is the same object as then (LangGraph's `add_messages` gives an id-less message its id by
-  assigning `message.id`, a replacement), and the fields that are not immutable scalars (content lists,
-  `additional_kwargs`, `response_metadata`, tool calls, usage, extra dicts) give the same orjson bytes as then,
-  so a change made in place inside them is noticed too. That second check is the price of safety: one orjson
-  call over those (usually small) containers per message per event, a few microseconds against the `model_dump`
-  and full dump it saves (bench/notes.md, "First token": encoding time with and without it). Messages without an
-  id (the prompt list of `on_chat_model_start`, built once per model call) are not kept;
+  same request is written from the JSON it gave then, as long as it is unchanged: the same object whose field
+  values and extra fields, as orjson writes them, are the same bytes as when it was dumped. So a replaced field
+  (LangGraph's `add_messages` gives an id-less message its id by assigning `message.id`) and an edit made in
+  place inside a nested value (content lists, `additional_kwargs`, `response_metadata`, tool calls, an extra
+  field's dict) both re-encode it. The trade-off: that check is one orjson call over the message's fields per
+  message per event (a check by identity of the field values was cheaper but missed in-place edits); it gives
+  back 11-15% of the encoding time saved over LangServe's (bench/notes.md, "First token", safety check).
+  Messages without an id (the prompt list of `on_chat_model_start`, built once per model call) are not kept;
 - the SSE frame is built from the bytes: `event: data\\r\\ndata: <json>\\r\\n\\r\\n` is sse-starlette's encoding of
   one line of data, and orjson never writes a line break into JSON (it escapes them inside strings);
 - everything else is LangServe's: its request parsing and validation (`APIHandler._get_config_and_input`, the
