@@ -11,13 +11,15 @@ chat turn ten turns in).
 
 This route sends exactly what LangServe's would, event for event (a test compares the bytes):
 
-- the JSON is orjson's, with LangServe's default for pydantic models; a message seen earlier in the same request
-  is written from the JSON it gave then, as long as none of its fields has been replaced since (the memo keeps
-  the field values it saw and compares them by identity: LangGraph's `add_messages` gives an id-less message
-  its id by assigning `message.id`, which is such a replacement). Changing a message's nested dict or list in
-  place after it was streamed is not noticed; nothing in Teamgraph, LangGraph or LangChain does that to a
-  message in the state, and such a change already reaches clients only by chance, since an event is
-  serialized when the response gets to it, not when it is emitted;
+- the JSON is orjson's, with LangServe's default for pydantic models; a message with an id seen earlier in the
+  same request is written from the JSON it gave then, as long as it is unchanged: the same object whose field
+  values and extra fields, as orjson writes them, are the same bytes as when it was dumped. So a replaced field
+  (LangGraph's `add_messages` gives an id-less message its id by assigning `message.id`) and an edit made in
+  place inside a nested value (content lists, `additional_kwargs`, `response_metadata`, tool calls, an extra
+  field's dict) both re-encode it. The trade-off: that check is one orjson call over the message's fields per
+  message per event (a check by identity of the field values was cheaper but missed in-place edits); it gives
+  back 11-15% of the encoding time saved over LangServe's (bench/notes.md, "First token", safety check).
+  Messages without an id (the prompt list of `on_chat_model_start`, built once per model call) are not kept;
 - the SSE frame is built from the bytes: `event: data\\r\\ndata: <json>\\r\\n\\r\\n` is sse-starlette's encoding of
   one line of data, and orjson never writes a line break into JSON (it escapes them inside strings);
 - everything else is LangServe's: its request parsing and validation (`APIHandler._get_config_and_input`, the
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from operator import is_
 from typing import Any
 
 import orjson
@@ -50,27 +51,37 @@ def _dump(obj: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
 
 
+def _fields_json(obj: BaseMessage) -> bytes | None:
+    """orjson's bytes for the message's field values (and extra fields) as they are now, or None when orjson
+    cannot write them (the message is then dumped again, and fails as LangServe's encoding fails). Equal bytes
+    mean an equal dump: `model_dump` hands orjson these values as they are, pydantic models inside them dumped by
+    `model_dump()`, which is what `_dump` does here."""
+    try:
+        return orjson.dumps((obj.__dict__, obj.__pydantic_extra__), default=_dump)
+    except TypeError:
+        return None
+
+
 class EventEncoder:
-    """One request's event encoder: LangServe's JSON for each event, each message of the state dumped once."""
+    """One request's event encoder: LangServe's JSON for each event, each message of the state dumped once while
+    it is unchanged."""
 
     def __init__(self) -> None:
-        # id(message) -> (the message, its field and extra values, its JSON); the message is held, so its id is
+        # id(message) -> (the message, the JSON of its fields then, its JSON); the message is held, so its id is
         # not reused by another object while the request lasts
-        self._memo: dict[int, tuple[BaseMessage, tuple[Any, ...], orjson.Fragment]] = {}
+        self._memo: dict[int, tuple[BaseMessage, bytes | None, orjson.Fragment]] = {}
 
     def _default(self, obj: Any) -> Any:
-        # chunks of a model's stream appear once each; complete messages reappear in every later state
-        if isinstance(obj, BaseMessage) and not isinstance(obj, BaseMessageChunk):
-            fields = tuple(obj.__dict__.values())
-            extra = obj.__pydantic_extra__
-            if extra:
-                fields += (*extra, *extra.values())
+        # chunks of a model's stream appear once each, and so do messages without an id (a model call's prompt);
+        # complete messages with an id reappear in every later state
+        if isinstance(obj, BaseMessage) and not isinstance(obj, BaseMessageChunk) and obj.id is not None:
+            now = _fields_json(obj)
             seen = self._memo.get(id(obj))
-            # the same object with the same field values (by identity): the JSON it gave before
-            if seen is not None and seen[0] is obj and len(seen[1]) == len(fields) and all(map(is_, seen[1], fields)):
+            # the same object whose fields, nested containers included, write the same bytes as then
+            if seen is not None and seen[0] is obj and now is not None and seen[1] == now:
                 return seen[2]
             fragment = orjson.Fragment(orjson.dumps(obj.model_dump(), default=_dump))
-            self._memo[id(obj)] = (obj, fields, fragment)
+            self._memo[id(obj)] = (obj, now, fragment)
             return fragment
         return _dump(obj)
 

@@ -561,8 +561,8 @@ CONFIG_KEYS = ("configurable", "metadata", "tags", "callbacks")
 
 
 def add_invoke_route(
-    app: FastAPI, runnable: TeamRunnable, path: str, modifier: Any, checks: list[Callable[[Request], Awaitable[Any]]]
-) -> None:
+    app: FastAPI, runnable: TeamRunnable, path: str, handler: Any, checks: list[Callable[[Request], Awaitable[Any]]]
+) -> bool:
     """POST {path}/invoke: LangServe's invoke, answered byte for byte as LangServe answers it, for less.
 
     The request goes through LangServe's own parsing and validation (`APIHandler._get_config_and_input`: the same
@@ -570,16 +570,23 @@ def add_invoke_route(
     the answer is LangServe's InvokeResponse model. What differs: the model is serialized by pydantic-core
     (`model_dump_json`) instead of `jsonable_encoder` + `json.dumps`, which walks the whole team state in Python
     (same bytes; about a quarter of the time), and no AsyncEventAggregatorCallback is attached (its events are only
-    read for `include_callback_events`, which these routes do not set). Registered before LangServe's routes, so
-    it is the route that answers; LangServe's documentation route for the path stays in the OpenAPI document.
+    read for `include_callback_events`). Registered before LangServe's routes, so it is the route that answers;
+    LangServe's documentation route for the path stays in the OpenAPI document.
+    `handler`: the APIHandler built from the options LangServe's routes get (`route_options`); with callback
+    events, feedback tokens or another serializer this route would answer differently, so LangServe's answers
+    (returns False).
     `checks`: the team routes' dependencies, awaited in order before anything else, as FastAPI would run them
     (without solving a dependency graph per request for three functions of the request alone)."""
-    from langserve.api_handler import APIHandler
     from langserve.schema import InvokeResponseMetadata
     from langserve.serialization import WellKnownLCSerializer
 
-    handler = APIHandler(runnable, path=path, config_keys=CONFIG_KEYS, per_req_config_modifier=modifier)
-    serializer = WellKnownLCSerializer()
+    if (
+        handler._include_callback_events
+        or handler._token_feedback_enabled
+        or type(handler._serializer) is not WellKnownLCSerializer
+    ):
+        return False
+    serializer = handler._serializer
 
     async def invoke(request: Request) -> Response:
         for check in checks:
@@ -593,13 +600,19 @@ def add_invoke_route(
         return Response(answer.model_dump_json(by_alias=True), media_type="application/json")
 
     app.post(f"{path}/invoke", include_in_schema=False)(invoke)
+    return True
 
 
-def _api_handler(runnable: TeamRunnable, path: str, modifier: Any) -> Any:
-    """A LangServe APIHandler for the team, configured as `add_routes` configures the one behind its routes."""
-    from langserve.api_handler import APIHandler
-
-    return APIHandler(runnable, path=path, config_keys=CONFIG_KEYS, per_req_config_modifier=modifier)
+def route_options(modifier: Any) -> dict[str, Any]:
+    """The options of a team's LangServe routes (`add_routes`) that configure its `APIHandler`: the one dict both
+    LangServe's routes and the handler behind our invoke and stream_events routes are built from, so those routes
+    see any option LangServe's get (and leave the answer to LangServe's when they cannot match it)."""
+    return {
+        "config_keys": CONFIG_KEYS,
+        "per_req_config_modifier": modifier,
+        "enable_feedback_endpoint": False,
+        "enable_public_trace_link_endpoint": False,
+    }
 
 
 def all_of(checks: list[Callable[[Request], Awaitable[Any]]]) -> Callable[[Request], Awaitable[None]]:
@@ -615,6 +628,7 @@ def all_of(checks: list[Callable[[Request], Awaitable[Any]]]) -> Callable[[Reque
 
 def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
     from langserve import add_routes
+    from langserve.api_handler import APIHandler
 
     for team, bundle in bundles.teams.items():
         runnable = TeamRunnable(app, team, graph_builder(bundle.graph)(None, None))
@@ -623,18 +637,17 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
         # schemas too: an unauthenticated caller, or a tenant without the team, learns nothing
         checks = [current_caller, team_enabled(team), check_run_request]
         dependencies = [Depends(all_of(checks))]
-        add_invoke_route(app, runnable, path, modifier, checks)
-        add_stream_events_route(app, runnable, path, _api_handler(runnable, path, modifier), checks)
+        options = route_options(modifier)
+        handler = APIHandler(runnable, path=path, **options)  # configured as the one behind LangServe's routes
+        add_invoke_route(app, runnable, path, handler, checks)
+        add_stream_events_route(app, runnable, path, handler, checks)
         add_routes(
             app,
             runnable,
             path=path,
-            config_keys=CONFIG_KEYS,
-            per_req_config_modifier=modifier,
             dependencies=dependencies,
             enabled_endpoints=[*ENDPOINTS, *(["playground"] if playground else [])],  # type: ignore[list-item]
-            enable_feedback_endpoint=False,
-            enable_public_trace_link_endpoint=False,
+            **options,
         )
     serve_team_routes_first(app, [f"/teams/{team}/" for team in bundles.teams])
 

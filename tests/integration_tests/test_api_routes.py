@@ -1341,3 +1341,71 @@ def test_stream_events_with_model_tokens_answers_the_bytes_langserve_would(
             assert r.status_code == 200, r.text
             assert sum(b'"on_chat_model_stream"' in f for f in frames) > 3
             assert r.content == b"".join(frames) + b"event: end\r\n\r\n"
+
+
+def _answering(client: TestClient, path: str) -> str:
+    """The endpoint the router picks for POST `path` (the first route that matches it fully)."""
+    from starlette.routing import Match
+
+    scope = {"type": "http", "path": path, "root_path": "", "method": "POST", "headers": [], "app": client.app}
+    route = next(r for r in client.app.router.routes if r.matches(dict(scope))[0] is Match.FULL)  # type: ignore[attr-defined]
+    return str(route.endpoint.__qualname__)  # type: ignore[attr-defined]
+
+
+class _OtherSerializer:
+    """Stands for a serializer other than LangServe's default (a subclass of it counts as another one)."""
+
+
+@pytest.mark.parametrize(
+    ("option", "ours"),
+    [
+        ({"astream_events_version": "v1"}, {"invoke", "stream_events"}),  # ours answer, with v1 events
+        # LangServe's invoke answers with the callback events it collected (none reach it from TeamRunnable)
+        ({"include_callback_events": True}, {"stream_events"}),
+        ({"stream_log_name_allow_list": ["another_runnable"]}, {"invoke"}),
+        ({"serializer": "other"}, set()),
+        ({"token_feedback_config": {"key_configs": [{"key": "helpful"}]}}, set()),
+    ],
+    ids=[
+        "astream_events_version",
+        "include_callback_events",
+        "stream_log_name_allow_list",
+        "serializer",
+        "token_feedback_config",
+    ],
+)
+def test_our_routes_follow_the_options_langserves_routes_get(
+    tmp_path: Path, option: dict[str, Any], ours: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An option given to the team's `add_routes` reaches the handler behind our invoke and stream_events routes:
+    they use it, or, when they would answer differently, the request is LangServe's route's."""
+    from langserve.serialization import WellKnownLCSerializer
+
+    import server.team_routes
+
+    if option.get("serializer") == "other":
+        option = {"serializer": type("Other", (WellKnownLCSerializer,), {})()}
+    original = server.team_routes.route_options
+    monkeypatch.setattr(server.team_routes, "route_options", lambda modifier: {**original(modifier), **option})
+    with make_client(tmp_path) as client:
+        answered = {
+            endpoint
+            for endpoint in ("invoke", "stream_events")
+            if _answering(client, f"/teams/veneo_chat/{endpoint}").startswith(f"add_{endpoint}_route.")
+        }
+        assert answered == ours
+        if "token_feedback_config" in option:
+            return  # LangServe's routes would ask LangSmith for feedback tokens: no request without a network
+        frames = _langserve_frames(client, "veneo_chat", monkeypatch) if "stream_events" in ours else []
+        sid = new_session(client, VENEO)["id"]
+        body = {"input": human("When is customer service open?"), "config": configured(sid)}
+        r = client.post("/teams/veneo_chat/stream_events", headers=VENEO, json=body)
+        assert r.status_code == 200, r.text
+        if "stream_events" in ours:
+            assert r.content == b"".join(frames) + b"event: end\r\n\r\n"
+            # v1 has no parent ids (every event's list is empty); v2 gives the nodes' events their parents
+            assert (b'"parent_ids":["' in r.content) is (option.get("astream_events_version") != "v1")
+        else:  # LangServe's route (with an allow list that leaves the team's runnable out, no data event at all)
+            assert (b"event: data" in r.content) is ("stream_log_name_allow_list" not in option)
+        r = client.post("/teams/veneo_chat/invoke", headers=VENEO, json=body)
+        assert r.status_code == 200, r.text

@@ -47,12 +47,18 @@ def test_a_message_is_dumped_once_per_request_and_again_when_a_field_is_replaced
     encoder = EventEncoder()
     first = [state_event("a", [question]), state_event("b", [question, answer]), state_event("c", [question, answer])]
     assert [encoder.frame(e) for e in first] == [langserve_frame(e) for e in first]
-    # three events with five message dumps in LangServe's encoding (counted above too); the encoder: one each
+    # three events with five message dumps in LangServe's encoding (counted above too); the encoder: one for the
+    # message with an id, every time for the one without (not kept: id-less messages are one-off prompts)
     dumps.clear()
     again = EventEncoder()
     for e in first:
         again.frame(e)
-    assert sorted(dumps) == sorted([str(question.content), str(answer.content)])
+    assert sorted(dumps) == sorted([str(question.content)] * 3 + [str(answer.content)])
+    question.id = "h0"
+    dumps.clear()
+    for e in first:
+        again.frame(e)
+    assert dumps == [str(question.content)]  # kept from now on; the answer is unchanged
 
     # LangGraph's add_messages gives the message its id by assignment: the next event shows the id
     question.id = "h1"
@@ -95,3 +101,44 @@ def test_a_message_with_extra_fields_is_dumped_again_when_one_is_added() -> None
     later = state_event("b", [message])
     assert encoder.frame(dict(later)) == langserve_frame(later)
     assert b'"speaker":"assistant"' in langserve_frame(later)
+
+
+def test_a_message_changed_in_place_inside_its_containers_is_dumped_again() -> None:
+    """A node that edits a streamed message's nested dicts and lists in place: the next event carries the edit,
+    as LangServe's encoding of that event would."""
+    answer = AIMessage(
+        [{"type": "text", "text": "Drei bis fünf Tage."}],
+        id="a1",
+        response_metadata={"review": {"layers": [1.5, None]}},
+        additional_kwargs={"refusal": None},
+        tool_calls=[{"name": "lookup", "args": {"order": "A-1"}, "id": "c1"}],
+        voice={"name": "alloy"},
+    )
+    encoder = EventEncoder()
+    first = state_event("a", [answer])
+    assert encoder.frame(dict(first)) == langserve_frame(first)
+    edits = [
+        lambda: answer.response_metadata["review"]["layers"].append(2),
+        lambda: answer.response_metadata["review"].update(layers=[1.5, True]),  # 1 == True, not the same JSON
+        lambda: answer.additional_kwargs.update(refusal="nein"),
+        lambda: answer.tool_calls[0]["args"].update(order="A-2"),
+        lambda: answer.content.append({"type": "text", "text": " Werktage."}),  # type: ignore[union-attr]
+        lambda: answer.content[0].update(text="Zwei Tage."),  # type: ignore[union-attr]
+        lambda: answer.voice.update(name="echo"),  # type: ignore[attr-defined]
+    ]
+    for step, edit in enumerate(edits):
+        edit()
+        later = state_event(f"e{step}", [answer])
+        assert encoder.frame(dict(later)) == langserve_frame(later), step
+
+
+def test_messages_without_an_id_are_not_kept() -> None:
+    """A model call's prompt list (on_chat_model_start) is built once: its id-less messages are never reused."""
+    prompt = [HumanMessage("Systemprompt"), HumanMessage("Frage")]
+    event = state_event("a", prompt)
+    encoder = EventEncoder()
+    assert encoder.frame(dict(event)) == langserve_frame(event)
+    assert encoder._memo == {}
+    kept = AIMessage("Antwort", id="a1")
+    encoder.frame(state_event("b", [*prompt, kept]))
+    assert [m for m, _, _ in encoder._memo.values()] == [kept]
