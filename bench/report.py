@@ -310,13 +310,14 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             f"first token p50 through `/stream_events` within {GOAL_TTFT_MS:.0f} ms of in-process `astream`",
             f"{ms(tg, 2)} ms vs {ms(ip, 2)} ms in-process (+{ms(tg - ip, 2)} ms); `langgraph dev` messages stream "
             f"{ms(dev, 1)} ms",
-            "the request's fixed cost (goal 1) comes before the first token, plus `astream_events`: LangServe "
-            "serializes the 8 events before it (the graph's and each node's start carry the whole state); asking "
-            "for chat-model events only "
+            "the request's fixed cost (goal 1) comes before the first token, and the TurnObserver's callbacks "
+            "(~730 calls before it); encoding the events before it is no longer the cost (our `stream_events` "
+            "route dumps each message once and frames orjson's bytes: ~0.3 ms at turn 10, LangServe's encoding "
+            "1.0 ms; bench/notes.md); asking for chat-model events only "
             f"(`include_types`) gives {ms(t.get('teamgraph (chat_model events only)', {}).get('p50_ms'), 2)} ms"
             if not ok3
-            else "the request's fixed cost (goal 1) comes before the first token; after it LangServe forwards each "
-            "event as the graph emits it",
+            else "the request's fixed cost (goal 1) comes before the first token; after it each event is sent as "
+            "the graph emits it",
             ok3,
         )
     )
