@@ -340,26 +340,29 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             f"{team}: time {fx(xt)} ({ms(t1 * 1000)} → {ms(tn * 1000)} ms), bytes {fx(xb)} "
             f"({b1 / 1000:.1f} → {bn / 1000:.1f} kB; {fx(ratio(bn, b10))} of turn 10)"
         )
-    ok4 = ok_t and ok_b
+    # the bytes goal moved (issue 13) to storage per session over 1,000 turns with retention (section 7): turn
+    # 200's checkpoint against turn 1's is reported, and judged there, not here
+    ok4 = ok_t
     why = []
-    if not ok_b:
-        why.append(
-            "bytes: a turn writes one checkpoint holding the whole state; turn 1's state is almost empty, while "
-            "from the memory budget on (chat: 16 messages, reached at turn 8) every checkpoint carries the "
-            "bounded window of messages plus the rolling summary; the cost is flat from there to the last turn "
-            "(see the curve and the ratio to turn 10), so it is bounded, but turn 1 is not the plateau"
-        )
     if not ok_t:
         why.append(
             "time: the turns where the memory keeper trims (with the shipped budgets every 5th chat turn and every "
             "9th interview turn) write the moved messages to the store and, in the chat, fold them into the "
             "summary with a model call; other turns stay flat (see the 10-turn means and the curve)"
         )
+    why.append(
+        "bytes (reported; their goal is now storage per session over 1,000 turns with retention, section 7): a "
+        "turn writes one checkpoint holding the whole state; turn 1's state is almost empty, while from the "
+        "memory budget on (chat: 16 messages, reached at turn 8) every checkpoint carries the bounded window of "
+        "messages plus the rolling summary, flat from there to the last turn (see the ratio to turn 10)"
+        if not ok_b
+        else "bytes stay within the same ratio (their goal is storage per session, section 7)"
+    )
     out.append(
         (
-            f"turn {last} costs ≤ {GOAL_GROWTH}x turn 1, in time and in checkpoint bytes (Teamgraph `/invoke`)",
+            f"turn {last} costs ≤ {GOAL_GROWTH}x turn 1 in time (Teamgraph `/invoke`; checkpoint bytes reported)",
             "; ".join(parts),
-            "; ".join(why) or "the memory keeper keeps state bounded (see below)",
+            "; ".join(why),
             ok4,
         )
     )
