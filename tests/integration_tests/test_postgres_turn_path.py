@@ -30,16 +30,8 @@ def url() -> Iterator[str]:
 
 
 def lock_holders(url: str, thread_id: str) -> list[int]:
-    """Backend pids holding the turn lock of `thread_id` (as pg_locks shows a bigint advisory key)."""
-    key = int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=False)
-    with psycopg.connect(url, autocommit=True) as admin:
-        rows = admin.execute(
-            "select pid from pg_locks where locktype = 'advisory' and granted and objsubid = 1"
-            " and classid::bigint = %s and objid::bigint = %s and database = (select oid from pg_database"
-            " where datname = current_database())",
-            [key >> 32, key & 0xFFFFFFFF],
-        ).fetchall()
-    return [r[0] for r in rows]
+    """Backend pids holding the turn lock of `thread_id` (its thread key: see `key_holders`)."""
+    return key_holders(url, int.from_bytes(hashlib.sha256(thread_id.encode()).digest()[:8], "big", signed=True))
 
 
 async def test_a_session_held_by_one_replica_waits_in_the_other_and_other_sessions_do_not(url: str) -> None:
