@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from checkpoints.schema_migrations import upgrade_postgres, upgrade_sqlite
-from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, pg_connect_kwargs, sync_pool_options
+from checkpoints.storage import (
+    DEFAULT_STATEMENT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    is_statement_bug,
+    pg_connect_kwargs,
+    sync_pool_options,
+)
 
 EVENT_TYPES = (
     "session_created", "message", "response", "safety_decision", "evaluation", "team_selected",
@@ -36,11 +42,21 @@ class AuditWriteError(RuntimeError):
 
 
 def _pg_errors() -> tuple[type[BaseException], ...]:
-    """What a Postgres audit write turns into AuditWriteError (503): psycopg's errors (a lost connection, a pool
-    timeout or closed pool, a statement the database refused), and no others: a bug stays a bug (500)."""
+    """What a Postgres audit write catches: psycopg's errors (a lost connection, a pool timeout or closed pool, a
+    statement the database refused), and no others: a bug of the code stays a bug (500). `_write_failed` then
+    tells a statement that is itself wrong from the rest."""
     import psycopg  # imported by then: only PostgresAuditLog asks
 
     return (psycopg.Error,)
+
+
+def _write_failed(exc: BaseException) -> AuditWriteError:
+    """The AuditWriteError (503) for a database error met by an audit write, or `exc` itself raised again when it
+    says the statement is wrong (a syntax error, a wrong column type: `is_statement_bug`), which no retry can
+    mend: a 500 with its stack in the log. Both backends, one rule (docs/api.md, "Errors")."""
+    if is_statement_bug(exc):
+        raise exc
+    return AuditWriteError(f"audit log write failed: {exc}")
 
 
 # A statement on another table of the audit log's database (the session index's), in that database's parameter
@@ -326,7 +342,7 @@ class SqliteAuditLog:
                         return None
                 entries = self._insert(events)
         except sqlite3.Error as exc:
-            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+            raise _write_failed(exc) from exc
         return entries
 
     def _insert(self, events: list[AuditEvent]) -> list[AuditEntry]:
@@ -350,7 +366,7 @@ class SqliteAuditLog:
                     [(redacted, event.tenant, seq) for seq in seqs],
                 )
         except sqlite3.Error as exc:
-            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+            raise _write_failed(exc) from exc
         return entry
 
     def query(self, tenant: str, *, session: str | None = None, event_type: str | None = None,
@@ -458,7 +474,7 @@ class PostgresAuditLog:
             with self.pool.connection() as conn:
                 conn.execute("select pg_logical_emit_message(true, 'teamgraph', 'durable')")
         except _pg_errors() as exc:
-            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+            raise _write_failed(exc) from exc
 
     def append(self, events: list[AuditEvent]) -> list[AuditEntry]:
         if not events:
@@ -481,7 +497,7 @@ class PostgresAuditLog:
         except AuditWriteError:
             raise
         except _pg_errors() as exc:
-            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+            raise _write_failed(exc) from exc
         self._remember(entries)
         return entries
 
@@ -565,7 +581,7 @@ class PostgresAuditLog:
                         raise psycopg.Rollback()
                 entries = self._insert(conn, events)
         except _pg_errors() as exc:
-            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+            raise _write_failed(exc) from exc
         if entries is not None:  # committed: the next append starts after them (else: rolled back, no change)
             self._remember(entries)
         return entries
@@ -600,7 +616,7 @@ class PostgresAuditLog:
                         [(Jsonb(_redacted_by(entry)), event.tenant, seq) for seq in seqs],
                     )
         except _pg_errors() as exc:
-            raise AuditWriteError(f"audit log write failed: {exc}") from exc
+            raise _write_failed(exc) from exc
         self._remember([entry])  # committed: the next append starts after it
         return entry
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import structlog
 
-from checkpoints.storage import StorageUnavailable
+from checkpoints.storage import StorageUnavailable, missing_object
 
 log = structlog.get_logger("teamgraph.storage")
 
@@ -48,18 +47,12 @@ EXIT_FOR_RESTART = 75  # EX_TEMPFAIL: a worker that exits for its supervisor to 
 
 
 def missing_table(exc: BaseException | None) -> bool:
-    """True when `exc` (or what caused it) says a table the server uses does not exist."""
+    """True when `exc` (or what caused it) says a table, a column or the schema the server uses does not exist
+    (`checkpoints.storage.missing_object`)."""
     seen = 0
     while exc is not None and seen < 6:
-        if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc).lower():
+        if missing_object(exc):
             return True
-        try:
-            import psycopg
-
-            if isinstance(exc, psycopg.errors.UndefinedTable):
-                return True
-        except ImportError:  # pragma: no cover - psycopg is a dependency
-            pass
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import select
 import sqlite3
+import sys
 from typing import Any
 
 DEFAULT_TIMEOUT_S = 3.0  # connect, and wait for a pooled connection
@@ -22,9 +23,11 @@ _SQLITE_FAULTS = (
     "readonly database",
     "disk i/o error",
     "unable to open database file",
-    "database is locked",
-    "no such table",  # the database was dropped or replaced under the server
+    "is locked",  # "database is locked" (another writer), "database table is locked"
 )
+# SQLite errors that say a table or column the server uses is not there (the database was dropped or replaced under
+# the server, a table recreated without a column): what checkpoints/self_repair.py recreates
+_SQLITE_MISSING = ("no such table", "no such column", "has no column named")
 
 
 class StorageUnavailable(RuntimeError):
@@ -45,20 +48,63 @@ def statement_timeout_sql(statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT
     return f"set statement_timeout = {int(statement_timeout_s * 1000)}"
 
 
+def missing_object(exc: BaseException) -> bool:
+    """True when `exc` says a table, a column or the schema the server uses does not exist: a database dropped
+    and recreated, a table dropped or recreated without a column, a schema dropped. A storage fault (503) that
+    self-repair (checkpoints/self_repair.py) recovers from, although PostgreSQL reports it as a ProgrammingError."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(missing in str(exc).lower() for missing in _SQLITE_MISSING)
+    errors = _psycopg_errors()
+    return errors is not None and isinstance(exc, (errors.UndefinedTable, errors.UndefinedColumn,
+                                                   errors.InvalidSchemaName))  # fmt: skip
+
+
 def is_storage_fault(exc: BaseException) -> bool:
-    """True for errors meaning the database is down, unreachable, full or read-only (not a bad request)."""
-    if isinstance(exc, StorageUnavailable):
+    """True for errors meaning the database is down, unreachable, full, read-only or lost the tables the server
+    uses: 503 storage_unavailable, retryable. The one rule of both backends (docs/api.md, "Errors"):
+
+    - connection and operational faults: PostgreSQL's OperationalError (a refused or lost connection, a pool wait
+      that timed out or a closed pool, a statement cancelled by statement_timeout, a deadlock, an administrator
+      shutdown, a full disk) and InterfaceError, a read-only transaction (a standby); SQLite's disk full,
+      read-only, I/O error, file gone, locked, and a connection closed under the request;
+    - missing objects (`missing_object`): 503 too, and self-repair recreates them for the next request;
+    - anything else the database refuses (a syntax error, a wrong column type, a value out of range, a wrong
+      number of parameters) is a bug of the code, not a fault of the machine: `is_statement_bug`, a 500."""
+    if isinstance(exc, StorageUnavailable) or missing_object(exc):
         return True
     if isinstance(exc, sqlite3.OperationalError):
         return any(fault in str(exc).lower() for fault in _SQLITE_FAULTS)
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency
+    if isinstance(exc, sqlite3.ProgrammingError):
+        return "closed database" in str(exc).lower()  # the connection was closed (shutdown, a reopen) under it
+    errors = _psycopg_errors()
+    if errors is None:  # pragma: no cover - psycopg is a dependency
         return False
-    # OperationalError covers a refused or lost connection, a pool wait that timed out (PoolTimeout), a
-    # statement cancelled by statement_timeout (QueryCanceled) and an administrator shutdown; UndefinedTable a
-    # database dropped and recreated under the server
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable))
+    import psycopg
+
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction))
+
+
+def is_statement_bug(exc: BaseException) -> bool:
+    """True for a database error that says the statement itself is wrong (PostgreSQL's ProgrammingError or
+    DataError, SQLite's OperationalError, ProgrammingError, DataError or InterfaceError) and is no storage fault:
+    retrying cannot help, so it is answered 500 and logged with its stack, never 503."""
+    if is_storage_fault(exc):
+        return False
+    if isinstance(exc, (sqlite3.OperationalError, sqlite3.ProgrammingError, sqlite3.DataError,
+                        sqlite3.InterfaceError)):  # fmt: skip
+        return True
+    if _psycopg_errors() is None:  # pragma: no cover - psycopg is a dependency
+        return False
+    import psycopg
+
+    return isinstance(exc, (psycopg.ProgrammingError, psycopg.DataError))
+
+
+def _psycopg_errors() -> Any:
+    """psycopg.errors when psycopg is imported (only a Postgres server imports it: a tenth of a second of every
+    SQLite server's start-up otherwise), else None: no psycopg error can have been raised."""
+    psycopg = sys.modules.get("psycopg")
+    return None if psycopg is None else psycopg.errors
 
 
 def sync_pool_options(timeout_s: float, statement_timeout_s: float) -> dict[str, Any]:

@@ -130,17 +130,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def storage_down(request: Request, exc: Exception) -> JSONResponse:
         if not is_storage_fault(exc):
-            raise exc  # a bug, not a fault of the machine: the 500 path logs it with its stack
-        # tables dropped under the server (database dropped and recreated, SQLite file deleted): this request
-        # answers 503, the repair makes the next one work (checkpoints/self_repair.py)
+            raise exc  # a bug (a wrong statement included), not a fault of the machine: the 500 path logs its stack
+        # tables or columns gone under the server (database dropped and recreated, SQLite file deleted): this
+        # request answers 503, the repair makes the next one work (checkpoints/self_repair.py)
         await _repair(request, exc)
         return storage_unavailable_response(exc)
 
-    faults: list[type[Exception]] = [StorageUnavailable, sqlite3.OperationalError]
+    # every database error comes here; checkpoints/storage.py sorts them by one rule for both backends: faults of
+    # the machine and missing tables are 503s, a statement that is wrong (syntax, a column's type) a 500
+    faults: list[type[Exception]] = [StorageUnavailable, sqlite3.Error]
     if _may_use_postgres(app):
         import psycopg  # only here: importing it is a tenth of a second of every SQLite server's start-up
 
-        faults += [psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable]
+        faults.append(psycopg.Error)
     for fault in faults:
         app.add_exception_handler(fault, storage_down)
 

@@ -355,6 +355,50 @@ def test_a_bug_inside_an_audited_change_is_a_500_not_a_503(storage: Storage, mon
         assert on_record(client, sid) == []
 
 
+def test_a_wrong_statement_inside_an_audited_change_is_a_500_and_a_dropped_column_a_503_that_repairs(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One rule for both backends (docs/api.md, Errors): a statement the database refuses as wrong (here a syntax
+    error the audit write sends) is a bug, a 500 with its stack in the log, never a retryable 503 (before, it was
+    `503 audit_unavailable`); a column the server uses that is gone (PostgreSQL's UndefinedColumn, a
+    ProgrammingError too; SQLite's "no such column") is a storage fault: 503 storage_unavailable, and self-repair
+    puts the column back so that the next request works (before: 503 audit_unavailable and no repair, every
+    later tag failing the same way)."""
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        log_class = type(engine.audit)
+
+        def wrong_insert(self: Any, *args: Any) -> Any:
+            conn = args[0] if args else self.conn
+            conn.execute("insert into audit_events valeus (1)")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(log_class, "_insert", wrong_insert)
+            r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
+        assert (r.status_code, r.json()["error"]["code"]) == (500, "internal_error"), r.text
+        assert "retry-after" not in r.headers
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
+
+        # the user_id column dropped under the server (a table recreated by hand from an old schema)
+        if storage.path is not None:
+            with contextlib.closing(sqlite3.connect(storage.path, isolation_level=None)) as conn:
+                conn.execute("drop index sessions_tenant_user")
+                conn.execute("alter table sessions drop column user_id")
+        else:
+            import psycopg
+
+            with psycopg.connect(storage.url, autocommit=True) as conn:
+                conn.execute("alter table teamgraph_sessions drop column user_id")
+        r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"user_id": "cand-1"})
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
+        r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"user_id": "cand-1"})
+        assert r.status_code == 200, r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["user_id"] == "cand-1"
+        assert [t for t, _ in on_record(client, sid)] == ["session_user_tagged"]
+    assert_chain_verifies(storage)
+
+
 @pytest.mark.parametrize(
     "title", ["Line\u2028separator", "Para\u2029graph", "Right\u202eto left", "Zero\u200bwidth", "Next\u0085line"],
     ids=["U+2028", "U+2029", "bidi-override", "zero-width-space", "NEL"],
