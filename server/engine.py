@@ -789,8 +789,11 @@ class Engine:
         The document is in the session exactly when its `document_uploaded` entry is on record: the state is
         written, then the entry, under the session's lock; when the entry cannot be written the document is taken
         out again (the state gets its previous value back, as a further checkpoint) before the error reaches the
-        caller. The checkpoints and the audit log are separate writes, so only a fault that also fails that undo
-        (or a crash between the two) can leave the document without its entry; that is logged."""
+        caller, unless the entry is on record after all (its COMMIT went through and only the answer was lost):
+        then the upload stands and succeeds. When that cannot be told (the look fails too) the document is left and
+        logged: removing a document whose entry is on record would be worse. The checkpoints and the audit log are
+        separate writes, so only a fault that also fails the undo (or a crash between the two) can leave the
+        document without its entry; that is logged."""
         graph = self.graph(session.team)
         if kind not in self.input_jsonschema(session.team).get("properties", {}):
             raise DocumentRejected(f"team {session.team!r} takes no {kind.replace('_', ' ')} documents", "kind")
@@ -807,20 +810,51 @@ class Engine:
                 )
             # written as the end of a turn, so the next message starts a normal turn with the document in state
             await graph.aupdate_state(config, {kind: text}, as_node="memory_keeper")
+            uploaded = {"kind": kind, "filename": filename, "characters": len(text), "content": text}
+            since = datetime.now(UTC).isoformat(timespec="microseconds")  # the entry's `at` is later (same clock)
+            # shielded: a cancelled caller does not stop the write's worker thread; the look below waits for it
+            recording = asyncio.ensure_future(
+                self.arecord(session.tenant, actor, "document_uploaded", session.id, uploaded)
+            )
             try:
-                uploaded = {"kind": kind, "filename": filename, "characters": len(text), "content": text}
-                await self.arecord(session.tenant, actor, "document_uploaded", session.id, uploaded)
-            except BaseException:
-                try:
-                    await graph.aupdate_state(config, {kind: state.get(kind)}, as_node="memory_keeper")
-                except Exception as exc:
-                    log.warning("document_not_taken_out", thread_id=session.thread_id, kind=kind,
+                await asyncio.shield(recording)
+            except BaseException as exc:
+                on_record = await self._document_on_record(session, kind, since, recording, exc)
+                if on_record and not isinstance(exc, asyncio.CancelledError):
+                    log.warning("document_upload_committed_despite_error", thread_id=session.thread_id, kind=kind,
                                 error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-                raise
+                else:
+                    if on_record is False:
+                        try:
+                            await graph.aupdate_state(config, {kind: state.get(kind)}, as_node="memory_keeper")
+                        except Exception as undo_exc:
+                            log.warning("document_not_taken_out", thread_id=session.thread_id, kind=kind,
+                                        error=f"{type(undo_exc).__name__}: {undo_exc}")  # fmt: skip
+                    raise
         try:  # the upload stood and is on record: marking the session active is not worth failing it for
             await self.touch(session.thread_id, title_hint({kind: text}))
         except Exception as exc:
             log.warning("session_touch_failed", thread_id=session.thread_id, error=f"{type(exc).__name__}: {exc}")
+
+    async def _document_on_record(
+        self, session: SessionRecord, kind: str, since: str, recording: asyncio.Future[None], exc: BaseException
+    ) -> bool | None:
+        """After the `document_uploaded` write of an upload failed: whether its entry is on record after all (a
+        COMMIT that went through with its answer lost), as the import path looks for its session
+        (`_session_after_failed_create`). The session's turn lock is held, so an entry of this kind written since
+        `since` is this upload's. None when the look fails too (logged; the caller leaves the document)."""
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(recording)  # the write's thread has finished before anything is looked at
+        try:
+            entries = await asyncio.to_thread(
+                self.audit.query, session.tenant, session=session.id, event_type="document_uploaded", since=since
+            )
+        except Exception as look_exc:
+            log.warning("document_left_unverified", thread_id=session.thread_id, kind=kind,
+                        error=f"{type(exc).__name__}: {exc}",
+                        look_error=f"{type(look_exc).__name__}: {look_exc}")  # fmt: skip
+            return None
+        return any(e.payload.get("kind") == kind for e in entries)
 
     async def delete_session(
         self, session: SessionRecord, actor: str = "cli", because: AuditEvent | None = None

@@ -5,6 +5,9 @@
         proxy.start()                      # same port again: "the database is back"
         proxy.cut_when(b"session_renamed") # the next client message holding those bytes is not delivered: its
                                            # connection is cut there ("the database went away mid-transaction")
+        proxy.cut_after(b"document_uploaded")  # that message is delivered, and the connection cut once the server
+                                           # has answered it to the end (ReadyForQuery), the answer not passed on:
+                                           # "the COMMIT succeeded, its answer was lost"
 
 Stopping the proxy is how a test takes the database away; the shared PostgreSQL server itself is never touched.
 """
@@ -28,11 +31,21 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._cut_pattern: bytes | None = None
-        self.cuts = 0  # connections cut by `cut_when`
+        self._cut_after: bytes | None = None
+        self._stop_after_cut = False
+        self._muted: dict[socket.socket, threading.Event] = {}  # server sockets whose answers are dropped
+        self.cuts = 0  # connections cut by `cut_when` or `cut_after`
 
     def cut_when(self, pattern: bytes) -> None:
         """Once: cut the connection whose next client-to-server data holds `pattern`, before delivering it."""
         self._cut_pattern = pattern
+
+    def cut_after(self, pattern: bytes, then_stop: bool = False) -> None:
+        """Once: deliver the next client-to-server data holding `pattern` (and what the client sends after it),
+        drop everything the server answers from then on, and cut the connection when the server has sent
+        ReadyForQuery (PostgreSQL's end of a Sync: a pipeline's implicit transaction is committed by then).
+        `then_stop`: stop the whole proxy right after that cut ("the database went away after the commit")."""
+        self._cut_after, self._stop_after_cut = pattern, then_stop
 
     def start(self) -> Self:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -83,6 +96,20 @@ class TcpProxy:
             while data := source.recv(65536):
                 if to_server and self._cut(data):
                     return  # the finally clause closes both ends
+                if to_server and self._cut_after_match(data):
+                    answered = threading.Event()
+                    with self._lock:
+                        self._muted[sink] = answered
+                    sink.sendall(data)
+                    self._forward_until(source, sink, answered)
+                    if self._stop_after_cut:
+                        threading.Thread(target=self.stop, daemon=True).start()
+                    return
+                muted = self._muted.get(source) if not to_server else None
+                if muted is not None:
+                    if b"Z\x00\x00\x00\x05" in data:  # ReadyForQuery: the server has answered to the end
+                        muted.set()
+                    continue
                 sink.sendall(data)
         except OSError:
             pass
@@ -93,12 +120,36 @@ class TcpProxy:
                 sock.close()
             with self._lock:
                 self._sockets -= {source, sink}
+                self._muted.pop(source if not to_server else sink, None)
 
     def _cut(self, data: bytes) -> bool:
         with self._lock:
             if self._cut_pattern is None or self._cut_pattern not in data:
                 return False
             self._cut_pattern = None
+            self.cuts += 1
+            return True
+
+    @staticmethod
+    def _forward_until(source: socket.socket, sink: socket.socket, answered: threading.Event) -> None:
+        """Pass on what the client sends (the rest of its pipeline, the Sync) until the server has answered."""
+        source.settimeout(0.02)
+        deadline = 200  # 4 s
+        while not answered.is_set() and deadline:
+            deadline -= 1
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            sink.sendall(data)
+
+    def _cut_after_match(self, data: bytes) -> bool:
+        with self._lock:
+            if self._cut_after is None or self._cut_after not in data:
+                return False
+            self._cut_after = None
             self.cuts += 1
             return True
 

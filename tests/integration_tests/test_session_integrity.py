@@ -467,6 +467,73 @@ def test_an_upload_whose_audit_entry_fails_leaves_no_document(
         assert len(uploads) == 1
 
 
+@contextlib.contextmanager
+def upload_answer_lost(storage: Storage, client: TestClient, then_down: bool = False) -> Iterator[None]:
+    """The `document_uploaded` entry commits and its answer is lost: on PostgreSQL the proxy delivers the write and
+    cuts the connection once the server has answered it (the pipeline's Sync, where its implicit transaction
+    commits), the answer not passed on; on SQLite (no connection to cut) the real append runs and then fails the
+    way a lost answer does. `then_down`: the database is gone right after (PostgreSQL: the proxy stops; SQLite:
+    reading the audit log fails), so nobody can look whether the entry landed."""
+    from checkpoints.audit import AuditWriteError
+
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    if storage.proxy is not None:
+        storage.proxy.cut_after(b"document_uploaded", then_stop=then_down)
+        yield
+        assert storage.proxy.cuts == 1
+        storage.proxy.cuts = 0
+        if then_down:
+            storage.proxy.start()
+        return
+    committed, read = engine.audit.append, engine.audit.query
+
+    def answer_lost(events: Any) -> Any:
+        committed(events)
+        if then_down:
+            engine.audit.query = unreadable
+        raise AuditWriteError("audit log write failed: server closed the connection unexpectedly")
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    engine.audit.append = answer_lost
+    try:
+        yield
+    finally:
+        engine.audit.append, engine.audit.query = committed, read
+
+
+def test_an_upload_whose_entry_committed_but_whose_answer_was_lost_stands(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the `document_uploaded` entry's COMMIT went through and its answer was lost; the upload took
+    the document out again (and answered 503), so the record said uploaded and the session had no document. Now it
+    looks whether the entry landed (as the import path looks for its session) and answers 200 when it did; when
+    the look fails too, the document is left (and logged), never removed under an entry that may be on record."""
+    import structlog
+
+    with serve(storage.url, monkeypatch) as client, structlog.testing.capture_logs() as logged:
+        sid = new_session(client, "")
+        files = {"file": ("resume.txt", RESUME_TEXT.encode(), "text/plain")}
+        with upload_answer_lost(storage, client):
+            r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+        assert r.status_code == 200, r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]["resume"] == RESUME_TEXT
+        uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
+        assert [u["payload"]["kind"] for u in uploads] == ["resume"]
+        assert "document_upload_committed_despite_error" in [e["event"] for e in logged]
+
+        other = new_session(client, "")
+        with upload_answer_lost(storage, client, then_down=True):
+            r = client.post(f"/sessions/{other}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+        assert r.status_code == 503, r.text
+        assert client.get(f"/sessions/{other}", headers=DEMO).json()["state"]["resume"] == RESUME_TEXT  # left
+        uploads = client.get(f"/audit?session={other}&event_type=document_uploaded", headers=ADMIN).json()["items"]
+        assert len(uploads) == 1  # and it is on record: removing it would have broken the rule
+        assert "document_left_unverified" in [e["event"] for e in logged]
+    assert_chain_verifies(storage)
+
+
 async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(storage: Storage) -> None:
     """`teamgraph sessions import`: the `session_imported` entry cannot be written: the import fails and leaves
     neither a session (before, one stayed, with `session_created` on record but not its import) nor its data."""
