@@ -222,7 +222,14 @@ class Engine:
         """The team's graph compiled with this engine's checkpointer and store (once per team)."""
         if team not in self._graphs:
             builder = graph_builder(self.bundles.teams[team].graph)
-            self._graphs[team] = builder(self.persistence.checkpointer, self.persistence.store)
+            graph = builder(self.persistence.checkpointer, self.persistence.store)
+            # the graph's own `team:<graph>` tag is for a graph served alone (langgraph dev); a turn here is
+            # tagged with its session's team by run_config, so the engine's copy drops it: one team tag per run
+            # (both ended up in every event's and every LangSmith run's tags), and the session's team, not the
+            # graph's module, when a bundle's team runs a graph under another name
+            config = graph.config or {}
+            tags = [t for t in config.get("tags") or [] if not str(t).startswith("team:")]
+            self._graphs[team] = graph.copy({"config": {**config, "tags": tags}})
         return self._graphs[team]
 
     def input_jsonschema(self, team: str) -> dict[str, Any]:

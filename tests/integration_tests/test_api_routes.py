@@ -964,6 +964,24 @@ def test_stream_events_both_teams(client: TestClient) -> None:
     assert "team_run_config" not in r.text and "agent_factory" not in r.text
 
 
+def test_a_turn_carries_its_team_and_tenant_tags_once(client: TestClient) -> None:
+    """Found in review: a turn's run carried `team:<team>` twice (the graph's with_config and the engine's run
+    config both added it), in every stream_events event's tags and in LangSmith. Each tag is there once now."""
+    cid = new_session(client, VENEO)["id"]
+    r = client.post(
+        "/teams/veneo_chat/stream_events",
+        headers=VENEO,
+        json={"input": human("When is customer service open?"), "config": configured(cid)},
+    )
+    events = [data for name, data in sse_events(r) if name == "data"]
+    assert events and events[0]["event"] == "on_chain_start"
+    root_tags = events[0]["tags"]
+    assert root_tags.count("team:veneo_chat") == 1 and root_tags.count("tenant:veneo") == 1, root_tags
+    for event in events:
+        tags = event.get("tags") or []
+        assert len(tags) == len(set(tags)), (event["event"], event.get("name"), tags)
+
+
 def schema_properties(schema: dict[str, Any]) -> dict[str, Any]:
     """The top-level properties of a JSON schema, following a top-level `$ref` into `$defs`."""
     ref = schema.get("$ref")
