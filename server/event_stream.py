@@ -100,18 +100,15 @@ def add_stream_events_route(
     checks: list[Callable[[Request], Awaitable[Any]]],
 ) -> bool:
     """Register POST {path}/stream_events in front of LangServe's (which stays in the OpenAPI document).
-    `handler` is the team's LangServe `APIHandler`; a handler with feedback tokens, a stream name allow list or
-    another serializer gets LangServe's route (returns False)."""
+    `handler` is the team's LangServe `APIHandler`; a handler with feedback tokens or another serializer gets
+    LangServe's route (returns False). A stream name allow list is refused when the app is built
+    (server.team_routes.check_route_options)."""
     from langserve.api_handler import _with_validation_error_translation
     from langserve.serialization import WellKnownLCSerializer
     from langserve.validation import StreamEventsParameters
     from sse_starlette import EventSourceResponse
 
-    if (
-        handler._token_feedback_enabled
-        or handler._names_in_stream_allow_list is not None
-        or type(handler._serializer) is not WellKnownLCSerializer
-    ):
+    if handler._token_feedback_enabled or type(handler._serializer) is not WellKnownLCSerializer:
         return False
     version = handler._astream_events_version
 

@@ -572,19 +572,15 @@ def add_invoke_route(
     (same bytes; about a quarter of the time), and no AsyncEventAggregatorCallback is attached (its events are only
     read for `include_callback_events`). Registered before LangServe's routes, so it is the route that answers;
     LangServe's documentation route for the path stays in the OpenAPI document.
-    `handler`: the APIHandler built from the options LangServe's routes get (`route_options`); with callback
-    events, feedback tokens or another serializer this route would answer differently, so LangServe's answers
-    (returns False).
+    `handler`: the APIHandler built from the options LangServe's routes get (`route_options`); with feedback
+    tokens or another serializer this route would answer differently, so LangServe's answers (returns False).
+    Callback events are refused when the app is built (`check_route_options`).
     `checks`: the team routes' dependencies, awaited in order before anything else, as FastAPI would run them
     (without solving a dependency graph per request for three functions of the request alone)."""
     from langserve.schema import InvokeResponseMetadata
     from langserve.serialization import WellKnownLCSerializer
 
-    if (
-        handler._include_callback_events
-        or handler._token_feedback_enabled
-        or type(handler._serializer) is not WellKnownLCSerializer
-    ):
+    if handler._token_feedback_enabled or type(handler._serializer) is not WellKnownLCSerializer:
         return False
     serializer = handler._serializer
 
@@ -615,6 +611,31 @@ def route_options(modifier: Any) -> dict[str, Any]:
     }
 
 
+class UnsupportedRouteOption(ValueError):
+    """A LangServe route option the team routes cannot serve correctly: refused when the app is built."""
+
+
+# LangServe options (add_routes / APIHandler) a team route cannot honour, with why; set, the app refuses to build
+# rather than serve answers that are silently wrong
+UNSUPPORTED_ROUTE_OPTIONS = {
+    "include_callback_events": "the turn's observer takes LangServe's event collector out of every run's callbacks "
+    "(TeamRunnable._without_event_aggregator), so invoke and batch would answer with no callback events (and "
+    "the events would expose the team's internals to clients)",
+    "stream_log_name_allow_list": "LangServe's stream and stream_events filter by the runnable's `config` "
+    "run name, and TeamRunnable has no `config`: every such request would fail",
+}
+
+
+def check_route_options(options: dict[str, Any]) -> None:
+    """Refuse an option of UNSUPPORTED_ROUTE_OPTIONS that is set (a falsy value is LangServe's default)."""
+    for name, why in UNSUPPORTED_ROUTE_OPTIONS.items():
+        if options.get(name):
+            raise UnsupportedRouteOption(
+                f"team routes: the LangServe option {name}={options[name]!r} is not supported: {why}; remove it "
+                "from server.team_routes.route_options"
+            )
+
+
 def all_of(checks: list[Callable[[Request], Awaitable[Any]]]) -> Callable[[Request], Awaitable[None]]:
     """One dependency that awaits `checks` in order: what FastAPI does with one dependency each, without solving
     three dependencies per request (LangServe's routes take the team routes' dependencies as they are)."""
@@ -638,6 +659,7 @@ def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
         checks = [current_caller, team_enabled(team), check_run_request]
         dependencies = [Depends(all_of(checks))]
         options = route_options(modifier)
+        check_route_options(options)
         handler = APIHandler(runnable, path=path, **options)  # configured as the one behind LangServe's routes
         add_invoke_route(app, runnable, path, handler, checks)
         add_stream_events_route(app, runnable, path, handler, checks)

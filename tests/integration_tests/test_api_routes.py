@@ -1375,22 +1375,36 @@ class _OtherSerializer:
 
 
 @pytest.mark.parametrize(
+    "option",
+    [{"include_callback_events": True}, {"stream_log_name_allow_list": ["team.veneo_chat"]}],
+    ids=["include_callback_events", "stream_log_name_allow_list"],
+)
+def test_a_langserve_option_the_team_routes_cannot_serve_is_refused_when_the_app_is_built(
+    tmp_path: Path, option: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: with `include_callback_events` LangServe's invoke answered without any callback event (the
+    turn's observer takes its collector out), and with a stream name allow list LangServe's own stream and
+    stream_events failed (TeamRunnable has no `config`), while the app started as if they worked. Neither is set
+    today; set, the app now refuses to build, with an error naming the option."""
+    import server.team_routes
+
+    original = server.team_routes.route_options
+    monkeypatch.setattr(server.team_routes, "route_options", lambda modifier: {**original(modifier), **option})
+    [name] = option
+    with pytest.raises(ValueError, match=f"LangServe option {name}=") as refused:
+        create_app(Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db"))  # type: ignore[call-arg]
+    assert type(refused.value).__name__ == "UnsupportedRouteOption"
+
+
+@pytest.mark.parametrize(
     ("option", "ours"),
     [
         ({"astream_events_version": "v1"}, {"invoke", "stream_events"}),  # ours answer, with v1 events
-        # LangServe's invoke answers with the callback events it collected (none reach it from TeamRunnable)
-        ({"include_callback_events": True}, {"stream_events"}),
-        ({"stream_log_name_allow_list": ["another_runnable"]}, {"invoke"}),
+        # include_callback_events and stream_log_name_allow_list are refused when the app is built (below)
         ({"serializer": "other"}, set()),
         ({"token_feedback_config": {"key_configs": [{"key": "helpful"}]}}, set()),
     ],
-    ids=[
-        "astream_events_version",
-        "include_callback_events",
-        "stream_log_name_allow_list",
-        "serializer",
-        "token_feedback_config",
-    ],
+    ids=["astream_events_version", "serializer", "token_feedback_config"],
 )
 def test_our_routes_follow_the_options_langserves_routes_get(
     tmp_path: Path, option: dict[str, Any], ours: set[str], monkeypatch: pytest.MonkeyPatch
@@ -1423,7 +1437,7 @@ def test_our_routes_follow_the_options_langserves_routes_get(
             assert r.content == b"".join(frames) + b"event: end\r\n\r\n"
             # v1 has no parent ids (every event's list is empty); v2 gives the nodes' events their parents
             assert (b'"parent_ids":["' in r.content) is (option.get("astream_events_version") != "v1")
-        else:  # LangServe's route (with an allow list that leaves the team's runnable out, no data event at all)
-            assert (b"event: data" in r.content) is ("stream_log_name_allow_list" not in option)
+        else:  # LangServe's route
+            assert b"event: data" in r.content
         r = client.post("/teams/veneo_chat/invoke", headers=VENEO, json=body)
         assert r.status_code == 200, r.text
