@@ -627,9 +627,10 @@ UNSUPPORTED_ROUTE_OPTIONS = {
 
 
 def check_route_options(options: dict[str, Any]) -> None:
-    """Refuse an option of UNSUPPORTED_ROUTE_OPTIONS that is set (a falsy value is LangServe's default)."""
+    """Refuse an option of UNSUPPORTED_ROUTE_OPTIONS that is set (None and False are LangServe's defaults; an
+    empty allow list is set: it allows nothing)."""
     for name, why in UNSUPPORTED_ROUTE_OPTIONS.items():
-        if options.get(name):
+        if options.get(name) not in (None, False):
             raise UnsupportedRouteOption(
                 f"team routes: the LangServe option {name}={options[name]!r} is not supported: {why}; remove it "
                 "from server.team_routes.route_options"
