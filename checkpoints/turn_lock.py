@@ -16,12 +16,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import structlog
+
 from checkpoints.storage import (
     DEFAULT_STATEMENT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     pg_connect_kwargs,
     statement_timeout_sql,
+    went_away,
 )
+
+log = structlog.get_logger("teamgraph.storage")
 
 
 class TurnBusy(Exception):
@@ -111,6 +116,10 @@ class TurnLocks:
         self.connect_timeout_s = connect_timeout_s  # an unreachable database fails the turn fast (503), not at 60 s
         self.statement_timeout_s = statement_timeout_s
         self.on_wait: Callable[[str, float], None] | None = None  # (team, seconds waited), for metrics
+        self.on_lost: Callable[[str], None] | None = None  # (team): a held Postgres lock was lost, for metrics
+        # thread id -> the Postgres lock held for it here: its lock connection's owner, the connection, and whether
+        # its loss was reported already
+        self._held: dict[str, tuple[PostgresLockConnection, Any, list[bool]]] = {}
         self._local: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
         scheme = urlparse(checkpoint_url).scheme
@@ -149,7 +158,7 @@ class TurnLocks:
             except TimeoutError:
                 raise TurnBusy(thread_id, self.wait_s) from None
             try:
-                async with self._across_processes(thread_id, deadline - loop.time(), reads):
+                async with self._across_processes(thread_id, deadline - loop.time(), reads, team):
                     if self.on_wait is not None:
                         self.on_wait(team, loop.time() - started)
                     yield
@@ -172,12 +181,42 @@ class TurnLocks:
     def _lock_name(thread_id: str) -> str:
         return hashlib.sha256(thread_id.encode()).hexdigest()[:32] + ".lock"
 
+    async def check_held(self, thread_id: str, team: str = "") -> bool:
+        """Before a turn's answer: whether the thread's Postgres lock is still held. False when its lock connection
+        dropped while the turn ran (the database then released the lock, and another process may have run a turn
+        of the session meanwhile): logged `turn_lock_lost` and counted (`on_lost`), once per hold. No round trip
+        unless the connection's socket says something happened (see `PostgresLockConnection.lost`). True where
+        the lock is not a Postgres lock or is not held here."""
+        held = self._held.get(thread_id)
+        if held is None:
+            return True
+        locks, conn, reported = held
+        if reported[0]:
+            return False
+        if await locks.lost(conn):
+            self._report_lost(thread_id, team, reported, "before the turn's answer")
+            return False
+        return True
+
+    def _report_lost(self, thread_id: str, team: str, reported: list[bool], noticed: str) -> None:
+        reported[0] = True
+        log.error(
+            "turn_lock_lost",
+            thread_id=thread_id,
+            team=team,
+            noticed=noticed,
+            message="the connection holding this turn's lock dropped while the turn ran: the database released the "
+            "lock, so a turn of the same session may have run in another process at the same time",
+        )
+        if self.on_lost is not None:
+            self.on_lost(team)
+
     @contextlib.asynccontextmanager
     async def _across_processes(
-        self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = ()
+        self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = (), team: str = ""
     ) -> AsyncIterator[None]:
         if self.pg_url is not None:
-            async with self._postgres(thread_id, remaining_s, reads):
+            async with self._postgres(thread_id, remaining_s, reads, team):
                 yield
         elif self._lock_dir is not None:
             async with self._file(thread_id, remaining_s):
@@ -209,17 +248,21 @@ class TurnLocks:
 
     @contextlib.asynccontextmanager
     async def _postgres(
-        self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = ()
+        self, thread_id: str, remaining_s: float, reads: Sequence[ReadUnderLock] = (), team: str = ""
     ) -> AsyncIterator[None]:
         key = TurnKey(thread_id)
         locks = self._pg[key.thread_key % len(self._pg)]
         conn = await locks.locked(key, remaining_s, reads)
         if conn is None:
             raise TurnBusy(thread_id, self.wait_s)
+        reported = [False]
+        self._held[thread_id] = (locks, conn, reported)
         try:
             yield
         finally:
-            await locks.unlock(conn, key)
+            self._held.pop(thread_id, None)
+            if not await locks.unlock(conn, key) and not reported[0]:
+                self._report_lost(thread_id, team, reported, "at unlock")
 
     async def aclose(self) -> None:
         """Close the lock connections (the engine's shutdown); a later turn would open new ones."""
@@ -414,22 +457,47 @@ class PostgresLockConnection:
             await asyncio.sleep(0.05)
             waited += 0.05
 
-    async def unlock(self, conn: Any, key: TurnKey) -> None:
+    async def unlock(self, conn: Any, key: TurnKey) -> bool:
+        """Give the lock back; False when it had been lost already: its connection is gone (and its locks with
+        it), or the unlock found a key not held."""
         import psycopg
 
         if conn.closed or conn.broken:
-            return  # the connection is gone and its locks with it
+            return False  # the connection is gone and its locks with it
         release = asyncio.ensure_future(self._unlock_sending(conn, key))
         release.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, also when no one waits
-        with contextlib.suppress(psycopg.OperationalError, psycopg.InterfaceError):
-            await asyncio.shield(release)  # a cancelled turn still gives its lock back
+        try:
+            return await asyncio.shield(release)  # a cancelled turn still gives its lock back
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            return False
 
-    async def _unlock_sending(self, conn: Any, key: TurnKey) -> None:
+    async def _unlock_sending(self, conn: Any, key: TurnKey) -> bool:
         assert self._sending is not None
         async with self._sending:
-            if key.schema_key is not None:
-                await conn.execute(UNLOCK_SQL, key.unlock_params(), prepare=True)
-                key.schema_key = None
+            if key.schema_key is None:
+                return True
+            row = await (await conn.execute(UNLOCK_SQL, key.unlock_params(), prepare=True)).fetchone()
+            key.schema_key = None
+            return bool(row and row[0] and row[1])
+
+    async def lost(self, conn: Any) -> bool:
+        """Whether `conn`, which holds a turn's lock, has lost it (closed or dropped). The socket is polled with
+        no exchange in flight on the connection, so a readable socket is no statement's answer: the server sent
+        its FATAL error and closed it (a restart, `pg_terminate_backend`, a cut connection). Only then does one
+        round trip tell for sure; a quiet socket costs none."""
+        import psycopg
+
+        if conn.closed or conn.broken:
+            return True
+        assert self._sending is not None
+        async with self._sending:
+            if not went_away(conn):
+                return False
+            try:
+                await conn.execute("select 1")
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                return True
+            return bool(conn.closed or conn.broken)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -116,6 +116,7 @@ class Engine:
         self._input_schemas: dict[str, dict[str, Any]] = {}
         self.turn_locks = TurnLocks(persistence.url)
         self.turn_locks.on_wait = lambda team, waited: self.metrics.queue_wait.labels(team or "unknown").observe(waited)
+        self.turn_locks.on_lost = lambda team: self.metrics.turn_locks_lost.labels(team or "unknown").inc()
         self._trace_clients: dict[tuple[bool, bool], Any] = {}
         self.durability: Durability = "exit"  # see Settings.durability; every turn runs with it
         if persistence.repair is not None:

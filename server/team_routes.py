@@ -156,6 +156,9 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                 await self.engine.upgrade_session(session)
             yield
             self.engine.check_turn_stored()  # a turn stored in a deleted SQLite file is not acknowledged
+            # a Postgres lock lost while the turn ran (its connection dropped) is logged and counted before the
+            # answer; the turn stands (docs/architecture.md, "Turn lock keys")
+            await self.engine.turn_locks.check_held(thread_id, self.team)
 
     def _touch_with_closing_audit(
         self, config: RunnableConfig | None, thread_id: str, input: Any

@@ -74,6 +74,8 @@ class Metrics:
         self.queue_wait = Histogram("teamgraph_turn_queue_wait_seconds", "Time a turn waited for its session",
                                     ["team"], buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
                                     registry=r)  # fmt: skip
+        self.turn_locks_lost = Counter("teamgraph_turn_locks_lost", "Turns whose Postgres turn lock was lost while "
+                                       "they ran (its lock connection dropped)", ["team"], registry=r)  # fmt: skip
         self.sessions_created = Counter("teamgraph_sessions_created", "Sessions created", ["tenant", "team"],
                                         registry=r)  # fmt: skip
         self.sessions_deleted = Counter("teamgraph_sessions_deleted", "Sessions deleted", ["tenant", "team"],

@@ -160,6 +160,41 @@ async def test_a_dropped_lock_connection_frees_its_locks_and_the_next_turn_recon
         await b.aclose()
 
 
+async def test_a_lock_connection_dropped_mid_turn_is_reported_before_the_answer_and_at_unlock(url: str) -> None:
+    """Found in review: when the lock connection drops mid-turn, Postgres releases the advisory lock while the turn
+    goes on (another replica may run a turn of the session at the same time), and nothing said so. Now the check
+    before the turn's answer (`check_held`, no round trip while the socket is quiet) and the unlock notice it:
+    logged `turn_lock_lost` and counted (`on_lost`), once per turn."""
+    import structlog
+
+    locks = TurnLocks(url, wait_s=0.4)
+    lost: list[str] = []
+    locks.on_lost = lost.append
+    try:
+        with structlog.testing.capture_logs() as logged:
+            async with locks.hold("s", "veneo_chat"):
+                assert await locks.check_held("s", "veneo_chat") is True  # held: nothing to say
+                [pid] = lock_holders(url, "s")
+                _terminate(url, [pid])
+                assert await locks.check_held("s", "veneo_chat") is False  # before the answer
+                assert lock_holders(url, "s") == []  # what it reports: the database let go of the lock
+            assert lost == ["veneo_chat"]  # reported once, not again at unlock
+            async with locks.hold("s", "veneo_chat"):  # dropped without a check before the answer: at unlock
+                [pid] = lock_holders(url, "s")
+                _terminate(url, [pid])
+            assert lost == ["veneo_chat", "veneo_chat"]
+            async with locks.hold("s", "veneo_chat"):  # a turn whose connection stays: nothing reported
+                assert await locks.check_held("s", "veneo_chat") is True
+        assert lost == ["veneo_chat", "veneo_chat"]
+        reports = [e for e in logged if e["event"] == "turn_lock_lost"]
+        assert [(e["thread_id"], e["team"], e["noticed"]) for e in reports] == [
+            ("s", "veneo_chat", "before the turn's answer"),
+            ("s", "veneo_chat", "at unlock"),
+        ]
+    finally:
+        await locks.aclose()
+
+
 async def test_a_turn_cancelled_while_holding_or_waiting_gives_the_lock_back(url: str) -> None:
     a, b = TurnLocks(url, wait_s=5.0), TurnLocks(url, wait_s=5.0)
     entered = asyncio.Event()
