@@ -195,6 +195,44 @@ async def test_a_lock_connection_dropped_mid_turn_is_reported_before_the_answer_
         await locks.aclose()
 
 
+def test_an_http_turn_whose_lock_connection_drops_answers_and_is_counted_as_lost(url: str) -> None:
+    """Through the app: the lock connection of a running turn is terminated just before the turn's answer (where
+    TeamRunnable checks that a turn was stored); the turn stands (200), and `turn_lock_lost` and
+    `teamgraph_turn_locks_lost_total{team}` say what happened."""
+    import structlog
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    app = create_app(Settings(_env_file=None, checkpoint_url=url, metrics_token="scrape"))  # type: ignore[call-arg]
+    demo = {"Authorization": "Bearer tg-demo-key"}
+    with TestClient(app) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        sid = client.post("/sessions", headers=demo, json={}).json()["id"]
+        stored = engine.check_turn_stored
+        terminated: list[int] = []
+
+        def drop_the_lock_connection() -> None:
+            stored()
+            if not terminated:
+                terminated.extend(lock_holders(url, engine.sessions.find("demo", sid).thread_id))
+                _terminate(url, terminated)
+
+        engine.check_turn_stored = drop_the_lock_connection
+        body = {"input": {"messages": [{"type": "human", "content": "Jane Roe, Kafka engineer"}]},
+                "config": {"configurable": {"thread_id": sid}}}  # fmt: skip
+        with structlog.testing.capture_logs() as logged:
+            r = client.post("/teams/interview/invoke", headers=demo, json=body)
+        assert r.status_code == 200, r.text
+        assert len(terminated) == 1
+        assert [(e["team"], e["noticed"]) for e in logged if e["event"] == "turn_lock_lost"] == [
+            ("interview", "before the turn's answer")
+        ]
+        scraped = client.get("/metrics", headers={"Authorization": "Bearer scrape"}).text
+        assert 'teamgraph_turn_locks_lost_total{team="interview"} 1.0' in scraped
+
+
 async def test_a_turn_cancelled_while_holding_or_waiting_gives_the_lock_back(url: str) -> None:
     a, b = TurnLocks(url, wait_s=5.0), TurnLocks(url, wait_s=5.0)
     entered = asyncio.Event()
