@@ -84,6 +84,26 @@ def is_storage_fault(exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction))
 
 
+def may_have_committed(exc: BaseException) -> bool:
+    """Whether a write that failed with `exc` (or an AuditWriteError raised from it) may have committed all the
+    same: its connection failed during the exchange, so the COMMIT may have reached the database and only the
+    answer been lost (PostgreSQL's OperationalError, SQLite's disk I/O error). False when the write never reached
+    the database (psycopg_pool's PoolTimeout, PoolClosed, TooManyRequests: no connection was handed out), the
+    code refused it before sending anything (an AuditWriteError with no database cause) or the database answered
+    it with an error that rolled it back (a statement bug, a constraint, a trigger's abort)."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(cause, sqlite3.OperationalError):
+        return "disk i/o error" in str(cause).lower()
+    if _psycopg_errors() is None:
+        return False
+    import psycopg
+
+    pool = sys.modules.get("psycopg_pool")  # not imported: no pool handed out a connection, none refused one
+    if pool is not None and isinstance(cause, (pool.PoolTimeout, pool.PoolClosed, pool.TooManyRequests)):
+        return False
+    return isinstance(cause, psycopg.OperationalError)
+
+
 def is_statement_bug(exc: BaseException) -> bool:
     """True for a database error that says the statement itself is wrong (PostgreSQL's ProgrammingError or
     DataError, SQLite's OperationalError, ProgrammingError, DataError or InterfaceError) and is no storage fault:

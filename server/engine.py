@@ -26,6 +26,7 @@ from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_per
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
 from checkpoints.session_index import PostgresSessionIndex, SessionRecord, new_record, now
+from checkpoints.storage import may_have_committed
 from checkpoints.turn_lock import ReadUnderLock, TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
@@ -798,10 +799,13 @@ class Engine:
         written, then the entry, under the session's lock; when the entry cannot be written the document is taken
         out again (the state gets its previous value back, as a further checkpoint) before the error reaches the
         caller, unless the entry is on record after all (its COMMIT went through and only the answer was lost):
-        then the upload stands and succeeds. When that cannot be told (the look fails too) the document is left and
-        logged: removing a document whose entry is on record would be worse. The checkpoints and the audit log are
-        separate writes, so only a fault that also fails the undo (or a crash between the two) can leave the
-        document without its entry; that is logged."""
+        then the upload stands and succeeds. That is looked for only when the write may have committed
+        (`may_have_committed`: its connection failed during the exchange, or the caller was cancelled); a write
+        that never reached the database (no pooled connection) or that was refused is undone without a look.
+        When that cannot be told (the look fails too) the document is left and logged: removing a document whose
+        entry is on record would be worse. The checkpoints and the audit log are separate writes, so only a fault
+        that also fails the undo (or a crash between the two) can leave the document without its entry; that is
+        logged."""
         graph = self.graph(session.team)
         if kind not in self.input_jsonschema(session.team).get("properties", {}):
             raise DocumentRejected(f"team {session.team!r} takes no {kind.replace('_', ' ')} documents", "kind")
@@ -827,7 +831,13 @@ class Engine:
             try:
                 await asyncio.shield(recording)
             except BaseException as exc:
-                on_record = await self._document_on_record(session, kind, since, recording, exc)
+                # looked for only when the write may have committed (its connection failed during the exchange,
+                # or the caller was cancelled while it ran); a write that never reached the database (no pooled
+                # connection, a closed pool), that the log refused or that the database answered with an error
+                # is not on record: undone at once, without a look that would wait on the same faulty pool
+                on_record: bool | None = False
+                if isinstance(exc, asyncio.CancelledError) or may_have_committed(exc):
+                    on_record = await self._document_on_record(session, kind, since, recording, exc)
                 if on_record and not isinstance(exc, asyncio.CancelledError):
                     log.warning("document_upload_committed_despite_error", thread_id=session.thread_id, kind=kind,
                                 error=f"{type(exc).__name__}: {exc}")  # fmt: skip

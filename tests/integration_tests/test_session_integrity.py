@@ -491,7 +491,8 @@ def upload_answer_lost(storage: Storage, client: TestClient, then_down: bool = F
         committed(events)
         if then_down:
             engine.audit.query = unreadable
-        raise AuditWriteError("audit log write failed: server closed the connection unexpectedly")
+        lost = sqlite3.OperationalError("disk I/O error")  # SQLite's fault that may come after the COMMIT
+        raise AuditWriteError(f"audit log write failed: {lost}") from lost
 
     def unreadable(*args: Any, **kwargs: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
@@ -531,6 +532,51 @@ def test_an_upload_whose_entry_committed_but_whose_answer_was_lost_stands(
         uploads = client.get(f"/audit?session={other}&event_type=document_uploaded", headers=ADMIN).json()["items"]
         assert len(uploads) == 1  # and it is on record: removing it would have broken the rule
         assert "document_left_unverified" in [e["event"] for e in logged]
+    assert_chain_verifies(storage)
+
+
+def test_an_upload_whose_entry_never_reached_the_log_is_undone_without_a_look(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: every failed `document_uploaded` write looked in the audit log before undoing; with the
+    audit pool saturated the write fails with PoolTimeout (it never reached the database), the look waited on the
+    same pool, timed out too, and the document was left with no entry behind a 503. Now a write that never reached
+    the database (PostgreSQL: every audit connection taken, PoolTimeout) or that the log refused (no database
+    cause) is undone at once, with no look: 503, no document, no entry."""
+    from checkpoints.audit import AuditWriteError
+
+    with serve(storage.url, monkeypatch) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        sid = new_session(client, "")
+        files = {"file": ("resume.txt", RESUME_TEXT.encode(), "text/plain")}
+        if storage.proxy is not None:
+            pool = engine.audit.pool
+            held = [pool.getconn() for _ in range(pool.max_size)]  # saturated: the write waits, times out
+            try:
+                r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+            finally:
+                for conn in held:
+                    pool.putconn(conn)
+        else:
+            looks: list[Any] = []
+            query = engine.audit.query
+
+            def refused(events: Any) -> Any:
+                raise AuditWriteError("unknown audit event type 'document_uploaded'")  # no database cause
+
+            def looked(*args: Any, **kwargs: Any) -> Any:
+                looks.append(args)
+                return query(*args, **kwargs)
+
+            with monkeypatch.context() as patched:
+                patched.setattr(engine.audit, "append", refused)
+                patched.setattr(engine.audit, "query", looked)
+                r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+            assert looks == []  # the log refused it: nothing to look for
+        assert r.status_code == 503, r.text
+        assert not client.get(f"/sessions/{sid}", headers=DEMO).json()["state"].get("resume")
+        uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
+        assert uploads == []
     assert_chain_verifies(storage)
 
 
