@@ -19,6 +19,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from checkpoints.audit import PostgresAuditLog
 from checkpoints.factory import open_audit_log
 from server.app import create_app
 from server.engine import user_ref
@@ -369,14 +370,29 @@ def test_a_wrong_statement_inside_an_audited_change_is_a_500_and_a_dropped_colum
         engine = client.app.state.engine  # type: ignore[attr-defined]
         log_class = type(engine.audit)
 
+        raised: list[BaseException] = []
+
         def wrong_insert(self: Any, *args: Any) -> Any:
-            conn = args[0] if args else self.conn
-            conn.execute("insert into audit_events valeus (1)")
+            # PostgresAuditLog._insert(conn, events); SqliteAuditLog._insert(events) writes on self.conn
+            conn = args[0] if isinstance(self, PostgresAuditLog) else self.conn
+            try:
+                conn.execute("insert into audit_events valeus (1)")
+            except BaseException as exc:
+                raised.append(exc)
+                raise
 
         with monkeypatch.context() as patched:
             patched.setattr(log_class, "_insert", wrong_insert)
             r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
         assert (r.status_code, r.json()["error"]["code"]) == (500, "internal_error"), r.text
+        # the database refused the statement (before, SQLite's half raised an AttributeError: args[0] was the
+        # events list, so the 500 said nothing about the rule)
+        if storage.path is not None:
+            assert [type(e) for e in raised] == [sqlite3.OperationalError], raised
+        else:
+            import psycopg
+
+            assert len(raised) == 1 and isinstance(raised[0], psycopg.ProgrammingError), raised
         assert "retry-after" not in r.headers
         assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
 
