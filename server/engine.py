@@ -822,22 +822,28 @@ class Engine:
                 )
             # written as the end of a turn, so the next message starts a normal turn with the document in state
             await graph.aupdate_state(config, {kind: text}, as_node="memory_keeper")
-            uploaded = {"kind": kind, "filename": filename, "characters": len(text), "content": text}
+            # `upload_id`: this upload's own entry, told from any other by a look after a failed write
+            upload_id = uuid.uuid4().hex
+            uploaded = {"kind": kind, "filename": filename, "characters": len(text), "content": text,
+                        "upload_id": upload_id}  # fmt: skip
             since = datetime.now(UTC).isoformat(timespec="microseconds")  # the entry's `at` is later (same clock)
-            # shielded: a cancelled caller does not stop the write's worker thread; the look below waits for it
+            # shielded: a cancelled caller does not stop the write's worker thread; its outcome is waited for
             recording = asyncio.ensure_future(
                 self.arecord(session.tenant, actor, "document_uploaded", session.id, uploaded)
             )
             try:
                 await asyncio.shield(recording)
             except BaseException as exc:
-                # looked for only when the write may have committed (its connection failed during the exchange,
-                # or the caller was cancelled while it ran); a write that never reached the database (no pooled
-                # connection, a closed pool), that the log refused or that the database answered with an error
-                # is not on record: undone at once, without a look that would wait on the same faulty pool
-                on_record: bool | None = False
-                if isinstance(exc, asyncio.CancelledError) or may_have_committed(exc):
-                    on_record = await self._document_on_record(session, kind, since, recording, exc)
+                # cancelled while the write ran: its own outcome, once its worker has finished (a further
+                # cancellation waits for it too; the CancelledError is raised below all the same)
+                failure = await _write_outcome(recording) if isinstance(exc, asyncio.CancelledError) else exc
+                # looked for only when the write may have committed (its connection failed during the exchange);
+                # a write that never reached the database (no pooled connection, a closed pool), that the log
+                # refused or that the database answered with an error is not on record: undone at once, without
+                # a look that would wait on the same faulty pool
+                on_record: bool | None = failure is None
+                if failure is not None and (isinstance(failure, asyncio.CancelledError) or may_have_committed(failure)):
+                    on_record = await self._document_on_record(session, kind, since, upload_id, exc)
                 if on_record and not isinstance(exc, asyncio.CancelledError):
                     log.warning("document_upload_committed_despite_error", thread_id=session.thread_id, kind=kind,
                                 error=f"{type(exc).__name__}: {exc}")  # fmt: skip
@@ -855,14 +861,12 @@ class Engine:
             log.warning("session_touch_failed", thread_id=session.thread_id, error=f"{type(exc).__name__}: {exc}")
 
     async def _document_on_record(
-        self, session: SessionRecord, kind: str, since: str, recording: asyncio.Future[None], exc: BaseException
+        self, session: SessionRecord, kind: str, since: str, upload_id: str, exc: BaseException
     ) -> bool | None:
-        """After the `document_uploaded` write of an upload failed: whether its entry is on record after all (a
-        COMMIT that went through with its answer lost), as the import path looks for its session
-        (`_session_after_failed_create`). The session's turn lock is held, so an entry of this kind written since
-        `since` is this upload's. None when the look fails too (logged; the caller leaves the document)."""
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(recording)  # the write's thread has finished before anything is looked at
+        """After the `document_uploaded` write of an upload failed and its worker finished: whether its entry is
+        on record after all (a COMMIT that went through with its answer lost), as the import path looks for its
+        session (`_session_after_failed_create`): the entry written since `since` that carries this upload's
+        `upload_id`. None when the look fails too (logged; the caller leaves the document)."""
         try:
             entries = await asyncio.to_thread(
                 self.audit.query, session.tenant, session=session.id, event_type="document_uploaded", since=since
@@ -872,7 +876,7 @@ class Engine:
                         error=f"{type(exc).__name__}: {exc}",
                         look_error=f"{type(look_exc).__name__}: {look_exc}")  # fmt: skip
             return None
-        return any(e.payload.get("kind") == kind for e in entries)
+        return any(e.payload.get("upload_id") == upload_id for e in entries)
 
     async def delete_session(
         self, session: SessionRecord, actor: str = "cli", because: AuditEvent | None = None
@@ -985,3 +989,13 @@ def _title_text(turn_input: dict[str, Any]) -> str:
         if str(content).strip():
             return str(content)
     return ""
+
+
+async def _write_outcome(write: asyncio.Future[None]) -> BaseException | None:
+    """A shielded write's own outcome once its worker thread has finished: None when it succeeded, else its
+    error. A cancellation of the waiting task meanwhile does not stop the wait (the caller was cancelled already
+    and raises that); nothing is looked at while the write may still commit."""
+    while not write.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([write])  # never cancels `write`
+    return asyncio.CancelledError() if write.cancelled() else write.exception()

@@ -270,6 +270,8 @@ def test_a_sessions_life_is_audited_and_its_trail_outlives_it(db_url: str) -> No
     payload = {e["event_type"]: e["payload"] for e in trail}  # the last of each type
     assert trail[0]["payload"] == {"team": "interview", "title": TITLE}
     assert payload["team_selected"] == {"requested": None, "team": "interview"}
+    upload_id = payload["document_uploaded"].pop("upload_id")  # the upload's own nonce
+    assert len(upload_id) == 32 and int(upload_id, 16) >= 0
     assert payload["document_uploaded"] == {"kind": "resume", "filename": "cv.txt", "characters": len(RESUME),
                                             "content": RESUME}  # fmt: skip
     assert [e["payload"] for e in trail if e["event_type"] == "message"] == [

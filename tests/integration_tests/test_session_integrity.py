@@ -4,6 +4,7 @@ audit log included; a change made by several requests at once happens, and is on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -594,6 +595,84 @@ def test_an_upload_whose_entry_never_reached_the_log_is_undone_without_a_look(
         uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
         assert uploads == []
     assert_chain_verifies(storage)
+
+
+def test_an_upload_whose_write_failed_is_not_confused_with_another_entry(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the look after a failed `document_uploaded` write counted any entry of the same kind on the
+    session since the write began; an entry another writer put there meanwhile made an upload whose own write
+    failed stand (200) without its entry. Now each upload carries its own `upload_id` and the look wants that."""
+    import psycopg
+
+    from checkpoints.audit import AuditEvent, AuditWriteError
+
+    with serve(storage.url, monkeypatch) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        sid = new_session(client, "")
+        files = {"file": ("resume.txt", RESUME_TEXT.encode(), "text/plain")}
+        append = engine.audit.append
+
+        def other_entry_then_lost(events: list[AuditEvent]) -> Any:
+            [mine] = events
+            append([AuditEvent(mine.tenant, "other", mine.event_type, mine.session, {"kind": "resume"})])
+            lost: Exception = (
+                sqlite3.OperationalError("disk I/O error")
+                if storage.path is not None
+                else psycopg.OperationalError("server closed the connection unexpectedly")
+            )
+            raise AuditWriteError(f"audit log write failed: {lost}") from lost  # this upload's own never landed
+
+        with monkeypatch.context() as patched:
+            patched.setattr(engine.audit, "append", other_entry_then_lost)
+            r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+        assert r.status_code == 503, r.text
+        assert not client.get(f"/sessions/{sid}", headers=DEMO).json()["state"].get("resume")
+        uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
+        assert [u["actor"] for u in uploads] == ["other"]
+    assert_chain_verifies(storage)
+
+
+async def test_an_upload_cancelled_twice_while_its_entry_is_written_keeps_state_and_record_in_step(
+    storage: Storage,
+) -> None:
+    """Found in review: a cancelled upload waited for its `document_uploaded` write to finish before looking for
+    its entry, but a second cancellation ended that wait (it was suppressed), so the look ran while the write was
+    still in flight, found nothing and took the document out; the write then committed: an entry on record for a
+    document the session does not have. Now the wait outlasts any cancellation: the entry and the document agree."""
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        session = await engine.create_session("demo", "interview", "")
+        entered, release, written = threading.Event(), threading.Event(), threading.Event()
+        append = engine.audit.append
+
+        def slow_append(events: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            try:
+                return append(events)
+            finally:
+                written.set()
+
+        engine.audit.append = slow_append
+        try:
+            upload = asyncio.ensure_future(engine.attach_document(session, "resume", RESUME_TEXT))
+            while not entered.is_set():
+                await asyncio.sleep(0.01)
+            for _ in range(2):  # the caller goes away; then its cancellation is cancelled again
+                upload.cancel()
+                await asyncio.sleep(0.05)
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await upload
+        finally:
+            engine.audit.append = append
+        assert await asyncio.to_thread(written.wait, 10)
+        on_file = engine.audit.query("demo", session=session.id, event_type="document_uploaded")
+        state = (await engine.graph(session.team).aget_state(engine.run_config(session))).values
+        assert len(on_file) == 1  # the write committed after both cancellations
+        assert state.get("resume") == RESUME_TEXT  # and the document it records stayed
 
 
 async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(storage: Storage) -> None:
