@@ -186,14 +186,22 @@ class TurnLocks:
         dropped while the turn ran (the database then released the lock, and another process may have run a turn
         of the session meanwhile): logged `turn_lock_lost` and counted (`on_lost`), once per hold. No round trip
         unless the connection's socket says something happened (see `PostgresLockConnection.lost`). True where
-        the lock is not a Postgres lock or is not held here."""
+        the lock is not a Postgres lock or is not held here, and when the check itself fails (any error, e.g.
+        fileno() of a connection closed at shutdown: logged `turn_lock_check_failed`, the turn's answer is
+        unchanged; the unlock still reports a lost lock)."""
         held = self._held.get(thread_id)
         if held is None:
             return True
         locks, conn, reported = held
         if reported[0]:
             return False
-        if await locks.lost(conn):
+        try:
+            gone = await locks.lost(conn)
+        except Exception as exc:  # the check itself failed (a socket closed at shutdown): the answer is unchanged
+            log.warning("turn_lock_check_failed", thread_id=thread_id, team=team,
+                        error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return True
+        if gone:
             self._report_lost(thread_id, team, reported, "before the turn's answer")
             return False
         return True

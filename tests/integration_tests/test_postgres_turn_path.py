@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -191,6 +192,35 @@ async def test_a_lock_connection_dropped_mid_turn_is_reported_before_the_answer_
             ("s", "veneo_chat", "before the turn's answer"),
             ("s", "veneo_chat", "at unlock"),
         ]
+    finally:
+        await locks.aclose()
+
+
+async def test_a_check_of_the_held_lock_that_fails_leaves_the_turn_as_it_is(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: `check_held` said the turn's answer is unchanged, but an error of the check other than a
+    lost connection (here fileno() of a socket closed at shutdown: ValueError) propagated and failed a stored
+    turn with a 5xx. Now any error of the check is logged `turn_lock_check_failed` and the lock counts as held."""
+    import structlog
+
+    import checkpoints.turn_lock
+
+    def closed_socket(conn: Any) -> bool:
+        raise ValueError("I/O operation on closed file")
+
+    locks = TurnLocks(url, wait_s=0.4)
+    try:
+        with structlog.testing.capture_logs() as logged:
+            async with locks.hold("s", "veneo_chat"):
+                with monkeypatch.context() as patched:
+                    patched.setattr(checkpoints.turn_lock, "went_away", closed_socket)
+                    assert await locks.check_held("s", "veneo_chat") is True
+        failed = [e for e in logged if e["event"] == "turn_lock_check_failed"]
+        assert [(e["thread_id"], e["team"], e["error"]) for e in failed] == [
+            ("s", "veneo_chat", "ValueError: I/O operation on closed file")
+        ]
+        assert not [e for e in logged if e["event"] == "turn_lock_lost"]
     finally:
         await locks.aclose()
 
