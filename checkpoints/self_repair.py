@@ -6,9 +6,12 @@ for a deleted SQLite file, silently writes to the unlinked file, which is lost a
 answering 503 until someone restarts the server:
 
 - a storage error that says a table is missing (`missing_table`) makes `StorageRepair.after_fault` re-run the
-  whole schema setup once, one repair at a time: the numbered steps of checkpoints/schema_migrations.py (all
-  of them, each idempotent) and the LangGraph checkpointer's and store's `setup()`. The request that hit it
-  still answers 503 storage_unavailable (its work may be half done); the next one works.
+  whole schema setup once, one repair at a time (none for REPAIR_COOLDOWN_S after a repair that recreated
+  nothing, so a column no step adds, a typo in new code, does not re-run every step on every request): the
+  numbered steps of checkpoints/schema_migrations.py (all of them, each idempotent) and the LangGraph
+  checkpointer's and store's `setup()`. The request that hit it still answers 503 storage_unavailable (its work
+  may be half done); the next one works. A missing column comes back only if a later schema step adds it (a
+  column of a table's first step is not re-added to a table that exists).
 - /readyz runs the same repair when one of its probes fails that way, and a SQLite file that was deleted or
   replaced is noticed within a second by a watcher task (and by /readyz): its connections are reopened on a
   new, empty file at the same path.
@@ -43,6 +46,10 @@ from checkpoints.storage import StorageUnavailable, missing_object
 log = structlog.get_logger("teamgraph.storage")
 
 WATCH_INTERVAL_S = float(os.environ.get("TEAMGRAPH_STORAGE_WATCH_S", "1.0"))  # tests set it high
+# after a repair that found nothing missing (a sibling repaired first, or the missing column is one no schema step
+# adds: a typo in new code), missing-object faults trigger no repair for this long: each would re-run every step
+# (on PostgreSQL `add column if not exists` takes an ACCESS EXCLUSIVE lock) for every request that meets it
+REPAIR_COOLDOWN_S = 30.0
 EXIT_FOR_RESTART = 75  # EX_TEMPFAIL: a worker that exits for its supervisor to start a fresh one
 
 
@@ -94,12 +101,21 @@ class StorageRepair:
     on_audit_restarted: Callable[[str], Awaitable[None]] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _last_done: float = 0.0
+    _quiet_until: float = 0.0  # no repair for a missing object before then (REPAIR_COOLDOWN_S)
 
     async def after_fault(self, exc: BaseException) -> bool:
-        """Repair when `exc` says a table is missing (or the SQLite file was deleted); True when it repaired."""
-        if missing_table(exc) or self.file_replaced():
+        """Repair when `exc` says a table is missing (or the SQLite file was deleted); True when it repaired. A
+        missing object met within REPAIR_COOLDOWN_S of a repair that recreated nothing is not repaired again
+        (logged `storage_repair_skipped`); a deleted SQLite file always is."""
+        if self.file_replaced():
             return await self.repair(_first_line(exc))
-        return False
+        if not missing_table(exc):
+            return False
+        if time.monotonic() < self._quiet_until:
+            log.info("storage_repair_skipped", backend=self.backend, cause=_first_line(exc),
+                     message="a repair just found nothing missing; the next is tried after the cooldown")  # fmt: skip
+            return False
+        return await self.repair(_first_line(exc))
 
     async def check_file(self) -> bool:
         """For SQLite: reopen on a new file when the one in use was deleted or replaced; True when it did."""
@@ -136,6 +152,8 @@ class StorageRepair:
             recreated.audit = found.audit or recreated.file
             recreated.checkpoints = found.checkpoints or recreated.file
             self._last_done = time.monotonic()
+            # nothing recreated: a missing object meets no repair for a while (see REPAIR_COOLDOWN_S)
+            self._quiet_until = 0.0 if recreated.any() else self._last_done + REPAIR_COOLDOWN_S
             if not recreated.any():  # another process (a sibling worker, a replica) recreated them first
                 log.info("storage_checked", backend=self.backend, cause=cause, message="every table was there")
                 return True

@@ -51,7 +51,8 @@ def statement_timeout_sql(statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT
 def missing_object(exc: BaseException) -> bool:
     """True when `exc` says a table, a column or the schema the server uses does not exist: a database dropped
     and recreated, a table dropped or recreated without a column, a schema dropped. A storage fault (503) that
-    self-repair (checkpoints/self_repair.py) recovers from, although PostgreSQL reports it as a ProgrammingError."""
+    self-repair (checkpoints/self_repair.py) recovers from, although PostgreSQL reports it as a ProgrammingError:
+    tables, and columns a later schema step adds; a column no step re-adds (a typo in new code) stays a 503."""
     if isinstance(exc, sqlite3.OperationalError):
         return any(missing in str(exc).lower() for missing in _SQLITE_MISSING)
     errors = _psycopg_errors()

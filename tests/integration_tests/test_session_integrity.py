@@ -416,6 +416,44 @@ def test_a_wrong_statement_inside_an_audited_change_is_a_500_and_a_dropped_colum
     assert_chain_verifies(storage)
 
 
+def test_a_missing_column_no_schema_step_adds_does_not_rerun_the_repair_on_every_request(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a column missing that no schema step adds (here a typo in new code; or a table recreated
+    by hand without a column of its first step) answered 503 and re-ran every schema step on every request (on
+    PostgreSQL each `alter table ... add column if not exists` takes an ACCESS EXCLUSIVE lock). Now a repair that
+    recreated nothing starts a cooldown: requests meeting a missing object within it answer 503 without one."""
+    import structlog
+
+    with serve(storage.url, monkeypatch) as client, structlog.testing.capture_logs() as logged:
+        sid = new_session(client)
+        repair = client.app.state.engine.persistence.repair  # type: ignore[attr-defined]
+        setups: list[int] = []
+        setup = repair.setup
+
+        async def counted() -> Any:
+            setups.append(1)
+            return await setup()
+
+        monkeypatch.setattr(repair, "setup", counted)
+        index = client.app.state.engine.sessions  # type: ignore[attr-defined]
+
+        def typo(*args: Any) -> Any:  # the session lookup as new code with a typo would send it
+            if storage.path is not None:
+                with index._read_lock:
+                    return list(index._read.query("select titel from sessions where tenant = ?", ["demo"]))
+            return index._one("select titel from teamgraph_sessions where tenant = %s", ["demo"])
+
+        monkeypatch.setattr(index, "get", typo)
+        monkeypatch.setattr(index, "find", typo)
+        for _ in range(3):
+            r = client.get(f"/sessions/{sid}", headers=DEMO)
+            assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
+        assert len(setups) == 1  # the first request's repair; the others are within the cooldown
+        events = [e["event"] for e in logged]
+        assert events.count("storage_checked") == 1 and events.count("storage_repair_skipped") == 2
+
+
 @pytest.mark.parametrize(
     "title", ["Line\u2028separator", "Para\u2029graph", "Right\u202eto left", "Zero\u200bwidth", "Next\u0085line"],
     ids=["U+2028", "U+2029", "bidi-override", "zero-width-space", "NEL"],
