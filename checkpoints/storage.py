@@ -28,6 +28,10 @@ _SQLITE_FAULTS = (
 # SQLite errors that say a table or column the server uses is not there (the database was dropped or replaced under
 # the server, a table recreated without a column): what checkpoints/self_repair.py recreates
 _SQLITE_MISSING = ("no such table", "no such column", "has no column named")
+# SQLite's DatabaseError for a damaged file ("database disk image is malformed", "file is not a database")
+_SQLITE_DAMAGED = ("malformed", "not a database")
+# PostgreSQL InternalErrors that end the connection (25P03, 25P04 on PostgreSQL 17): faults like a lost connection
+_PG_ENDED = ("IdleInTransactionSessionTimeout", "TransactionTimeout")
 
 
 class StorageUnavailable(RuntimeError):
@@ -66,8 +70,10 @@ def is_storage_fault(exc: BaseException) -> bool:
 
     - connection and operational faults: PostgreSQL's OperationalError (a refused or lost connection, a pool wait
       that timed out or a closed pool, a statement cancelled by statement_timeout, a deadlock, an administrator
-      shutdown, a full disk) and InterfaceError, a read-only transaction (a standby); SQLite's disk full,
-      read-only, I/O error, file gone, locked, and a connection closed under the request;
+      shutdown, a full disk) and InterfaceError, a read-only transaction (a standby), the server's
+      idle-in-transaction and transaction timeouts (InternalErrors that end the connection); SQLite's disk full,
+      read-only, I/O error, file gone, locked, a damaged file ("database disk image is malformed"), and a
+      connection closed under the request;
     - missing objects (`missing_object`): 503 too, and self-repair recreates them for the next request;
     - anything else the database refuses (a syntax error, a wrong column type, a value out of range, a wrong
       number of parameters) is a bug of the code, not a fault of the machine: `is_statement_bug`, a 500."""
@@ -77,12 +83,16 @@ def is_storage_fault(exc: BaseException) -> bool:
         return any(fault in str(exc).lower() for fault in _SQLITE_FAULTS)
     if isinstance(exc, sqlite3.ProgrammingError):
         return "closed database" in str(exc).lower()  # the connection was closed (shutdown, a reopen) under it
+    if type(exc) is sqlite3.DatabaseError:  # the file is damaged or not a database: a fault of the machine
+        return any(damaged in str(exc).lower() for damaged in _SQLITE_DAMAGED)
     errors = _psycopg_errors()
     if errors is None:  # pragma: no cover - psycopg is a dependency
         return False
     import psycopg
 
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction))
+    # an InternalError that ends the connection: the server's idle-in-transaction or transaction timeout
+    ended = tuple(getattr(errors, name) for name in _PG_ENDED if hasattr(errors, name))
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction, *ended))
 
 
 def may_have_committed(exc: BaseException) -> bool:

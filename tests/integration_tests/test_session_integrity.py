@@ -9,6 +9,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -413,6 +414,36 @@ def test_a_wrong_statement_inside_an_audited_change_is_a_500_and_a_dropped_colum
         assert r.status_code == 200, r.text
         assert client.get(f"/sessions/{sid}", headers=DEMO).json()["user_id"] == "cand-1"
         assert [t for t, _ in on_record(client, sid)] == ["session_user_tagged"]
+    assert_chain_verifies(storage)
+
+
+def test_a_fault_that_ends_the_connection_inside_an_audited_change_is_storage_unavailable(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: inside an audit write, PostgreSQL's idle-in-transaction timeout (an InternalError, 25P03,
+    that ends the connection) and SQLite's damaged file (a bare DatabaseError, "database disk image is
+    malformed") answered 503 audit_unavailable, elsewhere a 500: one rule now, both are storage faults (503
+    storage_unavailable) wherever they are met; the change did not happen."""
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        log_class = type(engine.audit)
+        insert = log_class._insert
+
+        def ended(self: Any, *args: Any) -> Any:
+            if storage.path is not None:
+                raise sqlite3.DatabaseError("database disk image is malformed")
+            conn = args[0]  # the server times the open transaction out and ends the connection (real 25P03)
+            conn.execute("set local idle_in_transaction_session_timeout = 50")
+            time.sleep(0.3)
+            return insert(self, *args)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(log_class, "_insert", ended)
+            r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
+        assert on_record(client, sid) == []
     assert_chain_verifies(storage)
 
 
