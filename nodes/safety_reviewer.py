@@ -84,6 +84,9 @@ class LayerVerdict:
     score: float | None = None
     ms: float = 0.0
     detail: str | None = None
+    # the classifier's attack score as a second opinion for the embedding layer (not recorded): its extraction
+    # share left out when the short-extraction veto set its extraction reading aside
+    evidence: float | None = None
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -136,8 +139,10 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
     conf = settings.classifier
     cues = harm_cues(text) if result.attack_score >= conf.cue_threshold else []
     block = result.attack_score >= conf.block_threshold or (result.attack_score >= conf.cue_threshold and cues)
+    evidence = result.attack_score
     if extraction_vetoed(result.category, text):
         block = False
+        evidence = round(max(0.0, result.attack_score - result.scores.get("system_prompt_extraction", 0.0)), 4)
     if stage == "reply":
         # a reply is judged on what it says (harm, hate), not on whether it reads like a prompt
         block = block and result.category in ("harmful", "hate")
@@ -150,6 +155,7 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
         result.attack_score,
         _ms(start),
         f"most likely {result.category}" + (f"; cues: {', '.join(cues[:4])}" if cues else ""),
+        evidence,
     )
     if not block:
         return verdict, None
@@ -163,7 +169,8 @@ def embedding_verdict(
     """The embedding layer (input only): block from `embedding.block_threshold`; an error when the model is missing.
 
     A block scoring below `embedding.confirm_below` needs a second opinion: it stands only when the n-gram
-    classifier's attack score (`classifier_score`, None when that layer did not run) reaches
+    classifier's attack score (`classifier_score`, None when that layer did not run; without its extraction share
+    when the short-extraction veto set that reading aside, `LayerVerdict.evidence`) reaches
     `embedding.classifier_agreement`. The head alone misreads some short chat lines ("is hal safe") and some
     writing requests as attacks that the classifier, which reads the words, scores near zero.
     """
@@ -217,7 +224,7 @@ def screen_offline(text: str, settings: SafetySettings, stage: Stage = "input") 
     if decision is None and settings.classifier.enabled and (stage == "input" or settings.classifier.check_drafts):
         verdict, decision = classifier_verdict(text, settings, stage)
         layers.append(verdict)
-        classifier_score = verdict.score
+        classifier_score = verdict.evidence
     if decision is None and settings.embedding.enabled and stage == "input" and text.strip():
         verdict, decision = embedding_verdict(text, settings, classifier_score)
         layers.append(verdict)
