@@ -107,6 +107,28 @@ _REVEAL = (
     r"|translate|encode|convert|summari[sz]e|paraphrase|describe|read|return|send|expose|provide|disclose|quote"
     r"|echo|restate|reproduce|what (?:is|are|was|were|does|did)|what's)\b"
 )
+# the same verbs without "what is / what's" (a question about the shop's ID or first message is not an ask)
+_REVEAL_VERB = (
+    r"\b(?:print|show|reveal|repeat|recite|output|display|tell|give|share|write|dump|list|leak|spell|copy|paste"
+    r"|translate|encode|convert|summari[sz]e|paraphrase|describe|read|return|send|expose|provide|disclose|quote"
+    r"|echo|restate|reproduce)\b"
+)
+# with "the", only the words a shop does not use for its own documents ("the system prompt", "the hidden rules")
+_SECRET_THE = (
+    r"(?:(?:system|hidden|secret|developer|underlying) ?(?:prompts?|messages?|instructions?|directives?|rules"
+    r"|guidelines|programming|text)|pre-?prompt)"
+)
+# words a shop uses for its own documents too: the assistant's only with "your" and a reveal verb
+_SHOP_NOUN = r"(?:instructions|rules|guidelines|configuration|setup)"
+_FORMAT = (
+    r"(?:a |an )?(?:base ?(?:64|32)|hex\w*|rot ?13|binary|morse|json|yaml|xml|pig latin|leetspeak|emoji|reverse(?:d)?"
+    r" order|backwards|(?:a )?python (?:list|string))"
+)
+_REVERSED = r"(?:backwards|reversed|letter by letter|one letter at a time|in reverse)"
+_BEFORE_CHAT = (
+    r"before (?:i (?:joined|arrived|came|wrote|typed)|this (?:conversation|chat)|our (?:conversation|chat)"
+    r"|(?:my|the user'?s?) (?:very )?first (?:message|question))\b"
+)
 _EXTRACTION = re.compile(
     r"\b(?:print|show|reveal|repeat|recite|output|display|tell|give|share|write|dump|list|leak|spell|copy|paste"
     r"|translate|encode|convert|summari[sz]e|paraphrase|describe|explain|read|return|send|expose|provide|disclose"
@@ -120,9 +142,9 @@ _EXTRACTION = re.compile(
     r"|\b(?:tell|told|instruct\w*) you to say\b"
     r"|\b(?:everything|all|the text|the words|anything) (?:above|before) (?:this|here|that|my)"
     r"|\b(?:everything|all|the text|the words|anything) (?:(?:that )?(?:was )?(?:written|said|typed|sent|came))"
-    r" (?:above|before) (?:my|the user'?s?) (?:first |very first )?(?:message|question|input|prompt)\b"
+    r" before (?:my|the user'?s?) (?:first |very first )?(?:message|question|input|prompt)\b"
     r"|\b(?:instructions|rules|guidelines|directives|prompt) you(?: are|'re) (?:running|operating|working)"
-    r" (?:under|with)\b"
+    r" (?:under|with)\b(?! (?:are|is|were|was|seem|look)\b)"
     r"|\b(?:repeat|print|output|show) (?:the |all )?(?:text|words|everything|messages?) above\b(?!\s*[£$€\d])"
     r"|\bbeginning of (?:this|the|our) (?:conversation|chat)\b"
     # (what the customer did with the shop's instructions is not a request: "I've followed your instructions so far")
@@ -134,24 +156,50 @@ _EXTRACTION = re.compile(
     r"(?:configuration|config|settings|prompt|instructions)"
     r"|\b(?:base64|hex|rot13|binary|morse|leetspeak|pig latin|reverse(?:d)?)\b[^.?!\n]{0,40}"
     r"\b(?:your|the) (?:prompt|instructions|rules|configuration|guidelines|system)"
-    # seventh pass: the same asks in more shapes, always addressed to the assistant (its first message, what it was
-    # given, the text above the chat, its identifier); "your first reply said ..." or "the text above the price"
-    # ask for nothing
-    r"|" + _REVEAL + r"[^.?!\n]{0,40}?\b(?:your|its|ur) (?:very )?(?:initial|first|opening|starting|original)"
-    r" (?:system )?(?:messages?|prompts?|inputs?|turns?|text)\b"
-    r"|" + _REVEAL + r"[^.?!\n]{0,40}?\bthe (?:very )?(?:initial|first|opening|starting) (?:system )?(?:message|prompt"
-    r"|input|turn|text) (?:of|in) (?:this|the|our|your) (?:conversation|chat|context|session)\b"
-    r"|\b(?:your|the) (?:" + _SECRET + r"|prompt|instructions|rules|guidelines|configuration|setup|directives)\b"
-    r"[^.?!\n]{0,40}?\b(?:in|into|as|to|using|with) (?:a |an )?(?:base ?(?:64|32)|hex\w*|rot ?13|binary|morse|json"
-    r"|yaml|xml|pig latin|leetspeak|emoji|reverse(?:d)? order|backwards|(?:a )?python (?:list|string))\b"
-    r"|\b(?:your|the) (?:" + _SECRET + r"|prompt|instructions|rules|guidelines|configuration|setup)\b"
-    r"[^.?!\n]{0,30}?\b(?:backwards|reversed|letter by letter|one letter at a time|in reverse)\b"
-    r"|" + _REVEAL + r"[^.?!\n]{0,20}?\b(?:everything|all|the text|the words|the content|the messages?)"
-    r" (?:above|written above|that came before (?:this|my|me))\b(?!\s*[£$€\d])"
-    r"|\b(?:instructions|rules|guidelines|directives|prompt|setup|configuration|persona)\b(?: that)? you (?:were|have"
-    r" been) (?:given|set up with|configured with|loaded with|initiali[sz]ed with|programmed with|told to follow)\b"
-    r"|" + _REVEAL + r"[^.?!\n]{0,20}?\byour (?:unique |internal |secret |hidden |assistant |bot |model |deployment"
-    r" |system |own )?(?:id|identifier)\b",
+    # seventh pass: the same asks in more shapes, addressed to the assistant (its system prompt, what it was given
+    # before the chat, the text before the conversation, its identifier). Chat history is the customer's own ("your
+    # first message", "everything above"), and so are the shop's instructions, rules, setup and configuration: those
+    # words need "your" and a reveal verb, and never a product noun after them ("the setup guide in JSON")
+    r"|" + _REVEAL_VERB + r"[^.?!\n]{0,40}?\b(?:your|its|ur) (?:very )?(?:initial|first|opening|starting|original)"
+    r" (?:system (?:messages?|prompts?|turns?|text|instructions?)|prompts?|instructions?)\b"
+    r"|"
+    + _REVEAL_VERB
+    + r"[^.?!\n]{0,40}?\bthe (?:very )?(?:initial|first|opening|starting) (?:system (?:message|prompt"
+    r"|turn|text|instructions)|prompt|instructions) (?:of|in) (?:this|the|our|your) (?:conversation|chat|context"
+    r"|session)\b"
+    r"|\b(?:your (?:" + _SECRET + r"|prompt|directives)|the " + _SECRET_THE + r")\b"
+    r"[^.?!\n]{0,40}?\b(?:in|into|as|to|using|with) " + _FORMAT + r"\b"
+    r"|\b(?:your (?:" + _SECRET + r"|prompt|directives)|the " + _SECRET_THE + r")\b"
+    r"[^.?!\n]{0,30}?\b" + _REVERSED + r"\b"
+    r"|"
+    + _REVEAL_VERB
+    + r"[^.?!\n]{0,20}?\byour "
+    + _SHOP_NOUN
+    + r"\b,? (?:(?:in|into|as|to|using|with) "
+    + _FORMAT
+    + r"|"
+    + _REVERSED
+    + r")\b"
+    # the text before the conversation (not "everything above", which is the customer's own chat)
+    r"|\b(?:everything|all|the text|the words|the content|whatever|anything)(?: (?:that|which))?(?: (?:was|is|were"
+    r"|sits?|appears?|came|comes|written|said|typed|sent))* (?:before|above|precedes?|preceding|preceded|prior to)"
+    r" (?:this|the|our) (?:conversation|chat)\b"
+    r"|\b(?:" + _SECRET + r"|prompt|directives|persona)\b(?: that)? you (?:were|have been) (?:given|set up with"
+    r"|configured with|loaded with|initiali[sz]ed with|programmed with|told to follow)\b"
+    r"|\b(?:instructions|rules|guidelines|setup|configuration)\b(?: that)? you (?:were|have been) (?:given|set up"
+    r" with|configured with|loaded with|initiali[sz]ed with|programmed with|told to follow) "
+    + _BEFORE_CHAT
+    + r"|\b(?:were|was) you (?:told|instructed|given|prompted|programmed)(?: with)? "
+    + _BEFORE_CHAT
+    + r"|\byou (?:were|have been) (?:told|instructed|given|prompted|programmed)(?: with)? "
+    + _BEFORE_CHAT
+    + r"|"
+    + _REVEAL_VERB
+    + r"[^.?!\n]{0,20}?\bwhat you (?:were|have been|got) (?:prompted|programmed|initiali[sz]ed)"
+    r"(?: with)?\b"
+    # its identifier; "your internal ID for my ticket", "your VAT identifier" ask for the shop's
+    r"|" + _REVEAL_VERB + r"[^.?!\n]{0,20}?\byour (?:internal |assistant )?(?:id|identifier)\b"
+    r"(?=\s*(?:[.?!,;:]|$|and\b|now\b|please\b))",
     re.I,
 )
 
@@ -382,9 +430,11 @@ _EXTRACTION_TARGET = re.compile(
     r"|\bsystem(?:'s)? (?:prompts?|messages?|instructions?|rules|directives?|configuration|config|settings|context"
     r"|text|role|turn|programming|guidelines|setup)\b|\b(?:the|your|its) system\s*(?:[.?!]|$)"
     # the assistant's first message, or what it was given before the chat ("the instructions you were given")
-    r"|\b(?:your|its) (?:very )?(?:initial|first|opening|starting|original) (?:messages?|prompts?|inputs?|turns?"
-    r"|instructions|text)\b|\bfirst message (?:of|in) (?:this|the|our|your) (?:conversation|chat|context|session)\b"
-    r"|\byou (?:were|have been) (?:given|told|set up|configured|loaded|initiali[sz]ed|programmed|instructed)\b"
+    # (its first message itself is in the chat, the customer's to see again: "repeat your first message")
+    r"|\b(?:your|its) (?:very )?(?:initial|first|opening|starting|original) (?:system (?:messages?|turns?|text)"
+    r"|prompts?|instructions)\b"
+    r"|\byou (?:were|have been) (?:given|told|set up|configured|loaded|initiali[sz]ed|programmed|instructed"
+    r"|prompted with)\b"
     r"|\bbefore (?:my|the user'?s?) (?:first |very first )?(?:message|question|input)\b"
     r"|\byou(?: are|'re) (?:running|operating|working) (?:under|with)\b"
     r"|\b(?:that|which) (?:defines?|governs?|controls?|shapes?|determines?|sets?) your (?:behaviou?r|replies|answers"
@@ -399,7 +449,9 @@ _EXTRACTION_TARGET = re.compile(
 
 # "prompt" as a verb ("does your system prompt me for a code?", "the app prompted us to log in") names no prompt
 _PROMPT_VERB = re.compile(
-    r"\bprompt(?:s|ing)? (?:me|us|him|her|them|users?|customers?|people|everyone|you to)\b|\bprompted\b", re.I
+    r"\bprompt(?:s|ing)? (?:me|us|him|her|them|users?|customers?|people|everyone|you to)\b"
+    r"|\bprompted\b(?! with)",
+    re.I,
 )
 
 
