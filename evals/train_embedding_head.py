@@ -190,7 +190,7 @@ def joint_thresholds(
         s = safety.model_copy(update={"classifier": conf})
         verdicts = [classifier_verdict(t, s, "input") for t in texts]
         clf = np.array([d is not None for _, d in verdicts])
-        clf_scores = np.array([v.score or 0.0 for v, _ in verdicts])
+        clf_scores = np.array([v.evidence or 0.0 for v, _ in verdicts])
         for below in (0.0, 0.97, 0.98, 0.99, 0.995, 1.01):
             for agree in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5) if below else (0.3,):
                 unconfirmed = (emb_scores < below) & (clf_scores < agree)

@@ -84,6 +84,9 @@ class LayerVerdict:
     score: float | None = None
     ms: float = 0.0
     detail: str | None = None
+    # the classifier's attack score as a second opinion for the embedding layer: its extraction share left out when
+    # the short-extraction veto set its extraction reading aside (recorded only then, next to the full score)
+    evidence: float | None = None
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -96,6 +99,8 @@ class LayerVerdict:
         }
         if self.detail:
             out["detail"] = self.detail
+        if self.evidence is not None and self.evidence != self.score:
+            out["evidence"] = self.evidence
         return out
 
 
@@ -136,8 +141,10 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
     conf = settings.classifier
     cues = harm_cues(text) if result.attack_score >= conf.cue_threshold else []
     block = result.attack_score >= conf.block_threshold or (result.attack_score >= conf.cue_threshold and cues)
+    evidence = result.attack_score
     if extraction_vetoed(result.category, text):
         block = False
+        evidence = round(max(0.0, result.attack_score - result.scores.get("system_prompt_extraction", 0.0)), 4)
     if stage == "reply":
         # a reply is judged on what it says (harm, hate), not on whether it reads like a prompt
         block = block and result.category in ("harmful", "hate")
@@ -150,6 +157,7 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
         result.attack_score,
         _ms(start),
         f"most likely {result.category}" + (f"; cues: {', '.join(cues[:4])}" if cues else ""),
+        evidence,
     )
     if not block:
         return verdict, None
@@ -158,12 +166,14 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
 
 
 def embedding_verdict(
-    text: str, settings: SafetySettings, classifier_score: float | None = None
+    text: str, settings: SafetySettings, classifier_score: float | None = None, classifier_vetoed: bool = False
 ) -> tuple[LayerVerdict, RuleDecision | None]:
     """The embedding layer (input only): block from `embedding.block_threshold`; an error when the model is missing.
 
     A block scoring below `embedding.confirm_below` needs a second opinion: it stands only when the n-gram
-    classifier's attack score (`classifier_score`, None when that layer did not run) reaches
+    classifier's attack score (`classifier_score`, None when that layer did not run; without its extraction share
+    when the short-extraction veto set that reading aside, `LayerVerdict.evidence`, and `classifier_vetoed` says so in
+    the detail) reaches
     `embedding.classifier_agreement`. The head alone misreads some short chat lines ("is hal safe") and some
     writing requests as attacks that the classifier, which reads the words, scores near zero.
     """
@@ -181,7 +191,9 @@ def embedding_verdict(
         detail += (
             f"; below {conf.confirm_below}, "
             + ("confirmed" if agreed else "not confirmed")
-            + f" by the classifier ({classifier_score:.2f} {'>=' if agreed else '<'} {conf.classifier_agreement})"
+            + " by the classifier"
+            + (" without its extraction share" if classifier_vetoed else "")
+            + f" ({classifier_score:.2f} {'>=' if agreed else '<'} {conf.classifier_agreement})"
         )
     category = _CLASSIFIER_CATEGORY.get(result.category, "other")
     verdict = LayerVerdict(
@@ -214,12 +226,14 @@ def screen_offline(text: str, settings: SafetySettings, stage: Stage = "input") 
     )
     layers = [rules]
     classifier_score: float | None = None
+    classifier_vetoed = False
     if decision is None and settings.classifier.enabled and (stage == "input" or settings.classifier.check_drafts):
         verdict, decision = classifier_verdict(text, settings, stage)
         layers.append(verdict)
-        classifier_score = verdict.score
+        classifier_score = verdict.evidence
+        classifier_vetoed = verdict.evidence != verdict.score
     if decision is None and settings.embedding.enabled and stage == "input" and text.strip():
-        verdict, decision = embedding_verdict(text, settings, classifier_score)
+        verdict, decision = embedding_verdict(text, settings, classifier_score, classifier_vetoed)
         layers.append(verdict)
     return Screening(decision, layers)
 
@@ -434,7 +448,14 @@ async def _review_draft(
 def _as_verdicts(records: list[dict[str, Any]]) -> list[LayerVerdict]:
     return [
         LayerVerdict(
-            r["layer"], r["stage"], r["verdict"], r["category"], r.get("score"), r.get("ms", 0.0), r.get("detail")
+            r["layer"],
+            r["stage"],
+            r["verdict"],
+            r["category"],
+            r.get("score"),
+            r.get("ms", 0.0),
+            r.get("detail"),
+            r.get("evidence"),
         )
         for r in records
     ]
