@@ -35,6 +35,9 @@ class SessionRecord:
     updated_at: str
     client_id: str = ""  # the tenant's name for the session; empty = thread_id
     user_id: str | None = None  # the tenant's id for the end user the session is about (erasure)
+    # the Idempotency-Key of the POST /sessions that created it (unique per tenant) and a hash of that request
+    idempotency_key: str | None = None
+    idempotency_fingerprint: str | None = None
 
     @property
     def id(self) -> str:
@@ -74,11 +77,19 @@ def now() -> str:
 
 
 def new_record(
-    thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None, user_id: str | None = None
+    thread_id: str,
+    tenant: str,
+    team: str,
+    title: str = "",
+    client_id: str | None = None,
+    user_id: str | None = None,
+    idempotency_key: str | None = None,
+    idempotency_fingerprint: str | None = None,
 ) -> SessionRecord:
     """The row a new session is stored as."""
     stamp = now()
-    return SessionRecord(thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id, user_id)
+    return SessionRecord(thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id, user_id,
+                         idempotency_key, idempotency_fingerprint)  # fmt: skip
 
 
 def title_from(text: str) -> str:
@@ -118,7 +129,8 @@ class SessionIndex(Protocol):
     # `at`: the session's new updated_at (now when None), so the caller knows the row it wrote without reading it
     def rename_change(self, thread_id: str, title: str, at: str | None = None) -> builtins.list[Statement]: ...
     # A new session's row (`create_change`) and the record it stores: written with its `session_created` entry in
-    # one transaction; the insert changes nothing when the thread id or the tenant's client id is taken
+    # one transaction; the insert changes nothing when the thread id, the tenant's client id or the tenant's
+    # idempotency key is taken
     def create_change(
         self,
         thread_id: str,
@@ -127,7 +139,11 @@ class SessionIndex(Protocol):
         title: str = "",
         client_id: str | None = None,
         user_id: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
     ) -> tuple[builtins.list[Statement], SessionRecord]: ...
+    # the tenant's session created by a POST /sessions with this Idempotency-Key, or None
+    def created_with_key(self, tenant: str, key: str) -> SessionRecord | None: ...
     # Deleting a session is two steps: first its index row becomes a pending-deletion row (from then on the
     # session is gone for every reader and cannot be claimed again), and once its checkpoints, archive and voice
     # items are removed and the deletion is audited, the pending row goes too (`finish_delete_change`); a crash in
@@ -284,13 +300,24 @@ class SqliteSessionIndex:
         title: str = "",
         client_id: str | None = None,
         user_id: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
     ) -> tuple[builtins.list[Statement], SessionRecord]:
-        record = new_record(thread_id, tenant, team, title, client_id, user_id)
+        record = new_record(
+            thread_id, tenant, team, title, client_id, user_id, idempotency_key, idempotency_fingerprint
+        )
         sql = (
             "insert or ignore into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
-            " user_id) values (?, ?, ?, ?, ?, ?, ?, ?)"
+            " user_id, idempotency_key, idempotency_fingerprint) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         return [(sql, list(astuple(record)))], record
+
+    def created_with_key(self, tenant: str, key: str) -> SessionRecord | None:
+        with self._read_lock:
+            rows = list(
+                self._read.query("select * from sessions where tenant = ? and idempotency_key = ?", [tenant, key])
+            )
+        return SessionRecord(**rows[0]) if rows else None
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
         return [
@@ -446,13 +473,22 @@ class PostgresSessionIndex:
         title: str = "",
         client_id: str | None = None,
         user_id: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
     ) -> tuple[builtins.list[Statement], SessionRecord]:
-        record = new_record(thread_id, tenant, team, title, client_id, user_id)
+        record = new_record(
+            thread_id, tenant, team, title, client_id, user_id, idempotency_key, idempotency_fingerprint
+        )
         sql = (
             "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
-            " user_id) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing"
+            " user_id, idempotency_key, idempotency_fingerprint) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " on conflict do nothing"
         )
         return [(sql, list(astuple(record)))], record
+
+    def created_with_key(self, tenant: str, key: str) -> SessionRecord | None:
+        row = self._one("select * from teamgraph_sessions where tenant = %s and idempotency_key = %s", [tenant, key])
+        return SessionRecord(**row) if row else None
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
         return [

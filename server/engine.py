@@ -67,6 +67,14 @@ class SessionDeleting(Exception):
         self.thread_id = thread_id
 
 
+class CreateKeyReused(ValueError):
+    """A POST /sessions whose Idempotency-Key created a session from a different request (nothing is created)."""
+
+    def __init__(self, key: str, session_id: str):
+        super().__init__(f"Idempotency-Key {key!r} created session {session_id!r} from a different request")
+        self.key, self.session_id = key, session_id
+
+
 class UserTagConflict(ValueError):
     """Tagging a session with an end user when it is tagged with another one already (nothing changes)."""
 
@@ -268,18 +276,53 @@ class Engine:
         return config
 
     async def create_session(
-        self, tenant: str, team: str | None = None, title: str = "", actor: str = "cli", user_id: str | None = None
+        self,
+        tenant: str,
+        team: str | None = None,
+        title: str = "",
+        actor: str = "cli",
+        user_id: str | None = None,
+        idempotency: tuple[str, str] | None = None,
     ) -> SessionRecord:
-        """`user_id`: the tenant's id for the end user the session is about (`erase_user` finds it by that)."""
+        """`user_id`: the tenant's id for the end user the session is about (`erase_user` finds it by that).
+        `idempotency`: the request's Idempotency-Key and a fingerprint of what it asks for (`create_once`)."""
         run = self.resolve(tenant, team)
         # SQLite writes run in a worker thread: on the event loop they could wait on a lock that only the
         # loop can release (the async store commits there), stalling every request
+        if idempotency is not None:
+            return await asyncio.to_thread(
+                self.create_once, idempotency, tenant, run.team.id, team, actor, user_id=user_id, title=title
+            )
         record = await asyncio.to_thread(
             self._create, str(uuid.uuid4()), tenant, run.team.id, team, actor, user_id=user_id, title=title
         )
         if record is None:  # a fresh uuid4 taken: never in practice, and nothing was written
             raise RuntimeError("a new session id collided with a stored one")
         return record
+
+    def create_once(
+        self, idempotency: tuple[str, str], tenant: str, team: str, requested: str | None, actor: str, **fields: Any
+    ) -> SessionRecord:
+        """A session created at most once per tenant and Idempotency-Key: the key and the request's fingerprint are
+        stored in the new session's row, in its creating transaction, so a create whose answer was lost after the
+        commit (a 503, a reset connection) and is sent again finds its session instead of making a second one.
+        The same key with a different request: CreateKeyReused, nothing is created. Of several requests with one
+        key at once, one inserts the row (the key is unique per tenant) and the others find it."""
+        key, fingerprint = idempotency
+        found = self.sessions.created_with_key(tenant, key)
+        if found is None:
+            created = self._create(
+                str(uuid.uuid4()), tenant, team, requested, actor,
+                idempotency_key=key, idempotency_fingerprint=fingerprint, **fields,
+            )  # fmt: skip
+            if created is not None:
+                return created
+            found = self.sessions.created_with_key(tenant, key)  # another request with the key inserted first
+            if found is None:  # a fresh uuid4 taken, or that session was deleted meanwhile: nothing was written
+                raise RuntimeError("a new session could not be stored; send the request again")
+        if found.idempotency_fingerprint != fingerprint:
+            raise CreateKeyReused(key, found.id)
+        return found
 
     async def create_filled_session(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import unicodedata
 from datetime import datetime
@@ -17,10 +18,17 @@ from pydantic import BaseModel, Field, field_validator
 from checkpoints.session_index import SessionRecord
 from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
-from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound, UserTagConflict
+from server.engine import CheckpointNotFound, CreateKeyReused, DocumentRejected, SessionNotFound, UserTagConflict
 from server.errors import ApiError
 from server.session_export import export_session, to_markdown
-from server.team_input import THREAD_ID_PATTERN, THREAD_ID_RULE, USER_ID_PATTERN, USER_ID_RULE
+from server.team_input import (
+    IDEMPOTENCY_KEY_RULE,
+    THREAD_ID_PATTERN,
+    THREAD_ID_RULE,
+    USER_ID_PATTERN,
+    USER_ID_RULE,
+    check_idempotency_key,
+)
 from states.migrations import TEAMS
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
@@ -229,11 +237,38 @@ def transcript_view(messages: list[BaseMessage]) -> list[TranscriptMessage]:
 
 
 @router.post("", status_code=201, response_model=SessionOut)
-async def create_session(body: SessionCreate, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
+async def create_session(
+    body: SessionCreate,
+    caller: CurrentCaller,
+    engine: EngineDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description=f"Optional, {IDEMPOTENCY_KEY_RULE}, a new one per session to create: sent again with the "
+            "same body, the session it created is answered again instead of a second one being created; with "
+            "another body, a 422.",
+        ),
+    ] = None,
+) -> SessionOut:
     """Start a session with one of the caller's teams (403 if the team is not enabled for the tenant)."""
-    record = await engine.create_session(
-        caller.tenant, body.team, body.title, actor=caller.key_id, user_id=body.user_id
-    )
+    idempotency = None
+    if idempotency_key is not None:
+        # the request as validated (the title without its surrounding blanks): what "the same body" means
+        sent = json.dumps(body.model_dump(mode="json"), sort_keys=True)
+        idempotency = (check_idempotency_key(idempotency_key), hashlib.sha256(sent.encode()).hexdigest())
+    try:
+        record = await engine.create_session(
+            caller.tenant, body.team, body.title, actor=caller.key_id, user_id=body.user_id, idempotency=idempotency
+        )
+    except CreateKeyReused as exc:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            f"Idempotency-Key: {exc.key!r} already created session {exc.session_id!r} from a different request "
+            "(another team, title or user_id); use a new key for a new session",
+            "Idempotency-Key",
+        ) from None
     return SessionOut.of(record)
 
 

@@ -5,6 +5,8 @@
         proxy.start()                      # same port again: "the database is back"
         proxy.cut_when(b"session_renamed") # the next client message holding those bytes is not delivered: its
                                            # connection is cut there ("the database went away mid-transaction")
+        proxy.cut_when(b"COMMIT", deliver=True)  # delivered, and the connection cut before the server's answer
+                                           # can come back ("the commit happened, its answer was lost")
 
 Stopping the proxy is how a test takes the database away; the shared PostgreSQL server itself is never touched.
 """
@@ -28,11 +30,15 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._cut_pattern: bytes | None = None
+        self._deliver_cut = False
+        self._swallow: set[socket.socket] = set()  # server ends whose next answer is dropped (deliver=True)
         self.cuts = 0  # connections cut by `cut_when`
 
-    def cut_when(self, pattern: bytes) -> None:
-        """Once: cut the connection whose next client-to-server data holds `pattern`, before delivering it."""
-        self._cut_pattern = pattern
+    def cut_when(self, pattern: bytes, deliver: bool = False) -> None:
+        """Once: cut the connection whose next client-to-server data holds `pattern`, before delivering it; with
+        `deliver`, the data is delivered and the connection is cut when the server answers it, without passing
+        the answer on: the server has carried it out (a COMMIT: committed), the client never learns it."""
+        self._cut_pattern, self._deliver_cut = pattern, deliver
 
     def start(self) -> Self:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -81,8 +87,13 @@ class TcpProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket, to_server: bool = False) -> None:
         try:
             while data := source.recv(65536):
+                if not to_server and source in self._swallow:
+                    return  # the server's answer to a delivered cut: dropped, and both ends closed
                 if to_server and self._cut(data):
-                    return  # the finally clause closes both ends
+                    if not self._deliver_cut:
+                        return  # the finally clause closes both ends
+                    # delivered, and the server's answer to it (sent once it has carried it out) is not
+                    self._swallow.add(sink)
                 sink.sendall(data)
         except OSError:
             pass
@@ -93,6 +104,7 @@ class TcpProxy:
                 sock.close()
             with self._lock:
                 self._sockets -= {source, sink}
+                self._swallow -= {source, sink}
 
     def _cut(self, data: bytes) -> bool:
         with self._lock:

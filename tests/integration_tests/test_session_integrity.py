@@ -67,6 +67,32 @@ class Storage:
                 conn.execute(f"drop trigger {name}")
 
     @contextlib.contextmanager
+    def losing_the_answer_of(self, engine: Any, event_type: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+        """The transaction that writes `event_type` commits, and its answer is lost: on PostgreSQL the proxy cuts
+        the client's end of the connection and then delivers the COMMIT (the server commits, the client sees the
+        connection closed); on SQLite, where a commit cannot be made to fail after it happened, the audit log's
+        write is wrapped to commit and then raise the disk I/O error a lost answer looks like."""
+        if self.proxy is not None:
+            self.proxy.cut_when(b"COMMIT", deliver=True)
+            yield
+            assert self.proxy.cuts == 1, "no COMMIT was sent"
+            self.proxy.cuts = 0
+            return
+        from checkpoints.audit import AuditWriteError
+
+        committed = engine.audit.append_if
+
+        def answer_lost(changes: Any, events: Any) -> Any:
+            entries = committed(changes, events)
+            if any(e.event_type == event_type for e in events):
+                raise AuditWriteError("audit log write failed") from sqlite3.OperationalError("disk I/O error")
+            return entries
+
+        with monkeypatch.context() as patched:
+            patched.setattr(engine.audit, "append_if", answer_lost)
+            yield
+
+    @contextlib.contextmanager
     def refusing_deletes_of_sessions(self) -> Iterator[None]:
         """Any delete of a session index row fails (a trigger on both databases): what a process that crashed
         right after a write looks like to the data, since nothing it meant to undo can be undone."""
@@ -183,6 +209,84 @@ def test_a_create_whose_audit_entry_fails_leaves_no_session_even_when_nothing_ca
         assert sorted(listed(client)) == sorted([kept, sid])
         assert sorted(created_on_record(client)) == sorted([kept, sid])
     assert_chain_verifies(storage)
+
+
+def test_a_create_whose_answer_was_lost_after_its_commit_is_answered_again_not_created_twice(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /sessions commits and its answer is lost (503): sent again with its Idempotency-Key and the same body,
+    it answers the session it created (before, the header was ignored and the retry created a second session);
+    the same key with another body is a 422 naming the header and creates nothing; another tenant's key space is
+    its own; a key is kept as long as its session."""
+    monkeypatch.setenv("TEAMGRAPH_VENEO_API_KEY", "tg-veneo-test-key")
+    veneo = {"Authorization": "Bearer tg-veneo-test-key"}
+    key = str(uuid.uuid4())
+    body = {"title": "  Once  ", "user_id": "cand-7"}
+    with serve(storage.url, monkeypatch) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        with storage.losing_the_answer_of(engine, "session_created", monkeypatch):
+            r = client.post("/sessions", headers={**DEMO, "Idempotency-Key": key}, json=body)
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
+        [sid] = listed(client)  # it was stored: only its answer was lost
+
+        for sent in (body, {**body, "title": "Once"}):  # the same request (surrounding blanks are dropped)
+            r = client.post("/sessions", headers={**DEMO, "Idempotency-Key": key}, json=sent)
+            assert r.status_code == 201, r.text
+            assert (r.json()["id"], r.json()["title"], r.json()["user_id"]) == (sid, "Once", "cand-7")
+        for other in ({"title": "Twice", "user_id": "cand-7"}, {"title": "Once"}, {**body, "team": "interview"}):
+            r = client.post("/sessions", headers={**DEMO, "Idempotency-Key": key}, json=other)
+            assert r.status_code == 422, r.text
+            assert (r.json()["error"]["code"], r.json()["error"]["field"]) == ("idempotency_key_reused",
+                                                                               "Idempotency-Key")  # fmt: skip
+        assert listed(client) == [sid] and created_on_record(client) == [sid]
+
+        r = client.post("/sessions", headers={**veneo, "Idempotency-Key": key}, json={"title": "Once"})
+        assert r.status_code == 201 and r.json()["id"] != sid, r.text  # keys are per tenant
+        r = client.post("/sessions", headers={**DEMO, "Idempotency-Key": "not a key"}, json=body)
+        assert (r.status_code, r.json()["error"]["field"]) == (422, "Idempotency-Key"), r.text
+
+        assert client.delete(f"/sessions/{sid}", headers=DEMO).status_code == 204
+        r = client.post("/sessions", headers={**DEMO, "Idempotency-Key": key}, json=body)  # gone with its session
+        assert r.status_code == 201 and r.json()["id"] != sid, r.text
+        assert listed(client) == [r.json()["id"]]
+    assert_chain_verifies(storage)
+
+
+def test_concurrent_creates_with_one_idempotency_key_create_one_session(storage: Storage, tmp_path: Path) -> None:
+    env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
+    with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        for _ in range(5):
+            headers = {**DEMO, "Idempotency-Key": str(uuid.uuid4())}
+            answers = all_at_once([
+                lambda h=headers: httpx.post(f"{live.url}/sessions", json={"title": "Race"}, headers=h, timeout=30)
+                for _ in range(4)
+            ])  # fmt: skip
+            assert [r.status_code for r in answers] == [201] * 4, [r.text for r in answers]
+            assert len({r.json()["id"] for r in answers}) == 1
+        r = client.get("/sessions", headers=DEMO)
+        assert len(r.json()["items"]) == 5
+        assert len(created_on_record(client)) == 5  # type: ignore[arg-type]
+
+
+def test_a_turn_on_a_new_id_whose_answer_was_lost_after_its_create_committed_runs_once_when_retried(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first turn on a new id creates its session, and that creation's answer is lost (503, the turn did not
+    run): the retry (the same id, and its Idempotency-Key) finds the session it created and runs the turn once."""
+    body = {"input": {"messages": [{"type": "human", "content": "Hello"}]},
+            "config": {"configurable": {"thread_id": "lost-answer"}}}  # fmt: skip
+    headers = {**DEMO, "Idempotency-Key": str(uuid.uuid4())}
+    with serve(storage.url, monkeypatch) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        with storage.losing_the_answer_of(engine, "session_created", monkeypatch):
+            r = client.post("/teams/interview/invoke", json=body, headers=headers)
+        assert r.status_code == 503, r.text
+        assert listed(client) == ["lost-answer"]
+        r = client.post("/teams/interview/invoke", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        assert listed(client) == ["lost-answer"] and created_on_record(client) == ["lost-answer"]
+        transcript = client.get("/sessions/lost-answer", headers=DEMO).json()["transcript"]
+        assert [m["content"] for m in transcript if m["role"] == "user"] == ["Hello"]
 
 
 def test_a_turn_on_a_new_id_whose_audit_entry_fails_leaves_no_session(
