@@ -130,7 +130,7 @@ class SessionIndex(Protocol):
     def rename_change(self, thread_id: str, title: str, at: str | None = None) -> builtins.list[Statement]: ...
     # A new session's row (`create_change`) and the record it stores: written with its `session_created` entry in
     # one transaction; the insert changes nothing when the thread id, the tenant's client id or the tenant's
-    # idempotency key is taken
+    # idempotency key is taken, or when a deletion of that client id or thread is pending
     def create_change(
         self,
         thread_id: str,
@@ -306,11 +306,16 @@ class SqliteSessionIndex:
         record = new_record(
             thread_id, tenant, team, title, client_id, user_id, idempotency_key, idempotency_fingerprint
         )
+        # one statement: a pending deletion of the same client id or thread (a DELETE that started and has not
+        # finished) is checked by the insert itself, so a create racing that DELETE cannot slip in between a check
+        # and the insert and bring the id back while its old data is being removed
         sql = (
             "insert or ignore into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
-            " user_id, idempotency_key, idempotency_fingerprint) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " user_id, idempotency_key, idempotency_fingerprint) select ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            " where not exists (select 1 from session_deletions"
+            " where (tenant = ? and client_id = ?) or thread_id = ?)"
         )
-        return [(sql, list(astuple(record)))], record
+        return [(sql, [*astuple(record), record.tenant, record.id, record.thread_id])], record
 
     def created_with_key(self, tenant: str, key: str) -> SessionRecord | None:
         with self._read_lock:
@@ -479,12 +484,16 @@ class PostgresSessionIndex:
         record = new_record(
             thread_id, tenant, team, title, client_id, user_id, idempotency_key, idempotency_fingerprint
         )
+        # one statement with the pending-deletion check (see SqliteSessionIndex.create_change); the casts: the
+        # values come from a select, which does not take the columns' types from the insert
         sql = (
             "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
-            " user_id, idempotency_key, idempotency_fingerprint) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " on conflict do nothing"
+            " user_id, idempotency_key, idempotency_fingerprint) select %s::text, %s::text, %s::text, %s::text,"
+            " %s::text, %s::text, %s::text, %s::text, %s::text, %s::text"
+            " where not exists (select 1 from teamgraph_session_deletions"
+            " where (tenant = %s and client_id = %s) or thread_id = %s) on conflict do nothing"
         )
-        return [(sql, list(astuple(record)))], record
+        return [(sql, [*astuple(record), record.tenant, record.id, record.thread_id])], record
 
     def created_with_key(self, tenant: str, key: str) -> SessionRecord | None:
         row = self._one("select * from teamgraph_sessions where tenant = %s and idempotency_key = %s", [tenant, key])

@@ -447,8 +447,11 @@ class Engine:
             if created is not None:
                 return created
             record = self.sessions.find(tenant, client_id)  # another request created it first: use that one
-            if record is None:  # the thread id is taken by another client id (or the row went meanwhile)
-                raise SessionNotFound(client_id)
+            if record is None:
+                if self.sessions.pending_deletion(tenant, client_id) is not None:
+                    # a DELETE began after the check above: the insert saw its pending row and wrote nothing
+                    raise SessionDeleting(client_id)
+                raise SessionNotFound(client_id)  # the thread id is taken by another client id (or the row went)
         if record.tenant != tenant:  # find filters by tenant; kept as a second line of defence
             raise SessionNotFound(client_id)
         return record

@@ -590,6 +590,71 @@ async def test_an_import_whose_commit_answer_is_lost_keeps_the_session_it_create
 # --- DELETE /sessions/{id} ----------------------------------------------------------------------------------------
 
 
+def put_pending_deletion(storage: Storage, tenant: str, client_id: str, thread_id: str) -> None:
+    """A DELETE of `client_id` that has begun (its pending-deletion row) and not finished, written by another
+    connection, as the DELETE request's own transaction would."""
+    row = [thread_id, tenant, "interview", "2026-01-01T00:00:00+00:00", client_id]
+    if storage.path is not None:
+        with contextlib.closing(sqlite3.connect(storage.path, isolation_level=None)) as conn:
+            conn.execute("insert into session_deletions values (?, ?, ?, ?, ?)", row)
+        return
+    import psycopg
+
+    with psycopg.connect(storage.url, autocommit=True) as conn:
+        conn.execute("insert into teamgraph_session_deletions values (%s, %s, %s, %s, %s)", row)
+
+
+def test_a_create_racing_a_delete_of_its_id_cannot_bring_the_id_back(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn on a new id checks that no deletion of the id is pending, and a DELETE of the id begins right after
+    that check, before the insert (a hook puts the DELETE's pending row there): the insert itself sees the pending
+    row, so the turn is `409 session_deleting` and no session, entry or data is stored under the id while its old
+    data is being removed (before, the check and the insert were two steps and the insert went through)."""
+    from server.engine import thread_key
+
+    body = {"input": {"messages": [{"type": "human", "content": "Hello"}]},
+            "config": {"configurable": {"thread_id": "racing"}}}  # fmt: skip
+    with serve(storage.url, monkeypatch) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        checked = engine.sessions.pending_deletion
+        raced = []
+
+        def check_then_delete_begins(tenant: str, client_id: str) -> Any:
+            found = checked(tenant, client_id)
+            if not raced:
+                raced.append(client_id)
+                put_pending_deletion(storage, tenant, client_id, thread_key(tenant, client_id))
+            return found
+
+        with monkeypatch.context() as patched:
+            patched.setattr(engine.sessions, "pending_deletion", check_then_delete_begins)
+            r = client.post("/teams/interview/invoke", json=body, headers=DEMO)
+        assert raced == ["racing"]
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "session_deleting"), r.text
+        assert listed(client) == [] and created_on_record(client) == []
+        assert stored_checkpoints(storage) == 0
+
+        assert client.delete("/sessions/racing", headers=DEMO).status_code == 204  # the DELETE finishes
+        assert client.post("/teams/interview/invoke", json=body, headers=DEMO).status_code == 200  # id free again
+        assert listed(client) == ["racing"] and created_on_record(client) == ["racing"]
+
+
+async def test_create_change_writes_nothing_while_a_deletion_of_the_id_is_pending(storage: Storage) -> None:
+    """The index's create statement on its own: with a pending deletion of the tenant's client id (or of the
+    thread), it changes no row, so the audited create writes nothing; another tenant's same id is not held up."""
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        put_pending_deletion(storage, "demo", "held", "demo-thread-held")
+        assert engine._create("t-new", "demo", "interview", None, "test", client_id="held") is None
+        assert engine._create("demo-thread-held", "demo", "interview", None, "test", client_id="other") is None
+        assert engine.sessions.find("demo", "held") is None and engine.sessions.get("demo-thread-held") is None
+        assert engine.audit.query("demo", event_type="session_created") == []
+        created = engine._create("t-veneo", "veneo", "interview", None, "test", client_id="held")
+        assert created is not None and engine.sessions.find("veneo", "held") is not None
+
+
 def test_concurrent_deletes_of_one_session_are_on_record_once(storage: Storage, tmp_path: Path) -> None:
     env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
     with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
