@@ -308,12 +308,16 @@ class SqliteSessionIndex:
         )
         # one statement: a pending deletion of the same client id or thread (a DELETE that started and has not
         # finished) is checked by the insert itself, so a create racing that DELETE cannot slip in between a check
-        # and the insert and bring the id back while its old data is being removed
+        # and the insert and bring the id back while its old data is being removed. Only the taken ids are
+        # ignored (one `on conflict` per unique key, SQLite 3.35+): `insert or ignore` also skipped rows that
+        # break NOT NULL or CHECK, turning a bug into "the id is taken"
         sql = (
-            "insert or ignore into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
+            "insert into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
             " user_id, idempotency_key, idempotency_fingerprint) select ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
             " where not exists (select 1 from session_deletions"
             " where (tenant = ? and client_id = ?) or thread_id = ?)"
+            " on conflict (thread_id) do nothing on conflict (tenant, client_id) do nothing"
+            " on conflict (tenant, idempotency_key) do nothing"
         )
         return [(sql, [*astuple(record), record.tenant, record.id, record.thread_id])], record
 
@@ -485,7 +489,9 @@ class PostgresSessionIndex:
             thread_id, tenant, team, title, client_id, user_id, idempotency_key, idempotency_fingerprint
         )
         # one statement with the pending-deletion check (see SqliteSessionIndex.create_change); the casts: the
-        # values come from a select, which does not take the columns' types from the insert
+        # values come from a select, which does not take the columns' types from the insert. Postgres allows one
+        # conflict target; without one, `do nothing` covers unique constraints only (the three taken-id cases),
+        # never NOT NULL or CHECK violations
         sql = (
             "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
             " user_id, idempotency_key, idempotency_fingerprint) select %s::text, %s::text, %s::text, %s::text,"

@@ -655,6 +655,25 @@ async def test_create_change_writes_nothing_while_a_deletion_of_the_id_is_pendin
         assert created is not None and engine.sessions.find("veneo", "held") is not None
 
 
+async def test_create_change_ignores_a_taken_id_and_nothing_else(storage: Storage) -> None:
+    """A create whose thread id, client id or idempotency key is taken writes nothing and says so (None); a row
+    that breaks another constraint (here NOT NULL: no tenant) is an error, not "taken" (before, SQLite's
+    `insert or ignore` skipped it silently, and the caller reported a collision or a missing session)."""
+    from checkpoints.audit import AuditWriteError
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        key = {"idempotency_key": "k-1", "idempotency_fingerprint": "f"}
+        assert engine._create("t-1", "demo", "interview", None, "test", client_id="one", **key) is not None
+        assert engine._create("t-1", "demo", "interview", None, "test", client_id="two") is None
+        assert engine._create("t-2", "demo", "interview", None, "test", client_id="one") is None
+        assert engine._create("t-3", "demo", "interview", None, "test", client_id="three", **key) is None
+        with pytest.raises((AuditWriteError, sqlite3.IntegrityError)) as raised:
+            engine._create("t-4", None, "interview", None, "test", client_id="four")
+        assert "null" in str(raised.value).lower(), raised.value
+        assert [s.id for s in engine.sessions.list("demo")] == ["one"]
+
+
 def test_concurrent_deletes_of_one_session_are_on_record_once(storage: Storage, tmp_path: Path) -> None:
     env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
     with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
