@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import sqlite3
 import threading
+import unicodedata
 from dataclasses import asdict, astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,28 @@ from checkpoints.audit import Statement
 from checkpoints.schema_migrations import upgrade_postgres, upgrade_sqlite
 from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, pg_connect_kwargs, sync_pool_options
 
-TITLE_LENGTH = 60
+TITLE_LENGTH = 60  # a title derived from a message is cut to this
+MAX_TITLE_CHARS = 200  # the longest title a client may set (POST/PATCH /sessions) or an import may bring
+
+# Invisible format characters (Cf) that can disguise what a title says when it is listed: bidi embeddings and
+# overrides (U+202A-U+202E) and isolates (U+2066-U+2069), the zero-width space and the byte order mark. Other Cf
+# characters are part of ordinary text and stay: the joiners (U+200C, U+200D: scripts, emoji sequences), the
+# left-to-right/right-to-left and Arabic letter marks (U+200E, U+200F, U+061C: Hebrew and Arabic titles), the soft
+# hyphen and word joiner of pasted text, and the tag characters of subdivision flag emoji (U+E0020-U+E007F)
+DISGUISING = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200B, 0xFEFF))
+
+
+def unprintable_in_title(c: str) -> bool:
+    """What a title may not hold: control characters (Cc: tabs, line breaks), line and paragraph separators (Zl,
+    Zp: U+2028, U+2029) and the invisible format characters that can disguise it (`DISGUISING`)."""
+    return c in DISGUISING or unicodedata.category(c) in ("Cc", "Zl", "Zp")
+
+
+def printable_title(text: str) -> str:
+    """`text` as a title the rules of POST/PATCH /sessions accept, made so rather than refused (titles derived
+    from a message): control characters and line/paragraph separators become spaces, disguising characters go,
+    surrounding blanks go."""
+    return "".join(("" if c in DISGUISING else " ") if unprintable_in_title(c) else c for c in text).strip()
 
 
 @dataclass(frozen=True)
@@ -93,8 +115,9 @@ def new_record(
 
 
 def title_from(text: str) -> str:
-    """A session title from the first message: its first line, cut to a readable length."""
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    """A session title from the first message: its first line with text, made printable (`printable_title`: a
+    title derived from a turn never refuses the turn), cut to a readable length."""
+    line = next((t for t in (printable_title(ln) for ln in text.splitlines()) if t), "")
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "\u2026"
 
 

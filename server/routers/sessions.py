@@ -15,7 +15,7 @@ from fastapi import APIRouter, File, Form, Header, Path, Query, Request, Respons
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, Field, field_validator
 
-from checkpoints.session_index import SessionRecord
+from checkpoints.session_index import MAX_TITLE_CHARS, SessionRecord, unprintable_in_title
 from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
 from server.engine import CheckpointNotFound, CreateKeyReused, DocumentRejected, SessionNotFound, UserTagConflict
@@ -42,28 +42,13 @@ MAX_FILENAME_CHARS = 255
 INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "decisions_archived", "answer_keys"}
 
 
-# Invisible format characters (Cf) that can disguise what a title says when it is listed: bidi embeddings and
-# overrides (U+202A-U+202E) and isolates (U+2066-U+2069), the zero-width space and the byte order mark. Other Cf
-# characters are part of ordinary text and stay: the joiners (U+200C, U+200D: scripts, emoji sequences), the
-# left-to-right/right-to-left and Arabic letter marks (U+200E, U+200F, U+061C: Hebrew and Arabic titles), the soft
-# hyphen and word joiner of pasted text, and the tag characters of subdivision flag emoji (U+E0020-U+E007F)
-_DISGUISING = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200B, 0xFEFF)}
-MAX_TITLE_CHARS = 200
-
-
-def _unprintable(c: str) -> bool:
-    """Control characters (Cc: tabs, line breaks), line and paragraph separators (Zl, Zp: U+2028, U+2029) and the
-    invisible format characters that can disguise a title (`_DISGUISING`)."""
-    return c in _DISGUISING or unicodedata.category(c) in ("Cc", "Zl", "Zp")
-
-
 def one_line_title(title: str | None) -> str | None:
     """A title as it is stored: one line of text without surrounding blanks. A line break, tab, line separator or
     other control character, a bidi override or isolate, a zero-width space or byte order mark is refused: titles
     are listed one per line, and the audit log records them as sent."""
     if title is None:
         return None
-    bad = next((c for c in title if _unprintable(c)), None)
+    bad = next((c for c in title if unprintable_in_title(c)), None)
     if bad is not None:
         name = unicodedata.name(bad, "a control character").lower()
         raise ValueError(

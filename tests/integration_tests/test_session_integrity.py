@@ -494,6 +494,60 @@ def test_a_title_with_a_line_separator_or_invisible_format_character_is_422(
             assert (r.status_code, r.json()["title"]) == (201, kept), r.text
 
 
+DISGUISED = "Hi\u202eevil\u202c\u200b there\ttab\u2066x\u2069\ufeff"  # bidi, zero-width, tab, isolates, BOM
+
+
+def test_a_title_derived_from_a_message_follows_the_title_rules_and_never_refuses_the_turn(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first message titles a session: the characters POST/PATCH refuse in a title are taken out of the
+    derived one (a tab or separator becomes a space), and the turn runs (before, they were stored in the title);
+    a first line of nothing but such characters is skipped for the next."""
+    with serve(storage.url, monkeypatch) as client:
+        for thread_id, text, title in (
+            ("derived-1", DISGUISED + "\nsecond line", "Hievil there tabx"),
+            ("derived-2", "\u200b\u202e\u2069\nSecond\u2028line", "Second"),
+            (
+                "derived-3",
+                "Family \U0001f468\u200d\U0001f469 \u05e8\u200f",
+                "Family \U0001f468\u200d\U0001f469 \u05e8\u200f",
+            ),
+        ):
+            body = {"input": {"messages": [{"type": "human", "content": text}]},
+                    "config": {"configurable": {"thread_id": thread_id}}}  # fmt: skip
+            r = client.post("/teams/interview/invoke", json=body, headers=DEMO)
+            assert r.status_code == 200, r.text
+            stored = client.get(f"/sessions/{thread_id}", headers=DEMO).json()["title"]
+            assert stored == title, (stored, title)
+            # what was derived is a title PATCH accepts as it is
+            r = client.patch(f"/sessions/{thread_id}", headers=DEMO, json={"title": stored})
+            assert (r.status_code, r.json()["title"]) == (200, title), r.text
+
+
+async def test_an_imported_title_follows_the_title_rules(storage: Storage) -> None:
+    """`teamgraph sessions import`: a document's title with characters POST/PATCH refuse (an export of a release
+    whose derived titles kept them, or an edited file) is imported with them taken out, not refused (before, it was
+    stored as it was); a title longer than a client may set is refused naming `session.title`, creating nothing."""
+    from server.session_export import ImportRejected, export_session, import_session
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        source = await engine.create_session("demo", "interview", "Exported")
+        document = await export_session(engine, source)
+        document["session"]["title"] = DISGUISED
+        copy = await import_session(engine, document, "demo")
+        assert copy.title == "Hievil there tabx"
+        assert engine.sessions.get(copy.thread_id).title == "Hievil there tabx"  # type: ignore[union-attr]
+        created = engine.audit.query("demo", event_type="session_created")[-1]
+        assert (created.session, created.payload["title"]) == (copy.id, "Hievil there tabx")
+
+        document["session"]["title"] = "x" * 201
+        with pytest.raises(ImportRejected) as rejected:
+            await import_session(engine, document, "demo")
+        assert rejected.value.field == "session.title" and str(rejected.value).startswith("session.title:")
+        assert sorted(s.id for s in engine.sessions.list("demo")) == sorted([source.id, copy.id])
+
+
 # --- POST /sessions/{id}/documents, teamgraph sessions import ----------------------------------------------------
 
 RESUME_TEXT = "Jane Roe\nKafka engineer, 6 years of stream processing"
