@@ -13,8 +13,9 @@ Because every step is idempotent, `repair=True` runs them all again whatever the
 checkpoints/self_repair.py brings back tables dropped under the running server.
 
 To change a table: append a Step with the next version of its component to STEPS (never edit or reorder a
-released step), with its SQLite and Postgres forms, and a test in tests/unit_tests/test_schema_migrations.py. Make
-it idempotent like the others ("if not exists", a column check): a repair runs it again on tables that have it.
+released step), with its SQLite and Postgres forms, and a test in tests/integration_tests/test_schema_migrations.py.
+Make it idempotent like the others ("if not exists", a column check): a repair runs it again on tables that have
+it.
 """
 
 from __future__ import annotations
