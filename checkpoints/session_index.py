@@ -522,7 +522,17 @@ class PostgresSessionIndex:
             " where not exists (select 1 from teamgraph_session_deletions"
             " where (tenant = %s and client_id = %s) or thread_id = %s) on conflict do nothing"
         )
-        return [(sql, [*astuple(record), record.tenant, record.id, record.thread_id])], record
+        # and once more, in a statement of its own: under read committed the insert's check uses the snapshot of
+        # the insert's start. A DELETE that had deleted the row and put its pending row there without committing
+        # makes the insert wait on the deleted row; when the DELETE commits, the conflict is gone and the row goes
+        # in, though the check never saw the pending row. A new statement takes a new snapshot and sees it: no row
+        # then, and append_if rolls the insert back
+        pending = (
+            "select 1 where not exists (select 1 from teamgraph_session_deletions"
+            " where (tenant = %s and client_id = %s) or thread_id = %s)"
+        )
+        where = [record.tenant, record.id, record.thread_id]
+        return [(sql, [*astuple(record), *where]), (pending, where)], record
 
     def created_with_key(self, tenant: str, key: str) -> SessionRecord | None:
         row = self._one("select * from teamgraph_sessions where tenant = %s and idempotency_key = %s", [tenant, key])

@@ -8,6 +8,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -707,6 +708,46 @@ async def test_create_change_writes_nothing_while_a_deletion_of_the_id_is_pendin
         assert engine.audit.query("demo", event_type="session_created") == []
         created = engine._create("t-veneo", "veneo", "interview", None, "test", client_id="held")
         assert created is not None and engine.sessions.find("veneo", "held") is not None
+
+
+async def test_a_create_waiting_on_an_uncommitted_delete_of_its_id_cannot_bring_the_id_back() -> None:
+    """Found in review (PostgreSQL, read committed): a DELETE's first step (its pending-deletion row, the session
+    row deleted) is not committed yet when a create of the same id starts. The create's insert waits on the deleted
+    row; once the DELETE commits the conflict is gone, and the insert's `not exists` check, whose snapshot was taken
+    before the DELETE committed, had not seen the pending row: the id came back while its data was being removed.
+    Now a second statement checks again with a fresh snapshot, and the create writes nothing."""
+    import psycopg
+
+    from tests.conftest import open_engine
+
+    with fresh_postgres_schema("tg_create_vs_delete") as url:
+        async with open_engine(url) as engine:
+            assert engine._create("t-x", "demo", "interview", None, "test", client_id="x") is not None
+            with psycopg.connect(url) as deleting, psycopg.connect(url, autocommit=True) as watch:
+                for sql, args in engine.sessions.begin_delete_change("t-x"):
+                    deleting.execute(sql, args)  # left uncommitted
+                created: list[Any] = []
+                racing = threading.Thread(
+                    target=lambda: created.append(
+                        engine._create("t-x", "demo", "interview", None, "test", client_id="x")
+                    )
+                )
+                racing.start()
+                for _ in range(500):  # until the create's insert waits on the deleted row's lock
+                    waiting = watch.execute(
+                        "select 1 from pg_stat_activity where wait_event_type = 'Lock'"
+                        " and query like 'insert into teamgraph_sessions%'"
+                    ).fetchall()
+                    if waiting:
+                        break
+                    time.sleep(0.01)
+                assert waiting, "the create did not wait on the uncommitted DELETE"
+                deleting.commit()
+                racing.join(timeout=30)
+            assert created == [None]
+            assert engine.sessions.get("t-x") is None and engine.sessions.find("demo", "x") is None
+            assert engine.sessions.pending_deletion("demo", "x") is not None
+            assert [e.session for e in engine.audit.query("demo", event_type="session_created")] == ["x"]
 
 
 async def test_create_change_ignores_a_taken_id_and_nothing_else(storage: Storage) -> None:
