@@ -332,15 +332,15 @@ class SqliteSessionIndex:
         # one statement: a pending deletion of the same client id or thread (a DELETE that started and has not
         # finished) is checked by the insert itself, so a create racing that DELETE cannot slip in between a check
         # and the insert and bring the id back while its old data is being removed. Only the taken ids are
-        # ignored (one `on conflict` per unique key, SQLite 3.35+): `insert or ignore` also skipped rows that
-        # break NOT NULL or CHECK, turning a bug into "the id is taken"
+        # ignored: `on conflict do nothing` (no target: SQLite 3.24+; several clauses would need 3.35, newer than
+        # some Python 3.11 builds link) skips unique and primary-key conflicts only, while `insert or ignore` also
+        # skipped rows that break NOT NULL or CHECK, turning a bug into "the id is taken"
         sql = (
             "insert into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
             " user_id, idempotency_key, idempotency_fingerprint) select ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
             " where not exists (select 1 from session_deletions"
             " where (tenant = ? and client_id = ?) or thread_id = ?)"
-            " on conflict (thread_id) do nothing on conflict (tenant, client_id) do nothing"
-            " on conflict (tenant, idempotency_key) do nothing"
+            " on conflict do nothing"
         )
         return [(sql, [*astuple(record), record.tenant, record.id, record.thread_id])], record
 

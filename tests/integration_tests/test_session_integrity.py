@@ -769,6 +769,24 @@ async def test_create_change_ignores_a_taken_id_and_nothing_else(storage: Storag
         assert [s.id for s in engine.sessions.list("demo")] == ["one"]
 
 
+def test_sqlite_create_change_uses_only_upsert_syntax_of_sqlite_3_24() -> None:
+    """Found in review: the SQLite create statement had one `on conflict` clause per unique key, which needs
+    SQLite 3.35; Python 3.11 builds linking 3.34 (Debian bullseye) failed every create with a syntax error. The
+    statement now has a single `on conflict do nothing` without a target, which SQLite accepts since 3.24 (this
+    machine's SQLite is newer, so the grammar is checked here; the behaviour in the test above)."""
+    from checkpoints.session_index import SqliteSessionIndex
+
+    index = SqliteSessionIndex(None)
+    try:
+        statements, _ = index.create_change("t-1", "demo", "interview", client_id="one")
+        for sql, _args in statements:
+            upserts = sql.lower().split("on conflict")
+            assert len(upserts) <= 2, sql  # at most one clause
+            assert all(rest.strip().startswith("do nothing") for rest in upserts[1:]), sql  # and no target
+    finally:
+        index.close()
+
+
 def test_concurrent_deletes_of_one_session_are_on_record_once(storage: Storage, tmp_path: Path) -> None:
     env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
     with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
