@@ -12,10 +12,11 @@ import builtins
 import sqlite3
 import threading
 import unicodedata
-from dataclasses import asdict, astuple, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlite_utils
 
@@ -94,8 +95,23 @@ class IdempotentTurn:
     result: bytes | None
 
 
+R = TypeVar("R")
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
+    """A stored row as `cls` (a dataclass), leaving out the columns `cls` does not know: a table read with
+    `select *` gets columns from later schema steps (a later release's replica may have run them first)."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in row.items() if k in known})
+
+
+def record_of(row: Mapping[str, Any]) -> SessionRecord:
+    """A session index row as a SessionRecord (`from_row`)."""
+    return from_row(SessionRecord, row)
 
 
 def new_record(
@@ -269,19 +285,19 @@ class SqliteSessionIndex:
                 "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at, :client_id, :user_id)",
                 row,
             )
-        return SessionRecord(**row)
+        return record_of(row)
 
     def get(self, thread_id: str) -> SessionRecord | None:
         with self._read_lock:  # every turn asks: plain SQL, no sqlite_master lookups
             rows = list(self._read.query("select * from sessions where thread_id = ?", [thread_id]))
-        return SessionRecord(**rows[0]) if rows else None
+        return record_of(rows[0]) if rows else None
 
     def find(self, tenant: str, client_id: str) -> SessionRecord | None:
         with self._read_lock:
             rows = list(
                 self._read.query("select * from sessions where tenant = ? and client_id = ?", [tenant, client_id])
             )
-        return SessionRecord(**rows[0]) if rows else None
+        return record_of(rows[0]) if rows else None
 
     def list(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
@@ -295,19 +311,19 @@ class SqliteSessionIndex:
             args += [before[0], before[0], before[1]]
         sql = f"select * from sessions where {where} order by updated_at desc, thread_id desc limit ?"
         with self._read_lock:
-            return [SessionRecord(**r) for r in self._read.query(sql, [*args, limit])]
+            return [record_of(r) for r in self._read.query(sql, [*args, limit])]
 
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
         """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""
         sql = "select * from sessions where tenant = ? and updated_at < ? order by updated_at, thread_id limit ?"
         with self._read_lock:
-            return [SessionRecord(**r) for r in self._read.query(sql, [tenant, updated_before, limit])]
+            return [record_of(r) for r in self._read.query(sql, [tenant, updated_before, limit])]
 
     def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]:
         """The tenant's sessions tagged with the end user `user_id` (erasure)."""
         with self._read_lock:
             rows = self._read.query("select * from sessions where tenant = ? and user_id = ?", [tenant, user_id])
-            return [SessionRecord(**r) for r in rows]
+            return [record_of(r) for r in rows]
 
     def tag_user_change(self, thread_id: str, user_id: str) -> builtins.list[Statement]:
         return [("update sessions set user_id = ? where thread_id = ? and user_id is null", [user_id, thread_id])]
@@ -349,7 +365,7 @@ class SqliteSessionIndex:
             rows = list(
                 self._read.query("select * from sessions where tenant = ? and idempotency_key = ?", [tenant, key])
             )
-        return SessionRecord(**rows[0]) if rows else None
+        return record_of(rows[0]) if rows else None
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
         return [
@@ -394,11 +410,11 @@ class SqliteSessionIndex:
                     "select * from session_deletions where tenant = ? and client_id = ?", [tenant, client_id]
                 )
             )
-        return PendingDeletion(**rows[0]) if rows else None
+        return from_row(PendingDeletion, rows[0]) if rows else None
 
     def pending_deletions(self) -> tuple[PendingDeletion, ...]:
         with self._read_lock:
-            return tuple(PendingDeletion(**r) for r in self._read.query("select * from session_deletions"))
+            return tuple(from_row(PendingDeletion, r) for r in self._read.query("select * from session_deletions"))
 
     def forget_idempotent_turns(self, thread_id: str) -> None:
         with self._lock, self.db.conn:
@@ -487,7 +503,7 @@ class PostgresSessionIndex:
             rows = conn.execute(
                 "select * from teamgraph_sessions where tenant = %s and user_id = %s", [tenant, user_id]
             ).fetchall()
-        return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
+        return [record_of(r) for r in rows]  # type: ignore[arg-type]
 
     def tag_user_change(self, thread_id: str, user_id: str) -> builtins.list[Statement]:
         sql = "update teamgraph_sessions set user_id = %s where thread_id = %s and user_id is null"
@@ -536,7 +552,7 @@ class PostgresSessionIndex:
 
     def created_with_key(self, tenant: str, key: str) -> SessionRecord | None:
         row = self._one("select * from teamgraph_sessions where tenant = %s and idempotency_key = %s", [tenant, key])
-        return SessionRecord(**row) if row else None
+        return record_of(row) if row else None
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
         return [
@@ -569,15 +585,15 @@ class PostgresSessionIndex:
             [thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id, user_id],
         )
         assert row is not None
-        return SessionRecord(**row)
+        return record_of(row)
 
     def get(self, thread_id: str) -> SessionRecord | None:
         row = self._one("select * from teamgraph_sessions where thread_id = %s", [thread_id])
-        return SessionRecord(**row) if row else None
+        return record_of(row) if row else None
 
     def find(self, tenant: str, client_id: str) -> SessionRecord | None:
         row = self._one(self.FIND_SQL, [tenant, client_id])
-        return SessionRecord(**row) if row else None
+        return record_of(row) if row else None
 
     def list(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
@@ -591,7 +607,7 @@ class PostgresSessionIndex:
             args += list(before)
         sql += " order by updated_at desc, thread_id desc limit %s"
         with self.pool.connection() as conn:
-            return [SessionRecord(**r) for r in conn.execute(sql, [*args, limit]).fetchall()]  # type: ignore[arg-type]
+            return [record_of(r) for r in conn.execute(sql, [*args, limit]).fetchall()]  # type: ignore[arg-type]
 
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
         """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""
@@ -601,7 +617,7 @@ class PostgresSessionIndex:
         )
         with self.pool.connection() as conn:
             rows = conn.execute(sql, [tenant, updated_before, limit]).fetchall()
-        return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
+        return [record_of(r) for r in rows]  # type: ignore[arg-type]
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         # every turn ends with this write, and waiting for its WAL flush (a disk sync, ~4 ms on a plain disk) is
@@ -623,7 +639,7 @@ class PostgresSessionIndex:
             "update teamgraph_sessions set title = %s, updated_at = %s where thread_id = %s returning *",
             [title, now(), thread_id],
         )
-        return SessionRecord(**row) if row else None
+        return record_of(row) if row else None
 
     def delete(self, thread_id: str) -> bool:
         with self.pool.connection() as conn:
@@ -633,12 +649,12 @@ class PostgresSessionIndex:
         row = self._one(
             "select * from teamgraph_session_deletions where tenant = %s and client_id = %s", [tenant, client_id]
         )
-        return PendingDeletion(**row) if row else None
+        return from_row(PendingDeletion, row) if row else None
 
     def pending_deletions(self) -> tuple[PendingDeletion, ...]:
         with self.pool.connection() as conn:
             rows = conn.execute("select * from teamgraph_session_deletions").fetchall()
-        return tuple(PendingDeletion(**r) for r in rows)  # type: ignore[arg-type]
+        return tuple(from_row(PendingDeletion, r) for r in rows)  # type: ignore[arg-type]
 
     def forget_idempotent_turns(self, thread_id: str) -> None:
         with self.pool.connection() as conn:

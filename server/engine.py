@@ -25,7 +25,7 @@ from checkpoints.audit import AuditEvent, Statement, apply_content_policy, erase
 from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
-from checkpoints.session_index import PostgresSessionIndex, SessionRecord, new_record, now
+from checkpoints.session_index import PostgresSessionIndex, SessionRecord, new_record, now, record_of
 from checkpoints.turn_lock import ReadUnderLock, TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
@@ -487,7 +487,7 @@ class Engine:
         release = await self.turn_locks.acquire(session.thread_id, team, reads)
         try:
             rows = reads[0].rows if reads else None
-            found = SessionRecord(**rows[0]) if rows else None
+            found = record_of(rows[0]) if rows else None
             if len(reads) > 1 and prefetched is not None and reads[1].rows is not None:
                 usable, latest = await saver.latest_from_row(reads[1].rows[0] if reads[1].rows else None)  # type: ignore[attr-defined]
                 if usable:

@@ -787,6 +787,36 @@ def test_sqlite_create_change_uses_only_upsert_syntax_of_sqlite_3_24() -> None:
         index.close()
 
 
+async def test_reads_ignore_columns_a_later_schema_step_added(storage: Storage) -> None:
+    """Found in review: every read turned a `select *` row into a SessionRecord by its columns, so a replica whose
+    tables had gained a column (a later release's schema step, run by a newer replica in a rolling upgrade) failed
+    every read with a TypeError. Columns the records do not know are now left out."""
+    import psycopg
+
+    from tests.conftest import open_engine
+
+    added = [
+        f"alter table {t} add column later_step text default 'later'" for t in ("{p}sessions", "{p}session_deletions")
+    ]
+    async with open_engine(storage.url) as engine:
+        assert engine._create("t-1", "demo", "interview", None, "test", client_id="one", idempotency_key="k",
+                              idempotency_fingerprint="f") is not None  # fmt: skip
+        put_pending_deletion(storage, "demo", "two", "t-2")
+        if storage.path is not None:
+            with contextlib.closing(sqlite3.connect(storage.path, isolation_level=None)) as conn:
+                for sql in added:
+                    conn.execute(sql.format(p=""))
+        else:
+            with psycopg.connect(storage.url, autocommit=True) as conn:
+                for sql in added:
+                    conn.execute(sql.format(p="teamgraph_"))
+        assert engine.sessions.get("t-1") is not None and engine.sessions.find("demo", "one") is not None
+        assert [s.id for s in engine.sessions.list("demo")] == ["one"]
+        assert engine.sessions.created_with_key("demo", "k") is not None
+        assert [d.client_id for d in engine.sessions.pending_deletions()] == ["two"]
+        assert engine.sessions.pending_deletion("demo", "two") is not None
+
+
 def test_concurrent_deletes_of_one_session_are_on_record_once(storage: Storage, tmp_path: Path) -> None:
     env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
     with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
