@@ -753,8 +753,10 @@ async def test_a_create_waiting_on_an_uncommitted_delete_of_its_id_cannot_bring_
 async def test_create_change_ignores_a_taken_id_and_nothing_else(storage: Storage) -> None:
     """A create whose thread id, client id or idempotency key is taken writes nothing and says so (None); a row
     that breaks another constraint (here NOT NULL: no tenant) is an error, not "taken" (before, SQLite's
-    `insert or ignore` skipped it silently, and the caller reported a collision or a missing session)."""
-    from checkpoints.audit import AuditWriteError
+    `insert or ignore` skipped it silently, and the caller reported a collision or a missing session). That error
+    is the database's IntegrityError, a bug answered 500, not an AuditWriteError answered as a retryable 503."""
+    import psycopg
+
     from tests.conftest import open_engine
 
     async with open_engine(storage.url) as engine:
@@ -763,7 +765,7 @@ async def test_create_change_ignores_a_taken_id_and_nothing_else(storage: Storag
         assert engine._create("t-1", "demo", "interview", None, "test", client_id="two") is None
         assert engine._create("t-2", "demo", "interview", None, "test", client_id="one") is None
         assert engine._create("t-3", "demo", "interview", None, "test", client_id="three", **key) is None
-        with pytest.raises((AuditWriteError, sqlite3.IntegrityError)) as raised:
+        with pytest.raises((psycopg.errors.IntegrityError, sqlite3.IntegrityError)) as raised:
             engine._create("t-4", None, "interview", None, "test", client_id="four")
         assert "null" in str(raised.value).lower(), raised.value
         assert [s.id for s in engine.sessions.list("demo")] == ["one"]
