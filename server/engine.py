@@ -26,6 +26,7 @@ from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_per
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
 from checkpoints.session_index import PostgresSessionIndex, SessionRecord, new_record, now, record_of
+from checkpoints.storage import StorageUnavailable
 from checkpoints.turn_lock import ReadUnderLock, TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
@@ -309,8 +310,10 @@ class Engine:
         The same key with a different request: CreateKeyReused, nothing is created. Of several requests with one
         key at once, one inserts the row (the key is unique per tenant) and the others find it."""
         key, fingerprint = idempotency
-        found = self.sessions.created_with_key(tenant, key)
-        if found is None:
+        for _attempt in range(2):
+            found = self.sessions.created_with_key(tenant, key)
+            if found is not None:
+                break
             created = self._create(
                 str(uuid.uuid4()), tenant, team, requested, actor,
                 idempotency_key=key, idempotency_fingerprint=fingerprint, **fields,
@@ -318,8 +321,12 @@ class Engine:
             if created is not None:
                 return created
             found = self.sessions.created_with_key(tenant, key)  # another request with the key inserted first
-            if found is None:  # a fresh uuid4 taken, or that session was deleted meanwhile: nothing was written
-                raise RuntimeError("a new session could not be stored; send the request again")
+            if found is not None:
+                break
+            # nothing was written: that session was deleted between the insert and this read (its key is free
+            # again), or a fresh uuid4 was taken; the create is tried once more
+        else:
+            raise StorageUnavailable("a new session could not be stored; send the request again")
         if found.idempotency_fingerprint != fingerprint:
             raise CreateKeyReused(key, found.id)
         return found

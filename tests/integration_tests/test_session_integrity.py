@@ -253,6 +253,39 @@ def test_a_create_whose_answer_was_lost_after_its_commit_is_answered_again_not_c
     assert_chain_verifies(storage)
 
 
+async def test_a_keyed_create_whose_first_session_is_deleted_meanwhile_creates_it_again(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a POST /sessions with an Idempotency-Key finds no session with the key, its insert does
+    nothing because another request with the key had just inserted one, and that session is deleted before the
+    key is read again: the create raised a RuntimeError (500). Now it tries the create once more, which stores a
+    session under the freed key."""
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        first = await engine.create_session("demo", "interview", "Once", idempotency=("k-1", "f"))
+        creates = []
+        real_create, real_read = engine._create, engine.sessions.created_with_key
+
+        def read_before_the_other_commits(tenant: str, key: str) -> Any:
+            return None if not creates else real_read(tenant, key)
+
+        def create_then_the_other_is_deleted(*args: Any, **kwargs: Any) -> Any:
+            created = real_create(*args, **kwargs)
+            if not creates:
+                assert created is None  # the key was taken
+                engine.sessions.delete(first.thread_id)
+            creates.append(created)
+            return created
+
+        monkeypatch.setattr(engine.sessions, "created_with_key", read_before_the_other_commits)
+        monkeypatch.setattr(engine, "_create", create_then_the_other_is_deleted)
+        again = await engine.create_session("demo", "interview", "Once", idempotency=("k-1", "f"))
+        assert creates[0] is None and creates[1] == again and again.id != first.id
+        assert [s.id for s in engine.sessions.list("demo")] == [again.id]
+        assert real_read("demo", "k-1") == again
+
+
 def test_concurrent_creates_with_one_idempotency_key_create_one_session(storage: Storage, tmp_path: Path) -> None:
     env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
     with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
