@@ -84,6 +84,14 @@ class SessionCreate(BaseModel):
         return one_line_title(title) or ""
 
 
+def create_fingerprint(body: BaseModel) -> str:
+    """What "the same body" of a POST /sessions means: the request as validated (the title without its surrounding
+    blanks), fields at their defaults left out, so a field a later release adds (with a default) does not change
+    the fingerprint of a body sent again across an upgrade."""
+    sent = json.dumps(body.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+    return hashlib.sha256(sent.encode()).hexdigest()
+
+
 class SessionPatch(BaseModel):
     title: str | None = Field(
         None, min_length=1, max_length=MAX_TITLE_CHARS,
@@ -239,9 +247,7 @@ async def create_session(
     """Start a session with one of the caller's teams (403 if the team is not enabled for the tenant)."""
     idempotency = None
     if idempotency_key is not None:
-        # the request as validated (the title without its surrounding blanks): what "the same body" means
-        sent = json.dumps(body.model_dump(mode="json"), sort_keys=True)
-        idempotency = (check_idempotency_key(idempotency_key), hashlib.sha256(sent.encode()).hexdigest())
+        idempotency = (check_idempotency_key(idempotency_key), create_fingerprint(body))
     try:
         record = await engine.create_session(
             caller.tenant, body.team, body.title, actor=caller.key_id, user_id=body.user_id, idempotency=idempotency
