@@ -13,8 +13,9 @@ Because every step is idempotent, `repair=True` runs them all again whatever the
 checkpoints/self_repair.py brings back tables dropped under the running server.
 
 To change a table: append a Step with the next version of its component to STEPS (never edit or reorder a
-released step), with its SQLite and Postgres forms, and a test in tests/unit_tests/test_schema_migrations.py. Make
-it idempotent like the others ("if not exists", a column check): a repair runs it again on tables that have it.
+released step), with its SQLite and Postgres forms, and a test in tests/integration_tests/test_schema_migrations.py.
+Make it idempotent like the others ("if not exists", a column check): a repair runs it again on tables that have
+it.
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ def _sqlite_user_ids(conn: sqlite3.Connection) -> None:
     if "user_id" not in {row[1] for row in conn.execute("pragma table_info(sessions)")}:
         conn.execute("alter table sessions add column user_id text")
     conn.execute("create index if not exists sessions_tenant_user on sessions (tenant, user_id)")
+
+
+def _sqlite_create_keys(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("pragma table_info(sessions)")}
+    for column in ("idempotency_key", "idempotency_fingerprint"):
+        if column not in columns:
+            conn.execute(f"alter table sessions add column {column} text")
+    # NULLs are distinct in a unique index: sessions created without a key never conflict
+    conn.execute(
+        "create unique index if not exists sessions_tenant_idempotency_key on sessions (tenant, idempotency_key)"
+    )
 
 
 STEPS: tuple[Step, ...] = (
@@ -137,6 +149,18 @@ STEPS: tuple[Step, ...] = (
         postgres=_sql(
             "alter table teamgraph_sessions add column if not exists user_id text",
             "create index if not exists teamgraph_sessions_tenant_user on teamgraph_sessions (tenant, user_id)",
+        ),
+    ),
+    Step(
+        "session_index", 7,
+        "the Idempotency-Key a session was created with (POST /sessions) and its request's fingerprint, unique per"
+        " tenant, kept in the session's row (written in its creating transaction, gone with it)",
+        sqlite=_sqlite_create_keys,
+        postgres=_sql(
+            "alter table teamgraph_sessions add column if not exists idempotency_key text",
+            "alter table teamgraph_sessions add column if not exists idempotency_fingerprint text",
+            "create unique index if not exists teamgraph_sessions_tenant_idempotency_key"
+            " on teamgraph_sessions (tenant, idempotency_key)",
         ),
     ),
     # --- audit ---

@@ -11,10 +11,12 @@ from __future__ import annotations
 import builtins
 import sqlite3
 import threading
-from dataclasses import asdict, astuple, dataclass
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import asdict, astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlite_utils
 
@@ -22,7 +24,28 @@ from checkpoints.audit import Statement
 from checkpoints.schema_migrations import upgrade_postgres, upgrade_sqlite
 from checkpoints.storage import DEFAULT_STATEMENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, pg_connect_kwargs, sync_pool_options
 
-TITLE_LENGTH = 60
+TITLE_LENGTH = 60  # a title derived from a message is cut to this
+MAX_TITLE_CHARS = 200  # the longest title a client may set (POST/PATCH /sessions) or an import may bring
+
+# Invisible format characters (Cf) that can disguise what a title says when it is listed: bidi embeddings and
+# overrides (U+202A-U+202E) and isolates (U+2066-U+2069), the zero-width space and the byte order mark. Other Cf
+# characters are part of ordinary text and stay: the joiners (U+200C, U+200D: scripts, emoji sequences), the
+# left-to-right/right-to-left and Arabic letter marks (U+200E, U+200F, U+061C: Hebrew and Arabic titles), the soft
+# hyphen and word joiner of pasted text, and the tag characters of subdivision flag emoji (U+E0020-U+E007F)
+DISGUISING = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200B, 0xFEFF))
+
+
+def unprintable_in_title(c: str) -> bool:
+    """What a title may not hold: control characters (Cc: tabs, line breaks), line and paragraph separators (Zl,
+    Zp: U+2028, U+2029) and the invisible format characters that can disguise it (`DISGUISING`)."""
+    return c in DISGUISING or unicodedata.category(c) in ("Cc", "Zl", "Zp")
+
+
+def printable_title(text: str) -> str:
+    """`text` as a title the rules of POST/PATCH /sessions accept, made so rather than refused (titles derived
+    from a message): control characters and line/paragraph separators become spaces, disguising characters go,
+    surrounding blanks go."""
+    return "".join(("" if c in DISGUISING else " ") if unprintable_in_title(c) else c for c in text).strip()
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,9 @@ class SessionRecord:
     updated_at: str
     client_id: str = ""  # the tenant's name for the session; empty = thread_id
     user_id: str | None = None  # the tenant's id for the end user the session is about (erasure)
+    # the Idempotency-Key of the POST /sessions that created it (unique per tenant) and a hash of that request
+    idempotency_key: str | None = None
+    idempotency_fingerprint: str | None = None
 
     @property
     def id(self) -> str:
@@ -69,21 +95,45 @@ class IdempotentTurn:
     result: bytes | None
 
 
+R = TypeVar("R")
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
+    """A stored row as `cls` (a dataclass), leaving out the columns `cls` does not know: a table read with
+    `select *` gets columns from later schema steps (a later release's replica may have run them first)."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in row.items() if k in known})
+
+
+def record_of(row: Mapping[str, Any]) -> SessionRecord:
+    """A session index row as a SessionRecord (`from_row`)."""
+    return from_row(SessionRecord, row)
+
+
 def new_record(
-    thread_id: str, tenant: str, team: str, title: str = "", client_id: str | None = None, user_id: str | None = None
+    thread_id: str,
+    tenant: str,
+    team: str,
+    title: str = "",
+    client_id: str | None = None,
+    user_id: str | None = None,
+    idempotency_key: str | None = None,
+    idempotency_fingerprint: str | None = None,
 ) -> SessionRecord:
     """The row a new session is stored as."""
     stamp = now()
-    return SessionRecord(thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id, user_id)
+    return SessionRecord(thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id, user_id,
+                         idempotency_key, idempotency_fingerprint)  # fmt: skip
 
 
 def title_from(text: str) -> str:
-    """A session title from the first message: its first line, cut to a readable length."""
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    """A session title from the first message: its first line with text, made printable (`printable_title`: a
+    title derived from a turn never refuses the turn), cut to a readable length."""
+    line = next((t for t in (printable_title(ln) for ln in text.splitlines()) if t), "")
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "\u2026"
 
 
@@ -118,7 +168,8 @@ class SessionIndex(Protocol):
     # `at`: the session's new updated_at (now when None), so the caller knows the row it wrote without reading it
     def rename_change(self, thread_id: str, title: str, at: str | None = None) -> builtins.list[Statement]: ...
     # A new session's row (`create_change`) and the record it stores: written with its `session_created` entry in
-    # one transaction; the insert changes nothing when the thread id or the tenant's client id is taken
+    # one transaction; the insert changes nothing when the thread id, the tenant's client id or the tenant's
+    # idempotency key is taken, or when a deletion of that client id or thread is pending
     def create_change(
         self,
         thread_id: str,
@@ -127,7 +178,11 @@ class SessionIndex(Protocol):
         title: str = "",
         client_id: str | None = None,
         user_id: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
     ) -> tuple[builtins.list[Statement], SessionRecord]: ...
+    # the tenant's session created by a POST /sessions with this Idempotency-Key, or None
+    def created_with_key(self, tenant: str, key: str) -> SessionRecord | None: ...
     # Deleting a session is two steps: first its index row becomes a pending-deletion row (from then on the
     # session is gone for every reader and cannot be claimed again), and once its checkpoints, archive and voice
     # items are removed and the deletion is audited, the pending row goes too (`finish_delete_change`); a crash in
@@ -230,19 +285,19 @@ class SqliteSessionIndex:
                 "values (:thread_id, :tenant, :team, :title, :created_at, :updated_at, :client_id, :user_id)",
                 row,
             )
-        return SessionRecord(**row)
+        return record_of(row)
 
     def get(self, thread_id: str) -> SessionRecord | None:
         with self._read_lock:  # every turn asks: plain SQL, no sqlite_master lookups
             rows = list(self._read.query("select * from sessions where thread_id = ?", [thread_id]))
-        return SessionRecord(**rows[0]) if rows else None
+        return record_of(rows[0]) if rows else None
 
     def find(self, tenant: str, client_id: str) -> SessionRecord | None:
         with self._read_lock:
             rows = list(
                 self._read.query("select * from sessions where tenant = ? and client_id = ?", [tenant, client_id])
             )
-        return SessionRecord(**rows[0]) if rows else None
+        return record_of(rows[0]) if rows else None
 
     def list(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
@@ -256,19 +311,19 @@ class SqliteSessionIndex:
             args += [before[0], before[0], before[1]]
         sql = f"select * from sessions where {where} order by updated_at desc, thread_id desc limit ?"
         with self._read_lock:
-            return [SessionRecord(**r) for r in self._read.query(sql, [*args, limit])]
+            return [record_of(r) for r in self._read.query(sql, [*args, limit])]
 
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
         """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""
         sql = "select * from sessions where tenant = ? and updated_at < ? order by updated_at, thread_id limit ?"
         with self._read_lock:
-            return [SessionRecord(**r) for r in self._read.query(sql, [tenant, updated_before, limit])]
+            return [record_of(r) for r in self._read.query(sql, [tenant, updated_before, limit])]
 
     def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]:
         """The tenant's sessions tagged with the end user `user_id` (erasure)."""
         with self._read_lock:
             rows = self._read.query("select * from sessions where tenant = ? and user_id = ?", [tenant, user_id])
-            return [SessionRecord(**r) for r in rows]
+            return [record_of(r) for r in rows]
 
     def tag_user_change(self, thread_id: str, user_id: str) -> builtins.list[Statement]:
         return [("update sessions set user_id = ? where thread_id = ? and user_id is null", [user_id, thread_id])]
@@ -284,13 +339,33 @@ class SqliteSessionIndex:
         title: str = "",
         client_id: str | None = None,
         user_id: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
     ) -> tuple[builtins.list[Statement], SessionRecord]:
-        record = new_record(thread_id, tenant, team, title, client_id, user_id)
-        sql = (
-            "insert or ignore into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
-            " user_id) values (?, ?, ?, ?, ?, ?, ?, ?)"
+        record = new_record(
+            thread_id, tenant, team, title, client_id, user_id, idempotency_key, idempotency_fingerprint
         )
-        return [(sql, list(astuple(record)))], record
+        # one statement: a pending deletion of the same client id or thread (a DELETE that started and has not
+        # finished) is checked by the insert itself, so a create racing that DELETE cannot slip in between a check
+        # and the insert and bring the id back while its old data is being removed. Only the taken ids are
+        # ignored: `on conflict do nothing` (no target: SQLite 3.24+; several clauses would need 3.35, newer than
+        # some Python 3.11 builds link) skips unique and primary-key conflicts only, while `insert or ignore` also
+        # skipped rows that break NOT NULL or CHECK, turning a bug into "the id is taken"
+        sql = (
+            "insert into sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
+            " user_id, idempotency_key, idempotency_fingerprint) select ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            " where not exists (select 1 from session_deletions"
+            " where (tenant = ? and client_id = ?) or thread_id = ?)"
+            " on conflict do nothing"
+        )
+        return [(sql, [*astuple(record), record.tenant, record.id, record.thread_id])], record
+
+    def created_with_key(self, tenant: str, key: str) -> SessionRecord | None:
+        with self._read_lock:
+            rows = list(
+                self._read.query("select * from sessions where tenant = ? and idempotency_key = ?", [tenant, key])
+            )
+        return record_of(rows[0]) if rows else None
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
         return [
@@ -335,11 +410,11 @@ class SqliteSessionIndex:
                     "select * from session_deletions where tenant = ? and client_id = ?", [tenant, client_id]
                 )
             )
-        return PendingDeletion(**rows[0]) if rows else None
+        return from_row(PendingDeletion, rows[0]) if rows else None
 
     def pending_deletions(self) -> tuple[PendingDeletion, ...]:
         with self._read_lock:
-            return tuple(PendingDeletion(**r) for r in self._read.query("select * from session_deletions"))
+            return tuple(from_row(PendingDeletion, r) for r in self._read.query("select * from session_deletions"))
 
     def forget_idempotent_turns(self, thread_id: str) -> None:
         with self._lock, self.db.conn:
@@ -428,7 +503,7 @@ class PostgresSessionIndex:
             rows = conn.execute(
                 "select * from teamgraph_sessions where tenant = %s and user_id = %s", [tenant, user_id]
             ).fetchall()
-        return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
+        return [record_of(r) for r in rows]  # type: ignore[arg-type]
 
     def tag_user_change(self, thread_id: str, user_id: str) -> builtins.list[Statement]:
         sql = "update teamgraph_sessions set user_id = %s where thread_id = %s and user_id is null"
@@ -446,13 +521,38 @@ class PostgresSessionIndex:
         title: str = "",
         client_id: str | None = None,
         user_id: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
     ) -> tuple[builtins.list[Statement], SessionRecord]:
-        record = new_record(thread_id, tenant, team, title, client_id, user_id)
+        record = new_record(
+            thread_id, tenant, team, title, client_id, user_id, idempotency_key, idempotency_fingerprint
+        )
+        # one statement with the pending-deletion check (see SqliteSessionIndex.create_change); the casts: the
+        # values come from a select, which does not take the columns' types from the insert. Postgres allows one
+        # conflict target; without one, `do nothing` covers unique constraints only (the three taken-id cases),
+        # never NOT NULL or CHECK violations
         sql = (
             "insert into teamgraph_sessions (thread_id, tenant, team, title, created_at, updated_at, client_id,"
-            " user_id) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing"
+            " user_id, idempotency_key, idempotency_fingerprint) select %s::text, %s::text, %s::text, %s::text,"
+            " %s::text, %s::text, %s::text, %s::text, %s::text, %s::text"
+            " where not exists (select 1 from teamgraph_session_deletions"
+            " where (tenant = %s and client_id = %s) or thread_id = %s) on conflict do nothing"
         )
-        return [(sql, list(astuple(record)))], record
+        # and once more, in a statement of its own: under read committed the insert's check uses the snapshot of
+        # the insert's start. A DELETE that had deleted the row and put its pending row there without committing
+        # makes the insert wait on the deleted row; when the DELETE commits, the conflict is gone and the row goes
+        # in, though the check never saw the pending row. A new statement takes a new snapshot and sees it: no row
+        # then, and append_if rolls the insert back
+        pending = (
+            "select 1 where not exists (select 1 from teamgraph_session_deletions"
+            " where (tenant = %s and client_id = %s) or thread_id = %s)"
+        )
+        where = [record.tenant, record.id, record.thread_id]
+        return [(sql, [*astuple(record), *where]), (pending, where)], record
+
+    def created_with_key(self, tenant: str, key: str) -> SessionRecord | None:
+        row = self._one("select * from teamgraph_sessions where tenant = %s and idempotency_key = %s", [tenant, key])
+        return record_of(row) if row else None
 
     def begin_delete_change(self, thread_id: str) -> builtins.list[Statement]:
         return [
@@ -485,15 +585,15 @@ class PostgresSessionIndex:
             [thread_id, tenant, team, title.strip(), stamp, stamp, client_id or thread_id, user_id],
         )
         assert row is not None
-        return SessionRecord(**row)
+        return record_of(row)
 
     def get(self, thread_id: str) -> SessionRecord | None:
         row = self._one("select * from teamgraph_sessions where thread_id = %s", [thread_id])
-        return SessionRecord(**row) if row else None
+        return record_of(row) if row else None
 
     def find(self, tenant: str, client_id: str) -> SessionRecord | None:
         row = self._one(self.FIND_SQL, [tenant, client_id])
-        return SessionRecord(**row) if row else None
+        return record_of(row) if row else None
 
     def list(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
@@ -507,7 +607,7 @@ class PostgresSessionIndex:
             args += list(before)
         sql += " order by updated_at desc, thread_id desc limit %s"
         with self.pool.connection() as conn:
-            return [SessionRecord(**r) for r in conn.execute(sql, [*args, limit]).fetchall()]  # type: ignore[arg-type]
+            return [record_of(r) for r in conn.execute(sql, [*args, limit]).fetchall()]  # type: ignore[arg-type]
 
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
         """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""
@@ -517,7 +617,7 @@ class PostgresSessionIndex:
         )
         with self.pool.connection() as conn:
             rows = conn.execute(sql, [tenant, updated_before, limit]).fetchall()
-        return [SessionRecord(**r) for r in rows]  # type: ignore[arg-type]
+        return [record_of(r) for r in rows]  # type: ignore[arg-type]
 
     def touch(self, thread_id: str, title_if_empty: str = "") -> None:
         # every turn ends with this write, and waiting for its WAL flush (a disk sync, ~4 ms on a plain disk) is
@@ -539,7 +639,7 @@ class PostgresSessionIndex:
             "update teamgraph_sessions set title = %s, updated_at = %s where thread_id = %s returning *",
             [title, now(), thread_id],
         )
-        return SessionRecord(**row) if row else None
+        return record_of(row) if row else None
 
     def delete(self, thread_id: str) -> bool:
         with self.pool.connection() as conn:
@@ -549,12 +649,12 @@ class PostgresSessionIndex:
         row = self._one(
             "select * from teamgraph_session_deletions where tenant = %s and client_id = %s", [tenant, client_id]
         )
-        return PendingDeletion(**row) if row else None
+        return from_row(PendingDeletion, row) if row else None
 
     def pending_deletions(self) -> tuple[PendingDeletion, ...]:
         with self.pool.connection() as conn:
             rows = conn.execute("select * from teamgraph_session_deletions").fetchall()
-        return tuple(PendingDeletion(**r) for r in rows)  # type: ignore[arg-type]
+        return tuple(from_row(PendingDeletion, r) for r in rows)  # type: ignore[arg-type]
 
     def forget_idempotent_turns(self, thread_id: str) -> None:
         with self.pool.connection() as conn:

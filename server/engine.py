@@ -25,8 +25,8 @@ from checkpoints.audit import AuditEvent, Statement, apply_content_policy, erase
 from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
-from checkpoints.session_index import PostgresSessionIndex, SessionRecord, new_record, now
-from checkpoints.storage import may_have_committed
+from checkpoints.session_index import PostgresSessionIndex, SessionRecord, new_record, now, record_of
+from checkpoints.storage import StorageUnavailable, may_have_committed
 from checkpoints.turn_lock import ReadUnderLock, TurnLocks
 from graphs.registry import GRAPH_MODULES, graph_builder
 from nodes.memory_keeper import delete_archive, read_archive_window, trim_archive, whole_transcript
@@ -66,6 +66,14 @@ class SessionDeleting(Exception):
             "then the id can start a new session"
         )
         self.thread_id = thread_id
+
+
+class CreateKeyReused(ValueError):
+    """A POST /sessions whose Idempotency-Key created a session from a different request (nothing is created)."""
+
+    def __init__(self, key: str, session_id: str):
+        super().__init__(f"Idempotency-Key {key!r} created session {session_id!r} from a different request")
+        self.key, self.session_id = key, session_id
 
 
 class UserTagConflict(ValueError):
@@ -277,18 +285,59 @@ class Engine:
         return config
 
     async def create_session(
-        self, tenant: str, team: str | None = None, title: str = "", actor: str = "cli", user_id: str | None = None
+        self,
+        tenant: str,
+        team: str | None = None,
+        title: str = "",
+        actor: str = "cli",
+        user_id: str | None = None,
+        idempotency: tuple[str, str] | None = None,
     ) -> SessionRecord:
-        """`user_id`: the tenant's id for the end user the session is about (`erase_user` finds it by that)."""
+        """`user_id`: the tenant's id for the end user the session is about (`erase_user` finds it by that).
+        `idempotency`: the request's Idempotency-Key and a fingerprint of what it asks for (`create_once`)."""
         run = self.resolve(tenant, team)
         # SQLite writes run in a worker thread: on the event loop they could wait on a lock that only the
         # loop can release (the async store commits there), stalling every request
+        if idempotency is not None:
+            return await asyncio.to_thread(
+                self.create_once, idempotency, tenant, run.team.id, team, actor, user_id=user_id, title=title
+            )
         record = await asyncio.to_thread(
             self._create, str(uuid.uuid4()), tenant, run.team.id, team, actor, user_id=user_id, title=title
         )
         if record is None:  # a fresh uuid4 taken: never in practice, and nothing was written
             raise RuntimeError("a new session id collided with a stored one")
         return record
+
+    def create_once(
+        self, idempotency: tuple[str, str], tenant: str, team: str, requested: str | None, actor: str, **fields: Any
+    ) -> SessionRecord:
+        """A session created at most once per tenant and Idempotency-Key: the key and the request's fingerprint are
+        stored in the new session's row, in its creating transaction, so a create whose answer was lost after the
+        commit (a 503, a reset connection) and is sent again finds its session instead of making a second one.
+        The same key with a different request: CreateKeyReused, nothing is created. Of several requests with one
+        key at once, one inserts the row (the key is unique per tenant) and the others find it."""
+        key, fingerprint = idempotency
+        for _attempt in range(2):
+            found = self.sessions.created_with_key(tenant, key)
+            if found is not None:
+                break
+            created = self._create(
+                str(uuid.uuid4()), tenant, team, requested, actor,
+                idempotency_key=key, idempotency_fingerprint=fingerprint, **fields,
+            )  # fmt: skip
+            if created is not None:
+                return created
+            found = self.sessions.created_with_key(tenant, key)  # another request with the key inserted first
+            if found is not None:
+                break
+            # nothing was written: that session was deleted between the insert and this read (its key is free
+            # again), or a fresh uuid4 was taken; the create is tried once more
+        else:
+            raise StorageUnavailable("a new session could not be stored; send the request again")
+        if found.idempotency_fingerprint != fingerprint:
+            raise CreateKeyReused(key, found.id)
+        return found
 
     async def create_filled_session(
         self,
@@ -413,8 +462,11 @@ class Engine:
             if created is not None:
                 return created
             record = self.sessions.find(tenant, client_id)  # another request created it first: use that one
-            if record is None:  # the thread id is taken by another client id (or the row went meanwhile)
-                raise SessionNotFound(client_id)
+            if record is None:
+                if self.sessions.pending_deletion(tenant, client_id) is not None:
+                    # a DELETE began after the check above: the insert saw its pending row and wrote nothing
+                    raise SessionDeleting(client_id)
+                raise SessionNotFound(client_id)  # the thread id is taken by another client id (or the row went)
         if record.tenant != tenant:  # find filters by tenant; kept as a second line of defence
             raise SessionNotFound(client_id)
         return record
@@ -450,7 +502,7 @@ class Engine:
         release = await self.turn_locks.acquire(session.thread_id, team, reads)
         try:
             rows = reads[0].rows if reads else None
-            found = SessionRecord(**rows[0]) if rows else None
+            found = record_of(rows[0]) if rows else None
             if len(reads) > 1 and prefetched is not None and reads[1].rows is not None:
                 usable, latest = await saver.latest_from_row(reads[1].rows[0] if reads[1].rows else None)  # type: ignore[attr-defined]
                 if usable:

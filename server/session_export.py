@@ -18,7 +18,7 @@ from langgraph.store.base import PutOp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from checkpoints.audit import AuditEvent
-from checkpoints.session_index import SessionRecord
+from checkpoints.session_index import MAX_TITLE_CHARS, SessionRecord, printable_title
 from nodes.memory_keeper import read_archive_window, transcript_namespace
 from server.voice import records as voice_records
 
@@ -44,7 +44,7 @@ class ExportedSession(BaseModel):
     id: str
     tenant: str
     team: str
-    title: str = ""
+    title: str = Field("", max_length=MAX_TITLE_CHARS)
     created_at: str
     updated_at: str
 
@@ -160,8 +160,11 @@ async def import_session(engine: Engine, data: Any, tenant: str, actor: str = "c
                           {"format": FORMAT, "source_session": doc.session.id, "source_tenant": doc.session.tenant,
                            "messages": len(messages)})  # fmt: skip
 
+    # the title as POST /sessions would take it, made so rather than refused: an export of a release whose derived
+    # titles kept tabs or bidi controls (or an edited file) still imports; its text is not otherwise changed
+    title = printable_title(doc.session.title)
     # all or nothing: the session exists (and its import is on record) only once everything is written
-    return await engine.create_filled_session(tenant, doc.session.team, doc.session.title, fill, actor=actor)
+    return await engine.create_filled_session(tenant, doc.session.team, title, fill, actor=actor)
 
 
 def to_markdown(doc: dict[str, Any]) -> str:

@@ -31,6 +31,16 @@ MESSAGE_KEYS: dict[str, tuple[type, ...]] = {
 _TYPE_NAMES = {str: "a string", type(None): "null", dict: "an object", bool: "true or false"}
 
 
+IDEMPOTENCY_KEY_RULE = "1 to 200 visible ASCII characters (a UUID is a good key)"
+
+
+def check_idempotency_key(key: str) -> str:
+    """An Idempotency-Key header's value when it has the documented form, else 422 naming the header."""
+    if not 1 <= len(key) <= 200 or not all("!" <= ch <= "~" for ch in key):
+        raise _invalid("Idempotency-Key", IDEMPOTENCY_KEY_RULE)
+    return key
+
+
 def _invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "validation_error", f"{field}: {message}", field)
 

@@ -35,7 +35,13 @@ from server.event_stream import add_stream_events_route
 from server.limits import TenantTurnLimiter
 from server.observability.turn_observer import TurnObserver
 from server.request_guard import PARSED_BODY
-from server.team_input import check_request_shape, check_thread_id, check_turn_input, turn_inputs
+from server.team_input import (
+    check_idempotency_key,
+    check_request_shape,
+    check_thread_id,
+    check_turn_input,
+    turn_inputs,
+)
 
 ALLOWED_CONFIGURABLE = ("thread_id",)
 TENANT_SLOTS = "#tenant-turns"  # key among a request's turn leases; "#" is never part of a thread id
@@ -346,14 +352,7 @@ def _idempotency_key(request: Request) -> str | None:
             f"Idempotency-Key: not supported on /{endpoint}; send keyed turns to /invoke or /stream",
             "Idempotency-Key",
         )
-    if not 1 <= len(key) <= 200 or not all("!" <= ch <= "~" for ch in key):
-        raise ApiError(
-            422,
-            "validation_error",
-            "Idempotency-Key: 1 to 200 visible ASCII characters (a UUID is a good key)",
-            "Idempotency-Key",
-        )
-    return key
+    return check_idempotency_key(key)
 
 
 async def _keyed_turn(

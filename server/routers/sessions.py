@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import unicodedata
 from datetime import datetime
@@ -14,13 +15,20 @@ from fastapi import APIRouter, File, Form, Header, Path, Query, Request, Respons
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, Field, field_validator
 
-from checkpoints.session_index import SessionRecord
+from checkpoints.session_index import MAX_TITLE_CHARS, SessionRecord, unprintable_in_title
 from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
-from server.engine import CheckpointNotFound, DocumentRejected, SessionNotFound, UserTagConflict
+from server.engine import CheckpointNotFound, CreateKeyReused, DocumentRejected, SessionNotFound, UserTagConflict
 from server.errors import ApiError
 from server.session_export import export_session, to_markdown
-from server.team_input import THREAD_ID_PATTERN, THREAD_ID_RULE, USER_ID_PATTERN, USER_ID_RULE
+from server.team_input import (
+    IDEMPOTENCY_KEY_RULE,
+    THREAD_ID_PATTERN,
+    THREAD_ID_RULE,
+    USER_ID_PATTERN,
+    USER_ID_RULE,
+    check_idempotency_key,
+)
 from states.migrations import TEAMS
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
@@ -34,28 +42,13 @@ MAX_FILENAME_CHARS = 255
 INTERNAL_STATE_KEYS = {"messages", "draft", "evaluator_error", "archived", "decisions_archived", "answer_keys"}
 
 
-# Invisible format characters (Cf) that can disguise what a title says when it is listed: bidi embeddings and
-# overrides (U+202A-U+202E) and isolates (U+2066-U+2069), the zero-width space and the byte order mark. Other Cf
-# characters are part of ordinary text and stay: the joiners (U+200C, U+200D: scripts, emoji sequences), the
-# left-to-right/right-to-left and Arabic letter marks (U+200E, U+200F, U+061C: Hebrew and Arabic titles), the soft
-# hyphen and word joiner of pasted text, and the tag characters of subdivision flag emoji (U+E0020-U+E007F)
-_DISGUISING = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200B, 0xFEFF)}
-MAX_TITLE_CHARS = 200
-
-
-def _unprintable(c: str) -> bool:
-    """Control characters (Cc: tabs, line breaks), line and paragraph separators (Zl, Zp: U+2028, U+2029) and the
-    invisible format characters that can disguise a title (`_DISGUISING`)."""
-    return c in _DISGUISING or unicodedata.category(c) in ("Cc", "Zl", "Zp")
-
-
 def one_line_title(title: str | None) -> str | None:
     """A title as it is stored: one line of text without surrounding blanks. A line break, tab, line separator or
     other control character, a bidi override or isolate, a zero-width space or byte order mark is refused: titles
     are listed one per line, and the audit log records them as sent."""
     if title is None:
         return None
-    bad = next((c for c in title if _unprintable(c)), None)
+    bad = next((c for c in title if unprintable_in_title(c)), None)
     if bad is not None:
         name = unicodedata.name(bad, "a control character").lower()
         raise ValueError(
@@ -89,6 +82,14 @@ class SessionCreate(BaseModel):
     @classmethod
     def _one_line(cls, title: str) -> str:
         return one_line_title(title) or ""
+
+
+def create_fingerprint(body: BaseModel) -> str:
+    """What "the same body" of a POST /sessions means: the request as validated (the title without its surrounding
+    blanks), fields at their defaults left out, so a field a later release adds (with a default) does not change
+    the fingerprint of a body sent again across an upgrade."""
+    sent = json.dumps(body.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+    return hashlib.sha256(sent.encode()).hexdigest()
 
 
 class SessionPatch(BaseModel):
@@ -229,11 +230,36 @@ def transcript_view(messages: list[BaseMessage]) -> list[TranscriptMessage]:
 
 
 @router.post("", status_code=201, response_model=SessionOut)
-async def create_session(body: SessionCreate, caller: CurrentCaller, engine: EngineDep) -> SessionOut:
+async def create_session(
+    body: SessionCreate,
+    caller: CurrentCaller,
+    engine: EngineDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description=f"Optional, {IDEMPOTENCY_KEY_RULE}, a new one per session to create: sent again with the "
+            "same body, the session it created is answered again instead of a second one being created; with "
+            "another body, a 422.",
+        ),
+    ] = None,
+) -> SessionOut:
     """Start a session with one of the caller's teams (403 if the team is not enabled for the tenant)."""
-    record = await engine.create_session(
-        caller.tenant, body.team, body.title, actor=caller.key_id, user_id=body.user_id
-    )
+    idempotency = None
+    if idempotency_key is not None:
+        idempotency = (check_idempotency_key(idempotency_key), create_fingerprint(body))
+    try:
+        record = await engine.create_session(
+            caller.tenant, body.team, body.title, actor=caller.key_id, user_id=body.user_id, idempotency=idempotency
+        )
+    except CreateKeyReused as exc:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            f"Idempotency-Key: {exc.key!r} already created session {exc.session_id!r} from a different request "
+            "(another team, title or user_id); use a new key for a new session",
+            "Idempotency-Key",
+        ) from None
     return SessionOut.of(record)
 
 

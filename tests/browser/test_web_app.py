@@ -294,6 +294,38 @@ def test_api_errors_are_shown_and_a_busy_session_is_retried(page: Page, server: 
     expect(page.locator(".message.assistant")).to_have_count(2)
 
 
+@pytest.mark.allow_console("503 (Service Unavailable)")
+def test_a_new_session_whose_answer_is_lost_is_created_once(page: Page, server: LiveServer) -> None:
+    """The first POST /sessions reaches the server and is stored, and the page gets a 503 instead of its answer:
+    the page's retry sends the same Idempotency-Key, so the server answers the session it created instead of
+    creating a second one (before, the page sent no key and the retry made a second session)."""
+    sign_in(page, server, VENEO_KEY)
+    before = httpx.get(f"{server.url}/sessions?limit=200", headers=auth(VENEO_KEY)).json()["items"]
+    keys: list[str | None] = []
+
+    def answer_lost(route: Route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        keys.append(route.request.headers.get("idempotency-key"))
+        response = route.fetch()  # stored on the server...
+        if len(keys) == 1:  # ...and its answer lost on the way back
+            body = {"error": {"code": "storage_unavailable", "message": "the session store cannot be reached"}}
+            route.fulfill(
+                status=503, headers={"Retry-After": "1"}, content_type="application/json", body=json.dumps(body)
+            )
+        else:
+            route.fulfill(response=response)
+
+    page.route("**/sessions", answer_lost)
+    page.get_by_role("button", name="New session").click()
+    expect(page.get_by_role("heading", name="Untitled session")).to_be_visible()
+    page.unroute("**/sessions")
+    assert len(keys) == 2 and keys[0] and keys[0] == keys[1], keys
+    after = httpx.get(f"{server.url}/sessions?limit=200", headers=auth(VENEO_KEY)).json()["items"]
+    assert len(after) == len(before) + 1
+
+
 def test_keyboard_only_chat_session_and_interview_flow(page: Page, server: LiveServer) -> None:
     page.goto(server.url + "/")
     page.keyboard.type(VENEO_KEY)  # the key field has focus on arrival

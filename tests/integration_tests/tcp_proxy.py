@@ -8,6 +8,8 @@
         proxy.cut_after(b"document_uploaded")  # that message is delivered, and the connection cut once the server
                                            # has answered it to the end (ReadyForQuery), the answer not passed on:
                                            # "the COMMIT succeeded, its answer was lost"
+        proxy.cut_when(b"COMMIT", deliver=True)  # delivered, and the connection cut before the server's answer
+                                           # can come back ("the commit happened, its answer was lost")
 
 Stopping the proxy is how a test takes the database away; the shared PostgreSQL server itself is never touched.
 """
@@ -34,11 +36,15 @@ class TcpProxy:
         self._cut_after: bytes | None = None
         self._stop_after_cut = False
         self._muted: dict[socket.socket, threading.Event] = {}  # server sockets whose answers are dropped
+        self._deliver_cut = False
+        self._swallow: set[socket.socket] = set()  # server ends whose next answer is dropped (deliver=True)
         self.cuts = 0  # connections cut by `cut_when` or `cut_after`
 
-    def cut_when(self, pattern: bytes) -> None:
-        """Once: cut the connection whose next client-to-server data holds `pattern`, before delivering it."""
-        self._cut_pattern = pattern
+    def cut_when(self, pattern: bytes, deliver: bool = False) -> None:
+        """Once: cut the connection whose next client-to-server data holds `pattern`, before delivering it; with
+        `deliver`, the data is delivered and the connection is cut when the server answers it, without passing
+        the answer on: the server has carried it out (a COMMIT: committed), the client never learns it."""
+        self._cut_pattern, self._deliver_cut = pattern, deliver
 
     def cut_after(self, pattern: bytes, then_stop: bool = False) -> None:
         """Once: deliver the next client-to-server data holding `pattern` (and what the client sends after it),
@@ -94,8 +100,15 @@ class TcpProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket, to_server: bool = False) -> None:
         try:
             while data := source.recv(65536):
+                if not to_server and source in self._swallow:
+                    return  # the server's answer to a delivered cut: dropped, and both ends closed
                 if to_server and self._cut(data):
-                    return  # the finally clause closes both ends
+                    if not self._deliver_cut:
+                        return  # the finally clause closes both ends
+                    # delivered, and the server's answer to it (sent once it has carried it out) is not
+                    self._swallow.add(sink)
+                    sink.sendall(data)
+                    continue
                 if to_server and self._cut_after_match(data):
                     answered = threading.Event()
                     with self._lock:
@@ -121,6 +134,7 @@ class TcpProxy:
             with self._lock:
                 self._sockets -= {source, sink}
                 self._muted.pop(source if not to_server else sink, None)
+                self._swallow -= {source, sink}
 
     def _cut(self, data: bytes) -> bool:
         with self._lock:

@@ -3,6 +3,7 @@ database gets, on SQLite and Postgres; replicas starting together both succeed; 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import subprocess
@@ -197,3 +198,59 @@ def test_postgres_schema_newer_than_the_code_is_refused() -> None:
             conn.execute(f"update {VERSIONS_TABLE} set version = version + 1 where component = 'audit'")
         with pytest.raises(SchemaTooNew, match="audit tables"):
             PostgresAuditLog(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_step_7_adds_create_keys_to_a_version_6_index_keeping_its_rows(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session index at version 6 (the release before POST /sessions took an Idempotency-Key) gets the two
+    columns and the per-tenant unique index; its rows stay and have no key, keyless sessions never conflict, a
+    key is unique per tenant only, and a repair runs the step again without harm."""
+    import checkpoints.schema_migrations as migrations
+
+    def open_index(url: str) -> Any:
+        return SqliteSessionIndex(url[10:]) if kind == "sqlite" else PostgresSessionIndex(url)
+
+    def run(index: Any, statements: list[Any]) -> int:
+        if kind == "sqlite":
+            with index.db.conn:
+                return sum(index.db.conn.execute(sql, args).rowcount for sql, args in statements)
+        with index.pool.connection() as conn:
+            return sum(conn.execute(sql, args).rowcount for sql, args in statements)
+
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path}/t.db"
+            if kind == "sqlite"
+            else stack.enter_context(fresh_postgres_schema("tg_mig_step7"))
+        )
+        with monkeypatch.context() as older:
+            older.setattr(migrations, "STEPS", tuple(s for s in migrations.STEPS if s.component != "session_index"
+                                                      or s.version < 7))  # fmt: skip
+            index = open_index(url)
+            index.create("old-1", "demo", "interview", "Old", client_id="old-1")
+            index.close()
+        index = open_index(url)
+        try:
+            old = index.get("old-1")
+            assert old is not None and old.title == "Old"
+            assert (old.idempotency_key, old.idempotency_fingerprint) == (None, None)
+            changes, _ = index.create_change("new-1", "demo", "interview", client_id="new-1")
+            assert run(index, changes) == 1  # keyless: no conflict with the old row
+            keyed = {"idempotency_key": "k", "idempotency_fingerprint": "f"}
+            changes, _ = index.create_change("new-2", "demo", "interview", client_id="new-2", **keyed)
+            assert run(index, changes) == 1
+            changes, _ = index.create_change("new-3", "demo", "interview", client_id="new-3", **keyed)
+            assert run(index, changes) == 0  # the tenant's key is taken
+            changes, _ = index.create_change("new-4", "veneo", "interview", client_id="new-4", **keyed)
+            assert run(index, changes) == 1  # another tenant's is not
+            assert index.created_with_key("demo", "k").thread_id == "new-2"  # type: ignore[union-attr]
+            index.repair_schema()  # every step again, 7 included
+            assert index.created_with_key("veneo", "k").thread_id == "new-4"  # type: ignore[union-attr]
+        finally:
+            index.close()
+        if kind == "sqlite":
+            assert sqlite_versions(tmp_path / "t.db")["session_index"] == latest("session_index") == 7
+        else:
+            assert pg_versions(url)["session_index"] == latest("session_index") == 7

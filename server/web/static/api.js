@@ -51,6 +51,13 @@ function retryable(response, code) {
   return response.status === 503 && response.headers.has("Retry-After");
 }
 
+/** A fresh random key (a UUID where the browser offers one: randomUUID needs a secure context). */
+function newKey() {
+  if (globalThis.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 export class Api {
   /**
    * @param {string} key the tenant key (sent as a Bearer token)
@@ -67,8 +74,8 @@ export class Api {
   }
 
   /** fetch with the key; 409 thread_busy, 429 and 503+Retry-After are retried after Retry-After. */
-  async fetch(method, path, { json, form, signal, accept = "application/json" } = {}) {
-    const init = { method, signal, headers: this.headers({ Accept: accept }) };
+  async fetch(method, path, { json, form, signal, accept = "application/json", headers = {} } = {}) {
+    const init = { method, signal, headers: this.headers({ Accept: accept, ...headers }) };
     if (json !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(json);
@@ -108,8 +115,11 @@ export class Api {
     if (cursor) query.set("cursor", cursor);
     return this.json("GET", `/sessions?${query}`);
   }
+  /** One key per session to create, sent again on each retry (fetch's 503 retries resend the same request): a
+   * create whose answer was lost is answered again by the server instead of creating a second session. */
   createSession(team, title = "") {
-    return this.json("POST", "/sessions", { json: { team, title } });
+    const headers = { "Idempotency-Key": newKey() };
+    return this.json("POST", "/sessions", { json: { team, title }, headers });
   }
   session(id) {
     return this.json("GET", `/sessions/${encodeURIComponent(id)}`);
