@@ -341,8 +341,6 @@ class SqliteAuditLog:
                         self.conn.execute("rollback")
                         return None
                 entries = self._insert(events)
-        except sqlite3.IntegrityError:
-            raise  # a row that breaks NOT NULL or CHECK is a bug (500), not a fault of the log (a taken id is no row)
         except sqlite3.Error as exc:
             raise _write_failed(exc) from exc
         return entries
@@ -582,8 +580,6 @@ class PostgresAuditLog:
                     if conn.execute(sql, args).rowcount < 1:
                         raise psycopg.Rollback()
                 entries = self._insert(conn, events)
-        except psycopg.errors.IntegrityError:
-            raise  # a row that breaks NOT NULL or CHECK is a bug (500), not a fault of the log (a taken id is no row)
         except _pg_errors() as exc:
             raise _write_failed(exc) from exc
         if entries is not None:  # committed: the next append starts after them (else: rolled back, no change)

@@ -6,8 +6,9 @@ for a deleted SQLite file, silently writes to the unlinked file, which is lost a
 answering 503 until someone restarts the server:
 
 - a storage error that says a table is missing (`missing_table`) makes `StorageRepair.after_fault` re-run the
-  whole schema setup once, one repair at a time (none for REPAIR_COOLDOWN_S after a repair that recreated
-  nothing, so a column no step adds, a typo in new code, does not re-run every step on every request): the
+  whole schema setup once, one repair at a time (none for REPAIR_COOLDOWN_S once two repairs in a row for the
+  same fault recreated nothing, so a column no step adds, a typo in new code, does not re-run every step on
+  every request; another fault, a table dropped meanwhile, is repaired at once): the
   numbered steps of checkpoints/schema_migrations.py (all of them, each idempotent) and the LangGraph
   checkpointer's and store's `setup()`. The request that hit it still answers 503 storage_unavailable (its work
   may be half done); the next one works. A missing column comes back only if a later schema step adds it (a
@@ -46,9 +47,11 @@ from checkpoints.storage import StorageUnavailable, missing_object
 log = structlog.get_logger("teamgraph.storage")
 
 WATCH_INTERVAL_S = float(os.environ.get("TEAMGRAPH_STORAGE_WATCH_S", "1.0"))  # tests set it high
-# after a repair that found nothing missing (a sibling repaired first, or the missing column is one no schema step
-# adds: a typo in new code), missing-object faults trigger no repair for this long: each would re-run every step
-# (on PostgreSQL `add column if not exists` takes an ACCESS EXCLUSIVE lock) for every request that meets it
+# after two repairs in a row for the same fault that found nothing missing (the missing column is one no schema
+# step adds: a typo in new code; one such repair is a sibling worker or replica that repaired first), that fault
+# triggers no repair for this long: each would re-run every step (on PostgreSQL `add column if not exists` takes
+# an ACCESS EXCLUSIVE lock) for every request that meets it. Another fault (another table or column missing, a
+# database dropped again with another message) is repaired at once.
 REPAIR_COOLDOWN_S = 30.0
 EXIT_FOR_RESTART = 75  # EX_TEMPFAIL: a worker that exits for its supervisor to start a fresh one
 
@@ -101,17 +104,20 @@ class StorageRepair:
     on_audit_restarted: Callable[[str], Awaitable[None]] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _last_done: float = 0.0
-    _quiet_until: float = 0.0  # no repair for a missing object before then (REPAIR_COOLDOWN_S)
+    _quiet_until: float = 0.0  # no repair for `_noop_cause` before then (REPAIR_COOLDOWN_S)
+    _noop_cause: str = ""  # the fault of the last repair that recreated nothing ("" after one that did)
+    _noop_count: int = 0  # repairs in a row for `_noop_cause` that recreated nothing
 
     async def after_fault(self, exc: BaseException) -> bool:
         """Repair when `exc` says a table is missing (or the SQLite file was deleted); True when it repaired. A
-        missing object met within REPAIR_COOLDOWN_S of a repair that recreated nothing is not repaired again
-        (logged `storage_repair_skipped`); a deleted SQLite file always is."""
+        missing object whose fault two repairs in a row met without recreating anything is not repaired again
+        for REPAIR_COOLDOWN_S (logged `storage_repair_skipped`); another fault is, and a deleted SQLite file
+        always is."""
         if self.file_replaced():
             return await self.repair(_first_line(exc))
         if not missing_table(exc):
             return False
-        if time.monotonic() < self._quiet_until:
+        if time.monotonic() < self._quiet_until and _first_line(exc) == self._noop_cause:
             log.info("storage_repair_skipped", backend=self.backend, cause=_first_line(exc),
                      message="a repair just found nothing missing; the next is tried after the cooldown")  # fmt: skip
             return False
@@ -152,8 +158,14 @@ class StorageRepair:
             recreated.audit = found.audit or recreated.file
             recreated.checkpoints = found.checkpoints or recreated.file
             self._last_done = time.monotonic()
-            # nothing recreated: a missing object meets no repair for a while (see REPAIR_COOLDOWN_S)
-            self._quiet_until = 0.0 if recreated.any() else self._last_done + REPAIR_COOLDOWN_S
+            # nothing recreated twice in a row for one fault: that fault meets no repair for a while (REPAIR_COOLDOWN_S)
+            if recreated.any():
+                self._noop_cause, self._noop_count, self._quiet_until = "", 0, 0.0
+            else:
+                self._noop_count = self._noop_count + 1 if cause == self._noop_cause else 1
+                self._noop_cause = cause
+                if self._noop_count >= 2:
+                    self._quiet_until = self._last_done + REPAIR_COOLDOWN_S
             if not recreated.any():  # another process (a sibling worker, a replica) recreated them first
                 log.info("storage_checked", backend=self.backend, cause=cause, message="every table was there")
                 return True

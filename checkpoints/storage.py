@@ -116,19 +116,21 @@ def may_have_committed(exc: BaseException) -> bool:
 
 
 def is_statement_bug(exc: BaseException) -> bool:
-    """True for a database error that says the statement itself is wrong (PostgreSQL's ProgrammingError or
-    DataError, SQLite's OperationalError, ProgrammingError, DataError or InterfaceError) and is no storage fault:
-    retrying cannot help, so it is answered 500 and logged with its stack, never 503."""
+    """True for a database error that says the statement itself is wrong (PostgreSQL's ProgrammingError,
+    DataError or IntegrityError, SQLite's OperationalError, ProgrammingError, DataError, InterfaceError or
+    IntegrityError: a row that breaks NOT NULL, CHECK or a trigger's abort) and is no storage fault: retrying
+    cannot help, so it is answered 500 and logged with its stack, never 503. A taken id is no error (the writes
+    that may meet one skip it: `on conflict do nothing`)."""
     if is_storage_fault(exc):
         return False
     if isinstance(exc, (sqlite3.OperationalError, sqlite3.ProgrammingError, sqlite3.DataError,
-                        sqlite3.InterfaceError)):  # fmt: skip
+                        sqlite3.InterfaceError, sqlite3.IntegrityError)):  # fmt: skip
         return True
     if _psycopg_errors() is None:  # pragma: no cover - psycopg is a dependency
         return False
     import psycopg
 
-    return isinstance(exc, (psycopg.ProgrammingError, psycopg.DataError))
+    return isinstance(exc, (psycopg.ProgrammingError, psycopg.DataError, psycopg.IntegrityError))
 
 
 def _psycopg_errors() -> Any:

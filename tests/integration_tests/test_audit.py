@@ -30,7 +30,7 @@ import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from checkpoints.audit import GENESIS, AuditLog, AuditWriteError, entry_hash
+from checkpoints.audit import GENESIS, AuditEvent, AuditLog, AuditWriteError, entry_hash
 from checkpoints.factory import open_audit_log
 from personas.loader import DEFAULT_BUNDLE_DIR
 from server.app import create_app
@@ -686,3 +686,44 @@ def test_export_as_jsonl_and_csv_then_prune_and_keep_verifying(db_url: str, tmp_
     Raw(db_url).execute("delete from audit_events where tenant = %s and seq = %s", "demo", 11)
     result = verify(db_url)
     assert (result.ok, result.broken_seq) == (False, 11), result
+
+
+def test_an_entry_the_database_refuses_is_a_bug_on_every_write_path_of_both_backends(db_url: str) -> None:
+    """A row that breaks a constraint (NOT NULL, CHECK, a trigger's abort: an IntegrityError) is a bug no retry
+    mends: every audit write path raises the database's own error (a 500 over HTTP), never an AuditWriteError
+    (`503 audit_unavailable`, retryable). Before, only `append_if` let it through: PostgreSQL's `append` (a turn's
+    entries, an upload's) and `append_redacting` on both backends wrapped it."""
+    import psycopg
+
+    log = open_audit_log(db_url)
+    try:
+        log.append([AuditEvent("demo", "k", "session_created", "s1")])  # creates the tables and one entry
+        if db_url.startswith("sqlite"):
+            sq = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+            sq.execute(
+                "create trigger refuse before insert on audit_events when new.event_type = 'document_uploaded' "
+                "begin select raise(abort, 'refused by a constraint'); end"
+            )
+            sq.commit()
+            sq.close()
+            refused: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+        else:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                table = conn.execute(
+                    "select table_name from information_schema.tables where table_schema = current_schema() "
+                    "and table_name like '%audit_events'"
+                ).fetchone()
+                assert table is not None
+                conn.execute(
+                    f"alter table {table[0]} add constraint refuse check (event_type <> 'document_uploaded') not valid"
+                )
+            refused = (psycopg.IntegrityError,)
+        with pytest.raises(refused):
+            log.append([AuditEvent("demo", "k", "document_uploaded", "s1")])
+        with pytest.raises(refused):
+            log.append_if((), [AuditEvent("demo", "k", "document_uploaded", "s1")])
+        with pytest.raises(refused):
+            log.append_redacting(AuditEvent("demo", "k", "document_uploaded", "s1"), [1])
+        assert [e.event_type for e in log.query("demo")] == ["session_created"]  # nothing written
+    finally:
+        log.close()
