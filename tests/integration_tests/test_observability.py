@@ -506,8 +506,12 @@ def test_every_response_carries_a_request_id_and_a_trace_id(tmp_path: Path) -> N
             "422": client.post("/sessions", headers=DEMO, json={"title": 42}),
             "stream": turn(client, "interview", DEMO, sid, RESUME, endpoint="stream"),
         }
-        # a store that fails unexpectedly: an unhandled error is still a response with the ids
-        client.app.state.engine.sessions.close()  # type: ignore[attr-defined]
+        # a bug (not a storage fault, which is a 503): an unhandled error is still a response with the ids
+
+        def broken_listing(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug in the listing")
+
+        client.app.state.engine.sessions.list = broken_listing  # type: ignore[attr-defined]
         responses["500"] = client.get("/sessions", headers={**DEMO, "X-Request-ID": "tagged-500"})
     assert responses["stream"].headers["content-type"].startswith("text/event-stream")
     assert responses["500"].status_code == 500

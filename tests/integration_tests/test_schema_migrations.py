@@ -213,11 +213,15 @@ def test_step_7_adds_create_keys_to_a_version_6_index_keeping_its_rows(
         return SqliteSessionIndex(url[10:]) if kind == "sqlite" else PostgresSessionIndex(url)
 
     def run(index: Any, statements: list[Any]) -> int:
+        """Rows the create's insert (its first statement) wrote; the statements after it (PostgreSQL's re-check of a
+        pending deletion) run too."""
         if kind == "sqlite":
             with index.db.conn:
-                return sum(index.db.conn.execute(sql, args).rowcount for sql, args in statements)
+                counts = [index.db.conn.execute(sql, args).rowcount for sql, args in statements]
+                return counts[0]
         with index.pool.connection() as conn:
-            return sum(conn.execute(sql, args).rowcount for sql, args in statements)
+            counts = [conn.execute(sql, args).rowcount for sql, args in statements]
+            return counts[0]
 
     with contextlib.ExitStack() as stack:
         url = (

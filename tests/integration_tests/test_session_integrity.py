@@ -70,6 +70,29 @@ class Storage:
                 conn.execute(f"drop trigger {name}")
 
     @contextlib.contextmanager
+    def failing_entry(
+        self, engine: Any, event_type: str, pg_pattern: bytes, monkeypatch: pytest.MonkeyPatch
+    ) -> Iterator[None]:
+        """The audit write of an `event_type` entry meets a storage fault and commits nothing: on PostgreSQL the
+        proxy cuts the connection before the statement holding `pg_pattern` is delivered; on SQLite the log's
+        insert raises the disk-full error SQLite gives (a trigger cannot: its `raise(abort)` is an IntegrityError,
+        a refusal of the row, which is a bug and a 500, not a fault of the storage)."""
+        if self.proxy is not None:
+            with self.failing("", pg_pattern):
+                yield
+            return
+        insert = engine.audit._insert
+
+        def disk_full(events: Any) -> Any:
+            if any(e.event_type == event_type for e in events):
+                raise sqlite3.OperationalError("database or disk is full")
+            return insert(events)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(engine.audit, "_insert", disk_full)
+            yield
+
+    @contextlib.contextmanager
     def losing_the_answer_of(self, engine: Any, event_type: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         """The transaction that writes `event_type` commits, and its answer is lost: on PostgreSQL the proxy cuts
         the client's end of the connection and then delivers the COMMIT (the server commits, the client sees the
@@ -732,13 +755,10 @@ def test_an_upload_whose_audit_entry_fails_leaves_no_document(
     with serve(storage.url, monkeypatch) as client:
         sid = new_session(client, "")
         files = {"file": ("resume.txt", RESUME_TEXT.encode(), "text/plain")}
-        with storage.failing(
-            "before insert on audit_events when new.event_type = 'document_uploaded'",
-            b"document_uploaded",
-            sqlite_body="select raise(abort, 'injected fault');",
-        ):
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        with storage.failing_entry(engine, "document_uploaded", b"document_uploaded", monkeypatch):
             r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
-        assert r.status_code == 503, r.text
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable"), r.text
         detail = client.get(f"/sessions/{sid}", headers=DEMO).json()
         assert not detail["state"].get("resume") and detail["title"] == ""  # nothing of it stayed
         uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
@@ -943,7 +963,9 @@ async def test_an_upload_cancelled_twice_while_its_entry_is_written_keeps_state_
         assert state.get("resume") == RESUME_TEXT  # and the document it records stayed
 
 
-async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(storage: Storage) -> None:
+async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`teamgraph sessions import`: the `session_imported` entry cannot be written: the import fails and leaves
     neither a session (before, one stayed, with `session_created` on record but not its import) nor its data."""
     from checkpoints.audit import AuditWriteError
@@ -956,8 +978,7 @@ async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(s
         document = await export_session(engine, source)
         before = stored_checkpoints(storage)
         with (
-            storage.failing("before insert on audit_events when new.event_type = 'session_imported'",
-                            b"session_imported", sqlite_body="select raise(abort, 'injected fault');"),
+            storage.failing_entry(engine, "session_imported", b"session_imported", monkeypatch),
             pytest.raises(AuditWriteError),
         ):  # fmt: skip
             await import_session(engine, document, "demo")
