@@ -893,19 +893,28 @@ class Engine:
                 # a write that never reached the database (no pooled connection, a closed pool), that the log
                 # refused or that the database answered with an error is not on record: undone at once, without
                 # a look that would wait on the same faulty pool
-                on_record: bool | None = failure is None
-                if failure is not None and (isinstance(failure, asyncio.CancelledError) or may_have_committed(failure)):
-                    on_record = await self._document_on_record(session, kind, since, upload_id, exc)
-                if on_record and not isinstance(exc, asyncio.CancelledError):
-                    log.warning("document_upload_committed_despite_error", thread_id=session.thread_id, kind=kind,
-                                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-                else:
+
+                async def settle(error: BaseException) -> bool | None:
+                    on_record: bool | None = failure is None
+                    if failure is not None and (
+                        isinstance(failure, asyncio.CancelledError) or may_have_committed(failure)
+                    ):
+                        on_record = await self._document_on_record(session, kind, since, upload_id, error)
                     if on_record is False:
                         try:
                             await graph.aupdate_state(config, {kind: state.get(kind)}, as_node="memory_keeper")
                         except Exception as undo_exc:
                             log.warning("document_not_taken_out", thread_id=session.thread_id, kind=kind,
                                         error=f"{type(undo_exc).__name__}: {undo_exc}")  # fmt: skip
+                    return on_record
+
+                # the look and the undo run to their end whatever cancellation reaches this request meanwhile (a
+                # look cut short would leave the document without its entry)
+                on_record = await _settled(asyncio.ensure_future(settle(exc)))
+                if on_record and not isinstance(exc, asyncio.CancelledError):
+                    log.warning("document_upload_committed_despite_error", thread_id=session.thread_id, kind=kind,
+                                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                else:
                     raise
         try:  # the upload stood and is on record: marking the session active is not worth failing it for
             await self.touch(session.thread_id, title_hint({kind: text}))
@@ -1041,6 +1050,15 @@ def _title_text(turn_input: dict[str, Any]) -> str:
         if str(content).strip():
             return str(content)
     return ""
+
+
+async def _settled(task: asyncio.Future[T]) -> T:
+    """`task`'s result (or its error) once it has finished; a cancellation of the waiting request meanwhile does
+    not stop it (the request was cancelled or failed already and raises that once `task` is done)."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([task])  # never cancels `task`
+    return task.result()
 
 
 async def _write_outcome(write: asyncio.Future[None]) -> BaseException | None:

@@ -963,6 +963,43 @@ async def test_an_upload_cancelled_twice_while_its_entry_is_written_keeps_state_
         assert state.get("resume") == RESUME_TEXT  # and the document it records stayed
 
 
+async def test_an_upload_cancelled_while_it_looks_for_its_entry_still_takes_the_document_out(
+    storage: Storage,
+) -> None:
+    """Found in review: after a failed `document_uploaded` write that may have committed, the look for the entry
+    and the undo ran unshielded; a cancellation then (the client went away) ended the look and left the document
+    in the session without its entry. Now the look and the undo run to their end whatever cancellation comes."""
+    from checkpoints.audit import AuditWriteError
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        session = await engine.create_session("demo", "interview", "")
+        looking = asyncio.Event()
+        look = engine._document_on_record
+
+        def lost_write(events: Any) -> Any:  # nothing committed; the error says it may have
+            raise AuditWriteError("audit log write failed") from sqlite3.OperationalError("disk I/O error")
+
+        async def slow_look(*args: Any) -> Any:
+            looking.set()
+            await asyncio.sleep(0.3)
+            return await look(*args)
+
+        engine.audit.append = lost_write
+        engine._document_on_record = slow_look
+        try:
+            upload = asyncio.ensure_future(engine.attach_document(session, "resume", RESUME_TEXT))
+            await asyncio.wait_for(looking.wait(), 10)
+            upload.cancel()  # the caller goes away while the upload looks for its entry
+            with pytest.raises((asyncio.CancelledError, AuditWriteError)):
+                await upload
+        finally:
+            del engine.audit.append, engine._document_on_record
+        state = (await engine.graph(session.team).aget_state(engine.run_config(session))).values
+        assert not state.get("resume")  # taken out: its entry is not on record
+        assert engine.audit.query("demo", session=session.id, event_type="document_uploaded") == []
+
+
 async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
