@@ -7,7 +7,7 @@ answering 503 until someone restarts the server:
 
 - a storage error that says a table is missing (`missing_table`) makes `StorageRepair.after_fault` re-run the
   whole schema setup once, one repair at a time (none for REPAIR_COOLDOWN_S once two repairs in a row for the
-  same fault recreated nothing, so a column no step adds, a typo in new code, does not re-run every step on
+  same missing object (`fault_key`: its name) recreated nothing, so a column no step adds, a typo in new code, does not re-run every step on
   every request; another fault, a table dropped meanwhile, is repaired at once): the
   numbered steps of checkpoints/schema_migrations.py (all of them, each idempotent) and the LangGraph
   checkpointer's and store's `setup()`. The request that hit it still answers 503 storage_unavailable (its work
@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,7 @@ from checkpoints.storage import StorageUnavailable, missing_object
 log = structlog.get_logger("teamgraph.storage")
 
 WATCH_INTERVAL_S = float(os.environ.get("TEAMGRAPH_STORAGE_WATCH_S", "1.0"))  # tests set it high
-# after two repairs in a row for the same fault that found nothing missing (the missing column is one no schema
+# after two repairs for the same missing object (`fault_key`) that found nothing missing (the missing column is one no schema
 # step adds: a typo in new code; one such repair is a sibling worker or replica that repaired first), that fault
 # triggers no repair for this long: each would re-run every step (on PostgreSQL `add column if not exists` takes
 # an ACCESS EXCLUSIVE lock) for every request that meets it. Another fault (another table or column missing, a
@@ -66,6 +67,29 @@ def missing_table(exc: BaseException | None) -> bool:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+_QUOTED = re.compile(r'"([^"]+)"')  # PostgreSQL: relation "x" / column "x" (of relation "t") / schema "s"
+_SQLITE_NAMED = re.compile(r"(?:no such (?:table|column):|has no column named)\s+(\S+)", re.IGNORECASE)
+
+
+def fault_key(exc: BaseException) -> str:
+    """The missing object a storage error names, the same for every statement that meets it: the error itself or
+    what caused it (an audited write wraps it), and the name in its message whatever the statement's shape
+    (SQLite: "no such column: x" for a read, "table t has no column named x" for an insert; PostgreSQL: the
+    first quoted name). Its first line when no name is found."""
+    cause: BaseException | None = exc
+    for _ in range(6):
+        if cause is None or missing_object(cause):
+            break
+        cause = cause.__cause__ or cause.__context__
+    found = cause if cause is not None else exc
+    text = str(found)
+    named = _QUOTED.search(text) or _SQLITE_NAMED.search(text)
+    if named is None:
+        return _first_line(found)
+    name = named.group(1).strip("'\"`")
+    return name.removeprefix("main.").lower()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -104,9 +128,9 @@ class StorageRepair:
     on_audit_restarted: Callable[[str], Awaitable[None]] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _last_done: float = 0.0
-    _quiet_until: float = 0.0  # no repair for `_noop_cause` before then (REPAIR_COOLDOWN_S)
-    _noop_cause: str = ""  # the fault of the last repair that recreated nothing ("" after one that did)
-    _noop_count: int = 0  # repairs in a row for `_noop_cause` that recreated nothing
+    # per missing object (`fault_key`): repairs that recreated nothing, each within REPAIR_COOLDOWN_S of the one
+    # before, and when the last of them finished; emptied by a repair that recreated something
+    _noops: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     async def after_fault(self, exc: BaseException) -> bool:
         """Repair when `exc` says a table is missing (or the SQLite file was deleted); True when it repaired. A
@@ -117,11 +141,13 @@ class StorageRepair:
             return await self.repair(_first_line(exc))
         if not missing_table(exc):
             return False
-        if time.monotonic() < self._quiet_until and _first_line(exc) == self._noop_cause:
-            log.info("storage_repair_skipped", backend=self.backend, cause=_first_line(exc),
-                     message="a repair just found nothing missing; the next is tried after the cooldown")  # fmt: skip
+        fault = fault_key(exc)
+        count, last = self._noops.get(fault, (0, 0.0))
+        if count >= 2 and time.monotonic() - last < REPAIR_COOLDOWN_S:
+            log.info("storage_repair_skipped", backend=self.backend, cause=_first_line(exc), missing=fault,
+                     message="repairs just found nothing missing; the next is tried after the cooldown")  # fmt: skip
             return False
-        return await self.repair(_first_line(exc))
+        return await self.repair(_first_line(exc), fault)
 
     async def check_file(self) -> bool:
         """For SQLite: reopen on a new file when the one in use was deleted or replaced; True when it did."""
@@ -144,7 +170,7 @@ class StorageRepair:
         if self.reopen is not None and self.file_replaced():
             raise StorageUnavailable(FILE_DELETED + "; the turn was not stored, send it again")
 
-    async def repair(self, cause: str) -> bool:
+    async def repair(self, cause: str, fault: str | None = None) -> bool:
         noticed = time.monotonic()
         async with self._lock:
             if self._last_done > noticed:
@@ -158,14 +184,12 @@ class StorageRepair:
             recreated.audit = found.audit or recreated.file
             recreated.checkpoints = found.checkpoints or recreated.file
             self._last_done = time.monotonic()
-            # nothing recreated twice in a row for one fault: that fault meets no repair for a while (REPAIR_COOLDOWN_S)
+            # two repairs for one missing object that recreated nothing: it meets no repair for a while
             if recreated.any():
-                self._noop_cause, self._noop_count, self._quiet_until = "", 0, 0.0
-            else:
-                self._noop_count = self._noop_count + 1 if cause == self._noop_cause else 1
-                self._noop_cause = cause
-                if self._noop_count >= 2:
-                    self._quiet_until = self._last_done + REPAIR_COOLDOWN_S
+                self._noops.clear()
+            elif fault is not None:
+                count, last = self._noops.get(fault, (0, 0.0))
+                self._noops[fault] = (count + 1 if self._last_done - last < REPAIR_COOLDOWN_S else 1, self._last_done)
             if not recreated.any():  # another process (a sibling worker, a replica) recreated them first
                 log.info("storage_checked", backend=self.backend, cause=cause, message="every table was there")
                 return True

@@ -1054,10 +1054,15 @@ def _title_text(turn_input: dict[str, Any]) -> str:
 
 async def _settled(task: asyncio.Future[T]) -> T:
     """`task`'s result (or its error) once it has finished; a cancellation of the waiting request meanwhile does
-    not stop it (the request was cancelled or failed already and raises that once `task` is done)."""
+    not stop it, and is raised once `task` is done (the request was cancelled: it does not go on as if not)."""
+    cancelled = False
     while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await asyncio.wait([task])  # never cancels `task`
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
     return task.result()
 
 

@@ -991,7 +991,7 @@ async def test_an_upload_cancelled_while_it_looks_for_its_entry_still_takes_the_
             upload = asyncio.ensure_future(engine.attach_document(session, "resume", RESUME_TEXT))
             await asyncio.wait_for(looking.wait(), 10)
             upload.cancel()  # the caller goes away while the upload looks for its entry
-            with pytest.raises((asyncio.CancelledError, AuditWriteError)):
+            with pytest.raises(asyncio.CancelledError):  # cancelled it was, once the look and the undo finished
                 await upload
         finally:
             del engine.audit.append, engine._document_on_record
