@@ -6,9 +6,10 @@ for a deleted SQLite file, silently writes to the unlinked file, which is lost a
 answering 503 until someone restarts the server:
 
 - a storage error that says a table is missing (`missing_table`) makes `StorageRepair.after_fault` re-run the
-  whole schema setup once, one repair at a time (none for REPAIR_COOLDOWN_S once two repairs in a row for the
-  same missing object (`fault_key`: its name) recreated nothing, so a column no step adds, a typo in new code, does not re-run every step on
-  every request; another fault, a table dropped meanwhile, is repaired at once): the
+  whole schema setup once, one repair at a time (none for REPAIR_COOLDOWN_S once two repairs for the same
+  missing object (`fault_key`: its name) recreated nothing, so a column no step adds, a typo in new code, does
+  not re-run every step on every request; another missing object, a table dropped meanwhile, is repaired at
+  once): the
   numbered steps of checkpoints/schema_migrations.py (all of them, each idempotent) and the LangGraph
   checkpointer's and store's `setup()`. The request that hit it still answers 503 storage_unavailable (its work
   may be half done); the next one works. A missing column comes back only if a later schema step adds it (a
@@ -48,11 +49,11 @@ from checkpoints.storage import StorageUnavailable, missing_object
 log = structlog.get_logger("teamgraph.storage")
 
 WATCH_INTERVAL_S = float(os.environ.get("TEAMGRAPH_STORAGE_WATCH_S", "1.0"))  # tests set it high
-# after two repairs for the same missing object (`fault_key`) that found nothing missing (the missing column is one no schema
-# step adds: a typo in new code; one such repair is a sibling worker or replica that repaired first), that fault
-# triggers no repair for this long: each would re-run every step (on PostgreSQL `add column if not exists` takes
-# an ACCESS EXCLUSIVE lock) for every request that meets it. Another fault (another table or column missing, a
-# database dropped again with another message) is repaired at once.
+# after two repairs for the same missing object (`fault_key`), each within this long of the one before, that
+# found nothing missing (a column no schema step adds: a typo in new code; one such repair alone may be a sibling
+# worker or replica that repaired first), that object meets no repair for this long: each would re-run every step
+# (on PostgreSQL `add column if not exists` takes an ACCESS EXCLUSIVE lock) for every request that meets it.
+# Another missing object is repaired at once.
 REPAIR_COOLDOWN_S = 30.0
 EXIT_FOR_RESTART = 75  # EX_TEMPFAIL: a worker that exits for its supervisor to start a fresh one
 
