@@ -116,7 +116,9 @@ class TcpProxy:
                     sink.sendall(data)
                     self._forward_until(source, sink, answered)
                     if self._stop_after_cut:
-                        threading.Thread(target=self.stop, daemon=True).start()
+                        # here, before this connection closes: from another thread the client could see the
+                        # cut and look through a pooled connection the stop had not closed yet (a flaky 200)
+                        self.stop()
                     return
                 muted = self._muted.get(source) if not to_server else None
                 if muted is not None:
