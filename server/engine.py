@@ -41,6 +41,7 @@ from server.voice.records import forget_session as forget_voice_items
 from states.migrations import METADATA_KEY, SessionSchemaTooNew, current_version, stored_version, upgrade
 
 T = TypeVar("T")
+_LOOK_PAGE = 500  # entries per read when an upload looks for its own entry after a failed write
 
 
 class SessionNotFound(LookupError):
@@ -365,7 +366,15 @@ class Engine:
             )
             record = await asyncio.shield(creating)
         except BaseException as exc:
-            stored = await self._session_after_failed_create(draft.thread_id, creating)
+            # the look and the cleanup run to their end whatever cancellation reaches the caller meanwhile
+            try:
+                stored = await _settled(
+                    asyncio.ensure_future(self._session_after_failed_create(draft.thread_id, creating))
+                )
+            except StorageUnavailable:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise exc from None
+                raise
             if stored is not None and not isinstance(exc, asyncio.CancelledError):
                 # the transaction committed and only its answer was lost (a connection cut after COMMIT was
                 # sent): the session and its data stand, as the audit log says
@@ -381,21 +390,43 @@ class Engine:
         self, thread_id: str, creating: asyncio.Future[SessionRecord | None] | None
     ) -> SessionRecord | None:
         """After `fill` or the creating transaction failed: the session if the transaction committed after all
-        (its data stays); otherwise the thread's data is removed, unless the check itself fails (then it is left,
-        unreachable without an index row, and logged: removing a committed session's data would be worse)."""
-        if creating is not None:
-            with contextlib.suppress(BaseException):
-                if await asyncio.shield(creating) is None:
-                    return None  # the id was taken, nothing written: the thread's data is not ours to remove
+        (its data stays), else None and the thread's data is removed. The upload's rule (`attach_document`): the
+        session index is looked at only when the transaction may have committed (`may_have_committed`: its
+        connection failed during the exchange, or the caller was cancelled); a transaction that never reached the
+        database (no pooled connection, a closed pool) or that the database refused did not commit, and its data
+        is removed without a look that would wait on the same faulty database. When the look fails too, neither
+        can be claimed: the data is left (unreachable without an index row; removing a committed session's data
+        would be worse), logged, and StorageUnavailable raised (503) saying so."""
+        if creating is None:  # `fill` failed: no session was created
+            await self._remove_unfinished(thread_id)
+            return None
+        failure = await _write_outcome(creating)
+        if failure is None:  # it finished after all (the caller was cancelled meanwhile)
+            # None: the id was taken, nothing written; the thread's data is not ours to remove
+            return creating.result()
+        if isinstance(failure, asyncio.CancelledError) or may_have_committed(failure):
+            try:
+                stored = await asyncio.to_thread(self.sessions.get, thread_id)
+            except Exception as look_exc:
+                log.warning("unfinished_session_data_left", thread_id=thread_id,
+                            error=f"{type(failure).__name__}: {failure}",
+                            look_error=f"{type(look_exc).__name__}: {look_exc}")  # fmt: skip
+                raise StorageUnavailable(
+                    f"the new session {thread_id} may or may not have been stored (its transaction failed with "
+                    f"{type(failure).__name__} and the session index cannot be read); look for it before trying again"
+                ) from failure
+            if stored is not None:
+                return stored
+        await self._remove_unfinished(thread_id)
+        return None
+
+    async def _remove_unfinished(self, thread_id: str) -> None:
+        """The data of a session that was not created; a failure is logged (the data stays, unreachable)."""
         try:
-            stored = await asyncio.to_thread(self.sessions.get, thread_id) if creating is not None else None
-            if stored is None:
-                await self._remove_thread_data(thread_id)
-            return stored
+            await self._remove_thread_data(thread_id)
         except Exception as exc:
             log.warning("unfinished_session_data_left", thread_id=thread_id,
                         error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-            return None
 
     async def _remove_thread_data(self, thread_id: str) -> None:
         """A thread's checkpoints, archived transcript and voice items (each step idempotent)."""
@@ -878,7 +909,6 @@ class Engine:
             upload_id = uuid.uuid4().hex
             uploaded = {"kind": kind, "filename": filename, "characters": len(text), "content": text,
                         "upload_id": upload_id}  # fmt: skip
-            since = datetime.now(UTC).isoformat(timespec="microseconds")  # the entry's `at` is later (same clock)
             # shielded: a cancelled caller does not stop the write's worker thread; its outcome is waited for
             recording = asyncio.ensure_future(
                 self.arecord(session.tenant, actor, "document_uploaded", session.id, uploaded)
@@ -899,7 +929,7 @@ class Engine:
                     if failure is not None and (
                         isinstance(failure, asyncio.CancelledError) or may_have_committed(failure)
                     ):
-                        on_record = await self._document_on_record(session, kind, since, upload_id, error)
+                        on_record = await self._document_on_record(session, kind, upload_id, error)
                     if on_record is False:
                         try:
                             await graph.aupdate_state(config, {kind: state.get(kind)}, as_node="memory_keeper")
@@ -922,22 +952,31 @@ class Engine:
             log.warning("session_touch_failed", thread_id=session.thread_id, error=f"{type(exc).__name__}: {exc}")
 
     async def _document_on_record(
-        self, session: SessionRecord, kind: str, since: str, upload_id: str, exc: BaseException
+        self, session: SessionRecord, kind: str, upload_id: str, exc: BaseException
     ) -> bool | None:
         """After the `document_uploaded` write of an upload failed and its worker finished: whether its entry is
         on record after all (a COMMIT that went through with its answer lost), as the import path looks for its
-        session (`_session_after_failed_create`): the entry written since `since` that carries this upload's
-        `upload_id`. None when the look fails too (logged; the caller leaves the document)."""
+        session (`_session_after_failed_create`): the session's `document_uploaded` entry that carries this
+        upload's `upload_id`. Found by that id alone, never by time: the entry's `at` comes from whichever clock
+        wrote it, and a clock that is behind this one (another replica's, or this one stepped back) would hide it.
+        None when the look fails too (logged; the caller leaves the document)."""
+        after_seq = 0
         try:
-            entries = await asyncio.to_thread(
-                self.audit.query, session.tenant, session=session.id, event_type="document_uploaded", since=since
-            )
+            while True:  # a session's uploads are few; read in pages all the same
+                entries = await asyncio.to_thread(
+                    self.audit.query, session.tenant, session=session.id, event_type="document_uploaded",
+                    after_seq=after_seq, limit=_LOOK_PAGE,
+                )  # fmt: skip
+                if any(e.payload.get("upload_id") == upload_id for e in entries):
+                    return True
+                if len(entries) < _LOOK_PAGE:
+                    return False
+                after_seq = entries[-1].seq
         except Exception as look_exc:
             log.warning("document_left_unverified", thread_id=session.thread_id, kind=kind,
                         error=f"{type(exc).__name__}: {exc}",
                         look_error=f"{type(look_exc).__name__}: {look_exc}")  # fmt: skip
             return None
-        return any(e.payload.get("upload_id") == upload_id for e in entries)
 
     async def delete_session(
         self, session: SessionRecord, actor: str = "cli", because: AuditEvent | None = None
@@ -1066,7 +1105,7 @@ async def _settled(task: asyncio.Future[T]) -> T:
     return task.result()
 
 
-async def _write_outcome(write: asyncio.Future[None]) -> BaseException | None:
+async def _write_outcome(write: asyncio.Future[Any]) -> BaseException | None:
     """A shielded write's own outcome once its worker thread has finished: None when it succeeded, else its
     error. A cancellation of the waiting task meanwhile does not stop the wait (the caller was cancelled already
     and raises that); nothing is looked at while the write may still commit."""

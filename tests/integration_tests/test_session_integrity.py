@@ -840,6 +840,35 @@ def test_an_upload_whose_entry_committed_but_whose_answer_was_lost_stands(
     assert_chain_verifies(storage)
 
 
+def test_an_upload_whose_answer_was_lost_finds_its_entry_whatever_this_servers_clock_says(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the look for an upload's entry after a lost answer wanted entries stamped after a moment
+    read from this server's clock before the write; an entry stamped by a clock behind it (another replica's, or
+    this one stepped back) was missed, and an upload on record was taken out and answered 503. Here this server's
+    clock runs an hour ahead; the look finds the entry by its `upload_id` alone and the upload stands."""
+    from datetime import datetime, timedelta
+
+    import server.engine
+
+    class AheadClock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:  # type: ignore[override]
+            return datetime.now(tz) + timedelta(hours=1)
+
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client, "")
+        files = {"file": ("resume.txt", RESUME_TEXT.encode(), "text/plain")}
+        with monkeypatch.context() as patched, upload_answer_lost(storage, client):
+            patched.setattr(server.engine, "datetime", AheadClock)
+            r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
+        assert r.status_code == 200, r.text
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]["resume"] == RESUME_TEXT
+        uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
+        assert len(uploads) == 1
+    assert_chain_verifies(storage)
+
+
 def test_an_upload_whose_entry_never_reached_the_log_is_undone_without_a_look(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1031,12 +1060,101 @@ async def test_an_import_whose_audit_entry_fails_leaves_no_session_and_no_data(
         assert engine.audit.verify("demo").ok
 
 
+@contextlib.contextmanager
+def import_answer_lost(
+    storage: Storage, engine: Any, monkeypatch: pytest.MonkeyPatch, then_down: bool = False
+) -> Iterator[None]:
+    """The transaction that creates an imported session commits and its answer is lost: on PostgreSQL the proxy
+    delivers its COMMIT and cuts the connection before the answer comes back (armed when that transaction starts:
+    the import's checkpoint writes commit too); on SQLite (no connection to cut) the real write runs and then fails
+    with the disk I/O error a lost answer looks like. `then_down`: the look whether the session landed fails too
+    (PostgreSQL: the proxy stops as the look begins, and starts again at the end; SQLite: the read fails)."""
+    from checkpoints.audit import AuditWriteError
+
+    append_if, get = engine.audit.append_if, engine.sessions.get
+
+    def answer_lost(changes: Any, events: Any) -> Any:
+        if not any(e.event_type == "session_imported" for e in events):
+            return append_if(changes, events)
+        if storage.proxy is not None:
+            storage.proxy.cut_when(b"COMMIT", deliver=True)
+            return append_if(changes, events)
+        append_if(changes, events)
+        lost = sqlite3.OperationalError("disk I/O error")  # SQLite's fault that may come after the COMMIT
+        raise AuditWriteError(f"audit log write failed: {lost}") from lost
+
+    def unreadable(thread_id: str) -> Any:
+        if storage.proxy is None:
+            raise sqlite3.OperationalError("disk I/O error")
+        storage.proxy.stop()
+        return get(thread_id)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine.audit, "append_if", answer_lost)
+        if then_down:
+            patched.setattr(engine.sessions, "get", unreadable)
+        yield
+    if storage.proxy is not None:
+        assert storage.proxy.cuts == 1, "no COMMIT was cut"
+        storage.proxy.cuts = 0
+        if then_down:
+            storage.proxy.start()
+
+
 async def test_an_import_whose_commit_answer_is_lost_keeps_the_session_it_created_and_its_data(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found in review: the creating transaction commits but its answer is lost (a connection cut after COMMIT was
     sent, seen by the caller as a failed audit write). The import used to remove the thread's data then, leaving
     a session on record as imported with nothing in it. Now it finds the session stored and keeps it."""
+    from server.session_export import export_session, import_session
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        source = await engine.create_session("demo", "interview", "Exported")
+        await engine.attach_document(source, "resume", RESUME_TEXT)
+        document = await export_session(engine, source)
+        with import_answer_lost(storage, engine, monkeypatch):
+            copy = await import_session(engine, document, "demo")
+        assert sorted(s.id for s in engine.sessions.list("demo")) == sorted([source.id, copy.id])
+        assert (await engine.state(copy))["resume"] == RESUME_TEXT  # its data stayed
+        assert [e.session for e in engine.audit.query("demo", event_type="session_imported")] == [copy.id]
+        assert engine.audit.verify("demo").ok
+
+
+async def test_an_import_whose_commit_answer_is_lost_and_whose_look_fails_answers_503_and_keeps_the_data(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: after a lost COMMIT answer the import looks whether its session landed; when that look
+    failed too it reported the write's own error, which says "not imported", although the session may be (here
+    it is) stored. Now it answers StorageUnavailable (503) saying it cannot tell, and leaves the data in place:
+    once the database is back the session is there, whole."""
+    from checkpoints.storage import StorageUnavailable
+    from server.session_export import export_session, import_session
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        source = await engine.create_session("demo", "interview", "Exported")
+        await engine.attach_document(source, "resume", RESUME_TEXT)
+        document = await export_session(engine, source)
+        with (
+            import_answer_lost(storage, engine, monkeypatch, then_down=True),
+            pytest.raises(StorageUnavailable, match="may or may not have been stored"),
+        ):  # fmt: skip
+            await import_session(engine, document, "demo")
+        [copy] = [s for s in engine.sessions.list("demo") if s.id != source.id]  # committed after all
+        assert (await engine.state(copy))["resume"] == RESUME_TEXT  # and its data was not removed
+        assert [e.session for e in engine.audit.query("demo", event_type="session_imported")] == [copy.id]
+        assert engine.audit.verify("demo").ok
+
+
+async def test_an_import_whose_create_never_reached_the_database_is_undone_without_a_look(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: after any failed create the import looked in the session index for its session, unlike
+    the upload path, which looks only when the write may have committed. A create that never reached the database
+    (PostgreSQL: every audit connection taken, PoolTimeout) or that the database refused (SQLite: disk full)
+    cannot have committed: now its data is removed at once, with no look at a database that is failing."""
     from checkpoints.audit import AuditWriteError
     from server.session_export import export_session, import_session
     from tests.conftest import open_engine
@@ -1045,20 +1163,35 @@ async def test_an_import_whose_commit_answer_is_lost_keeps_the_session_it_create
         source = await engine.create_session("demo", "interview", "Exported")
         await engine.attach_document(source, "resume", RESUME_TEXT)
         document = await export_session(engine, source)
-        committed = engine.audit.append_if
+        before = stored_checkpoints(storage)
+        looks: list[str] = []
+        get = engine.sessions.get
 
-        def answer_lost(changes: Any, events: Any) -> Any:
-            if any(e.event_type == "session_imported" for e in events):
-                committed(changes, events)
-                raise AuditWriteError("audit log write failed: server closed the connection unexpectedly")
-            return committed(changes, events)
+        def looked(thread_id: str) -> Any:
+            looks.append(thread_id)
+            return get(thread_id)
 
-        monkeypatch.setattr(engine.audit, "append_if", answer_lost)
-        copy = await import_session(engine, document, "demo")
-        assert sorted(s.id for s in engine.sessions.list("demo")) == sorted([source.id, copy.id])
-        assert (await engine.state(copy))["resume"] == RESUME_TEXT  # its data stayed
-        assert [e.session for e in engine.audit.query("demo", event_type="session_imported")] == [copy.id]
-        assert engine.audit.verify("demo").ok
+        with monkeypatch.context() as patched:
+            patched.setattr(engine.sessions, "get", looked)
+            if storage.proxy is not None:
+                pool = engine.audit.pool
+                held = [pool.getconn() for _ in range(pool.max_size)]  # saturated: the create waits, times out
+                try:
+                    with pytest.raises(AuditWriteError, match="couldn't get a connection"):
+                        await import_session(engine, document, "demo")
+                finally:
+                    for conn in held:
+                        pool.putconn(conn)
+            else:
+                with (
+                    storage.failing_entry(engine, "session_imported", b"session_imported", monkeypatch),
+                    pytest.raises(AuditWriteError),
+                ):  # fmt: skip
+                    await import_session(engine, document, "demo")
+        assert looks == []  # it cannot have committed: nothing to look for
+        assert [s.id for s in engine.sessions.list("demo")] == [source.id]
+        assert engine.audit.query("demo", event_type="session_imported") == []
+        assert stored_checkpoints(storage) == before  # the data it wrote is gone again
 
 
 # --- DELETE /sessions/{id} ----------------------------------------------------------------------------------------
