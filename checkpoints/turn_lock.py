@@ -104,6 +104,18 @@ class TurnKey:
         return {"key": self.thread_key, "schema_key": self.schema_key}
 
 
+# TCP keepalive of the lock connections (libpq's keepalives_idle, keepalives_interval, keepalives_count, and
+# tcp_user_timeout), so that a silent network partition (no FIN, no RST) ends the connection in this process too,
+# where the check before a turn's answer sees it (docs/architecture.md, "A lost lock"), instead of at the unlock
+# after minutes of TCP retransmission. An idle connection is probed after KEEPALIVE_IDLE_S, then every
+# KEEPALIVE_INTERVAL_S; TCP_USER_TIMEOUT_S bounds both unanswered probes and unacknowledged data (Linux lets it
+# decide when probes give up), so a partition is noticed within about that long.
+KEEPALIVE_IDLE_S = 10
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT_S = 25.0
+
+
 class TurnLocks:
     def __init__(
         self,
@@ -115,6 +127,11 @@ class TurnLocks:
         self.wait_s = wait_s
         self.connect_timeout_s = connect_timeout_s  # an unreachable database fails the turn fast (503), not at 60 s
         self.statement_timeout_s = statement_timeout_s
+        # the lock connections' TCP keepalive (see KEEPALIVE_IDLE_S); Settings.turn_lock_keepalive_* set them
+        self.keepalive_idle_s = KEEPALIVE_IDLE_S
+        self.keepalive_interval_s = KEEPALIVE_INTERVAL_S
+        self.keepalive_count = KEEPALIVE_COUNT
+        self.tcp_user_timeout_s = TCP_USER_TIMEOUT_S
         self.on_wait: Callable[[str, float], None] | None = None  # (team, seconds waited), for metrics
         self.on_lost: Callable[[str], None] | None = None  # (team): a held Postgres lock was lost, for metrics
         # thread id -> the Postgres lock held for it here: its lock connection's owner, the connection, and whether
@@ -133,6 +150,28 @@ class TurnLocks:
 
             self._lock_dir = Path(str(sqlite_path(checkpoint_url)) + ".turn-locks")
             self._lock_dir.mkdir(parents=True, exist_ok=True)
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """libpq parameters of a lock connection: the connect timeout and TCP keepalive (whole seconds; libpq's
+        tcp_user_timeout is in milliseconds)."""
+        return {
+            **pg_connect_kwargs(self.connect_timeout_s),
+            "keepalives": 1,
+            "keepalives_idle": self.keepalive_idle_s,
+            "keepalives_interval": self.keepalive_interval_s,
+            "keepalives_count": self.keepalive_count,
+            "tcp_user_timeout": int(self.tcp_user_timeout_s * 1000),
+        }
+
+    def server_keepalive_sql(self) -> str:
+        """The same keepalive for the server's end of a lock connection (PostgreSQL's tcp_keepalives_* and
+        tcp_user_timeout, settable per connection; ignored on a Unix-domain socket)."""
+        return (
+            f"; set tcp_keepalives_idle = {int(self.keepalive_idle_s)}"
+            f"; set tcp_keepalives_interval = {int(self.keepalive_interval_s)}"
+            f"; set tcp_keepalives_count = {int(self.keepalive_count)}"
+            f"; set tcp_user_timeout = {int(self.tcp_user_timeout_s * 1000)}"
+        )
 
     async def acquire(
         self, thread_id: str, team: str = "", reads: Sequence[ReadUnderLock] = ()
@@ -325,7 +364,7 @@ class PostgresLockConnection:
                 owner = self._owner
                 try:
                     conn = await psycopg.AsyncConnection.connect(
-                        owner.pg_url or "", autocommit=True, **pg_connect_kwargs(owner.connect_timeout_s)
+                        owner.pg_url or "", autocommit=True, **owner.connect_kwargs()
                     )
                 except psycopg.Error as exc:
                     self._failed = (loop.time(), str(exc))
@@ -335,9 +374,12 @@ class PostgresLockConnection:
                     # whatever the server's or the role's default_transaction_isolation says: a pipeline's
                     # implicit transaction at REPEATABLE READ takes its snapshot at the lock statement, before
                     # the lock is granted, and could miss the previous holder's last commit
+                    # and the server's end of the connection gets the same keepalive: a partition ends the backend,
+                    # and so releases its locks for other processes, as soon as this end gives up on it
                     await conn.execute(
                         statement_timeout_sql(owner.statement_timeout_s)
                         + "; set default_transaction_isolation = 'read committed'"
+                        + owner.server_keepalive_sql()
                     )
                 except BaseException:
                     await conn.close()

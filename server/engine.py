@@ -157,6 +157,10 @@ class Engine:
             engine.turn_locks.wait_s = settings.turn_wait_s
             engine.turn_locks.connect_timeout_s = settings.db_timeout_s
             engine.turn_locks.statement_timeout_s = settings.db_statement_timeout_s
+            engine.turn_locks.keepalive_idle_s = settings.turn_lock_keepalive_idle_s
+            engine.turn_locks.keepalive_interval_s = settings.turn_lock_keepalive_interval_s
+            engine.turn_locks.keepalive_count = settings.turn_lock_keepalive_count
+            engine.turn_locks.tcp_user_timeout_s = settings.turn_lock_tcp_user_timeout_s
             engine.durability = settings.durability
             try:
                 await engine.finish_pending_deletions()

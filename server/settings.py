@@ -70,6 +70,22 @@ class Settings(BaseSettings):
         "503 storage_unavailable.",
     )
     db_statement_timeout_s: float = Field(15.0, gt=0, description="PostgreSQL: longest single statement.")
+    turn_lock_keepalive_idle_s: int = Field(
+        10, ge=1, description="PostgreSQL turn lock connections: TCP keepalive probes start after this idle time."
+    )
+    turn_lock_keepalive_interval_s: int = Field(
+        5, ge=1, description="PostgreSQL turn lock connections: seconds between probes."
+    )
+    turn_lock_keepalive_count: int = Field(
+        3, ge=1, description="PostgreSQL turn lock connections: unanswered probes before the connection is dropped."
+    )
+    turn_lock_tcp_user_timeout_s: float = Field(
+        25.0,
+        ge=1,
+        le=3600,
+        description="PostgreSQL turn lock connections: longest wait for the database to acknowledge data or a "
+        "probe before the connection is dropped (a silent network partition is seen within about this long).",
+    )
     retention_interval_s: float = Field(
         3600.0, ge=0, description="How often the server applies the tenants' retention (one replica at a time); "
         "0 turns the background pass off (`teamgraph sessions prune` still applies it).",

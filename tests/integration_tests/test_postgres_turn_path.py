@@ -965,3 +965,52 @@ async def test_a_turn_gives_back_the_schema_key_it_took_even_when_its_schema_was
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_the_lock_connections_carry_tcp_keepalive_from_the_settings(url: str) -> None:
+    """Found in review: a lock connection set no TCP keepalive and no tcp_user_timeout, so a silent network
+    partition (no FIN, no RST) left its socket quiet: the check before a turn's answer said held, and the loss was
+    seen at the unlock at the earliest, after minutes of retransmission. Now every lock connection carries libpq's
+    keepalive parameters from the settings, and its socket has them (read back from the kernel)."""
+    import socket
+
+    from tests.conftest import open_engine
+
+    async with open_engine(
+        url,
+        turn_lock_keepalive_idle_s=7,
+        turn_lock_keepalive_interval_s=3,
+        turn_lock_keepalive_count=4,
+        turn_lock_tcp_user_timeout_s=19,
+    ) as engine:
+        locks = engine.turn_locks
+        async with locks.hold("keepalive"):
+            conn = locks._held["keepalive"][1]
+            params = conn.info.get_parameters()
+            assert {k: params.get(k) for k in ("keepalives", "keepalives_idle", "keepalives_interval",
+                                               "keepalives_count", "tcp_user_timeout")} == {
+                "keepalives": "1", "keepalives_idle": "7", "keepalives_interval": "3", "keepalives_count": "4",
+                "tcp_user_timeout": "19000",
+            }  # fmt: skip
+            sock = socket.socket(fileno=os.dup(conn.fileno()))  # the same TCP socket, read from the kernel
+            try:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 19000
+            finally:
+                sock.close()
+            # and the server's end of the connection (its backend) has them too
+            cur = await conn.execute(
+                "select current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'),"
+                " current_setting('tcp_keepalives_count'), current_setting('tcp_user_timeout')"
+            )
+            assert await cur.fetchone() == ("7", "3", "4", "19000")
+    locks = TurnLocks(url)  # without settings: the defaults
+    try:
+        async with locks.hold("defaults"):
+            params = locks._held["defaults"][1].info.get_parameters()
+            assert (params.get("keepalives_idle"), params.get("tcp_user_timeout")) == ("10", "25000")
+    finally:
+        await locks.aclose()
