@@ -326,6 +326,48 @@ def test_a_new_session_whose_answer_is_lost_is_created_once(page: Page, server: 
     assert len(after) == len(before) + 1
 
 
+@pytest.mark.allow_console("net::ERR_FAILED")
+def test_a_new_session_whose_answer_never_arrives_is_created_once_when_clicked_again(
+    page: Page, server: LiveServer
+) -> None:
+    """Found in review: the first POST /sessions reaches the server and is stored, and the connection fails before
+    its answer (a network error, no status at all): the page showed the error and the person's next click sent a
+    new Idempotency-Key, creating a second session. Now the page keeps the key of a create that may have landed:
+    the click again is answered the session the first one created; once it succeeded, the next click is a new
+    session with a new key."""
+    sign_in(page, server, VENEO_KEY)
+    before = httpx.get(f"{server.url}/sessions?limit=200", headers=auth(VENEO_KEY)).json()["items"]
+    keys: list[str | None] = []
+
+    def answer_lost(route: Route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        keys.append(route.request.headers.get("idempotency-key"))
+        if len(keys) == 1:
+            route.fetch()  # stored on the server...
+            route.abort()  # ...and the connection fails before the page gets the answer
+        else:
+            route.continue_()
+
+    page.route("**/sessions", answer_lost)
+    page.get_by_role("button", name="New session").click()
+    expect(page.locator("#sessions-error")).to_contain_text("could not be reached")
+    page.get_by_role("button", name="New session").click()
+    expect(page.get_by_role("heading", name="Untitled session")).to_be_visible()
+    first = page.url
+    after = httpx.get(f"{server.url}/sessions?limit=200", headers=auth(VENEO_KEY)).json()["items"]
+    assert len(after) == len(before) + 1  # one session, answered to the second click
+    assert len(keys) == 2 and keys[0] and keys[0] == keys[1], keys
+
+    page.get_by_role("button", name="New session").click()  # a create that succeeded: the next one is new
+    expect(page).not_to_have_url(first)
+    page.unroute("**/sessions")
+    assert len(keys) == 3 and keys[2] != keys[0], keys
+    after = httpx.get(f"{server.url}/sessions?limit=200", headers=auth(VENEO_KEY)).json()["items"]
+    assert len(after) == len(before) + 2
+
+
 def test_keyboard_only_chat_session_and_interview_flow(page: Page, server: LiveServer) -> None:
     page.goto(server.url + "/")
     page.keyboard.type(VENEO_KEY)  # the key field has focus on arrival

@@ -67,6 +67,7 @@ export class Api {
     this.key = key;
     this.base = base;
     this.onWait = onWait;
+    this.pendingCreate = null; // {content, key}: a create that may have landed, whose key the next one reuses
   }
 
   headers(extra = {}) {
@@ -115,11 +116,28 @@ export class Api {
     if (cursor) query.set("cursor", cursor);
     return this.json("GET", `/sessions?${query}`);
   }
-  /** One key per session to create, sent again on each retry (fetch's 503 retries resend the same request): a
-   * create whose answer was lost is answered again by the server instead of creating a second session. */
-  createSession(team, title = "") {
-    const headers = { "Idempotency-Key": newKey() };
-    return this.json("POST", "/sessions", { json: { team, title }, headers });
+  /** One key per session to create, sent again on each retry (fetch's 429/503 retries resend the same request)
+   * and kept after a failure that may have created it (a network error: the create may have landed and only its
+   * answer been lost; a 5xx; retries run out), so the next create of the same team and title (the person's next
+   * click) is answered the session the first one created instead of creating a second. A new key only once the
+   * create succeeded or was refused with a 4xx other than 408/429 (nothing was created), or for another team or
+   * title. */
+  async createSession(team, title = "") {
+    const content = JSON.stringify([team, title]);
+    if (!this.pendingCreate || this.pendingCreate.content !== content) this.pendingCreate = { content, key: newKey() };
+    const pending = this.pendingCreate;
+    const headers = { "Idempotency-Key": pending.key };
+    try {
+      const session = await this.json("POST", "/sessions", { json: { team, title }, headers });
+      if (this.pendingCreate === pending) this.pendingCreate = null;
+      return session;
+    } catch (error) {
+      // refused, nothing created (429 and 408 say nothing about whether an earlier send of the key landed)
+      const refused =
+        error instanceof ApiError && error.status >= 400 && error.status < 500 && ![408, 429].includes(error.status);
+      if (refused && this.pendingCreate === pending) this.pendingCreate = null;
+      throw error;
+    }
   }
   session(id) {
     return this.json("GET", `/sessions/${encodeURIComponent(id)}`);
