@@ -120,7 +120,12 @@ def is_statement_bug(exc: BaseException) -> bool:
     DataError or IntegrityError, SQLite's OperationalError, ProgrammingError, DataError, InterfaceError or
     IntegrityError: a row that breaks NOT NULL, CHECK or a trigger's abort) and is no storage fault: retrying
     cannot help, so it is answered 500 and logged with its stack, never 503. A taken id is no error (the writes
-    that may meet one skip it: `on conflict do nothing`)."""
+    that may meet one skip it: `on conflict do nothing`).
+
+    PostgreSQL's trigger refusal is one too: PL/pgSQL's `raise exception` (SQLSTATE P0001) and the rest of class
+    P0 (an `assert` that failed, P0004) are the database's own code refusing the statement, the same refusal every
+    time it is sent, like SQLite's `raise(abort)`; psycopg reports them as ProgrammingErrors (RaiseException,
+    AssertFailure). A trigger that means a fault of the machine says so with that fault's SQLSTATE."""
     if is_storage_fault(exc):
         return False
     if isinstance(exc, (sqlite3.OperationalError, sqlite3.ProgrammingError, sqlite3.DataError,

@@ -499,6 +499,51 @@ def test_a_storage_fault_inside_an_audited_change_is_storage_unavailable(
         assert on_record(client, sid) == []
 
 
+def test_a_trigger_that_refuses_an_audit_entry_is_a_500_on_both_backends(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trigger refusing the entry an audited change writes is the database's own code refusing the statement,
+    every time it is sent: no fault of the machine, so a 500 (not a retryable 503) on both backends, and the change
+    is neither made nor on record. SQLite: `raise(abort)`, an IntegrityError; PostgreSQL: PL/pgSQL `raise
+    exception` (SQLSTATE P0001), which psycopg reports as RaiseException, a ProgrammingError (pinned: a review
+    took it for an InternalError, which the rule would have answered `503 audit_unavailable`)."""
+    with serve(storage.url, monkeypatch) as client:
+        sid = new_session(client)
+        if storage.path is not None:
+            refusing: contextlib.AbstractContextManager[None] = storage.failing(
+                "before insert on audit_events", b"", sqlite_body="select raise(abort, 'refused by the log');"
+            )
+        else:
+            refusing = pg_trigger_refusing_audit_entries(storage.url)
+        with refusing:
+            r = client.patch(f"/sessions/{sid}", headers=DEMO, json={"title": "After"})
+        assert (r.status_code, r.json()["error"]["code"]) == (500, "internal_error"), r.text
+        assert "retry-after" not in r.headers
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["title"] == "Before"
+        assert on_record(client, sid) == []
+
+
+@contextlib.contextmanager
+def pg_trigger_refusing_audit_entries(url: str) -> Iterator[None]:
+    """A PL/pgSQL trigger that refuses every new audit entry with `raise exception` (SQLSTATE P0001)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "create function teamgraph_refuse() returns trigger language plpgsql as"
+            " $$ begin raise exception 'refused by the log'; end $$"
+        )
+        conn.execute(
+            "create trigger teamgraph_refuse before insert on audit_events"
+            " for each row execute function teamgraph_refuse()"
+        )
+        try:
+            yield
+        finally:
+            conn.execute("drop trigger teamgraph_refuse on audit_events")
+            conn.execute("drop function teamgraph_refuse()")
+
+
 def test_a_bug_inside_an_audited_change_is_a_500_not_a_503(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only database faults become `503 audit_unavailable`: an error of the code itself (here the chaining of the
     entries raising a TypeError) is a 500 and changes nothing (before, PostgreSQL's audit log answered 503 for
