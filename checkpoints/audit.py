@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -207,6 +209,7 @@ class AuditLog(Protocol):
     def prune(self, older_than: datetime) -> int: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
+    def user_ref(self, tenant: str, user_id: str) -> str: ...
 
 
 def as_utc(moment: datetime) -> str:
@@ -252,6 +255,21 @@ _QUERY_FILTERS = (("session", "session = {p}"), ("event_type", "event_type = {p}
                   ("until", "at < {p}"))  # fmt: skip
 
 
+USER_KEY_NAME = "user_ref"
+
+
+def keyed_user_ref(key: str, tenant: str, user_id: str) -> str:
+    """How the log names an end user (`user_ref`): HMAC-SHA256 of tenant and id under the database's own key
+    (`audit_keys`), so that nobody who reads the log, an export or an erasure record can test a guessed id
+    against it (a plain hash of an email address is found by hashing candidates)."""
+    return hmac.new(bytes.fromhex(key), f"{tenant}\n{user_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def legacy_user_ref(tenant: str, user_id: str) -> str:
+    """How entries written before `user_ref` named a user (`user_sha256`, unkeyed): only matched, never written."""
+    return hashlib.sha256(f"{tenant}\n{user_id}".encode()).hexdigest()
+
+
 class SqliteAuditLog:
     """The audit log in the SQLite database file (or in memory), written under SQLite's write lock."""
 
@@ -263,6 +281,18 @@ class SqliteAuditLog:
         self.conn = shared[0] if shared else self._connect()
         self.conn.row_factory = sqlite3.Row  # (sqlite-utils, on a shared connection, reads rows by index too)
         upgrade_sqlite(self.conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
+        self._user_key = self._keep_user_key(secrets.token_hex(32))
+
+    def _keep_user_key(self, key: str) -> str:
+        """Put `key` in `audit_keys` unless one is there; return the one that is (one statement each: the first
+        writer wins)."""
+        with self._lock:
+            self.conn.execute("insert into audit_keys (name, key) values (?, ?) on conflict do nothing",
+                              (USER_KEY_NAME, key))  # fmt: skip
+            return str(self.conn.execute("select key from audit_keys where name = ?", (USER_KEY_NAME,)).fetchone()[0])
+
+    def user_ref(self, tenant: str, user_id: str) -> str:
+        return keyed_user_ref(self._user_key, tenant, user_id)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self._path) if self._path else ":memory:", check_same_thread=False,
@@ -280,6 +310,7 @@ class SqliteAuditLog:
                 "select 1 from sqlite_master where type = 'table' and name = 'audit_events'"
             ).fetchone()
             upgrade_sqlite(self.conn, "audit", repair=True)
+        self._keep_user_key(self._user_key)  # a recreated audit_keys gets this process's key back, not a new one
         return missing
 
     def close_for_reopen(self) -> None:
@@ -289,6 +320,7 @@ class SqliteAuditLog:
     def open_again(self) -> None:
         self.conn = self._connect()
         upgrade_sqlite(self.conn, "audit")
+        self._keep_user_key(self._user_key)
 
     def locks(self) -> tuple[threading.Lock, ...]:
         return (self._lock,)
@@ -442,15 +474,30 @@ class PostgresAuditLog:
         try:
             with self.pool.connection() as conn:
                 upgrade_postgres(conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
+            self._user_key = self._keep_user_key(secrets.token_hex(32))
         except BaseException:
             self.pool.close()
             raise
+
+    def _keep_user_key(self, key: str) -> str:
+        """Put `key` in `audit_keys` unless one is there; return the one that is (replicas starting together: the
+        first insert wins, every replica reads that one)."""
+        with self.pool.connection() as conn:
+            conn.execute("insert into audit_keys (name, key) values (%s, %s) on conflict do nothing",
+                         (USER_KEY_NAME, key))  # fmt: skip
+            conn.commit()
+            row = conn.execute("select key from audit_keys where name = %s", (USER_KEY_NAME,)).fetchone()
+        return str(row["key"])
+
+    def user_ref(self, tenant: str, user_id: str) -> str:
+        return keyed_user_ref(self._user_key, tenant, user_id)
 
     def repair_schema(self) -> bool:
         """Recreate missing tables (checkpoints/self_repair.py); True when audit_events was gone."""
         with self.pool.connection() as conn:
             row = conn.execute("select to_regclass('audit_events') is null as missing").fetchone()
             upgrade_postgres(conn, "audit", repair=True)
+        self._keep_user_key(self._user_key)  # a recreated audit_keys gets this process's key back, not a new one
         return bool(row and row["missing"])
 
     @contextlib.contextmanager
@@ -699,24 +746,30 @@ def _implicit_transaction(conn: Any) -> Iterator[None]:
             conn.autocommit = False
 
 
-def erase_sessions(log: AuditLog, tenant: str, sessions: list[str], actor: str, user_ref: str) -> int:
+def erase_sessions(
+    log: AuditLog, tenant: str, sessions: list[str], actor: str, user_ref: str, legacy_ref: str | None = None
+) -> int:
     """Redact the payloads of every entry of the user's sessions, keeping the chain verifiable: a `user_erased`
     entry lists each redacted seq with the digest of its other fields (no content, the user only as `user_ref`, a
-    hash), and in the same transaction the payloads become `{"_redacted": {"by": <that entry's seq>}}`: the
+    keyed hash), and in the same transaction the payloads become `{"_redacted": {"by": <that entry's seq>}}`: the
     erasure is on record exactly when it happened. Returns how many entries were redacted.
 
     A session id can be used again once its session is deleted, so entries are matched by the *life* of an id,
     not the id alone: a life is the id's entries up to and including its `session_deleted`. A life is the user's
-    when one of its `session_user_tagged` or `session_delete_started` entries names `user_ref` (so sessions of the
-    user deleted before, by a DELETE, retention or an erasure interrupted after its deletions, are found too), or
-    when it is the latest life of an id in `sessions` (the user's sessions this erasure just deleted). Another
-    user's later session under the same id is never touched."""
+    when one of its `session_user_tagged` or `session_delete_started` entries names `user_ref` (or `legacy_ref`,
+    as `user_sha256`: entries of releases before keyed references) (so sessions of the user deleted before, by a
+    DELETE, retention or an erasure interrupted after its deletions, are found too), or when it is the latest life
+    of an id in `sessions` (the user's sessions this erasure just deleted). Another user's later session under
+    the same id is never touched."""
     latest = set(sessions)
 
     def names_user(life: list[AuditEntry]) -> bool:
         return any(
             e.event_type in ("session_user_tagged", "session_delete_started")
-            and e.payload.get("user_sha256") == user_ref
+            and (
+                e.payload.get("user_ref") == user_ref
+                or (legacy_ref is not None and e.payload.get("user_sha256") == legacy_ref)
+            )
             for e in life
         )
 
@@ -745,6 +798,6 @@ def erase_sessions(log: AuditLog, tenant: str, sessions: list[str], actor: str, 
     targets = sorted((e for life in mine for e in life if set(e.payload) != {REDACTED}), key=lambda e: e.seq)
     wanted = {e.session for life in mine for e in life}
     redacted = [{"seq": e.seq, "fields_sha256": fields_digest(e)} for e in targets]
-    record = {"user_sha256": user_ref, "sessions": len(wanted), "redacted": redacted}
+    record = {"user_ref": user_ref, "sessions": len(wanted), "redacted": redacted}
     log.append_redacting(AuditEvent(tenant, actor, "user_erased", None, record), [e.seq for e in targets])
     return len(targets)

@@ -183,6 +183,13 @@ STEPS: tuple[Step, ...] = (
             " hash text not null)",
         ),
     ),
+    Step(
+        "audit", 2, "audit_keys: the secret that keys the log's user references (HMAC-SHA256 of tenant and user id)",
+        # the key itself is put there by the audit log when it opens (random, `on conflict do nothing`: the first
+        # process wins and every replica reads the same), and put back by a repair that recreated the table
+        sqlite=_sql("create table if not exists audit_keys (name text primary key, key text not null)"),
+        postgres=_sql("create table if not exists audit_keys (name text primary key, key text not null)"),
+    ),
     # --- next steps go here: the next version of a component, appended, never inserted ---
 )  # fmt: skip
 

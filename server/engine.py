@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -21,7 +20,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability
 
-from checkpoints.audit import AuditEvent, Statement, apply_content_policy, erase_sessions
+from checkpoints.audit import AuditEvent, Statement, apply_content_policy, erase_sessions, legacy_user_ref
 from checkpoints.factory import CHECKPOINT_SYNC_DEFERRED, Persistence, build_persistence, probe_directory
 from checkpoints.prefetch import PrefetchedCheckpoint, reuse_prefetched
 from checkpoints.retention import compact_sqlite, prune_checkpoints
@@ -454,8 +453,9 @@ class Engine:
         for session in sessions:
             await self.delete_session(session, actor=actor)
         redacted = await asyncio.to_thread(
-            erase_sessions, self.audit, tenant, [s.id for s in sessions], actor, user_ref(tenant, user_id)
-        )
+            erase_sessions, self.audit, tenant, [s.id for s in sessions], actor,
+            self.audit.user_ref(tenant, user_id), legacy_user_ref(tenant, user_id),
+        )  # fmt: skip
         return {"sessions": len(sessions), "audit_entries_redacted": redacted}
 
     def _create(
@@ -601,7 +601,7 @@ class Engine:
                     raise UserTagConflict(session.id)
                 changes += self.sessions.tag_user_change(session.thread_id, user_id)
                 events.append(self.audit_event(session.tenant, actor, "session_user_tagged", session.id,
-                                               {"user_sha256": user_ref(session.tenant, user_id)}))  # fmt: skip
+                                               {"user_ref": self.audit.user_ref(session.tenant, user_id)}))  # fmt: skip
             after = session
             if user_id is not None and session.user_id != user_id:
                 after = replace(after, user_id=user_id)
@@ -996,7 +996,7 @@ class Engine:
         written once, however many requests delete the session at the same time."""
         started: dict[str, Any] = {"team": session.team}
         if session.user_id is not None:  # an erasure finds the session's entries by it once the session is gone
-            started["user_sha256"] = user_ref(session.tenant, session.user_id)
+            started["user_ref"] = self.audit.user_ref(session.tenant, session.user_id)
         events = [self.audit_event(session.tenant, actor, "session_delete_started", session.id, started)]
         if because is not None:
             events.insert(0, because)
@@ -1049,11 +1049,6 @@ class Engine:
 # thread keys of client-named sessions: a function of (tenant, client id), so two tenants' `interview-42` are two
 # threads, and two first requests racing on one new id compute the same key (and wait on one turn lock)
 _THREAD_NAMESPACE = uuid.UUID("2f0c4b7e-6a1d-5b9e-8c3f-7d4a1e6b9c20")
-
-
-def user_ref(tenant: str, user_id: str) -> str:
-    """How the audit log names an end user: a hash, never the id (erasure leaves it in place)."""
-    return hashlib.sha256(f"{tenant}\n{user_id}".encode()).hexdigest()
 
 
 def thread_key(tenant: str, client_id: str) -> str:

@@ -4,6 +4,7 @@ on a real SQLite file and the machine's PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -152,3 +153,102 @@ def test_a_session_a_team_route_started_can_be_tagged_and_is_then_erased(
         erased = client.delete("/users/cand-7", headers=admin)
         assert erased.status_code == 200 and erased.json()["sessions"] == 1, erased.text
         assert client.get("/sessions/chat-7", headers=key).status_code == 404
+
+
+@contextlib.contextmanager
+def another_database(url: str, tmp_path: Path) -> Iterator[str]:
+    if url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path}/another.db"
+    else:
+        with fresh_postgres_schema("tg_erasure_b") as pg_url:
+            yield pg_url
+
+
+async def test_the_log_names_a_user_by_a_keyed_hash_nobody_can_test_a_guess_against(url: str, tmp_path: Path) -> None:
+    """Found in review: the audit log named an end user as sha256("<tenant>\\n<user_id>"), and the erasure record
+    kept it: anyone reading the log or an export could hash candidate email addresses and find whose sessions
+    they were. Now the reference is HMAC-SHA256 under a random key the database keeps: the same user is named
+    alike by every process on that database (an erasure finds them), and differently on another database."""
+    from checkpoints.audit import legacy_user_ref
+    from checkpoints.factory import open_audit_log
+
+    async with open_engine(url) as engine:
+        session = await engine.create_session("veneo", "veneo_chat")
+        await engine.run_turn(session, user("Hello"))
+        session = engine.change_session(session, user_id="jane@example.com")  # tagged later, as a team route's
+        tagged = [e.payload for e in engine.audit.query("veneo", limit=100) if e.event_type == "session_user_tagged"]
+        await engine.delete_session(session)
+        started = [e.payload for e in engine.audit.query("veneo", limit=100)
+                   if e.event_type == "session_delete_started"]  # fmt: skip
+        await engine.erase_user("veneo", "jane@example.com")
+        erased = [e.payload for e in engine.audit.query("veneo", limit=100) if e.event_type == "user_erased"]
+        ref = engine.audit.user_ref("veneo", "jane@example.com")
+
+    guess = legacy_user_ref("veneo", "jane@example.com")
+    assert tagged == [{"user_ref": ref}] and started[0]["user_ref"] == ref and erased[0]["user_ref"] == ref
+    everything = json.dumps([tagged, started, erased])
+    assert guess not in everything and "jane@example.com" not in everything and "user_sha256" not in everything
+    replica = open_audit_log(url)  # another process on the same database names her alike
+    try:
+        assert replica.user_ref("veneo", "jane@example.com") == ref
+        assert replica.user_ref("demo", "jane@example.com") != ref  # and per tenant
+    finally:
+        replica.close()
+    with another_database(url, tmp_path) as other_url:
+        other = open_audit_log(other_url)
+        try:
+            assert other.user_ref("veneo", "jane@example.com") != ref
+        finally:
+            other.close()
+
+
+async def test_an_erasure_finds_a_user_an_earlier_release_named_by_a_plain_hash(url: str) -> None:
+    """Entries written before keyed references name the user as `user_sha256` (unkeyed): an erasure still finds
+    the sessions those entries tag (deleted ones included), redacts them, and writes only the keyed reference."""
+    from checkpoints.audit import AuditEvent, legacy_user_ref
+
+    async with open_engine(url) as engine:
+        old = legacy_user_ref("veneo", "user-jane")
+        engine.audit.append([  # what a replica of an earlier release wrote for a session it tagged and deleted
+            AuditEvent("veneo", "api", "message", "old-1", {"role": "user", "content": SECRET}),
+            AuditEvent("veneo", "api", "session_user_tagged", "old-1", {"user_sha256": old}),
+            AuditEvent("veneo", "api", "session_delete_started", "old-1", {"team": "veneo_chat", "user_sha256": old}),
+            AuditEvent("veneo", "api", "session_deleted", "old-1", {}),
+        ])  # fmt: skip
+        counts = await engine.erase_user("veneo", "user-jane")
+        entries = engine.audit.query("veneo", limit=100)
+        assert counts["audit_entries_redacted"] == 4
+        assert all(set(e.payload) == {REDACTED} for e in entries if e.session == "old-1")
+        erasure = [e for e in entries if e.event_type == "user_erased"][-1]
+        assert erasure.payload["user_ref"] == engine.audit.user_ref("veneo", "user-jane")
+        assert old not in json.dumps([e.payload for e in entries])
+        assert engine.audit.verify("veneo").ok
+
+
+def test_a_repair_that_recreates_the_key_table_keeps_the_key(url: str) -> None:
+    """The key is the only way to find a user's deleted sessions again: a repair that recreates `audit_keys`
+    (dropped under a running server) puts back the key the running processes hold, not a new one."""
+    from checkpoints.factory import open_audit_log
+
+    log = open_audit_log(url)
+    try:
+        ref = log.user_ref("veneo", "user-jane")
+        if url.startswith("sqlite"):
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+                conn.execute("drop table audit_keys")
+                conn.commit()
+        else:
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("drop table audit_keys")
+        log.repair_schema()  # type: ignore[attr-defined]
+    finally:
+        log.close()
+    after = open_audit_log(url)  # a process that starts after the repair
+    try:
+        assert after.user_ref("veneo", "user-jane") == ref
+    finally:
+        after.close()

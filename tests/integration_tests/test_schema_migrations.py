@@ -20,9 +20,9 @@ from tests.conftest import fresh_postgres_schema
 from tests.integration_tests.test_v1_fixtures import FIXTURES, MANIFEST, restore_postgres_fixture
 
 OURS_SQLITE = {"sessions", "session_deletions", "idempotency_keys", "teamgraph_ready", "audit_events",
-               "audit_anchors", VERSIONS_TABLE}  # fmt: skip
+               "audit_anchors", "audit_keys", VERSIONS_TABLE}  # fmt: skip
 OURS_PG = {"teamgraph_sessions", "teamgraph_session_deletions", "teamgraph_idempotency_keys", "teamgraph_ready",
-           "audit_events", "audit_anchors", VERSIONS_TABLE}  # fmt: skip
+           "audit_events", "audit_anchors", "audit_keys", VERSIONS_TABLE}  # fmt: skip
 
 
 def sqlite_schema(path: Path) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from fastapi.testclient import TestClient
 from checkpoints.audit import PostgresAuditLog
 from checkpoints.factory import open_audit_log
 from server.app import create_app
-from server.engine import user_ref
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
 from tests.integration_tests.live_server import LiveServer
@@ -202,6 +201,15 @@ def assert_chain_verifies(storage: Storage) -> None:
     log = open_audit_log(storage.url)
     try:
         assert log.verify("demo").ok
+    finally:
+        log.close()
+
+
+def stored_user_ref(storage: Storage, user_id: str) -> str:
+    """How the store's audit log names the demo tenant's `user_id` (keyed by the key the database keeps)."""
+    log = open_audit_log(storage.url)
+    try:
+        return log.user_ref("demo", user_id)
     finally:
         log.close()
 
@@ -389,7 +397,7 @@ def test_concurrent_tags_with_different_user_ids_one_wins_and_only_it_is_on_reco
                 assert lost.json()["error"]["code"] == "user_id_conflict"
             assert client.get(f"/sessions/{sid}", headers=DEMO).json()["user_id"] == winner
             # exactly one entry, naming the winner (by hash): the refused tags left nothing behind
-            assert on_record(client, sid) == [("session_user_tagged", {"user_sha256": user_ref("demo", winner)})]
+            assert on_record(client, sid) == [("session_user_tagged", {"user_ref": stored_user_ref(storage, winner)})]
 
 
 @pytest.mark.parametrize("title", ["   ", "Line one\nline two", "Tab\there"], ids=["blank", "newline", "tab"])
@@ -1507,7 +1515,7 @@ def test_an_erasure_leaves_another_users_later_session_under_the_same_id_alone(
         assert "Ulla's first answer" not in text
         assert "Victor's own answer" in text
         tagged = [e["payload"] for e in entries if e["event_type"] == "session_user_tagged"]
-        assert {"user_sha256": user_ref("demo", "victor")} in tagged
+        assert {"user_ref": stored_user_ref(storage, "victor")} in tagged
         assert client.get("/sessions/chat-1", headers=DEMO).status_code == 200  # Victor's session is whole
     assert_chain_verifies(storage)
 
