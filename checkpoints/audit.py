@@ -14,11 +14,13 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+import structlog
 
 from checkpoints.schema_migrations import upgrade_postgres, upgrade_sqlite
 from checkpoints.storage import (
@@ -256,6 +258,18 @@ _QUERY_FILTERS = (("session", "session = {p}"), ("event_type", "event_type = {p}
 
 
 USER_KEY_NAME = "user_ref"
+log = structlog.get_logger("teamgraph.storage")
+
+
+def _adopt_user_key(held: str | None, stored: str, made: bool, names_users: Callable[[], bool]) -> str:
+    """The key a process uses: the one `audit_keys` holds. Logged (never the key) when the process held another
+    (the row was lost and another process made a new one) or when it just made a new key for a log that already
+    names users by an earlier one: their deleted sessions are found from then on only through sessions stored."""
+    if held is not None and held != stored:
+        log.warning("audit_user_key_changed", reason="audit_keys held another key than this process's")
+    elif made and held is None and names_users():
+        log.warning("audit_user_key_created", reason="a new key for an audit log that already names users")
+    return stored
 
 
 def keyed_user_ref(key: str, tenant: str, user_id: str) -> str:
@@ -281,17 +295,40 @@ class SqliteAuditLog:
         self.conn = shared[0] if shared else self._connect()
         self.conn.row_factory = sqlite3.Row  # (sqlite-utils, on a shared connection, reads rows by index too)
         upgrade_sqlite(self.conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
-        self._user_key = self._keep_user_key(secrets.token_hex(32))
-
-    def _keep_user_key(self, key: str) -> str:
-        """Put `key` in `audit_keys` unless one is there; return the one that is (one statement each: the first
-        writer wins)."""
+        self._user_key: str | None = None
         with self._lock:
-            self.conn.execute("insert into audit_keys (name, key) values (?, ?) on conflict do nothing",
-                              (USER_KEY_NAME, key))  # fmt: skip
-            return str(self.conn.execute("select key from audit_keys where name = ?", (USER_KEY_NAME,)).fetchone()[0])
+            self._take_user_key()
+
+    def _take_user_key(self) -> None:
+        """Read the key of the log's user references (the caller holds `_lock`); when `audit_keys` has none (a
+        fresh database, or the row was lost), put in this process's key or a new random one first, in a write
+        transaction of its own (the first writer wins). A start that finds it reads only. The table itself comes
+        back first if it is missing (dropped while no process ran)."""
+        if not self.conn.execute("select 1 from sqlite_master where type = 'table' and name = 'audit_keys'").fetchone():
+            upgrade_sqlite(self.conn, "audit", repair=True)
+        select = "select key from audit_keys where name = ?"
+        row = self.conn.execute(select, (USER_KEY_NAME,)).fetchone()
+        made = row is None
+        if made:
+            self.conn.execute("begin immediate")  # explicit: memory:// shares a connection that is not autocommit
+            try:
+                self.conn.execute("insert into audit_keys (name, key) values (?, ?) on conflict do nothing",
+                                  (USER_KEY_NAME, self._user_key or secrets.token_hex(32)))  # fmt: skip
+                self.conn.execute("commit")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("rollback")
+                raise
+            row = self.conn.execute(select, (USER_KEY_NAME,)).fetchone()
+
+        def names_users() -> bool:
+            named = "select 1 from audit_events where payload like '%\"user\\_ref\"%' escape '\\' limit 1"
+            return self.conn.execute(named).fetchone() is not None
+
+        self._user_key = _adopt_user_key(self._user_key, str(row[0]), made, names_users)
 
     def user_ref(self, tenant: str, user_id: str) -> str:
+        assert self._user_key is not None
         return keyed_user_ref(self._user_key, tenant, user_id)
 
     def _connect(self) -> sqlite3.Connection:
@@ -310,7 +347,7 @@ class SqliteAuditLog:
                 "select 1 from sqlite_master where type = 'table' and name = 'audit_events'"
             ).fetchone()
             upgrade_sqlite(self.conn, "audit", repair=True)
-        self._keep_user_key(self._user_key)  # a recreated audit_keys gets this process's key back, not a new one
+            self._take_user_key()  # a recreated audit_keys gets this process's key back, not a new one
         return missing
 
     def close_for_reopen(self) -> None:
@@ -320,7 +357,7 @@ class SqliteAuditLog:
     def open_again(self) -> None:
         self.conn = self._connect()
         upgrade_sqlite(self.conn, "audit")
-        self._keep_user_key(self._user_key)
+        self._take_user_key()  # the caller holds `locks()`
 
     def locks(self) -> tuple[threading.Lock, ...]:
         return (self._lock,)
@@ -444,6 +481,7 @@ class SqliteAuditLog:
     def ping(self) -> None:
         with self._lock:
             self.conn.execute("select 1 from audit_events limit 1").fetchall()
+            self.conn.execute("select 1 from audit_keys limit 1").fetchall()  # (a lost one is repaired by /readyz)
 
     def close(self) -> None:
         self.conn.close()
@@ -474,22 +512,37 @@ class PostgresAuditLog:
         try:
             with self.pool.connection() as conn:
                 upgrade_postgres(conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
-            self._user_key = self._keep_user_key(secrets.token_hex(32))
+            self._user_key: str | None = None
+            self._take_user_key()
         except BaseException:
             self.pool.close()
             raise
 
-    def _keep_user_key(self, key: str) -> str:
-        """Put `key` in `audit_keys` unless one is there; return the one that is (replicas starting together: the
-        first insert wins, every replica reads that one)."""
+    def _take_user_key(self) -> None:
+        """Read the key of the log's user references; when `audit_keys` has none (a fresh database, or the row
+        was lost), put in this process's key or a new random one first (replicas starting together: the first
+        insert wins, every replica reads that one). A start that finds it reads only (a read-only role can open
+        the log). The table itself comes back first if it is missing (dropped while no process ran)."""
+        select = "select key from audit_keys where name = %s"
         with self.pool.connection() as conn:
-            conn.execute("insert into audit_keys (name, key) values (%s, %s) on conflict do nothing",
-                         (USER_KEY_NAME, key))  # fmt: skip
-            conn.commit()
-            row = conn.execute("select key from audit_keys where name = %s", (USER_KEY_NAME,)).fetchone()
-        return str(row["key"])
+            if conn.execute("select to_regclass('audit_keys') is null as missing").fetchone()["missing"]:
+                upgrade_postgres(conn, "audit", repair=True)
+            row = conn.execute(select, (USER_KEY_NAME,)).fetchone()
+            made = row is None
+            if made:
+                conn.execute("insert into audit_keys (name, key) values (%s, %s) on conflict do nothing",
+                             (USER_KEY_NAME, self._user_key or secrets.token_hex(32)))  # fmt: skip
+                conn.commit()
+                row = conn.execute(select, (USER_KEY_NAME,)).fetchone()
+
+            def names_users() -> bool:
+                named = "select 1 from audit_events where payload ? 'user_ref' limit 1"
+                return conn.execute(named).fetchone() is not None
+
+            self._user_key = _adopt_user_key(self._user_key, str(row["key"]), made, names_users)
 
     def user_ref(self, tenant: str, user_id: str) -> str:
+        assert self._user_key is not None
         return keyed_user_ref(self._user_key, tenant, user_id)
 
     def repair_schema(self) -> bool:
@@ -497,7 +550,7 @@ class PostgresAuditLog:
         with self.pool.connection() as conn:
             row = conn.execute("select to_regclass('audit_events') is null as missing").fetchone()
             upgrade_postgres(conn, "audit", repair=True)
-        self._keep_user_key(self._user_key)  # a recreated audit_keys gets this process's key back, not a new one
+        self._take_user_key()  # a recreated audit_keys gets this process's key back, not a new one
         return bool(row and row["missing"])
 
     @contextlib.contextmanager
@@ -715,6 +768,7 @@ class PostgresAuditLog:
     def ping(self) -> None:
         with self.pool.connection() as conn:
             conn.execute("select 1 from audit_events limit 1").fetchall()
+            conn.execute("select 1 from audit_keys limit 1").fetchall()  # (a lost one is repaired by /readyz)
 
     def close(self) -> None:
         self.pool.close()

@@ -441,9 +441,9 @@ class Engine:
         """Erase everything the tenant holds about one end user: every session tagged with `user_id` is deleted
         (checkpoints, transcript archive, voice records, index row), then the audit entries of those sessions and
         of the user's sessions deleted before (an erasure interrupted after its deletions, a DELETE, retention:
-        their `session_delete_started` names the user by hash) are redacted, keeping the chain verifiable
-        (`checkpoints.audit.erase_sessions`); a `user_erased` entry records the erasure with counts and the user
-        id's hash only."""
+        their `session_delete_started` names the user by a keyed hash, `user_ref`) are redacted, keeping the chain
+        verifiable (`checkpoints.audit.erase_sessions`); a `user_erased` entry records the erasure with counts and
+        the user's `user_ref` only."""
         # a deletion interrupted before (by a fault: an erasure answered 503, a DELETE) is finished first: its
         # pending row does not say whose session it was, so every such deletion of the tenant is finished
         for deletion in await asyncio.to_thread(self.sessions.pending_deletions):
@@ -589,7 +589,7 @@ class Engine:
     ) -> SessionRecord:
         """Rename a session and/or tag it with its end user (one a team route started, say), so that `erase_user`
         finds it; all or nothing. The index changes and their audit entries (`session_renamed`,
-        `session_user_tagged` with the id's hash only) are one transaction: an entry exists exactly when its
+        `session_user_tagged` with the id's keyed hash only) are one transaction: an entry exists exactly when its
         change stood, and a change that fails (a storage fault, a refused audit write) leaves the session as it
         was. A session is tagged once: UserTagConflict when it has another id (nothing changes); the same id
         again is no change. Returns the record after."""
