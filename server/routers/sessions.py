@@ -199,7 +199,12 @@ def _encode_cursor(record: SessionRecord) -> str:
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         updated_at, thread_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return str(updated_at), str(thread_id)
+        updated_at, thread_id = str(updated_at), str(thread_id)
+        # decoded after the request guard looked at the query: a NUL or a lone surrogate would reach the database
+        if "\x00" in updated_at + thread_id:
+            raise ValueError("NUL")
+        (updated_at + thread_id).encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+        return updated_at, thread_id
     except (ValueError, TypeError, binascii.Error):
         raise ApiError(422, "validation_error", "cursor: not a cursor returned by this API", "cursor") from None
 

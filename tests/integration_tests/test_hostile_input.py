@@ -7,6 +7,7 @@ misbehave (a NUL in a message gave 503 there); size limits and the per-tenant tu
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import shutil
@@ -403,6 +404,47 @@ def test_on_postgres_a_nul_is_422_not_503(tmp_path: Path) -> None:
             assert_error(r, 422, "validation_error", query.split("=")[0])
         assert transcript(client, VENEO, sid) == before
         assert client.post("/teams/veneo_chat/invoke", headers=VENEO, json=body(chat("ok"), sid)).status_code == 200
+
+
+# --- query parameters that reach a store ------------------------------------------------------------------
+
+
+def _cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_query_values_no_store_can_take_are_422_on_list_and_audit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """A list cursor is base64 JSON the server decodes: one that decodes to a NUL or a lone surrogate reached the
+    database (PostgreSQL's DataError, an encode error) and answered 500. /audit's cursor past a 64-bit integer
+    (SQLite's OverflowError) and a since/until whose offset moves it out of the years a datetime holds answered 500
+    too. Each is now a 422 naming the parameter."""
+    admin_key = f"tg-demo-admin-{uuid.uuid4().hex}"
+    monkeypatch.setenv("TEAMGRAPH_DEMO_ADMIN_KEY", admin_key)
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_postgres_schema()) if backend == "postgres" else f"sqlite:///{tmp_path}/tg.db"
+        client = stack.enter_context(make_client(url))
+        assert client.post("/sessions", headers=DEMO, json={"title": "one"}).status_code == 201
+        for value in (["\x00", "x"], ["2026-01-01", "a\x00"], ["\ud800", "x"], ["x", "\udfff"]):
+            r = client.get("/sessions", headers=DEMO, params={"cursor": _cursor(value)})
+            assert_error(r, 422, "validation_error", "cursor")
+        for params, field in [
+            ({"cursor": 2**63}, "cursor"),
+            ({"cursor": 10**30}, "cursor"),
+            ({"since": "9999-12-31T23:59:59-01:00"}, "since"),
+            ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
+            ({"until": "9999-12-31T23:59:59.999999-12:00"}, "until"),
+        ]:
+            assert_error(client.get("/audit", headers=admin, params=params), 422, "validation_error", field)
+        # the edges still answer
+        assert client.get("/audit", headers=admin, params={"cursor": 2**63 - 1}).json()["items"] == []
+        for moment in ("9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00-01:00"):
+            assert client.get("/audit", headers=admin, params={"since": moment}).status_code == 200
+        page = client.get("/sessions", headers=DEMO, params={"limit": 1})
+        assert page.status_code == 200 and len(page.json()["items"]) == 1
 
 
 # --- size limits and the event loop -----------------------------------------------------------------------
