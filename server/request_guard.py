@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -51,6 +52,10 @@ def parse_json_body(raw: bytes) -> Any:
     except json.JSONDecodeError as exc:
         raise BodyRejected(422, "validation_error", f"body: not valid JSON ({exc.msg} at line {exc.lineno} column "
                                                     f"{exc.colno})") from None  # fmt: skip
+    except ValueError:  # an integer past Python's limit on digits (sys.get_int_max_str_digits(), 4300)
+        raise BodyRejected(
+            422, "validation_error", f"body: a number with more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     check_json_text(value)
     return value
 

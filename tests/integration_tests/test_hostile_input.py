@@ -219,6 +219,9 @@ RAW_BODIES = [
     ("nested-5000-deep", "/teams/veneo_chat/invoke", DEEP, "body"),
     ("nested-5000-deep-sessions", "/sessions", b'{"title": ' + b"[" * 5000 + b"]" * 5000 + b"}", "body"),
     ("not-json", "/teams/veneo_chat/invoke", b"input=hello", "body"),
+    # past Python's 4,300-digit limit on int(str): json.loads raises a ValueError that is no JSONDecodeError (was 500)
+    ("integer-5000-digits", "/sessions", b'{"title": 1' + b"0" * 5000 + b"}", "body"),
+    ("integer-5000-digits-turn", "/teams/veneo_chat/invoke", HI + b', "kwargs": {"n": -' + b"9" * 5000 + b"}}", "body"),
     (
         "batch-inputs-an-object",
         "/teams/veneo_chat/batch",
