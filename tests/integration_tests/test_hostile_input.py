@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import shutil
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +29,7 @@ from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from server import request_guard
 from server.app import create_app
 from server.engine import thread_key
+from server.routers import sessions as sessions_router
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.local_server import LocalASGIServer
@@ -379,6 +382,81 @@ def test_two_file_parts_are_refused(client: TestClient) -> None:
     assert_error(r, 422, "validation_error", "file")
     state = client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
     assert "resume" not in state
+
+
+def docx_of(paragraphs: int, chars: int) -> bytes:
+    """A minimal docx python-docx reads: `paragraphs` paragraphs of `chars` letters (deflated: tiny on the wire)."""
+    out = io.BytesIO()
+    main = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+            '<Default Extension="xml" ContentType="application/xml"/><Override PartName="/word/document.xml" '
+            'ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>',
+        )
+        z.writestr(
+            "_rels/.rels",
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            '<Relationship Id="rId1" Target="word/document.xml" Type="http://schemas.openxmlformats.org/'
+            'officeDocument/2006/relationships/officeDocument"/></Relationships>',
+        )
+        paragraph = f"<w:p><w:r><w:t>{'a' * chars}</w:t></w:r></w:p>"
+        z.writestr(
+            "word/document.xml", f'<w:document xmlns:w="{main}"><w:body>{paragraph * paragraphs}</w:body></w:document>'
+        )
+    return out.getvalue()
+
+
+def test_a_document_bomb_is_413_and_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 20 kB docx unpacked to 3 MB of XML was read whole, on the event loop, and its 3 million characters stored
+    in the session (a 50 kB one held every other request 4 s; one at the 2 MB upload limit could unpack to
+    gigabytes). Now a docx that unpacks to more than 20 times the upload limit is refused before it is unpacked, a
+    document with more text than a text upload of the limit holds is refused after, both 413 naming `file` with
+    nothing stored, and the reading runs in a worker thread: another tenant is answered meanwhile."""
+    limit = 100_000
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", max_upload_bytes=limit)  # type: ignore[call-arg]
+    )
+    bomb, wordy, fine = docx_of(3000, 1000), docx_of(150, 1000), docx_of(90, 1000)
+    assert len(bomb) < 30_000 and len(wordy) < limit
+    with TestClient(app, raise_server_exceptions=False) as client:
+        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        for data, says in [(bomb, "unpacks to"), (wordy, "text is longer than 100000 characters")]:
+            r = client.post(
+                f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": ("cv.docx", data)}
+            )
+            assert says in assert_error(r, 413, "payload_too_large", "file")["message"]
+            assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": ("cv.docx", fine)}
+        )
+        assert r.status_code == 200 and r.json()["characters"] == 90 * 1000 + 89, r.text
+
+    reading = threading.Event()
+    other_answered = threading.Event()
+    waited: list[bool] = []
+    read = sessions_router.extract_text
+
+    def held_read(*args: Any) -> str:
+        reading.set()
+        waited.append(other_answered.wait(15))
+        return read(*args)
+
+    monkeypatch.setattr(sessions_router, "extract_text", held_read)
+    with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        pending = pool.submit(
+            httpx.post, f"{server.url}/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+            files={"file": ("cv.docx", fine)}, timeout=60,
+        )  # fmt: skip
+        assert reading.wait(15)
+        teams = httpx.get(f"{server.url}/teams", headers=VENEO, timeout=10)
+        assert teams.status_code == 200, teams.text
+        other_answered.set()
+        assert pending.result().status_code == 200, pending.result().text
+    assert waited == [True]
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------------
