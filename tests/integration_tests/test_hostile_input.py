@@ -238,6 +238,10 @@ RAW_BODIES = [
         "inputs",
     ),
     ("invalid-utf8-sessions", "/sessions", b'{"title": "\xc3\x28"}', "body"),
+    # JSON, but not the object the route takes: FastAPI's error is about the body itself (it used to name no field)
+    ("sessions-body-a-list", "/sessions", b"[]", "body"),
+    ("sessions-body-null", "/sessions", b"null", "body"),
+    ("sessions-body-a-string", "/sessions", b'"veneo_chat"', "body"),
     ("config-null", "/teams/veneo_chat/invoke", b'{"input": {"messages": ["hi"]}, "config": null}', "config"),
     ("config-a-list", "/teams/veneo_chat/stream", b'{"input": {"messages": ["hi"]}, "config": [{}]}', "config"),
     (
@@ -272,6 +276,17 @@ def test_a_body_no_route_can_use_is_422(client: TestClient, path: str, raw: byte
     before = session_ids(client, VENEO)
     assert_error(client.post(path, headers={**VENEO, **JSON}, content=raw), 422, "validation_error", field)
     assert session_ids(client, VENEO) == before
+
+
+def test_a_session_body_sent_as_another_content_type_is_422_naming_the_body(client: TestClient) -> None:
+    before = session_ids(client, VENEO)
+    for content_type in ("text/plain", "application/xml", "multipart/form-data; boundary=x"):
+        r = client.post("/sessions", headers={**VENEO, "content-type": content_type}, content=b'{"title": "t"}')
+        assert_error(r, 422, "validation_error", "body")
+    sid = client.post("/sessions", headers=VENEO, json={"title": "Kept"}).json()["id"]
+    r = client.patch(f"/sessions/{sid}", headers={**VENEO, "content-type": "text/plain"}, content=b'{"title": "t"}')
+    assert_error(r, 422, "validation_error", "body")
+    assert session_ids(client, VENEO) == before | {sid}
 
 
 # --- thread ids -------------------------------------------------------------------------------------------
