@@ -75,6 +75,9 @@ def extract_text(data: bytes, kind: str, max_chars: int) -> str:
         raise
     except Exception as exc:  # pypdf / python-docx raise many types for corrupt files
         raise UnreadableDocument(f"cannot read the {kind[1:]} file: {type(exc).__name__}") from None
+    # pypdf hands back a ToUnicode entry's UTF-16 as it is: a surrogate pair makes its character, a lone surrogate
+    # (which no store or hash can encode) becomes U+FFFD, and a NUL (which PostgreSQL text refuses) is dropped
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     text = text.replace("\x00", "").strip()
     if not text:
         raise UnreadableDocument("the document has no text (a scanned PDF needs OCR first)")

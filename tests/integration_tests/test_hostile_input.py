@@ -424,6 +424,59 @@ def docx_of(paragraphs: int, chars: int) -> bytes:
     return out.getvalue()
 
 
+def pdf_saying(utf16_hex: str) -> bytes:
+    """A one-page PDF whose only glyph's ToUnicode entry is `utf16_hex`: what pypdf's extract_text returns for it
+    is that UTF-16 decoded as it is, lone surrogates included."""
+    cmap = (
+        "/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /X def 1 begincodespacerange <0000> "
+        f"<FFFF> endcodespacerange 1 beginbfchar <0001> <{utf16_hex}> endbfchar endcmap CMapName currentdict /CMap "
+        "defineresource pop end end"
+    ).encode()
+    content = b"BT /F1 24 Tf 72 720 Td <0001> Tj ET"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> "
+        b">> >>",
+        b"<< /Length %d >>\nstream\n%b\nendstream" % (len(content), content),
+        b"<< /Type /Font /Subtype /Type0 /BaseFont /X /Encoding /Identity-H /DescendantFonts [6 0 R] "
+        b"/ToUnicode 7 0 R >>",
+        b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /X /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) "
+        b"/Supplement 0 >> >>",
+        b"<< /Length %d >>\nstream\n%b\nendstream" % (len(cmap), cmap),
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for number, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%b\nendobj\n" % (number, obj)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer << /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_pdf_whose_text_has_lone_surrogates_is_read_with_replacement_characters(tmp_path: Path, backend: str) -> None:
+    """pypdf hands back a ToUnicode entry's UTF-16 as it is, lone surrogates included: the upload then failed in
+    the audit entry's hash (UnicodeEncodeError) and answered 500. Now they are read as U+FFFD (a surrogate pair still
+    makes its character), like the NUL a document's text drops, and the upload and the first turn work."""
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_postgres_schema()) if backend == "postgres" else f"sqlite:///{tmp_path}/tg.db"
+        client = stack.enter_context(make_client(url))
+        for utf16, text in [("DFFF0041", "\ufffdA"), ("0041D800", "A\ufffd"), ("D83DDE00", "\U0001f600")]:
+            sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+            r = client.post(
+                f"/sessions/{sid}/documents",
+                headers=DEMO,
+                data={"kind": "resume"},
+                files={"file": ("cv.pdf", pdf_saying(utf16), "application/pdf")},
+            )
+            assert r.status_code == 200, r.text
+            assert client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]["resume"] == text
+            r = client.post("/teams/interview/invoke", headers=DEMO, json=body(chat("Start"), sid))
+            assert r.status_code == 200, r.text
+
+
 def test_a_document_bomb_is_413_and_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 20 kB docx unpacked to 3 MB of XML was read whole, on the event loop, and its 3 million characters stored
     in the session (a 50 kB one held every other request 4 s; one at the 2 MB upload limit could unpack to
