@@ -289,6 +289,38 @@ def test_a_session_body_sent_as_another_content_type_is_422_naming_the_body(clie
     assert session_ids(client, VENEO) == before | {sid}
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+    ids=["urlencoded", "multipart"],
+)
+def test_json_sent_as_a_form_to_a_team_route_is_checked_like_json(client: TestClient, content_type: str) -> None:
+    """The request guard left form bodies to the routes (with the upload's larger limit), but LangServe reads a team
+    route's body as JSON whatever its content type: a NUL in a message was stored (SQLite) or answered 500
+    (PostgreSQL), a lone surrogate or 5,000 levels of nesting answered 500, and a 1.9 MB body passed the 1 MiB limit.
+    Only the upload route takes a form now; any other route's body is checked as JSON."""
+    sid = f"form-{uuid.uuid4()}"
+    assert client.post("/teams/veneo_chat/invoke", headers=VENEO, json=body(chat("hi"), sid)).status_code == 200
+    before = transcript(client, VENEO, sid)
+    headers = {**VENEO, "content-type": content_type}
+    for team_input, field in [
+        (chat("a\x00b"), "input.messages[0].content"),
+        (chat("a\ud800b"), "input.messages[0].content"),
+    ]:
+        for endpoint in ("invoke", "stream", "stream_events"):
+            r = client.post(f"/teams/veneo_chat/{endpoint}", headers=headers, content=json.dumps(body(team_input, sid)))
+            assert_error(r, 422, "validation_error", field)
+    deep = json.dumps(body(chat("hi"), sid))[:-1].encode() + b', "kwargs": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    assert_error(
+        client.post("/teams/veneo_chat/invoke", headers=headers, content=deep), 422, "validation_error", "body"
+    )
+    big = json.dumps({**body(chat("hi"), sid), "kwargs": {"pad": "y" * 1_100_000}})
+    assert_error(
+        client.post("/teams/veneo_chat/invoke", headers=headers, content=big), 413, "payload_too_large", "body"
+    )
+    assert transcript(client, VENEO, sid) == before
+
+
 # --- thread ids -------------------------------------------------------------------------------------------
 
 BAD_IDS = [
