@@ -262,6 +262,12 @@ RAW_BODIES = [
         b'{"inputs": [{"messages": ["hi"]}], "config": [{"configurable": {"thread_id": "k"}, "tags": [1]}]}',
         "config[0].tags",
     ),
+    (  # LangServe's own 422 for this named no field
+        "batch-configs-fewer-than-inputs",
+        "/teams/veneo_chat/batch",
+        b'{"inputs": [{"messages": ["hi"]}, {"messages": ["ho"]}], "config": [{"configurable": {"thread_id": "k"}}]}',
+        "config",
+    ),
     (
         "kwargs-a-list",
         "/teams/veneo_chat/invoke",
