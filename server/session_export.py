@@ -136,9 +136,18 @@ def parse_document(data: Any) -> SessionDocument:
     if doc.in_state > len(doc.transcript):
         raise ImportRejected("in_state: larger than the transcript", "in_state")
     try:
-        messages_from_dict([m.message for m in doc.transcript])
+        messages = messages_from_dict([m.message for m in doc.transcript])
     except (KeyError, ValueError, TypeError) as exc:
         raise ImportRejected(f"transcript: not LangChain message dicts ({exc})", "transcript") from None
+    # what a session keeps: the user's messages and the team's replies. A system or tool message, or a tool call,
+    # would reach the models as an instruction or a result nobody gave; no Teamgraph session holds one
+    for i, message in enumerate(messages):
+        if message.type not in ("human", "ai"):
+            where = f"transcript[{i}].message.type"
+            raise ImportRejected(f"{where}: {message.type!r}; a transcript holds 'human' and 'ai' messages", where)
+        if getattr(message, "tool_calls", None) or getattr(message, "invalid_tool_calls", None):
+            where = f"transcript[{i}].message.data.tool_calls"
+            raise ImportRejected(f"{where}: a transcript holds no tool calls", where)
     return doc
 
 
