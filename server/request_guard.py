@@ -23,7 +23,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # room for the form's other parts and boundaries
 OFF_LOOP_BYTES = 32 * 1024  # bodies above this are parsed in a worker thread; smaller ones cost less than the hop
 BODY_METHODS = {"POST", "PUT", "PATCH"}  # the only methods whose body a route reads; others are size-bounded only
 PARSED_BODY = "json_body"  # key in the request state: the parsed JSON, for handlers that want it without re-parsing
-FORM_PATH = re.compile(r"^/sessions/[^/]+/documents/?$")  # the one route that takes a form (a document upload)
+FORM_PATH = re.compile(r"/sessions/[^/]+/documents/?$")  # the one route taking a form (a root_path may lead it)
 HEADERS = "decoded_headers"  # key in the request state: the headers as {lower-case name: value}, decoded once
 
 
@@ -112,7 +112,7 @@ class RequestGuard:
         # only the upload route takes a form; every other route's body is checked as JSON whatever its content type
         # says (LangServe reads a team route's body as JSON regardless: a form type must not skip the checks)
         form = content_type in ("multipart/form-data", "application/x-www-form-urlencoded") and bool(
-            FORM_PATH.match(scope.get("path", ""))
+            FORM_PATH.search(scope.get("path", ""))
         )
         limit = self.max_form_bytes if form else self.max_body_bytes
         try:
