@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import fcntl
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,6 +497,8 @@ def check_storage(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
             probe_directory(path.parent)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
+        if path.is_file() and path.stat().st_size:
+            _check_sqlite_file(path)
     elif scheme in ("postgres", "postgresql"):
         import psycopg
 
@@ -508,6 +511,21 @@ def check_storage(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
             f"unsupported scheme {scheme + '://' if scheme else '(none)'}: "
             "use sqlite:///path.db, postgresql://user@host:port/db or memory://"
         )
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """An existing file is a SQLite database: a wrong path or a damaged file is named here, not in a traceback of
+    the app's start-up. Read only, so a database another process serves is not disturbed."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if not any(words in str(exc) for words in ("not a database", "malformed", "encrypted")):
+            return  # locked, busy or the like: the app's start-up has its own answers to those
+        raise StorageUnavailable(f"{path} is not a SQLite database this can open ({exc})") from exc
 
 
 def open_audit_log(url: str) -> AuditLog:

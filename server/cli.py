@@ -485,6 +485,10 @@ async def _import(path: Path, tenant: str) -> str:
         raise fail(f"{path}: cannot read it ({exc})") from None
     except json.JSONDecodeError as exc:
         raise fail(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise fail(f"{path}: not JSON this reads (nested too deep)") from None
+    except ValueError as exc:  # a number past Python's limit on digits
+        raise fail(f"{path}: not JSON this reads ({exc})") from None
     async with _open_engine() as engine:
         try:
             record = await import_session(engine, data, tenant)

@@ -56,7 +56,8 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts)
+    # an error about the whole body (a list, null or text where an object was due) names the body
+    return ".".join(parts) or ("body" if list(loc[:1]) == ["body"] else "")
 
 
 def _may_use_postgres(app: FastAPI) -> bool:

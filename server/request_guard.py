@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,6 +23,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # room for the form's other parts and boundaries
 OFF_LOOP_BYTES = 32 * 1024  # bodies above this are parsed in a worker thread; smaller ones cost less than the hop
 BODY_METHODS = {"POST", "PUT", "PATCH"}  # the only methods whose body a route reads; others are size-bounded only
 PARSED_BODY = "json_body"  # key in the request state: the parsed JSON, for handlers that want it without re-parsing
+FORM_PATH = re.compile(r"/sessions/[^/]+/documents/?$")  # the one route taking a form (a root_path may lead it)
 HEADERS = "decoded_headers"  # key in the request state: the headers as {lower-case name: value}, decoded once
 
 
@@ -51,6 +54,10 @@ def parse_json_body(raw: bytes) -> Any:
     except json.JSONDecodeError as exc:
         raise BodyRejected(422, "validation_error", f"body: not valid JSON ({exc.msg} at line {exc.lineno} column "
                                                     f"{exc.colno})") from None  # fmt: skip
+    except ValueError:  # an integer past Python's limit on digits (sys.get_int_max_str_digits(), 4300)
+        raise BodyRejected(
+            422, "validation_error", f"body: a number with more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     check_json_text(value)
     return value
 
@@ -102,7 +109,11 @@ class RequestGuard:
             return
         headers = request_headers(scope)
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        form = content_type in ("multipart/form-data", "application/x-www-form-urlencoded")
+        # only the upload route takes a form; every other route's body is checked as JSON whatever its content type
+        # says (LangServe reads a team route's body as JSON regardless: a form type must not skip the checks)
+        form = content_type in ("multipart/form-data", "application/x-www-form-urlencoded") and bool(
+            FORM_PATH.search(scope.get("path", ""))
+        )
         limit = self.max_form_bytes if form else self.max_body_bytes
         try:
             _check_query(scope.get("query_string", b""))

@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from checkpoints.audit import AuditEvent
 from checkpoints.session_index import MAX_TITLE_CHARS, SessionRecord, printable_title
 from nodes.memory_keeper import read_archive_window, transcript_namespace
+from server.request_guard import BodyRejected, check_json_text
 from server.voice import records as voice_records
+from states.migrations import TEAMS
 
 if TYPE_CHECKING:
     from server.engine import Engine
@@ -121,6 +123,10 @@ def parse_document(data: Any) -> SessionDocument:
     """Validate an exported document; ImportRejected names the first field at fault."""
     if isinstance(data, dict) and data.get("format") not in (None, FORMAT):
         raise ImportRejected(f"format: {data.get('format')!r} is not supported; this version reads {FORMAT}", "format")
+    try:  # text no store keeps: PostgreSQL refuses NUL, no encoder takes a lone surrogate (SQLite kept both)
+        check_json_text(data)
+    except BodyRejected as exc:
+        raise ImportRejected(str(exc), exc.field) from None
     try:
         doc = SessionDocument.model_validate(data)
     except ValidationError as exc:
@@ -130,15 +136,39 @@ def parse_document(data: Any) -> SessionDocument:
     if doc.in_state > len(doc.transcript):
         raise ImportRejected("in_state: larger than the transcript", "in_state")
     try:
-        messages_from_dict([m.message for m in doc.transcript])
+        messages = messages_from_dict([m.message for m in doc.transcript])
     except (KeyError, ValueError, TypeError) as exc:
         raise ImportRejected(f"transcript: not LangChain message dicts ({exc})", "transcript") from None
+    # what a session keeps: the user's messages and the team's replies. A system or tool message, or a tool call,
+    # would reach the models as an instruction or a result nobody gave; no Teamgraph session holds one
+    for i, message in enumerate(messages):
+        if message.type not in ("human", "ai"):
+            where = f"transcript[{i}].message.type"
+            raise ImportRejected(f"{where}: {message.type!r}; a transcript holds 'human' and 'ai' messages", where)
+        if getattr(message, "tool_calls", None) or getattr(message, "invalid_tool_calls", None):
+            where = f"transcript[{i}].message.data.tool_calls"
+            raise ImportRejected(f"{where}: a transcript holds no tool calls", where)
     return doc
+
+
+def check_team_state(state: dict[str, Any], graph_id: str) -> None:
+    """The document's `state` as the team's state model reads it (states/): a session whose state it cannot read
+    would answer every read and turn with an error. ImportRejected names the field (`state.review_decisions`)."""
+    team = TEAMS.get(graph_id)
+    if team is None:
+        return  # an unknown team: the import refuses it by name
+    try:
+        team.model.model_validate(state)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(["state", *(str(p) for p in error["loc"])])
+        raise ImportRejected(f"{where}: {error['msg']}", where) from None
 
 
 async def import_session(engine: Engine, data: Any, tenant: str, actor: str = "cli") -> SessionRecord:
     """Load a `teamgraph.session/1` document as a new session of `tenant` (audited `session_imported`)."""
     doc = parse_document(data)
+    check_team_state(doc.state, engine.graph_id(doc.session.team))
     messages = messages_from_dict([m.message for m in doc.transcript])
     split = len(messages) - doc.in_state
     archive, current = messages[:split], messages[split:]

@@ -71,6 +71,9 @@ def check_request_shape(body: Any, endpoint: str) -> None:
                        + (", or a list of them, one per input" if endpoint == "batch" else ""))  # fmt: skip
     if isinstance(config, list) and not all(isinstance(c, dict) for c in config):
         raise _invalid("config", "a list of config objects, one per input")
+    inputs = body.get("inputs")
+    if isinstance(config, list) and isinstance(inputs, list) and len(config) != len(inputs):
+        raise _invalid("config", f"a list of {len(inputs)} config objects, one per input; it has {len(config)}")
     for i, item in enumerate(config if isinstance(config, list) else [config]):
         at = f"config[{i}]" if isinstance(config, list) else "config"
         for key, (kinds, wanted) in CONFIG_TYPES.items():

@@ -15,6 +15,7 @@ from server.deps import CurrentCaller, EngineDep
 from server.errors import ApiError
 
 router = APIRouter(prefix="/audit", tags=["audit"])
+MAX_SEQ = 2**63 - 1  # the largest sequence number either store holds (a 64-bit integer); beyond it SQLite overflows
 
 
 class AuditPage(BaseModel):
@@ -32,7 +33,7 @@ async def read_audit(
     event_type: Annotated[str | None, Query(description=", ".join(EVENT_TYPES))] = None,
     since: Annotated[datetime | None, Query(description="ISO time, inclusive.")] = None,
     until: Annotated[datetime | None, Query(description="ISO time, exclusive.")] = None,
-    cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page.")] = 0,
+    cursor: Annotated[int, Query(ge=0, le=MAX_SEQ, description="next_cursor of the previous page.")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPage:
     """Entries of the caller's tenant, oldest first; always scoped to that tenant."""
@@ -43,7 +44,7 @@ async def read_audit(
     # a worker thread: the SQLite audit log shares a lock with appends that may wait on SQLite's write lock
     query = functools.partial(
         engine.audit.query, caller.tenant, session=session, event_type=event_type,
-        since=as_utc(since) if since else None, until=as_utc(until) if until else None,
+        since=_stored_moment(since, "since"), until=_stored_moment(until, "until"),
         after_seq=cursor, limit=limit + 1,
     )  # fmt: skip
     entries = await asyncio.to_thread(query)
@@ -52,3 +53,16 @@ async def read_audit(
         items=page,
         next_cursor=page[-1].seq if len(entries) > limit else None,
     )
+
+
+def _stored_moment(moment: datetime | None, field: str) -> str | None:
+    """The filter as the log stores times (UTC); a time its offset moves out of years 1-9999 is the client's 422."""
+    if moment is None:
+        return None
+    try:
+        return as_utc(moment)
+    except OverflowError:
+        raise ApiError(
+            422, "validation_error", f"{field}: out of range once moved to UTC; give a time in the years 1 to 9999",
+            field,
+        ) from None  # fmt: skip

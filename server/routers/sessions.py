@@ -17,7 +17,13 @@ from pydantic import BaseModel, Field, field_validator
 
 from checkpoints.session_index import MAX_TITLE_CHARS, SessionRecord, unprintable_in_title
 from server.deps import CurrentCaller, EngineDep, SettingsDep
-from server.documents import UnreadableDocument, UnsupportedDocument, document_kind, extract_text
+from server.documents import (
+    DocumentTooLarge,
+    UnreadableDocument,
+    UnsupportedDocument,
+    document_kind,
+    extract_text,
+)
 from server.engine import CheckpointNotFound, CreateKeyReused, DocumentRejected, SessionNotFound, UserTagConflict
 from server.errors import ApiError
 from server.session_export import export_session, to_markdown
@@ -199,7 +205,12 @@ def _encode_cursor(record: SessionRecord) -> str:
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         updated_at, thread_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return str(updated_at), str(thread_id)
+        updated_at, thread_id = str(updated_at), str(thread_id)
+        # decoded after the request guard looked at the query: a NUL or a lone surrogate would reach the database
+        if "\x00" in updated_at + thread_id:
+            raise ValueError("NUL")
+        (updated_at + thread_id).encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+        return updated_at, thread_id
     except (ValueError, TypeError, binascii.Error):
         raise ApiError(422, "validation_error", "cursor: not a cursor returned by this API", "cursor") from None
 
@@ -376,9 +387,14 @@ async def upload_document(
         )
     filename = safe_filename(file.filename)
     try:
-        text = extract_text(data, document_kind(filename, file.content_type))
+        # parsing a pdf or docx is CPU work: in a worker thread, so it never holds up other requests
+        text = await asyncio.to_thread(
+            extract_text, data, document_kind(filename, file.content_type), settings.max_upload_bytes
+        )
     except UnsupportedDocument as exc:
         raise ApiError(415, "unsupported_media_type", f"file: {exc}", "file") from None
+    except DocumentTooLarge as exc:
+        raise ApiError(413, "payload_too_large", f"file: {exc}", "file") from None
     except UnreadableDocument as exc:
         raise ApiError(422, "unreadable_document", f"file: {exc}", "file") from None
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 MAX_ITEMS_PER_REQUEST = 100
 MAX_ITEM_CHARS = 20_000
 MIN_SECONDS_FOR_PACE = 2.0
+MAX_CLOCK_AHEAD = timedelta(days=1)  # how far past the server's clock an item's times may be
 SPOKEN_NODE = "realtime"  # the name on recorded spoken replies (the realtime model said them)
 
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
@@ -76,7 +77,12 @@ class TranscriptItem(BaseModel):
     @field_validator("started_at", "ended_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        # items apply in speaking order: one stamped far ahead (a wrong clock) would make every later item of the
+        # session out of order, for ever. A browser's clock a little ahead of the server's is fine
+        if value > datetime.now(UTC) + MAX_CLOCK_AHEAD:
+            raise ValueError("more than a day after the server's clock; send the time speech happened")
+        return value
 
     @model_validator(mode="after")
     def _in_order(self) -> TranscriptItem:

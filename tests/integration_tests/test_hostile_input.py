@@ -7,11 +7,14 @@ misbehave (a NUL in a message gave 503 there); size limits and the per-tenant tu
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import json
 import shutil
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +29,7 @@ from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from server import request_guard
 from server.app import create_app
 from server.engine import thread_key
+from server.routers import sessions as sessions_router
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.local_server import LocalASGIServer
@@ -218,6 +222,9 @@ RAW_BODIES = [
     ("nested-5000-deep", "/teams/veneo_chat/invoke", DEEP, "body"),
     ("nested-5000-deep-sessions", "/sessions", b'{"title": ' + b"[" * 5000 + b"]" * 5000 + b"}", "body"),
     ("not-json", "/teams/veneo_chat/invoke", b"input=hello", "body"),
+    # past Python's 4,300-digit limit on int(str): json.loads raises a ValueError that is no JSONDecodeError (was 500)
+    ("integer-5000-digits", "/sessions", b'{"title": 1' + b"0" * 5000 + b"}", "body"),
+    ("integer-5000-digits-turn", "/teams/veneo_chat/invoke", HI + b', "kwargs": {"n": -' + b"9" * 5000 + b"}}", "body"),
     (
         "batch-inputs-an-object",
         "/teams/veneo_chat/batch",
@@ -231,6 +238,10 @@ RAW_BODIES = [
         "inputs",
     ),
     ("invalid-utf8-sessions", "/sessions", b'{"title": "\xc3\x28"}', "body"),
+    # JSON, but not the object the route takes: FastAPI's error is about the body itself (it used to name no field)
+    ("sessions-body-a-list", "/sessions", b"[]", "body"),
+    ("sessions-body-null", "/sessions", b"null", "body"),
+    ("sessions-body-a-string", "/sessions", b'"veneo_chat"', "body"),
     ("config-null", "/teams/veneo_chat/invoke", b'{"input": {"messages": ["hi"]}, "config": null}', "config"),
     ("config-a-list", "/teams/veneo_chat/stream", b'{"input": {"messages": ["hi"]}, "config": [{}]}', "config"),
     (
@@ -251,6 +262,12 @@ RAW_BODIES = [
         b'{"inputs": [{"messages": ["hi"]}], "config": [{"configurable": {"thread_id": "k"}, "tags": [1]}]}',
         "config[0].tags",
     ),
+    (  # LangServe's own 422 for this named no field
+        "batch-configs-fewer-than-inputs",
+        "/teams/veneo_chat/batch",
+        b'{"inputs": [{"messages": ["hi"]}, {"messages": ["ho"]}], "config": [{"configurable": {"thread_id": "k"}}]}',
+        "config",
+    ),
     (
         "kwargs-a-list",
         "/teams/veneo_chat/invoke",
@@ -265,6 +282,49 @@ def test_a_body_no_route_can_use_is_422(client: TestClient, path: str, raw: byte
     before = session_ids(client, VENEO)
     assert_error(client.post(path, headers={**VENEO, **JSON}, content=raw), 422, "validation_error", field)
     assert session_ids(client, VENEO) == before
+
+
+def test_a_session_body_sent_as_another_content_type_is_422_naming_the_body(client: TestClient) -> None:
+    before = session_ids(client, VENEO)
+    for content_type in ("text/plain", "application/xml", "multipart/form-data; boundary=x"):
+        r = client.post("/sessions", headers={**VENEO, "content-type": content_type}, content=b'{"title": "t"}')
+        assert_error(r, 422, "validation_error", "body")
+    sid = client.post("/sessions", headers=VENEO, json={"title": "Kept"}).json()["id"]
+    r = client.patch(f"/sessions/{sid}", headers={**VENEO, "content-type": "text/plain"}, content=b'{"title": "t"}')
+    assert_error(r, 422, "validation_error", "body")
+    assert session_ids(client, VENEO) == before | {sid}
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+    ids=["urlencoded", "multipart"],
+)
+def test_json_sent_as_a_form_to_a_team_route_is_checked_like_json(client: TestClient, content_type: str) -> None:
+    """The request guard left form bodies to the routes (with the upload's larger limit), but LangServe reads a team
+    route's body as JSON whatever its content type: a NUL in a message was stored (SQLite) or answered 500
+    (PostgreSQL), a lone surrogate or 5,000 levels of nesting answered 500, and a 1.9 MB body passed the 1 MiB limit.
+    Only the upload route takes a form now; any other route's body is checked as JSON."""
+    sid = f"form-{uuid.uuid4()}"
+    assert client.post("/teams/veneo_chat/invoke", headers=VENEO, json=body(chat("hi"), sid)).status_code == 200
+    before = transcript(client, VENEO, sid)
+    headers = {**VENEO, "content-type": content_type}
+    for team_input, field in [
+        (chat("a\x00b"), "input.messages[0].content"),
+        (chat("a\ud800b"), "input.messages[0].content"),
+    ]:
+        for endpoint in ("invoke", "stream", "stream_events"):
+            r = client.post(f"/teams/veneo_chat/{endpoint}", headers=headers, content=json.dumps(body(team_input, sid)))
+            assert_error(r, 422, "validation_error", field)
+    deep = json.dumps(body(chat("hi"), sid))[:-1].encode() + b', "kwargs": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    assert_error(
+        client.post("/teams/veneo_chat/invoke", headers=headers, content=deep), 422, "validation_error", "body"
+    )
+    big = json.dumps({**body(chat("hi"), sid), "kwargs": {"pad": "y" * 1_100_000}})
+    assert_error(
+        client.post("/teams/veneo_chat/invoke", headers=headers, content=big), 413, "payload_too_large", "body"
+    )
+    assert transcript(client, VENEO, sid) == before
 
 
 # --- thread ids -------------------------------------------------------------------------------------------
@@ -377,6 +437,134 @@ def test_two_file_parts_are_refused(client: TestClient) -> None:
     assert "resume" not in state
 
 
+def docx_of(paragraphs: int, chars: int) -> bytes:
+    """A minimal docx python-docx reads: `paragraphs` paragraphs of `chars` letters (deflated: tiny on the wire)."""
+    out = io.BytesIO()
+    main = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+            '<Default Extension="xml" ContentType="application/xml"/><Override PartName="/word/document.xml" '
+            'ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>',
+        )
+        z.writestr(
+            "_rels/.rels",
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            '<Relationship Id="rId1" Target="word/document.xml" Type="http://schemas.openxmlformats.org/'
+            'officeDocument/2006/relationships/officeDocument"/></Relationships>',
+        )
+        paragraph = f"<w:p><w:r><w:t>{'a' * chars}</w:t></w:r></w:p>"
+        z.writestr(
+            "word/document.xml", f'<w:document xmlns:w="{main}"><w:body>{paragraph * paragraphs}</w:body></w:document>'
+        )
+    return out.getvalue()
+
+
+def pdf_saying(utf16_hex: str) -> bytes:
+    """A one-page PDF whose only glyph's ToUnicode entry is `utf16_hex`: what pypdf's extract_text returns for it
+    is that UTF-16 decoded as it is, lone surrogates included."""
+    cmap = (
+        "/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /X def 1 begincodespacerange <0000> "
+        f"<FFFF> endcodespacerange 1 beginbfchar <0001> <{utf16_hex}> endbfchar endcmap CMapName currentdict /CMap "
+        "defineresource pop end end"
+    ).encode()
+    content = b"BT /F1 24 Tf 72 720 Td <0001> Tj ET"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> "
+        b">> >>",
+        b"<< /Length %d >>\nstream\n%b\nendstream" % (len(content), content),
+        b"<< /Type /Font /Subtype /Type0 /BaseFont /X /Encoding /Identity-H /DescendantFonts [6 0 R] "
+        b"/ToUnicode 7 0 R >>",
+        b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /X /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) "
+        b"/Supplement 0 >> >>",
+        b"<< /Length %d >>\nstream\n%b\nendstream" % (len(cmap), cmap),
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for number, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%b\nendobj\n" % (number, obj)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer << /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_pdf_whose_text_has_lone_surrogates_is_read_with_replacement_characters(tmp_path: Path, backend: str) -> None:
+    """pypdf hands back a ToUnicode entry's UTF-16 as it is, lone surrogates included: the upload then failed in
+    the audit entry's hash (UnicodeEncodeError) and answered 500. Now they are read as U+FFFD (a surrogate pair still
+    makes its character), like the NUL a document's text drops, and the upload and the first turn work."""
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_postgres_schema()) if backend == "postgres" else f"sqlite:///{tmp_path}/tg.db"
+        client = stack.enter_context(make_client(url))
+        for utf16, text in [("DFFF0041", "\ufffdA"), ("0041D800", "A\ufffd"), ("D83DDE00", "\U0001f600")]:
+            sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+            r = client.post(
+                f"/sessions/{sid}/documents",
+                headers=DEMO,
+                data={"kind": "resume"},
+                files={"file": ("cv.pdf", pdf_saying(utf16), "application/pdf")},
+            )
+            assert r.status_code == 200, r.text
+            assert client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]["resume"] == text
+            r = client.post("/teams/interview/invoke", headers=DEMO, json=body(chat("Start"), sid))
+            assert r.status_code == 200, r.text
+
+
+def test_a_document_bomb_is_413_and_parsed_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 20 kB docx unpacked to 3 MB of XML was read whole, on the event loop, and its 3 million characters stored
+    in the session (a 50 kB one held every other request 4 s; one at the 2 MB upload limit could unpack to
+    gigabytes). Now a docx that unpacks to more than 20 times the upload limit is refused before it is unpacked, a
+    document with more text than a text upload of the limit holds is refused after, both 413 naming `file` with
+    nothing stored, and the reading runs in a worker thread: another tenant is answered meanwhile."""
+    limit = 100_000
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", max_upload_bytes=limit)  # type: ignore[call-arg]
+    )
+    bomb, wordy, fine = docx_of(3000, 1000), docx_of(150, 1000), docx_of(90, 1000)
+    assert len(bomb) < 30_000 and len(wordy) < limit
+    with TestClient(app, raise_server_exceptions=False) as client:
+        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        for data, says in [(bomb, "unpacks to"), (wordy, "text is longer than 100000 characters")]:
+            r = client.post(
+                f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": ("cv.docx", data)}
+            )
+            assert says in assert_error(r, 413, "payload_too_large", "file")["message"]
+            assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": ("cv.docx", fine)}
+        )
+        assert r.status_code == 200 and r.json()["characters"] == 90 * 1000 + 89, r.text
+
+    reading = threading.Event()
+    other_answered = threading.Event()
+    waited: list[bool] = []
+    read = sessions_router.extract_text
+
+    def held_read(*args: Any) -> str:
+        reading.set()
+        waited.append(other_answered.wait(15))
+        return read(*args)
+
+    monkeypatch.setattr(sessions_router, "extract_text", held_read)
+    with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        pending = pool.submit(
+            httpx.post, f"{server.url}/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+            files={"file": ("cv.docx", fine)}, timeout=60,
+        )  # fmt: skip
+        assert reading.wait(15)
+        teams = httpx.get(f"{server.url}/teams", headers=VENEO, timeout=10)
+        assert teams.status_code == 200, teams.text
+        other_answered.set()
+        assert pending.result().status_code == 200, pending.result().text
+    assert waited == [True]
+
+
 # --- PostgreSQL -------------------------------------------------------------------------------------------
 
 
@@ -403,6 +591,47 @@ def test_on_postgres_a_nul_is_422_not_503(tmp_path: Path) -> None:
             assert_error(r, 422, "validation_error", query.split("=")[0])
         assert transcript(client, VENEO, sid) == before
         assert client.post("/teams/veneo_chat/invoke", headers=VENEO, json=body(chat("ok"), sid)).status_code == 200
+
+
+# --- query parameters that reach a store ------------------------------------------------------------------
+
+
+def _cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_query_values_no_store_can_take_are_422_on_list_and_audit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """A list cursor is base64 JSON the server decodes: one that decodes to a NUL or a lone surrogate reached the
+    database (PostgreSQL's DataError, an encode error) and answered 500. /audit's cursor past a 64-bit integer
+    (SQLite's OverflowError) and a since/until whose offset moves it out of the years a datetime holds answered 500
+    too. Each is now a 422 naming the parameter."""
+    admin_key = f"tg-demo-admin-{uuid.uuid4().hex}"
+    monkeypatch.setenv("TEAMGRAPH_DEMO_ADMIN_KEY", admin_key)
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_postgres_schema()) if backend == "postgres" else f"sqlite:///{tmp_path}/tg.db"
+        client = stack.enter_context(make_client(url))
+        assert client.post("/sessions", headers=DEMO, json={"title": "one"}).status_code == 201
+        for value in (["\x00", "x"], ["2026-01-01", "a\x00"], ["\ud800", "x"], ["x", "\udfff"]):
+            r = client.get("/sessions", headers=DEMO, params={"cursor": _cursor(value)})
+            assert_error(r, 422, "validation_error", "cursor")
+        for params, field in [
+            ({"cursor": 2**63}, "cursor"),
+            ({"cursor": 10**30}, "cursor"),
+            ({"since": "9999-12-31T23:59:59-01:00"}, "since"),
+            ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
+            ({"until": "9999-12-31T23:59:59.999999-12:00"}, "until"),
+        ]:
+            assert_error(client.get("/audit", headers=admin, params=params), 422, "validation_error", field)
+        # the edges still answer
+        assert client.get("/audit", headers=admin, params={"cursor": 2**63 - 1}).json()["items"] == []
+        for moment in ("9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00-01:00"):
+            assert client.get("/audit", headers=admin, params={"since": moment}).status_code == 200
+        page = client.get("/sessions", headers=DEMO, params={"limit": 1})
+        assert page.status_code == 200 and len(page.json()["items"]) == 1
 
 
 # --- size limits and the event loop -----------------------------------------------------------------------

@@ -85,6 +85,19 @@ def test_an_unwritable_data_directory_is_one_line(tmp_path: Path) -> None:
     assert "not-a-dir" in line and "Not a directory" in line, line
 
 
+def test_a_checkpoint_file_that_is_no_sqlite_database_is_one_line(tmp_path: Path) -> None:
+    """A file that is not a SQLite database (a wrong path, a damaged file) failed in the app's start-up with a
+    traceback ("Application startup failed. Exiting.", 14 s after the start on a busy machine)."""
+    (tmp_path / "notes.db").write_text("these are notes, not a database\n" * 200)
+    result, took = serve(
+        tmp_path, "--port", str(free_port()), TEAMGRAPH_CHECKPOINT_URL=f"sqlite:///{tmp_path}/notes.db"
+    )
+    line = refusal(result)
+    assert line.startswith("TEAMGRAPH_CHECKPOINT_URL=sqlite:///"), line
+    assert "notes.db" in line and "not a database" in line, line
+    assert took < HANG_GUARD_S
+
+
 def test_a_busy_port_is_one_line_naming_the_port_and_how_to_choose_another(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ sessions: scored like typed answers, reviewed like typed messages, idempotent, i
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -342,6 +343,27 @@ def test_items_apply_in_speaking_order_and_late_ones_are_refused(client: TestCli
     assert "'late'" in error["message"]
     assert client.get(f"/sessions/{sid}/history", headers=VENEO).json() == history
     assert post(client, sid, VENEO, item("new", "user", "Thanks!", 30)).json()["items"][0]["status"] == "applied"
+
+
+def test_an_item_timed_in_the_future_is_refused_and_cannot_wedge_the_session(client: TestClient) -> None:
+    """Items apply in speaking order, so one stamped in year 9999 (a wrong clock, or a hostile client) was applied
+    and then made every later item of the session a 409 transcript_out_of_order, for ever. A time more than a day
+    past the server's clock is now a 422 naming it, nothing is applied, and the session takes items as before."""
+    sid = chat(client)
+    now = time.time()
+    for field, bad in [
+        ("started_at", {"started_at": "9999-12-31T23:59:58-01:00", "ended_at": "9999-12-31T23:59:59-01:00"}),
+        ("started_at", {"started_at": now + 2 * 86_400, "ended_at": now + 2 * 86_400 + 2}),
+        ("ended_at", {"started_at": now, "ended_at": "9999-12-31T23:59:59Z"}),
+    ]:
+        r = post(client, sid, VENEO, {**item("future", "user", "Hello", 0), **bad})
+        assert "a day" in assert_error(r, 422, "validation_error", f"items.0.{field}")["message"]
+    assert client.get(f"/sessions/{sid}", headers=VENEO).json()["transcript"] == []
+    # a browser clock a little ahead of the server's is fine, and later items still apply
+    ahead = {**item("ahead", "user", "Hello", 0), "started_at": now + 60, "ended_at": now + 62}
+    assert post(client, sid, VENEO, ahead).json()["items"][0]["status"] == "applied"
+    later = {**item("later", "user", "How do returns work?", 0), "started_at": now + 70, "ended_at": now + 72}
+    assert post(client, sid, VENEO, later).json()["items"][0]["status"] == "applied"
 
 
 def test_blank_items_are_skipped_once(client: TestClient) -> None:
