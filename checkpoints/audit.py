@@ -202,6 +202,9 @@ class AuditLog(Protocol):
         after_seq: int = 0,
         limit: int = 100,
     ) -> list[AuditEntry]: ...
+    # whether the session has an entry of this type whose payload's `key` is `value` (compared in SQL: no payload
+    # is read back, however large)
+    def has_entry(self, tenant: str, session: str, event_type: str, key: str, value: str) -> bool: ...
     def verify(self, tenant: str) -> VerifyResult: ...
     def tenants(self) -> list[str]: ...
     def prune(self, older_than: datetime) -> int: ...
@@ -250,6 +253,13 @@ def _chain(events: list[AuditEvent], heads: dict[str, tuple[int, str]]) -> list[
 
 _QUERY_FILTERS = (("session", "session = {p}"), ("event_type", "event_type = {p}"), ("since", "at >= {p}"),
                   ("until", "at < {p}"))  # fmt: skip
+
+
+def _payload_key(key: str) -> str:
+    """A top-level payload key for `has_entry`: an identifier, so SQLite's JSON path needs no quoting."""
+    if not key.isidentifier():
+        raise ValueError(f"not a payload key: {key!r}")
+    return key
 
 
 class SqliteAuditLog:
@@ -381,6 +391,15 @@ class SqliteAuditLog:
         with self._lock:
             rows = self.conn.execute(sql + " order by seq limit ?", [*args, limit]).fetchall()
         return [_row_entry(r) for r in rows]
+
+    def has_entry(self, tenant: str, session: str, event_type: str, key: str, value: str) -> bool:
+        with self._lock:
+            row = self.conn.execute(
+                "select 1 from audit_events where tenant = ? and session = ? and event_type = ?"
+                " and json_extract(payload, ?) = ? limit 1",
+                [tenant, session, event_type, "$." + _payload_key(key), value],
+            ).fetchone()
+        return row is not None
 
     def verify(self, tenant: str) -> VerifyResult:
         with self._lock:
@@ -632,6 +651,15 @@ class PostgresAuditLog:
         with self.pool.connection() as conn:
             rows = conn.execute(sql + " order by seq limit %s", [*args, limit]).fetchall()
         return [_row_entry(r) for r in rows]
+
+    def has_entry(self, tenant: str, session: str, event_type: str, key: str, value: str) -> bool:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "select 1 from audit_events where tenant = %s and session = %s and event_type = %s"
+                " and payload ->> %s = %s limit 1",
+                [tenant, session, event_type, _payload_key(key), value],
+            ).fetchone()
+        return row is not None
 
     def verify(self, tenant: str) -> VerifyResult:
         with self.pool.connection() as conn:

@@ -41,7 +41,6 @@ from server.voice.records import forget_session as forget_voice_items
 from states.migrations import METADATA_KEY, SessionSchemaTooNew, current_version, stored_version, upgrade
 
 T = TypeVar("T")
-_LOOK_PAGE = 500  # entries per read when an upload looks for its own entry after a failed write
 
 
 class SessionNotFound(LookupError):
@@ -964,18 +963,10 @@ class Engine:
         upload's `upload_id`. Found by that id alone, never by time: the entry's `at` comes from whichever clock
         wrote it, and a clock that is behind this one (another replica's, or this one stepped back) would hide it.
         None when the look fails too (logged; the caller leaves the document)."""
-        after_seq = 0
-        try:
-            while True:  # a session's uploads are few; read in pages all the same
-                entries = await asyncio.to_thread(
-                    self.audit.query, session.tenant, session=session.id, event_type="document_uploaded",
-                    after_seq=after_seq, limit=_LOOK_PAGE,
-                )  # fmt: skip
-                if any(e.payload.get("upload_id") == upload_id for e in entries):
-                    return True
-                if len(entries) < _LOOK_PAGE:
-                    return False
-                after_seq = entries[-1].seq
+        try:  # compared in SQL: the entries carry whole documents, and a session may have many
+            return await asyncio.to_thread(
+                self.audit.has_entry, session.tenant, session.id, "document_uploaded", "upload_id", upload_id
+            )
         except Exception as look_exc:
             log.warning("document_left_unverified", thread_id=session.thread_id, kind=kind,
                         error=f"{type(exc).__name__}: {exc}",
