@@ -206,6 +206,9 @@ class AuditLog(Protocol):
         after_seq: int = 0,
         limit: int = 100,
     ) -> list[AuditEntry]: ...
+    # whether the session has an entry of this type whose payload's `key` is `value` (compared in SQL: no payload
+    # is read back, however large)
+    def has_entry(self, tenant: str, session: str, event_type: str, key: str, value: str) -> bool: ...
     def verify(self, tenant: str) -> VerifyResult: ...
     def tenants(self) -> list[str]: ...
     def prune(self, older_than: datetime) -> int: ...
@@ -282,6 +285,13 @@ def keyed_user_ref(key: str, tenant: str, user_id: str) -> str:
 def legacy_user_ref(tenant: str, user_id: str) -> str:
     """How entries written before `user_ref` named a user (`user_sha256`, unkeyed): only matched, never written."""
     return hashlib.sha256(f"{tenant}\n{user_id}".encode()).hexdigest()
+
+
+def _payload_key(key: str) -> str:
+    """A top-level payload key for `has_entry`: an identifier, so SQLite's JSON path needs no quoting."""
+    if not key.isidentifier():
+        raise ValueError(f"not a payload key: {key!r}")
+    return key
 
 
 class SqliteAuditLog:
@@ -450,6 +460,15 @@ class SqliteAuditLog:
         with self._lock:
             rows = self.conn.execute(sql + " order by seq limit ?", [*args, limit]).fetchall()
         return [_row_entry(r) for r in rows]
+
+    def has_entry(self, tenant: str, session: str, event_type: str, key: str, value: str) -> bool:
+        with self._lock:
+            row = self.conn.execute(
+                "select 1 from audit_events where tenant = ? and session = ? and event_type = ?"
+                " and json_extract(payload, ?) = ? limit 1",
+                [tenant, session, event_type, "$." + _payload_key(key), value],
+            ).fetchone()
+        return row is not None
 
     def verify(self, tenant: str) -> VerifyResult:
         with self._lock:
@@ -732,6 +751,15 @@ class PostgresAuditLog:
         with self.pool.connection() as conn:
             rows = conn.execute(sql + " order by seq limit %s", [*args, limit]).fetchall()
         return [_row_entry(r) for r in rows]
+
+    def has_entry(self, tenant: str, session: str, event_type: str, key: str, value: str) -> bool:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "select 1 from audit_events where tenant = %s and session = %s and event_type = %s"
+                " and payload ->> %s = %s limit 1",
+                [tenant, session, event_type, _payload_key(key), value],
+            ).fetchone()
+        return row is not None
 
     def verify(self, tenant: str) -> VerifyResult:
         with self.pool.connection() as conn:

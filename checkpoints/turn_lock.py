@@ -114,6 +114,7 @@ KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
 TCP_USER_TIMEOUT_S = 25.0
+TCP_KEEPALIVE_MAX_S = 32767  # Linux's cap on TCP_KEEPIDLE and TCP_KEEPINTVL
 
 
 class TurnLocks:
@@ -163,15 +164,23 @@ class TurnLocks:
             "tcp_user_timeout": int(self.tcp_user_timeout_s * 1000),
         }
 
-    def server_keepalive_sql(self) -> str:
-        """The same keepalive for the server's end of a lock connection (PostgreSQL's tcp_keepalives_* and
-        tcp_user_timeout, settable per connection; ignored on a Unix-domain socket)."""
-        return (
-            f"; set tcp_keepalives_idle = {int(self.keepalive_idle_s)}"
+    def server_keepalive_sql(self, server_version: int) -> str:
+        """Keepalive for the server's end of a lock connection (PostgreSQL's tcp_keepalives_* and tcp_user_timeout,
+        settable per connection; ignored on a Unix-domain socket), with a margin: twice this end's idle time and
+        user timeout, so that a backend whose client is cut off goes, and releases its locks for other processes,
+        well after the holder has noticed the loss (its check before the answer fails the turn), never at the same
+        moment. `tcp_user_timeout` exists from PostgreSQL 12 (`server_version` 120000) on; an older server gets
+        keepalive alone, which with its count bounds the backend's end too (logged)."""
+        idle = min(2 * int(self.keepalive_idle_s), TCP_KEEPALIVE_MAX_S)
+        sql = (
+            f"; set tcp_keepalives_idle = {idle}"
             f"; set tcp_keepalives_interval = {int(self.keepalive_interval_s)}"
             f"; set tcp_keepalives_count = {int(self.keepalive_count)}"
-            f"; set tcp_user_timeout = {int(self.tcp_user_timeout_s * 1000)}"
         )
+        if server_version >= 120000:
+            return sql + f"; set tcp_user_timeout = {int(2 * self.tcp_user_timeout_s * 1000)}"
+        log.warning("turn_lock_server_tcp_user_timeout_unsupported", server_version=server_version)
+        return sql
 
     async def acquire(
         self, thread_id: str, team: str = "", reads: Sequence[ReadUnderLock] = ()
@@ -374,12 +383,12 @@ class PostgresLockConnection:
                     # whatever the server's or the role's default_transaction_isolation says: a pipeline's
                     # implicit transaction at REPEATABLE READ takes its snapshot at the lock statement, before
                     # the lock is granted, and could miss the previous holder's last commit
-                    # and the server's end of the connection gets the same keepalive: a partition ends the backend,
-                    # and so releases its locks for other processes, as soon as this end gives up on it
+                    # and the server's end of the connection gets keepalive too, with a margin: a partition ends
+                    # the backend, and so releases its locks for other processes, after this end has given up on it
                     await conn.execute(
                         statement_timeout_sql(owner.statement_timeout_s)
                         + "; set default_transaction_isolation = 'read committed'"
-                        + owner.server_keepalive_sql()
+                        + owner.server_keepalive_sql(conn.info.server_version)
                     )
                 except BaseException:
                     await conn.close()

@@ -103,6 +103,8 @@ def _open_engine() -> AbstractAsyncContextManager[Engine]:
 
 
 def _run(coro: Any) -> Any:
+    from checkpoints.audit import AuditWriteError
+    from checkpoints.storage import StorageUnavailable
     from personas.loader import BundleError
     from personas.resolver import TeamResolutionError
     from server.engine import SessionNotFound
@@ -111,6 +113,8 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     except (TeamResolutionError, SessionNotFound) as exc:
         raise fail(str(exc)) from None
+    except (StorageUnavailable, AuditWriteError) as exc:  # a fault of the database: one line, not a traceback
+        raise fail(f"storage unavailable: {exc}") from None
     except BundleError as exc:
         raise fail(str(exc), 2) from None
 
@@ -489,11 +493,21 @@ async def _import(path: Path, tenant: str) -> str:
         raise fail(f"{path}: not JSON this reads (nested too deep)") from None
     except ValueError as exc:  # a number past Python's limit on digits
         raise fail(f"{path}: not JSON this reads ({exc})") from None
+
+    from checkpoints.audit import AuditWriteError
+    from checkpoints.storage import StorageUnavailable
+
     async with _open_engine() as engine:
         try:
             record = await import_session(engine, data, tenant)
         except ImportRejected as exc:
             raise fail(f"{path}: {exc}") from None
+        except (StorageUnavailable, AuditWriteError) as exc:
+            # the import's own rule (docs/api.md): removed again unless it may have been stored; one line either way
+            raise fail(
+                f"{path}: the import failed on a storage fault ({exc}); see `teamgraph sessions list --tenant "
+                f"{tenant}` before importing it again"
+            ) from None
     return record.id
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
+import anyio
+import anyio.lowlevel
 import structlog
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
@@ -40,7 +42,6 @@ from server.voice.records import forget_session as forget_voice_items
 from states.migrations import METADATA_KEY, SessionSchemaTooNew, current_version, stored_version, upgrade
 
 T = TypeVar("T")
-_LOOK_PAGE = 500  # entries per read when an upload looks for its own entry after a failed write
 
 
 class SessionNotFound(LookupError):
@@ -964,18 +965,10 @@ class Engine:
         upload's `upload_id`. Found by that id alone, never by time: the entry's `at` comes from whichever clock
         wrote it, and a clock that is behind this one (another replica's, or this one stepped back) would hide it.
         None when the look fails too (logged; the caller leaves the document)."""
-        after_seq = 0
-        try:
-            while True:  # a session's uploads are few; read in pages all the same
-                entries = await asyncio.to_thread(
-                    self.audit.query, session.tenant, session=session.id, event_type="document_uploaded",
-                    after_seq=after_seq, limit=_LOOK_PAGE,
-                )  # fmt: skip
-                if any(e.payload.get("upload_id") == upload_id for e in entries):
-                    return True
-                if len(entries) < _LOOK_PAGE:
-                    return False
-                after_seq = entries[-1].seq
+        try:  # compared in SQL: the entries carry whole documents, and a session may have many
+            return await asyncio.to_thread(
+                self.audit.has_entry, session.tenant, session.id, "document_uploaded", "upload_id", upload_id
+            )
         except Exception as look_exc:
             log.warning("document_left_unverified", thread_id=session.thread_id, kind=kind,
                         error=f"{type(exc).__name__}: {exc}",
@@ -1090,25 +1083,37 @@ def _title_text(turn_input: dict[str, Any]) -> str:
     return ""
 
 
+async def _finished(task: asyncio.Future[Any]) -> bool:
+    """Wait until `task` is done, whatever cancellation reaches the waiting task meanwhile (`task` itself is never
+    cancelled by it); True when a native cancellation (`Task.cancel()`) came. Under anyio (a Starlette request) a
+    cancelled scope re-delivers its cancellation at every await, so a loop that catches it would spin (thousands
+    of wakeups while a look runs); the wait is shielded from anyio's scopes, and anyio's cancellation stays
+    pending for the caller's next await. A native cancellation is delivered once, caught, and the wait goes on."""
+    cancelled = False
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                await asyncio.wait([task])  # never cancels `task`
+            except asyncio.CancelledError:
+                cancelled = True
+    return cancelled
+
+
 async def _settled(task: asyncio.Future[T]) -> T:
     """`task`'s result (or its error) once it has finished; a cancellation of the waiting request meanwhile does
     not stop it, and is raised once `task` is done (the request was cancelled: it does not go on as if not)."""
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait([task])  # never cancels `task`
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
+    if await _finished(task):
         raise asyncio.CancelledError
+    await anyio.lowlevel.checkpoint_if_cancelled()  # an anyio scope cancelled while `task` ran
     return task.result()
 
 
 async def _write_outcome(write: asyncio.Future[Any]) -> BaseException | None:
-    """A shielded write's own outcome once its worker thread has finished: None when it succeeded, else its
-    error. A cancellation of the waiting task meanwhile does not stop the wait (the caller was cancelled already
-    and raises that); nothing is looked at while the write may still commit."""
-    while not write.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait([write])  # never cancels `write`
+    """A shielded write's own outcome once it is done: None when it succeeded, else its error. A cancellation of
+    the waiting task meanwhile does not stop the wait (the caller was cancelled already and raises that). When
+    `write` itself was cancelled (only something holding it can: the event loop's shutdown cancelling every
+    task, say), its worker thread may still be running and may yet commit: the answer is then a CancelledError,
+    which callers treat as "may have committed" and look; what the thread commits after that look is not seen
+    (a loop shutting down only)."""
+    await _finished(write)
     return asyncio.CancelledError() if write.cancelled() else write.exception()

@@ -70,21 +70,28 @@ class Settings(BaseSettings):
         "503 storage_unavailable.",
     )
     db_statement_timeout_s: float = Field(15.0, gt=0, description="PostgreSQL: longest single statement.")
+    # Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32767 s and TCP_KEEPCNT at 127: a larger value passes libpq
+    # to setsockopt, which refuses it, and every lock connection (so every turn) would fail while /readyz is green
     turn_lock_keepalive_idle_s: int = Field(
-        10, ge=1, description="PostgreSQL turn lock connections: TCP keepalive probes start after this idle time."
-    )
+        10, ge=1, le=32767,
+        description="PostgreSQL turn lock connections: TCP keepalive probes start after this idle time; below "
+        "turn_lock_tcp_user_timeout_s.",
+    )  # fmt: skip
     turn_lock_keepalive_interval_s: int = Field(
-        5, ge=1, description="PostgreSQL turn lock connections: seconds between probes."
+        5, ge=1, le=32767, description="PostgreSQL turn lock connections: seconds between probes."
     )
     turn_lock_keepalive_count: int = Field(
-        3, ge=1, description="PostgreSQL turn lock connections: unanswered probes before the connection is dropped."
-    )
+        3, ge=1, le=127,
+        description="PostgreSQL turn lock connections: unanswered probes before the connection is dropped (Linux "
+        "lets turn_lock_tcp_user_timeout_s decide instead).",
+    )  # fmt: skip
     turn_lock_tcp_user_timeout_s: float = Field(
         25.0,
         ge=1,
         le=3600,
         description="PostgreSQL turn lock connections: longest wait for the database to acknowledge data or a "
-        "probe before the connection is dropped (a silent network partition is seen within about this long).",
+        "probe before the connection is dropped (a silent network partition is seen within about this long, at "
+        "most this plus one keepalive interval).",
     )
     retention_interval_s: float = Field(
         3600.0, ge=0, description="How often the server applies the tenants' retention (one replica at a time); "
@@ -113,6 +120,19 @@ class Settings(BaseSettings):
     def _default_database_in_data_dir(self) -> Settings:
         if "checkpoint_url" not in self.model_fields_set:
             self.checkpoint_url = f"sqlite:///{self.data_dir}/teamgraph.db"
+        return self
+
+    @model_validator(mode="after")
+    def _keepalive_idle_below_user_timeout(self) -> Settings:
+        """An idle lock connection sends its first probe after the idle time, and Linux drops it at the first probe
+        past tcp_user_timeout: an idle time at or above the user timeout would stretch "a partition is seen within
+        about tcp_user_timeout" to idle + interval, so it is refused here rather than documented away."""
+        if self.turn_lock_keepalive_idle_s >= self.turn_lock_tcp_user_timeout_s:
+            raise ValueError(
+                f"turn_lock_keepalive_idle_s ({self.turn_lock_keepalive_idle_s}) must be below "
+                f"turn_lock_tcp_user_timeout_s ({self.turn_lock_tcp_user_timeout_s:g}): the first keepalive probe "
+                "would come after the user timeout, and a partition would be seen only after idle + interval"
+            )
         return self
 
     @field_validator("cors_origins", mode="before")

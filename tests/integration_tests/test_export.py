@@ -240,3 +240,61 @@ def test_cli_export_then_import_into_another_database(tmp_path: Path) -> None:
     (tmp_path / "old.json").write_text(json.dumps({**json.loads(exported.stdout), "format": "teamgraph.session/0"}))
     old = run("b.db", "sessions", "import", "old.json", "--tenant", "veneo")
     assert old.returncode == 1 and "old.json: format:" in old.stderr
+
+
+def test_cli_import_on_a_storage_fault_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: `teamgraph sessions import` (the only way to import) let StorageUnavailable and
+    AuditWriteError through as a traceback, without the "may or may not have been stored" line. Now it prints one
+    line naming the file and what to do, and exits 1. Real SQLite files; the faults are SQLite's own errors raised
+    where the database would raise them (the audit insert: disk full; the lost answer: disk I/O error after COMMIT,
+    then the session index unreadable)."""
+    import os
+    import sqlite3
+
+    from checkpoints.audit import SqliteAuditLog
+    from checkpoints.session_index import SqliteSessionIndex
+    from tests.integration_tests.cli_runner import run_cli
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEAMGRAPH_", "OPENAI_", "LANGSMITH_"))}
+
+    def run(db: str, *args: str, stdin: str = "") -> Any:
+        return run_cli(args, {**env, "TEAMGRAPH_CHECKPOINT_URL": f"sqlite:///{tmp_path}/{db}"}, tmp_path, stdin)
+
+    assert run("a.db", "chat", "--tenant", "veneo", stdin="Where is my order?\n").returncode == 0
+    session_id = run("a.db", "sessions", "list", "--tenant", "veneo").stdout.split()[0]
+    exported = run("a.db", "sessions", "export", session_id, "--tenant", "veneo")
+    assert exported.returncode == 0, exported.stderr
+    (tmp_path / "session.json").write_text(exported.stdout)
+    insert = SqliteAuditLog._insert
+
+    def disk_full(self: SqliteAuditLog, events: Any) -> Any:
+        if any(e.event_type == "session_imported" for e in events):
+            raise sqlite3.OperationalError("database or disk is full")
+        return insert(self, events)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SqliteAuditLog, "_insert", disk_full)
+        failed = run("b.db", "sessions", "import", "session.json", "--tenant", "veneo")
+    assert failed.returncode == 1, failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.startswith("session.json: the import failed on a storage fault"), failed.stderr
+    assert "teamgraph sessions list --tenant veneo" in failed.stderr
+    assert run("b.db", "sessions", "list", "--tenant", "veneo").stdout.strip() in ("", "no sessions")
+
+    def answer_lost(self: SqliteAuditLog, events: Any) -> Any:
+        entries = insert(self, events)
+        if any(e.event_type == "session_imported" for e in events):
+            self.conn.commit()  # it committed; the answer is lost
+            raise sqlite3.OperationalError("disk I/O error")
+        return entries
+
+    def unreadable(self: SqliteSessionIndex, thread_id: str) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SqliteAuditLog, "_insert", answer_lost)
+        patched.setattr(SqliteSessionIndex, "get", unreadable)
+        unknown = run("b.db", "sessions", "import", "session.json", "--tenant", "veneo")
+    assert unknown.returncode == 1, unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    assert "may or may not have been stored" in unknown.stderr and "session.json" in unknown.stderr, unknown.stderr

@@ -843,12 +843,12 @@ def upload_answer_lost(storage: Storage, client: TestClient, then_down: bool = F
         if then_down:
             storage.proxy.start()
         return
-    committed, read = engine.audit.append, engine.audit.query
+    committed, read = engine.audit.append, engine.audit.has_entry
 
     def answer_lost(events: Any) -> Any:
         committed(events)
         if then_down:
-            engine.audit.query = unreadable
+            engine.audit.has_entry = unreadable
         lost = sqlite3.OperationalError("disk I/O error")  # SQLite's fault that may come after the COMMIT
         raise AuditWriteError(f"audit log write failed: {lost}") from lost
 
@@ -859,7 +859,7 @@ def upload_answer_lost(storage: Storage, client: TestClient, then_down: bool = F
     try:
         yield
     finally:
-        engine.audit.append, engine.audit.query = committed, read
+        engine.audit.append, engine.audit.has_entry = committed, read
 
 
 def test_an_upload_whose_entry_committed_but_whose_answer_was_lost_stands(
@@ -946,18 +946,18 @@ def test_an_upload_whose_entry_never_reached_the_log_is_undone_without_a_look(
                     pool.putconn(conn)
         else:
             looks: list[Any] = []
-            query = engine.audit.query
+            look = engine.audit.has_entry
 
             def refused(events: Any) -> Any:
                 raise AuditWriteError("unknown audit event type 'document_uploaded'")  # no database cause
 
             def looked(*args: Any, **kwargs: Any) -> Any:
                 looks.append(args)
-                return query(*args, **kwargs)
+                return look(*args, **kwargs)
 
             with monkeypatch.context() as patched:
                 patched.setattr(engine.audit, "append", refused)
-                patched.setattr(engine.audit, "query", looked)
+                patched.setattr(engine.audit, "has_entry", looked)
                 r = client.post(f"/sessions/{sid}/documents", headers=DEMO, files=files, data={"kind": "resume"})
             assert looks == []  # the log refused it: nothing to look for
         assert r.status_code == 503, r.text
@@ -1001,6 +1001,33 @@ def test_an_upload_whose_write_failed_is_not_confused_with_another_entry(
         uploads = client.get(f"/audit?session={sid}&event_type=document_uploaded", headers=ADMIN).json()["items"]
         assert [u["actor"] for u in uploads] == ["other"]
     assert_chain_verifies(storage)
+
+
+async def test_the_look_for_an_upload_finds_its_entry_among_several_by_its_upload_id_in_sql(storage: Storage) -> None:
+    """Found in review: the look after a lost answer paged through every `document_uploaded` entry of the session,
+    each carrying its whole document (up to ~2 MB under content policy `full`): many uploads, hundreds of MB read.
+    Now the log compares the `upload_id` in SQL (SQLite json_extract, PostgreSQL ->>) and answers yes or no."""
+    from tests.conftest import open_engine
+
+    async with open_engine(storage.url) as engine:
+        session = await engine.create_session("demo", "interview", "")
+        other = await engine.create_session("demo", "interview", "")
+        for kind in ("resume", "job_description", "resume"):
+            await engine.attach_document(session, kind, RESUME_TEXT)
+        await engine.attach_document(other, "resume", RESUME_TEXT)
+        ids = [e.payload["upload_id"] for e in engine.audit.query("demo", event_type="document_uploaded")]
+        assert len(set(ids)) == 4
+        lost = RuntimeError("the write's answer was lost")
+        for upload_id in ids[:3]:
+            assert await engine._document_on_record(session, "resume", upload_id, lost) is True
+        assert await engine._document_on_record(session, "resume", ids[3], lost) is False  # the other session's
+        assert await engine._document_on_record(session, "resume", "not-an-upload", lost) is False
+        assert not engine.audit.has_entry("demo", session.id, "document_uploaded", "kind", "photo")
+        assert engine.audit.has_entry("demo", session.id, "document_uploaded", "kind", "job_description")
+        assert not engine.audit.has_entry("other-tenant", session.id, "document_uploaded", "upload_id", ids[0])
+        assert not engine.audit.has_entry("demo", session.id, "session_created", "upload_id", ids[0])
+        with pytest.raises(ValueError):
+            engine.audit.has_entry("demo", session.id, "document_uploaded", "upload_id') or 1=1 --", "x")
 
 
 async def test_an_upload_cancelled_twice_while_its_entry_is_written_keeps_state_and_record_in_step(

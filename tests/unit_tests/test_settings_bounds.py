@@ -1,0 +1,49 @@
+"""Settings the kernel or the database would refuse later are refused when the settings load, naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from checkpoints.turn_lock import TurnLocks
+from server.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("turn_lock_keepalive_idle_s", 40000),
+        ("turn_lock_keepalive_interval_s", 40000),
+        ("turn_lock_keepalive_count", 128),
+        ("turn_lock_tcp_user_timeout_s", 3601),
+    ],
+)
+def test_a_keepalive_setting_beyond_what_linux_takes_is_refused_at_load(field: str, value: int) -> None:
+    """Found in review: only ge=1 bounded them; Linux caps TCP_KEEPIDLE/TCP_KEEPINTVL at 32767 and TCP_KEEPCNT at
+    127, so TEAMGRAPH_TURN_LOCK_KEEPALIVE_IDLE_S=40000 loaded, then libpq's setsockopt refused every lock
+    connection (every turn a 503) while /readyz stayed green."""
+    extra = {"turn_lock_tcp_user_timeout_s": 3600} if field != "turn_lock_tcp_user_timeout_s" else {}
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, **{field: value, **extra})  # type: ignore[call-arg]
+    assert field in str(caught.value)
+
+
+def test_a_keepalive_idle_time_not_below_the_user_timeout_is_refused_at_load() -> None:
+    """An idle lock connection's first probe comes after the idle time and Linux drops the connection at the
+    first probe past tcp_user_timeout: idle >= user timeout would stretch "within about tcp_user_timeout"."""
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, turn_lock_keepalive_idle_s=30, turn_lock_tcp_user_timeout_s=25)  # type: ignore[call-arg]
+    assert "turn_lock_keepalive_idle_s" in str(caught.value)
+    assert "turn_lock_tcp_user_timeout_s" in str(caught.value)
+    ok = Settings(_env_file=None, turn_lock_keepalive_idle_s=24, turn_lock_tcp_user_timeout_s=25)  # type: ignore[call-arg]
+    assert ok.turn_lock_keepalive_idle_s == 24
+
+
+def test_the_server_end_gets_a_margin_and_no_tcp_user_timeout_before_postgresql_12() -> None:
+    locks = TurnLocks("postgresql://127.0.0.1/none")
+    locks.keepalive_idle_s, locks.keepalive_interval_s, locks.keepalive_count, locks.tcp_user_timeout_s = 7, 3, 4, 19
+    assert locks.server_keepalive_sql(150000) == (
+        "; set tcp_keepalives_idle = 14; set tcp_keepalives_interval = 3; set tcp_keepalives_count = 4"
+        "; set tcp_user_timeout = 38000"
+    )
+    assert "tcp_user_timeout" not in locks.server_keepalive_sql(110000)  # PostgreSQL 11 has no such setting
