@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from checkpoints.schema_migrations import upgrade_postgres, upgrade_sqlite
+from checkpoints.schema_migrations import postgres_version, sqlite_version, upgrade_postgres, upgrade_sqlite
 from checkpoints.storage import (
     DEFAULT_STATEMENT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -261,6 +261,7 @@ _QUERY_FILTERS = (("session", "session = {p}"), ("event_type", "event_type = {p}
 
 
 USER_KEY_NAME = "user_ref"
+KEYS_VERSION = 2  # the audit schema step that adds audit_keys
 log = structlog.get_logger("teamgraph.storage")
 
 
@@ -270,9 +271,17 @@ def _adopt_user_key(held: str | None, stored: str, made: bool, names_users: Call
     names users by an earlier one: their deleted sessions are found from then on only through sessions stored."""
     if held is not None and held != stored:
         log.warning("audit_user_key_changed", reason="audit_keys held another key than this process's")
-    elif made and held is None and names_users():
+    elif made and held is None and _names_users(names_users):
         log.warning("audit_user_key_created", reason="a new key for an audit log that already names users")
     return stored
+
+
+def _names_users(names_users: Callable[[], bool]) -> bool:
+    try:
+        return names_users()
+    except Exception as exc:  # (a slow scan of a large log, say): the key stands; only the warning is not given
+        log.info("audit_user_key_check_skipped", error_type=type(exc).__name__)
+        return False
 
 
 def keyed_user_ref(key: str, tenant: str, user_id: str) -> str:
@@ -304,16 +313,18 @@ class SqliteAuditLog:
         self._lock = shared[1] if shared else threading.Lock()
         self.conn = shared[0] if shared else self._connect()
         self.conn.row_factory = sqlite3.Row  # (sqlite-utils, on a shared connection, reads rows by index too)
+        first_key = sqlite_version(self.conn, "audit") < KEYS_VERSION  # a key made now is the log's first
         upgrade_sqlite(self.conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
         self._user_key: str | None = None
         with self._lock:
-            self._take_user_key()
+            self._take_user_key(first_key)
 
-    def _take_user_key(self) -> None:
+    def _take_user_key(self, first_key: bool = False) -> None:
         """Read the key of the log's user references (the caller holds `_lock`); when `audit_keys` has none (a
         fresh database, or the row was lost), put in this process's key or a new random one first, in a write
         transaction of its own (the first writer wins). A start that finds it reads only. The table itself comes
-        back first if it is missing (dropped while no process ran)."""
+        back first if it is missing (dropped while no process ran). `first_key`: the tables were older than the
+        key's step at this start, so no entry can name a user by a key, and the log is not searched for one."""
         if not self.conn.execute("select 1 from sqlite_master where type = 'table' and name = 'audit_keys'").fetchone():
             upgrade_sqlite(self.conn, "audit", repair=True)
         select = "select key from audit_keys where name = ?"
@@ -335,7 +346,7 @@ class SqliteAuditLog:
             named = "select 1 from audit_events where payload like '%\"user\\_ref\"%' escape '\\' limit 1"
             return self.conn.execute(named).fetchone() is not None
 
-        self._user_key = _adopt_user_key(self._user_key, str(row[0]), made, names_users)
+        self._user_key = _adopt_user_key(self._user_key, str(row[0]), made and not first_key, names_users)
 
     def user_ref(self, tenant: str, user_id: str) -> str:
         assert self._user_key is not None
@@ -500,7 +511,11 @@ class SqliteAuditLog:
     def ping(self) -> None:
         with self._lock:
             self.conn.execute("select 1 from audit_events limit 1").fetchall()
-            self.conn.execute("select 1 from audit_keys limit 1").fetchall()  # (a lost one is repaired by /readyz)
+            # a missing table fails the probe (and /readyz repairs it); a key another process put there since is
+            # adopted, so that replicas never name one user two ways for long
+            row = self.conn.execute("select key from audit_keys where name = ?", (USER_KEY_NAME,)).fetchone()
+            if row is None or row[0] != self._user_key:
+                self._take_user_key()
 
     def close(self) -> None:
         self.conn.close()
@@ -530,23 +545,28 @@ class PostgresAuditLog:
         )
         try:
             with self.pool.connection() as conn:
+                first_key = postgres_version(conn, "audit") < KEYS_VERSION  # a key made now is the log's first
+            with self.pool.connection() as conn:
                 upgrade_postgres(conn, "audit")  # its tables by numbered steps (checkpoints/schema_migrations.py)
             self._user_key: str | None = None
-            self._take_user_key()
+            self._take_user_key(first_key)
         except BaseException:
             self.pool.close()
             raise
 
-    def _take_user_key(self) -> None:
+    def _take_user_key(self, first_key: bool = False) -> None:
         """Read the key of the log's user references; when `audit_keys` has none (a fresh database, or the row
         was lost), put in this process's key or a new random one first (replicas starting together: the first
-        insert wins, every replica reads that one). A start that finds it reads only (a read-only role can open
-        the log). The table itself comes back first if it is missing (dropped while no process ran)."""
+        insert wins, every replica reads that one; the read's transaction ends first, so that under a
+        repeatable-read default the insert of the second does not fail to serialize). A start that finds it
+        reads only (a read-only role can open the log). The table itself comes back first if it is missing
+        (dropped while no process ran). `first_key`: as for SQLite."""
         select = "select key from audit_keys where name = %s"
         with self.pool.connection() as conn:
             if conn.execute("select to_regclass('audit_keys') is null as missing").fetchone()["missing"]:
                 upgrade_postgres(conn, "audit", repair=True)
             row = conn.execute(select, (USER_KEY_NAME,)).fetchone()
+            conn.commit()
             made = row is None
             if made:
                 conn.execute("insert into audit_keys (name, key) values (%s, %s) on conflict do nothing",
@@ -554,11 +574,17 @@ class PostgresAuditLog:
                 conn.commit()
                 row = conn.execute(select, (USER_KEY_NAME,)).fetchone()
 
-            def names_users() -> bool:
-                named = "select 1 from audit_events where payload ? 'user_ref' limit 1"
-                return conn.execute(named).fetchone() is not None
+            def names_users() -> bool:  # only when a key was lost: bounded, it only decides a log line
+                try:
+                    conn.execute("set local statement_timeout = '2s'")
+                    named = "select 1 from audit_events where payload ? 'user_ref' limit 1"
+                    return conn.execute(named).fetchone() is not None
+                except Exception:
+                    conn.rollback()
+                    raise
 
-            self._user_key = _adopt_user_key(self._user_key, str(row["key"]), made, names_users)
+            self._user_key = _adopt_user_key(self._user_key, str(row["key"]), made and not first_key, names_users)
+            conn.commit()
 
     def user_ref(self, tenant: str, user_id: str) -> str:
         assert self._user_key is not None
@@ -796,7 +822,10 @@ class PostgresAuditLog:
     def ping(self) -> None:
         with self.pool.connection() as conn:
             conn.execute("select 1 from audit_events limit 1").fetchall()
-            conn.execute("select 1 from audit_keys limit 1").fetchall()  # (a lost one is repaired by /readyz)
+            # as for SQLite: a missing table fails the probe; another process's key is adopted
+            row = conn.execute("select key from audit_keys where name = %s", (USER_KEY_NAME,)).fetchone()
+        if row is None or row["key"] != self._user_key:
+            self._take_user_key()
 
     def close(self) -> None:
         self.pool.close()

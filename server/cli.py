@@ -114,6 +114,8 @@ def _run(coro: Any) -> Any:
     except (TeamResolutionError, SessionNotFound) as exc:
         raise fail(str(exc)) from None
     except (StorageUnavailable, AuditWriteError) as exc:  # a fault of the database: one line, not a traceback
+        if isinstance(exc, AuditWriteError) and exc.__cause__ is None:
+            raise  # the log refused it (an unknown event type): a bug, with its stack
         raise fail(f"storage unavailable: {exc}") from None
     except BundleError as exc:
         raise fail(str(exc), 2) from None

@@ -1103,6 +1103,8 @@ async def _settled(task: asyncio.Future[T]) -> T:
     """`task`'s result (or its error) once it has finished; a cancellation of the waiting request meanwhile does
     not stop it, and is raised once `task` is done (the request was cancelled: it does not go on as if not)."""
     if await _finished(task):
+        if not task.cancelled():
+            task.exception()  # retrieved (its error goes with the cancelled request), not "never retrieved"
         raise asyncio.CancelledError
     await anyio.lowlevel.checkpoint_if_cancelled()  # an anyio scope cancelled while `task` ran
     return task.result()
