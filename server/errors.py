@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from checkpoints.audit import AuditWriteError
 from checkpoints.storage import StorageUnavailable, is_storage_fault
@@ -66,6 +67,20 @@ def _may_use_postgres(app: FastAPI) -> bool:
     return settings is None or urlparse(settings.checkpoint_url).scheme in ("postgres", "postgresql")
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at the request's path: /sessions has GET and POST in two routes, and Starlette's
+    405 named only the first one's. Asked of the routes as the router asks them (FastAPI nests included routers)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and the router's 404/405
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -74,7 +89,10 @@ def install_error_handlers(app: FastAPI) -> None:
             body = {"error": detail}
         else:
             body = error_body(_CODES.get(exc.status_code, "error"), str(detail))
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow lists the first matching route's methods only
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -68,8 +68,9 @@ def check_json_text(value: Any) -> None:
     while stack:
         node, path, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
+            field = path or "body"  # the message names the field too: an import prints it after the file's name
             raise BodyRejected(
-                422, "validation_error", f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels", path or "body"
+                422, "validation_error", f"{field}: JSON nested deeper than {MAX_JSON_DEPTH} levels", field
             )
         if isinstance(node, str):
             _check_text(node, path or "body")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 from checkpoints.session_index import MAX_TITLE_CHARS, SessionRecord, unprintable_in_title
 from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import (
+    DOCUMENT_READERS,
     DocumentTooLarge,
     UnreadableDocument,
     UnsupportedDocument,
@@ -387,9 +388,10 @@ async def upload_document(
         )
     filename = safe_filename(file.filename)
     try:
-        # parsing a pdf or docx is CPU work: in a worker thread, so it never holds up other requests
-        text = await asyncio.to_thread(
-            extract_text, data, document_kind(filename, file.content_type), settings.max_upload_bytes
+        # parsing a pdf or docx is CPU work: off the event loop, on the documents' own two threads (further uploads
+        # wait their turn), so uploads never take the default executor's threads that storage calls need
+        text = await asyncio.get_running_loop().run_in_executor(
+            DOCUMENT_READERS, extract_text, data, document_kind(filename, file.content_type), settings.max_upload_bytes
         )
     except UnsupportedDocument as exc:
         raise ApiError(415, "unsupported_media_type", f"file: {exc}", "file") from None

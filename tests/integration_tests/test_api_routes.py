@@ -1227,6 +1227,20 @@ def test_routing_errors_use_the_error_shape(client: TestClient, method: str, pat
     assert_error(client.request(method, path, headers=VENEO, json={}), status, code)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/sessions", "GET, POST"),
+        ("PUT", "/sessions/some-id", "GET, PATCH, DELETE"),
+        ("GET", "/sessions/some-id/documents", "POST"),
+    ],
+)
+def test_a_405_allows_every_method_of_the_path(client: TestClient, method: str, path: str, allow: str) -> None:
+    """GET and POST /sessions are two routes: Starlette's 405 named the first one's methods only (Allow: POST)."""
+    r = client.request(method, path, headers=VENEO)
+    assert r.status_code == 405 and r.headers["allow"] == allow, (r.status_code, r.headers.get("allow"))
+
+
 def test_playground_is_served_when_enabled(tmp_path: Path) -> None:
     with make_client(tmp_path, playground=True) as client:
         for team in ("interview", "veneo_chat"):

@@ -106,6 +106,8 @@ async def test_import_refuses_bad_documents_naming_the_field(tmp_path: Path) -> 
             ({**good, "transcript": "nope"}, "transcript"),
             ({**good, "in_state": 99}, "in_state"),
             ({k: v for k, v in good.items() if k != "session"}, "session"),
+            # the message named `body` (the request guard's word), so the CLI printed `FILE: body: ...`
+            ({**good, "state": {**good["state"], "deep": nested(70)}}, "state.deep" + "[0]" * 63),
         ]
         for bad, field in cases:
             with pytest.raises(ImportRejected) as rejected:
@@ -151,6 +153,13 @@ async def test_import_refuses_text_no_store_keeps_and_a_state_the_team_cannot_re
             assert len(engine.sessions.list("veneo")) == 1  # nothing was created
             record = await import_session(engine, good, "veneo")  # the untampered document still imports
             assert (await engine.state(record))["review_decisions"] == (await engine.state(chat))["review_decisions"]
+
+
+def nested(levels: int) -> list[Any]:
+    inner: list[Any] = []
+    for _ in range(levels - 1):
+        inner = [inner]
+    return inner
 
 
 def test_cli_import_of_json_python_cannot_read_says_so_in_one_line(tmp_path: Path) -> None:

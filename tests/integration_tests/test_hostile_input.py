@@ -13,8 +13,10 @@ import io
 import json
 import shutil
 import threading
+import time
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -563,6 +565,166 @@ def test_a_document_bomb_is_413_and_parsed_off_the_event_loop(tmp_path: Path, mo
         other_answered.set()
         assert pending.result().status_code == 200, pending.result().text
     assert waited == [True]
+
+
+def empty_paragraphs_docx(paragraphs: int) -> bytes:
+    """A docx whose body is `paragraphs` empty paragraphs: 6 bytes of XML each, deflated to almost nothing."""
+    body = "<w:p/>" * paragraphs
+    data = docx_of(1, 1)
+    out = io.BytesIO()
+    main = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for info in src.infolist():
+            if info.filename != "word/document.xml":
+                z.writestr(info.filename, src.read(info))
+        z.writestr("word/document.xml", f'<w:document xmlns:w="{main}"><w:body>{body}</w:body></w:document>')
+    return out.getvalue()
+
+
+def test_a_docx_of_empty_paragraphs_is_refused_within_seconds(client: TestClient) -> None:
+    """A 6.6 kB docx of 660,000 empty paragraphs (3.96 MB of XML, well under the unpacked-size cap) held 24 s of
+    CPU and 227 MB in python-docx before its 422, and the cap let through ten times that. Now the main part is
+    streamed: 660,000 read in about 2 s to the 422, and past 1 million elements (at the default 2 MB limit) the
+    reading stops with a 413 naming the part."""
+    sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+    for paragraphs, status, says in [(660_000, 422, "no text"), (1_200_000, 413, "more than 1000000 XML elements")]:
+        data = empty_paragraphs_docx(paragraphs)
+        assert len(data) < 20_000
+        started = time.monotonic()
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": ("cv.docx", data)}
+        )
+        took = time.monotonic() - started
+        code = "unreadable_document" if status == 422 else "payload_too_large"
+        assert says in assert_error(r, status, code, "file")["message"]
+        assert took < 10, f"{paragraphs} empty paragraphs took {took:.1f} s"
+    assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+
+
+def test_a_docx_that_is_no_zip_is_422_naming_the_cause(client: TestClient) -> None:
+    """The unpacked-size check's own UnreadableDocument was caught and wrapped again: the message named
+    UnreadableDocument, not what was wrong with the file."""
+    sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+    r = client.post(
+        f"/sessions/{sid}/documents",
+        headers=DEMO,
+        data={"kind": "resume"},
+        files={"file": ("cv.docx", b"PK\x03\x04 not really a zip")},
+    )
+    assert assert_error(r, 422, "unreadable_document", "file")["message"] == (
+        "file: cannot read the docx file: BadZipFile"
+    )
+
+
+def test_a_pdf_with_more_text_than_the_limit_is_413(tmp_path: Path) -> None:
+    """A PDF's text is counted page by page as it is read: past the limit the upload is 413, nothing stored."""
+    with make_client(f"sqlite:///{tmp_path}/tg.db", max_upload_bytes=2000) as client:
+        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        for pdf, status in [(pdf_of_pages(2, 1500), 413), (pdf_of_pages(2, 900), 200)]:
+            assert len(pdf) < 2000
+            r = client.post(
+                f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+                files={"file": ("cv.pdf", pdf, "application/pdf")},
+            )  # fmt: skip
+            if status == 413:
+                error = assert_error(r, 413, "payload_too_large", "file")
+                assert "text is longer than 2000 characters" in error["message"]
+                assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+            else:
+                assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+
+
+def test_documents_are_parsed_on_two_threads_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing ran on the default executor, whose threads every storage call (index, audit) shares: a handful of
+    slow documents stalled every tenant. Now at most two parse at once per process; a third upload waits its turn
+    while other requests (a session create, whose writes use the default executor) are answered."""
+    release = threading.Event()
+    reading: list[int] = []
+    lock = threading.Lock()
+    most = [0]
+    read = sessions_router.extract_text
+
+    def held_read(*args: Any) -> str:
+        with lock:
+            reading.append(1)
+            most[0] = max(most[0], len(reading))
+        release.wait(20)
+        with lock:
+            reading.pop()
+        return read(*args)
+
+    monkeypatch.setattr(sessions_router, "extract_text", held_read)
+    with make_client(f"sqlite:///{tmp_path}/tg.db") as client, ThreadPoolExecutor(3) as pool:
+        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        uploads = [
+            pool.submit(
+                client.post,
+                f"/sessions/{sid}/documents",
+                headers=DEMO,
+                data={"kind": "resume"},
+                files={"file": (f"cv{i}.txt", f"resume {i}".encode(), "text/plain")},
+            )
+            for i in range(3)
+        ]
+        deadline = time.monotonic() + 15
+        while len(reading) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the third would have started by now on an unbounded pool
+        assert most[0] == 2, most
+        r = client.post("/sessions", headers=VENEO, json={"team": "veneo_chat"})
+        assert r.status_code == 201, r.text
+        release.set()
+        assert all(u.result(timeout=30).status_code == 200 for u in uploads)
+    assert most[0] == 2
+
+
+def test_an_upload_through_a_root_path_is_read_as_a_form(tmp_path: Path) -> None:
+    """Behind a proxy or mount with a root_path, the request guard sees the full path (/api/sessions/...): it took
+    only a path starting with /sessions for the upload route, so an upload under a prefix was checked as JSON (422)."""
+    app = create_app(Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db"))  # type: ignore[call-arg]
+    with TestClient(app, root_path="/api", raise_server_exceptions=False) as client:
+        r = client.post("/api/sessions", headers=DEMO, json={"team": "interview"})
+        assert r.status_code == 201, r.text
+        r = client.post(
+            f"/api/sessions/{r.json()['id']}/documents", headers=DEMO, data={"kind": "resume"},
+            files={"file": ("cv.txt", b"Python developer", "text/plain")},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+
+
+def pdf_of_pages(pages: int, glyphs: int) -> bytes:
+    """A PDF of `pages` pages, each showing `glyphs` times a glyph that reads "A": one deflated content stream they
+    share, so a few hundred bytes hold thousands of characters."""
+    cmap = (
+        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /X def 1 begincodespacerange <0000> "
+        b"<FFFF> endcodespacerange 1 beginbfchar <0001> <0041> endbfchar endcmap CMapName currentdict /CMap "
+        b"defineresource pop end end"
+    )
+    content = zlib.compress(b"BT /F1 24 Tf 72 720 Td " + b"<0001> Tj " * glyphs + b"ET")
+    kids = " ".join(f"{8 + i} 0 R" for i in range(pages)).encode()
+    page = (
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> "
+    )
+    page += b">>"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%b] /Count %d >>" % (kids, pages),
+        b"<< >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%b\nendstream" % (len(content), content),
+        b"<< /Type /Font /Subtype /Type0 /BaseFont /X /Encoding /Identity-H /DescendantFonts [6 0 R] "
+        b"/ToUnicode 7 0 R >>",
+        b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /X /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) "
+        b"/Supplement 0 >> >>",
+        b"<< /Length %d >>\nstream\n%b\nendstream" % (len(cmap), cmap),
+    ] + [page] * pages
+    out, offsets = b"%PDF-1.4\n", []
+    for number, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%b\nendobj\n" % (number, obj)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer << /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------------
