@@ -26,7 +26,7 @@ import numpy as np
 from evals.train_classifier import CLASSES, SET
 from nodes.embedder import embed
 from nodes.safety_embedding import HEAD_PATH, EmbeddingHead
-from nodes.safety_reviewer import reading_vetoed
+from nodes.safety_reviewer import extraction_vetoed
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 STEPS = 2000
@@ -137,11 +137,11 @@ def main() -> None:
     threshold = choose_threshold(scores[val], y[val] != 0)
     val_texts = [r["text"] for r, v in zip(rows, val, strict=True) if v]
     extra = [r["source"].startswith("chatterbot_corpus:") for r, v in zip(rows, val, strict=True) if v]
-    # the reviewer's vetoes (nodes/safety_reviewer.reading_vetoed) apply to the head's block too
+    # the reviewer's short-extraction veto (nodes/safety_reviewer.extraction_vetoed) applies to the head's block too
     probs = head.probabilities(x[val])
     attack_classes = [c for c in CLASSES if c != "ok"]
     categories = [attack_classes[i] for i in probs[:, [CLASSES.index(c) for c in attack_classes]].argmax(1)]
-    vetoed = np.array([reading_vetoed(c, t) for c, t in zip(categories, val_texts, strict=True)])
+    vetoed = np.array([extraction_vetoed(c, t) for c, t in zip(categories, val_texts, strict=True)])
     chosen, summary = joint_thresholds(val_texts, np.where(vetoed, 0.0, scores[val]), y[val] != 0, extra)
     payload = {
         "classes": CLASSES,

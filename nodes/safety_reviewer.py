@@ -25,7 +25,6 @@ from nodes.safety_classifier import ClassifierVerdict, default_classifier
 from nodes.safety_embedding import default_head
 from nodes.safety_rules import (
     RuleDecision,
-    asks_only_for_a_format,
     check_user_message,
     harm_cues,
     names_extraction_target,
@@ -85,8 +84,8 @@ class LayerVerdict:
     score: float | None = None
     ms: float = 0.0
     detail: str | None = None
-    # the classifier's attack score as a second opinion for the embedding layer: the share of its reading left out
-    # when a veto (`reading_vetoed`) set that reading aside (recorded only then, next to the full score)
+    # the classifier's attack score as a second opinion for the embedding layer: its extraction share left out when
+    # the short-extraction veto set its extraction reading aside (recorded only then, next to the full score)
     evidence: float | None = None
 
     def record(self) -> dict[str, Any]:
@@ -131,15 +130,6 @@ def extraction_vetoed(category: str, text: str) -> bool:
     )
 
 
-def reading_vetoed(category: str, text: str) -> bool:
-    """A model layer's reading that the reviewer sets aside: a short extraction reading that names no target
-    (`extraction_vetoed`), or a jailbreak or extraction reading of a request about a format only
-    (nodes/safety_rules.asks_only_for_a_format)."""
-    return extraction_vetoed(category, text) or (
-        category in ("jailbreak", "system_prompt_extraction") and asks_only_for_a_format(text)
-    )
-
-
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
@@ -152,9 +142,9 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
     cues = harm_cues(text) if result.attack_score >= conf.cue_threshold else []
     block = result.attack_score >= conf.block_threshold or (result.attack_score >= conf.cue_threshold and cues)
     evidence = result.attack_score
-    if reading_vetoed(result.category, text):
+    if extraction_vetoed(result.category, text):
         block = False
-        evidence = round(max(0.0, result.attack_score - result.scores.get(result.category, 0.0)), 4)
+        evidence = round(max(0.0, result.attack_score - result.scores.get("system_prompt_extraction", 0.0)), 4)
     if stage == "reply":
         # a reply is judged on what it says (harm, hate), not on whether it reads like a prompt
         block = block and result.category in ("harmful", "hate")
@@ -176,17 +166,13 @@ def classifier_verdict(text: str, settings: SafetySettings, stage: Stage) -> tup
 
 
 def embedding_verdict(
-    text: str,
-    settings: SafetySettings,
-    classifier_score: float | None = None,
-    classifier_vetoed: bool | str = False,
+    text: str, settings: SafetySettings, classifier_score: float | None = None, classifier_vetoed: bool = False
 ) -> tuple[LayerVerdict, RuleDecision | None]:
     """The embedding layer (input only): block from `embedding.block_threshold`; an error when the model is missing.
 
     A block scoring below `embedding.confirm_below` needs a second opinion: it stands only when the n-gram
     classifier's attack score (`classifier_score`, None when that layer did not run; without its extraction share
-    when the short-extraction veto set that reading aside, without its jailbreak share when the format veto did,
-    `LayerVerdict.evidence`; `classifier_vetoed` names the share, True meaning extraction, and the detail says so in
+    when the short-extraction veto set that reading aside, `LayerVerdict.evidence`, and `classifier_vetoed` says so in
     the detail) reaches
     `embedding.classifier_agreement`. The head alone misreads some short chat lines ("is hal safe") and some
     writing requests as attacks that the classifier, which reads the words, scores near zero.
@@ -197,7 +183,7 @@ def embedding_verdict(
         result: ClassifierVerdict = default_head().predict(text)
     except Exception as exc:  # e.g. the model package is not installed: the other layers' decision stands
         return LayerVerdict("embedding", "input", "error", "ok", None, _ms(start), describe_failure(exc)), None
-    block = result.attack_score >= conf.block_threshold and not reading_vetoed(result.category, text)
+    block = result.attack_score >= conf.block_threshold and not extraction_vetoed(result.category, text)
     detail = f"most likely {result.category}"
     if block and result.attack_score < conf.confirm_below and classifier_score is not None:
         agreed = classifier_score >= conf.classifier_agreement
@@ -206,11 +192,7 @@ def embedding_verdict(
             f"; below {conf.confirm_below}, "
             + ("confirmed" if agreed else "not confirmed")
             + " by the classifier"
-            + (
-                f" without its {'extraction' if classifier_vetoed is True else classifier_vetoed} share"
-                if classifier_vetoed
-                else ""
-            )
+            + (" without its extraction share" if classifier_vetoed else "")
             + f" ({classifier_score:.2f} {'>=' if agreed else '<'} {conf.classifier_agreement})"
         )
     category = _CLASSIFIER_CATEGORY.get(result.category, "other")
@@ -244,13 +226,12 @@ def screen_offline(text: str, settings: SafetySettings, stage: Stage = "input") 
     )
     layers = [rules]
     classifier_score: float | None = None
-    classifier_vetoed: bool | str = False
+    classifier_vetoed = False
     if decision is None and settings.classifier.enabled and (stage == "input" or settings.classifier.check_drafts):
         verdict, decision = classifier_verdict(text, settings, stage)
         layers.append(verdict)
         classifier_score = verdict.evidence
-        if verdict.evidence != verdict.score:  # a veto set the classifier's reading aside: which one, for the record
-            classifier_vetoed = "extraction" if "system_prompt_extraction" in (verdict.detail or "") else "jailbreak"
+        classifier_vetoed = verdict.evidence != verdict.score
     if decision is None and settings.embedding.enabled and stage == "input" and text.strip():
         verdict, decision = embedding_verdict(text, settings, classifier_score, classifier_vetoed)
         layers.append(verdict)

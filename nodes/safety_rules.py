@@ -424,14 +424,8 @@ def other_language_kind(message: str) -> str | None:
 # the configuration, the text above, "your" instructions; in other languages the system-prompt words above, or a
 # word for instructions or rules with "your" ("the washing instructions" name nothing to extract)
 _EXTRACTION_TARGET = re.compile(
-    r"\b(?:prompts?|pre-?prompt|initiali[sz]\w*|above|verbatim|hidden|secret|internal"
+    r"\b(?:prompts?|pre-?prompt|initiali[sz]\w*|configuration|config|above|verbatim|hidden|secret|internal"
     r"|your (?:directives|programming|context|persona|identifier|id))\b"
-    # a configuration is the assistant's only when it is "yours" (not a product's: "the configuration for the
-    # router", "your configuration guide") or the one "you" run with
-    r"|\b(?:your|its|current|exact|full|whole|entire|complete) (?:configuration|config)\b"
-    r"(?! (?:guides?|files?|manuals?|pages?|steps|instructions|tools?|apps?|options|wizards?|sheets?|menus?|screens?"
-    r"|settings|for (?:my|the|our|a|an|this)\b))"
-    r"|\b(?:configuration|config) (?:that |which )?you\b"
     # "system" names the prompt, not the shop's payment or booking system ("does your system send a text?")
     r"|\bsystem(?:'s)? (?:prompts?|messages?|instructions?|rules|directives?|configuration|config|settings|context"
     r"|text|role|turn|programming|guidelines|setup)\b|\b(?:the|your|its) system\s*(?:[.?!]|$)"
@@ -476,34 +470,6 @@ def _asks_for_shared_target(text: str) -> bool:
     return any(
         _SHARED_TARGET.search(sentence) and _CONTENT_ASK.search(sentence)
         for sentence in re.split(r"(?<=[.?!;])\s+|\n+", text)
-    )
-
-
-# a short request about a format only ("reply with just yes or no", "the instructions with emoji for my kid", "the
-# configuration for the router in YAML"): both models read some as a jailbreak or an extraction; it names nothing of
-# the assistant's, overrides nothing, sets up no persona and asks for no harm
-FORMAT_VETO_WORDS = 20
-_FORMAT_ASK = re.compile(
-    r"\b(?:with|in|as|using|into)\s+(?:just |only |simple |plain )?(?:an? )?(?:yes or no|yes/no|one word|single word"
-    r"|one sentence|emojis?|(?:numbered |bulleted |bullet )?list|bullet points|table|yaml|xml|json|csv|markdown"
-    r"|plain text|large print|simple words|short sentences|pictures)\b",
-    re.I,
-)
-
-
-def asks_only_for_a_format(message: str) -> bool:
-    return (
-        len(message.split()) <= FORMAT_VETO_WORDS
-        and _FORMAT_ASK.search(message) is not None
-        and not names_extraction_target(message)
-        and not any(
-            p.search(message)
-            for p in (_OVERRIDE, _PERSONA_NAMES, _PERSONA_SETUP, _NO_LIMITS, _PERSONA_SWITCH, _JAILBREAK_SELF)
-        )
-        and not harm_cues(message)
-        and harmful_kind(message) is None
-        and not is_hateful(message)
-        and other_language_kind(message) is None
     )
 
 
