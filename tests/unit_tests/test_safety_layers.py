@@ -141,8 +141,12 @@ def test_the_classifier_never_trained_on_evaluation_rows() -> None:
     evaluated = {r["text"] for r in rows if r["split"] != "train"}
 
     assert train and evaluated and not train & evaluated
-    assert {r["source"].split(":")[0] for r in rows if r["split"] == "heldout"} == {"spikee", "walledeval"}
-    untrained = ("pyrit", "spikee", "walledeval")
+    assert {r["source"].split(":")[0] for r in rows if r["split"] == "heldout"} == {
+        "spikee",
+        "walledeval",
+        "strongreject",
+    }
+    untrained = ("pyrit", "spikee", "walledeval", "strongreject")
     assert not any(r["source"].startswith(untrained) for r in rows if r["split"] in ("train", "val"))
 
 
