@@ -225,18 +225,23 @@ async def test_an_erasure_finds_a_user_an_earlier_release_named_by_a_plain_hash(
         assert engine.audit.verify("veneo").ok
 
 
-def drop_key_table(url: str) -> None:
+def behind_the_servers_back(url: str, statement: str) -> None:
+    """Run `statement` on the database over a connection of its own (an operator, a restore, a stray script)."""
     if url.startswith("sqlite"):
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
-            conn.execute("drop table audit_keys")
+            conn.execute(statement)
             conn.commit()
     else:
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("drop table audit_keys")
+            conn.execute(statement)
+
+
+def drop_key_table(url: str) -> None:
+    behind_the_servers_back(url, "drop table audit_keys")
 
 
 async def test_a_key_table_dropped_under_the_server_comes_back_with_the_same_key(url: str) -> None:
@@ -308,17 +313,7 @@ def test_a_replica_adopts_the_key_another_process_put_there(url: str) -> None:
     running = open_audit_log(url)
     try:
         before = running.user_ref("veneo", "user-jane")
-        if url.startswith("sqlite"):
-            import sqlite3
-
-            with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
-                conn.execute("delete from audit_keys")
-                conn.commit()
-        else:
-            import psycopg
-
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("delete from audit_keys")
+        behind_the_servers_back(url, "delete from audit_keys")
         started = open_audit_log(url)  # a replica that starts meanwhile makes a new key
         try:
             now = started.user_ref("veneo", "user-jane")
