@@ -303,6 +303,14 @@ def _payload_key(key: str) -> str:
     return key
 
 
+@dataclass(frozen=True)
+class AuditRepaired:
+    """What a repair of the log's tables found gone (and recreated)."""
+
+    events: bool  # audit_events: every tenant's chain starts again from its genesis
+    keys: bool  # audit_keys: put back with the key this process holds (the log's user references stay valid)
+
+
 class SqliteAuditLog:
     """The audit log in the SQLite database file (or in memory), written under SQLite's write lock."""
 
@@ -360,16 +368,18 @@ class SqliteAuditLog:
             conn.execute("PRAGMA synchronous = NORMAL")  # the file is in WAL mode (see SqliteSessionIndex)
         return conn
 
-    def repair_schema(self) -> bool:
-        """Recreate missing tables (checkpoints/self_repair.py); True when audit_events was gone (the chains
-        restart from their genesis)."""
+    def repair_schema(self) -> AuditRepaired:
+        """Recreate missing tables (checkpoints/self_repair.py): which of them were gone."""
         with self._lock:
-            missing = not self.conn.execute(
-                "select 1 from sqlite_master where type = 'table' and name = 'audit_events'"
-            ).fetchone()
+
+            def gone(table: str) -> bool:
+                found = "select 1 from sqlite_master where type = 'table' and name = ?"
+                return self.conn.execute(found, (table,)).fetchone() is None
+
+            repaired = AuditRepaired(events=gone("audit_events"), keys=gone("audit_keys"))
             upgrade_sqlite(self.conn, "audit", repair=True)
             self._take_user_key()  # a recreated audit_keys gets this process's key back, not a new one
-        return missing
+        return repaired
 
     def close_for_reopen(self) -> None:
         """First half of a reopen on a new file (self-repair of a deleted file): the caller holds `locks()`."""
@@ -590,13 +600,15 @@ class PostgresAuditLog:
         assert self._user_key is not None
         return keyed_user_ref(self._user_key, tenant, user_id)
 
-    def repair_schema(self) -> bool:
-        """Recreate missing tables (checkpoints/self_repair.py); True when audit_events was gone."""
+    def repair_schema(self) -> AuditRepaired:
+        """Recreate missing tables (checkpoints/self_repair.py): which of them were gone."""
         with self.pool.connection() as conn:
-            row = conn.execute("select to_regclass('audit_events') is null as missing").fetchone()
+            row = conn.execute(
+                "select to_regclass('audit_events') is null as events, to_regclass('audit_keys') is null as keys"
+            ).fetchone()
             upgrade_postgres(conn, "audit", repair=True)
         self._take_user_key()  # a recreated audit_keys gets this process's key back, not a new one
-        return bool(row and row["missing"])
+        return AuditRepaired(events=bool(row and row["events"]), keys=bool(row and row["keys"]))
 
     @contextlib.contextmanager
     def deferring_sync(self) -> Iterator[None]:

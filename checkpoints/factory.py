@@ -143,10 +143,9 @@ async def _sqlite(url: str, recreate_deleted_file: bool = True) -> AsyncIterator
             os.close(setup_lock)
 
         async def setup() -> Recreated:
-            found = Recreated(
-                session_index=await asyncio.to_thread(sessions.repair_schema),
-                audit=await asyncio.to_thread(audit.repair_schema),
-            )
+            session_index = await asyncio.to_thread(sessions.repair_schema)
+            audit_tables = await asyncio.to_thread(audit.repair_schema)
+            found = Recreated(session_index=session_index, audit=audit_tables.events, audit_keys=audit_tables.keys)
             # the store's migrations are numbered (store_migrations): a store table dropped under a version row
             # that says it exists would never come back, so the version rows go with it (its steps then run
             # again on the new table); the checkpointer's setup is "create if not exists" only
@@ -409,10 +408,9 @@ async def _postgres(url: str, timeout_s: float, statement_timeout_s: float) -> A
             await store.setup()
 
         async def setup() -> Recreated:
-            found = Recreated(
-                session_index=await asyncio.to_thread(sessions.repair_schema),
-                audit=await asyncio.to_thread(audit.repair_schema),
-            )
+            session_index = await asyncio.to_thread(sessions.repair_schema)
+            audit_tables = await asyncio.to_thread(audit.repair_schema)
+            found = Recreated(session_index=session_index, audit=audit_tables.events, audit_keys=audit_tables.keys)
             # LangGraph's migrations start over when their version table went with the rest (dropped database
             # or schema); when only its tables went, their version rows go too (every step is idempotent)
             langgraph_intact = True

@@ -106,9 +106,10 @@ class Recreated:
     audit: bool = False
     file: bool = False  # a deleted SQLite file was recreated empty
     checkpoints: bool = False  # LangGraph's checkpoint or store tables
+    audit_keys: bool = False  # the key of the log's user references: put back with the key the process holds
 
     def any(self) -> bool:
-        return self.session_index or self.audit or self.file or self.checkpoints
+        return self.session_index or self.audit or self.file or self.checkpoints or self.audit_keys
 
 
 @dataclass
@@ -184,6 +185,7 @@ class StorageRepair:
             recreated.session_index = found.session_index or recreated.file
             recreated.audit = found.audit or recreated.file
             recreated.checkpoints = found.checkpoints or recreated.file
+            recreated.audit_keys = found.audit_keys or recreated.file
             self._last_done = time.monotonic()
             # two repairs for one missing object that recreated nothing: it meets no repair for a while
             if recreated.any():
@@ -197,6 +199,8 @@ class StorageRepair:
             lost = "; sessions stored before are gone unless restored from a backup" if recreated.session_index else ""
             if recreated.audit:
                 lost += "; every tenant's audit chain starts again from its genesis"
+            if recreated.audit_keys:
+                lost += "; the audit log's user key was put back as this process held it"
             log.warning(
                 "storage_repaired",
                 backend=self.backend,
@@ -205,6 +209,7 @@ class StorageRepair:
                 session_index_recreated=recreated.session_index,
                 audit_chain_restarted=recreated.audit,
                 checkpoints_recreated=recreated.checkpoints,
+                audit_key_table_recreated=recreated.audit_keys,
                 message="the database lost tables while the server ran; the missing ones were recreated empty" + lost,
             )
             if recreated.audit and self.on_audit_restarted is not None:

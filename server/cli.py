@@ -90,9 +90,14 @@ async def _print_turn(engine: Engine, session: Any, turn_input: dict[str, Any]) 
 
 def _settings() -> Settings:
     """TEAMGRAPH_* settings (importing them imports pydantic-settings: only commands that need them call this)."""
-    from server.settings import Settings
+    from pydantic import ValidationError
 
-    return Settings()
+    from server.settings import Settings, settings_errors
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise fail("\n".join(settings_errors(exc)), 2) from None  # a setting from the environment or .env
 
 
 def _open_engine() -> AbstractAsyncContextManager[Engine]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from personas.loader import DEFAULT_BUNDLE_DIR
@@ -129,9 +129,9 @@ class Settings(BaseSettings):
         about tcp_user_timeout" to idle + interval, so it is refused here rather than documented away."""
         if self.turn_lock_keepalive_idle_s >= self.turn_lock_tcp_user_timeout_s:
             raise ValueError(
-                f"turn_lock_keepalive_idle_s ({self.turn_lock_keepalive_idle_s}) must be below "
-                f"turn_lock_tcp_user_timeout_s ({self.turn_lock_tcp_user_timeout_s:g}): the first keepalive probe "
-                "would come after the user timeout, and a partition would be seen only after idle + interval"
+                f"TEAMGRAPH_TURN_LOCK_KEEPALIVE_IDLE_S ({self.turn_lock_keepalive_idle_s}) must be below "
+                f"TEAMGRAPH_TURN_LOCK_TCP_USER_TIMEOUT_S ({self.turn_lock_tcp_user_timeout_s:g}): the first keepalive "
+                "probe would come after the user timeout, and a partition would be seen only after idle + interval"
             )
         return self
 
@@ -204,6 +204,29 @@ def serve_workers(settings: Settings, flag: int | None = None) -> tuple[int, str
     if urlparse(settings.checkpoint_url).scheme in ("postgres", "postgresql"):
         return count, "default on PostgreSQL: one per CPU core, at most 8; TEAMGRAPH_WORKERS=1 for one"
     return count, "default on SQLite and memory://; TEAMGRAPH_WORKERS=N for more"
+
+
+def env_name(field: str) -> str:
+    """The environment variable (or .env line) a field of Settings is read from."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"TEAMGRAPH_{field.upper()}"
+
+
+def settings_errors(exc: ValidationError) -> list[str]:
+    """One line per invalid setting, naming its environment variable (not the Python field) and the value."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            name = env_name(str(error["loc"][0]))
+            lines.append(f"{name}={error['input']!r}: {message}" if isinstance(error["input"], str | int | float)
+                         else f"{name}: {message}")  # fmt: skip
+        else:
+            lines.append(message)
+    return lines
 
 
 @lru_cache(maxsize=1)

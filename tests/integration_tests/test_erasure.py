@@ -247,14 +247,22 @@ def drop_key_table(url: str) -> None:
 async def test_a_key_table_dropped_under_the_server_comes_back_with_the_same_key(url: str) -> None:
     """The key is the only way to find a user's deleted sessions again: a table dropped under a running server is
     seen by the readiness probe, and its repair puts back the key the running processes hold, not a new one (so
-    a process started after it names users alike)."""
+    a process started after it names users alike). The repair says what it recreated (it used to log "every table
+    was there")."""
+    import structlog
+
     from checkpoints.factory import open_audit_log
 
     async with open_engine(url) as engine:
         ref = engine.audit.user_ref("veneo", "user-jane")
         drop_key_table(url)
-        assert set((await engine.readiness(timeout_s=5)).values()) == {"ok"}
+        with structlog.testing.capture_logs() as logged:
+            assert set((await engine.readiness(timeout_s=5)).values()) == {"ok"}
         assert engine.audit.user_ref("veneo", "user-jane") == ref
+        repairs = [e for e in logged if e["event"].startswith("storage_")]
+        assert [e["event"] for e in repairs] == ["storage_repaired"], repairs
+        assert repairs[0]["audit_key_table_recreated"] is True
+        assert repairs[0]["audit_chain_restarted"] is False and repairs[0]["session_index_recreated"] is False
     after = open_audit_log(url)  # a process that starts after the repair
     try:
         assert after.user_ref("veneo", "user-jane") == ref

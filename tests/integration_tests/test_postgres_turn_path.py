@@ -598,7 +598,7 @@ def test_an_append_after_this_processes_own_last_one_is_one_round_trip_and_repli
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute("drop table audit_events")
             admin.execute("drop table audit_anchors")
-        assert a.repair_schema() and not b.repair_schema()
+        assert a.repair_schema().events and not b.repair_schema().events
         assert round_trips(a, lambda: a.append(event()), tmp_path) >= 2
         assert round_trips(a, lambda: a.append(event()), tmp_path) == 1
         assert a.verify("veneo").ok and a.verify("veneo").checked == 2

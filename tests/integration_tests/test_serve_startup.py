@@ -85,6 +85,33 @@ def test_an_unwritable_data_directory_is_one_line(tmp_path: Path) -> None:
     assert "not-a-dir" in line and "Not a directory" in line, line
 
 
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"TEAMGRAPH_TURN_LOCK_KEEPALIVE_COUNT": "abc"}, "TEAMGRAPH_TURN_LOCK_KEEPALIVE_COUNT='abc': Input should be"),
+        ({"TEAMGRAPH_PORT": "-5"}, "TEAMGRAPH_PORT='-5': Input should be greater than or equal to 0"),
+        (
+            {"TEAMGRAPH_TURN_LOCK_KEEPALIVE_IDLE_S": "40", "TEAMGRAPH_TURN_LOCK_TCP_USER_TIMEOUT_S": "30"},
+            "TEAMGRAPH_TURN_LOCK_KEEPALIVE_IDLE_S (40) must be below TEAMGRAPH_TURN_LOCK_TCP_USER_TIMEOUT_S (30)",
+        ),
+    ],
+)
+def test_an_invalid_setting_is_one_line_naming_the_environment_variable(
+    tmp_path: Path, env: dict[str, str], line: str
+) -> None:
+    """A setting pydantic refuses printed a 60-line traceback naming the Python field (turn_lock_keepalive_count),
+    not the variable the operator set."""
+    result, _ = serve(tmp_path, **env)
+    assert result.returncode == 2
+    assert refusal(result).startswith(line), result.stderr
+
+
+def test_an_invalid_setting_in_dot_env_is_named_the_same_way(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TEAMGRAPH_WORKERS=many\n")
+    result, _ = serve(tmp_path)
+    assert refusal(result).startswith("TEAMGRAPH_WORKERS='many': Input should be a valid integer"), result.stderr
+
+
 def test_a_checkpoint_file_that_is_no_sqlite_database_is_one_line(tmp_path: Path) -> None:
     """A file that is not a SQLite database (a wrong path, a damaged file) failed in the app's start-up with a
     traceback ("Application startup failed. Exiting.", 14 s after the start on a busy machine)."""
