@@ -597,7 +597,9 @@ def test_a_docx_of_empty_paragraphs_is_refused_within_seconds(client: TestClient
         took = time.monotonic() - started
         code = "unreadable_document" if status == 422 else "payload_too_large"
         assert says in assert_error(r, status, code, "file")["message"]
-        assert took < 10, f"{paragraphs} empty paragraphs took {took:.1f} s"
+        # a hang guard, not a speed test (bench/documents.py measures it: about 2 s; 15 s seen on a loaded 2-core
+        # machine): python-docx took 24 s on an idle one
+        assert took < 60, f"{paragraphs} empty paragraphs took {took:.1f} s"
     assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
 
 
