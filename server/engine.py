@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -42,6 +42,8 @@ from server.voice.records import forget_session as forget_voice_items
 from states.migrations import METADATA_KEY, SessionSchemaTooNew, current_version, stored_version, upgrade
 
 T = TypeVar("T")
+# how long shutdown waits for turns that run on without their client (a cut keyed /stream) before cancelling them
+DETACHED_GRACE_S = 30.0
 
 
 class SessionNotFound(LookupError):
@@ -129,6 +131,9 @@ class Engine:
         self.turn_locks.on_lost = lambda team: self.metrics.turn_locks_lost.labels(team or "unknown").inc()
         self._trace_clients: dict[tuple[bool, bool], Any] = {}
         self.durability: Durability = "exit"  # see Settings.durability; every turn runs with it
+        # turns that run on without their client (a keyed /stream, TeamRunnable.astream): held here so they are
+        # not garbage-collected, and so that shutdown waits for them (finish_detached)
+        self._detached: set[asyncio.Task[Any]] = set()
         if persistence.repair is not None:
             persistence.repair.on_audit_restarted = self._audit_restarted
 
@@ -166,7 +171,34 @@ class Engine:
                 await engine.finish_pending_deletions()
                 yield engine
             finally:
+                await engine.finish_detached(DETACHED_GRACE_S)
                 await engine.turn_locks.aclose()
+
+    def run_detached(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `work` in a task of its own, which the request that started it does not cancel when its client
+        goes away; shutdown waits for it (`finish_detached`)."""
+        task = asyncio.create_task(work)
+        self._detached.add(task)
+        task.add_done_callback(self._detached_done)
+        return task
+
+    def _detached_done(self, task: asyncio.Task[Any]) -> None:
+        self._detached.discard(task)
+        if not task.cancelled():
+            task.exception()  # its error is the caller's to report (no "exception never retrieved" at exit)
+
+    async def finish_detached(self, grace_s: float) -> None:
+        """At shutdown, before the database closes: let detached turns end, for up to `grace_s` seconds; any
+        still running then is cancelled (as a process that stops mid-turn: its Idempotency-Key stays without an
+        answer) and logged."""
+        if not self._detached:
+            return
+        _, running = await asyncio.wait(set(self._detached), timeout=grace_s)
+        if running:
+            log.warning("detached_turns_cancelled", count=len(running), grace_s=grace_s)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     def unreviewed_nodes(self, run: TeamRunConfig) -> set[str]:
         """Nodes whose inner events carry text the safety reviewer has not passed yet (hidden from streams)."""

@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -33,6 +33,7 @@ from server.engine import Engine, SessionNotFound, thread_key, title_hint
 from server.errors import ApiError
 from server.event_stream import add_stream_events_route
 from server.limits import TenantTurnLimiter
+from server.observability.logging import log
 from server.observability.turn_observer import TurnObserver
 from server.request_guard import PARSED_BODY
 from server.team_input import (
@@ -62,6 +63,15 @@ class IdempotentRequest:
     key: str
     before_checkpoint: str | None = None  # the session's latest checkpoint when the turn started
     replay: list[Any] | None = None  # the stored output (invoke) or chunks (stream) of the earlier request
+    # the request's turn leases (its session's lock, the tenant's turn slots), which the middleware releases when
+    # the response ends; a keyed stream takes them over (take_leases), to hold them until its turn has ended
+    leases: dict[str, Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=dict)
+
+    def take_leases(self) -> list[Callable[[], Awaitable[None]]]:
+        """The request's lease releases, from now on the caller's to call (the middleware no longer does)."""
+        taken = list(self.leases.values())
+        self.leases.clear()
+        return taken
 
     async def store(self, engine: Engine, output: list[Any]) -> None:
         await asyncio.to_thread(
@@ -258,6 +268,21 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
             for chunk in idempotent.replay:
                 yield chunk
             return
+        turn = self._streamed_turn(input, config, thread_id, idempotent, **kwargs)
+        if idempotent is None:
+            # without a key, a client that goes away cancels the turn (as any unkeyed stream)
+            async with contextlib.aclosing(turn):
+                async for chunk in turn:
+                    yield chunk
+            return
+        async for chunk in self._detached(turn, idempotent.take_leases()):
+            yield chunk
+
+    async def _streamed_turn(
+        self, input: Any, config: RunnableConfig | None, thread_id: str, idempotent: IdempotentRequest | None,
+        **kwargs: Any,
+    ) -> AsyncGenerator[Any, None]:  # fmt: skip
+        """The turn's chunks as the graph streams them; with a key, its chunks are kept as the key's answer."""
         chunks: list[Any] = []
         observer = self._touch_with_closing_audit(config, thread_id, input)
         async with self._turn(config, thread_id):
@@ -273,6 +298,46 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
             if idempotent is not None:
                 await idempotent.store(self.engine, chunks)
             await self._touched(observer, thread_id, input)
+
+    async def _detached(
+        self, turn: AsyncGenerator[Any, None], releases: list[Callable[[], Awaitable[None]]]
+    ) -> AsyncIterator[Any]:
+        """The chunks of a keyed turn that runs in a task of its own (Engine.run_detached). A client that goes
+        away (the response cancelled, or this generator closed) stops only the sending: the turn runs to its end,
+        its answer is stored under the key for the client's retry, and only then are the request's turn leases
+        released, so no other turn starts on the session while it runs."""
+        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        listening = [True]
+
+        async def run() -> None:
+            try:
+                async with contextlib.aclosing(turn):
+                    async for chunk in turn:
+                        queue.put_nowait((False, chunk))
+            except Exception as exc:
+                if not listening[0]:  # nobody to answer: said here (the key was settled by `failed`)
+                    log.warning("detached_turn_failed", error_type=type(exc).__name__, error=str(exc).strip())
+                raise
+            finally:
+                try:
+                    for release in releases:
+                        try:
+                            await release()
+                        except Exception as exc:  # the next lease is released all the same
+                            log.warning("turn_lease_release_failed", error_type=type(exc).__name__, error=str(exc))
+                finally:
+                    queue.put_nowait((True, None))  # the stream, if it still listens, never waits in vain
+
+        task = self.engine.run_detached(run())
+        try:
+            while True:
+                done, chunk = await queue.get()
+                if done:
+                    break
+                yield chunk
+        finally:
+            listening[0] = False
+        await asyncio.shield(task)  # done by now: the turn's error, raised to the stream as before
 
     async def astream_events(  # type: ignore[override]
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -542,7 +607,9 @@ def make_config_modifier(team: str):
         if found_under_lease is not None:
             server["configurable"][FOUND_UNDER_LEASE] = found_under_lease
         if idempotency_key is not None:
-            server["configurable"][IDEMPOTENCY] = await _keyed_turn(engine, request, body, session, idempotency_key)
+            keyed = await _keyed_turn(engine, request, body, session, idempotency_key)
+            keyed.leases = leases  # the request's own dict: what the keyed turn takes, the middleware does not release
+            server["configurable"][IDEMPOTENCY] = keyed
         # server values replace whatever the client sent for these keys
         return {**config, **server}
 

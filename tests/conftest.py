@@ -35,11 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
 # The longest work units first, so that no worker is left alone with one of them at the end of the run: xdist
 # hands out work in collection order (--no-loadscope-reorder), one unit (a module, or a test of a SPREAD module) at
 # a time to the worker that has 2 tests or fewer left. Roughly longest first as measured by `--durations=0` on a
-# quiet 2-core machine: the modules that run whole (fuzz 45 s; session integrity, turn serialization, the browser,
-# langgraph dev, observability 20-35 s each), then the SPREAD modules with the longest single tests (a self-repair
-# test 7-19 s, the Postgres outage test 15 s), then the others over 13 s. The rest keep their order after these:
-# many short modules, which even out the end of the run.
+# quiet 2-core machine: the modules that run whole (keyed stream cuts 100 s, four servers; fuzz 45 s; session
+# integrity, turn serialization, the browser, langgraph dev, observability 20-35 s each), then the SPREAD modules
+# with the longest single tests (a self-repair test 7-19 s, the Postgres outage test 15 s), then the others over
+# 13 s. The rest keep their order after these: many short modules, which even out the end of the run.
 SLOW_FIRST = (
+    "tests/integration_tests/test_keyed_stream_cut.py",
     "tests/integration_tests/test_api_fuzz.py",
     "tests/integration_tests/test_session_integrity.py",
     "tests/integration_tests/test_turn_serialization.py",
