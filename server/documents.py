@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import posixpath
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import unquote
 
 
 class UnsupportedDocument(ValueError):
@@ -135,7 +137,12 @@ def _docx_text(data: bytes, max_chars: int) -> str:
         return body is not None and element is body
 
     with package.open(main) as xml:
-        parse = etree.iterparse(xml, events=("end",), remove_blank_text=True, resolve_entities=False, no_network=True)
+        # comments and processing instructions are dropped as they are parsed: no end event would count or clear
+        # them, so millions of `<!---->` (7 bytes each, deflated to nothing) grew the tree past 800 MB
+        parse = etree.iterparse(
+            xml, events=("end",), remove_blank_text=True, remove_comments=True, remove_pis=True,
+            resolve_entities=False, no_network=True,
+        )  # fmt: skip
         for _, element in parse:
             elements += 1
             if elements > max_elements:
@@ -174,13 +181,26 @@ def _main_part(package: zipfile.ZipFile) -> str:
         raise UnreadableDocument("not a Word document: it has no _rels/.rels") from None
     if rels.file_size > 1_000_000:
         raise DocumentTooLarge(f"its _rels/.rels unpacks to {rels.file_size} bytes")
-    root = etree.fromstring(package.read(rels), etree.XMLParser(resolve_entities=False, no_network=True))
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
+    root = etree.fromstring(package.read(rels), parser)
+    # the first officeDocument relationship names the main part (a package has one), looked up by name once: a 1 MB
+    # _rels/.rels holds thousands of relationships, and each listing every one of a zip's thousands of members
+    # held 7 s of CPU
     for rel in root:
         if rel.get("Type") == _OFFICE_DOCUMENT and rel.get("TargetMode") != "External":
-            target = (rel.get("Target") or "").lstrip("/")
-            if target in package.namelist():
-                return target
+            target = _part_name("", rel.get("Target") or "")
+            if target not in set(package.namelist()):
+                raise UnreadableDocument(f"not a Word document: its main document part {target!r} is missing")
+            return target
     raise UnreadableDocument("not a Word document: it names no main document part")
+
+
+def _part_name(base: str, target: str) -> str:
+    """The zip member a relationship's target names: relative to `base` (the source part's folder) unless it starts
+    with "/", %xx escapes decoded, "." and ".." steps resolved (`./word/document.xml` is `word/document.xml`)."""
+    path = unquote(target)
+    path = path.lstrip("/") if path.startswith("/") else posixpath.join(base, path)
+    return posixpath.normpath(path).lstrip("/") if path else ""
 
 
 def _is_body(element: Any) -> bool:
