@@ -48,6 +48,7 @@ _SKIPPED = {f"{_W}del", f"{_W}moveFrom", "{http://schemas.openxmlformats.org/mar
 # a run's text elements and what each reads as (python-docx's Run.text; a w:br reads "\n" unless a page/column break)
 _RUN_TEXT = {f"{_W}{t}": s for t, s in [("t", ""), ("tab", "\t"), ("ptab", "\t"), ("cr", "\n"),
                                         ("noBreakHyphen", "-"), ("br", "\n")]}  # fmt: skip
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _RELATIONSHIPS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/"
 _OFFICE_DOCUMENT, _HEADER, _FOOTER = (f"{_RELATIONSHIPS}{t}" for t in ("officeDocument", "header", "footer"))
 
@@ -121,6 +122,11 @@ def _check_length(chars: int, max_chars: int) -> None:
 def _docx_text(data: bytes, max_chars: int) -> str:
     """Every paragraph of the body in document order, one a line (a table row is one line, its cells' text joined
     by " | "), after the text of the headers and before that of the footers, each part streamed (see _DocxReader)."""
+    if data.startswith(_OLE_MAGIC):  # Word encrypts a docx into an OLE compound file, the format .doc files use
+        raise UnreadableDocument(
+            "it is a password-protected docx or an old Word .doc file, which the server cannot read: remove the "
+            "password, or save it as .docx (or pdf), and upload it again"
+        )
     try:
         package = zipfile.ZipFile(io.BytesIO(data))
         parts = package.infolist()

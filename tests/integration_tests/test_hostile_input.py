@@ -616,6 +616,19 @@ def test_a_docx_that_is_no_zip_is_422_naming_the_cause(client: TestClient) -> No
     )
 
 
+def test_a_password_protected_docx_or_a_doc_is_422_saying_so(client: TestClient) -> None:
+    """Word saves a password-protected docx as an OLE compound file (an old .doc is one too): the answer was
+    "cannot read the docx file: BadZipFile", which says nothing a user can act on."""
+    sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+    ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504)  # the compound file header's signature, then zeros
+    r = client.post(
+        f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": ("cv.docx", ole)}
+    )
+    message = assert_error(r, 422, "unreadable_document", "file")["message"]
+    assert "password-protected docx or an old Word .doc" in message and "BadZipFile" not in message
+    assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+
+
 def test_a_pdf_with_more_text_than_the_limit_is_413(tmp_path: Path) -> None:
     """A PDF's text is counted page by page as it is read: past the limit the upload is 413, nothing stored."""
     with make_client(f"sqlite:///{tmp_path}/tg.db", max_upload_bytes=2000) as client:
