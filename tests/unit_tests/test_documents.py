@@ -7,6 +7,7 @@ import posixpath
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -380,3 +381,22 @@ def test_a_docx_without_text_is_not_blamed_on_a_missing_ocr() -> None:
     with pytest.raises(UnreadableDocument) as refused:
         extract_text(package(para()), ".docx", 1000)
     assert str(refused.value) == "the document has no text"
+
+
+def test_python_docx_is_only_a_development_dependency(tmp_path: Path) -> None:
+    """python-docx stayed a runtime dependency after the server stopped reading with it: it is the tests' and the
+    benchmark's now (they build docx files with it), and the server reads a docx without importing it."""
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("python-docx")]
+    assert [d for d in project["optional-dependencies"]["dev"] if d.startswith("python-docx")]
+    (tmp_path / "cv.docx").write_bytes(resume_template())
+    server = (
+        "import sys, pathlib, server.app\nfrom server.documents import extract_text\n"
+        "text = extract_text(pathlib.Path(sys.argv[1]).read_bytes(), '.docx', 2_000_000)\n"
+        "print(text.count('|'), 'docx' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", server, str(tmp_path / "cv.docx")],
+        capture_output=True, text=True, timeout=120, check=True, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.stdout.split() == ["3", "False"]
