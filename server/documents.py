@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import posixpath
+import threading
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import PurePath
 from urllib.parse import unquote
 
@@ -22,6 +24,10 @@ class DocumentTooLarge(ValueError):
     """A document that unpacks to more than the server reads, or holds more text than a text upload may (413)."""
 
 
+class DocumentReadersBusy(RuntimeError):
+    """Every document thread is parsing and PARSE_QUEUE uploads wait already (503, retry in a few seconds)."""
+
+
 # a docx is a zip: the declared unpacked size of all its parts (XML and media alike) may be this many times the
 # upload limit at most, refused before any part is unpacked. It bounds the bytes unpacked, not the text: Word's XML
 # with per-word run formatting is about 27 bytes per character of text, so a heavily formatted document near the
@@ -33,10 +39,16 @@ DOCX_UNPACKED_FACTOR = 20
 # here. Word's XML with per-word formatting is about one element per 25 bytes, so the unpacked-size cap above
 # already allows little more than this
 DOCX_ELEMENTS_PER_CHAR = 0.5
-# documents are parsed by this many threads per process, apart from the default executor that storage calls use:
-# further uploads wait their turn, so parsing never takes the threads other requests' index and audit writes need
+# pdf and docx files are parsed by this many threads per process, apart from the default executor that storage calls
+# use, so parsing never takes the threads other requests' index and audit writes need
 PARSE_WORKERS = 2
 DOCUMENT_READERS = ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="teamgraph-document")
+# at most this many further uploads wait for one of those threads; the next is refused at once (DocumentReadersBusy,
+# 503): the queue was unbounded, each waiting upload holding its body, and txt files waited behind pdf bombs
+PARSE_QUEUE = 2
+_PARSE_SLOTS = threading.BoundedSemaphore(PARSE_WORKERS + PARSE_QUEUE)
+# decoded where they arrive (2 MB of UTF-8 in milliseconds), never queued behind the parsing of other uploads
+PLAIN_TEXT = (".txt", ".md")
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _DOCUMENT, _BODY, _HDR, _FTR = (f"{_W}{t}" for t in ("document", "body", "hdr", "ftr"))
@@ -77,7 +89,7 @@ def document_kind(filename: str | None, content_type: str | None) -> str:
 def extract_text(data: bytes, kind: str, max_chars: int) -> str:
     """The document's text; raises UnreadableDocument when there is none to be had, DocumentTooLarge when it has
     more than `max_chars` characters (what a text upload of the byte limit can hold) or a docx unpacks to more than
-    DOCX_UNPACKED_FACTOR times that. CPU-bound: call it in DOCUMENT_READERS."""
+    DOCX_UNPACKED_FACTOR times that. CPU-bound for pdf and docx: call it through parse_in_background."""
     try:
         if kind in (".txt", ".md"):
             text = data.decode("utf-8-sig")
@@ -112,6 +124,24 @@ def extract_text(data: bytes, kind: str, max_chars: int) -> str:
         )
     _check_length(len(text), max_chars)
     return text
+
+
+def parse_in_background(read: Callable[[bytes, str, int], str], data: bytes, kind: str, max_chars: int) -> Future[str]:
+    """`read(data, kind, max_chars)` queued on DOCUMENT_READERS, or DocumentReadersBusy when PARSE_WORKERS uploads
+    are parsed and PARSE_QUEUE wait already. The slot is given back when the parsing ends or is cancelled before it
+    starts, not when the request that waits for it goes away (its thread keeps working)."""
+    if not _PARSE_SLOTS.acquire(blocking=False):
+        raise DocumentReadersBusy(
+            f"the server is parsing {PARSE_WORKERS} documents and {PARSE_QUEUE} more wait, as many as it takes at "
+            "once; send the upload again in a few seconds"
+        )
+    try:
+        future = DOCUMENT_READERS.submit(read, data, kind, max_chars)
+    except BaseException:
+        _PARSE_SLOTS.release()
+        raise
+    future.add_done_callback(lambda _: _PARSE_SLOTS.release())
+    return future
 
 
 def _check_length(chars: int, max_chars: int) -> None:
