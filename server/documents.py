@@ -170,12 +170,12 @@ def _docx_text(data: bytes, max_chars: int) -> str:
     body = reader.part_text(main, (_DOCUMENT, _BODY))
     headers: list[str] = []
     footers: list[str] = []
+    seen: set[tuple[str, str]] = set()
     for name, kind in _header_and_footer_parts(package, main):
-        header = kind == _HEADER
-        text = reader.part_text(name, (_HDR,) if header else (_FTR,))
-        read = headers if header else footers
-        if text.strip() and text not in read:  # a header each section repeats is read once
-            read.append(text)
+        text = reader.part_text(name, (_HDR,) if kind == _HEADER else (_FTR,))
+        if text.strip() and (kind, text) not in seen:  # a header each section repeats is read once
+            seen.add((kind, text))
+            (headers if kind == _HEADER else footers).append(text)
     return "\n".join([*headers, body, *footers])
 
 
