@@ -1,12 +1,15 @@
-"""Text from an uploaded resume or job description: txt, md, pdf (pypdf), docx (its main part streamed with lxml)."""
+"""Text from an uploaded resume or job description: txt, md, pdf (pypdf), docx (body, headers, footers via lxml)."""
 
 from __future__ import annotations
 
 import io
+import posixpath
+import threading
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import PurePath
-from typing import Any
+from urllib.parse import unquote
 
 
 class UnsupportedDocument(ValueError):
@@ -21,27 +24,45 @@ class DocumentTooLarge(ValueError):
     """A document that unpacks to more than the server reads, or holds more text than a text upload may (413)."""
 
 
+class DocumentReadersBusy(RuntimeError):
+    """Every document thread is parsing and PARSE_QUEUE uploads wait already (503, retry in a few seconds)."""
+
+
 # a docx is a zip: the declared unpacked size of all its parts (XML and media alike) may be this many times the
 # upload limit at most, refused before any part is unpacked. It bounds the bytes unpacked, not the text: Word's XML
 # with per-word run formatting is about 27 bytes per character of text, so a heavily formatted document near the
 # character limit can meet this cap first
 DOCX_UNPACKED_FACTOR = 20
-# the XML elements read from the main document part, per character of the limit (1 million at the default 2 MB): the
-# reading streams, so memory stays flat, but each element costs about 3 us of CPU, so a part of millions of empty
-# paragraphs (a 6.6 kB docx held 24 s of CPU and 227 MB in python-docx) stops here. Word's XML with per-word
-# formatting is about one element per 25 bytes, so the unpacked-size cap above already allows little more than this
+# the XML elements read from a docx (its main part, headers and footers together), per character of the limit (1
+# million at the default 2 MB): the reading streams, so memory stays flat, but each element costs about 1-2 us of
+# CPU, so a part of millions of empty paragraphs (a 6.6 kB docx held 24 s of CPU and 227 MB in python-docx) stops
+# here. Word's XML with per-word formatting is about one element per 25 bytes, so the unpacked-size cap above
+# already allows little more than this
 DOCX_ELEMENTS_PER_CHAR = 0.5
-# documents are parsed by this many threads per process, apart from the default executor that storage calls use:
-# further uploads wait their turn, so parsing never takes the threads other requests' index and audit writes need
+# pdf and docx files are parsed by this many threads per process, apart from the default executor that storage calls
+# use, so parsing never takes the threads other requests' index and audit writes need
 PARSE_WORKERS = 2
 DOCUMENT_READERS = ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="teamgraph-document")
+# at most this many further uploads wait for one of those threads; the next is refused at once (DocumentReadersBusy,
+# 503): the queue was unbounded, each waiting upload holding its body, and txt files waited behind pdf bombs
+PARSE_QUEUE = 2
+_PARSE_SLOTS = threading.BoundedSemaphore(PARSE_WORKERS + PARSE_QUEUE)
+# decoded where they arrive (2 MB of UTF-8 in milliseconds), never queued behind the parsing of other uploads
+PLAIN_TEXT = (".txt", ".md")
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
-_DOCUMENT, _BODY, _P, _R, _HYPERLINK, _BR = (f"{_W}{t}" for t in ("document", "body", "p", "r", "hyperlink", "br"))
+_DOCUMENT, _BODY, _HDR, _FTR = (f"{_W}{t}" for t in ("document", "body", "hdr", "ftr"))
+_P, _R, _T, _BR, _TR, _TC = (f"{_W}{t}" for t in ("p", "r", "t", "br", "tr", "tc"))
+_BR_TYPE = f"{_W}type"
+# subtrees whose text is not the document's: deleted and moved-away revisions, and alternate content's fallback
+# (a text box's VML copy for older readers, which would read its text twice; the mc:Choice before it is read)
+_SKIPPED = {f"{_W}del", f"{_W}moveFrom", "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"}
 # a run's text elements and what each reads as (python-docx's Run.text; a w:br reads "\n" unless a page/column break)
 _RUN_TEXT = {f"{_W}{t}": s for t, s in [("t", ""), ("tab", "\t"), ("ptab", "\t"), ("cr", "\n"),
                                         ("noBreakHyphen", "-"), ("br", "\n")]}  # fmt: skip
-_OFFICE_DOCUMENT = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_RELATIONSHIPS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/"
+_OFFICE_DOCUMENT, _HEADER, _FOOTER = (f"{_RELATIONSHIPS}{t}" for t in ("officeDocument", "header", "footer"))
 
 
 TYPES = {
@@ -68,7 +89,7 @@ def document_kind(filename: str | None, content_type: str | None) -> str:
 def extract_text(data: bytes, kind: str, max_chars: int) -> str:
     """The document's text; raises UnreadableDocument when there is none to be had, DocumentTooLarge when it has
     more than `max_chars` characters (what a text upload of the byte limit can hold) or a docx unpacks to more than
-    DOCX_UNPACKED_FACTOR times that. CPU-bound: call it in DOCUMENT_READERS."""
+    DOCX_UNPACKED_FACTOR times that. CPU-bound for pdf and docx: call it through parse_in_background."""
     try:
         if kind in (".txt", ".md"):
             text = data.decode("utf-8-sig")
@@ -91,16 +112,36 @@ def extract_text(data: bytes, kind: str, max_chars: int) -> str:
         raise UnreadableDocument("the file is not UTF-8 text") from None
     except (UnsupportedDocument, UnreadableDocument, DocumentTooLarge):
         raise
-    except Exception as exc:  # pypdf / python-docx raise many types for corrupt files
+    except Exception as exc:  # pypdf, zipfile and lxml raise many types for corrupt files
         raise UnreadableDocument(f"cannot read the {kind[1:]} file: {type(exc).__name__}") from None
     # pypdf hands back a ToUnicode entry's UTF-16 as it is: a surrogate pair makes its character, a lone surrogate
     # (which no store or hash can encode) becomes U+FFFD, and a NUL (which PostgreSQL text refuses) is dropped
     text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     text = text.replace("\x00", "").strip()
     if not text:
-        raise UnreadableDocument("the document has no text (a scanned PDF needs OCR first)")
+        raise UnreadableDocument(
+            "the document has no text" + (" (a scanned PDF needs OCR first)" if kind == ".pdf" else "")
+        )
     _check_length(len(text), max_chars)
     return text
+
+
+def parse_in_background(read: Callable[[bytes, str, int], str], data: bytes, kind: str, max_chars: int) -> Future[str]:
+    """`read(data, kind, max_chars)` queued on DOCUMENT_READERS, or DocumentReadersBusy when PARSE_WORKERS uploads
+    are parsed and PARSE_QUEUE wait already. The slot is given back when the parsing ends or is cancelled before it
+    starts, not when the request that waits for it goes away (its thread keeps working)."""
+    if not _PARSE_SLOTS.acquire(blocking=False):
+        raise DocumentReadersBusy(
+            f"the server is parsing {PARSE_WORKERS} documents and {PARSE_QUEUE} more wait, as many as it takes at "
+            "once; send the upload again in a few seconds"
+        )
+    try:
+        future = DOCUMENT_READERS.submit(read, data, kind, max_chars)
+    except BaseException:
+        _PARSE_SLOTS.release()
+        raise
+    future.add_done_callback(lambda _: _PARSE_SLOTS.release())
+    return future
 
 
 def _check_length(chars: int, max_chars: int) -> None:
@@ -109,11 +150,13 @@ def _check_length(chars: int, max_chars: int) -> None:
 
 
 def _docx_text(data: bytes, max_chars: int) -> str:
-    """The text python-docx's `Document.paragraphs` reads (the body's own paragraphs, one a line; tables, headers and
-    revision marks are not read), streamed from the main document part: memory stays flat, and the reading stops
-    once the text passes `max_chars` characters or the part passes DOCX_ELEMENTS_PER_CHAR elements per character."""
-    from lxml import etree
-
+    """Every paragraph of the body in document order, one a line (a table row is one line, its cells' text joined
+    by " | "), after the text of the headers and before that of the footers, each part streamed (see _DocxReader)."""
+    if data.startswith(_OLE_MAGIC):  # Word encrypts a docx into an OLE compound file, the format .doc files use
+        raise UnreadableDocument(
+            "it is a password-protected docx or an old Word .doc file, which the server cannot read: remove the "
+            "password, or save it as .docx (or pdf), and upload it again"
+        )
     try:
         package = zipfile.ZipFile(io.BytesIO(data))
         parts = package.infolist()
@@ -123,72 +166,187 @@ def _docx_text(data: bytes, max_chars: int) -> str:
     if unpacked > limit:  # zipfile stops at a part's declared size (and fails its CRC): a part cannot lie past it
         raise DocumentTooLarge(f"unpacks to {unpacked} bytes, more than the {limit} byte limit for a docx")
     main = _main_part(package)
-    max_elements, elements, read = int(max_chars * DOCX_ELEMENTS_PER_CHAR), 0, 0
-    paragraphs: list[str] = []
-    runs: list[str] = []
-    body: Any = None  # the document's w:body, once met (lxml keeps one proxy per element while it is referenced)
+    reader = _DocxReader(package, max_chars)
+    body = reader.part_text(main, (_DOCUMENT, _BODY))
+    headers: list[str] = []
+    footers: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for name, kind in _header_and_footer_parts(package, main):
+        text = reader.part_text(name, (_HDR,) if kind == _HEADER else (_FTR,))
+        if text.strip() and (kind, text) not in seen:  # a header each section repeats is read once
+            seen.add((kind, text))
+            (headers if kind == _HEADER else footers).append(text)
+    return "\n".join([*headers, body, *footers])
 
-    def in_body(element: Any) -> bool:
-        nonlocal body
-        if body is None and _is_body(element):
-            body = element
-        return body is not None and element is body
 
-    with package.open(main) as xml:
-        parse = etree.iterparse(xml, events=("end",), remove_blank_text=True, resolve_entities=False, no_network=True)
-        for _, element in parse:
-            elements += 1
-            if elements > max_elements:
-                raise DocumentTooLarge(f"its {main} has more than {max_elements} XML elements")
-            tag = element.tag
-            if tag in _RUN_TEXT:
-                run = element.getparent()
-                if run is not None and run.tag == _R and (p := run.getparent()) is not None:
-                    if p.tag == _HYPERLINK:
-                        p = p.getparent()
-                    if p is not None and p.tag == _P and in_body(p.getparent()):
-                        if tag == _BR:
-                            runs.append("\n" if element.get(f"{_W}type", "textWrapping") == "textWrapping" else "")
-                        else:
-                            runs.append(_RUN_TEXT[tag] or element.text or "")
-                        read += len(runs[-1])
-                        _check_length(read, max_chars)
-            elif tag == _P and in_body(element.getparent()):
-                paragraphs.append("".join(runs))
-                runs.clear()
-            element.clear()  # read: drop it and what came before it, so the tree never grows past one path
-            if element.getprevious() is not None:
-                parent = element.getparent()
-                while element.getprevious() is not None:
-                    del parent[0]
-    return "\n".join(paragraphs)
+class _DocxReader:
+    """Reads parts of one docx within one budget: past `max_chars` characters of text, or past DOCX_ELEMENTS_PER_CHAR
+    XML elements per character of it, counted over every part read, the reading stops (413)."""
+
+    def __init__(self, package: zipfile.ZipFile, max_chars: int) -> None:
+        self.package, self.max_chars = package, max_chars
+        self.max_elements, self.elements, self.read = int(max_chars * DOCX_ELEMENTS_PER_CHAR), 0, 0
+
+    def part_text(self, name: str, path: tuple[str, ...]) -> str:
+        """The paragraphs under the element at `path` from the part's root (w:document/w:body, w:hdr, w:ftr), one a
+        line. The part is fed to the parser in pieces and no tree is built (the parser calls _PartText for each
+        element), so memory stays flat whatever the part's size."""
+        from lxml import etree
+
+        target = _PartText(self, name, path)
+        # comments and processing instructions: dropped by the parser (the target has no method for them either);
+        # millions of `<!---->` (7 bytes each, deflated to nothing) grew a tree past 800 MB when one was built
+        parser = etree.XMLParser(
+            target=target, remove_comments=True, remove_pis=True, resolve_entities=False, no_network=True
+        )
+        with self.package.open(name) as xml:
+            while not target.done and (chunk := xml.read(65536)):
+                parser.feed(chunk)
+        if not target.done:
+            parser.close()
+        return "\n".join(target.lines[0])
+
+    def count_element(self, name: str) -> None:
+        self.elements += 1
+        if self.elements > self.max_elements:
+            raise DocumentTooLarge(
+                f"it has more than {self.max_elements} XML elements (its main part, headers and footers count "
+                f"together; reading {name})"
+            )
+
+    def count_text(self, text: str) -> None:
+        self.read += len(text)
+        _check_length(self.read, self.max_chars)
+
+
+class _PartText:
+    """An lxml parser target collecting one part's paragraphs. Deleted and moved-away revisions (w:del, w:moveFrom)
+    and mc:Fallback (the copy of a text box for older readers; its mc:Choice is read) are skipped; a paragraph
+    inside another (a text box's) is a line before the one that holds it; a table row is a line, its non-empty cells
+    joined by " | " (a cell's paragraphs each a line, a nested table's rows too)."""
+
+    def __init__(self, reader: _DocxReader, name: str, path: tuple[str, ...]) -> None:
+        self.reader, self.name, self.path = reader, name, path
+        self.tags: list[str] = []  # the open elements, root first
+        self.scope = 0  # once inside the element at `path`: the depth it is at
+        self.done = False  # past the element at `path`: nothing further is read
+        self.skipped = 0  # how many w:del / w:moveFrom / mc:Fallback are open
+        self.lines: list[list[str]] = [[]]  # the lines of the part, then of each table cell open within it
+        self.rows: list[list[str]] = []  # each open table row's cells
+        self.paragraphs: list[list[str]] = []  # each open paragraph's pieces of text
+        self.text: list[str] | None = None  # an open w:t's text, when it is read
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        tags = self.tags
+        tags.append(tag)
+        if tag in _SKIPPED:
+            self.skipped += 1
+        elif self.skipped or self.done:
+            pass
+        elif not self.scope:
+            if len(tags) == len(self.path) and tuple(tags) == self.path:
+                self.scope = len(tags)
+        elif tag == _P:
+            self.paragraphs.append([])
+        elif tag == _TC:
+            self.lines.append([])
+        elif tag == _TR:
+            self.rows.append([])
+        elif tag in _RUN_TEXT and self.paragraphs and tags[-2] == _R:
+            if tag == _T:
+                self.text = []
+            else:
+                text = _RUN_TEXT[tag]
+                if tag == _BR and attrib.get(_BR_TYPE, "textWrapping") != "textWrapping":
+                    text = ""  # a page or column break
+                self.paragraphs[-1].append(text)
+                self.reader.count_text(text)
+
+    def data(self, text: str) -> None:
+        if self.text is not None:
+            self.text.append(text)
+            self.reader.count_text(text)
+
+    def end(self, tag: str) -> None:
+        if not self.done:
+            self.reader.count_element(self.name)
+        depth = len(self.tags)
+        self.tags.pop()
+        if tag in _SKIPPED:
+            self.skipped -= 1
+        elif self.skipped or not self.scope or self.done:
+            pass
+        elif tag == _T:
+            if self.text is not None:
+                self.paragraphs[-1].append("".join(self.text))
+                self.text = None
+        elif tag == _P:
+            self.lines[-1].append("".join(self.paragraphs.pop()))
+        elif tag == _TC:
+            cell = self.lines.pop()
+            if self.rows:
+                self.rows[-1].append("\n".join(cell))
+            else:  # a cell outside any row: its lines as they are
+                self.lines[-1].extend(cell)
+        elif tag == _TR:
+            self.lines[-1].append(" | ".join(cell for cell in self.rows.pop() if cell.strip()))
+        elif depth == self.scope:
+            self.done = True
+
+    def close(self) -> None:
+        return None
 
 
 def _main_part(package: zipfile.ZipFile) -> str:
     """The main document part's name, from the package's relationships (usually word/document.xml)."""
-    from lxml import etree
-
-    try:
-        rels = package.getinfo("_rels/.rels")
-    except KeyError:
-        raise UnreadableDocument("not a Word document: it has no _rels/.rels") from None
-    if rels.file_size > 1_000_000:
-        raise DocumentTooLarge(f"its _rels/.rels unpacks to {rels.file_size} bytes")
-    root = etree.fromstring(package.read(rels), etree.XMLParser(resolve_entities=False, no_network=True))
-    for rel in root:
-        if rel.get("Type") == _OFFICE_DOCUMENT and rel.get("TargetMode") != "External":
-            target = (rel.get("Target") or "").lstrip("/")
-            if target in package.namelist():
-                return target
+    names = set(package.namelist())
+    if "_rels/.rels" not in names:
+        raise UnreadableDocument("not a Word document: it has no _rels/.rels")
+    # the first officeDocument relationship names the main part (a package has one), looked up in a name set made
+    # once: a 1 MB _rels/.rels holds thousands of relationships, and listing each time every one of a zip's
+    # thousands of members held 7 s of CPU
+    for kind, target in _relationships(package, "_rels/.rels", ""):
+        if kind == _OFFICE_DOCUMENT:
+            if target not in names:
+                raise UnreadableDocument(f"not a Word document: its main document part {target!r} is missing")
+            return target
     raise UnreadableDocument("not a Word document: it names no main document part")
 
 
-def _is_body(element: Any) -> bool:
-    """Whether this is the w:body under the root w:document (the body python-docx reads)."""
-    return (
-        element is not None
-        and element.tag == _BODY
-        and (root := element.getparent()) is not None
-        and root.tag == _DOCUMENT
-        and root.getparent() is None
-    )
+def _header_and_footer_parts(package: zipfile.ZipFile, main: str) -> list[tuple[str, str]]:
+    """The main part's header and footer parts the package holds, each once, in the order its relationships list
+    them: (name, relationship type)."""
+    names = set(package.namelist())
+    folder, base = posixpath.split(main)
+    rels = posixpath.join(folder, "_rels", f"{base}.rels")
+    if rels not in names:
+        return []
+    found: dict[str, str] = {}
+    for kind, target in _relationships(package, rels, folder):
+        if kind in (_HEADER, _FOOTER) and target in names and target != main:
+            found.setdefault(target, kind)
+    return list(found.items())
+
+
+def _relationships(package: zipfile.ZipFile, rels: str, folder: str) -> list[tuple[str, str]]:
+    """A relationships part's internal relationships: (type, the zip member its target names from `folder`)."""
+    from lxml import etree
+
+    size = package.getinfo(rels).file_size
+    if size > 1_000_000:
+        raise DocumentTooLarge(f"its {rels} unpacks to {size} bytes")
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
+    root = etree.fromstring(package.read(rels), parser)
+    return [
+        (rel.get("Type") or "", _part_name(folder, rel.get("Target") or ""))
+        for rel in root
+        if rel.get("TargetMode") != "External"
+    ]
+
+
+def _part_name(base: str, target: str) -> str:
+    """The zip member a relationship's target names: relative to `base` (the source part's folder) unless it starts
+    with "/", %xx escapes decoded, "." and ".." steps resolved (`./word/document.xml` is `word/document.xml`)."""
+    path = unquote(target)
+    path = path.lstrip("/") if path.startswith("/") else posixpath.join(base, path)
+    return posixpath.normpath(path).lstrip("/") if path else ""

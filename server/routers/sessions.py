@@ -18,12 +18,14 @@ from pydantic import BaseModel, Field, field_validator
 from checkpoints.session_index import MAX_TITLE_CHARS, SessionRecord, unprintable_in_title
 from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import (
-    DOCUMENT_READERS,
+    PLAIN_TEXT,
+    DocumentReadersBusy,
     DocumentTooLarge,
     UnreadableDocument,
     UnsupportedDocument,
     document_kind,
     extract_text,
+    parse_in_background,
 )
 from server.engine import CheckpointNotFound, CreateKeyReused, DocumentRejected, SessionNotFound, UserTagConflict
 from server.errors import ApiError
@@ -388,11 +390,14 @@ async def upload_document(
         )
     filename = safe_filename(file.filename)
     try:
-        # parsing a pdf or docx is CPU work: off the event loop, on the documents' own two threads (further uploads
-        # wait their turn), so uploads never take the default executor's threads that storage calls need
-        text = await asyncio.get_running_loop().run_in_executor(
-            DOCUMENT_READERS, extract_text, data, document_kind(filename, file.content_type), settings.max_upload_bytes
-        )
+        extension = document_kind(filename, file.content_type)
+        if extension in PLAIN_TEXT:  # decoding is quick: never waits behind other uploads' parsing
+            text = extract_text(data, extension, settings.max_upload_bytes)
+        else:  # parsing a pdf or docx is CPU work: off the event loop, on the documents' own threads, a short queue
+            future = parse_in_background(extract_text, data, extension, settings.max_upload_bytes)
+            text = await asyncio.wrap_future(future)
+    except DocumentReadersBusy as exc:
+        raise ApiError(503, "documents_busy", str(exc), headers={"Retry-After": "2"}) from None
     except UnsupportedDocument as exc:
         raise ApiError(415, "unsupported_media_type", f"file: {exc}", "file") from None
     except DocumentTooLarge as exc:

@@ -618,6 +618,19 @@ def test_a_docx_that_is_no_zip_is_422_naming_the_cause(client: TestClient) -> No
     )
 
 
+def test_a_password_protected_docx_or_a_doc_is_422_saying_so(client: TestClient) -> None:
+    """Word saves a password-protected docx as an OLE compound file (an old .doc is one too): the answer was
+    "cannot read the docx file: BadZipFile", which says nothing a user can act on."""
+    sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+    ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504)  # the compound file header's signature, then zeros
+    r = client.post(
+        f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": ("cv.docx", ole)}
+    )
+    message = assert_error(r, 422, "unreadable_document", "file")["message"]
+    assert "password-protected docx or an old Word .doc" in message and "BadZipFile" not in message
+    assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+
+
 def test_a_pdf_with_more_text_than_the_limit_is_413(tmp_path: Path) -> None:
     """A PDF's text is counted page by page as it is read: past the limit the upload is 413, nothing stored."""
     with make_client(f"sqlite:///{tmp_path}/tg.db", max_upload_bytes=2000) as client:
@@ -664,7 +677,7 @@ def test_documents_are_parsed_on_two_threads_of_their_own(tmp_path: Path, monkey
                 f"/sessions/{sid}/documents",
                 headers=DEMO,
                 data={"kind": "resume"},
-                files={"file": (f"cv{i}.txt", f"resume {i}".encode(), "text/plain")},
+                files={"file": (f"cv{i}.docx", docx_of(1, 10 + i))},
             )
             for i in range(3)
         ]
@@ -678,6 +691,41 @@ def test_documents_are_parsed_on_two_threads_of_their_own(tmp_path: Path, monkey
         release.set()
         assert all(u.result(timeout=30).status_code == 200 for u in uploads)
     assert most[0] == 2
+
+
+def test_a_fifth_document_to_parse_is_503_at_once_and_text_uploads_never_wait(tmp_path: Path) -> None:
+    """The documents' executor queued without limit: every upload past the second waited, its body held, and a txt
+    waited behind them too. Now two parse and two wait; the next pdf or docx is refused at once with 503
+    documents_busy and Retry-After, and a txt is decoded as it arrives. Real documents that keep a thread busy for
+    a second or more each: 660,000 empty paragraphs (a 6.6 kB docx answered 422)."""
+    slow = empty_paragraphs_docx(660_000)
+    finished: list[tuple[str, int]] = []  # (file name, status) as the answers came
+
+    def upload(client: TestClient, sid: str, name: str, data: bytes) -> Any:
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": (name, data)}
+        )
+        finished.append((name, r.status_code))
+        return r
+
+    with make_client(f"sqlite:///{tmp_path}/tg.db") as client, ThreadPoolExecutor(8) as pool:
+        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        docx = [pool.submit(upload, client, sid, f"cv{i}.docx", slow) for i in range(7)]
+        deadline = time.monotonic() + 30
+        while not finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+        text = upload(client, sid, "cv.txt", b"Alex Kim, Python developer")  # sent once one docx was answered
+        assert text.status_code == 200, text.text
+        answers = [d.result(timeout=120) for d in docx]
+    busy = [r for r in answers if r.status_code == 503]
+    assert 1 <= len(busy) <= 3, finished  # 7 sent while 4 may be parsed or wait: 3 refused, fewer if one ended
+    for r in busy:
+        error = assert_error(r, 503, "documents_busy", None)
+        assert "parsing 2 documents and 2 more wait" in error["message"], error
+        assert r.headers["Retry-After"] == "2"
+    assert all(r.status_code == 422 and "no text" in r.json()["error"]["message"] for r in answers if r not in busy)
+    statuses = [status for _, status in finished]
+    assert statuses.index(200) < statuses.index(422), finished  # the txt did not wait behind any parsing
 
 
 def test_an_upload_through_a_root_path_is_read_as_a_form(tmp_path: Path) -> None:
