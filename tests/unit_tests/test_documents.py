@@ -368,13 +368,17 @@ def test_headers_come_before_the_body_and_footers_after_each_once() -> None:
 
 
 def test_the_limits_count_the_headers_and_footers_too() -> None:
-    """The element and character budgets are one for the whole document, whichever part spends them."""
-    empty = f'<w:hdr xmlns:w="{W_NS}">{"<w:p/>" * 600}</w:hdr>'
+    """The element and character budgets are one for the whole document, whichever part spends them: no part alone
+    passes either (300 empty paragraphs in the body and 300 in a header, 500 elements allowed; 600 characters in
+    the body and 600 spaces in a header, which add nothing to the text returned, 1000 characters allowed)."""
+    empty = "<w:p/>" * 300
     with pytest.raises(DocumentTooLarge, match="more than 500 XML elements"):
-        extract_text(with_headers(para(run("body")), (HEADER, "header1.xml", empty)), ".docx", 1000)
-    wordy = header(HEADER, "x" * 600)
+        extract_text(
+            with_headers(empty, (HEADER, "header1.xml", f'<w:hdr xmlns:w="{W_NS}">{empty}</w:hdr>')), ".docx", 1000
+        )
+    blank = header(HEADER, " " * 600)
     with pytest.raises(DocumentTooLarge, match="longer than 1000 characters"):
-        extract_text(with_headers(para(run("y" * 600)), (HEADER, "header1.xml", wordy)), ".docx", 1000)
+        extract_text(with_headers(para(run("y" * 600)), (HEADER, "header1.xml", blank)), ".docx", 1000)
 
 
 def test_a_docx_without_text_is_not_blamed_on_a_missing_ocr() -> None:
