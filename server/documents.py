@@ -54,9 +54,12 @@ _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _DOCUMENT, _BODY, _HDR, _FTR = (f"{_W}{t}" for t in ("document", "body", "hdr", "ftr"))
 _P, _R, _T, _BR, _TR, _TC = (f"{_W}{t}" for t in ("p", "r", "t", "br", "tr", "tc"))
 _BR_TYPE = f"{_W}type"
+_MC = "{http://schemas.openxmlformats.org/markup-compatibility/2006}"
+_ALTERNATE_CONTENT, _CHOICE = f"{_MC}AlternateContent", f"{_MC}Choice"
 # subtrees whose text is not the document's: deleted and moved-away revisions, and alternate content's fallback
-# (a text box's VML copy for older readers, which would read its text twice; the mc:Choice before it is read)
-_SKIPPED = {f"{_W}del", f"{_W}moveFrom", "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"}
+# (a text box's VML copy for older readers, which would read its text twice; the first mc:Choice before it is read,
+# any further mc:Choice skipped likewise)
+_SKIPPED = {f"{_W}del", f"{_W}moveFrom", f"{_MC}Fallback"}
 # a run's text elements and what each reads as (python-docx's Run.text; a w:br reads "\n" unless a page/column break)
 _RUN_TEXT = {f"{_W}{t}": s for t, s in [("t", ""), ("tab", "\t"), ("ptab", "\t"), ("cr", "\n"),
                                         ("noBreakHyphen", "-"), ("br", "\n")]}  # fmt: skip
@@ -221,16 +224,19 @@ class _DocxReader:
 
 class _PartText:
     """An lxml parser target collecting one part's paragraphs. Deleted and moved-away revisions (w:del, w:moveFrom)
-    and mc:Fallback (the copy of a text box for older readers; its mc:Choice is read) are skipped; a paragraph
-    inside another (a text box's) is a line before the one that holds it; a table row is a line, its non-empty cells
-    joined by " | " (a cell's paragraphs each a line, a nested table's rows too)."""
+    and of alternate content all but its first mc:Choice (mc:Fallback is the copy of a text box for older readers)
+    are skipped; a paragraph inside another (a text box's) is a line before the one that holds it; a table row is a
+    line, its non-empty cells joined by " | " (a cell's paragraphs each a line, a nested table's rows too)."""
 
     def __init__(self, reader: _DocxReader, name: str, path: tuple[str, ...]) -> None:
         self.reader, self.name, self.path = reader, name, path
         self.tags: list[str] = []  # the open elements, root first
         self.scope = 0  # once inside the element at `path`: the depth it is at
         self.done = False  # past the element at `path`: nothing further is read
-        self.skipped = 0  # how many w:del / w:moveFrom / mc:Fallback are open
+        self.skipped = (
+            0  # once inside a skipped element (w:del, w:moveFrom, mc:Fallback, a second mc:Choice): its depth
+        )
+        self.chosen: list[bool] = []  # each open mc:AlternateContent's: whether an mc:Choice of it was read
         self.lines: list[list[str]] = [[]]  # the lines of the part, then of each table cell open within it
         self.rows: list[list[str]] = []  # each open table row's cells
         self.paragraphs: list[list[str]] = []  # each open paragraph's pieces of text
@@ -239,10 +245,14 @@ class _PartText:
     def start(self, tag: str, attrib: dict[str, str]) -> None:
         tags = self.tags
         tags.append(tag)
-        if tag in _SKIPPED:
-            self.skipped += 1
-        elif self.skipped or self.done:
+        if self.skipped or self.done:
             pass
+        elif tag in _SKIPPED or (tag == _CHOICE and self.chosen and self.chosen[-1]):
+            self.skipped = len(tags)
+        elif tag == _CHOICE and self.chosen:
+            self.chosen[-1] = True
+        elif tag == _ALTERNATE_CONTENT:
+            self.chosen.append(False)
         elif not self.scope:
             if len(tags) == len(self.path) and tuple(tags) == self.path:
                 self.scope = len(tags)
@@ -272,9 +282,14 @@ class _PartText:
             self.reader.count_element(self.name)
         depth = len(self.tags)
         self.tags.pop()
-        if tag in _SKIPPED:
-            self.skipped -= 1
-        elif self.skipped or not self.scope or self.done:
+        if self.skipped:
+            if depth == self.skipped:
+                self.skipped = 0
+        elif self.done:
+            pass
+        elif tag == _ALTERNATE_CONTENT:
+            self.chosen.pop()
+        elif not self.scope:
             pass
         elif tag == _T:
             if self.text is not None:

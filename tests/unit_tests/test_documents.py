@@ -131,6 +131,20 @@ TEXT_BOX = (  # a text box as Word writes it: the drawing (mc:Choice), then a VM
     "</wp:anchor></w:drawing></mc:Choice><mc:Fallback><w:pict><v:shape><v:textbox><w:txbxContent>{box}"
     "</w:txbxContent></v:textbox></v:shape></w:pict></mc:Fallback></mc:AlternateContent></w:r>"
 )
+
+
+def alternatives(*choices: str) -> str:
+    """A run's mc:AlternateContent with these mc:Choice contents and a fallback."""
+    options = "".join(f'<mc:Choice Requires="wps">{c}</mc:Choice>' for c in choices)
+    return (
+        f"<w:r><mc:AlternateContent>{options}<mc:Fallback>{box('fallback')}</mc:Fallback></mc:AlternateContent></w:r>"
+    )
+
+
+def box(text: str) -> str:
+    return f"<w:txbxContent>{para(run(text))}</w:txbxContent>"
+
+
 SHAPES = {
     "table-cells-row-by-row": (
         table(cell(para(run("a1"))) + cell(para(run("b1"))), cell(para(run("a2"))) + cell(para(run("b2")))),
@@ -194,6 +208,15 @@ SHAPES = {
     "text-box-once": (
         para(run("before "), TEXT_BOX.format(box=para(run("in the box"))), run("after")),
         "in the box\nbefore after",
+    ),
+    "first-choice-only": (  # alternate content read once: its first mc:Choice, nested ones likewise
+        para(
+            run("a"),
+            alternatives(box("c1") + alternatives(box("n1"), box("n2")), box("c2")),
+            alternatives(box("d1"), box("d2")),
+            run("b"),
+        ),
+        "c1\nn1\nd1\nab",
     ),
     "vml-text-box": (
         para(
