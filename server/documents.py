@@ -154,7 +154,8 @@ def _check_length(chars: int, max_chars: int) -> None:
 
 def _docx_text(data: bytes, max_chars: int) -> str:
     """Every paragraph of the body in document order, one a line (a table row is one line, its cells' text joined
-    by " | "), after the text of the headers and before that of the footers, each part streamed (see _DocxReader)."""
+    by " | "), after the text of the headers and before that of the footers, each part streamed (see _DocxReader).
+    A header or footer part that cannot be read is left out; a main part that cannot be read is UnreadableDocument."""
     if data.startswith(_OLE_MAGIC):  # Word encrypts a docx into an OLE compound file, the format .doc files use
         raise UnreadableDocument(
             "it is a password-protected docx or an old Word .doc file, which the server cannot read: remove the "
@@ -175,7 +176,12 @@ def _docx_text(data: bytes, max_chars: int) -> str:
     footers: list[str] = []
     seen: set[tuple[str, str]] = set()
     for name, kind in _header_and_footer_parts(package, main):
-        text = reader.part_text(name, (_HDR,) if kind == _HEADER else (_FTR,))
+        try:
+            text = reader.part_text(name, (_HDR,) if kind == _HEADER else (_FTR,))
+        except DocumentTooLarge:
+            raise
+        except Exception:  # an empty, cut or binary part (a relationship to an image): skipped, not the whole docx;
+            continue  # what it read before it failed stays counted against the budgets
         if text.strip() and (kind, text) not in seen:  # a header each section repeats is read once
             seen.add((kind, text))
             (headers if kind == _HEADER else footers).append(text)

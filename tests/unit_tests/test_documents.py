@@ -404,6 +404,26 @@ def test_the_limits_count_the_headers_and_footers_too() -> None:
         extract_text(with_headers(para(run("y" * 600)), (HEADER, "header1.xml", blank)), ".docx", 1000)
 
 
+def test_an_unreadable_header_or_footer_part_is_skipped_not_the_whole_docx() -> None:
+    """A header or footer relationship to an empty, cut or binary member (an image, say) made the whole upload 422
+    XMLSyntaxError, the body's text lost. Now such a part is skipped; what it read before it failed still counts
+    against the budgets, and a main part that cannot be read is still a 422."""
+    cut = f'<w:hdr xmlns:w="{W_NS}">{para(run("cut"))}<w:p>'
+    data = with_headers(
+        para(run("body")),
+        (HEADER, "media/x.png", "\x89PNG\r\n\x1a\n\x00\x00binary"),
+        (HEADER, "header1.xml", ""),
+        (HEADER, "header2.xml", cut),
+        (FOOTER, "footer1.xml", header(FOOTER, "page footer")),
+    )
+    assert extract_text(data, ".docx", 1000) == "body\npage footer"
+    spent = f'<w:hdr xmlns:w="{W_NS}">{"<w:p/>" * 300}<w:p>'  # 301 elements read, then cut off
+    with pytest.raises(DocumentTooLarge, match="more than 500 XML elements"):
+        extract_text(with_headers("<w:p/>" * 300, (HEADER, "header1.xml", spent)), ".docx", 1000)
+    with pytest.raises(UnreadableDocument, match="cannot read the docx file: XMLSyntaxError"):
+        extract_text(package(para(run("body")) + "<w:p>"), ".docx", 1000)
+
+
 def test_a_docx_without_text_is_not_blamed_on_a_missing_ocr() -> None:
     with pytest.raises(UnreadableDocument) as refused:
         extract_text(package(para()), ".docx", 1000)
