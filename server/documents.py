@@ -220,7 +220,7 @@ class _DocxReader:
         if self.elements > self.max_elements:
             raise DocumentTooLarge(
                 f"it has more than {self.max_elements} XML elements (its main part, headers and footers count "
-                f"together; reading {name})"
+                f"together; reading {_shown(name)})"
             )
 
     def count_text(self, text: str) -> None:
@@ -329,7 +329,7 @@ def _main_part(package: zipfile.ZipFile) -> str:
     for kind, target in _relationships(package, "_rels/.rels", ""):
         if kind == _OFFICE_DOCUMENT:
             if target not in names:
-                raise UnreadableDocument(f"not a Word document: its main document part {target!r} is missing")
+                raise UnreadableDocument(f"not a Word document: its main document part {_shown(target)} is missing")
             return target
     raise UnreadableDocument("not a Word document: it names no main document part")
 
@@ -355,7 +355,7 @@ def _relationships(package: zipfile.ZipFile, rels: str, folder: str) -> list[tup
 
     size = package.getinfo(rels).file_size
     if size > 1_000_000:
-        raise DocumentTooLarge(f"its {rels} unpacks to {size} bytes")
+        raise DocumentTooLarge(f"its {_shown(rels)} unpacks to {size} bytes")
     parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
     root = etree.fromstring(package.read(rels), parser)
     return [
@@ -371,3 +371,9 @@ def _part_name(base: str, target: str) -> str:
     path = unquote(target)
     path = path.lstrip("/") if path.startswith("/") else posixpath.join(base, path)
     return posixpath.normpath(path).lstrip("/") if path else ""
+
+
+def _shown(name: str) -> str:
+    """A zip member's or relationship target's name as a message shows it: quoted and escaped (a name may hold line
+    breaks and bidi controls), its first 80 characters then "..." (a name may be 64 KB long)."""
+    return f"{name[:80]!r}..." if len(name) > 80 else repr(name)

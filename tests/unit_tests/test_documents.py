@@ -424,6 +424,32 @@ def test_an_unreadable_header_or_footer_part_is_skipped_not_the_whole_docx() -> 
         extract_text(package(para(run("body")) + "<w:p>"), ".docx", 1000)
 
 
+def test_a_part_name_in_a_message_is_quoted_and_cut_short() -> None:
+    """Zip member and target names went into messages as they were: up to 64 KB, with line breaks and bidi
+    controls. Now each is shown quoted and escaped, cut to its first 80 characters."""
+    name = "word/doc\u202e\n" + "x" * 5000 + ".xml"
+    shown = repr(name[:80]) + "..."
+    rels_name = f"word/_rels/{posixpath.basename(name)}.rels"
+    cases = [
+        (
+            {name: f"<w:document {NAMESPACES}><w:body>{'<w:p/>' * 600}</w:body></w:document>"},
+            DocumentTooLarge,
+            f"reading {shown})",
+        ),
+        ({}, UnreadableDocument, f"main document part {shown} is missing"),
+        ({name: "<w:p/>", rels_name: " " * 1_000_001}, DocumentTooLarge, f"its {rels_name[:80]!r}..."),
+    ]
+    for (members, error, says), limit in zip(cases, [1000, 1000, 100_000], strict=True):
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("_rels/.rels", relationships(name.replace("\n", "%0A")))
+            for member, content in members.items():
+                z.writestr(member, content)
+        with pytest.raises(error) as refused:
+            extract_text(out.getvalue(), ".docx", limit)
+        assert says in str(refused.value) and "\n" not in str(refused.value) and len(str(refused.value)) < 300
+
+
 def test_a_docx_without_text_is_not_blamed_on_a_missing_ocr() -> None:
     with pytest.raises(UnreadableDocument) as refused:
         extract_text(package(para()), ".docx", 1000)
