@@ -25,7 +25,8 @@ class DocumentTooLarge(ValueError):
 
 
 class DocumentReadersBusy(RuntimeError):
-    """Every document thread is parsing and PARSE_QUEUE uploads wait already (503, retry in a few seconds)."""
+    """Every document thread is parsing and PARSE_QUEUE uploads wait already, or the tenant's own uploads hold
+    PARSE_PER_TENANT of those places (503, retry in a few seconds)."""
 
 
 # a docx is a zip: the declared unpacked size of all its parts (XML and media alike) may be this many times the
@@ -47,6 +48,11 @@ DOCUMENT_READERS = ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="teamgra
 # 503): the queue was unbounded, each waiting upload holding its body, and txt files waited behind pdf bombs
 PARSE_QUEUE = 2
 _PARSE_SLOTS = threading.BoundedSemaphore(PARSE_WORKERS + PARSE_QUEUE)
+# of those PARSE_WORKERS + PARSE_QUEUE places, one tenant's uploads hold at most this many: a tenant sending slow
+# documents one after another is refused itself (503) instead of keeping every other tenant's uploads at 503
+PARSE_PER_TENANT = 2
+_TENANT_SLOTS: dict[str, int] = {}  # tenant: places its uploads hold; absent at 0
+_TENANT_SLOTS_LOCK = threading.Lock()
 # decoded where they arrive (2 MB of UTF-8 in milliseconds), never queued behind the parsing of other uploads
 PLAIN_TEXT = (".txt", ".md")
 
@@ -129,21 +135,40 @@ def extract_text(data: bytes, kind: str, max_chars: int) -> str:
     return text
 
 
-def parse_in_background(read: Callable[[bytes, str, int], str], data: bytes, kind: str, max_chars: int) -> Future[str]:
-    """`read(data, kind, max_chars)` queued on DOCUMENT_READERS, or DocumentReadersBusy when PARSE_WORKERS uploads
-    are parsed and PARSE_QUEUE wait already. The slot is given back when the parsing ends or is cancelled before it
-    starts, not when the request that waits for it goes away (its thread keeps working)."""
-    if not _PARSE_SLOTS.acquire(blocking=False):
-        raise DocumentReadersBusy(
-            f"the server is parsing {PARSE_WORKERS} documents and {PARSE_QUEUE} more wait, as many as it takes at "
-            "once; send the upload again in a few seconds"
-        )
+def parse_in_background(
+    read: Callable[[bytes, str, int], str], data: bytes, kind: str, max_chars: int, tenant: str
+) -> Future[str]:
+    """`read(data, kind, max_chars)` queued on DOCUMENT_READERS, or DocumentReadersBusy when the tenant's uploads are
+    PARSE_PER_TENANT of those parsed or waiting, or when PARSE_WORKERS uploads are parsed and PARSE_QUEUE wait
+    already. The place is given back when the parsing ends or is cancelled before it starts, not when the request
+    that waits for it goes away (its thread keeps working)."""
+    with _TENANT_SLOTS_LOCK:
+        if _TENANT_SLOTS.get(tenant, 0) >= PARSE_PER_TENANT:
+            raise DocumentReadersBusy(
+                f"your own uploads: {PARSE_PER_TENANT} pdf or docx files of this tenant are being parsed or wait "
+                "already, as many as one tenant may; send the upload again once one of them is answered"
+            )
+        if not _PARSE_SLOTS.acquire(blocking=False):
+            raise DocumentReadersBusy(
+                f"the server is parsing {PARSE_WORKERS} documents and {PARSE_QUEUE} more wait, as many as it takes "
+                "at once; send the upload again in a few seconds"
+            )
+        _TENANT_SLOTS[tenant] = _TENANT_SLOTS.get(tenant, 0) + 1
+
+    def give_back(_: object = None) -> None:
+        with _TENANT_SLOTS_LOCK:
+            if _TENANT_SLOTS[tenant] > 1:
+                _TENANT_SLOTS[tenant] -= 1
+            else:
+                del _TENANT_SLOTS[tenant]
+            _PARSE_SLOTS.release()
+
     try:
         future = DOCUMENT_READERS.submit(read, data, kind, max_chars)
     except BaseException:
-        _PARSE_SLOTS.release()
+        give_back()
         raise
-    future.add_done_callback(lambda _: _PARSE_SLOTS.release())
+    future.add_done_callback(give_back)
     return future
 
 

@@ -6,6 +6,7 @@ import io
 import posixpath
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import zipfile
@@ -16,7 +17,13 @@ import pytest
 from docx.enum.text import WD_BREAK
 from docx.shared import Pt
 
-from server.documents import DocumentTooLarge, UnreadableDocument, extract_text
+from server.documents import (
+    DocumentReadersBusy,
+    DocumentTooLarge,
+    UnreadableDocument,
+    extract_text,
+    parse_in_background,
+)
 
 
 def formatted_docx() -> bytes:
@@ -473,3 +480,35 @@ def test_python_docx_is_only_a_development_dependency(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=True, cwd=Path(__file__).parents[2],
     )  # fmt: skip
     assert done.stdout.split() == ["3", "False"]
+
+
+def test_one_tenant_holds_at_most_two_of_the_four_document_places() -> None:
+    """The four places (two parsing, two waiting) were every tenant's: one caller sending slow documents kept all
+    the others at 503. Now a tenant's own uploads hold two at most; the third is refused naming them, another tenant
+    still gets the other two, and past four the server's own limit answers. The places come back as parses end."""
+    release = threading.Event()
+
+    def held(data: bytes, kind: str, max_chars: int) -> str:
+        release.wait(20)
+        return "read"
+
+    futures = []
+    try:
+        futures += [parse_in_background(held, b"", ".pdf", 1, "slow") for _ in range(2)]
+        with pytest.raises(DocumentReadersBusy, match="your own uploads: 2 pdf or docx files of this tenant"):
+            parse_in_background(held, b"", ".pdf", 1, "slow")
+        futures += [parse_in_background(held, b"", ".pdf", 1, "other") for _ in range(2)]
+        with pytest.raises(DocumentReadersBusy, match="the server is parsing 2 documents and 2 more wait"):
+            parse_in_background(held, b"", ".pdf", 1, "third")
+    finally:
+        release.set()
+    assert [f.result(timeout=20) for f in futures] == ["read"] * 4
+    deadline = time.monotonic() + 10
+    while True:  # each place is given back by a callback run just after its result is set
+        try:
+            again = [parse_in_background(held, b"", ".pdf", 1, "slow") for _ in range(2)]
+            break
+        except DocumentReadersBusy:
+            assert time.monotonic() < deadline, "the places did not come back"
+            time.sleep(0.01)
+    assert [f.result(timeout=20) for f in again] == ["read"] * 2
