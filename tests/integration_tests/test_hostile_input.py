@@ -731,6 +731,27 @@ def test_a_fifth_document_to_parse_is_503_at_once_and_text_uploads_never_wait(tm
     assert statuses.index(200) < statuses.index(422), finished  # the txt did not wait behind any parsing
 
 
+def test_failing_docx_uploads_give_their_places_back(client: TestClient) -> None:
+    """Five docx uploads in a row that each fail (not a zip, an OLE file, no word document, no text, a cut-off zip) are
+    all 422: a refused upload gives its place back before it is answered, so none is 503 documents_busy."""
+    sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+    no_word = io.BytesIO()
+    with zipfile.ZipFile(no_word, "w") as z:
+        z.writestr("a.txt", "hi")
+    failing = [
+        b"PK\x03\x04 not really a zip",
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504),
+        no_word.getvalue(),
+        empty_paragraphs_docx(10),
+        docx_of(1, 10)[:-200],
+    ]
+    for i, data in enumerate(failing):
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": (f"cv{i}.docx", data)}
+        )
+        assert_error(r, 422, "unreadable_document", "file")
+
+
 def test_an_upload_through_a_root_path_is_read_as_a_form(tmp_path: Path) -> None:
     """Behind a proxy or mount with a root_path, the request guard sees the full path (/api/sessions/...): it took
     only a path starting with /sessions for the upload route, so an upload under a prefix was checked as JSON (422)."""
