@@ -25,7 +25,8 @@ class DocumentTooLarge(ValueError):
 
 
 class DocumentReadersBusy(RuntimeError):
-    """Every document thread is parsing and PARSE_QUEUE uploads wait already (503, retry in a few seconds)."""
+    """Every document thread is parsing and PARSE_QUEUE uploads wait already, or the tenant's own uploads hold
+    PARSE_PER_TENANT of those places (503, retry in a few seconds)."""
 
 
 # a docx is a zip: the declared unpacked size of all its parts (XML and media alike) may be this many times the
@@ -47,6 +48,11 @@ DOCUMENT_READERS = ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="teamgra
 # 503): the queue was unbounded, each waiting upload holding its body, and txt files waited behind pdf bombs
 PARSE_QUEUE = 2
 _PARSE_SLOTS = threading.BoundedSemaphore(PARSE_WORKERS + PARSE_QUEUE)
+# of those PARSE_WORKERS + PARSE_QUEUE places, one tenant's uploads hold at most this many: a tenant sending slow
+# documents one after another is refused itself (503) instead of keeping every other tenant's uploads at 503
+PARSE_PER_TENANT = 2
+_TENANT_SLOTS: dict[str, int] = {}  # tenant: places its uploads hold; absent at 0
+_TENANT_SLOTS_LOCK = threading.Lock()
 # decoded where they arrive (2 MB of UTF-8 in milliseconds), never queued behind the parsing of other uploads
 PLAIN_TEXT = (".txt", ".md")
 
@@ -54,9 +60,12 @@ _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _DOCUMENT, _BODY, _HDR, _FTR = (f"{_W}{t}" for t in ("document", "body", "hdr", "ftr"))
 _P, _R, _T, _BR, _TR, _TC = (f"{_W}{t}" for t in ("p", "r", "t", "br", "tr", "tc"))
 _BR_TYPE = f"{_W}type"
+_MC = "{http://schemas.openxmlformats.org/markup-compatibility/2006}"
+_ALTERNATE_CONTENT, _CHOICE = f"{_MC}AlternateContent", f"{_MC}Choice"
 # subtrees whose text is not the document's: deleted and moved-away revisions, and alternate content's fallback
-# (a text box's VML copy for older readers, which would read its text twice; the mc:Choice before it is read)
-_SKIPPED = {f"{_W}del", f"{_W}moveFrom", "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"}
+# (a text box's VML copy for older readers, which would read its text twice; the first mc:Choice before it is read,
+# any further mc:Choice skipped likewise)
+_SKIPPED = {f"{_W}del", f"{_W}moveFrom", f"{_MC}Fallback"}
 # a run's text elements and what each reads as (python-docx's Run.text; a w:br reads "\n" unless a page/column break)
 _RUN_TEXT = {f"{_W}{t}": s for t, s in [("t", ""), ("tab", "\t"), ("ptab", "\t"), ("cr", "\n"),
                                         ("noBreakHyphen", "-"), ("br", "\n")]}  # fmt: skip
@@ -126,21 +135,40 @@ def extract_text(data: bytes, kind: str, max_chars: int) -> str:
     return text
 
 
-def parse_in_background(read: Callable[[bytes, str, int], str], data: bytes, kind: str, max_chars: int) -> Future[str]:
-    """`read(data, kind, max_chars)` queued on DOCUMENT_READERS, or DocumentReadersBusy when PARSE_WORKERS uploads
-    are parsed and PARSE_QUEUE wait already. The slot is given back when the parsing ends or is cancelled before it
-    starts, not when the request that waits for it goes away (its thread keeps working)."""
-    if not _PARSE_SLOTS.acquire(blocking=False):
-        raise DocumentReadersBusy(
-            f"the server is parsing {PARSE_WORKERS} documents and {PARSE_QUEUE} more wait, as many as it takes at "
-            "once; send the upload again in a few seconds"
-        )
+def parse_in_background(
+    read: Callable[[bytes, str, int], str], data: bytes, kind: str, max_chars: int, tenant: str
+) -> Future[str]:
+    """`read(data, kind, max_chars)` queued on DOCUMENT_READERS, or DocumentReadersBusy when the tenant's uploads are
+    PARSE_PER_TENANT of those parsed or waiting, or when PARSE_WORKERS uploads are parsed and PARSE_QUEUE wait
+    already. The place is given back when the parsing ends or is cancelled before it starts, not when the request
+    that waits for it goes away (its thread keeps working)."""
+    with _TENANT_SLOTS_LOCK:
+        if _TENANT_SLOTS.get(tenant, 0) >= PARSE_PER_TENANT:
+            raise DocumentReadersBusy(
+                f"your own uploads: {PARSE_PER_TENANT} pdf or docx files of this tenant are being parsed or wait "
+                "already, as many as one tenant may; send the upload again once one of them is answered"
+            )
+        if not _PARSE_SLOTS.acquire(blocking=False):
+            raise DocumentReadersBusy(
+                f"the server is parsing {PARSE_WORKERS} documents and {PARSE_QUEUE} more wait, as many as it takes "
+                "at once; send the upload again in a few seconds"
+            )
+        _TENANT_SLOTS[tenant] = _TENANT_SLOTS.get(tenant, 0) + 1
+
+    def give_back(_: object = None) -> None:
+        with _TENANT_SLOTS_LOCK:
+            if _TENANT_SLOTS[tenant] > 1:
+                _TENANT_SLOTS[tenant] -= 1
+            else:
+                del _TENANT_SLOTS[tenant]
+            _PARSE_SLOTS.release()
+
     try:
         future = DOCUMENT_READERS.submit(read, data, kind, max_chars)
     except BaseException:
-        _PARSE_SLOTS.release()
+        give_back()
         raise
-    future.add_done_callback(lambda _: _PARSE_SLOTS.release())
+    future.add_done_callback(give_back)
     return future
 
 
@@ -151,7 +179,8 @@ def _check_length(chars: int, max_chars: int) -> None:
 
 def _docx_text(data: bytes, max_chars: int) -> str:
     """Every paragraph of the body in document order, one a line (a table row is one line, its cells' text joined
-    by " | "), after the text of the headers and before that of the footers, each part streamed (see _DocxReader)."""
+    by " | "), after the text of the headers and before that of the footers, each part streamed (see _DocxReader).
+    A header or footer part that cannot be read is left out; a main part that cannot be read is UnreadableDocument."""
     if data.startswith(_OLE_MAGIC):  # Word encrypts a docx into an OLE compound file, the format .doc files use
         raise UnreadableDocument(
             "it is a password-protected docx or an old Word .doc file, which the server cannot read: remove the "
@@ -172,7 +201,12 @@ def _docx_text(data: bytes, max_chars: int) -> str:
     footers: list[str] = []
     seen: set[tuple[str, str]] = set()
     for name, kind in _header_and_footer_parts(package, main):
-        text = reader.part_text(name, (_HDR,) if kind == _HEADER else (_FTR,))
+        try:
+            text = reader.part_text(name, (_HDR,) if kind == _HEADER else (_FTR,))
+        except DocumentTooLarge:
+            raise
+        except Exception:  # an empty, cut or binary part (a relationship to an image): skipped, not the whole docx;
+            continue  # what it read before it failed stays counted against the budgets
         if text.strip() and (kind, text) not in seen:  # a header each section repeats is read once
             seen.add((kind, text))
             (headers if kind == _HEADER else footers).append(text)
@@ -211,7 +245,7 @@ class _DocxReader:
         if self.elements > self.max_elements:
             raise DocumentTooLarge(
                 f"it has more than {self.max_elements} XML elements (its main part, headers and footers count "
-                f"together; reading {name})"
+                f"together; reading {_shown(name)})"
             )
 
     def count_text(self, text: str) -> None:
@@ -221,16 +255,19 @@ class _DocxReader:
 
 class _PartText:
     """An lxml parser target collecting one part's paragraphs. Deleted and moved-away revisions (w:del, w:moveFrom)
-    and mc:Fallback (the copy of a text box for older readers; its mc:Choice is read) are skipped; a paragraph
-    inside another (a text box's) is a line before the one that holds it; a table row is a line, its non-empty cells
-    joined by " | " (a cell's paragraphs each a line, a nested table's rows too)."""
+    and of alternate content all but its first mc:Choice (mc:Fallback is the copy of a text box for older readers)
+    are skipped; a paragraph inside another (a text box's) is a line before the one that holds it; a table row is a
+    line, its non-empty cells joined by " | " (a cell's paragraphs each a line, a nested table's rows too)."""
 
     def __init__(self, reader: _DocxReader, name: str, path: tuple[str, ...]) -> None:
         self.reader, self.name, self.path = reader, name, path
         self.tags: list[str] = []  # the open elements, root first
         self.scope = 0  # once inside the element at `path`: the depth it is at
         self.done = False  # past the element at `path`: nothing further is read
-        self.skipped = 0  # how many w:del / w:moveFrom / mc:Fallback are open
+        self.skipped = (
+            0  # once inside a skipped element (w:del, w:moveFrom, mc:Fallback, a second mc:Choice): its depth
+        )
+        self.chosen: list[bool] = []  # each open mc:AlternateContent's: whether an mc:Choice of it was read
         self.lines: list[list[str]] = [[]]  # the lines of the part, then of each table cell open within it
         self.rows: list[list[str]] = []  # each open table row's cells
         self.paragraphs: list[list[str]] = []  # each open paragraph's pieces of text
@@ -239,10 +276,14 @@ class _PartText:
     def start(self, tag: str, attrib: dict[str, str]) -> None:
         tags = self.tags
         tags.append(tag)
-        if tag in _SKIPPED:
-            self.skipped += 1
-        elif self.skipped or self.done:
+        if self.skipped or self.done:
             pass
+        elif tag in _SKIPPED or (tag == _CHOICE and self.chosen and self.chosen[-1]):
+            self.skipped = len(tags)
+        elif tag == _CHOICE and self.chosen:
+            self.chosen[-1] = True
+        elif tag == _ALTERNATE_CONTENT:
+            self.chosen.append(False)
         elif not self.scope:
             if len(tags) == len(self.path) and tuple(tags) == self.path:
                 self.scope = len(tags)
@@ -272,9 +313,14 @@ class _PartText:
             self.reader.count_element(self.name)
         depth = len(self.tags)
         self.tags.pop()
-        if tag in _SKIPPED:
-            self.skipped -= 1
-        elif self.skipped or not self.scope or self.done:
+        if self.skipped:
+            if depth == self.skipped:
+                self.skipped = 0
+        elif self.done:
+            pass
+        elif tag == _ALTERNATE_CONTENT:
+            self.chosen.pop()
+        elif not self.scope:
             pass
         elif tag == _T:
             if self.text is not None:
@@ -308,7 +354,7 @@ def _main_part(package: zipfile.ZipFile) -> str:
     for kind, target in _relationships(package, "_rels/.rels", ""):
         if kind == _OFFICE_DOCUMENT:
             if target not in names:
-                raise UnreadableDocument(f"not a Word document: its main document part {target!r} is missing")
+                raise UnreadableDocument(f"not a Word document: its main document part {_shown(target)} is missing")
             return target
     raise UnreadableDocument("not a Word document: it names no main document part")
 
@@ -334,7 +380,7 @@ def _relationships(package: zipfile.ZipFile, rels: str, folder: str) -> list[tup
 
     size = package.getinfo(rels).file_size
     if size > 1_000_000:
-        raise DocumentTooLarge(f"its {rels} unpacks to {size} bytes")
+        raise DocumentTooLarge(f"its {_shown(rels)} unpacks to {size} bytes")
     parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, remove_pis=True)
     root = etree.fromstring(package.read(rels), parser)
     return [
@@ -350,3 +396,9 @@ def _part_name(base: str, target: str) -> str:
     path = unquote(target)
     path = path.lstrip("/") if path.startswith("/") else posixpath.join(base, path)
     return posixpath.normpath(path).lstrip("/") if path else ""
+
+
+def _shown(name: str) -> str:
+    """A zip member's or relationship target's name as a message shows it: quoted and escaped (a name may hold line
+    breaks and bidi controls), its first 80 characters then "..." (a name may be 64 KB long)."""
+    return f"{name[:80]!r}..." if len(name) > 80 else repr(name)

@@ -27,7 +27,10 @@ STATUS_TEXT = {
     422: "A field is invalid; `error.field` names it.",
     429: "The tenant's turn limits (turns in flight, turns per minute); see `Retry-After`.",
     502: "The voice provider answered with an error.",
-    503: "A store or provider is unavailable, or documents fill the parsing queue; retry after `Retry-After` if given.",
+    503: (
+        "A store or provider is unavailable, or documents fill the parsing queue (or the calling tenant's share of "
+        "it); retry after `Retry-After` if given."
+    ),
     504: "The voice provider did not answer in time.",
 }
 RETRY_AFTER = {409, 429, 503}

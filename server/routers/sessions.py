@@ -394,7 +394,7 @@ async def upload_document(
         if extension in PLAIN_TEXT:  # decoding is quick: never waits behind other uploads' parsing
             text = extract_text(data, extension, settings.max_upload_bytes)
         else:  # parsing a pdf or docx is CPU work: off the event loop, on the documents' own threads, a short queue
-            future = parse_in_background(extract_text, data, extension, settings.max_upload_bytes)
+            future = parse_in_background(extract_text, data, extension, settings.max_upload_bytes, caller.tenant)
             text = await asyncio.wrap_future(future)
     except DocumentReadersBusy as exc:
         raise ApiError(503, "documents_busy", str(exc), headers={"Retry-After": "2"}) from None

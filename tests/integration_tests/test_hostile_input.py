@@ -670,16 +670,17 @@ def test_documents_are_parsed_on_two_threads_of_their_own(tmp_path: Path, monkey
 
     monkeypatch.setattr(sessions_router, "extract_text", held_read)
     with make_client(f"sqlite:///{tmp_path}/tg.db") as client, ThreadPoolExecutor(3) as pool:
-        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        sessions = [(client.post("/sessions", headers=h, json={"team": "interview"}).json()["id"], h) for h in
+                    (DEMO, DEMO, VENEO)]  # fmt: skip  # a tenant's own uploads hold two places at most
         uploads = [
             pool.submit(
                 client.post,
                 f"/sessions/{sid}/documents",
-                headers=DEMO,
+                headers=headers,
                 data={"kind": "resume"},
                 files={"file": (f"cv{i}.docx", docx_of(1, 10 + i))},
             )
-            for i in range(3)
+            for i, (sid, headers) in enumerate(sessions)
         ]
         deadline = time.monotonic() + 15
         while len(reading) < 2 and time.monotonic() < deadline:
@@ -695,37 +696,62 @@ def test_documents_are_parsed_on_two_threads_of_their_own(tmp_path: Path, monkey
 
 def test_a_fifth_document_to_parse_is_503_at_once_and_text_uploads_never_wait(tmp_path: Path) -> None:
     """The documents' executor queued without limit: every upload past the second waited, its body held, and a txt
-    waited behind them too. Now two parse and two wait; the next pdf or docx is refused at once with 503
-    documents_busy and Retry-After, and a txt is decoded as it arrives. Real documents that keep a thread busy for
-    a second or more each: 660,000 empty paragraphs (a 6.6 kB docx answered 422)."""
+    waited behind them too. Now two parse and two wait, a tenant's own uploads holding two of those places at most;
+    the next pdf or docx is refused at once with 503 documents_busy and Retry-After (naming the tenant's own uploads
+    when they hold their two), and a txt is decoded as it arrives. Real documents that keep a thread busy for a
+    second or more each: 660,000 empty paragraphs (a 6.6 kB docx answered 422)."""
     slow = empty_paragraphs_docx(660_000)
     finished: list[tuple[str, int]] = []  # (file name, status) as the answers came
 
-    def upload(client: TestClient, sid: str, name: str, data: bytes) -> Any:
+    def upload(client: TestClient, headers: dict[str, str], sid: str, name: str, data: bytes) -> Any:
         r = client.post(
-            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": (name, data)}
+            f"/sessions/{sid}/documents", headers=headers, data={"kind": "resume"}, files={"file": (name, data)}
         )
         finished.append((name, r.status_code))
         return r
 
     with make_client(f"sqlite:///{tmp_path}/tg.db") as client, ThreadPoolExecutor(8) as pool:
-        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
-        docx = [pool.submit(upload, client, sid, f"cv{i}.docx", slow) for i in range(7)]
+        sid = {h["Authorization"]: client.post("/sessions", headers=h, json={"team": "interview"}).json()["id"]
+               for h in (DEMO, VENEO)}  # fmt: skip
+        senders = [DEMO] * 4 + [VENEO] * 3
+        docx = [pool.submit(upload, client, h, sid[h["Authorization"]], f"cv{i}.docx", slow)
+                for i, h in enumerate(senders)]  # fmt: skip
         deadline = time.monotonic() + 30
         while not finished and time.monotonic() < deadline:
             time.sleep(0.01)
-        text = upload(client, sid, "cv.txt", b"Alex Kim, Python developer")  # sent once one docx was answered
+        text = upload(client, DEMO, sid[DEMO["Authorization"]], "cv.txt", b"Alex Kim")  # once a docx was answered
         assert text.status_code == 200, text.text
         answers = [d.result(timeout=120) for d in docx]
     busy = [r for r in answers if r.status_code == 503]
-    assert 1 <= len(busy) <= 3, finished  # 7 sent while 4 may be parsed or wait: 3 refused, fewer if one ended
+    assert 1 <= len(busy) <= 3, finished  # 7 sent while each tenant may hold 2: 3 refused, fewer if one ended
     for r in busy:
         error = assert_error(r, 503, "documents_busy", None)
-        assert "parsing 2 documents and 2 more wait" in error["message"], error
+        assert "your own uploads: 2 pdf or docx files of this tenant" in error["message"], error
         assert r.headers["Retry-After"] == "2"
     assert all(r.status_code == 422 and "no text" in r.json()["error"]["message"] for r in answers if r not in busy)
     statuses = [status for _, status in finished]
     assert statuses.index(200) < statuses.index(422), finished  # the txt did not wait behind any parsing
+
+
+def test_failing_docx_uploads_give_their_places_back(client: TestClient) -> None:
+    """Five docx uploads in a row that each fail (not a zip, an OLE file, no word document, no text, a cut-off zip) are
+    all 422: a refused upload gives its place back before it is answered, so none is 503 documents_busy."""
+    sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+    no_word = io.BytesIO()
+    with zipfile.ZipFile(no_word, "w") as z:
+        z.writestr("a.txt", "hi")
+    failing = [
+        b"PK\x03\x04 not really a zip",
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504),
+        no_word.getvalue(),
+        empty_paragraphs_docx(10),
+        docx_of(1, 10)[:-200],
+    ]
+    for i, data in enumerate(failing):
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": (f"cv{i}.docx", data)}
+        )
+        assert_error(r, 422, "unreadable_document", "file")
 
 
 def test_an_upload_through_a_root_path_is_read_as_a_form(tmp_path: Path) -> None:

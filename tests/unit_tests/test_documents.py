@@ -6,6 +6,7 @@ import io
 import posixpath
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import zipfile
@@ -16,7 +17,13 @@ import pytest
 from docx.enum.text import WD_BREAK
 from docx.shared import Pt
 
-from server.documents import DocumentTooLarge, UnreadableDocument, extract_text
+from server.documents import (
+    DocumentReadersBusy,
+    DocumentTooLarge,
+    UnreadableDocument,
+    extract_text,
+    parse_in_background,
+)
 
 
 def formatted_docx() -> bytes:
@@ -131,6 +138,20 @@ TEXT_BOX = (  # a text box as Word writes it: the drawing (mc:Choice), then a VM
     "</wp:anchor></w:drawing></mc:Choice><mc:Fallback><w:pict><v:shape><v:textbox><w:txbxContent>{box}"
     "</w:txbxContent></v:textbox></v:shape></w:pict></mc:Fallback></mc:AlternateContent></w:r>"
 )
+
+
+def alternatives(*choices: str) -> str:
+    """A run's mc:AlternateContent with these mc:Choice contents and a fallback."""
+    options = "".join(f'<mc:Choice Requires="wps">{c}</mc:Choice>' for c in choices)
+    return (
+        f"<w:r><mc:AlternateContent>{options}<mc:Fallback>{box('fallback')}</mc:Fallback></mc:AlternateContent></w:r>"
+    )
+
+
+def box(text: str) -> str:
+    return f"<w:txbxContent>{para(run(text))}</w:txbxContent>"
+
+
 SHAPES = {
     "table-cells-row-by-row": (
         table(cell(para(run("a1"))) + cell(para(run("b1"))), cell(para(run("a2"))) + cell(para(run("b2")))),
@@ -194,6 +215,15 @@ SHAPES = {
     "text-box-once": (
         para(run("before "), TEXT_BOX.format(box=para(run("in the box"))), run("after")),
         "in the box\nbefore after",
+    ),
+    "first-choice-only": (  # alternate content read once: its first mc:Choice, nested ones likewise
+        para(
+            run("a"),
+            alternatives(box("c1") + alternatives(box("n1"), box("n2")), box("c2")),
+            alternatives(box("d1"), box("d2")),
+            run("b"),
+        ),
+        "c1\nn1\nd1\nab",
     ),
     "vml-text-box": (
         para(
@@ -368,13 +398,63 @@ def test_headers_come_before_the_body_and_footers_after_each_once() -> None:
 
 
 def test_the_limits_count_the_headers_and_footers_too() -> None:
-    """The element and character budgets are one for the whole document, whichever part spends them."""
-    empty = f'<w:hdr xmlns:w="{W_NS}">{"<w:p/>" * 600}</w:hdr>'
+    """The element and character budgets are one for the whole document, whichever part spends them: no part alone
+    passes either (300 empty paragraphs in the body and 300 in a header, 500 elements allowed; 600 characters in
+    the body and 600 spaces in a header, which add nothing to the text returned, 1000 characters allowed)."""
+    empty = "<w:p/>" * 300
     with pytest.raises(DocumentTooLarge, match="more than 500 XML elements"):
-        extract_text(with_headers(para(run("body")), (HEADER, "header1.xml", empty)), ".docx", 1000)
-    wordy = header(HEADER, "x" * 600)
+        extract_text(
+            with_headers(empty, (HEADER, "header1.xml", f'<w:hdr xmlns:w="{W_NS}">{empty}</w:hdr>')), ".docx", 1000
+        )
+    blank = header(HEADER, " " * 600)
     with pytest.raises(DocumentTooLarge, match="longer than 1000 characters"):
-        extract_text(with_headers(para(run("y" * 600)), (HEADER, "header1.xml", wordy)), ".docx", 1000)
+        extract_text(with_headers(para(run("y" * 600)), (HEADER, "header1.xml", blank)), ".docx", 1000)
+
+
+def test_an_unreadable_header_or_footer_part_is_skipped_not_the_whole_docx() -> None:
+    """A header or footer relationship to an empty, cut or binary member (an image, say) made the whole upload 422
+    XMLSyntaxError, the body's text lost. Now such a part is skipped; what it read before it failed still counts
+    against the budgets, and a main part that cannot be read is still a 422."""
+    cut = f'<w:hdr xmlns:w="{W_NS}">{para(run("cut"))}<w:p>'
+    data = with_headers(
+        para(run("body")),
+        (HEADER, "media/x.png", "\x89PNG\r\n\x1a\n\x00\x00binary"),
+        (HEADER, "header1.xml", ""),
+        (HEADER, "header2.xml", cut),
+        (FOOTER, "footer1.xml", header(FOOTER, "page footer")),
+    )
+    assert extract_text(data, ".docx", 1000) == "body\npage footer"
+    spent = f'<w:hdr xmlns:w="{W_NS}">{"<w:p/>" * 300}<w:p>'  # 301 elements read, then cut off
+    with pytest.raises(DocumentTooLarge, match="more than 500 XML elements"):
+        extract_text(with_headers("<w:p/>" * 300, (HEADER, "header1.xml", spent)), ".docx", 1000)
+    with pytest.raises(UnreadableDocument, match="cannot read the docx file: XMLSyntaxError"):
+        extract_text(package(para(run("body")) + "<w:p>"), ".docx", 1000)
+
+
+def test_a_part_name_in_a_message_is_quoted_and_cut_short() -> None:
+    """Zip member and target names went into messages as they were: up to 64 KB, with line breaks and bidi
+    controls. Now each is shown quoted and escaped, cut to its first 80 characters."""
+    name = "word/doc\u202e\n" + "x" * 5000 + ".xml"
+    shown = repr(name[:80]) + "..."
+    rels_name = f"word/_rels/{posixpath.basename(name)}.rels"
+    cases = [
+        (
+            {name: f"<w:document {NAMESPACES}><w:body>{'<w:p/>' * 600}</w:body></w:document>"},
+            DocumentTooLarge,
+            f"reading {shown})",
+        ),
+        ({}, UnreadableDocument, f"main document part {shown} is missing"),
+        ({name: "<w:p/>", rels_name: " " * 1_000_001}, DocumentTooLarge, f"its {rels_name[:80]!r}..."),
+    ]
+    for (members, error, says), limit in zip(cases, [1000, 1000, 100_000], strict=True):
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("_rels/.rels", relationships(name.replace("\n", "%0A")))
+            for member, content in members.items():
+                z.writestr(member, content)
+        with pytest.raises(error) as refused:
+            extract_text(out.getvalue(), ".docx", limit)
+        assert says in str(refused.value) and "\n" not in str(refused.value) and len(str(refused.value)) < 300
 
 
 def test_a_docx_without_text_is_not_blamed_on_a_missing_ocr() -> None:
@@ -400,3 +480,35 @@ def test_python_docx_is_only_a_development_dependency(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=True, cwd=Path(__file__).parents[2],
     )  # fmt: skip
     assert done.stdout.split() == ["3", "False"]
+
+
+def test_one_tenant_holds_at_most_two_of_the_four_document_places() -> None:
+    """The four places (two parsing, two waiting) were every tenant's: one caller sending slow documents kept all
+    the others at 503. Now a tenant's own uploads hold two at most; the third is refused naming them, another tenant
+    still gets the other two, and past four the server's own limit answers. The places come back as parses end."""
+    release = threading.Event()
+
+    def held(data: bytes, kind: str, max_chars: int) -> str:
+        release.wait(20)
+        return "read"
+
+    futures = []
+    try:
+        futures += [parse_in_background(held, b"", ".pdf", 1, "slow") for _ in range(2)]
+        with pytest.raises(DocumentReadersBusy, match="your own uploads: 2 pdf or docx files of this tenant"):
+            parse_in_background(held, b"", ".pdf", 1, "slow")
+        futures += [parse_in_background(held, b"", ".pdf", 1, "other") for _ in range(2)]
+        with pytest.raises(DocumentReadersBusy, match="the server is parsing 2 documents and 2 more wait"):
+            parse_in_background(held, b"", ".pdf", 1, "third")
+    finally:
+        release.set()
+    assert [f.result(timeout=20) for f in futures] == ["read"] * 4
+    deadline = time.monotonic() + 10
+    while True:  # each place is given back by a callback run just after its result is set
+        try:
+            again = [parse_in_background(held, b"", ".pdf", 1, "slow") for _ in range(2)]
+            break
+        except DocumentReadersBusy:
+            assert time.monotonic() < deadline, "the places did not come back"
+            time.sleep(0.01)
+    assert [f.result(timeout=20) for f in again] == ["read"] * 2
