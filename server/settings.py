@@ -206,26 +206,54 @@ def serve_workers(settings: Settings, flag: int | None = None) -> tuple[int, str
     return count, "default on SQLite and memory://; TEAMGRAPH_WORKERS=N for more"
 
 
-def env_name(field: str) -> str:
-    """The environment variable (or .env line) a field of Settings is read from."""
-    info = Settings.model_fields.get(field)
-    alias = info.validation_alias if info is not None else None
-    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
-        return alias.choices[0]
-    return f"TEAMGRAPH_{field.upper()}"
+def env_name(name: str) -> str:
+    """The environment variable (or .env line) a setting is read from: `name` is a field of Settings or, for a
+    field with aliases, the alias pydantic-settings reports (its first); the alias the user set is named."""
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        choices = [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
+        if name == field or name in choices:
+            if not choices:
+                return f"TEAMGRAPH_{field.upper()}"
+            return next((c for c in choices if c in os.environ), choices[0])
+    return name.upper() if name.upper().startswith("TEAMGRAPH_") else f"TEAMGRAPH_{name.upper()}"
+
+
+def _field(name: str) -> str | None:
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if name == field or (isinstance(alias, AliasChoices) and name in alias.choices):
+            return field
+    return None
+
+
+def _shown(name: str, value: object) -> str | None:
+    """The value as a message may show it: never a secret, never a URL's password."""
+    field = _field(name)
+    annotation = str(Settings.model_fields[field].annotation) if field else ""
+    if "SecretStr" in annotation or not isinstance(value, str | int | float):
+        return None
+    if isinstance(value, str) and "://" in value:
+        parts = urlparse(value)
+        if parts.password:
+            value = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    return repr(value)
 
 
 def settings_errors(exc: ValidationError) -> list[str]:
-    """One line per invalid setting, naming its environment variable (not the Python field) and the value."""
+    """One line per invalid setting, naming its environment variable (not the Python field), with the value
+    unless it is a secret (a URL's password masked)."""
     lines = []
     for error in exc.errors(include_url=False):
         message = str(error["msg"]).removeprefix("Value error, ")
-        if error["loc"]:
-            name = env_name(str(error["loc"][0]))
-            lines.append(f"{name}={error['input']!r}: {message}" if isinstance(error["input"], str | int | float)
-                         else f"{name}: {message}")  # fmt: skip
-        else:
+        loc = error["loc"]
+        if not loc:
             lines.append(message)
+            continue
+        name = env_name(str(loc[0]))
+        item = "".join(f"[{part}]" for part in loc[1:])  # an item of a list setting
+        shown = _shown(str(loc[0]), error["input"])
+        lines.append(f"{name}{item}={shown}: {message}" if shown is not None else f"{name}{item}: {message}")
     return lines
 
 

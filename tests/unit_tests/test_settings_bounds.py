@@ -47,3 +47,33 @@ def test_the_server_end_gets_a_margin_and_no_tcp_user_timeout_before_postgresql_
         "; set tcp_user_timeout = 38000"
     )
     assert "tcp_user_timeout" not in locks.server_keepalive_sql(110000)  # PostgreSQL 11 has no such setting
+
+
+def test_a_refused_setting_names_the_variable_the_user_set_and_never_echoes_a_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: an aliased field came out as TEAMGRAPH_TEAMGRAPH_OPENAI_API_KEY, and any refused value was
+    echoed, a key or a database password included."""
+    from pydantic import SecretStr, field_validator
+
+    from server.settings import settings_errors
+
+    class Strict(Settings):
+        @field_validator("openai_api_key")
+        @classmethod
+        def _short(cls, value: SecretStr | None) -> SecretStr | None:
+            raise ValueError("not a key")
+
+        @field_validator("checkpoint_url")
+        @classmethod
+        def _scheme(cls, value: str) -> str:
+            raise ValueError("bad scheme")
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-SECRET")
+    monkeypatch.setenv("TEAMGRAPH_CHECKPOINT_URL", "postgresql://u:pw-SECRET@h/db")
+    with pytest.raises(ValidationError) as caught:
+        Strict(_env_file=None)  # type: ignore[call-arg]
+    lines = settings_errors(caught.value)
+    assert "SECRET" not in "\n".join(lines), lines
+    assert "OPENAI_API_KEY: not a key" in lines
+    assert "TEAMGRAPH_CHECKPOINT_URL='postgresql://u:***@h/db': bad scheme" in lines
