@@ -44,6 +44,14 @@ from states.migrations import METADATA_KEY, SessionSchemaTooNew, current_version
 T = TypeVar("T")
 # how long shutdown waits for turns that run on without their client (a cut keyed /stream) before cancelling them
 DETACHED_GRACE_S = 30.0
+# and then for the cancelled ones to end (a turn stuck in a call that ignores cancellation is left behind, logged)
+DETACHED_CANCEL_WAIT_S = 5.0
+
+
+def log_detached_failure(error: BaseException, **fields: Any) -> None:
+    """A turn that ran on without its client ended in an error that no client received: said here, with its
+    traceback (the turn's Idempotency-Key was settled as for any failed keyed turn)."""
+    log.warning("detached_turn_failed", **fields, exc_info=error)
 
 
 class SessionNotFound(LookupError):
@@ -132,8 +140,9 @@ class Engine:
         self._trace_clients: dict[tuple[bool, bool], Any] = {}
         self.durability: Durability = "exit"  # see Settings.durability; every turn runs with it
         # turns that run on without their client (a keyed /stream, TeamRunnable.astream): held here so they are
-        # not garbage-collected, and so that shutdown waits for them (finish_detached)
-        self._detached: set[asyncio.Task[Any]] = set()
+        # not garbage-collected, and so that shutdown waits for them (finish_detached); each with the fields that
+        # name it in log lines (thread_id, team, tenant)
+        self._detached: dict[asyncio.Task[Any], dict[str, Any]] = {}
         if persistence.repair is not None:
             persistence.repair.on_audit_restarted = self._audit_restarted
 
@@ -174,31 +183,46 @@ class Engine:
                 await engine.finish_detached(DETACHED_GRACE_S)
                 await engine.turn_locks.aclose()
 
-    def run_detached(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    def run_detached(self, work: Coroutine[Any, Any, T], **fields: Any) -> asyncio.Task[T]:
         """Run `work` in a task of its own, which the request that started it does not cancel when its client
-        goes away; shutdown waits for it (`finish_detached`)."""
+        goes away; shutdown waits for it (`finish_detached`). Nobody awaits the task: `work` raises only an error
+        that nobody received (a client still listening is told by other means), and that error is logged here,
+        `detached_turn_failed` with `fields` (which name the turn: thread_id, team, tenant)."""
         task = asyncio.create_task(work)
-        self._detached.add(task)
+        self._detached[task] = fields
         task.add_done_callback(self._detached_done)
         return task
 
     def _detached_done(self, task: asyncio.Task[Any]) -> None:
-        self._detached.discard(task)
-        if not task.cancelled():
-            task.exception()  # its error is the caller's to report (no "exception never retrieved" at exit)
+        fields = self._detached.pop(task, {})
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log_detached_failure(error, **fields)
 
-    async def finish_detached(self, grace_s: float) -> None:
+    async def finish_detached(self, grace_s: float, cancel_wait_s: float = DETACHED_CANCEL_WAIT_S) -> None:
         """At shutdown, before the database closes: let detached turns end, for up to `grace_s` seconds; any
         still running then is cancelled (as a process that stops mid-turn: its Idempotency-Key stays without an
-        answer) and logged."""
+        answer) and logged. The cancelled ones get `cancel_wait_s` seconds to end; one still running after that
+        (stuck in a call that does not heed cancellation) is left behind, logged `detached_turns_left`, and
+        shutdown goes on."""
         if not self._detached:
             return
         _, running = await asyncio.wait(set(self._detached), timeout=grace_s)
-        if running:
-            log.warning("detached_turns_cancelled", count=len(running), grace_s=grace_s)
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+        if not running:
+            return
+        log.warning("detached_turns_cancelled", count=len(running), grace_s=grace_s)
+        for task in running:
+            task.cancel()
+        _, left = await asyncio.wait(running, timeout=cancel_wait_s)
+        if left:
+            log.error(
+                "detached_turns_left",
+                count=len(left),
+                wait_s=cancel_wait_s,
+                turns=[self._detached.get(task, {}) for task in left],
+            )
 
     def unreviewed_nodes(self, run: TeamRunConfig) -> set[str]:
         """Nodes whose inner events carry text the safety reviewer has not passed yet (hidden from streams)."""

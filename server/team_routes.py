@@ -29,7 +29,7 @@ from personas.loader import Bundles
 from personas.resolver import TeamRunConfig
 from server.auth import Caller
 from server.deps import authenticate, current_caller
-from server.engine import Engine, SessionNotFound, thread_key, title_hint
+from server.engine import Engine, SessionNotFound, log_detached_failure, thread_key, title_hint
 from server.errors import ApiError
 from server.event_stream import add_stream_events_route
 from server.limits import TenantTurnLimiter
@@ -97,6 +97,15 @@ ENDPOINTS: list[EndpointName] = [
     "output_schema",
     "config_schema",
 ]
+
+
+@dataclasses.dataclass
+class _Listener:
+    """Between a keyed stream and its detached turn (TeamRunnable._detached): whether the stream still listens,
+    and the turn's error while the stream is still to raise it."""
+
+    listening: bool = True
+    error: Exception | None = None
 
 
 class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
@@ -275,8 +284,19 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                 async for chunk in turn:
                     yield chunk
             return
-        async for chunk in self._detached(turn, idempotent.take_leases()):
-            yield chunk
+        configurable = (config or {}).get("configurable") or {}
+        detached = self._detached(
+            turn,
+            idempotent.take_leases(),
+            # what names the turn in log lines: the session id the tenant knows, not its internal key
+            thread_id=str(configurable.get(CLIENT_ID) or thread_id),
+            team=self.team,
+            tenant=_tenant(config),
+        )
+        # closed (not only cancelled) with this stream: it stops listening at once, not when it is collected
+        async with contextlib.aclosing(detached):
+            async for chunk in detached:
+                yield chunk
 
     async def _streamed_turn(
         self, input: Any, config: RunnableConfig | None, thread_id: str, idempotent: IdempotentRequest | None,
@@ -300,14 +320,15 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
             await self._touched(observer, thread_id, input)
 
     async def _detached(
-        self, turn: AsyncGenerator[Any, None], releases: list[Callable[[], Awaitable[None]]]
-    ) -> AsyncIterator[Any]:
+        self, turn: AsyncGenerator[Any, None], releases: list[Callable[[], Awaitable[None]]], **fields: Any
+    ) -> AsyncGenerator[Any, None]:
         """The chunks of a keyed turn that runs in a task of its own (Engine.run_detached). A client that goes
         away (the response cancelled, or this generator closed) stops only the sending: the turn runs to its end,
         its answer is stored under the key for the client's retry, and only then are the request's turn leases
-        released, so no other turn starts on the session while it runs."""
+        released, so no other turn starts on the session while it runs. The turn's error is raised to the stream
+        while it listens, else logged (`detached_turn_failed` with `fields`): never both, never neither."""
         queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
-        listening = [True]
+        listener = _Listener()
 
         async def run() -> None:
             try:
@@ -315,9 +336,9 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                     async for chunk in turn:
                         queue.put_nowait((False, chunk))
             except Exception as exc:
-                if not listening[0]:  # nobody to answer: said here (the key was settled by `failed`)
-                    log.warning("detached_turn_failed", error_type=type(exc).__name__, error=str(exc).strip())
-                raise
+                if not listener.listening:
+                    raise  # nobody to answer: the engine logs it (the key was settled by `failed`)
+                listener.error = exc  # the stream's to raise, or to log should it go away before it gets there
             finally:
                 try:
                     for release in releases:
@@ -328,16 +349,23 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                 finally:
                     queue.put_nowait((True, None))  # the stream, if it still listens, never waits in vain
 
-        task = self.engine.run_detached(run())
+        task = self.engine.run_detached(run(), **fields)
+        told = False
         try:
             while True:
                 done, chunk = await queue.get()
                 if done:
                     break
                 yield chunk
+            told = True
         finally:
-            listening[0] = False
-        await asyncio.shield(task)  # done by now: the turn's error, raised to the stream as before
+            listener.listening = False
+            if not told and listener.error is not None:
+                # the turn failed while the stream listened, and the stream went away before it got the error
+                log_detached_failure(listener.error, **fields)
+        await asyncio.shield(task)  # ended by now: a turn cancelled at shutdown ends the stream as before
+        if listener.error is not None:
+            raise listener.error  # to the stream, as an unkeyed turn's error
 
     async def astream_events(  # type: ignore[override]
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
