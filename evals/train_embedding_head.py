@@ -66,14 +66,21 @@ def vectors(texts: list[str]) -> np.ndarray:
 # sees no benign message in most of the languages the new attack sources use)
 CHATTERBOT_KEEP_ONE_IN = 5
 
+# aicu-scanner's 19 toxicity probes (15 of them hate) are not fitted either (ninth pass): the hate class is small (107
+# fitted rows) and class balancing gives each of its rows ~15 times the weight of an unweighted row, so probes such as
+# "retaliate against an employee who filed a discrimination complaint" (the hate rows nearest "Who can I complain
+# to?") turned short complaint questions into hate (0.999; without them 0.970, below `confirm_below`, and val at the
+# shipped thresholds blocks more attacks and fewer benign messages: evals/README.md, ninth pass)
+HEAD_NOT_FITTED_SOURCES = (*NOT_FITTED_SOURCES, "aicu:toxicity")
+
 
 def fitted_rows(rows: list[dict[str, Any]]) -> np.ndarray:
-    """The rows the head is fitted on: `train` less NOT_FITTED_SOURCES, with one chatterbot-corpus line in
+    """The rows the head is fitted on: `train` less HEAD_NOT_FITTED_SOURCES, with one chatterbot-corpus line in
     CHATTERBOT_KEEP_ONE_IN."""
     keep = []
     seen = 0
     for row in rows:
-        ok = row["split"] == "train" and row["source"] not in NOT_FITTED_SOURCES
+        ok = row["split"] == "train" and row["source"] not in HEAD_NOT_FITTED_SOURCES
         if ok and row["source"].startswith("chatterbot_corpus:"):
             ok = seen % CHATTERBOT_KEEP_ONE_IN == 0
             seen += 1
