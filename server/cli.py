@@ -314,6 +314,7 @@ def serve(
         # with --workers N, uvicorn replaces a worker that does not answer its health ping in time; a worker
         # importing the graphs on a busy machine can take longer than uvicorn's 5 s default to start
         timeout_worker_healthcheck=30,
+        timeout_keep_alive=settings.keep_alive_s,
         access_log=False,
     )
 

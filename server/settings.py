@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body (JSON) on any route; uploads: max_upload_bytes + 64 KiB."
     )
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description="How long `teamgraph serve` keeps an idle HTTP connection open for the client's next request. "
+        "Above a proxy's or client's own idle timeout (60 s on AWS ALB and common nginx setups), so the client "
+        "closes first; below it, a request sent on a connection the server is closing is lost "
+        "(uvicorn's default is 5 s).",
+    )
     log_level: str = Field("INFO", description="DEBUG also logs message content; never keys or tokens.")
     log_format: str = Field("auto", pattern="^(auto|json|console)$", description="auto: console on a TTY, else JSON")
     durability: Literal["exit", "async", "sync"] = Field(

@@ -273,3 +273,32 @@ def test_the_voice_cache_lives_where_configured_and_evicts_beyond_its_size(
         assert preview("One.") == "miss"  # evicted: the provider is asked again
     assert len(fake_openai.voice_requests) == 4
     assert not (tmp_path / "voice-cache").exists()  # not beside the database: where the setting says
+
+
+@pytest.mark.parametrize("keep_alive", [None, "1"])
+def test_an_idle_connection_is_kept_past_uvicorns_five_seconds(tmp_path: Path, keep_alive: str | None) -> None:
+    """A client (or a proxy in front) that sends its next request on a connection idle for 6 s: with uvicorn's
+    default 5 s keep-alive the server had closed it, and the request was lost ("Remote end closed connection
+    without response", seen from schemathesis in CI); the default is now above common proxies' 60 s, and
+    TEAMGRAPH_KEEP_ALIVE_S sets it."""
+    import http.client
+
+    env = {"TEAMGRAPH_KEEP_ALIVE_S": keep_alive} if keep_alive else {}
+    with LiveServer(tmp_path, env=env) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.connect()
+        conn.auto_open = 0  # one connection: a request never opens a new one
+        try:
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read() and conn.sock is not None
+            time.sleep(6)
+            if keep_alive is None:
+                conn.request("GET", "/healthz")
+                assert conn.getresponse().status == 200
+            else:  # the server closed it after 1 s: the same request on it finds it closed
+                with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+                    conn.request("GET", "/healthz")
+                    conn.getresponse()
+        finally:
+            conn.close()

@@ -256,8 +256,12 @@ def test_a_request_right_after_the_file_is_deleted_lands_in_a_new_file(tmp_path:
 
 def holding_the_deleted_file(server: LiveServer) -> list[int]:
     """Processes of the server (its process group) that still have the deleted database file open."""
+    return holding(server, f"{server.db} (deleted)")
+
+
+def holding(server: LiveServer, deleted: str) -> list[int]:
+    """Processes of the server (its process group) that have `deleted` (a path as /proc shows it) open."""
     assert server.process is not None
-    deleted = f"{server.db} (deleted)"
     holders = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -285,6 +289,8 @@ def test_with_several_workers_a_deleted_sqlite_file_restarts_the_workers_on_a_ne
         old_id = f"before-{uuid.uuid4().hex[:8]}"
         assert chat_turn(server, old_id, "Hello").status_code == 200
         assert holding_the_deleted_file(server) == []
+        # the server answers once one worker is up; the other may still be starting (CI: only one held the file)
+        assert until(lambda: len(holding(server, str(server.db))) == 2, within_s=60), server.stdout[-3000:]
         server.db.unlink()
         assert len(holding_the_deleted_file(server)) == 2  # both workers had it open
         acknowledged = turns_until_stored(server)
