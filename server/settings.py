@@ -218,17 +218,18 @@ def serve_workers(settings: Settings, flag: int | None = None) -> tuple[int, str
 def env_name(name: str) -> str:
     """The environment variable (or .env line) a setting is read from: `name` is a field of Settings or, for a
     field with aliases, the alias pydantic-settings reports (its first); the alias the user set is named."""
-    for field, info in Settings.model_fields.items():
-        alias = info.validation_alias
-        choices = [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
-        if name == field or name in choices:
-            if not choices:
-                return f"TEAMGRAPH_{field.upper()}"
-            return next((c for c in choices if c in os.environ), choices[0])
-    return name.upper() if name.upper().startswith("TEAMGRAPH_") else f"TEAMGRAPH_{name.upper()}"
+    field = _field(name)
+    if field is None:
+        return name.upper() if name.upper().startswith("TEAMGRAPH_") else f"TEAMGRAPH_{name.upper()}"
+    alias = Settings.model_fields[field].validation_alias
+    choices = [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
+    if not choices:
+        return f"TEAMGRAPH_{field.upper()}"
+    return next((c for c in choices if c in os.environ), choices[0])
 
 
 def _field(name: str) -> str | None:
+    """The Settings field `name` is, or is an alias of."""
     for field, info in Settings.model_fields.items():
         alias = info.validation_alias
         if name == field or (isinstance(alias, AliasChoices) and name in alias.choices):

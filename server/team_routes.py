@@ -345,7 +345,9 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                         try:
                             await release()
                         except Exception as exc:  # the next lease is released all the same
-                            log.warning("turn_lease_release_failed", error_type=type(exc).__name__, error=str(exc))
+                            log.warning(
+                                "turn_lease_release_failed", **fields, error_type=type(exc).__name__, error=str(exc)
+                            )
                 finally:
                     queue.put_nowait((True, None))  # the stream, if it still listens, never waits in vain
 

@@ -111,14 +111,18 @@ def body(thread_id: str, text: str) -> dict[str, Any]:
     }
 
 
-def data_events(text: str) -> list[Any]:
-    """The `data` events of a LangServe SSE body, parsed."""
+def sse_events(text: str, event: str) -> list[Any]:
+    """The events named `event` (data, error) of a LangServe SSE body, their data parsed."""
     found = []
     for block in text.replace("\r\n", "\n").split("\n\n"):
         lines = block.split("\n")
-        if "event: data" in lines:
+        if f"event: {event}" in lines:
             found.append(json.loads("\n".join(ln[len("data:") :].strip() for ln in lines if ln.startswith("data:"))))
     return found
+
+
+def data_events(text: str) -> list[Any]:
+    return sse_events(text, "data")
 
 
 async def cut_after_first_data(client: httpx.AsyncClient, thread_id: str, text: str, key: str) -> Any:
@@ -324,13 +328,7 @@ async def test_a_cut_keyed_stream_whose_turn_then_fails_is_logged_releases_the_s
 
 
 def error_events(text: str) -> list[Any]:
-    """The `error` events of a LangServe SSE body, parsed."""
-    found = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        lines = block.split("\n")
-        if "event: error" in lines:
-            found.append(json.loads("\n".join(ln[len("data:") :].strip() for ln in lines if ln.startswith("data:"))))
-    return found
+    return sse_events(text, "error")
 
 
 async def whole_stream(client: httpx.AsyncClient, thread_id: str, headers: dict[str, str]) -> str:
@@ -554,4 +552,31 @@ async def test_shutdown_leaves_a_cancelled_turn_that_does_not_end_and_goes_on(tm
             "turns": [{"thread_id": "s-1", "team": "veneo_chat", "tenant": "veneo"}],
             "log_level": "error",
         }
+    ]
+
+
+async def test_a_lease_that_fails_to_release_is_logged_naming_the_turn_and_the_next_is_released(tmp_path: Path) -> None:
+    """The warning named no session, team or tenant: nothing to find the lock it may have left behind by."""
+    released: list[str] = []
+
+    async def broken() -> None:
+        raise OSError("lock connection gone")
+
+    async def release() -> None:
+        released.append("slots")
+
+    async def turn(*args: Any, **kwargs: Any) -> Any:
+        yield {"first": "chunk"}
+
+    request = IdempotentRequest("veneo", "internal-key", "k-1", leases={"lock": broken, "slots": release})
+    config = {"configurable": {"thread_id": "internal-key", CLIENT_ID: "s-1", "tenant": "veneo", IDEMPOTENCY: request}}
+    async with keyed_runnable(tmp_path) as (engine, runnable):
+        runnable._streamed_turn = turn  # type: ignore[method-assign]
+        with structlog.testing.capture_logs() as logged:
+            chunks = [chunk async for chunk in runnable.astream({}, config)]  # type: ignore[arg-type]
+            await until(lambda: not engine._detached)
+    assert chunks == [{"first": "chunk"}] and released == ["slots"]
+    warned = [e for e in logged if e["event"] == "turn_lease_release_failed"]
+    assert [(e["thread_id"], e["team"], e["tenant"], e["error"]) for e in warned] == [
+        ("s-1", "veneo_chat", "veneo", "lock connection gone")
     ]
