@@ -464,6 +464,18 @@ def docx_of(paragraphs: int, chars: int) -> bytes:
     return out.getvalue()
 
 
+def pdf_file(objects: list[bytes]) -> bytes:
+    """A PDF of `objects` (numbered from 1, the first the catalog) with its cross-reference table."""
+    out, offsets = b"%PDF-1.4\n", []
+    for number, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%b\nendobj\n" % (number, obj)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer << /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
 def pdf_saying(utf16_hex: str) -> bytes:
     """A one-page PDF whose only glyph's ToUnicode entry is `utf16_hex`: what pypdf's extract_text returns for it
     is that UTF-16 decoded as it is, lone surrogates included."""
@@ -485,14 +497,7 @@ def pdf_saying(utf16_hex: str) -> bytes:
         b"/Supplement 0 >> >>",
         b"<< /Length %d >>\nstream\n%b\nendstream" % (len(cmap), cmap),
     ]
-    out, offsets = b"%PDF-1.4\n", []
-    for number, obj in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%b\nendobj\n" % (number, obj)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    return out + b"trailer << /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return pdf_file(objects)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -793,14 +798,7 @@ def pdf_of_pages(pages: int, glyphs: int) -> bytes:
         b"/Supplement 0 >> >>",
         b"<< /Length %d >>\nstream\n%b\nendstream" % (len(cmap), cmap),
     ] + [page] * pages
-    out, offsets = b"%PDF-1.4\n", []
-    for number, obj in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%b\nendobj\n" % (number, obj)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    return out + b"trailer << /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return pdf_file(objects)
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------------
