@@ -21,6 +21,8 @@ from typing import IO, Self
 
 import httpx
 
+from server.settings import Settings
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 _SCRUBBED_PREFIXES = ("TEAMGRAPH_", "OPENAI_", "LANGSMITH_", "LANGCHAIN_", "LANGGRAPH_")
@@ -203,8 +205,8 @@ class ServerProcess:
 
 class TeamgraphServer(ServerProcess):
     """Teamgraph's app (`bench.asgi:app` = `create_app` + the bench model) under uvicorn, as `teamgraph serve`
-    runs it: one worker, uvicorn's defaults (uvloop and httptools when installed), no access log (the
-    middleware logs each request)."""
+    runs it: one worker, uvicorn's defaults (uvloop and httptools when installed) but its keep-alive, no access
+    log (the middleware logs each request)."""
 
     name = "teamgraph"
 
@@ -238,6 +240,8 @@ class TeamgraphServer(ServerProcess):
             "--log-level",
             "info",
             "--no-access-log",  # as `teamgraph serve`: our middleware already logs one line per request
+            "--timeout-keep-alive",  # as `teamgraph serve` (TEAMGRAPH_KEEP_ALIVE_S), not uvicorn's 5 s
+            str(Settings.model_fields["keep_alive_s"].default),
             *self.uvicorn_args,
         ]
 

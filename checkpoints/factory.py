@@ -475,14 +475,6 @@ async def _one_setup_at_a_time(url: str, timeout_s: float) -> AsyncIterator[None
         await conn.close()
 
 
-def display_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlparse(url)
-    if parts.password:
-        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
-    return url
-
-
 def check_storage(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Before serving: the URL is supported and its database answers and takes writes. Raises
     CheckpointURLError (the URL itself is wrong) or StorageUnavailable (the database is not there), each with a

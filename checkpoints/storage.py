@@ -8,10 +8,12 @@ wait; the HTTP layer turns these faults into 503 `storage_unavailable` with Retr
 from __future__ import annotations
 
 import math
+import re
 import select
 import sqlite3
 import sys
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_TIMEOUT_S = 3.0  # connect, and wait for a pooled connection
 DEFAULT_STATEMENT_TIMEOUT_S = 15.0  # one statement (a lock wait included)
@@ -32,6 +34,37 @@ _SQLITE_MISSING = ("no such table", "no such column", "has no column named")
 _SQLITE_DAMAGED = ("malformed", "not a database")
 # PostgreSQL InternalErrors that end the connection (25P03, 25P04 on PostgreSQL 17): faults like a lost connection
 _PG_ENDED = ("IdleInTransactionSessionTimeout", "TransactionTimeout")
+
+
+# a query parameter or keyword whose value is a secret: libpq's password and sslpassword, and the usual names for
+# tokens and keys in other URLs (a path such as sslkey= is hidden too, which costs nothing)
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
+# a libpq keyword connection string's `name=value` (a quoted value may hold spaces and \' escapes)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_KEYWORD_PAIR = re.compile(r"""([A-Za-z_][A-Za-z0-9_]*)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)""")
+
+
+def display_url(url: str) -> str:
+    """A database URL (or libpq keyword string, `host=h password=x`) for messages and logs: the user's password
+    and every secret-looking query parameter or keyword (password, sslpassword, token, ...) shown as ***. A value
+    that does not parse as a URL is not shown at all."""
+    if not _URL.match(url):  # a keyword connection string, or no URL
+        return _KEYWORD_PAIR.sub(lambda m: f"{m[1]}{m[2]}***" if _SECRET_NAME.search(m[1]) and m[3] else m[0], url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 host
+        return "<a URL that does not parse>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = "&".join(
+        f"{name}=***" if sep and value and _SECRET_NAME.search(name) else f"{name}{sep}{value}"
+        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing to hide (urlunsplit would also drop the // of sqlite:///path)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class StorageUnavailable(RuntimeError):

@@ -243,8 +243,8 @@ def _check_port(host: str, port: int) -> None:
 def _check_database(settings: Settings) -> None:
     """A wrong TEAMGRAPH_CHECKPOINT_URL (bad scheme, port, database, unwritable directory) is one line naming
     the setting and the cause, within a few seconds."""
-    from checkpoints.factory import CheckpointURLError, check_storage, display_url
-    from checkpoints.storage import StorageUnavailable
+    from checkpoints.factory import CheckpointURLError, check_storage
+    from checkpoints.storage import StorageUnavailable, display_url
 
     try:
         check_storage(settings.checkpoint_url, settings.db_timeout_s)
@@ -283,7 +283,7 @@ def serve(
     _refuse_published_keys(bundles, host, settings.allow_dev_keys)
     _check_port(host, port)
     _check_database(settings)
-    from checkpoints.factory import display_url
+    from checkpoints.storage import display_url
 
     url = f"http://{host}:{port}"
     typer.secho(f"Teamgraph on {url}  (API docs: {url}/docs)", bold=True, err=True)
@@ -315,6 +315,8 @@ def serve(
         # importing the graphs on a busy machine can take longer than uvicorn's 5 s default to start
         timeout_worker_healthcheck=30,
         timeout_keep_alive=settings.keep_alive_s,
+        # on SIGTERM, requests still running after this are cut (uvicorn's default waits for them without end)
+        timeout_graceful_shutdown=settings.shutdown_wait_s,
         access_log=False,
     )
 

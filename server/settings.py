@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from checkpoints.storage import display_url
 from personas.loader import DEFAULT_BUNDLE_DIR
 
 
@@ -50,6 +51,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2_000_000, ge=1, description="Largest resume / job description upload.")
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body (JSON) on any route; uploads: max_upload_bytes + 64 KiB."
+    )
+    shutdown_wait_s: int = Field(
+        10,
+        ge=1,
+        le=3600,
+        description="On SIGTERM, how long `teamgraph serve` waits for requests still being answered before it cuts "
+        "them (a keyed /stream's turn goes on detached; others end as at a crash). Unbounded before: one client "
+        "that never finished sending its body kept the server from stopping.",
     )
     keep_alive_s: int = Field(
         75,
@@ -238,15 +247,13 @@ def _field(name: str) -> str | None:
 
 
 def _shown(name: str, value: object) -> str | None:
-    """The value as a message may show it: never a secret, never a URL's password."""
+    """The value as a message may show it: never a secret, never a password in a URL or connection string."""
     field = _field(name)
     annotation = str(Settings.model_fields[field].annotation) if field else ""
     if "SecretStr" in annotation or not isinstance(value, str | int | float):
         return None
-    if isinstance(value, str) and "://" in value:
-        parts = urlparse(value)
-        if parts.password:
-            value = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    if isinstance(value, str):  # a URL's password and secret parameters, or a keyword string's password=
+        value = display_url(value)
     return repr(value)
 
 

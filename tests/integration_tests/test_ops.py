@@ -283,6 +283,7 @@ def test_an_idle_connection_is_kept_past_uvicorns_five_seconds(tmp_path: Path, k
     TEAMGRAPH_KEEP_ALIVE_S sets it."""
     import http.client
 
+    assert Settings.model_fields["keep_alive_s"].default > 60  # above common proxies' idle timeout
     env = {"TEAMGRAPH_KEEP_ALIVE_S": keep_alive} if keep_alive else {}
     with LiveServer(tmp_path, env=env) as server:
         host, port = server.url.removeprefix("http://").split(":")
@@ -302,3 +303,25 @@ def test_an_idle_connection_is_kept_past_uvicorns_five_seconds(tmp_path: Path, k
                     conn.getresponse()
         finally:
             conn.close()
+
+
+def test_a_client_that_never_finishes_its_request_does_not_keep_the_server_from_stopping(tmp_path: Path) -> None:
+    """Found in review: uvicorn waits for every request being answered before it stops, without end by default, so
+    one client that sent half a body (or a stream nobody finishes) kept `teamgraph serve` from stopping on SIGTERM
+    until the supervisor's SIGKILL. TEAMGRAPH_SHUTDOWN_WAIT_S bounds that wait."""
+    import signal
+    import socket
+
+    with LiveServer(tmp_path, env={"TEAMGRAPH_SHUTDOWN_WAIT_S": "2"}) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tg-demo-key\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"team": '
+            )  # 10 of the 100 bytes: the request is in flight, waiting for the rest
+            time.sleep(0.5)
+            started = time.monotonic()
+            code = server.stop(timeout=20)
+            took = time.monotonic() - started
+    assert code != -signal.SIGKILL, "the server had to be killed: it waited for the unfinished request"
+    assert took < 2 + 8, took  # the wait, then the usual shutdown (database closed, workers gone)

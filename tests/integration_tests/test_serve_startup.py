@@ -69,12 +69,24 @@ def test_a_wrong_checkpoint_url_is_one_line_naming_the_setting_and_the_cause(
     assert took < HANG_GUARD_S
 
 
-def test_a_password_in_the_checkpoint_url_is_not_printed(tmp_path: Path) -> None:
-    url = f"postgresql://postgres:hunter2secret@127.0.0.1:{closed_port()}/test"
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://postgres:hunter2secret@127.0.0.1:{closed}/test", "postgres:***@127.0.0.1"),
+        # libpq also takes the password as a query parameter (and sslpassword for a client key)
+        ("postgresql://postgres@127.0.0.1:{closed}/test?password=hunter2secret", "/test?password=***"),
+        (
+            "postgresql://postgres@127.0.0.1:{closed}/test?sslmode=disable&sslpassword=hunter2secret",
+            "sslmode=disable&sslpassword=***",
+        ),
+    ],
+)
+def test_a_password_in_the_checkpoint_url_is_not_printed(tmp_path: Path, url: str, shown: str) -> None:
+    url = url.format(closed=closed_port())
     result, _ = serve(tmp_path, "--port", str(free_port()), TEAMGRAPH_CHECKPOINT_URL=url)
     line = refusal(result)
     assert "hunter2secret" not in result.stdout + result.stderr
-    assert ":***@" in line
+    assert shown in line and "Connection refused" in line, line
 
 
 def test_an_unwritable_data_directory_is_one_line(tmp_path: Path) -> None:

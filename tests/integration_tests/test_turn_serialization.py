@@ -79,7 +79,7 @@ async def transcript(client: httpx.AsyncClient, thread_id: str) -> list[dict[str
     try:
         response = await client.get(f"/sessions/{thread_id}")
     except httpx.RemoteProtocolError:
-        # a pooled connection idle past uvicorn's keep-alive (5 s: the serialized turns take longer) can be closed
+        # a pooled connection idle past the server's keep-alive (TEAMGRAPH_KEEP_ALIVE_S) can be closed
         # by the server just as the GET goes out; an idempotent GET is sent again, as any HTTP client would
         response = await client.get(f"/sessions/{thread_id}")
     assert response.status_code == 200, response.text

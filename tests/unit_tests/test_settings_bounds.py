@@ -77,3 +77,42 @@ def test_a_refused_setting_names_the_variable_the_user_set_and_never_echoes_a_se
     assert "SECRET" not in "\n".join(lines), lines
     assert "OPENAI_API_KEY: not a key" in lines
     assert "TEAMGRAPH_CHECKPOINT_URL='postgresql://u:***@h/db': bad scheme" in lines
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("postgresql://u:pw-SECRET@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:p@ss-SECRET@h/db", "postgresql://u:***@h/db"),  # an unescaped @ in the password
+        ("postgresql://u@h/db?sslmode=require&password=SECRET", "postgresql://u@h/db?sslmode=require&password=***"),
+        (
+            "postgresql://u@h/db?sslpassword=SECRET&application_name=tg",
+            "postgresql://u@h/db?sslpassword=***&application_name=tg",
+        ),
+        ("host=h dbname=db password=SECRET user=u", "host=h dbname=db password=*** user=u"),
+        ("host=h password = 'a SECRET \\' phrase' dbname=db", "host=h password = *** dbname=db"),
+        ("host=h password=a://SECRET", "host=h password=***"),  # a keyword string, though it holds ://
+        ("https://u:SECRET@[x/", "<a URL that does not parse>"),  # urlsplit raises on the unclosed [
+        ("sqlite:///./data/teamgraph.db", "sqlite:///./data/teamgraph.db"),
+    ],
+)
+def test_a_database_url_is_shown_without_its_secrets(given: str, shown: str) -> None:
+    """Found in review: only a password before the @ was masked, so `?password=` (which libpq takes) and a keyword
+    string's `password=` were printed on every `teamgraph serve` start (the `checkpoints:` line)."""
+    from checkpoints.storage import display_url
+
+    assert display_url(given) == shown
+
+
+def test_a_refused_url_like_value_that_does_not_parse_is_one_line_without_the_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: the masking called urlparse unguarded; its ValueError on an unclosed [ escaped the refusal
+    (exit 1 and a traceback holding pydantic's input_value with the password)."""
+    from server.settings import settings_errors
+
+    monkeypatch.setenv("TEAMGRAPH_LOG_FORMAT", "https://u:PW-SECRET@[x/")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    lines = settings_errors(caught.value)
+    assert len(lines) == 1 and lines[0].startswith("TEAMGRAPH_LOG_FORMAT='<a URL that does not parse>': "), lines
