@@ -26,6 +26,7 @@ from checkpoints.storage import (
     DEFAULT_TIMEOUT_S,
     StorageUnavailable,
     acheck_pooled,
+    display_url,
     pg_connect_kwargs,
     statement_timeout_sql,
 )
@@ -70,7 +71,7 @@ def sqlite_path(url: str) -> Path:
     """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db` -> Path."""
     path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
     if not path:
-        raise CheckpointURLError(f"{url!r}: give a file, e.g. sqlite:///./data/teamgraph.db")
+        raise CheckpointURLError(f"{display_url(url)!r}: give a file, e.g. sqlite:///./data/teamgraph.db")
     return Path(path)
 
 
@@ -102,7 +103,8 @@ async def build_persistence(
         yield Persistence(url, InMemorySaver(), InMemoryStore(), index, SqliteAuditLog(None, index.shared_connection()))
     else:
         raise CheckpointURLError(
-            f"unsupported checkpoint URL {url!r}: use sqlite:///path.db, postgresql://user@host:port/db or memory://"
+            f"unsupported checkpoint URL {display_url(url)!r}: use sqlite:///path.db, postgresql://user@host:port/db "
+            "or memory://"
         )
 
 
@@ -363,7 +365,10 @@ def postgres_unreachable(url: str, exc: BaseException) -> StorageUnavailable:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     reason = first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").strip()
     where = urlparse(url)
-    target = f"{where.hostname or 'localhost'}:{where.port or 5432}{where.path or ''}"
+    try:
+        target = f"{where.hostname or 'localhost'}:{where.port or 5432}{where.path or ''}"
+    except ValueError:  # a port that is no number (libpq's reason says so)
+        target = f"{where.hostname or 'localhost'}{where.path or ''}"
     return StorageUnavailable(f"cannot connect to PostgreSQL at {target}: {reason}")
 
 
@@ -496,6 +501,8 @@ def check_storage(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
             psycopg.connect(url, **pg_connect_kwargs(timeout_s)).close()
         except psycopg.OperationalError as exc:
             raise postgres_unreachable(url, exc) from exc
+        except psycopg.Error as exc:  # libpq cannot parse it: its message quotes the URL, password and all
+            raise CheckpointURLError(f"libpq cannot read this URL ({type(exc).__name__})") from None
     elif scheme != "memory":
         raise CheckpointURLError(
             f"unsupported scheme {scheme + '://' if scheme else '(none)'}: "
@@ -525,4 +532,6 @@ def open_audit_log(url: str) -> AuditLog:
         return SqliteAuditLog(sqlite_path(url))
     if scheme in ("postgres", "postgresql"):
         return PostgresAuditLog(url)
-    raise CheckpointURLError(f"{url!r} keeps no audit log between processes; use sqlite:/// or postgresql://")
+    raise CheckpointURLError(
+        f"{display_url(url)!r} keeps no audit log between processes; use sqlite:/// or postgresql://"
+    )

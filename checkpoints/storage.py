@@ -13,7 +13,6 @@ import select
 import sqlite3
 import sys
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_TIMEOUT_S = 3.0  # connect, and wait for a pooled connection
 DEFAULT_STATEMENT_TIMEOUT_S = 15.0  # one statement (a lock wait included)
@@ -39,32 +38,33 @@ _PG_ENDED = ("IdleInTransactionSessionTimeout", "TransactionTimeout")
 # a query parameter or keyword whose value is a secret: libpq's password and sslpassword, and the usual names for
 # tokens and keys in other URLs (a path such as sslkey= is hidden too, which costs nothing)
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
-# a libpq keyword connection string's `name=value` (a quoted value may hold spaces and \' escapes)
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_KEYWORD_PAIR = re.compile(r"""([A-Za-z_][A-Za-z0-9_]*)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)""")
+_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+# a libpq keyword connection string's `name=value`: a quoted value may hold spaces and \' escapes, an unquoted one
+# backslash escapes (`x\ y` is "x y")
+_KEYWORD_PAIR = re.compile(r"""([A-Za-z_][A-Za-z0-9_]*)(\s*=\s*)('(?:[^'\\]|\\.)*'|(?:\\.|\S)*)""")
 
 
 def display_url(url: str) -> str:
-    """A database URL (or libpq keyword string, `host=h password=x`) for messages and logs: the user's password
-    and every secret-looking query parameter or keyword (password, sslpassword, token, ...) shown as ***. A value
-    that does not parse as a URL is not shown at all."""
-    if not _URL.match(url):  # a keyword connection string, or no URL
+    """A database URL (or libpq keyword string, `host=h password=x`) for messages and logs: the password and
+    every secret-looking query parameter or keyword (password, sslpassword, token, ...) shown as ***, the rest as
+    typed. The password is everything between the user's `:` and the last `@` (a `?`, `#` or `/` in it
+    included, which urllib would take for the query or path)."""
+    scheme = _URL.match(url)
+    if scheme is None:  # a keyword connection string, or no URL
         return _KEYWORD_PAIR.sub(lambda m: f"{m[1]}{m[2]}***" if _SECRET_NAME.search(m[1]) and m[3] else m[0], url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unclosed [ of an IPv6 host
-        return "<a URL that does not parse>"
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    head, rest = url[: scheme.end()], url[scheme.end() :]
+    # the last @ anywhere: one in the query (rare) hides a little too much, where one before the path only would
+    # show a password holding a / (which libpq then reads as host:port, and the error names the URL)
+    at = rest.rfind("@")
+    if at >= 0:  # user[:password]@
+        user, colon, _ = rest[:at].partition(":")
+        head, rest = f"{head}{user}{':***' if colon else ''}@", rest[at + 1 :]
+    body, question, query = rest.partition("?")
     query = "&".join(
         f"{name}=***" if sep and value and _SECRET_NAME.search(name) else f"{name}{sep}{value}"
-        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
+        for name, sep, value in (pair.partition("=") for pair in query.split("&"))
     )
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url  # nothing to hide (urlunsplit would also drop the // of sqlite:///path)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return f"{head}{body}{question}{query}"
 
 
 class StorageUnavailable(RuntimeError):

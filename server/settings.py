@@ -53,12 +53,13 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Largest request body (JSON) on any route; uploads: max_upload_bytes + 64 KiB."
     )
     shutdown_wait_s: int = Field(
-        10,
+        30,
         ge=1,
         le=3600,
         description="On SIGTERM, how long `teamgraph serve` waits for requests still being answered before it cuts "
-        "them (a keyed /stream's turn goes on detached; others end as at a crash). Unbounded before: one client "
-        "that never finished sending its body kept the server from stopping.",
+        "them (a keyed /stream's turn goes on detached; others end as at a crash, a keyed /invoke's key then "
+        "answering 409 idempotent_turn_outcome_unknown or running again). Unbounded before: one client that never "
+        "finished sending its body kept the server from stopping.",
     )
     keep_alive_s: int = Field(
         75,
@@ -152,6 +153,14 @@ class Settings(BaseSettings):
                 "probe would come after the user timeout, and a partition would be seen only after idle + interval"
             )
         return self
+
+    @field_validator("checkpoint_url")
+    @classmethod
+    def _plain_scheme(cls, value: str) -> str:
+        """` POSTGRESQL://...` works as `postgresql://...`: our scheme checks ignore case and leading spaces, libpq
+        does not (it read such a URL as a keyword string, and its error echoed the password)."""
+        scheme, sep, rest = value.strip().partition("://")
+        return f"{scheme.lower()}{sep}{rest}" if sep else value.strip()
 
     @field_validator("cors_origins", mode="before")
     @classmethod

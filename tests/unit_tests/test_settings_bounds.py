@@ -92,7 +92,15 @@ def test_a_refused_setting_names_the_variable_the_user_set_and_never_echoes_a_se
         ("host=h dbname=db password=SECRET user=u", "host=h dbname=db password=*** user=u"),
         ("host=h password = 'a SECRET \\' phrase' dbname=db", "host=h password = *** dbname=db"),
         ("host=h password=a://SECRET", "host=h password=***"),  # a keyword string, though it holds ://
-        ("https://u:SECRET@[x/", "<a URL that does not parse>"),  # urlsplit raises on the unclosed [
+        ("https://u:SECRET@[x/", "https://u:***@[x/"),  # urlsplit raises on the unclosed [
+        # libpq reads up to the @: a ? or # in the password is no query or fragment (urlsplit saw no password)
+        ("postgresql://postgres:hunter2#SECRET@127.0.0.1:5432/test", "postgresql://postgres:***@127.0.0.1:5432/test"),
+        ("postgresql://u:pa?ss/SECRET@h/db?password=SECRET", "postgresql://u:***@h/db?password=***"),
+        ("POSTGRESQL://u:SECRET@h/db", "POSTGRESQL://u:***@h/db"),  # the scheme as typed
+        (" postgresql://u:SECRET@h/db", " postgresql://u:***@h/db"),
+        ("host=h password=x\\ SECRET dbname=db", "host=h password=*** dbname=db"),  # libpq's x\ y is "x y"
+        ("postgresql://u:SECRET@[::1]:5432,[::2]/db", "postgresql://u:***@[::1]:5432,[::2]/db"),
+        ("postgresql://u:p%40SECRET@h/db", "postgresql://u:***@h/db"),
         ("sqlite:///./data/teamgraph.db", "sqlite:///./data/teamgraph.db"),
     ],
 )
@@ -108,11 +116,11 @@ def test_a_refused_url_like_value_that_does_not_parse_is_one_line_without_the_se
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Found in review: the masking called urlparse unguarded; its ValueError on an unclosed [ escaped the refusal
-    (exit 1 and a traceback holding pydantic's input_value with the password)."""
+    (exit 1 and a traceback holding pydantic's input_value with the password). No urllib parse now."""
     from server.settings import settings_errors
 
     monkeypatch.setenv("TEAMGRAPH_LOG_FORMAT", "https://u:PW-SECRET@[x/")
     with pytest.raises(ValidationError) as caught:
         Settings(_env_file=None)  # type: ignore[call-arg]
     lines = settings_errors(caught.value)
-    assert len(lines) == 1 and lines[0].startswith("TEAMGRAPH_LOG_FORMAT='<a URL that does not parse>': "), lines
+    assert len(lines) == 1 and lines[0].startswith("TEAMGRAPH_LOG_FORMAT='https://u:***@[x/': "), lines
