@@ -11,6 +11,7 @@ import base64
 import contextlib
 import io
 import json
+import os
 import shutil
 import threading
 import time
@@ -30,6 +31,7 @@ from fastapi.testclient import TestClient
 from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from server import request_guard
 from server.app import create_app
+from server.documents import UnreadableDocument, extract_text
 from server.engine import thread_key
 from server.routers import sessions as sessions_router
 from server.settings import Settings
@@ -550,14 +552,14 @@ def test_a_document_bomb_is_413_and_parsed_off_the_event_loop(tmp_path: Path, mo
     reading = threading.Event()
     other_answered = threading.Event()
     waited: list[bool] = []
-    read = sessions_router.extract_text
+    read = sessions_router.read_document
 
-    def held_read(*args: Any) -> str:
+    def held_read(*args: Any, **kwargs: Any) -> str:
         reading.set()
         waited.append(other_answered.wait(15))
-        return read(*args)
+        return read(*args, **kwargs)
 
-    monkeypatch.setattr(sessions_router, "extract_text", held_read)
+    monkeypatch.setattr(sessions_router, "read_document", held_read)
     with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
         sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
         pending = pool.submit(
@@ -662,18 +664,18 @@ def test_documents_are_parsed_on_two_threads_of_their_own(tmp_path: Path, monkey
     reading: list[int] = []
     lock = threading.Lock()
     most = [0]
-    read = sessions_router.extract_text
+    read = sessions_router.read_document
 
-    def held_read(*args: Any) -> str:
+    def held_read(*args: Any, **kwargs: Any) -> str:
         with lock:
             reading.append(1)
             most[0] = max(most[0], len(reading))
         release.wait(20)
         with lock:
             reading.pop()
-        return read(*args)
+        return read(*args, **kwargs)
 
-    monkeypatch.setattr(sessions_router, "extract_text", held_read)
+    monkeypatch.setattr(sessions_router, "read_document", held_read)
     with make_client(f"sqlite:///{tmp_path}/tg.db") as client, ThreadPoolExecutor(3) as pool:
         sessions = [(client.post("/sessions", headers=h, json={"team": "interview"}).json()["id"], h) for h in
                     (DEMO, DEMO, VENEO)]  # fmt: skip  # a tenant's own uploads hold two places at most
@@ -757,6 +759,114 @@ def test_failing_docx_uploads_give_their_places_back(client: TestClient) -> None
             f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": (f"cv{i}.docx", data)}
         )
         assert_error(r, 422, "unreadable_document", "file")
+
+
+def slow_pdf(pages: int, operators: int = 1_000_000) -> bytes:
+    """An 11 kB PDF (at 20 pages) that pypdf reads for seconds and finds no text in: `pages` pages sharing one deflated
+    content stream of `operators` text-state operators (`0 Tc`, 5 MB at a million) that draw nothing, each page's
+    stream parsed again (about 0.5 s of CPU per page here; 20 pages: 9.8 s of CPU, 17.6 s on the loaded machine)."""
+    content = zlib.compress(b"BT /F1 12 Tf " + b"0 Tc " * operators + b"ET", 9)
+    kids = " ".join(f"{6 + i} 0 R" for i in range(pages)).encode()
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+    page += b"/Resources << /Font << /F1 5 0 R >> >> >>"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%b] /Count %d >>" % (kids, pages),
+        b"<< >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%b\nendstream" % (len(content), content),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ] + [page] * pages
+    return pdf_file(objects)
+
+
+def upload(url: str, headers: dict[str, str], sid: str, name: str, data: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{url}/sessions/{sid}/documents", headers=headers, data={"kind": "resume"}, files={"file": (name, data)},
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_a_pdf_that_takes_too_long_to_read_is_422_and_its_reader_is_killed(tmp_path: Path) -> None:
+    """A PDF's parsing had no bound but its text limit: an 11 kB PDF of pages that each parse a 5 MB content stream
+    of operators drawing nothing held a document thread for 10 s of CPU (minutes at more pages), and a thread cannot
+    be stopped. Now it is read in a process of its own, killed at TEAMGRAPH_DOCUMENT_READ_TIMEOUT_S: the upload is a
+    422 naming the file and the limit, nothing is stored, no reader process is left, and the next upload is read."""
+    limit = 1.0
+    one_page = time.process_time()
+    with pytest.raises(UnreadableDocument, match="no text"):
+        extract_text(slow_pdf(1), ".pdf", 2_000_000)
+    one_page = time.process_time() - one_page
+    assert one_page * 20 > 3 * limit, f"the test PDF is not slow enough here: {one_page:.2f} s of CPU a page"
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", document_read_timeout_s=limit)  # type: ignore[call-arg]
+    )
+    with LocalASGIServer(app, lifespan="on") as server:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        upload(server.url, DEMO, sid, "warm.pdf", pdf_of_pages(1, 10))  # the reader's forkserver starts once
+        started = time.monotonic()
+        r = upload(server.url, DEMO, sid, "cv.pdf", slow_pdf(20))
+        took = time.monotonic() - started
+        error = assert_error(r, 422, "unreadable_document", "file")
+        assert error["message"] == "file: the pdf file took longer than 1 s to read", error
+        assert took < limit + 5, f"answered after {took:.1f} s"
+        assert reader_processes() == [], "the reader outlived its time limit"
+        state = httpx.get(f"{server.url}/sessions/{sid}", headers=DEMO, timeout=10).json()["state"]
+        assert state["resume"] == "A" * 10  # the warm-up's; the slow one stored nothing
+        r = upload(server.url, DEMO, sid, "cv2.pdf", pdf_of_pages(2, 900))
+        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+
+
+def reader_processes(parent: int | None = None) -> list[int]:
+    """The live processes the forkserver of `parent` (default: this process) has forked: the document readers."""
+    children = _children(parent or os.getpid())
+    return [reader for forkserver in children if _is_forkserver(forkserver) for reader in _children(forkserver)]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _is_forkserver(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
+def test_one_tenant_cannot_hold_every_document_worker(tmp_path: Path) -> None:
+    """PARSE_PER_TENANT let a tenant's two slow uploads parse at once on both of the process's two document
+    workers, so every other tenant's pdf or docx waited for one of them to end (10 s and more for the PDF of
+    slow_pdf). Now one tenant's uploads parse one at a time (its second waits, holding its place): another tenant's
+    upload sent meanwhile is read at once on the other worker and answered first."""
+    limit = 3.0
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", document_read_timeout_s=limit)  # type: ignore[call-arg]
+    )
+    finished: list[tuple[str, int]] = []
+    slow = slow_pdf(20)
+
+    def send(headers: dict[str, str], sid: str, name: str, data: bytes) -> httpx.Response:
+        r = upload(server.url, headers, sid, name, data)
+        finished.append((name, r.status_code))
+        return r
+
+    with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(3) as pool:
+        sid = {h["Authorization"]: httpx.post(f"{server.url}/sessions", headers=h, json={"team": "interview"},
+                                              timeout=10).json()["id"] for h in (DEMO, VENEO)}  # fmt: skip
+        upload(server.url, VENEO, sid[VENEO["Authorization"]], "warm.pdf", pdf_of_pages(1, 10))
+        hogs = [pool.submit(send, DEMO, sid[DEMO["Authorization"]], f"slow{i}.pdf", slow) for i in range(2)]
+        time.sleep(1.0)  # both admitted: before, both parsing
+        other = send(VENEO, sid[VENEO["Authorization"]], "cv.pdf", pdf_of_pages(2, 900))
+        assert other.status_code == 200, other.text
+        answers = [h.result(timeout=120) for h in hogs]
+    assert finished[0] == ("cv.pdf", 200), finished
+    for r in answers:
+        assert "took longer than 3 s to read" in assert_error(r, 422, "unreadable_document", "file")["message"]
 
 
 def test_an_upload_through_a_root_path_is_read_as_a_form(tmp_path: Path) -> None:
