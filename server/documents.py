@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from urllib.parse import unquote
 
 
@@ -70,8 +70,9 @@ PARSE_PER_TENANT = 2
 # another tenant's waiting upload going first): with two slow documents a tenant held both workers, and every other
 # tenant's upload waited for one of them to end
 PARSE_RUNNING_PER_TENANT = 1
-# a reader process may map this much memory at most (RLIMIT_AS): past it the reading fails (413); a 2 MB pdf
-# or docx of ordinary content needs a few tens of MB over the reader's own ~{base} (docs/performance.md, section 9)
+# a reader process may map this much memory over what it maps when it starts (RLIMIT_AS; the interpreter and the
+# modules the forkserver imported, 150-270 MB): past it the reading fails (413). A PDF of 2 million characters (the
+# most the default text limit lets through) took 290 MB; a resume, a few MB (docs/performance.md, section 9)
 READER_MEMORY_BYTES = 1024 * 1024 * 1024
 # decoded where they arrive (2 MB of UTF-8 in milliseconds), never queued behind the parsing of other uploads
 PLAIN_TEXT = (".txt", ".md")
@@ -267,19 +268,21 @@ def _reader_context() -> multiprocessing.context.ForkServerContext:
 
 
 def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str:
-    """extract_text in a reader process of its own, killed past `seconds` (DocumentReadTimeout) or when it maps
-    more than READER_MEMORY_BYTES (DocumentTooLarge); its other outcomes raised as extract_text raises them.
+    """extract_text in a reader process of its own, killed past `seconds` (DocumentReadTimeout); a reading that
+    needs more than READER_MEMORY_BYTES is DocumentTooLarge; its other outcomes raised as extract_text raises them.
     Blocks: call it through parse_in_background."""
-    context = _reader_context()
+    context, memory = _reader_context(), READER_MEMORY_BYTES
     receive, send = context.Pipe(duplex=False)
     reader = context.Process(
         target=_read_in_child,
-        args=(send, data, kind, max_chars, math.ceil(seconds) + 1, READER_MEMORY_BYTES),
+        args=(send, data, kind, max_chars, math.ceil(seconds) + 1, memory),
         name="teamgraph-document-reader",
         daemon=True,
     )
+    started = False
     try:
         reader.start()
+        started = True
         send.close()
         ready = multiprocessing.connection.wait([receive, reader.sentinel], seconds)
         outcome: tuple[str, str] | None = None
@@ -290,9 +293,10 @@ def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str
             raise DocumentReadTimeout(f"the {kind[1:]} file took longer than {seconds:g} s to read")
     finally:
         send.close()
-        if reader.is_alive():
-            reader.kill()
-        reader.join()
+        if started:
+            if reader.is_alive():
+                reader.kill()
+            reader.join()
         receive.close()
     if outcome is None:
         raise UnreadableDocument(f"cannot read the {kind[1:]} file: its reader stopped (exit code {reader.exitcode})")
@@ -300,9 +304,7 @@ def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str
     if error == "":
         return text
     if error == "MemoryError":
-        raise DocumentTooLarge(
-            f"reading it needs more than the {READER_MEMORY_BYTES // 2**20} MB of memory a document may take"
-        )
+        raise DocumentTooLarge(f"reading it needs more than the {memory // 2**20} MB of memory a document may take")
     raise _ERRORS[error](text)
 
 
@@ -322,14 +324,16 @@ def _read_in_child(
     """A reader process's whole life: limits set, extract_text, its outcome sent as (exception class name or "",
     message or text). It dies with the forkserver (so with the server, kill -9 included), past `cpu_seconds` of CPU
     (SIGXCPU, then SIGKILL; the server kills it earlier at its wall-clock limit, so this only bounds a reader
-    whose server is gone), and cannot map more than `memory_bytes`."""
+    whose server is gone), and cannot map more than `memory_bytes` beyond what it maps as it starts."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed when its parent, the forkserver, ends
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU's default action dumps core
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    with contextlib.suppress(OSError):  # Linux: its own size now, in pages; elsewhere the limit is left unset
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + memory_bytes, mapped + memory_bytes))
     try:
         outcome = ("", extract_text(data, kind, max_chars))
     except MemoryError:

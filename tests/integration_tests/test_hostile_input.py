@@ -29,7 +29,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
-from server import request_guard
+from server import documents, request_guard
 from server.app import create_app
 from server.documents import UnreadableDocument, extract_text
 from server.engine import thread_key
@@ -813,6 +813,30 @@ def test_a_pdf_that_takes_too_long_to_read_is_422_and_its_reader_is_killed(tmp_p
         state = httpx.get(f"{server.url}/sessions/{sid}", headers=DEMO, timeout=10).json()["state"]
         assert state["resume"] == "A" * 10  # the warm-up's; the slow one stored nothing
         r = upload(server.url, DEMO, sid, "cv2.pdf", pdf_of_pages(2, 900))
+        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+
+
+def test_a_document_whose_reading_needs_too_much_memory_is_413(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document's reader had no memory bound: pypdf took 290 MB over its own size to read a 20 kB PDF of 2 million
+    characters (what the text limit lets through). Now a reader process may map READER_MEMORY_BYTES over what it
+    maps as it starts (1 GiB; 100 MB here): past it the upload is a 413 naming the file, nothing stored, and the
+    next upload is read by a fresh reader."""
+    monkeypatch.setattr(documents, "READER_MEMORY_BYTES", 100 * 2**20)
+    with make_client(f"sqlite:///{tmp_path}/tg.db") as client:
+        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        large = pdf_of_pages(2, 999_000)
+        assert len(large) < 25_000
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+            files={"file": ("cv.pdf", large, "application/pdf")},
+        )  # fmt: skip
+        error = assert_error(r, 413, "payload_too_large", "file")
+        assert error["message"] == "file: reading it needs more than the 100 MB of memory a document may take"
+        assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+            files={"file": ("cv.pdf", pdf_of_pages(2, 900), "application/pdf")},
+        )  # fmt: skip
         assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
 
 

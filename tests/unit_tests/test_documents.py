@@ -512,3 +512,39 @@ def test_one_tenant_holds_at_most_two_of_the_four_document_places() -> None:
             assert time.monotonic() < deadline, "the places did not come back"
             time.sleep(0.01)
     assert [f.result(timeout=20) for f in again] == ["read"] * 2
+
+
+def test_one_tenant_parses_one_document_at_a_time() -> None:
+    """A tenant's two uploads parsed at once, one on each of the process's two workers, and every other tenant's
+    upload waited behind them. Now its second waits (holding its place) while another tenant's, sent after it,
+    parses on the other worker; it starts when its first ends. One cancelled while it waits never runs, and its
+    place is given back at once."""
+    release = {name: threading.Event() for name in ("a1", "a2", "a3", "b1")}
+    started: list[str] = []
+
+    def held(data: bytes, kind: str, max_chars: int) -> str:
+        started.append(data.decode())
+        release[data.decode()].wait(20)
+        return data.decode()
+
+    def wait_for(names: list[str]) -> None:
+        deadline = time.monotonic() + 10
+        while started != names:
+            assert time.monotonic() < deadline, started
+            time.sleep(0.01)
+
+    try:
+        a1, a2 = (parse_in_background(held, name, ".pdf", 1, "a") for name in (b"a1", b"a2"))
+        b1 = parse_in_background(held, b"b1", ".pdf", 1, "b")
+        wait_for(["a1", "b1"])
+        time.sleep(0.3)
+        assert started == ["a1", "b1"]  # a2 waits for a1, not for a worker
+        assert a2.cancel()
+        a3 = parse_in_background(held, b"a3", ".pdf", 1, "a")  # a2's place came back
+        release["a1"].set()
+        wait_for(["a1", "b1", "a3"])
+    finally:
+        for event in release.values():
+            event.set()
+    assert [f.result(timeout=20) for f in (a1, b1, a3)] == ["a1", "b1", "a3"]
+    assert started == ["a1", "b1", "a3"]
