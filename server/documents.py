@@ -7,10 +7,11 @@ import io
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import posixpath
 import resource
+import select
 import signal
-import sys
 import threading
 import zipfile
 from collections import deque
@@ -262,7 +263,7 @@ def _reader_context() -> multiprocessing.context.ForkServerContext:
     with _FORKSERVER_LOCK:
         if _forkserver_context is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["__main__", __name__, "pypdf", "lxml.etree", "ctypes", "server.cli"])
+            context.set_forkserver_preload(["__main__", __name__, "pypdf", "lxml.etree", "server.cli"])
             _forkserver_context = context
         return _forkserver_context
 
@@ -308,6 +309,16 @@ def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str
     raise _ERRORS[error](text)
 
 
+def _exit_with_server(answer: int) -> None:
+    """A reader's watch on the pipe its answer goes to: Linux reports POLLERR on a pipe's write end once its read end
+    is closed, so the reader ends as soon as the server does (or gives up on it), instead of reading on; not by the
+    forkserver leaving: each reader holds the pipe that keeps the forkserver up, so neither would see the other go."""
+    poller = select.poll()
+    poller.register(answer, 0)  # POLLERR and POLLHUP are reported whatever is asked
+    poller.poll()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 _ERRORS: dict[str, type[ValueError]] = {
     e.__name__: e for e in (UnsupportedDocument, UnreadableDocument, DocumentTooLarge)
 }
@@ -322,13 +333,10 @@ def _read_in_child(
     memory_bytes: int,
 ) -> None:
     """A reader process's whole life: limits set, extract_text, its outcome sent as (exception class name or "",
-    message or text). It dies with the forkserver (so with the server, kill -9 included), past `cpu_seconds` of CPU
-    (SIGXCPU, then SIGKILL; the server kills it earlier at its wall-clock limit, so this only bounds a reader
-    whose server is gone), and cannot map more than `memory_bytes` beyond what it maps as it starts."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed when its parent, the forkserver, ends
+    message or text). It dies with the server, kill -9 included (_exit_with_server), past `cpu_seconds` of CPU
+    (SIGXCPU, then SIGKILL; the server kills it earlier at its wall-clock limit, so this is a second bound), and
+    cannot map more than `memory_bytes` beyond what it maps as it starts."""
+    threading.Thread(target=_exit_with_server, args=(answer.fileno(),), daemon=True).start()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU's default action dumps core
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     with contextlib.suppress(OSError):  # Linux: its own size now, in pages; elsewhere the limit is left unset

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -37,6 +38,7 @@ from server.routers import sessions as sessions_router
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.local_server import LocalASGIServer
+from tests.integration_tests.live_server import LiveServer
 
 DEMO = {"Authorization": "Bearer tg-demo-key"}  # tenant demo: interview only
 VENEO = {"Authorization": "Bearer tg-veneo-key"}  # tenant veneo: veneo_chat + interview
@@ -859,6 +861,34 @@ def _children(pid: int) -> list[int]:
 def _is_forkserver(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
+def test_no_document_reader_outlives_a_killed_server(tmp_path: Path) -> None:
+    """`teamgraph serve` killed with SIGKILL while it reads a slow PDF: its forkserver and the reader go within
+    seconds (the reader watches the pipe its answer goes to), not when the reading or its 60 s limit ends."""
+    with LiveServer(tmp_path, env={"TEAMGRAPH_DOCUMENT_READ_TIMEOUT_S": "60"}) as server, ThreadPoolExecutor(1) as pool:
+        assert server.process is not None
+        pid = server.process.pid
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        pending = pool.submit(upload, server.url, DEMO, sid, "cv.pdf", slow_pdf(20))
+        deadline = time.monotonic() + 15
+        while not (readers := reader_processes(pid)):
+            assert time.monotonic() < deadline, "no reader process was started"
+            time.sleep(0.05)
+        helpers = [*(c for c in _children(pid) if _is_forkserver(c)), *readers]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while alive := [p for p in helpers if _running(p)]:
+            assert time.monotonic() < deadline, f"still running 5 s after the server was killed: {alive}"
+            time.sleep(0.05)
+        with pytest.raises(httpx.HTTPError):
+            pending.result(timeout=30)
+
+
+def _running(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return False
 
 
