@@ -72,8 +72,9 @@ PARSE_PER_TENANT = 2
 # tenant's upload waited for one of them to end
 PARSE_RUNNING_PER_TENANT = 1
 # a reader process may map this much memory over what it maps when it starts (RLIMIT_AS; the interpreter and the
-# modules the forkserver imported, 150-270 MB): past it the reading fails (413). A PDF of 2 million characters (the
-# most the default text limit lets through) took 290 MB; a resume, a few MB (docs/performance.md, section 9)
+# modules the forkserver imported: 64 MB under `teamgraph serve`, 260 MB under pytest): past it the reading fails
+# (413). A PDF of 2 million characters (the most the default text limit lets through) took 290 MB; a resume, a few
+# MB (docs/performance.md, section 9)
 READER_MEMORY_BYTES = 1024 * 1024 * 1024
 # decoded where they arrive (2 MB of UTF-8 in milliseconds), never queued behind the parsing of other uploads
 PLAIN_TEXT = (".txt", ".md")
@@ -310,13 +311,20 @@ def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str
 
 
 def _exit_with_server(answer: int) -> None:
-    """A reader's watch on the pipe its answer goes to: Linux reports POLLERR on a pipe's write end once its read end
-    is closed, so the reader ends as soon as the server does (or gives up on it), instead of reading on; not by the
-    forkserver leaving: each reader holds the pipe that keeps the forkserver up, so neither would see the other go."""
+    """A reader's watch on the pipe its answer goes to, twice a second (SIGALRM; its handler runs between bytecodes of
+    the reading): Linux reports POLLERR on a pipe's write end once its read end is closed, so the reader ends within
+    about a second of the server (or of the server giving up on it). The forkserver's own end would not come first:
+    each reader holds the pipe that keeps the forkserver up. Not a thread: with a second thread, a reading that met
+    its memory limit spun for tens of seconds before its MemoryError came out (glibc's malloc under RLIMIT_AS)."""
     poller = select.poll()
     poller.register(answer, 0)  # POLLERR and POLLHUP are reported whatever is asked
-    poller.poll()
-    os.kill(os.getpid(), signal.SIGKILL)
+
+    def check(signum: int, frame: object) -> None:
+        if poller.poll(0):
+            os._exit(1)
+
+    signal.signal(signal.SIGALRM, check)
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
 
 
 _ERRORS: dict[str, type[ValueError]] = {
@@ -336,7 +344,7 @@ def _read_in_child(
     message or text). It dies with the server, kill -9 included (_exit_with_server), past `cpu_seconds` of CPU
     (SIGXCPU, then SIGKILL; the server kills it earlier at its wall-clock limit, so this is a second bound), and
     cannot map more than `memory_bytes` beyond what it maps as it starts."""
-    threading.Thread(target=_exit_with_server, args=(answer.fileno(),), daemon=True).start()
+    _exit_with_server(answer.fileno())
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU's default action dumps core
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     with contextlib.suppress(OSError):  # Linux: its own size now, in pages; elsewhere the limit is left unset
