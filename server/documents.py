@@ -72,9 +72,9 @@ PARSE_PER_TENANT = 2
 # tenant's upload waited for one of them to end
 PARSE_RUNNING_PER_TENANT = 1
 # a reader process may map this much memory over what it maps when it starts (RLIMIT_AS; the interpreter and the
-# modules the forkserver imported: 64 MB under `teamgraph serve`, 260 MB under pytest): past it the reading fails
-# (413). A PDF of 2 million characters (the most the default text limit lets through) took 290 MB; a resume, a few
-# MB (docs/performance.md, section 9)
+# modules the forkserver imported: 64 MB under `teamgraph serve`, 260 MB from a script importing the app): past it
+# the reading fails (413). A PDF of 2 million characters (the most the default text limit lets through) took 290 MB;
+# a resume, a few MB (docs/performance.md, section 9)
 READER_MEMORY_BYTES = 1024 * 1024 * 1024
 # decoded where they arrive (2 MB of UTF-8 in milliseconds), never queued behind the parsing of other uploads
 PLAIN_TEXT = (".txt", ".md")
