@@ -13,6 +13,7 @@ import resource
 import select
 import signal
 import threading
+import time
 import zipfile
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,12 @@ class DocumentTooLarge(ValueError):
 class DocumentReadersBusy(RuntimeError):
     """Every document worker is parsing and PARSE_QUEUE uploads wait already, or the tenant's own uploads hold
     PARSE_PER_TENANT of those places (503, retry in a few seconds)."""
+
+
+class DocumentReadersUnavailable(RuntimeError):
+    """No reader process could be started (fork refused: EAGAIN, ENOMEM; the forkserver could not be spawned), or
+    one was ended from outside before it answered (its forkserver killed, the OOM killer, a service manager): the
+    machine's fault, not the document's (503, retry in a few seconds)."""
 
 
 class DocumentReadTimeout(UnreadableDocument):
@@ -283,10 +290,17 @@ def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str
     )
     started = False
     try:
-        reader.start()
+        try:
+            reader.start()
+        except (OSError, EOFError) as exc:  # EOFError: the forkserver's fork failed and it exited (Python 3.11)
+            raise DocumentReadersUnavailable(f"no document reader can be started: {type(exc).__name__}: {exc}") from exc
         started = True
         send.close()
+        deadline = time.monotonic() + seconds
         ready = multiprocessing.connection.wait([receive, reader.sentinel], seconds)
+        if ready == [reader.sentinel]:  # its exit status came first (or its forkserver died, exit code 255, while it
+            # still reads: its answer may yet come, so it is waited for as long as the time limit leaves)
+            ready = multiprocessing.connection.wait([receive], max(0.0, deadline - time.monotonic()))
         outcome: tuple[str, str] | None = None
         if receive in ready:
             with contextlib.suppress(EOFError):  # EOF: it ended without an answer
@@ -299,9 +313,15 @@ def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str
             if reader.is_alive():
                 reader.kill()
             reader.join()
-        receive.close()
+        receive.close()  # a reader still running (its forkserver gone, so not killed above) sees it and exits
     if outcome is None:
-        raise UnreadableDocument(f"cannot read the {kind[1:]} file: its reader stopped (exit code {reader.exitcode})")
+        code = reader.exitcode
+        if code == -signal.SIGXCPU:  # its CPU limit, set a second past the time limit: a reading too long as well
+            raise DocumentReadTimeout(f"the {kind[1:]} file took longer than {seconds:g} s to read")
+        if code == 255 or (code is not None and code < 0):  # its forkserver gone, or a signal from outside (the OOM
+            # killer's SIGKILL; the server's own kill comes only after the time limit, answered above)
+            raise DocumentReadersUnavailable(f"the document's reader was ended from outside (exit code {code})")
+        raise UnreadableDocument(f"cannot read the {kind[1:]} file: its reader stopped (exit code {code})")
     error, text = outcome
     if error == "":
         return text
@@ -343,7 +363,10 @@ def _read_in_child(
     """A reader process's whole life: limits set, extract_text, its outcome sent as (exception class name or "",
     message or text). It dies with the server, kill -9 included (_exit_with_server), past `cpu_seconds` of CPU
     (SIGXCPU, then SIGKILL; the server kills it earlier at its wall-clock limit, so this is a second bound), and
-    cannot map more than `memory_bytes` beyond what it maps as it starts."""
+    cannot map more than `memory_bytes` beyond what it maps as it starts; Ctrl-C (SIGINT) does not end it."""
+    # Ctrl-C reaches the whole process group of a terminal, readers included (the forkserver's children get its
+    # default handler back): a reader ignores it, and ends with the server by its pipe watch instead
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_server(answer.fileno())
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU's default action dumps core
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))

@@ -21,6 +21,7 @@ from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import (
     PLAIN_TEXT,
     DocumentReadersBusy,
+    DocumentReadersUnavailable,
     DocumentTooLarge,
     UnreadableDocument,
     UnsupportedDocument,
@@ -401,6 +402,8 @@ async def upload_document(
             text = await asyncio.wrap_future(future)
     except DocumentReadersBusy as exc:
         raise ApiError(503, "documents_busy", str(exc), headers={"Retry-After": "2"}) from None
+    except DocumentReadersUnavailable as exc:
+        raise ApiError(503, "documents_unavailable", str(exc), headers={"Retry-After": "5"}) from None
     except UnsupportedDocument as exc:
         raise ApiError(415, "unsupported_media_type", f"file: {exc}", "file") from None
     except DocumentTooLarge as exc:

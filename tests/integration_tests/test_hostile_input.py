@@ -11,6 +11,7 @@ import base64
 import contextlib
 import io
 import json
+import multiprocessing.context
 import os
 import shutil
 import signal
@@ -921,6 +922,91 @@ def test_one_tenant_cannot_hold_every_document_worker(tmp_path: Path) -> None:
     assert finished[0] == ("cv.pdf", 200), finished
     for r in answers:
         assert "took longer than 3 s to read" in assert_error(r, 422, "unreadable_document", "file")["message"]
+
+
+def _wait_for_reader(parent: int | None = None) -> int:
+    deadline = time.monotonic() + 15
+    while not (readers := reader_processes(parent)):
+        assert time.monotonic() < deadline, "no reader process was started"
+        time.sleep(0.02)
+    return readers[0]
+
+
+def test_a_reader_ended_from_outside_is_503_and_a_killed_forkserver_costs_no_upload(tmp_path: Path) -> None:
+    """A reader killed from outside (the OOM killer, a service manager) answered its upload 422 "its reader stopped
+    (exit code -9)", blaming the file; and the forkserver killed while a reader read answered that upload 422 "exit
+    code 255" though the reader was still reading. Now the first is 503 documents_unavailable with Retry-After,
+    nothing stored; the second gets its reading's own answer, and the next upload starts a fresh forkserver."""
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", document_read_timeout_s=60)  # type: ignore[call-arg]
+    )
+    with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        assert upload(server.url, DEMO, sid, "warm.pdf", pdf_of_pages(1, 10)).status_code == 200
+        pending = pool.submit(upload, server.url, DEMO, sid, "slow.pdf", slow_pdf(3))
+        _wait_for_reader()
+        (forkserver,) = [c for c in _children(os.getpid()) if _is_forkserver(c)]
+        os.kill(forkserver, signal.SIGKILL)
+        r = pending.result(timeout=60)
+        assert "the document has no text" in assert_error(r, 422, "unreadable_document", "file")["message"]
+        pending = pool.submit(upload, server.url, DEMO, sid, "slow.pdf", slow_pdf(20))
+        os.kill(_wait_for_reader(), signal.SIGKILL)
+        r = pending.result(timeout=60)
+        error = assert_error(r, 503, "documents_unavailable", None)
+        assert r.headers["Retry-After"] == "5" and "exit code -9" in error["message"], error
+        state = httpx.get(f"{server.url}/sessions/{sid}", headers=DEMO, timeout=10).json()["state"]
+        assert state["resume"] == "A" * 10  # the warm-up's
+        r = upload(server.url, DEMO, sid, "cv.pdf", pdf_of_pages(2, 900))
+        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+
+
+@pytest.mark.parametrize("failure", [OSError(11, "Resource temporarily unavailable"), EOFError("unexpected EOF")])
+def test_a_reader_that_cannot_be_started_is_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """fork() refused inside the forkserver (EAGAIN, ENOMEM: Python 3.11's forkserver then exits, and start() raises
+    EOFError), or the forkserver itself not spawned (OSError), was a 500. Now it is 503 documents_unavailable with
+    Retry-After, nothing stored, and the upload's place is given back: the next upload, once readers start, is read."""
+    start = multiprocessing.context.ForkServerProcess.start
+
+    def refused(self: object) -> None:
+        raise failure
+
+    with make_client(f"sqlite:///{tmp_path}/tg.db") as client:
+        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        monkeypatch.setattr(multiprocessing.context.ForkServerProcess, "start", refused)
+        for _ in range(3):  # more than a tenant's two places: each one came back
+            r = client.post(
+                f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+                files={"file": ("cv.pdf", pdf_of_pages(2, 900), "application/pdf")},
+            )  # fmt: skip
+            error = assert_error(r, 503, "documents_unavailable", None)
+            assert r.headers["Retry-After"] == "5" and type(failure).__name__ in error["message"], error
+        assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+        monkeypatch.setattr(multiprocessing.context.ForkServerProcess, "start", start)
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+            files={"file": ("cv.pdf", pdf_of_pages(2, 900), "application/pdf")},
+        )  # fmt: skip
+        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+
+
+def test_ctrl_c_does_not_end_a_document_reader(tmp_path: Path) -> None:
+    """A reader is in the terminal's process group, and the forkserver's children get SIGINT's default handler back:
+    Ctrl-C during a reading printed a KeyboardInterrupt traceback from the reader and answered the upload 422 "its
+    reader stopped (exit code 1)". Now a reader ignores SIGINT (it still ends with the server, by its pipe watch):
+    the upload gets its reading's own answer."""
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", document_read_timeout_s=60)  # type: ignore[call-arg]
+    )
+    with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        pending = pool.submit(upload, server.url, DEMO, sid, "slow.pdf", slow_pdf(3))
+        reader = _wait_for_reader()
+        time.sleep(0.2)  # past its start-up, into the reading
+        os.kill(reader, signal.SIGINT)
+        r = pending.result(timeout=60)
+        assert "the document has no text" in assert_error(r, 422, "unreadable_document", "file")["message"]
 
 
 def test_an_upload_through_a_root_path_is_read_as_a_form(tmp_path: Path) -> None:
