@@ -74,9 +74,10 @@ PARSE_QUEUE = 2
 # of those PARSE_WORKERS + PARSE_QUEUE places, one tenant's uploads hold at most this many: a tenant sending slow
 # documents one after another is refused itself (503) instead of keeping every other tenant's uploads at 503
 PARSE_PER_TENANT = 2
-# and of the PARSE_WORKERS workers at most this many parse one tenant's uploads at once (its further upload waits,
-# another tenant's waiting upload going first): with two slow documents a tenant held both workers, and every other
-# tenant's upload waited for one of them to end
+# and of the PARSE_WORKERS workers one tenant's uploads take more than this many only while no other tenant's upload
+# waits: a tenant alone (one API key behind a whole front end) parses on every worker, but once another tenant's
+# upload waits, it takes the next free worker before that tenant's further one. With two slow documents a tenant held
+# both workers and every other tenant's upload waited for them; with one at most, a lone tenant left a worker idle
 PARSE_RUNNING_PER_TENANT = 1
 # a reader process may map this much memory over what it maps when it starts (RLIMIT_AS; the interpreter and the
 # modules the forkserver imported: 64 MB under `teamgraph serve`, 260 MB from a script importing the app): past it
@@ -184,9 +185,10 @@ def parse_in_background(
     """`read(data, kind, max_chars)` run on a DOCUMENT_READERS thread (the route's `read` is read_document, which
     parses in a child process), or DocumentReadersBusy when the tenant's uploads are PARSE_PER_TENANT of those parsed
     or waiting, or when PARSE_WORKERS uploads are parsed and PARSE_QUEUE wait already. An admitted upload parses
-    once a worker is free and fewer than PARSE_RUNNING_PER_TENANT of its tenant's own uploads parse, waiting uploads
-    going in the order they came otherwise. The place is given back when the parsing ends or is cancelled before it
-    starts, not when the request that waits for it goes away (its worker keeps working, up to the time limit)."""
+    once a worker is free and fewer than PARSE_RUNNING_PER_TENANT of its tenant's own uploads parse or no other
+    tenant's upload waits, waiting uploads going in the order they came otherwise. The place is given back when the
+    parsing ends or is cancelled before it starts, not when the request that waits for it goes away (its worker
+    keeps working, up to the time limit)."""
     with _LOCK:
         if _PLACES.get(tenant, 0) >= PARSE_PER_TENANT:
             raise DocumentReadersBusy(
@@ -222,21 +224,29 @@ def _decrement(counts: dict[str, int], tenant: str) -> None:
 
 def _start_waiting() -> None:
     """Start the waiting uploads a free worker may take, oldest first, skipping those whose tenant parses
-    PARSE_RUNNING_PER_TENANT already. Called under _LOCK."""
-    for parse in list(_WAITING):
-        if sum(_RUNNING.values()) >= PARSE_WORKERS:
-            return
-        if _RUNNING.get(parse.tenant, 0) >= PARSE_RUNNING_PER_TENANT:
-            continue
-        _WAITING.remove(parse)
-        if not parse.future.set_running_or_notify_cancel():
-            continue  # cancelled while it waited; its place is given back already
-        _RUNNING[parse.tenant] = _RUNNING.get(parse.tenant, 0) + 1
-        try:
-            DOCUMENT_READERS.submit(_run, parse)
-        except BaseException as exc:  # the executor is shut down: the interpreter is exiting
-            _decrement(_RUNNING, parse.tenant)
-            parse.future.set_exception(exc)
+    PARSE_RUNNING_PER_TENANT already while the upload of another tenant that parses fewer waits. Called under
+    _LOCK."""
+    started = True
+    while started and _WAITING and sum(_RUNNING.values()) < PARSE_WORKERS:
+        started = False
+        for parse in list(_WAITING):
+            if sum(_RUNNING.values()) >= PARSE_WORKERS:
+                return
+            if _RUNNING.get(parse.tenant, 0) >= PARSE_RUNNING_PER_TENANT and any(
+                other.tenant != parse.tenant and _RUNNING.get(other.tenant, 0) < PARSE_RUNNING_PER_TENANT
+                for other in _WAITING
+            ):
+                continue  # that other tenant's upload takes this worker first, later in this pass
+            _WAITING.remove(parse)
+            if not parse.future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited; its place is given back already
+            started = True
+            _RUNNING[parse.tenant] = _RUNNING.get(parse.tenant, 0) + 1
+            try:
+                DOCUMENT_READERS.submit(_run, parse)
+            except BaseException as exc:  # the executor is shut down: the interpreter is exiting
+                _decrement(_RUNNING, parse.tenant)
+                parse.future.set_exception(exc)
 
 
 def _run(parse: _Parse) -> None:
