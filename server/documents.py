@@ -48,8 +48,9 @@ class DocumentReadersBusy(RuntimeError):
 
 class DocumentReadersUnavailable(RuntimeError):
     """No reader process could be started (fork refused: EAGAIN, ENOMEM; the forkserver could not be spawned), or
-    one was ended from outside before it answered (its forkserver killed, the OOM killer, a service manager): the
-    machine's fault, not the document's (503, retry in a few seconds)."""
+    one was ended from outside before it answered (the OOM killer, a service manager; a forkserver killed alone
+    costs no reading: its readers' answers are still waited for): the machine's fault, not the document's (503,
+    retry in a few seconds)."""
 
 
 class DocumentReadTimeout(UnreadableDocument):
