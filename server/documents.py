@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.forkserver
+import os
 import posixpath
+import resource
+import select
+import signal
 import threading
+import time
 import zipfile
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import PurePath
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path, PurePath
 from urllib.parse import unquote
+
+import structlog
+
+_log = structlog.get_logger("teamgraph.documents")
 
 
 class UnsupportedDocument(ValueError):
@@ -25,8 +42,19 @@ class DocumentTooLarge(ValueError):
 
 
 class DocumentReadersBusy(RuntimeError):
-    """Every document thread is parsing and PARSE_QUEUE uploads wait already, or the tenant's own uploads hold
+    """Every document worker is parsing and PARSE_QUEUE uploads wait already, or the tenant's own uploads hold
     PARSE_PER_TENANT of those places (503, retry in a few seconds)."""
+
+
+class DocumentReadersUnavailable(RuntimeError):
+    """No reader process could be started (fork refused: EAGAIN, ENOMEM; the forkserver could not be spawned), or
+    one was ended from outside before it answered (the OOM killer, a service manager; a forkserver killed alone
+    costs no reading: its readers' answers are still waited for): the machine's fault, not the document's (503,
+    retry in a few seconds)."""
+
+
+class DocumentReadTimeout(UnreadableDocument):
+    """A pdf or docx whose reading took longer than its time limit: its reader process was killed (422)."""
 
 
 # a docx is a zip: the declared unpacked size of all its parts (XML and media alike) may be this many times the
@@ -40,21 +68,43 @@ DOCX_UNPACKED_FACTOR = 20
 # here. Word's XML with per-word formatting is about one element per 25 bytes, so the unpacked-size cap above
 # already allows little more than this
 DOCX_ELEMENTS_PER_CHAR = 0.5
-# pdf and docx files are parsed by this many threads per process, apart from the default executor that storage calls
-# use, so parsing never takes the threads other requests' index and audit writes need
+# pdf and docx files are parsed by this many workers per process: each a thread of its own, apart from the default
+# executor that storage calls use (so parsing never takes the threads other requests' index and audit writes need),
+# which runs the parse in a child process (read_document) and waits for it, killing it past its time limit: a
+# thread cannot be stopped, and a PDF has no bound on its CPU time but that one
 PARSE_WORKERS = 2
 DOCUMENT_READERS = ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="teamgraph-document")
-# at most this many further uploads wait for one of those threads; the next is refused at once (DocumentReadersBusy,
+# at most this many further uploads wait for one of those workers; the next is refused at once (DocumentReadersBusy,
 # 503): the queue was unbounded, each waiting upload holding its body, and txt files waited behind pdf bombs
 PARSE_QUEUE = 2
-_PARSE_SLOTS = threading.BoundedSemaphore(PARSE_WORKERS + PARSE_QUEUE)
 # of those PARSE_WORKERS + PARSE_QUEUE places, one tenant's uploads hold at most this many: a tenant sending slow
 # documents one after another is refused itself (503) instead of keeping every other tenant's uploads at 503
 PARSE_PER_TENANT = 2
-_TENANT_SLOTS: dict[str, int] = {}  # tenant: places its uploads hold; absent at 0
-_TENANT_SLOTS_LOCK = threading.Lock()
+# and of the PARSE_WORKERS workers one tenant's uploads take more than this many only while no other tenant's upload
+# waits: a tenant alone (one API key behind a whole front end) parses on every worker, but once another tenant's
+# upload waits, it takes the next free worker before that tenant's further one. With two slow documents a tenant held
+# both workers and every other tenant's upload waited for them; with one at most, a lone tenant left a worker idle
+PARSE_RUNNING_PER_TENANT = 1
+# a reader process may map this much memory over what it maps when it starts (RLIMIT_AS; the interpreter and the
+# modules the forkserver imported: 64 MB under `teamgraph serve`, 260 MB from a script importing the app): past it
+# the reading fails (413). A PDF of 2 million characters (the most the default text limit lets through) took 290 MB;
+# a resume, a few MB (docs/performance.md, section 9)
+READER_MEMORY_BYTES = 1024 * 1024 * 1024
 # decoded where they arrive (2 MB of UTF-8 in milliseconds), never queued behind the parsing of other uploads
 PLAIN_TEXT = (".txt", ".md")
+
+
+@dataclass(eq=False)
+class _Parse:
+    tenant: str
+    future: Future[str]
+    read: Callable[[], str]
+
+
+_LOCK = threading.RLock()  # guards the three below; reentrant: a future's callbacks may run under it
+_PLACES: dict[str, int] = {}  # tenant: its uploads parsing or waiting; absent at 0
+_RUNNING: dict[str, int] = {}  # tenant: its uploads parsing; absent at 0
+_WAITING: deque[_Parse] = deque()  # uploads admitted but not yet parsing, oldest first
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _DOCUMENT, _BODY, _HDR, _FTR = (f"{_W}{t}" for t in ("document", "body", "hdr", "ftr"))
@@ -119,8 +169,8 @@ def extract_text(data: bytes, kind: str, max_chars: int) -> str:
             raise UnsupportedDocument(f"unsupported document type {kind!r}")
     except UnicodeDecodeError:
         raise UnreadableDocument("the file is not UTF-8 text") from None
-    except (UnsupportedDocument, UnreadableDocument, DocumentTooLarge):
-        raise
+    except (UnsupportedDocument, UnreadableDocument, DocumentTooLarge, MemoryError):
+        raise  # a MemoryError is a reader process past its memory limit (read_document): not the file's fault
     except Exception as exc:  # pypdf, zipfile and lxml raise many types for corrupt files
         raise UnreadableDocument(f"cannot read the {kind[1:]} file: {type(exc).__name__}") from None
     # pypdf hands back a ToUnicode entry's UTF-16 as it is: a surrogate pair makes its character, a lone surrogate
@@ -138,38 +188,229 @@ def extract_text(data: bytes, kind: str, max_chars: int) -> str:
 def parse_in_background(
     read: Callable[[bytes, str, int], str], data: bytes, kind: str, max_chars: int, tenant: str
 ) -> Future[str]:
-    """`read(data, kind, max_chars)` queued on DOCUMENT_READERS, or DocumentReadersBusy when the tenant's uploads are
-    PARSE_PER_TENANT of those parsed or waiting, or when PARSE_WORKERS uploads are parsed and PARSE_QUEUE wait
-    already. The place is given back when the parsing ends or is cancelled before it starts, not when the request
-    that waits for it goes away (its thread keeps working)."""
-    with _TENANT_SLOTS_LOCK:
-        if _TENANT_SLOTS.get(tenant, 0) >= PARSE_PER_TENANT:
+    """`read(data, kind, max_chars)` run on a DOCUMENT_READERS thread (the route's `read` is read_document, which
+    parses in a child process), or DocumentReadersBusy when the tenant's uploads are PARSE_PER_TENANT of those parsed
+    or waiting, or when PARSE_WORKERS uploads are parsed and PARSE_QUEUE wait already. An admitted upload parses
+    once a worker is free and fewer than PARSE_RUNNING_PER_TENANT of its tenant's own uploads parse or no other
+    tenant's upload waits, waiting uploads going in the order they came otherwise. The place is given back when the
+    parsing ends or is cancelled before it starts, not when the request that waits for it goes away (its worker
+    keeps working, up to the time limit)."""
+    with _LOCK:
+        if _PLACES.get(tenant, 0) >= PARSE_PER_TENANT:
             raise DocumentReadersBusy(
                 f"your own uploads: {PARSE_PER_TENANT} pdf or docx files of this tenant are being parsed or wait "
                 "already, as many as one tenant may; send the upload again once one of them is answered"
             )
-        if not _PARSE_SLOTS.acquire(blocking=False):
+        if sum(_PLACES.values()) >= PARSE_WORKERS + PARSE_QUEUE:
             raise DocumentReadersBusy(
                 f"the server is parsing {PARSE_WORKERS} documents and {PARSE_QUEUE} more wait, as many as it takes "
                 "at once; send the upload again in a few seconds"
             )
-        _TENANT_SLOTS[tenant] = _TENANT_SLOTS.get(tenant, 0) + 1
+        _PLACES[tenant] = _PLACES.get(tenant, 0) + 1
+        parse = _Parse(tenant, Future(), partial(read, data, kind, max_chars))
+        parse.future.add_done_callback(partial(_give_back_place, parse))
+        _WAITING.append(parse)
+        _start_waiting()
+    return parse.future
 
-    def give_back(_: object = None) -> None:
-        with _TENANT_SLOTS_LOCK:
-            if _TENANT_SLOTS[tenant] > 1:
-                _TENANT_SLOTS[tenant] -= 1
-            else:
-                del _TENANT_SLOTS[tenant]
-            _PARSE_SLOTS.release()
 
+def _give_back_place(parse: _Parse, _: object = None) -> None:
+    with _LOCK:
+        _decrement(_PLACES, parse.tenant)
+        if parse.future.cancelled() and parse in _WAITING:  # cancelled before it started: it never will
+            _WAITING.remove(parse)
+
+
+def _decrement(counts: dict[str, int], tenant: str) -> None:
+    if counts[tenant] > 1:
+        counts[tenant] -= 1
+    else:
+        del counts[tenant]
+
+
+def _start_waiting() -> None:
+    """Start the waiting uploads a free worker may take, oldest first, skipping those whose tenant parses
+    PARSE_RUNNING_PER_TENANT already while the upload of another tenant that parses fewer waits. Called under
+    _LOCK."""
+    started = True
+    while started and _WAITING and sum(_RUNNING.values()) < PARSE_WORKERS:
+        started = False
+        for parse in list(_WAITING):
+            if sum(_RUNNING.values()) >= PARSE_WORKERS:
+                return
+            if _RUNNING.get(parse.tenant, 0) >= PARSE_RUNNING_PER_TENANT and any(
+                other.tenant != parse.tenant and _RUNNING.get(other.tenant, 0) < PARSE_RUNNING_PER_TENANT
+                for other in _WAITING
+            ):
+                continue  # that other tenant's upload takes this worker first, later in this pass
+            _WAITING.remove(parse)
+            if not parse.future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited; its place is given back already
+            started = True
+            _RUNNING[parse.tenant] = _RUNNING.get(parse.tenant, 0) + 1
+            try:
+                DOCUMENT_READERS.submit(_run, parse)
+            except BaseException as exc:  # the executor is shut down: the interpreter is exiting
+                _decrement(_RUNNING, parse.tenant)
+                parse.future.set_exception(exc)
+
+
+def _run(parse: _Parse) -> None:
+    """On a DOCUMENT_READERS thread: the upload's reading, then its worker handed to the next waiting upload before
+    the answer is set (so the place it holds until then never keeps a waiting upload from starting)."""
+    result: str | None = None
+    error: BaseException | None = None
     try:
-        future = DOCUMENT_READERS.submit(read, data, kind, max_chars)
-    except BaseException:
-        give_back()
-        raise
-    future.add_done_callback(give_back)
-    return future
+        result = parse.read()
+    except BaseException as exc:
+        error = exc
+    with _LOCK:
+        _decrement(_RUNNING, parse.tenant)
+        _start_waiting()
+    if error is not None:
+        parse.future.set_exception(error)
+    else:
+        parse.future.set_result(result)  # type: ignore[arg-type]
+
+
+_FORKSERVER_LOCK = threading.Lock()
+_forkserver_context: multiprocessing.context.ForkServerContext | None = None
+
+
+def _reader_context() -> multiprocessing.context.ForkServerContext:
+    """multiprocessing's forkserver: a process started as the app starts (start_readers; else at the first pdf or
+    docx), with this module, pypdf and lxml imported, that forks a reader process per upload in about 20 ms. It
+    leaves when this process does (it watches a pipe from it), kill -9 included. A reader started from a script (not
+    `python -m`) runs that script again as `__mp_main__`, as multiprocessing does (Python 3.11's forkserver never
+    preloads `__main__` itself, though it is asked to): server.cli, all the `teamgraph` script imports, is preloaded
+    so that costs a millisecond."""
+    global _forkserver_context
+    with _FORKSERVER_LOCK:
+        if _forkserver_context is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["__main__", __name__, "pypdf", "lxml.etree", "server.cli"])
+            _forkserver_context = context
+        return _forkserver_context
+
+
+def start_readers() -> None:
+    """Start this process's forkserver (and multiprocessing's resource_tracker) now, as the app starts, so the first
+    pdf or docx does not wait the 0.3-0.8 s of its imports: it imports them in its own process, so this returns in
+    about 10 ms. If it cannot start, the first upload tries again (and answers 503 documents_unavailable if that
+    fails too)."""
+    _reader_context()
+    try:
+        multiprocessing.forkserver.ensure_running()
+    except OSError as exc:
+        _log.warning("document_readers_not_started", error=f"{type(exc).__name__}: {exc}")
+
+
+def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str:
+    """extract_text in a reader process of its own, killed past `seconds` (DocumentReadTimeout); a reading that
+    needs more than READER_MEMORY_BYTES is DocumentTooLarge; its other outcomes raised as extract_text raises them.
+    Blocks: call it through parse_in_background."""
+    context, memory = _reader_context(), READER_MEMORY_BYTES
+    receive, send = context.Pipe(duplex=False)
+    reader = context.Process(
+        target=_read_in_child,
+        args=(send, data, kind, max_chars, math.ceil(seconds) + 1, memory),
+        name="teamgraph-document-reader",
+        daemon=True,
+    )
+    started = False
+    try:
+        try:
+            reader.start()
+        except (OSError, EOFError) as exc:  # EOFError: the forkserver's fork failed and it exited (Python 3.11)
+            raise DocumentReadersUnavailable(f"no document reader can be started: {type(exc).__name__}: {exc}") from exc
+        started = True
+        send.close()
+        deadline = time.monotonic() + seconds
+        ready = multiprocessing.connection.wait([receive, reader.sentinel], seconds)
+        if ready == [reader.sentinel]:  # its exit status came first (or its forkserver died, exit code 255, while it
+            # still reads: its answer may yet come, so it is waited for as long as the time limit leaves)
+            ready = multiprocessing.connection.wait([receive], max(0.0, deadline - time.monotonic()))
+        outcome: tuple[str, str] | None = None
+        if receive in ready:
+            with contextlib.suppress(EOFError):  # EOF: it ended without an answer
+                outcome = receive.recv()
+        elif not ready:
+            raise DocumentReadTimeout(f"the {kind[1:]} file took longer than {seconds:g} s to read")
+    finally:
+        send.close()
+        if started:
+            if reader.is_alive():
+                reader.kill()
+            reader.join()
+        receive.close()  # a reader still running (its forkserver gone, so not killed above) sees it and exits
+    if outcome is None:
+        code = reader.exitcode
+        if code == -signal.SIGXCPU:  # its CPU limit, set a second past the time limit: a reading too long as well
+            raise DocumentReadTimeout(f"the {kind[1:]} file took longer than {seconds:g} s to read")
+        if code == 255 or (code is not None and code < 0):  # its forkserver gone, or a signal from outside (the OOM
+            # killer's SIGKILL; the server's own kill comes only after the time limit, answered above)
+            raise DocumentReadersUnavailable(f"the document's reader was ended from outside (exit code {code})")
+        raise UnreadableDocument(f"cannot read the {kind[1:]} file: its reader stopped (exit code {code})")
+    error, text = outcome
+    if error == "":
+        return text
+    if error == "MemoryError":
+        raise DocumentTooLarge(f"reading it needs more than the {memory // 2**20} MB of memory a document may take")
+    raise _ERRORS[error](text)
+
+
+def _exit_with_server(answer: int) -> None:
+    """A reader's watch on the pipe its answer goes to, twice a second (SIGALRM; its handler runs between bytecodes of
+    the reading): Linux reports POLLERR on a pipe's write end once its read end is closed, so the reader ends within
+    about a second of the server (or of the server giving up on it). The forkserver's own end would not come first:
+    each reader holds the pipe that keeps the forkserver up. Not a thread: with a second thread, a reading that met
+    its memory limit spun for tens of seconds before its MemoryError came out (glibc's malloc under RLIMIT_AS)."""
+    poller = select.poll()
+    poller.register(answer, 0)  # POLLERR and POLLHUP are reported whatever is asked
+
+    def check(signum: int, frame: object) -> None:
+        if poller.poll(0):
+            os._exit(1)
+
+    signal.signal(signal.SIGALRM, check)
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+
+
+_ERRORS: dict[str, type[ValueError]] = {
+    e.__name__: e for e in (UnsupportedDocument, UnreadableDocument, DocumentTooLarge)
+}
+
+
+def _read_in_child(
+    answer: multiprocessing.connection.Connection,
+    data: bytes,
+    kind: str,
+    max_chars: int,
+    cpu_seconds: int,
+    memory_bytes: int,
+) -> None:
+    """A reader process's whole life: limits set, extract_text, its outcome sent as (exception class name or "",
+    message or text). It dies with the server, kill -9 included (_exit_with_server), past `cpu_seconds` of CPU
+    (SIGXCPU, then SIGKILL; the server kills it earlier at its wall-clock limit, so this is a second bound), and
+    cannot map more than `memory_bytes` beyond what it maps as it starts; Ctrl-C (SIGINT) does not end it."""
+    # Ctrl-C reaches the whole process group of a terminal, readers included (the forkserver's children get its
+    # default handler back): a reader ignores it, and ends with the server by its pipe watch instead
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_server(answer.fileno())
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU's default action dumps core
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    with contextlib.suppress(OSError):  # Linux: its own size now, in pages; elsewhere the limit is left unset
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + memory_bytes, mapped + memory_bytes))
+    try:
+        outcome = ("", extract_text(data, kind, max_chars))
+    except MemoryError:
+        outcome = ("MemoryError", "")
+    except (UnsupportedDocument, UnreadableDocument, DocumentTooLarge) as exc:
+        outcome = (type(exc).__name__ if type(exc).__name__ in _ERRORS else "UnreadableDocument", str(exc))
+    del data
+    answer.send(outcome)
+    answer.close()
 
 
 def _check_length(chars: int, max_chars: int) -> None:
@@ -203,7 +444,7 @@ def _docx_text(data: bytes, max_chars: int) -> str:
     for name, kind in _header_and_footer_parts(package, main):
         try:
             text = reader.part_text(name, (_HDR,) if kind == _HEADER else (_FTR,))
-        except DocumentTooLarge:
+        except (DocumentTooLarge, MemoryError):
             raise
         except Exception:  # an empty, cut or binary part (a relationship to an image): skipped, not the whole docx;
             continue  # what it read before it failed stays counted against the budgets

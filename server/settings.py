@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     )
     playground: bool = Field(False, description="Serve LangServe's playground pages under /teams/{team}/playground.")
     max_upload_bytes: int = Field(2_000_000, ge=1, description="Largest resume / job description upload.")
+    document_read_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=600,
+        description="Longest a pdf or docx upload may take to read: its reader process is then killed and the "
+        "upload answers 422 unreadable_document, nothing stored.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body (JSON) on any route; uploads: max_upload_bytes + 64 KiB."
     )

@@ -9,6 +9,7 @@ import hashlib
 import json
 import unicodedata
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Path, Query, Request, Response, UploadFile
@@ -20,12 +21,14 @@ from server.deps import CurrentCaller, EngineDep, SettingsDep
 from server.documents import (
     PLAIN_TEXT,
     DocumentReadersBusy,
+    DocumentReadersUnavailable,
     DocumentTooLarge,
     UnreadableDocument,
     UnsupportedDocument,
     document_kind,
     extract_text,
     parse_in_background,
+    read_document,
 )
 from server.engine import CheckpointNotFound, CreateKeyReused, DocumentRejected, SessionNotFound, UserTagConflict
 from server.errors import ApiError
@@ -393,11 +396,14 @@ async def upload_document(
         extension = document_kind(filename, file.content_type)
         if extension in PLAIN_TEXT:  # decoding is quick: never waits behind other uploads' parsing
             text = extract_text(data, extension, settings.max_upload_bytes)
-        else:  # parsing a pdf or docx is CPU work: off the event loop, on the documents' own threads, a short queue
-            future = parse_in_background(extract_text, data, extension, settings.max_upload_bytes, caller.tenant)
+        else:  # parsing a pdf or docx is CPU work: in a reader process with a time limit, off the loop, a short queue
+            read = partial(read_document, seconds=settings.document_read_timeout_s)
+            future = parse_in_background(read, data, extension, settings.max_upload_bytes, caller.tenant)
             text = await asyncio.wrap_future(future)
     except DocumentReadersBusy as exc:
         raise ApiError(503, "documents_busy", str(exc), headers={"Retry-After": "2"}) from None
+    except DocumentReadersUnavailable as exc:
+        raise ApiError(503, "documents_unavailable", str(exc), headers={"Retry-After": "5"}) from None
     except UnsupportedDocument as exc:
         raise ApiError(415, "unsupported_media_type", f"file: {exc}", "file") from None
     except DocumentTooLarge as exc:

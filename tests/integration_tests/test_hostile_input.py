@@ -11,7 +11,10 @@ import base64
 import contextlib
 import io
 import json
+import multiprocessing.context
+import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -28,13 +31,15 @@ import yaml
 from fastapi.testclient import TestClient
 
 from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
-from server import request_guard
+from server import documents, request_guard
 from server.app import create_app
+from server.documents import UnreadableDocument, extract_text
 from server.engine import thread_key
 from server.routers import sessions as sessions_router
 from server.settings import Settings
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.local_server import LocalASGIServer
+from tests.integration_tests.live_server import LiveServer
 
 DEMO = {"Authorization": "Bearer tg-demo-key"}  # tenant demo: interview only
 VENEO = {"Authorization": "Bearer tg-veneo-key"}  # tenant veneo: veneo_chat + interview
@@ -550,14 +555,14 @@ def test_a_document_bomb_is_413_and_parsed_off_the_event_loop(tmp_path: Path, mo
     reading = threading.Event()
     other_answered = threading.Event()
     waited: list[bool] = []
-    read = sessions_router.extract_text
+    read = sessions_router.read_document
 
-    def held_read(*args: Any) -> str:
+    def held_read(*args: Any, **kwargs: Any) -> str:
         reading.set()
         waited.append(other_answered.wait(15))
-        return read(*args)
+        return read(*args, **kwargs)
 
-    monkeypatch.setattr(sessions_router, "extract_text", held_read)
+    monkeypatch.setattr(sessions_router, "read_document", held_read)
     with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
         sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
         pending = pool.submit(
@@ -662,18 +667,18 @@ def test_documents_are_parsed_on_two_threads_of_their_own(tmp_path: Path, monkey
     reading: list[int] = []
     lock = threading.Lock()
     most = [0]
-    read = sessions_router.extract_text
+    read = sessions_router.read_document
 
-    def held_read(*args: Any) -> str:
+    def held_read(*args: Any, **kwargs: Any) -> str:
         with lock:
             reading.append(1)
             most[0] = max(most[0], len(reading))
         release.wait(20)
         with lock:
             reading.pop()
-        return read(*args)
+        return read(*args, **kwargs)
 
-    monkeypatch.setattr(sessions_router, "extract_text", held_read)
+    monkeypatch.setattr(sessions_router, "read_document", held_read)
     with make_client(f"sqlite:///{tmp_path}/tg.db") as client, ThreadPoolExecutor(3) as pool:
         sessions = [(client.post("/sessions", headers=h, json={"team": "interview"}).json()["id"], h) for h in
                     (DEMO, DEMO, VENEO)]  # fmt: skip  # a tenant's own uploads hold two places at most
@@ -757,6 +762,268 @@ def test_failing_docx_uploads_give_their_places_back(client: TestClient) -> None
             f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"}, files={"file": (f"cv{i}.docx", data)}
         )
         assert_error(r, 422, "unreadable_document", "file")
+
+
+def slow_pdf(pages: int, operators: int = 1_000_000) -> bytes:
+    """An 11 kB PDF (at 20 pages) that pypdf reads for seconds and finds no text in: `pages` pages sharing one deflated
+    content stream of `operators` text-state operators (`0 Tc`, 5 MB at a million) that draw nothing, each page's
+    stream parsed again (about 0.5 s of CPU per page here; 20 pages: 9.8 s of CPU, 17.6 s on the loaded machine)."""
+    content = zlib.compress(b"BT /F1 12 Tf " + b"0 Tc " * operators + b"ET", 9)
+    kids = " ".join(f"{6 + i} 0 R" for i in range(pages)).encode()
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+    page += b"/Resources << /Font << /F1 5 0 R >> >> >>"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%b] /Count %d >>" % (kids, pages),
+        b"<< >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%b\nendstream" % (len(content), content),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ] + [page] * pages
+    return pdf_file(objects)
+
+
+def upload(url: str, headers: dict[str, str], sid: str, name: str, data: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{url}/sessions/{sid}/documents", headers=headers, data={"kind": "resume"}, files={"file": (name, data)},
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_a_pdf_that_takes_too_long_to_read_is_422_and_its_reader_is_killed(tmp_path: Path) -> None:
+    """A PDF's parsing had no bound but its text limit: an 11 kB PDF of pages that each parse a 5 MB content stream
+    of operators drawing nothing held a document thread for 10 s of CPU (minutes at more pages), and a thread cannot
+    be stopped. Now it is read in a process of its own, killed at TEAMGRAPH_DOCUMENT_READ_TIMEOUT_S: the upload is a
+    422 naming the file and the limit, nothing is stored, no reader process is left, and the next upload is read."""
+    limit = 1.0
+    one_page = time.process_time()
+    with pytest.raises(UnreadableDocument, match="no text"):
+        extract_text(slow_pdf(1), ".pdf", 2_000_000)
+    one_page = time.process_time() - one_page
+    assert one_page * 20 > 3 * limit, f"the test PDF is not slow enough here: {one_page:.2f} s of CPU a page"
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", document_read_timeout_s=limit)  # type: ignore[call-arg]
+    )
+    with LocalASGIServer(app, lifespan="on") as server:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        upload(server.url, DEMO, sid, "warm.pdf", pdf_of_pages(1, 10))  # the reader's forkserver is up
+        started = time.monotonic()
+        r = upload(server.url, DEMO, sid, "cv.pdf", slow_pdf(20))
+        took = time.monotonic() - started
+        error = assert_error(r, 422, "unreadable_document", "file")
+        assert error["message"] == "file: the pdf file took longer than 1 s to read", error
+        assert took < limit + 5, f"answered after {took:.1f} s"
+        assert reader_processes() == [], "the reader outlived its time limit"
+        state = httpx.get(f"{server.url}/sessions/{sid}", headers=DEMO, timeout=10).json()["state"]
+        assert state["resume"] == "A" * 10  # the warm-up's; the slow one stored nothing
+        r = upload(server.url, DEMO, sid, "cv2.pdf", pdf_of_pages(2, 900))
+        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+
+
+def test_a_document_whose_reading_needs_too_much_memory_is_413(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document's reader had no memory bound: pypdf took 290 MB over its own size to read a 20 kB PDF of 2 million
+    characters (what the text limit lets through). Now a reader process may map READER_MEMORY_BYTES over what it
+    maps as it starts (1 GiB; 100 MB here): past it the upload is a 413 naming the file, nothing stored, and the
+    next upload is read by a fresh reader."""
+    monkeypatch.setattr(documents, "READER_MEMORY_BYTES", 100 * 2**20)
+    with make_client(f"sqlite:///{tmp_path}/tg.db") as client:
+        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        large = pdf_of_pages(2, 999_000)
+        assert len(large) < 25_000
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+            files={"file": ("cv.pdf", large, "application/pdf")},
+        )  # fmt: skip
+        error = assert_error(r, 413, "payload_too_large", "file")
+        assert error["message"] == "file: reading it needs more than the 100 MB of memory a document may take"
+        assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+            files={"file": ("cv.pdf", pdf_of_pages(2, 900), "application/pdf")},
+        )  # fmt: skip
+        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+
+
+def reader_processes(parent: int | None = None) -> list[int]:
+    """The live processes the forkserver of `parent` (default: this process) has forked: the document readers."""
+    children = _children(parent or os.getpid())
+    return [reader for forkserver in children if _is_forkserver(forkserver) for reader in _children(forkserver)]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _is_forkserver(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
+def test_no_document_reader_outlives_a_killed_server(tmp_path: Path) -> None:
+    """`teamgraph serve` killed with SIGKILL while it reads a slow PDF: its forkserver and the reader go within
+    seconds (the reader watches the pipe its answer goes to), not when the reading or its 60 s limit ends."""
+    with LiveServer(tmp_path, env={"TEAMGRAPH_DOCUMENT_READ_TIMEOUT_S": "60"}) as server, ThreadPoolExecutor(1) as pool:
+        assert server.process is not None
+        pid = server.process.pid
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        pending = pool.submit(upload, server.url, DEMO, sid, "cv.pdf", slow_pdf(20))
+        deadline = time.monotonic() + 15
+        while not (readers := reader_processes(pid)):
+            assert time.monotonic() < deadline, "no reader process was started"
+            time.sleep(0.05)
+        helpers = [*(c for c in _children(pid) if _is_forkserver(c)), *readers]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while alive := [p for p in helpers if _running(p)]:
+            assert time.monotonic() < deadline, f"still running 5 s after the server was killed: {alive}"
+            time.sleep(0.05)
+        with pytest.raises(httpx.HTTPError):
+            pending.result(timeout=30)
+
+
+def test_the_document_readers_start_with_the_server(tmp_path: Path) -> None:
+    """The forkserver that forks the document readers started at the first pdf or docx, which waited its 0.3-0.8 s
+    of imports. Now `teamgraph serve` starts it as the app starts (it imports in its own process meanwhile): it runs
+    before any upload, and it is the one the first upload's reader comes from."""
+    with LiveServer(tmp_path) as server:
+        assert server.process is not None
+        pid = server.process.pid
+        deadline = time.monotonic() + 5
+        while not (forkservers := [c for c in _children(pid) if _is_forkserver(c)]):
+            assert time.monotonic() < deadline, "no forkserver 5 s after the server answered /healthz"
+            time.sleep(0.05)
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        r = upload(server.url, DEMO, sid, "cv.pdf", pdf_of_pages(2, 900))
+        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+        assert [c for c in _children(pid) if _is_forkserver(c)] == forkservers
+
+
+def _running(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def test_a_tenant_alone_reads_two_documents_at_once(tmp_path: Path) -> None:
+    """A tenant parsed one pdf or docx at a time, so with one API key behind a whole front end one slow PDF held
+    every user's upload for up to the time limit while the other worker stayed idle. Now a tenant whose uploads no
+    other tenant's wait behind parses on both workers: two slow uploads sent together are both answered at about the
+    time limit, not the second at twice it; another tenant's upload sent meanwhile waits for the next free worker
+    (which it gets before any further upload of the first tenant: tests/unit_tests/test_documents.py)."""
+    limit = 4.0
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", document_read_timeout_s=limit)  # type: ignore[call-arg]
+    )
+    slow = slow_pdf(20)
+
+    def send(headers: dict[str, str], sid: str, name: str, data: bytes) -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        r = upload(server.url, headers, sid, name, data)
+        return r, time.monotonic() - started
+
+    with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(3) as pool:
+        sid = {h["Authorization"]: httpx.post(f"{server.url}/sessions", headers=h, json={"team": "interview"},
+                                              timeout=10).json()["id"] for h in (DEMO, VENEO)}  # fmt: skip
+        upload(server.url, DEMO, sid[DEMO["Authorization"]], "warm.pdf", pdf_of_pages(1, 10))
+        slow_ones = [pool.submit(send, DEMO, sid[DEMO["Authorization"]], f"slow{i}.pdf", slow) for i in range(2)]
+        time.sleep(1.0)
+        other, _ = send(VENEO, sid[VENEO["Authorization"]], "cv.pdf", pdf_of_pages(2, 900))
+        assert other.status_code == 200, other.text
+        answers = [s.result(timeout=120) for s in slow_ones]
+    for r, took in answers:
+        assert "took longer than 4 s to read" in assert_error(r, 422, "unreadable_document", "file")["message"]
+        assert took < limit + 2.5, f"answered after {took:.1f} s: the two did not parse at once"
+
+
+def _wait_for_reader(parent: int | None = None) -> int:
+    deadline = time.monotonic() + 15
+    while not (readers := reader_processes(parent)):
+        assert time.monotonic() < deadline, "no reader process was started"
+        time.sleep(0.02)
+    return readers[0]
+
+
+def test_a_reader_ended_from_outside_is_503_and_a_killed_forkserver_costs_no_upload(tmp_path: Path) -> None:
+    """A reader killed from outside (the OOM killer, a service manager) answered its upload 422 "its reader stopped
+    (exit code -9)", blaming the file; and the forkserver killed while a reader read answered that upload 422 "exit
+    code 255" though the reader was still reading. Now the first is 503 documents_unavailable with Retry-After,
+    nothing stored; the second gets its reading's own answer, and the next upload starts a fresh forkserver."""
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", document_read_timeout_s=60)  # type: ignore[call-arg]
+    )
+    with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        assert upload(server.url, DEMO, sid, "warm.pdf", pdf_of_pages(1, 10)).status_code == 200
+        pending = pool.submit(upload, server.url, DEMO, sid, "slow.pdf", slow_pdf(3))
+        _wait_for_reader()
+        (forkserver,) = [c for c in _children(os.getpid()) if _is_forkserver(c)]
+        os.kill(forkserver, signal.SIGKILL)
+        r = pending.result(timeout=60)
+        assert "the document has no text" in assert_error(r, 422, "unreadable_document", "file")["message"]
+        pending = pool.submit(upload, server.url, DEMO, sid, "slow.pdf", slow_pdf(20))
+        os.kill(_wait_for_reader(), signal.SIGKILL)
+        r = pending.result(timeout=60)
+        error = assert_error(r, 503, "documents_unavailable", None)
+        assert r.headers["Retry-After"] == "5" and "exit code -9" in error["message"], error
+        state = httpx.get(f"{server.url}/sessions/{sid}", headers=DEMO, timeout=10).json()["state"]
+        assert state["resume"] == "A" * 10  # the warm-up's
+        r = upload(server.url, DEMO, sid, "cv.pdf", pdf_of_pages(2, 900))
+        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+
+
+@pytest.mark.parametrize("failure", [OSError(11, "Resource temporarily unavailable"), EOFError("unexpected EOF")])
+def test_a_reader_that_cannot_be_started_is_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """fork() refused inside the forkserver (EAGAIN, ENOMEM: Python 3.11's forkserver then exits, and start() raises
+    EOFError), or the forkserver itself not spawned (OSError), was a 500. Now it is 503 documents_unavailable with
+    Retry-After, nothing stored, and the upload's place is given back: the next upload, once readers start, is read."""
+    start = multiprocessing.context.ForkServerProcess.start
+
+    def refused(self: object) -> None:
+        raise failure
+
+    with make_client(f"sqlite:///{tmp_path}/tg.db") as client:
+        sid = client.post("/sessions", headers=DEMO, json={"team": "interview"}).json()["id"]
+        monkeypatch.setattr(multiprocessing.context.ForkServerProcess, "start", refused)
+        for _ in range(3):  # more than a tenant's two places: each one came back
+            r = client.post(
+                f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+                files={"file": ("cv.pdf", pdf_of_pages(2, 900), "application/pdf")},
+            )  # fmt: skip
+            error = assert_error(r, 503, "documents_unavailable", None)
+            assert r.headers["Retry-After"] == "5" and type(failure).__name__ in error["message"], error
+        assert "resume" not in client.get(f"/sessions/{sid}", headers=DEMO).json()["state"]
+        monkeypatch.setattr(multiprocessing.context.ForkServerProcess, "start", start)
+        r = client.post(
+            f"/sessions/{sid}/documents", headers=DEMO, data={"kind": "resume"},
+            files={"file": ("cv.pdf", pdf_of_pages(2, 900), "application/pdf")},
+        )  # fmt: skip
+        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
+
+
+def test_ctrl_c_does_not_end_a_document_reader(tmp_path: Path) -> None:
+    """A reader is in the terminal's process group, and the forkserver's children get SIGINT's default handler back:
+    Ctrl-C during a reading printed a KeyboardInterrupt traceback from the reader and answered the upload 422 "its
+    reader stopped (exit code 1)". Now a reader ignores SIGINT (it still ends with the server, by its pipe watch):
+    the upload gets its reading's own answer."""
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", document_read_timeout_s=60)  # type: ignore[call-arg]
+    )
+    with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        pending = pool.submit(upload, server.url, DEMO, sid, "slow.pdf", slow_pdf(3))
+        reader = _wait_for_reader()
+        time.sleep(0.2)  # past its start-up, into the reading
+        os.kill(reader, signal.SIGINT)
+        r = pending.result(timeout=60)
+        assert "the document has no text" in assert_error(r, 422, "unreadable_document", "file")["message"]
 
 
 def test_an_upload_through_a_root_path_is_read_as_a_form(tmp_path: Path) -> None:

@@ -512,3 +512,44 @@ def test_one_tenant_holds_at_most_two_of_the_four_document_places() -> None:
             assert time.monotonic() < deadline, "the places did not come back"
             time.sleep(0.01)
     assert [f.result(timeout=20) for f in again] == ["read"] * 2
+
+
+def test_a_tenant_alone_parses_on_both_workers_but_another_tenant_goes_first() -> None:
+    """A tenant parsed one upload at a time, so with one API key behind a whole front end a slow PDF held every user's
+    upload while the other worker stayed idle. Now a tenant takes an idle worker while no other tenant's upload waits,
+    but cannot keep both: another tenant's waiting upload takes the next free worker before its further one, though
+    that came first. One cancelled while it waits never runs, and its place is given back at once."""
+    release = {name: threading.Event() for name in ("a1", "a2", "a3", "a4", "b1", "c1")}
+    started: list[str] = []
+
+    def held(data: bytes, kind: str, max_chars: int) -> str:
+        started.append(data.decode())
+        release[data.decode()].wait(20)
+        return data.decode()
+
+    def wait_for(names: list[str]) -> None:
+        deadline = time.monotonic() + 10
+        while started != names:
+            assert time.monotonic() < deadline, started
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert started == names  # and nothing more started
+
+    try:
+        a1, a2 = (parse_in_background(held, name, ".pdf", 1, "a") for name in (b"a1", b"a2"))
+        wait_for(["a1", "a2"])  # no one else waits: both workers
+        b1 = parse_in_background(held, b"b1", ".pdf", 1, "b")
+        release["a1"].set()
+        wait_for(["a1", "a2", "b1"])
+        a3 = parse_in_background(held, b"a3", ".pdf", 1, "a")  # both workers busy (a2, b1): it waits
+        c1 = parse_in_background(held, b"c1", ".pdf", 1, "c")  # and so does this one, sent after it
+        release["b1"].set()
+        wait_for(["a1", "a2", "b1", "c1"])  # a parses a2 already: c's upload takes the free worker
+        assert a3.cancel()
+        a4 = parse_in_background(held, b"a4", ".pdf", 1, "a")  # a3's place came back
+        release["a2"].set()
+        wait_for(["a1", "a2", "b1", "c1", "a4"])
+    finally:
+        for event in release.values():
+            event.set()
+    assert [f.result(timeout=20) for f in (a1, a2, b1, c1, a4)] == ["a1", "a2", "b1", "c1", "a4"]
