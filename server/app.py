@@ -14,7 +14,6 @@ from graphs.registry import GRAPH_MODULES
 from personas.factory import AgentFactory
 from personas.loader import load_bundles
 from server.auth import KeyRing
-from server.documents import start_readers
 from server.engine import Engine
 from server.errors import install_error_handlers
 from server.limits import TenantTurnLimiter
@@ -58,7 +57,6 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
                 if settings.retention_interval_s > 0
                 else None
             )
-            start_readers()  # last, so its forkserver's imports (in a process of its own) do not slow the start
             try:
                 yield
             finally:

@@ -7,7 +7,6 @@ import io
 import math
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.forkserver
 import os
 import posixpath
 import resource
@@ -23,10 +22,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePath
 from urllib.parse import unquote
-
-import structlog
-
-_log = structlog.get_logger("teamgraph.documents")
 
 
 class UnsupportedDocument(ValueError):
@@ -278,12 +273,11 @@ _forkserver_context: multiprocessing.context.ForkServerContext | None = None
 
 
 def _reader_context() -> multiprocessing.context.ForkServerContext:
-    """multiprocessing's forkserver: a process started as the app starts (start_readers; else at the first pdf or
-    docx), with this module, pypdf and lxml imported, that forks a reader process per upload in about 20 ms. It
-    leaves when this process does (it watches a pipe from it), kill -9 included. A reader started from a script (not
-    `python -m`) runs that script again as `__mp_main__`, as multiprocessing does (Python 3.11's forkserver never
-    preloads `__main__` itself, though it is asked to): server.cli, all the `teamgraph` script imports, is preloaded
-    so that costs a millisecond."""
+    """multiprocessing's forkserver: a process started at the first pdf or docx, with this module, pypdf and lxml
+    imported, that forks a reader process per upload in about 20 ms. It leaves when this process does (it watches a
+    pipe from it), kill -9 included. A reader started from a script (not `python -m`) runs that script again as
+    `__mp_main__`, as multiprocessing does (Python 3.11's forkserver never preloads `__main__` itself, though it is
+    asked to): server.cli, all the `teamgraph` script imports, is preloaded so that costs a millisecond."""
     global _forkserver_context
     with _FORKSERVER_LOCK:
         if _forkserver_context is None:
@@ -291,18 +285,6 @@ def _reader_context() -> multiprocessing.context.ForkServerContext:
             context.set_forkserver_preload(["__main__", __name__, "pypdf", "lxml.etree", "server.cli"])
             _forkserver_context = context
         return _forkserver_context
-
-
-def start_readers() -> None:
-    """Start this process's forkserver (and multiprocessing's resource_tracker) now, as the app starts, so the first
-    pdf or docx does not wait the 0.3-0.8 s of its imports: it imports them in its own process, so this returns in
-    about 10 ms. If it cannot start, the first upload tries again (and answers 503 documents_unavailable if that
-    fails too)."""
-    _reader_context()
-    try:
-        multiprocessing.forkserver.ensure_running()
-    except OSError as exc:
-        _log.warning("document_readers_not_started", error=f"{type(exc).__name__}: {exc}")
 
 
 def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str:

@@ -805,7 +805,7 @@ def test_a_pdf_that_takes_too_long_to_read_is_422_and_its_reader_is_killed(tmp_p
     )
     with LocalASGIServer(app, lifespan="on") as server:
         sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
-        upload(server.url, DEMO, sid, "warm.pdf", pdf_of_pages(1, 10))  # the reader's forkserver is up
+        upload(server.url, DEMO, sid, "warm.pdf", pdf_of_pages(1, 10))  # the reader's forkserver starts once
         started = time.monotonic()
         r = upload(server.url, DEMO, sid, "cv.pdf", slow_pdf(20))
         took = time.monotonic() - started
@@ -885,23 +885,6 @@ def test_no_document_reader_outlives_a_killed_server(tmp_path: Path) -> None:
             time.sleep(0.05)
         with pytest.raises(httpx.HTTPError):
             pending.result(timeout=30)
-
-
-def test_the_document_readers_start_with_the_server(tmp_path: Path) -> None:
-    """The forkserver that forks the document readers started at the first pdf or docx, which waited its 0.3-0.8 s
-    of imports. Now `teamgraph serve` starts it as the app starts (it imports in its own process meanwhile): it runs
-    before any upload, and it is the one the first upload's reader comes from."""
-    with LiveServer(tmp_path) as server:
-        assert server.process is not None
-        pid = server.process.pid
-        deadline = time.monotonic() + 5
-        while not (forkservers := [c for c in _children(pid) if _is_forkserver(c)]):
-            assert time.monotonic() < deadline, "no forkserver 5 s after the server answered /healthz"
-            time.sleep(0.05)
-        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
-        r = upload(server.url, DEMO, sid, "cv.pdf", pdf_of_pages(2, 900))
-        assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
-        assert [c for c in _children(pid) if _is_forkserver(c)] == forkservers
 
 
 def _running(pid: int) -> bool:
