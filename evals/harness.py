@@ -431,3 +431,30 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
     for section in sections or [guardrail_section, scorer_section, public_scorer_section, question_section]:
         parts += [section(), ""]
     return "\n".join(parts)
+
+
+def _blocks(report: str) -> tuple[str, list[tuple[str, str]]]:
+    """A report's header (before its first `## ` heading) and its sections as (heading line, text)."""
+    header: list[str] = []
+    blocks: list[tuple[str, list[str]]] = []
+    for line in report.splitlines(keepends=True):
+        if line.startswith("## "):
+            blocks.append((line.rstrip("\n"), [line]))
+        elif blocks:
+            blocks[-1][1].append(line)
+        else:
+            header.append(line)
+    return "".join(header), [(title, "".join(text)) for title, text in blocks]
+
+
+def splice_sections(old: str, new: str) -> str:
+    """`old` report with the header and the sections of `new` in place of its own (`python -m evals --section NAME
+    --update FILE`): the sections `new` does not have are kept as they were, a section `old` lacks is appended."""
+    _, old_blocks = _blocks(old)
+    new_header, new_blocks = _blocks(new)
+    fresh = dict(new_blocks)
+    out = [new_header]
+    for title, text in old_blocks:
+        out.append(fresh.pop(title, text))
+    out += [text for title, text in new_blocks if title in fresh]
+    return "".join(out)

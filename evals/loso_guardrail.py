@@ -291,6 +291,39 @@ def head_probabilities(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarra
     return p / p.sum(1, keepdims=True)
 
 
+class DiskMemo(dict):  # type: ignore[type-arg]
+    """A memo of fold scores that is also kept on disk (evals/.cache/loso/, one .npy per key), so that a later run
+    or a second process reuses the folds an earlier one fitted (the head's fit takes minutes on a busy machine)."""
+
+    def __init__(self, folder: Any) -> None:
+        super().__init__()
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: tuple[Any, ...]) -> Any:
+        import hashlib
+
+        return self.folder / (hashlib.sha256(repr(key).encode()).hexdigest()[:32] + ".npy")
+
+    def __contains__(self, key: object) -> bool:
+        if super().__contains__(key):
+            return True
+        path = self._path(key)  # type: ignore[arg-type]
+        if path.exists():
+            super().__setitem__(key, np.load(path))
+            return True
+        return False
+
+    def __setitem__(self, key: tuple[Any, ...], value: np.ndarray) -> None:
+        import os
+
+        super().__setitem__(key, value)
+        path = self._path(key)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, value)
+        os.replace(tmp, path)
+
+
 @dataclass
 class FoldResult:
     fold: str
@@ -312,7 +345,10 @@ def run_candidate(
     settings: SafetySettings,
     folds: Iterable[str] = FOLDS,
     log: bool = True,
+    memo: dict[tuple[Any, ...], np.ndarray] | None = None,
 ) -> list[FoldResult]:
+    """Every fold's block counts. `memo` keeps each model's fold scores across candidates that fit it the same way
+    (a candidate that changes only the head reuses the classifier's folds)."""
     from evals.train_embedding_head import fit
 
     y = labels_of(rows)
@@ -324,11 +360,18 @@ def run_candidate(
         start = time.perf_counter()
         out = fold == name
         scored = np.flatnonzero(out)
-        w_clf = fit_classifier(index, np.flatnonzero(clf_fit & ~out), y, candidate.classifier_l2)
-        hw, hb = fit(x[head_fit & ~out], y[head_fit & ~out], candidate.head_l2, candidate.head_balance)
+        memo = {} if memo is None else memo
+        clf_key = ("clf", candidate.classifier_l2, candidate.classifier_not_fitted, candidate.extra, name)
+        if clf_key not in memo:
+            w_clf = fit_classifier(index, np.flatnonzero(clf_fit & ~out), y, candidate.classifier_l2)
+            memo[clf_key] = classifier_probabilities(index, w_clf, scored)
+        head_key = ("head", candidate.head_l2, candidate.head_balance, candidate.head_not_fitted, candidate.extra, name)
+        if head_key not in memo:
+            hw, hb = fit(x[head_fit & ~out], y[head_fit & ~out], candidate.head_l2, candidate.head_balance)
+            memo[head_key] = head_probabilities(x[scored], hw, hb)
         blocked = decide(
-            classifier_probabilities(index, w_clf, scored),
-            head_probabilities(x[scored], hw, hb),
+            memo[clf_key],
+            memo[head_key],
             Fixed(fixed.rules[scored], fixed.cues[scored], fixed.short_no_target[scored], fixed.nonempty[scored]),
             settings,
         )
@@ -377,6 +420,7 @@ def in_sample_val(
     x: np.ndarray,
     fixed: Fixed,
     settings: SafetySettings,
+    memo: dict[tuple[Any, ...], np.ndarray] | None = None,
 ) -> tuple[int, int, int, int]:
     """The candidate's models fitted on all their `train` rows; `val` attacks and benign blocked at the shipped
     thresholds (the protocol's last check)."""
@@ -385,11 +429,18 @@ def in_sample_val(
     y = labels_of(rows)
     clf_fit, head_fit = fitted_masks(rows, candidate)
     val = np.flatnonzero(np.array([r["split"] == "val" for r in rows]))
-    w_clf = fit_classifier(index, np.flatnonzero(clf_fit), y, candidate.classifier_l2)
-    hw, hb = fit(x[head_fit], y[head_fit], candidate.head_l2, candidate.head_balance)
+    memo = {} if memo is None else memo
+    clf_key = ("clf", candidate.classifier_l2, candidate.classifier_not_fitted, candidate.extra, "in-sample val")
+    if clf_key not in memo:
+        w_clf = fit_classifier(index, np.flatnonzero(clf_fit), y, candidate.classifier_l2)
+        memo[clf_key] = classifier_probabilities(index, w_clf, val)
+    head_key = ("head", candidate.head_l2, candidate.head_balance, candidate.head_not_fitted, candidate.extra, "val")
+    if head_key not in memo:
+        hw, hb = fit(x[head_fit], y[head_fit], candidate.head_l2, candidate.head_balance)
+        memo[head_key] = head_probabilities(x[val], hw, hb)
     blocked = decide(
-        classifier_probabilities(index, w_clf, val),
-        head_probabilities(x[val], hw, hb),
+        memo[clf_key],
+        memo[head_key],
         Fixed(fixed.rules[val], fixed.cues[val], fixed.short_no_target[val], fixed.nonempty[val]),
         settings,
     )
@@ -442,19 +493,23 @@ def main() -> None:
     settings = _resolver().resolve("veneo", "veneo_chat").persona("safety_reviewer").safety
     base = load_tuning_rows()
     names = args.candidate or sorted(CANDIDATES)
+    from evals.train_embedding_head import CACHE
+
+    memo: dict[tuple[Any, ...], np.ndarray] = DiskMemo(CACHE / "loso")
+    prepared: dict[str | None, tuple[list[dict[str, Any]], FeatureIndex, np.ndarray, Fixed]] = {}
     for name in names:
         candidate = CANDIDATES[name]
-        rows = base + extra_rows(candidate)
-        texts = [r["text"] for r in rows]
-        index = FeatureIndex(texts)
-        x = vectors(texts)
-        fixed = Fixed.of(texts, settings)
+        if candidate.extra not in prepared:
+            rows = base + extra_rows(candidate)
+            texts = [r["text"] for r in rows]
+            prepared[candidate.extra] = (rows, FeatureIndex(texts), vectors(texts), Fixed.of(texts, settings))
+        rows, index, x, fixed = prepared[candidate.extra]
         if args.check:
             check(rows, index, x, fixed, settings)
             return
-        results = run_candidate(candidate, rows, index, x, fixed, settings, args.fold or list(FOLDS))
+        results = run_candidate(candidate, rows, index, x, fixed, settings, args.fold or list(FOLDS), memo=memo)
         s = summarise(results)
-        va, vn, vb, vbn = in_sample_val(candidate, rows, index, x, fixed, settings)
+        va, vn, vb, vbn = in_sample_val(candidate, rows, index, x, fixed, settings, memo)
         print(
             f"{candidate.name}: LOSO macro attack {100 * s['macro_attack']:.1f}%, "
             f"pooled {100 * s['pooled_attack']:.1f}% "
