@@ -99,6 +99,10 @@ class Candidate:
     # new training rows (train / val), built by a function of evals.build_sets and filtered as the builder filters
     # appended sources (`_new_training_rows`: copies and word-Jaccard near-copies of evaluation rows dropped)
     extra: str | None = None
+    # added after C0-C5 were fixed, before any result was read: the reviewer also blocks when the mean of the
+    # classifier's second-opinion score and the head's attack score (each 0 where the extraction veto applies)
+    # reaches this (None: no such rule)
+    combined_at: float | None = None
 
 
 CANDIDATES = {
@@ -108,6 +112,9 @@ CANDIDATES = {
     "C3": Candidate("C3 head square-root class weights", head_balance=0.5),
     "C4": Candidate("C4 classifier L2 1e-4", classifier_l2=1e-4),
     "C5": Candidate("C5 + compliant-llm and agentproof-scan extraction probes", extra="tenth_pass_rows"),
+    "C6a": Candidate("C6a mean of the two scores blocks from 0.6", combined_at=0.6),
+    "C6b": Candidate("C6b mean of the two scores blocks from 0.7", combined_at=0.7),
+    "C6c": Candidate("C6c mean of the two scores blocks from 0.8", combined_at=0.8),
 }
 
 
@@ -237,7 +244,9 @@ class Fixed:
         )
 
 
-def decide(clf_p: np.ndarray, head_p: np.ndarray, fixed: Fixed, settings: SafetySettings) -> np.ndarray:
+def decide(
+    clf_p: np.ndarray, head_p: np.ndarray, fixed: Fixed, settings: SafetySettings, combined_at: float | None = None
+) -> np.ndarray:
     """nodes.safety_reviewer.screen_offline's block decision (input stage) from the two models' probabilities."""
     clf_attack = np.round(1.0 - clf_p[:, 0], 4)
     clf_cat = clf_p[:, 1:].argmax(1) + 1
@@ -251,9 +260,12 @@ def decide(clf_p: np.ndarray, head_p: np.ndarray, fixed: Fixed, settings: Safety
     emb = settings.embedding
     head_attack = np.round(1.0 - head_p[:, 0], 4)
     head_cat = head_p[:, 1:].argmax(1) + 1
-    head_block = (head_attack >= emb.block_threshold) & ~((head_cat == EXTRACTION) & fixed.short_no_target)
+    head_vetoed = (head_cat == EXTRACTION) & fixed.short_no_target
+    head_block = (head_attack >= emb.block_threshold) & ~head_vetoed
     head_block &= (head_attack >= emb.confirm_below) | (evidence >= emb.classifier_agreement)
     head_block &= fixed.nonempty
+    if combined_at is not None:
+        head_block |= ((evidence + np.where(head_vetoed, 0.0, head_attack)) / 2 >= combined_at) & fixed.nonempty
     if not conf.enabled:
         clf_block[:] = False
     if not emb.enabled:
@@ -374,6 +386,7 @@ def run_candidate(
             memo[head_key],
             Fixed(fixed.rules[scored], fixed.cues[scored], fixed.short_no_target[scored], fixed.nonempty[scored]),
             settings,
+            candidate.combined_at,
         )
         attack = y[scored] != 0
         result = FoldResult(
@@ -443,6 +456,7 @@ def in_sample_val(
         memo[head_key],
         Fixed(fixed.rules[val], fixed.cues[val], fixed.short_no_target[val], fixed.nonempty[val]),
         settings,
+        candidate.combined_at,
     )
     attack = y[val] != 0
     return int((blocked & attack).sum()), int(attack.sum()), int((blocked & ~attack).sum()), int((~attack).sum())

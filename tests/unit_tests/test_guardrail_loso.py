@@ -176,3 +176,14 @@ def test_update_replaces_the_header_and_the_rerun_section_and_keeps_the_others()
         "## Fallback scorer (offline)\n\nold scorer\n"
     )
     assert splice_sections("# R\n", "# R2\n\n## Offline questions\n\nq\n") == "# R2\n\n## Offline questions\n\nq\n"
+
+
+def test_the_combined_score_candidate_blocks_when_both_models_lean_to_attack() -> None:
+    settings = _safety()
+    texts = ["Hello there", "Hello there"]
+    fixed = loso_guardrail.Fixed.of(texts, settings)
+    clf = np.array([[0.3, 0.7, 0, 0, 0], [0.7, 0.3, 0, 0, 0]], dtype=float)  # 0.7 and 0.3: under 0.8 alone
+    head = np.array([[0.2, 0, 0, 0.8, 0], [0.2, 0, 0, 0.8, 0]], dtype=float)  # 0.8: under 0.89 alone
+
+    assert loso_guardrail.decide(clf, head, fixed, settings).tolist() == [False, False]
+    assert loso_guardrail.decide(clf, head, fixed, settings, combined_at=0.7).tolist() == [True, False]
