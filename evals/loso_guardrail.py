@@ -31,6 +31,7 @@ import numpy as np
 
 from evals.harness import TRIGGER_WORDS, _resolver
 from evals.train_classifier import CLASSES, EPOCHS, KEEP_ABOVE, LEARNING_RATE, MIN_DF, NOT_FITTED_SOURCES, SET
+from evals.train_classifier import L2 as CLASSIFIER_L2
 from evals.train_embedding_head import CHATTERBOT_KEEP_ONE_IN, HEAD_NOT_FITTED_SOURCES
 from evals.train_embedding_head import L2 as HEAD_L2
 from nodes.safety_classifier import MODEL_PATH, features
@@ -91,7 +92,7 @@ class Candidate:
     """One configuration of the two model layers (what is fitted, and how); thresholds are the shipped ones."""
 
     name: str
-    classifier_l2: float = 1e-5
+    classifier_l2: float = 1e-5  # the ninth pass's (shipped until the tenth)
     classifier_not_fitted: tuple[str, ...] = NOT_FITTED_SOURCES
     head_l2: float = HEAD_L2
     head_balance: float = 1.0
@@ -112,6 +113,9 @@ CANDIDATES = {
     "C3": Candidate("C3 head square-root class weights", head_balance=0.5),
     "C4": Candidate("C4 classifier L2 1e-4", classifier_l2=1e-4),
     "C5": Candidate("C5 + compliant-llm and agentproof-scan extraction probes", extra="tenth_pass_rows"),
+    # combinations (protocol step 5): the classifier of C4 with the head of C2 or C3
+    "C7": Candidate("C7 = C4 + C2", classifier_l2=1e-4, head_l2=1e-3),
+    "C8": Candidate("C8 = C4 + C3", classifier_l2=1e-4, head_balance=0.5),
     "C6a": Candidate("C6a mean of the two scores blocks from 0.6", combined_at=0.6),
     "C6b": Candidate("C6b mean of the two scores blocks from 0.7", combined_at=0.7),
     "C6c": Candidate("C6c mean of the two scores blocks from 0.8", combined_at=0.8),
@@ -472,7 +476,7 @@ def check(
     y = labels_of(rows)
     clf_fit, _ = fitted_masks(rows, Candidate("C0"))
     shipped = shipped_classifier(index)
-    refit = fit_classifier(index, np.flatnonzero(clf_fit), y)
+    refit = fit_classifier(index, np.flatnonzero(clf_fit), y, CLASSIFIER_L2)
     diff = np.abs(shipped - refit)
     print(
         f"numpy refit vs shipped classifier: max weight difference {diff.max():.4f}, weights differing "
