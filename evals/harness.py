@@ -423,7 +423,9 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
         "(in a second round) the embedding head were refitted with new public training sources, each shipped by a "
         "rule on `val` fixed beforehand and then evaluated once per round; the second round was worse on `test` and "
         "`heldout` than the first and was kept, as the rule said; one run of a configuration not shipped finished "
-        "before a unit test ruled it out and was set aside unread (evals/README.md, ninth pass).",
+        "before a unit test ruled it out and was set aside unread (evals/README.md, ninth pass). Tenth pass: no model, "
+        "rule or threshold changed; candidates were compared by leave-one-source-out over `train`/`val` only, none "
+        "was shipped, and this section was run once at the end (evals/README.md, tenth pass).",
         "",
     ]
     from evals.scorer_public import public_scorer_section
