@@ -459,4 +459,5 @@ def splice_sections(old: str, new: str) -> str:
     for title, text in old_blocks:
         out.append(fresh.pop(title, text))
     out += [text for title, text in new_blocks if title in fresh]
-    return "".join(out)
+    # a section followed by another ends with a blank line, as in a full run (a rerun's last section does not)
+    return "".join(t if i == len(out) - 1 or t.endswith("\n\n") else t + "\n" for i, t in enumerate(out))

@@ -167,7 +167,7 @@ def test_update_replaces_the_header_and_the_rerun_section_and_keeps_the_others()
         "# Quality report\n\nGenerated old.\n\n## Guardrail (offline)\n\nold guard\n\n### By split\n\nold\n\n"
         "## Fallback scorer (offline)\n\nold scorer\n"
     )
-    new = "# Quality report\n\nGenerated new.\n\n## Guardrail (offline)\n\nnew guard\n\n### By split\n\nnew\n\n"
+    new = "# Quality report\n\nGenerated new.\n\n## Guardrail (offline)\n\nnew guard\n\n### By split\n\nnew\n"
 
     spliced = splice_sections(old, new)
 
