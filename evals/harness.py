@@ -423,7 +423,9 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
         "(in a second round) the embedding head were refitted with new public training sources, each shipped by a "
         "rule on `val` fixed beforehand and then evaluated once per round; the second round was worse on `test` and "
         "`heldout` than the first and was kept, as the rule said; one run of a configuration not shipped finished "
-        "before a unit test ruled it out and was set aside unread (evals/README.md, ninth pass).",
+        "before a unit test ruled it out and was set aside unread (evals/README.md, ninth pass). Tenth pass: no model, "
+        "rule or threshold changed; candidates were compared by leave-one-source-out over `train`/`val` only, none "
+        "was shipped, and this section was run once at the end (evals/README.md, tenth pass).",
         "",
     ]
     from evals.scorer_public import public_scorer_section
@@ -431,3 +433,31 @@ def run_all(sections: list[Callable[[], str]] | None = None) -> str:
     for section in sections or [guardrail_section, scorer_section, public_scorer_section, question_section]:
         parts += [section(), ""]
     return "\n".join(parts)
+
+
+def _blocks(report: str) -> tuple[str, list[tuple[str, str]]]:
+    """A report's header (before its first `## ` heading) and its sections as (heading line, text)."""
+    header: list[str] = []
+    blocks: list[tuple[str, list[str]]] = []
+    for line in report.splitlines(keepends=True):
+        if line.startswith("## "):
+            blocks.append((line.rstrip("\n"), [line]))
+        elif blocks:
+            blocks[-1][1].append(line)
+        else:
+            header.append(line)
+    return "".join(header), [(title, "".join(text)) for title, text in blocks]
+
+
+def splice_sections(old: str, new: str) -> str:
+    """`old` report with the header and the sections of `new` in place of its own (`python -m evals --section NAME
+    --update FILE`): the sections `new` does not have are kept as they were, a section `old` lacks is appended."""
+    _, old_blocks = _blocks(old)
+    new_header, new_blocks = _blocks(new)
+    fresh = dict(new_blocks)
+    out = [new_header]
+    for title, text in old_blocks:
+        out.append(fresh.pop(title, text))
+    out += [text for title, text in new_blocks if title in fresh]
+    # a section followed by another ends with a blank line, as in a full run (a rerun's last section does not)
+    return "".join(t if i == len(out) - 1 or t.endswith("\n\n") else t + "\n" for i, t in enumerate(out))

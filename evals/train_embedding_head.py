@@ -92,11 +92,14 @@ def labels(rows: list[dict[str, Any]]) -> np.ndarray:
     return np.array([CLASSES.index("ok" if r["label"] == "benign" else r["category"]) for r in rows])
 
 
-def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class-balanced softmax regression: each class weighs as much in total (a rare class is not drowned)."""
+def fit(x: np.ndarray, y: np.ndarray, l2: float = L2, balance: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced softmax regression: each class weighs as much in total (a rare class is not drowned).
+
+    `balance` is the power of the class weights (1: fully balanced, 0.5: square-root, 0: unweighted); `l2` the
+    weight decay (evals.loso_guardrail compares settings)."""
     k = len(CLASSES)
     counts = np.bincount(y, minlength=k).astype(np.float64)
-    sample_w = (len(y) / (k * np.maximum(counts, 1)))[y]
+    sample_w = ((len(y) / (k * np.maximum(counts, 1))) ** balance)[y]
     sample_w /= sample_w.sum()
     onehot = np.eye(k)[y]
     w = np.zeros((x.shape[1], k))
@@ -109,7 +112,7 @@ def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = np.exp(logits)
         p /= p.sum(1, keepdims=True)
         g = (p - onehot) * sample_w[:, None]
-        grad_w = x64.T @ g + L2 * w
+        grad_w = x64.T @ g + l2 * w
         grad_b = g.sum(0)
         for param, grad, m, v in ((w, grad_w, m_w, v_w), (b, grad_b, m_b, v_b)):
             m *= 0.9
