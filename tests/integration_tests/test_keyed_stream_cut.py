@@ -32,7 +32,11 @@ from tests.conftest import fresh_postgres_schema, open_engine
 from tests.fakes.openai_server import Behaviour, FakeOpenAIServer, Reply, Slow, Structured
 from tests.integration_tests.live_server import VENEO_KEY, LiveServer, auth
 
-RESPONDER_S = 2.0  # the responder's reply time: the cut comes while it waits
+# the responder's reply time: the cut comes while it waits (right as the responder is asked: a second turn's 409
+# thread_busy comes 0.3 s after that, with a load average of 6 on 2 cores)
+RESPONDER_S = 1.25
+SETTLE_S = 30.0  # how long a detached turn may take to end, on a loaded machine
+POLL_S = 0.05
 TURN_WAIT_S = 0.3  # how long a second turn waits for the session before 409 thread_busy
 
 
@@ -142,7 +146,7 @@ async def cut_after_first_data(client: httpx.AsyncClient, thread_id: str, text: 
 
 async def keyed_stream(client: httpx.AsyncClient, thread_id: str, text: str, key: str) -> httpx.Response:
     """The keyed /stream sent again, as a client following Retry-After does while the session is busy."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + SETTLE_S
     while True:
         response = await client.post(
             "/teams/veneo_chat/stream", json=body(thread_id, text), headers={"Idempotency-Key": key}
@@ -150,13 +154,20 @@ async def keyed_stream(client: httpx.AsyncClient, thread_id: str, text: str, key
         if response.status_code != 409 or response.json()["error"]["code"] != "thread_busy":
             return response
         assert time.monotonic() < deadline, "the session stayed busy"
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(POLL_S)
 
 
 async def transcript(client: httpx.AsyncClient, thread_id: str) -> list[tuple[str, str]]:
     response = await client.get(f"/sessions/{thread_id}")
     assert response.status_code == 200, response.text
     return [(m["role"], m["content"]) for m in response.json()["transcript"]]
+
+
+async def wait_for_turn(client: httpx.AsyncClient, thread_id: str, turn: list[tuple[str, str]]) -> None:
+    deadline = time.monotonic() + SETTLE_S
+    while (stored := await transcript(client, thread_id)) != turn and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_S)
+    assert stored == turn
 
 
 def client_for(server: CutServer) -> httpx.AsyncClient:
@@ -172,10 +183,7 @@ async def test_a_keyed_stream_cut_mid_turn_finishes_and_its_retry_gets_the_store
         first = await cut_after_first_data(client, thread_id, text, key)  # the responder is still waiting
         # nobody is listening, and the turn is stored all the same
         turn = [("user", text), ("assistant", f"Reply to: {text}")]
-        deadline = time.monotonic() + 10 * RESPONDER_S
-        while (stored := await transcript(client, thread_id)) != turn and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        assert stored == turn
+        await wait_for_turn(client, thread_id, turn)
         retry = await keyed_stream(client, thread_id, text, key)
         assert retry.status_code == 200, retry.text
         chunks = data_events(retry.text)
@@ -204,13 +212,6 @@ async def test_another_turn_waits_for_a_cut_keyed_stream_that_still_runs(
         assert retry.status_code == 200, retry.text
         assert await transcript(client, thread_id) == [("user", text), ("assistant", f"Reply to: {text}")]
         assert fake.asked.count(other) == 0 and fake.asked.count(text) == 1
-
-
-async def wait_for_turn(client: httpx.AsyncClient, thread_id: str, turn: list[tuple[str, str]]) -> None:
-    deadline = time.monotonic() + 10 * RESPONDER_S
-    while (stored := await transcript(client, thread_id)) != turn and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert stored == turn
 
 
 @on_two
@@ -279,14 +280,14 @@ def checkpoints_refused(server: CutServer, thread_id: str) -> Iterator[None]:
 
 async def log_line(server: CutServer, event: str, thread_id: str) -> dict[str, Any]:
     """The server's JSON log line `event` about the session `thread_id`, once it is written."""
-    deadline = time.monotonic() + 10 * RESPONDER_S
+    deadline = time.monotonic() + SETTLE_S
     while time.monotonic() < deadline:
         for line in server.stdout.splitlines():
             if f'"{event}"' in line and thread_id in line:
                 found: dict[str, Any] = json.loads(line)
                 if found.get("event") == event:
                     return found
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(POLL_S)
     raise AssertionError(f"no {event} line for {thread_id}:\n{server.stdout[-4000:]}")
 
 

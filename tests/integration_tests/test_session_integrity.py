@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -143,6 +145,13 @@ class Storage:
                 conn.execute("drop function teamgraph_fault()")
 
 
+@dataclasses.dataclass
+class Live:
+    server: LiveServer
+    storage: Storage
+    client: httpx.Client
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     if request.param == "sqlite":
@@ -152,6 +161,21 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
         target = urlparse(url)
         with TcpProxy(target.port or 5432, target.hostname or "127.0.0.1") as proxy:
             yield Storage(url.replace(f":{target.port or 5432}/", f":{proxy.port}/", 1), proxy=proxy)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """One `teamgraph serve` on each backend for the tests that race requests on it: none breaks the server or
+    its data, and each looks only at the sessions it made (one server start instead of one a test)."""
+    workdir = tmp_path_factory.mktemp(f"live-{request.param}")
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            storage = Storage(f"sqlite:///{workdir}/tg.db", path=workdir / "tg.db")
+        else:
+            storage = Storage(stack.enter_context(fresh_postgres_schema("tg_session_integrity")))
+        env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
+        server = stack.enter_context(LiveServer(workdir / "live", env=env))
+        yield Live(server, storage, stack.enter_context(httpx.Client(base_url=server.url, timeout=30)))
 
 
 @contextlib.contextmanager
@@ -212,6 +236,13 @@ def stored_user_ref(storage: Storage, user_id: str) -> str:
         return log.user_ref("demo", user_id)
     finally:
         log.close()
+
+
+def all_listed(client: httpx.Client) -> list[str]:
+    r = client.get("/sessions?limit=200", headers=DEMO)
+    assert r.status_code == 200, r.text
+    assert r.json().get("next_cursor") is None, "more sessions than one page"
+    return [s["id"] for s in r.json()["items"]]
 
 
 def created_on_record(client: TestClient) -> list[str | None]:
@@ -319,20 +350,24 @@ async def test_a_keyed_create_whose_first_session_is_deleted_meanwhile_creates_i
         assert real_read("demo", "k-1") == again
 
 
-def test_concurrent_creates_with_one_idempotency_key_create_one_session(storage: Storage, tmp_path: Path) -> None:
-    env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
-    with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
-        for _ in range(5):
-            headers = {**DEMO, "Idempotency-Key": str(uuid.uuid4())}
-            answers = all_at_once([
-                lambda h=headers: httpx.post(f"{live.url}/sessions", json={"title": "Race"}, headers=h, timeout=30)
-                for _ in range(4)
-            ])  # fmt: skip
-            assert [r.status_code for r in answers] == [201] * 4, [r.text for r in answers]
-            assert len({r.json()["id"] for r in answers}) == 1
-        r = client.get("/sessions", headers=DEMO)
-        assert len(r.json()["items"]) == 5
-        assert len(created_on_record(client)) == 5  # type: ignore[arg-type]
+def test_concurrent_creates_with_one_idempotency_key_create_one_session(live: Live) -> None:
+    client, url = live.client, live.server.url
+    listed_before, created_before = all_listed(client), created_on_record(client)  # type: ignore[arg-type]
+    made = []
+    for _ in range(5):
+        headers = {**DEMO, "Idempotency-Key": str(uuid.uuid4())}
+        answers = all_at_once([
+            lambda h=headers: httpx.post(f"{url}/sessions", json={"title": "Race"}, headers=h, timeout=30)
+            for _ in range(4)
+        ])  # fmt: skip
+        assert [r.status_code for r in answers] == [201] * 4, [r.text for r in answers]
+        assert len({r.json()["id"] for r in answers}) == 1
+        made.append(answers[0].json()["id"])
+    # five sessions more, each created (and on record) once
+    assert sorted(set(all_listed(client)) - set(listed_before)) == sorted(made)
+    assert len(all_listed(client)) == len(listed_before) + 5
+    created = Counter(created_on_record(client)) - Counter(created_before)  # type: ignore[arg-type]
+    assert created == Counter(made), created
 
 
 def test_a_turn_on_a_new_id_whose_answer_was_lost_after_its_create_committed_runs_once_when_retried(
@@ -378,26 +413,23 @@ def test_a_turn_on_a_new_id_whose_audit_entry_fails_leaves_no_session(
 # --- PATCH /sessions/{id} -----------------------------------------------------------------------------------------
 
 
-def test_concurrent_tags_with_different_user_ids_one_wins_and_only_it_is_on_record(
-    storage: Storage, tmp_path: Path
-) -> None:
-    env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
-    with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
-        for _ in range(12):  # several sessions: each is one race
-            sid = new_session(client)
-            contenders = [f"user-{sid[:8]}-{i}" for i in range(4)]
-            answers = all_at_once([
-                lambda u=u, sid=sid: httpx.patch(f"{live.url}/sessions/{sid}", json={"user_id": u}, headers=DEMO,
-                                                 timeout=30)
-                for u in contenders
-            ])  # fmt: skip
-            assert sorted(r.status_code for r in answers) == [200, 409, 409, 409], [r.text for r in answers]
-            winner = next(r for r in answers if r.status_code == 200).json()["user_id"]
-            for lost in (r for r in answers if r.status_code == 409):
-                assert lost.json()["error"]["code"] == "user_id_conflict"
-            assert client.get(f"/sessions/{sid}", headers=DEMO).json()["user_id"] == winner
-            # exactly one entry, naming the winner (by hash): the refused tags left nothing behind
-            assert on_record(client, sid) == [("session_user_tagged", {"user_ref": stored_user_ref(storage, winner)})]
+def test_concurrent_tags_with_different_user_ids_one_wins_and_only_it_is_on_record(live: Live) -> None:
+    storage, client = live.storage, live.client
+    for _ in range(12):  # several sessions: each is one race
+        sid = new_session(client)
+        contenders = [f"user-{sid[:8]}-{i}" for i in range(4)]
+        answers = all_at_once([
+            lambda u=u, sid=sid: httpx.patch(f"{live.server.url}/sessions/{sid}", json={"user_id": u}, headers=DEMO,
+                                             timeout=30)
+            for u in contenders
+        ])  # fmt: skip
+        assert sorted(r.status_code for r in answers) == [200, 409, 409, 409], [r.text for r in answers]
+        winner = next(r for r in answers if r.status_code == 200).json()["user_id"]
+        for lost in (r for r in answers if r.status_code == 409):
+            assert lost.json()["error"]["code"] == "user_id_conflict"
+        assert client.get(f"/sessions/{sid}", headers=DEMO).json()["user_id"] == winner
+        # exactly one entry, naming the winner (by hash): the refused tags left nothing behind
+        assert on_record(client, sid) == [("session_user_tagged", {"user_ref": stored_user_ref(storage, winner)})]
 
 
 @pytest.mark.parametrize("title", ["   ", "Line one\nline two", "Tab\there"], ids=["blank", "newline", "tab"])
@@ -1451,18 +1483,20 @@ async def test_reads_ignore_columns_a_later_schema_step_added(storage: Storage) 
         assert engine.sessions.pending_deletion("demo", "two") is not None
 
 
-def test_concurrent_deletes_of_one_session_are_on_record_once(storage: Storage, tmp_path: Path) -> None:
-    env = {"TEAMGRAPH_CHECKPOINT_URL": storage.url, "TEAMGRAPH_DEMO_ADMIN_KEY": ADMIN_KEY}
-    with LiveServer(tmp_path / "live", env=env) as live, httpx.Client(base_url=live.url, timeout=30) as client:
-        for _ in range(3):
-            sid = new_session(client)
-            answers = all_at_once(
-                [lambda sid=sid: httpx.delete(f"{live.url}/sessions/{sid}", headers=DEMO, timeout=30) for _ in range(3)]
-            )
-            # a DELETE that finds the session already gone is a 404; none is a failure
-            assert {r.status_code for r in answers} <= {204, 404} and 204 in {r.status_code for r in answers}
-            assert client.get(f"/sessions/{sid}", headers=DEMO).status_code == 404
-            assert [t for t, _ in on_record(client, sid)] == ["session_delete_started", "session_deleted"]
+def test_concurrent_deletes_of_one_session_are_on_record_once(live: Live) -> None:
+    client = live.client
+    for _ in range(3):
+        sid = new_session(client)
+        answers = all_at_once(
+            [
+                lambda sid=sid: httpx.delete(f"{live.server.url}/sessions/{sid}", headers=DEMO, timeout=30)
+                for _ in range(3)
+            ]
+        )
+        # a DELETE that finds the session already gone is a 404; none is a failure
+        assert {r.status_code for r in answers} <= {204, 404} and 204 in {r.status_code for r in answers}
+        assert client.get(f"/sessions/{sid}", headers=DEMO).status_code == 404
+        assert [t for t, _ in on_record(client, sid)] == ["session_delete_started", "session_deleted"]
 
 
 def test_a_delete_the_database_refuses_leaves_the_session_whole_and_nothing_on_record(

