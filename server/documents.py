@@ -219,6 +219,8 @@ def _give_back_place(parse: _Parse, _: object = None) -> None:
         _decrement(_PLACES, parse.tenant)
         if parse.future.cancelled() and parse in _WAITING:  # cancelled before it started: it never will
             _WAITING.remove(parse)
+            # a pass run between its cancelling and this (a parse ending) may have left a worker idle for it
+            _start_waiting()
 
 
 def _decrement(counts: dict[str, int], tenant: str) -> None:
@@ -239,13 +241,18 @@ def _start_waiting() -> None:
             if sum(_RUNNING.values()) >= PARSE_WORKERS:
                 return
             if _RUNNING.get(parse.tenant, 0) >= PARSE_RUNNING_PER_TENANT and any(
-                other.tenant != parse.tenant and _RUNNING.get(other.tenant, 0) < PARSE_RUNNING_PER_TENANT
+                other.tenant != parse.tenant
+                and _RUNNING.get(other.tenant, 0) < PARSE_RUNNING_PER_TENANT
+                and not other.future.cancelled()  # cancelled, its _give_back_place not yet run: it never starts
                 for other in _WAITING
             ):
                 continue  # that other tenant's upload takes this worker first, later in this pass
             _WAITING.remove(parse)
             if not parse.future.set_running_or_notify_cancel():
-                continue  # cancelled while it waited; its place is given back already
+                # cancelled while it waited (its place is given back by its own callback): the uploads this pass
+                # skipped for it are looked at again
+                started = True
+                continue
             started = True
             _RUNNING[parse.tenant] = _RUNNING.get(parse.tenant, 0) + 1
             try:
