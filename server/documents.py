@@ -43,9 +43,9 @@ class DocumentReadersBusy(RuntimeError):
 
 class DocumentReadersUnavailable(RuntimeError):
     """No reader process could be started (fork refused: EAGAIN, ENOMEM; the forkserver could not be spawned), or
-    one was ended from outside before it answered (the OOM killer, a service manager; a forkserver killed alone
-    costs no reading: its readers' answers are still waited for): the machine's fault, not the document's (503,
-    retry in a few seconds)."""
+    one was ended from outside before it answered (SIGKILL, SIGTERM or SIGHUP: the OOM killer, a service manager; a
+    forkserver killed alone costs no reading: its readers' answers are still waited for): the machine's fault, not
+    the document's (503, retry in a few seconds). A reader that crashes (SIGSEGV, SIGABRT...) is the document's: 422."""
 
 
 class DocumentReadTimeout(UnreadableDocument):
@@ -214,6 +214,8 @@ def _give_back_place(parse: _Parse, _: object = None) -> None:
         _decrement(_PLACES, parse.tenant)
         if parse.future.cancelled() and parse in _WAITING:  # cancelled before it started: it never will
             _WAITING.remove(parse)
+            # a pass run between its cancelling and this (a parse ending) may have left a worker idle for it
+            _start_waiting()
 
 
 def _decrement(counts: dict[str, int], tenant: str) -> None:
@@ -234,13 +236,18 @@ def _start_waiting() -> None:
             if sum(_RUNNING.values()) >= PARSE_WORKERS:
                 return
             if _RUNNING.get(parse.tenant, 0) >= PARSE_RUNNING_PER_TENANT and any(
-                other.tenant != parse.tenant and _RUNNING.get(other.tenant, 0) < PARSE_RUNNING_PER_TENANT
+                other.tenant != parse.tenant
+                and _RUNNING.get(other.tenant, 0) < PARSE_RUNNING_PER_TENANT
+                and not other.future.cancelled()  # cancelled, its _give_back_place not yet run: it never starts
                 for other in _WAITING
             ):
                 continue  # that other tenant's upload takes this worker first, later in this pass
             _WAITING.remove(parse)
             if not parse.future.set_running_or_notify_cancel():
-                continue  # cancelled while it waited; its place is given back already
+                # cancelled while it waited (its place is given back by its own callback): the uploads this pass
+                # skipped for it are looked at again
+                started = True
+                continue
             started = True
             _RUNNING[parse.tenant] = _RUNNING.get(parse.tenant, 0) + 1
             try:
@@ -329,9 +336,18 @@ def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str
         code = reader.exitcode
         if code == -signal.SIGXCPU:  # its CPU limit, set a second past the time limit: a reading too long as well
             raise DocumentReadTimeout(f"the {kind[1:]} file took longer than {seconds:g} s to read")
-        if code == 255 or (code is not None and code < 0):  # its forkserver gone, or a signal from outside (the OOM
-            # killer's SIGKILL; the server's own kill comes only after the time limit, answered above)
-            raise DocumentReadersUnavailable(f"the document's reader was ended from outside (exit code {code})")
+        # 255 is ambiguous: multiprocessing reports it when the forkserver's pipe is gone (the forkserver died or
+        # was killed before the reader's status came back, so its real status is unknown), and a process exiting
+        # with status 255 itself would look the same. No reader does (an exception in _read_in_child is exit code
+        # 1, its pipe watch's exit 1, a fatal Python error SIGABRT), so 255 is taken as the forkserver's: outside
+        if code == 255 or (code is not None and -code in _ENDED_FROM_OUTSIDE):  # the OOM killer's SIGKILL, a
+            # service manager's SIGTERM or SIGHUP (the server's own kill comes only after the time limit, above)
+            name = f"{signal.Signals(-code).name}, " if code < 0 else ""
+            raise DocumentReadersUnavailable(f"the document's reader was ended from outside ({name}exit code {code})")
+        if code is not None and code < 0:  # SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL: a crash in the parsing (a
+            # library's C code on a crafted file, the stack failing to grow under RLIMIT_AS, a fatal Python error),
+            # which the same file would meet again: the document's (422), not retried as the machine's
+            raise UnreadableDocument(f"cannot read the {kind[1:]} file: its reader crashed ({_signal_name(-code)})")
         raise UnreadableDocument(f"cannot read the {kind[1:]} file: its reader stopped (exit code {code})")
     error, text = outcome
     if error == "":
@@ -339,6 +355,18 @@ def read_document(data: bytes, kind: str, max_chars: int, seconds: float) -> str
     if error == "MemoryError":
         raise DocumentTooLarge(f"reading it needs more than the {memory // 2**20} MB of memory a document may take")
     raise _ERRORS[error](text)
+
+
+# the signals that end a reader from outside (503): SIGKILL (the OOM killer, systemd past its stop timeout), SIGTERM
+# and SIGHUP (a service manager, a closed terminal). SIGINT is not among them: a reader ignores it (Ctrl-C)
+_ENDED_FROM_OUTSIDE = {signal.SIGKILL, signal.SIGTERM, signal.SIGHUP}
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"signal {number}, {signal.Signals(number).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
 
 
 def _exit_with_server(answer: int) -> None:

@@ -960,6 +960,34 @@ def test_a_reader_ended_from_outside_is_503_and_a_killed_forkserver_costs_no_upl
         assert r.status_code == 200 and r.json()["characters"] == 1801, r.text
 
 
+def test_a_reader_that_crashes_is_422_naming_the_signal_and_one_stopped_from_outside_503(tmp_path: Path) -> None:
+    """Every signal but SIGXCPU that ended a reader was 503 documents_unavailable, the machine's fault: a crash in
+    the parsing (libxml2 or zlib on a crafted file, the stack failing to grow under the memory limit, a fatal Python
+    error) made the web client send the same file again, three times, each crashing again. Now a crash signal is
+    422 unreadable_document naming it, nothing stored; SIGTERM (a service manager) is still 503. The signals are
+    sent to the reader from here: its exit status is what a crash of its own leaves."""
+    app = create_app(
+        Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", document_read_timeout_s=60)  # type: ignore[call-arg]
+    )
+    with LocalASGIServer(app, lifespan="on") as server, ThreadPoolExecutor(1) as pool:
+        sid = httpx.post(f"{server.url}/sessions", headers=DEMO, json={"team": "interview"}, timeout=10).json()["id"]
+        for signum, status in ((signal.SIGSEGV, 422), (signal.SIGABRT, 422), (signal.SIGTERM, 503)):
+            pending = pool.submit(upload, server.url, DEMO, sid, "slow.pdf", slow_pdf(20))
+            os.kill(_wait_for_reader(), signum)
+            r = pending.result(timeout=60)
+            if status == 422:
+                message = assert_error(r, 422, "unreadable_document", "file")["message"]
+                assert f"its reader crashed (signal {int(signum)}, {signum.name})" in message, message
+            else:
+                message = assert_error(r, 503, "documents_unavailable", None)["message"]
+                assert f"ended from outside ({signum.name}, exit code -{int(signum)})" in message, message
+            deadline = time.monotonic() + 10
+            while reader_processes(None):  # the next upload's reader is told apart from this one
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        assert "resume" not in httpx.get(f"{server.url}/sessions/{sid}", headers=DEMO, timeout=10).json()["state"]
+
+
 @pytest.mark.parametrize("failure", [OSError(11, "Resource temporarily unavailable"), EOFError("unexpected EOF")])
 def test_a_reader_that_cannot_be_started_is_503(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception

@@ -11,12 +11,14 @@ import time
 import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import docx
 import pytest
 from docx.enum.text import WD_BREAK
 from docx.shared import Pt
 
+from server import documents
 from server.documents import (
     DocumentReadersBusy,
     DocumentTooLarge,
@@ -553,3 +555,70 @@ def test_a_tenant_alone_parses_on_both_workers_but_another_tenant_goes_first() -
         for event in release.values():
             event.set()
     assert [f.result(timeout=20) for f in (a1, a2, b1, c1, a4)] == ["a1", "a2", "b1", "c1", "a4"]
+
+
+class _PinnedLock:
+    """documents._LOCK itself, with one interleaving pinned: `first`'s thread holds it (and lets it go) before
+    `second`'s thread takes it."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock, self.first, self.second = lock, 0, 0
+        self.first_done = threading.Event()
+
+    def __enter__(self) -> None:
+        if threading.get_ident() == self.second:
+            assert self.first_done.wait(20)
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+        if threading.get_ident() == self.first:
+            self.first_done.set()
+
+
+def test_an_upload_cancelled_as_a_parse_ends_leaves_no_worker_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tenant a parses a1, b parses b1; a2, then c1, wait. c1's request goes away just as b1 ends: c1 is marked
+    cancelled, and before its callback takes the lock, b1's worker looks for the next upload. It skipped a2 for c1
+    (another tenant's upload waiting), then dropped c1 and stopped; c1's callback started nothing either: a2 waited
+    with a worker idle, up to the read time limit. Now a2 takes that worker."""
+    release = {name: threading.Event() for name in ("a1", "a2", "b1")}
+    started: list[str] = []
+    lock = _PinnedLock(documents._LOCK)
+
+    def held(data: bytes, kind: str, max_chars: int) -> str:
+        started.append(data.decode())
+        if data == b"b1":
+            lock.first = threading.get_ident()  # b1's worker, once b1 is read, looks for the next upload first
+        release[data.decode()].wait(20)
+        return data.decode()
+
+    futures = []
+    try:
+        futures += [parse_in_background(held, b"a1", ".pdf", 1, "a")]
+        futures += [parse_in_background(held, b"b1", ".pdf", 1, "b")]
+        futures += [parse_in_background(held, name, ".pdf", 1, tenant) for name, tenant in ((b"a2", "a"), (b"c1", "c"))]
+        deadline = time.monotonic() + 10
+        while sorted(started) != ["a1", "b1"]:
+            assert time.monotonic() < deadline, started
+            time.sleep(0.01)
+        monkeypatch.setattr(documents, "_LOCK", lock)
+
+        def cancel_c1() -> None:
+            lock.second = threading.get_ident()
+            futures[3].cancel()  # marks c1 cancelled, then its callback waits for the lock
+
+        canceller = threading.Thread(target=cancel_c1)
+        canceller.start()
+        while not futures[3].cancelled():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        release["b1"].set()
+        canceller.join(20)
+        assert not canceller.is_alive()
+        while len(started) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started[2:] == ["a2"], "a2 was not started on b1's worker"
+    finally:
+        for event in release.values():
+            event.set()
+    assert [f.result(timeout=20) for f in futures[:3]] == ["a1", "b1", "a2"]
