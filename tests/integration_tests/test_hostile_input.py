@@ -30,6 +30,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from bench.documents import pdf as bench_pdf
 from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from server import documents, request_guard
 from server.app import create_app
@@ -768,18 +769,8 @@ def slow_pdf(pages: int, operators: int = 1_000_000) -> bytes:
     """An 11 kB PDF (at 20 pages) that pypdf reads for seconds and finds no text in: `pages` pages sharing one deflated
     content stream of `operators` text-state operators (`0 Tc`, 5 MB at a million) that draw nothing, each page's
     stream parsed again (about 0.5 s of CPU per page here; 20 pages: 9.8 s of CPU, 17.6 s on the loaded machine)."""
-    content = zlib.compress(b"BT /F1 12 Tf " + b"0 Tc " * operators + b"ET", 9)
-    kids = " ".join(f"{6 + i} 0 R" for i in range(pages)).encode()
-    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-    page += b"/Resources << /Font << /F1 5 0 R >> >> >>"
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [%b] /Count %d >>" % (kids, pages),
-        b"<< >>",
-        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%b\nendstream" % (len(content), content),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ] + [page] * pages
-    return pdf_file(objects)
+    content = b"BT /F1 12 Tf " + b"0 Tc " * operators + b"ET"
+    return bench_pdf(pages, content, b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")  # the bench's writer
 
 
 def upload(url: str, headers: dict[str, str], sid: str, name: str, data: bytes) -> httpx.Response:
