@@ -112,6 +112,11 @@ def pdf(pages: int, content: bytes, font: bytes) -> bytes:
         font,
         *[page] * pages,
     ]
+    return pdf_file(objects)
+
+
+def pdf_file(objects: list[bytes]) -> bytes:
+    """A PDF of `objects` (numbered from 1, the first the catalog) with its cross-reference table."""
     out, offsets = b"%PDF-1.4\n", []
     for number, obj in enumerate(objects, 1):
         offsets.append(len(out))

@@ -31,6 +31,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from bench.documents import pdf as bench_pdf
+from bench.documents import pdf_file
 from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
 from server import documents, request_guard
 from server.app import create_app
@@ -468,18 +469,6 @@ def docx_of(paragraphs: int, chars: int) -> bytes:
             "word/document.xml", f'<w:document xmlns:w="{main}"><w:body>{paragraph * paragraphs}</w:body></w:document>'
         )
     return out.getvalue()
-
-
-def pdf_file(objects: list[bytes]) -> bytes:
-    """A PDF of `objects` (numbered from 1, the first the catalog) with its cross-reference table."""
-    out, offsets = b"%PDF-1.4\n", []
-    for number, obj in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%b\nendobj\n" % (number, obj)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    return out + b"trailer << /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
 
 
 def pdf_saying(utf16_hex: str) -> bytes:
