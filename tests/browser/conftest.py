@@ -36,6 +36,63 @@ PHONE = {"width": 390, "height": 844}
 
 expect.set_options(timeout=15_000)
 
+# An init script standing in for the voice provider's side of a realtime call (as the fake OpenAI server stands in
+# for its HTTP side): RTCPeerConnection whose data channel the test feeds realtime events (`emit`), a microphone,
+# and the SDP answer of its WebRTC endpoint (any URL ending in /realtime/calls). window.fakeRealtime records the
+# peers, the channels (each with what the page sent on it) and how many microphone tracks were stopped.
+FAKE_REALTIME_JS = """
+(() => {
+  const record = (window.fakeRealtime = { peers: [], channels: [], micStopped: 0 });
+  class FakeChannel {
+    constructor() {
+      this.readyState = "open";
+      this.sent = [];
+      this.onmessage = null;
+      record.channels.push(this);
+    }
+    send(message) {
+      if (this.readyState !== "open") throw new DOMException("the channel is closed", "InvalidStateError");
+      this.sent.push(JSON.parse(message));
+    }
+    emit(event) {
+      this.onmessage({ data: JSON.stringify(event) });
+    }
+  }
+  window.RTCPeerConnection = class {
+    constructor() {
+      this.connectionState = "new";
+      this.channel = null;
+      record.peers.push(this);
+    }
+    addTrack() {}
+    createDataChannel() {
+      return (this.channel = new FakeChannel());
+    }
+    async createOffer() {
+      return { type: "offer", sdp: "v=0\\r\\n" };
+    }
+    async setLocalDescription(description) {
+      this.localDescription = description;
+    }
+    async setRemoteDescription() {
+      this.connectionState = "connected";
+    }
+    close() {
+      this.connectionState = "closed";
+      if (this.channel) this.channel.readyState = "closed";
+    }
+  };
+  const track = { stop: () => (record.micStopped += 1) };
+  const media = { getUserMedia: async () => ({ getTracks: () => [track] }) };
+  Object.defineProperty(navigator, "mediaDevices", { value: media, configurable: true });
+  const realFetch = window.fetch.bind(window);
+  window.fetch = (url, init) =>
+    String(url).endsWith("/realtime/calls")
+      ? Promise.resolve(new Response("v=0\\r\\n", { status: 201, headers: { "Content-Type": "application/sdp" } }))
+      : realFetch(url, init);
+})();
+"""
+
 
 # module scope, not session: while Playwright's sync API is started it keeps an event loop running on the main
 # thread, and later tests of the suite call asyncio.run()
@@ -117,4 +174,4 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_console(*texts): console errors containing these texts are expected")
 
 
-__all__ = ["DESKTOP", "PHONE", "Error", "screenshot", "sign_in"]
+__all__ = ["DESKTOP", "FAKE_REALTIME_JS", "PHONE", "Error", "screenshot", "sign_in"]

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect
 
 from bench.bundle import make_bench_bundles
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PageErrors, _watch, sign_in
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, FAKE_REALTIME_JS, PageErrors, _watch, sign_in
 from tests.fakes.openai_server import Audio, FakeOpenAIServer, Reply
 from tests.integration_tests.live_server import VENEO_KEY, LiveServer
 
@@ -121,4 +121,23 @@ def test_voice_controls_preview_and_realtime_bootstrap(
         f"The voice service at 127.0.0.1:{fake.port} could not be reached. Try again later."
     )
     assert any(r["path"].endswith("/realtime/client_secrets") for r in fake.voice_requests)
+    expect(page.get_by_role("button", name="Talk")).to_have_attribute("aria-pressed", "false")
+
+
+def test_signing_out_ends_a_voice_call(page: Page, server: LiveServer) -> None:
+    """Sign-out hid the workspace and dropped the key but left the call talking (microphone open, the provider
+    connection up) with nothing on screen to stop it. The provider's realtime side is faked (FAKE_REALTIME_JS)."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    page.get_by_role("button", name="Talk").click()
+    expect(page.get_by_role("button", name="Stop talking")).to_have_attribute("aria-pressed", "true")
+    assert page.evaluate("window.fakeRealtime.peers.map((p) => p.connectionState)") == ["connected"]
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Tenant key")).to_be_visible()
+    assert page.evaluate("window.fakeRealtime.peers.map((p) => p.connectionState)") == ["closed"]
+    assert page.evaluate("window.fakeRealtime.micStopped") == 1
+    assert page.locator("#voice-panel *").count() == 0
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
     expect(page.get_by_role("button", name="Talk")).to_have_attribute("aria-pressed", "false")

@@ -94,14 +94,15 @@ class LiveServer:
     def stderr(self) -> str:
         return (self.workdir / f"serve-{self._serial}.err").read_text(errors="replace")
 
-    def start(self) -> Self:
+    def start(self, keep_port: bool = False) -> Self:
+        """Start serving; `keep_port`: on the port of the previous start (a restart clients see at the same URL)."""
         if self.process is not None:
             raise RuntimeError("LiveServer is already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._serial += 1
         self._stdout = (self.workdir / f"serve-{self._serial}.out").open("wb")
         self._stderr = (self.workdir / f"serve-{self._serial}.err").open("wb")
-        self.port = free_port()
+        self.port = self.port if keep_port and self.port else free_port()
         args = [str(TEAMGRAPH), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if self.workers:
             args += ["--workers", str(self.workers)]

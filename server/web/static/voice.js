@@ -4,6 +4,12 @@
 import { h, clear, showError, announce } from "./dom.js";
 
 let ctx = null; // the open session's context; main.js updates it after every refresh
+let activeCall = null; // the call in progress, whichever panel started it: ended on sign-out or another session
+
+/** End the call in progress, if any (sign-out; another session opened): what was said is posted first. */
+export function stopVoice() {
+  if (activeCall) activeCall.stop();
+}
 
 export function voiceContext(next) {
   ctx = next;
@@ -81,7 +87,7 @@ export async function setupVoice(panel, initial) {
 }
 
 /** The realtime call, as in docs/voice.md: microphone in, voice out, transcript items posted back in order. */
-async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) {
+export async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) {
   if (!window.RTCPeerConnection || !navigator.mediaDevices) throw new Error("This browser cannot make voice calls.");
   const sessionId = callCtx.session.id;
   const boot = await callCtx.api.realtime(sessionId, voice);
@@ -117,23 +123,31 @@ async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) 
   const pending = [];
   let posting = false;
   const now = () => new Date().toISOString();
+  // one post at a time (items apply in speaking order); items transcribed while one is in flight go in the next,
+  // sent as soon as it ends: not left waiting for the next realtime event, which after Stop never comes
   async function flush() {
     if (posting || !pending.length) return;
     posting = true;
     const items = pending.slice();
+    let posted = false;
     try {
       const result = await callCtx.api.transcripts(sessionId, items);
       pending.splice(0, items.length); // acknowledged; anything else is re-posted next time (ids make it safe)
-      events.send(JSON.stringify({ type: "session.update", session: result.session_update }));
-      if (result.speak) {
-        events.send(JSON.stringify({ type: "response.create", response: { instructions: `Say exactly this, and nothing else: ${result.speak}` } }));
+      posted = true;
+      if (events.readyState === "open") {
+        // after Stop the channel is closed: the items still land in the session, there is just no voice to update
+        events.send(JSON.stringify({ type: "session.update", session: result.session_update }));
+        if (result.speak) {
+          events.send(JSON.stringify({ type: "response.create", response: { instructions: `Say exactly this, and nothing else: ${result.speak}` } }));
+        }
       }
       onResult(result);
     } catch (err) {
-      onError(err);
+      onError(err); // the items stay pending: the next flush posts them again
     } finally {
       posting = false;
     }
+    if (posted && pending.length) await flush();
   }
   events.onmessage = ({ data }) => {
     const e = JSON.parse(data);
@@ -152,13 +166,19 @@ async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) 
   pc.onconnectionstatechange = () => {
     if (["failed", "closed"].includes(pc.connectionState)) stop(pc.connectionState === "failed" ? new Error("The voice connection was lost.") : null);
   };
+  let stopped = false;
+  const handle = { stop: () => stop() };
   function stop(err = null) {
+    if (stopped) return; // Stop, then the "closed" state change it causes
+    stopped = true;
+    if (activeCall === handle) activeCall = null;
     mic.getTracks().forEach((t) => t.stop());
     if (pc.connectionState !== "closed") pc.close();
-    flush();
+    flush(); // what is pending now; one in flight posts the rest when it ends
     if (err) onError(err);
     onEnd();
   }
   onState("Connected");
-  return { stop: () => stop() };
+  activeCall = handle;
+  return handle;
 }
