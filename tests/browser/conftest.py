@@ -40,9 +40,20 @@ expect.set_options(timeout=15_000)
 # for its HTTP side): RTCPeerConnection whose data channel the test feeds realtime events (`emit`), a microphone,
 # and the SDP answer of its WebRTC endpoint (any URL ending in /realtime/calls). window.fakeRealtime records the
 # peers, the channels (each with what the page sent on it) and how many microphone tracks were stopped.
+# `hold("mic")` / `hold("answer")` keep the microphone grant / the SDP answer waiting (a call still connecting)
+# until `release(name)`; `asked` counts the microphone and answer requests made.
 FAKE_REALTIME_JS = """
 (() => {
-  const record = (window.fakeRealtime = { peers: [], channels: [], micStopped: 0 });
+  const gates = {};
+  const record = (window.fakeRealtime = {
+    peers: [],
+    channels: [],
+    micStopped: 0,
+    asked: { mic: 0, answer: 0 },
+    hold: (name) => (gates[name] = Promise.withResolvers()),
+    release: (name) => gates[name].resolve(),
+  });
+  const held = (name) => (gates[name] ? gates[name].promise : Promise.resolve());
   class FakeChannel {
     constructor() {
       this.readyState = "open";
@@ -83,13 +94,22 @@ FAKE_REALTIME_JS = """
     }
   };
   const track = { stop: () => (record.micStopped += 1) };
-  const media = { getUserMedia: async () => ({ getTracks: () => [track] }) };
+  const media = {
+    getUserMedia: async () => {
+      record.asked.mic += 1;
+      await held("mic");
+      return { getTracks: () => [track] };
+    },
+  };
   Object.defineProperty(navigator, "mediaDevices", { value: media, configurable: true });
   const realFetch = window.fetch.bind(window);
-  window.fetch = (url, init) =>
-    String(url).endsWith("/realtime/calls")
-      ? Promise.resolve(new Response("v=0\\r\\n", { status: 201, headers: { "Content-Type": "application/sdp" } }))
-      : realFetch(url, init);
+  const answer = async (init) => {
+    record.asked.answer += 1;
+    await held("answer");
+    if (init && init.signal && init.signal.aborted) throw new DOMException("the request was aborted", "AbortError");
+    return new Response("v=0\\r\\n", { status: 201, headers: { "Content-Type": "application/sdp" } });
+  };
+  window.fetch = (url, init) => (String(url).endsWith("/realtime/calls") ? answer(init) : realFetch(url, init));
 })();
 """
 

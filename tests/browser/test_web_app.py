@@ -357,6 +357,43 @@ def test_a_key_refused_after_sign_in_signs_out(page: Page, tmp_path: Path) -> No
         expect(page.locator("#signin-error")).to_be_hidden()
 
 
+@pytest.mark.allow_console("status of 401")
+def test_a_key_refused_by_new_rename_or_delete_leaves_no_error_behind(page: Page, server: LiveServer) -> None:
+    """New session, rename and delete signed the page out on a 401 and then wrote it ("unknown API key") into the
+    error areas of the workspace just hidden (and rename took the focus from the key field). The key is refused by
+    the real server: each request goes out with a key it does not know."""
+
+    def revoked(route: Route) -> None:
+        route.continue_(headers={**route.request.headers, "authorization": "Bearer tg-revoked-key"})
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    actions = {
+        "new": lambda: page.get_by_role("button", name="New session").click(),
+        "rename": lambda: (
+            page.get_by_role("button", name="Rename").click(),
+            page.get_by_label("New title").fill("Shipping question"),
+            page.get_by_role("button", name="Save").click(),
+        ),
+        "delete": lambda: page.get_by_role("button", name="Delete").click(),
+    }
+    left = []  # what each action left behind: (action, where, what)
+    for name, action in actions.items():
+        sign_in(page, server, VENEO_KEY)
+        new_session(page)
+        page.route("**/sessions**", revoked)
+        action()
+        expect(page.locator("#signin-error")).to_have_text(re.compile(r"^Your key is no longer accepted"))
+        page.wait_for_timeout(200)  # anything the action still does after its answer
+        for area in ("sessions-error", "session-error", "rename-error"):
+            shown = page.locator(f"#{area}").evaluate("(el) => [el.textContent, el.hidden]")
+            if shown != ["", True]:
+                left.append((name, area, shown))
+        if (focused := page.evaluate("document.activeElement.id")) != "key-input":
+            left.append((name, "focus", focused))
+        page.unroute("**/sessions**")
+    assert not left, left
+
+
 def test_voice_posts_what_was_said_during_a_post_and_before_stop(page: Page, server: LiveServer) -> None:
     """One transcript post at a time: items transcribed while one was in flight waited for the next realtime event,
     and after Stop (none comes) they were lost. Driven through voice.js's startCall with the realtime side faked

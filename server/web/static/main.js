@@ -146,13 +146,16 @@ function sessionItem(s) {
 }
 
 async function newSession() {
+  const api = app.api;
   try {
-    const session = await app.api.createSession(app.team);
+    const session = await api.createSession(app.team);
+    if (app.api !== api) return; // signed out meanwhile (the key was refused: the sign-in form says why)
     await loadSessions();
+    if (app.api !== api) return;
     location.hash = `session=${encodeURIComponent(session.id)}`;
     announce("New session started.");
   } catch (error) {
-    showError($("#sessions-error"), error);
+    if (app.api === api) showError($("#sessions-error"), error);
   }
 }
 
@@ -188,7 +191,13 @@ async function route() {
 async function refresh({ focus = null } = {}) {
   if (!app.session) return;
   const api = app.api;
-  const session = await api.session(app.session.id);
+  let session;
+  try {
+    session = await api.session(app.session.id);
+  } catch (error) {
+    if (app.api !== api) return; // signed out by this very answer (a 401): the sign-in form says why
+    throw error;
+  }
   if (app.api !== api || !app.session || app.session.id !== session.id) return; // signed out or moved on meanwhile
   showSession(session, { focus });
   loadSessions(); // titles and order change with each turn
@@ -235,11 +244,15 @@ async function saveRename(event) {
   event.preventDefault();
   const title = $("#rename-input").value.trim();
   if (!title) return showError($("#rename-error"), new Error("A title cannot be empty."));
+  const api = app.api;
   try {
-    await app.api.rename(app.session.id, title);
+    await api.rename(app.session.id, title);
+    if (app.api !== api) return; // signed out meanwhile
     await refresh({ focus: "session-title" });
+    if (app.api !== api) return;
     announce("Session renamed.");
   } catch (error) {
+    if (app.api !== api) return; // signed out by a 401: the sign-in form says why, and has the focus
     showError($("#rename-error"), error);
     $("#rename-input").focus();
   }
@@ -248,15 +261,18 @@ async function saveRename(event) {
 async function deleteSession() {
   const title = app.session.title || "this session";
   if (!window.confirm(`Delete "${title}"? Its transcript is removed for good.`)) return;
+  const api = app.api;
   try {
-    await app.api.remove(app.session.id);
+    await api.remove(app.session.id);
+    if (app.api !== api) return; // signed out meanwhile
     history.replaceState(null, "", location.pathname);
     showSession(null);
     await loadSessions();
+    if (app.api !== api) return;
     announce("Session deleted.");
     $("#new-session").focus();
   } catch (error) {
-    showError($("#session-error"), error);
+    if (app.api === api) showError($("#session-error"), error);
   }
 }
 
