@@ -210,14 +210,17 @@ def _encode_cursor(record: SessionRecord) -> str:
 
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
-        updated_at, thread_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        updated_at, thread_id = str(updated_at), str(thread_id)
+        # RecursionError: client text, so it may nest deeper than json.loads recurses ("[" * 1000 is 2,668 characters)
+        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not (isinstance(decoded, list) and len(decoded) == 2 and all(isinstance(v, str) for v in decoded)):
+            raise ValueError("not the [updated_at, thread_id] pair _encode_cursor writes")
+        updated_at, thread_id = decoded
         # decoded after the request guard looked at the query: a NUL or a lone surrogate would reach the database
         if "\x00" in updated_at + thread_id:
             raise ValueError("NUL")
         (updated_at + thread_id).encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
         return updated_at, thread_id
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):
         raise ApiError(422, "validation_error", "cursor: not a cursor returned by this API", "cursor") from None
 
 

@@ -36,6 +36,83 @@ PHONE = {"width": 390, "height": 844}
 
 expect.set_options(timeout=15_000)
 
+# An init script standing in for the voice provider's side of a realtime call (as the fake OpenAI server stands in
+# for its HTTP side): RTCPeerConnection whose data channel the test feeds realtime events (`emit`), a microphone,
+# and the SDP answer of its WebRTC endpoint (any URL ending in /realtime/calls). window.fakeRealtime records the
+# peers, the channels (each with what the page sent on it) and how many microphone tracks were stopped.
+# `hold("mic")` / `hold("answer")` keep the microphone grant / the SDP answer waiting (a call still connecting)
+# until `release(name)`; `asked` counts the microphone and answer requests made.
+FAKE_REALTIME_JS = """
+(() => {
+  const gates = {};
+  const record = (window.fakeRealtime = {
+    peers: [],
+    channels: [],
+    micStopped: 0,
+    asked: { mic: 0, answer: 0 },
+    hold: (name) => (gates[name] = Promise.withResolvers()),
+    release: (name) => gates[name].resolve(),
+  });
+  const held = (name) => (gates[name] ? gates[name].promise : Promise.resolve());
+  class FakeChannel {
+    constructor() {
+      this.readyState = "open";
+      this.sent = [];
+      this.onmessage = null;
+      record.channels.push(this);
+    }
+    send(message) {
+      if (this.readyState !== "open") throw new DOMException("the channel is closed", "InvalidStateError");
+      this.sent.push(JSON.parse(message));
+    }
+    emit(event) {
+      this.onmessage({ data: JSON.stringify(event) });
+    }
+  }
+  window.RTCPeerConnection = class {
+    constructor() {
+      this.connectionState = "new";
+      this.channel = null;
+      record.peers.push(this);
+    }
+    addTrack() {}
+    createDataChannel() {
+      return (this.channel = new FakeChannel());
+    }
+    async createOffer() {
+      return { type: "offer", sdp: "v=0\\r\\n" };
+    }
+    async setLocalDescription(description) {
+      this.localDescription = description;
+    }
+    async setRemoteDescription() {
+      this.connectionState = "connected";
+    }
+    close() {
+      this.connectionState = "closed";
+      if (this.channel) this.channel.readyState = "closed";
+    }
+  };
+  const track = { stop: () => (record.micStopped += 1) };
+  const media = {
+    getUserMedia: async () => {
+      record.asked.mic += 1;
+      await held("mic");
+      return { getTracks: () => [track] };
+    },
+  };
+  Object.defineProperty(navigator, "mediaDevices", { value: media, configurable: true });
+  const realFetch = window.fetch.bind(window);
+  const answer = async (init) => {
+    record.asked.answer += 1;
+    await held("answer");
+    if (init && init.signal && init.signal.aborted) throw new DOMException("the request was aborted", "AbortError");
+    return new Response("v=0\\r\\n", { status: 201, headers: { "Content-Type": "application/sdp" } });
+  };
+  window.fetch = (url, init) => (String(url).endsWith("/realtime/calls") ? answer(init) : realFetch(url, init));
+})();
+"""
+
 
 # module scope, not session: while Playwright's sync API is started it keeps an event loop running on the main
 # thread, and later tests of the suite call asyncio.run()
@@ -117,4 +194,4 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_console(*texts): console errors containing these texts are expected")
 
 
-__all__ = ["DESKTOP", "PHONE", "Error", "screenshot", "sign_in"]
+__all__ = ["DESKTOP", "FAKE_REALTIME_JS", "PHONE", "Error", "screenshot", "sign_in"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Page, Route, expect
 
-from tests.browser.conftest import PHONE, screenshot, sign_in
+from tests.browser.conftest import FAKE_REALTIME_JS, PHONE, screenshot, sign_in
 from tests.integration_tests.live_server import DEMO_KEY, VENEO_KEY, LiveServer, auth
 
 REPO = Path(__file__).resolve().parents[2]
@@ -292,6 +293,154 @@ def test_api_errors_are_shown_and_a_busy_session_is_retried(page: Page, server: 
     page.get_by_role("button", name="Send").click()
     expect(page.get_by_role("status")).to_contain_text("The connection dropped, but the reply was saved")
     expect(page.locator(".message.assistant")).to_have_count(2)
+
+
+def test_a_malformed_session_link_is_an_error_not_an_empty_page(page: Page, server: LiveServer) -> None:
+    """`#session=%E0` is no percent-encoding of any text: decodeURIComponent threw outside route()'s try, the
+    promise was rejected unhandled and the workspace stayed empty with no word of why."""
+    sign_in(page, server, VENEO_KEY)
+    message = "The link names no session: its session id is not valid. Pick a session from the list."
+    page.goto(server.url + "/#session=%E0")  # while signed in: the hash changes
+    expect(page.locator("#sessions-error")).to_have_text(message)
+    page.reload()  # signing in again from the tab's key routes the same link
+    expect(page.locator("#sessions-error")).to_have_text(message)
+    expect(page.locator("#empty-state")).to_be_visible()
+    new_session(page)  # the page still works
+    expect(page.locator("#sessions-error")).to_be_hidden()
+
+
+def chat_turn(page: Page, text: str, reply: str) -> None:
+    page.get_by_label("Your message").fill(text)
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".message.assistant").last).to_contain_text(reply)
+    idle(page)
+
+
+def test_sign_out_leaves_nothing_of_the_tenant_in_the_page(page: Page, server: LiveServer) -> None:
+    """Signing out hid the workspace but left the session list and the open transcript in the (hidden) page."""
+    sign_in(page, server, VENEO_KEY)
+    new_session(page)
+    chat_turn(page, "How long does shipping take?", "3 to 5 business days")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Tenant key")).to_be_visible()
+    assert "3 to 5 business days" not in page.content()
+    assert page.locator("#session-list li, #team-view *, #team-select option").count() == 0
+    assert page.evaluate("sessionStorage.getItem('teamgraph.key')") is None
+    sign_in(page, server, DEMO_KEY)  # another tenant: its own list, no session open
+    expect(page.get_by_label("Team")).to_have_value("interview")
+    expect(page.locator("#empty-state")).to_be_visible()
+
+
+@pytest.mark.allow_console("status of 401")
+def test_a_key_refused_after_sign_in_signs_out(page: Page, tmp_path: Path) -> None:
+    """The server restarted without the tenant key the page signed in with (revoked, rotated): the next request's
+    401 was shown as an ordinary error and the page stayed in the workspace, transcript and all."""
+    key = f"tg-veneo-app-{uuid.uuid4().hex}"
+    with LiveServer(tmp_path, env={"TEAMGRAPH_VENEO_API_KEY": key}) as live:
+        sign_in(page, live, key)
+        new_session(page)
+        chat_turn(page, "How long does shipping take?", "3 to 5 business days")
+        live.stop()
+        del live.env["TEAMGRAPH_VENEO_API_KEY"]
+        live.start(keep_port=True)  # same URL, the key gone
+        page.get_by_label("Your message").fill("How do returns work?")
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_label("Tenant key")).to_be_visible()
+        expect(page.locator("#signin-error")).to_have_text(
+            re.compile(r"^Your key is no longer accepted \(.+\); sign in again\.$")
+        )
+        expect(page.locator("#workspace")).to_be_hidden()
+        assert "3 to 5 business days" not in page.content()
+        assert page.locator("#session-list li, #team-view *").count() == 0
+        assert page.evaluate("sessionStorage.getItem('teamgraph.key')") is None
+        sign_in(page, live, VENEO_KEY)  # a key the server still has
+        expect(page.locator("#signin-error")).to_be_hidden()
+
+
+@pytest.mark.allow_console("status of 401")
+def test_a_key_refused_by_new_rename_or_delete_leaves_no_error_behind(page: Page, server: LiveServer) -> None:
+    """New session, rename and delete signed the page out on a 401 and then wrote it ("unknown API key") into the
+    error areas of the workspace just hidden (and rename took the focus from the key field). The key is refused by
+    the real server: each request goes out with a key it does not know."""
+
+    def revoked(route: Route) -> None:
+        route.continue_(headers={**route.request.headers, "authorization": "Bearer tg-revoked-key"})
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    actions = {
+        "new": lambda: page.get_by_role("button", name="New session").click(),
+        "rename": lambda: (
+            page.get_by_role("button", name="Rename").click(),
+            page.get_by_label("New title").fill("Shipping question"),
+            page.get_by_role("button", name="Save").click(),
+        ),
+        "delete": lambda: page.get_by_role("button", name="Delete").click(),
+    }
+    left = []  # what each action left behind: (action, where, what)
+    for name, action in actions.items():
+        sign_in(page, server, VENEO_KEY)
+        new_session(page)
+        page.route("**/sessions**", revoked)
+        action()
+        expect(page.locator("#signin-error")).to_have_text(re.compile(r"^Your key is no longer accepted"))
+        page.wait_for_timeout(200)  # anything the action still does after its answer
+        for area in ("sessions-error", "session-error", "rename-error"):
+            shown = page.locator(f"#{area}").evaluate("(el) => [el.textContent, el.hidden]")
+            if shown != ["", True]:
+                left.append((name, area, shown))
+        if (focused := page.evaluate("document.activeElement.id")) != "key-input":
+            left.append((name, "focus", focused))
+        page.unroute("**/sessions**")
+    assert not left, left
+
+
+def test_voice_posts_what_was_said_during_a_post_and_before_stop(page: Page, server: LiveServer) -> None:
+    """One transcript post at a time: items transcribed while one was in flight waited for the next realtime event,
+    and after Stop (none comes) they were lost. Driven through voice.js's startCall with the realtime side faked
+    (FAKE_REALTIME_JS) and an api whose transcripts post takes 500 ms."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    page.goto(server.url + "/")
+    result = page.evaluate(
+        """async () => {
+          const { startCall } = await import("/app/voice.js");
+          const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+          const posts = [];
+          const api = {
+            realtime: async () => ({ webrtc_url: `${location.origin}/v1/realtime/calls`, client_secret: "ek_test" }),
+            transcripts: async (id, items) => {
+              posts.push(items.map((item) => item.id));
+              await sleep(500);
+              return { session_update: { type: "realtime" }, speak: `answer ${posts.length}`, items: [] };
+            },
+          };
+          const log = [];
+          const call = await startCall({ api, session: { id: "s-1", team: "veneo_chat" } }, "coral", {
+            onState: () => {},
+            onResult: () => log.push("result"),
+            onError: (error) => log.push(`error: ${error.message}`),
+            onEnd: () => log.push("end"),
+          });
+          const channel = window.fakeRealtime.channels[0];
+          const transcribed = "conversation.item.input_audio_transcription.completed";
+          const said = (id) => channel.emit({ type: transcribed, item_id: id, transcript: id });
+          said("item_1");
+          await sleep(100);
+          said("item_2"); // while item_1's post is in flight
+          await sleep(1200);
+          const sentDuringCall = channel.sent.map((m) => m.type);
+          said("item_3");
+          await sleep(100);
+          said("item_4");
+          call.stop(); // item_3's post in flight, item_4 pending
+          await sleep(1500);
+          return { posts, log, sentDuringCall, sentAfter: channel.sent.length, mic: window.fakeRealtime.micStopped };
+        }"""
+    )
+    assert result["posts"] == [["item_1"], ["item_2"], ["item_3"], ["item_4"]]
+    assert result["sentDuringCall"] == ["session.update", "response.create"] * 2  # each answer spoken
+    assert result["sentAfter"] == 4  # nothing sent on the closed channel after Stop (it would throw)
+    assert result["log"] == ["result", "result", "end", "result", "result"]
+    assert result["mic"] == 1
 
 
 @pytest.mark.allow_console("503 (Service Unavailable)")

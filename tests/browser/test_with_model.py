@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect
 
 from bench.bundle import make_bench_bundles
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PageErrors, _watch, sign_in
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, FAKE_REALTIME_JS, PageErrors, _watch, sign_in
 from tests.fakes.openai_server import Audio, FakeOpenAIServer, Reply
 from tests.integration_tests.live_server import VENEO_KEY, LiveServer
 
@@ -122,3 +123,108 @@ def test_voice_controls_preview_and_realtime_bootstrap(
     )
     assert any(r["path"].endswith("/realtime/client_secrets") for r in fake.voice_requests)
     expect(page.get_by_role("button", name="Talk")).to_have_attribute("aria-pressed", "false")
+
+
+def test_signing_out_ends_a_voice_call(page: Page, server: LiveServer) -> None:
+    """Sign-out hid the workspace and dropped the key but left the call talking (microphone open, the provider
+    connection up) with nothing on screen to stop it. The provider's realtime side is faked (FAKE_REALTIME_JS)."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    page.get_by_role("button", name="Talk").click()
+    expect(page.get_by_role("button", name="Stop talking")).to_have_attribute("aria-pressed", "true")
+    assert page.evaluate("window.fakeRealtime.peers.map((p) => p.connectionState)") == ["connected"]
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Tenant key")).to_be_visible()
+    assert page.evaluate("window.fakeRealtime.peers.map((p) => p.connectionState)") == ["closed"]
+    assert page.evaluate("window.fakeRealtime.micStopped") == 1
+    assert page.locator("#voice-panel *").count() == 0
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    expect(page.get_by_role("button", name="Talk")).to_have_attribute("aria-pressed", "false")
+
+
+def until(page: Page, condition: str, timeout_s: float = 15.0) -> None:
+    """Wait until the page's `condition` holds (wait_for_function evaluates a string, which the page's CSP forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(condition):
+        assert time.monotonic() < deadline, f"still not true after {timeout_s} s: {condition}"
+        page.wait_for_timeout(20)
+
+
+def test_signing_out_ends_a_call_that_is_still_connecting(page: Page, server: LiveServer) -> None:
+    """The call was registered only once connected: signed out while the microphone prompt was open, stopVoice found
+    nothing, and the call then connected with the microphone live and no button left to stop it."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    page.evaluate("window.fakeRealtime.hold('mic')")  # the microphone grant is still pending
+    page.get_by_role("button", name="Talk").click()
+    until(page, "window.fakeRealtime.asked.mic === 1")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Tenant key")).to_be_visible()
+    page.evaluate("window.fakeRealtime.release('mic')")  # granted after the sign-out
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.fakeRealtime.peers.map((p) => p.connectionState)") == []  # no connection made
+    assert page.evaluate("window.fakeRealtime.micStopped") == 1  # the late microphone is off again
+    assert page.evaluate("window.fakeRealtime.asked.answer") == 0
+
+
+def test_opening_another_session_ends_a_call_that_is_still_connecting(page: Page, server: LiveServer) -> None:
+    """As above, with the provider's SDP answer outstanding when another session is opened: the old call connected
+    afterwards and kept posting what was said to the session left behind."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    page.evaluate("window.fakeRealtime.hold('answer')")
+    page.get_by_role("button", name="Talk").click()
+    until(page, "window.fakeRealtime.asked.answer === 1")
+    first = page.url
+    page.get_by_role("button", name="New session").click()
+    page.wait_for_url(lambda url: url != first and "#session=" in url)
+    expect(page.get_by_role("button", name="Talk")).to_be_enabled()  # the new session's controls
+    states = "window.fakeRealtime.peers.map((p) => p.connectionState)"
+    assert page.evaluate(states) == ["closed"]  # hung up at once, the microphone with it
+    assert page.evaluate("window.fakeRealtime.micStopped") == 1
+    page.evaluate("window.fakeRealtime.release('answer')")
+    page.wait_for_timeout(300)
+    assert page.evaluate(states) == ["closed"]
+    assert page.evaluate("window.fakeRealtime.micStopped") == 1
+    expect(page.get_by_role("button", name="Talk")).to_have_attribute("aria-pressed", "false")
+    expect(page.locator("#voice-error")).to_be_hidden()
+
+
+@pytest.mark.allow_console("status of 401")
+def test_a_key_refused_when_a_call_refreshes_the_session_signs_out_quietly(
+    page: Page, server: LiveServer, page_errors: PageErrors
+) -> None:
+    """A transcript posted, then the session re-read with a key the server no longer accepts (a real 401: the
+    request goes out with an unknown key): the sign-out happened, and `onResult: () => ctx.refresh()` left an
+    unhandled rejection behind."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    page.get_by_role("button", name="Talk").click()
+    expect(page.get_by_role("button", name="Stop talking")).to_have_attribute("aria-pressed", "true")
+    revoked = {"authorization": "Bearer tg-revoked-key"}  # a key the server does not know
+    page.route(
+        "**/sessions/*",
+        lambda route: (
+            route.continue_(headers={**route.request.headers, **revoked})
+            if route.request.method == "GET"
+            else route.continue_()
+        ),
+    )
+    page.evaluate(
+        """(() => {
+          const channel = window.fakeRealtime.channels[0];
+          channel.emit({ type: "input_audio_buffer.speech_started", item_id: "item_1" });
+          channel.emit({ type: "input_audio_buffer.speech_stopped", item_id: "item_1" });
+          const done = "conversation.item.input_audio_transcription.completed";
+          channel.emit({ type: done, item_id: "item_1", transcript: "How long does shipping take?" });
+        })()"""
+    )
+    expect(page.locator("#signin-error")).to_have_text(re.compile(r"^Your key is no longer accepted"))
+    page.wait_for_timeout(300)
+    assert page_errors == []
+    assert page.evaluate("window.fakeRealtime.peers.map((p) => p.connectionState)") == ["closed"]

@@ -35,6 +35,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listening_sockets(port: int) -> set[str]:
+    """The inodes of the sockets listening on TCP `port` (this network namespace's /proc/net/tcp and tcp6)."""
+    inodes = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()  # sl local_address rem_address st ... inode
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def group_sockets(pgid: int) -> set[str]:
+    """The inodes of the sockets the processes of process group `pgid` hold open."""
+    inodes = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):  # gone meanwhile, or not ours to read
+            # the fields after the command name, which may hold spaces and parentheses: state ppid pgrp ...
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -94,14 +125,15 @@ class LiveServer:
     def stderr(self) -> str:
         return (self.workdir / f"serve-{self._serial}.err").read_text(errors="replace")
 
-    def start(self) -> Self:
+    def start(self, keep_port: bool = False) -> Self:
+        """Start serving; `keep_port`: on the port of the previous start (a restart clients see at the same URL)."""
         if self.process is not None:
             raise RuntimeError("LiveServer is already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._serial += 1
         self._stdout = (self.workdir / f"serve-{self._serial}.out").open("wb")
         self._stderr = (self.workdir / f"serve-{self._serial}.err").open("wb")
-        self.port = free_port()
+        self.port = self.port if keep_port and self.port else free_port()
         args = [str(TEAMGRAPH), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if self.workers:
             args += ["--workers", str(self.workers)]
@@ -131,7 +163,9 @@ class LiveServer:
                     f"stdout:\n{self.stdout}\nstderr:\n{self.stderr[-4000:]}"
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                # and it is this process (group) listening: on a port kept from a previous start (keep_port), another
+                # test's server may have taken it meanwhile; ours then exits on the busy port, raising above
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200 and self._listening():
                     return
             if time.monotonic() > deadline:
                 raise RuntimeError(
@@ -139,6 +173,11 @@ class LiveServer:
                     f"stdout:\n{self.stdout}\nstderr:\n{self.stderr[-4000:]}"
                 )
             time.sleep(0.1)
+
+    def _listening(self) -> bool:
+        """This process (group: it may be a wrapper's, or uvicorn's supervisor with workers) listens on the port."""
+        assert self.process is not None
+        return bool(listening_sockets(self.port) & group_sockets(self.process.pid))
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the process group (graceful), SIGKILL it if it is still there after `timeout`."""

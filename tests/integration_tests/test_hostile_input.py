@@ -1095,6 +1095,21 @@ def _cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
 
 
+def test_a_deeply_nested_cursor_is_422_not_500(client: TestClient) -> None:
+    """A list cursor of base64 "[" * 1000 + "]" * 1000 (2,668 characters) made json.loads raise RecursionError,
+    which _decode_cursor did not catch: 500 internal_error. History's before is the other text a client pages
+    with (/audit's cursor is an integer): it is no JSON, and the same text is a 422 naming it."""
+    deep = base64.urlsafe_b64encode(("[" * 1000 + "]" * 1000).encode()).decode()
+    assert len(deep) == 2668
+    for value in (deep, _cursor([[[["x"]]], "y"]), _cursor({"a": 1, "b": 2}), _cursor(["2026-01-01"])):
+        r = client.get("/sessions", headers=VENEO, params={"cursor": value})
+        assert_error(r, 422, "validation_error", "cursor")
+    sid = client.post("/sessions", headers=VENEO, json={"title": "nested"}).json()["id"]
+    r = client.get(f"/sessions/{sid}/history", headers=VENEO, params={"before": deep})
+    assert_error(r, 422, "validation_error", "before")
+    assert client.get("/sessions", headers=VENEO).status_code == 200  # the server still answers
+
+
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_query_values_no_store_can_take_are_422_on_list_and_audit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str

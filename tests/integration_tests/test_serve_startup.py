@@ -3,10 +3,12 @@ a non-zero exit, within seconds (a real subprocess each time; nothing here liste
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,34 @@ def test_the_data_dir_setting_decides_where_the_embedded_database_lives(tmp_path
         assert r.status_code == 201, r.text
     assert (tmp_path / "state" / "teamgraph.db").is_file()
     assert not (tmp_path / "work" / "data").exists()
+
+
+def test_a_restart_on_a_kept_port_another_server_took_fails_instead_of_using_it(tmp_path: Path) -> None:
+    """LiveServer.start(keep_port=True) restarts on the port of the previous start; under `-n auto` another
+    worker's server can take it in between. The other server's /healthz answered 200 and start() returned, the
+    test then talking to a server that was not its own; now start() waits for its own process to listen, which
+    exits on the busy port, and says so."""
+    live = LiveServer(tmp_path)
+    live.start()
+    live.stop()
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", live.port), Healthy) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        assert httpx.get(live.url + "/healthz").status_code == 200  # another server answers at the kept port
+        try:
+            with pytest.raises(RuntimeError, match="teamgraph serve exited with") as raised:
+                live.start(keep_port=True)
+        finally:
+            live.stop()
+            other.shutdown()
+    assert f"port {live.port}" in str(raised.value) and "already in use" in str(raised.value)

@@ -4,17 +4,32 @@ import { Api, ApiError } from "./api.js";
 import { $, h, clear, showError, announce } from "./dom.js";
 import { renderInterview } from "./interview.js";
 import { renderChat } from "./chat.js";
-import { setupVoice, voiceContext } from "./voice.js";
+import { setupVoice, stopVoice, voiceContext } from "./voice.js";
 
 const KEY = "teamgraph.key";
 const TEAM = "teamgraph.team";
 const DRAFTS = ["chat-input", "answer-input"];
 const app = { api: null, teams: [], team: null, cursor: null, session: null };
 
+/** The session id in the URL hash, or null; a URIError for a malformed one (a typed or cut link: `%E0`). */
 const hashSession = () => {
   const match = location.hash.match(/^#session=(.+)$/);
   return match ? decodeURIComponent(match[1]) : null;
 };
+
+/** The tenant key was accepted once and is refused now (revoked or rotated): nothing more is done with it. */
+class SignedInApi extends Api {
+  async fetch(...args) {
+    try {
+      return await super.fetch(...args);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401 && app.api === this) {
+        signOut(new Error(`Your key is no longer accepted (${error.message}); sign in again.`));
+      }
+      throw error;
+    }
+  }
+}
 
 function onWait(seconds, error) {
   const what = error.code === "thread_busy" ? "This session is still answering a previous message" : "The server is busy";
@@ -34,7 +49,7 @@ function showSignIn(error = null) {
 }
 
 async function signIn(key, { quiet = false } = {}) {
-  const api = new Api(key, { onWait });
+  const api = new SignedInApi(key, { onWait });
   let teams;
   try {
     teams = await api.teams();
@@ -62,6 +77,24 @@ async function signIn(key, { quiet = false } = {}) {
   await route();
 }
 
+/** Back to sign-in: the key forgotten, a voice call ended, and nothing of this tenant's left in the page. */
+function signOut(error = null) {
+  sessionStorage.removeItem(KEY);
+  history.replaceState(null, "", location.pathname);
+  showSession(null); // ends a voice call (posting what was said) before the key is dropped
+  Object.assign(app, { api: null, teams: [], team: null, cursor: null });
+  clear($("#session-list"));
+  clear($("#team-select"));
+  clear($("#team-view"));
+  clear($("#voice-panel"));
+  $("#voice-panel").hidden = true;
+  $("#session-title").textContent = "";
+  $("#more-sessions").hidden = true;
+  for (const id of ["sessions-error", "session-error", "rename-error"]) showError($(`#${id}`), null);
+  document.title = "Teamgraph";
+  showSignIn(error);
+}
+
 export function teamName(id) {
   return { interview: "Interview practice", veneo_chat: "Veneo chat" }[id] || id;
 }
@@ -83,15 +116,17 @@ async function loadSessions({ more = false } = {}) {
   const list = $("#session-list");
   showError($("#sessions-error"), null);
   if (!app.team) return clear(list);
+  const api = app.api;
   try {
-    const page = await app.api.sessions(app.team, more ? app.cursor : null);
+    const page = await api.sessions(app.team, more ? app.cursor : null);
+    if (app.api !== api) return; // signed out meanwhile: nothing of that tenant goes back into the page
     app.cursor = page.next_cursor;
     if (!more) clear(list);
     for (const s of page.items) list.append(sessionItem(s));
     if (!list.children.length) list.append(h("li", { class: "muted" }, "No sessions yet."));
     $("#more-sessions").hidden = !app.cursor;
   } catch (error) {
-    showError($("#sessions-error"), error);
+    if (app.api === api) showError($("#sessions-error"), error);
   }
 }
 
@@ -111,22 +146,33 @@ function sessionItem(s) {
 }
 
 async function newSession() {
+  const api = app.api;
   try {
-    const session = await app.api.createSession(app.team);
+    const session = await api.createSession(app.team);
+    if (app.api !== api) return; // signed out meanwhile (the key was refused: the sign-in form says why)
     await loadSessions();
+    if (app.api !== api) return;
     location.hash = `session=${encodeURIComponent(session.id)}`;
     announce("New session started.");
   } catch (error) {
-    showError($("#sessions-error"), error);
+    if (app.api === api) showError($("#sessions-error"), error);
   }
 }
 
 async function route() {
   if (!app.api) return;
-  const id = hashSession();
-  if (!id) return showSession(null);
+  let id;
   try {
-    const session = await app.api.session(id);
+    id = hashSession();
+  } catch {
+    showSession(null);
+    return showError($("#sessions-error"), new Error("The link names no session: its session id is not valid. Pick a session from the list."));
+  }
+  if (!id) return showSession(null);
+  const api = app.api;
+  try {
+    const session = await api.session(id);
+    if (app.api !== api) return;
     if (session.team !== app.team && app.teams.some((t) => t.id === session.team)) await chooseTeam(session.team, { keepSession: true });
     showSession(session);
     for (const a of document.querySelectorAll("#session-list a")) {
@@ -134,6 +180,7 @@ async function route() {
       if (a.dataset.id === id) a.setAttribute("aria-current", "page");
     }
   } catch (error) {
+    if (app.api !== api) return; // signed out meanwhile (the key was refused: the sign-in form says why)
     showSession(null);
     const message = error.status === 404 ? new Error("That session does not exist (it may have been deleted).") : error;
     showError($("#sessions-error"), message);
@@ -143,13 +190,22 @@ async function route() {
 /** Re-read the open session from the server and draw it again (after every turn). */
 async function refresh({ focus = null } = {}) {
   if (!app.session) return;
-  const session = await app.api.session(app.session.id);
+  const api = app.api;
+  let session;
+  try {
+    session = await api.session(app.session.id);
+  } catch (error) {
+    if (app.api !== api) return; // signed out by this very answer (a 401): the sign-in form says why
+    throw error;
+  }
+  if (app.api !== api || !app.session || app.session.id !== session.id) return; // signed out or moved on meanwhile
   showSession(session, { focus });
   loadSessions(); // titles and order change with each turn
 }
 
 function showSession(session, { focus = null } = {}) {
   const changed = !app.session || !session || app.session.id !== session.id;
+  if (changed) stopVoice(); // the controls of a call in progress are about to go: it could not be stopped any more
   app.session = session;
   $("#empty-state").hidden = !!session;
   $("#session-panel").hidden = !session;
@@ -188,11 +244,15 @@ async function saveRename(event) {
   event.preventDefault();
   const title = $("#rename-input").value.trim();
   if (!title) return showError($("#rename-error"), new Error("A title cannot be empty."));
+  const api = app.api;
   try {
-    await app.api.rename(app.session.id, title);
+    await api.rename(app.session.id, title);
+    if (app.api !== api) return; // signed out meanwhile
     await refresh({ focus: "session-title" });
+    if (app.api !== api) return;
     announce("Session renamed.");
   } catch (error) {
+    if (app.api !== api) return; // signed out by a 401: the sign-in form says why, and has the focus
     showError($("#rename-error"), error);
     $("#rename-input").focus();
   }
@@ -201,15 +261,18 @@ async function saveRename(event) {
 async function deleteSession() {
   const title = app.session.title || "this session";
   if (!window.confirm(`Delete "${title}"? Its transcript is removed for good.`)) return;
+  const api = app.api;
   try {
-    await app.api.remove(app.session.id);
+    await api.remove(app.session.id);
+    if (app.api !== api) return; // signed out meanwhile
     history.replaceState(null, "", location.pathname);
     showSession(null);
     await loadSessions();
+    if (app.api !== api) return;
     announce("Session deleted.");
     $("#new-session").focus();
   } catch (error) {
-    showError($("#session-error"), error);
+    if (app.api === api) showError($("#session-error"), error);
   }
 }
 
@@ -222,12 +285,7 @@ function start() {
     if (!key) return showSignIn(new Error("Enter your tenant key."));
     signIn(key);
   });
-  $("#sign-out").addEventListener("click", () => {
-    sessionStorage.removeItem(KEY);
-    history.replaceState(null, "", location.pathname);
-    app.session = null;
-    showSignIn();
-  });
+  $("#sign-out").addEventListener("click", () => signOut());
   $("#team-select").addEventListener("change", (event) => chooseTeam(event.target.value));
   $("#new-session").addEventListener("click", newSession);
   $("#more-sessions").addEventListener("click", () => loadSessions({ more: true }));

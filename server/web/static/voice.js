@@ -4,6 +4,12 @@
 import { h, clear, showError, announce } from "./dom.js";
 
 let ctx = null; // the open session's context; main.js updates it after every refresh
+let activeCall = null; // the call in progress, whichever panel started it: ended on sign-out or another session
+
+/** End the call in progress, if any (sign-out; another session opened): what was said is posted first. */
+export function stopVoice() {
+  if (activeCall) activeCall.stop();
+}
 
 export function voiceContext(next) {
   ctx = next;
@@ -53,7 +59,7 @@ export async function setupVoice(panel, initial) {
     try {
       call = await startCall(ctx, select.value, {
         onState: (text) => (state.textContent = text),
-        onResult: () => ctx.refresh(),
+        onResult: () => ctx.refresh().catch((err) => showError(error, err)), // not an unhandled rejection
         onError: (err) => showError(error, err),
         onEnd: () => {
           call = null;
@@ -66,7 +72,7 @@ export async function setupVoice(panel, initial) {
       talk.setAttribute("aria-pressed", "true");
       announce("Connected: speak now.");
     } catch (err) {
-      showError(error, err);
+      if (!(err instanceof CallCancelled)) showError(error, err); // ended while connecting: nothing went wrong
     } finally {
       talk.disabled = false;
     }
@@ -80,60 +86,123 @@ export async function setupVoice(panel, initial) {
   panel.hidden = false;
 }
 
+/** startCall's rejection when the call was ended while still connecting (sign-out, another session, a new call). */
+export class CallCancelled extends Error {
+  constructor() {
+    super("The call was ended before it connected.");
+    this.name = "CallCancelled";
+  }
+}
+
 /** The realtime call, as in docs/voice.md: microphone in, voice out, transcript items posted back in order. */
-async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) {
+export async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) {
   if (!window.RTCPeerConnection || !navigator.mediaDevices) throw new Error("This browser cannot make voice calls.");
   const sessionId = callCtx.session.id;
-  const boot = await callCtx.api.realtime(sessionId, voice);
-  const mic = await navigator.mediaDevices.getUserMedia({ audio: true }).catch(() => {
-    throw new Error("The microphone is not available: allow it for this page and try again.");
-  });
-  const pc = new RTCPeerConnection();
-  const speaker = new Audio();
-  speaker.autoplay = true;
-  pc.ontrack = (event) => (speaker.srcObject = event.streams[0]);
-  pc.addTrack(mic.getTracks()[0]);
-  const events = pc.createDataChannel("oai-events");
-  await pc.setLocalDescription(await pc.createOffer());
-  const hangUp = (message) => {
-    pc.close();
-    mic.getTracks().forEach((t) => t.stop());
-    return new Error(message);
+  // registered before the first await: sign-out or another session can end the call while it is still connecting
+  // (stopVoice found nothing to stop before, and the call connected afterwards with the microphone live); what it
+  // holds is released at once, and each await below turns into CallCancelled
+  let mic = null;
+  let pc = null;
+  let released = false;
+  let cancelled = false;
+  let connected = null; // the connected call's stop, once connected
+  const answerRequest = new AbortController();
+  const release = () => {
+    if (pc && pc.connectionState !== "closed") pc.close();
+    if (mic && !released) mic.getTracks().forEach((t) => t.stop()); // once
+    released = released || !!mic;
   };
-  let answer;
+  const handle = {
+    stop: () => {
+      if (connected) return connected();
+      if (cancelled) return;
+      cancelled = true;
+      if (activeCall === handle) activeCall = null;
+      answerRequest.abort();
+      release();
+    },
+  };
+  if (activeCall) activeCall.stop(); // one call at a time: the microphone is not shared
+  activeCall = handle;
+  /** `promise`'s value, or CallCancelled (whatever it settled with) when the call was ended meanwhile. */
+  const step = async (promise) => {
+    let value;
+    try {
+      value = await promise;
+    } catch (err) {
+      throw cancelled ? new CallCancelled() : err;
+    }
+    if (cancelled) throw new CallCancelled();
+    return value;
+  };
+  let boot;
+  let events;
+  const host = () => new URL(boot.webrtc_url).host;
   try {
-    answer = await fetch(boot.webrtc_url, {
-      method: "POST",
-      body: pc.localDescription.sdp,
-      headers: { Authorization: `Bearer ${boot.client_secret}`, "Content-Type": "application/sdp" },
-    });
-  } catch {
-    throw hangUp(`The voice service at ${new URL(boot.webrtc_url).host} could not be reached. Try again later.`);
+    boot = await step(callCtx.api.realtime(sessionId, voice));
+    const microphone = () => {
+      throw new Error("The microphone is not available: allow it for this page and try again.");
+    };
+    // kept as soon as granted: granted after the call ended, it is released with the rest
+    await step(navigator.mediaDevices.getUserMedia({ audio: true }).then((stream) => (mic = stream), microphone));
+    pc = new RTCPeerConnection();
+    const speaker = new Audio();
+    speaker.autoplay = true;
+    pc.ontrack = (event) => (speaker.srcObject = event.streams[0]);
+    pc.addTrack(mic.getTracks()[0]);
+    events = pc.createDataChannel("oai-events");
+    await step(pc.setLocalDescription(await step(pc.createOffer())));
+    const unreachable = () => {
+      throw new Error(`The voice service at ${host()} could not be reached. Try again later.`);
+    };
+    const answer = await step(
+      fetch(boot.webrtc_url, {
+        method: "POST",
+        body: pc.localDescription.sdp,
+        headers: { Authorization: `Bearer ${boot.client_secret}`, "Content-Type": "application/sdp" },
+        signal: answerRequest.signal,
+      }).catch(unreachable),
+    );
+    if (!answer.ok) throw new Error(`The voice service refused the connection (${answer.status}).`);
+    const sdp = await step(answer.text().catch(unreachable));
+    await step(pc.setRemoteDescription({ type: "answer", sdp }));
+  } catch (err) {
+    if (activeCall === handle) activeCall = null;
+    release();
+    throw err;
   }
-  if (!answer.ok) throw hangUp(`The voice service refused the connection (${answer.status}).`);
-  await pc.setRemoteDescription({ type: "answer", sdp: await answer.text() });
+  const peer = pc;
+  const tracks = mic.getTracks();
 
   const times = {};
   const pending = [];
   let posting = false;
   const now = () => new Date().toISOString();
+  // one post at a time (items apply in speaking order); items transcribed while one is in flight go in the next,
+  // sent as soon as it ends: not left waiting for the next realtime event, which after Stop never comes
   async function flush() {
     if (posting || !pending.length) return;
     posting = true;
     const items = pending.slice();
+    let posted = false;
     try {
       const result = await callCtx.api.transcripts(sessionId, items);
       pending.splice(0, items.length); // acknowledged; anything else is re-posted next time (ids make it safe)
-      events.send(JSON.stringify({ type: "session.update", session: result.session_update }));
-      if (result.speak) {
-        events.send(JSON.stringify({ type: "response.create", response: { instructions: `Say exactly this, and nothing else: ${result.speak}` } }));
+      posted = true;
+      if (events.readyState === "open") {
+        // after Stop the channel is closed: the items still land in the session, there is just no voice to update
+        events.send(JSON.stringify({ type: "session.update", session: result.session_update }));
+        if (result.speak) {
+          events.send(JSON.stringify({ type: "response.create", response: { instructions: `Say exactly this, and nothing else: ${result.speak}` } }));
+        }
       }
       onResult(result);
     } catch (err) {
-      onError(err);
+      onError(err); // the items stay pending: the next flush posts them again
     } finally {
       posting = false;
     }
+    if (posted && pending.length) await flush();
   }
   events.onmessage = ({ data }) => {
     const e = JSON.parse(data);
@@ -149,16 +218,21 @@ async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) 
       flush();
     }
   };
-  pc.onconnectionstatechange = () => {
-    if (["failed", "closed"].includes(pc.connectionState)) stop(pc.connectionState === "failed" ? new Error("The voice connection was lost.") : null);
+  peer.onconnectionstatechange = () => {
+    if (["failed", "closed"].includes(peer.connectionState)) stop(peer.connectionState === "failed" ? new Error("The voice connection was lost.") : null);
   };
+  let stopped = false;
   function stop(err = null) {
-    mic.getTracks().forEach((t) => t.stop());
-    if (pc.connectionState !== "closed") pc.close();
-    flush();
+    if (stopped) return; // Stop, then the "closed" state change it causes
+    stopped = true;
+    if (activeCall === handle) activeCall = null;
+    tracks.forEach((t) => t.stop());
+    if (peer.connectionState !== "closed") peer.close();
+    flush(); // what is pending now; one in flight posts the rest when it ends
     if (err) onError(err);
     onEnd();
   }
+  connected = () => stop();
   onState("Connected");
-  return { stop: () => stop() };
+  return handle;
 }
