@@ -3,7 +3,7 @@
 // carry a badge with the reason category; /summarize is a button.
 import { h, clear, showError, announce } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
-import { runTurn, nodeOutput } from "./turn.js";
+import { runTurn, showStored, nodeOutput } from "./turn.js";
 
 const ACTIONS = { block: "Blocked", rewrite: "Rewritten" };
 
@@ -28,11 +28,12 @@ export function renderChat(root, ctx) {
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
-      form.requestSubmit();
+      if (!send.disabled) form.requestSubmit(); // requestSubmit ignores a disabled submit button
     }
   });
   const busy = (on) => {
     send.disabled = summarize.disabled = on;
+    input.readOnly = on; // a turn at a time: nothing typed mid-turn is lost or sent beside it
     log.setAttribute("aria-busy", on ? "true" : "false");
   };
 
@@ -47,8 +48,9 @@ export function renderChat(root, ctx) {
     log.append(pending);
     pending.scrollIntoView({ block: "end" });
     let streamed = "";
+    let stored;
     try {
-      await runTurn(ctx, text, (event) => {
+      stored = await runTurn(ctx, text, (event) => {
         if (event.event === "on_chat_model_stream") {
           const chunk = event.data && event.data.chunk;
           const piece = chunk && typeof chunk.content === "string" ? chunk.content : "";
@@ -64,18 +66,22 @@ export function renderChat(root, ctx) {
           pending.replaceWith(messageView({ role: "assistant", content: last.content, metadata: last.response_metadata || {} }));
         }
       });
-      await ctx.refresh({ focus: "chat-input" });
     } catch (err) {
+      // not stored (runTurn read the session to be sure): the text back in the box, to send again (same key)
       pending.remove();
       busy(false);
       input.value = text;
       showError(error, err);
       input.focus();
+      return;
     }
+    // stored: a failed read of the session now must not invite a resend (it would be a second turn)
+    if (stored) await showStored(ctx, "chat-input", error);
   }
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
+    if (send.disabled) return; // a turn is running
     const text = input.value.trim();
     if (!text) {
       showError(error, new Error("Type a message first."));

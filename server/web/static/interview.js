@@ -4,7 +4,7 @@
 import { h, clear, showError, announce } from "./dom.js";
 import { scoreChart } from "./chart.js";
 import { renderMarkdown } from "./markdown.js";
-import { runTurn, nodeOutput } from "./turn.js";
+import { runTurn, showStored, nodeOutput } from "./turn.js";
 
 const ACCEPT = ".txt,.md,.markdown,.pdf,.docx,text/plain,text/markdown,application/pdf,application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 const KINDS = [
@@ -83,12 +83,15 @@ function setupView(ctx) {
     showError(startError, null);
     try {
       await runTurn(ctx, "I'm ready to start the interview.", () => {});
-      await ctx.refresh({ focus: "answer-input" });
     } catch (err) {
       start.disabled = false;
       start.textContent = "Start the interview";
       showError(startError, err);
+      return;
     }
+    // started (stored): a failed read of the session now must not offer Start again (its message would be
+    // taken as the answer to question 1)
+    await showStored(ctx, "answer-input", startError);
   });
   return form;
 }
@@ -133,15 +136,19 @@ function questionView(ctx, question, index, total, list) {
         }
         if (nodeOutput(event, "summarizer")) progress.textContent = "Summary ready.";
       });
-      announce(`Answer ${index + 1} scored.`);
-      await ctx.refresh({ focus: index + 1 < total ? "answer-input" : "summary-title" });
     } catch (err) {
+      // not stored (runTurn read the session to be sure): the answer stays, to submit again (same key)
       submit.disabled = false;
       textarea.readOnly = false;
       progress.hidden = true;
       showError(error, err);
       textarea.focus();
+      return;
     }
+    // stored: a failed read of the session now must not offer Submit again (the answer would be stored twice,
+    // the second time as the answer to the next question)
+    announce(`Answer ${index + 1} scored.`);
+    await showStored(ctx, index + 1 < total ? "answer-input" : "summary-title", error);
   });
   section.append(form);
   return section;
