@@ -263,3 +263,43 @@ def test_enter_while_a_reply_streams_sends_nothing(page: Page, server: LiveServe
     idle(page)
     assert user_messages(server, VENEO_KEY, session_id) == ["How long does shipping take?"]
     expect(box).to_have_value("")  # the box was read-only during the turn
+
+
+@pytest.mark.allow_console("status of 409")
+def test_a_key_the_server_holds_in_doubt_is_replaced_once_the_session_shows_the_turn_missing(
+    page: Page, server: LiveServer
+) -> None:
+    """409 idempotent_turn_outcome_unknown: the server will not run the key's turn again (an earlier send of it
+    may be stored). The page reads the session; the turn is not there, so it says so in words a person can act on,
+    and the next send carries a new key, which the server runs once."""
+    sign_in(page, server, VENEO_KEY)
+    session_id = new_session(page)
+    keys: list[str | None] = []
+
+    def in_doubt(route: Route) -> None:
+        keys.append(route.request.headers.get("idempotency-key"))
+        if len(keys) == 1:
+            body = {
+                "error": {
+                    "code": "idempotent_turn_outcome_unknown",
+                    "message": "Idempotency-Key: ...",
+                    "field": "Idempotency-Key",
+                }
+            }
+            route.fulfill(status=409, content_type="application/json", body=json.dumps(body))
+        else:
+            route.continue_()
+
+    page.route("**/teams/veneo_chat/stream_events", in_doubt)
+    box = page.get_by_label("Your message")
+    box.fill("Can I return shoes?")
+    box.press("Enter")
+    expect(page.locator("#chat-error")).to_have_text(
+        "An earlier send of this message failed and it is not in the session: send it again."
+    )
+    expect(box).to_have_value("Can I return shoes?")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".message.assistant")).to_have_count(1)
+    idle(page)
+    assert len(keys) == 2 and keys[0] and keys[1] and keys[0] != keys[1], keys
+    assert user_messages(server, VENEO_KEY, session_id) == ["Can I return shoes?"]

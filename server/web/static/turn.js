@@ -94,6 +94,10 @@ export async function runTurn(ctx, text, onEvent) {
       announce(lost ? "The connection dropped, but the reply was saved: it is shown from the server." : "The turn ended in an error, but your message and its reply were saved: they are shown from the server.");
       return { stored: "found" };
     }
+    if (error instanceof ApiError && error.code === "idempotent_turn_outcome_unknown") {
+      // the server would not tell whether an earlier send was stored; the session says it was not
+      throw new ApiError(error.status, error.code, "An earlier send of this message failed and it is not in the session: send it again.");
+    }
     if (lost) {
       throw new ApiError(0, "stream_lost", "The connection was lost and the reply did not arrive. Check your connection, then send your message again: it will not be saved twice.");
     }
