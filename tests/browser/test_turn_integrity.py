@@ -9,6 +9,7 @@ server stores the turn, the page does not get to know it), what was stored is re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from playwright.sync_api import Page, Route, expect
 
 from tests.browser.conftest import screenshot, sign_in
 from tests.browser.test_web_app import ANSWERS, idle, new_session
-from tests.integration_tests.live_server import DEMO_KEY, VENEO_KEY, LiveServer, auth
+from tests.integration_tests.live_server import DEMO_KEY, VENEO_KEY, LiveServer, auth, chat_turn
 
 REPO = Path(__file__).resolve().parents[2]
 START = "I'm ready to start the interview."
@@ -132,14 +133,39 @@ def test_a_chat_message_stored_when_the_session_read_fails_is_not_put_back_in_th
     assert user_messages(server, VENEO_KEY, session_id) == ["How long does shipping take?"]
 
 
-def error_after_store(route: Route) -> None:
-    """The turn runs and is stored; the stream ends in `event: error` instead of `event: end` (as when the closing
-    audit write or the turn lock's check fails after the state was saved)."""
-    response = route.fetch()
-    body = response.text()
-    assert "event: end" in body, body[-300:]
-    error = json.dumps({"status_code": 503, "code": "audit_unavailable", "message": "the audit log cannot be written"})
-    route.fulfill(response=response, body=body[: body.index("event: end")] + f"event: error\r\ndata: {error}\r\n\r\n")
+def error_after_store(status: int = 503, code: str = "audit_unavailable") -> Callable[[Route], None]:
+    """A route handler: the turn runs and is stored; the stream ends in `event: error` instead of `event: end` (as
+    when the closing audit write or the turn lock's check fails after the state was saved)."""
+
+    def handle(route: Route) -> None:
+        response = route.fetch()
+        body = response.text()
+        assert "event: end" in body, body[-300:]
+        error = json.dumps({"status_code": status, "code": code, "message": "the turn failed after it was saved"})
+        route.fulfill(
+            response=response, body=body[: body.index("event: end")] + f"event: error\r\ndata: {error}\r\n\r\n"
+        )
+
+    return handle
+
+
+def error_event(status: int, code: str, message: str) -> str:
+    """A stream that is only an `event: error` (the turn failed before anything was stored)."""
+    data = json.dumps({"status_code": status, "code": code, "message": message})
+    return f"event: error\r\ndata: {data}\r\n\r\n"
+
+
+def hold(page: Page, held: list[Route]) -> None:
+    """The page's turns wait, unsent, until the test lets them go (or fails them)."""
+    page.route("**/teams/veneo_chat/stream_events", lambda route: held.append(route))
+
+
+def wait_for(page: Page, held: list[Route], count: int) -> None:
+    for _ in range(100):
+        if len(held) >= count:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"{len(held)} turns sent, {count} expected")
 
 
 def test_a_chat_turn_stored_before_an_error_event_is_shown_not_sent_again(page: Page, server: LiveServer) -> None:
@@ -147,7 +173,7 @@ def test_a_chat_turn_stored_before_an_error_event_is_shown_not_sent_again(page: 
     (only a cut stream made the page look at the session), inviting a resend: a second turn."""
     sign_in(page, server, VENEO_KEY)
     session_id = new_session(page)
-    page.route("**/teams/veneo_chat/stream_events", error_after_store)
+    page.route("**/teams/veneo_chat/stream_events", error_after_store())
     box = page.get_by_label("Your message")
     box.fill("How long does shipping take?")
     box.press("Enter")
@@ -303,3 +329,168 @@ def test_a_key_the_server_holds_in_doubt_is_replaced_once_the_session_shows_the_
     idle(page)
     assert len(keys) == 2 and keys[0] and keys[1] and keys[0] != keys[1], keys
     assert user_messages(server, VENEO_KEY, session_id) == ["Can I return shoes?"]
+
+
+def test_a_failed_send_is_not_taken_for_a_turn_stored_meanwhile_by_someone_else(page: Page, server: LiveServer) -> None:
+    """Found in review: after a failed send the page looked for any new user message and reply in the session,
+    against the transcript of its last redraw. A turn stored since by another tab or the API made a send that never
+    ran (here: `event: error` 503 before anything was stored) show "saved", and the text was not put back: lost.
+    Now the page reads the session before sending and looks for this text's message with a reply after it."""
+    sign_in(page, server, VENEO_KEY)
+    session_id = new_session(page)
+    assert chat_turn(server, session_id, "Do you ship abroad?").status_code == 200  # another tab, the API
+    page.route(
+        "**/teams/veneo_chat/stream_events",
+        lambda route: route.fulfill(
+            status=200,
+            content_type="text/event-stream",
+            body=error_event(503, "storage_unavailable", "The session store is unavailable; try again shortly."),
+        ),
+    )
+    box = page.get_by_label("Your message")
+    box.fill("How long does shipping take?")
+    box.press("Enter")
+    expect(page.locator("#chat-error")).to_have_text("The session store is unavailable; try again shortly.")
+    expect(box).to_have_value("How long does shipping take?")  # to send again, not lost
+    expect(page.get_by_role("status")).not_to_contain_text("saved")
+    assert user_messages(server, VENEO_KEY, session_id) == ["Do you ship abroad?"]
+
+
+def test_summarize_again_after_a_reload_mid_turn_makes_a_second_summary(page: Page, server: LiveServer) -> None:
+    """Found in review: the key of a turn cut by a reload stayed in sessionStorage, and the next send of the same
+    text on the session reused it: the server answered turn_already_stored and nothing ran (a second /summarize,
+    "yes", one answer to two questions). Now the key is reused only while the session has not moved on past that
+    turn as the page shows it."""
+    sign_in(page, server, VENEO_KEY)
+    session_id = new_session(page)
+    box = page.get_by_label("Your message")
+    box.fill("How do returns work?")
+    box.press("Enter")
+    expect(page.locator(".message.assistant")).to_have_count(1)
+    idle(page)
+    held: list[Route] = []
+    hold(page, held)
+    page.get_by_role("button", name="Summarize the conversation").click()
+    wait_for(page, held, 1)
+    sent = held[0].request
+    page.unroute("**/teams/veneo_chat/stream_events")
+    page.reload()  # mid-turn
+    idle(page)
+    # the turn the page sent runs to its end on the server (a keyed turn does without its client)
+    headers = {
+        **auth(VENEO_KEY),
+        "Content-Type": "application/json",
+        "Idempotency-Key": sent.headers["idempotency-key"],
+    }
+    with httpx.stream("POST", sent.url, headers=headers, content=sent.post_data, timeout=30) as response:
+        assert response.status_code == 200 and "event: end" in response.read().decode()
+    page.reload()  # the summary is on screen
+    expect(page.locator(".message.summary")).to_have_count(1)
+    idle(page)
+    page.get_by_role("button", name="Summarize the conversation").click()  # a second summary, asked for
+    expect(page.locator(".message.summary")).to_have_count(2)
+    idle(page)
+    assert user_messages(server, VENEO_KEY, session_id) == ["How do returns work?", "/summarize", "/summarize"]
+
+
+def test_a_redraw_mid_turn_keeps_the_chat_busy_and_its_outcome_on_screen(page: Page, server: LiveServer) -> None:
+    """Found in review: a redraw of the session during a turn (a rename, a voice transcript) drew Send enabled and
+    the box editable while the turn ran, and the turn's error and restored text went to the old, detached
+    elements. Now the view drawn mid-turn is busy, and the turn ends in it."""
+    sign_in(page, server, VENEO_KEY)
+    session_id = new_session(page)
+    held: list[Route] = []
+    hold(page, held)
+    box = page.get_by_label("Your message")
+    send = page.locator("#chat-send")
+
+    def rename(title: str) -> None:
+        page.get_by_role("button", name="Rename").click()
+        page.get_by_label("New title").fill(title)
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_role("heading", name=title, level=2)).to_be_visible()
+
+    box.fill("How long does shipping take?")
+    box.press("Enter")
+    wait_for(page, held, 1)
+    rename("Shipping")
+    expect(send).to_be_disabled()
+    expect(box).to_have_js_property("readOnly", True)
+    expect(page.locator("#chat-log")).to_have_attribute("aria-busy", "true")
+    expect(page.locator(".message.user")).to_have_text(["YouHow long does shipping take?"])
+    held[0].continue_()
+    expect(page.locator(".message.assistant:not(.pending)")).to_have_count(1)
+    idle(page)
+    assert user_messages(server, VENEO_KEY, session_id) == ["How long does shipping take?"]
+
+    # a turn that fails after a redraw: its error and its text in the view on screen
+    box.fill("Do gift cards expire?")
+    box.press("Enter")
+    wait_for(page, held, 2)
+    rename("Shipping and gift cards")
+    expect(send).to_be_disabled()
+    held[1].fulfill(
+        status=200,
+        content_type="text/event-stream",
+        body=error_event(503, "storage_unavailable", "The session store is unavailable; try again shortly."),
+    )
+    expect(page.locator("#chat-error")).to_have_text("The session store is unavailable; try again shortly.")
+    expect(box).to_have_value("Do gift cards expire?")
+    expect(send).to_be_enabled()
+    expect(box).to_have_js_property("readOnly", False)
+    assert user_messages(server, VENEO_KEY, session_id) == ["How long does shipping take?"]
+
+
+@pytest.mark.allow_console("status of 409")
+def test_a_key_in_doubt_whose_message_is_stored_without_a_reply_is_not_offered_for_an_identical_resend(
+    page: Page, server: LiveServer
+) -> None:
+    """409 idempotent_turn_outcome_unknown, and the session holds the message without a reply (a turn that failed
+    after its first step, with TEAMGRAPH_DURABILITY=async|sync): the page says the message was saved and no reply
+    was made, instead of "send it again" (which would store it a second time). The stored message is made by
+    routing the session read."""
+    sign_in(page, server, VENEO_KEY)
+    session_id = new_session(page)
+    text = "Can I return shoes?"
+    doubt: list[bool] = []
+
+    def in_doubt(route: Route) -> None:
+        doubt.append(True)
+        body = {"error": {"code": "idempotent_turn_outcome_unknown", "message": "...", "field": "Idempotency-Key"}}
+        route.fulfill(status=409, content_type="application/json", body=json.dumps(body))
+
+    def session_read(route: Route) -> None:
+        if route.request.method != "GET" or not doubt:
+            route.continue_()
+            return
+        response = route.fetch()
+        session = response.json()
+        session["transcript"].append({"id": "stored-without-reply", "role": "user", "content": text, "metadata": {}})
+        route.fulfill(response=response, body=json.dumps(session))
+
+    page.route("**/teams/veneo_chat/stream_events", in_doubt)
+    page.route(f"**/sessions/{session_id}", session_read)
+    box = page.get_by_label("Your message")
+    box.fill(text)
+    box.press("Enter")
+    expect(page.locator("#chat-error")).to_contain_text("Your message was saved, but no reply was made to it.")
+    expect(page.locator("#chat-error")).not_to_contain_text("send it again")
+
+
+def test_an_api_error_event_after_the_turn_was_stored_is_not_taken_for_a_refusal(
+    page: Page, server: LiveServer
+) -> None:
+    """Found in review: an `event: error` forwards an ApiError's own status (a 4xx too), and the page took any 4xx
+    for a refusal before the turn ran: the text went back in the box and its key was dropped, though the turn was
+    stored; a resend stored it twice. A stream's error event now makes the page read the session."""
+    sign_in(page, server, VENEO_KEY)
+    session_id = new_session(page)
+    page.route("**/teams/veneo_chat/stream_events", error_after_store(422, "invalid_state"))
+    box = page.get_by_label("Your message")
+    box.fill("How long does shipping take?")
+    box.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("were saved")
+    idle(page)
+    expect(box).to_have_value("")
+    expect(page.locator("#chat-error")).to_be_hidden()
+    assert user_messages(server, VENEO_KEY, session_id) == ["How long does shipping take?"]
