@@ -189,3 +189,34 @@ def storage_unavailable_response(exc: BaseException) -> JSONResponse:
         status_code=503,
         headers={"Retry-After": str(StorageUnavailable.retry_after_s)},
     )
+
+
+async def stream_error(request: Request, exc: BaseException) -> dict[str, Any]:
+    """The data of the `event: error` that ends a stream cut by `exc` (LangServe's {"status_code", "message"}, with
+    the error shape's `code`): a known fault answers as the same fault answers a JSON request (a database fault
+    503 storage_unavailable, the audit log 503 audit_unavailable, an ApiError its own status, code and message), so
+    a client can tell an outage it may retry from a bug; anything else stays LangServe's generic 500, no detail."""
+    if isinstance(exc, AuditWriteError) and exc.__cause__ is not None and is_storage_fault(exc.__cause__):
+        exc = exc.__cause__
+    if isinstance(exc, AuditWriteError):
+        await _repair(request, exc)
+        return {
+            "status_code": 503,
+            "code": "audit_unavailable",
+            "message": "the audit log cannot be written; try again later",
+        }
+    if is_storage_fault(exc):
+        await _repair(request, exc)
+        from server.observability.logging import log
+
+        log.warning("storage_unavailable", error_type=type(exc).__name__, error=str(exc).strip())
+        return {
+            "status_code": 503,
+            "code": StorageUnavailable.code,
+            "message": "the session store cannot be reached or written now; try again later",
+        }
+    if isinstance(exc, StarletteHTTPException) and isinstance(exc.detail, dict) and "code" in exc.detail:
+        return {"status_code": exc.status_code, "code": exc.detail["code"], "message": str(exc.detail.get("message"))}
+    if isinstance(exc, TurnBusy):
+        return {"status_code": 409, "code": exc.code, "message": str(exc)}
+    return {"status_code": 500, "message": "Internal Server Error"}  # LangServe's, byte for byte

@@ -39,6 +39,8 @@ from fastapi.exceptions import RequestValidationError
 from langchain_core.messages import BaseMessage, BaseMessageChunk
 from pydantic import BaseModel
 
+from server.errors import stream_error
+
 FRAME_START = b"event: data\r\ndata: "
 FRAME_END = b"\r\n\r\n"
 
@@ -139,8 +141,12 @@ def add_stream_events_route(
                 ):
                     yield encoder.frame(event)
                 yield {"event": "end"}
+            except Exception as exc:
+                # LangServe's error event; a known fault (the database down, say) with its own status, code and
+                # message, as the JSON error shape has them; no detail of any other error reaches the client
+                yield {"event": "error", "data": json.dumps(await stream_error(request, exc))}
+                raise
             except BaseException:
-                # LangServe's error event: no detail of the error reaches the client
                 yield {"event": "error", "data": json.dumps({"status_code": 500, "message": "Internal Server Error"})}
                 raise
 

@@ -50,7 +50,7 @@ LEASE_HELD = "__turn_lock_held"  # set by the server only; "__" keys never reach
 # the session's index record as read under the request's lease (Engine.lease_turn), set by the server only
 FOUND_UNDER_LEASE = "__session_found_under_lease"
 IDEMPOTENCY = "__idempotency"  # the request's IdempotentRequest, set by the server only
-IDEMPOTENT_ENDPOINTS = ("invoke", "stream")
+IDEMPOTENT_ENDPOINTS = ("invoke", "stream", "stream_events")
 _serde = JsonPlusSerializer()
 
 
@@ -373,18 +373,69 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         thread_id = _thread_id(config)
+        idempotent = _idempotent(config)
+        configurable = (config or {}).get("configurable") or {}
+        client_id = str(configurable.get(CLIENT_ID) or thread_id)
+        if idempotent is not None and idempotent.replay is not None:
+            # the turn sent with this key was stored before: not its events again (each carries the whole state),
+            # one event that says so; the client reads the session (docs/api.md, "Retrying a turn safely")
+            yield turn_already_stored(client_id, idempotent.key)
+            return
+        turn = self._events_turn(input, config, thread_id, idempotent, **kwargs)
+        if idempotent is None:
+            # without a key, a client that goes away cancels the turn (as any unkeyed stream)
+            async with contextlib.aclosing(turn):
+                async for event in turn:
+                    yield event
+            return
+        detached = self._detached(
+            turn, idempotent.take_leases(), thread_id=client_id, team=self.team, tenant=_tenant(config)
+        )
+        async with contextlib.aclosing(detached):  # as a keyed /stream: the turn runs on without its client
+            async for event in detached:
+                yield event
+
+    async def _events_turn(
+        self, input: Any, config: RunnableConfig | None, thread_id: str, idempotent: IdempotentRequest | None,
+        **kwargs: Any,
+    ) -> AsyncGenerator[Any, None]:  # fmt: skip
+        """The turn's stream events, reviewed nodes' drafts left out; with a key, its answer is kept as stored
+        (an empty list: a retry is told the turn was stored, not sent its events again)."""
         hidden = self.engine.unreviewed_nodes(_run(config))
         observer = self._touch_with_closing_audit(config, thread_id, input)
         async with self._turn(config, thread_id):
-            with self.engine.trace_scope(_tenant(config)):
-                async for event in self.graph.astream_events(
-                    input, config, durability=self.engine.durability, **kwargs
-                ):
-                    node = (event.get("metadata") or {}).get("langgraph_node")
-                    if node in hidden and event.get("name") != node:
-                        continue  # draft tokens, the reviewer's prompt: not for clients before review
-                    yield _without_private(event)
+            try:
+                with self.engine.trace_scope(_tenant(config)):
+                    async for event in self.graph.astream_events(
+                        input, config, durability=self.engine.durability, **kwargs
+                    ):
+                        node = (event.get("metadata") or {}).get("langgraph_node")
+                        if node in hidden and event.get("name") != node:
+                            continue  # draft tokens, the reviewer's prompt: not for clients before review
+                        yield _without_private(event)
+            except Exception:
+                if idempotent is not None:
+                    await idempotent.failed(self.engine)
+                raise
+            if idempotent is not None:
+                await idempotent.store(self.engine, [])
             await self._touched(observer, thread_id, input)
+
+
+TURN_ALREADY_STORED = "turn_already_stored"
+
+
+def turn_already_stored(session_id: str, key: str) -> dict[str, Any]:
+    """The one event a keyed /stream_events retry gets when the key's turn was stored: a LangChain custom event."""
+    return {
+        "event": "on_custom_event",
+        "name": TURN_ALREADY_STORED,
+        "run_id": "",
+        "tags": [],
+        "metadata": {},
+        "parent_ids": [],
+        "data": {"thread_id": session_id, "idempotency_key": key},
+    }
 
 
 def _thread_id(config: RunnableConfig | None) -> str:
@@ -444,7 +495,7 @@ def _idempotency_key(request: Request) -> str | None:
         raise ApiError(
             422,
             "validation_error",
-            f"Idempotency-Key: not supported on /{endpoint}; send keyed turns to /invoke or /stream",
+            f"Idempotency-Key: not supported on /{endpoint}; send keyed turns to /invoke, /stream or /stream_events",
             "Idempotency-Key",
         )
     return check_idempotency_key(key)

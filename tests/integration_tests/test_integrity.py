@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -304,11 +306,101 @@ def test_a_retried_stream_with_the_same_key_sends_the_same_chunks_again(any_db: 
     assert (r.status_code, r.json()["error"]["code"]) == (422, "idempotency_key_reused")
 
 
-@pytest.mark.parametrize("endpoint", ["batch", "stream_events"])
-def test_an_idempotency_key_where_it_is_not_supported_is_refused(client: TestClient, endpoint: str) -> None:
-    body: dict[str, Any] = {"config": {"configurable": {"thread_id": "idem-no"}}}
-    body |= {"inputs": [human("Hi")]} if endpoint == "batch" else {"input": human("Hi")}
-    r = client.post(f"/teams/veneo_chat/{endpoint}", headers={**VENEO, "Idempotency-Key": "k"}, json=body)
+def sse(text: str, event: str) -> list[Any]:
+    """The events named `event` (data, error, end) of an SSE body, their data parsed (None when there is none)."""
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        lines = block.split("\n")
+        if f"event: {event}" in lines:
+            data = "\n".join(ln[len("data:") :].strip() for ln in lines if ln.startswith("data:"))
+            found.append(json.loads(data) if data else None)
+    return found
+
+
+def test_a_retried_stream_events_with_the_same_key_is_told_the_turn_was_stored(any_db: TestClient) -> None:
+    """A keyed /stream_events runs once: the retry gets one event saying the turn was stored (not its events: each
+    carries the whole state), then `end`; the client reads the session."""
+    client = any_db
+    first = keyed(client, "stream_events", "idem-events", "Do gift cards expire?", "e-1")
+    assert first.status_code == 200, first.text
+    assert len(sse(first.text, "data")) > 5 and sse(first.text, "end") == [None]
+    assert [m[0] for m in transcript(client, "idem-events")] == ["user", "assistant"]
+    for _ in range(2):
+        again = keyed(client, "stream_events", "idem-events", "Do gift cards expire?", "e-1")
+        assert again.status_code == 200, again.text
+        assert again.headers["content-type"].startswith("text/event-stream")
+        assert sse(again.text, "data") == [
+            {
+                "event": "on_custom_event",
+                "name": "turn_already_stored",
+                "run_id": "",
+                "tags": [],
+                "metadata": {},
+                "parent_ids": [],
+                "data": {"thread_id": "idem-events", "idempotency_key": "e-1"},
+            }
+        ]
+        assert sse(again.text, "end") == [None]
+        assert len(transcript(client, "idem-events")) == 2  # the turn ran once
+    # the same key with another text, or on another endpoint, is another request: refused, nothing runs
+    r = keyed(client, "stream_events", "idem-events", "Can I return shoes?", "e-1")
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "idempotency_key_reused")
+    r = keyed(client, "stream", "idem-events", "Do gift cards expire?", "e-1")
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "idempotency_key_reused")
+    assert len(transcript(client, "idem-events")) == 2
+
+
+def test_a_stream_events_turn_that_fails_on_a_known_fault_says_which_and_its_retry_never_runs_it_twice(
+    client: TestClient,
+) -> None:
+    """The `event: error` of a turn cut by the database or the audit log carries the fault's status, code and
+    message as the JSON error shape does (it said 500 Internal Server Error, so a client could not tell an outage
+    from a bug); a keyed turn that failed after its state was stored is in doubt on retry, never run twice."""
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    real_append = engine.audit.append
+    assert chat_turn(client, "faults", "How long does shipping take?").status_code == 200
+
+    def refuse(cause: Exception | None) -> Any:
+        def append(events: list[Any]) -> Any:
+            if any(e.event_type == "response" for e in events):  # the turn's end, after its state was stored
+                raise AuditWriteError("audit log write failed") from cause
+            return real_append(events)
+
+        return append
+
+    for cause, error, text in [
+        (None, {"status_code": 503, "code": "audit_unavailable"}, "Can I return shoes?"),
+        (sqlite3.OperationalError("disk I/O error"), {"status_code": 503, "code": "storage_unavailable"}, "Hi"),
+    ]:
+        engine.audit.append = refuse(cause)
+        try:
+            r = keyed(client, "stream_events", "faults", text, f"k-{len(text)}")
+        finally:
+            engine.audit.append = real_append
+        assert r.status_code == 200, r.text
+        [sent] = sse(r.text, "error")
+        assert {k: sent[k] for k in ("status_code", "code")} == error, sent
+        assert "try again later" in sent["message"]
+        stored = len(transcript(client, "faults"))
+        again = keyed(client, "stream_events", "faults", text, f"k-{len(text)}")
+        assert (again.status_code, again.json()["error"]["code"]) == (409, "idempotent_turn_outcome_unknown")
+        assert len(transcript(client, "faults")) == stored
+
+    # any other error stays LangServe's, with no detail
+    def broken(events: list[Any]) -> Any:
+        raise ValueError("a bug, with a secret detail")
+
+    engine.audit.append = broken
+    try:
+        r = keyed(client, "stream_events", "faults", "Do gift cards expire?", "k-bug")
+    finally:
+        engine.audit.append = real_append
+    assert sse(r.text, "error") == [{"status_code": 500, "message": "Internal Server Error"}]
+
+
+def test_an_idempotency_key_where_it_is_not_supported_is_refused(client: TestClient) -> None:
+    body: dict[str, Any] = {"config": {"configurable": {"thread_id": "idem-no"}}, "inputs": [human("Hi")]}
+    r = client.post("/teams/veneo_chat/batch", headers={**VENEO, "Idempotency-Key": "k"}, json=body)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == "Idempotency-Key"
     assert client.get("/sessions/idem-no", headers=VENEO).status_code == 404  # nothing ran, nothing was created

@@ -214,6 +214,55 @@ async def test_another_turn_waits_for_a_cut_keyed_stream_that_still_runs(
         assert fake.asked.count(other) == 0 and fake.asked.count(text) == 1
 
 
+async def cut_events_after_first_data(client: httpx.AsyncClient, thread_id: str, text: str, key: str) -> None:
+    """Open a keyed /stream_events (as the web page sends its turns), read its first `data` event, then close."""
+    async with client.stream(
+        "POST", "/teams/veneo_chat/stream_events", json=body(thread_id, text), headers={"Idempotency-Key": key}
+    ) as response:
+        assert response.status_code == 200, await response.aread()
+        seen = ""
+        async for piece in response.aiter_text():
+            seen += piece.replace("\r\n", "\n")
+            if "\n\n" in seen and data_events(seen.rsplit("\n\n", 1)[0]):
+                return
+    raise AssertionError(f"the stream ended without a data event: {seen!r}")
+
+
+@on_two
+async def test_a_keyed_stream_events_cut_mid_turn_finishes_and_its_retry_is_told_it_was_stored(
+    server: CutServer, fake: SlowResponder
+) -> None:
+    """The web page's case: its stream is cut (or it gave up waiting) while the turn runs. The turn runs on to its
+    end, a resend with the key while it runs waits for the session (409 thread_busy past TEAMGRAPH_TURN_WAIT_S),
+    and once it is stored the resend is told so (one `turn_already_stored` event, then `end`); it ran once.
+    (Unkeyed, the cut cancelled the turn, and a resend ran it a second time.)"""
+    thread_id, key = f"cut-events-{tag()}", f"k-{uuid.uuid4()}"
+    text = f"Where is my parcel? ({thread_id})"
+    async with client_for(server) as client:
+        await cut_events_after_first_data(client, thread_id, text, key)  # the responder is still waiting
+        busy = await client.post(
+            "/teams/veneo_chat/stream_events", json=body(thread_id, text), headers={"Idempotency-Key": key}
+        )
+        assert (busy.status_code, busy.json()["error"]["code"]) == (409, "thread_busy"), busy.text
+        turn = [("user", text), ("assistant", f"Reply to: {text}")]
+        await wait_for_turn(client, thread_id, turn)
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            retry = await client.post(
+                "/teams/veneo_chat/stream_events", json=body(thread_id, text), headers={"Idempotency-Key": key}
+            )
+            if retry.status_code != 409 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(POLL_S)
+        assert retry.status_code == 200, retry.text
+        assert [(e["event"], e["name"]) for e in data_events(retry.text)] == [
+            ("on_custom_event", "turn_already_stored")
+        ]
+        assert retry.text.replace("\r\n", "\n").endswith("event: end\n\n"), retry.text
+        assert await transcript(client, thread_id) == turn
+        assert fake.asked.count(text) == 1
+
+
 @on_two
 async def test_a_keyed_invoke_cut_mid_turn_finishes_and_its_retry_gets_the_stored_output(
     server: CutServer, fake: SlowResponder

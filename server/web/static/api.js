@@ -170,13 +170,17 @@ export class Api {
 
   /**
    * One turn on /teams/{team}/stream_events: calls onEvent(event) for every LangChain stream event.
-   * Resolves when the server sends `event: end`; a stream cut before that rejects with code "stream_lost".
+   * Resolves when the server sends `event: end`; a stream cut before that rejects with code "stream_lost", an
+   * `event: error` with the error's status and code ("stream_error" when the server names none) and `inStream`
+   * set (unlike the request's own HTTP status, it comes after the turn started). `key`: the
+   * turn's Idempotency-Key, sent again on the automatic 409/429/503 retries.
    */
-  async streamEvents(team, threadId, input, onEvent, { signal } = {}) {
+  async streamEvents(team, threadId, input, onEvent, { signal, key = null } = {}) {
     const response = await this.fetch("POST", `/teams/${encodeURIComponent(team)}/stream_events`, {
       json: { input, config: { configurable: { thread_id: threadId } } },
       accept: "text/event-stream",
       signal,
+      headers: key ? { "Idempotency-Key": key } : {},
     });
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
@@ -193,7 +197,9 @@ export class Api {
           if (message.event === "end") return;
           if (message.event === "error") {
             const body = safeJson(message.data) || {};
-            throw new ApiError(body.status_code || 500, "stream_error", body.message || "The turn failed on the server.");
+            const error = new ApiError(body.status_code || 500, body.code || "stream_error", body.message || "The turn failed on the server.");
+            error.inStream = true; // the turn had started: its status does not say that nothing ran
+            throw error;
           }
           if (message.data) {
             const event = safeJson(message.data);

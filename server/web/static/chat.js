@@ -3,16 +3,16 @@
 // carry a badge with the reason category; /summarize is a button.
 import { h, clear, showError, announce } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
-import { runTurn, nodeOutput } from "./turn.js";
+import { runTurn, showStored, nodeOutput, turnInFlight, live } from "./turn.js";
 
 const ACTIONS = { block: "Blocked", rewrite: "Rewritten" };
 
 export function renderChat(root, ctx) {
   const { session } = ctx;
   clear(root);
+  root.dataset.session = session.id; // the turn running on it finds this view's elements (turn.js live)
   const log = h("div", { class: "chat-log", id: "chat-log", role: "log", "aria-live": "polite", "aria-label": "Conversation", "aria-busy": "false", tabindex: "0" });
   for (const message of session.transcript) log.append(messageView(message));
-  if (!session.transcript.length) log.append(h("p", { class: "muted empty-chat" }, "Ask anything about Veneo: orders, shipping, returns…"));
   const form = h("form", { class: "composer", novalidate: true });
   const input = h("textarea", { id: "chat-input", rows: 3, required: true, "aria-describedby": "chat-error chat-hint" });
   const error = h("p", { class: "error", role: "alert", id: "chat-error", hidden: true });
@@ -28,54 +28,68 @@ export function renderChat(root, ctx) {
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
-      form.requestSubmit();
+      if (!send.disabled) form.requestSubmit(); // requestSubmit ignores a disabled submit button
     }
   });
-  const busy = (on) => {
-    send.disabled = summarize.disabled = on;
-    log.setAttribute("aria-busy", on ? "true" : "false");
-  };
+  // drawn again mid-turn (a rename, a voice transcript): still busy, the turn so far shown
+  const flight = turnInFlight(session.id);
+  if (flight) {
+    setBusy(session.id, true, { log, send, summarize, input });
+    drawTurn(log, flight.shown, session.transcript.some((m) => m.id && flight.before && !flight.before.has(m.id) && m.role === "user"));
+  } else if (!session.transcript.length) {
+    log.append(h("p", { class: "muted empty-chat" }, "Ask anything about Veneo: orders, shipping, returns…"));
+  }
 
   async function sendText(text) {
+    const id = session.id;
     showError(error, null);
-    busy(true);
+    setBusy(id, true);
     const empty = log.querySelector(".empty-chat");
     if (empty) empty.remove();
-    log.append(messageView({ role: "user", content: text, metadata: {} }));
-    const pending = h("div", { class: "message assistant pending" }, h("p", { class: "who" }, "Veneo"), h("div", { class: "body" }, "…"));
-    const body = pending.querySelector(".body");
-    log.append(pending);
-    pending.scrollIntoView({ block: "end" });
-    let streamed = "";
+    const shown = { text, streamed: "", reply: null };
+    drawTurn(log, shown, false);
+    let stored;
     try {
-      await runTurn(ctx, text, (event) => {
+      stored = await runTurn(ctx, text, (event) => {
         if (event.event === "on_chat_model_stream") {
           const chunk = event.data && event.data.chunk;
           const piece = chunk && typeof chunk.content === "string" ? chunk.content : "";
           if (piece) {
-            streamed += piece;
-            body.textContent = streamed; // plain text while streaming; Markdown once the reply is final
-            pending.classList.add("streaming");
+            shown.streamed += piece;
+            const pending = live("chat-pending", id);
+            if (pending) showStreamed(pending, shown.streamed);
           }
         }
         const reviewed = nodeOutput(event, "safety_reviewer", "summarizer");
         if (reviewed && Array.isArray(reviewed.messages) && reviewed.messages.length) {
           const last = reviewed.messages[reviewed.messages.length - 1];
-          pending.replaceWith(messageView({ role: "assistant", content: last.content, metadata: last.response_metadata || {} }));
+          shown.reply = { role: "assistant", content: last.content, metadata: last.response_metadata || {} };
+          const pending = live("chat-pending", id);
+          if (pending) pending.replaceWith(messageView(shown.reply));
         }
-      });
-      await ctx.refresh({ focus: "chat-input" });
+      }, shown);
     } catch (err) {
-      pending.remove();
-      busy(false);
-      input.value = text;
-      showError(error, err);
-      input.focus();
+      // not stored (runTurn read the session to be sure): the text back in the box, to send again (same key);
+      // in this view as it is now (it may have been drawn again mid-turn)
+      const pending = live("chat-pending", id);
+      if (pending) pending.remove();
+      setBusy(id, false);
+      const box = live("chat-input", id);
+      const errorEl = live("chat-error", id);
+      if (!box || !errorEl) return; // another session is shown
+      box.value = text;
+      showError(errorEl, err);
+      box.focus();
+      return;
     }
+    // stored: a failed read of the session now must not invite a resend (it would be a second turn)
+    const errorEl = live("chat-error", id);
+    if (stored && errorEl) await showStored(ctx, "chat-input", errorEl);
   }
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
+    if (send.disabled) return; // a turn is running
     const text = input.value.trim();
     if (!text) {
       showError(error, new Error("Type a message first."));
@@ -90,6 +104,40 @@ export function renderChat(root, ctx) {
   });
   root.append(log, form);
   log.scrollTop = log.scrollHeight;
+}
+
+/** During a turn: Send and Summarize disabled, the box read-only (nothing typed mid-turn is lost or sent beside
+ * it), the log busy; on the elements of the session's view as it is now, or those given (a view being drawn). */
+function setBusy(sessionId, on, els = null) {
+  const { log, send, summarize, input } = els || {
+    log: live("chat-log", sessionId),
+    send: live("chat-send", sessionId),
+    summarize: live("chat-summarize", sessionId),
+    input: live("chat-input", sessionId),
+  };
+  if (send) send.disabled = on;
+  if (summarize) summarize.disabled = on;
+  if (input) input.readOnly = on;
+  if (log) log.setAttribute("aria-busy", on ? "true" : "false");
+}
+
+/** The running turn at the end of the log: the message sent (unless the session already holds it) and the reply
+ * so far (#chat-pending while it streams). */
+function drawTurn(log, shown, storedMessage) {
+  if (!storedMessage) log.append(messageView({ role: "user", content: shown.text, metadata: {} }));
+  if (shown.reply) {
+    log.append(messageView(shown.reply));
+    return;
+  }
+  const pending = h("div", { class: "message assistant pending", id: "chat-pending" }, h("p", { class: "who" }, "Veneo"), h("div", { class: "body" }, "…"));
+  if (shown.streamed) showStreamed(pending, shown.streamed);
+  log.append(pending);
+  pending.scrollIntoView({ block: "end" });
+}
+
+function showStreamed(pending, text) {
+  pending.querySelector(".body").textContent = text; // plain text while streaming; Markdown once the reply is final
+  pending.classList.add("streaming");
 }
 
 function messageView(message) {

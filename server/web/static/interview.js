@@ -4,7 +4,7 @@
 import { h, clear, showError, announce } from "./dom.js";
 import { scoreChart } from "./chart.js";
 import { renderMarkdown } from "./markdown.js";
-import { runTurn, nodeOutput } from "./turn.js";
+import { runTurn, showStored, nodeOutput, turnInFlight, live } from "./turn.js";
 
 const ACCEPT = ".txt,.md,.markdown,.pdf,.docx,text/plain,text/markdown,application/pdf,application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 const KINDS = [
@@ -24,6 +24,7 @@ export function renderInterview(root, ctx) {
   const questions = state.questions || [];
   const evaluations = state.evaluations || [];
   clear(root);
+  root.dataset.session = session.id; // the turn running on it finds this view's elements (turn.js live)
   if (!questions.length) return root.append(setupView(ctx));
   const current = questions[state.current ?? evaluations.length];
   root.append(h("p", { class: "muted" }, `Role: ${state.role || "not named"} · questions by ${state.questions_by || "the generator"}`));
@@ -76,19 +77,34 @@ function setupView(ctx) {
   }
   const start = h("button", { type: "submit", id: "start-interview", disabled: !(state.resume && state.job_description) }, "Start the interview");
   form.append(start, startError);
+  if (turnInFlight(session.id)) {
+    // drawn again while Start's turn runs (a rename): still starting
+    start.disabled = true;
+    start.textContent = "Preparing your questions…";
+  }
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (start.disabled) return;
     start.disabled = true;
     start.textContent = "Preparing your questions…";
     showError(startError, null);
     try {
       await runTurn(ctx, "I'm ready to start the interview.", () => {});
-      await ctx.refresh({ focus: "answer-input" });
     } catch (err) {
-      start.disabled = false;
-      start.textContent = "Start the interview";
-      showError(startError, err);
+      // in the view as it is now (it may have been drawn again mid-turn)
+      const button = live("start-interview", session.id);
+      const errorEl = live("start-error", session.id);
+      if (button) {
+        button.disabled = false;
+        button.textContent = "Start the interview";
+      }
+      if (errorEl) showError(errorEl, err);
+      return;
     }
+    // started (stored): a failed read of the session now must not offer Start again (its message would be
+    // taken as the answer to question 1)
+    const errorEl = live("start-error", session.id);
+    if (errorEl) await showStored(ctx, "answer-input", errorEl);
   });
   return form;
 }
@@ -108,8 +124,25 @@ function questionView(ctx, question, index, total, list) {
   const submit = h("button", { type: "submit", id: "answer-submit" }, "Submit answer");
   const progress = h("p", { class: "progress", id: "answer-progress", hidden: true });
   form.append(h("label", { for: "answer-input" }, "Your answer"), textarea, error, h("div", { class: "row" }, submit, progress));
+  const id = ctx.session.id;
+  const flight = turnInFlight(id);
+  if (flight) {
+    // drawn again while an answer is being scored (a rename): still busy, the answer and its progress shown
+    submit.disabled = true;
+    textarea.readOnly = true;
+    if (flight.shown.index === index) textarea.value = flight.text;
+    progress.hidden = false;
+    progress.textContent = flight.shown.progress || "Scoring your answer…";
+    if (flight.shown.evaluation && flight.shown.index === index) list.append(h("li", {}, evaluationCard(flight.shown.evaluation, index, total)));
+  }
+  const setProgress = (shown, text) => {
+    shown.progress = text;
+    const el = live("answer-progress", id);
+    if (el) el.textContent = text;
+  };
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (submit.disabled) return; // an answer is being scored
     const answer = textarea.value.trim();
     if (!answer) {
       showError(error, new Error("Type your answer first."));
@@ -119,29 +152,43 @@ function questionView(ctx, question, index, total, list) {
     submit.disabled = true;
     textarea.readOnly = true;
     progress.hidden = false;
-    progress.textContent = "Scoring your answer…";
-    let shown = false;
+    const shown = { index, progress: "", evaluation: null };
+    setProgress(shown, "Scoring your answer…");
+    let stored;
     try {
-      await runTurn(ctx, answer, (event) => {
+      stored = await runTurn(ctx, answer, (event) => {
         const output = nodeOutput(event, "evaluator", "fallback_scorer");
-        if (event.event === "on_chain_start" && event.name === "fallback_scorer") progress.textContent = "The model did not score it; the fallback scorer is scoring your answer…";
-        if (output && Array.isArray(output.evaluations) && output.evaluations.length && !shown) {
-          shown = true; // the evaluation is on screen as soon as the scoring node ends
-          const evaluation = output.evaluations[output.evaluations.length - 1];
-          list.append(h("li", {}, evaluationCard(evaluation, index, total)));
-          progress.textContent = index + 1 < total ? "Scored. Preparing the next question…" : "Scored. Writing your summary…";
+        if (event.event === "on_chain_start" && event.name === "fallback_scorer") setProgress(shown, "The model did not score it; the fallback scorer is scoring your answer…");
+        if (output && Array.isArray(output.evaluations) && output.evaluations.length && !shown.evaluation) {
+          // the evaluation is on screen as soon as the scoring node ends
+          shown.evaluation = output.evaluations[output.evaluations.length - 1];
+          const evaluations = live("answer-progress", id) && document.querySelector("ol.evaluations");
+          if (evaluations) evaluations.append(h("li", {}, evaluationCard(shown.evaluation, index, total)));
+          setProgress(shown, index + 1 < total ? "Scored. Preparing the next question…" : "Scored. Writing your summary…");
         }
-        if (nodeOutput(event, "summarizer")) progress.textContent = "Summary ready.";
-      });
-      announce(`Answer ${index + 1} scored.`);
-      await ctx.refresh({ focus: index + 1 < total ? "answer-input" : "summary-title" });
+        if (nodeOutput(event, "summarizer")) setProgress(shown, "Summary ready.");
+      }, shown);
     } catch (err) {
-      submit.disabled = false;
-      textarea.readOnly = false;
-      progress.hidden = true;
-      showError(error, err);
-      textarea.focus();
+      // not stored (runTurn read the session to be sure): the answer stays, to submit again (same key); in the
+      // view as it is now (it may have been drawn again mid-turn)
+      const button = live("answer-submit", id);
+      const box = live("answer-input", id);
+      const progressEl = live("answer-progress", id);
+      const errorEl = live("answer-error", id);
+      if (!button || !box || !errorEl) return; // another session is shown
+      button.disabled = false;
+      box.readOnly = false;
+      if (!box.value) box.value = answer;
+      if (progressEl) progressEl.hidden = true;
+      showError(errorEl, err);
+      box.focus();
+      return;
     }
+    // stored: a failed read of the session now must not offer Submit again (the answer would be stored twice,
+    // the second time as the answer to the next question)
+    if (stored.stored !== "before") announce(`Answer ${index + 1} scored.`); // "before": turn.js said it was saved
+    const errorEl = live("answer-error", id);
+    if (errorEl) await showStored(ctx, index + 1 < total ? "answer-input" : "summary-title", errorEl);
   });
   section.append(form);
   return section;

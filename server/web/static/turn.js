@@ -1,37 +1,219 @@
-// One turn of a team over /stream_events, with what to do when the connection drops mid-stream.
+// One turn of a team over /stream_events, sent with an Idempotency-Key, and what to do when it does not end well.
 import { ApiError } from "./api.js";
-import { announce } from "./dom.js";
+import { announce, h, showError } from "./dom.js";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const STORE = "teamgraph.turn."; // sessionStorage: this tab's unsettled turn per session, {text, key, after}
+
+/** A fresh random key (a UUID where the browser offers one: randomUUID needs a secure context). */
+function newKey() {
+  if (globalThis.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const memory = new Map(); // where sessionStorage is not available
+function readPending(sessionId) {
+  try {
+    const raw = sessionStorage.getItem(STORE + sessionId);
+    return raw ? JSON.parse(raw) : null;
+  } catch {
+    return memory.get(sessionId) || null;
+  }
+}
+function writePending(sessionId, pending) {
+  memory.set(sessionId, pending);
+  try {
+    if (pending) sessionStorage.setItem(STORE + sessionId, JSON.stringify(pending));
+    else sessionStorage.removeItem(STORE + sessionId);
+  } catch {
+    // private mode or storage full: kept for the page's life only
+  }
+  if (!pending) memory.delete(sessionId);
+}
+
+const flights = new Map(); // session id -> the turn this page is running on it: {text, before, shown}
+
+/** The turn this page is running on the session, or null: a view drawn mid-turn (a rename, a voice transcript
+ * redraw the session) draws it busy, with what `shown` holds of the turn so far (the view keeps it there). */
+export function turnInFlight(sessionId) {
+  return flights.get(sessionId) || null;
+}
+
+/** The element `id` if it is on screen for this session (the view was drawn again mid-turn: its elements are new). */
+export function live(id, sessionId) {
+  const el = document.getElementById(id);
+  const view = el && el.closest("[data-session]");
+  return view && view.dataset.session === sessionId ? el : null;
+}
+
+const REDACTED = /\[(?:email|card number|phone) removed\]/; // what PII redaction leaves in a stored message
+const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+/** Whether a stored user message is this text (as stored: the PII it carried may have been redacted). */
+function sameText(stored, text) {
+  if (typeof stored !== "string") return false;
+  if (stored === text) return true;
+  const parts = stored.split(REDACTED);
+  return parts.length > 1 && new RegExp(`^${parts.map(escape).join("[^]+?")}$`).test(text);
+}
+
+const lastId = (transcript) => (transcript.length ? transcript[transcript.length - 1].id || null : null);
+
+/** The messages stored after message `after` (all of them when it is null), or null when it is not in the
+ * transcript (a window that has moved past it). */
+function storedAfter(transcript, after) {
+  if (!after) return transcript;
+  const at = transcript.findIndex((m) => m.id === after);
+  return at < 0 ? null : transcript.slice(at + 1);
+}
+
+/** Whether the messages stored after `after` hold this text's user message (one turn: no other user message). */
+function onlyThisTurn(transcript, after, text) {
+  const users = (storedAfter(transcript, after) || []).filter((m) => m.role === "user");
+  return users.length === 1 && sameText(users[0].content, text);
+}
 
 /**
- * Send `text` as the next human message of the open session, calling onEvent for each stream event.
- * If the stream is cut, the turn may still finish on the server (it holds the session's turn lock), so the
- * session is read again until the reply is there; if it never comes, the error says so.
+ * The Idempotency-Key of this text as the session's next turn. The key of the last unsettled send of the same
+ * text on the session (a resend after a failure, also after a reload of the tab) only while that send can be the
+ * one the person is repeating: the session (`current`, read just now) still ends where it ended when the key was
+ * made, or its only turn since is that text; and the page (`seen`) does not show that turn (then this is a new
+ * message: "yes" to the next question, a second /summarize). Otherwise a new key, kept with the session's last
+ * message id.
  */
-export async function runTurn(ctx, text, onEvent) {
-  const { api, session } = ctx;
-  const before = session.transcript.length;
-  try {
-    await api.streamEvents(session.team, session.id, { messages: [{ type: "human", content: text }] }, onEvent);
-  } catch (error) {
-    if (!(error instanceof ApiError) || error.code !== "stream_lost") throw error;
-    announce("The connection was lost while the reply was streaming; checking the session…", { sticky: true });
-    for (let attempt = 0; attempt < 8; attempt += 1) {
-      await sleep(1500);
-      try {
-        const now = await api.session(session.id);
-        const added = now.transcript.slice(before);
-        if (added.some((m) => m.role === "user") && added.some((m) => m.role === "assistant")) {
-          announce("The connection dropped, but the reply was saved: it is shown from the server.");
-          return;
-        }
-      } catch {
-        // still offline: keep trying a few times
-      }
-    }
-    throw new ApiError(0, "stream_lost", "The connection was lost and the reply did not arrive. Check your connection, then send your message again.");
+function keyFor(sessionId, text, current, seen) {
+  const pending = readPending(sessionId);
+  if (pending && pending.text === text && "after" in pending) {
+    const unchanged = lastId(current) === pending.after || onlyThisTurn(current, pending.after, text);
+    const shown = (storedAfter(seen, pending.after) || []).some((m) => m.role === "user" && sameText(m.content, text));
+    if (unchanged && !shown) return pending.key;
   }
+  const key = newKey();
+  writePending(sessionId, { text, key, after: lastId(current) });
+  return key;
+}
+
+/** Whether the server refused the request before running the turn (nothing stored, the key unused): an HTTP
+ * status of the request, never an `event: error` of its stream (the turn had started). */
+function refused(error) {
+  return error instanceof ApiError && !error.inStream && error.status >= 400 && error.status < 500 && ![408, 409, 429].includes(error.status);
+}
+
+/** What the session holds of the turn this page sent: "turn" (this text as a user message, a reply after it),
+ * "message" (the user message only: the turn failed after its first step), or null; by message id, against the
+ * ids stored before the turn (with an archive limit the transcript is a window, and positions move). */
+async function findStored(ctx, before, text, attempts) {
+  let found = null;
+  for (let attempt = 0; attempt < attempts; attempt += 1) {
+    if (attempt) await sleep(1500);
+    try {
+      const now = await ctx.api.session(ctx.session.id);
+      const added = now.transcript.filter((m) => m.id && !before.has(m.id));
+      const at = added.findIndex((m) => m.role === "user" && sameText(m.content, text));
+      if (at >= 0 && added.slice(at + 1).some((m) => m.role === "assistant")) return "turn";
+      if (at >= 0) found = "message";
+    } catch {
+      // still offline: keep trying a few times
+    }
+  }
+  return found;
+}
+
+/**
+ * Send `text` as the next human message of the open session, calling onEvent for each stream event; `shown`: the
+ * view's own record of the turn so far, for a redraw mid-turn (turnInFlight).
+ * Resolves when the turn is stored (streamed to its end, answered by the server as stored before, or found in the
+ * session after a failure); rejects when it may not be, the text then being safe to send again: the resend
+ * carries the same Idempotency-Key, so a turn the server stored after all (or still runs: a keyed turn runs to
+ * its end without its client) is not stored twice; the server answers it with `turn_already_stored`.
+ */
+export async function runTurn(ctx, text, onEvent, shown = {}) {
+  const { session } = ctx;
+  if (flights.has(session.id)) throw new ApiError(0, "turn_running", "A reply is still on its way: wait for it, then send your message.");
+  const flight = { text, before: null, shown };
+  flights.set(session.id, flight);
+  try {
+    return await sendTurn(ctx, text, onEvent, flight);
+  } finally {
+    flights.delete(session.id);
+  }
+}
+
+async function sendTurn(ctx, text, onEvent, flight) {
+  const { api, session } = ctx;
+  // the session as it is now, not as last drawn: another tab, the API or a voice call may have added to it
+  let current = session.transcript;
+  try {
+    current = (await api.session(session.id)).transcript;
+  } catch {
+    // unreadable just now: what the page shows (the send will tell)
+  }
+  const before = new Set(current.map((m) => m.id).filter(Boolean));
+  flight.before = before;
+  const key = keyFor(session.id, text, current, session.transcript);
+  let replayed = false;
+  try {
+    await api.streamEvents(session.team, session.id, { messages: [{ type: "human", content: text }] }, (event) => {
+      if (event.event === "on_custom_event" && event.name === "turn_already_stored") replayed = true;
+      else onEvent(event);
+    }, { key });
+  } catch (error) {
+    if (error && error.name === "AbortError") throw error;
+    if (refused(error)) {
+      writePending(session.id, null); // nothing ran: the next send of it is a new turn
+      throw error;
+    }
+    const doubt = error instanceof ApiError && error.code === "idempotent_turn_outcome_unknown";
+    if (doubt) writePending(session.id, null); // the server takes that key no more
+    // the turn may be stored (a stream cut, or an error after the state was saved): the session says
+    const lost = error instanceof ApiError && error.code === "stream_lost";
+    announce(lost ? "The connection was lost while the reply was streaming; checking the session…" : "Checking whether your message was saved…", { sticky: lost });
+    const found = await findStored(ctx, before, text, lost ? 8 : 2);
+    if (found === "turn") {
+      writePending(session.id, null);
+      announce(lost ? "The connection dropped, but the reply was saved: it is shown from the server." : "The turn ended in an error, but your message and its reply were saved: they are shown from the server.");
+      return { stored: "found" };
+    }
+    if (doubt) {
+      // the server would not tell whether an earlier send was stored; the session says
+      throw new ApiError(error.status, error.code, found === "message"
+        ? "Your message was saved, but no reply was made to it. Sending it again would store it a second time: reload the session to see it, or write a new message."
+        : "An earlier send of this message failed and it is not in the session: send it again.");
+    }
+    if (lost) {
+      throw new ApiError(0, "stream_lost", "The connection was lost and the reply did not arrive. Check your connection, then send your message again: it will not be saved twice.");
+    }
+    throw error;
+  }
+  writePending(session.id, null);
+  if (replayed) announce("This message was already saved: it is shown from the server.");
+  return { stored: replayed ? "before" : "now" };
+}
+
+/**
+ * After a stored turn: show the session as the server has it. A failed read is not a failed turn (the message is
+ * stored: sending it again would be a second turn), so it is tried again; then the error is shown in `errorEl`
+ * with a "Show the reply" button (#show-saved) that reads the session again. The caller keeps its controls
+ * disabled: the redraw of the session gives fresh ones.
+ */
+export async function showStored(ctx, focus, errorEl) {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      await ctx.refresh({ focus });
+      return true;
+    } catch (error) {
+      if (attempt >= 2) break;
+      await sleep(1000);
+    }
+  }
+  showError(errorEl, new Error("Your message was saved, but the reply could not be loaded. Do not send it again: use “Show the reply”."));
+  const again = h("button", { type: "button", id: "show-saved", class: "secondary" }, "Show the reply");
+  again.addEventListener("click", async () => {
+    again.disabled = true;
+    if (!(await showStored(ctx, focus, errorEl))) again.remove();
+  });
+  errorEl.after(again);
+  again.focus();
+  return false;
 }
 
 /** The final output of a graph node in a stream event, or null. */
