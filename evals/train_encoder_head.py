@@ -36,8 +36,8 @@ from evals.loso_guardrail import (
     Candidate,
     DiskMemo,
     FeatureIndex,
-    FoldResult,
     Fixed,
+    FoldResult,
     classifier_probabilities,
     decide,
     fit_classifier,
@@ -88,7 +88,20 @@ class FineTune:
 
 CANDIDATES = {"F1": FineTune("F1 layer 6 + head", 1), "F2": FineTune("F2 layers 5-6 + head", 2)}
 
-LAYER_FIELDS = ("qkv_w", "qkv_b", "out_w", "out_b", "ln1_w", "ln1_b", "up_w", "up_b", "down_w", "down_b", "ln2_w", "ln2_b")
+LAYER_FIELDS = (
+    "qkv_w",
+    "qkv_b",
+    "out_w",
+    "out_b",
+    "ln1_w",
+    "ln1_b",
+    "up_w",
+    "up_b",
+    "down_w",
+    "down_b",
+    "ln2_w",
+    "ln2_b",
+)
 
 
 def _torch() -> Any:
@@ -138,7 +151,11 @@ class TorchMiniLM:
         x = m.word[ids] + m.position[: ids.shape[1]][None, :, :] + m.token_type
         t = self.torch.from_numpy(np.ascontiguousarray(x, np.float32))
         return self.torch.nn.functional.layer_norm(
-            t, (t.shape[-1],), self.torch.from_numpy(m.emb_ln[0].copy()), self.torch.from_numpy(m.emb_ln[1].copy()), m.eps
+            t,
+            (t.shape[-1],),
+            self.torch.from_numpy(m.emb_ln[0].copy()),
+            self.torch.from_numpy(m.emb_ln[1].copy()),
+            m.eps,
         )
 
     def key_bias(self, mask: Any) -> Any:
@@ -276,9 +293,12 @@ def fine_tune(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(sel)
+            total += loss.item() * len(sel)
         if log:
-            print(f"  {log} epoch {epoch + 1}: loss {total / len(perm):.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"  {log} epoch {epoch + 1}: loss {total / len(perm):.4f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     trained = [{f: t.detach() for f, t in p.items()} for p in layers]
     return trained, w.detach().numpy(), b.detach().numpy()
 
@@ -332,7 +352,9 @@ def run(candidate: FineTune, folds: list[str]) -> None:
         scored = np.flatnonzero(out)
         clf_key = ("clf", c0.classifier_l2, c0.classifier_not_fitted, c0.extra, name)
         if clf_key not in memo:
-            memo[clf_key] = classifier_probabilities(index, fit_classifier(index, np.flatnonzero(clf_fit & ~out), y), scored)
+            memo[clf_key] = classifier_probabilities(
+                index, fit_classifier(index, np.flatnonzero(clf_fit & ~out), y), scored
+            )
         fitted = np.flatnonzero(head_fit & ~out)
         hkey = ("head-torch", name)
         if hkey not in memo:
@@ -372,7 +394,8 @@ def run(candidate: FineTune, folds: list[str]) -> None:
         print(
             f"{label} over {len(res)} folds: macro attack {100 * s['macro_attack']:.1f}%, pooled "
             f"{100 * s['pooled_attack']:.1f}% of {s['attacks']}; benign {s['benign_blocked']}/{s['benign']}, "
-            f"chatterbot {s['chatterbot_blocked']}/{s['chatterbot']}, trigger words {s['trigger_blocked']}/{s['trigger']}"
+            f"chatterbot {s['chatterbot_blocked']}/{s['chatterbot']}, "
+            f"trigger words {s['trigger_blocked']}/{s['trigger']}"
         )
 
 
