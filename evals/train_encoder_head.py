@@ -10,8 +10,8 @@ dependency (the runtime stays numpy):
 
 It runs on one thread (`torch.set_num_threads(1)`): the machine is shared. The lower layers are frozen: their
 per-token outputs are computed once per `train`/`val` row (evals/.cache/encoder_hidden_<k>.npz, float32, about
-1 GB) so that a fold runs only the trainable top layer(s). `test`, `dev` and `heldout` rows are never read
-(evals.loso_guardrail.load_tuning_rows drops them as the file is read).
+540 MB for layers 1-5) so that a fold runs only the trainable top layer(s). `test`, `dev` and `heldout` rows are
+never read (evals.loso_guardrail.load_tuning_rows drops them as the file is read).
 
 Per fold (evals.loso_guardrail.FOLDS, in the protocol's order): the classifier is refitted by the tenth pass's numpy
 SGD (cached in evals/.cache/loso); C0's head by evals.train_embedding_head.fit on the frozen vectors of the fitted
@@ -316,7 +316,6 @@ def check(model: TorchMiniLM) -> float:
     ]
     a, b = model.full(texts), embed(texts)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    # also the cached path: lower layers, then the top layer from the cache's arrays
     print(f"torch vs numpy embedder cosines: {np.round(cos, 6).tolist()}")
     return float(cos.min())
 
@@ -362,7 +361,7 @@ def run(candidate: FineTune, folds: list[str]) -> None:
             memo[hkey] = np.vstack([hw, hb[None, :]])
         hw, hb = memo[hkey][:-1], memo[hkey][-1]
         p0 = head_probabilities(x0[scored], hw, hb)
-        fkey = ("finetune", candidate.trainable, LAYER_LR, HEAD_LR, WEIGHT_DECAY, EPOCHS, BATCH, SEED, name)
+        fkey = ("finetune", candidate.trainable, LAYER_LR, HEAD_LR, WEIGHT_DECAY, EPOCHS, BATCH, BUCKET, SEED, name)
         if fkey not in memo:
             layers, fw, fb = fine_tune(model, cache, fitted, y, hw, hb, candidate.trainable, log=f"{name}")
             vec = top_vectors(model, cache, scored, layers)
