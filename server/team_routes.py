@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -798,12 +799,42 @@ def all_of(checks: list[Callable[[Request], Awaitable[Any]]]) -> Callable[[Reque
     return check_all
 
 
+@functools.cache
+def schema_graph(graph_id: str) -> CompiledStateGraph:
+    """Graph `graph_id` compiled without checkpointer or store, for its schemas only: the same for every app the
+    process builds (compiling it costs a tenth of a second, and the tests build many apps)."""
+    return graph_builder(graph_id)(None, None)
+
+
+def hash_each_model_once() -> None:
+    """LangServe hashes a runnable's input and output models (the JSON dump of their JSON schema) for every
+    APIHandler it builds: twice per team per app (ours and add_routes'), some 40 ms each. They are the graph's
+    models, which LangGraph builds once per process: finished classes whose schema does not change. Each is hashed
+    once; the cache holds a model only as long as something else does."""
+    from langserve import api_handler
+
+    original = api_handler._schema_json
+    if getattr(original, "hashed_once", False):
+        return
+    hashes: weakref.WeakKeyDictionary[type[BaseModel], str] = weakref.WeakKeyDictionary()
+
+    def schema_json(model: type[BaseModel]) -> str:
+        found = hashes.get(model)
+        if found is None:
+            found = hashes[model] = original(model)
+        return found
+
+    schema_json.hashed_once = True  # type: ignore[attr-defined]
+    api_handler._schema_json = schema_json
+
+
 def add_team_routes(app: FastAPI, bundles: Bundles, playground: bool) -> None:
     from langserve import add_routes
     from langserve.api_handler import APIHandler
 
+    hash_each_model_once()
     for team, bundle in bundles.teams.items():
-        runnable = TeamRunnable(app, team, graph_builder(bundle.graph)(None, None))
+        runnable = TeamRunnable(app, team, schema_graph(bundle.graph))
         path = f"/teams/{team}"
         modifier = make_config_modifier(team)
         # schemas too: an unauthenticated caller, or a tenant without the team, learns nothing
