@@ -813,9 +813,9 @@ def hash_each_model_once() -> None:
     once; the cache holds a model only as long as something else does."""
     from langserve import api_handler
 
-    original = api_handler._schema_json
-    if getattr(original, "hashed_once", False):
-        return
+    original = getattr(api_handler, "_schema_json", None)
+    if original is None or getattr(original, "hashed_once", False):
+        return  # a LangServe without this private function (constraints.txt pins one with it): hashed as it does
     hashes: weakref.WeakKeyDictionary[type[BaseModel], str] = weakref.WeakKeyDictionary()
 
     def schema_json(model: type[BaseModel]) -> str:
