@@ -357,7 +357,7 @@ def test_thousands_of_relationships_over_thousands_of_members_are_refused_at_the
     started = time.process_time()
     with pytest.raises(UnreadableDocument, match="'nope' is missing"):
         extract_text(data, ".docx", 2_000_000)
-    assert time.process_time() - started < 2
+    assert time.process_time() - started < 4  # 2.4 s once in a full suite on the busy 2-core machine
 
 
 HEADER, FOOTER = (
