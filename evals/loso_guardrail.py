@@ -351,6 +351,21 @@ class FoldResult:
     trigger: int
     trigger_blocked: int
 
+    @classmethod
+    def of(cls, fold: str, attack: Any, blocked: Any, trigger: Any) -> FoldResult:
+        """The counts of one fold from boolean arrays over its scored rows: which are attacks, which the
+        configuration blocked, which carry trigger words (chatterbot's fold is counted apart)."""
+        return cls(
+            fold,
+            int(attack.sum()),
+            int((blocked & attack).sum()),
+            int((~attack).sum()),
+            int((blocked & ~attack).sum()),
+            fold == "chatterbot",
+            int(trigger.sum()),
+            int((blocked & trigger).sum()),
+        )
+
 
 def run_candidate(
     candidate: Candidate,
@@ -393,16 +408,7 @@ def run_candidate(
             candidate.combined_at,
         )
         attack = y[scored] != 0
-        result = FoldResult(
-            name,
-            int(attack.sum()),
-            int((blocked & attack).sum()),
-            int((~attack).sum()),
-            int((blocked & ~attack).sum()),
-            name == "chatterbot",
-            int(trigger[scored].sum()),
-            int((blocked & trigger[scored]).sum()),
-        )
+        result = FoldResult.of(name, attack, blocked, trigger[scored])
         results.append(result)
         if log:
             print(

@@ -370,16 +370,7 @@ def run(candidate: FineTune, folds: list[str]) -> None:
         attack = y[scored] != 0
         for label, probs in (("C0", p0), (candidate.name, memo[fkey])):
             blocked = decide(memo[clf_key], probs, sub, settings)
-            r = FoldResult(
-                name,
-                int(attack.sum()),
-                int((blocked & attack).sum()),
-                int((~attack).sum()),
-                int((blocked & ~attack).sum()),
-                name == "chatterbot",
-                int(trigger[scored].sum()),
-                int((blocked & trigger[scored]).sum()),
-            )
+            r = FoldResult.of(name, attack, blocked, trigger[scored])
             results[label].append(r)
             done.setdefault(label, {})[name] = r.__dict__
             print(

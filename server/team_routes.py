@@ -279,11 +279,24 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
                 yield chunk
             return
         turn = self._streamed_turn(input, config, thread_id, idempotent, **kwargs)
+        async with contextlib.aclosing(self._client_stream(turn, config, thread_id, idempotent)) as stream:
+            async for chunk in stream:
+                yield chunk
+
+    async def _client_stream(
+        self,
+        turn: AsyncGenerator[Any, None],
+        config: RunnableConfig | None,
+        thread_id: str,
+        idempotent: IdempotentRequest | None,
+    ) -> AsyncGenerator[Any, None]:
+        """What a client of /stream or /stream_events reads of `turn`: without a key, the turn itself, cancelled
+        when the client goes away (as any unkeyed stream); with a key, the turn detached, running to its end
+        without its client (docs/api.md, "Retrying a turn safely")."""
         if idempotent is None:
-            # without a key, a client that goes away cancels the turn (as any unkeyed stream)
             async with contextlib.aclosing(turn):
-                async for chunk in turn:
-                    yield chunk
+                async for item in turn:
+                    yield item
             return
         configurable = (config or {}).get("configurable") or {}
         detached = self._detached(
@@ -296,8 +309,8 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
         )
         # closed (not only cancelled) with this stream: it stops listening at once, not when it is collected
         async with contextlib.aclosing(detached):
-            async for chunk in detached:
-                yield chunk
+            async for item in detached:
+                yield item
 
     async def _streamed_turn(
         self, input: Any, config: RunnableConfig | None, thread_id: str, idempotent: IdempotentRequest | None,
@@ -383,17 +396,8 @@ class TeamRunnable(Runnable[dict[str, Any], dict[str, Any]]):
             yield turn_already_stored(client_id, idempotent.key)
             return
         turn = self._events_turn(input, config, thread_id, idempotent, **kwargs)
-        if idempotent is None:
-            # without a key, a client that goes away cancels the turn (as any unkeyed stream)
-            async with contextlib.aclosing(turn):
-                async for event in turn:
-                    yield event
-            return
-        detached = self._detached(
-            turn, idempotent.take_leases(), thread_id=client_id, team=self.team, tenant=_tenant(config)
-        )
-        async with contextlib.aclosing(detached):  # as a keyed /stream: the turn runs on without its client
-            async for event in detached:
+        async with contextlib.aclosing(self._client_stream(turn, config, thread_id, idempotent)) as stream:
+            async for event in stream:
                 yield event
 
     async def _events_turn(
