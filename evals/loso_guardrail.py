@@ -238,6 +238,10 @@ class Fixed:
     short_no_target: np.ndarray
     nonempty: np.ndarray
 
+    def take(self, rows: np.ndarray) -> Fixed:
+        """The same for the rows `rows` only."""
+        return Fixed(self.rules[rows], self.cues[rows], self.short_no_target[rows], self.nonempty[rows])
+
     @classmethod
     def of(cls, texts: list[str], settings: SafetySettings) -> Fixed:
         return cls(
@@ -367,6 +371,35 @@ class FoldResult:
         )
 
 
+def screened(
+    candidate: Candidate,
+    index: FeatureIndex,
+    x: np.ndarray,
+    y: np.ndarray,
+    fixed: Fixed,
+    settings: SafetySettings,
+    memo: dict[tuple[Any, ...], np.ndarray],
+    clf_fit: np.ndarray,
+    head_fit: np.ndarray,
+    scored: np.ndarray,
+    tags: tuple[str, str],
+) -> np.ndarray:
+    """The reviewer's block decision on the rows `scored`, with the candidate's classifier fitted on the rows of
+    the mask `clf_fit` and its head on those of `head_fit`. Each model's scores are kept in `memo` under its
+    settings and its tag in `tags` (classifier, head), so candidates that fit a model the same way share it."""
+    from evals.train_embedding_head import fit
+
+    clf_key = ("clf", candidate.classifier_l2, candidate.classifier_not_fitted, candidate.extra, tags[0])
+    if clf_key not in memo:
+        w_clf = fit_classifier(index, np.flatnonzero(clf_fit), y, candidate.classifier_l2)
+        memo[clf_key] = classifier_probabilities(index, w_clf, scored)
+    head_key = ("head", candidate.head_l2, candidate.head_balance, candidate.head_not_fitted, candidate.extra, tags[1])
+    if head_key not in memo:
+        hw, hb = fit(x[head_fit], y[head_fit], candidate.head_l2, candidate.head_balance)
+        memo[head_key] = head_probabilities(x[scored], hw, hb)
+    return decide(memo[clf_key], memo[head_key], fixed.take(scored), settings, candidate.combined_at)
+
+
 def run_candidate(
     candidate: Candidate,
     rows: list[dict[str, Any]],
@@ -380,7 +413,6 @@ def run_candidate(
 ) -> list[FoldResult]:
     """Every fold's block counts. `memo` keeps each model's fold scores across candidates that fit it the same way
     (a candidate that changes only the head reuses the classifier's folds)."""
-    from evals.train_embedding_head import fit
 
     y = labels_of(rows)
     clf_fit, head_fit = fitted_masks(rows, candidate)
@@ -392,20 +424,8 @@ def run_candidate(
         out = fold == name
         scored = np.flatnonzero(out)
         memo = {} if memo is None else memo
-        clf_key = ("clf", candidate.classifier_l2, candidate.classifier_not_fitted, candidate.extra, name)
-        if clf_key not in memo:
-            w_clf = fit_classifier(index, np.flatnonzero(clf_fit & ~out), y, candidate.classifier_l2)
-            memo[clf_key] = classifier_probabilities(index, w_clf, scored)
-        head_key = ("head", candidate.head_l2, candidate.head_balance, candidate.head_not_fitted, candidate.extra, name)
-        if head_key not in memo:
-            hw, hb = fit(x[head_fit & ~out], y[head_fit & ~out], candidate.head_l2, candidate.head_balance)
-            memo[head_key] = head_probabilities(x[scored], hw, hb)
-        blocked = decide(
-            memo[clf_key],
-            memo[head_key],
-            Fixed(fixed.rules[scored], fixed.cues[scored], fixed.short_no_target[scored], fixed.nonempty[scored]),
-            settings,
-            candidate.combined_at,
+        blocked = screened(
+            candidate, index, x, y, fixed, settings, memo, clf_fit & ~out, head_fit & ~out, scored, (name, name)
         )
         attack = y[scored] != 0
         result = FoldResult.of(name, attack, blocked, trigger[scored])
@@ -447,27 +467,12 @@ def in_sample_val(
 ) -> tuple[int, int, int, int]:
     """The candidate's models fitted on all their `train` rows; `val` attacks and benign blocked at the shipped
     thresholds (the protocol's last check)."""
-    from evals.train_embedding_head import fit
 
     y = labels_of(rows)
     clf_fit, head_fit = fitted_masks(rows, candidate)
     val = np.flatnonzero(np.array([r["split"] == "val" for r in rows]))
     memo = {} if memo is None else memo
-    clf_key = ("clf", candidate.classifier_l2, candidate.classifier_not_fitted, candidate.extra, "in-sample val")
-    if clf_key not in memo:
-        w_clf = fit_classifier(index, np.flatnonzero(clf_fit), y, candidate.classifier_l2)
-        memo[clf_key] = classifier_probabilities(index, w_clf, val)
-    head_key = ("head", candidate.head_l2, candidate.head_balance, candidate.head_not_fitted, candidate.extra, "val")
-    if head_key not in memo:
-        hw, hb = fit(x[head_fit], y[head_fit], candidate.head_l2, candidate.head_balance)
-        memo[head_key] = head_probabilities(x[val], hw, hb)
-    blocked = decide(
-        memo[clf_key],
-        memo[head_key],
-        Fixed(fixed.rules[val], fixed.cues[val], fixed.short_no_target[val], fixed.nonempty[val]),
-        settings,
-        candidate.combined_at,
-    )
+    blocked = screened(candidate, index, x, y, fixed, settings, memo, clf_fit, head_fit, val, ("in-sample val", "val"))
     attack = y[val] != 0
     return int((blocked & attack).sum()), int(attack.sum()), int((blocked & ~attack).sum()), int((~attack).sum())
 
@@ -491,7 +496,7 @@ def check(
     val = np.flatnonzero(np.array([r["split"] == "val" for r in rows]))
     head = json.loads(gzip.decompress(HEAD_PATH.read_bytes()))
     hp = head_probabilities(x[val], np.asarray(head["weights"], np.float32), np.asarray(head["bias"], np.float32))
-    sub = Fixed(fixed.rules[val], fixed.cues[val], fixed.short_no_target[val], fixed.nonempty[val])
+    sub = fixed.take(val)
     ours = decide(classifier_probabilities(index, shipped, val), hp, sub, settings)
     refit_dec = decide(classifier_probabilities(index, refit, val), hp, sub, settings)
     theirs = np.array([screen_offline(rows[i]["text"], settings, "input").blocked for i in val])

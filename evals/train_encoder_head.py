@@ -366,7 +366,7 @@ def run(candidate: FineTune, folds: list[str]) -> None:
             layers, fw, fb = fine_tune(model, cache, fitted, y, hw, hb, candidate.trainable, log=f"{name}")
             vec = top_vectors(model, cache, scored, layers)
             memo[fkey] = head_probabilities(vec, fw, fb)
-        sub = Fixed(fixed.rules[scored], fixed.cues[scored], fixed.short_no_target[scored], fixed.nonempty[scored])
+        sub = fixed.take(scored)
         attack = y[scored] != 0
         for label, probs in (("C0", p0), (candidate.name, memo[fkey])):
             blocked = decide(memo[clf_key], probs, sub, settings)

@@ -187,3 +187,34 @@ def test_the_combined_score_candidate_blocks_when_both_models_lean_to_attack() -
 
     assert loso_guardrail.decide(clf, head, fixed, settings).tolist() == [False, False]
     assert loso_guardrail.decide(clf, head, fixed, settings, combined_at=0.7).tolist() == [True, False]
+
+
+def test_in_sample_val_fits_on_train_rows_and_scores_the_val_rows() -> None:
+    """The protocol's last check: both models fitted on every `train` row they fit, `val` rows scored with them."""
+    from evals.train_embedding_head import fit
+
+    splits = ["train", "val"] * 6
+    rows = [
+        {"text": t, "label": "benign" if c == "ok" else "attack", "category": c, "split": s, "source": "x"}
+        for (t, c), s in zip(ROWS, splits, strict=True)
+    ]
+    candidate = loso_guardrail.Candidate("test")
+    index = loso_guardrail.FeatureIndex([r["text"] for r in rows])
+    x = np.random.default_rng(0).normal(size=(len(rows), 384)).astype(np.float32)
+    settings = _safety()
+    fixed = loso_guardrail.Fixed.of([r["text"] for r in rows], settings)
+    y = loso_guardrail.labels_of(rows)
+    train, val = np.arange(0, len(rows), 2), np.arange(1, len(rows), 2)
+
+    got = loso_guardrail.in_sample_val(candidate, rows, index, x, fixed, settings)
+
+    w = loso_guardrail.fit_classifier(index, train, y, candidate.classifier_l2)
+    hw, hb = fit(x[train], y[train], candidate.head_l2, candidate.head_balance)
+    blocked = loso_guardrail.decide(
+        loso_guardrail.classifier_probabilities(index, w, val),
+        loso_guardrail.head_probabilities(x[val], hw, hb),
+        fixed.take(val),
+        settings,
+    )
+    attack = y[val] != 0
+    assert got == (int((blocked & attack).sum()), 4, int((blocked & ~attack).sum()), 2)
