@@ -40,13 +40,17 @@ def load_rows() -> list[dict[str, Any]]:
 
 
 def vectors(texts: list[str]) -> np.ndarray:
-    """The embeddings of `texts`, cached per text in evals/.cache (keyed by a hash of the text).
+    """The MiniLM embeddings of `texts`, cached per text in evals/.cache (`cached_vectors`)."""
+    return cached_vectors(CACHE / "guardrail_vectors_by_text.npz", texts, embed)
 
-    Only texts not in the cache are embedded (in chunks of 256, longest first, the cache saved after each chunk):
-    adding rows to the set embeds only the new rows, and an interrupted run resumes.
+
+def cached_vectors(path: Path, texts: list[str], encode: Any, dim: int = 384) -> np.ndarray:
+    """The vectors `encode` gives `texts`, cached per text in the .npz file `path` (keyed by a hash of the text).
+
+    Only texts not in the cache are encoded (in chunks of 256, longest first, the cache saved after each chunk):
+    adding rows to the set encodes only the new rows, and an interrupted run resumes.
     """
-    CACHE.mkdir(exist_ok=True)
-    path = CACHE / "guardrail_vectors_by_text.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
     cache: dict[str, np.ndarray] = {}
     if path.exists():
         with np.load(path) as data:
@@ -55,10 +59,10 @@ def vectors(texts: list[str]) -> np.ndarray:
     missing = sorted({k: i for i, k in enumerate(keys) if k not in cache}.values(), key=lambda i: -len(texts[i]))
     for start in range(0, len(missing), 256):
         idx = missing[start : start + 256]
-        for i, vector in zip(idx, embed([texts[i] for i in idx]), strict=True):
+        for i, vector in zip(idx, encode([texts[i] for i in idx]), strict=True):
             cache[keys[i]] = vector
         np.savez(path, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
-    return np.stack([cache[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, 384), np.float32)
+    return np.stack([cache[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, dim), np.float32)
 
 
 # chatterbot-corpus's 5,109 short chat lines would be 60% of the benign class: at full weight the head blocked 82.8%
