@@ -494,3 +494,85 @@ def test_an_api_error_event_after_the_turn_was_stored_is_not_taken_for_a_refusal
     expect(box).to_have_value("")
     expect(page.locator("#chat-error")).to_be_hidden()
     assert user_messages(server, VENEO_KEY, session_id) == ["How long does shipping take?"]
+
+
+def test_a_cut_turn_whose_message_the_server_redacted_is_found_stored(page: Page, server: LiveServer) -> None:
+    """The safety reviewer stores the person's message with its email and card number replaced ("[email removed]",
+    "[card number removed]"); after a cut stream the page still recognises the stored message as the one it sent:
+    the stored reply is shown, the text is not put back in the box, one user message is stored."""
+    sign_in(page, server, VENEO_KEY)
+    session_id = new_session(page)
+    page.route("**/teams/veneo_chat/stream_events", cut_stream)
+    text = "My email is jane.doe@example.com and my card is 4111 1111 1111 1111: how do returns work?"
+    box = page.get_by_label("Your message")
+    box.fill(text)
+    box.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("The connection dropped, but the reply was saved")
+    idle(page)
+    screenshot(page, "turn-redacted-found")
+    expect(box).to_have_value("")
+    expect(page.locator("#chat-error")).to_be_hidden()
+    messages = user_messages(server, VENEO_KEY, session_id)
+    assert len(messages) == 1 and "[email removed]" in messages[0] and "[card number removed]" in messages[0]
+    assert "jane.doe@example.com" not in messages[0]
+    expect(page.locator(".message.user")).to_have_count(1)
+    expect(page.locator(".message.assistant")).to_have_count(1)
+
+
+# the matcher as it was: the stored message's parts joined by a lazy gap, one RegExp (the reference for meaning)
+REGEX_MATCHER = """(stored, text) => {
+  if (stored === text) return true;
+  const parts = stored.split(/\\[(?:email|card number|phone) removed\\]/);
+  const escape = (s) => s.replace(/[.*+?^${}()|[\\]\\\\]/g, "\\\\$&");
+  return parts.length > 1 && new RegExp(`^${parts.map(escape).join("[^]+?")}$`).test(text);
+}"""
+
+
+def test_the_redaction_matcher_is_linear_and_means_what_the_pattern_meant(page: Page, server: LiveServer) -> None:
+    """Found in review: turn.js matched a stored (redacted) message against the sent text with a RegExp of its
+    parts joined by `[^]+?`; 30 redactions against a 5,000-character text that differs backtrack for ever and the
+    tab froze. The matcher is now linear: the pathological input answers in well under a second, and on small
+    inputs (where the pattern is quick) it answers what the pattern answered."""
+    page.goto(server.url + "/")
+    page.evaluate(
+        """() => {
+          window.timing = null;
+          setTimeout(async () => {
+            const { sameText } = await import("/app/turn.js");
+            const stored = Array(31).fill("a").join("[email removed]"); // 30 redactions
+            const text = "a".repeat(5000) + "b"; // does not end like the stored message
+            const started = performance.now();
+            const same = sameText(stored, text);
+            window.timing = { same, ms: performance.now() - started };
+          }, 0);
+        }"""
+    )
+    # polled from outside the page: a frozen page times out here instead of hanging the test
+    page.wait_for_function("window.timing !== null", timeout=5_000)
+    timing = page.evaluate("window.timing")
+    assert timing["same"] is False and timing["ms"] < 500, timing
+    mismatches = page.evaluate(
+        """async () => {
+          const { sameText } = await import("/app/turn.js");
+          const regex = """
+        + REGEX_MATCHER
+        + """;
+          const markers = ["[email removed]", "[card number removed]", "[phone removed]"];
+          let seed = 7;
+          const random = (n) => ((seed = (seed * 1103515245 + 12345) % 2147483648), seed % n);
+          const word = () => Array.from({ length: random(4) }, () => "ab"[random(2)]).join("");
+          const wrong = [];
+          for (let i = 0; i < 4000; i += 1) {
+            const parts = Array.from({ length: 1 + random(4) }, word);
+            const stored = parts.map((p, j) => (j ? markers[random(3)] + p : p)).join("");
+            const text = Array.from({ length: random(12) }, () => "ab"[random(2)]).join("");
+            const sent = random(3) ? text : stored.replace(/\\[[a-z ]+ removed\\]/g, () => word() || "x");
+            if (sameText(stored, sent) !== regex(stored, sent)) wrong.push([stored, sent]);
+          }
+          for (const [stored, sent] of [["[email removed]", ""], ["a[phone removed]", "a"], ["x", "x"], ["x", "y"]]) {
+            if (sameText(stored, sent) !== regex(stored, sent)) wrong.push([stored, sent]);
+          }
+          return wrong;
+        }"""
+    )
+    assert mismatches == []

@@ -47,13 +47,30 @@ export function live(id, sessionId) {
 }
 
 const REDACTED = /\[(?:email|card number|phone) removed\]/; // what PII redaction leaves in a stored message
-const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-/** Whether a stored user message is this text (as stored: the PII it carried may have been redacted). */
-function sameText(stored, text) {
-  if (typeof stored !== "string") return false;
+/**
+ * Whether a stored user message is this text (as stored: the PII it carried may have been redacted). Each
+ * redaction marker stands for some non-empty part of the text: the stored text's first part is a prefix of the
+ * text, its last part a suffix, and the parts between are found in order, each after a non-empty gap. Linear in
+ * the lengths (indexOf, leftmost match of each part), never a backtracking pattern: a message with many
+ * redactions against a long text that differs (a RegExp of the parts joined by `[^]+?` took polynomial time and
+ * froze the tab) answers at once.
+ */
+export function sameText(stored, text) {
+  if (typeof stored !== "string" || typeof text !== "string") return false;
   if (stored === text) return true;
   const parts = stored.split(REDACTED);
-  return parts.length > 1 && new RegExp(`^${parts.map(escape).join("[^]+?")}$`).test(text);
+  if (parts.length < 2) return false;
+  const first = parts[0];
+  const last = parts[parts.length - 1];
+  if (!text.startsWith(first)) return false;
+  let at = first.length; // where the next gap starts
+  const end = text.length - last.length; // where the last part must start
+  for (const part of parts.slice(1, -1)) {
+    const found = text.indexOf(part, at + 1); // after a gap of one character at least
+    if (found < 0 || found + part.length > end - 1) return false;
+    at = found + part.length;
+  }
+  return end >= at + 1 && text.endsWith(last);
 }
 
 const lastId = (transcript) => (transcript.length ? transcript[transcript.length - 1].id || null : null);
