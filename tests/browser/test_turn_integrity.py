@@ -81,6 +81,18 @@ def test_an_answer_stored_when_the_session_read_fails_is_not_offered_again(page:
     page.get_by_role("button", name="Submit answer").click()
     expect(page.locator("#answer-error")).to_be_visible()
     assert len(stored(server, DEMO_KEY, session_id)["state"]["evaluations"]) == 1  # stored on the server
+    # found in review: the answer stayed in the (read-only) box beside "Scored. Preparing the next question…"
+    expect(page.locator("#answer-error")).to_have_text(
+        "Your answer was saved, but the next question could not be loaded. "
+        "Do not submit it again: use “Show the reply”."
+    )
+    expect(page.get_by_role("button", name="Show the reply")).to_be_visible()
+    expect(page.locator("#answer-input")).to_have_value("")
+    expect(page.locator("#answer-input")).to_have_js_property("readOnly", True)
+    expect(page.locator("#answer-input")).to_be_hidden()
+    expect(page.locator("#answer-submit")).to_be_disabled()
+    expect(page.locator("#answer-submit")).to_be_hidden()
+    expect(page.locator("#answer-progress")).to_be_hidden()
     screenshot(page, "turn-stored-read-failed")
     reads.failing = False
     # the page's advice: what it offers now (before: Submit again, with the answer in the box)

@@ -188,7 +188,21 @@ function questionView(ctx, question, index, total, list) {
     // the second time as the answer to the next question)
     if (stored.stored !== "before") announce(`Answer ${index + 1} scored.`); // "before": turn.js said it was saved
     const errorEl = live("answer-error", id);
-    if (errorEl) await showStored(ctx, index + 1 < total ? "answer-input" : "summary-title", errorEl);
+    if (!errorEl) return;
+    const next = index + 1 < total ? "the next question" : "your summary";
+    const saved = `Your answer was saved, but ${next} could not be loaded. Do not submit it again: use “Show the reply”.`;
+    if (await showStored(ctx, index + 1 < total ? "answer-input" : "summary-title", errorEl, saved)) return;
+    // the answer is stored (its evaluation is above): not left in a box beside a progress line that waits for
+    // nothing; the box and Submit are put away (emptied, read-only, disabled) until the session is shown again
+    const box = live("answer-input", id);
+    const button = live("answer-submit", id);
+    const progressEl = live("answer-progress", id);
+    if (box) {
+      box.value = "";
+      for (const el of [box, ...box.labels]) el.hidden = true;
+    }
+    if (button) button.hidden = true;
+    if (progressEl) progressEl.hidden = true;
   });
   section.append(form);
   return section;

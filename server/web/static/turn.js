@@ -206,13 +206,15 @@ async function sendTurn(ctx, text, onEvent, flight) {
   return { stored: replayed ? "before" : "now" };
 }
 
+const SAVED_UNREAD = "Your message was saved, but the reply could not be loaded. Do not send it again: use “Show the reply”.";
+
 /**
  * After a stored turn: show the session as the server has it. A failed read is not a failed turn (the message is
- * stored: sending it again would be a second turn), so it is tried again; then the error is shown in `errorEl`
- * with a "Show the reply" button (#show-saved) that reads the session again. The caller keeps its controls
- * disabled: the redraw of the session gives fresh ones.
+ * stored: sending it again would be a second turn), so it is tried again; then `message` (that it was saved) is
+ * shown in `errorEl` with a "Show the reply" button (#show-saved) that reads the session again, and false is
+ * returned. The caller keeps its controls disabled: the redraw of the session gives fresh ones.
  */
-export async function showStored(ctx, focus, errorEl) {
+export async function showStored(ctx, focus, errorEl, message = SAVED_UNREAD) {
   for (let attempt = 0; ; attempt += 1) {
     try {
       await ctx.refresh({ focus });
@@ -222,11 +224,11 @@ export async function showStored(ctx, focus, errorEl) {
       await sleep(1000);
     }
   }
-  showError(errorEl, new Error("Your message was saved, but the reply could not be loaded. Do not send it again: use “Show the reply”."));
+  showError(errorEl, new Error(message));
   const again = h("button", { type: "button", id: "show-saved", class: "secondary" }, "Show the reply");
   again.addEventListener("click", async () => {
     again.disabled = true;
-    if (!(await showStored(ctx, focus, errorEl))) again.remove();
+    if (!(await showStored(ctx, focus, errorEl, message))) again.remove();
   });
   errorEl.after(again);
   again.focus();
