@@ -588,3 +588,69 @@ def test_the_redaction_matcher_is_linear_and_means_what_the_pattern_meant(page: 
         }"""
     )
     assert mismatches == []
+
+
+def open_another_session(page: Page, current: str) -> str:
+    """New session, while `current` is open (whose heading may also be "Untitled session")."""
+    page.get_by_role("button", name="New session").click()
+    page.wait_for_url(lambda url: "#session=" in url and not url.endswith(current))
+    other = page.url.rsplit("#session=", 1)[1]
+    expect(page.locator("#team-view")).to_have_attribute("data-session", other)
+    return other
+
+
+STORE_DOWN = error_event(503, "storage_unavailable", "The session store is unavailable; try again shortly.")
+
+
+def test_a_message_that_fails_while_another_session_is_open_is_back_in_its_box(page: Page, server: LiveServer) -> None:
+    """Found in review: a turn that failed (not stored) while the person had opened another session dropped its text:
+    the view it belonged to was gone, and the text went nowhere. Now the status line says so, and the text is back
+    in its session's box (with the error) when the person opens that session again; sending it is one turn."""
+    sign_in(page, server, VENEO_KEY)
+    first = new_session(page)
+    held: list[Route] = []
+    hold(page, held)
+    box = page.get_by_label("Your message")
+    text = "How long does shipping take?"
+    box.fill(text)
+    box.press("Enter")
+    wait_for(page, held, 1)
+    open_another_session(page, first)
+    held[0].fulfill(status=200, content_type="text/event-stream", body=STORE_DOWN)
+    expect(page.get_by_role("status")).to_contain_text(
+        "Your message in another session was not sent (The session store is unavailable; try again shortly.)"
+    )
+    expect(box).to_have_value("")  # this session's box is its own
+    page.locator(f'#session-list a[data-id="{first}"]').click()
+    expect(page.locator("#team-view")).to_have_attribute("data-session", first)
+    expect(box).to_have_value(text)
+    expect(page.locator("#chat-error")).to_have_text("The session store is unavailable; try again shortly.")
+    screenshot(page, "turn-unsent-back-in-its-box")
+    assert user_messages(server, VENEO_KEY, first) == []
+    page.unroute("**/teams/veneo_chat/stream_events")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".message.assistant")).to_have_count(1)
+    idle(page)
+    assert user_messages(server, VENEO_KEY, first) == [text]
+
+
+def test_an_answer_that_fails_while_another_session_is_open_is_back_in_its_box(page: Page, server: LiveServer) -> None:
+    """As for the chat: an interview answer that failed while another session was open is back in the answer box of
+    its question (with the error) when the person opens that session again."""
+    first = uploaded_interview(page, server)
+    page.get_by_role("button", name="Start the interview").click()
+    expect(page.get_by_role("heading", name="Question 1 of 3")).to_be_visible()
+    held: list[Route] = []
+    page.route("**/teams/interview/stream_events", lambda route: held.append(route))
+    page.get_by_label("Your answer").fill(ANSWERS[0])
+    page.get_by_role("button", name="Submit answer").click()
+    wait_for(page, held, 1)
+    open_another_session(page, first)
+    held[0].fulfill(status=200, content_type="text/event-stream", body=STORE_DOWN)
+    expect(page.get_by_role("status")).to_contain_text("Your answer in another session was not sent")
+    page.locator(f'#session-list a[data-id="{first}"]').click()
+    expect(page.get_by_role("heading", name="Question 1 of 3")).to_be_visible()
+    expect(page.get_by_label("Your answer")).to_have_value(ANSWERS[0])
+    expect(page.locator("#answer-error")).to_have_text("The session store is unavailable; try again shortly.")
+    expect(page.get_by_role("button", name="Submit answer")).to_be_enabled()
+    assert stored(server, DEMO_KEY, first)["state"]["evaluations"] == []

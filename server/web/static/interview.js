@@ -4,7 +4,7 @@
 import { h, clear, showError, announce } from "./dom.js";
 import { scoreChart } from "./chart.js";
 import { renderMarkdown } from "./markdown.js";
-import { runTurn, showStored, nodeOutput, turnInFlight, live } from "./turn.js";
+import { runTurn, showStored, nodeOutput, turnInFlight, live, keepUnsent, takeUnsent } from "./turn.js";
 
 const ACCEPT = ".txt,.md,.markdown,.pdf,.docx,text/plain,text/markdown,application/pdf,application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 const KINDS = [
@@ -134,6 +134,13 @@ function questionView(ctx, question, index, total, list) {
     progress.hidden = false;
     progress.textContent = flight.shown.progress || "Scoring your answer…";
     if (flight.shown.evaluation && flight.shown.index === index) list.append(h("li", {}, evaluationCard(flight.shown.evaluation, index, total)));
+  } else {
+    // an answer that failed while another session was on screen: back in the box, with why (for this question)
+    const kept = takeUnsent(id);
+    if (kept && kept.index === index) {
+      textarea.value = kept.text;
+      showError(error, kept.error);
+    }
   }
   const setProgress = (shown, text) => {
     shown.progress = text;
@@ -175,7 +182,11 @@ function questionView(ctx, question, index, total, list) {
       const box = live("answer-input", id);
       const progressEl = live("answer-progress", id);
       const errorEl = live("answer-error", id);
-      if (!button || !box || !errorEl) return; // another session is shown
+      if (!button || !box || !errorEl) {
+        // another session is shown: the answer is kept for this one (back in its box when it is opened again)
+        if (ctx.signedIn()) keepUnsent(id, { text: answer, error: err, index }, "Your answer");
+        return;
+      }
       button.disabled = false;
       box.readOnly = false;
       if (!box.value) box.value = answer;

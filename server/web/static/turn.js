@@ -39,6 +39,30 @@ export function turnInFlight(sessionId) {
   return flights.get(sessionId) || null;
 }
 
+const unsent = new Map(); // session id -> {text, error, index}: a failed turn's text whose view was not on screen
+
+/**
+ * A turn that was not stored failed while another session was on screen: its text (and the error) is kept for
+ * its session, for the life of the page, and told in the status line; the session's view puts it back in its box
+ * when it is drawn next (takeUnsent). Nothing is kept once signed out (forgetUnsent).
+ */
+export function keepUnsent(sessionId, kept, what = "Your message") {
+  unsent.set(sessionId, kept);
+  announce(`${what} in another session was not sent (${kept.error.message || kept.error}). It is back in its box when you open that session again.`, { sticky: true });
+}
+
+/** The kept text of a failed turn of this session, or null; taken (a second draw of the view has none). */
+export function takeUnsent(sessionId) {
+  const kept = unsent.get(sessionId) || null;
+  unsent.delete(sessionId);
+  if (kept) announce(""); // the status line's "…not sent" has done its work: the box and its error say it now
+  return kept;
+}
+
+export function forgetUnsent() {
+  unsent.clear();
+}
+
 /** The element `id` if it is on screen for this session (the view was drawn again mid-turn: its elements are new). */
 export function live(id, sessionId) {
   const el = document.getElementById(id);
