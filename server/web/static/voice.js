@@ -1,7 +1,17 @@
 // Voice, only where the server has a provider (GET /voice/voices says `available`): pick a voice, preview it,
 // and talk over the provider's realtime connection with the ephemeral secret from POST /sessions/{id}/realtime;
 // the realtime transcript goes back to POST /sessions/{id}/transcripts, so spoken turns land in the session.
+import { ApiError } from "./api.js";
 import { h, clear, showError, announce } from "./dom.js";
+
+// a transcript post that fails is sent again after these waits (the same items: the server applies an item id
+// once and answers a re-posted one as a duplicate), then the person is told what was said was not saved
+export const POST_RETRY_MS = [1000, 2000, 4000];
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** The server refused the post (nothing of it applied, and the same post would be refused again: a 409
+ * transcript_out_of_order, a 422); api.js has already waited out a 409 thread_busy and a 429. */
+const refusedPost = (err) =>
+  err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429 && err.code !== "thread_busy";
 
 let ctx = null; // the open session's context; main.js updates it after every refresh
 let activeCall = null; // the call in progress, whichever panel started it: ended on sign-out or another session
@@ -60,7 +70,9 @@ export async function setupVoice(panel, initial) {
       call = await startCall(ctx, select.value, {
         onState: (text) => (state.textContent = text),
         onResult: () => ctx.refresh().catch((err) => showError(error, err)), // not an unhandled rejection
-        onError: (err) => showError(error, err),
+        // the panel is another session's once that session is opened (the call ends, its last post may fail
+        // later): then the status line says it, not a detached element
+        onError: (err) => (error.isConnected ? showError(error, err) : announce(err.message, { sticky: true })),
         onEnd: () => {
           call = null;
           talk.textContent = "Talk";
@@ -177,32 +189,51 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
   const times = {};
   const pending = [];
   let posting = false;
+  let stopped = false; // Stop (or a lost connection) ended the call
   const now = () => new Date().toISOString();
   // one post at a time (items apply in speaking order); items transcribed while one is in flight go in the next,
-  // sent as soon as it ends: not left waiting for the next realtime event, which after Stop never comes
+  // sent as soon as it ends: not left waiting for the next realtime event, which after Stop never comes. A post
+  // that fails is sent again (POST_RETRY_MS; the ids make it safe), then the person is told: the items stay
+  // pending while the call runs (its next item posts them again), after Stop nothing posts them any more. A post
+  // the server refused (a 4xx: out of order, invalid) is not sent again: its items are dropped, and said so.
   async function flush() {
     if (posting || !pending.length) return;
     posting = true;
-    const items = pending.slice();
-    let posted = false;
-    try {
-      const result = await callCtx.api.transcripts(sessionId, items);
-      pending.splice(0, items.length); // acknowledged; anything else is re-posted next time (ids make it safe)
-      posted = true;
-      if (events.readyState === "open") {
-        // after Stop the channel is closed: the items still land in the session, there is just no voice to update
-        events.send(JSON.stringify({ type: "session.update", session: result.session_update }));
-        if (result.speak) {
-          events.send(JSON.stringify({ type: "response.create", response: { instructions: `Say exactly this, and nothing else: ${result.speak}` } }));
+    let failed = null;
+    for (let attempt = 0; pending.length; attempt += 1) {
+      const items = pending.slice();
+      try {
+        const result = await callCtx.api.transcripts(sessionId, items);
+        pending.splice(0, items.length); // acknowledged; anything else is posted next
+        attempt = -1; // the next batch has its own retries
+        if (events.readyState === "open") {
+          // after Stop the channel is closed: the items still land in the session, there is just no voice to update
+          events.send(JSON.stringify({ type: "session.update", session: result.session_update }));
+          if (result.speak) {
+            events.send(JSON.stringify({ type: "response.create", response: { instructions: `Say exactly this, and nothing else: ${result.speak}` } }));
+          }
         }
+        onResult(result);
+      } catch (err) {
+        if (refusedPost(err)) {
+          pending.splice(0, items.length);
+          failed = err;
+          break;
+        }
+        if (attempt >= POST_RETRY_MS.length) {
+          failed = err;
+          break;
+        }
+        await sleep(POST_RETRY_MS[attempt]);
       }
-      onResult(result);
-    } catch (err) {
-      onError(err); // the items stay pending: the next flush posts them again
-    } finally {
-      posting = false;
     }
-    if (posted && pending.length) await flush();
+    posting = false;
+    if (failed) {
+      const lost = refusedPost(failed) || stopped; // nothing will post these items again
+      onError(new Error(lost
+        ? `What you said in the call was not saved to the session (${failed.message}).`
+        : `What you said could not be saved yet (${failed.message}); it is sent again with what you say next.`));
+    }
   }
   events.onmessage = ({ data }) => {
     const e = JSON.parse(data);
@@ -221,7 +252,6 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
   peer.onconnectionstatechange = () => {
     if (["failed", "closed"].includes(peer.connectionState)) stop(peer.connectionState === "failed" ? new Error("The voice connection was lost.") : null);
   };
-  let stopped = false;
   function stop(err = null) {
     if (stopped) return; // Stop, then the "closed" state change it causes
     stopped = true;
