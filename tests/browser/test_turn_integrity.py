@@ -9,6 +9,7 @@ server stores the turn, the page does not get to know it), what was stored is re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -654,3 +655,86 @@ def test_an_answer_that_fails_while_another_session_is_open_is_back_in_its_box(p
     expect(page.locator("#answer-error")).to_have_text("The session store is unavailable; try again shortly.")
     expect(page.get_by_role("button", name="Submit answer")).to_be_enabled()
     assert stored(server, DEMO_KEY, first)["state"]["evaluations"] == []
+
+
+def revoked(route: Route) -> None:
+    """The request goes out with a key the real server does not know (a key revoked mid-turn): 401."""
+    route.continue_(headers={**route.request.headers, "authorization": "Bearer tg-revoked-key"})
+
+
+def left_behind(page: Page) -> list[tuple[str, Any]]:
+    """What of the workspace a sign-out by a 401 left in the page: error areas, the status line, the focus."""
+    left: list[tuple[str, Any]] = []
+    for area in ("sessions-error", "session-error", "rename-error", "chat-error", "answer-error"):
+        shown = page.evaluate(
+            f"(() => {{ const el = document.getElementById('{area}'); return el && el.textContent; }})()"
+        )
+        if shown:
+            left.append((area, shown))
+    if status := page.locator("#status").text_content():
+        left.append(("status", status))
+    if (focused := page.evaluate("document.activeElement.id")) != "key-input":
+        left.append(("focus", focused))
+    return left
+
+
+@pytest.mark.allow_console("status of 401")
+@pytest.mark.parametrize("when", ["send", "check"])
+def test_a_key_refused_mid_turn_leaves_nothing_of_the_turn_behind(page: Page, server: LiveServer, when: str) -> None:
+    """A 401 during a chat turn signs the page out; the turn then stops there: no error, status or text of it is
+    written into the page afterwards, nothing is kept for the session, and the session reads after a cut stream stop
+    (`send`: the turn's own request is refused; `check`: the turn was stored, its stream cut, and the reads of the
+    session that look for it are refused)."""
+    sign_in(page, server, VENEO_KEY)
+    session_id = new_session(page)
+    reads: list[str] = []  # the session reads refused (once the turn was sent)
+    if when == "send":
+        page.route("**/teams/veneo_chat/stream_events", revoked)
+    else:
+
+        def refused_read(route: Route) -> None:
+            reads.append(route.request.method)
+            revoked(route)
+
+        def cut_then_revoked(route: Route) -> None:
+            cut_stream(route)
+            page.route(f"**/sessions/{session_id}", refused_read)
+
+        page.route("**/teams/veneo_chat/stream_events", cut_then_revoked)
+    box = page.get_by_label("Your message")
+    box.fill("How long does shipping take?")
+    box.press("Enter")
+    expect(page.locator("#signin-error")).to_have_text(re.compile(r"^Your key is no longer accepted"))
+    page.wait_for_timeout(4_000)  # what the turn still does after its answer (a cut stream: reads 1.5 s apart)
+    assert left_behind(page) == []
+    assert len(reads) <= 1, reads  # the first check signed the page out: no more reads with that key
+    page.unroute("**/teams/veneo_chat/stream_events")
+    page.unroute(f"**/sessions/{session_id}")
+    sign_in(page, server, VENEO_KEY)
+    page.locator(f'#session-list a[data-id="{session_id}"]').click()
+    expect(page.locator("#team-view")).to_have_attribute("data-session", session_id)
+    expect(box).to_have_value("")
+    expect(page.locator("#chat-error")).to_be_hidden()
+    screenshot(page, f"turn-401-{when}-signed-in-again")
+
+
+@pytest.mark.allow_console("status of 401")
+def test_a_key_refused_while_an_answer_is_scored_leaves_nothing_of_it_behind(page: Page, server: LiveServer) -> None:
+    """As for the chat: a 401 on an interview answer signs the page out and the answer's turn writes nothing more
+    (no error, no "Answer 1 scored", no answer kept for the session), and the focus stays on the key field."""
+    session_id = uploaded_interview(page, server)
+    page.get_by_role("button", name="Start the interview").click()
+    expect(page.get_by_role("heading", name="Question 1 of 3")).to_be_visible()
+    page.route("**/teams/interview/stream_events", revoked)
+    page.get_by_label("Your answer").fill(ANSWERS[0])
+    page.get_by_role("button", name="Submit answer").click()
+    expect(page.locator("#signin-error")).to_have_text(re.compile(r"^Your key is no longer accepted"))
+    page.wait_for_timeout(1_000)
+    assert left_behind(page) == []
+    page.unroute("**/teams/interview/stream_events")
+    sign_in(page, server, DEMO_KEY)
+    page.locator(f'#session-list a[data-id="{session_id}"]').click()
+    expect(page.get_by_role("heading", name="Question 1 of 3")).to_be_visible()
+    expect(page.get_by_label("Your answer")).to_have_value("")
+    expect(page.locator("#answer-error")).to_be_hidden()
+    assert stored(server, DEMO_KEY, session_id)["state"]["evaluations"] == []

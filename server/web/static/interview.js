@@ -197,7 +197,7 @@ function questionView(ctx, question, index, total, list) {
     }
     // stored: a failed read of the session now must not offer Submit again (the answer would be stored twice,
     // the second time as the answer to the next question)
-    if (stored.stored !== "before") announce(`Answer ${index + 1} scored.`); // "before": turn.js said it was saved
+    if (stored.stored !== "before" && ctx.signedIn()) announce(`Answer ${index + 1} scored.`); // "before": turn.js said it was saved
     const errorEl = live("answer-error", id);
     if (!errorEl) return;
     const next = index + 1 < total ? "the next question" : "your summary";

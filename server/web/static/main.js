@@ -94,6 +94,7 @@ function signOut(error = null) {
   $("#more-sessions").hidden = true;
   for (const id of ["sessions-error", "session-error", "rename-error"]) showError($(`#${id}`), null);
   document.title = "Teamgraph";
+  announce(""); // the status line too: what the workspace was doing is over
   showSignIn(error);
 }
 

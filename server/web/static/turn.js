@@ -39,6 +39,12 @@ export function turnInFlight(sessionId) {
   return flights.get(sessionId) || null;
 }
 
+/** Whether the page is still signed in with the key the turn's view was drawn with: once a 401 (or Sign out) has
+ * signed it out, a turn stops where it is and writes nothing more into the page (main.js clears it). */
+const signedIn = (ctx) => !ctx.signedIn || ctx.signedIn();
+/** The status line, while still signed in. */
+const say = (ctx, text, options) => signedIn(ctx) && announce(text, options);
+
 const unsent = new Map(); // session id -> {text, error, index}: a failed turn's text whose view was not on screen
 
 /**
@@ -146,6 +152,7 @@ async function findStored(ctx, before, text, attempts) {
   let found = null;
   for (let attempt = 0; attempt < attempts; attempt += 1) {
     if (attempt) await sleep(1500);
+    if (!signedIn(ctx)) break; // a 401 signed the page out: the session is not read with that key again
     try {
       const now = await ctx.api.session(ctx.session.id);
       const added = now.transcript.filter((m) => m.id && !before.has(m.id));
@@ -188,6 +195,7 @@ async function sendTurn(ctx, text, onEvent, flight) {
   } catch {
     // unreadable just now: what the page shows (the send will tell)
   }
+  if (!signedIn(ctx)) throw new ApiError(401, "signed_out", "Signed out before the message was sent."); // by that read's 401
   const before = new Set(current.map((m) => m.id).filter(Boolean));
   flight.before = before;
   const key = keyFor(session.id, text, current, session.transcript);
@@ -207,11 +215,11 @@ async function sendTurn(ctx, text, onEvent, flight) {
     if (doubt) writePending(session.id, null); // the server takes that key no more
     // the turn may be stored (a stream cut, or an error after the state was saved): the session says
     const lost = error instanceof ApiError && error.code === "stream_lost";
-    announce(lost ? "The connection was lost while the reply was streaming; checking the session…" : "Checking whether your message was saved…", { sticky: lost });
+    say(ctx, lost ? "The connection was lost while the reply was streaming; checking the session…" : "Checking whether your message was saved…", { sticky: lost });
     const found = await findStored(ctx, before, text, lost ? 8 : 2);
     if (found === "turn") {
       writePending(session.id, null);
-      announce(lost ? "The connection dropped, but the reply was saved: it is shown from the server." : "The turn ended in an error, but your message and its reply were saved: they are shown from the server.");
+      say(ctx, lost ? "The connection dropped, but the reply was saved: it is shown from the server." : "The turn ended in an error, but your message and its reply were saved: they are shown from the server.");
       return { stored: "found" };
     }
     if (doubt) {
@@ -226,7 +234,7 @@ async function sendTurn(ctx, text, onEvent, flight) {
     throw error;
   }
   writePending(session.id, null);
-  if (replayed) announce("This message was already saved: it is shown from the server.");
+  if (replayed) say(ctx, "This message was already saved: it is shown from the server.");
   return { stored: replayed ? "before" : "now" };
 }
 
