@@ -110,6 +110,10 @@ export class CallCancelled extends Error {
 export async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) {
   if (!window.RTCPeerConnection || !navigator.mediaDevices) throw new Error("This browser cannot make voice calls.");
   const sessionId = callCtx.session.id;
+  // still signed in with the key the call was started with: once Sign out or a 401 has signed the page out, no
+  // post goes out with that key (a failed one is not sent again) and nothing is said (the page shows the sign-in
+  // form by then, or the workspace of whoever signed in next)
+  const signedIn = () => !callCtx.signedIn || callCtx.signedIn();
   // registered before the first await: sign-out or another session can end the call while it is still connecting
   // (stopVoice found nothing to stop before, and the call connected afterwards with the microphone live); what it
   // holds is released at once, and each await below turns into CallCancelled
@@ -201,6 +205,10 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
     posting = true;
     let failed = null;
     for (let attempt = 0; pending.length; attempt += 1) {
+      if (!signedIn()) {
+        pending.length = 0; // signed out: nothing more goes out with that key, and nothing is said
+        break;
+      }
       const items = pending.slice();
       try {
         const result = await callCtx.api.transcripts(sessionId, items);
@@ -228,7 +236,7 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
       }
     }
     posting = false;
-    if (failed) {
+    if (failed && signedIn()) {
       const lost = refusedPost(failed) || stopped; // nothing will post these items again
       onError(new Error(lost
         ? `What you said in the call was not saved to the session (${failed.message}).`
@@ -259,7 +267,7 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
     tracks.forEach((t) => t.stop());
     if (peer.connectionState !== "closed") peer.close();
     flush(); // what is pending now; one in flight posts the rest when it ends
-    if (err) onError(err);
+    if (err && signedIn()) onError(err);
     onEnd();
   }
   connected = () => stop();
