@@ -556,8 +556,75 @@ def test_a_voice_post_that_keeps_failing_is_retried_a_few_times_then_said(page: 
     assert refused["posts"] == [["item_1"]], refused
     assert refused["log"] == [
         "end",
-        "error: What you said in the call was not saved to the session (items[0] started before ...).",
+        # in plain words, not the server's message (item indexes, ISO timestamps)
+        "error: What you said in the call was not saved to the session (something said after it was saved first).",
     ]
+
+
+@pytest.mark.allow_console("net::ERR_FAILED")
+def test_a_stopped_calls_retry_is_not_overtaken_by_the_next_call(page: Page, server: LiveServer) -> None:
+    """Found in review: each call posted on its own, so a stopped call's retry (its first post failed before it
+    reached the server) came after a new call on the same session had posted a later item: the server refused it
+    (409 transcript_out_of_order, which is right: items apply in speaking order) and what was said first was lost.
+    The transcript posts of a session now form one queue, whichever call made them: the new call's post waits for
+    the old call's retry. Driven through voice.js's startCall (FAKE_REALTIME_JS) with api.js and the real server."""
+    created = httpx.post(f"{server.url}/sessions", headers=auth(VENEO_KEY), json={"team": "veneo_chat"})
+    assert created.status_code == 201, created.text
+    session_id = created.json()["id"]
+    posts: list[str] = []
+
+    def first_lost(route: Route) -> None:
+        posts.append(route.request.post_data_json["items"][0]["id"])
+        if len(posts) == 1:
+            route.abort()  # never reached the server
+        else:
+            route.continue_()
+
+    page.route(f"**/sessions/{session_id}/transcripts", first_lost)
+    page.add_init_script(FAKE_REALTIME_JS)
+    page.goto(server.url + "/")
+    log = page.evaluate(
+        """async ([key, sessionId]) => {
+          const { startCall } = await import("/app/voice.js");
+          const { Api } = await import("/app/api.js");
+          const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+          const real = new Api(key);
+          const api = {
+            realtime: async () => ({ webrtc_url: `${location.origin}/v1/realtime/calls`, client_secret: "ek_test" }),
+            transcripts: (id, items) => real.transcripts(id, items),
+          };
+          const log = [];
+          const call = (name) =>
+            startCall({ api, session: { id: sessionId, team: "veneo_chat" } }, "coral", {
+              onState: () => {},
+              onResult: (result) => log.push(`${name}: ${result.items.map((i) => `${i.id} ${i.status}`).join()}`),
+              onError: (error) => log.push(`${name}: ${error.message}`),
+              onEnd: () => {},
+            });
+          const say = (id, text) => {
+            const channel = window.fakeRealtime.channels[window.fakeRealtime.channels.length - 1];
+            channel.emit({ type: "input_audio_buffer.speech_started", item_id: id });
+            channel.emit({ type: "input_audio_buffer.speech_stopped", item_id: id });
+            const done = "conversation.item.input_audio_transcription.completed";
+            channel.emit({ type: done, item_id: id, transcript: text });
+          };
+          const first = await call("first");
+          say("item_1", "How long does shipping take?");
+          first.stop(); // its post fails: sent again 1 s later
+          await sleep(20);
+          await call("second"); // at once, on the same session
+          say("item_2", "Do gift cards expire?");
+          const started = performance.now();
+          while (log.length < 2 && performance.now() - started < 15000) await sleep(100);
+          return log;
+        }""",
+        [VENEO_KEY, session_id],
+    )
+    assert log == ["first: item_1 applied", "second: item_2 applied"], log
+    assert posts == ["item_1", "item_1", "item_2"], posts
+    session = httpx.get(f"{server.url}/sessions/{session_id}", headers=auth(VENEO_KEY)).json()
+    spoken = [m["content"] for m in session["transcript"] if m["role"] == "user"]
+    assert spoken == ["How long does shipping take?", "Do gift cards expire?"], spoken
 
 
 @pytest.mark.allow_console("503 (Service Unavailable)")

@@ -15,6 +15,9 @@ const refusedPost = (err) =>
 
 let ctx = null; // the open session's context; main.js updates it after every refresh
 let activeCall = null; // the call in progress, whichever panel started it: ended on sign-out or another session
+// session id -> the transcript posting running on it, of whichever call: a call's posts wait for an earlier
+// call's (a stopped call may still be sending its last items again), so items reach the server in speaking order
+const postings = new Map();
 
 /** End the call in progress, if any (sign-out; another session opened): what was said is posted first. */
 export function stopVoice() {
@@ -200,9 +203,17 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
   // that fails is sent again (POST_RETRY_MS; the ids make it safe), then the person is told: the items stay
   // pending while the call runs (its next item posts them again), after Stop nothing posts them any more. A post
   // the server refused (a 4xx: out of order, invalid) is not sent again: its items are dropped, and said so.
-  async function flush() {
+  function flush() {
     if (posting || !pending.length) return;
     posting = true;
+    // the first post goes out now when nothing is ahead of it (at sign-out, while the key is still the page's);
+    // otherwise after the earlier call's posting has ended (a new call at once after Stop)
+    const ahead = postings.get(sessionId);
+    const run = (ahead ? ahead.then(post) : post()).catch(() => {}); // post tells its own failures
+    postings.set(sessionId, run);
+    run.finally(() => postings.get(sessionId) === run && postings.delete(sessionId));
+  }
+  async function post() {
     let failed = null;
     for (let attempt = 0; pending.length; attempt += 1) {
       if (!signedIn()) {
@@ -238,9 +249,15 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
     posting = false;
     if (failed && signedIn()) {
       const lost = refusedPost(failed) || stopped; // nothing will post these items again
-      onError(new Error(lost
-        ? `What you said in the call was not saved to the session (${failed.message}).`
-        : `What you said could not be saved yet (${failed.message}); it is sent again with what you say next.`));
+      // the server's 409 names item indexes and timestamps: the person is told what happened instead
+      const why = failed.code === "transcript_out_of_order" ? "something said after it was saved first" : failed.message;
+      try {
+        onError(new Error(lost
+          ? `What you said in the call was not saved to the session (${why}).`
+          : `What you said could not be saved yet (${why}); it is sent again with what you say next.`));
+      } catch {
+        // the panel's handler: the next call's posts still go on
+      }
     }
   }
   events.onmessage = ({ data }) => {
