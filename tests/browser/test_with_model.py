@@ -289,3 +289,39 @@ def test_a_failing_voice_post_is_not_sent_again_or_told_after_sign_out(page: Pag
     assert posts == [f"Bearer {VENEO_KEY}"], posts  # the first post only: no retry with the forgotten key
     assert "saved" not in (page.locator("#status").text_content() or "")
     expect(page.locator("#voice-error")).to_be_hidden()
+
+
+@pytest.mark.allow_console("status of 502")
+def test_could_not_be_saved_yet_goes_once_the_next_post_saves_it(page: Page, server: LiveServer) -> None:
+    """Found in review: during a call, a post that failed with its retries said "What you said could not be saved
+    yet…; it is sent again with what you say next", and the message stayed after the next post had saved it."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    page.get_by_role("button", name="Talk").click()
+    expect(page.get_by_role("button", name="Stop talking")).to_have_attribute("aria-pressed", "true")
+    posts: list[list[str]] = []
+
+    def down_four_times(route: Route) -> None:
+        posts.append([item["id"] for item in route.request.post_data_json["items"]])
+        if len(posts) <= 4:  # the post and its three retries
+            route.fulfill(status=502, content_type="application/json", body='{"error": {"code": "bad_gateway"}}')
+        else:
+            route.continue_()
+
+    page.route("**/sessions/*/transcripts", down_four_times)
+    page.evaluate(SAID)
+    error = page.locator("#voice-error")
+    expect(error).to_contain_text("What you said could not be saved yet", timeout=12_000)
+    page.evaluate(
+        """(() => {
+          const channel = window.fakeRealtime.channels[0];
+          channel.emit({ type: "input_audio_buffer.speech_started", item_id: "item_2" });
+          channel.emit({ type: "input_audio_buffer.speech_stopped", item_id: "item_2" });
+          const done = "conversation.item.input_audio_transcription.completed";
+          channel.emit({ type: done, item_id: "item_2", transcript: "And to Norway?" });
+        })()"""
+    )
+    expect(page.locator(".message.user")).to_have_count(2)  # both saved, the session drawn again
+    expect(error).to_be_hidden()
+    assert posts[-1] == ["item_1", "item_2"], posts

@@ -46,6 +46,7 @@ export async function setupVoice(panel, initial) {
   const talk = h("button", { type: "button", id: "voice-talk", "aria-pressed": "false" }, "Talk");
   const state = h("span", { class: "muted", id: "voice-state" }, "");
   let call = null;
+  let notYet = null; // the error line's "could not be saved yet", until a post of the call succeeds
 
   preview.addEventListener("click", async () => {
     showError(error, null);
@@ -72,10 +73,19 @@ export async function setupVoice(panel, initial) {
     try {
       call = await startCall(ctx, select.value, {
         onState: (text) => (state.textContent = text),
-        onResult: () => ctx.refresh().catch((err) => showError(error, err)), // not an unhandled rejection
+        onResult: () => {
+          // the items that could not be saved went with this post: that message is over
+          if (notYet && error.textContent === notYet) showError(error, null);
+          notYet = null;
+          ctx.refresh().catch((err) => showError(error, err)); // not an unhandled rejection
+        },
         // the panel is another session's once that session is opened (the call ends, its last post may fail
         // later): then the status line says it, not a detached element
-        onError: (err) => (error.isConnected ? showError(error, err) : announce(err.message, { sticky: true })),
+        onError: (err) => {
+          notYet = err.pending ? err.message : null;
+          if (error.isConnected) showError(error, err);
+          else announce(err.message, { sticky: true });
+        },
         onEnd: () => {
           call = null;
           talk.textContent = "Talk";
@@ -251,10 +261,12 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
       const lost = refusedPost(failed) || stopped; // nothing will post these items again
       // the server's 409 names item indexes and timestamps: the person is told what happened instead
       const why = failed.code === "transcript_out_of_order" ? "something said after it was saved first" : failed.message;
+      const told = new Error(lost
+        ? `What you said in the call was not saved to the session (${why}).`
+        : `What you said could not be saved yet (${why}); it is sent again with what you say next.`);
+      told.pending = !lost; // the items are still to be posted: a later post that succeeds saves them
       try {
-        onError(new Error(lost
-          ? `What you said in the call was not saved to the session (${why}).`
-          : `What you said could not be saved yet (${why}); it is sent again with what you say next.`));
+        onError(told);
       } catch {
         // the panel's handler: the next call's posts still go on
       }
