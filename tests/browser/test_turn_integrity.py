@@ -488,6 +488,49 @@ def test_a_key_in_doubt_whose_message_is_stored_without_a_reply_is_not_offered_f
     box.press("Enter")
     expect(page.locator("#chat-error")).to_contain_text("Your message was saved, but no reply was made to it.")
     expect(page.locator("#chat-error")).not_to_contain_text("send it again")
+    expect(box).to_have_value("")  # not offered for a resend: it would be stored twice
+
+
+@pytest.mark.allow_console("status of 409")
+def test_a_message_saved_without_a_reply_while_another_session_is_open_is_not_called_unsent(
+    page: Page, server: LiveServer
+) -> None:
+    """Found in review: the status line said "Your message in another session was not sent (Your message was saved,
+    but no reply was made to it…)", and the text was put back in the session's box, inviting a second store. The
+    session's message is made by routing the session read, as above."""
+    sign_in(page, server, VENEO_KEY)
+    first = new_session(page)
+    text = "Can I return shoes?"
+    held: list[Route] = []
+    hold(page, held)
+    doubt: list[bool] = []
+
+    def session_read(route: Route) -> None:
+        if route.request.method != "GET" or not doubt:
+            route.continue_()
+            return
+        response = route.fetch()
+        session = response.json()
+        session["transcript"].append({"id": "stored-without-reply", "role": "user", "content": text, "metadata": {}})
+        route.fulfill(response=response, body=json.dumps(session))
+
+    page.route(f"**/sessions/{first}", session_read)
+    box = page.get_by_label("Your message")
+    box.fill(text)
+    box.press("Enter")
+    wait_for(page, held, 1)
+    open_another_session(page, first)
+    doubt.append(True)
+    body = {"error": {"code": "idempotent_turn_outcome_unknown", "message": "...", "field": "Idempotency-Key"}}
+    held[0].fulfill(status=409, content_type="application/json", body=json.dumps(body))
+    status = page.get_by_role("status")
+    expect(status).to_have_text(
+        "Your message in another session was saved, but no reply was made to it: open that session to see it."
+    )
+    page.locator(f'#session-list a[data-id="{first}"]').click()
+    expect(page.locator("#team-view")).to_have_attribute("data-session", first)
+    expect(page.locator("#chat-error")).to_contain_text("Your message was saved, but no reply was made to it.")
+    expect(box).to_have_value("")
 
 
 def test_an_api_error_event_after_the_turn_was_stored_is_not_taken_for_a_refusal(

@@ -87,7 +87,7 @@ export function renderChat(root, ctx) {
         if (ctx.signedIn()) keepUnsent(id, { text, error: err });
         return;
       }
-      box.value = text;
+      if (!err.saved) box.value = text; // saved without a reply: sending it again would store it twice
       showError(errorEl, err);
       box.focus();
       return;

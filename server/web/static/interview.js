@@ -189,7 +189,8 @@ function questionView(ctx, question, index, total, list) {
       }
       button.disabled = false;
       box.readOnly = false;
-      if (!box.value) box.value = answer;
+      if (err.saved) box.value = ""; // saved without a reply: submitting it again would store it twice
+      else if (!box.value) box.value = answer;
       if (progressEl) progressEl.hidden = true;
       showError(errorEl, err);
       box.focus();

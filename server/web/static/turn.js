@@ -53,6 +53,13 @@ const unsent = new Map(); // session id -> {text, error, index}: a failed turn's
  * when it is drawn next (takeUnsent). Nothing is kept once signed out (forgetUnsent).
  */
 export function keepUnsent(sessionId, kept, what = "Your message") {
+  if (kept.error && kept.error.saved) {
+    // stored after all, without a reply: not "not sent", and its text is not put back in the box (a resend would
+    // store it twice); the session shows the error when it is opened again
+    unsent.set(sessionId, { ...kept, text: "" });
+    announce(`${what} in another session was saved, but no reply was made to it: open that session to see it.`, { sticky: true });
+    return;
+  }
   unsent.set(sessionId, kept);
   announce(`${what} in another session was not sent (${kept.error.message || kept.error}). It is back in its box when you open that session again.`, { sticky: true });
 }
@@ -224,9 +231,11 @@ async function sendTurn(ctx, text, onEvent, flight) {
     }
     if (doubt) {
       // the server would not tell whether an earlier send was stored; the session says
-      throw new ApiError(error.status, error.code, found === "message"
+      const told = new ApiError(error.status, error.code, found === "message"
         ? "Your message was saved, but no reply was made to it. Sending it again would store it a second time: reload the session to see it, or write a new message."
         : "An earlier send of this message failed and it is not in the session: send it again.");
+      told.saved = found === "message"; // stored: the text is not offered for a resend
+      throw told;
     }
     if (lost) {
       throw new ApiError(0, "stream_lost", "The connection was lost and the reply did not arrive. Check your connection, then send your message again: it will not be saved twice.");
