@@ -678,6 +678,40 @@ def test_a_message_that_fails_while_another_session_is_open_is_back_in_its_box(p
     assert user_messages(server, VENEO_KEY, first) == [text]
 
 
+def test_opening_a_session_clears_only_its_own_unsent_message(page: Page, server: LiveServer) -> None:
+    """Found in review: opening a session whose message had failed cleared the status line, also when it said
+    something newer: that a message in a third session had failed too (its text kept for that session)."""
+    sign_in(page, server, VENEO_KEY)
+    held: list[Route] = []
+    hold(page, held)
+    box = page.get_by_label("Your message")
+    first = new_session(page)
+    box.fill("How long does shipping take?")
+    box.press("Enter")
+    wait_for(page, held, 1)
+    second = open_another_session(page, first)
+    box.fill("Do gift cards expire?")
+    box.press("Enter")
+    wait_for(page, held, 2)
+    open_another_session(page, second)
+    status = page.get_by_role("status")
+    held[0].fulfill(status=200, content_type="text/event-stream", body=STORE_DOWN)
+    expect(status).to_contain_text("Your message in another session was not sent")
+    page.wait_for_timeout(300)
+    held[1].fulfill(status=200, content_type="text/event-stream", body=STORE_DOWN)
+    expect(status).to_have_text("Checking whether your message was saved…")  # the second turn's checks, then
+    expect(status).to_contain_text("Your message in another session was not sent")  # its own message
+    told = status.text_content()
+    page.locator(f'#session-list a[data-id="{first}"]').click()
+    expect(page.locator("#team-view")).to_have_attribute("data-session", first)
+    expect(box).to_have_value("How long does shipping take?")
+    expect(status).to_have_text(told)  # the second session's message: not the first's to clear
+    page.locator(f'#session-list a[data-id="{second}"]').click()
+    expect(page.locator("#team-view")).to_have_attribute("data-session", second)
+    expect(box).to_have_value("Do gift cards expire?")
+    expect(status).to_have_text("")  # its own: cleared, the box and its error say it now
+
+
 def test_an_answer_that_fails_while_another_session_is_open_is_back_in_its_box(page: Page, server: LiveServer) -> None:
     """As for the chat: an interview answer that failed while another session was open is back in the answer box of
     its question (with the error) when the person opens that session again."""

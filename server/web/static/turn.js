@@ -1,6 +1,6 @@
 // One turn of a team over /stream_events, sent with an Idempotency-Key, and what to do when it does not end well.
 import { ApiError } from "./api.js";
-import { announce, h, showError } from "./dom.js";
+import { announce, h, showError, unannounce } from "./dom.js";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const STORE = "teamgraph.turn."; // sessionStorage: this tab's unsettled turn per session, {text, key, after}
@@ -46,6 +46,7 @@ const signedIn = (ctx) => !ctx.signedIn || ctx.signedIn();
 const say = (ctx, text, options) => signedIn(ctx) && announce(text, options);
 
 const unsent = new Map(); // session id -> {text, error, index}: a failed turn's text whose view was not on screen
+let told = null; // {sessionId, text}: the last "…in another session" message put in the status line
 
 /**
  * A turn that was not stored failed while another session was on screen: its text (and the error) is kept for
@@ -57,23 +58,30 @@ export function keepUnsent(sessionId, kept, what = "Your message") {
     // stored after all, without a reply: not "not sent", and its text is not put back in the box (a resend would
     // store it twice); the session shows the error when it is opened again
     unsent.set(sessionId, { ...kept, text: "" });
-    announce(`${what} in another session was saved, but no reply was made to it: open that session to see it.`, { sticky: true });
-    return;
+    told = { sessionId, text: `${what} in another session was saved, but no reply was made to it: open that session to see it.` };
+  } else {
+    unsent.set(sessionId, kept);
+    told = { sessionId, text: `${what} in another session was not sent (${kept.error.message || kept.error}). It is back in its box when you open that session again.` };
   }
-  unsent.set(sessionId, kept);
-  announce(`${what} in another session was not sent (${kept.error.message || kept.error}). It is back in its box when you open that session again.`, { sticky: true });
+  announce(told.text, { sticky: true });
 }
 
 /** The kept text of a failed turn of this session, or null; taken (a second draw of the view has none). */
 export function takeUnsent(sessionId) {
   const kept = unsent.get(sessionId) || null;
   unsent.delete(sessionId);
-  if (kept) announce(""); // the status line's "…not sent" has done its work: the box and its error say it now
+  // the status line's "…not sent" about this session has done its work (the box and its error say it now); a
+  // newer message (another session's, or anything else since) stays
+  if (kept && told && told.sessionId === sessionId) {
+    unannounce(told.text);
+    told = null;
+  }
   return kept;
 }
 
 export function forgetUnsent() {
   unsent.clear();
+  told = null;
 }
 
 /** The element `id` if it is on screen for this session (the view was drawn again mid-turn: its elements are new). */
