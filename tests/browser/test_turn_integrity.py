@@ -752,7 +752,36 @@ def left_behind(page: Page) -> list[tuple[str, Any]]:
         left.append(("status", status))
     if (focused := page.evaluate("document.activeElement.id")) != "key-input":
         left.append(("focus", focused))
+    left.extend(("sessionStorage", record) for record in turn_records(page))
     return left
+
+
+def turn_records(page: Page) -> list[str]:
+    """The page's records of unsettled turns in sessionStorage (`teamgraph.turn.<session id>`: text and key)."""
+    records: list[str] = page.evaluate(
+        "Object.keys(sessionStorage).filter((k) => k.startsWith('teamgraph.turn.'))"
+        ".map((k) => `${k}: ${sessionStorage.getItem(k)}`)"
+    )
+    return records
+
+
+def test_sign_out_leaves_no_record_of_an_unsettled_turn(page: Page, server: LiveServer) -> None:
+    """Found in review: a failed turn's record (its text and Idempotency-Key, in sessionStorage, kept so that a
+    resend after a reload carries the same key) outlived Sign out: the tenant's text stayed in the tab."""
+    sign_in(page, server, VENEO_KEY)
+    session_id = new_session(page)
+    page.route(
+        "**/teams/veneo_chat/stream_events",
+        lambda route: route.fulfill(status=200, content_type="text/event-stream", body=STORE_DOWN),
+    )
+    box = page.get_by_label("Your message")
+    box.fill("My card is 4111 1111 1111 1111: can I return shoes?")
+    box.press("Enter")
+    expect(page.locator("#chat-error")).to_have_text("The session store is unavailable; try again shortly.")
+    assert [r.split(":", 1)[0] for r in turn_records(page)] == [f"teamgraph.turn.{session_id}"]
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Tenant key")).to_be_visible()
+    assert turn_records(page) == []
 
 
 @pytest.mark.allow_console("status of 401")

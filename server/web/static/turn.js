@@ -51,7 +51,8 @@ let told = null; // {sessionId, text}: the last "…in another session" message 
 /**
  * A turn that was not stored failed while another session was on screen: its text (and the error) is kept for
  * its session, for the life of the page, and told in the status line; the session's view puts it back in its box
- * when it is drawn next (takeUnsent). Nothing is kept once signed out (forgetUnsent).
+ * when it is drawn next (takeUnsent). Nothing is kept once signed out (forgetUnsent, which also drops the records
+ * of unsettled turns).
  */
 export function keepUnsent(sessionId, kept, what = "Your message") {
   if (kept.error && kept.error.saved) {
@@ -82,6 +83,15 @@ export function takeUnsent(sessionId) {
 export function forgetUnsent() {
   unsent.clear();
   told = null;
+  // the unsettled turns' records too (their text and key, this tab's sessionStorage): nothing of the tenant's is
+  // left in the page; a resend after signing in again is a new turn
+  memory.clear();
+  try {
+    const names = Array.from({ length: sessionStorage.length }, (_, i) => sessionStorage.key(i));
+    for (const name of names) if (name && name.startsWith(STORE)) sessionStorage.removeItem(name);
+  } catch {
+    // no sessionStorage: `memory` was all there was
+  }
 }
 
 /** The element `id` if it is on screen for this session (the view was drawn again mid-turn: its elements are new). */
