@@ -106,6 +106,54 @@ def test_an_answer_stored_when_the_session_read_fails_is_not_offered_again(page:
 
 
 @pytest.mark.allow_console("status of 500")
+def test_a_stored_answer_whose_reads_give_up_leaves_a_view_drawn_meanwhile_alone(
+    page: Page, server: LiveServer
+) -> None:
+    """Found in review: after an answer was stored its session reads failed (tried for ~2 s); meanwhile the person
+    left the session and opened it again (that read succeeded: question 2 on screen). When the reads gave up, the
+    page put away the answer box and Submit of that new view (found by id), leaving question 2 with no way to
+    answer, and the error went to the old view's detached element."""
+    session_id = uploaded_interview(page, server)
+    page.get_by_role("button", name="Start the interview").click()
+    expect(page.get_by_role("heading", name="Question 1 of 3")).to_be_visible()
+    reads: list[Route] = []  # the session's reads after the answer was sent: the first is held
+
+    def session_read(route: Route) -> None:
+        if route.request.method != "GET":
+            route.continue_()
+            return
+        reads.append(route)
+        if len(reads) == 1 or len(reads) == 3:  # the read before the turn; the person opening the session again
+            route.continue_()
+        elif len(reads) > 3:
+            route.fulfill(status=500, content_type="application/json", body=SERVER_ERROR)
+
+    page.route(f"**/sessions/{session_id}", session_read)
+    page.get_by_label("Your answer").fill(ANSWERS[0])
+    page.get_by_role("button", name="Submit answer").click()
+    for _ in range(150):  # the answer stored, the page's first read of the session after it (held)
+        if len(reads) >= 2:
+            break
+        page.wait_for_timeout(100)
+    assert len(reads) == 2, len(reads)
+    open_another_session(page, session_id)
+    page.locator(f'#session-list a[data-id="{session_id}"]').click()
+    expect(page.get_by_role("heading", name="Question 2 of 3")).to_be_visible()
+    reads[1].fulfill(status=500, content_type="application/json", body=SERVER_ERROR)
+    for _ in range(60):  # two more reads, 1 s apart, then the page gives up
+        if len(reads) >= 5:
+            break
+        page.wait_for_timeout(100)
+    assert len(reads) == 5, len(reads)
+    page.wait_for_timeout(500)
+    expect(page.get_by_label("Your answer")).to_be_visible()
+    expect(page.get_by_label("Your answer")).to_be_editable()
+    expect(page.get_by_role("button", name="Submit answer")).to_be_visible()
+    expect(page.locator("#answer-error")).to_be_hidden()
+    expect(page.locator("#show-saved")).to_have_count(0)
+
+
+@pytest.mark.allow_console("status of 500")
 def test_a_started_interview_whose_session_read_fails_is_not_offered_start_again(
     page: Page, server: LiveServer
 ) -> None:

@@ -204,6 +204,9 @@ function questionView(ctx, question, index, total, list) {
     const next = index + 1 < total ? "the next question" : "your summary";
     const saved = `Your answer was saved, but ${next} could not be loaded. Do not submit it again: use “Show the reply”.`;
     if (await showStored(ctx, index + 1 < total ? "answer-input" : "summary-title", errorEl, saved)) return;
+    // the view was drawn again while the reads were tried (the person left the session and came back): its box
+    // and Submit are for the next question, not this answer's to put away
+    if (!errorEl.isConnected) return;
     // the answer is stored (its evaluation is above): not left in a box beside a progress line that waits for
     // nothing; the box and Submit are put away (emptied, read-only, disabled) until the session is shown again
     const box = live("answer-input", id);

@@ -283,6 +283,7 @@ export async function showStored(ctx, focus, errorEl, message = SAVED_UNREAD) {
       await sleep(1000);
     }
   }
+  if (!errorEl.isConnected) return false; // the view was drawn again meanwhile: it has its own controls
   showError(errorEl, new Error(message));
   const again = h("button", { type: "button", id: "show-saved", class: "secondary" }, "Show the reply");
   again.addEventListener("click", async () => {
