@@ -105,10 +105,10 @@ const REDACTED = /\[(?:email|card number|phone) removed\]/; // what PII redactio
 /**
  * Whether a stored user message is this text (as stored: the PII it carried may have been redacted). Each
  * redaction marker stands for some non-empty part of the text: the stored text's first part is a prefix of the
- * text, its last part a suffix, and the parts between are found in order, each after a non-empty gap. Linear in
- * the lengths (indexOf, leftmost match of each part), never a backtracking pattern: a message with many
- * redactions against a long text that differs (a RegExp of the parts joined by `[^]+?` took polynomial time and
- * froze the tab) answers at once.
+ * text, its last part a suffix, and the parts between are found in order, each after a non-empty gap. No
+ * backtracking: one indexOf scan per part (its leftmost match after the previous one), never a backtracking
+ * pattern: a message with many redactions against a long text that differs (a RegExp of the parts joined by
+ * `[^]+?` took polynomial time and froze the tab) answers at once.
  */
 export function sameText(stored, text) {
   if (typeof stored !== "string" || typeof text !== "string") return false;
