@@ -768,7 +768,7 @@ def test_opening_a_session_clears_only_its_own_unsent_message(page: Page, server
     held[1].fulfill(status=200, content_type="text/event-stream", body=STORE_DOWN)
     expect(status).to_have_text("Checking whether your message was saved…")  # the second turn's checks, then
     expect(status).to_contain_text("Your message in another session was not sent")  # its own message
-    told = status.text_content()
+    told = status.text_content() or ""
     page.locator(f'#session-list a[data-id="{first}"]').click()
     expect(page.locator("#team-view")).to_have_attribute("data-session", first)
     expect(box).to_have_value("How long does shipping take?")

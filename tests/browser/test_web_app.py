@@ -574,7 +574,7 @@ def test_a_stopped_calls_retry_is_not_overtaken_by_the_next_call(page: Page, ser
     posts: list[str] = []
 
     def first_lost(route: Route) -> None:
-        posts.append(route.request.post_data_json["items"][0]["id"])
+        posts.append(json.loads(route.request.post_data or "{}")["items"][0]["id"])
         if len(posts) == 1:
             route.abort()  # never reached the server
         else:
