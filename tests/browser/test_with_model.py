@@ -8,6 +8,7 @@ controls (catalog, a preview that plays, the realtime bootstrap up to the provid
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 import wave
@@ -15,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect
+from playwright.sync_api import Browser, Page, Playwright, Route, expect
 
 from bench.bundle import make_bench_bundles
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, FAKE_REALTIME_JS, PageErrors, _watch, sign_in
 from tests.fakes.openai_server import Audio, FakeOpenAIServer, Reply
-from tests.integration_tests.live_server import VENEO_KEY, LiveServer
+from tests.integration_tests.live_server import DEMO_KEY, VENEO_KEY, LiveServer
 
 REPLY = "Standard shipping takes three to five business days within the EU."
 
@@ -228,3 +229,100 @@ def test_a_key_refused_when_a_call_refreshes_the_session_signs_out_quietly(
     page.wait_for_timeout(300)
     assert page_errors == []
     assert page.evaluate("window.fakeRealtime.peers.map((p) => p.connectionState)") == ["closed"]
+
+
+SAID = """(() => {
+  const channel = window.fakeRealtime.channels[window.fakeRealtime.channels.length - 1];
+  channel.emit({ type: "input_audio_buffer.speech_started", item_id: "item_1" });
+  channel.emit({ type: "input_audio_buffer.speech_stopped", item_id: "item_1" });
+  const done = "conversation.item.input_audio_transcription.completed";
+  channel.emit({ type: done, item_id: "item_1", transcript: "How long does shipping take?" });
+})()"""
+
+
+@pytest.mark.allow_console("status of 401")
+def test_a_voice_post_refused_with_a_401_says_nothing_on_the_sign_in_page(page: Page, server: LiveServer) -> None:
+    """Found in review: the key revoked mid-call, the transcript post answered 401: the page signed out (the voice
+    panel went with the workspace) and the post's failure was then written into the status line of the sign-in
+    page ("What you said in the call was not saved to the session (unknown API key)")."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    page.get_by_role("button", name="Talk").click()
+    expect(page.get_by_role("button", name="Stop talking")).to_have_attribute("aria-pressed", "true")
+    revoked = {"authorization": "Bearer tg-revoked-key"}  # a key the server does not know
+    page.route("**/sessions/*/transcripts", lambda route: route.continue_(headers={**route.request.headers, **revoked}))
+    page.evaluate(SAID)
+    expect(page.locator("#signin-error")).to_have_text(re.compile(r"^Your key is no longer accepted"))
+    page.wait_for_timeout(500)
+    assert page.locator("#status").text_content() == ""
+
+
+@pytest.mark.allow_console("status of 502")
+def test_a_failing_voice_post_is_not_sent_again_or_told_after_sign_out(page: Page, server: LiveServer) -> None:
+    """Found in review: a transcript post answered 502, then Sign out: the post was sent again three times with
+    the forgotten key, and ~7 s later its failure was told in the status line, of the sign-in page or (another
+    tenant signed in meanwhile) of that tenant's workspace."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    page.get_by_role("button", name="Talk").click()
+    expect(page.get_by_role("button", name="Stop talking")).to_have_attribute("aria-pressed", "true")
+    posts: list[str] = []
+
+    def bad_gateway(route: Route) -> None:
+        posts.append(route.request.headers.get("authorization", ""))
+        route.fulfill(status=502, content_type="application/json", body='{"error": {"code": "bad_gateway"}}')
+
+    page.route("**/sessions/*/transcripts", bad_gateway)
+    page.evaluate(SAID)
+    until(page, "window.fakeRealtime.peers.length === 1")
+    deadline = time.monotonic() + 5
+    while not posts:
+        assert time.monotonic() < deadline, "no transcript post"
+        page.wait_for_timeout(20)
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Tenant key").fill(DEMO_KEY)  # another tenant, in the same page (no reload)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+    page.get_by_role("button", name="New session").click()
+    page.wait_for_timeout(7_500)  # the retries (1, 2, 4 s) and the message would be over by now
+    assert posts == [f"Bearer {VENEO_KEY}"], posts  # the first post only: no retry with the forgotten key
+    assert "saved" not in (page.locator("#status").text_content() or "")
+    expect(page.locator("#voice-error")).to_be_hidden()
+
+
+@pytest.mark.allow_console("status of 502")
+def test_could_not_be_saved_yet_goes_once_the_next_post_saves_it(page: Page, server: LiveServer) -> None:
+    """Found in review: during a call, a post that failed with its retries said "What you said could not be saved
+    yet…; it is sent again with what you say next", and the message stayed after the next post had saved it."""
+    page.add_init_script(FAKE_REALTIME_JS)
+    sign_in(page, server, VENEO_KEY)
+    page.get_by_role("button", name="New session").click()
+    page.get_by_role("button", name="Talk").click()
+    expect(page.get_by_role("button", name="Stop talking")).to_have_attribute("aria-pressed", "true")
+    posts: list[list[str]] = []
+
+    def down_four_times(route: Route) -> None:
+        posts.append([item["id"] for item in json.loads(route.request.post_data or "{}")["items"]])
+        if len(posts) <= 4:  # the post and its three retries
+            route.fulfill(status=502, content_type="application/json", body='{"error": {"code": "bad_gateway"}}')
+        else:
+            route.continue_()
+
+    page.route("**/sessions/*/transcripts", down_four_times)
+    page.evaluate(SAID)
+    error = page.locator("#voice-error")
+    expect(error).to_contain_text("What you said could not be saved yet", timeout=12_000)
+    page.evaluate(
+        """(() => {
+          const channel = window.fakeRealtime.channels[0];
+          channel.emit({ type: "input_audio_buffer.speech_started", item_id: "item_2" });
+          channel.emit({ type: "input_audio_buffer.speech_stopped", item_id: "item_2" });
+          const done = "conversation.item.input_audio_transcription.completed";
+          channel.emit({ type: done, item_id: "item_2", transcript: "And to Norway?" });
+        })()"""
+    )
+    expect(page.locator(".message.user")).to_have_count(2)  # both saved, the session drawn again
+    expect(error).to_be_hidden()
+    assert posts[-1] == ["item_1", "item_2"], posts

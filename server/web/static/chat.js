@@ -3,7 +3,7 @@
 // carry a badge with the reason category; /summarize is a button.
 import { h, clear, showError, announce } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
-import { runTurn, showStored, nodeOutput, turnInFlight, live } from "./turn.js";
+import { runTurn, showStored, nodeOutput, turnInFlight, live, keepUnsent, takeUnsent } from "./turn.js";
 
 const ACTIONS = { block: "Blocked", rewrite: "Rewritten" };
 
@@ -36,8 +36,14 @@ export function renderChat(root, ctx) {
   if (flight) {
     setBusy(session.id, true, { log, send, summarize, input });
     drawTurn(log, flight.shown, session.transcript.some((m) => m.id && flight.before && !flight.before.has(m.id) && m.role === "user"));
-  } else if (!session.transcript.length) {
-    log.append(h("p", { class: "muted empty-chat" }, "Ask anything about Veneo: orders, shipping, returns…"));
+  } else {
+    if (!session.transcript.length) log.append(h("p", { class: "muted empty-chat" }, "Ask anything about Veneo: orders, shipping, returns…"));
+    // a message that failed while another session was on screen: back in the box, with why
+    const kept = takeUnsent(session.id);
+    if (kept) {
+      input.value = kept.text;
+      showError(error, kept.error);
+    }
   }
 
   async function sendText(text) {
@@ -76,8 +82,12 @@ export function renderChat(root, ctx) {
       setBusy(id, false);
       const box = live("chat-input", id);
       const errorEl = live("chat-error", id);
-      if (!box || !errorEl) return; // another session is shown
-      box.value = text;
+      if (!box || !errorEl) {
+        // another session is shown: the text is kept for this one (back in its box when it is opened again)
+        if (ctx.signedIn()) keepUnsent(id, { text, error: err });
+        return;
+      }
+      if (!err.saved) box.value = text; // saved without a reply: sending it again would store it twice
       showError(errorEl, err);
       box.focus();
       return;

@@ -43,3 +43,8 @@ export function announce(text, { sticky = false } = {}) {
   clearTimeout(statusTimer);
   if (!sticky && text) statusTimer = setTimeout(() => (status.textContent = ""), 6000);
 }
+
+/** Clear the status line if it still says `text` (a newer message, about something else, stays). */
+export function unannounce(text) {
+  if (text && document.getElementById("status").textContent === text) announce("");
+}

@@ -4,7 +4,7 @@
 import { h, clear, showError, announce } from "./dom.js";
 import { scoreChart } from "./chart.js";
 import { renderMarkdown } from "./markdown.js";
-import { runTurn, showStored, nodeOutput, turnInFlight, live } from "./turn.js";
+import { runTurn, showStored, nodeOutput, turnInFlight, live, keepUnsent, takeUnsent } from "./turn.js";
 
 const ACCEPT = ".txt,.md,.markdown,.pdf,.docx,text/plain,text/markdown,application/pdf,application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 const KINDS = [
@@ -134,6 +134,13 @@ function questionView(ctx, question, index, total, list) {
     progress.hidden = false;
     progress.textContent = flight.shown.progress || "Scoring your answer…";
     if (flight.shown.evaluation && flight.shown.index === index) list.append(h("li", {}, evaluationCard(flight.shown.evaluation, index, total)));
+  } else {
+    // an answer that failed while another session was on screen: back in the box, with why (for this question)
+    const kept = takeUnsent(id);
+    if (kept && kept.index === index) {
+      textarea.value = kept.text;
+      showError(error, kept.error);
+    }
   }
   const setProgress = (shown, text) => {
     shown.progress = text;
@@ -175,10 +182,15 @@ function questionView(ctx, question, index, total, list) {
       const box = live("answer-input", id);
       const progressEl = live("answer-progress", id);
       const errorEl = live("answer-error", id);
-      if (!button || !box || !errorEl) return; // another session is shown
+      if (!button || !box || !errorEl) {
+        // another session is shown: the answer is kept for this one (back in its box when it is opened again)
+        if (ctx.signedIn()) keepUnsent(id, { text: answer, error: err, index }, "Your answer");
+        return;
+      }
       button.disabled = false;
       box.readOnly = false;
-      if (!box.value) box.value = answer;
+      if (err.saved) box.value = ""; // saved without a reply: submitting it again would store it twice
+      else if (!box.value) box.value = answer;
       if (progressEl) progressEl.hidden = true;
       showError(errorEl, err);
       box.focus();
@@ -186,9 +198,26 @@ function questionView(ctx, question, index, total, list) {
     }
     // stored: a failed read of the session now must not offer Submit again (the answer would be stored twice,
     // the second time as the answer to the next question)
-    if (stored.stored !== "before") announce(`Answer ${index + 1} scored.`); // "before": turn.js said it was saved
+    if (stored.stored !== "before" && ctx.signedIn()) announce(`Answer ${index + 1} scored.`); // "before": turn.js said it was saved
     const errorEl = live("answer-error", id);
-    if (errorEl) await showStored(ctx, index + 1 < total ? "answer-input" : "summary-title", errorEl);
+    if (!errorEl) return;
+    const next = index + 1 < total ? "the next question" : "your summary";
+    const saved = `Your answer was saved, but ${next} could not be loaded. Do not submit it again: use “Show the reply”.`;
+    if (await showStored(ctx, index + 1 < total ? "answer-input" : "summary-title", errorEl, saved)) return;
+    // the view was drawn again while the reads were tried (the person left the session and came back): its box
+    // and Submit are for the next question, not this answer's to put away
+    if (!errorEl.isConnected) return;
+    // the answer is stored (its evaluation is above): not left in a box beside a progress line that waits for
+    // nothing; the box and Submit are put away (emptied, read-only, disabled) until the session is shown again
+    const box = live("answer-input", id);
+    const button = live("answer-submit", id);
+    const progressEl = live("answer-progress", id);
+    if (box) {
+      box.value = "";
+      for (const el of [box, ...box.labels]) el.hidden = true;
+    }
+    if (button) button.hidden = true;
+    if (progressEl) progressEl.hidden = true;
   });
   section.append(form);
   return section;

@@ -5,6 +5,7 @@ import { $, h, clear, showError, announce } from "./dom.js";
 import { renderInterview } from "./interview.js";
 import { renderChat } from "./chat.js";
 import { setupVoice, stopVoice, voiceContext } from "./voice.js";
+import { forgetUnsent } from "./turn.js";
 
 const KEY = "teamgraph.key";
 const TEAM = "teamgraph.team";
@@ -82,6 +83,7 @@ function signOut(error = null) {
   sessionStorage.removeItem(KEY);
   history.replaceState(null, "", location.pathname);
   showSession(null); // ends a voice call (posting what was said) before the key is dropped
+  forgetUnsent(); // the text of failed turns kept for their sessions
   Object.assign(app, { api: null, teams: [], team: null, cursor: null });
   clear($("#session-list"));
   clear($("#team-select"));
@@ -92,6 +94,7 @@ function signOut(error = null) {
   $("#more-sessions").hidden = true;
   for (const id of ["sessions-error", "session-error", "rename-error"]) showError($(`#${id}`), null);
   document.title = "Teamgraph";
+  announce(""); // the status line too: what the workspace was doing is over
   showSignIn(error);
 }
 
@@ -214,7 +217,10 @@ function showSession(session, { focus = null } = {}) {
   if (!session) return;
   $("#session-title").textContent = session.title || "Untitled session";
   document.title = `${session.title || "Session"} · Teamgraph`;
-  const ctx = { api: app.api, session, refresh, showSessionError: (e) => showError($("#session-error"), e) };
+  const api = app.api;
+  // signedIn: still signed in with the key this view was drawn with (a 401 or Sign out since: nothing of the
+  // tenant goes back into the page)
+  const ctx = { api, session, refresh, signedIn: () => app.api === api, showSessionError: (e) => showError($("#session-error"), e) };
   // what the person is typing survives a redraw of the same session (a refresh lands while they type)
   const drafts = changed ? [] : DRAFTS.map((id) => document.getElementById(id)).filter((el) => el && !el.readOnly && el.value);
   const kept = drafts.map((el) => [el.id, el.value]);

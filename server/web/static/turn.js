@@ -1,6 +1,6 @@
 // One turn of a team over /stream_events, sent with an Idempotency-Key, and what to do when it does not end well.
 import { ApiError } from "./api.js";
-import { announce, h, showError } from "./dom.js";
+import { announce, h, showError, unannounce } from "./dom.js";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const STORE = "teamgraph.turn."; // sessionStorage: this tab's unsettled turn per session, {text, key, after}
@@ -39,6 +39,61 @@ export function turnInFlight(sessionId) {
   return flights.get(sessionId) || null;
 }
 
+/** Whether the page is still signed in with the key the turn's view was drawn with: once a 401 (or Sign out) has
+ * signed it out, a turn stops where it is and writes nothing more into the page (main.js clears it). */
+const signedIn = (ctx) => !ctx.signedIn || ctx.signedIn();
+/** The status line, while still signed in. */
+const say = (ctx, text, options) => signedIn(ctx) && announce(text, options);
+
+const unsent = new Map(); // session id -> {text, error, index}: a failed turn's text whose view was not on screen
+let told = null; // {sessionId, text}: the last "…in another session" message put in the status line
+
+/**
+ * A turn that was not stored failed while another session was on screen: its text (and the error) is kept for
+ * its session, for the life of the page, and told in the status line; the session's view puts it back in its box
+ * when it is drawn next (takeUnsent). Nothing is kept once signed out (forgetUnsent, which also drops the records
+ * of unsettled turns).
+ */
+export function keepUnsent(sessionId, kept, what = "Your message") {
+  if (kept.error && kept.error.saved) {
+    // stored after all, without a reply: not "not sent", and its text is not put back in the box (a resend would
+    // store it twice); the session shows the error when it is opened again
+    unsent.set(sessionId, { ...kept, text: "" });
+    told = { sessionId, text: `${what} in another session was saved, but no reply was made to it: open that session to see it.` };
+  } else {
+    unsent.set(sessionId, kept);
+    told = { sessionId, text: `${what} in another session was not sent (${kept.error.message || kept.error}). It is back in its box when you open that session again.` };
+  }
+  announce(told.text, { sticky: true });
+}
+
+/** The kept text of a failed turn of this session, or null; taken (a second draw of the view has none). */
+export function takeUnsent(sessionId) {
+  const kept = unsent.get(sessionId) || null;
+  unsent.delete(sessionId);
+  // the status line's "…not sent" about this session has done its work (the box and its error say it now); a
+  // newer message (another session's, or anything else since) stays
+  if (kept && told && told.sessionId === sessionId) {
+    unannounce(told.text);
+    told = null;
+  }
+  return kept;
+}
+
+export function forgetUnsent() {
+  unsent.clear();
+  told = null;
+  // the unsettled turns' records too (their text and key, this tab's sessionStorage): nothing of the tenant's is
+  // left in the page; a resend after signing in again is a new turn
+  memory.clear();
+  try {
+    const names = Array.from({ length: sessionStorage.length }, (_, i) => sessionStorage.key(i));
+    for (const name of names) if (name && name.startsWith(STORE)) sessionStorage.removeItem(name);
+  } catch {
+    // no sessionStorage: `memory` was all there was
+  }
+}
+
 /** The element `id` if it is on screen for this session (the view was drawn again mid-turn: its elements are new). */
 export function live(id, sessionId) {
   const el = document.getElementById(id);
@@ -47,13 +102,30 @@ export function live(id, sessionId) {
 }
 
 const REDACTED = /\[(?:email|card number|phone) removed\]/; // what PII redaction leaves in a stored message
-const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-/** Whether a stored user message is this text (as stored: the PII it carried may have been redacted). */
-function sameText(stored, text) {
-  if (typeof stored !== "string") return false;
+/**
+ * Whether a stored user message is this text (as stored: the PII it carried may have been redacted). Each
+ * redaction marker stands for some non-empty part of the text: the stored text's first part is a prefix of the
+ * text, its last part a suffix, and the parts between are found in order, each after a non-empty gap. No
+ * backtracking: one indexOf scan per part (its leftmost match after the previous one), never a backtracking
+ * pattern: a message with many redactions against a long text that differs (a RegExp of the parts joined by
+ * `[^]+?` took polynomial time and froze the tab) answers at once.
+ */
+export function sameText(stored, text) {
+  if (typeof stored !== "string" || typeof text !== "string") return false;
   if (stored === text) return true;
   const parts = stored.split(REDACTED);
-  return parts.length > 1 && new RegExp(`^${parts.map(escape).join("[^]+?")}$`).test(text);
+  if (parts.length < 2) return false;
+  const first = parts[0];
+  const last = parts[parts.length - 1];
+  if (!text.startsWith(first)) return false;
+  let at = first.length; // where the next gap starts
+  const end = text.length - last.length; // where the last part must start
+  for (const part of parts.slice(1, -1)) {
+    const found = text.indexOf(part, at + 1); // after a gap of one character at least
+    if (found < 0 || found + part.length > end - 1) return false;
+    at = found + part.length;
+  }
+  return end >= at + 1 && text.endsWith(last);
 }
 
 const lastId = (transcript) => (transcript.length ? transcript[transcript.length - 1].id || null : null);
@@ -105,6 +177,7 @@ async function findStored(ctx, before, text, attempts) {
   let found = null;
   for (let attempt = 0; attempt < attempts; attempt += 1) {
     if (attempt) await sleep(1500);
+    if (!signedIn(ctx)) break; // a 401 signed the page out: the session is not read with that key again
     try {
       const now = await ctx.api.session(ctx.session.id);
       const added = now.transcript.filter((m) => m.id && !before.has(m.id));
@@ -147,6 +220,7 @@ async function sendTurn(ctx, text, onEvent, flight) {
   } catch {
     // unreadable just now: what the page shows (the send will tell)
   }
+  if (!signedIn(ctx)) throw new ApiError(401, "signed_out", "Signed out before the message was sent."); // by that read's 401
   const before = new Set(current.map((m) => m.id).filter(Boolean));
   flight.before = before;
   const key = keyFor(session.id, text, current, session.transcript);
@@ -166,18 +240,20 @@ async function sendTurn(ctx, text, onEvent, flight) {
     if (doubt) writePending(session.id, null); // the server takes that key no more
     // the turn may be stored (a stream cut, or an error after the state was saved): the session says
     const lost = error instanceof ApiError && error.code === "stream_lost";
-    announce(lost ? "The connection was lost while the reply was streaming; checking the session…" : "Checking whether your message was saved…", { sticky: lost });
+    say(ctx, lost ? "The connection was lost while the reply was streaming; checking the session…" : "Checking whether your message was saved…", { sticky: lost });
     const found = await findStored(ctx, before, text, lost ? 8 : 2);
     if (found === "turn") {
       writePending(session.id, null);
-      announce(lost ? "The connection dropped, but the reply was saved: it is shown from the server." : "The turn ended in an error, but your message and its reply were saved: they are shown from the server.");
+      say(ctx, lost ? "The connection dropped, but the reply was saved: it is shown from the server." : "The turn ended in an error, but your message and its reply were saved: they are shown from the server.");
       return { stored: "found" };
     }
     if (doubt) {
       // the server would not tell whether an earlier send was stored; the session says
-      throw new ApiError(error.status, error.code, found === "message"
+      const told = new ApiError(error.status, error.code, found === "message"
         ? "Your message was saved, but no reply was made to it. Sending it again would store it a second time: reload the session to see it, or write a new message."
         : "An earlier send of this message failed and it is not in the session: send it again.");
+      told.saved = found === "message"; // stored: the text is not offered for a resend
+      throw told;
     }
     if (lost) {
       throw new ApiError(0, "stream_lost", "The connection was lost and the reply did not arrive. Check your connection, then send your message again: it will not be saved twice.");
@@ -185,17 +261,19 @@ async function sendTurn(ctx, text, onEvent, flight) {
     throw error;
   }
   writePending(session.id, null);
-  if (replayed) announce("This message was already saved: it is shown from the server.");
+  if (replayed) say(ctx, "This message was already saved: it is shown from the server.");
   return { stored: replayed ? "before" : "now" };
 }
 
+const SAVED_UNREAD = "Your message was saved, but the reply could not be loaded. Do not send it again: use “Show the reply”.";
+
 /**
  * After a stored turn: show the session as the server has it. A failed read is not a failed turn (the message is
- * stored: sending it again would be a second turn), so it is tried again; then the error is shown in `errorEl`
- * with a "Show the reply" button (#show-saved) that reads the session again. The caller keeps its controls
- * disabled: the redraw of the session gives fresh ones.
+ * stored: sending it again would be a second turn), so it is tried again; then `message` (that it was saved) is
+ * shown in `errorEl` with a "Show the reply" button (#show-saved) that reads the session again, and false is
+ * returned. The caller keeps its controls disabled: the redraw of the session gives fresh ones.
  */
-export async function showStored(ctx, focus, errorEl) {
+export async function showStored(ctx, focus, errorEl, message = SAVED_UNREAD) {
   for (let attempt = 0; ; attempt += 1) {
     try {
       await ctx.refresh({ focus });
@@ -205,11 +283,12 @@ export async function showStored(ctx, focus, errorEl) {
       await sleep(1000);
     }
   }
-  showError(errorEl, new Error("Your message was saved, but the reply could not be loaded. Do not send it again: use “Show the reply”."));
+  if (!errorEl.isConnected) return false; // the view was drawn again meanwhile: it has its own controls
+  showError(errorEl, new Error(message));
   const again = h("button", { type: "button", id: "show-saved", class: "secondary" }, "Show the reply");
   again.addEventListener("click", async () => {
     again.disabled = true;
-    if (!(await showStored(ctx, focus, errorEl))) again.remove();
+    if (!(await showStored(ctx, focus, errorEl, message))) again.remove();
   });
   errorEl.after(again);
   again.focus();

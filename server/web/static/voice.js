@@ -1,10 +1,23 @@
 // Voice, only where the server has a provider (GET /voice/voices says `available`): pick a voice, preview it,
 // and talk over the provider's realtime connection with the ephemeral secret from POST /sessions/{id}/realtime;
 // the realtime transcript goes back to POST /sessions/{id}/transcripts, so spoken turns land in the session.
+import { ApiError } from "./api.js";
 import { h, clear, showError, announce } from "./dom.js";
+
+// a transcript post that fails is sent again after these waits (the same items: the server applies an item id
+// once and answers a re-posted one as a duplicate), then the person is told what was said was not saved
+export const POST_RETRY_MS = [1000, 2000, 4000];
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** The server refused the post (nothing of it applied, and the same post would be refused again: a 409
+ * transcript_out_of_order, a 422); api.js has already waited out a 409 thread_busy and a 429. */
+const refusedPost = (err) =>
+  err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429 && err.code !== "thread_busy";
 
 let ctx = null; // the open session's context; main.js updates it after every refresh
 let activeCall = null; // the call in progress, whichever panel started it: ended on sign-out or another session
+// session id -> the transcript posting running on it, of whichever call: a call's posts wait for an earlier
+// call's (a stopped call may still be sending its last items again), so items reach the server in speaking order
+const postings = new Map();
 
 /** End the call in progress, if any (sign-out; another session opened): what was said is posted first. */
 export function stopVoice() {
@@ -33,6 +46,7 @@ export async function setupVoice(panel, initial) {
   const talk = h("button", { type: "button", id: "voice-talk", "aria-pressed": "false" }, "Talk");
   const state = h("span", { class: "muted", id: "voice-state" }, "");
   let call = null;
+  let notYet = null; // the error line's "could not be saved yet", until a post of the call succeeds
 
   preview.addEventListener("click", async () => {
     showError(error, null);
@@ -59,8 +73,19 @@ export async function setupVoice(panel, initial) {
     try {
       call = await startCall(ctx, select.value, {
         onState: (text) => (state.textContent = text),
-        onResult: () => ctx.refresh().catch((err) => showError(error, err)), // not an unhandled rejection
-        onError: (err) => showError(error, err),
+        onResult: () => {
+          // the items that could not be saved went with this post: that message is over
+          if (notYet && error.textContent === notYet) showError(error, null);
+          notYet = null;
+          ctx.refresh().catch((err) => showError(error, err)); // not an unhandled rejection
+        },
+        // the panel is another session's once that session is opened (the call ends, its last post may fail
+        // later): then the status line says it, not a detached element
+        onError: (err) => {
+          notYet = err.pending ? err.message : null;
+          if (error.isConnected) showError(error, err);
+          else announce(err.message, { sticky: true });
+        },
         onEnd: () => {
           call = null;
           talk.textContent = "Talk";
@@ -98,6 +123,10 @@ export class CallCancelled extends Error {
 export async function startCall(callCtx, voice, { onState, onResult, onError, onEnd }) {
   if (!window.RTCPeerConnection || !navigator.mediaDevices) throw new Error("This browser cannot make voice calls.");
   const sessionId = callCtx.session.id;
+  // still signed in with the key the call was started with: once Sign out or a 401 has signed the page out, no
+  // post goes out with that key (a failed one is not sent again) and nothing is said (the page shows the sign-in
+  // form by then, or the workspace of whoever signed in next)
+  const signedIn = () => !callCtx.signedIn || callCtx.signedIn();
   // registered before the first await: sign-out or another session can end the call while it is still connecting
   // (stopVoice found nothing to stop before, and the call connected afterwards with the microphone live); what it
   // holds is released at once, and each await below turns into CallCancelled
@@ -177,32 +206,71 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
   const times = {};
   const pending = [];
   let posting = false;
+  let stopped = false; // Stop (or a lost connection) ended the call
   const now = () => new Date().toISOString();
   // one post at a time (items apply in speaking order); items transcribed while one is in flight go in the next,
-  // sent as soon as it ends: not left waiting for the next realtime event, which after Stop never comes
-  async function flush() {
+  // sent as soon as it ends: not left waiting for the next realtime event, which after Stop never comes. A post
+  // that fails is sent again (POST_RETRY_MS; the ids make it safe), then the person is told: the items stay
+  // pending while the call runs (its next item posts them again), after Stop nothing posts them any more. A post
+  // the server refused (a 4xx: out of order, invalid) is not sent again: its items are dropped, and said so.
+  function flush() {
     if (posting || !pending.length) return;
     posting = true;
-    const items = pending.slice();
-    let posted = false;
-    try {
-      const result = await callCtx.api.transcripts(sessionId, items);
-      pending.splice(0, items.length); // acknowledged; anything else is re-posted next time (ids make it safe)
-      posted = true;
-      if (events.readyState === "open") {
-        // after Stop the channel is closed: the items still land in the session, there is just no voice to update
-        events.send(JSON.stringify({ type: "session.update", session: result.session_update }));
-        if (result.speak) {
-          events.send(JSON.stringify({ type: "response.create", response: { instructions: `Say exactly this, and nothing else: ${result.speak}` } }));
-        }
+    // the first post goes out now when nothing is ahead of it (at sign-out, while the key is still the page's);
+    // otherwise after the earlier call's posting has ended (a new call at once after Stop)
+    const ahead = postings.get(sessionId);
+    const run = (ahead ? ahead.then(post) : post()).catch(() => {}); // post tells its own failures
+    postings.set(sessionId, run);
+    run.finally(() => postings.get(sessionId) === run && postings.delete(sessionId));
+  }
+  async function post() {
+    let failed = null;
+    for (let attempt = 0; pending.length; attempt += 1) {
+      if (!signedIn()) {
+        pending.length = 0; // signed out: nothing more goes out with that key, and nothing is said
+        break;
       }
-      onResult(result);
-    } catch (err) {
-      onError(err); // the items stay pending: the next flush posts them again
-    } finally {
-      posting = false;
+      const items = pending.slice();
+      try {
+        const result = await callCtx.api.transcripts(sessionId, items);
+        pending.splice(0, items.length); // acknowledged; anything else is posted next
+        attempt = -1; // the next batch has its own retries
+        if (events.readyState === "open") {
+          // after Stop the channel is closed: the items still land in the session, there is just no voice to update
+          events.send(JSON.stringify({ type: "session.update", session: result.session_update }));
+          if (result.speak) {
+            events.send(JSON.stringify({ type: "response.create", response: { instructions: `Say exactly this, and nothing else: ${result.speak}` } }));
+          }
+        }
+        onResult(result);
+      } catch (err) {
+        if (refusedPost(err)) {
+          pending.splice(0, items.length);
+          failed = err;
+          break;
+        }
+        if (attempt >= POST_RETRY_MS.length) {
+          failed = err;
+          break;
+        }
+        await sleep(POST_RETRY_MS[attempt]);
+      }
     }
-    if (posted && pending.length) await flush();
+    posting = false;
+    if (failed && signedIn()) {
+      const lost = refusedPost(failed) || stopped; // nothing will post these items again
+      // the server's 409 names item indexes and timestamps: the person is told what happened instead
+      const why = failed.code === "transcript_out_of_order" ? "something said after it was saved first" : failed.message;
+      const told = new Error(lost
+        ? `What you said in the call was not saved to the session (${why}).`
+        : `What you said could not be saved yet (${why}); it is sent again with what you say next.`);
+      told.pending = !lost; // the items are still to be posted: a later post that succeeds saves them
+      try {
+        onError(told);
+      } catch {
+        // the panel's handler: the next call's posts still go on
+      }
+    }
   }
   events.onmessage = ({ data }) => {
     const e = JSON.parse(data);
@@ -221,7 +289,6 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
   peer.onconnectionstatechange = () => {
     if (["failed", "closed"].includes(peer.connectionState)) stop(peer.connectionState === "failed" ? new Error("The voice connection was lost.") : null);
   };
-  let stopped = false;
   function stop(err = null) {
     if (stopped) return; // Stop, then the "closed" state change it causes
     stopped = true;
@@ -229,7 +296,7 @@ export async function startCall(callCtx, voice, { onState, onResult, onError, on
     tracks.forEach((t) => t.stop());
     if (peer.connectionState !== "closed") peer.close();
     flush(); // what is pending now; one in flight posts the rest when it ends
-    if (err) onError(err);
+    if (err && signedIn()) onError(err);
     onEnd();
   }
   connected = () => stop();
