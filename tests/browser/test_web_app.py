@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Page, Request, Route, expect
 
 from tests.browser.conftest import FAKE_REALTIME_JS, PHONE, screenshot, sign_in
 from tests.integration_tests.live_server import DEMO_KEY, VENEO_KEY, LiveServer, auth
@@ -329,6 +330,100 @@ def test_sign_out_leaves_nothing_of_the_tenant_in_the_page(page: Page, server: L
     sign_in(page, server, DEMO_KEY)  # another tenant: its own list, no session open
     expect(page.get_by_label("Team")).to_have_value("interview")
     expect(page.locator("#empty-state")).to_be_visible()
+
+
+def requests_with_key(page: Page, key: str) -> tuple[dict[str, bool], list[str]]:
+    """Records every request carrying `key` once `armed["on"]` is set: (armed, the requests as "METHOD url")."""
+    armed = {"on": False}
+    sent: list[str] = []
+
+    def on_request(request: Request) -> None:
+        if armed["on"] and request.headers.get("authorization") == f"Bearer {key}":
+            sent.append(f"{request.method} {request.url}")
+
+    page.on("request", on_request)
+    return armed, sent
+
+
+def busy(status: int, code: str) -> Callable[[Route], None]:
+    """A route answering every request `status` with Retry-After: 2 (the page's retries all meet it)."""
+
+    def handler(route: Route) -> None:
+        if route.request.method in ("PATCH", "POST", "GET"):
+            body = {"error": {"code": code, "message": f"{code} for a moment"}}
+            route.fulfill(
+                status=status, headers={"Retry-After": "2"}, content_type="application/json", body=json.dumps(body)
+            )
+        else:
+            route.continue_()
+
+    return handler
+
+
+@pytest.mark.allow_console("status of 503", "status of 429", "status of 409")
+@pytest.mark.parametrize(
+    ("action", "status", "code"),
+    [("rename", 503, "database_unavailable"), ("rename", 429, "rate_limited"), ("send", 409, "thread_busy")],
+)
+def test_sign_out_during_a_retry_wait_sends_nothing_more_with_the_key(
+    page: Page, server: LiveServer, action: str, status: int, code: str
+) -> None:
+    """api.js waited out a 503 with Retry-After, a 429 or a 409 thread_busy and then sent the request again with the
+    key it had, also when the person had signed out during the wait (and said "trying again in 2 s" on the sign-in
+    form when that retry met the same answer)."""
+    sign_in(page, server, VENEO_KEY)
+    new_session(page)
+    armed, sent = requests_with_key(page, VENEO_KEY)
+    if action == "rename":
+        page.route(re.compile(r".*/sessions/[^/?]+$"), busy(status, code))
+        page.get_by_role("button", name="Rename").click()
+        page.get_by_label("New title").fill("Shipping question")
+        page.get_by_role("button", name="Save").click()
+    else:
+        page.route("**/teams/veneo_chat/stream_events", busy(status, code))
+        page.get_by_label("Your message").fill("How long does shipping take?")
+        page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("status")).to_contain_text("trying again in 2 s")
+    armed["on"] = True
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Tenant key")).to_be_visible()
+    page.wait_for_timeout(3500)  # past the 2 s the retry waited for
+    assert sent == [], sent
+    expect(page.get_by_role("status")).to_have_text("")
+    expect(page.locator("#signin-error")).to_be_hidden()
+    assert page.evaluate("document.activeElement.id") == "key-input"
+    screenshot(page, f"sign-out-during-a-retry-wait-{action}-{status}")
+
+
+@pytest.mark.allow_console("status of 503")
+def test_a_sign_in_replaced_during_its_retry_wait_sends_nothing_more_with_its_key(
+    page: Page, server: LiveServer
+) -> None:
+    """A sign-in whose GET /teams waited out a 503 went on sending it with its key after the person had signed in
+    with another key meanwhile (and, retries run out, put its error over the other tenant's workspace)."""
+    page.goto(server.url + "/")
+    page.route(
+        "**/teams",
+        lambda route: (
+            busy(503, "database_unavailable")(route)
+            if route.request.headers.get("authorization") == f"Bearer {DEMO_KEY}"
+            else route.continue_()
+        ),
+    )
+    armed, sent = requests_with_key(page, DEMO_KEY)
+    page.get_by_label("Tenant key").fill(DEMO_KEY)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("status")).to_contain_text("The server is busy; trying again in 2 s")
+    armed["on"] = True
+    page.get_by_label("Tenant key").fill(VENEO_KEY)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+    page.wait_for_timeout(3500)  # past the 2 s the first sign-in's retry waited for
+    assert sent == [], sent
+    expect(page.get_by_label("Team")).to_have_value("veneo_chat")
+    expect(page.locator("#workspace")).to_be_visible()
+    expect(page.locator("#signin-error")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('teamgraph.key')") == VENEO_KEY
 
 
 # the server is down for a moment while it restarts: a request the page sends then is refused (and retried)

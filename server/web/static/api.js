@@ -14,9 +14,34 @@ export class ApiError extends Error {
   }
 }
 
+/** What an Api that was closed (signed out, or replaced by a new sign-in) answers instead of sending anything
+ * more with its key: callers say nothing about it (the page has moved on). */
+export class SignedOutError extends Error {
+  constructor() {
+    super("Signed out: nothing more is sent with that key.");
+    this.name = "SignedOutError";
+    this.code = "signed_out";
+  }
+}
+
 const RETRY_LIMIT = 3;
 const MAX_WAIT_S = 30;
-const sleep = (s) => new Promise((resolve) => setTimeout(resolve, s * 1000));
+
+/** Wait `s` seconds; rejects with SignedOutError as soon as `closed` is aborted (at once if it already is). */
+function sleep(s, closed) {
+  return new Promise((resolve, reject) => {
+    if (closed.aborted) return reject(new SignedOutError());
+    const timer = setTimeout(() => {
+      closed.removeEventListener("abort", stop);
+      resolve();
+    }, s * 1000);
+    const stop = () => {
+      clearTimeout(timer);
+      reject(new SignedOutError());
+    };
+    closed.addEventListener("abort", stop, { once: true });
+  });
+}
 
 function retryAfterSeconds(response) {
   const value = response.headers.get("Retry-After");
@@ -68,13 +93,29 @@ export class Api {
     this.base = base;
     this.onWait = onWait;
     this.pendingCreate = null; // {content, key}: a create that may have landed, whose key the next one reuses
+    this.closer = new AbortController(); // aborted by close()
+  }
+
+  /**
+   * Done with this key (sign-out, a 401, a new sign-in): a retry waiting for its Retry-After stops at once and
+   * nothing more is sent: that wait, a request whose answer would be retried and every later request reject with
+   * SignedOutError. A request already sent is not cancelled (sign-out's last transcript post goes out just
+   * before); its answer comes back as usual, only never retried.
+   */
+  close() {
+    this.closer.abort();
+  }
+
+  get closed() {
+    return this.closer.signal.aborted;
   }
 
   headers(extra = {}) {
     return { Authorization: `Bearer ${this.key}`, ...extra };
   }
 
-  /** fetch with the key; 409 thread_busy, 429 and 503+Retry-After are retried after Retry-After. */
+  /** fetch with the key; 409 thread_busy, 429 and 503+Retry-After are retried after Retry-After (not once
+   * closed: SignedOutError). */
   async fetch(method, path, { json, form, signal, accept = "application/json", headers = {} } = {}) {
     const init = { method, signal, headers: this.headers({ Accept: accept, ...headers }) };
     if (json !== undefined) {
@@ -84,6 +125,7 @@ export class Api {
       init.body = form; // the browser sets the multipart boundary
     }
     for (let attempt = 0; ; attempt += 1) {
+      if (this.closed) throw new SignedOutError();
       let response;
       try {
         response = await fetch(this.base + path, init);
@@ -94,9 +136,10 @@ export class Api {
       if (response.ok) return response;
       const error = await errorFrom(response);
       if (attempt < RETRY_LIMIT && retryable(response, error.code)) {
+        if (this.closed) throw new SignedOutError(); // closed while this request was on its way: no retry, no word
         const wait = retryAfterSeconds(response);
         this.onWait(wait, error);
-        await sleep(wait);
+        await sleep(wait, this.closer.signal);
         continue;
       }
       throw error;

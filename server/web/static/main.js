@@ -1,6 +1,6 @@
 // The web app's shell: sign-in with a tenant key (kept in sessionStorage: this tab only), the teams the tenant
 // may use, the session list, and the open session (its id in the URL hash, its state always from the server).
-import { Api, ApiError } from "./api.js";
+import { Api, ApiError, SignedOutError } from "./api.js";
 import { $, h, clear, showError, announce } from "./dom.js";
 import { renderInterview } from "./interview.js";
 import { renderChat } from "./chat.js";
@@ -49,12 +49,19 @@ function showSignIn(error = null) {
   $("#key-input").focus();
 }
 
+let signingIn = null; // the Api of a sign-in still checking its key: a newer sign-in replaces it
+
 async function signIn(key, { quiet = false } = {}) {
+  if (signingIn) signingIn.close(); // its retries stop: only the newest key is checked
   const api = new SignedInApi(key, { onWait });
+  signingIn = api;
   let teams;
   try {
     teams = await api.teams();
   } catch (error) {
+    // a newer sign-in replaced this one (its wait stopped, or its answer came after): that one tells its outcome
+    if (error instanceof SignedOutError || api.closed) return;
+    signingIn = null;
     if (error instanceof ApiError && error.status === 401) {
       sessionStorage.removeItem(KEY);
       showSignIn(new Error(quiet ? "Your key is no longer accepted; sign in again." : `That key was not accepted (${error.message}).`));
@@ -63,6 +70,9 @@ async function signIn(key, { quiet = false } = {}) {
     showSignIn(error);
     return;
   }
+  if (api.closed) return; // answered after a newer sign-in replaced it
+  signingIn = null;
+  if (app.api) app.api.close();
   sessionStorage.setItem(KEY, key);
   app.api = api;
   app.teams = teams;
@@ -84,6 +94,10 @@ function signOut(error = null) {
   history.replaceState(null, "", location.pathname);
   showSession(null); // ends a voice call (posting what was said) before the key is dropped
   forgetUnsent(); // the text of failed turns kept for their sessions
+  // the key's Api stops: retries waiting for their Retry-After (a busy session, a rate limit) are not sent with
+  // it, and whatever still calls it gets SignedOutError; closed after showSession(null), whose voice call's last
+  // post has gone out by then
+  if (app.api) app.api.close();
   Object.assign(app, { api: null, teams: [], team: null, cursor: null });
   clear($("#session-list"));
   clear($("#team-select"));
