@@ -490,6 +490,40 @@ def test_a_key_refused_by_new_rename_or_delete_leaves_no_error_behind(page: Page
     assert not left, left
 
 
+@pytest.mark.allow_console("status of 415")
+@pytest.mark.parametrize("answer", ["stored", "refused"])
+def test_an_upload_answered_after_sign_out_says_nothing_on_the_sign_in_form(
+    page: Page, server: LiveServer, tmp_path: Path, answer: str
+) -> None:
+    """An upload already sent when the person signed out announced "Resume uploaded." on the sign-in form once its
+    answer came. The upload is held until after Sign out, then sent on (stored) or refused by the server (415)."""
+    sign_in(page, server, DEMO_KEY)
+    new_session(page)
+    held: list[Route] = []
+    page.route("**/sessions/*/documents", lambda route: held.append(route))
+    document = REPO / "examples" / "resume.md"
+    if answer == "refused":
+        document = tmp_path / "resume.exe"
+        document.write_bytes(b"MZ\x90\x00 not a document")
+    page.get_by_label("Resume").set_input_files(document)
+    expect(page.locator("#upload-resume-status")).to_contain_text("Uploading resume")
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Tenant key")).to_be_visible()
+    with page.expect_response("**/sessions/*/documents") as response:
+        held[0].continue_()
+    assert response.value.ok if answer == "stored" else response.value.status == 415, response.value.status
+    page.wait_for_timeout(300)  # the page has the answer; well inside the 6 s an announcement stays
+    assert page.locator("#status").text_content() == ""
+    expect(page.locator("#signin-error")).to_be_hidden()
+    assert page.evaluate("document.activeElement.id") == "key-input"
+    screenshot(page, f"upload-answered-after-sign-out-{answer}")
+
+
 def test_voice_posts_what_was_said_during_a_post_and_before_stop(page: Page, server: LiveServer) -> None:
     """One transcript post at a time: items transcribed while one was in flight waited for the next realtime event,
     and after Stop (none comes) they were lost. Driven through voice.js's startCall with the realtime side faked

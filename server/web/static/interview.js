@@ -61,11 +61,13 @@ function setupView(ctx) {
       status.textContent = `Uploading ${file.name}…`;
       try {
         const result = await ctx.api.upload(session.id, kind, file);
+        if (!ctx.signedIn()) return; // signed out while it was on its way: nothing said on the sign-in form
         status.textContent = `${name} uploaded: ${result.filename} (${result.characters} characters).`;
         announce(`${name} uploaded.`);
         state[kind] = "x".repeat(result.characters); // only its presence matters before the first turn
         start.disabled = !(state.resume && state.job_description);
       } catch (err) {
+        if (!ctx.signedIn()) return; // the same (a SignedOutError or any other answer): no word, no focus taken
         status.textContent = state[kind] ? `${name} uploaded earlier.` : "Not uploaded yet.";
         showError(error, new Error((UPLOAD_HELP[err.status] || "") + err.message));
         input.setAttribute("aria-invalid", "true");
