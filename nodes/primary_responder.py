@@ -56,15 +56,15 @@ def covers_question(question: str, hit: KnowledgeHit) -> bool:
     return shared >= 1 if len(terms) <= 6 else shared >= max(2, round(0.2 * len(terms)))
 
 
-def offline_draft(question: str, hits: list[KnowledgeHit], not_found: str) -> dict[str, Any]:
-    """Answer from the best knowledge section, or say plainly that the answer is not known."""
+def offline_draft(question: str, hits: list[KnowledgeHit], not_found: str, tenant_name: str) -> dict[str, Any]:
+    """Answer from the best knowledge section (naming whose knowledge base), or say plainly that it is not known."""
     if _GREETING.match(question):
         return {"text": "Hello! How can I help you today?", "produced_by": "offline:greeting"}
     if not hits or not covers_question(question, hits[0]):
         return {"text": not_found.strip(), "produced_by": "offline:not_found"}
     best = hits[0]
     return {
-        "text": f"{best.body}\n\n(Answered from Veneo's knowledge base: {best.title}.)",
+        "text": f"{best.body}\n\n(Answered from {tenant_name}'s knowledge base: {best.title}.)",
         "produced_by": "offline:knowledge_base",
         "knowledge_section": best.title,
     }
@@ -93,7 +93,8 @@ async def primary_responder(state: ChatState, config: RunnableConfig) -> dict[st
             return {"draft": {"text": str(reply.content).strip(), "produced_by": conf.model_label(NODE)}}
         except Exception as exc:  # the knowledge base still answers when the model is down
             note = f"model unavailable: {describe_failure(exc)}"
-    draft = offline_draft(question, hits, persona.prompts.get("not_found", DEFAULT_NOT_FOUND))
+    tenant_name = conf.run.tenant_name or conf.tenant
+    draft = offline_draft(question, hits, persona.prompts.get("not_found", DEFAULT_NOT_FOUND), tenant_name)
     if note:
         draft["note"] = note
     return {"draft": draft}

@@ -37,12 +37,29 @@ class TeamNotEnabled(TeamResolutionError):
     code = "team_not_enabled"
 
 
+TENANT_NAME = "{tenant_name}"
+
+
+def fill_tenant_name(value: Any, name: str) -> Any:
+    """`value` (a bundle's data: dicts, lists, strings) with every `{tenant_name}` replaced by the tenant's display
+    name; other placeholders stay for the code that renders them (a name cannot hold braces: schema)."""
+    if isinstance(value, str):
+        return value.replace(TENANT_NAME, name)
+    if isinstance(value, dict):
+        return {k: fill_tenant_name(v, name) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_tenant_name(v, name) for v in value]
+    return value
+
+
 class TeamRunConfig(BaseModel):
-    """Everything a team's nodes may vary on, for one tenant: tenant overrides already applied."""
+    """Everything a team's nodes may vary on, for one tenant: tenant overrides already applied, `{tenant_name}`
+    filled in the personas' and the team's texts."""
 
     model_config = ConfigDict(frozen=True)
 
     tenant: str
+    tenant_name: str = ""  # the tenant's display name: its bundle's `name`, else its id
     team: TeamBundle
     agents: dict[str, AgentPersona]  # node name -> persona
     knowledge_path: str | None = None
@@ -95,20 +112,20 @@ class AgentTeamResolver:
 
     def _build(self, tenant_id: str, team_id: str) -> TeamRunConfig:
         tenant = self.bundles.tenants[tenant_id]
-        team = self.bundles.teams[team_id]
-        if team_id in tenant.overrides.teams:
-            team = TeamBundle.model_validate(
-                deep_merge(team.model_dump(exclude_unset=True), tenant.overrides.teams[team_id])
-            )
+        name = tenant.name.strip() or tenant.id
+        team_data = deep_merge(self.bundles.teams[team_id].model_dump(exclude_unset=True),
+                               tenant.overrides.teams.get(team_id, {}))  # fmt: skip
+        team = TeamBundle.model_validate(fill_tenant_name(team_data, name))
         agents: dict[str, AgentPersona] = {}
         for node, persona_id in team.nodes.items():
-            persona = self.bundles.agents[persona_id]
-            if persona_id in tenant.overrides.agents:
-                persona = AgentPersona.model_validate(
-                    deep_merge(persona.model_dump(exclude_unset=True), tenant.overrides.agents[persona_id])
-                )
-            agents[node] = persona
+            data = deep_merge(self.bundles.agents[persona_id].model_dump(exclude_unset=True),
+                              tenant.overrides.agents.get(persona_id, {}))  # fmt: skip
+            agents[node] = AgentPersona.model_validate(fill_tenant_name(data, name))
         knowledge = self.bundles.knowledge_path(tenant_id)
         return TeamRunConfig(
-            tenant=tenant_id, team=team, agents=agents, knowledge_path=str(knowledge) if knowledge else None
+            tenant=tenant_id,
+            tenant_name=name,
+            team=team,
+            agents=agents,
+            knowledge_path=str(knowledge) if knowledge else None,
         )

@@ -373,7 +373,12 @@ class TenantBundle(StrictModel):
     """A tenant: enabled teams (feature flags), default team, overrides, keys, knowledge file."""
 
     id: Identifier
-    name: str = ""
+    name: str = Field(
+        "",
+        pattern=r"^[^{}]*$",
+        description="Display name shown to the tenant's users (the chat's replies and refusals, the web page, "
+        "GET /teams tenant_name); fills {tenant_name} in persona, team and voice texts. Empty: the id.",
+    )
     enabled_teams: list[Identifier] = Field(min_length=1)
     default_team: Identifier
     overrides: TenantOverrides = TenantOverrides()

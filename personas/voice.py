@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from personas.loader import DEFAULT_BUNDLE_DIR, Bundles, Problem, _field_path, _line_of, deep_merge, parse_yaml
-from personas.resolver import TeamRunConfig
+from personas.resolver import TeamRunConfig, fill_tenant_name
 from personas.schema import AgentPersona, Identifier, StrictModel, VoiceSettings
 
 CATALOG_FILE = "voice_catalog.yaml"
@@ -278,6 +278,7 @@ def effective_voice(
         merged = deep_merge(merged, {k: v for k, v in layer.values.items() if k not in ("allowed_voices", "speaker")})
     merged["allowed_voices"] = allowed
     merged["default_voice"] = default
+    merged = fill_tenant_name(merged, run.tenant_name or run.tenant)  # instructions, preview_text
     try:
         settings = VoiceSettings.model_validate(merged)
     except ValidationError as exc:  # each layer validated alone; their combination still must be valid

@@ -156,6 +156,8 @@ def test_a_full_offline_interview_from_upload_to_export(page: Page, server: Live
 def test_chat_streams_the_reviewed_reply_and_badges_a_blocked_one(page: Page, server: LiveServer) -> None:
     sign_in(page, server, VENEO_KEY)
     session_id = new_session(page)
+    # the tenant's display name, from GET /teams tenant_name (other tenants see their own)
+    expect(page.locator(".empty-chat")).to_have_text("Ask anything about Veneo: orders, shipping, returns…")
     box = page.get_by_label("Your message")
     box.fill("How long does shipping take?")
     with page.expect_response(re.compile(r"/teams/veneo_chat/stream_events$")) as streamed:
@@ -164,6 +166,7 @@ def test_chat_streams_the_reviewed_reply_and_badges_a_blocked_one(page: Page, se
     log = page.get_by_role("log", name="Conversation")
     expect(log.locator(".message.assistant").first).to_contain_text("3 to 5 business days")
     expect(log.locator(".message.assistant").first).to_contain_text("From the knowledge base: Shipping times")
+    expect(log.locator(".message.assistant .who").first).to_have_text("Veneo")
     idle(page)
     expect(box).to_be_focused()
 

@@ -9,7 +9,7 @@ import { setupVoice, stopVoice, voiceContext } from "./voice.js";
 const KEY = "teamgraph.key";
 const TEAM = "teamgraph.team";
 const DRAFTS = ["chat-input", "answer-input"];
-const app = { api: null, teams: [], team: null, cursor: null, session: null };
+const app = { api: null, teams: [], team: null, cursor: null, session: null, tenantName: "" };
 
 /** The session id in the URL hash, or null; a URIError for a malformed one (a typed or cut link: `%E0`). */
 const hashSession = () => {
@@ -65,6 +65,7 @@ async function signIn(key, { quiet = false } = {}) {
   sessionStorage.setItem(KEY, key);
   app.api = api;
   app.teams = teams;
+  app.tenantName = (teams[0] && teams[0].tenant_name) || ""; // the tenant's display name (GET /teams)
   $("#signin").hidden = true;
   $("#key-input").value = "";
   $("#workspace").hidden = false;
@@ -82,7 +83,7 @@ function signOut(error = null) {
   sessionStorage.removeItem(KEY);
   history.replaceState(null, "", location.pathname);
   showSession(null); // ends a voice call (posting what was said) before the key is dropped
-  Object.assign(app, { api: null, teams: [], team: null, cursor: null });
+  Object.assign(app, { api: null, teams: [], team: null, cursor: null, tenantName: "" });
   clear($("#session-list"));
   clear($("#team-select"));
   clear($("#team-view"));
@@ -96,7 +97,7 @@ function signOut(error = null) {
 }
 
 export function teamName(id) {
-  return { interview: "Interview practice", veneo_chat: "Veneo chat" }[id] || id;
+  return { interview: "Interview practice", veneo_chat: `${app.tenantName || "Assistant"} chat` }[id] || id;
 }
 
 async function chooseTeam(team, { keepSession = false } = {}) {
@@ -214,7 +215,7 @@ function showSession(session, { focus = null } = {}) {
   if (!session) return;
   $("#session-title").textContent = session.title || "Untitled session";
   document.title = `${session.title || "Session"} · Teamgraph`;
-  const ctx = { api: app.api, session, refresh, showSessionError: (e) => showError($("#session-error"), e) };
+  const ctx = { api: app.api, session, tenantName: app.tenantName, refresh, showSessionError: (e) => showError($("#session-error"), e) };
   // what the person is typing survives a redraw of the same session (a refresh lands while they type)
   const drafts = changed ? [] : DRAFTS.map((id) => document.getElementById(id)).filter((el) => el && !el.readOnly && el.value);
   const kept = drafts.map((el) => [el.id, el.value]);

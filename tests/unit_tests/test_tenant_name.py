@@ -1,0 +1,155 @@
+"""A tenant other than Veneo that enables veneo_chat (README, "To add a tenant") hears its own name: in the
+knowledge-base footer, the refusal, the voice instructions and preview, the team's description and GET /teams
+(`tenant_name`, what the web page labels the chat with). They said "Veneo" to every tenant, and the safety reviewer
+let Veneo's support address through for everyone. Veneo's own resolved settings are unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.memory import InMemoryStore
+
+from graphs import veneo_chat
+from personas.loader import DEFAULT_BUNDLE_DIR, BundleError, load_bundles
+from personas.resolver import AgentTeamResolver
+from personas.voice import effective_voice, load_catalog
+from server.app import create_app
+from server.settings import Settings
+from server.voice.realtime import realtime_instructions
+from tests.conftest import run_config
+
+ACME_KEY = "acme-test-key"
+ACME = f"""\
+id: acme
+name: Acme
+enabled_teams: [veneo_chat]
+default_team: veneo_chat
+knowledge: knowledge/acme.md
+api_keys:
+  - {{id: acme-app, sha256: {hashlib.sha256(ACME_KEY.encode()).hexdigest()}}}
+"""
+KNOWLEDGE = """\
+# Acme knowledge base
+
+## Warranty
+Every Acme anvil has a ten-year warranty against cracks. Send a photo to support@acme.example to claim it.
+"""
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """The shipped bundles plus tenant acme (its own knowledge file, no overrides)."""
+    root = tmp_path / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (root / "tenants" / "acme.yaml").write_text(ACME)
+    (root / "knowledge" / "acme.md").write_text(KNOWLEDGE)
+    return root
+
+
+def chat(root: Path, tenant: str, *texts: str) -> list[str]:
+    resolver = AgentTeamResolver(load_bundles(root))
+    graph = veneo_chat.build_graph(InMemorySaver(), InMemoryStore())
+    config: Any = run_config(resolver, tenant, "veneo_chat")
+    out = []
+    for text in texts:
+        state = asyncio.run(graph.ainvoke({"messages": [HumanMessage(text)]}, config))
+        reply = state["messages"][-1]
+        assert isinstance(reply, AIMessage)
+        out.append(str(reply.content))
+    return out
+
+
+def test_another_tenant_s_chat_answers_and_refuses_in_its_own_name(root: Path) -> None:
+    answer, refusal, unknown = chat(
+        root, "acme", "What is the warranty on anvils?", "Where can I buy a gun?", "Do you sell rockets?"
+    )
+    assert answer.endswith("(Answered from Acme's knowledge base: Warranty.)"), answer
+    assert refusal == "Sorry, I can't help with that. I'm happy to help with questions about Acme."
+    assert unknown.startswith("I don't know that from Acme's knowledge base."), unknown
+    assert not [t for t in (answer, refusal, unknown) if "Veneo" in t or "veneo" in t]
+    # no address is allowed unless the tenant lists it (Veneo's allowance was everyone's)
+    assert "Send a photo to [email removed] to claim it." in answer
+    run = AgentTeamResolver(load_bundles(root)).resolve("acme", "veneo_chat")
+    assert run.tenant_name == "Acme" and run.persona("safety_reviewer").safety.pii_allow == []
+
+
+def test_the_documented_overrides_allow_the_tenant_s_address_and_remap_a_node(root: Path) -> None:
+    (root / "agents" / "acme_responder.yaml").write_text(
+        (root / "agents" / "primary_responder.yaml").read_text().replace("id: primary_responder", "id: acme_responder")
+    )
+    (root / "tenants" / "acme.yaml").write_text(
+        ACME
+        + """\
+overrides:
+  agents:
+    safety_reviewer:
+      safety:
+        pii_allow: [support@acme.example]
+        refusal_message: "Acme can't help with that, sorry."
+    acme_responder:
+      prompts:
+        not_found: "{tenant_name} has no answer to that; call the anvil desk."
+  teams:
+    veneo_chat:
+      nodes:
+        primary_responder: acme_responder
+"""
+    )
+    answer, refusal, unknown = chat(
+        root, "acme", "What is the warranty on anvils?", "Where can I buy a gun?", "Do you sell rockets?"
+    )
+    assert "Send a photo to support@acme.example to claim it." in answer
+    assert refusal == "Acme can't help with that, sorry."
+    assert unknown == "Acme has no answer to that; call the anvil desk."
+
+
+def test_veneo_still_answers_as_before() -> None:
+    answer, refusal, unknown = chat(
+        DEFAULT_BUNDLE_DIR, "veneo", "How long does shipping take?", "Where can I buy a gun?", "Do you sell rockets?"
+    )
+    assert answer.endswith("(Answered from Veneo's knowledge base: Shipping times.)")
+    assert refusal == "Sorry, I can't help with that. I'm happy to help with questions about Veneo."
+    assert unknown.endswith("or you can reach a person at support@veneo.example.")  # its own address, allowed
+
+
+def test_voice_instructions_and_preview_name_the_tenant(root: Path) -> None:
+    bundles = load_bundles(root)
+    run = AgentTeamResolver(bundles).resolve("acme", "veneo_chat")
+    voice = effective_voice(bundles, load_catalog(root), run)
+    instructions = realtime_instructions(voice, run, {})
+    assert "You are Acme's friendly assistant." in instructions
+    assert "speaking with a Acme customer" in instructions and "passed Acme's safety review" in instructions
+    assert "questions about Acme." in instructions
+    assert "your Acme order today?" in voice.settings.preview_text
+    assert "Veneo" not in instructions + voice.settings.preview_text
+
+
+def test_get_teams_gives_the_page_the_tenant_s_name(root: Path, tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db", personas_dir=root)  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        acme = client.get("/teams", headers={"Authorization": f"Bearer {ACME_KEY}"}).json()
+        veneo = client.get("/teams", headers={"Authorization": "Bearer tg-veneo-key"}).json()
+        demo = client.get("/teams", headers={"Authorization": "Bearer tg-demo-key"}).json()
+    assert [(t["id"], t["tenant_name"]) for t in acme] == [("veneo_chat", "Acme")]
+    assert acme[0]["description"].startswith("Acme's general chat;")
+    assert {t["tenant_name"] for t in veneo} == {"Veneo"} and veneo[0]["description"].startswith("Veneo's general")
+    assert {t["tenant_name"] for t in demo} == {"Demo tenant (interview practice)"}
+    # what the page makes of it (server/web/static/main.js teamName, chat.js): the label comes from this field
+    static = Path(__file__).resolve().parents[2] / "server" / "web" / "static"
+    assert "Veneo" not in (static / "main.js").read_text() + (static / "chat.js").read_text()
+    assert "tenant_name" in (static / "main.js").read_text()
+
+
+def test_a_tenant_name_with_braces_is_refused(root: Path) -> None:
+    (root / "tenants" / "acme.yaml").write_text(ACME.replace("name: Acme", "name: Acme {beta}"))
+    with pytest.raises(BundleError) as err:
+        load_bundles(root)
+    assert any("acme.yaml" in str(p) and "name" in str(p) for p in err.value.problems), err.value.problems
