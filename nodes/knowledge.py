@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,8 +48,10 @@ class KnowledgeBase:
     def from_file(cls, path: str | Path) -> KnowledgeBase:
         return _load(str(Path(path).resolve()), Path(path).stat().st_mtime_ns)
 
-    def search(self, question: str, limit: int = 2) -> list[KnowledgeHit]:
-        terms = sorted(set(content_words(question)) - {"veneo"})
+    def search(self, question: str, limit: int = 2, ignore: Collection[str] = ()) -> list[KnowledgeHit]:
+        """The best sections for the question's content words, leaving out `ignore` (the tenant's own name: every
+        section may name it, so it says nothing about which one answers)."""
+        terms = sorted(set(content_words(question)) - set(ignore))
         if not terms:
             return []
         query = " OR ".join('"' + t.replace('"', "") + '"' for t in terms)

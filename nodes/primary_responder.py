@@ -30,37 +30,46 @@ def last_user_message(state: ChatState) -> str:
     return ""
 
 
+def name_words(conf: Configuration) -> frozenset[str]:
+    """The words of the tenant's name and id: a question naming the tenant ("Does Acme sell rockets?") is not
+    answered by a section just because it names the tenant too."""
+    return frozenset(content_words(f"{conf.run.tenant_name} {conf.tenant.replace('_', ' ').replace('-', ' ')}"))
+
+
 async def _knowledge(conf: Configuration, question: str) -> list[KnowledgeHit]:
     path = conf.run.knowledge_path
     if not path:
         return []
     # SQLite and file I/O are blocking: keep them off the event loop that serves other sessions
-    return await asyncio.to_thread(lambda: KnowledgeBase.from_file(path).search(question))
+    return await asyncio.to_thread(lambda: KnowledgeBase.from_file(path).search(question, ignore=name_words(conf)))
 
 
 def _stem(word: str) -> str:
     return word[:5]
 
 
-def covers_question(question: str, hit: KnowledgeHit) -> bool:
+def covers_question(question: str, hit: KnowledgeHit, ignore: frozenset[str] = frozenset()) -> bool:
     """Whether a section answers enough of the question: one shared word in a long message is not a match.
 
     Short questions need one shared content word; longer messages (pasted prompts, stories) need a fifth of
     theirs, so an off-topic message gets "I don't know" rather than an unrelated section.
     """
-    terms = {_stem(w) for w in content_words(question)} - {"venen"}
+    asked = {_stem(w) for w in content_words(question)}
+    terms = asked - {_stem(w) for w in ignore}  # the tenant's name is no match (`ignore`), but counts as asked
     if not terms:
         return False
     section = {_stem(w) for w in content_words(f"{hit.title} {hit.body}")}
     shared = len(terms & section)
-    return shared >= 1 if len(terms) <= 6 else shared >= max(2, round(0.2 * len(terms)))
+    return shared >= 1 if len(asked) <= 6 else shared >= max(2, round(0.2 * len(asked)))
 
 
-def offline_draft(question: str, hits: list[KnowledgeHit], not_found: str, tenant_name: str) -> dict[str, Any]:
+def offline_draft(
+    question: str, hits: list[KnowledgeHit], not_found: str, tenant_name: str, ignore: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Answer from the best knowledge section (naming whose knowledge base), or say plainly that it is not known."""
     if _GREETING.match(question):
         return {"text": "Hello! How can I help you today?", "produced_by": "offline:greeting"}
-    if not hits or not covers_question(question, hits[0]):
+    if not hits or not covers_question(question, hits[0], ignore):
         return {"text": not_found.strip(), "produced_by": "offline:not_found"}
     best = hits[0]
     return {
@@ -94,7 +103,8 @@ async def primary_responder(state: ChatState, config: RunnableConfig) -> dict[st
         except Exception as exc:  # the knowledge base still answers when the model is down
             note = f"model unavailable: {describe_failure(exc)}"
     tenant_name = conf.run.tenant_name or conf.tenant
-    draft = offline_draft(question, hits, persona.prompts.get("not_found", DEFAULT_NOT_FOUND), tenant_name)
+    not_found = persona.prompts.get("not_found", DEFAULT_NOT_FOUND)
+    draft = offline_draft(question, hits, not_found, tenant_name, name_words(conf))
     if note:
         draft["note"] = note
     return {"draft": draft}

@@ -153,3 +153,12 @@ def test_a_tenant_name_with_braces_is_refused(root: Path) -> None:
     with pytest.raises(BundleError) as err:
         load_bundles(root)
     assert any("acme.yaml" in str(p) and "name" in str(p) for p in err.value.problems), err.value.problems
+
+
+def test_a_question_that_names_the_tenant_is_not_answered_by_any_section_naming_it(root: Path) -> None:
+    # every Acme section may say "Acme": the name alone matched the warranty section (Veneo's was hard-coded)
+    rockets, warranty = chat(root, "acme", "Does Acme sell rockets?", "What is Acme's warranty?")
+    assert rockets.startswith("I don't know that from Acme's knowledge base."), rockets
+    assert warranty.endswith("(Answered from Acme's knowledge base: Warranty.)"), warranty
+    (veneo_rockets,) = chat(DEFAULT_BUNDLE_DIR, "veneo", "Does Veneo sell rockets?")
+    assert veneo_rockets.startswith("I don't know that from Veneo's knowledge base."), veneo_rockets
