@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -11,7 +12,7 @@ from langchain_core.runnables import RunnableConfig
 
 from nodes.chat_summary import is_summarize_request
 from nodes.configuration import Configuration
-from nodes.knowledge import KnowledgeBase, KnowledgeHit
+from nodes.knowledge import KnowledgeBase, KnowledgeHit, topic_words
 from nodes.model_calls import ask_text, describe_failure, render
 from nodes.text_features import content_words
 
@@ -30,10 +31,10 @@ def last_user_message(state: ChatState) -> str:
     return ""
 
 
-def name_words(conf: Configuration) -> frozenset[str]:
-    """The words of the tenant's name and id: a question naming the tenant ("Does Acme sell rockets?") is not
-    answered by a section just because it names the tenant too."""
-    return frozenset(content_words(f"{conf.run.tenant_name} {conf.tenant.replace('_', ' ').replace('-', ' ')}"))
+def tenant_names(conf: Configuration) -> tuple[str, ...]:
+    """The tenant's name and id: a question naming the tenant ("Does Acme sell rockets?") is not answered by a
+    section just because it names the tenant too (`topic_words`)."""
+    return (conf.run.tenant_name, conf.tenant)
 
 
 async def _knowledge(conf: Configuration, question: str) -> list[KnowledgeHit]:
@@ -41,21 +42,21 @@ async def _knowledge(conf: Configuration, question: str) -> list[KnowledgeHit]:
     if not path:
         return []
     # SQLite and file I/O are blocking: keep them off the event loop that serves other sessions
-    return await asyncio.to_thread(lambda: KnowledgeBase.from_file(path).search(question, ignore=name_words(conf)))
+    return await asyncio.to_thread(lambda: KnowledgeBase.from_file(path).search(question, names=tenant_names(conf)))
 
 
 def _stem(word: str) -> str:
     return word[:5]
 
 
-def covers_question(question: str, hit: KnowledgeHit, ignore: frozenset[str] = frozenset()) -> bool:
+def covers_question(question: str, hit: KnowledgeHit, names: Collection[str] = ()) -> bool:
     """Whether a section answers enough of the question: one shared word in a long message is not a match.
 
     Short questions need one shared content word; longer messages (pasted prompts, stories) need a fifth of
     theirs, so an off-topic message gets "I don't know" rather than an unrelated section.
     """
     asked = {_stem(w) for w in content_words(question)}
-    terms = asked - {_stem(w) for w in ignore}  # the tenant's name is no match (`ignore`), but counts as asked
+    terms = {_stem(w) for w in topic_words(question, names)}  # what search used: the name is no match, but is asked
     if not terms:
         return False
     section = {_stem(w) for w in content_words(f"{hit.title} {hit.body}")}
@@ -64,12 +65,12 @@ def covers_question(question: str, hit: KnowledgeHit, ignore: frozenset[str] = f
 
 
 def offline_draft(
-    question: str, hits: list[KnowledgeHit], not_found: str, tenant_name: str, ignore: frozenset[str] = frozenset()
+    question: str, hits: list[KnowledgeHit], not_found: str, tenant_name: str, names: Collection[str] = ()
 ) -> dict[str, Any]:
     """Answer from the best knowledge section (naming whose knowledge base), or say plainly that it is not known."""
     if _GREETING.match(question):
         return {"text": "Hello! How can I help you today?", "produced_by": "offline:greeting"}
-    if not hits or not covers_question(question, hits[0], ignore):
+    if not hits or not covers_question(question, hits[0], names):
         return {"text": not_found.strip(), "produced_by": "offline:not_found"}
     best = hits[0]
     return {
@@ -104,7 +105,7 @@ async def primary_responder(state: ChatState, config: RunnableConfig) -> dict[st
             note = f"model unavailable: {describe_failure(exc)}"
     tenant_name = conf.run.tenant_name or conf.tenant
     not_found = persona.prompts.get("not_found", DEFAULT_NOT_FOUND)
-    draft = offline_draft(question, hits, not_found, tenant_name, name_words(conf))
+    draft = offline_draft(question, hits, not_found, tenant_name, tenant_names(conf))
     if note:
         draft["note"] = note
     return {"draft": draft}

@@ -162,3 +162,43 @@ def test_a_question_that_names_the_tenant_is_not_answered_by_any_section_naming_
     assert warranty.endswith("(Answered from Acme's knowledge base: Warranty.)"), warranty
     (veneo_rockets,) = chat(DEFAULT_BUNDLE_DIR, "veneo", "Does Veneo sell rockets?")
     assert veneo_rockets.startswith("I don't know that from Veneo's knowledge base."), veneo_rockets
+
+
+def _tenant(root: Path, tenant_id: str, name: str) -> None:
+    """A tenant with Veneo's knowledge file and the given name."""
+    shutil.copy(root / "knowledge" / "veneo.md", root / "knowledge" / f"{tenant_id}.md")
+    (root / "tenants" / f"{tenant_id}.yaml").write_text(
+        ACME.replace("id: acme", f"id: {tenant_id}")
+        .replace("name: Acme", f"name: {name}")
+        .replace("knowledge/acme.md", f"knowledge/{tenant_id}.md")
+        .replace("acme-app", f"{tenant_id}-app")
+    )
+
+
+def test_a_word_of_the_tenant_s_name_still_counts_when_it_is_the_topic(root: Path) -> None:
+    # only the name as a whole phrase (or the id) is left out: each word of it was, so "Returns Plus" could not be
+    # asked about returns, and search (dropping "ordering") and the coverage check (dropping the stem "order")
+    # disagreed for "Ordering Co"
+    _tenant(root, "acme-returns", "Returns Plus")
+    _tenant(root, "ordering", "Ordering Co")
+    returns, named, by_id, rockets = chat(
+        root,
+        "acme-returns",
+        "How do returns work?",
+        "How do Returns Plus returns work?",
+        "How do acme-returns returns work?",
+        "Does Returns Plus sell rockets?",
+    )
+    for reply in (returns, named, by_id):
+        assert reply.endswith("(Answered from Returns Plus's knowledge base: Returns and refunds.)"), reply
+    assert rockets.startswith("I don't know"), rockets
+    order, named_order, our_rockets = chat(
+        root,
+        "ordering",
+        "Where is my order?",
+        "Where is my Ordering Co order?",
+        "Does Ordering Co's shop sell rockets?",
+    )
+    assert order.endswith("(Answered from Ordering Co's knowledge base: Order tracking.)"), order
+    assert named_order.endswith("(Answered from Ordering Co's knowledge base: Order tracking.)"), named_order
+    assert our_rockets.startswith("I don't know"), our_rockets
