@@ -375,6 +375,7 @@ class TenantBundle(StrictModel):
     id: Identifier
     name: str = Field(
         "",
+        max_length=80,
         pattern=r"^[^{}]*$",
         description="Display name shown to the tenant's users (the chat's replies and refusals, the web page, "
         "GET /teams tenant_name); fills {tenant_name} in persona, team and voice texts. Empty: the id.",

@@ -292,7 +292,7 @@ def effective_voice(
 def voice_problems(bundles: Bundles, nodes: dict[tuple[str, str], Any]) -> list[Problem]:
     """Every voice problem of an otherwise valid bundle directory (for the loader): the catalog, and the
     layered settings of each team each tenant enables."""
-    from personas.resolver import AgentTeamResolver
+    from personas.resolver import AgentTeamResolver, FilledTextError
 
     try:
         catalog = load_catalog(bundles.root)
@@ -305,9 +305,14 @@ def voice_problems(bundles: Bundles, nodes: dict[tuple[str, str], Any]) -> list[
         for team_id in tenant.enabled_teams:
             try:
                 effective_voice(bundles, catalog, resolver.resolve(tenant.id, team_id), nodes)
+                continue
             except VoiceConfigError as exc:
-                for problem in exc.problems:
-                    if str(problem) not in seen:  # a team file's problem shows once, not once per tenant
-                        seen.add(str(problem))
-                        problems.append(problem)
+                found = exc.problems
+            except FilledTextError as exc:  # the tenant's name made a persona's or team's text invalid
+                layer = VoiceLayer("tenants", tenant.id, (), {})
+                found = [_problem(bundles, nodes, layer, loc, reason) for loc, reason in exc.problems]
+            for problem in found:
+                if str(problem) not in seen:  # a team file's problem shows once, not once per tenant
+                    seen.add(str(problem))
+                    problems.append(problem)
     return problems

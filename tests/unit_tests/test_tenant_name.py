@@ -202,3 +202,45 @@ def test_a_word_of_the_tenant_s_name_still_counts_when_it_is_the_topic(root: Pat
     assert order.endswith("(Answered from Ordering Co's knowledge base: Order tracking.)"), order
     assert named_order.endswith("(Answered from Ordering Co's knowledge base: Order tracking.)"), named_order
     assert our_rockets.startswith("I don't know"), our_rockets
+
+
+def test_a_tenant_name_too_long_for_the_texts_it_fills_is_a_problem_in_the_tenant_file(root: Path) -> None:
+    # a 1000-character name made `teamgraph personas validate` print a traceback (the filled preview_text over its
+    # limit, re-validated at resolve time); the name has a limit, and a filled text over its own names the tenant
+    from typer.testing import CliRunner
+
+    from server.cli import app
+
+    (root / "tenants" / "acme.yaml").write_text(ACME.replace("name: Acme", "name: " + "A" * 1000))
+    result = CliRunner().invoke(app, ["personas", "validate", str(root)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "acme.yaml:2: name: String should have at most 80 characters" in result.output, result.output
+    assert "Traceback" not in result.output
+    longest = "A" * 80
+    (root / "tenants" / "acme.yaml").write_text(ACME.replace("name: Acme", f"name: {longest}"))
+    run = AgentTeamResolver(load_bundles(root)).resolve("acme", "veneo_chat")  # the longest name fills every text
+    preview = effective_voice(load_bundles(root), load_catalog(root), run).settings.preview_text
+    assert len(preview.replace("{voice_name}", "Sage")) <= Settings(_env_file=None).voice_preview_max_chars  # type: ignore[call-arg]
+    (root / "tenants" / "acme.yaml").write_text(
+        ACME.replace("name: Acme", f"name: {longest}")
+        + "overrides:\n  teams:\n    veneo_chat:\n      voice:\n        preview_text: "
+        + '"'
+        + "{tenant_name} says hi. " * 20
+        + '"\n'
+    )
+    with pytest.raises(BundleError) as err:
+        load_bundles(root)
+    assert [str(p) for p in err.value.problems] == [
+        "personas/tenants/acme.yaml:12: overrides.teams.veneo_chat.voice.preview_text: with the tenant's name "
+        "filled in: String should have at most 1000 characters"
+    ]
+    # the team's own text: the name is at fault
+    (root / "tenants" / "acme.yaml").write_text(ACME.replace("name: Acme", f"name: {longest}"))
+    team = root / "teams" / "veneo_chat.yaml"
+    team.write_text(team.read_text().replace("How can I help you with your {tenant_name} order", "{tenant_name} " * 60))
+    with pytest.raises(BundleError) as err:
+        load_bundles(root)
+    assert [str(p) for p in err.value.problems] == [
+        "personas/tenants/acme.yaml:2: name: with the tenant's name filled in: "
+        "String should have at most 1000 characters"
+    ]
