@@ -244,3 +244,12 @@ def test_a_tenant_name_too_long_for_the_texts_it_fills_is_a_problem_in_the_tenan
         "personas/tenants/acme.yaml:2: name: with the tenant's name filled in: "
         "String should have at most 1000 characters"
     ]
+
+
+def test_the_api_schema_describes_the_chat_for_any_tenant(tmp_path: Path) -> None:
+    # /openapi.json is one document for every tenant: it showed the unfilled "{tenant_name}'s general chat"
+    settings = Settings(_env_file=None, checkpoint_url=f"sqlite:///{tmp_path}/tg.db")  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        text = client.get("/openapi.json").text
+    assert "{tenant_name}" not in text
+    assert "the tenant's general chat;" in text
