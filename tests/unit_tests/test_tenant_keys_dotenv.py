@@ -39,3 +39,33 @@ def test_the_real_environment_wins_over_dot_env(in_tmp_cwd: Path, monkeypatch: p
 def test_a_published_key_in_dot_env_counts_as_a_development_key(in_tmp_cwd: Path) -> None:
     (in_tmp_cwd / ".env").write_text(f"{VAR}=tg-veneo-key\n")  # the README's key, under the app key's variable
     assert "veneo/veneo-app" in development_keys(load_bundles(DEFAULT_BUNDLE_DIR))
+
+
+def test_the_key_ring_reads_the_env_file_of_the_app_s_settings(
+    in_tmp_cwd: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # create_app's key ring read ./.env (Settings' class default) whatever file its settings were told to read
+    from fastapi.testclient import TestClient
+    from pydantic_settings import SettingsConfigDict
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    class NoDotEnv(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "env_file": None})
+
+    class OtherFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "env_file": str(in_tmp_cwd / "other.env")})
+
+    (in_tmp_cwd / ".env").write_text(f"{VAR}=key-in-dot-env\n")
+    (in_tmp_cwd / "other.env").write_text(f"{VAR}=key-in-other-env\n")
+    url = f"sqlite:///{in_tmp_cwd}/tg.db"
+    for settings, works, refused in (
+        (NoDotEnv(checkpoint_url=url), None, "key-in-dot-env"),
+        (OtherFile(checkpoint_url=url), "key-in-other-env", "key-in-dot-env"),
+    ):
+        with TestClient(create_app(settings)) as client:
+            if works:
+                assert client.get("/teams", headers={"X-API-Key": works}).status_code == 200
+            assert client.get("/teams", headers={"X-API-Key": refused}).status_code == 401
+    assert f"env var {VAR} is not set (environment or .env); key disabled" in caplog.text
