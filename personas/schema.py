@@ -287,6 +287,12 @@ class TeamBundle(StrictModel):
 
     id: Identifier
     description: str = ""
+    hint: str = Field(
+        "",
+        max_length=300,
+        description="What the web page's empty chat suggests asking (GET /teams hint); empty: 'Ask anything about "
+        "<tenant name>…'. A tenant sets it under overrides.teams.<team>.hint, e.g. with its knowledge's topics.",
+    )
     graph: Identifier = Field(description="Graph module under graphs/ that implements this team.")
     nodes: dict[Identifier, Identifier] = Field(description="node name -> agent persona id")
     params: TeamParams = TeamParams()

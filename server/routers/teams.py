@@ -19,6 +19,9 @@ class TeamOut(BaseModel):
     default: bool
     endpoint: str
     input_schema: dict[str, Any]
+    hint: str = Field(
+        "", description="What the chat page suggests asking when a chat is empty (the team's `hint`); empty: its own."
+    )
     tenant_name: str = Field(
         description="The caller's tenant's display name (its bundle's `name`, else its id), e.g. for a chat's labels."
     )
@@ -35,6 +38,7 @@ async def list_teams(caller: CurrentCaller, engine: EngineDep) -> list[TeamOut]:
             default=team == tenant.default_team,
             endpoint=f"/teams/{team}",
             input_schema=copy.deepcopy(engine.input_jsonschema(team)),
+            hint=runs[team].team.hint,
             tenant_name=runs[team].tenant_name,
         )
         for team in tenant.enabled_teams

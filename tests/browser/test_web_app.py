@@ -636,3 +636,24 @@ def test_api_docs_work_offline_under_the_csp(page: Page, server: LiveServer) -> 
     page.goto(server.url + "/redoc")
     expect(page.get_by_role("heading", name=re.compile("Teamgraph"), level=1)).to_be_visible()
     assert outside == []
+
+
+def test_another_tenant_s_empty_chat_suggests_no_veneo_topics(page: Page, tmp_path: Path) -> None:
+    # the empty-chat hint listed Veneo's topics (orders, shipping, returns) for every tenant; it is the team's
+    # `hint` (GET /teams), which veneo.yaml sets and a tenant without one does not
+    import hashlib
+    import shutil
+
+    from personas.loader import DEFAULT_BUNDLE_DIR
+
+    root = tmp_path / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (root / "tenants" / "acme.yaml").write_text(
+        "id: acme\nname: Acme\nenabled_teams: [veneo_chat]\ndefault_team: veneo_chat\napi_keys:\n"
+        f"  - {{id: acme-app, sha256: {hashlib.sha256(b'acme-browser-key').hexdigest()}}}\n"
+    )
+    with LiveServer(tmp_path, env={"TEAMGRAPH_PERSONAS_DIR": str(root)}) as live:
+        sign_in(page, live, "acme-browser-key")
+        new_session(page)
+        expect(page.locator(".empty-chat")).to_have_text("Ask anything about Acme…")
+        screenshot(page, "chat-empty-acme")

@@ -74,6 +74,7 @@ def test_another_tenant_s_chat_answers_and_refuses_in_its_own_name(root: Path) -
     assert answer.endswith("(Answered from Acme's knowledge base: Warranty.)"), answer
     assert refusal == "Sorry, I can't help with that. I'm happy to help with questions about Acme."
     assert unknown.startswith("I don't know that from Acme's knowledge base."), unknown
+    assert "orders, shipping, returns" not in unknown  # Veneo's topics, not Acme's
     assert not [t for t in (answer, refusal, unknown) if "Veneo" in t or "veneo" in t]
     # no address is allowed unless the tenant lists it (Veneo's allowance was everyone's)
     assert "Send a photo to [email removed] to claim it." in answer
@@ -126,7 +127,8 @@ def test_voice_instructions_and_preview_name_the_tenant(root: Path) -> None:
     voice = effective_voice(bundles, load_catalog(root), run)
     instructions = realtime_instructions(voice, run, {})
     assert "You are Acme's friendly assistant." in instructions
-    assert "speaking with a Acme customer" in instructions and "passed Acme's safety review" in instructions
+    assert "speaking with a customer of Acme by voice" in instructions  # was "a Acme customer"
+    assert "passed Acme's safety review" in instructions
     assert "questions about Acme." in instructions
     assert "your Acme order today?" in voice.settings.preview_text
     assert "Veneo" not in instructions + voice.settings.preview_text
@@ -138,7 +140,10 @@ def test_get_teams_gives_the_page_the_tenant_s_name(root: Path, tmp_path: Path) 
         acme = client.get("/teams", headers={"Authorization": f"Bearer {ACME_KEY}"}).json()
         veneo = client.get("/teams", headers={"Authorization": "Bearer tg-veneo-key"}).json()
         demo = client.get("/teams", headers={"Authorization": "Bearer tg-demo-key"}).json()
-    assert [(t["id"], t["tenant_name"]) for t in acme] == [("veneo_chat", "Acme")]
+    assert [(t["id"], t["tenant_name"], t["hint"]) for t in acme] == [("veneo_chat", "Acme", "")]  # the page's own
+    assert [t["hint"] for t in veneo if t["id"] == "veneo_chat"] == [
+        "Ask anything about Veneo: orders, shipping, returns…"
+    ]
     assert acme[0]["description"].startswith("Acme's general chat;")
     assert {t["tenant_name"] for t in veneo} == {"Veneo"} and veneo[0]["description"].startswith("Veneo's general")
     assert {t["tenant_name"] for t in demo} == {"Demo tenant (interview practice)"}

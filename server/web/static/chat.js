@@ -38,7 +38,7 @@ export function renderChat(root, ctx) {
     setBusy(session.id, true, { log, send, summarize, input });
     drawTurn(log, flight.shown, session.transcript.some((m) => m.id && flight.before && !flight.before.has(m.id) && m.role === "user"), name);
   } else if (!session.transcript.length) {
-    log.append(h("p", { class: "muted empty-chat" }, `Ask anything about ${name}: orders, shipping, returns…`));
+    log.append(h("p", { class: "muted empty-chat" }, ctx.hint || `Ask anything about ${name}…`)); // GET /teams hint
   }
 
   async function sendText(text) {

@@ -215,7 +215,8 @@ function showSession(session, { focus = null } = {}) {
   if (!session) return;
   $("#session-title").textContent = session.title || "Untitled session";
   document.title = `${session.title || "Session"} · Teamgraph`;
-  const ctx = { api: app.api, session, tenantName: app.tenantName, refresh, showSessionError: (e) => showError($("#session-error"), e) };
+  const hint = (app.teams.find((t) => t.id === session.team) || {}).hint || ""; // GET /teams: the tenant's own
+  const ctx = { api: app.api, session, tenantName: app.tenantName, hint, refresh, showSessionError: (e) => showError($("#session-error"), e) };
   // what the person is typing survives a redraw of the same session (a refresh lands while they type)
   const drafts = changed ? [] : DRAFTS.map((id) => document.getElementById(id)).filter((el) => el && !el.readOnly && el.value);
   const kept = drafts.map((el) => [el.id, el.value]);
