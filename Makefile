@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run demo test lint format bench clean lock
+.PHONY: install run demo test lint format bench clean clean-data lock
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -44,8 +44,14 @@ lock:
 	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt
 	rm -rf .lock-venv
 
+# The virtualenv and the tools' caches; never ./data (the sessions): that is clean-data.
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Deletes ./data, the default TEAMGRAPH_DATA_DIR: every stored session, the audit log and the voice cache.
+clean-data:
+	@echo "deleting ./data: every stored session (SQLite), the audit log and the voice cache"
+	rm -rf data
 
 # Benchmarks (not tests): in-process LangGraph vs Teamgraph's server vs `langgraph dev`; rewrites docs/performance.md.
 .PHONY: bench-full

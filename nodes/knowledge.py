@@ -5,13 +5,33 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import sqlite_utils
 
-from nodes.text_features import content_words
+from nodes.text_features import STOPWORDS, words
+
+
+def topic_words(question: str, names: Collection[str] = ()) -> list[str]:
+    """The question's content words, leaving out where it names the tenant: each of `names` (the tenant's name, its
+    id) as a whole phrase, "Veneo's" included. Every section may name the tenant, so the name says nothing about
+    which one answers; but only the whole phrase goes: "How do returns work?" still asks about returns when the
+    tenant is called "Returns Plus"."""
+    phrases = {tuple(words(n)) for n in names} | {tuple(words(re.sub(r"[-_]", " ", n))) for n in names}
+    longest_first = sorted((p for p in phrases if p), key=len, reverse=True)
+    tokens = words(question)
+    kept, i = [], 0
+    while i < len(tokens):
+        found = next((p for p in longest_first if tuple(tokens[i : i + len(p)]) == p), None)
+        if found:
+            i += len(found)
+        else:
+            kept.append(tokens[i])
+            i += 1
+    return [w for w in kept if len(w) > 2 and w not in STOPWORDS]  # as content_words
 
 
 @dataclass(frozen=True)
@@ -47,8 +67,10 @@ class KnowledgeBase:
     def from_file(cls, path: str | Path) -> KnowledgeBase:
         return _load(str(Path(path).resolve()), Path(path).stat().st_mtime_ns)
 
-    def search(self, question: str, limit: int = 2) -> list[KnowledgeHit]:
-        terms = sorted(set(content_words(question)) - {"veneo"})
+    def search(self, question: str, limit: int = 2, names: Collection[str] = ()) -> list[KnowledgeHit]:
+        """The best sections for the question's topic words (`topic_words`: its content words outside the tenant's
+        own name, `names`)."""
+        terms = sorted(set(topic_words(question, names)))
         if not terms:
             return []
         query = " OR ".join('"' + t.replace('"', "") + '"' for t in terms)

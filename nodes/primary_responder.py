@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -11,7 +12,7 @@ from langchain_core.runnables import RunnableConfig
 
 from nodes.chat_summary import is_summarize_request
 from nodes.configuration import Configuration
-from nodes.knowledge import KnowledgeBase, KnowledgeHit
+from nodes.knowledge import KnowledgeBase, KnowledgeHit, topic_words
 from nodes.model_calls import ask_text, describe_failure, render
 from nodes.text_features import content_words
 
@@ -30,41 +31,50 @@ def last_user_message(state: ChatState) -> str:
     return ""
 
 
+def tenant_names(conf: Configuration) -> tuple[str, ...]:
+    """The tenant's name and id: a question naming the tenant ("Does Acme sell rockets?") is not answered by a
+    section just because it names the tenant too (`topic_words`)."""
+    return (conf.run.tenant_name, conf.tenant)
+
+
 async def _knowledge(conf: Configuration, question: str) -> list[KnowledgeHit]:
     path = conf.run.knowledge_path
     if not path:
         return []
     # SQLite and file I/O are blocking: keep them off the event loop that serves other sessions
-    return await asyncio.to_thread(lambda: KnowledgeBase.from_file(path).search(question))
+    return await asyncio.to_thread(lambda: KnowledgeBase.from_file(path).search(question, names=tenant_names(conf)))
 
 
 def _stem(word: str) -> str:
     return word[:5]
 
 
-def covers_question(question: str, hit: KnowledgeHit) -> bool:
+def covers_question(question: str, hit: KnowledgeHit, names: Collection[str] = ()) -> bool:
     """Whether a section answers enough of the question: one shared word in a long message is not a match.
 
     Short questions need one shared content word; longer messages (pasted prompts, stories) need a fifth of
     theirs, so an off-topic message gets "I don't know" rather than an unrelated section.
     """
-    terms = {_stem(w) for w in content_words(question)} - {"venen"}
+    asked = {_stem(w) for w in content_words(question)}
+    terms = {_stem(w) for w in topic_words(question, names)}  # what search used: the name is no match, but is asked
     if not terms:
         return False
     section = {_stem(w) for w in content_words(f"{hit.title} {hit.body}")}
     shared = len(terms & section)
-    return shared >= 1 if len(terms) <= 6 else shared >= max(2, round(0.2 * len(terms)))
+    return shared >= 1 if len(asked) <= 6 else shared >= max(2, round(0.2 * len(asked)))
 
 
-def offline_draft(question: str, hits: list[KnowledgeHit], not_found: str) -> dict[str, Any]:
-    """Answer from the best knowledge section, or say plainly that the answer is not known."""
+def offline_draft(
+    question: str, hits: list[KnowledgeHit], not_found: str, tenant_name: str, names: Collection[str] = ()
+) -> dict[str, Any]:
+    """Answer from the best knowledge section (naming whose knowledge base), or say plainly that it is not known."""
     if _GREETING.match(question):
         return {"text": "Hello! How can I help you today?", "produced_by": "offline:greeting"}
-    if not hits or not covers_question(question, hits[0]):
+    if not hits or not covers_question(question, hits[0], names):
         return {"text": not_found.strip(), "produced_by": "offline:not_found"}
     best = hits[0]
     return {
-        "text": f"{best.body}\n\n(Answered from Veneo's knowledge base: {best.title}.)",
+        "text": f"{best.body}\n\n(Answered from {tenant_name}'s knowledge base: {best.title}.)",
         "produced_by": "offline:knowledge_base",
         "knowledge_section": best.title,
     }
@@ -93,7 +103,9 @@ async def primary_responder(state: ChatState, config: RunnableConfig) -> dict[st
             return {"draft": {"text": str(reply.content).strip(), "produced_by": conf.model_label(NODE)}}
         except Exception as exc:  # the knowledge base still answers when the model is down
             note = f"model unavailable: {describe_failure(exc)}"
-    draft = offline_draft(question, hits, persona.prompts.get("not_found", DEFAULT_NOT_FOUND))
+    tenant_name = conf.run.tenant_name or conf.tenant
+    not_found = persona.prompts.get("not_found", DEFAULT_NOT_FOUND)
+    draft = offline_draft(question, hits, not_found, tenant_name, tenant_names(conf))
     if note:
         draft["note"] = note
     return {"draft": draft}

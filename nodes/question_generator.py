@@ -48,11 +48,23 @@ def infer_role(state: InterviewState) -> str:
         line = line.strip(" #*\t")
         if 0 < len(line) <= 80:
             return line
-    return "the role"
+    return UNKNOWN_ROLE
+
+
+UNKNOWN_ROLE = "the role"  # stored as the session's role when neither the caller nor the job description names one
+
+
+def role_known(role: str) -> bool:
+    return bool(role.strip()) and role.strip() != UNKNOWN_ROLE
+
+
+def _as_role(role: str) -> str:
+    """The words ' as <role>' for a question, or nothing when no role is known ("join us as the role" read badly)."""
+    return f" as {role.strip()}" if role_known(role) else ""
 
 
 _TEMPLATES: dict[str, list[tuple[str, str, str]]] = {
-    # (template using {topic} and {role}, difficulty, what {topic} is: "task" or "skill")
+    # (template using {topic} and {as_role} (" as <role>", or nothing), difficulty, what {topic} is: "task" or "skill")
     "behavioral": [
         (
             "Tell me about a time you had to {topic}. "
@@ -100,7 +112,7 @@ _TEMPLATES: dict[str, list[tuple[str, str, str]]] = {
     ],
     "situational": [
         (
-            "Imagine you join us as {role} and are asked to {topic}. How would you approach your first two weeks?",
+            "Imagine you join us{as_role} and are asked to {topic}. How would you approach your first two weeks?",
             "medium",
             "task",
         ),
@@ -223,8 +235,9 @@ def _resume_question(
             text = f"{lead} How would you go about it, drawing on the time you {achievement.text}? {ask}"
         return {"text": text, "type": qtype, "difficulty": difficulty, "skill": skill}, None, skill
     asked = f" and are asked to {task}" if task else ""
+    joining = f"join{_as_role(role)}" if role_known(role) else "start a new job"
     text = (
-        f"Imagine you join as {role}{asked}. How would you approach your first weeks, "
+        f"Imagine you {joining}{asked}. How would you approach your first weeks, "
         f"and what from the time you {achievement.text} would you reuse, or do differently?"
     )
     return {"text": text, "type": qtype, "difficulty": difficulty, "skill": task or achievement.text}, task, None
@@ -318,7 +331,12 @@ def generate_template_questions(
             topic = skills[used_skills % len(skills)]
             used_skills += 1
         questions.append(
-            {"text": template.format(topic=topic, role=role), "type": qtype, "difficulty": difficulty, "skill": topic}
+            {
+                "text": template.format(topic=topic, as_role=_as_role(role)),
+                "type": qtype,
+                "difficulty": difficulty,
+                "skill": topic,
+            }
         )
     return questions
 
@@ -326,7 +344,7 @@ def generate_template_questions(
 def _role_topic(role: str, job_description: str) -> str:
     """What to ask about when neither document names a skill: the work of the role itself."""
     role = role.strip()
-    return f"the core work of the {role} role" if role and role != "the role" else "the core work of this role"
+    return f"the core work of the {role} role" if role_known(role) else "the core work of this role"
 
 
 def offline_questions(resume: str, job_description: str, role: str, count: int, mix: list[str]) -> list[dict[str, Any]]:
@@ -381,9 +399,10 @@ async def question_generator(state: InterviewState, config: RunnableConfig) -> d
             note = f"model unavailable ({describe_failure(exc)}); questions from templates"
     if questions is None:
         questions = offline_questions(resume, job_description, role, params.num_questions, list(params.question_mix))
+    practise = role if role_known(role) else "your interview"
     intro = AIMessage(
-        f"Let's practise for {role}. I'll ask {len(questions)} questions one at a time; answer each as you would in "
-        "the interview." + (f" ({note})" if note else ""),
+        f"Let's practise for {practise}. I'll ask {len(questions)} questions one at a time; answer each as you "
+        "would in the interview." + (f" ({note})" if note else ""),
         name=NODE,
         response_metadata={"kind": "intro", "produced_by": produced_by},
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from personas.loader import Bundles, deep_merge
 from personas.schema import AgentPersona, TeamBundle
@@ -37,12 +37,54 @@ class TeamNotEnabled(TeamResolutionError):
     code = "team_not_enabled"
 
 
+class FilledTextError(ValueError):
+    """A persona's or team's text is invalid once the tenant's name fills `{tenant_name}` (too long for its
+    field): a problem of the tenant's bundle. `problems` are (field path in the tenant file, reason): the
+    override that sets the text, else the tenant's `name`."""
+
+    def __init__(self, tenant: str, problems: list[tuple[tuple[Any, ...], str]]):
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {reason}" for loc, reason in problems))
+        self.tenant = tenant
+        self.problems = problems
+
+
+def _filled_problems(
+    exc: ValidationError, override: dict[str, Any], prefix: tuple[str, ...]
+) -> list[tuple[tuple[Any, ...], str]]:
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        value_at: Any = override
+        for part in loc:
+            value_at = value_at.get(part) if isinstance(value_at, dict) else None
+        where = (*prefix, *loc) if value_at is not None else ("name",)
+        problems.append((where, f"with the tenant's name filled in: {error['msg']}"))
+    return problems
+
+
+TENANT_NAME = "{tenant_name}"
+
+
+def fill_tenant_name(value: Any, name: str) -> Any:
+    """`value` (a bundle's data: dicts, lists, strings) with every `{tenant_name}` replaced by the tenant's display
+    name; other placeholders stay for the code that renders them (a name cannot hold braces: schema)."""
+    if isinstance(value, str):
+        return value.replace(TENANT_NAME, name)
+    if isinstance(value, dict):
+        return {k: fill_tenant_name(v, name) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_tenant_name(v, name) for v in value]
+    return value
+
+
 class TeamRunConfig(BaseModel):
-    """Everything a team's nodes may vary on, for one tenant: tenant overrides already applied."""
+    """Everything a team's nodes may vary on, for one tenant: tenant overrides already applied, `{tenant_name}`
+    filled in the personas' and the team's texts."""
 
     model_config = ConfigDict(frozen=True)
 
     tenant: str
+    tenant_name: str = ""  # the tenant's display name: its bundle's `name`, else its id
     team: TeamBundle
     agents: dict[str, AgentPersona]  # node name -> persona
     knowledge_path: str | None = None
@@ -95,20 +137,30 @@ class AgentTeamResolver:
 
     def _build(self, tenant_id: str, team_id: str) -> TeamRunConfig:
         tenant = self.bundles.tenants[tenant_id]
-        team = self.bundles.teams[team_id]
-        if team_id in tenant.overrides.teams:
-            team = TeamBundle.model_validate(
-                deep_merge(team.model_dump(exclude_unset=True), tenant.overrides.teams[team_id])
-            )
+        name = tenant.name.strip() or tenant.id
+        team_override = tenant.overrides.teams.get(team_id, {})
+        team_data = deep_merge(self.bundles.teams[team_id].model_dump(exclude_unset=True), team_override)
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        try:  # the loader validated every text unfilled; a long name can still make one too long
+            team = TeamBundle.model_validate(fill_tenant_name(team_data, name))
+        except ValidationError as exc:
+            problems = _filled_problems(exc, team_override, ("overrides", "teams", team_id))
+            raise FilledTextError(tenant_id, problems) from None
         agents: dict[str, AgentPersona] = {}
         for node, persona_id in team.nodes.items():
-            persona = self.bundles.agents[persona_id]
-            if persona_id in tenant.overrides.agents:
-                persona = AgentPersona.model_validate(
-                    deep_merge(persona.model_dump(exclude_unset=True), tenant.overrides.agents[persona_id])
-                )
-            agents[node] = persona
+            agent_override = tenant.overrides.agents.get(persona_id, {})
+            data = deep_merge(self.bundles.agents[persona_id].model_dump(exclude_unset=True), agent_override)
+            try:
+                agents[node] = AgentPersona.model_validate(fill_tenant_name(data, name))
+            except ValidationError as exc:
+                problems += _filled_problems(exc, agent_override, ("overrides", "agents", persona_id))
+        if problems:
+            raise FilledTextError(tenant_id, problems)
         knowledge = self.bundles.knowledge_path(tenant_id)
         return TeamRunConfig(
-            tenant=tenant_id, team=team, agents=agents, knowledge_path=str(knowledge) if knowledge else None
+            tenant=tenant_id,
+            tenant_name=name,
+            team=team,
+            agents=agents,
+            knowledge_path=str(knowledge) if knowledge else None,
         )

@@ -287,6 +287,12 @@ class TeamBundle(StrictModel):
 
     id: Identifier
     description: str = ""
+    hint: str = Field(
+        "",
+        max_length=300,
+        description="What the web page's empty chat suggests asking (GET /teams hint); empty: 'Ask anything about "
+        "<tenant name>…'. A tenant sets it under overrides.teams.<team>.hint, e.g. with its knowledge's topics.",
+    )
     graph: Identifier = Field(description="Graph module under graphs/ that implements this team.")
     nodes: dict[Identifier, Identifier] = Field(description="node name -> agent persona id")
     params: TeamParams = TeamParams()
@@ -373,7 +379,13 @@ class TenantBundle(StrictModel):
     """A tenant: enabled teams (feature flags), default team, overrides, keys, knowledge file."""
 
     id: Identifier
-    name: str = ""
+    name: str = Field(
+        "",
+        max_length=80,
+        pattern=r"^[^{}]*$",
+        description="Display name shown to the tenant's users (the chat's replies and refusals, the web page, "
+        "GET /teams tenant_name); fills {tenant_name} in persona, team and voice texts. Empty: the id.",
+    )
     enabled_teams: list[Identifier] = Field(min_length=1)
     default_team: Identifier
     overrides: TenantOverrides = TenantOverrides()

@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from personas.loader import DEFAULT_BUNDLE_DIR, Bundles, Problem, _field_path, _line_of, deep_merge, parse_yaml
-from personas.resolver import TeamRunConfig
+from personas.resolver import TeamRunConfig, fill_tenant_name
 from personas.schema import AgentPersona, Identifier, StrictModel, VoiceSettings
 
 CATALOG_FILE = "voice_catalog.yaml"
@@ -278,6 +278,7 @@ def effective_voice(
         merged = deep_merge(merged, {k: v for k, v in layer.values.items() if k not in ("allowed_voices", "speaker")})
     merged["allowed_voices"] = allowed
     merged["default_voice"] = default
+    merged = fill_tenant_name(merged, run.tenant_name or run.tenant)  # instructions, preview_text
     try:
         settings = VoiceSettings.model_validate(merged)
     except ValidationError as exc:  # each layer validated alone; their combination still must be valid
@@ -291,7 +292,7 @@ def effective_voice(
 def voice_problems(bundles: Bundles, nodes: dict[tuple[str, str], Any]) -> list[Problem]:
     """Every voice problem of an otherwise valid bundle directory (for the loader): the catalog, and the
     layered settings of each team each tenant enables."""
-    from personas.resolver import AgentTeamResolver
+    from personas.resolver import AgentTeamResolver, FilledTextError
 
     try:
         catalog = load_catalog(bundles.root)
@@ -304,9 +305,14 @@ def voice_problems(bundles: Bundles, nodes: dict[tuple[str, str], Any]) -> list[
         for team_id in tenant.enabled_teams:
             try:
                 effective_voice(bundles, catalog, resolver.resolve(tenant.id, team_id), nodes)
+                continue
             except VoiceConfigError as exc:
-                for problem in exc.problems:
-                    if str(problem) not in seen:  # a team file's problem shows once, not once per tenant
-                        seen.add(str(problem))
-                        problems.append(problem)
+                found = exc.problems
+            except FilledTextError as exc:  # the tenant's name made a persona's or team's text invalid
+                layer = VoiceLayer("tenants", tenant.id, (), {})
+                found = [_problem(bundles, nodes, layer, loc, reason) for loc, reason in exc.problems]
+            for problem in found:
+                if str(problem) not in seen:  # a team file's problem shows once, not once per tenant
+                    seen.add(str(problem))
+                    problems.append(problem)
     return problems

@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
     settings = settings or get_settings()
     bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
 
-    keyring = KeyRing(bundles)
+    keyring = KeyRing(bundles, settings=settings)  # its `.env`, not the class default's
     provider_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
     configure_logging(settings.log_level, settings.log_format, secrets=(provider_key, *keyring.env_keys))
     configure_tracing()

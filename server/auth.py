@@ -7,6 +7,9 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic_settings import BaseSettings
 
 from personas.loader import Bundles
 
@@ -20,6 +23,23 @@ DEV_KEY_DIGESTS = frozenset({
 })  # fmt: skip
 
 
+def key_environ(settings: BaseSettings | None = None) -> dict[str, str]:
+    """The variables a tenant's `env:` keys are read from: the `.env` file `settings` reads (its class's env_file,
+    by default Settings' `.env`; a relative name is in the working directory), with the real environment winning
+    over it, as it does for the settings."""
+    from dotenv import dotenv_values
+
+    from server.settings import Settings
+
+    env_file = (type(settings) if settings is not None else Settings).model_config.get("env_file")
+    files = [env_file] if isinstance(env_file, str | Path) else list(env_file or ())
+    values: dict[str, str] = {}
+    for file in files:  # as pydantic-settings reads several: a later file wins
+        if Path(file).is_file():
+            values.update({k: v for k, v in dotenv_values(file, encoding="utf-8").items() if v is not None})
+    return {**values, **os.environ}
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling: the tenant, which of its keys (its id, never the key) and that key's role."""
@@ -30,10 +50,13 @@ class Caller:
 
 
 class KeyRing:
-    """sha256(key) -> Caller, built once at start-up from the tenant bundles and the named env variables."""
+    """sha256(key) -> Caller, built once at start-up from the tenant bundles and the named variables (environment
+    or the `.env` file of `settings`, key_environ)."""
 
-    def __init__(self, bundles: Bundles, environ: Mapping[str, str] | None = None):
-        environ = os.environ if environ is None else environ
+    def __init__(
+        self, bundles: Bundles, environ: Mapping[str, str] | None = None, settings: BaseSettings | None = None
+    ):
+        environ = key_environ(settings) if environ is None else environ
         self._by_digest: dict[str, Caller] = {}
         self.env_keys: list[str] = []  # raw values of env-var keys, so logs can mask them
         for tenant in bundles.tenants.values():
@@ -42,7 +65,12 @@ class KeyRing:
                 if key.env:
                     value = environ.get(key.env)
                     if not value:
-                        log.warning("tenant %s key %s: env var %s is not set; key disabled", tenant.id, key.id, key.env)
+                        log.warning(
+                            "tenant %s key %s: env var %s is not set (environment or .env); key disabled",
+                            tenant.id,
+                            key.id,
+                            key.env,
+                        )
                         continue
                     digest = hashlib.sha256(value.encode()).hexdigest()
                     self.env_keys.append(value)
@@ -57,8 +85,8 @@ class KeyRing:
 
 def development_keys(bundles: Bundles, environ: Mapping[str, str] | None = None) -> list[str]:
     """ "tenant/key id" of every enabled development key: flagged `dev: true`, or one whose value the README
-    publishes (known by its hash, also when read from an environment variable)."""
-    environ = os.environ if environ is None else environ
+    publishes (known by its hash, also when read from an environment variable or `.env`)."""
+    environ = key_environ() if environ is None else environ
     found = []
     for tenant in bundles.tenants.values():
         for key in tenant.api_keys:

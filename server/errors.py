@@ -81,12 +81,25 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
+def _unknown_team(request: Request) -> str | None:
+    """The team a router 404 under /teams/{team}/... names when no team of that name has routes, else None."""
+    parts = request.url.path.split("/")
+    if len(parts) < 3 or parts[1] != "teams" or not parts[2]:
+        return None
+    prefix = f"/teams/{parts[2]}/"
+    if any(getattr(route, "path", "").startswith(prefix) for route in request.app.router.routes):
+        return None  # the team exists: its path is wrong (an endpoint it does not have), a plain not_found
+    return parts[2]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and the router's 404/405
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
         if isinstance(detail, dict) and "code" in detail:
             body = {"error": detail}
+        elif exc.status_code == 404 and (team := _unknown_team(request)) is not None:
+            body = error_body("team_not_found", f"unknown team {team!r}", "team")  # as POST /sessions answers
         else:
             body = error_body(_CODES.get(exc.status_code, "error"), str(detail))
         headers = exc.headers

@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
 from personas.loader import Bundles
+from personas.resolver import fill_tenant_name
 from server.team_input import HUMAN, THREAD_ID_PATTERN, THREAD_ID_RULE
 from server.voice.service import MEDIA_TYPES
 
@@ -203,7 +204,8 @@ def _team_docs(schema: dict[str, Any], bundles: Bundles) -> None:
         output = comps.get(f"{team}_output")
         if output is not None:  # LangServe answers every state key, null when the state does not have it yet
             output["properties"] = {k: {"anyOf": [v, {"type": "null"}]} for k, v in output["properties"].items()}
-        _describe_team_paths(schema, team, bundle.description)
+        # one document for every tenant: the team's texts are filled per tenant (GET /teams), not here
+        _describe_team_paths(schema, team, fill_tenant_name(bundle.description, "the tenant"))
 
 
 def _describe_team_paths(schema: dict[str, Any], team: str, about: str) -> None:

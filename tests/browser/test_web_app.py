@@ -157,6 +157,8 @@ def test_a_full_offline_interview_from_upload_to_export(page: Page, server: Live
 def test_chat_streams_the_reviewed_reply_and_badges_a_blocked_one(page: Page, server: LiveServer) -> None:
     sign_in(page, server, VENEO_KEY)
     session_id = new_session(page)
+    # the tenant's display name, from GET /teams tenant_name (other tenants see their own)
+    expect(page.locator(".empty-chat")).to_have_text("Ask anything about Veneo: orders, shipping, returns…")
     box = page.get_by_label("Your message")
     box.fill("How long does shipping take?")
     with page.expect_response(re.compile(r"/teams/veneo_chat/stream_events$")) as streamed:
@@ -165,6 +167,7 @@ def test_chat_streams_the_reviewed_reply_and_badges_a_blocked_one(page: Page, se
     log = page.get_by_role("log", name="Conversation")
     expect(log.locator(".message.assistant").first).to_contain_text("3 to 5 business days")
     expect(log.locator(".message.assistant").first).to_contain_text("From the knowledge base: Shipping times")
+    expect(log.locator(".message.assistant .who").first).to_have_text("Veneo")
     idle(page)
     expect(box).to_be_focused()
 
@@ -945,3 +948,24 @@ def test_api_docs_work_offline_under_the_csp(page: Page, server: LiveServer) -> 
     page.goto(server.url + "/redoc")
     expect(page.get_by_role("heading", name=re.compile("Teamgraph"), level=1)).to_be_visible()
     assert outside == []
+
+
+def test_another_tenant_s_empty_chat_suggests_no_veneo_topics(page: Page, tmp_path: Path) -> None:
+    # the empty-chat hint listed Veneo's topics (orders, shipping, returns) for every tenant; it is the team's
+    # `hint` (GET /teams), which veneo.yaml sets and a tenant without one does not
+    import hashlib
+    import shutil
+
+    from personas.loader import DEFAULT_BUNDLE_DIR
+
+    root = tmp_path / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (root / "tenants" / "acme.yaml").write_text(
+        "id: acme\nname: Acme\nenabled_teams: [veneo_chat]\ndefault_team: veneo_chat\napi_keys:\n"
+        f"  - {{id: acme-app, sha256: {hashlib.sha256(b'acme-browser-key').hexdigest()}}}\n"
+    )
+    with LiveServer(tmp_path, env={"TEAMGRAPH_PERSONAS_DIR": str(root)}) as live:
+        sign_in(page, live, "acme-browser-key")
+        new_session(page)
+        expect(page.locator(".empty-chat")).to_have_text("Ask anything about Acme…")
+        screenshot(page, "chat-empty-acme")

@@ -361,6 +361,16 @@ def test_create_session_with_an_unknown_team_is_404(client: TestClient) -> None:
     assert "astrology" in error["message"]
 
 
+def test_a_team_route_of_an_unknown_team_is_404_team_not_found(client: TestClient) -> None:
+    # docs/api.md: "a team that does not exist: 404 team_not_found"; the router's plain not_found came back
+    run = {"input": human("hi"), "config": configured("unknown-team-1")}
+    error = assert_error(client.post("/teams/astrology/invoke", headers=VENEO, json=run), 404, "team_not_found", "team")
+    assert "astrology" in error["message"]
+    assert_error(client.get("/teams/astrology/input_schema", headers=VENEO), 404, "team_not_found", "team")
+    # a team that exists, at a path it does not have: still the plain not_found
+    assert_error(client.post("/teams/veneo_chat/nothing_here", headers=VENEO, json=run), 404, "not_found")
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [({"title": "x" * 201}, "title"), ({"team": 5}, "team"), ({"title": ["a"]}, "title")],

@@ -282,7 +282,7 @@ def test_a_sessions_life_is_audited_and_its_trail_outlives_it(db_url: str) -> No
     assert [r["node"] for r in responses] == ["question_generator", "question_generator", "fallback_scorer",
                                               "ask_next_question"]  # fmt: skip
     # each reply as the user saw it: the intro, question 1, the score of the answer, question 2
-    assert responses[0]["content"].startswith("Let's practise for the role. I'll ask 3 questions one at a time")
+    assert responses[0]["content"].startswith("Let's practise for your interview. I'll ask 3 questions one at a time")
     assert responses[1]["content"].startswith("Question 1 of 3 (behavioral, medium): ")
     assert responses[2]["content"].startswith(f"Score: {payload['evaluation']['overall']}/5 (relevance ")
     assert responses[3]["content"].startswith("Question 2 of 3 (technical, medium): ")

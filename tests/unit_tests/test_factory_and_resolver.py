@@ -183,9 +183,20 @@ def test_veneo_default_team_with_persona_override(resolver: AgentTeamResolver, b
     # deep merge: the rest of the persona's model settings and prompts are kept
     assert responder.model.max_tokens == 600
     assert responder.model.name == "gpt-4o-mini"
-    assert responder.prompts == bundles.agents["primary_responder"].prompts
+    prompts = bundles.agents["primary_responder"].prompts  # {tenant_name} filled; not_found is Veneo's own
+    assert responder.prompts["system"] == prompts["system"].replace("{tenant_name}", "Veneo")
+    assert (
+        responder.prompts["not_found"]
+        == bundles.tenants["veneo"].overrides.agents["primary_responder"]["prompts"]["not_found"]
+    )
     assert bundles.agents["primary_responder"].model.temperature == 0.3
-    assert run.persona("safety_reviewer") == bundles.agents["safety_reviewer"]
+    reviewer, shipped = run.persona("safety_reviewer"), bundles.agents["safety_reviewer"]
+    assert reviewer.model_dump(exclude={"safety"}) == shipped.model_dump(exclude={"safety"})
+    assert reviewer.safety.pii_allow == ["support@veneo.example"]  # Veneo's own address, in its bundle
+    assert reviewer.safety.refusal_message == shipped.safety.refusal_message.replace("{tenant_name}", "Veneo")
+    assert reviewer.safety.model_dump(exclude={"pii_allow", "refusal_message"}) == shipped.safety.model_dump(
+        exclude={"pii_allow", "refusal_message"}
+    )
     assert run.knowledge_path == str(DEFAULT_BUNDLE_DIR / "knowledge" / "veneo.md")
 
 

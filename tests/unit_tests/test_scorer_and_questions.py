@@ -376,3 +376,28 @@ def test_a_weak_answer_is_pointed_to_the_resume_line_its_key_names(rubric: list[
         keyed, "I cut p95 latency from 900 ms to 250 ms by moving Postgres reads to replicas.", JOB, rubric, RESUME
     )
     assert not [t for t in strong["improvements"] if t.startswith("Your resume says you")]  # it used that line
+
+
+def test_a_resume_alone_gets_no_placeholder_role_in_the_wording() -> None:
+    """With a resume only (no job description, no role) the intro and the questions read "for the role" and
+    "Imagine you join as the role": the stored placeholder showed through."""
+    import asyncio
+
+    from langchain_core.messages import HumanMessage
+
+    from nodes.question_generator import question_generator
+
+    resume = (Path(__file__).resolve().parents[2] / "examples" / "resume.md").read_text()
+    mix = ["behavioral", "technical", "situational"]
+    for questions in (offline_questions(resume, "", "the role", 6, mix), offline_questions("", "", "the role", 6, mix)):
+        texts = [q["text"] for q in questions]
+        assert not [t for t in texts if "as the role" in t or "for the role" in t], texts
+    situational = [q["text"] for q in offline_questions(resume, "", "the role", 6, mix) if q["type"] == "situational"]
+    assert any(t.startswith("Imagine you start a new job.") for t in situational), situational
+    config = {"configurable": {"tenant": "demo", "team": "interview"}}
+    state = asyncio.run(question_generator({"messages": [HumanMessage(resume)], "resume": resume}, config))  # type: ignore[arg-type]
+    assert state["role"] == "the role"  # stored as before: the voice instructions and the evaluator know it
+    assert state["messages"][0].content.startswith("Let's practise for your interview. I'll ask ")
+    # a known role reads as it did
+    named = offline_questions(resume, "", "Platform Engineer", 6, mix)
+    assert any("Imagine you join as Platform Engineer." in q["text"] for q in named), named

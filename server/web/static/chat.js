@@ -1,4 +1,4 @@
-// Veneo chat: the transcript (Markdown rendered safely), replies streamed token by token where the tenant lets
+// The chat (veneo_chat, under the tenant's own name): the transcript (Markdown rendered safely), replies streamed token by token where the tenant lets
 // drafts through, otherwise shown whole once the safety reviewer has passed them; blocked or rewritten replies
 // carry a badge with the reason category; /summarize is a button.
 import { h, clear, showError, announce } from "./dom.js";
@@ -9,10 +9,11 @@ const ACTIONS = { block: "Blocked", rewrite: "Rewritten" };
 
 export function renderChat(root, ctx) {
   const { session } = ctx;
+  const name = ctx.tenantName || "Assistant"; // the tenant's display name (GET /teams tenant_name)
   clear(root);
   root.dataset.session = session.id; // the turn running on it finds this view's elements (turn.js live)
   const log = h("div", { class: "chat-log", id: "chat-log", role: "log", "aria-live": "polite", "aria-label": "Conversation", "aria-busy": "false", tabindex: "0" });
-  for (const message of session.transcript) log.append(messageView(message));
+  for (const message of session.transcript) log.append(messageView(message, name));
   const form = h("form", { class: "composer", novalidate: true });
   const input = h("textarea", { id: "chat-input", rows: 3, required: true, "aria-describedby": "chat-error chat-hint" });
   const error = h("p", { class: "error", role: "alert", id: "chat-error", hidden: true });
@@ -35,9 +36,9 @@ export function renderChat(root, ctx) {
   const flight = turnInFlight(session.id);
   if (flight) {
     setBusy(session.id, true, { log, send, summarize, input });
-    drawTurn(log, flight.shown, session.transcript.some((m) => m.id && flight.before && !flight.before.has(m.id) && m.role === "user"));
+    drawTurn(log, flight.shown, session.transcript.some((m) => m.id && flight.before && !flight.before.has(m.id) && m.role === "user"), name);
   } else {
-    if (!session.transcript.length) log.append(h("p", { class: "muted empty-chat" }, "Ask anything about Veneo: orders, shipping, returns…"));
+    if (!session.transcript.length) log.append(h("p", { class: "muted empty-chat" }, ctx.hint || `Ask anything about ${name}…`)); // GET /teams hint
     // a message that failed while another session was on screen: back in the box, with why
     const kept = takeUnsent(session.id);
     if (kept) {
@@ -53,7 +54,7 @@ export function renderChat(root, ctx) {
     const empty = log.querySelector(".empty-chat");
     if (empty) empty.remove();
     const shown = { text, streamed: "", reply: null };
-    drawTurn(log, shown, false);
+    drawTurn(log, shown, false, name);
     let stored;
     try {
       stored = await runTurn(ctx, text, (event) => {
@@ -71,7 +72,7 @@ export function renderChat(root, ctx) {
           const last = reviewed.messages[reviewed.messages.length - 1];
           shown.reply = { role: "assistant", content: last.content, metadata: last.response_metadata || {} };
           const pending = live("chat-pending", id);
-          if (pending) pending.replaceWith(messageView(shown.reply));
+          if (pending) pending.replaceWith(messageView(shown.reply, name));
         }
       }, shown);
     } catch (err) {
@@ -133,13 +134,13 @@ function setBusy(sessionId, on, els = null) {
 
 /** The running turn at the end of the log: the message sent (unless the session already holds it) and the reply
  * so far (#chat-pending while it streams). */
-function drawTurn(log, shown, storedMessage) {
-  if (!storedMessage) log.append(messageView({ role: "user", content: shown.text, metadata: {} }));
+function drawTurn(log, shown, storedMessage, name) {
+  if (!storedMessage) log.append(messageView({ role: "user", content: shown.text, metadata: {} }, name));
   if (shown.reply) {
-    log.append(messageView(shown.reply));
+    log.append(messageView(shown.reply, name));
     return;
   }
-  const pending = h("div", { class: "message assistant pending", id: "chat-pending" }, h("p", { class: "who" }, "Veneo"), h("div", { class: "body" }, "…"));
+  const pending = h("div", { class: "message assistant pending", id: "chat-pending" }, h("p", { class: "who" }, name), h("div", { class: "body" }, "…"));
   if (shown.streamed) showStreamed(pending, shown.streamed);
   log.append(pending);
   pending.scrollIntoView({ block: "end" });
@@ -150,10 +151,10 @@ function showStreamed(pending, text) {
   pending.classList.add("streaming");
 }
 
-function messageView(message) {
+function messageView(message, name) {
   const meta = message.metadata || {};
   const user = message.role === "user";
-  const kind = meta.kind === "summary" ? "Summary" : user ? "You" : "Veneo";
+  const kind = meta.kind === "summary" ? "Summary" : user ? "You" : name;
   const el = h("div", { class: `message ${user ? "user" : "assistant"}${meta.kind === "summary" ? " summary" : ""}` });
   const who = h("p", { class: "who" }, kind);
   const action = meta.review_action || (meta.review && meta.review.action);

@@ -10,7 +10,7 @@ import { forgetUnsent } from "./turn.js";
 const KEY = "teamgraph.key";
 const TEAM = "teamgraph.team";
 const DRAFTS = ["chat-input", "answer-input"];
-const app = { api: null, teams: [], team: null, cursor: null, session: null };
+const app = { api: null, teams: [], team: null, cursor: null, session: null, tenantName: "" };
 
 /** The session id in the URL hash, or null; a URIError for a malformed one (a typed or cut link: `%E0`). */
 const hashSession = () => {
@@ -76,6 +76,7 @@ async function signIn(key, { quiet = false } = {}) {
   sessionStorage.setItem(KEY, key);
   app.api = api;
   app.teams = teams;
+  app.tenantName = (teams[0] && teams[0].tenant_name) || ""; // the tenant's display name (GET /teams)
   $("#signin").hidden = true;
   $("#key-input").value = "";
   $("#workspace").hidden = false;
@@ -98,7 +99,7 @@ function signOut(error = null) {
   // it, and whatever still calls it gets SignedOutError; closed after showSession(null), whose voice call's last
   // post has gone out by then
   if (app.api) app.api.close();
-  Object.assign(app, { api: null, teams: [], team: null, cursor: null });
+  Object.assign(app, { api: null, teams: [], team: null, cursor: null, tenantName: "" });
   clear($("#session-list"));
   clear($("#team-select"));
   clear($("#team-view"));
@@ -113,7 +114,7 @@ function signOut(error = null) {
 }
 
 export function teamName(id) {
-  return { interview: "Interview practice", veneo_chat: "Veneo chat" }[id] || id;
+  return { interview: "Interview practice", veneo_chat: `${app.tenantName || "Assistant"} chat` }[id] || id;
 }
 
 async function chooseTeam(team, { keepSession = false } = {}) {
@@ -232,9 +233,10 @@ function showSession(session, { focus = null } = {}) {
   $("#session-title").textContent = session.title || "Untitled session";
   document.title = `${session.title || "Session"} · Teamgraph`;
   const api = app.api;
+  const hint = (app.teams.find((t) => t.id === session.team) || {}).hint || ""; // GET /teams: the tenant's own
   // signedIn: still signed in with the key this view was drawn with (a 401 or Sign out since: nothing of the
   // tenant goes back into the page)
-  const ctx = { api, session, refresh, signedIn: () => app.api === api, showSessionError: (e) => showError($("#session-error"), e) };
+  const ctx = { api, session, tenantName: app.tenantName, hint, refresh, signedIn: () => app.api === api, showSessionError: (e) => showError($("#session-error"), e) };
   // what the person is typing survives a redraw of the same session (a refresh lands while they type)
   const drafts = changed ? [] : DRAFTS.map((id) => document.getElementById(id)).filter((el) => el && !el.readOnly && el.value);
   const kept = drafts.map((el) => [el.id, el.value]);
