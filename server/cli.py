@@ -107,6 +107,17 @@ def _open_engine() -> AbstractAsyncContextManager[Engine]:
     return Engine.open(_settings())
 
 
+def check_tenant(bundles: Any, tenant: str, team: str | None = None, logged: Any = ()) -> None:
+    """An unknown tenant (or team) is refused by name before a command reads or writes anything: a typo must not
+    list nothing, verify nothing or start an audit chain, all with exit status 0. `logged`: tenants the audit
+    log holds entries of (a tenant since removed from the bundles still has a log to verify, export, erase in)."""
+    if tenant not in bundles.tenants and tenant not in logged:
+        raise fail(f"unknown tenant {tenant!r}")
+    if team is not None and team not in bundles.teams:
+        enabled = bundles.tenants[tenant].enabled_teams if tenant in bundles.tenants else []
+        raise fail(f"unknown team {team!r}; teams for tenant {tenant!r}: {', '.join(enabled)}")
+
+
 def _run(coro: Any) -> Any:
     from checkpoints.audit import AuditWriteError
     from checkpoints.storage import StorageUnavailable
@@ -130,6 +141,7 @@ async def _interview(
     resume: Path | None, jd: Path | None, role: str | None, tenant: str, session_id: str | None
 ) -> None:
     async with _open_engine() as engine:
+        check_tenant(engine.bundles, tenant)
         if session_id:
             session = engine.get_session(tenant, session_id)
             state = await engine.state(session)
@@ -173,6 +185,7 @@ def interview(
 
 async def _chat(tenant: str, session_id: str | None) -> None:
     async with _open_engine() as engine:
+        check_tenant(engine.bundles, tenant)
         if session_id:
             session = engine.get_session(tenant, session_id)
         else:
@@ -332,6 +345,7 @@ def demo() -> None:
 
 async def _sessions(action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None) -> None:
     async with _open_engine() as engine:
+        check_tenant(engine.bundles, tenant, team)
         if action == "list":
             for s in engine.sessions.list(tenant, team, limit=200):
                 typer.echo(f"{s.id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
@@ -476,6 +490,7 @@ async def _export(tenant: str, session_id: str, markdown: bool) -> str:
     from server.session_export import export_session, to_markdown
 
     async with _open_engine() as engine:
+        check_tenant(engine.bundles, tenant)
         document = await export_session(engine, engine.get_session(tenant, session_id))
     return to_markdown(document) if markdown else json.dumps(document, indent=2, ensure_ascii=False)
 
@@ -529,12 +544,17 @@ def sessions_import(file: Path, tenant: TenantOpt = "demo") -> None:
 
 async def _erase(tenant: str, user_id: str) -> dict[str, int]:
     async with _open_engine() as engine:
+        check_tenant(engine.bundles, tenant, logged=await asyncio.to_thread(engine.audit.tenants))
         return await engine.erase_user(tenant, user_id)
 
 
 @users_app.command("erase")
-def users_erase(user_id: str, tenant: TenantOpt = "demo") -> None:
-    """Erase an end user: delete every session tagged with the id, redact their audit entries (audited)."""
+def users_erase(
+    user_id: str,
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant id (required: an end user's id is the tenant's).")],
+) -> None:
+    """Erase an end user of one tenant (--tenant is required): delete every session tagged with the id, redact
+    their audit entries (audited)."""
     counts = _run(_erase(tenant, user_id))
     typer.echo(
         f"erased {user_id}: {counts['sessions']} session(s), {counts['audit_entries_redacted']} audit entries redacted"
@@ -596,10 +616,30 @@ def _audit_log() -> Any:
         raise fail(str(exc)) from None
 
 
+def _bundles() -> Any:
+    """The persona bundles of the current settings (TEAMGRAPH_PERSONAS_DIR); a broken bundle is exit status 2."""
+    from graphs.registry import GRAPH_MODULES
+    from personas.loader import BundleError, load_bundles
+
+    try:
+        return load_bundles(_settings().personas_dir, known_graphs=set(GRAPH_MODULES))
+    except BundleError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _check_audit_tenant(log: Any, tenant: str | None) -> None:
+    """A tenant of the bundles, or one the log holds entries of (since removed from the bundles)."""
+    if tenant is not None:
+        bundles = _bundles()
+        if tenant not in bundles.tenants:
+            check_tenant(bundles, tenant, logged=log.tenants())
+
+
 @audit_app.command("verify")
 def audit_verify(tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all).")] = None) -> None:
     """Recompute every tenant's hash chain; exit 1 naming the first broken entry."""
     log = _audit_log()
+    _check_audit_tenant(log, tenant)
     broken = False
     for t in [tenant] if tenant else log.tenants():
         result = log.verify(t)
@@ -628,6 +668,7 @@ def audit_export(
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format: {fmt!r} is not jsonl or csv")
     log = _audit_log()
+    _check_audit_tenant(log, tenant)
     since_iso = as_utc(parse_age(since, "--since")) if since else None
     out = output.open("w", newline="") if output else sys.stdout
     fields = ["tenant", "seq", "at", "actor", "session", "event_type", "payload", "prev_hash", "hash"]

@@ -304,3 +304,36 @@ def test_users_erase_deletes_the_users_sessions_of_one_tenant_and_redacts_their_
     # nothing left to erase: it says so, and still succeeds
     again = cli("users", "erase", "user-jane", "--tenant", "veneo")
     assert again.returncode == 0 and "erased user-jane: 0 session(s), 0 audit entries redacted" in again.stdout
+
+
+def test_an_unknown_tenant_or_team_is_refused_by_name_and_nothing_is_written(cli: Cli) -> None:
+    """Found in review: `users erase alice --tenant nosuch` printed 'erased alice: 0 session(s)' with exit status 0
+    and started an audit chain for 'nosuch'; `sessions list`, `audit export` and `audit verify` of a typo listed,
+    exported or verified nothing, all with exit status 0."""
+    import sqlite3
+
+    session_id, _ = start_interview(cli, stdin="")
+    db = cli.workdir / "tg.db"
+    for args in (
+        ("users", "erase", "alice", "--tenant", "nosuch"),
+        ("sessions", "list", "--tenant", "nosuch"),
+        ("sessions", "show", session_id, "--tenant", "nosuch"),
+        ("sessions", "export", session_id, "--tenant", "nosuch"),
+        ("audit", "export", "--tenant", "nosuch"),
+        ("audit", "verify", "--tenant", "nosuch"),
+        ("chat", "--tenant", "nosuch"),
+    ):
+        result = cli(*args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert "unknown tenant 'nosuch'" in result.stderr, (args, result.stderr)
+    team = cli("sessions", "list", "--tenant", "demo", "--team", "intreview")
+    assert team.returncode == 1 and "unknown team 'intreview'; teams for tenant 'demo'" in team.stderr, team.stderr
+    with sqlite3.connect(db) as conn:  # no audit chain was started for the typo
+        assert conn.execute("select count(*) from audit_events where tenant = 'nosuch'").fetchone() == (0,)
+    # an end user's id is a tenant's: `users erase` names the tenant, there is no default
+    required = cli("users", "erase", "alice")
+    assert required.returncode == 2 and "--tenant" in required.stderr, required.stderr
+    # a known tenant still works
+    listed = cli("sessions", "list", "--tenant", "demo", "--team", "interview")
+    assert listed.returncode == 0 and session_id in listed.stdout, listed.stderr
+    assert cli("audit", "verify", "--tenant", "demo").returncode == 0
