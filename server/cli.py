@@ -292,6 +292,13 @@ def serve(
     from server.settings import serve_workers
 
     workers, workers_from = serve_workers(settings, workers)
+    if workers > 1 and settings.checkpoint_url.strip().lower().startswith("memory://"):
+        # each worker would keep its own sessions: a client's requests would meet one store, then another
+        raise fail(
+            f"TEAMGRAPH_CHECKPOINT_URL=memory:// keeps sessions inside one process: {workers} workers "
+            f"({workers_from}) would each have their own; serve one worker, or use sqlite:/// or postgresql://",
+            2,
+        )
     os.environ["TEAMGRAPH_WORKERS"] = str(workers)  # each worker's settings know it has siblings (self-repair)
     _refuse_published_keys(bundles, host, settings.allow_dev_keys)
     _check_port(host, port)

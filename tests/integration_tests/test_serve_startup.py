@@ -232,3 +232,23 @@ def test_a_restart_on_a_kept_port_another_server_took_fails_instead_of_using_it(
             live.stop()
             other.shutdown()
     assert f"port {live.port}" in str(raised.value) and "already in use" in str(raised.value)
+
+
+@pytest.mark.parametrize(("args", "env", "source"), [
+    (("--workers", "2"), {}, "--workers"),
+    ((), {"TEAMGRAPH_WORKERS": "3"}, "TEAMGRAPH_WORKERS"),
+])  # fmt: skip
+def test_several_workers_on_memory_storage_are_refused(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], source: str
+) -> None:
+    """Found in review: `TEAMGRAPH_CHECKPOINT_URL=memory:// teamgraph serve --workers 2` started, each worker with a
+    store of its own (GET /sessions alternated). The port is held, so a serve that got past the check stops there."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result, _ = serve(tmp_path, "--port", str(port), *args, TEAMGRAPH_CHECKPOINT_URL="memory://", **env)
+    assert result.returncode == 2, result.stderr
+    line = refusal(result)
+    assert line.startswith("TEAMGRAPH_CHECKPOINT_URL=memory:// keeps sessions inside one process"), line
+    assert f"({source})" in line, line
