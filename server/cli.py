@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import csv
 import errno
 import ipaddress
@@ -28,6 +29,7 @@ import typer
 from personas import DEFAULT_BUNDLE_DIR
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from contextlib import AbstractAsyncContextManager
 
     from server.engine import Engine
@@ -410,13 +412,141 @@ def sessions_delete(session_id: str, tenant: TenantOpt = "demo") -> None:
     _run(_sessions("delete", tenant, None, session_id, None))
 
 
+def _pending_schema_sqlite(path: Path) -> list[str]:
+    """What opening the SQLite file would change in its tables, read without writing (a read-only connection)."""
+    import sqlite3
+
+    from checkpoints.audit import USER_KEY_NAME
+    from checkpoints.schema_migrations import COMPONENTS, SchemaTooNew, latest, sqlite_version
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        pending = []
+        journal = conn.execute("pragma journal_mode").fetchone()[0]
+        if journal.lower() != "wal":
+            pending.append(f"journal mode {journal} -> wal")
+        for component in COMPONENTS:
+            stored, known = sqlite_version(conn, component), latest(component)
+            if stored > known:
+                raise fail(str(SchemaTooNew(component, stored, known)))
+            if stored < known:
+                pending.append(f"{component} tables: schema version {stored} -> {known}")
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+        missing = sorted({"checkpoints", "writes", "store"} - tables)
+        if missing:
+            pending.append(f"LangGraph tables created: {', '.join(missing)}")
+        if (
+            "audit_keys" not in tables
+            or not conn.execute("select 1 from audit_keys where name = ?", [USER_KEY_NAME]).fetchone()
+        ):
+            pending.append("audit: the key that names end users in audit entries is created")
+        return pending
+    finally:
+        conn.close()
+
+
+def _pending_schema_postgres(url: str, timeout_s: float) -> list[str]:
+    """What opening the Postgres schema would change in its tables, read in a read-only session."""
+    import psycopg
+    from langgraph.checkpoint.postgres.base import BasePostgresSaver
+    from langgraph.store.postgres.base import MIGRATIONS as STORE_MIGRATIONS
+
+    from checkpoints.audit import USER_KEY_NAME
+    from checkpoints.factory import postgres_unreachable
+    from checkpoints.schema_migrations import COMPONENTS, SchemaTooNew, latest, postgres_version
+    from checkpoints.storage import pg_connect_kwargs
+
+    try:
+        conn = psycopg.connect(url, autocommit=True, **pg_connect_kwargs(timeout_s))
+    except psycopg.OperationalError as exc:
+        raise postgres_unreachable(url, exc) from exc
+    with conn:
+        conn.execute("set default_transaction_read_only = on")
+        pending = []
+        for component in COMPONENTS:
+            stored, known = postgres_version(conn, component), latest(component)
+            if stored > known:
+                raise fail(str(SchemaTooNew(component, stored, known)))
+            if stored < known:
+                pending.append(f"{component} tables: schema version {stored} -> {known}")
+        for what, versions, count in (
+            ("checkpoint", "checkpoint_migrations", len(BasePostgresSaver.MIGRATIONS)),
+            ("store", "store_migrations", len(STORE_MIGRATIONS)),
+        ):
+            row = conn.execute("select to_regclass(%s) is not null", [versions]).fetchone()
+            counted = conn.execute(f"select count(distinct v) from {versions}").fetchone() if row and row[0] else None
+            done = counted[0] if counted else 0
+            if done < count:
+                pending.append(f"LangGraph {what} tables: migrations {done} -> {count}")
+        row = conn.execute("select to_regclass('audit_keys') is not null").fetchone()
+        if (
+            not (row and row[0])
+            or not conn.execute("select 1 from audit_keys where name = %s", [USER_KEY_NAME]).fetchone()
+        ):
+            pending.append("audit: the key that names end users in audit entries is created")
+        return pending
+
+
+@contextlib.asynccontextmanager
+async def _dry_run_engine(settings: Settings) -> AsyncIterator[Engine | None]:
+    """An engine a dry run may open without changing the store: opening one runs the schema migrations (and
+    on SQLite switches the file to WAL), so the pending ones are reported first, read only. SQLite: the engine
+    opens a copy of the file in a temporary directory (the sessions are checked there, on the migrated copy).
+    Postgres: when something is pending, None (its sessions are checked once a real run migrated the schema)."""
+    from urllib.parse import urlparse
+
+    from server.engine import Engine
+
+    scheme = urlparse(settings.checkpoint_url).scheme
+    if scheme == "sqlite":
+        import sqlite3
+
+        from checkpoints.factory import sqlite_path
+
+        path = sqlite_path(settings.checkpoint_url)
+        if not path.is_file():
+            typer.echo(f"no database at {path}: a real run would create an empty one")
+            yield None
+            return
+        pending = _pending_schema_sqlite(path)
+        for line in pending:
+            typer.echo(f"would migrate: {line}")
+        with tempfile.TemporaryDirectory(prefix="teamgraph-migrate-dry-run-") as tmp:
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            copy = sqlite3.connect(Path(tmp) / "teamgraph.db")
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+                source.close()
+            copied = settings.model_copy(update={"checkpoint_url": f"sqlite:///{tmp}/teamgraph.db"})
+            async with Engine.open(copied) as engine:
+                yield engine
+        return
+    if scheme in ("postgres", "postgresql"):
+        pending = await asyncio.to_thread(_pending_schema_postgres, settings.checkpoint_url, settings.db_timeout_s)
+        for line in pending:
+            typer.echo(f"would migrate: {line}")
+        if pending:
+            typer.echo(
+                "sessions not checked: opening them would apply the schema steps above; a real run applies "
+                "them first, then upgrades the sessions"
+            )
+            yield None
+            return
+    async with Engine.open(settings) as engine:  # nothing pending (or memory://): opening it writes nothing
+        yield engine
+
+
 async def _migrate(dry_run: bool) -> dict[str, int]:
     """Every session of every tenant in the current state version, one at a time under its turn lock."""
     from checkpoints.turn_lock import TurnBusy
     from states.migrations import SessionSchemaTooNew
 
     counts = {"checked": 0, "upgraded": 0, "current": 0, "too_new": 0, "busy": 0, "unknown_team": 0}
-    async with _open_engine() as engine:
+    async with _dry_run_engine(_settings()) if dry_run else _open_engine() as engine:
+        if engine is None:
+            return counts
         for tenant in sorted(engine.bundles.tenants):
             before: tuple[str, str] | None = None
             while page := engine.sessions.list(tenant, None, limit=100, before=before):
@@ -451,7 +581,14 @@ async def _migrate(dry_run: bool) -> dict[str, int]:
 
 @app.command()
 def migrate(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be upgraded; change nothing.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Report the pending schema steps and the sessions a real run would upgrade; change nothing "
+            "(SQLite: sessions are checked on a temporary copy of the file).",
+        ),
+    ] = False,
 ) -> None:
     """Store every session in its team's current state version (TEAMGRAPH_CHECKPOINT_URL; SQLite or Postgres).
 

@@ -31,17 +31,48 @@ def chat_of(sessions: list[dict[str, str]]) -> dict[str, str]:
     return next(s for s in sessions if s["team"] == "veneo_chat")
 
 
+def store_fingerprint(url: str, workdir: Path) -> object:
+    """Everything a dry run must leave as it was: SQLite, the files beside the database and its bytes; Postgres,
+    the schema's tables, their columns and every row."""
+    if url.startswith("sqlite:///"):
+        # but -shm, SQLite's shared-memory index of the WAL, which every reader updates, and an empty -wal (a
+        # reader of a WAL file creates one: it holds nothing)
+        files = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith("-shm")]
+        return sorted((p.name, p.read_bytes()) for p in files if not (p.name.endswith("-wal") and not p.stat().st_size))
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        columns = conn.execute(
+            "select table_name, column_name, data_type from information_schema.columns "
+            "where table_schema = current_schema() order by 1, 2"
+        ).fetchall()
+        rows = {t: sorted(map(repr, conn.execute(f'select * from "{t}"').fetchall())) for t, *_ in columns}
+    return columns, rows
+
+
 def check_migrate(cli: Cli, url: str, sessions: list[dict[str, str]]) -> None:
     chat = chat_of(sessions)
+    before = store_fingerprint(url, cli.workdir)
     dry = cli("migrate", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert f"would upgrade veneo/{chat['thread_id']} (veneo_chat): version 1 -> 2" in dry.stdout
-    # the interview sessions too: interview state version 2 added the private answer keys
+    # found in review: the dry run opened the engine, which ran the schema migrations (SQLite: switched the file to
+    # WAL, added tables and columns; Postgres: added tables and an audit_keys row). It reports them instead.
+    assert store_fingerprint(url, cli.workdir) == before
+    assert "would migrate: session_index tables: schema version 0 -> " in dry.stdout, dry.stdout
+    assert "would migrate: audit tables: schema version 0 -> " in dry.stdout, dry.stdout
+    if url.startswith("sqlite"):
+        assert f"would upgrade veneo/{chat['thread_id']} (veneo_chat): version 1 -> 2" in dry.stdout
+        # the interview sessions too: interview state version 2 added the private answer keys
+        interviews = [s for s in sessions if s["team"] == "interview"]
+        for interview in interviews:
+            assert (
+                f"would upgrade {interview['tenant']}/{interview['thread_id']} (interview): version 1 -> 2"
+                in dry.stdout
+            )
+        assert "3 sessions: 3 would upgrade, 0 already current" in dry.stdout
+    else:  # its sessions are read once a real run migrated the schema (below)
+        assert "sessions not checked" in dry.stdout, dry.stdout
     interviews = [s for s in sessions if s["team"] == "interview"]
-    for interview in interviews:
-        assert f"would upgrade {interview['tenant']}/{interview['thread_id']} (interview): version 1 -> 2" in dry.stdout
-    assert "3 sessions: 3 would upgrade, 0 already current" in dry.stdout
-    assert all(v is None for v in asyncio.run(stored_versions(url, sessions)).values())  # a dry run writes nothing
 
     done = cli("migrate")
     assert done.returncode == 0, done.stderr
@@ -52,6 +83,12 @@ def check_migrate(cli: Cli, url: str, sessions: list[dict[str, str]]) -> None:
 
     again = cli("migrate")  # resumable: what is done is not done twice
     assert again.returncode == 0 and "3 sessions: 0 upgraded, 3 already current" in again.stdout
+    # on a migrated store a dry run still changes nothing, and has nothing to report
+    before = store_fingerprint(url, cli.workdir)
+    dry = cli("migrate", "--dry-run")
+    assert dry.returncode == 0 and "would migrate" not in dry.stdout, dry.stdout + dry.stderr
+    assert "3 sessions: 0 would upgrade, 3 already current" in dry.stdout
+    assert store_fingerprint(url, cli.workdir) == before
 
 
 def test_migrate_upgrades_the_v1_sqlite_file(tmp_path: Path) -> None:
