@@ -785,10 +785,18 @@ def audit_verify(tenant: Annotated[str | None, typer.Option(help="Only this tena
     log = _audit_log()
     _check_audit_tenant(log, tenant)
     broken = False
-    for t in [tenant] if tenant else log.tenants():
+    tenants = [tenant] if tenant else log.tenants()
+    if not tenants:
+        typer.echo("no audit entries in this database: nothing to verify")
+    for t in tenants:
         result = log.verify(t)
         if result.ok:
-            typer.echo(f"ok: tenant {t}: {result.checked} entries verified")
+            anchor = log.anchor(t)
+            pruned = f" (entries up to {anchor} were pruned)" if anchor else ""
+            if result.checked:
+                typer.echo(f"ok: tenant {t}: {result.checked} entries verified{pruned}")
+            else:  # said so: an empty chain verifies, and must not look like a checked one
+                typer.echo(f"ok: tenant {t}: no entries to verify{pruned or ' (none written yet)'}")
         else:
             broken = True
             typer.secho(f"BROKEN: tenant {t}: entry {result.broken_seq}: {result.reason}", err=True,
@@ -838,12 +846,30 @@ def audit_export(
 
 @audit_app.command("prune")
 def audit_prune(
-    older_than: Annotated[str, typer.Option("--older-than", help="Age like 90d, or an ISO time.")],
+    older_than: Annotated[str, typer.Option("--older-than", help="Age like 90d, or an ISO time in the past.")],
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: every tenant).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count, per tenant, what would be deleted.")] = False,
 ) -> None:
-    """Delete entries older than the given age; the chain keeps an anchor, so what remains still verifies."""
+    """Delete entries older than the given age (every tenant's, or --tenant's); the chain keeps an anchor, so what
+    remains still verifies. A zero age or a time that is not in the past is refused: it would delete everything."""
+    cutoff = parse_age(older_than, "--older-than")
+    zero_age = bool(re.fullmatch(r"0+[smhdw]", older_than.strip()))
+    if zero_age or cutoff >= datetime.now(UTC):
+        whose = f"tenant {tenant}'s" if tenant else "every tenant's"
+        raise fail(
+            f"--older-than {older_than}: not in the past, so it would delete {whose} whole audit log; give an age "
+            "like 90d or an earlier ISO time (see what it deletes with --dry-run)"
+        )
     log = _audit_log()
-    removed = log.prune(parse_age(older_than, "--older-than"))
-    typer.echo(f"pruned {removed} entries older than {older_than}")
+    _check_audit_tenant(log, tenant)
+    counts = log.prunable(cutoff, tenant)
+    verb = "would prune" if dry_run else "pruned"
+    total = 0
+    for t, count in counts.items():
+        removed = count if dry_run or not count else log.prune(cutoff, t)
+        total += removed
+        typer.echo(f"{t}: {verb} {removed} entries")
+    typer.echo(f"{verb} {total} entries older than {older_than}")
     log.close()
 
 
