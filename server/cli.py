@@ -94,12 +94,16 @@ def _settings() -> Settings:
     """TEAMGRAPH_* settings (importing them imports pydantic-settings: only commands that need them call this)."""
     from pydantic import ValidationError
 
-    from server.settings import Settings, settings_errors
+    from server.settings import Settings, settings_errors, unknown_variables
 
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise fail("\n".join(settings_errors(exc)), 2) from None  # a setting from the environment or .env
+    unknown = unknown_variables(settings)
+    if unknown:  # a misspelled setting would be ignored: its default used instead, silently
+        raise fail("\n".join(unknown), 2)
+    return settings
 
 
 def _open_engine() -> AbstractAsyncContextManager[Engine]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -287,6 +289,90 @@ def settings_errors(exc: ValidationError) -> list[str]:
         item = "".join(f"[{part}]" for part in loc[1:])  # an item of a list setting
         shown = _shown(str(loc[0]), error["input"])
         lines.append(f"{name}{item}={shown}: {message}" if shown is not None else f"{name}{item}: {message}")
+    return lines
+
+
+# TEAMGRAPH_ variables read outside Settings (by the module that needs them), and by the tests and benchmarks
+OTHER_VARIABLES = {
+    "TEAMGRAPH_STORAGE_WATCH_S": "checkpoints/self_repair.py",
+    "TEAMGRAPH_BLAS_THREADS": "nodes/embedder.py",
+    "TEAMGRAPH_TEST_POSTGRES_URL": "tests",
+    "TEAMGRAPH_TEST_CHROMIUM": "tests/browser",
+    "TEAMGRAPH_BENCH_POSTGRES_URL": "bench",
+    "TEAMGRAPH_BENCH_PROFILE_OUT": "bench",
+    "TEAMGRAPH_BENCH_DEV_DB": "bench",
+    "TEAMGRAPH_BENCH_ABLATE": "bench",
+    "TEAMGRAPH_BENCH_BUNDLE_DIR": "bench",
+}
+
+
+TENANT_KEY_VARIABLE = re.compile(r"^TEAMGRAPH_[A-Z0-9_]+_(API|ADMIN)_KEY$")
+
+
+def known_variables() -> set[str]:
+    """Every TEAMGRAPH_ variable something reads: the settings (and their aliases) and OTHER_VARIABLES."""
+    names = set(OTHER_VARIABLES)
+    for field, info in Settings.model_fields.items():
+        names.add(f"TEAMGRAPH_{field.upper()}")
+        if isinstance(info.validation_alias, AliasChoices):
+            names.update(c.upper() for c in info.validation_alias.choices if isinstance(c, str))
+    return {n for n in names if n.startswith("TEAMGRAPH_")}
+
+
+def key_variables(personas_dir: Path) -> set[str]:
+    """The variables the tenant bundles read API keys from (`api_keys: [{env: NAME}]`); a bundle that does not
+    parse adds none (loading the bundles reports it)."""
+    import yaml
+
+    names: set[str] = set()
+    for path in sorted((personas_dir / "tenants").glob("*.y*ml")):
+        try:
+            tenant = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        keys = tenant.get("api_keys") if isinstance(tenant, dict) else None
+        for key in keys if isinstance(keys, list) else []:
+            if isinstance(key, dict) and isinstance(key.get("env"), str):
+                names.add(key["env"].upper())
+    return names
+
+
+def _closest(name: str, known: list[str], cutoff: float) -> str | None:
+    """The known name closest to `name`, compared without the TEAMGRAPH_ prefix they all share."""
+    import difflib
+
+    prefix = len("TEAMGRAPH_")
+    by_rest = {n[prefix:]: n for n in known}
+    close = difflib.get_close_matches(name[prefix:], list(by_rest), n=1, cutoff=cutoff)
+    return by_rest[close[0]] if close else None
+
+
+def unknown_variables(
+    settings: Settings, environ: Mapping[str, str] | None = None, env_file: Path | None = None
+) -> list[str]:
+    """One line per TEAMGRAPH_ variable (environment or .env) that nothing reads, with the closest known name: a
+    misspelled TEAMGRAPH_CHECKPIONT_URL was ignored, and each replica of a fleet used a SQLite file of its own."""
+    from dotenv import dotenv_values
+
+    environ = os.environ if environ is None else environ
+    env_file = Path(".env") if env_file is None else env_file
+    seen = {name: "" for name in environ}
+    if env_file.is_file():
+        seen.update({name: f" (in {env_file})" for name in dotenv_values(env_file) if name not in seen})
+    settings_names = sorted(known_variables())
+    known = set(settings_names) | key_variables(settings.personas_dir)
+    lines = []
+    for name, where in sorted(seen.items()):
+        upper = name.upper()
+        if not upper.startswith("TEAMGRAPH_") or upper in known:
+            continue
+        # a tenant key named the usual way (TEAMGRAPH_<TENANT>_API_KEY, ..._ADMIN_KEY) may be meant for bundles
+        # elsewhere; unless it is a near-miss of a setting (TEAMGRAPH_OPENIA_API_KEY)
+        if TENANT_KEY_VARIABLE.match(upper) and not _closest(upper, settings_names, 0.85):
+            continue
+        close = _closest(upper, sorted(known), 0.6)
+        hint = f"; did you mean {close}?" if close else " (see the settings in README.md)"
+        lines.append(f"{name}{where}: not a Teamgraph setting{hint}")
     return lines
 
 

@@ -252,3 +252,23 @@ def test_several_workers_on_memory_storage_are_refused(
     line = refusal(result)
     assert line.startswith("TEAMGRAPH_CHECKPOINT_URL=memory:// keeps sessions inside one process"), line
     assert f"({source})" in line, line
+
+
+@pytest.mark.parametrize("in_dot_env", [False, True])
+def test_a_misspelled_setting_is_refused_naming_the_closest_one(tmp_path: Path, in_dot_env: bool) -> None:
+    """Found in review: TEAMGRAPH_CHECKPIONT_URL (environment or .env) was ignored, so each replica of a fleet
+    used a SQLite file of its own. The port is held: a serve that got past the check would stop there."""
+    if in_dot_env:
+        (tmp_path / ".env").write_text("TEAMGRAPH_CHECKPIONT_URL=postgresql://db.internal/teamgraph\n")
+        env = {}
+    else:
+        env = {"TEAMGRAPH_CHECKPIONT_URL": "postgresql://db.internal/teamgraph"}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        result, _ = serve(tmp_path, "--port", str(holder.getsockname()[1]), **env)
+    assert result.returncode == 2, result.stderr
+    line = refusal(result)
+    assert line.startswith("TEAMGRAPH_CHECKPIONT_URL"), line
+    assert "not a Teamgraph setting; did you mean TEAMGRAPH_CHECKPOINT_URL?" in line, line
+    assert ("(in .env)" in line) == in_dot_env, line
