@@ -61,6 +61,10 @@ def read_document(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise fail(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise fail(f"{path}: is a directory; give a .txt or .md file") from None
+    except OSError as exc:
+        raise fail(f"{path}: cannot read it ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise fail(f"{path}: not a UTF-8 text file (use .txt or .md)") from None
 
@@ -130,10 +134,11 @@ def _run(coro: Any) -> Any:
     from personas.loader import BundleError
     from personas.resolver import TeamResolutionError
     from server.engine import SessionNotFound
+    from states.migrations import SessionSchemaTooNew
 
     try:
         return asyncio.run(coro)
-    except (TeamResolutionError, SessionNotFound) as exc:
+    except (TeamResolutionError, SessionNotFound, SessionSchemaTooNew) as exc:
         raise fail(str(exc)) from None
     except (StorageUnavailable, AuditWriteError) as exc:  # a fault of the database: one line, not a traceback
         if isinstance(exc, AuditWriteError) and exc.__cause__ is None:
@@ -274,11 +279,14 @@ def _check_database(settings: Settings) -> None:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: TEAMGRAPH_HOST or 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: TEAMGRAPH_PORT or 8000).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default: TEAMGRAPH_PORT or 8000).")] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Worker processes (default: TEAMGRAPH_WORKERS, else one per CPU core on PostgreSQL, 1 on SQLite)."
+            min=1,
+            max=64,
+            help="Worker processes, 1 to 64 (default: TEAMGRAPH_WORKERS, else one per CPU core on PostgreSQL, "
+            "1 on SQLite).",
         ),
     ] = None,
 ) -> None:
@@ -756,12 +764,27 @@ def parse_age(text: str, option: str) -> datetime:
 
 
 def _audit_log() -> Any:
+    """The audit log of TEAMGRAPH_CHECKPOINT_URL; a database that cannot be reached is one line within
+    TEAMGRAPH_DB_TIMEOUT_S (it was a PoolTimeout traceback: the log's pool waits without naming the cause)."""
     from checkpoints.factory import CheckpointURLError, open_audit_log
 
+    settings = _settings()
+    _check_database(settings)
     try:
-        return open_audit_log(_settings().checkpoint_url)
+        return open_audit_log(settings.checkpoint_url)
     except CheckpointURLError as exc:
         raise fail(str(exc)) from None
+
+
+def check_output(path: Path, option: str) -> None:
+    """An output file this can write, checked before any work (a voice preview is a paid provider call)."""
+    if path.is_dir():
+        raise fail(f"{option} {path}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise fail(f"{option} {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise fail(f"{option} {path}: not writable")
 
 
 def _bundles() -> Any:
@@ -823,6 +846,8 @@ def audit_export(
 
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format: {fmt!r} is not jsonl or csv")
+    if output is not None:
+        check_output(output, "--output")
     log = _audit_log()
     _check_audit_tenant(log, tenant)
     since_iso = as_utc(parse_age(since, "--since")) if since else None
@@ -929,6 +954,7 @@ def voice_preview(
 
     if fmt not in ("mp3", "wav", "opus", "aac", "flac"):
         raise fail(f"--format: {fmt!r} is not one of mp3, wav, opus, aac, flac")
+    check_output(output, "--output")  # before the provider call, which costs money
     service = _voice_service()
     try:
         preview = _run(service.preview(tenant, voice, text, team, fmt))

@@ -79,7 +79,18 @@ class Settings(BaseSettings):
         "closes first; below it, a request sent on a connection the server is closing is lost "
         "(uvicorn's default is 5 s).",
     )
-    log_level: str = Field("INFO", description="DEBUG also logs message content; never keys or tokens.")
+    log_level: str = Field(
+        "INFO",
+        description="DEBUG, INFO, WARNING (or WARN), ERROR or CRITICAL, in any case; DEBUG also logs message content, "
+        "never keys or tokens.",
+    )
+    storage_watch_s: float = Field(
+        1.0,
+        ge=0.1,
+        le=3600,
+        description="How often a server process checks that its database file or tables are still there "
+        "(checkpoints/self_repair.py); at least 0.1 s (0 would keep a core busy).",
+    )
     log_format: str = Field("auto", pattern="^(auto|json|console)$", description="auto: console on a TTY, else JSON")
     durability: Literal["exit", "async", "sync"] = Field(
         "exit",
@@ -170,6 +181,35 @@ class Settings(BaseSettings):
         does not (it read such a URL as a keyword string, and its error echoed the password)."""
         scheme, sep, rest = value.strip().partition("://")
         return f"{scheme.lower()}{sep}{rest}" if sep else value.strip()
+
+    @field_validator("checkpoint_url")
+    @classmethod
+    def _supported_url(cls, value: str) -> str:
+        """A URL the storage cannot use is one line at start for every command (it was a traceback of the first
+        command that opened the database; `sqlite:///:memory:` failed later with 'no such table')."""
+        scheme = value.partition("://")[0] if "://" in value else ""
+        if scheme not in ("sqlite", "postgres", "postgresql", "memory"):
+            raise ValueError(
+                f"unsupported scheme {scheme + '://' if scheme else '(none)'}: use sqlite:///path.db, "
+                "postgresql://user@host:port/db or memory://"
+            )
+        if scheme == "sqlite":
+            path = value[len("sqlite:///") :] if value.startswith("sqlite:///") else ""
+            if not path.strip():
+                raise ValueError("give a file, e.g. sqlite:///./data/teamgraph.db (or sqlite:////absolute/path.db)")
+            if path.startswith(":memory:") or "mode=memory" in path:
+                raise ValueError(
+                    "an in-memory SQLite database lasts one connection and Teamgraph opens several: use memory://"
+                )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(value.strip().upper(), value.strip().upper())
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("use DEBUG, INFO, WARNING (or WARN), ERROR or CRITICAL (any case)")
+        return level
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -294,7 +334,6 @@ def settings_errors(exc: ValidationError) -> list[str]:
 
 # TEAMGRAPH_ variables read outside Settings (by the module that needs them), and by the tests and benchmarks
 OTHER_VARIABLES = {
-    "TEAMGRAPH_STORAGE_WATCH_S": "checkpoints/self_repair.py",
     "TEAMGRAPH_BLAS_THREADS": "nodes/embedder.py",
     "TEAMGRAPH_TEST_POSTGRES_URL": "tests",
     "TEAMGRAPH_TEST_CHROMIUM": "tests/browser",

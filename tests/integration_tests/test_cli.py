@@ -337,3 +337,104 @@ def test_an_unknown_tenant_or_team_is_refused_by_name_and_nothing_is_written(cli
     listed = cli("sessions", "list", "--tenant", "demo", "--team", "interview")
     assert listed.returncode == 0 and session_id in listed.stdout, listed.stderr
     assert cli("audit", "verify", "--tenant", "demo").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"TEAMGRAPH_CHECKPOINT_URL": "mysql://x"},
+            "TEAMGRAPH_CHECKPOINT_URL='mysql://x': unsupported scheme mysql://",
+        ),
+        ({"TEAMGRAPH_CHECKPOINT_URL": "sqlite://./x.db"}, "TEAMGRAPH_CHECKPOINT_URL='sqlite://./x.db': give a file"),
+        ({"TEAMGRAPH_CHECKPOINT_URL": "sqlite:///"}, "TEAMGRAPH_CHECKPOINT_URL='sqlite:///': give a file"),
+        (
+            {"TEAMGRAPH_CHECKPOINT_URL": "sqlite:///:memory:"},
+            "TEAMGRAPH_CHECKPOINT_URL='sqlite:///:memory:': an in-memory",
+        ),
+        ({"TEAMGRAPH_LOG_LEVEL": "TRACE"}, "TEAMGRAPH_LOG_LEVEL='TRACE': use DEBUG, INFO, WARNING (or WARN)"),
+        ({"TEAMGRAPH_LOG_LEVEL": "bogus"}, "TEAMGRAPH_LOG_LEVEL='bogus': use DEBUG"),
+        ({"TEAMGRAPH_STORAGE_WATCH_S": "abc"}, "TEAMGRAPH_STORAGE_WATCH_S='abc': Input should be a valid number"),
+        ({"TEAMGRAPH_STORAGE_WATCH_S": "0"}, "TEAMGRAPH_STORAGE_WATCH_S='0': Input should be greater than or equal"),
+    ],
+)
+def test_a_setting_no_command_can_use_is_one_line_with_exit_status_2(cli: Cli, env: dict[str, str], line: str) -> None:
+    """Found in review: these were tracebacks (CheckpointURLError, OperationalError 'no such table', KeyError
+    'warn', a float() at import of checkpoints/self_repair.py) on every command but serve, or on all of them."""
+    cli.env.update(env)
+    for command in (("sessions", "list", "--tenant", "demo"), ("audit", "verify")):
+        # the watch interval was read at import: a process of its own shows it
+        result = cli.process(*command) if "TEAMGRAPH_STORAGE_WATCH_S" in env else cli(*command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(line), (command, result.stderr)
+
+
+def test_the_usual_log_level_names_are_accepted_in_any_case() -> None:
+    """WARN was a KeyError in the logging set-up of `teamgraph serve`: it is WARNING, and names are upper case."""
+    from server.settings import Settings
+
+    levels = {name: Settings(_env_file=None, log_level=name).log_level for name in ("warn", "Debug", "error")}  # type: ignore[call-arg]
+    assert levels == {"warn": "WARNING", "Debug": "DEBUG", "error": "ERROR"}
+
+
+def test_unreachable_postgres_on_audit_commands_is_one_line(cli: Cli) -> None:
+    """Found in review: a PoolTimeout traceback after about 4 s (`_audit_log` bypassed the storage checks)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    cli.env["TEAMGRAPH_CHECKPOINT_URL"] = f"postgresql://postgres@127.0.0.1:{closed}/test"
+    for command in (
+        ("audit", "verify"),
+        ("audit", "export", "--tenant", "demo"),
+        ("audit", "prune", "--older-than", "90d"),
+    ):
+        result = cli(*command)
+        assert result.returncode == 1, (command, result.stderr)
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "Connection refused" in lines[0], (command, result.stderr)
+
+
+def test_a_session_stored_by_a_newer_version_is_one_line(cli: Cli) -> None:
+    import asyncio
+
+    from tests.conftest import open_engine
+    from tests.integration_tests.test_state_versions import CHAT, make_too_new
+    from tests.integration_tests.test_v1_fixtures import FIXTURES
+
+    shutil.copy(FIXTURES / "teamgraph.db", cli.workdir / "tg.db")
+
+    async def too_new() -> None:
+        async with open_engine(cli.env["TEAMGRAPH_CHECKPOINT_URL"]) as engine:
+            await make_too_new(engine, "veneo", CHAT["thread_id"])
+
+    asyncio.run(too_new())
+    sid = CHAT["thread_id"]
+    for command in (("sessions", "show", sid), ("sessions", "export", sid), ("chat", "--session", sid)):
+        result = cli(*command, "--tenant", "veneo", stdin="hello\n")
+        assert result.returncode == 1, (command, result.stderr)
+        assert "Traceback" not in result.stderr and "state version 99" in result.stderr, (command, result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("serve", "--port", "70000"), "Invalid value for '--port'"),
+        (("serve", "--port", "-1"), "Invalid value for '--port'"),
+        (("serve", "--workers", "-3"), "Invalid value for '--workers'"),
+        (("serve", "--workers", "0"), "Invalid value for '--workers'"),
+        (("interview", "--resume", "."), ": is a directory; give a .txt or .md file"),
+        (("audit", "export", "--tenant", "demo", "-o", "/nonexistdir/x.csv"), "the directory /nonexistdir does not"),
+        (("voice", "preview", "--voice", "alloy", "-o", "/nonexistdir/a.mp3"), "the directory /nonexistdir does not"),
+    ],
+)
+def test_bad_options_and_paths_are_one_message_before_any_work(cli: Cli, args: tuple[str, ...], message: str) -> None:
+    """Found in review: OverflowError for a port past 65535, workers that started and died for --workers -3, a
+    default for --workers 0, IsADirectoryError, FileNotFoundError, and a voice preview's output directory checked
+    only after the paid provider call (here no provider is configured: the check must come first)."""
+    result = cli(*args)
+    assert result.returncode in (1, 2), (result.stdout, result.stderr)
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
