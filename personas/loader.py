@@ -76,6 +76,38 @@ def parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
         return _parse(text, yaml.SafeLoader)
 
 
+def duplicate_keys(node: yaml.Node | None) -> list[tuple[int, str, str]]:
+    """(line, field path, message) for every key a mapping repeats: YAML loaders keep the last one silently, so a
+    copy-pasted `retention:` block would change the policy without a word."""
+    found: list[tuple[int, str, str]] = []
+    seen: set[int] = set()  # an alias shares its anchor's node
+
+    def walk(node: yaml.Node, loc: tuple[Any, ...]) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key != "<<":
+                    line = key_node.start_mark.line + 1
+                    if key in first:
+                        found.append(
+                            (line, _field_path((*loc, key)), f"duplicate key {key!r} (first at line {first[key]})")
+                        )
+                    else:
+                        first[key] = line
+                walk(value_node, (*loc, key) if key is not None else loc)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*loc, i))
+
+    if node is not None:
+        walk(node, ())
+    return found
+
+
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """Line (1-based) of the YAML node at a pydantic error location, or of its nearest existing parent."""
     if node is None:
@@ -155,6 +187,10 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
                 continue
             if not isinstance(data, dict):
                 problems.append(Problem(rel, 1, "", f"expected a mapping of fields, got {type(data).__name__}"))
+                continue
+            duplicates = duplicate_keys(node)
+            if duplicates:
+                problems.extend(Problem(rel, line, field, message) for line, field, message in duplicates)
                 continue
             try:
                 obj = model.model_validate(data)

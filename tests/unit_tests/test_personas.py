@@ -431,3 +431,19 @@ def test_teamgraph_executable_prints_schema(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert set(json.loads(result.stdout)["kinds"]) == {"agents", "teams", "tenants"}
+
+
+def test_cli_validate_reports_a_duplicate_key_with_file_and_line(bundle_dir: Path) -> None:
+    """Found in review: YAML keeps the last of two equal keys without a word, so a copy-pasted block (a second
+    `retention:`, here a second `params:`) silently changed the policy and `personas validate` said ok."""
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "        num_questions: 3\n", "        num_questions: 3\n      params:\n        num_questions: 8\n")
+    result = runner.invoke(app, ["personas", "validate", str(bundle_dir)])
+    assert result.exit_code == 1, result.output
+    lines = [m.groupdict() for m in map(PROBLEM_LINE.match, result.stderr.splitlines()) if m]
+    assert {
+        "file": "personas/tenants/demo.yaml",
+        "line": str(line_of(demo, "num_questions: 3") + 1),
+        "field": "overrides.teams.interview.params",
+        "reason": f"duplicate key 'params' (first at line {line_of(demo, 'num_questions: 3') - 1})",
+    } in lines, result.stderr
