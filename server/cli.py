@@ -555,17 +555,31 @@ async def _migrate(dry_run: bool) -> dict[str, int]:
     from checkpoints.turn_lock import TurnBusy
     from states.migrations import SessionSchemaTooNew
 
-    counts = {"checked": 0, "upgraded": 0, "current": 0, "too_new": 0, "busy": 0, "unknown_team": 0}
+    counts = {
+        "checked": 0,
+        "upgraded": 0,
+        "current": 0,
+        "too_new": 0,
+        "busy": 0,
+        "unknown_team": 0,
+        "unknown_tenant": 0,
+    }
     async with _dry_run_engine(_settings()) if dry_run else _open_engine() as engine:
         if engine is None:
             return counts
-        for tenant in sorted(engine.bundles.tenants):
+        # a tenant removed from the bundles still has its sessions (and its audit chain, which names it)
+        logged = await asyncio.to_thread(engine.audit.tenants)
+        for tenant in sorted(set(engine.bundles.tenants) | set(logged)):
             before: tuple[str, str] | None = None
             while page := engine.sessions.list(tenant, None, limit=100, before=before):
                 before = (page[-1].updated_at, page[-1].thread_id)
                 for record in page:
                     counts["checked"] += 1
                     where = f"{tenant}/{record.id} ({record.team})"
+                    if tenant not in engine.bundles.tenants:
+                        counts["unknown_tenant"] += 1
+                        typer.echo(f"skipped {where}: tenant {tenant!r} is not in the bundles", err=True)
+                        continue
                     if record.team not in engine.bundles.teams:
                         counts["unknown_team"] += 1
                         typer.echo(f"skipped {where}: team {record.team!r} is not in the bundles", err=True)
@@ -611,7 +625,8 @@ def migrate(
     typer.echo(
         f"{counts['checked']} sessions: {counts['upgraded']} {verb}, {counts['current']} already current, "
         f"{counts['too_new']} newer than this Teamgraph, {counts['busy']} busy, "
-        f"{counts['unknown_team']} of teams not in the bundles"
+        f"{counts['unknown_team']} of teams not in the bundles, {counts['unknown_tenant']} of tenants not in the "
+        "bundles"
     )
     if counts["too_new"] or counts["busy"]:
         raise typer.Exit(1)

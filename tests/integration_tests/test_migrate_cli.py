@@ -136,3 +136,22 @@ async def test_migrate_waits_for_a_turn_in_progress(tmp_path: Path) -> None:
         assert snapshot.metadata[METADATA_KEY] == 2  # type: ignore[literal-required]
         assert snapshot.values["rolling_summary"] == "written by the turn"  # the turn's write kept
         assert all(d["layers"] for d in snapshot.values["review_decisions"])
+
+
+def test_migrate_reports_the_sessions_of_a_tenant_missing_from_the_bundles(tmp_path: Path) -> None:
+    """Found in review: the sessions of a tenant removed from the bundles were left out without a word ("1
+    sessions: 1 upgraded", exit 0); they are skipped by name, as sessions of unknown teams are."""
+    from personas.loader import DEFAULT_BUNDLE_DIR
+
+    cli = Cli(tmp_path)
+    shutil.copy(FIXTURES / "teamgraph.db", tmp_path / "tg.db")
+    shutil.copytree(DEFAULT_BUNDLE_DIR, tmp_path / "personas", ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    (tmp_path / "personas" / "tenants" / "demo.yaml").unlink()
+    cli.env["TEAMGRAPH_PERSONAS_DIR"] = str(tmp_path / "personas")
+    demo = next(s for s in MANIFEST["sqlite"] if s["tenant"] == "demo")
+    for args in (("migrate", "--dry-run"), ("migrate",)):
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert f"skipped demo/{demo['thread_id']} (interview): tenant 'demo' is not in the bundles" in result.stderr
+        assert result.stdout.rstrip().endswith("1 of tenants not in the bundles"), result.stdout
+        assert "3 sessions: 2 " in result.stdout, result.stdout
