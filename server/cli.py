@@ -364,12 +364,29 @@ def demo() -> None:
     _run(_chat("veneo", None))
 
 
-async def _sessions(action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None) -> None:
+LIST_PAGE = 200
+
+
+async def _sessions(
+    action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None, limit: int | None = None
+) -> None:
     async with _open_engine() as engine:
         check_tenant(engine.bundles, tenant, team)
-        if action == "list":
-            for s in engine.sessions.list(tenant, team, limit=200):
-                typer.echo(f"{s.id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
+        if action == "list":  # every session, a page at a time (it stopped at 200 without a word)
+            shown, before = 0, None
+            while limit is None or shown < limit:
+                want = LIST_PAGE if limit is None else min(LIST_PAGE, limit - shown)
+                page = engine.sessions.list(tenant, team, limit=want, before=before)
+                for s in page:
+                    typer.echo(f"{s.id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
+                shown += len(page)
+                if len(page) < want:
+                    return
+                before = (page[-1].updated_at, page[-1].thread_id)
+            if engine.sessions.list(tenant, team, limit=1, before=before):
+                typer.echo(
+                    f"(the newest {limit} shown; there are more: raise --limit, or leave it out for all)", err=True
+                )
             return
         assert thread_id is not None
         session = engine.get_session(tenant, thread_id)
@@ -387,9 +404,15 @@ async def _sessions(action: str, tenant: str, team: str | None, thread_id: str |
 
 
 @sessions_app.command("list")
-def sessions_list(tenant: TenantOpt = "demo", team: Annotated[str | None, typer.Option()] = None) -> None:
-    """Sessions of a tenant, newest first."""
-    _run(_sessions("list", tenant, team, None, None))
+def sessions_list(
+    tenant: TenantOpt = "demo",
+    team: Annotated[str | None, typer.Option(help="Only this team's sessions.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Show at most N (default: all); says so when there are more.")
+    ] = None,
+) -> None:
+    """Every session of a tenant, newest first (--limit N for the newest N)."""
+    _run(_sessions("list", tenant, team, None, None, limit))
 
 
 @sessions_app.command("show")

@@ -438,3 +438,26 @@ def test_bad_options_and_paths_are_one_message_before_any_work(cli: Cli, args: t
     assert result.returncode in (1, 2), (result.stdout, result.stderr)
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sessions_list_shows_every_session_or_says_there_are_more(cli: Cli) -> None:
+    """Found in review: `sessions list` stopped at 200 sessions without a word (limit=200, no paging)."""
+    import asyncio
+
+    from tests.conftest import open_engine
+
+    async def seed() -> list[str]:
+        async with open_engine(cli.env["TEAMGRAPH_CHECKPOINT_URL"]) as engine:
+            return [(await engine.create_session("demo", "interview")).id for _ in range(205)]
+
+    created = asyncio.run(seed())
+    listed = cli("sessions", "list", "--tenant", "demo")
+    assert listed.returncode == 0, listed.stderr
+    ids = [line.split()[0] for line in listed.stdout.splitlines()]
+    assert sorted(ids) == sorted(created) and listed.stderr == ""
+    newest = cli("sessions", "list", "--tenant", "demo", "--limit", "3")
+    assert newest.returncode == 0 and len(newest.stdout.splitlines()) == 3, newest.stdout
+    assert newest.stdout.splitlines() == listed.stdout.splitlines()[:3]
+    assert "(the newest 3 shown; there are more" in newest.stderr, newest.stderr
+    exact = cli("sessions", "list", "--tenant", "demo", "--limit", "205")
+    assert len(exact.stdout.splitlines()) == 205 and exact.stderr == "", exact.stderr
