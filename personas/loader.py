@@ -166,6 +166,9 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
     sources: dict[tuple[str, str], Path] = {}
     broken: dict[str, set[str]] = {kind: set() for kind in KIND_MODELS}  # files that failed: not "unknown" elsewhere
 
+    if root.exists() and not root.is_dir():
+        reason = "not a directory: give the bundle directory (holding agents/, teams/, tenants/), not one file"
+        raise BundleError([Problem(str(root), None, "", reason)])
     if not root.is_dir():
         raise BundleError([Problem(str(root), None, "", "bundle directory does not exist")])
 

@@ -148,17 +148,46 @@ def _run(coro: Any) -> Any:
         raise fail(str(exc), 2) from None
 
 
+def _too_long(engine: Engine, session: Any, text: str) -> bool:
+    """A message past the team's limits.max_message_chars is refused here as the API refuses it (422), not
+    stored: say so, and ask again."""
+    limit = engine.resolve(session.tenant, None, session).team.limits.max_message_chars
+    if len(text) <= limit:
+        return False
+    typer.secho(f"not sent: {len(text)} characters; this team takes at most {limit} per message "
+                "(limits.max_message_chars)", err=True, fg=typer.colors.YELLOW)  # fmt: skip
+    return True
+
+
+def _session_of(engine: Engine, tenant: str, session_id: str, graph: str, command: str) -> Any:
+    """The tenant's session, if it is one this command continues (a chat is no interview, and the reverse)."""
+    session = engine.get_session(tenant, session_id)
+    if engine.graph_id(session.team) != graph:
+        other = "interview" if engine.graph_id(session.team) == "interview" else "chat"
+        raise fail(
+            f"session {session_id} is of team {session.team!r}, which `teamgraph {command}` does not continue: "
+            f"continue it with `teamgraph {other} --tenant {tenant} --session {session_id}`"
+        )
+    return session
+
+
 async def _interview(
     resume: Path | None, jd: Path | None, role: str | None, tenant: str, session_id: str | None
 ) -> None:
     async with _open_engine() as engine:
         check_tenant(engine.bundles, tenant)
         if session_id:
-            session = engine.get_session(tenant, session_id)
+            session = _session_of(engine, tenant, session_id, "interview", "interview")
             state = await engine.state(session)
             if state.get("phase") == "asking":
                 q = state["questions"][state["current"]]
                 typer.echo(f"Continuing session {session.id}.\nQuestion {state['current'] + 1}: {q['text']}")
+            elif state.get("phase") == "done":
+                typer.echo(
+                    f"Session {session.id} is finished: nothing to continue. See it with "
+                    f"`teamgraph sessions show {session.id} --tenant {tenant}`; start another with --resume FILE."
+                )
+                return
         else:
             if resume is None:
                 raise fail("--resume FILE is required to start an interview (or --session ID to continue one)")
@@ -179,6 +208,8 @@ async def _interview(
             if answer is None:
                 typer.echo(f"\nPaused. Continue with: teamgraph interview --session {session.id}")
                 return
+            if _too_long(engine, session, answer):
+                continue
             state = await _print_turn(engine, session, {"messages": [{"role": "user", "content": answer}]})
 
 
@@ -198,7 +229,7 @@ async def _chat(tenant: str, session_id: str | None) -> None:
     async with _open_engine() as engine:
         check_tenant(engine.bundles, tenant)
         if session_id:
-            session = engine.get_session(tenant, session_id)
+            session = _session_of(engine, tenant, session_id, "veneo_chat", "chat")
         else:
             session = await engine.create_session(tenant, "veneo_chat")
         typer.echo(f"Session {session.id}. Type a message; /summarize for a summary; Ctrl-D to leave.")
@@ -207,7 +238,7 @@ async def _chat(tenant: str, session_id: str | None) -> None:
             if text is None:
                 typer.echo(f"\nBye. Continue with: teamgraph chat --tenant {tenant} --session {session.id}")
                 return
-            if text.strip():
+            if text.strip() and not _too_long(engine, session, text):
                 await _print_turn(engine, session, {"messages": [{"role": "user", "content": text}]})
 
 

@@ -461,3 +461,33 @@ def test_sessions_list_shows_every_session_or_says_there_are_more(cli: Cli) -> N
     assert "(the newest 3 shown; there are more" in newest.stderr, newest.stderr
     exact = cli("sessions", "list", "--tenant", "demo", "--limit", "205")
     assert len(exact.stdout.splitlines()) == 205 and exact.stderr == "", exact.stderr
+
+
+def test_chat_and_interview_hold_to_the_team_and_its_limits(cli: Cli) -> None:
+    """Found in review: `chat` stored a 300,000-character line past the team's limits.max_message_chars (the API
+    answers 422); `chat --session` continued an interview session; `interview --session` of a finished interview
+    printed nothing."""
+    too_long = "x" * 30_000  # the teams take at most 20,000 per message
+    chat = cli("chat", "--tenant", "veneo", stdin=f"{too_long}\nHow long does shipping take?\n")
+    assert chat.returncode == 0, chat.stderr
+    assert "not sent: 30000 characters; this team takes at most 20000 per message" in chat.stderr, chat.stderr
+    chat_id = SESSION_LINE.search(chat.stdout)
+    assert chat_id, chat.stdout
+    shown = cli("sessions", "show", chat_id.group(1), "--tenant", "veneo")
+    assert too_long not in shown.stdout and "How long does shipping take?" in shown.stdout
+
+    interview_id, _ = start_interview(cli, stdin=f"{ANSWER_1}\n{ANSWER_2}\n{ANSWER_3}\n")
+    again = cli("interview", "--session", interview_id)
+    assert again.returncode == 0, again.stderr
+    assert f"Session {interview_id} is finished: nothing to continue" in again.stdout, again.stdout
+    wrong = cli("chat", "--tenant", "demo", "--session", interview_id, stdin="hello\n")
+    assert wrong.returncode == 1, wrong.stdout
+    assert f"session {interview_id} is of team 'interview', which `teamgraph chat` does not" in wrong.stderr
+    wrong = cli("interview", "--tenant", "veneo", "--session", chat_id.group(1))
+    assert wrong.returncode == 1 and "of team 'veneo_chat', which `teamgraph interview`" in wrong.stderr, wrong.stderr
+
+
+def test_personas_validate_of_a_file_asks_for_the_directory(cli: Cli) -> None:
+    result = cli("personas", "validate", str(REPO / "personas" / "tenants" / "demo.yaml"))
+    assert result.returncode == 1
+    assert "not a directory: give the bundle directory (holding agents/, teams/, tenants/)" in result.stderr
