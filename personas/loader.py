@@ -55,19 +55,28 @@ class Bundles:
 _FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[yaml.Node | None, Any]:
+Duplicate = tuple[int, str, str]  # (line, field path, message)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MERGE = object()  # the key of every `<<:` entry
+
+
+def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[yaml.Node | None, Any, list[Duplicate]]:
     loader = loader_class(text)
     try:
         node = loader.get_single_node()
-        return node, (loader.construct_document(node) if node is not None else None)
+        if node is None:
+            return None, None, []
+        duplicates = duplicate_keys(node, loader)  # before construction: it flattens `<<` into the tree in place
+        return node, loader.construct_document(node), duplicates
     finally:
         loader.dispose()
 
 
-def parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
-    """A YAML document's node tree (for line numbers) and its data, as yaml.compose and yaml.safe_load give them,
-    from one parse with libyaml (it is many times faster: the server reads every bundle file at start-up). A file
-    libyaml refuses is parsed again by PyYAML's own parser, whose error messages name what is wrong."""
+def parse_yaml_checked(text: str) -> tuple[yaml.Node | None, Any, list[Duplicate]]:
+    """A YAML document's node tree (for line numbers), its data, as yaml.compose and yaml.safe_load give them, and
+    the keys its mappings repeat (see duplicate_keys), from one parse with libyaml (it is many times faster: the
+    server reads every bundle file at start-up). A file libyaml refuses is parsed again by PyYAML's own parser,
+    whose error messages name what is wrong."""
     try:
         return _parse(text, _FAST_LOADER)
     except yaml.YAMLError:
@@ -76,35 +85,49 @@ def parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
         return _parse(text, yaml.SafeLoader)
 
 
-def duplicate_keys(node: yaml.Node | None) -> list[tuple[int, str, str]]:
+def parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """parse_yaml_checked without the repeated keys."""
+    node, data, _duplicates = parse_yaml_checked(text)
+    return node, data
+
+
+def duplicate_keys(node: yaml.Node, constructor: yaml.constructor.SafeConstructor) -> list[Duplicate]:
     """(line, field path, message) for every key a mapping repeats: YAML loaders keep the last one silently, so a
-    copy-pasted `retention:` block would change the policy without a word."""
-    found: list[tuple[int, str, str]] = []
+    copy-pasted `retention:` block would change the policy without a word. Run on the composed tree, before
+    construction flattens merges into it: a key that overrides one a `<<: *anchor` brings is not a duplicate, a
+    second `<<:` is. Keys compare as loaded (`1` and `0x1` are the same int; `1` and `'1'` differ)."""
+    found: list[Duplicate] = []
     seen: set[int] = set()  # an alias shares its anchor's node
+
+    def loaded(key_node: yaml.Node) -> Any:
+        if key_node.tag == _MERGE_TAG:
+            return _MERGE
+        if not isinstance(key_node, yaml.ScalarNode):
+            return None  # a sequence or mapping as a key: not a bundle's concern
+        return constructor.construct_object(key_node, deep=True)
 
     def walk(node: yaml.Node, loc: tuple[Any, ...]) -> None:
         if id(node) in seen:
             return
         seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            first: dict[str, int] = {}
+            first: dict[Any, int] = {}
             for key_node, value_node in node.value:
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                if key is not None and key != "<<":
+                key = loaded(key_node)
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None:
                     line = key_node.start_mark.line + 1
                     if key in first:
-                        found.append(
-                            (line, _field_path((*loc, key)), f"duplicate key {key!r} (first at line {first[key]})")
-                        )
+                        path = _field_path(loc if key is _MERGE else (*loc, name))
+                        found.append((line, path, f"duplicate key {name!r} (first at line {first[key]})"))
                     else:
                         first[key] = line
-                walk(value_node, (*loc, key) if key is not None else loc)
+                walk(value_node, loc if key is _MERGE or name is None else (*loc, name))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 walk(item, (*loc, i))
 
-    if node is not None:
-        walk(node, ())
+    walk(node, ())
     return found
 
 
@@ -178,7 +201,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             broken[kind].add(path.stem)  # until it validates
             try:
                 text = path.read_text(encoding="utf-8")
-                node, data = parse_yaml(text)
+                node, data, duplicates = parse_yaml_checked(text)
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
                 problems.append(
@@ -191,7 +214,6 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             if not isinstance(data, dict):
                 problems.append(Problem(rel, 1, "", f"expected a mapping of fields, got {type(data).__name__}"))
                 continue
-            duplicates = duplicate_keys(node)
             if duplicates:
                 problems.extend(Problem(rel, line, field, message) for line, field, message in duplicates)
                 continue

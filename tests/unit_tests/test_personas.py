@@ -447,3 +447,75 @@ def test_cli_validate_reports_a_duplicate_key_with_file_and_line(bundle_dir: Pat
         "field": "overrides.teams.interview.params",
         "reason": f"duplicate key 'params' (first at line {line_of(demo, 'num_questions: 3') - 1})",
     } in lines, result.stderr
+
+
+WARM_OVERRIDES = (
+    "overrides:\n"
+    "  agents:\n"
+    "    evaluator:\n"
+    "      model: &warm {{temperature: 0.2, max_tokens: 800}}\n"
+    "    question_generator:\n"
+    "      model: {{<<: *warm, {rest}}}\n"
+    "  teams:\n"
+)
+
+
+def test_an_override_of_a_merged_key_is_not_a_duplicate(bundle_dir: Path) -> None:
+    """Found in review: duplicates were looked for after PyYAML had flattened `<<` into the mapping, so the
+    override `temperature: 0.5` next to `<<: *warm` (which brings temperature: 0.2) was 'duplicate key', exit 1,
+    and the server refused bundles that loaded before. YAML says the mapping's own key wins."""
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "overrides:\n  teams:\n", WARM_OVERRIDES.format(rest="temperature: 0.5"))
+
+    bundles = load_bundles(bundle_dir, known_graphs=KNOWN_GRAPHS)
+
+    override = bundles.tenants["demo"].overrides.agents["question_generator"]["model"]
+    assert override == {"temperature": 0.5, "max_tokens": 800}
+    result = runner.invoke(app, ["personas", "validate", str(bundle_dir)])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_duplicate_next_to_a_merge_is_still_reported(bundle_dir: Path) -> None:
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "overrides:\n  teams:\n", WARM_OVERRIDES.format(rest="temperature: 0.5, temperature: 0.7"))
+    line = line_of(demo, "<<: *warm")
+
+    problems = problems_of(bundle_dir)
+
+    assert [(p.line, p.field, p.reason) for p in problems] == [
+        (
+            line,
+            "overrides.agents.question_generator.model.temperature",
+            f"duplicate key 'temperature' (first at line {line})",
+        )
+    ]
+
+
+def test_a_repeated_merge_key_is_a_duplicate(bundle_dir: Path) -> None:
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "overrides:\n  teams:\n", WARM_OVERRIDES.format(rest="<<: *warm"))
+    line = line_of(demo, "<<: *warm")
+
+    problems = problems_of(bundle_dir)
+
+    assert [(p.line, p.field, p.reason) for p in problems] == [
+        (line, "overrides.agents.question_generator.model", f"duplicate key '<<' (first at line {line})")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "duplicates"),
+    [
+        ("a:\n  1: x\n  '1': y\n", []),  # an int and a str: two keys, as safe_load gives them
+        ("a:\n  1: x\n  0x1: y\n", [(3, "a.0x1", "duplicate key '0x1' (first at line 2)")]),  # both the int 1
+        ("a: 1\nb: 2\na: 3\n", [(3, "a", "duplicate key 'a' (first at line 1)")]),
+        ("- {x: 1}\n- {x: 2, x: 3}\n", [(2, "[1].x", "duplicate key 'x' (first at line 2)")]),
+    ],
+)
+def test_duplicates_compare_keys_as_loaded(text: str, duplicates: list[tuple[int, str, str]]) -> None:
+    from personas.loader import parse_yaml_checked
+
+    _node, data, found = parse_yaml_checked(text)
+
+    assert found == duplicates
+    assert data == yaml.safe_load(text)
