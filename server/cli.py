@@ -128,6 +128,24 @@ def check_tenant(bundles: Any, tenant: str, team: str | None = None, logged: Any
         raise fail(f"unknown team {team!r}; teams for tenant {tenant!r}: {', '.join(enabled)}")
 
 
+async def _stored_tenants(engine: Engine) -> set[str]:
+    """Tenants the session index or the audit log holds (one since removed from the bundles too), read only."""
+    index, logged = await asyncio.gather(
+        asyncio.to_thread(engine.sessions.tenants), asyncio.to_thread(engine.audit.tenants)
+    )
+    return {*index, *logged}
+
+
+async def _check_stored_tenant(engine: Engine, tenant: str, team: str | None = None) -> None:
+    """check_tenant for commands on stored sessions: a tenant (or team) since removed from the bundles still has
+    sessions to list, show, export and delete."""
+    if team is not None and team not in engine.bundles.teams:
+        stored: list[Any] = await asyncio.to_thread(engine.sessions.list, tenant, team, 1)
+        team = None if stored else team  # sessions of a removed team are listed
+    tenants = set() if tenant in engine.bundles.tenants else await _stored_tenants(engine)
+    check_tenant(engine.bundles, tenant, team, logged=tenants)
+
+
 def _run(coro: Any) -> Any:
     from checkpoints.audit import AuditWriteError
     from checkpoints.storage import StorageUnavailable
@@ -162,6 +180,11 @@ def _too_long(engine: Engine, session: Any, text: str) -> bool:
 def _session_of(engine: Engine, tenant: str, session_id: str, graph: str, command: str) -> Any:
     """The tenant's session, if it is one this command continues (a chat is no interview, and the reverse)."""
     session = engine.get_session(tenant, session_id)
+    if session.team not in engine.bundles.teams:
+        raise fail(
+            f"session {session_id} is of team {session.team!r}, which is not in the bundles (TEAMGRAPH_PERSONAS_DIR): "
+            f"it cannot be continued; see it with `teamgraph sessions show {session_id} --tenant {tenant}`"
+        )
     if engine.graph_id(session.team) != graph:
         other = "interview" if engine.graph_id(session.team) == "interview" else "chat"
         raise fail(
@@ -402,7 +425,7 @@ async def _sessions(
     action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None, limit: int | None = None
 ) -> None:
     async with _open_engine() as engine:
-        check_tenant(engine.bundles, tenant, team)
+        await _check_stored_tenant(engine, tenant, team)
         if action == "list":  # every session, a page at a time (it stopped at 200 without a word)
             shown, before = 0, None
             while limit is None or shown < limit:
@@ -621,9 +644,8 @@ async def _migrate(dry_run: bool) -> dict[str, int]:
     async with _dry_run_engine(_settings()) if dry_run else _open_engine() as engine:
         if engine is None:
             return counts
-        # a tenant removed from the bundles still has its sessions (and its audit chain, which names it)
-        logged = await asyncio.to_thread(engine.audit.tenants)
-        for tenant in sorted(set(engine.bundles.tenants) | set(logged)):
+        # a tenant removed from the bundles still has its sessions (the index and its audit chain name it)
+        for tenant in sorted(set(engine.bundles.tenants) | await _stored_tenants(engine)):
             before: tuple[str, str] | None = None
             while page := engine.sessions.list(tenant, None, limit=100, before=before):
                 before = (page[-1].updated_at, page[-1].thread_id)
@@ -715,7 +737,7 @@ async def _export(tenant: str, session_id: str, markdown: bool) -> str:
     from server.session_export import export_session, to_markdown
 
     async with _open_engine() as engine:
-        check_tenant(engine.bundles, tenant)
+        await _check_stored_tenant(engine, tenant)
         document = await export_session(engine, engine.get_session(tenant, session_id))
     return to_markdown(document) if markdown else json.dumps(document, indent=2, ensure_ascii=False)
 

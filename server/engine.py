@@ -268,7 +268,8 @@ class Engine:
         self, tenant: str, actor: str, event_type: str, session: str | None, payload: dict[str, Any]
     ) -> AuditEvent:
         """An audit entry to write, with message text kept as the tenant's policy says."""
-        policy = self.bundles.tenants[tenant].audit.content
+        # a tenant since removed from the bundles (its stored sessions deleted or exported): no message text kept
+        policy = self.bundles.tenants[tenant].audit.content if tenant in self.bundles.tenants else "none"
         return AuditEvent(tenant, actor, event_type, session, apply_content_policy(payload, policy))
 
     def observer(self, session: SessionRecord, run: TeamRunConfig, actor: str) -> TurnObserver:
@@ -855,12 +856,25 @@ class Engine:
     async def versioned_state(self, session: SessionRecord) -> tuple[dict[str, Any], int]:
         """(state in the current version, the version it is stored with); SessionSchemaTooNew for a session a
         newer Teamgraph wrote."""
-        snapshot = await self.graph(session.team).aget_state(self.run_config(session))
         graph_id = self.graph_id(session.team)
-        values = dict(snapshot.values)
+        if session.team in self.bundles.teams and session.tenant in self.bundles.tenants:
+            snapshot = await self.graph(session.team).aget_state(self.run_config(session))
+            values, metadata = dict(snapshot.values), snapshot.metadata
+        else:  # a team or tenant since removed from the bundles: the stored values as they are (no graph)
+            saved = await self.persistence.checkpointer.aget_tuple(
+                {"configurable": {"thread_id": session.thread_id, "checkpoint_ns": ""}}
+            )
+            values = {
+                k: v
+                for k, v in (saved.checkpoint["channel_values"] if saved else {}).items()
+                if not k.startswith(("__", "branch:"))  # LangGraph's own channels
+            }
+            metadata = saved.metadata if saved else None
+            if graph_id not in GRAPH_MODULES:  # nor a graph of that name: its versions are unknown here
+                return values, stored_version(metadata)
         if not values:  # nothing stored yet: it will be written in the current version
             return values, current_version(graph_id)
-        version = stored_version(snapshot.metadata)
+        version = stored_version(metadata)
         if version > current_version(graph_id):
             raise SessionSchemaTooNew(session.id, graph_id, version, current_version(graph_id))
         values.update(upgrade(graph_id, values, version))

@@ -155,3 +155,25 @@ def test_migrate_reports_the_sessions_of_a_tenant_missing_from_the_bundles(tmp_p
         assert f"skipped demo/{demo['thread_id']} (interview): tenant 'demo' is not in the bundles" in result.stderr
         assert result.stdout.rstrip().endswith("1 of tenants not in the bundles"), result.stdout
         assert "3 sessions: 2 " in result.stdout, result.stdout
+
+
+def test_migrate_finds_a_removed_tenant_by_its_sessions(tmp_path: Path) -> None:
+    """Found in review: a removed tenant was found through its audit chain only; one without entries (a log pruned
+    to its end, or a database whose log is elsewhere) had its sessions left out without a word. The session index
+    says which tenants it holds."""
+    import sqlite3
+
+    from personas.loader import DEFAULT_BUNDLE_DIR
+
+    cli = Cli(tmp_path)
+    shutil.copy(FIXTURES / "teamgraph.db", tmp_path / "tg.db")
+    with sqlite3.connect(tmp_path / "tg.db") as conn:
+        conn.execute("delete from audit_events where tenant = 'demo'")
+    shutil.copytree(DEFAULT_BUNDLE_DIR, tmp_path / "personas", ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    (tmp_path / "personas" / "tenants" / "demo.yaml").unlink()
+    cli.env["TEAMGRAPH_PERSONAS_DIR"] = str(tmp_path / "personas")
+
+    result = cli("migrate", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert "3 sessions: 2 " in result.stdout and result.stdout.rstrip().endswith("1 of tenants not in the bundles")
