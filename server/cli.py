@@ -110,11 +110,29 @@ def _settings() -> Settings:
     return settings
 
 
-def _open_engine() -> AbstractAsyncContextManager[Engine]:
-    """The engine over the current settings; imports the server, LangGraph and the teams' graphs."""
+def _open_engine(existing: bool = False) -> AbstractAsyncContextManager[Engine]:
+    """The engine over the current settings; imports the server, LangGraph and the teams' graphs. `existing`:
+    for commands that read what is stored, a SQLite file that is not there is refused (see _existing_database)."""
     from server.engine import Engine
 
-    return Engine.open(_settings())
+    settings = _settings()
+    if existing:
+        _existing_database(settings)
+    return Engine.open(settings)
+
+
+def _existing_database(settings: Settings) -> None:
+    """A command that reads what is stored (sessions, the audit log, migrate) refuses a SQLite file that is not
+    there, exit status 1: opening it would create the file (and its directory), and the command would report an
+    empty database as if it were the one asked for."""
+    from urllib.parse import urlparse
+
+    from checkpoints.factory import sqlite_path
+
+    if urlparse(settings.checkpoint_url).scheme == "sqlite":
+        path = sqlite_path(settings.checkpoint_url)
+        if not path.is_file():
+            raise fail(f"no database at {path} (TEAMGRAPH_CHECKPOINT_URL): nothing to read, and none is created")
 
 
 def check_tenant(bundles: Any, tenant: str, team: str | None = None, logged: Any = ()) -> None:
@@ -424,7 +442,7 @@ LIST_PAGE = 200
 async def _sessions(
     action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None, limit: int | None = None
 ) -> None:
-    async with _open_engine() as engine:
+    async with _open_engine(existing=True) as engine:
         await _check_stored_tenant(engine, tenant, team)
         if action == "list":  # every session, a page at a time (it stopped at 200 without a word)
             shown, before = 0, None
@@ -593,10 +611,6 @@ async def _dry_run_engine(settings: Settings) -> AsyncIterator[Engine | None]:
         from checkpoints.factory import sqlite_path
 
         path = sqlite_path(settings.checkpoint_url)
-        if not path.is_file():
-            typer.echo(f"no database at {path}: a real run would create an empty one")
-            yield None
-            return
         pending = _pending_schema_sqlite(path)
         for line in pending:
             typer.echo(f"would migrate: {line}")
@@ -641,7 +655,9 @@ async def _migrate(dry_run: bool) -> dict[str, int]:
         "unknown_team": 0,
         "unknown_tenant": 0,
     }
-    async with _dry_run_engine(_settings()) if dry_run else _open_engine() as engine:
+    settings = _settings()
+    _existing_database(settings)
+    async with _dry_run_engine(settings) if dry_run else _open_engine() as engine:
         if engine is None:
             return counts
         # a tenant removed from the bundles still has its sessions (the index and its audit chain name it)
@@ -711,7 +727,7 @@ def migrate(
 async def _prune(dry_run: bool) -> dict[str, dict[str, Any]]:
     from checkpoints.retention import retention_leader
 
-    async with _open_engine() as engine, retention_leader(engine.persistence.url) as leader:
+    async with _open_engine(existing=True) as engine, retention_leader(engine.persistence.url) as leader:
         if not leader:
             raise fail("another process is applying retention right now; try again when it has finished")
         return await engine.prune_sessions(dry_run=dry_run, actor="cli")
@@ -736,7 +752,7 @@ def sessions_prune(
 async def _export(tenant: str, session_id: str, markdown: bool) -> str:
     from server.session_export import export_session, to_markdown
 
-    async with _open_engine() as engine:
+    async with _open_engine(existing=True) as engine:
         await _check_stored_tenant(engine, tenant)
         document = await export_session(engine, engine.get_session(tenant, session_id))
     return to_markdown(document) if markdown else json.dumps(document, indent=2, ensure_ascii=False)
@@ -790,7 +806,7 @@ def sessions_import(file: Path, tenant: TenantOpt = "demo") -> None:
 
 
 async def _erase(tenant: str, user_id: str) -> dict[str, int]:
-    async with _open_engine() as engine:
+    async with _open_engine(existing=True) as engine:
         check_tenant(engine.bundles, tenant, logged=await asyncio.to_thread(engine.audit.tenants))
         return await engine.erase_user(tenant, user_id)
 
@@ -860,6 +876,7 @@ def _audit_log() -> Any:
     from checkpoints.factory import CheckpointURLError, open_audit_log
 
     settings = _settings()
+    _existing_database(settings)  # before _check_database, which creates the file's directory
     _check_database(settings)
     try:
         return open_audit_log(settings.checkpoint_url)

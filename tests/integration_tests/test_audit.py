@@ -593,6 +593,7 @@ def test_prune_refuses_a_cutoff_not_in_the_past_and_offers_a_dry_run_and_one_ten
     monkeypatch.setenv("TEAMGRAPH_CHECKPOINT_URL", db_url)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
+    open_audit_log(db_url).close()  # an empty database (a missing SQLite file is refused)
     empty = runner.invoke(cli_app, ["audit", "verify"])
     assert empty.exit_code == 0 and "no audit entries in this database" in empty.stdout, empty.output
     log = open_audit_log(db_url)

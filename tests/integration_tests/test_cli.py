@@ -564,3 +564,36 @@ def test_a_session_of_a_removed_team_is_shown_and_exported_but_not_continued(cli
     assert continued.returncode == 1, continued.stdout + continued.stderr
     assert "You>" not in continued.stdout
     assert "team 'veneo_chat', which is not in the bundles" in continued.stderr, continued.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("audit", "verify"),
+        ("audit", "export", "--tenant", "demo"),
+        ("audit", "prune", "--older-than", "90d", "--dry-run"),
+        ("sessions", "list", "--tenant", "demo"),
+        ("sessions", "show", "s1", "--tenant", "demo"),
+        ("sessions", "export", "s1", "--tenant", "demo"),
+        ("sessions", "delete", "s1", "--tenant", "demo"),
+        ("sessions", "prune", "--dry-run"),
+        ("users", "erase", "alice", "--tenant", "demo"),
+        ("migrate",),
+        ("migrate", "--dry-run"),
+    ],
+    ids=" ".join,
+)
+def test_a_command_that_reads_the_store_refuses_a_missing_sqlite_file(cli: Cli, args: tuple[str, ...]) -> None:
+    """Found in review: `audit verify` on sqlite:////tmp/x/none/x.db created the directory and an empty database
+    and said 'no audit entries ... nothing to verify', exit 0: a mistyped path looked like an empty log."""
+    missing = cli.workdir / "none" / "x.db"
+    cli.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{missing}"
+
+    result = cli(*args)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        result.stderr.strip()
+        == f"no database at {missing} (TEAMGRAPH_CHECKPOINT_URL): nothing to read, and none is created"
+    )
+    assert not missing.parent.exists()
