@@ -552,8 +552,9 @@ def _pending_schema_sqlite(path: Path) -> list[str]:
         conn.close()
 
 
-def _pending_schema_postgres(url: str, timeout_s: float) -> list[str]:
-    """What opening the Postgres schema would change in its tables, read in a read-only session."""
+def _pending_schema_postgres(url: str, timeout_s: float) -> tuple[list[str], int]:
+    """What opening the Postgres schema would change in its tables, and how many sessions its index holds, read
+    in a read-only session."""
     import psycopg
     from langgraph.checkpoint.postgres.base import BasePostgresSaver
     from langgraph.store.postgres.base import MIGRATIONS as STORE_MIGRATIONS
@@ -591,7 +592,9 @@ def _pending_schema_postgres(url: str, timeout_s: float) -> list[str]:
             or not conn.execute("select 1 from audit_keys where name = %s", [USER_KEY_NAME]).fetchone()
         ):
             pending.append("audit: the key that names end users in audit entries is created")
-        return pending
+        row = conn.execute("select to_regclass('teamgraph_sessions') is not null").fetchone()
+        counted = conn.execute("select count(*) from teamgraph_sessions").fetchone() if row and row[0] else None
+        return pending, counted[0] if counted else 0
 
 
 @contextlib.asynccontextmanager
@@ -627,13 +630,15 @@ async def _dry_run_engine(settings: Settings) -> AsyncIterator[Engine | None]:
                 yield engine
         return
     if scheme in ("postgres", "postgresql"):
-        pending = await asyncio.to_thread(_pending_schema_postgres, settings.checkpoint_url, settings.db_timeout_s)
+        pending, stored = await asyncio.to_thread(
+            _pending_schema_postgres, settings.checkpoint_url, settings.db_timeout_s
+        )
         for line in pending:
             typer.echo(f"would migrate: {line}")
         if pending:
             typer.echo(
-                "sessions not checked: opening them would apply the schema steps above; a real run applies "
-                "them first, then upgrades the sessions"
+                f"{stored} sessions, not checked: reading them would apply the schema steps above; a real run "
+                "applies them first, then upgrades the sessions"
             )
             yield None
             return
@@ -641,8 +646,9 @@ async def _dry_run_engine(settings: Settings) -> AsyncIterator[Engine | None]:
         yield engine
 
 
-async def _migrate(dry_run: bool) -> dict[str, int]:
-    """Every session of every tenant in the current state version, one at a time under its turn lock."""
+async def _migrate(dry_run: bool) -> dict[str, int] | None:
+    """Every session of every tenant in the current state version, one at a time under its turn lock; None: a dry
+    run that could not read the sessions without migrating the schema (it said so)."""
     from checkpoints.turn_lock import TurnBusy
     from states.migrations import SessionSchemaTooNew
 
@@ -659,7 +665,7 @@ async def _migrate(dry_run: bool) -> dict[str, int]:
     _existing_database(settings)
     async with _dry_run_engine(settings) if dry_run else _open_engine() as engine:
         if engine is None:
-            return counts
+            return None
         # a tenant removed from the bundles still has its sessions (the index and its audit chain name it)
         for tenant in sorted(set(engine.bundles.tenants) | await _stored_tenants(engine)):
             before: tuple[str, str] | None = None
@@ -713,6 +719,8 @@ def migrate(
     Safe while servers run (each session is upgraded under its turn lock, as one new checkpoint) and resumable:
     upgraded sessions are skipped when it runs again. Exits 1 when a session could not be upgraded."""
     counts = _run(_migrate(dry_run))
+    if counts is None:
+        return
     verb = "would upgrade" if dry_run else "upgraded"
     typer.echo(
         f"{counts['checked']} sessions: {counts['upgraded']} {verb}, {counts['current']} already current, "
