@@ -996,14 +996,15 @@ def audit_prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count, per tenant, what would be deleted.")] = False,
 ) -> None:
     """Delete entries older than the given age (every tenant's, or --tenant's); the chain keeps an anchor, so what
-    remains still verifies. A zero age or a time that is not in the past is refused: it would delete everything."""
+    remains still verifies. A zero age or a time that is not in the past is refused, as it would delete everything,
+    but with --dry-run, which counts that."""
     cutoff = parse_age(older_than, "--older-than")
     zero_age = bool(re.fullmatch(r"0+[smhdw]", older_than.strip()))
-    if zero_age or cutoff >= datetime.now(UTC):
+    if (zero_age or cutoff >= datetime.now(UTC)) and not dry_run:  # a dry run only counts: it may ask
         whose = f"tenant {tenant}'s" if tenant else "every tenant's"
         raise fail(
             f"--older-than {older_than}: not in the past, so it would delete {whose} whole audit log; give an age "
-            "like 90d or an earlier ISO time (see what it deletes with --dry-run)"
+            "like 90d or an earlier ISO time (--dry-run counts what it would delete)"
         )
     log = _audit_log()
     _check_audit_tenant(log, tenant)

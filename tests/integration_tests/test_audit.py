@@ -609,6 +609,11 @@ def test_prune_refuses_a_cutoff_not_in_the_past_and_offers_a_dry_run_and_one_ten
         refused = runner.invoke(cli_app, ["audit", "prune", "--older-than", older_than])
         assert refused.exit_code == 1, (older_than, refused.output)
         assert f"--older-than {older_than}: not in the past" in refused.stderr, refused.stderr
+        assert "--dry-run counts what it would delete" in refused.stderr, refused.stderr
+        # found in review: the refusal offered --dry-run, which was refused too; a dry run deletes nothing
+        counted = runner.invoke(cli_app, ["audit", "prune", "--older-than", older_than, "--dry-run"])
+        assert counted.exit_code == 0, (older_than, counted.output)
+        assert "demo: would prune 3 entries" in counted.stdout and "would prune 5 entries" in counted.stdout
     assert verify(db_url, "demo").checked == 3 and verify(db_url, "veneo").checked == 2  # nothing deleted
 
     time.sleep(0.01)
