@@ -124,15 +124,20 @@ def _open_engine(existing: bool = False) -> AbstractAsyncContextManager[Engine]:
 def _existing_database(settings: Settings) -> None:
     """A command that reads what is stored (sessions, the audit log, migrate) refuses a SQLite file that is not
     there, exit status 1: opening it would create the file (and its directory), and the command would report an
-    empty database as if it were the one asked for."""
+    empty database as if it were the one asked for. A file that is not a SQLite database is one line too."""
     from urllib.parse import urlparse
 
-    from checkpoints.factory import sqlite_path
+    from checkpoints.factory import check_sqlite_file, sqlite_path
+    from checkpoints.storage import StorageUnavailable, display_url
 
     if urlparse(settings.checkpoint_url).scheme == "sqlite":
         path = sqlite_path(settings.checkpoint_url)
         if not path.is_file():
             raise fail(f"no database at {path} (TEAMGRAPH_CHECKPOINT_URL): nothing to read, and none is created")
+        try:
+            check_sqlite_file(path)
+        except StorageUnavailable as exc:
+            raise fail(f"TEAMGRAPH_CHECKPOINT_URL={display_url(settings.checkpoint_url)}: {exc}") from None
 
 
 def check_tenant(bundles: Any, tenant: str, team: str | None = None, logged: Any = ()) -> None:

@@ -597,3 +597,23 @@ def test_a_command_that_reads_the_store_refuses_a_missing_sqlite_file(cli: Cli, 
         == f"no database at {missing} (TEAMGRAPH_CHECKPOINT_URL): nothing to read, and none is created"
     )
     assert not missing.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "args", [("migrate",), ("migrate", "--dry-run"), ("sessions", "list", "--tenant", "demo")], ids=" ".join
+)
+def test_a_file_that_is_not_sqlite_is_one_line(cli: Cli, args: tuple[str, ...]) -> None:
+    """Found in review: `migrate` (and its dry run) on a file that is not a SQLite database was a DatabaseError
+    traceback."""
+    not_a_database = cli.workdir / "notes.db"
+    not_a_database.write_text("these are notes, not a database\n")
+    cli.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{not_a_database}"
+
+    result = cli(*args)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"TEAMGRAPH_CHECKPOINT_URL=sqlite:///{not_a_database}: {not_a_database} is not a SQLite database this can "
+        "open (file is not a database)"
+    )
+    assert not_a_database.read_text() == "these are notes, not a database\n"
