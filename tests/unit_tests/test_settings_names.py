@@ -1,6 +1,7 @@
-"""Every TEAMGRAPH_ variable the code, the tests, the benchmarks or the Makefile read is one `teamgraph` accepts:
-a name it does not know stops it (server.settings.unknown_variables), so a new variable read somewhere must be
-added to Settings or OTHER_VARIABLES, or the CLI would refuse to start where it is set."""
+"""Every TEAMGRAPH_ variable the code, the tests, the benchmarks or the Makefile read, or the README, docs/ and
+deploy/ tell an operator to set, is one `teamgraph` accepts: a name it does not know stops it
+(server.settings.unknown_variables), so a new variable read or documented somewhere must be added to Settings or
+OTHER_VARIABLES, or the CLI would refuse to start where it is set."""
 
 from __future__ import annotations
 
@@ -11,16 +12,21 @@ from server.settings import TENANT_KEY_VARIABLE, Settings, known_variables, unkn
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"\bTEAMGRAPH_[A-Z0-9_]*[A-Z0-9]\b")
-# a docstring naming an old bug's wrong output; the misspellings tests make on purpose
+# a docstring naming an old bug's wrong output; the misspellings tests (and the README's example) make on purpose
 NOT_VARIABLES = {"TEAMGRAPH_TEAMGRAPH_OPENAI_API_KEY", "TEAMGRAPH_CHECKPIONT_URL", "TEAMGRAPH_PROT", "TEAMGRAPH_ZZZ"}
 
 
 def test_every_variable_read_anywhere_is_known() -> None:
-    files = [REPO / "Makefile", *(REPO / ".ci").rglob("*")]
+    files = [REPO / "Makefile", REPO / "README.md", *(REPO / ".ci").rglob("*")]
+    for docs in ("docs", "deploy"):  # what an operator is told to set
+        files += (REPO / docs).rglob("*")
     for top in ("server", "checkpoints", "personas", "nodes", "graphs", "states", "evals", "bench", "tests"):
         files += (REPO / top).rglob("*.py")
     found = {n for f in files if f.is_file() for n in NAME.findall(f.read_text(errors="replace"))} - NOT_VARIABLES
     assert "TEAMGRAPH_CHECKPOINT_URL" in found and "TEAMGRAPH_STORAGE_WATCH_S" in found  # the scan sees them
+    assert any(
+        f.suffix == ".md" and f.is_file() and "TEAMGRAPH_DOCUMENT_READ_TIMEOUT_S" in f.read_text() for f in files
+    )
     known = known_variables()
     missing = sorted(n for n in found if n not in known and not TENANT_KEY_VARIABLE.match(n))
     assert missing == []
