@@ -386,6 +386,24 @@ def _closest(name: str, known: list[str], cutoff: float) -> str | None:
     return by_rest[close[0]] if close else None
 
 
+def _one_slip(a: str, b: str) -> bool:
+    """a and b differ by at most one typing slip: a letter wrong, missing or extra, or two neighbours swapped."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    a_rest, b_rest = a[start:], b[start:]
+    return (
+        a_rest[1:] == b_rest[1:]  # one wrong
+        or a_rest[1:] == b_rest  # one extra in a
+        or a_rest == b_rest[1:]  # one missing from a
+        or (len(a_rest) >= 2 and a_rest[:2] == b_rest[1::-1] and a_rest[2:] == b_rest[2:])  # two swapped
+    )
+
+
 def unknown_variables(
     settings: Settings, environ: Mapping[str, str] | None = None, env_file: Path | None = None
 ) -> list[str]:
@@ -406,8 +424,9 @@ def unknown_variables(
         if not upper.startswith("TEAMGRAPH_") or upper in known:
             continue
         # a tenant key named the usual way (TEAMGRAPH_<TENANT>_API_KEY, ..._ADMIN_KEY) may be meant for bundles
-        # elsewhere; unless it is a near-miss of a setting (TEAMGRAPH_OPENIA_API_KEY)
-        if TENANT_KEY_VARIABLE.match(upper) and not _closest(upper, settings_names, 0.85):
+        # elsewhere, unless it is one slip of the keys from a setting (TEAMGRAPH_OPENIA_API_KEY): a similar name
+        # is not enough (TEAMGRAPH_OPEN_API_KEY is tenant open's key)
+        if TENANT_KEY_VARIABLE.match(upper) and not any(_one_slip(upper, n) for n in settings_names):
             continue
         close = _closest(upper, sorted(known), 0.6)
         hint = f"; did you mean {close}?" if close else " (see the settings in README.md)"

@@ -13,7 +13,13 @@ from server.settings import TENANT_KEY_VARIABLE, Settings, known_variables, unkn
 REPO = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"\bTEAMGRAPH_[A-Z0-9_]*[A-Z0-9]\b")
 # a docstring naming an old bug's wrong output; the misspellings tests (and the README's example) make on purpose
-NOT_VARIABLES = {"TEAMGRAPH_TEAMGRAPH_OPENAI_API_KEY", "TEAMGRAPH_CHECKPIONT_URL", "TEAMGRAPH_PROT", "TEAMGRAPH_ZZZ"}
+NOT_VARIABLES = {
+    "TEAMGRAPH_TEAMGRAPH_OPENAI_API_KEY",
+    "TEAMGRAPH_CHECKPIONT_URL",
+    "TEAMGRAPH_PROT",
+    "TEAMGRAPH_ZZZ",
+    "TEAMGRAPH_OPENAI_API_KY",
+}
 
 
 def test_every_variable_read_anywhere_is_known() -> None:
@@ -38,6 +44,10 @@ def test_unknown_names_get_the_closest_known_one_and_tenant_keys_pass(tmp_path: 
         "TEAMGRAPH_PROT": "8001",
         "TEAMGRAPH_OPENIA_API_KEY": "sk-x",  # a near-miss of a setting, though shaped like a tenant key
         "TEAMGRAPH_ACME_API_KEY": "k",  # a tenant key of bundles elsewhere
+        # found in review: refused as close to TEAMGRAPH_OPENAI_API_KEY, though it is tenant open's key
+        "TEAMGRAPH_OPEN_API_KEY": "k",
+        "TEAMGRAPH_OPENAI_API_KY": "sk-x",  # one letter missing: a slip
+        "TEAMGRAPH_OPENAI_ADMIN_KEY": "k",  # tenant openai's admin key
         "TEAMGRAPH_VENEO_API_KEY": "k",
         "TEAMGRAPH_BLAS_THREADS": "2",
         "TEAMGRAPH_TEST_POSTGRES_URL": "postgresql://x",
@@ -46,6 +56,7 @@ def test_unknown_names_get_the_closest_known_one_and_tenant_keys_pass(tmp_path: 
     }
     (tmp_path / ".env").write_text("TEAMGRAPH_ZZZ=1\n")
     assert unknown_variables(settings, environ, tmp_path / ".env") == [
+        "TEAMGRAPH_OPENAI_API_KY: not a Teamgraph setting; did you mean TEAMGRAPH_OPENAI_API_KEY?",
         "TEAMGRAPH_OPENIA_API_KEY: not a Teamgraph setting; did you mean TEAMGRAPH_OPENAI_API_KEY?",
         "TEAMGRAPH_PROT: not a Teamgraph setting; did you mean TEAMGRAPH_PORT?",
         f"TEAMGRAPH_ZZZ (in {tmp_path / '.env'}): not a Teamgraph setting (see the settings in README.md)",
