@@ -837,21 +837,48 @@ def users_erase(
     )
 
 
+def _personas_dir_setting() -> Path:
+    """TEAMGRAPH_PERSONAS_DIR as the settings read it (the environment, any case, then .env), without importing
+    them (pydantic-settings): `personas validate` stays light (tests/unit_tests/test_personas.py compares)."""
+    name = "TEAMGRAPH_PERSONAS_DIR"
+    value = next((v for k, v in os.environ.items() if k.upper() == name), None)
+    if value is None and Path(".env").is_file():
+        from dotenv import dotenv_values
+
+        value = next((v for k, v in dotenv_values(".env").items() if k.upper() == name and v is not None), None)
+    return DEFAULT_BUNDLE_DIR if value is None else Path(value)
+
+
+def _from_cwd(path: Path) -> str:
+    """A path to print: relative to the working directory when under it, else absolute (either opens from here)."""
+    full = path.resolve()
+    return str(full.relative_to(Path.cwd().resolve())) if full.is_relative_to(Path.cwd().resolve()) else str(full)
+
+
 @personas_app.command("validate")
 def personas_validate(
     path: Annotated[
-        Path, typer.Argument(help="Bundle directory (holding agents/, teams/, tenants/).")
-    ] = DEFAULT_BUNDLE_DIR,
+        Path | None,
+        typer.Argument(
+            help="Bundle directory (holding agents/, teams/, tenants/); default: TEAMGRAPH_PERSONAS_DIR, as "
+            "`teamgraph serve` reads it, else the shipped personas/.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Check every bundle file; print each problem as file:line: field: reason and exit 1 if any."""
+    from dataclasses import replace
+
     from graphs.registry import GRAPH_MODULES
     from personas.loader import BundleError, load_bundles
 
+    path = _personas_dir_setting() if path is None else path
     try:
         bundles = load_bundles(path, known_graphs=set(GRAPH_MODULES))
     except BundleError as exc:
+        parent = path.resolve().parent  # the loader names files relative to the bundle directory's parent
         for problem in exc.problems:
-            typer.echo(str(problem), err=True)
+            typer.echo(str(replace(problem, file=_from_cwd(parent / problem.file))), err=True)
         raise fail(f"{len(exc.problems)} problem(s) in {path}") from None
     typer.echo(
         f"ok: {len(bundles.agents)} agents, {len(bundles.teams)} teams, {len(bundles.tenants)} tenants in {path}"

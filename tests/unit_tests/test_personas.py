@@ -370,7 +370,10 @@ def test_cli_validate_accepts_the_shipped_bundles() -> None:
     assert "ok: 7 agents, 2 teams, 2 tenants" in result.stdout
 
 
-def test_cli_validate_prints_one_line_per_problem_and_exits_1(bundle_dir: Path) -> None:
+def test_cli_validate_prints_one_line_per_problem_and_exits_1(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(bundle_dir.parent)  # paths are printed relative to it
     evaluator = bundle_dir / "agents" / "evaluator.yaml"
     veneo = bundle_dir / "tenants" / "veneo.yaml"
     replace(evaluator, "  temperature: 0.1", "  temprature: 0.1")
@@ -433,9 +436,12 @@ def test_teamgraph_executable_prints_schema(tmp_path: Path) -> None:
     assert set(json.loads(result.stdout)["kinds"]) == {"agents", "teams", "tenants"}
 
 
-def test_cli_validate_reports_a_duplicate_key_with_file_and_line(bundle_dir: Path) -> None:
+def test_cli_validate_reports_a_duplicate_key_with_file_and_line(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found in review: YAML keeps the last of two equal keys without a word, so a copy-pasted block (a second
     `retention:`, here a second `params:`) silently changed the policy and `personas validate` said ok."""
+    monkeypatch.chdir(bundle_dir.parent)  # paths are printed relative to it
     demo = bundle_dir / "tenants" / "demo.yaml"
     replace(demo, "        num_questions: 3\n", "        num_questions: 3\n      params:\n        num_questions: 8\n")
     result = runner.invoke(app, ["personas", "validate", str(bundle_dir)])
@@ -519,3 +525,46 @@ def test_duplicates_compare_keys_as_loaded(text: str, duplicates: list[tuple[int
 
     assert found == duplicates
     assert data == yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("source", ["environment", ".env"])
+def test_cli_validate_checks_the_directory_the_server_reads(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """Found in review: with TEAMGRAPH_PERSONAS_DIR=/tmp/p2, `personas validate` checked ./personas and said ok
+    while `teamgraph serve` refused /tmp/p2. It validates what the settings name, and prints paths that open from
+    the working directory."""
+    from server.settings import Settings
+
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "default_team: interview", "default_team: nosuch")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("TEAMGRAPH_PERSONAS_DIR", raising=False)
+    if source == "environment":
+        monkeypatch.setenv("TEAMGRAPH_PERSONAS_DIR", str(bundle_dir))
+    else:
+        (elsewhere / ".env").write_text(f"TEAMGRAPH_PERSONAS_DIR={bundle_dir}\n")
+    assert Settings().personas_dir == bundle_dir  # what the server would read
+
+    result = runner.invoke(app, ["personas", "validate"])
+
+    assert result.exit_code == 1, result.output
+    lines = [m.groupdict() for m in map(PROBLEM_LINE.match, result.stderr.splitlines()) if m]
+    assert [(line["file"], line["field"]) for line in lines] == [(str(demo), "default_team")], result.stderr
+    assert Path(lines[0]["file"]).resolve() == demo.resolve()
+    assert f"1 problem(s) in {bundle_dir}" in result.stderr
+
+
+def test_cli_validate_prints_paths_relative_to_the_working_directory_under_it(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "default_team: interview", "default_team: nosuch")
+    monkeypatch.chdir(bundle_dir)
+
+    result = runner.invoke(app, ["personas", "validate", "."])
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"tenants/demo.yaml:{line_of(demo, 'default_team')}: default_team: "), result.stderr
