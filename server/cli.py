@@ -217,6 +217,14 @@ def _session_of(engine: Engine, tenant: str, session_id: str, graph: str, comman
     return session
 
 
+INTERVIEW_TENANT = "demo"  # `teamgraph interview`'s default tenant
+
+
+def _session_options(tenant: str, session_id: str) -> str:
+    """The options that find the session again: --tenant too unless it is the interview's default."""
+    return f"--session {session_id}" if tenant == INTERVIEW_TENANT else f"--tenant {tenant} --session {session_id}"
+
+
 async def _interview(
     resume: Path | None, jd: Path | None, role: str | None, tenant: str, session_id: str | None
 ) -> None:
@@ -247,12 +255,12 @@ async def _interview(
             if role:
                 first["role"] = role
             session = await engine.create_session(tenant, "interview")
-            typer.echo(f"Session {session.id} (continue later with --session {session.id})")
+            typer.echo(f"Session {session.id} (continue later with {_session_options(tenant, session.id)})")
             state = await _print_turn(engine, session, first)
         while state.get("phase") != "done":
             answer = _ask("\nYour answer> ")
             if answer is None:
-                typer.echo(f"\nPaused. Continue with: teamgraph interview --session {session.id}")
+                typer.echo(f"\nPaused. Continue with: teamgraph interview {_session_options(tenant, session.id)}")
                 return
             if _too_long(engine, session, answer):
                 continue
@@ -264,7 +272,7 @@ def interview(
     resume: Annotated[Path | None, typer.Option("--resume", help="Resume file (.txt or .md).")] = None,
     jd: Annotated[Path | None, typer.Option("--jd", help="Job description file (.txt or .md).")] = None,
     role: Annotated[str | None, typer.Option("--role", help="Role title (default: the JD's first line).")] = None,
-    tenant: TenantOpt = "demo",
+    tenant: TenantOpt = INTERVIEW_TENANT,
     session: SessionOpt = None,
 ) -> None:
     """A mock interview in the terminal: questions, your typed answers, scores and feedback, a summary."""

@@ -617,3 +617,21 @@ def test_a_file_that_is_not_sqlite_is_one_line(cli: Cli, args: tuple[str, ...]) 
         "open (file is not a database)"
     )
     assert not_a_database.read_text() == "these are notes, not a database\n"
+
+
+def test_the_interview_hints_to_continue_name_the_tenant(cli: Cli) -> None:
+    """Found in review: `teamgraph interview --tenant veneo` printed 'Paused. Continue with: teamgraph interview
+    --session X' (and 'continue later with --session X'), which answered 'no session': the tenant was the default's."""
+    args = ("interview", "--tenant", "veneo", "--resume", "examples/resume.md")
+    first = cli(*args, stdin="")
+    assert first.returncode == 0, first.stderr
+    match = SESSION_LINE.search(first.stdout)
+    assert match, first.stdout
+    session_id = match.group(1)
+    assert f"Session {session_id} (continue later with --tenant veneo --session {session_id})" in first.stdout
+    hint = f"Paused. Continue with: teamgraph interview --tenant veneo --session {session_id}"
+    assert hint in first.stdout, first.stdout
+
+    again = cli(*hint.split(": ", 1)[1].split()[1:], stdin="")
+    assert again.returncode == 0, again.stderr
+    assert f"Continuing session {session_id}." in again.stdout
