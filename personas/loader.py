@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -12,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from personas import DEFAULT_BUNDLE_DIR as DEFAULT_BUNDLE_DIR  # re-exported: importers know it from here
-from personas.schema import KIND_MODELS, AgentPersona, TeamBundle, TenantBundle
+from personas.schema import KIND_MODELS, AgentPersona, TeamBundle, TenantBundle, TenantOverrides
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
     nodes: dict[tuple[str, str], yaml.Node | None] = {}
     sources: dict[tuple[str, str], Path] = {}
     broken: dict[str, set[str]] = {kind: set() for kind in KIND_MODELS}  # files that failed: not "unknown" elsewhere
+    unloaded_overrides: list[tuple[str, yaml.Node | None, TenantOverrides]] = []  # of tenant files that failed
 
     if root.exists() and not root.is_dir():
         reason = "not a directory: give the bundle directory (holding agents/, teams/, tenants/), not one file"
@@ -221,6 +223,11 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
                 obj = model.model_validate(data)
             except ValidationError as exc:
                 problems.extend(_validation_problems(rel, exc, node))
+                if kind == "tenants":  # its overrides are still checked, when they are well-formed themselves
+                    with contextlib.suppress(ValidationError):
+                        unloaded_overrides.append(
+                            (rel, node, TenantOverrides.model_validate(data.get("overrides", {})))
+                        )
                 continue
             obj_id = obj.id  # type: ignore[attr-defined]
             if obj_id in parsed[kind]:
@@ -245,6 +252,46 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
 
     def rel_of(kind: str, obj_id: str) -> str:
         return str(sources[(kind, obj_id)].relative_to(root.parent))
+
+    def override_problems(rel: str, node: yaml.Node | None, overrides: TenantOverrides) -> list[Problem]:
+        """A tenant's overrides merged into the personas and teams they change, each validated again."""
+        found: list[Problem] = []
+        for agent_id, override in overrides.agents.items():
+            loc = ("overrides", "agents", agent_id)
+            if agent_id in broken["agents"]:
+                continue
+            if agent_id not in agents:
+                found.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown agent persona {agent_id!r}"))
+                continue
+            merged = deep_merge(agents[agent_id].model_dump(exclude_unset=True), override)
+            try:
+                AgentPersona.model_validate(merged)
+            except ValidationError as exc:
+                found.extend(_validation_problems(rel, exc, node, prefix=loc))
+        for team_id, override in overrides.teams.items():
+            loc = ("overrides", "teams", team_id)
+            if team_id in broken["teams"]:
+                continue
+            if team_id not in teams:
+                found.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown team {team_id!r}"))
+                continue
+            merged = deep_merge(teams[team_id].model_dump(exclude_unset=True), override)
+            try:
+                TeamBundle.model_validate(merged)
+            except ValidationError as exc:
+                found.extend(_validation_problems(rel, exc, node, prefix=loc))
+            if merged.get("nodes", {}) != teams[team_id].nodes:
+                for node_name, persona_id in merged.get("nodes", {}).items():
+                    if persona_id not in agents and persona_id not in broken["agents"]:
+                        found.append(
+                            Problem(
+                                rel,
+                                _line_of(node, (*loc, "nodes", node_name)),
+                                f"{_field_path(loc)}.nodes.{node_name}",
+                                f"unknown agent persona {persona_id!r}",
+                            )
+                        )
+        return found
 
     for team in teams.values():
         node = nodes[("teams", team.id)]
@@ -282,43 +329,9 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             problems.append(
                 Problem(rel, _line_of(node, ("knowledge",)), "knowledge", f"file not found: {tenant.knowledge}")
             )
-        for agent_id, override in tenant.overrides.agents.items():
-            loc = ("overrides", "agents", agent_id)
-            if agent_id in broken["agents"]:
-                continue
-            if agent_id not in agents:
-                problems.append(
-                    Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown agent persona {agent_id!r}")
-                )
-                continue
-            merged = deep_merge(agents[agent_id].model_dump(exclude_unset=True), override)
-            try:
-                AgentPersona.model_validate(merged)
-            except ValidationError as exc:
-                problems.extend(_validation_problems(rel, exc, node, prefix=loc))
-        for team_id, override in tenant.overrides.teams.items():
-            loc = ("overrides", "teams", team_id)
-            if team_id in broken["teams"]:
-                continue
-            if team_id not in teams:
-                problems.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown team {team_id!r}"))
-                continue
-            merged = deep_merge(teams[team_id].model_dump(exclude_unset=True), override)
-            try:
-                TeamBundle.model_validate(merged)
-            except ValidationError as exc:
-                problems.extend(_validation_problems(rel, exc, node, prefix=loc))
-            if merged.get("nodes", {}) != teams[team_id].nodes:
-                for node_name, persona_id in merged.get("nodes", {}).items():
-                    if persona_id not in agents and persona_id not in broken["agents"]:
-                        problems.append(
-                            Problem(
-                                rel,
-                                _line_of(node, (*loc, "nodes", node_name)),
-                                f"{_field_path(loc)}.nodes.{node_name}",
-                                f"unknown agent persona {persona_id!r}",
-                            )
-                        )
+        problems.extend(override_problems(rel, node, tenant.overrides))
+    for rel, node, overrides in unloaded_overrides:
+        problems.extend(override_problems(rel, node, overrides))
 
     if not tenants and not problems:
         problems.append(Problem(str(root), None, "tenants", "no tenant bundles found"))

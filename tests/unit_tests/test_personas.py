@@ -568,3 +568,26 @@ def test_cli_validate_prints_paths_relative_to_the_working_directory_under_it(
 
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith(f"tenants/demo.yaml:{line_of(demo, 'default_team')}: default_team: "), result.stderr
+
+
+def test_a_tenant_with_a_bad_field_still_has_its_overrides_checked(bundle_dir: Path) -> None:
+    """Found in review: a tenant file with a bad default_team and a bad override (temperature: hot) reported the
+    first only; the README says every problem is listed. Its overrides are checked against the personas too."""
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "default_team: interview", "default_team: nosuch")
+    replace(
+        demo,
+        "overrides:\n  teams:\n",
+        "overrides:\n  agents:\n    evaluator:\n      model: {temperature: hot}\n  teams:\n",
+    )
+
+    problems = problems_of(bundle_dir)
+
+    assert [(p.file, p.line, p.field) for p in problems] == [
+        ("personas/tenants/demo.yaml", line_of(demo, "default_team"), "default_team"),
+        (
+            "personas/tenants/demo.yaml",
+            line_of(demo, "temperature: hot"),
+            "overrides.agents.evaluator.model.temperature",
+        ),
+    ], problems
