@@ -110,34 +110,63 @@ def _settings() -> Settings:
     return settings
 
 
-def _open_engine(existing: bool = False) -> AbstractAsyncContextManager[Engine]:
-    """The engine over the current settings; imports the server, LangGraph and the teams' graphs. `existing`:
-    for commands that read what is stored, a SQLite file that is not there is refused (see _existing_database)."""
+def _open_engine(existing: bool = False, settings: Settings | None = None) -> AbstractAsyncContextManager[Engine]:
+    """The engine over the current settings; imports the server, LangGraph and the teams' graphs. A SQLite file
+    that is there but is no SQLite database is one line (every command). `existing`: for commands that read what
+    is stored, a SQLite file that is not there is refused too (see _existing_database)."""
     from server.engine import Engine
 
-    settings = _settings()
+    settings = settings or _settings()
     if existing:
         _existing_database(settings)
+    else:
+        _missing_database(settings)
     return Engine.open(settings)
 
 
-def _existing_database(settings: Settings) -> None:
-    """A command that reads what is stored (sessions, the audit log, migrate) refuses a SQLite file that is not
-    there, exit status 1: opening it would create the file (and its directory), and the command would report an
-    empty database as if it were the one asked for. A file that is not a SQLite database is one line too."""
+def _missing_database(settings: Settings) -> Path | None:
+    """The SQLite file of the settings when it is not there (None: it is, or the database is not SQLite); a file
+    that is there but is not a SQLite database is refused, one line, exit status 1 (it was a DatabaseError
+    traceback)."""
     from urllib.parse import urlparse
 
     from checkpoints.factory import check_sqlite_file, sqlite_path
     from checkpoints.storage import StorageUnavailable, display_url
 
-    if urlparse(settings.checkpoint_url).scheme == "sqlite":
-        path = sqlite_path(settings.checkpoint_url)
-        if not path.is_file():
-            raise fail(f"no database at {path} (TEAMGRAPH_CHECKPOINT_URL): nothing to read, and none is created")
-        try:
-            check_sqlite_file(path)
-        except StorageUnavailable as exc:
-            raise fail(f"TEAMGRAPH_CHECKPOINT_URL={display_url(settings.checkpoint_url)}: {exc}") from None
+    if urlparse(settings.checkpoint_url).scheme != "sqlite":
+        return None
+    path = sqlite_path(settings.checkpoint_url)
+    if not path.is_file():
+        return path
+    try:
+        check_sqlite_file(path)
+    except StorageUnavailable as exc:
+        variable = settings.database_variable
+        value = display_url(settings.checkpoint_url) if variable.endswith("CHECKPOINT_URL") else settings.data_dir
+        raise fail(f"{variable}={value}: {exc}") from None
+    return None
+
+
+def _existing_database(settings: Settings) -> None:
+    """A command that reads what is stored about a session, a tenant or a user refuses a SQLite file that is not
+    there, exit status 1: opening it would create the file (and its directory), and the command would report an
+    empty database as if it were the one asked for. A file that is not a SQLite database is one line too."""
+    path = _missing_database(settings)
+    if path is not None:
+        raise fail(f"no database at {path} ({settings.database_variable}): nothing to read, and none is created")
+
+
+def _nothing_stored(settings: Settings) -> bool:
+    """For a command over everything stored (`sessions list`, `sessions prune`, `audit verify`): on a fresh install
+    (no SQLite file yet) it says so and succeeds, exit status 0, without creating the file."""
+    path = _missing_database(settings)
+    if path is None:
+        return False
+    typer.echo(
+        f"no sessions stored yet at {path} (set TEAMGRAPH_DATA_DIR or TEAMGRAPH_CHECKPOINT_URL if they are elsewhere)",
+        err=True,
+    )
+    return True
 
 
 def check_tenant(bundles: Any, tenant: str, team: str | None = None, logged: Any = ()) -> None:
@@ -455,7 +484,12 @@ LIST_PAGE = 200
 async def _sessions(
     action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None, limit: int | None = None
 ) -> None:
-    async with _open_engine(existing=True) as engine:
+    settings = _settings()
+    if action == "list" and _missing_database(settings) is not None:  # a fresh install: nothing stored yet
+        check_tenant(_bundles(), tenant, team)
+        _nothing_stored(settings)
+        return
+    async with _open_engine(existing=True, settings=settings) as engine:
         await _check_stored_tenant(engine, tenant, team)
         if action == "list":  # every session, a page at a time (it stopped at 200 without a word)
             shown, before = 0, None
@@ -675,8 +709,10 @@ async def _migrate(dry_run: bool) -> dict[str, int] | None:
         "unknown_tenant": 0,
     }
     settings = _settings()
-    _existing_database(settings)
-    async with _dry_run_engine(settings) if dry_run else _open_engine() as engine:
+    if (missing := _missing_database(settings)) is not None:  # a fresh install (`migrate && serve` on a new machine)
+        typer.echo(f"no database at {missing} yet: nothing to migrate", err=True)
+        return None
+    async with _dry_run_engine(settings) if dry_run else _open_engine(settings=settings) as engine:
         if engine is None:
             return None
         # a tenant removed from the bundles still has its sessions (the index and its audit chain name it)
@@ -748,7 +784,10 @@ def migrate(
 async def _prune(dry_run: bool) -> dict[str, dict[str, Any]]:
     from checkpoints.retention import retention_leader
 
-    async with _open_engine(existing=True) as engine, retention_leader(engine.persistence.url) as leader:
+    settings = _settings()
+    if _nothing_stored(settings):  # a fresh install: nothing to prune
+        return {}
+    async with _open_engine(settings=settings) as engine, retention_leader(engine.persistence.url) as leader:
         if not leader:
             raise fail("another process is applying retention right now; try again when it has finished")
         return await engine.prune_sessions(dry_run=dry_run, actor="cli")
@@ -965,6 +1004,12 @@ def _check_audit_tenant(log: Any, tenant: str | None) -> None:
 @audit_app.command("verify")
 def audit_verify(tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all).")] = None) -> None:
     """Recompute every tenant's hash chain; exit 1 naming the first broken entry."""
+    settings = _settings()
+    if _missing_database(settings) is not None:  # a fresh install: no entries yet
+        if tenant is not None:
+            check_tenant(_bundles(), tenant)
+        _nothing_stored(settings)
+        return
     log = _audit_log()
     _check_audit_tenant(log, tenant)
     broken = False

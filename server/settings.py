@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from checkpoints.storage import display_url
@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     # populate_by_name: Settings(openai_api_key=...) works too, not only the aliased environment variables
     model_config = SettingsConfigDict(env_prefix="TEAMGRAPH_", env_file=".env", extra="ignore", populate_by_name=True)
 
+    _database_in_data_dir: bool = PrivateAttr(False)  # checkpoint_url is the default <data_dir>/teamgraph.db
     data_dir: Path = Field(
         Path("data"),
         description="Where embedded data lives: the default SQLite database (teamgraph.db) and the voice cache.",
@@ -159,7 +160,13 @@ class Settings(BaseSettings):
     def _default_database_in_data_dir(self) -> Settings:
         if "checkpoint_url" not in self.model_fields_set:
             self.checkpoint_url = f"sqlite:///{self.data_dir}/teamgraph.db"
+            self._database_in_data_dir = True  # messages about the database name TEAMGRAPH_DATA_DIR
         return self
+
+    @property
+    def database_variable(self) -> str:
+        """The setting that put the database where it is (what a message about it names)."""
+        return "TEAMGRAPH_DATA_DIR" if self._database_in_data_dir else "TEAMGRAPH_CHECKPOINT_URL"
 
     @model_validator(mode="after")
     def _keepalive_idle_below_user_timeout(self) -> Settings:

@@ -569,23 +569,19 @@ def test_a_session_of_a_removed_team_is_shown_and_exported_but_not_continued(cli
 @pytest.mark.parametrize(
     "args",
     [
-        ("audit", "verify"),
         ("audit", "export", "--tenant", "demo"),
         ("audit", "prune", "--older-than", "90d", "--dry-run"),
-        ("sessions", "list", "--tenant", "demo"),
         ("sessions", "show", "s1", "--tenant", "demo"),
         ("sessions", "export", "s1", "--tenant", "demo"),
         ("sessions", "delete", "s1", "--tenant", "demo"),
-        ("sessions", "prune", "--dry-run"),
         ("users", "erase", "alice", "--tenant", "demo"),
-        ("migrate",),
-        ("migrate", "--dry-run"),
     ],
     ids=" ".join,
 )
 def test_a_command_that_reads_the_store_refuses_a_missing_sqlite_file(cli: Cli, args: tuple[str, ...]) -> None:
     """Found in review: `audit verify` on sqlite:////tmp/x/none/x.db created the directory and an empty database
-    and said 'no audit entries ... nothing to verify', exit 0: a mistyped path looked like an empty log."""
+    and said 'no audit entries ... nothing to verify', exit 0: a mistyped path looked like an empty log. The
+    refusal names the setting that put the database there."""
     missing = cli.workdir / "none" / "x.db"
     cli.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{missing}"
 
@@ -598,16 +594,68 @@ def test_a_command_that_reads_the_store_refuses_a_missing_sqlite_file(cli: Cli, 
     )
     assert not missing.parent.exists()
 
+    del cli.env["TEAMGRAPH_CHECKPOINT_URL"]
+    cli.env["TEAMGRAPH_DATA_DIR"] = str(missing.parent)
+    result = cli(*args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"no database at {missing.parent / 'teamgraph.db'} (TEAMGRAPH_DATA_DIR): nothing to read, and none is created"
+    )
+    assert not missing.parent.exists()
+
 
 @pytest.mark.parametrize(
-    "args", [("migrate",), ("migrate", "--dry-run"), ("sessions", "list", "--tenant", "demo")], ids=" ".join
+    ("args", "line"),
+    [
+        (("migrate",), "no database at {path} yet: nothing to migrate"),
+        (("migrate", "--dry-run"), "no database at {path} yet: nothing to migrate"),
+        (("sessions", "list", "--tenant", "demo"), "no sessions stored yet at {path} ({hint})"),
+        (("sessions", "prune", "--dry-run"), "no sessions stored yet at {path} ({hint})"),
+        (("sessions", "prune"), "no sessions stored yet at {path} ({hint})"),
+        (("audit", "verify"), "no sessions stored yet at {path} ({hint})"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else "",
+)
+def test_a_command_over_everything_stored_on_a_fresh_install_says_so_and_succeeds(
+    cli: Cli, args: tuple[str, ...], line: str
+) -> None:
+    """Found in review: `teamgraph migrate && teamgraph serve` on a new machine failed, exit 1 'no database at
+    ...': a fresh install has nothing to migrate, list, prune or verify. Nothing is created."""
+    missing = cli.workdir / "none" / "x.db"
+    cli.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{missing}"
+
+    result = cli(*args)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    hint = "set TEAMGRAPH_DATA_DIR or TEAMGRAPH_CHECKPOINT_URL if they are elsewhere"
+    assert result.stderr.strip() == line.format(path=missing, hint=hint)
+    assert result.stdout == ""
+    assert not missing.parent.exists()
+    typo = cli("sessions", "list", "--tenant", "dmeo")  # still a typo, stored sessions or not
+    assert typo.returncode == 1 and "unknown tenant 'dmeo'" in typo.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("migrate",),
+        ("migrate", "--dry-run"),
+        ("sessions", "list", "--tenant", "demo"),
+        ("chat", "--tenant", "veneo"),
+        ("interview", "--resume", "examples/resume.md"),
+        ("demo",),
+        ("sessions", "import", "empty.json"),
+    ],
+    ids=" ".join,
 )
 def test_a_file_that_is_not_sqlite_is_one_line(cli: Cli, args: tuple[str, ...]) -> None:
     """Found in review: `migrate` (and its dry run) on a file that is not a SQLite database was a DatabaseError
-    traceback."""
+    traceback; so were `chat`, `interview`, `demo` and `sessions import` (they create a missing file, and did not
+    check one that is there)."""
     not_a_database = cli.workdir / "notes.db"
     not_a_database.write_text("these are notes, not a database\n")
     cli.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{not_a_database}"
+    (cli.workdir / "empty.json").write_text("{}")
 
     result = cli(*args)
 
