@@ -68,9 +68,37 @@ def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[yaml.Node | 
         if node is None:
             return None, None, []
         duplicates = duplicate_keys(node, loader)  # before construction: it flattens `<<` into the tree in place
-        return node, loader.construct_document(node), duplicates
+        try:
+            data = loader.construct_document(node)
+        except (ValueError, OverflowError) as exc:  # a value its tag cannot hold: `x: 2026-13-45` (a date)
+            raise _unreadable_scalar(node, exc) from None
+        return node, data, duplicates
     finally:
         loader.dispose()
+
+
+def _unreadable_scalar(root: yaml.Node, exc: Exception) -> yaml.constructor.ConstructorError:
+    """A YAML error at the scalar whose value its (implicit) type cannot hold, e.g. a date with month 13, so the
+    file's problem names its line (construction raises a bare ValueError without one)."""
+    constructor = yaml.constructor.SafeConstructor()
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                constructor.construct_object(node, deep=True)
+            except (ValueError, OverflowError) as error:
+                kind = node.tag.rsplit(":", 1)[-1]
+                problem = f"{node.value!r} is not a valid {kind} ({error}); quote it to keep it as text"
+                return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in reversed(node.value) for n in reversed(pair))
+    return yaml.constructor.ConstructorError(None, None, f"a value cannot be read ({exc})", root.start_mark)
 
 
 def parse_yaml_checked(text: str) -> tuple[yaml.Node | None, Any, list[Duplicate]]:

@@ -455,6 +455,22 @@ def test_cli_validate_reports_a_duplicate_key_with_file_and_line(
     } in lines, result.stderr
 
 
+def test_cli_validate_reports_an_impossible_date_with_file_and_line(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: `x: 2026-13-45` (YAML reads it as a date, month 13) was a ValueError traceback from
+    `personas validate`: only YAML syntax errors were reported."""
+    monkeypatch.chdir(bundle_dir.parent)
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    demo.write_text(demo.read_text(encoding="utf-8") + "x: 2026-13-45\n", encoding="utf-8")
+    result = runner.invoke(app, ["personas", "validate", str(bundle_dir)])
+    assert result.exit_code == 1, result.output
+    assert (
+        f"personas/tenants/demo.yaml:{line_of(demo, 'x: 2026-13-45')}: (file): not valid YAML: '2026-13-45' is "
+        "not a valid timestamp (month must be in 1..12); quote it to keep it as text" in result.stderr
+    ), result.stderr
+
+
 WARM_OVERRIDES = (
     "overrides:\n"
     "  agents:\n"
