@@ -237,6 +237,11 @@ def _session_of(engine: Engine, tenant: str, session_id: str, graph: str, comman
             f"session {session_id} is of team {session.team!r}, which is not in the bundles (TEAMGRAPH_PERSONAS_DIR): "
             f"it cannot be continued; see it with `teamgraph sessions show {session_id} --tenant {tenant}`"
         )
+    if session.team not in engine.bundles.tenants[tenant].enabled_teams:
+        raise fail(
+            f"session {session_id} is of team {session.team!r}, which is not enabled for tenant {tenant!r}: it "
+            f"cannot be continued; see it with `teamgraph sessions show {session_id} --tenant {tenant}`"
+        )
     if engine.graph_id(session.team) != graph:
         other = "interview" if engine.graph_id(session.team) == "interview" else "chat"
         raise fail(

@@ -539,6 +539,8 @@ def test_a_session_of_a_removed_team_is_shown_and_exported_but_not_continued(cli
     """Found in review: `sessions show` and `export` of a session whose team was removed from the bundles were a
     KeyError 'veneo_chat' traceback; `chat --session` of it printed the prompt, then failed on the first message.
     The stored transcript is shown without the team's graph; chat refuses it before the prompt."""
+    import json
+
     import yaml
 
     from tests.integration_tests.test_v1_fixtures import MANIFEST
@@ -558,12 +560,91 @@ def test_a_session_of_a_removed_team_is_shown_and_exported_but_not_continued(cli
     exported = cli("sessions", "export", chat["thread_id"], "--tenant", "veneo")
     assert exported.returncode == 0, exported.stderr
     assert chat["turns"][0] in exported.stdout
+    state = json.loads(exported.stdout)["state"]
+    assert "input_review" not in state and "draft" not in state, state.keys()  # a turn's private channels
+    assert json.loads(exported.stdout)["note"].startswith(
+        "read without the team's graph (team 'veneo_chat' is not in the bundles)"
+    )
     listed = cli("sessions", "list", "--tenant", "veneo", "--team", "veneo_chat")
     assert listed.returncode == 0 and listed.stdout.startswith(chat["thread_id"]), listed.stdout + listed.stderr
     continued = cli("chat", "--tenant", "veneo", "--session", chat["thread_id"], stdin="hello\n")
     assert continued.returncode == 1, continued.stdout + continued.stderr
     assert "You>" not in continued.stdout
     assert "team 'veneo_chat', which is not in the bundles" in continued.stderr, continued.stderr
+
+
+def test_a_session_of_a_team_no_longer_enabled_is_shown_and_exported_but_not_continued(cli: Cli) -> None:
+    """Found in review: with veneo's `enabled_teams: [interview]` while teams/veneo_chat.yaml stays, `sessions
+    show` and `export` of a veneo_chat session were refused ("team 'veneo_chat' is not enabled for tenant
+    'veneo'") and `chat --session` showed the prompt before refusing. Such a session is read without the graph,
+    and its export (as any export read so) holds the public channels only: `input_review`, a turn's private
+    screen, was in it. The export says it was read without the team's graph."""
+    import json
+
+    import yaml
+
+    from tests.integration_tests.test_v1_fixtures import MANIFEST
+
+    personas = v1_store_with_bundles(cli)
+    veneo = personas / "tenants" / "veneo.yaml"
+    bundle = yaml.safe_load(veneo.read_text(encoding="utf-8"))
+    bundle.update(enabled_teams=["interview"], default_team="interview")
+    bundle["overrides"]["teams"].pop("veneo_chat")
+    veneo.write_text(yaml.safe_dump(bundle), encoding="utf-8")
+    chat = next(s for s in MANIFEST["sqlite"] if s["team"] == "veneo_chat")
+
+    shown = cli("sessions", "show", chat["thread_id"], "--tenant", "veneo")
+    assert shown.returncode == 0, shown.stderr
+    assert f"[you] {chat['turns'][0]}" in shown.stdout, shown.stdout
+    exported = cli("sessions", "export", chat["thread_id"], "--tenant", "veneo")
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads(exported.stdout)
+    assert chat["turns"][0] in exported.stdout
+    assert set(document["state"]) <= {"rolling_summary", "review_decisions", "decisions_archived", "voice"}, document[
+        "state"
+    ].keys()
+    assert document["state"]["review_decisions"]
+    assert document["note"] == (
+        "read without the team's graph (team 'veneo_chat' is not enabled for tenant 'veneo'): the state as stored, "
+        "its public channels only"
+    )
+    markdown = cli("sessions", "export", chat["thread_id"], "--tenant", "veneo", "--markdown")
+    assert "- Note: read without the team's graph" in markdown.stdout, markdown.stdout + markdown.stderr
+    continued = cli("chat", "--tenant", "veneo", "--session", chat["thread_id"], stdin="hello\n")
+    assert continued.returncode == 1, continued.stdout + continued.stderr
+    assert "You>" not in continued.stdout
+    assert "team 'veneo_chat', which is not enabled for tenant 'veneo'" in continued.stderr, continued.stderr
+
+
+def test_the_export_of_a_session_read_without_its_graph_holds_only_public_channels(cli: Cli) -> None:
+    """Found in review: a session of a removed team was exported with every stored channel but LangGraph's own:
+    `input_review`, a turn's private input screen, was in `state`, which the export with the graph never shows."""
+    import json
+
+    import yaml
+
+    from personas.loader import DEFAULT_BUNDLE_DIR
+
+    personas = cli.workdir / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, personas, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    cli.env["TEAMGRAPH_PERSONAS_DIR"] = str(personas)
+    first = cli("chat", "--tenant", "veneo", stdin="How long does shipping take?\n")
+    match = SESSION_LINE.search(first.stdout)
+    assert match, first.stdout + first.stderr
+    live = json.loads(cli("sessions", "export", match.group(1), "--tenant", "veneo").stdout)
+    assert "note" not in live
+
+    (personas / "teams" / "veneo_chat.yaml").unlink()
+    veneo = personas / "tenants" / "veneo.yaml"
+    bundle = yaml.safe_load(veneo.read_text(encoding="utf-8"))
+    bundle.update(enabled_teams=["interview"], default_team="interview")
+    bundle["overrides"]["teams"].pop("veneo_chat")
+    veneo.write_text(yaml.safe_dump(bundle), encoding="utf-8")
+    exported = cli("sessions", "export", match.group(1), "--tenant", "veneo")
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads(exported.stdout)
+    assert set(document["state"]) == set(live["state"]), document["state"].keys()
+    assert document["note"].startswith("read without the team's graph (team 'veneo_chat' is not in the bundles)")
 
 
 @pytest.mark.parametrize(
