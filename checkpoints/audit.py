@@ -211,7 +211,9 @@ class AuditLog(Protocol):
     def has_entry(self, tenant: str, session: str, event_type: str, key: str, value: str) -> bool: ...
     def verify(self, tenant: str) -> VerifyResult: ...
     def tenants(self) -> list[str]: ...
-    def prune(self, older_than: datetime) -> int: ...
+    def prune(self, older_than: datetime, tenant: str | None = None) -> int: ...
+    def prunable(self, older_than: datetime, tenant: str | None = None) -> dict[str, int]: ...
+    def anchor(self, tenant: str) -> int | None: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
     def user_ref(self, tenant: str, user_id: str) -> str: ...
@@ -498,24 +500,49 @@ class SqliteAuditLog:
         return verify_chain(tenant, (_row_entry(r) for r in rows), (anchor["seq"], anchor["hash"]) if anchor else None)
 
     def tenants(self) -> list[str]:
+        """Every tenant with a chain: entries, or only the anchor of a chain pruned to its end."""
         with self._lock:
-            return [r[0] for r in self.conn.execute("select distinct tenant from audit_events order by 1")]
+            return [r[0] for r in self.conn.execute(
+                "select tenant from audit_events union select tenant from audit_anchors order by 1"
+            )]  # fmt: skip
 
-    def prune(self, older_than: datetime) -> int:
+    def anchor(self, tenant: str) -> int | None:
+        """The seq of the tenant's last pruned entry (None: never pruned)."""
+        with self._lock:
+            row = self.conn.execute("select seq from audit_anchors where tenant = ?", [tenant]).fetchone()
+        return int(row[0]) if row else None
+
+    def prunable(self, older_than: datetime, tenant: str | None = None) -> dict[str, int]:
+        """Per tenant, how many entries `prune(older_than, tenant)` would delete now."""
+        cutoff, out = as_utc(older_than), {}
+        with self._lock:
+            for (t,) in self.conn.execute("select distinct tenant from audit_events order by 1").fetchall():
+                if tenant is None or t == tenant:
+                    out[t] = self.conn.execute(
+                        "select count(*) from audit_events where tenant = ? and seq <= (select max(seq) from"
+                        " audit_events where tenant = ? and at < ?)", [t, t, cutoff],
+                    ).fetchone()[0]  # fmt: skip
+        return out
+
+    def prune(self, older_than: datetime, tenant: str | None = None) -> int:
+        """Delete each tenant's entries up to its last one older than `older_than` (only `tenant`'s when given);
+        an anchor keeps the last deleted entry's seq and hash, so what remains verifies."""
         cutoff = as_utc(older_than)
         removed = 0
         with self._writing():
-            for (tenant,) in self.conn.execute("select distinct tenant from audit_events").fetchall():
+            for (t,) in self.conn.execute("select distinct tenant from audit_events").fetchall():
+                if tenant is not None and t != tenant:
+                    continue
                 last = self.conn.execute(
                     "select seq, hash from audit_events where tenant = ? and at < ? order by seq desc limit 1",
-                    [tenant, cutoff],
+                    [t, cutoff],
                 ).fetchone()
                 if last is None:
                     continue
                 removed += self.conn.execute("delete from audit_events where tenant = ? and seq <= ?",
-                                             [tenant, last["seq"]]).rowcount  # fmt: skip
+                                             [t, last["seq"]]).rowcount  # fmt: skip
                 self.conn.execute("insert or replace into audit_anchors values (?, ?, ?)",
-                                  [tenant, last["seq"], last["hash"]])  # fmt: skip
+                                  [t, last["seq"], last["hash"]])  # fmt: skip
         return removed
 
     def ping(self) -> None:
@@ -806,15 +833,42 @@ class PostgresAuditLog:
         return verify_chain(tenant, (_row_entry(r) for r in rows), (anchor["seq"], anchor["hash"]) if anchor else None)
 
     def tenants(self) -> list[str]:
+        """Every tenant with a chain: entries, or only the anchor of a chain pruned to its end."""
         with self.pool.connection() as conn:
-            return [r["tenant"] for r in conn.execute("select distinct tenant from audit_events order by 1")]
+            return [r["tenant"] for r in conn.execute(
+                "select tenant from audit_events union select tenant from audit_anchors order by 1"
+            )]  # fmt: skip
 
-    def prune(self, older_than: datetime) -> int:
+    def anchor(self, tenant: str) -> int | None:
+        """The seq of the tenant's last pruned entry (None: never pruned)."""
+        with self.pool.connection() as conn:
+            row = conn.execute("select seq from audit_anchors where tenant = %s", [tenant]).fetchone()
+        return int(row["seq"]) if row else None
+
+    def prunable(self, older_than: datetime, tenant: str | None = None) -> dict[str, int]:
+        """Per tenant, how many entries `prune(older_than, tenant)` would delete now."""
+        cutoff, out = as_utc(older_than), {}
+        with self.pool.connection() as conn:
+            for row in conn.execute("select distinct tenant from audit_events order by 1").fetchall():
+                t = row["tenant"]
+                if tenant is None or t == tenant:
+                    counted = conn.execute(
+                        "select count(*) as n from audit_events where tenant = %s and seq <= (select max(seq) from"
+                        " audit_events where tenant = %s and at < %s)", [t, t, cutoff],
+                    ).fetchone()  # fmt: skip
+                    out[t] = int(counted["n"]) if counted else 0
+        return out
+
+    def prune(self, older_than: datetime, tenant: str | None = None) -> int:
+        """As SqliteAuditLog.prune."""
         cutoff = as_utc(older_than)
         removed = 0
+        only = tenant
         with self.pool.connection() as conn, conn.transaction():
             for row in conn.execute("select distinct tenant from audit_events").fetchall():
                 tenant = row["tenant"]
+                if only is not None and tenant != only:
+                    continue
                 conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teamgraph-audit:{tenant}"])
                 last = conn.execute(
                     "select seq, hash from audit_events where tenant = %s and at < %s order by seq desc limit 1",

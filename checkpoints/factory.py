@@ -493,7 +493,7 @@ def check_storage(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         except OSError as exc:
             raise StorageUnavailable(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
         if path.is_file() and path.stat().st_size:
-            _check_sqlite_file(path)
+            check_sqlite_file(path)
     elif scheme in ("postgres", "postgresql"):
         import psycopg
 
@@ -510,7 +510,7 @@ def check_storage(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         )
 
 
-def _check_sqlite_file(path: Path) -> None:
+def check_sqlite_file(path: Path) -> None:
     """An existing file is a SQLite database: a wrong path or a damaged file is named here, not in a traceback of
     the app's start-up. Read only, so a database another process serves is not disturbed."""
     try:

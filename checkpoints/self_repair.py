@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import sys
@@ -48,7 +49,19 @@ from checkpoints.storage import StorageUnavailable, missing_object
 
 log = structlog.get_logger("teamgraph.storage")
 
-WATCH_INTERVAL_S = float(os.environ.get("TEAMGRAPH_STORAGE_WATCH_S", "1.0"))  # tests set it high
+
+def watch_interval(raw: str | None) -> float:
+    """TEAMGRAPH_STORAGE_WATCH_S (tests set it high). `teamgraph` refuses a value outside 0.1..3600 at start with
+    one line (server/settings.py); here, read at import, an unusable value falls back to 1 s and a too small or
+    too large one is held to those bounds, so no import fails and no idle process spins on a 0 s interval."""
+    try:
+        value = float(raw) if raw is not None else 1.0
+    except ValueError:
+        return 1.0
+    return min(max(value, 0.1), 3600.0) if math.isfinite(value) else 1.0
+
+
+WATCH_INTERVAL_S = watch_interval(os.environ.get("TEAMGRAPH_STORAGE_WATCH_S"))
 # after two repairs for the same missing object (`fault_key`), each within this long of the one before, that
 # found nothing missing (a column no schema step adds: a typo in new code; one such repair alone may be a sibling
 # worker or replica that repaired first), that object meets no repair for this long: each would re-run every step

@@ -156,6 +156,7 @@ class SessionIndex(Protocol):
     def list(
         self, tenant: str, team: str | None = None, limit: int = 50, before: tuple[str, str] | None = None
     ) -> list[SessionRecord]: ...
+    def tenants(self) -> builtins.list[str]: ...
     def touch(self, thread_id: str, title_if_empty: str = "") -> None: ...
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]: ...
     def of_user(self, tenant: str, user_id: str) -> builtins.list[SessionRecord]: ...
@@ -312,6 +313,11 @@ class SqliteSessionIndex:
         sql = f"select * from sessions where {where} order by updated_at desc, thread_id desc limit ?"
         with self._read_lock:
             return [record_of(r) for r in self._read.query(sql, [*args, limit])]
+
+    def tenants(self) -> builtins.list[str]:
+        """Every tenant with a session (one since removed from the bundles too), read only."""
+        with self._read_lock:
+            return [r[0] for r in self._read.execute("select distinct tenant from sessions order by 1").fetchall()]
 
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
         """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""
@@ -608,6 +614,12 @@ class PostgresSessionIndex:
         sql += " order by updated_at desc, thread_id desc limit %s"
         with self.pool.connection() as conn:
             return [record_of(r) for r in conn.execute(sql, [*args, limit]).fetchall()]  # type: ignore[arg-type]
+
+    def tenants(self) -> builtins.list[str]:
+        """Every tenant with a session (one since removed from the bundles too), read only."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("select distinct tenant from teamgraph_sessions order by 1").fetchall()
+        return [r["tenant"] for r in rows]  # type: ignore[call-overload]
 
     def idle(self, tenant: str, updated_before: str, limit: int = 500) -> builtins.list[SessionRecord]:
         """The tenant's sessions last active before `updated_before` (ISO time), least recent first (retention)."""

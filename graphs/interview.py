@@ -19,10 +19,9 @@ from nodes.interview_flow import ask_next_question, reask
 from nodes.interview_summarizer import interview_summarizer
 from nodes.memory_keeper import memory_keeper
 from nodes.question_generator import question_generator
+from states.interview import PRIVATE_CHANNELS  # answer_keys: read by the scorer, never shown to the client
 
 TEAM = "interview"
-# what a good answer to each question contains (nodes/answer_keys.py): read by the scorer, never shown to the client
-PRIVATE_CHANNELS = {"answer_keys"}
 
 
 class InputState(TypedDict):

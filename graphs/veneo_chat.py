@@ -16,9 +16,9 @@ from nodes.configuration import warm_defaults
 from nodes.memory_keeper import memory_keeper
 from nodes.primary_responder import primary_responder
 from nodes.safety_reviewer import input_screen, safety_reviewer
+from states.veneo_chat import PRIVATE_CHANNELS
 
 TEAM = "veneo_chat"
-PRIVATE_CHANNELS = {"draft", "input_review"}
 
 
 class InputState(TypedDict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -12,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from personas import DEFAULT_BUNDLE_DIR as DEFAULT_BUNDLE_DIR  # re-exported: importers know it from here
-from personas.schema import KIND_MODELS, AgentPersona, TeamBundle, TenantBundle
+from personas.schema import KIND_MODELS, AgentPersona, TeamBundle, TenantBundle, TenantOverrides
 
 
 @dataclass(frozen=True)
@@ -55,25 +56,108 @@ class Bundles:
 _FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[yaml.Node | None, Any]:
+Duplicate = tuple[int, str, str]  # (line, field path, message)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MERGE = object()  # the key of every `<<:` entry
+
+
+def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[yaml.Node | None, Any, list[Duplicate]]:
     loader = loader_class(text)
     try:
         node = loader.get_single_node()
-        return node, (loader.construct_document(node) if node is not None else None)
+        if node is None:
+            return None, None, []
+        duplicates = duplicate_keys(node, loader)  # before construction: it flattens `<<` into the tree in place
+        try:
+            data = loader.construct_document(node)
+        except (ValueError, OverflowError) as exc:  # a value its tag cannot hold: `x: 2026-13-45` (a date)
+            raise _unreadable_scalar(node, exc) from None
+        return node, data, duplicates
     finally:
         loader.dispose()
 
 
-def parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
-    """A YAML document's node tree (for line numbers) and its data, as yaml.compose and yaml.safe_load give them,
-    from one parse with libyaml (it is many times faster: the server reads every bundle file at start-up). A file
-    libyaml refuses is parsed again by PyYAML's own parser, whose error messages name what is wrong."""
+def _unreadable_scalar(root: yaml.Node, exc: Exception) -> yaml.constructor.ConstructorError:
+    """A YAML error at the scalar whose value its (implicit) type cannot hold, e.g. a date with month 13, so the
+    file's problem names its line (construction raises a bare ValueError without one)."""
+    constructor = yaml.constructor.SafeConstructor()
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                constructor.construct_object(node, deep=True)
+            except (ValueError, OverflowError) as error:
+                kind = node.tag.rsplit(":", 1)[-1]
+                problem = f"{node.value!r} is not a valid {kind} ({error}); quote it to keep it as text"
+                return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in reversed(node.value) for n in reversed(pair))
+    return yaml.constructor.ConstructorError(None, None, f"a value cannot be read ({exc})", root.start_mark)
+
+
+def parse_yaml_checked(text: str) -> tuple[yaml.Node | None, Any, list[Duplicate]]:
+    """A YAML document's node tree (for line numbers), its data, as yaml.compose and yaml.safe_load give them, and
+    the keys its mappings repeat (see duplicate_keys), from one parse with libyaml (it is many times faster: the
+    server reads every bundle file at start-up). A file libyaml refuses is parsed again by PyYAML's own parser,
+    whose error messages name what is wrong."""
     try:
         return _parse(text, _FAST_LOADER)
     except yaml.YAMLError:
         if _FAST_LOADER is yaml.SafeLoader:
             raise
         return _parse(text, yaml.SafeLoader)
+
+
+def parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """parse_yaml_checked without the repeated keys."""
+    node, data, _duplicates = parse_yaml_checked(text)
+    return node, data
+
+
+def duplicate_keys(node: yaml.Node, constructor: yaml.constructor.SafeConstructor) -> list[Duplicate]:
+    """(line, field path, message) for every key a mapping repeats: YAML loaders keep the last one silently, so a
+    copy-pasted `retention:` block would change the policy without a word. Run on the composed tree, before
+    construction flattens merges into it: a key that overrides one a `<<: *anchor` brings is not a duplicate, a
+    second `<<:` is. Keys compare as loaded (`1` and `0x1` are the same int; `1` and `'1'` differ)."""
+    found: list[Duplicate] = []
+    seen: set[int] = set()  # an alias shares its anchor's node
+
+    def loaded(key_node: yaml.Node) -> Any:
+        if key_node.tag == _MERGE_TAG:
+            return _MERGE
+        if not isinstance(key_node, yaml.ScalarNode):
+            return None  # a sequence or mapping as a key: not a bundle's concern
+        return constructor.construct_object(key_node, deep=True)
+
+    def walk(node: yaml.Node, loc: tuple[Any, ...]) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = loaded(key_node)
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None:
+                    line = key_node.start_mark.line + 1
+                    if key in first:
+                        path = _field_path(loc if key is _MERGE else (*loc, name))
+                        found.append((line, path, f"duplicate key {name!r} (first at line {first[key]})"))
+                    else:
+                        first[key] = line
+                walk(value_node, loc if key is _MERGE or name is None else (*loc, name))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*loc, i))
+
+    walk(node, ())
+    return found
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -133,7 +217,11 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
     nodes: dict[tuple[str, str], yaml.Node | None] = {}
     sources: dict[tuple[str, str], Path] = {}
     broken: dict[str, set[str]] = {kind: set() for kind in KIND_MODELS}  # files that failed: not "unknown" elsewhere
+    unloaded_overrides: list[tuple[str, yaml.Node | None, TenantOverrides]] = []  # of tenant files that failed
 
+    if root.exists() and not root.is_dir():
+        reason = "not a directory: give the bundle directory (holding agents/, teams/, tenants/), not one file"
+        raise BundleError([Problem(str(root), None, "", reason)])
     if not root.is_dir():
         raise BundleError([Problem(str(root), None, "", "bundle directory does not exist")])
 
@@ -143,7 +231,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             broken[kind].add(path.stem)  # until it validates
             try:
                 text = path.read_text(encoding="utf-8")
-                node, data = parse_yaml(text)
+                node, data, duplicates = parse_yaml_checked(text)
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
                 problems.append(
@@ -156,10 +244,18 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             if not isinstance(data, dict):
                 problems.append(Problem(rel, 1, "", f"expected a mapping of fields, got {type(data).__name__}"))
                 continue
+            if duplicates:
+                problems.extend(Problem(rel, line, field, message) for line, field, message in duplicates)
+                continue
             try:
                 obj = model.model_validate(data)
             except ValidationError as exc:
                 problems.extend(_validation_problems(rel, exc, node))
+                if kind == "tenants":  # its overrides are still checked, when they are well-formed themselves
+                    with contextlib.suppress(ValidationError):
+                        unloaded_overrides.append(
+                            (rel, node, TenantOverrides.model_validate(data.get("overrides", {})))
+                        )
                 continue
             obj_id = obj.id  # type: ignore[attr-defined]
             if obj_id in parsed[kind]:
@@ -184,6 +280,46 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
 
     def rel_of(kind: str, obj_id: str) -> str:
         return str(sources[(kind, obj_id)].relative_to(root.parent))
+
+    def override_problems(rel: str, node: yaml.Node | None, overrides: TenantOverrides) -> list[Problem]:
+        """A tenant's overrides merged into the personas and teams they change, each validated again."""
+        found: list[Problem] = []
+        for agent_id, override in overrides.agents.items():
+            loc = ("overrides", "agents", agent_id)
+            if agent_id in broken["agents"]:
+                continue
+            if agent_id not in agents:
+                found.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown agent persona {agent_id!r}"))
+                continue
+            merged = deep_merge(agents[agent_id].model_dump(exclude_unset=True), override)
+            try:
+                AgentPersona.model_validate(merged)
+            except ValidationError as exc:
+                found.extend(_validation_problems(rel, exc, node, prefix=loc))
+        for team_id, override in overrides.teams.items():
+            loc = ("overrides", "teams", team_id)
+            if team_id in broken["teams"]:
+                continue
+            if team_id not in teams:
+                found.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown team {team_id!r}"))
+                continue
+            merged = deep_merge(teams[team_id].model_dump(exclude_unset=True), override)
+            try:
+                TeamBundle.model_validate(merged)
+            except ValidationError as exc:
+                found.extend(_validation_problems(rel, exc, node, prefix=loc))
+            if merged.get("nodes", {}) != teams[team_id].nodes:
+                for node_name, persona_id in merged.get("nodes", {}).items():
+                    if persona_id not in agents and persona_id not in broken["agents"]:
+                        found.append(
+                            Problem(
+                                rel,
+                                _line_of(node, (*loc, "nodes", node_name)),
+                                f"{_field_path(loc)}.nodes.{node_name}",
+                                f"unknown agent persona {persona_id!r}",
+                            )
+                        )
+        return found
 
     for team in teams.values():
         node = nodes[("teams", team.id)]
@@ -221,43 +357,9 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             problems.append(
                 Problem(rel, _line_of(node, ("knowledge",)), "knowledge", f"file not found: {tenant.knowledge}")
             )
-        for agent_id, override in tenant.overrides.agents.items():
-            loc = ("overrides", "agents", agent_id)
-            if agent_id in broken["agents"]:
-                continue
-            if agent_id not in agents:
-                problems.append(
-                    Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown agent persona {agent_id!r}")
-                )
-                continue
-            merged = deep_merge(agents[agent_id].model_dump(exclude_unset=True), override)
-            try:
-                AgentPersona.model_validate(merged)
-            except ValidationError as exc:
-                problems.extend(_validation_problems(rel, exc, node, prefix=loc))
-        for team_id, override in tenant.overrides.teams.items():
-            loc = ("overrides", "teams", team_id)
-            if team_id in broken["teams"]:
-                continue
-            if team_id not in teams:
-                problems.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown team {team_id!r}"))
-                continue
-            merged = deep_merge(teams[team_id].model_dump(exclude_unset=True), override)
-            try:
-                TeamBundle.model_validate(merged)
-            except ValidationError as exc:
-                problems.extend(_validation_problems(rel, exc, node, prefix=loc))
-            if merged.get("nodes", {}) != teams[team_id].nodes:
-                for node_name, persona_id in merged.get("nodes", {}).items():
-                    if persona_id not in agents and persona_id not in broken["agents"]:
-                        problems.append(
-                            Problem(
-                                rel,
-                                _line_of(node, (*loc, "nodes", node_name)),
-                                f"{_field_path(loc)}.nodes.{node_name}",
-                                f"unknown agent persona {persona_id!r}",
-                            )
-                        )
+        problems.extend(override_problems(rel, node, tenant.overrides))
+    for rel, node, overrides in unloaded_overrides:
+        problems.extend(override_problems(rel, node, overrides))
 
     if not tenants and not problems:
         problems.append(Problem(str(root), None, "tenants", "no tenant bundles found"))

@@ -24,7 +24,15 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from personas.loader import DEFAULT_BUNDLE_DIR, Bundles, Problem, _field_path, _line_of, deep_merge, parse_yaml
+from personas.loader import (
+    DEFAULT_BUNDLE_DIR,
+    Bundles,
+    Problem,
+    _field_path,
+    _line_of,
+    deep_merge,
+    parse_yaml_checked,
+)
 from personas.resolver import TeamRunConfig, fill_tenant_name
 from personas.schema import AgentPersona, Identifier, StrictModel, VoiceSettings
 
@@ -88,7 +96,7 @@ def _load_catalog(path: str, mtime: float) -> VoiceCatalog:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
-        node, data = parse_yaml(text)
+        node, data, duplicates = parse_yaml_checked(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise VoiceConfigError(
@@ -96,6 +104,8 @@ def _load_catalog(path: str, mtime: float) -> VoiceCatalog:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise VoiceConfigError([Problem(_rel(file), None, "", f"cannot read file: {exc}")]) from None
+    if duplicates:  # YAML keeps the last of two equal keys without a word: refused, as in every bundle file
+        raise VoiceConfigError([Problem(_rel(file), line, field, message) for line, field, message in duplicates])
     try:
         return VoiceCatalog.model_validate(data)
     except ValidationError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import csv
 import errno
 import ipaddress
@@ -28,6 +29,7 @@ import typer
 from personas import DEFAULT_BUNDLE_DIR
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from contextlib import AbstractAsyncContextManager
 
     from server.engine import Engine
@@ -59,6 +61,10 @@ def read_document(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise fail(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise fail(f"{path}: is a directory; give a .txt or .md file") from None
+    except OSError as exc:
+        raise fail(f"{path}: cannot read it ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise fail(f"{path}: not a UTF-8 text file (use .txt or .md)") from None
 
@@ -92,19 +98,104 @@ def _settings() -> Settings:
     """TEAMGRAPH_* settings (importing them imports pydantic-settings: only commands that need them call this)."""
     from pydantic import ValidationError
 
-    from server.settings import Settings, settings_errors
+    from server.settings import Settings, settings_errors, unknown_variables
 
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise fail("\n".join(settings_errors(exc)), 2) from None  # a setting from the environment or .env
+    unknown = unknown_variables(settings)
+    if unknown:  # a misspelled setting would be ignored: its default used instead, silently
+        raise fail("\n".join(unknown), 2)
+    return settings
 
 
-def _open_engine() -> AbstractAsyncContextManager[Engine]:
-    """The engine over the current settings; imports the server, LangGraph and the teams' graphs."""
+def _open_engine(existing: bool = False, settings: Settings | None = None) -> AbstractAsyncContextManager[Engine]:
+    """The engine over the current settings; imports the server, LangGraph and the teams' graphs. A SQLite file
+    that is there but is no SQLite database is one line (every command). `existing`: for commands that read what
+    is stored, a SQLite file that is not there is refused too (see _existing_database)."""
     from server.engine import Engine
 
-    return Engine.open(_settings())
+    settings = settings or _settings()
+    if existing:
+        _existing_database(settings)
+    else:
+        _missing_database(settings)
+    return Engine.open(settings)
+
+
+def _missing_database(settings: Settings) -> Path | None:
+    """The SQLite file of the settings when it is not there (None: it is, or the database is not SQLite); a file
+    that is there but is not a SQLite database is refused, one line, exit status 1 (it was a DatabaseError
+    traceback)."""
+    from urllib.parse import urlparse
+
+    from checkpoints.factory import check_sqlite_file, sqlite_path
+    from checkpoints.storage import StorageUnavailable, display_url
+
+    if urlparse(settings.checkpoint_url).scheme != "sqlite":
+        return None
+    path = sqlite_path(settings.checkpoint_url)
+    if not path.is_file():
+        return path
+    try:
+        check_sqlite_file(path)
+    except StorageUnavailable as exc:
+        variable = settings.database_variable
+        value = display_url(settings.checkpoint_url) if variable.endswith("CHECKPOINT_URL") else settings.data_dir
+        raise fail(f"{variable}={value}: {exc}") from None
+    return None
+
+
+def _existing_database(settings: Settings) -> None:
+    """A command that reads what is stored about a session, a tenant or a user refuses a SQLite file that is not
+    there, exit status 1: opening it would create the file (and its directory), and the command would report an
+    empty database as if it were the one asked for. A file that is not a SQLite database is one line too."""
+    path = _missing_database(settings)
+    if path is not None:
+        raise fail(f"no database at {path} ({settings.database_variable}): nothing to read, and none is created")
+
+
+def _nothing_stored(settings: Settings) -> bool:
+    """For a command over everything stored (`sessions list`, `sessions prune`, `audit verify`): on a fresh install
+    (no SQLite file yet) it says so and succeeds, exit status 0, without creating the file."""
+    path = _missing_database(settings)
+    if path is None:
+        return False
+    typer.echo(
+        f"no sessions stored yet at {path} (set TEAMGRAPH_DATA_DIR or TEAMGRAPH_CHECKPOINT_URL if they are elsewhere)",
+        err=True,
+    )
+    return True
+
+
+def check_tenant(bundles: Any, tenant: str, team: str | None = None, logged: Any = ()) -> None:
+    """An unknown tenant (or team) is refused by name before a command reads or writes anything: a typo must not
+    list nothing, verify nothing or start an audit chain, all with exit status 0. `logged`: tenants the audit
+    log holds entries of (a tenant since removed from the bundles still has a log to verify, export, erase in)."""
+    if tenant not in bundles.tenants and tenant not in logged:
+        raise fail(f"unknown tenant {tenant!r}")
+    if team is not None and team not in bundles.teams:
+        enabled = bundles.tenants[tenant].enabled_teams if tenant in bundles.tenants else []
+        raise fail(f"unknown team {team!r}; teams for tenant {tenant!r}: {', '.join(enabled)}")
+
+
+async def _stored_tenants(engine: Engine) -> set[str]:
+    """Tenants the session index or the audit log holds (one since removed from the bundles too), read only."""
+    index, logged = await asyncio.gather(
+        asyncio.to_thread(engine.sessions.tenants), asyncio.to_thread(engine.audit.tenants)
+    )
+    return {*index, *logged}
+
+
+async def _check_stored_tenant(engine: Engine, tenant: str, team: str | None = None) -> None:
+    """check_tenant for commands on stored sessions: a tenant (or team) since removed from the bundles still has
+    sessions to list, show, export and delete."""
+    if team is not None and team not in engine.bundles.teams:
+        stored: list[Any] = await asyncio.to_thread(engine.sessions.list, tenant, team, 1)
+        team = None if stored else team  # sessions of a removed team are listed
+    tenants = set() if tenant in engine.bundles.tenants else await _stored_tenants(engine)
+    check_tenant(engine.bundles, tenant, team, logged=tenants)
 
 
 def _run(coro: Any) -> Any:
@@ -113,10 +204,11 @@ def _run(coro: Any) -> Any:
     from personas.loader import BundleError
     from personas.resolver import TeamResolutionError
     from server.engine import SessionNotFound
+    from states.migrations import SessionSchemaTooNew
 
     try:
         return asyncio.run(coro)
-    except (TeamResolutionError, SessionNotFound) as exc:
+    except (TeamResolutionError, SessionNotFound, SessionSchemaTooNew) as exc:
         raise fail(str(exc)) from None
     except (StorageUnavailable, AuditWriteError) as exc:  # a fault of the database: one line, not a traceback
         if isinstance(exc, AuditWriteError) and exc.__cause__ is None:
@@ -126,16 +218,64 @@ def _run(coro: Any) -> Any:
         raise fail(str(exc), 2) from None
 
 
+def _too_long(engine: Engine, session: Any, text: str) -> bool:
+    """A message past the team's limits.max_message_chars is refused here as the API refuses it (422), not
+    stored: say so, and ask again."""
+    limit = engine.resolve(session.tenant, None, session).team.limits.max_message_chars
+    if len(text) <= limit:
+        return False
+    typer.secho(f"not sent: {len(text)} characters; this team takes at most {limit} per message "
+                "(limits.max_message_chars)", err=True, fg=typer.colors.YELLOW)  # fmt: skip
+    return True
+
+
+def _session_of(engine: Engine, tenant: str, session_id: str, graph: str, command: str) -> Any:
+    """The tenant's session, if it is one this command continues (a chat is no interview, and the reverse)."""
+    session = engine.get_session(tenant, session_id)
+    if session.team not in engine.bundles.teams:
+        raise fail(
+            f"session {session_id} is of team {session.team!r}, which is not in the bundles (TEAMGRAPH_PERSONAS_DIR): "
+            f"it cannot be continued; see it with `teamgraph sessions show {session_id} --tenant {tenant}`"
+        )
+    if session.team not in engine.bundles.tenants[tenant].enabled_teams:
+        raise fail(
+            f"session {session_id} is of team {session.team!r}, which is not enabled for tenant {tenant!r}: it "
+            f"cannot be continued; see it with `teamgraph sessions show {session_id} --tenant {tenant}`"
+        )
+    if engine.graph_id(session.team) != graph:
+        other = "interview" if engine.graph_id(session.team) == "interview" else "chat"
+        raise fail(
+            f"session {session_id} is of team {session.team!r}, which `teamgraph {command}` does not continue: "
+            f"continue it with `teamgraph {other} --tenant {tenant} --session {session_id}`"
+        )
+    return session
+
+
+INTERVIEW_TENANT = "demo"  # `teamgraph interview`'s default tenant
+
+
+def _session_options(tenant: str, session_id: str) -> str:
+    """The options that find the session again: --tenant too unless it is the interview's default."""
+    return f"--session {session_id}" if tenant == INTERVIEW_TENANT else f"--tenant {tenant} --session {session_id}"
+
+
 async def _interview(
     resume: Path | None, jd: Path | None, role: str | None, tenant: str, session_id: str | None
 ) -> None:
     async with _open_engine() as engine:
+        check_tenant(engine.bundles, tenant)
         if session_id:
-            session = engine.get_session(tenant, session_id)
+            session = _session_of(engine, tenant, session_id, "interview", "interview")
             state = await engine.state(session)
             if state.get("phase") == "asking":
                 q = state["questions"][state["current"]]
                 typer.echo(f"Continuing session {session.id}.\nQuestion {state['current'] + 1}: {q['text']}")
+            elif state.get("phase") == "done":
+                typer.echo(
+                    f"Session {session.id} is finished: nothing to continue. See it with "
+                    f"`teamgraph sessions show {session.id} --tenant {tenant}`; start another with --resume FILE."
+                )
+                return
         else:
             if resume is None:
                 raise fail("--resume FILE is required to start an interview (or --session ID to continue one)")
@@ -149,13 +289,15 @@ async def _interview(
             if role:
                 first["role"] = role
             session = await engine.create_session(tenant, "interview")
-            typer.echo(f"Session {session.id} (continue later with --session {session.id})")
+            typer.echo(f"Session {session.id} (continue later with {_session_options(tenant, session.id)})")
             state = await _print_turn(engine, session, first)
         while state.get("phase") != "done":
             answer = _ask("\nYour answer> ")
             if answer is None:
-                typer.echo(f"\nPaused. Continue with: teamgraph interview --session {session.id}")
+                typer.echo(f"\nPaused. Continue with: teamgraph interview {_session_options(tenant, session.id)}")
                 return
+            if _too_long(engine, session, answer):
+                continue
             state = await _print_turn(engine, session, {"messages": [{"role": "user", "content": answer}]})
 
 
@@ -164,7 +306,7 @@ def interview(
     resume: Annotated[Path | None, typer.Option("--resume", help="Resume file (.txt or .md).")] = None,
     jd: Annotated[Path | None, typer.Option("--jd", help="Job description file (.txt or .md).")] = None,
     role: Annotated[str | None, typer.Option("--role", help="Role title (default: the JD's first line).")] = None,
-    tenant: TenantOpt = "demo",
+    tenant: TenantOpt = INTERVIEW_TENANT,
     session: SessionOpt = None,
 ) -> None:
     """A mock interview in the terminal: questions, your typed answers, scores and feedback, a summary."""
@@ -173,8 +315,9 @@ def interview(
 
 async def _chat(tenant: str, session_id: str | None) -> None:
     async with _open_engine() as engine:
+        check_tenant(engine.bundles, tenant)
         if session_id:
-            session = engine.get_session(tenant, session_id)
+            session = _session_of(engine, tenant, session_id, "veneo_chat", "chat")
         else:
             session = await engine.create_session(tenant, "veneo_chat")
         typer.echo(f"Session {session.id}. Type a message; /summarize for a summary; Ctrl-D to leave.")
@@ -183,7 +326,7 @@ async def _chat(tenant: str, session_id: str | None) -> None:
             if text is None:
                 typer.echo(f"\nBye. Continue with: teamgraph chat --tenant {tenant} --session {session.id}")
                 return
-            if text.strip():
+            if text.strip() and not _too_long(engine, session, text):
                 await _print_turn(engine, session, {"messages": [{"role": "user", "content": text}]})
 
 
@@ -255,11 +398,14 @@ def _check_database(settings: Settings) -> None:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: TEAMGRAPH_HOST or 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: TEAMGRAPH_PORT or 8000).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default: TEAMGRAPH_PORT or 8000).")] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Worker processes (default: TEAMGRAPH_WORKERS, else one per CPU core on PostgreSQL, 1 on SQLite)."
+            min=1,
+            max=64,
+            help="Worker processes, 1 to 64 (default: TEAMGRAPH_WORKERS, else one per CPU core on PostgreSQL, "
+            "1 on SQLite).",
         ),
     ] = None,
 ) -> None:
@@ -279,6 +425,13 @@ def serve(
     from server.settings import serve_workers
 
     workers, workers_from = serve_workers(settings, workers)
+    if workers > 1 and settings.checkpoint_url.strip().lower().startswith("memory://"):
+        # each worker would keep its own sessions: a client's requests would meet one store, then another
+        raise fail(
+            f"TEAMGRAPH_CHECKPOINT_URL=memory:// keeps sessions inside one process: {workers} workers "
+            f"({workers_from}) would each have their own; serve one worker, or use sqlite:/// or postgresql://",
+            2,
+        )
     os.environ["TEAMGRAPH_WORKERS"] = str(workers)  # each worker's settings know it has siblings (self-repair)
     _refuse_published_keys(bundles, host, settings.allow_dev_keys)
     _check_port(host, port)
@@ -330,11 +483,34 @@ def demo() -> None:
     _run(_chat("veneo", None))
 
 
-async def _sessions(action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None) -> None:
-    async with _open_engine() as engine:
-        if action == "list":
-            for s in engine.sessions.list(tenant, team, limit=200):
-                typer.echo(f"{s.id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
+LIST_PAGE = 200
+
+
+async def _sessions(
+    action: str, tenant: str, team: str | None, thread_id: str | None, title: str | None, limit: int | None = None
+) -> None:
+    settings = _settings()
+    if action == "list" and _missing_database(settings) is not None:  # a fresh install: nothing stored yet
+        check_tenant(_bundles(), tenant, team)
+        _nothing_stored(settings)
+        return
+    async with _open_engine(existing=True, settings=settings) as engine:
+        await _check_stored_tenant(engine, tenant, team)
+        if action == "list":  # every session, a page at a time (it stopped at 200 without a word)
+            shown, before = 0, None
+            while limit is None or shown < limit:
+                want = LIST_PAGE if limit is None else min(LIST_PAGE, limit - shown)
+                page = engine.sessions.list(tenant, team, limit=want, before=before)
+                for s in page:
+                    typer.echo(f"{s.id}  {s.team:<11} {s.updated_at[:19]}  {s.title}")
+                shown += len(page)
+                if len(page) < want:
+                    return
+                before = (page[-1].updated_at, page[-1].thread_id)
+            if engine.sessions.list(tenant, team, limit=1, before=before):
+                typer.echo(
+                    f"(the newest {limit} shown; there are more: raise --limit, or leave it out for all)", err=True
+                )
             return
         assert thread_id is not None
         session = engine.get_session(tenant, thread_id)
@@ -352,9 +528,15 @@ async def _sessions(action: str, tenant: str, team: str | None, thread_id: str |
 
 
 @sessions_app.command("list")
-def sessions_list(tenant: TenantOpt = "demo", team: Annotated[str | None, typer.Option()] = None) -> None:
-    """Sessions of a tenant, newest first."""
-    _run(_sessions("list", tenant, team, None, None))
+def sessions_list(
+    tenant: TenantOpt = "demo",
+    team: Annotated[str | None, typer.Option(help="Only this team's sessions.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Show at most N (default: all); says so when there are more.")
+    ] = None,
+) -> None:
+    """Every session of a tenant, newest first (--limit N for the newest N)."""
+    _run(_sessions("list", tenant, team, None, None, limit))
 
 
 @sessions_app.command("show")
@@ -389,20 +571,167 @@ def sessions_delete(session_id: str, tenant: TenantOpt = "demo") -> None:
     _run(_sessions("delete", tenant, None, session_id, None))
 
 
-async def _migrate(dry_run: bool) -> dict[str, int]:
-    """Every session of every tenant in the current state version, one at a time under its turn lock."""
+def _pending_schema_sqlite(path: Path) -> list[str]:
+    """What opening the SQLite file would change in its tables, read without writing (a read-only connection)."""
+    import sqlite3
+
+    from checkpoints.audit import USER_KEY_NAME
+    from checkpoints.schema_migrations import COMPONENTS, SchemaTooNew, latest, sqlite_version
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        pending = []
+        journal = conn.execute("pragma journal_mode").fetchone()[0]
+        if journal.lower() != "wal":
+            pending.append(f"journal mode {journal} -> wal")
+        for component in COMPONENTS:
+            stored, known = sqlite_version(conn, component), latest(component)
+            if stored > known:
+                raise fail(str(SchemaTooNew(component, stored, known)))
+            if stored < known:
+                pending.append(f"{component} tables: schema version {stored} -> {known}")
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+        missing = sorted({"checkpoints", "writes", "store"} - tables)
+        if missing:
+            pending.append(f"LangGraph tables created: {', '.join(missing)}")
+        if (
+            "audit_keys" not in tables
+            or not conn.execute("select 1 from audit_keys where name = ?", [USER_KEY_NAME]).fetchone()
+        ):
+            pending.append("audit: the key that names end users in audit entries is created")
+        return pending
+    finally:
+        conn.close()
+
+
+def _pending_schema_postgres(url: str, timeout_s: float) -> tuple[list[str], int]:
+    """What opening the Postgres schema would change in its tables, and how many sessions its index holds, read
+    in a read-only session."""
+    import psycopg
+    from langgraph.checkpoint.postgres.base import BasePostgresSaver
+    from langgraph.store.postgres.base import MIGRATIONS as STORE_MIGRATIONS
+
+    from checkpoints.audit import USER_KEY_NAME
+    from checkpoints.factory import postgres_unreachable
+    from checkpoints.schema_migrations import COMPONENTS, SchemaTooNew, latest, postgres_version
+    from checkpoints.storage import pg_connect_kwargs
+
+    try:
+        conn = psycopg.connect(url, autocommit=True, **pg_connect_kwargs(timeout_s))
+    except psycopg.OperationalError as exc:
+        raise postgres_unreachable(url, exc) from exc
+    with conn:
+        conn.execute("set default_transaction_read_only = on")
+        pending = []
+        for component in COMPONENTS:
+            stored, known = postgres_version(conn, component), latest(component)
+            if stored > known:
+                raise fail(str(SchemaTooNew(component, stored, known)))
+            if stored < known:
+                pending.append(f"{component} tables: schema version {stored} -> {known}")
+        for what, versions, count in (
+            ("checkpoint", "checkpoint_migrations", len(BasePostgresSaver.MIGRATIONS)),
+            ("store", "store_migrations", len(STORE_MIGRATIONS)),
+        ):
+            row = conn.execute("select to_regclass(%s) is not null", [versions]).fetchone()
+            counted = conn.execute(f"select count(distinct v) from {versions}").fetchone() if row and row[0] else None
+            done = counted[0] if counted else 0
+            if done < count:
+                pending.append(f"LangGraph {what} tables: migrations {done} -> {count}")
+        row = conn.execute("select to_regclass('audit_keys') is not null").fetchone()
+        if (
+            not (row and row[0])
+            or not conn.execute("select 1 from audit_keys where name = %s", [USER_KEY_NAME]).fetchone()
+        ):
+            pending.append("audit: the key that names end users in audit entries is created")
+        row = conn.execute("select to_regclass('teamgraph_sessions') is not null").fetchone()
+        counted = conn.execute("select count(*) from teamgraph_sessions").fetchone() if row and row[0] else None
+        return pending, counted[0] if counted else 0
+
+
+@contextlib.asynccontextmanager
+async def _dry_run_engine(settings: Settings) -> AsyncIterator[Engine | None]:
+    """An engine a dry run may open without changing the store: opening one runs the schema migrations (and
+    on SQLite switches the file to WAL), so the pending ones are reported first, read only. SQLite: the engine
+    opens a copy of the file in a temporary directory (the sessions are checked there, on the migrated copy).
+    Postgres: when something is pending, None (its sessions are checked once a real run migrated the schema)."""
+    from urllib.parse import urlparse
+
+    from server.engine import Engine
+
+    scheme = urlparse(settings.checkpoint_url).scheme
+    if scheme == "sqlite":
+        import sqlite3
+
+        from checkpoints.factory import sqlite_path
+
+        path = sqlite_path(settings.checkpoint_url)
+        pending = _pending_schema_sqlite(path)
+        for line in pending:
+            typer.echo(f"would migrate: {line}")
+        with tempfile.TemporaryDirectory(prefix="teamgraph-migrate-dry-run-") as tmp:
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            copy = sqlite3.connect(Path(tmp) / "teamgraph.db")
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+                source.close()
+            copied = settings.model_copy(update={"checkpoint_url": f"sqlite:///{tmp}/teamgraph.db"})
+            async with Engine.open(copied) as engine:
+                yield engine
+        return
+    if scheme in ("postgres", "postgresql"):
+        pending, stored = await asyncio.to_thread(
+            _pending_schema_postgres, settings.checkpoint_url, settings.db_timeout_s
+        )
+        for line in pending:
+            typer.echo(f"would migrate: {line}")
+        if pending:
+            typer.echo(
+                f"{stored} sessions, not checked: reading them would apply the schema steps above; a real run "
+                "applies them first, then upgrades the sessions"
+            )
+            yield None
+            return
+    async with Engine.open(settings) as engine:  # nothing pending (or memory://): opening it writes nothing
+        yield engine
+
+
+async def _migrate(dry_run: bool) -> dict[str, int] | None:
+    """Every session of every tenant in the current state version, one at a time under its turn lock; None: a dry
+    run that could not read the sessions without migrating the schema (it said so)."""
     from checkpoints.turn_lock import TurnBusy
     from states.migrations import SessionSchemaTooNew
 
-    counts = {"checked": 0, "upgraded": 0, "current": 0, "too_new": 0, "busy": 0, "unknown_team": 0}
-    async with _open_engine() as engine:
-        for tenant in sorted(engine.bundles.tenants):
+    counts = {
+        "checked": 0,
+        "upgraded": 0,
+        "current": 0,
+        "too_new": 0,
+        "busy": 0,
+        "unknown_team": 0,
+        "unknown_tenant": 0,
+    }
+    settings = _settings()
+    if (missing := _missing_database(settings)) is not None:  # a fresh install (`migrate && serve` on a new machine)
+        typer.echo(f"no database at {missing} yet: nothing to migrate", err=True)
+        return None
+    async with _dry_run_engine(settings) if dry_run else _open_engine(settings=settings) as engine:
+        if engine is None:
+            return None
+        # a tenant removed from the bundles still has its sessions (the index and its audit chain name it)
+        for tenant in sorted(set(engine.bundles.tenants) | await _stored_tenants(engine)):
             before: tuple[str, str] | None = None
             while page := engine.sessions.list(tenant, None, limit=100, before=before):
                 before = (page[-1].updated_at, page[-1].thread_id)
                 for record in page:
                     counts["checked"] += 1
                     where = f"{tenant}/{record.id} ({record.team})"
+                    if tenant not in engine.bundles.tenants:
+                        counts["unknown_tenant"] += 1
+                        typer.echo(f"skipped {where}: tenant {tenant!r} is not in the bundles", err=True)
+                        continue
                     if record.team not in engine.bundles.teams:
                         counts["unknown_team"] += 1
                         typer.echo(f"skipped {where}: team {record.team!r} is not in the bundles", err=True)
@@ -430,18 +759,28 @@ async def _migrate(dry_run: bool) -> dict[str, int]:
 
 @app.command()
 def migrate(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be upgraded; change nothing.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Report the pending schema steps and the sessions a real run would upgrade; change nothing "
+            "(SQLite: sessions are checked on a temporary copy of the file).",
+        ),
+    ] = False,
 ) -> None:
     """Store every session in its team's current state version (TEAMGRAPH_CHECKPOINT_URL; SQLite or Postgres).
 
     Safe while servers run (each session is upgraded under its turn lock, as one new checkpoint) and resumable:
     upgraded sessions are skipped when it runs again. Exits 1 when a session could not be upgraded."""
     counts = _run(_migrate(dry_run))
+    if counts is None:
+        return
     verb = "would upgrade" if dry_run else "upgraded"
     typer.echo(
         f"{counts['checked']} sessions: {counts['upgraded']} {verb}, {counts['current']} already current, "
         f"{counts['too_new']} newer than this Teamgraph, {counts['busy']} busy, "
-        f"{counts['unknown_team']} of teams not in the bundles"
+        f"{counts['unknown_team']} of teams not in the bundles, {counts['unknown_tenant']} of tenants not in the "
+        "bundles"
     )
     if counts["too_new"] or counts["busy"]:
         raise typer.Exit(1)
@@ -450,7 +789,10 @@ def migrate(
 async def _prune(dry_run: bool) -> dict[str, dict[str, Any]]:
     from checkpoints.retention import retention_leader
 
-    async with _open_engine() as engine, retention_leader(engine.persistence.url) as leader:
+    settings = _settings()
+    if _nothing_stored(settings):  # a fresh install: nothing to prune
+        return {}
+    async with _open_engine(settings=settings) as engine, retention_leader(engine.persistence.url) as leader:
         if not leader:
             raise fail("another process is applying retention right now; try again when it has finished")
         return await engine.prune_sessions(dry_run=dry_run, actor="cli")
@@ -475,7 +817,8 @@ def sessions_prune(
 async def _export(tenant: str, session_id: str, markdown: bool) -> str:
     from server.session_export import export_session, to_markdown
 
-    async with _open_engine() as engine:
+    async with _open_engine(existing=True) as engine:
+        await _check_stored_tenant(engine, tenant)
         document = await export_session(engine, engine.get_session(tenant, session_id))
     return to_markdown(document) if markdown else json.dumps(document, indent=2, ensure_ascii=False)
 
@@ -528,34 +871,66 @@ def sessions_import(file: Path, tenant: TenantOpt = "demo") -> None:
 
 
 async def _erase(tenant: str, user_id: str) -> dict[str, int]:
-    async with _open_engine() as engine:
+    async with _open_engine(existing=True) as engine:
+        check_tenant(engine.bundles, tenant, logged=await asyncio.to_thread(engine.audit.tenants))
         return await engine.erase_user(tenant, user_id)
 
 
 @users_app.command("erase")
-def users_erase(user_id: str, tenant: TenantOpt = "demo") -> None:
-    """Erase an end user: delete every session tagged with the id, redact their audit entries (audited)."""
+def users_erase(
+    user_id: str,
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant id (required: an end user's id is the tenant's).")],
+) -> None:
+    """Erase an end user of one tenant (--tenant is required): delete every session tagged with the id, redact
+    their audit entries (audited)."""
     counts = _run(_erase(tenant, user_id))
     typer.echo(
         f"erased {user_id}: {counts['sessions']} session(s), {counts['audit_entries_redacted']} audit entries redacted"
     )
 
 
+def _personas_dir_setting() -> Path:
+    """TEAMGRAPH_PERSONAS_DIR as the settings read it (the environment, any case, then .env), without importing
+    them (pydantic-settings): `personas validate` stays light (tests/unit_tests/test_personas.py compares)."""
+    name = "TEAMGRAPH_PERSONAS_DIR"
+    value = next((v for k, v in os.environ.items() if k.upper() == name), None)
+    if value is None and Path(".env").is_file():
+        from dotenv import dotenv_values
+
+        value = next((v for k, v in dotenv_values(".env").items() if k.upper() == name and v is not None), None)
+    return DEFAULT_BUNDLE_DIR if value is None else Path(value)
+
+
+def _from_cwd(path: Path) -> str:
+    """A path to print: relative to the working directory when under it, else absolute (either opens from here)."""
+    full = path.resolve()
+    return str(full.relative_to(Path.cwd().resolve())) if full.is_relative_to(Path.cwd().resolve()) else str(full)
+
+
 @personas_app.command("validate")
 def personas_validate(
     path: Annotated[
-        Path, typer.Argument(help="Bundle directory (holding agents/, teams/, tenants/).")
-    ] = DEFAULT_BUNDLE_DIR,
+        Path | None,
+        typer.Argument(
+            help="Bundle directory (holding agents/, teams/, tenants/); default: TEAMGRAPH_PERSONAS_DIR, as "
+            "`teamgraph serve` reads it, else the shipped personas/.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Check every bundle file; print each problem as file:line: field: reason and exit 1 if any."""
+    from dataclasses import replace
+
     from graphs.registry import GRAPH_MODULES
     from personas.loader import BundleError, load_bundles
 
+    path = _personas_dir_setting() if path is None else path
     try:
         bundles = load_bundles(path, known_graphs=set(GRAPH_MODULES))
     except BundleError as exc:
+        parent = path.resolve().parent  # the loader names files relative to the bundle directory's parent
         for problem in exc.problems:
-            typer.echo(str(problem), err=True)
+            typer.echo(str(replace(problem, file=_from_cwd(parent / problem.file))), err=True)
         raise fail(f"{len(exc.problems)} problem(s) in {path}") from None
     typer.echo(
         f"ok: {len(bundles.agents)} agents, {len(bundles.teams)} teams, {len(bundles.tenants)} tenants in {path}"
@@ -588,23 +963,73 @@ def parse_age(text: str, option: str) -> datetime:
 
 
 def _audit_log() -> Any:
+    """The audit log of TEAMGRAPH_CHECKPOINT_URL; a database that cannot be reached is one line within
+    TEAMGRAPH_DB_TIMEOUT_S (it was a PoolTimeout traceback: the log's pool waits without naming the cause)."""
     from checkpoints.factory import CheckpointURLError, open_audit_log
 
+    settings = _settings()
+    _existing_database(settings)  # before _check_database, which creates the file's directory
+    _check_database(settings)
     try:
-        return open_audit_log(_settings().checkpoint_url)
+        return open_audit_log(settings.checkpoint_url)
     except CheckpointURLError as exc:
         raise fail(str(exc)) from None
+
+
+def check_output(path: Path, option: str) -> None:
+    """An output file this can write, checked before any work (a voice preview is a paid provider call)."""
+    if path.is_dir():
+        raise fail(f"{option} {path}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise fail(f"{option} {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise fail(f"{option} {path}: not writable")
+
+
+def _bundles() -> Any:
+    """The persona bundles of the current settings (TEAMGRAPH_PERSONAS_DIR); a broken bundle is exit status 2."""
+    from graphs.registry import GRAPH_MODULES
+    from personas.loader import BundleError, load_bundles
+
+    try:
+        return load_bundles(_settings().personas_dir, known_graphs=set(GRAPH_MODULES))
+    except BundleError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _check_audit_tenant(log: Any, tenant: str | None) -> None:
+    """A tenant of the bundles, or one the log holds entries of (since removed from the bundles)."""
+    if tenant is not None:
+        bundles = _bundles()
+        if tenant not in bundles.tenants:
+            check_tenant(bundles, tenant, logged=log.tenants())
 
 
 @audit_app.command("verify")
 def audit_verify(tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all).")] = None) -> None:
     """Recompute every tenant's hash chain; exit 1 naming the first broken entry."""
+    settings = _settings()
+    if _missing_database(settings) is not None:  # a fresh install: no entries yet
+        if tenant is not None:
+            check_tenant(_bundles(), tenant)
+        _nothing_stored(settings)
+        return
     log = _audit_log()
+    _check_audit_tenant(log, tenant)
     broken = False
-    for t in [tenant] if tenant else log.tenants():
+    tenants = [tenant] if tenant else log.tenants()
+    if not tenants:
+        typer.echo("no audit entries in this database: nothing to verify")
+    for t in tenants:
         result = log.verify(t)
         if result.ok:
-            typer.echo(f"ok: tenant {t}: {result.checked} entries verified")
+            anchor = log.anchor(t)
+            pruned = f" (entries up to {anchor} were pruned)" if anchor else ""
+            if result.checked:
+                typer.echo(f"ok: tenant {t}: {result.checked} entries verified{pruned}")
+            else:  # said so: an empty chain verifies, and must not look like a checked one
+                typer.echo(f"ok: tenant {t}: no entries to verify{pruned or ' (none written yet)'}")
         else:
             broken = True
             typer.secho(f"BROKEN: tenant {t}: entry {result.broken_seq}: {result.reason}", err=True,
@@ -627,7 +1052,10 @@ def audit_export(
 
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format: {fmt!r} is not jsonl or csv")
+    if output is not None:
+        check_output(output, "--output")
     log = _audit_log()
+    _check_audit_tenant(log, tenant)
     since_iso = as_utc(parse_age(since, "--since")) if since else None
     out = output.open("w", newline="") if output else sys.stdout
     fields = ["tenant", "seq", "at", "actor", "session", "event_type", "payload", "prev_hash", "hash"]
@@ -653,12 +1081,31 @@ def audit_export(
 
 @audit_app.command("prune")
 def audit_prune(
-    older_than: Annotated[str, typer.Option("--older-than", help="Age like 90d, or an ISO time.")],
+    older_than: Annotated[str, typer.Option("--older-than", help="Age like 90d, or an ISO time in the past.")],
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: every tenant).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count, per tenant, what would be deleted.")] = False,
 ) -> None:
-    """Delete entries older than the given age; the chain keeps an anchor, so what remains still verifies."""
+    """Delete entries older than the given age (every tenant's, or --tenant's); the chain keeps an anchor, so what
+    remains still verifies. A zero age or a time that is not in the past is refused, as it would delete everything,
+    but with --dry-run, which counts that."""
+    cutoff = parse_age(older_than, "--older-than")
+    zero_age = bool(re.fullmatch(r"0+[smhdw]", older_than.strip()))
+    if (zero_age or cutoff >= datetime.now(UTC)) and not dry_run:  # a dry run only counts: it may ask
+        whose = f"tenant {tenant}'s" if tenant else "every tenant's"
+        raise fail(
+            f"--older-than {older_than}: not in the past, so it would delete {whose} whole audit log; give an age "
+            "like 90d or an earlier ISO time (--dry-run counts what it would delete)"
+        )
     log = _audit_log()
-    removed = log.prune(parse_age(older_than, "--older-than"))
-    typer.echo(f"pruned {removed} entries older than {older_than}")
+    _check_audit_tenant(log, tenant)
+    counts = log.prunable(cutoff, tenant)
+    verb = "would prune" if dry_run else "pruned"
+    total = 0
+    for t, count in counts.items():
+        removed = count if dry_run or not count else log.prune(cutoff, t)
+        total += removed
+        typer.echo(f"{t}: {verb} {removed} entries")
+    typer.echo(f"{verb} {total} entries older than {older_than}")
     log.close()
 
 
@@ -714,6 +1161,7 @@ def voice_preview(
 
     if fmt not in ("mp3", "wav", "opus", "aac", "flac"):
         raise fail(f"--format: {fmt!r} is not one of mp3, wav, opus, aac, flac")
+    check_output(output, "--output")  # before the provider call, which costs money
     service = _voice_service()
     try:
         preview = _run(service.preview(tenant, voice, text, team, fmt))

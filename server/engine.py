@@ -39,7 +39,14 @@ from server.observability.metrics import Metrics
 from server.observability.turn_observer import TurnContext, TurnObserver
 from server.settings import Settings
 from server.voice.records import forget_session as forget_voice_items
-from states.migrations import METADATA_KEY, SessionSchemaTooNew, current_version, stored_version, upgrade
+from states.migrations import (
+    METADATA_KEY,
+    SessionSchemaTooNew,
+    current_version,
+    public_channels,
+    stored_version,
+    upgrade,
+)
 
 T = TypeVar("T")
 # how long shutdown waits for turns that run on without their client (a cut keyed /stream) before cancelling them
@@ -268,7 +275,8 @@ class Engine:
         self, tenant: str, actor: str, event_type: str, session: str | None, payload: dict[str, Any]
     ) -> AuditEvent:
         """An audit entry to write, with message text kept as the tenant's policy says."""
-        policy = self.bundles.tenants[tenant].audit.content
+        # a tenant since removed from the bundles (its stored sessions deleted or exported): no message text kept
+        policy = self.bundles.tenants[tenant].audit.content if tenant in self.bundles.tenants else "none"
         return AuditEvent(tenant, actor, event_type, session, apply_content_policy(payload, policy))
 
     def observer(self, session: SessionRecord, run: TeamRunConfig, actor: str) -> TurnObserver:
@@ -847,6 +855,19 @@ class Engine:
             results = await asyncio.gather(*(check(p) for p in probes.values()))
         return dict(zip(probes, results, strict=True))
 
+    def read_without_graph(self, session: SessionRecord) -> str | None:
+        """Why the session is read from its stored values, without its team's graph (None: it is read with it):
+        its team or tenant was removed from the bundles, or the team is no longer enabled for the tenant. Such a
+        session is shown and exported, not continued."""
+        if session.team not in self.bundles.teams:
+            return f"team {session.team!r} is not in the bundles"
+        tenant = self.bundles.tenants.get(session.tenant)
+        if tenant is None:
+            return f"tenant {session.tenant!r} is not in the bundles"
+        if session.team not in tenant.enabled_teams:
+            return f"team {session.team!r} is not enabled for tenant {session.tenant!r}"
+        return None
+
     async def state(self, session: SessionRecord) -> dict[str, Any]:
         """The session's state in the current version (an older one upgraded in memory: a read never waits for
         the session's turn lock; the upgrade is stored at its next turn or by `teamgraph migrate`)."""
@@ -855,12 +876,22 @@ class Engine:
     async def versioned_state(self, session: SessionRecord) -> tuple[dict[str, Any], int]:
         """(state in the current version, the version it is stored with); SessionSchemaTooNew for a session a
         newer Teamgraph wrote."""
-        snapshot = await self.graph(session.team).aget_state(self.run_config(session))
         graph_id = self.graph_id(session.team)
-        values = dict(snapshot.values)
+        if self.read_without_graph(session) is None:
+            snapshot = await self.graph(session.team).aget_state(self.run_config(session))
+            values, metadata = dict(snapshot.values), snapshot.metadata
+        else:  # the stored values as they are (no graph): the channels a read with the graph would hold
+            saved = await self.persistence.checkpointer.aget_tuple(
+                {"configurable": {"thread_id": session.thread_id, "checkpoint_ns": ""}}
+            )
+            public = public_channels(graph_id)  # not LangGraph's own, nor a turn's private draft or screen
+            values = {k: v for k, v in (saved.checkpoint["channel_values"] if saved else {}).items() if k in public}
+            metadata = saved.metadata if saved else None
+            if graph_id not in GRAPH_MODULES:  # nor a graph of that name: its versions are unknown here
+                return values, stored_version(metadata)
         if not values:  # nothing stored yet: it will be written in the current version
             return values, current_version(graph_id)
-        version = stored_version(snapshot.metadata)
+        version = stored_version(metadata)
         if version > current_version(graph_id):
             raise SessionSchemaTooNew(session.id, graph_id, version, current_version(graph_id))
         values.update(upgrade(graph_id, values, version))

@@ -77,6 +77,12 @@ class SessionDocument(BaseModel):
     state: dict[str, Any]
     documents: dict[str, str] = {}
     voice_items: list[VoiceItem] = []
+    note: str | None = Field(
+        None,
+        description="Present when the session was read without its team's graph (its team or tenant removed "
+        "from the bundles, or the team no longer enabled for the tenant): the state as stored, its public "
+        "channels only. Import ignores it.",
+    )
 
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
@@ -114,6 +120,8 @@ async def export_session(engine: Engine, record: SessionRecord, actor: str = "cl
         "documents": {k: state[k] for k in DOCUMENT_KINDS if state.get(k)},
         "voice_items": [{"id": item.key, "record": dict(item.value)} for item in sorted(voice, key=lambda i: i.key)],
     }
+    if reason := engine.read_without_graph(record):
+        document["note"] = f"read without the team's graph ({reason}): the state as stored, its public channels only"
     await engine.arecord(record.tenant, actor, "session_exported", record.id,
                          {"format": FORMAT, "messages": len(transcript)})  # fmt: skip
     return json.loads(json.dumps(document, default=str))  # plain JSON values only
@@ -203,7 +211,10 @@ def to_markdown(doc: dict[str, Any]) -> str:
     lines = [f"# {session['title'] or 'Session ' + session['id']}", "",
              f"- Session: `{session['id']}` (team `{session['team']}`, tenant `{session['tenant']}`)",
              f"- Created: {session['created_at']}; last active: {session['updated_at']}",
-             f"- Exported: {doc['exported_at']} ({doc['format']})", "", "## Transcript", ""]  # fmt: skip
+             f"- Exported: {doc['exported_at']} ({doc['format']})"]  # fmt: skip
+    if doc.get("note"):
+        lines.append(f"- Note: {doc['note']}")
+    lines += ["", "## Transcript", ""]
     for m in doc["transcript"]:
         who = {"user": "User", "assistant": m.get("name") or "Assistant"}.get(m["role"], m["role"].title())
         lines += [f"**{who}:** {m['content']}", ""]

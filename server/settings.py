@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from checkpoints.storage import display_url
@@ -20,6 +22,7 @@ class Settings(BaseSettings):
     # populate_by_name: Settings(openai_api_key=...) works too, not only the aliased environment variables
     model_config = SettingsConfigDict(env_prefix="TEAMGRAPH_", env_file=".env", extra="ignore", populate_by_name=True)
 
+    _database_in_data_dir: bool = PrivateAttr(False)  # checkpoint_url is the default <data_dir>/teamgraph.db
     data_dir: Path = Field(
         Path("data"),
         description="Where embedded data lives: the default SQLite database (teamgraph.db) and the voice cache.",
@@ -77,7 +80,18 @@ class Settings(BaseSettings):
         "closes first; below it, a request sent on a connection the server is closing is lost "
         "(uvicorn's default is 5 s).",
     )
-    log_level: str = Field("INFO", description="DEBUG also logs message content; never keys or tokens.")
+    log_level: str = Field(
+        "INFO",
+        description="DEBUG, INFO, WARNING (or WARN), ERROR or CRITICAL, in any case; DEBUG also logs message content, "
+        "never keys or tokens.",
+    )
+    storage_watch_s: float = Field(
+        1.0,
+        ge=0.1,
+        le=3600,
+        description="How often a server process checks that its database file or tables are still there "
+        "(checkpoints/self_repair.py); at least 0.1 s (0 would keep a core busy).",
+    )
     log_format: str = Field("auto", pattern="^(auto|json|console)$", description="auto: console on a TTY, else JSON")
     durability: Literal["exit", "async", "sync"] = Field(
         "exit",
@@ -146,7 +160,13 @@ class Settings(BaseSettings):
     def _default_database_in_data_dir(self) -> Settings:
         if "checkpoint_url" not in self.model_fields_set:
             self.checkpoint_url = f"sqlite:///{self.data_dir}/teamgraph.db"
+            self._database_in_data_dir = True  # messages about the database name TEAMGRAPH_DATA_DIR
         return self
+
+    @property
+    def database_variable(self) -> str:
+        """The setting that put the database where it is (what a message about it names)."""
+        return "TEAMGRAPH_DATA_DIR" if self._database_in_data_dir else "TEAMGRAPH_CHECKPOINT_URL"
 
     @model_validator(mode="after")
     def _keepalive_idle_below_user_timeout(self) -> Settings:
@@ -168,6 +188,35 @@ class Settings(BaseSettings):
         does not (it read such a URL as a keyword string, and its error echoed the password)."""
         scheme, sep, rest = value.strip().partition("://")
         return f"{scheme.lower()}{sep}{rest}" if sep else value.strip()
+
+    @field_validator("checkpoint_url")
+    @classmethod
+    def _supported_url(cls, value: str) -> str:
+        """A URL the storage cannot use is one line at start for every command (it was a traceback of the first
+        command that opened the database; `sqlite:///:memory:` failed later with 'no such table')."""
+        scheme = value.partition("://")[0] if "://" in value else ""
+        if scheme not in ("sqlite", "postgres", "postgresql", "memory"):
+            raise ValueError(
+                f"unsupported scheme {scheme + '://' if scheme else '(none)'}: use sqlite:///path.db, "
+                "postgresql://user@host:port/db or memory://"
+            )
+        if scheme == "sqlite":
+            path = value[len("sqlite:///") :] if value.startswith("sqlite:///") else ""
+            if not path.strip():
+                raise ValueError("give a file, e.g. sqlite:///./data/teamgraph.db (or sqlite:////absolute/path.db)")
+            if path.startswith(":memory:") or "mode=memory" in path:
+                raise ValueError(
+                    "an in-memory SQLite database lasts one connection and Teamgraph opens several: use memory://"
+                )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(value.strip().upper(), value.strip().upper())
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("use DEBUG, INFO, WARNING (or WARN), ERROR or CRITICAL (any case)")
+        return level
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -287,6 +336,108 @@ def settings_errors(exc: ValidationError) -> list[str]:
         item = "".join(f"[{part}]" for part in loc[1:])  # an item of a list setting
         shown = _shown(str(loc[0]), error["input"])
         lines.append(f"{name}{item}={shown}: {message}" if shown is not None else f"{name}{item}: {message}")
+    return lines
+
+
+# TEAMGRAPH_ variables read outside Settings (by the module that needs them), and by the tests and benchmarks
+OTHER_VARIABLES = {
+    "TEAMGRAPH_BLAS_THREADS": "nodes/embedder.py",
+    "TEAMGRAPH_TEST_POSTGRES_URL": "tests",
+    "TEAMGRAPH_TEST_CHROMIUM": "tests/browser",
+    "TEAMGRAPH_BENCH_POSTGRES_URL": "bench",
+    "TEAMGRAPH_BENCH_PROFILE_OUT": "bench",
+    "TEAMGRAPH_BENCH_DEV_DB": "bench",
+    "TEAMGRAPH_BENCH_ABLATE": "bench",
+    "TEAMGRAPH_BENCH_BUNDLE_DIR": "bench",
+}
+
+
+TENANT_KEY_VARIABLE = re.compile(r"^TEAMGRAPH_[A-Z0-9_]+_(API|ADMIN)_KEY$")
+
+
+def known_variables() -> set[str]:
+    """Every TEAMGRAPH_ variable something reads: the settings (and their aliases) and OTHER_VARIABLES."""
+    names = set(OTHER_VARIABLES)
+    for field, info in Settings.model_fields.items():
+        names.add(f"TEAMGRAPH_{field.upper()}")
+        if isinstance(info.validation_alias, AliasChoices):
+            names.update(c.upper() for c in info.validation_alias.choices if isinstance(c, str))
+    return {n for n in names if n.startswith("TEAMGRAPH_")}
+
+
+def key_variables(personas_dir: Path) -> set[str]:
+    """The variables the tenant bundles read API keys from (`api_keys: [{env: NAME}]`); a bundle that does not
+    parse adds none (loading the bundles reports it)."""
+    import yaml
+
+    names: set[str] = set()
+    for path in sorted((personas_dir / "tenants").glob("*.y*ml")):
+        try:
+            tenant = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        keys = tenant.get("api_keys") if isinstance(tenant, dict) else None
+        for key in keys if isinstance(keys, list) else []:
+            if isinstance(key, dict) and isinstance(key.get("env"), str):
+                names.add(key["env"].upper())
+    return names
+
+
+def _closest(name: str, known: list[str], cutoff: float) -> str | None:
+    """The known name closest to `name`, compared without the TEAMGRAPH_ prefix they all share."""
+    import difflib
+
+    prefix = len("TEAMGRAPH_")
+    by_rest = {n[prefix:]: n for n in known}
+    close = difflib.get_close_matches(name[prefix:], list(by_rest), n=1, cutoff=cutoff)
+    return by_rest[close[0]] if close else None
+
+
+def _one_slip(a: str, b: str) -> bool:
+    """a and b differ by at most one typing slip: a letter wrong, missing or extra, or two neighbours swapped."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    a_rest, b_rest = a[start:], b[start:]
+    return (
+        a_rest[1:] == b_rest[1:]  # one wrong
+        or a_rest[1:] == b_rest  # one extra in a
+        or a_rest == b_rest[1:]  # one missing from a
+        or (len(a_rest) >= 2 and a_rest[:2] == b_rest[1::-1] and a_rest[2:] == b_rest[2:])  # two swapped
+    )
+
+
+def unknown_variables(
+    settings: Settings, environ: Mapping[str, str] | None = None, env_file: Path | None = None
+) -> list[str]:
+    """One line per TEAMGRAPH_ variable (environment or .env) that nothing reads, with the closest known name: a
+    misspelled TEAMGRAPH_CHECKPIONT_URL was ignored, and each replica of a fleet used a SQLite file of its own."""
+    from dotenv import dotenv_values
+
+    environ = os.environ if environ is None else environ
+    env_file = Path(".env") if env_file is None else env_file
+    seen = {name: "" for name in environ}
+    if env_file.is_file():
+        seen.update({name: f" (in {env_file})" for name in dotenv_values(env_file) if name not in seen})
+    settings_names = sorted(known_variables())
+    known = set(settings_names) | key_variables(settings.personas_dir)
+    lines = []
+    for name, where in sorted(seen.items()):
+        upper = name.upper()
+        if not upper.startswith("TEAMGRAPH_") or upper in known:
+            continue
+        # a tenant key named the usual way (TEAMGRAPH_<TENANT>_API_KEY, ..._ADMIN_KEY) may be meant for bundles
+        # elsewhere, unless it is one slip of the keys from a setting (TEAMGRAPH_OPENIA_API_KEY): a similar name
+        # is not enough (TEAMGRAPH_OPEN_API_KEY is tenant open's key)
+        if TENANT_KEY_VARIABLE.match(upper) and not any(_one_slip(upper, n) for n in settings_names):
+            continue
+        close = _closest(upper, sorted(known), 0.6)
+        hint = f"; did you mean {close}?" if close else " (see the settings in README.md)"
+        lines.append(f"{name}{where}: not a Teamgraph setting{hint}")
     return lines
 
 

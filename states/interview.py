@@ -40,6 +40,9 @@ class Evaluation(BaseModel):
     fallback_reason: str | None = None
 
 
+PRIVATE_CHANNELS = frozenset({"answer_keys"})  # the scorer's: no stream, output or export shows them
+
+
 class InterviewSession(BaseModel):
     """Every channel of an interview session (all optional: a new session has none yet)."""
 

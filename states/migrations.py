@@ -23,12 +23,19 @@ Migration = Callable[[dict[str, Any]], dict[str, Any]]
 class TeamState:
     version: int
     model: type[BaseModel]
+    private: frozenset[str] = frozenset()  # channels of one turn or one node: never read out of a session
+
+    @property
+    def public(self) -> frozenset[str]:
+        """The channels a session read (a state snapshot, an export) holds: the graph's state less its private
+        ones."""
+        return frozenset(self.model.model_fields) - self.private
 
 
 # by graph id (graphs/<id>.py): teams that share a graph share its state
 TEAMS: dict[str, TeamState] = {
-    "interview": TeamState(interview.VERSION, interview.InterviewSession),
-    "veneo_chat": TeamState(veneo_chat.VERSION, veneo_chat.ChatSession),
+    "interview": TeamState(interview.VERSION, interview.InterviewSession, interview.PRIVATE_CHANNELS),
+    "veneo_chat": TeamState(veneo_chat.VERSION, veneo_chat.ChatSession, veneo_chat.PRIVATE_CHANNELS),
 }
 # metadata key of every checkpoint: the state version its values have (absent: version 1, from before versions)
 METADATA_KEY = "schema_version"
@@ -46,6 +53,16 @@ class SessionSchemaTooNew(Exception):
             f"versions up to {known}: serve it with the newer Teamgraph release that wrote it"
         )
         self.session_id, self.stored, self.known = session_id, stored, known
+
+
+def public_channels(graph: str) -> frozenset[str]:
+    """The channels a read of a session of graph `graph` holds; for a graph not known here, those any known graph
+    shows and none keeps private."""
+    if graph in TEAMS:
+        return TEAMS[graph].public
+    return frozenset().union(*(t.public for t in TEAMS.values())) - frozenset().union(
+        *(t.private for t in TEAMS.values())
+    )
 
 
 def current_version(graph: str) -> int:

@@ -45,6 +45,9 @@ class ReviewDecision(BaseModel):
     turn: int | None = None
 
 
+PRIVATE_CHANNELS = frozenset({"draft", "input_review"})  # one turn's: no stream, output or export shows them
+
+
 class ChatSession(BaseModel):
     """Every channel of a chat session; `draft` and `input_review` are private to one turn (never shown)."""
 

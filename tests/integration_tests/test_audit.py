@@ -18,6 +18,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -584,6 +585,63 @@ def test_an_action_whose_audit_record_fails_does_not_happen(tmp_path: Path, acti
 # --- teamgraph audit export / prune / verify -------------------------------------------------------------------
 
 
+def test_prune_refuses_a_cutoff_not_in_the_past_and_offers_a_dry_run_and_one_tenant(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: `audit prune --older-than 2099-01-01` (or 0d) deleted every tenant's whole audit log, with
+    no --dry-run or --tenant to see or limit it first; `audit verify` then printed nothing, exit status 0."""
+    monkeypatch.setenv("TEAMGRAPH_CHECKPOINT_URL", db_url)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    open_audit_log(db_url).close()  # an empty database (a missing SQLite file is refused)
+    empty = runner.invoke(cli_app, ["audit", "verify"])
+    assert empty.exit_code == 0 and "no audit entries in this database" in empty.stdout, empty.output
+    log = open_audit_log(db_url)
+    try:
+        log.append([AuditEvent("demo", "k", "session_created", f"s{i}") for i in range(3)])
+        log.append([AuditEvent("veneo", "k", "session_created", f"v{i}") for i in range(2)])
+    finally:
+        log.close()
+    fresh = runner.invoke(cli_app, ["audit", "verify", "--tenant", "demo"])
+    assert fresh.exit_code == 0 and "ok: tenant demo: 3 entries verified" in fresh.stdout, fresh.output
+
+    for older_than in ("2099-01-01", "0d", "0s", (datetime.now(UTC) + timedelta(minutes=1)).isoformat()):
+        refused = runner.invoke(cli_app, ["audit", "prune", "--older-than", older_than])
+        assert refused.exit_code == 1, (older_than, refused.output)
+        assert f"--older-than {older_than}: not in the past" in refused.stderr, refused.stderr
+        assert "--dry-run counts what it would delete" in refused.stderr, refused.stderr
+        # found in review: the refusal offered --dry-run, which was refused too; a dry run deletes nothing
+        counted = runner.invoke(cli_app, ["audit", "prune", "--older-than", older_than, "--dry-run"])
+        assert counted.exit_code == 0, (older_than, counted.output)
+        assert "demo: would prune 3 entries" in counted.stdout and "would prune 5 entries" in counted.stdout
+    assert verify(db_url, "demo").checked == 3 and verify(db_url, "veneo").checked == 2  # nothing deleted
+
+    time.sleep(0.01)
+    cutoff = datetime.now(UTC).isoformat()
+    dry = runner.invoke(cli_app, ["audit", "prune", "--older-than", cutoff, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "demo: would prune 3 entries" in dry.stdout and "veneo: would prune 2 entries" in dry.stdout, dry.stdout
+    assert verify(db_url, "demo").checked == 3 and verify(db_url, "veneo").checked == 2
+    typo = runner.invoke(cli_app, ["audit", "prune", "--older-than", cutoff, "--tenant", "nosuch"])
+    assert typo.exit_code == 1 and "unknown tenant 'nosuch'" in typo.stderr, typo.output
+
+    one = runner.invoke(cli_app, ["audit", "prune", "--older-than", cutoff, "--tenant", "demo"])
+    assert one.exit_code == 0 and "demo: pruned 3 entries" in one.stdout and "veneo" not in one.stdout, one.output
+    assert verify(db_url, "veneo").checked == 2
+    # a chain pruned to its end still verifies, and says that it holds no entries
+    gone = runner.invoke(cli_app, ["audit", "verify"])
+    assert gone.exit_code == 0, gone.output
+    assert "ok: tenant demo: no entries to verify (entries up to 3 were pruned)" in gone.stdout, gone.stdout
+    assert "ok: tenant veneo: 2 entries verified" in gone.stdout
+    log = open_audit_log(db_url)
+    try:  # and goes on after its anchor
+        log.append([AuditEvent("demo", "k", "session_created", "s9")])
+    finally:
+        log.close()
+    after = runner.invoke(cli_app, ["audit", "verify", "--tenant", "demo"])
+    assert "ok: tenant demo: 1 entries verified (entries up to 3 were pruned)" in after.stdout, after.output
+
+
 def test_export_since_an_iso_time_or_an_age_exports_the_entries_from_then_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -661,8 +719,14 @@ def test_export_as_jsonl_and_csv_then_prune_and_keep_verifying(db_url: str, tmp_
         veneo_count = len(runner.invoke(cli_app, ["audit", "export", "--tenant", "veneo"]).stdout.splitlines())
         assert veneo_count > 0
 
-        # everything up to now goes; an anchor keeps the chain's place
-        pruned = runner.invoke(cli_app, ["audit", "prune", "--older-than", "0s"])
+        # everything written so far goes (a time just after the last entry, in the past: a zero age is refused);
+        # an anchor keeps the chain's place
+        last_at = max(datetime.fromisoformat(r["at"]) for r in rows)
+        veneo_rows = [json.loads(x) for x in runner.invoke(cli_app, ["audit", "export", "--tenant", "veneo"]).stdout
+                      .splitlines()]  # fmt: skip
+        last_at = max([last_at, *(datetime.fromisoformat(r["at"]) for r in veneo_rows)])
+        cutoff = (last_at + timedelta(microseconds=1)).isoformat()
+        pruned = runner.invoke(cli_app, ["audit", "prune", "--older-than", cutoff])
         assert pruned.exit_code == 0, pruned.output
         assert f"pruned {10 + veneo_count} entries" in pruned.output
         assert runner.invoke(cli_app, ["audit", "export", "--tenant", "demo"]).stdout == ""

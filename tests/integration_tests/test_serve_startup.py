@@ -86,7 +86,7 @@ def test_a_wrong_checkpoint_url_is_one_line_naming_the_setting_and_the_cause(
         ("postgresql://postgres:hunter2#secret@127.0.0.1:{closed}/test", "postgres:***@127.0.0.1", "refused"),
         # an upper-case scheme: libpq read it as a keyword string and its error (a traceback) quoted it all
         ("POSTGRESQL://postgres:hunter2secret@127.0.0.1:{closed}/test", "=postgresql://postgres:***@", "refused"),
-        ("host=127.0.0.1 password=hunter2secret", "=host=127.0.0.1 password=***", "unsupported scheme"),
+        ("host=127.0.0.1 password=hunter2secret", "host=127.0.0.1 password=***", "unsupported scheme"),
     ],
 )
 def test_a_password_in_the_checkpoint_url_is_not_printed(tmp_path: Path, url: str, shown: str, cause: str) -> None:
@@ -232,3 +232,43 @@ def test_a_restart_on_a_kept_port_another_server_took_fails_instead_of_using_it(
             live.stop()
             other.shutdown()
     assert f"port {live.port}" in str(raised.value) and "already in use" in str(raised.value)
+
+
+@pytest.mark.parametrize(("args", "env", "source"), [
+    (("--workers", "2"), {}, "--workers"),
+    ((), {"TEAMGRAPH_WORKERS": "3"}, "TEAMGRAPH_WORKERS"),
+])  # fmt: skip
+def test_several_workers_on_memory_storage_are_refused(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], source: str
+) -> None:
+    """Found in review: `TEAMGRAPH_CHECKPOINT_URL=memory:// teamgraph serve --workers 2` started, each worker with a
+    store of its own (GET /sessions alternated). The port is held, so a serve that got past the check stops there."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result, _ = serve(tmp_path, "--port", str(port), *args, TEAMGRAPH_CHECKPOINT_URL="memory://", **env)
+    assert result.returncode == 2, result.stderr
+    line = refusal(result)
+    assert line.startswith("TEAMGRAPH_CHECKPOINT_URL=memory:// keeps sessions inside one process"), line
+    assert f"({source})" in line, line
+
+
+@pytest.mark.parametrize("in_dot_env", [False, True])
+def test_a_misspelled_setting_is_refused_naming_the_closest_one(tmp_path: Path, in_dot_env: bool) -> None:
+    """Found in review: TEAMGRAPH_CHECKPIONT_URL (environment or .env) was ignored, so each replica of a fleet
+    used a SQLite file of its own. The port is held: a serve that got past the check would stop there."""
+    if in_dot_env:
+        (tmp_path / ".env").write_text("TEAMGRAPH_CHECKPIONT_URL=postgresql://db.internal/teamgraph\n")
+        env = {}
+    else:
+        env = {"TEAMGRAPH_CHECKPIONT_URL": "postgresql://db.internal/teamgraph"}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        result, _ = serve(tmp_path, "--port", str(holder.getsockname()[1]), **env)
+    assert result.returncode == 2, result.stderr
+    line = refusal(result)
+    assert line.startswith("TEAMGRAPH_CHECKPIONT_URL"), line
+    assert "not a Teamgraph setting; did you mean TEAMGRAPH_CHECKPOINT_URL?" in line, line
+    assert ("(in .env)" in line) == in_dot_env, line

@@ -370,7 +370,10 @@ def test_cli_validate_accepts_the_shipped_bundles() -> None:
     assert "ok: 7 agents, 2 teams, 2 tenants" in result.stdout
 
 
-def test_cli_validate_prints_one_line_per_problem_and_exits_1(bundle_dir: Path) -> None:
+def test_cli_validate_prints_one_line_per_problem_and_exits_1(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(bundle_dir.parent)  # paths are printed relative to it
     evaluator = bundle_dir / "agents" / "evaluator.yaml"
     veneo = bundle_dir / "tenants" / "veneo.yaml"
     replace(evaluator, "  temperature: 0.1", "  temprature: 0.1")
@@ -431,3 +434,176 @@ def test_teamgraph_executable_prints_schema(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert set(json.loads(result.stdout)["kinds"]) == {"agents", "teams", "tenants"}
+
+
+def test_cli_validate_reports_a_duplicate_key_with_file_and_line(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: YAML keeps the last of two equal keys without a word, so a copy-pasted block (a second
+    `retention:`, here a second `params:`) silently changed the policy and `personas validate` said ok."""
+    monkeypatch.chdir(bundle_dir.parent)  # paths are printed relative to it
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "        num_questions: 3\n", "        num_questions: 3\n      params:\n        num_questions: 8\n")
+    result = runner.invoke(app, ["personas", "validate", str(bundle_dir)])
+    assert result.exit_code == 1, result.output
+    lines = [m.groupdict() for m in map(PROBLEM_LINE.match, result.stderr.splitlines()) if m]
+    assert {
+        "file": "personas/tenants/demo.yaml",
+        "line": str(line_of(demo, "num_questions: 3") + 1),
+        "field": "overrides.teams.interview.params",
+        "reason": f"duplicate key 'params' (first at line {line_of(demo, 'num_questions: 3') - 1})",
+    } in lines, result.stderr
+
+
+def test_cli_validate_reports_an_impossible_date_with_file_and_line(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: `x: 2026-13-45` (YAML reads it as a date, month 13) was a ValueError traceback from
+    `personas validate`: only YAML syntax errors were reported."""
+    monkeypatch.chdir(bundle_dir.parent)
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    demo.write_text(demo.read_text(encoding="utf-8") + "x: 2026-13-45\n", encoding="utf-8")
+    result = runner.invoke(app, ["personas", "validate", str(bundle_dir)])
+    assert result.exit_code == 1, result.output
+    assert (
+        f"personas/tenants/demo.yaml:{line_of(demo, 'x: 2026-13-45')}: (file): not valid YAML: '2026-13-45' is "
+        "not a valid timestamp (month must be in 1..12); quote it to keep it as text" in result.stderr
+    ), result.stderr
+
+
+WARM_OVERRIDES = (
+    "overrides:\n"
+    "  agents:\n"
+    "    evaluator:\n"
+    "      model: &warm {{temperature: 0.2, max_tokens: 800}}\n"
+    "    question_generator:\n"
+    "      model: {{<<: *warm, {rest}}}\n"
+    "  teams:\n"
+)
+
+
+def test_an_override_of_a_merged_key_is_not_a_duplicate(bundle_dir: Path) -> None:
+    """Found in review: duplicates were looked for after PyYAML had flattened `<<` into the mapping, so the
+    override `temperature: 0.5` next to `<<: *warm` (which brings temperature: 0.2) was 'duplicate key', exit 1,
+    and the server refused bundles that loaded before. YAML says the mapping's own key wins."""
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "overrides:\n  teams:\n", WARM_OVERRIDES.format(rest="temperature: 0.5"))
+
+    bundles = load_bundles(bundle_dir, known_graphs=KNOWN_GRAPHS)
+
+    override = bundles.tenants["demo"].overrides.agents["question_generator"]["model"]
+    assert override == {"temperature": 0.5, "max_tokens": 800}
+    result = runner.invoke(app, ["personas", "validate", str(bundle_dir)])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_duplicate_next_to_a_merge_is_still_reported(bundle_dir: Path) -> None:
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "overrides:\n  teams:\n", WARM_OVERRIDES.format(rest="temperature: 0.5, temperature: 0.7"))
+    line = line_of(demo, "<<: *warm")
+
+    problems = problems_of(bundle_dir)
+
+    assert [(p.line, p.field, p.reason) for p in problems] == [
+        (
+            line,
+            "overrides.agents.question_generator.model.temperature",
+            f"duplicate key 'temperature' (first at line {line})",
+        )
+    ]
+
+
+def test_a_repeated_merge_key_is_a_duplicate(bundle_dir: Path) -> None:
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "overrides:\n  teams:\n", WARM_OVERRIDES.format(rest="<<: *warm"))
+    line = line_of(demo, "<<: *warm")
+
+    problems = problems_of(bundle_dir)
+
+    assert [(p.line, p.field, p.reason) for p in problems] == [
+        (line, "overrides.agents.question_generator.model", f"duplicate key '<<' (first at line {line})")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "duplicates"),
+    [
+        ("a:\n  1: x\n  '1': y\n", []),  # an int and a str: two keys, as safe_load gives them
+        ("a:\n  1: x\n  0x1: y\n", [(3, "a.0x1", "duplicate key '0x1' (first at line 2)")]),  # both the int 1
+        ("a: 1\nb: 2\na: 3\n", [(3, "a", "duplicate key 'a' (first at line 1)")]),
+        ("- {x: 1}\n- {x: 2, x: 3}\n", [(2, "[1].x", "duplicate key 'x' (first at line 2)")]),
+    ],
+)
+def test_duplicates_compare_keys_as_loaded(text: str, duplicates: list[tuple[int, str, str]]) -> None:
+    from personas.loader import parse_yaml_checked
+
+    _node, data, found = parse_yaml_checked(text)
+
+    assert found == duplicates
+    assert data == yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("source", ["environment", ".env"])
+def test_cli_validate_checks_the_directory_the_server_reads(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """Found in review: with TEAMGRAPH_PERSONAS_DIR=/tmp/p2, `personas validate` checked ./personas and said ok
+    while `teamgraph serve` refused /tmp/p2. It validates what the settings name, and prints paths that open from
+    the working directory."""
+    from server.settings import Settings
+
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "default_team: interview", "default_team: nosuch")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("TEAMGRAPH_PERSONAS_DIR", raising=False)
+    if source == "environment":
+        monkeypatch.setenv("TEAMGRAPH_PERSONAS_DIR", str(bundle_dir))
+    else:
+        (elsewhere / ".env").write_text(f"TEAMGRAPH_PERSONAS_DIR={bundle_dir}\n")
+    assert Settings().personas_dir == bundle_dir  # what the server would read
+
+    result = runner.invoke(app, ["personas", "validate"])
+
+    assert result.exit_code == 1, result.output
+    lines = [m.groupdict() for m in map(PROBLEM_LINE.match, result.stderr.splitlines()) if m]
+    assert [(line["file"], line["field"]) for line in lines] == [(str(demo), "default_team")], result.stderr
+    assert Path(lines[0]["file"]).resolve() == demo.resolve()
+    assert f"1 problem(s) in {bundle_dir}" in result.stderr
+
+
+def test_cli_validate_prints_paths_relative_to_the_working_directory_under_it(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "default_team: interview", "default_team: nosuch")
+    monkeypatch.chdir(bundle_dir)
+
+    result = runner.invoke(app, ["personas", "validate", "."])
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"tenants/demo.yaml:{line_of(demo, 'default_team')}: default_team: "), result.stderr
+
+
+def test_a_tenant_with_a_bad_field_still_has_its_overrides_checked(bundle_dir: Path) -> None:
+    """Found in review: a tenant file with a bad default_team and a bad override (temperature: hot) reported the
+    first only; the README says every problem is listed. Its overrides are checked against the personas too."""
+    demo = bundle_dir / "tenants" / "demo.yaml"
+    replace(demo, "default_team: interview", "default_team: nosuch")
+    replace(
+        demo,
+        "overrides:\n  teams:\n",
+        "overrides:\n  agents:\n    evaluator:\n      model: {temperature: hot}\n  teams:\n",
+    )
+
+    problems = problems_of(bundle_dir)
+
+    assert [(p.file, p.line, p.field) for p in problems] == [
+        ("personas/tenants/demo.yaml", line_of(demo, "default_team"), "default_team"),
+        (
+            "personas/tenants/demo.yaml",
+            line_of(demo, "temperature: hot"),
+            "overrides.agents.evaluator.model.temperature",
+        ),
+    ], problems

@@ -179,6 +179,18 @@ def test_a_tenant_override_is_checked_after_layering(bundle_dir: Path) -> None:
     assert "overrides.teams.veneo_chat.voice.speed" in problem
 
 
+def test_a_duplicate_key_in_the_voice_catalog_is_reported(bundle_dir: Path) -> None:
+    """Found in review: voice_catalog.yaml was read without the duplicate-key check every bundle file has: a
+    second `name:` silently replaced the first."""
+    (bundle_dir / CATALOG_FILE).write_text(
+        "voices:\n  - {id: marin, name: Marin}\n  - id: cedar\n    name: Cedar\n    name: Other\n"
+    )
+    assert any(
+        p.startswith("personas/voice_catalog.yaml:5: voices[1].name: duplicate key 'name' (first at line 4)")
+        for p in problems_of(bundle_dir)
+    ), problems_of(bundle_dir)
+
+
 def test_a_bundle_directory_may_bring_its_own_catalog(bundle_dir: Path) -> None:
     assert load_catalog(bundle_dir).ids == load_catalog().ids  # none of its own: the bundled one
     (bundle_dir / CATALOG_FILE).write_text("voices:\n  - {id: marin, name: Marin}\n  - {id: marin, name: Again}\n")
