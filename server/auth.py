@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic_settings import BaseSettings
 
@@ -24,15 +25,18 @@ DEV_KEY_DIGESTS = frozenset({
 
 
 def key_environ(settings: BaseSettings | None = None) -> dict[str, str]:
-    """The variables a tenant's `env:` keys are read from: the `.env` file `settings` reads (its class's env_file,
-    by default Settings' `.env`; a relative name is in the working directory), with the real environment winning
-    over it, as it does for the settings."""
+    """The variables a tenant's `env:` keys are read from: the `.env` file `settings` read (the one it was given,
+    `Settings(_env_file=...)`, else its class's env_file, by default Settings' `.env`; a relative name is in the
+    working directory), with the real environment winning over it, as it does for the settings."""
     from dotenv import dotenv_values
 
     from server.settings import Settings
 
-    env_file = (type(settings) if settings is not None else Settings).model_config.get("env_file")
-    files = [env_file] if isinstance(env_file, str | Path) else list(env_file or ())
+    if isinstance(settings, Settings):
+        files: list[Any] = list(settings.env_files)  # what this instance read (`Settings(_env_file=...)` too)
+    else:
+        env_file = (type(settings) if settings is not None else Settings).model_config.get("env_file")
+        files = [env_file] if isinstance(env_file, str | Path) else list(env_file or ())
     values: dict[str, str] = {}
     for file in files:  # as pydantic-settings reads several: a later file wins
         if Path(file).is_file():

@@ -8,11 +8,12 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.sources import ENV_FILE_SENTINEL
 
 from checkpoints.storage import display_url
 from personas.loader import DEFAULT_BUNDLE_DIR
@@ -23,6 +24,21 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TEAMGRAPH_", env_file=".env", extra="ignore", populate_by_name=True)
 
     _database_in_data_dir: bool = PrivateAttr(False)  # checkpoint_url is the default <data_dir>/teamgraph.db
+    # the .env file(s) this instance read: `Settings(_env_file=...)` when given (None: none), else model_config's;
+    # tenant keys named under `env:` are read from the same file (server/auth.key_environ)
+    _env_files: Any = PrivateAttr(None)
+
+    def __init__(self, **values: Any) -> None:
+        env_file = values.get("_env_file", ENV_FILE_SENTINEL)
+        super().__init__(**values)
+        self._env_files = type(self).model_config.get("env_file") if env_file is ENV_FILE_SENTINEL else env_file
+
+    @property
+    def env_files(self) -> list[Path]:
+        """The .env files this instance read (a later one wins), as given to it or by its class."""
+        files = self._env_files
+        return [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files or ()]
+
     data_dir: Path = Field(
         Path("data"),
         description="Where embedded data lives: the default SQLite database (teamgraph.db) and the voice cache.",

@@ -69,3 +69,25 @@ def test_the_key_ring_reads_the_env_file_of_the_app_s_settings(
                 assert client.get("/teams", headers={"X-API-Key": works}).status_code == 200
             assert client.get("/teams", headers={"X-API-Key": refused}).status_code == 401
     assert f"env var {VAR} is not set (environment or .env); key disabled" in caplog.text
+
+
+def test_settings_told_to_read_no_env_file_keep_the_key_ring_off_dot_env(in_tmp_cwd: Path) -> None:
+    # `Settings(_env_file=None)` (what the tests and an embedding app pass) still read ./.env for tenant keys: the
+    # file an instance was given is recorded on it and the key ring reads that one
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    (in_tmp_cwd / ".env").write_text(f"{VAR}=key-in-dot-env\n")
+    (in_tmp_cwd / "given.env").write_text(f"{VAR}=key-in-given-env\n")
+    url = f"sqlite:///{in_tmp_cwd}/tg.db"
+    for settings, works, refused in (
+        (Settings(_env_file=None, checkpoint_url=url), None, "key-in-dot-env"),  # type: ignore[call-arg]
+        (Settings(_env_file=in_tmp_cwd / "given.env", checkpoint_url=url), "key-in-given-env", "key-in-dot-env"),  # type: ignore[call-arg]
+        (Settings(checkpoint_url=url), "key-in-dot-env", "key-in-given-env"),
+    ):
+        with TestClient(create_app(settings)) as client:
+            if works:
+                assert client.get("/teams", headers={"X-API-Key": works}).status_code == 200
+            assert client.get("/teams", headers={"X-API-Key": refused}).status_code == 401
