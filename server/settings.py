@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
@@ -28,10 +28,12 @@ class Settings(BaseSettings):
     # tenant keys named under `env:` are read from the same file (server/auth.key_environ)
     _env_files: Any = PrivateAttr(None)
 
-    def __init__(self, **values: Any) -> None:
-        env_file = values.get("_env_file", ENV_FILE_SENTINEL)
-        super().__init__(**values)
-        self._env_files = type(self).model_config.get("env_file") if env_file is ENV_FILE_SENTINEL else env_file
+    if not TYPE_CHECKING:  # hidden from mypy, whose pydantic plugin then still checks Settings(...)'s arguments
+
+        def __init__(self, **values: Any) -> None:
+            env_file = values.get("_env_file", ENV_FILE_SENTINEL)
+            super().__init__(**values)
+            self._env_files = type(self).model_config.get("env_file") if env_file is ENV_FILE_SENTINEL else env_file
 
     @property
     def env_files(self) -> list[Path]:
@@ -381,16 +383,25 @@ def known_variables() -> set[str]:
     return {n for n in names if n.startswith("TEAMGRAPH_")}
 
 
+ENV_NAME = re.compile(r"""\benv\s*:\s*['"]?([A-Za-z_][A-Za-z0-9_]*)""")
+
+
 def key_variables(personas_dir: Path) -> set[str]:
-    """The variables the tenant bundles read API keys from (`api_keys: [{env: NAME}]`); a bundle that does not
-    parse adds none (loading the bundles reports it)."""
+    """The variables the tenant bundles read API keys from (`api_keys: [{env: NAME}]`); from a bundle that does not
+    parse, the names after `env:` in its text (loading the bundles reports its problem)."""
     import yaml
 
     names: set[str] = set()
     for path in sorted((personas_dir / "tenants").glob("*.y*ml")):
         try:
-            tenant = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        try:
+            tenant = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError):  # ValueError: a value YAML cannot hold, e.g. the date 2026-13-45
+            # loading the bundles reports the problem; the names the file gives under `env:` still count
+            names.update(name.upper() for name in ENV_NAME.findall(text))
             continue
         keys = tenant.get("api_keys") if isinstance(tenant, dict) else None
         for key in keys if isinstance(keys, list) else []:

@@ -61,3 +61,23 @@ def test_unknown_names_get_the_closest_known_one_and_tenant_keys_pass(tmp_path: 
         "TEAMGRAPH_PROT: not a Teamgraph setting; did you mean TEAMGRAPH_PORT?",
         f"TEAMGRAPH_ZZZ (in {tmp_path / '.env'}): not a Teamgraph setting (see the settings in README.md)",
     ]
+
+
+def test_a_tenant_file_that_does_not_parse_still_names_its_key_variables(tmp_path: Path) -> None:
+    # found in review: an impossible date in a tenant file (a ValueError, not a YAMLError) made every command end in
+    # a traceback from this check, and a tenant file with a YAML error made its own key variable "not a setting"
+    # instead of leaving the bundle's problem to the bundle loader
+    demo_key, acme_key = "TEAMGRAPH_" + "DEMO_APP_TOKEN", "TEAMGRAPH_" + "ACME_KEY"  # names only these bundles give
+    personas = tmp_path / "personas"
+    (personas / "tenants").mkdir(parents=True)
+    (personas / "tenants" / "demo.yaml").write_text(
+        f"id: demo\ncreated: 2026-13-45\napi_keys:\n  - {{id: app, env: {demo_key}}}\n"
+    )
+    (personas / "tenants" / "acme.yaml").write_text(
+        f"id: acme\nenabled_teams: [veneo_chat\napi_keys:\n  - {{id: app, env: '{acme_key}'}}\n"
+    )
+    settings = Settings(_env_file=None, personas_dir=personas)  # type: ignore[call-arg]
+    environ = {demo_key: "k", acme_key: "k", "TEAMGRAPH_PROT": "1"}
+    assert unknown_variables(settings, environ, tmp_path / ".env") == [
+        "TEAMGRAPH_PROT: not a Teamgraph setting; did you mean TEAMGRAPH_PORT?"
+    ]
