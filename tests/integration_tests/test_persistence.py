@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from pydantic import ValidationError
 
 import checkpoints.session_index as session_index
 from checkpoints.factory import CheckpointURLError, build_persistence
@@ -468,8 +469,13 @@ async def test_unsupported_checkpoint_url_names_the_supported_forms(url: str) ->
 @pytest.mark.parametrize("url", ["sqlite:///", "sqlite://", "sqlite://teamgraph.db"])
 async def test_sqlite_url_without_a_path_is_rejected(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # whatever a wrong parse would create lands here
-    with pytest.raises(CheckpointURLError) as error:
+    # Settings refuses it first (one line at start, naming the setting), and the factory on its own too
+    with pytest.raises(ValidationError) as refused:
         async with open_engine(url):
+            pass
+    assert "checkpoint_url" in str(refused.value) and "sqlite:///" in str(refused.value)
+    with pytest.raises(CheckpointURLError) as error:
+        async with build_persistence(url):
             pass
     assert "sqlite:///" in str(error.value)
     assert list(tmp_path.iterdir()) == []
