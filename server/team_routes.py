@@ -44,6 +44,8 @@ from server.team_input import (
     check_turn_input,
     turn_inputs,
 )
+from states import interview as interview_state
+from states import veneo_chat as veneo_chat_state
 
 ALLOWED_CONFIGURABLE = ("thread_id",)
 TENANT_SLOTS = "#tenant-turns"  # key among a request's turn leases; "#" is never part of a thread id
@@ -560,8 +562,9 @@ def _run(config: RunnableConfig | None) -> TeamRunConfig:
     return run
 
 
-# channels no client sees: the chat's unreviewed draft, the interview's answer keys (what the scorer expects)
-PRIVATE_KEYS = frozenset({"draft", "answer_keys"})
+# channels no client sees, as each team's state declares them: the chat's unreviewed draft and its input review,
+# the interview's answer keys (what the scorer expects)
+PRIVATE_KEYS = veneo_chat_state.PRIVATE_CHANNELS | interview_state.PRIVATE_CHANNELS
 
 
 def _without_private(event: Any) -> Any:

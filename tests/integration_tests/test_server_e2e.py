@@ -246,7 +246,9 @@ async def test_stream_events_show_each_node_start_and_end(server: LiveServer) ->
     started, ended = node_events(events, "on_chain_start"), node_events(events, "on_chain_end")
     assert ended == ["__start__", "input_screen", "primary_responder", "safety_reviewer", "memory_keeper"]
     assert started == ended, f"on_chain_start missing for {sorted(set(ended) - set(started))}"
-    assert "'draft':" not in repr([e["data"] for e in events])
+    shown = repr([e["data"] for e in events])
+    assert "'draft':" not in shown
+    assert "'input_review':" not in shown  # the turn's other private channel (states/veneo_chat.PRIVATE_CHANNELS)
 
 
 # --------------------------------------------------------------------------- tenancy
