@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import sqlite3
 import threading
+import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import asdict, astuple, dataclass, fields
@@ -204,6 +205,25 @@ class SessionIndex(Protocol):
     def close(self) -> None: ...
 
 
+WAL_SWITCH_WAIT_S = 30.0
+
+
+def _switch_to_wal(conn: sqlite3.Connection, wait_s: float = WAL_SWITCH_WAIT_S) -> None:
+    """PRAGMA journal_mode = WAL, waiting while another process writes. SQLite answers "database is locked" at once,
+    without its busy handler, while another connection holds a write transaction on a file in rollback mode (a
+    version-1 file that a second worker is upgrading as this one starts), so the switch is tried again until
+    `wait_s` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 class SqliteSessionIndex:
     """Session index in a SQLite file (the checkpoint database) via sqlite-utils."""
 
@@ -224,7 +244,7 @@ class SqliteSessionIndex:
         path = self._path
         conn = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=5.0)
         if path:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(conn)
             # with WAL, NORMAL never corrupts the file; only the last commits can be lost on a power cut
             conn.execute("PRAGMA synchronous = NORMAL")
         db = sqlite_utils.Database(conn)

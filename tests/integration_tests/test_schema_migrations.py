@@ -129,6 +129,37 @@ def test_two_processes_upgrading_one_v1_sqlite_file_both_start(tmp_path: Path) -
     assert sqlite_schema(path) == sqlite_schema(fresh)
 
 
+def test_a_worker_starting_while_another_writes_a_v1_sqlite_file_waits_for_it(tmp_path: Path) -> None:
+    """Found by a fresh-clone CI run (test above, under load): while another process holds a write transaction on
+    a file still in rollback mode (a version-1 file another worker is upgrading), SQLite refuses the switch to WAL
+    at once with "database is locked", without its busy handler, and the worker failed to start. It now waits."""
+    import threading
+    import time
+
+    path = tmp_path / "v1.db"
+    shutil.copy(FIXTURES / "teamgraph.db", path)
+    writing, done = threading.Event(), threading.Event()
+
+    def other_worker() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("begin immediate")  # the upgrade's write transaction
+        writing.set()
+        time.sleep(1.5)
+        conn.execute("commit")
+        conn.close()
+        done.set()
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    try:
+        assert writing.wait(10)
+        SqliteSessionIndex(path).close()
+        assert done.is_set()  # it waited for the other's commit
+    finally:
+        thread.join()
+    assert sqlite_versions(path)["session_index"] == latest("session_index")
+
+
 def pg_schema(url: str) -> dict[str, Any]:
     import psycopg
 
