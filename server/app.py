@@ -27,6 +27,7 @@ from server.routers import audit, health, sessions, teams, users, voice
 from server.routers import metrics as metrics_router
 from server.settings import Settings, get_settings
 from server.team_routes import add_team_routes
+from server.variables import RESERVED_VARIABLES
 from server.web import install_web
 
 DESCRIPTION = """Agent teams as LangGraph graphs, per tenant.
@@ -40,7 +41,9 @@ read and manage sessions under `/sessions`. Errors are `{"error": {"code", "mess
 def create_app(settings: Settings | None = None, agent_factory: AgentFactory | None = None) -> FastAPI:
     """Build the app; the persona bundles are validated here, so a bad bundle refuses to start."""
     settings = settings or get_settings()
-    bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+    bundles = load_bundles(
+        settings.personas_dir, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES
+    )
 
     keyring = KeyRing(bundles, settings=settings)  # its `.env`, not the class default's
     provider_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""

@@ -414,10 +414,13 @@ def serve(
 
     from graphs.registry import GRAPH_MODULES
     from personas.loader import BundleError, load_bundles
+    from server.variables import RESERVED_VARIABLES
 
     settings = _settings()
     try:
-        bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+        bundles = load_bundles(
+            settings.personas_dir, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES
+        )
     except BundleError as exc:
         raise fail(str(exc), 2) from None
     host = host or settings.host
@@ -923,10 +926,11 @@ def personas_validate(
 
     from graphs.registry import GRAPH_MODULES
     from personas.loader import BundleError, load_bundles
+    from server.variables import RESERVED_VARIABLES
 
     path = _personas_dir_setting() if path is None else path
     try:
-        bundles = load_bundles(path, known_graphs=set(GRAPH_MODULES))
+        bundles = load_bundles(path, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES)
     except BundleError as exc:
         parent = path.resolve().parent  # the loader names files relative to the bundle directory's parent
         for problem in exc.problems:
@@ -991,9 +995,12 @@ def _bundles() -> Any:
     """The persona bundles of the current settings (TEAMGRAPH_PERSONAS_DIR); a broken bundle is exit status 2."""
     from graphs.registry import GRAPH_MODULES
     from personas.loader import BundleError, load_bundles
+    from server.variables import RESERVED_VARIABLES
 
     try:
-        return load_bundles(_settings().personas_dir, known_graphs=set(GRAPH_MODULES))
+        return load_bundles(
+            _settings().personas_dir, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES
+        )
     except BundleError as exc:
         raise fail(str(exc), 2) from None
 
@@ -1116,11 +1123,14 @@ app.add_typer(voice_app, name="voice")
 def _voice_service() -> Any:
     from graphs.registry import GRAPH_MODULES
     from personas.loader import BundleError, load_bundles
+    from server.variables import RESERVED_VARIABLES
     from server.voice import VoiceService
 
     settings = _settings()
     try:
-        bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+        bundles = load_bundles(
+            settings.personas_dir, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES
+        )
     except BundleError as exc:
         raise fail(str(exc), 2) from None
     return VoiceService(bundles, settings)

@@ -81,3 +81,19 @@ def test_a_tenant_file_that_does_not_parse_still_names_its_key_variables(tmp_pat
     assert unknown_variables(settings, environ, tmp_path / ".env") == [
         "TEAMGRAPH_PROT: not a Teamgraph setting; did you mean TEAMGRAPH_PORT?"
     ]
+
+
+def test_the_light_list_of_setting_variables_is_the_settings_own() -> None:
+    """server/variables.py names them for `personas validate`, which does not import the settings: a field added to
+    Settings (or an alias) must be added there too, or a tenant key could still be read from its variable."""
+    from pydantic import AliasChoices
+
+    from server.variables import RESERVED_VARIABLES, SETTING_VARIABLES
+
+    read = set()
+    for field, info in Settings.model_fields.items():
+        read.add(f"TEAMGRAPH_{field.upper()}")
+        if isinstance(info.validation_alias, AliasChoices):
+            read.update(c.upper() for c in info.validation_alias.choices if isinstance(c, str))
+    assert sorted(SETTING_VARIABLES) == sorted(read)
+    assert known_variables() <= RESERVED_VARIABLES
