@@ -34,8 +34,9 @@ class Problem:
 class BundleError(Exception):
     """The bundle directory is invalid; nothing from it was loaded."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], root: Path | None = None):
         self.problems = problems
+        self.root = root  # the bundle directory: a problem's file is relative to its parent (or absolute)
         super().__init__("invalid persona bundles:\n" + "\n".join(f"  {p}" for p in problems))
 
 
@@ -230,9 +231,9 @@ def load_bundles(
 
     if root.exists() and not root.is_dir():
         reason = "not a directory: give the bundle directory (holding agents/, teams/, tenants/), not one file"
-        raise BundleError([Problem(str(root), None, "", reason)])
+        raise BundleError([Problem(str(root), None, "", reason)], root)
     if not root.is_dir():
-        raise BundleError([Problem(str(root), None, "", "bundle directory does not exist")])
+        raise BundleError([Problem(str(root), None, "", "bundle directory does not exist")], root)
 
     for kind, model in KIND_MODELS.items():
         for path in sorted((root / kind).glob("*.y*ml")):
@@ -390,7 +391,7 @@ def load_bundles(
 
         problems.extend(voice_problems(bundles, nodes))
     if problems:
-        raise BundleError(problems)
+        raise BundleError(problems, root)
     return bundles
 
 

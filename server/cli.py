@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from contextlib import AbstractAsyncContextManager
 
+    from personas.loader import BundleError, Bundles
     from server.engine import Engine
     from server.settings import Settings
 
@@ -215,7 +216,7 @@ def _run(coro: Any) -> Any:
             raise  # the log refused it (an unknown event type): a bug, with its stack
         raise fail(f"storage unavailable: {exc}") from None
     except BundleError as exc:
-        raise fail(str(exc), 2) from None
+        raise _refuse_bundles(exc, 2) from None
 
 
 def _too_long(engine: Engine, session: Any, text: str) -> bool:
@@ -412,17 +413,8 @@ def serve(
     """Serve the teams over HTTP: LangServe per team at /teams/{team}, REST at /sessions, docs at /docs."""
     import uvicorn
 
-    from graphs.registry import GRAPH_MODULES
-    from personas.loader import BundleError, load_bundles
-    from server.variables import RESERVED_VARIABLES
-
     settings = _settings()
-    try:
-        bundles = load_bundles(
-            settings.personas_dir, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES
-        )
-    except BundleError as exc:
-        raise fail(str(exc), 2) from None
+    bundles = _load_bundles(settings.personas_dir)
     host = host or settings.host
     port = settings.port if port is None else port
     from server.settings import serve_workers
@@ -910,6 +902,31 @@ def _from_cwd(path: Path) -> str:
     return str(full.relative_to(Path.cwd().resolve())) if full.is_relative_to(Path.cwd().resolve()) else str(full)
 
 
+def _refuse_bundles(exc: BundleError, code: int, path: Path | None = None) -> typer.Exit:
+    """Every problem of the bundles as file:line: field: reason, the file as it opens from the working directory
+    (the loader names it relative to the bundle directory's parent), then how many: `personas validate` (exit
+    status 1) and every command that loads the bundles, `serve` among them (exit status 2), print the same."""
+    from dataclasses import replace
+
+    parent = exc.root.parent if exc.root is not None else None
+    for problem in exc.problems:
+        shown = replace(problem, file=_from_cwd(parent / problem.file)) if parent is not None else problem
+        typer.echo(str(shown), err=True)
+    return fail(f"{len(exc.problems)} problem(s) in {path if path is not None else exc.root}", code)
+
+
+def _load_bundles(path: Path, code: int = 2) -> Bundles:
+    """The persona bundles at `path`, validated as the server validates them; their problems refused as above."""
+    from graphs.registry import GRAPH_MODULES
+    from personas.loader import BundleError, load_bundles
+    from server.variables import RESERVED_VARIABLES
+
+    try:
+        return load_bundles(path, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES)
+    except BundleError as exc:
+        raise _refuse_bundles(exc, code, path) from None
+
+
 @personas_app.command("validate")
 def personas_validate(
     path: Annotated[
@@ -922,20 +939,8 @@ def personas_validate(
     ] = None,
 ) -> None:
     """Check every bundle file; print each problem as file:line: field: reason and exit 1 if any."""
-    from dataclasses import replace
-
-    from graphs.registry import GRAPH_MODULES
-    from personas.loader import BundleError, load_bundles
-    from server.variables import RESERVED_VARIABLES
-
     path = _personas_dir_setting() if path is None else path
-    try:
-        bundles = load_bundles(path, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES)
-    except BundleError as exc:
-        parent = path.resolve().parent  # the loader names files relative to the bundle directory's parent
-        for problem in exc.problems:
-            typer.echo(str(replace(problem, file=_from_cwd(parent / problem.file))), err=True)
-        raise fail(f"{len(exc.problems)} problem(s) in {path}") from None
+    bundles = _load_bundles(path, code=1)
     typer.echo(
         f"ok: {len(bundles.agents)} agents, {len(bundles.teams)} teams, {len(bundles.tenants)} tenants in {path}"
     )
@@ -993,16 +998,7 @@ def check_output(path: Path, option: str) -> None:
 
 def _bundles() -> Any:
     """The persona bundles of the current settings (TEAMGRAPH_PERSONAS_DIR); a broken bundle is exit status 2."""
-    from graphs.registry import GRAPH_MODULES
-    from personas.loader import BundleError, load_bundles
-    from server.variables import RESERVED_VARIABLES
-
-    try:
-        return load_bundles(
-            _settings().personas_dir, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES
-        )
-    except BundleError as exc:
-        raise fail(str(exc), 2) from None
+    return _load_bundles(_settings().personas_dir)
 
 
 def _check_audit_tenant(log: Any, tenant: str | None) -> None:
@@ -1121,19 +1117,10 @@ app.add_typer(voice_app, name="voice")
 
 
 def _voice_service() -> Any:
-    from graphs.registry import GRAPH_MODULES
-    from personas.loader import BundleError, load_bundles
-    from server.variables import RESERVED_VARIABLES
     from server.voice import VoiceService
 
     settings = _settings()
-    try:
-        bundles = load_bundles(
-            settings.personas_dir, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES
-        )
-    except BundleError as exc:
-        raise fail(str(exc), 2) from None
-    return VoiceService(bundles, settings)
+    return VoiceService(_load_bundles(settings.personas_dir), settings)
 
 
 @voice_app.command("voices")
