@@ -111,18 +111,25 @@ def _settings() -> Settings:
     return settings
 
 
-def _open_engine(existing: bool = False, settings: Settings | None = None) -> AbstractAsyncContextManager[Engine]:
+def _open_engine(
+    existing: bool = False, settings: Settings | None = None, tenant: str | None = None
+) -> AbstractAsyncContextManager[Engine]:
     """The engine over the current settings; imports the server, LangGraph and the teams' graphs. A SQLite file
     that is there but is no SQLite database is one line (every command). `existing`: for commands that read what
-    is stored, a SQLite file that is not there is refused too (see _existing_database)."""
+    is stored, a SQLite file that is not there is refused too (see _existing_database). `tenant`: one of the
+    bundles', checked before the database is opened (opening it creates a SQLite file that is not there)."""
     from server.engine import Engine
 
     settings = settings or _settings()
+    bundles = None
+    if tenant is not None:
+        bundles = _load_bundles(settings.personas_dir)
+        check_tenant(bundles, tenant)
     if existing:
         _existing_database(settings)
     else:
         _missing_database(settings)
-    return Engine.open(settings)
+    return Engine.open(settings, bundles=bundles)
 
 
 def _missing_database(settings: Settings) -> Path | None:
@@ -263,8 +270,7 @@ def _session_options(tenant: str, session_id: str) -> str:
 async def _interview(
     resume: Path | None, jd: Path | None, role: str | None, tenant: str, session_id: str | None
 ) -> None:
-    async with _open_engine() as engine:
-        check_tenant(engine.bundles, tenant)
+    async with _open_engine(tenant=tenant) as engine:
         if session_id:
             session = _session_of(engine, tenant, session_id, "interview", "interview")
             state = await engine.state(session)
@@ -315,8 +321,7 @@ def interview(
 
 
 async def _chat(tenant: str, session_id: str | None) -> None:
-    async with _open_engine() as engine:
-        check_tenant(engine.bundles, tenant)
+    async with _open_engine(tenant=tenant) as engine:
         if session_id:
             session = _session_of(engine, tenant, session_id, "veneo_chat", "chat")
         else:
