@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,8 +34,9 @@ class Problem:
 class BundleError(Exception):
     """The bundle directory is invalid; nothing from it was loaded."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], root: Path | None = None):
         self.problems = problems
+        self.root = root  # the bundle directory: a problem's file is relative to its parent (or absolute)
         super().__init__("invalid persona bundles:\n" + "\n".join(f"  {p}" for p in problems))
 
 
@@ -209,8 +211,16 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str] | None = None) -> Bundles:
-    """Validate every YAML file under root/{agents,teams,tenants}; raise BundleError listing all problems."""
+def load_bundles(
+    root: Path | str = DEFAULT_BUNDLE_DIR,
+    *,
+    known_graphs: set[str] | None = None,
+    reserved_variables: Collection[str] = (),
+) -> Bundles:
+    """Validate every YAML file under root/{agents,teams,tenants}; raise BundleError listing all problems.
+
+    `reserved_variables`: environment variables a tenant key may not be read from (`api_keys[].env`), as the
+    server reads them for something else (server/variables.py: its settings); this package knows none of them."""
     root = Path(root).resolve()
     problems: list[Problem] = []
     parsed: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_MODELS}
@@ -221,9 +231,9 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
 
     if root.exists() and not root.is_dir():
         reason = "not a directory: give the bundle directory (holding agents/, teams/, tenants/), not one file"
-        raise BundleError([Problem(str(root), None, "", reason)])
+        raise BundleError([Problem(str(root), None, "", reason)], root)
     if not root.is_dir():
-        raise BundleError([Problem(str(root), None, "", "bundle directory does not exist")])
+        raise BundleError([Problem(str(root), None, "", "bundle directory does not exist")], root)
 
     for kind, model in KIND_MODELS.items():
         for path in sorted((root / kind).glob("*.y*ml")):
@@ -357,6 +367,18 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
             problems.append(
                 Problem(rel, _line_of(node, ("knowledge",)), "knowledge", f"file not found: {tenant.knowledge}")
             )
+        for i, key in enumerate(tenant.api_keys):
+            if key.env is not None and key.env in reserved_variables:
+                instead = f"TEAMGRAPH_{tenant.id.upper().replace('-', '_')}_TENANT_API_KEY"
+                problems.append(
+                    Problem(
+                        rel,
+                        _line_of(node, ("api_keys", i, "env")),
+                        f"api_keys[{i}].env",
+                        f"{key.env} is a Teamgraph setting's variable: the setting would read this tenant's key, and "
+                        f"the tenant the setting's value as its key; name another variable (e.g. {instead})",
+                    )
+                )
         problems.extend(override_problems(rel, node, tenant.overrides))
     for rel, node, overrides in unloaded_overrides:
         problems.extend(override_problems(rel, node, overrides))
@@ -369,7 +391,7 @@ def load_bundles(root: Path | str = DEFAULT_BUNDLE_DIR, *, known_graphs: set[str
 
         problems.extend(voice_problems(bundles, nodes))
     if problems:
-        raise BundleError(problems)
+        raise BundleError(problems, root)
     return bundles
 
 

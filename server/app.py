@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -25,9 +26,12 @@ from server.openapi import install_openapi
 from server.request_guard import RequestGuard
 from server.routers import audit, health, sessions, teams, users, voice
 from server.routers import metrics as metrics_router
-from server.settings import Settings, get_settings
+from server.settings import Settings, get_settings, unknown_variables
 from server.team_routes import add_team_routes
+from server.variables import RESERVED_VARIABLES
 from server.web import install_web
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """Agent teams as LangGraph graphs, per tenant.
 
@@ -40,7 +44,9 @@ read and manage sessions under `/sessions`. Errors are `{"error": {"code", "mess
 def create_app(settings: Settings | None = None, agent_factory: AgentFactory | None = None) -> FastAPI:
     """Build the app; the persona bundles are validated here, so a bad bundle refuses to start."""
     settings = settings or get_settings()
-    bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+    bundles = load_bundles(
+        settings.personas_dir, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES
+    )
 
     keyring = KeyRing(bundles, settings=settings)  # its `.env`, not the class default's
     provider_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
@@ -104,5 +110,13 @@ def create_app(settings: Settings | None = None, agent_factory: AgentFactory | N
 
 
 def app_from_env() -> FastAPI:
-    """Factory for uvicorn (`uvicorn --factory server.app:app_from_env`), used by `teamgraph serve`."""
-    return create_app()
+    """Factory for uvicorn (`uvicorn --factory server.app:app_from_env`), used by `teamgraph serve`.
+
+    `teamgraph` refuses a TEAMGRAPH_ variable nothing reads (a misspelled setting would be ignored, its default
+    used); started by uvicorn itself the server gets no such check, so each is a warning line here (not a refusal:
+    other hosts may import this)."""
+    settings = get_settings()
+    app = create_app(settings)
+    for line in unknown_variables(settings):  # after create_app: in the log format it configured
+        log.warning("%s (ignored; `teamgraph serve` refuses to start with it)", line)
+    return app

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from contextlib import AbstractAsyncContextManager
 
+    from personas.loader import BundleError, Bundles
     from server.engine import Engine
     from server.settings import Settings
 
@@ -110,18 +111,25 @@ def _settings() -> Settings:
     return settings
 
 
-def _open_engine(existing: bool = False, settings: Settings | None = None) -> AbstractAsyncContextManager[Engine]:
+def _open_engine(
+    existing: bool = False, settings: Settings | None = None, tenant: str | None = None
+) -> AbstractAsyncContextManager[Engine]:
     """The engine over the current settings; imports the server, LangGraph and the teams' graphs. A SQLite file
     that is there but is no SQLite database is one line (every command). `existing`: for commands that read what
-    is stored, a SQLite file that is not there is refused too (see _existing_database)."""
+    is stored, a SQLite file that is not there is refused too (see _existing_database). `tenant`: one of the
+    bundles', checked before the database is opened (opening it creates a SQLite file that is not there)."""
     from server.engine import Engine
 
     settings = settings or _settings()
+    bundles = None
+    if tenant is not None:
+        bundles = _load_bundles(settings.personas_dir)
+        check_tenant(bundles, tenant)
     if existing:
         _existing_database(settings)
     else:
         _missing_database(settings)
-    return Engine.open(settings)
+    return Engine.open(settings, bundles=bundles)
 
 
 def _missing_database(settings: Settings) -> Path | None:
@@ -215,7 +223,7 @@ def _run(coro: Any) -> Any:
             raise  # the log refused it (an unknown event type): a bug, with its stack
         raise fail(f"storage unavailable: {exc}") from None
     except BundleError as exc:
-        raise fail(str(exc), 2) from None
+        raise _refuse_bundles(exc, 2) from None
 
 
 def _too_long(engine: Engine, session: Any, text: str) -> bool:
@@ -262,8 +270,7 @@ def _session_options(tenant: str, session_id: str) -> str:
 async def _interview(
     resume: Path | None, jd: Path | None, role: str | None, tenant: str, session_id: str | None
 ) -> None:
-    async with _open_engine() as engine:
-        check_tenant(engine.bundles, tenant)
+    async with _open_engine(tenant=tenant) as engine:
         if session_id:
             session = _session_of(engine, tenant, session_id, "interview", "interview")
             state = await engine.state(session)
@@ -314,8 +321,7 @@ def interview(
 
 
 async def _chat(tenant: str, session_id: str | None) -> None:
-    async with _open_engine() as engine:
-        check_tenant(engine.bundles, tenant)
+    async with _open_engine(tenant=tenant) as engine:
         if session_id:
             session = _session_of(engine, tenant, session_id, "veneo_chat", "chat")
         else:
@@ -412,14 +418,8 @@ def serve(
     """Serve the teams over HTTP: LangServe per team at /teams/{team}, REST at /sessions, docs at /docs."""
     import uvicorn
 
-    from graphs.registry import GRAPH_MODULES
-    from personas.loader import BundleError, load_bundles
-
     settings = _settings()
-    try:
-        bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
-    except BundleError as exc:
-        raise fail(str(exc), 2) from None
+    bundles = _load_bundles(settings.personas_dir)
     host = host or settings.host
     port = settings.port if port is None else port
     from server.settings import serve_workers
@@ -907,6 +907,31 @@ def _from_cwd(path: Path) -> str:
     return str(full.relative_to(Path.cwd().resolve())) if full.is_relative_to(Path.cwd().resolve()) else str(full)
 
 
+def _refuse_bundles(exc: BundleError, code: int, path: Path | None = None) -> typer.Exit:
+    """Every problem of the bundles as file:line: field: reason, the file as it opens from the working directory
+    (the loader names it relative to the bundle directory's parent), then how many: `personas validate` (exit
+    status 1) and every command that loads the bundles, `serve` among them (exit status 2), print the same."""
+    from dataclasses import replace
+
+    parent = exc.root.parent if exc.root is not None else None
+    for problem in exc.problems:
+        shown = replace(problem, file=_from_cwd(parent / problem.file)) if parent is not None else problem
+        typer.echo(str(shown), err=True)
+    return fail(f"{len(exc.problems)} problem(s) in {path if path is not None else exc.root}", code)
+
+
+def _load_bundles(path: Path, code: int = 2) -> Bundles:
+    """The persona bundles at `path`, validated as the server validates them; their problems refused as above."""
+    from graphs.registry import GRAPH_MODULES
+    from personas.loader import BundleError, load_bundles
+    from server.variables import RESERVED_VARIABLES
+
+    try:
+        return load_bundles(path, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES)
+    except BundleError as exc:
+        raise _refuse_bundles(exc, code, path) from None
+
+
 @personas_app.command("validate")
 def personas_validate(
     path: Annotated[
@@ -919,19 +944,8 @@ def personas_validate(
     ] = None,
 ) -> None:
     """Check every bundle file; print each problem as file:line: field: reason and exit 1 if any."""
-    from dataclasses import replace
-
-    from graphs.registry import GRAPH_MODULES
-    from personas.loader import BundleError, load_bundles
-
     path = _personas_dir_setting() if path is None else path
-    try:
-        bundles = load_bundles(path, known_graphs=set(GRAPH_MODULES))
-    except BundleError as exc:
-        parent = path.resolve().parent  # the loader names files relative to the bundle directory's parent
-        for problem in exc.problems:
-            typer.echo(str(replace(problem, file=_from_cwd(parent / problem.file))), err=True)
-        raise fail(f"{len(exc.problems)} problem(s) in {path}") from None
+    bundles = _load_bundles(path, code=1)
     typer.echo(
         f"ok: {len(bundles.agents)} agents, {len(bundles.teams)} teams, {len(bundles.tenants)} tenants in {path}"
     )
@@ -989,13 +1003,7 @@ def check_output(path: Path, option: str) -> None:
 
 def _bundles() -> Any:
     """The persona bundles of the current settings (TEAMGRAPH_PERSONAS_DIR); a broken bundle is exit status 2."""
-    from graphs.registry import GRAPH_MODULES
-    from personas.loader import BundleError, load_bundles
-
-    try:
-        return load_bundles(_settings().personas_dir, known_graphs=set(GRAPH_MODULES))
-    except BundleError as exc:
-        raise fail(str(exc), 2) from None
+    return _load_bundles(_settings().personas_dir)
 
 
 def _check_audit_tenant(log: Any, tenant: str | None) -> None:
@@ -1114,16 +1122,10 @@ app.add_typer(voice_app, name="voice")
 
 
 def _voice_service() -> Any:
-    from graphs.registry import GRAPH_MODULES
-    from personas.loader import BundleError, load_bundles
     from server.voice import VoiceService
 
     settings = _settings()
-    try:
-        bundles = load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
-    except BundleError as exc:
-        raise fail(str(exc), 2) from None
-    return VoiceService(bundles, settings)
+    return VoiceService(_load_bundles(settings.personas_dir), settings)
 
 
 @voice_app.command("voices")

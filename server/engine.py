@@ -38,6 +38,7 @@ from server.observability.logging import log
 from server.observability.metrics import Metrics
 from server.observability.turn_observer import TurnContext, TurnObserver
 from server.settings import Settings
+from server.variables import RESERVED_VARIABLES
 from server.voice.records import forget_session as forget_voice_items
 from states.migrations import (
     METADATA_KEY,
@@ -163,7 +164,9 @@ class Engine:
         metrics: Metrics | None = None,
     ) -> AsyncIterator[Engine]:
         """Validate the bundles first (a bad bundle stops start-up), then open the database."""
-        bundles = bundles or load_bundles(settings.personas_dir, known_graphs=set(GRAPH_MODULES))
+        bundles = bundles or load_bundles(
+            settings.personas_dir, known_graphs=set(GRAPH_MODULES), reserved_variables=RESERVED_VARIABLES
+        )
         factory = agent_factory or AgentFactory(
             api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             base_url=settings.model_base_url,

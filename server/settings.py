@@ -17,6 +17,7 @@ from pydantic_settings.sources import ENV_FILE_SENTINEL
 
 from checkpoints.storage import display_url
 from personas.loader import DEFAULT_BUNDLE_DIR
+from server.variables import OTHER_VARIABLES
 
 
 class Settings(BaseSettings):
@@ -355,19 +356,6 @@ def settings_errors(exc: ValidationError) -> list[str]:
         shown = _shown(str(loc[0]), error["input"])
         lines.append(f"{name}{item}={shown}: {message}" if shown is not None else f"{name}{item}: {message}")
     return lines
-
-
-# TEAMGRAPH_ variables read outside Settings (by the module that needs them), and by the tests and benchmarks
-OTHER_VARIABLES = {
-    "TEAMGRAPH_BLAS_THREADS": "nodes/embedder.py",
-    "TEAMGRAPH_TEST_POSTGRES_URL": "tests",
-    "TEAMGRAPH_TEST_CHROMIUM": "tests/browser",
-    "TEAMGRAPH_BENCH_POSTGRES_URL": "bench",
-    "TEAMGRAPH_BENCH_PROFILE_OUT": "bench",
-    "TEAMGRAPH_BENCH_DEV_DB": "bench",
-    "TEAMGRAPH_BENCH_ABLATE": "bench",
-    "TEAMGRAPH_BENCH_BUNDLE_DIR": "bench",
-}
 
 
 TENANT_KEY_VARIABLE = re.compile(r"^TEAMGRAPH_[A-Z0-9_]+_(API|ADMIN)_KEY$")

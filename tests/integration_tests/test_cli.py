@@ -686,6 +686,30 @@ def test_a_command_that_reads_the_store_refuses_a_missing_sqlite_file(cli: Cli, 
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ("chat", "--tenant", "nosuch"),
+        ("interview", "--tenant", "nosuch", "--resume", "examples/resume.md"),
+        ("interview", "--tenant", "nosuch", "--session", "0" * 8),
+    ],
+    ids=" ".join,
+)
+def test_chat_and_interview_refuse_an_unknown_tenant_before_creating_the_database(
+    cli: Cli, args: tuple[str, ...]
+) -> None:
+    """Found in review: `chat --tenant nosuch` and `interview --tenant nosuch` refused the tenant only once the
+    engine was open, so a fresh install was left with a SQLite file (and its lock files) for a typo."""
+    missing = cli.workdir / "none" / "x.db"
+    cli.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{missing}"
+
+    result = cli(*args)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == "unknown tenant 'nosuch'"
+    assert not missing.parent.exists()
+
+
+@pytest.mark.parametrize(
     ("args", "line"),
     [
         (("migrate",), "no database at {path} yet: nothing to migrate"),

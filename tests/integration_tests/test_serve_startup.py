@@ -193,6 +193,34 @@ def test_serve_refuses_a_bad_bundle_with_file_line_and_field(tmp_path: Path) -> 
     assert not (tmp_path / "tg.db").exists()  # refused before touching the database
 
 
+@pytest.mark.parametrize("where", ["beside", "under"])
+def test_serve_prints_bundle_problems_as_personas_validate_does(tmp_path: Path, where: str) -> None:
+    """Found in review: serve named a bad bundle file relative to the bundle directory's parent
+    (personas/tenants/veneo.yaml) whatever the working directory, a path that did not open from it; it now prints
+    the problems as `personas validate` does, each file as it opens from the working directory."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    bundle = (tmp_path / "elsewhere" if where == "beside" else workdir / "conf") / "personas"
+    shutil.copytree(DEFAULT_BUNDLE_DIR, bundle)
+    tenant = bundle / "tenants" / "veneo.yaml"
+    tenant.write_text(tenant.read_text().replace("default_team: veneo_chat", "default_team: no_such_team"))
+    line = next(i for i, text in enumerate(tenant.read_text().splitlines(), 1) if "no_such_team" in text)
+    env = {"TEAMGRAPH_PERSONAS_DIR": str(bundle), "TEAMGRAPH_CHECKPOINT_URL": f"sqlite:///{tmp_path}/tg.db"}
+
+    result, _ = serve(workdir, "--port", str(free_port()), **env)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("TEAMGRAPH_", "OPENAI_"))}
+    validated = subprocess.run(
+        [str(TEAMGRAPH), "personas", "validate"], cwd=workdir, env={**environ, **env}, capture_output=True, text=True
+    )
+
+    shown = str(tenant) if where == "beside" else "conf/personas/tenants/veneo.yaml"
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[0].startswith(f"{shown}:{line}: default_team: "), result.stderr
+    assert (workdir / result.stderr.split(":")[0]).is_file()  # it opens from the working directory
+    assert validated.returncode == 1
+    assert result.stderr == validated.stderr  # the same lines
+
+
 def test_the_data_dir_setting_decides_where_the_embedded_database_lives(tmp_path: Path) -> None:
     server = LiveServer(tmp_path / "work", env={"TEAMGRAPH_DATA_DIR": str(tmp_path / "state")})
     server.env.pop("TEAMGRAPH_CHECKPOINT_URL")

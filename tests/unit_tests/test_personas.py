@@ -607,3 +607,40 @@ def test_a_tenant_with_a_bad_field_still_has_its_overrides_checked(bundle_dir: P
             "overrides.agents.evaluator.model.temperature",
         ),
     ], problems
+
+
+@pytest.mark.parametrize("variable", ["TEAMGRAPH_OPENAI_API_KEY", "OPENAI_API_KEY", "TEAMGRAPH_PORT"])
+def test_cli_validate_refuses_a_tenant_key_read_from_a_setting_variable(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """Found in review: tenant `openai` with its key named by the README's rule, TEAMGRAPH_<TENANT>_API_KEY, reads
+    TEAMGRAPH_OPENAI_API_KEY, the provider key setting's variable: the tenant's key would be sent to the provider
+    and the provider key would open the tenant. A key variable that is a setting's is refused, file:line."""
+    monkeypatch.chdir(bundle_dir.parent)
+    tenant = bundle_dir / "tenants" / "openai.yaml"
+    (bundle_dir / "tenants" / "demo.yaml").rename(tenant)
+    replace(tenant, "id: demo\n", "id: openai\n")
+    replace(tenant, "env: TEAMGRAPH_DEMO_ADMIN_KEY", f"env: {variable}")
+
+    result = runner.invoke(app, ["personas", "validate", str(bundle_dir)])
+
+    assert result.exit_code == 1, result.output
+    lines = [m.groupdict() for m in map(PROBLEM_LINE.match, result.stderr.splitlines()) if m]
+    assert [(line["file"], line["line"], line["field"]) for line in lines] == [
+        ("personas/tenants/openai.yaml", str(line_of(tenant, f"env: {variable}")), "api_keys[1].env")
+    ], result.stderr
+    assert lines[0]["reason"].startswith(f"{variable} is a Teamgraph setting's variable")
+    assert "TEAMGRAPH_OPENAI_TENANT_API_KEY" in lines[0]["reason"]
+
+
+def test_the_server_refuses_a_tenant_key_read_from_a_setting_variable(bundle_dir: Path) -> None:
+    """The same check where the server loads the bundles (create_app: `teamgraph serve`'s workers, uvicorn)."""
+    from server.app import create_app
+    from server.settings import Settings
+
+    replace(bundle_dir / "tenants" / "demo.yaml", "env: TEAMGRAPH_DEMO_ADMIN_KEY", "env: TEAMGRAPH_OPENAI_API_KEY")
+
+    with pytest.raises(BundleError) as info:
+        create_app(Settings(_env_file=None, personas_dir=bundle_dir, checkpoint_url="memory://"))  # type: ignore[call-arg]
+
+    assert [p.field for p in info.value.problems] == ["api_keys[1].env"]

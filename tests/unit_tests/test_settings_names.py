@@ -5,8 +5,12 @@ OTHER_VARIABLES, or the CLI would refuse to start where it is set."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
+
+import pytest
 
 from server.settings import TENANT_KEY_VARIABLE, Settings, known_variables, unknown_variables
 
@@ -80,4 +84,52 @@ def test_a_tenant_file_that_does_not_parse_still_names_its_key_variables(tmp_pat
     environ = {demo_key: "k", acme_key: "k", "TEAMGRAPH_PROT": "1"}
     assert unknown_variables(settings, environ, tmp_path / ".env") == [
         "TEAMGRAPH_PROT: not a Teamgraph setting; did you mean TEAMGRAPH_PORT?"
+    ]
+
+
+def test_the_light_list_of_setting_variables_is_the_settings_own() -> None:
+    """server/variables.py names them for `personas validate`, which does not import the settings: a field added to
+    Settings (or an alias) must be added there too, or a tenant key could still be read from its variable."""
+    from pydantic import AliasChoices
+
+    from server.variables import RESERVED_VARIABLES, SETTING_VARIABLES
+
+    read = set()
+    for field, info in Settings.model_fields.items():
+        read.add(f"TEAMGRAPH_{field.upper()}")
+        if isinstance(info.validation_alias, AliasChoices):
+            read.update(c.upper() for c in info.validation_alias.choices if isinstance(c, str))
+    assert sorted(SETTING_VARIABLES) == sorted(read)
+    assert known_variables() <= RESERVED_VARIABLES
+
+
+def test_uvicorn_s_factory_warns_of_each_unknown_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: `uvicorn --factory server.app:app_from_env` (the factory's own docstring) skipped the check
+    `teamgraph` makes, and started silently on its default database with TEAMGRAPH_CHECKPIONT_URL set. It warns,
+    one line per variable, and still starts (other hosts may import it)."""
+    from server.app import app_from_env
+    from server.settings import get_settings
+
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.upper().startswith("TEAMGRAPH_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TEAMGRAPH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TEAMGRAPH_CHECKPIONT_URL", f"sqlite:///{tmp_path}/meant.db")
+    (tmp_path / ".env").write_text("TEAMGRAPH_PROT=8001\n")
+    get_settings.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            app = app_from_env()
+    finally:
+        get_settings.cache_clear()
+
+    assert app.title == "Teamgraph"
+    warned = [r.getMessage() for r in caplog.records if r.name == "server.app"]
+    assert warned == [
+        "TEAMGRAPH_CHECKPIONT_URL: not a Teamgraph setting; did you mean TEAMGRAPH_CHECKPOINT_URL? (ignored; "
+        "`teamgraph serve` refuses to start with it)",
+        "TEAMGRAPH_PROT (in .env): not a Teamgraph setting; did you mean TEAMGRAPH_PORT? (ignored; `teamgraph serve` "
+        "refuses to start with it)",
     ]
