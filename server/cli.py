@@ -850,7 +850,7 @@ async def _import(path: Path, tenant: str) -> str:
     from checkpoints.audit import AuditWriteError
     from checkpoints.storage import StorageUnavailable
 
-    async with _open_engine() as engine:
+    async with _open_engine(tenant=tenant) as engine:
         try:
             record = await import_session(engine, data, tenant)
         except ImportRejected as exc:

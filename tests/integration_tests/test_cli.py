@@ -4,6 +4,7 @@ demo as `make demo` runs it, a refusal's exit code) runs the executable (`cli.pr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -703,6 +704,26 @@ def test_chat_and_interview_refuse_an_unknown_tenant_before_creating_the_databas
     cli.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{missing}"
 
     result = cli(*args)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == "unknown tenant 'nosuch'"
+    assert not missing.parent.exists()
+
+
+def test_sessions_import_refuses_an_unknown_tenant_before_creating_the_database(cli: Cli) -> None:
+    """Found in review (as chat and interview above): `sessions import FILE --tenant nosuch` left a fresh install
+    with a SQLite file for a typo."""
+    missing = cli.workdir / "none" / "x.db"
+    cli.env["TEAMGRAPH_CHECKPOINT_URL"] = f"sqlite:///{missing}"
+    exported = cli.workdir / "session.json"
+    at = "2026-12-01T00:00:00+00:00"
+    session = {"id": "s1", "tenant": "demo", "team": "interview", "created_at": at, "updated_at": at}
+    exported.write_text(
+        json.dumps({"format": "teamgraph.session/1", "exported_at": at, "session": session, "transcript": [],
+                    "in_state": 0, "state": {}})
+    )  # fmt: skip
+
+    result = cli("sessions", "import", str(exported), "--tenant", "nosuch")
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.strip() == "unknown tenant 'nosuch'"
