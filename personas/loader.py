@@ -396,8 +396,9 @@ def load_bundles(
 
 
 @lru_cache(maxsize=8)
-def load_bundles_cached(root: str) -> Bundles:
-    """Load once per process per directory (graphs loaded by `langgraph dev` resolve through this)."""
+def load_bundles_cached(root: str, reserved_variables: frozenset[str] = frozenset()) -> Bundles:
+    """Load once per process per directory (graphs loaded by `langgraph dev` resolve through this; Studio's logins
+    pass the server's `reserved_variables`, see load_bundles)."""
     from graphs.registry import GRAPH_MODULES
 
-    return load_bundles(root, known_graphs=set(GRAPH_MODULES))
+    return load_bundles(root, known_graphs=set(GRAPH_MODULES), reserved_variables=reserved_variables)

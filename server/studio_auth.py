@@ -21,13 +21,22 @@ from typing import Any
 
 from langgraph_sdk import Auth
 
-from personas.loader import DEFAULT_BUNDLE_DIR, load_bundles_cached
+from personas.loader import DEFAULT_BUNDLE_DIR, Bundles, load_bundles_cached
 from server.auth import KeyRing, presented_key
+from server.variables import RESERVED_VARIABLES
 
 auth = Auth()
 
+
+def studio_bundles(root: str = str(DEFAULT_BUNDLE_DIR)) -> Bundles:
+    """The bundles Studio's logins are checked against, under the server's rules: a tenant key read from a
+    setting's variable (`env: TEAMGRAPH_OPENAI_API_KEY`) is refused here as by `teamgraph serve`; it let the
+    provider key log in as that tenant."""
+    return load_bundles_cached(root, frozenset(RESERVED_VARIABLES))
+
+
 # loaded when the LangGraph server imports this module, not inside a request
-_BUNDLES = load_bundles_cached(str(DEFAULT_BUNDLE_DIR))
+_BUNDLES = studio_bundles()
 _KEYRING = KeyRing(_BUNDLES)
 # the LangGraph server names each graph's built-in assistant uuid5(namespace, graph id); runs name either form
 _GRAPH_ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")

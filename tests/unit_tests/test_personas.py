@@ -644,3 +644,16 @@ def test_the_server_refuses_a_tenant_key_read_from_a_setting_variable(bundle_dir
         create_app(Settings(_env_file=None, personas_dir=bundle_dir, checkpoint_url="memory://"))  # type: ignore[call-arg]
 
     assert [p.field for p in info.value.problems] == ["api_keys[1].env"]
+
+
+def test_studio_logins_refuse_a_tenant_key_read_from_a_setting_variable(bundle_dir: Path) -> None:
+    """Found in review: `langgraph dev` / Studio build their key ring from load_bundles_cached, which did not get
+    the check, so with `env: TEAMGRAPH_OPENAI_API_KEY` the provider key logged in as that tenant's admin."""
+    from server.studio_auth import studio_bundles
+
+    replace(bundle_dir / "tenants" / "demo.yaml", "env: TEAMGRAPH_DEMO_ADMIN_KEY", "env: TEAMGRAPH_OPENAI_API_KEY")
+
+    with pytest.raises(BundleError) as info:
+        studio_bundles(str(bundle_dir))
+
+    assert [p.field for p in info.value.problems] == ["api_keys[1].env"]
