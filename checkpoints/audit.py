@@ -577,7 +577,8 @@ class PostgresAuditLog:
             min_size=1,
             max_size=4,
             open=True,
-            kwargs={"row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
+            # no server-side prepared statements: a prepared `select *` fails once a newer replica adds a column
+            kwargs={"prepare_threshold": None, "row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
             **sync_pool_options(timeout_s, statement_timeout_s),
         )
         try:

@@ -512,7 +512,14 @@ class PostgresSessionIndex:
             min_size=1,
             max_size=4,
             open=True,
-            kwargs={"autocommit": True, "row_factory": dict_row, **pg_connect_kwargs(timeout_s)},
+            # prepare_threshold None: never a server-side prepared statement, whose `select *` fails with "cached
+            # plan must not change result type" once a newer replica adds a column (a rolling upgrade)
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": None,
+                "row_factory": dict_row,
+                **pg_connect_kwargs(timeout_s),
+            },
             **sync_pool_options(timeout_s, statement_timeout_s),
         )
         # tables, columns and indexes by numbered steps (checkpoints/schema_migrations.py), one replica at a time

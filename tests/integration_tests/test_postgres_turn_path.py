@@ -792,6 +792,35 @@ async def test_reads_under_the_lock_survive_an_alter_table_by_another_connection
         await locks.aclose()
 
 
+def test_session_index_and_audit_reads_survive_an_alter_table_by_a_newer_replica(url: str) -> None:
+    """Found by a multi-replica review: after a newer replica added a column (a rolling upgrade, which
+    docs/architecture.md says a replica of this release survives), every session read and turn of a replica that
+    had repeated its reads answered 500 "cached plan must not change result type": psycopg prepares a statement
+    run five times on a connection, and the session index's and the audit log's pools kept that default (the lock
+    connections had been fixed alone, test above)."""
+    from checkpoints.audit import AuditEvent, PostgresAuditLog
+    from checkpoints.session_index import PostgresSessionIndex
+
+    index, audit = PostgresSessionIndex(url), PostgresAuditLog(url)
+    try:
+        index.create("t1", "demo", "veneo_chat", client_id="s1")
+        audit.append([AuditEvent("demo", "k", "session_created", "s1")])
+        for _ in range(8):  # past psycopg's prepare threshold, on the pools' connections
+            assert index.get("t1") is not None and index.find("demo", "s1") is not None
+            assert index.list("demo") and audit.query("demo") and audit.verify("demo").ok
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("alter table teamgraph_sessions add column added_by_a_newer_replica int")
+            admin.execute("alter table audit_events add column added_by_a_newer_replica int")
+        for _ in range(3):
+            assert index.get("t1") is not None and index.find("demo", "s1") is not None
+            assert index.list("demo")
+            assert audit.query("demo")
+            assert audit.verify("demo").ok
+    finally:
+        index.close()
+        audit.close()
+
+
 async def test_a_failing_read_with_a_lock_attempt_that_found_the_session_busy_unlocks_nothing(url: str) -> None:
     """The session is held by another replica and the read sent with the lock fails: the attempt gives back only
     a lock it took. It sent `pg_advisory_unlock` for a lock it did not get (one more round trip, and a Postgres
