@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from personas import DEFAULT_BUNDLE_DIR as DEFAULT_BUNDLE_DIR  # re-exported: importers know it from here
 from personas.schema import KIND_MODELS, AgentPersona, TeamBundle, TenantBundle, TenantOverrides
@@ -294,42 +294,43 @@ def load_bundles(
     def override_problems(rel: str, node: yaml.Node | None, overrides: TenantOverrides) -> list[Problem]:
         """A tenant's overrides merged into the personas and teams they change, each validated again."""
         found: list[Problem] = []
-        for agent_id, override in overrides.agents.items():
-            loc = ("overrides", "agents", agent_id)
-            if agent_id in broken["agents"]:
-                continue
-            if agent_id not in agents:
-                found.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown agent persona {agent_id!r}"))
-                continue
-            merged = deep_merge(agents[agent_id].model_dump(exclude_unset=True), override)
-            try:
-                AgentPersona.model_validate(merged)
-            except ValidationError as exc:
-                found.extend(_validation_problems(rel, exc, node, prefix=loc))
-        for team_id, override in overrides.teams.items():
-            loc = ("overrides", "teams", team_id)
-            if team_id in broken["teams"]:
-                continue
-            if team_id not in teams:
-                found.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"unknown team {team_id!r}"))
-                continue
-            merged = deep_merge(teams[team_id].model_dump(exclude_unset=True), override)
-            try:
-                TeamBundle.model_validate(merged)
-            except ValidationError as exc:
-                found.extend(_validation_problems(rel, exc, node, prefix=loc))
-            if merged.get("nodes", {}) != teams[team_id].nodes:
-                for node_name, persona_id in merged.get("nodes", {}).items():
-                    if persona_id not in agents and persona_id not in broken["agents"]:
-                        found.append(
-                            Problem(
-                                rel,
-                                _line_of(node, (*loc, "nodes", node_name)),
-                                f"{_field_path(loc)}.nodes.{node_name}",
-                                f"unknown agent persona {persona_id!r}",
-                            )
-                        )
+        kinds: tuple[tuple[str, dict[str, Any], Mapping[str, Any], type[BaseModel], str], ...] = (
+            ("agents", overrides.agents, agents, AgentPersona, "unknown agent persona"),
+            ("teams", overrides.teams, teams, TeamBundle, "unknown team"),
+        )
+        for kind, changes, known, model, unknown in kinds:
+            for obj_id, override in changes.items():
+                loc = ("overrides", kind, obj_id)
+                if obj_id in broken[kind]:
+                    continue
+                if obj_id not in known:
+                    found.append(Problem(rel, _line_of(node, loc), _field_path(loc), f"{unknown} {obj_id!r}"))
+                    continue
+                merged = deep_merge(known[obj_id].model_dump(exclude_unset=True), override)
+                try:
+                    model.model_validate(merged)
+                except ValidationError as exc:
+                    found.extend(_validation_problems(rel, exc, node, prefix=loc))
+                if kind == "teams":
+                    found.extend(remapped_node_problems(rel, node, loc, merged, teams[obj_id].nodes))
         return found
+
+    def remapped_node_problems(
+        rel: str, node: yaml.Node | None, loc: tuple[str, ...], merged: dict[str, Any], nodes_before: dict[str, str]
+    ) -> list[Problem]:
+        """A team override's node remap (`nodes: {primary_responder: my_persona}`) naming an unknown persona."""
+        if merged.get("nodes", {}) == nodes_before:
+            return []
+        return [
+            Problem(
+                rel,
+                _line_of(node, (*loc, "nodes", node_name)),
+                f"{_field_path(loc)}.nodes.{node_name}",
+                f"unknown agent persona {persona_id!r}",
+            )
+            for node_name, persona_id in merged.get("nodes", {}).items()
+            if persona_id not in agents and persona_id not in broken["agents"]
+        ]
 
     for team in teams.values():
         node = nodes[("teams", team.id)]
